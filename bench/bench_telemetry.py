@@ -1,0 +1,166 @@
+"""CPU cost of telemetry per exchange: `record()` on the hot path plus the amortised background work.
+
+Run: PYTHONPATH=src .venv/bin/python bench/bench_telemetry.py [--n 20000] [--paced-seconds 5]
+
+CPU is process CPU time (`time.process_time`), so the SQLite writer thread is included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from collections.abc import Callable
+
+from laneway.exchange import Attempt, Exchange
+from laneway.telemetry import Telemetry, TelemetrySettings
+
+MODELS = ("claude-sonnet-37", "heavy-foundation", "gemini-2.5-flash-lite", "gpt-5")
+
+
+def exchange(i: int) -> Exchange:
+    model = MODELS[i % len(MODELS)]
+    attempts = [
+        Attempt(
+            model=model,
+            outcome="ok",
+            latency_ms=300.0 + i % 700,
+            ttft_ms=80.0 + i % 200,
+            prompt_tokens=400 + i % 300,
+            completion_tokens=120 + i % 90,
+            cost_usd=0.002,
+        )
+    ]
+    if i % 10 == 0:
+        attempts.insert(
+            0, Attempt(model=MODELS[(i + 1) % 4], outcome="upstream_unavailable", latency_ms=30.0)
+        )
+    return Exchange(
+        request_id=f"bench-{i}",
+        started_at=time.time(),
+        conversation_id=f"c{i % 500}",
+        route=f"route-{i % 3}",
+        lane="fallback" if i % 10 == 0 else "primary",
+        model=model,
+        latency_ms=320.0 + i % 700,
+        ttft_ms=90.0 + i % 200,
+        upstream_ms=310.0 + i % 700,
+        prompt_tokens=400 + i % 300,
+        completion_tokens=120 + i % 90,
+        cost_usd=0.002,
+        attempts=attempts,
+        signals={"priority": "normal", "escalation": i % 17 == 0, "convo_length": i % 20},
+    )
+
+
+def cpu_us_per(n: int, work: Callable[[], object]) -> float:
+    start = time.process_time()
+    work()
+    return (time.process_time() - start) / n * 1e6
+
+
+async def burst(settings: TelemetrySettings, exchanges: list[Exchange]) -> tuple[float, float]:
+    """(record() µs, record + all background work µs) per exchange for one burst."""
+    telemetry = Telemetry(settings)
+    await telemetry.start()
+    start = time.process_time()
+    record_us = cpu_us_per(len(exchanges), lambda: list(map(telemetry.record, exchanges)))
+    await telemetry.aclose()
+    return record_us, (time.process_time() - start) / len(exchanges) * 1e6
+
+
+async def paced(settings: TelemetrySettings | None, seconds: float, rate: int = 1000) -> float:
+    """Process CPU per exchange while recording `rate` exchanges/s; `None` records into a plain list."""
+    telemetry = Telemetry(settings) if settings is not None else None
+    sink: list[Exchange] = []
+    record = telemetry.record if telemetry is not None else sink.append
+    if telemetry is not None:
+        await telemetry.start()
+    start, began, sent = time.process_time(), time.monotonic(), 0
+    while (elapsed := time.monotonic() - began) < seconds:
+        due = int(elapsed * rate)
+        for i in range(sent, due):
+            record(exchange(i))
+        sent = due
+        await asyncio.sleep(0.005)
+    if telemetry is not None:
+        await telemetry.aclose()
+    return (time.process_time() - start) / sent * 1e6
+
+
+def prometheus_client_us(exchanges: list[Exchange]) -> float | None:
+    """The same per-exchange updates through prometheus-client, for comparison."""
+    try:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+    except ImportError:
+        return None
+    registry, labels = CollectorRegistry(), ("model", "route", "lane")
+    requests = Counter("r", "r", (*labels, "outcome"), registry=registry)
+    latency, ttft, overhead = (Histogram(n, n, labels, registry=registry) for n in ("l", "t", "o"))
+    tokens_in, tokens_out, cost, fallbacks = (
+        Counter(n, n, labels, registry=registry) for n in ("i", "x", "c", "f")
+    )
+    attempts = Counter("a", "a", ("model", "outcome"), registry=registry)
+
+    def observe() -> None:
+        for e in exchanges:
+            key = (e.model or "", e.route or "", e.lane)
+            requests.labels(*key, e.outcome).inc()
+            latency.labels(*key).observe(e.latency_ms / 1000)
+            if e.ttft_ms is not None:
+                ttft.labels(*key).observe(e.ttft_ms / 1000)
+            overhead.labels(*key).observe(e.overhead_ms / 1000)
+            tokens_in.labels(*key).inc(e.prompt_tokens)
+            tokens_out.labels(*key).inc(e.completion_tokens)
+            cost.labels(*key).inc(e.cost_usd)
+            fallbacks.labels(*key).inc(len(e.attempts) - 1)
+            for a in e.attempts:
+                attempts.labels(a.model, a.outcome).inc()
+
+    return cpu_us_per(len(exchanges), observe)
+
+
+def hand_written_us(exchanges: list[Exchange]) -> float:
+    from laneway.telemetry._metrics import GatewayMetrics
+
+    metrics = GatewayMetrics()
+    return cpu_us_per(len(exchanges), lambda: list(map(metrics.observe, exchanges)))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--paced-seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    exchanges = [exchange(i) for i in range(args.n)]
+    print(
+        f"metric updates only: hand-written {hand_written_us(exchanges):.2f} µs/exchange, "
+        f"prometheus-client {prometheus_client_us(exchanges) or float('nan'):.2f} µs/exchange"
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        cases = {
+            "metrics only": TelemetrySettings(exchange_log=None),
+            "metrics + SQLite log": TelemetrySettings(exchange_log=f"sqlite:///{folder}/bench.sqlite3"),
+            "metrics + SQLite log + bodies": TelemetrySettings(
+                exchange_log=f"sqlite:///{folder}/bodies.sqlite3", store_bodies=True
+            ),
+        }
+        for name, settings in cases.items():
+            record_us, all_us = await burst(settings, exchanges)
+            print(
+                f"burst of {args.n}, {name}: record() {record_us:.2f} µs, record + background {all_us:.1f} µs"
+                f" per exchange"
+            )
+        if args.paced_seconds > 0:
+            settings = TelemetrySettings(exchange_log=f"sqlite:///{folder}/paced.sqlite3")
+            # The loop without telemetry (building exchanges, waking up) is subtracted.
+            per = await paced(settings, args.paced_seconds) - await paced(None, args.paced_seconds)
+            print(
+                f"paced 1000 exchanges/s for {args.paced_seconds:g} s, metrics + SQLite log: "
+                f"{per:.1f} µs CPU per exchange = {per / 10:.2f} % of one core at 1000 req/s"
+            )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,46 @@
+"""Per-model circuit breaker: consecutive failures open it for a cooldown, then one probe decides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import Breaker
+
+
+@dataclass(slots=True)
+class CircuitBreaker:
+    policy: Breaker
+    failures: int = 0
+    open_until: float = 0.0
+    probing: bool = False
+    opened: int = 0  # times the breaker opened, for metrics
+
+    def allows(self, now: float) -> bool:
+        """Closed: yes. Open: no, until the cooldown ends; then one caller probes (half-open)."""
+        if self.open_until == 0.0:
+            return True
+        if now < self.open_until or self.probing:
+            return False
+        self.probing = True
+        return True
+
+    def success(self) -> None:
+        self.failures = 0
+        self.open_until = 0.0
+        self.probing = False
+
+    def failure(self, now: float) -> bool:
+        """Record a failure; return True when this one opened the breaker."""
+        self.failures += 1
+        was_probe = self.probing
+        self.probing = False
+        if was_probe or self.failures >= self.policy.failures:
+            self.open_until = now + self.policy.cooldown_ms / 1000
+            self.opened += 1
+            return True
+        return False
+
+    def state(self, now: float) -> str:
+        if self.open_until == 0.0:
+            return "closed"
+        return "half_open" if now >= self.open_until else "open"

@@ -1,0 +1,76 @@
+"""Laneway's internal, OpenAI-shaped form of a chat exchange with one model.
+
+Every provider translates from `ChatRequest` to its wire format and back to `Completion` (or a
+stream of `Chunk`s). The gateway never sees a provider's own shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Message = dict[str, Any]
+
+FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls")
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """What one attempt sends to one model.
+
+    `messages` are OpenAI chat messages whose content is text (a string, or a list of text
+    parts). `params` holds the generation parameters in OpenAI's names (`temperature`,
+    `top_p`, `max_tokens`, `stop`, `presence_penalty`, `frequency_penalty`, `seed`,
+    `logprobs`, `top_logprobs`, `response_format`, ...); each provider maps what its wire
+    format supports.
+    """
+
+    model: str
+    messages: list[Message]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def max_tokens(self, default: int) -> int:
+        value = self.params.get("max_tokens", self.params.get("max_completion_tokens"))
+        return int(value) if value is not None else default
+
+
+@dataclass(slots=True)
+class Completion:
+    """A whole answer from one model."""
+
+    text: str
+    finish_reason: str
+    usage: Usage
+    model: str
+    logprobs: list[float] | None = None
+    upstream_id: str = ""
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One piece of a streamed answer: text, and at the end a finish reason and the usage."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    logprobs: list[float] | None = None
+
+
+def message_text(message: Message) -> str:
+    """The text of a message whose content is a string or a list of text parts."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""

@@ -1,0 +1,112 @@
+"""The `laneway` command: serve, check, sim, and the tools each part registers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from .errors import ConfigError
+
+Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        code: int = args.func(args)
+    except ConfigError as error:
+        print(f"laneway: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="laneway", description="OpenAI-compatible LLM routing gateway")
+    sub = parser.add_subparsers(metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the gateway (on the simulated fleet by default)")
+    serve.add_argument("--config", help="routing file (default: the embedded simulated fleet)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.set_defaults(func=_serve)
+    check = sub.add_parser("check", help="validate a routing file and print its route table")
+    check.add_argument("file", nargs="?", help="routing file (default: the embedded default)")
+    check.set_defaults(func=_check)
+    sim = sub.add_parser("sim", help="run the simulated fleet alone")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=9090)
+    sim.add_argument("--fleet", help="fleet file (default: the built-in one)")
+    sim.add_argument("--seed", type=int, default=7)
+    sim.set_defaults(func=_sim)
+    for register in _extensions():
+        register(sub)
+    return parser
+
+
+def _extensions() -> list[Register]:
+    registers: list[Register] = []
+    for module, name in (("laneway.intents", "add_commands"), ("laneway.retrieval", "add_commands"),
+                         ("laneway.telemetry", "add_commands")):
+        try:
+            imported = __import__(module, fromlist=[name])
+        except ImportError:
+            continue
+        registers.append(getattr(imported, name))
+    return registers
+
+
+def _run(coro: object) -> None:
+    import uvloop
+
+    uvloop.run(coro)  # type: ignore[arg-type]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    _run(serve(args.config, args.host, args.port))
+    return 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from .sim import serve_forever
+
+    _run(serve_forever(args.host, args.port, args.fleet, args.seed))
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    config = load_config(args.file)
+    print(f"{config.source}: OK - {len(config.routes)} routes, {len(config.models)} models")
+    print(route_table(config))
+    for warning in config.warnings:
+        print(f"warning: {warning}")
+    return 0
+
+
+def route_table(config: object) -> str:
+    from .config import Config
+
+    assert isinstance(config, Config)
+    rows = [("#", "name", "path", "matcher", "target", "fallbacks")]
+    for r in config.routes:
+        matcher = r.matcher.source if r.has_matcher else "(default)"
+        fallbacks = ", ".join(r.fallbacks) + (f" [long context: {r.long_context}]" if r.long_context else "")
+        rows.append((str(r.index), r.name, r.path, matcher, r.target, fallbacks or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,22 @@
+"""Routing configuration: YAML → validated, frozen runtime objects; the matcher language."""
+
+from ._loader import builtin_models, default_config_text, load_config, parse_config
+from ._matcher import Matcher, MatcherError, compile_matcher
+from ._model import (
+    DEFAULT_DEADLINE_MS,
+    Breaker,
+    Config,
+    ModelSpec,
+    Price,
+    Profile,
+    Retry,
+    Route,
+    ServerSettings,
+    SimSettings,
+)
+
+__all__ = [
+    "DEFAULT_DEADLINE_MS", "Breaker", "Config", "Matcher", "MatcherError", "ModelSpec", "Price", "Profile",
+    "Retry", "Route", "ServerSettings", "SimSettings", "builtin_models", "compile_matcher",
+    "default_config_text", "load_config", "parse_config",
+]

@@ -1,0 +1,138 @@
+"""Route-table analysis for `laneway check`: overlaps (first match wins) and gaps (`no_route`).
+
+Matchers only compare signals with literals, so the values that can change an outcome are the
+literals themselves and their neighbours. The analysis evaluates every route over that grid of
+example requests (sampled deterministically when the grid is large).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, cast
+
+from ..signals import SIGNALS, Signals
+from ._model import Route
+
+_MAX_EXAMPLES = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class TableWarning:
+    path: str
+    message: str
+
+
+def analyse_table(routes: Sequence[Route]) -> list[TableWarning]:
+    warnings: list[TableWarning] = []
+    for path in dict.fromkeys(r.path for r in routes):
+        group = [r for r in routes if r.path == path]
+        warnings.extend(_analyse_group(group))
+    return warnings
+
+
+def _analyse_group(routes: list[Route]) -> list[TableWarning]:
+    grid = _grid(routes)
+    overlaps: dict[tuple[int, int], dict[str, Any]] = {}
+    reached: set[int] = set()
+    gap: dict[str, Any] | None = None
+    for example in _examples(grid):
+        signals = cast(Signals, _as_signals(example))  # duck-typed: matchers read attributes only
+        hits = [r for r in routes if r.matcher(signals)]
+        if not hits:
+            gap = gap or example
+            continue
+        reached.add(hits[0].index)
+        for later in hits[1:]:
+            if not later.has_matcher:  # a default route catching the rest is the intended overlap
+                continue
+            overlaps.setdefault((hits[0].index, later.index), example)
+    warnings = []
+    by_index = {r.index: r for r in routes}
+    for (first_index, later_index), example in overlaps.items():
+        a, b = by_index[first_index], by_index[later_index]
+        warnings.append(TableWarning(
+            f"routes[{later_index}]",
+            f"overlaps `{a.name}` (routes[{first_index}]): a request such as {_describe(example)} matches both; "
+            f"the first match wins, so it goes to `{a.target}`, not `{b.target}`",
+        ))
+    for route in routes:
+        if route.index not in reached and route.has_matcher:
+            warnings.append(TableWarning(
+                f"routes[{route.index}]",
+                f"`{route.name}` is never reached: every request it matches is taken by an earlier route",
+            ))
+    if gap is not None:
+        warnings.append(TableWarning(
+            f"routes (path {routes[0].path})",
+            f"gap: no route matches a request such as {_describe(gap)}; it gets `404 no_route`. "
+            "Add a default route (one without `matcher`) at the end if that is not intended",
+        ))
+    return warnings
+
+
+def _grid(routes: list[Route]) -> dict[str, list[Any]]:
+    literals: dict[str, list[Any]] = {}
+    for route in routes:
+        for name in sorted(route.matcher.signals):
+            literals.setdefault(name, [])
+        for name, value in route.matcher.literals:
+            literals[name].append(value)
+    return {name: _candidates(name, values) for name, values in literals.items()}
+
+
+def _candidates(name: str, literals: list[Any]) -> list[Any]:
+    kind = SIGNALS[name].kind if name in SIGNALS else "any"
+    if kind == "enum":
+        values = SIGNALS[name].values
+        default = SIGNALS[name].default
+        return [default, *(v for v in values if v != default)]
+    if kind == "bool":
+        return [False, True]
+    if kind in ("int", "float"):
+        step = 1 if kind == "int" else 0.01
+        out: list[Any] = []
+        for n in literals:
+            mid = n // 2 if kind == "int" else n / 2
+            out += [mid or step, n, n + step, n - step]
+        out += [0]
+        return [v for v in dict.fromkeys(out) if v >= 0] or [0]
+    return [*dict.fromkeys(literals), "other"] if kind != "any" else [*dict.fromkeys(literals), None]
+
+
+def _examples(grid: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
+    names = list(grid)
+    size = 1
+    for values in grid.values():
+        size *= len(values)
+    if size <= _MAX_EXAMPLES:
+        for combo in itertools.product(*(grid[n] for n in names)):
+            yield dict(zip(names, combo, strict=True))
+        return
+    rng = random.Random(0)
+    for _ in range(_MAX_EXAMPLES):
+        yield {n: rng.choice(grid[n]) for n in names}
+
+
+def _as_signals(example: dict[str, Any]) -> SimpleNamespace:
+    values = {name: spec.default for name, spec in SIGNALS.items()}
+    metadata = {}
+    for name, value in example.items():
+        if name.startswith("metadata."):
+            if value is not None:
+                metadata[name[len("metadata."):]] = value
+        else:
+            values[name] = value
+    return SimpleNamespace(**values, metadata=metadata)
+
+
+def _describe(example: dict[str, Any]) -> str:
+    def show(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return "(absent)" if value is None else str(value)
+
+    return ", ".join(f"{name}={show(value)}" for name, value in example.items()) or "any request"

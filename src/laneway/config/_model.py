@@ -1,0 +1,131 @@
+"""Frozen runtime objects built once from a routing file."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigIssue
+from ..telemetry import TelemetrySettings
+from ._matcher import Matcher
+
+DEFAULT_DEADLINE_MS = 5000
+SYSTEM_MODES = ("prepend", "replace", "keep")
+TOKENIZERS = ("cl100k_base", "approx")
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """How a model is prompted: system prompt, sampling and length defaults."""
+
+    system: str | None = None
+    system_mode: str = "prepend"  # prepend | replace | keep
+    temperature: float | None = None
+    top_p: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    max_tokens: int | None = None
+
+    def sampling(self) -> dict[str, Any]:
+        names = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "max_tokens")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class Breaker:
+    failures: int = 5  # consecutive failures that open the breaker
+    cooldown_ms: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    name: str
+    provider: str
+    base_url: str
+    model: str  # the upstream's model id
+    api_key_env: str | None = None
+    context_window: int = 128_000
+    price: Price = Price()
+    deadline_ms: int | None = None
+    max_concurrency: int = 64
+    connect_timeout_ms: int = 1000
+    stream_idle_ms: int = 10_000  # once streaming, the longest gap between two chunks
+    tokenizer: str = "cl100k_base"  # "approx" for providers whose tokenizer is not public
+    direct: bool = True  # may be addressed directly by the request's `model` field
+    breaker: Breaker = Breaker()
+    profile: Profile = Profile()
+    max_response_bytes: int = 8 * 1024 * 1024
+
+    @property
+    def simulated(self) -> bool:
+        return self.base_url.startswith("sim://")
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    attempts: int = 2  # tries per model, the first included
+    backoff_ms: int = 50  # base of the jittered exponential backoff
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    index: int
+    name: str
+    path: str
+    matcher: Matcher
+    target: str
+    fallbacks: tuple[str, ...] = ()
+    long_context: str | None = None
+    deadline_ms: int | None = None
+    retry: Retry = Retry()
+    has_matcher: bool = True
+
+    def matches_path(self, path: str) -> bool:
+        return path == self.path or path.startswith(self.path.rstrip("/") + "/")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    table: str = "laneway"  # the `model` value that means "route by the table"
+    max_body_bytes: int = 1024 * 1024
+    deadline_ms: int = DEFAULT_DEADLINE_MS
+    max_messages: int = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class SimSettings:
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: any free port
+    fleet: str | None = None  # path of a fleet file; None: the built-in one
+    seed: int = 7
+
+
+@dataclass(frozen=True)
+class Config:
+    models: Mapping[str, ModelSpec]
+    routes: tuple[Route, ...]
+    server: ServerSettings = ServerSettings()
+    sim: SimSettings = SimSettings()
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    source: str = "<built-in>"
+    warnings: tuple[ConfigIssue, ...] = ()
+    signals_used: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def simulated(self) -> bool:
+        return any(m.simulated for m in self.models.values())
+
+    def deadline_ms(self, route: Route | None, model: ModelSpec) -> int:
+        if route is not None and route.deadline_ms is not None:
+            return route.deadline_ms
+        return model.deadline_ms or self.server.deadline_ms

@@ -1,0 +1,59 @@
+"""YAML to plain Python, remembering where each value stood so errors can name line and column."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError, ConfigIssue
+
+Marks = dict[str, tuple[int, int]]
+
+
+def load_yaml(text: str, source: str = "") -> tuple[Any, Marks]:
+    """Parse one YAML document; return its value and a map from YAML path to (line, column)."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        line, column = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
+        raise ConfigError([ConfigIssue("", f"not valid YAML: {problem}", line, column)], source) from None
+    marks: Marks = {}
+    if node is None:
+        return None, marks
+    return _convert(node, "", marks), marks
+
+
+def join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def _convert(node: yaml.Node, path: str, marks: Marks) -> Any:
+    quoted = isinstance(node, yaml.ScalarNode) and node.style in ("'", '"')
+    # For a quoted scalar the mark points at the text, so columns inside it line up.
+    marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1 + int(quoted))
+    if isinstance(node, yaml.MappingNode):
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = _scalar(key_node)
+            child = join(path, str(key))
+            if key in result:
+                line = key_node.start_mark.line + 1
+                raise ConfigError([ConfigIssue(child, "duplicate key; each key may appear once", line)])
+            result[key] = _convert(value_node, child, marks)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_convert(item, join(path, i), marks) for i, item in enumerate(node.value)]
+    return _scalar(node)
+
+
+def _scalar(node: yaml.Node) -> Any:
+    if not isinstance(node, yaml.ScalarNode):
+        line = node.start_mark.line + 1
+        raise ConfigError([ConfigIssue("", "a mapping key must be a plain value", line)])
+    loader = yaml.SafeLoader("")
+    return loader.construct_scalar(node) if node.tag == "tag:yaml.org,2002:str" else loader.construct_object(node)

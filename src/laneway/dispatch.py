@@ -1,0 +1,214 @@
+"""Dispatch: try a decision's models in order under one shared deadline.
+
+Each model gets up to `retry.attempts` tries with jittered exponential backoff (a `Retry-After`
+inside the remaining budget is honoured; one beyond it moves on to the next model). Models whose
+breaker is open, or whose context window the prompt would overflow, are skipped and recorded.
+For streams, failover is possible until the first chunk is in hand; after that the caller owns
+the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from .chat import ChatRequest, Chunk, Completion, Message
+from .config import Route
+from .context import TokenCounter
+from .errors import (
+    AllAttemptsFailed,
+    ContextWindowExceeded,
+    UpstreamContextOverflow,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from .exchange import OK, SKIPPED, Attempt, Exchange
+from .runtime import Runtime, fits, prepare
+
+
+@dataclass(slots=True)
+class Plan:
+    route: Route | None
+    lanes: list[tuple[str, str]]
+    deadline: float  # event-loop time
+
+
+@dataclass(slots=True)
+class Started:
+    """A stream whose first chunk has arrived: the point after which there is no failover."""
+
+    model: str
+    lane: str
+    attempt: Attempt
+    first: Chunk
+    rest: AsyncIterator[Chunk]
+    prompt_tokens: int  # counted locally; the upstream's usage replaces it when it arrives
+    began: float  # perf_counter() when the attempt started
+
+
+class Dispatcher:
+    def __init__(self, runtime: Runtime, counter: TokenCounter, on_breaker_open: Any = None) -> None:
+        self.runtime = runtime
+        self.counter = counter
+        self.on_breaker_open = on_breaker_open
+
+    async def complete(self, plan: Plan, messages: list[Message], params: dict[str, Any],
+                       exchange: Exchange) -> Completion:
+        errors: list[UpstreamError] = []
+        for lane, name, request in self._candidates(plan, messages, params, exchange):
+            for attempt_no in range(self._tries(plan)):
+                if _expired(plan):
+                    raise self._give_up(errors, exchange)
+                attempt = Attempt(name, OK, lane=lane)
+                exchange.attempts.append(attempt)
+                started = time.perf_counter()
+                try:
+                    completion = await self.runtime.providers[name].complete(request, plan.deadline)
+                except UpstreamError as error:
+                    self._failed(attempt, error, started, name, exchange)
+                    errors.append(error)
+                    if not await self._retry_pause(plan, error, attempt_no):
+                        break
+                    continue
+                self._succeeded(attempt, started, name, exchange, completion.usage.prompt_tokens,
+                                completion.usage.completion_tokens)
+                exchange.lane, exchange.model = lane, name
+                return completion
+        raise self._give_up(errors, exchange)
+
+    async def stream(self, plan: Plan, messages: list[Message], params: dict[str, Any],
+                     exchange: Exchange) -> Started:
+        errors: list[UpstreamError] = []
+        for lane, name, request in self._candidates(plan, messages, params, exchange):
+            for attempt_no in range(self._tries(plan)):
+                if _expired(plan):
+                    raise self._give_up(errors, exchange)
+                attempt = Attempt(name, OK, lane=lane)
+                exchange.attempts.append(attempt)
+                started = time.perf_counter()
+                chunks = self.runtime.providers[name].stream(request, plan.deadline)
+                try:
+                    first = await anext(chunks)
+                except StopAsyncIteration:
+                    error: UpstreamError = UpstreamUnavailable("stream ended before any data", model=name)
+                except UpstreamError as exc:
+                    error = exc
+                else:
+                    attempt.ttft_ms = (time.perf_counter() - started) * 1000
+                    exchange.upstream_ms += attempt.ttft_ms
+                    self.runtime.breakers[name].success()
+                    exchange.lane, exchange.model = lane, name
+                    prompt = self.counter.count(request.messages, self.runtime.config.models[name].tokenizer)
+                    return Started(name, lane, attempt, first, chunks, prompt, started)
+                await _close(chunks)
+                self._failed(attempt, error, started, name, exchange)
+                errors.append(error)
+                if not await self._retry_pause(plan, error, attempt_no):
+                    break
+        raise self._give_up(errors, exchange)
+
+    def _tries(self, plan: Plan) -> int:
+        return plan.route.retry.attempts if plan.route else 2
+
+    def _candidates(self, plan: Plan, messages: list[Message], params: dict[str, Any],
+                    exchange: Exchange) -> list[tuple[str, str, ChatRequest]]:
+        """The lanes still worth trying, each with its prepared request; skipped ones are recorded."""
+        models = self.runtime.config.models
+        lanes = list(plan.lanes)
+        out: list[tuple[str, str, ChatRequest]] = []
+        overflow: list[str] = []
+        now = asyncio.get_running_loop().time()
+        i = 0
+        while i < len(lanes):
+            lane, name = lanes[i]
+            i += 1
+            spec = models[name]
+            request = prepare(spec, messages, params)
+            ok, prompt = fits(self.counter, spec, request)
+            if not ok:
+                exchange.attempts.append(Attempt(name, SKIPPED, prompt_tokens=prompt, lane=lane,
+                                                 error=f"context_window: {prompt} tokens > {spec.context_window}"))
+                overflow.append(f"`{name}` holds {spec.context_window}")
+                exchange.prompt_tokens = max(exchange.prompt_tokens, prompt)
+                long_context = plan.route.long_context if plan.route else None
+                if long_context and all(n != long_context for _, n in lanes):
+                    lanes.insert(i, ("fallback", long_context))
+                continue
+            if not self.runtime.breakers[name].allows(now):
+                exchange.attempts.append(Attempt(name, SKIPPED, lane=lane, error="cooldown: breaker open"))
+                continue
+            out.append((lane, name, request))
+        if not out and overflow:
+            raise ContextWindowExceeded(
+                f"the prompt has {exchange.prompt_tokens} tokens (plus the requested output), more than fits: "
+                f"{'; '.join(overflow)}. Trim the conversation, or give the route a `long_context:` model"
+            )
+        return out
+
+    def _failed(self, attempt: Attempt, error: UpstreamError, started: float, name: str,
+                exchange: Exchange) -> None:
+        attempt.latency_ms = (time.perf_counter() - started) * 1000
+        attempt.outcome = error.code
+        attempt.error = error.message
+        attempt.upstream_status = error.upstream_status
+        exchange.upstream_ms += attempt.latency_ms
+        if not isinstance(error, UpstreamContextOverflow):
+            now = asyncio.get_running_loop().time()
+            if self.runtime.breakers[name].failure(now) and self.on_breaker_open is not None:
+                self.on_breaker_open(name)
+
+    def _succeeded(self, attempt: Attempt, started: float, name: str, exchange: Exchange,
+                   prompt_tokens: int, completion_tokens: int) -> None:
+        attempt.latency_ms = (time.perf_counter() - started) * 1000
+        exchange.upstream_ms += attempt.latency_ms
+        self.runtime.breakers[name].success()
+        account(attempt, exchange, self.runtime.config.models[name].price.cost, prompt_tokens, completion_tokens)
+
+    async def _retry_pause(self, plan: Plan, error: UpstreamError, attempt_no: int) -> bool:
+        """Sleep before retrying the same model; False means move on to the next model instead."""
+        if not error.retryable or isinstance(error, UpstreamTimeout) or attempt_no + 1 >= self._tries(plan):
+            return False
+        loop = asyncio.get_running_loop()
+        left = plan.deadline - loop.time()
+        base = (plan.route.retry.backoff_ms if plan.route else 50) / 1000
+        pause = random.uniform(0.5, 1.0) * base * (2 ** attempt_no)
+        if isinstance(error, UpstreamRateLimited) and error.retry_after_s is not None:
+            pause = error.retry_after_s
+        if pause >= left:
+            return False
+        await asyncio.sleep(pause)
+        return True
+
+    def _give_up(self, errors: list[UpstreamError], exchange: Exchange) -> Exception:
+        if errors:
+            return AllAttemptsFailed(errors)
+        skipped = "; ".join(f"`{a.model}`: {a.error}" for a in exchange.attempts) or "no model to try"
+        return AllAttemptsFailed([UpstreamUnavailable(f"every model was skipped ({skipped})", model="")])
+
+
+def account(attempt: Attempt, exchange: Exchange, cost: Any, prompt_tokens: int, completion_tokens: int) -> None:
+    attempt.prompt_tokens = prompt_tokens
+    attempt.completion_tokens = completion_tokens
+    attempt.cost_usd = cost(prompt_tokens, completion_tokens)
+    exchange.prompt_tokens = prompt_tokens
+    exchange.completion_tokens = completion_tokens
+    exchange.cost_usd += attempt.cost_usd
+
+
+def _expired(plan: Plan) -> bool:
+    return asyncio.get_running_loop().time() >= plan.deadline
+
+
+async def _close(chunks: AsyncIterator[Chunk]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        # Closing a failed upstream stream must not mask the error that made us close it.
+        with contextlib.suppress(Exception):
+            await aclose()

@@ -1,0 +1,217 @@
+"""Laneway's one error hierarchy, and the single mapping from errors to HTTP answers.
+
+    LanewayError
+    ├── ConfigError                 a routing file that cannot be used (carries every issue found)
+    ├── RequestError                the client's request is wrong or cannot be served as asked
+    │   ├── InvalidRequest          400 invalid_request
+    │   ├── Unauthorized            401 invalid_api_key
+    │   ├── Forbidden               403 forbidden
+    │   ├── ModelNotFound           404 model_not_found
+    │   ├── NoRoute                 404 no_route
+    │   ├── PayloadTooLarge         413 payload_too_large
+    │   ├── ContextWindowExceeded   400 context_window_exceeded
+    │   └── RateLimited             429 rate_limited
+    └── UpstreamError               one attempt at one model failed (translated at the provider boundary)
+        ├── UpstreamUnavailable     refused/reset connection, 5xx         -> 502 upstream_unavailable
+        ├── UpstreamRateLimited     the upstream answered 429             -> 429 rate_limited
+        ├── UpstreamTimeout         the request's deadline ran out        -> 504 model_inference_deadline_exceeded
+        ├── UpstreamBadResponse     malformed, wrong type, oversized      -> 502 upstream_bad_response
+        ├── UpstreamContextOverflow the upstream refused the prompt length -> 400 context_window_exceeded
+        ├── UpstreamRejected        any other 4xx from the upstream       -> 502 upstream_rejected
+        └── AllAttemptsFailed       every model of the plan failed; lists each attempt's error
+
+Foreign exceptions (aiohttp, asyncio timeouts, JSON decoders) never leave a provider module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class LanewayError(Exception):
+    """Base of every error Laneway raises on purpose."""
+
+    status = 500
+    code = "internal_error"
+    type = "server_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem in a routing file, located by YAML path (and line/column when known)."""
+
+    path: str
+    message: str
+    line: int | None = None
+    column: int | None = None
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        where = self.path or "<file>"
+        if self.line is not None:
+            where += f" (line {self.line}" + (f", column {self.column})" if self.column else ")")
+        return f"{where}: {self.message}"
+
+
+class ConfigError(LanewayError):
+    code = "invalid_config"
+
+    def __init__(self, issues: Sequence[ConfigIssue], source: str = "") -> None:
+        self.issues = tuple(issues)
+        self.source = source
+        head = f"{source}: " if source else ""
+        lines = "\n".join(f"  {issue}" for issue in self.issues)
+        super().__init__(f"{head}{len(self.issues)} error(s) in routing config:\n{lines}")
+
+
+class RequestError(LanewayError):
+    status = 400
+    code = "invalid_request"
+    type = "invalid_request_error"
+
+
+class InvalidRequest(RequestError):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class Unauthorized(RequestError):
+    status = 401
+    code = "invalid_api_key"
+    type = "authentication_error"
+
+
+class Forbidden(RequestError):
+    status = 403
+    code = "forbidden"
+    type = "permission_error"
+
+
+class ModelNotFound(RequestError):
+    status = 404
+    code = "model_not_found"
+
+
+class NoRoute(RequestError):
+    status = 404
+    code = "no_route"
+
+
+class PayloadTooLarge(RequestError):
+    status = 413
+    code = "payload_too_large"
+
+
+class ContextWindowExceeded(RequestError):
+    code = "context_window_exceeded"
+
+
+class RateLimited(RequestError):
+    status = 429
+    code = "rate_limited"
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class UpstreamError(LanewayError):
+    """One attempt failed. `retryable` says whether trying again (same or next model) may help."""
+
+    status = 502
+    code = "upstream_unavailable"
+    type = "upstream_error"
+    retryable = True
+
+    def __init__(self, message: str, *, model: str = "", upstream_status: int | None = None) -> None:
+        super().__init__(message)
+        self.model = model
+        self.upstream_status = upstream_status
+
+
+class UpstreamUnavailable(UpstreamError):
+    pass
+
+
+class UpstreamRateLimited(UpstreamError):
+    status = 429
+    code = "rate_limited"
+    type = "rate_limit_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str = "",
+        upstream_status: int | None = 429,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, model=model, upstream_status=upstream_status)
+        self.retry_after_s = retry_after_s
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "model_inference_deadline_exceeded"
+    type = "timeout_error"
+
+
+class UpstreamBadResponse(UpstreamError):
+    code = "upstream_bad_response"
+
+
+class UpstreamContextOverflow(UpstreamError):
+    status = 400
+    code = "context_window_exceeded"
+    type = "invalid_request_error"
+    retryable = False
+
+
+class UpstreamRejected(UpstreamError):
+    code = "upstream_rejected"
+    retryable = False
+
+
+class AllAttemptsFailed(UpstreamError):
+    """Every model in the plan failed; the status is that of the most telling attempt."""
+
+    def __init__(self, errors: Sequence[UpstreamError]) -> None:
+        self.errors = tuple(errors)
+        detail = "; ".join(f"`{e.model}`: {e.code}: {e.message}" for e in self.errors)
+        super().__init__(f"all {len(self.errors)} attempt(s) failed: {detail}")
+        last = _most_telling(self.errors)
+        self.status = last.status
+        self.code = last.code
+        self.type = last.type
+
+
+def _most_telling(errors: Sequence[UpstreamError]) -> UpstreamError:
+    # A deadline that ran out explains the outcome better than the earlier failures it cut short.
+    for error in reversed(errors):
+        if isinstance(error, UpstreamTimeout):
+            return error
+    return errors[-1]
+
+
+def error_body(error: LanewayError, request_id: str) -> dict[str, object]:
+    """The OpenAI-shaped error body for any Laneway error."""
+    body: dict[str, object] = {
+        "message": error.message,
+        "type": error.type,
+        "code": error.code,
+        "param": getattr(error, "param", None),
+        "request_id": request_id,
+    }
+    if isinstance(error, AllAttemptsFailed):
+        body["attempts"] = [
+            {"model": e.model, "code": e.code, "message": e.message, "upstream_status": e.upstream_status}
+            for e in error.errors
+        ]
+    return {"error": body}

@@ -1,0 +1,63 @@
+"""The record of one client request: its decision, every attempt, and what it cost.
+
+An `Exchange` is built on the hot path and handed, finished, to the telemetry sinks, which do
+their work in the background.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Lanes a request can take; they appear in `x-laneway-lane`, metrics and the exchange log.
+LANES = ("primary", "fallback", "canary", "cascade", "degraded", "cache", "direct")
+
+# Outcomes of an attempt.
+OK = "ok"
+SKIPPED = "skipped"  # never sent: breaker open, context window too small
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One call (or one decision not to call) to one model."""
+
+    model: str
+    outcome: str  # "ok", "skipped", or an error code such as "upstream_unavailable"
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    error: str = ""
+    upstream_status: int | None = None
+    lane: str = "primary"
+
+
+@dataclass(slots=True)
+class Exchange:
+    """The full story of one client request."""
+
+    request_id: str
+    started_at: float  # unix time, seconds
+    path: str = "/v1/chat/completions"
+    conversation_id: str | None = None
+    route: str | None = None
+    lane: str = "primary"
+    model: str | None = None  # the model whose answer the client got
+    stream: bool = False
+    status: int = 200
+    outcome: str = OK  # "ok" or the error code the client got
+    error: str = ""
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    upstream_ms: float = 0.0  # time spent waiting on upstreams, for the gateway's own overhead
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    attempts: list[Attempt] = field(default_factory=list)
+    signals: dict[str, Any] = field(default_factory=dict)
+    api_key: str | None = None  # the client key's name, never the key
+
+    @property
+    def overhead_ms(self) -> float:
+        return max(0.0, self.latency_ms - self.upstream_ms)

@@ -1,0 +1,211 @@
+"""Anthropic Messages API wire format. `base_url` is what the official SDK calls it, e.g.
+`https://api.anthropic.com`; requests go to `{base_url}/v1/messages`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from ..chat import ChatRequest, Chunk, Completion, Message, Usage, message_text
+from ..errors import (
+    InvalidRequest,
+    UpstreamBadResponse,
+    UpstreamContextOverflow,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from ._base import Upstream, decode_event
+
+if TYPE_CHECKING:
+    from ..config import ModelSpec
+
+API_VERSION = "2023-06-01"
+# `max_tokens` is required by the Messages API; this is what a request that names none gets.
+DEFAULT_MAX_TOKENS = 4096
+# The Messages API accepts temperatures in [0, 1]; OpenAI's range is [0, 2].
+MAX_TEMPERATURE = 1.0
+
+FINISH = {
+    "end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
+    "model_context_window_exceeded": "length", "tool_use": "tool_calls", "refusal": "content_filter",
+}
+_OVERFLOW_WORDS = ("prompt is too long", "exceed context limit")
+_SYSTEM_ROLES = ("system", "developer")
+
+
+def create(spec: ModelSpec, base_url: str) -> AnthropicProvider:
+    return AnthropicProvider(spec, base_url)
+
+
+class AnthropicProvider:
+    def __init__(self, spec: ModelSpec, base_url: str) -> None:
+        self.spec = spec
+        self.upstream = Upstream(spec, base_url, {"anthropic-version": API_VERSION})
+        key = self.upstream.api_key()
+        if key:
+            self.upstream.headers["x-api-key"] = key
+        self.url = f"{self.upstream.base_url}/v1/messages"
+
+    def body(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
+        return request_body(self.spec.model, request, stream)
+
+    async def complete(self, request: ChatRequest, deadline: float) -> Completion:
+        data = await self.upstream.post_json(self.url, self.body(request, False), deadline, is_overflow)
+        return parse_message(data, self.spec.name)
+
+    async def stream(self, request: ChatRequest, deadline: float) -> AsyncIterator[Chunk]:
+        response = await self.upstream.open_stream(self.url, self.body(request, True), deadline, is_overflow)
+        state = _StreamState()
+        async for _event, data in self.upstream.sse(response, deadline):
+            chunk = state.read_event(decode_event(data, self.spec.name), self.spec.name)
+            if chunk is not None:
+                yield chunk
+        # Reading on to the end of the body after `message_stop` keeps the connection reusable.
+        if not state.stopped:
+            raise UpstreamBadResponse("stream ended without `message_stop`: cut mid-way", model=self.spec.name)
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+
+
+def request_body(model: str, request: ChatRequest, stream: bool) -> dict[str, Any]:
+    """The Messages API body for `request`: system prompts lifted out, turns alternating."""
+    system = [message_text(m) for m in request.messages if m.get("role") in _SYSTEM_ROLES]
+    turns = alternating_turns([m for m in request.messages if m.get("role") not in _SYSTEM_ROLES])
+    if not turns:
+        raise InvalidRequest("an Anthropic model needs at least one non-empty `user` or `assistant` message",
+                             param="messages")
+    body: dict[str, Any] = {"model": model, "max_tokens": request.max_tokens(DEFAULT_MAX_TOKENS),
+                            "messages": turns}
+    if any(system):
+        body["system"] = "\n\n".join(text for text in system if text)
+    body.update(sampling(request.params))
+    if stream:
+        body["stream"] = True
+    return body
+
+
+def alternating_turns(messages: list[Message]) -> list[Message]:
+    """Text content blocks per turn, consecutive same-role messages merged: the API requires alternation."""
+    turns: list[Message] = []
+    for message in messages:
+        role = "assistant" if message.get("role") == "assistant" else "user"
+        blocks = [{"type": "text", "text": text} for text in _texts(message) if text]
+        if not blocks:
+            continue
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    return turns
+
+
+def sampling(params: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI sampling parameters in the Messages API's names; the ones it lacks are dropped."""
+    mapped: dict[str, Any] = {}
+    if params.get("temperature") is not None:
+        mapped["temperature"] = min(float(params["temperature"]), MAX_TEMPERATURE)
+    if params.get("top_p") is not None:
+        mapped["top_p"] = params["top_p"]
+    stop = params.get("stop")
+    if stop:
+        mapped["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if params.get("user"):
+        mapped["metadata"] = {"user_id": str(params["user"])}
+    return mapped
+
+
+def is_overflow(status: int, text: str) -> bool:
+    return status == 400 and any(word in text for word in _OVERFLOW_WORDS)
+
+
+def parse_message(data: dict[str, Any], model: str) -> Completion:
+    try:
+        blocks = data["content"]
+        text = "".join(b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text")
+        usage = data.get("usage") or {}
+        return Completion(
+            text=text, finish_reason=FINISH.get(str(data.get("stop_reason")), "stop"),
+            usage=Usage(prompt_tokens(usage), int(usage.get("output_tokens") or 0)),
+            model=str(data.get("model") or model), upstream_id=str(data.get("id") or ""),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise UpstreamBadResponse("answer lacks a `content` list of blocks", model=model) from None
+
+
+def prompt_tokens(usage: dict[str, Any]) -> int:
+    # Like OpenAI's `prompt_tokens`, the count includes tokens written to or read from the prompt cache.
+    names = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    return sum(int(usage.get(name) or 0) for name in names)
+
+
+def stream_error(error: Any, model: str) -> UpstreamError:
+    """The Laneway error for an `error` event (or error body) of the given Anthropic type."""
+    kind = error.get("type", "") if isinstance(error, dict) else ""
+    message = error.get("message", "") if isinstance(error, dict) else str(error)
+    text = f"upstream error mid-stream: {kind}: {message}"
+    if kind == "rate_limit_error":
+        return UpstreamRateLimited(text, model=model)
+    if kind == "invalid_request_error" and any(word in message for word in _OVERFLOW_WORDS):
+        return UpstreamContextOverflow(text, model=model)
+    if kind in ("invalid_request_error", "authentication_error", "permission_error", "not_found_error",
+                "request_too_large", "billing_error"):
+        return UpstreamRejected(text, model=model)
+    return UpstreamUnavailable(text, model=model)
+
+
+class _StreamState:
+    """What a Messages stream has said so far; the finish and usage go out only with `message_stop`."""
+
+    def __init__(self) -> None:
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.finish: str | None = None
+        self.stopped = False
+
+    def read_event(self, event: dict[str, Any], model: str) -> Chunk | None:
+        try:
+            return self._read(event, model)
+        except (TypeError, ValueError, AttributeError):
+            kind = event.get("type")
+            raise UpstreamBadResponse(f"malformed `{kind}` event in stream", model=model) from None
+
+    def _read(self, event: dict[str, Any], model: str) -> Chunk | None:
+        kind = event.get("type")
+        if kind == "content_block_delta":
+            delta = event.get("delta") or {}
+            return Chunk(text=delta.get("text") or "") if delta.get("type") == "text_delta" else None
+        if kind == "message_start":
+            usage = (event.get("message") or {}).get("usage") or {}
+            self.input_tokens = prompt_tokens(usage)
+            self.output_tokens = int(usage.get("output_tokens") or 0)
+        elif kind == "message_delta":
+            self._delta(event)
+        elif kind == "message_stop" and not self.stopped:
+            self.stopped = True
+            usage = Usage(self.input_tokens, self.output_tokens)
+            return Chunk(finish_reason=self.finish or "stop", usage=usage)
+        elif kind == "error":
+            raise stream_error(event.get("error"), model)
+        return None
+
+    def _delta(self, event: dict[str, Any]) -> None:
+        reason = (event.get("delta") or {}).get("stop_reason")
+        if reason:
+            self.finish = FINISH.get(str(reason), "stop")
+        usage = event.get("usage") or {}
+        # `output_tokens` here is cumulative; newer API versions repeat the input counts too.
+        if usage.get("output_tokens") is not None:
+            self.output_tokens = int(usage["output_tokens"])
+        if usage.get("input_tokens") is not None:
+            self.input_tokens = prompt_tokens(usage)
+
+
+def _texts(message: Message) -> list[str]:
+    content = message.get("content")
+    if isinstance(content, list):
+        return [str(part.get("text") or "") for part in content if isinstance(part, dict)]
+    return [message_text(message)]

@@ -1,0 +1,227 @@
+"""Gemini API `generateContent` wire format. `base_url` is the API's root,
+`https://generativelanguage.googleapis.com`; requests go to
+`{base_url}/v1beta/models/{model}:generateContent` (and `:streamGenerateContent?alt=sse`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ..chat import ChatRequest, Chunk, Completion, Message, Usage, message_text
+from ..errors import (
+    InvalidRequest,
+    UpstreamBadResponse,
+    UpstreamContextOverflow,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from ._base import OverflowTest, Upstream, decode_event
+
+if TYPE_CHECKING:
+    from ..config import ModelSpec
+
+FILTERED = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"})
+FINISH = {"STOP": "stop", "MAX_TOKENS": "length", **{reason: "content_filter" for reason in FILTERED}}
+_OVERFLOW_WORDS = ("input token count", "maximum number of tokens", "token limit", "token count exceeds")
+_SYSTEM_ROLES = ("system", "developer")
+# OpenAI parameter -> generationConfig field, for the ones that only change name.
+_RENAMED = {
+    "temperature": "temperature", "top_p": "topP", "presence_penalty": "presencePenalty",
+    "frequency_penalty": "frequencyPenalty", "seed": "seed",
+}
+
+
+def create(spec: ModelSpec, base_url: str) -> GeminiProvider:
+    return GeminiProvider(spec, base_url)
+
+
+class GeminiProvider:
+    def __init__(self, spec: ModelSpec, base_url: str) -> None:
+        self.spec = spec
+        self.upstream = GeminiUpstream(spec, base_url, {})
+        key = self.upstream.api_key()
+        if key:
+            self.upstream.headers["x-goog-api-key"] = key
+        root = f"{self.upstream.base_url}/v1beta/models/{spec.model}"
+        self.url = f"{root}:generateContent"
+        self.stream_url = f"{root}:streamGenerateContent?alt=sse"
+
+    async def complete(self, request: ChatRequest, deadline: float) -> Completion:
+        data = await self.upstream.post_json(self.url, request_body(request), deadline, is_overflow)
+        return parse_response(data, self.spec.name)
+
+    async def stream(self, request: ChatRequest, deadline: float) -> AsyncIterator[Chunk]:
+        body = request_body(request)
+        response = await self.upstream.open_stream(self.stream_url, body, deadline, is_overflow)
+        finish: str | None = None
+        usage: Usage | None = None
+        async for _event, data in self.upstream.sse(response, deadline):
+            event = decode_event(data, self.spec.name)
+            if "error" in event:
+                raise status_error(event["error"], self.spec.name)
+            chunk = read_chunk(event, self.spec.name)
+            finish = chunk.finish_reason or finish
+            usage = chunk.usage or usage
+            if chunk.text or chunk.logprobs:
+                yield Chunk(text=chunk.text, logprobs=chunk.logprobs)
+        if finish is None:
+            raise UpstreamBadResponse("stream ended without a `finishReason`: cut mid-way",
+                                      model=self.spec.name)
+        yield Chunk(finish_reason=finish, usage=usage)
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+
+
+class GeminiUpstream(Upstream):
+    """Reads the retry delay of a 429 from the body's `RetryInfo` when there is no `Retry-After` header."""
+
+    def status_error(self, status: int, headers: Any, payload: bytes,
+                     overflow: OverflowTest) -> UpstreamError:
+        error = super().status_error(status, headers, payload, overflow)
+        if isinstance(error, UpstreamRateLimited) and error.retry_after_s is None:
+            error.retry_after_s = retry_delay(payload)
+        return error
+
+
+def request_body(request: ChatRequest) -> dict[str, Any]:
+    """The `generateContent` body: system prompts as `systemInstruction`, turns as user/model contents."""
+    system = [message_text(m) for m in request.messages if m.get("role") in _SYSTEM_ROLES]
+    contents = contents_of([m for m in request.messages if m.get("role") not in _SYSTEM_ROLES])
+    if not contents:
+        raise InvalidRequest("a Gemini model needs at least one non-empty `user` or `assistant` message",
+                             param="messages")
+    body: dict[str, Any] = {"contents": contents}
+    if any(system):
+        body["systemInstruction"] = {"parts": [{"text": text} for text in system if text]}
+    config = generation_config(request)
+    if config:
+        body["generationConfig"] = config
+    return body
+
+
+def contents_of(messages: list[Message]) -> list[Message]:
+    """`user`/`model` contents of text parts, consecutive same-role messages merged into one turn."""
+    contents: list[Message] = []
+    for message in messages:
+        role = "model" if message.get("role") == "assistant" else "user"
+        parts = [{"text": text} for text in _texts(message) if text]
+        if not parts:
+            continue
+        if contents and contents[-1]["role"] == role:
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": role, "parts": parts})
+    return contents
+
+
+def generation_config(request: ChatRequest) -> dict[str, Any]:
+    """OpenAI generation parameters in `generationConfig`'s names; the ones it lacks are dropped."""
+    params = request.params
+    config = {field: params[name] for name, field in _RENAMED.items() if params.get(name) is not None}
+    if "max_tokens" in params or "max_completion_tokens" in params:
+        config["maxOutputTokens"] = request.max_tokens(0)
+    stop = params.get("stop")
+    if stop:
+        config["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if params.get("logprobs"):
+        config["responseLogprobs"] = True
+        if params.get("top_logprobs"):
+            config["logprobs"] = int(params["top_logprobs"])
+    response_format = params.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") == "json_object":
+        config["responseMimeType"] = "application/json"
+    return config
+
+
+def is_overflow(status: int, text: str) -> bool:
+    lowered = text.lower()
+    return status == 400 and "INVALID_ARGUMENT" in text and any(word in lowered for word in _OVERFLOW_WORDS)
+
+
+def parse_response(data: dict[str, Any], model: str) -> Completion:
+    chunk = read_chunk(data, model)
+    if chunk.finish_reason is None and not chunk.text:
+        raise UpstreamBadResponse("answer has neither `candidates` nor `promptFeedback`", model=model)
+    return Completion(
+        text=chunk.text, finish_reason=chunk.finish_reason or "stop", usage=chunk.usage or Usage(),
+        model=str(data.get("modelVersion") or model), logprobs=chunk.logprobs,
+        upstream_id=str(data.get("responseId") or ""),
+    )
+
+
+def read_chunk(data: dict[str, Any], model: str) -> Chunk:
+    try:
+        return parse_chunk(data)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        raise UpstreamBadResponse("answer's `candidates[0]` is not a candidate", model=model) from None
+
+
+def parse_chunk(data: dict[str, Any]) -> Chunk:
+    """One `GenerateContentResponse` (a whole answer, or one event of a stream) as a chunk."""
+    chunk = Chunk(usage=usage_of(data.get("usageMetadata")))
+    candidates = data.get("candidates") or []
+    if not candidates:
+        blocked = (data.get("promptFeedback") or {}).get("blockReason")
+        chunk.finish_reason = "content_filter" if blocked else None
+        return chunk
+    candidate = candidates[0]
+    parts = (candidate.get("content") or {}).get("parts") or []
+    # Parts marked `thought` are the model's reasoning summary, not its answer.
+    answer = [p for p in parts if isinstance(p, dict) and not p.get("thought")]
+    chunk.text = "".join(str(p.get("text") or "") for p in answer)
+    reason = candidate.get("finishReason")
+    chunk.finish_reason = FINISH.get(str(reason), "stop") if reason else None
+    chosen = (candidate.get("logprobsResult") or {}).get("chosenCandidates")
+    if isinstance(chosen, list):
+        chunk.logprobs = [float(c["logProbability"]) for c in chosen
+                          if isinstance(c, dict) and "logProbability" in c]
+    return chunk
+
+
+def usage_of(metadata: Any) -> Usage | None:
+    if not isinstance(metadata, dict):
+        return None
+    # Thinking tokens are billed at the output price, so they count as completion tokens.
+    completion = int(metadata.get("candidatesTokenCount") or 0) + int(metadata.get("thoughtsTokenCount") or 0)
+    return Usage(int(metadata.get("promptTokenCount") or 0), completion)
+
+
+def status_error(error: Any, model: str) -> UpstreamError:
+    """The Laneway error for an error object met inside an event stream."""
+    if not isinstance(error, dict):
+        return UpstreamUnavailable(f"upstream error mid-stream: {error}", model=model)
+    code = int(error.get("code") or 0)
+    status = str(error.get("status") or "")
+    text = f"upstream error mid-stream: {status or code}: {error.get('message', '')}"
+    if status == "RESOURCE_EXHAUSTED" or code == 429:
+        return UpstreamRateLimited(text, model=model)
+    if is_overflow(400, f"{status} {error.get('message', '')}"):
+        return UpstreamContextOverflow(text, model=model, upstream_status=code or None)
+    if 400 <= code < 500:
+        return UpstreamRejected(text, model=model, upstream_status=code)
+    return UpstreamUnavailable(text, model=model, upstream_status=code or None)
+
+
+def retry_delay(payload: bytes) -> float | None:
+    """Seconds of the `google.rpc.RetryInfo` detail of an error body (`"retryDelay": "33s"`)."""
+    try:
+        details = orjson.loads(payload)["error"]["details"]
+        for detail in details:
+            if str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+                return max(0.0, float(str(detail["retryDelay"]).removesuffix("s")))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return None
+
+
+def _texts(message: Message) -> list[str]:
+    content = message.get("content")
+    if isinstance(content, list):
+        return [str(part.get("text") or "") for part in content if isinstance(part, dict)]
+    return [message_text(message)]

@@ -1,0 +1,116 @@
+"""OpenAI Chat Completions wire format: OpenAI itself and every compatible server (vLLM, llama.cpp,
+Ollama, LM Studio). `base_url` is what the official SDK calls it, e.g. `https://api.openai.com/v1`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from ..chat import ChatRequest, Chunk, Completion, Usage
+from ..errors import UpstreamBadResponse, UpstreamError
+from ._base import Upstream, decode_event
+
+if TYPE_CHECKING:
+    from ..config import ModelSpec
+
+# Parameters an OpenAI-compatible server understands, passed through unchanged.
+PASSTHROUGH = frozenset({
+    "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "presence_penalty",
+    "frequency_penalty", "seed", "logprobs", "top_logprobs", "response_format", "logit_bias", "user",
+    "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort", "service_tier", "verbosity",
+})
+
+
+def create(spec: ModelSpec, base_url: str) -> OpenAIProvider:
+    return OpenAIProvider(spec, base_url)
+
+
+class OpenAIProvider:
+    def __init__(self, spec: ModelSpec, base_url: str) -> None:
+        self.spec = spec
+        self.upstream = Upstream(spec, base_url, {})
+        key = self.upstream.api_key()
+        if key:
+            self.upstream.headers["authorization"] = f"Bearer {key}"
+        self.url = f"{self.upstream.base_url}/chat/completions"
+
+    def body(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.spec.model, "messages": request.messages}
+        for key, value in request.params.items():
+            if key in PASSTHROUGH:
+                body[key] = value
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    async def complete(self, request: ChatRequest, deadline: float) -> Completion:
+        data = await self.upstream.post_json(self.url, self.body(request, False), deadline, is_overflow)
+        return parse_completion(data, self.spec.name)
+
+    async def stream(self, request: ChatRequest, deadline: float) -> AsyncIterator[Chunk]:
+        response = await self.upstream.open_stream(self.url, self.body(request, True), deadline, is_overflow)
+        done = False
+        async for _event, data in self.upstream.sse(response, deadline):
+            if data == b"[DONE]":
+                done = True
+                break
+            chunk = parse_chunk(decode_event(data, self.spec.name), self.spec.name)
+            if chunk is not None:
+                yield chunk
+        if not done:
+            raise UpstreamBadResponse("stream ended without `[DONE]`: cut mid-way", model=self.spec.name)
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+
+
+def is_overflow(status: int, text: str) -> bool:
+    return status == 400 and ("context_length_exceeded" in text or "maximum context length" in text)
+
+
+def parse_completion(data: dict[str, Any], model: str) -> Completion:
+    try:
+        choice = data["choices"][0]
+        message = choice["message"]
+        text = message.get("content") or ""
+        usage = data.get("usage") or {}
+        return Completion(
+            text=text if isinstance(text, str) else str(text),
+            finish_reason=choice.get("finish_reason") or "stop",
+            usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
+            model=str(data.get("model") or model),
+            logprobs=_logprobs(choice),
+            upstream_id=str(data.get("id") or ""),
+        )
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        raise UpstreamBadResponse("answer lacks `choices[0].message`", model=model) from None
+
+
+def parse_chunk(event: dict[str, Any], model: str) -> Chunk | None:
+    if "error" in event:
+        error = event["error"]
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        raise UpstreamError(f"upstream error mid-stream: {message}", model=model)
+    usage = event.get("usage")
+    chunk = Chunk()
+    if isinstance(usage, dict):
+        chunk.usage = Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    choices = event.get("choices") or []
+    if choices:
+        choice = choices[0]
+        delta = choice.get("delta") or {}
+        chunk.text = delta.get("content") or ""
+        chunk.finish_reason = choice.get("finish_reason")
+        chunk.logprobs = _logprobs(choice)
+    if not chunk.text and chunk.finish_reason is None and chunk.usage is None:
+        return None
+    return chunk
+
+
+def _logprobs(choice: dict[str, Any]) -> list[float] | None:
+    logprobs = choice.get("logprobs")
+    if not isinstance(logprobs, dict) or not isinstance(logprobs.get("content"), list):
+        return None
+    return [float(item["logprob"]) for item in logprobs["content"] if isinstance(item, dict) and "logprob" in item]

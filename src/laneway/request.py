@@ -1,0 +1,129 @@
+"""Decoding and validating a client's chat-completions request, and reading its signals."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .errors import InvalidRequest
+from .signals import SETTABLE, Signals, parse_settable
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+
+# Fields of OpenAI's chat-completions request that Laneway accepts; anything else is a 400.
+_PARAMS = frozenset({
+    "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "presence_penalty",
+    "frequency_penalty", "seed", "logprobs", "top_logprobs", "response_format", "logit_bias",
+    "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort", "service_tier", "verbosity",
+})
+_FIELDS = _PARAMS | {"model", "messages", "stream", "stream_options", "n", "user", "metadata", "store"}
+_RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "presence_penalty": (-2.0, 2.0),
+           "frequency_penalty": (-2.0, 2.0), "top_logprobs": (0, 20)}
+MAX_OUTPUT_TOKENS = 1_000_000
+
+
+@dataclass(slots=True)
+class ClientRequest:
+    model: str
+    messages: list[dict[str, Any]]
+    params: dict[str, Any]
+    stream: bool
+    include_usage: bool
+    user: str
+    metadata: dict[str, Any]
+
+
+def decode(body: bytes, max_messages: int) -> ClientRequest:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    unknown = [key for key in data if key not in _FIELDS]
+    if unknown:
+        raise InvalidRequest(f"unknown field `{unknown[0]}`; supported: {', '.join(sorted(_FIELDS))}",
+                             param=unknown[0])
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("`model` is required: a route table name such as `laneway`, or a model name",
+                             param="model")
+    messages = _messages(data.get("messages"), max_messages)
+    params = {key: data[key] for key in _PARAMS if key in data and data[key] is not None}
+    _check_params(params, data.get("n"))
+    stream = data.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("`stream` must be true or false", param="stream")
+    options = data.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise InvalidRequest("`stream_options` must be an object", param="stream_options")
+    user = data.get("user") or ""
+    if not isinstance(user, str):
+        raise InvalidRequest("`user` must be a string", param="user")
+    metadata = data.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise InvalidRequest("`metadata` must be an object of string keys", param="metadata")
+    return ClientRequest(model, messages, params, stream, bool(options.get("include_usage")), user, metadata)
+
+
+def _messages(raw: Any, limit: int) -> list[dict[str, Any]]:
+    if not isinstance(raw, list) or not raw:
+        raise InvalidRequest("`messages` must be a non-empty list of chat messages", param="messages")
+    if len(raw) > limit:
+        raise InvalidRequest(f"`messages` has {len(raw)} entries; the limit is {limit}", param="messages")
+    for i, message in enumerate(raw):
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"`messages[{i}]` must be an object", param=f"messages[{i}]")
+        role = message.get("role")
+        if role not in ROLES:
+            raise InvalidRequest(f"`messages[{i}].role` must be one of {', '.join(sorted(ROLES))}, got {role!r}",
+                                 param=f"messages[{i}].role")
+        content = message.get("content")
+        if content is None and role in ("assistant", "tool"):
+            continue
+        if isinstance(content, list):
+            if not all(isinstance(p, dict) and isinstance(p.get("text", ""), str) for p in content):
+                raise InvalidRequest(f"`messages[{i}].content` parts must be objects with `text`",
+                                     param=f"messages[{i}].content")
+        elif not isinstance(content, str):
+            raise InvalidRequest(f"`messages[{i}].content` must be a string or a list of text parts",
+                                 param=f"messages[{i}].content")
+    return raw
+
+
+def _check_params(params: dict[str, Any], n: Any) -> None:
+    if n not in (None, 1):
+        raise InvalidRequest("`n` must be 1: Laneway routes and accounts one answer per request", param="n")
+    for key, (low, high) in _RANGES.items():
+        value = params.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise InvalidRequest(f"`{key}` must be a number from {low:g} to {high:g}, got {value!r}", param=key)
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = params.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_OUTPUT_TOKENS:
+            raise InvalidRequest(f"`{key}` must be a whole number from 1 to {MAX_OUTPUT_TOKENS}, got {value!r}",
+                                 param=key)
+
+
+def read_signals(request: ClientRequest, headers: Mapping[str, str], **lazy: Any) -> Signals:
+    """Signals from `metadata` and `x-laneway-<name>` headers; the header wins."""
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, raw in request.metadata.items():
+        name = str(key)
+        if name in SETTABLE:
+            values[name] = parse_settable(name, raw, f"metadata.{name}")
+        else:
+            extra[name] = raw
+    for name in SETTABLE:
+        header = headers.get("x-laneway-" + name.replace("_", "-"))
+        if header is not None:
+            values[name] = parse_settable(name, header, "x-laneway-" + name.replace("_", "-"))
+    return Signals(request.messages, user=request.user, metadata=extra, **values, **lazy)

@@ -1,0 +1,175 @@
+"""Reads source documents (Markdown, JSON, CSV) and cuts them into passages.
+
+Markdown is split at headings (each passage titled by its heading path); JSON is a list of
+objects with `text` and optional `title`/`id`, or ABCD's agent guidelines (see `_abcd`); CSV has a
+`text` column and optional `title`/`id` columns. A document longer than `chunk_tokens` words is
+cut at paragraph boundaries into several passages.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from laneway.errors import ConfigError, ConfigIssue
+from laneway.retrieval._abcd import guideline_documents, is_abcd_guidelines
+from laneway.retrieval._document import Document
+from laneway.retrieval._passage import Passage
+
+SUFFIXES = (".md", ".markdown", ".json", ".csv")
+
+_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+_FENCE = re.compile(r"^\s*(```|~~~)")
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+
+
+def source_error(path: Path, message: str) -> ConfigError:
+    return ConfigError([ConfigIssue(str(path), message)], source=str(path))
+
+
+def read_passages(sources: Sequence[Path], chunk_tokens: int) -> list[Passage]:
+    """Every passage of every source, in source order; ids are unique across the sources."""
+    if not sources:
+        raise ConfigError([ConfigIssue("sources", "no source documents given; pass at least one file")])
+    passages: list[Passage] = []
+    for path in sources:
+        documents = read_documents(Path(path))
+        chunks = [chunk for document in documents for chunk in chunk_document(document, chunk_tokens)]
+        if not chunks:
+            raise source_error(path, f"`{path}` has no text to index; add content or drop it from the sources")
+        passages.extend(chunks)
+    return _unique_ids(passages)
+
+
+def read_documents(path: Path) -> list[Document]:
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise source_error(path, f"`{path}` is not a supported source; use one of {', '.join(SUFFIXES)}")
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise source_error(path, f"`{path}` does not exist; check the path") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise source_error(path, f"`{path}` cannot be read as UTF-8 text ({error})") from None
+    if suffix == ".json":
+        return _json_documents(path, raw)
+    if suffix == ".csv":
+        return _csv_documents(path, raw)
+    return list(_markdown_documents(path, raw))
+
+
+def _markdown_documents(path: Path, raw: str) -> Iterator[Document]:
+    headings: list[str] = [path.stem]
+    body: list[str] = []
+    in_fence = False
+    for line in raw.splitlines():
+        if _FENCE.match(line):
+            in_fence = not in_fence
+        heading = None if in_fence else _HEADING.match(line)
+        if heading is None:
+            body.append(line)
+            continue
+        yield from _section(path, headings, body)
+        level = len(heading.group(1))
+        headings = [*headings[:level], heading.group(2)]
+        body = []
+    yield from _section(path, headings, body)
+
+
+def _section(path: Path, headings: list[str], body: list[str]) -> Iterator[Document]:
+    text = "\n".join(body).strip()
+    if text:
+        title = " > ".join(headings[1:]) or path.stem
+        yield Document(f"{path.stem}/{slug(headings[-1])}", path.name, title, text)
+
+
+def _json_documents(path: Path, raw: str) -> list[Document]:
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise source_error(path, f"`{path}` is not valid JSON: {error}") from None
+    if is_abcd_guidelines(data):
+        return guideline_documents(data, path.name)
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+        raise source_error(
+            path,
+            f"`{path}` must be a JSON list of objects with a `text` field (and optional `title`, `id`), "
+            "or ABCD agent guidelines",
+        )
+    return [_record_document(path, index, item) for index, item in enumerate(data)]
+
+
+def _csv_documents(path: Path, raw: str) -> list[Document]:
+    try:
+        reader = csv.DictReader(raw.splitlines(keepends=True))
+        rows = list(reader)
+    except csv.Error as error:
+        raise source_error(path, f"`{path}` is not valid CSV: {error}") from None
+    if "text" not in (reader.fieldnames or []):
+        raise source_error(path, f"`{path}` needs a `text` column (optional: `title`, `id`); found {reader.fieldnames}")
+    return [_record_document(path, index, row) for index, row in enumerate(rows)]
+
+
+def _record_document(path: Path, index: int, record: dict[str, object]) -> Document:
+    text = record.get("text")
+    if not isinstance(text, str):
+        raise source_error(path, f"`{path}` record {index}: `text` must be a string")
+    title = str(record.get("title") or f"{path.stem} {index + 1}")
+    identifier = str(record.get("id") or f"{path.stem}/{index + 1}")
+    return Document(identifier, path.name, title, text.strip())
+
+
+def chunk_document(document: Document, chunk_tokens: int) -> list[Passage]:
+    """`document` cut at paragraph boundaries into pieces of at most `chunk_tokens` words."""
+    pieces = list(_pack(_paragraphs(document.text, chunk_tokens), chunk_tokens))
+    if len(pieces) == 1:
+        return [Passage(document.id, document.source, document.title, pieces[0], 0.0)]
+    return [
+        Passage(f"{document.id}#{number}", document.source, document.title, piece, 0.0)
+        for number, piece in enumerate(pieces, start=1)
+    ]
+
+
+def _paragraphs(text: str, limit: int) -> Iterator[tuple[str, int]]:
+    """Each paragraph with its word count; one longer than `limit` comes cut between words."""
+    for paragraph in _PARAGRAPH_BREAK.split(text.strip()):
+        words = paragraph.split()
+        if len(words) <= limit:
+            if words:
+                yield paragraph.strip(), len(words)
+            continue
+        for start in range(0, len(words), limit):
+            part = words[start : start + limit]
+            yield " ".join(part), len(part)
+
+
+def _pack(paragraphs: Iterator[tuple[str, int]], limit: int) -> Iterator[str]:
+    piece: list[str] = []
+    size = 0
+    for paragraph, count in paragraphs:
+        if piece and size + count > limit:
+            yield "\n\n".join(piece)
+            piece, size = [], 0
+        piece.append(paragraph)
+        size += count
+    if piece:
+        yield "\n\n".join(piece)
+
+
+def _unique_ids(passages: list[Passage]) -> list[Passage]:
+    seen: dict[str, int] = {}
+    unique: list[Passage] = []
+    for passage in passages:
+        count = seen.get(passage.id, 0)
+        seen[passage.id] = count + 1
+        if count:
+            passage = Passage(f"{passage.id}~{count + 1}", passage.source, passage.title, passage.text, 0.0)
+        unique.append(passage)
+    return unique
+
+
+def slug(text: str) -> str:
+    return "-".join(re.findall(r"[a-z0-9]+", text.lower())) or "section"

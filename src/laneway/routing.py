@@ -1,0 +1,44 @@
+"""Route table → decision. Pure: the same config, model field, path and signals give the same plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import Config, Route
+from .errors import ModelNotFound, NoRoute
+from .signals import Signals
+
+TABLE_ALIASES = ("auto",)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    route: Route | None  # None when the client addressed a model directly
+    lanes: tuple[tuple[str, str], ...]  # (lane, model) in the order they are tried
+
+
+def decide(config: Config, model_field: str, path: str, signals: Signals) -> Decision:
+    if model_field == config.server.table or model_field in TABLE_ALIASES:
+        return _by_table(config, path, signals)
+    spec = config.models.get(model_field)
+    if spec is None or not spec.direct:
+        known = [config.server.table, *TABLE_ALIASES, *(n for n, m in config.models.items() if m.direct)]
+        raise ModelNotFound(f"unknown model `{model_field}`; use one of: {', '.join(known)}")
+    return Decision(None, (("direct", model_field),))
+
+
+def _by_table(config: Config, path: str, signals: Signals) -> Decision:
+    for route in config.routes:
+        if route.matches_path(path) and route.matcher(signals):
+            lanes = [("primary", route.target)]
+            lanes += [("fallback", name) for name in route.fallbacks]
+            return Decision(route, tuple(lanes))
+    raise NoRoute(
+        f"no route matches this request (path `{path}`, {_summary(signals)}); "
+        "add a default route (one without `matcher`) to the routing file"
+    )
+
+
+def _summary(signals: Signals) -> str:
+    return (f"convo_length={signals.convo_length}, priority={signals.priority}, "
+            f"escalation={'true' if signals.escalation else 'false'}, channel={signals.channel}")

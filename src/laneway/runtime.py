@@ -1,0 +1,82 @@
+"""A loaded configuration brought to life: one provider (and connection pool) and breaker per model.
+
+A reload builds a new `Runtime` and swaps it in; the old one closes once its in-flight requests
+have finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from .breaker import CircuitBreaker
+from .chat import ChatRequest, Message
+from .config import Config, ModelSpec
+from .context import TokenCounter
+from .providers import Provider, create_provider
+
+
+@dataclass
+class Runtime:
+    config: Config
+    providers: dict[str, Provider]
+    breakers: dict[str, CircuitBreaker]
+    inflight: int = 0
+    _drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    def build(cls, config: Config, sim_url: str | None) -> Runtime:
+        providers = {name: create_provider(spec, _resolve(spec, sim_url)) for name, spec in config.models.items()}
+        breakers = {name: CircuitBreaker(spec.breaker) for name, spec in config.models.items()}
+        return cls(config, providers, breakers)
+
+    def enter(self) -> None:
+        self.inflight += 1
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._drained.set()
+
+    async def aclose(self, drain_timeout_s: float = 30.0) -> None:
+        if self.inflight:
+            self._drained.clear()
+            try:
+                async with asyncio.timeout(drain_timeout_s):
+                    await self._drained.wait()
+            except TimeoutError:
+                pass
+        await asyncio.gather(*(p.aclose() for p in self.providers.values()))
+
+
+def _resolve(spec: ModelSpec, sim_url: str | None) -> str:
+    if not spec.simulated:
+        return spec.base_url
+    if sim_url is None:
+        raise RuntimeError(f"model `{spec.name}` uses the simulated fleet but no fleet is running")
+    return sim_url + spec.base_url[len("sim://"):]
+
+
+def prepare(spec: ModelSpec, messages: list[Message], params: dict[str, Any]) -> ChatRequest:
+    """Apply the model's prompt profile: system prompt and default sampling parameters."""
+    profile = spec.profile
+    if profile.system is not None and profile.system_mode != "keep":
+        if profile.system_mode == "replace":
+            messages = [m for m in messages if m.get("role") not in ("system", "developer")]
+        messages = [{"role": "system", "content": profile.system}, *messages]
+    merged = {**profile.sampling(), **params}
+    if "max_completion_tokens" in params:
+        merged.pop("max_tokens", None)
+    return ChatRequest(spec.model, messages, merged)
+
+
+def fits(counter: TokenCounter, spec: ModelSpec, request: ChatRequest) -> tuple[bool, int]:
+    """Whether prompt + requested output fit the model's window; returns the prompt count if taken."""
+    from .context import upper_bound
+
+    reserve = request.max_tokens(0)
+    if upper_bound(request.messages) + reserve <= spec.context_window:
+        return True, -1
+    prompt = counter.count(request.messages, spec.tokenizer)
+    return prompt + reserve <= spec.context_window, prompt

@@ -1,0 +1,6 @@
+"""The HTTP shell: an ASGI app over the gateway core, and the process that serves it."""
+
+from ._app import App
+from ._serve import serve
+
+__all__ = ["App", "serve"]

@@ -1,0 +1,177 @@
+"""The ASGI application: a thin shell that maps paths to the gateway core."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from typing import Any
+from urllib.parse import parse_qs
+
+from ..errors import ConfigError, InvalidRequest, LanewayError, RequestError
+from ..exchange import Exchange
+from ..gateway import Gateway
+from ..telemetry import Telemetry
+from ._asgi import (
+    ClientGone,
+    Headers,
+    Receive,
+    Scope,
+    Send,
+    header_map,
+    read_body,
+    respond,
+    respond_error,
+    respond_json,
+)
+from ._chat import chat_completions
+
+log = logging.getLogger("laneway")
+_PROMETHEUS = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+_HTML = (b"content-type", b"text/html; charset=utf-8")
+
+
+class NotFound(RequestError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(RequestError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class App:
+    """`App(gateway)` is an ASGI 3 application; `lifespan` closes the gateway at shutdown."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._get = {
+            "/healthz": self._healthz, "/readyz": self._readyz, "/v1/models": self._models,
+            "/admin/config": self._admin_config, "/metrics": self._metrics, "/admin/stats": self._stats,
+            "/dashboard": self._dashboard,
+        }
+        self._post = {"/admin/reload": self._reload}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = header_map(scope)
+        request_id = headers.get("x-request-id") or os.urandom(12).hex()
+        base: Headers = [(b"x-request-id", request_id.encode("latin-1"))]
+        path: str = scope["path"]
+        method: str = scope["method"]
+        try:
+            if method == "POST" and path.startswith("/v1/") and path.endswith("/completions"):
+                await self._chat(scope, receive, send, headers, request_id, base)
+            elif method == "GET" and path in self._get:
+                await self._get[path](send, base, scope)
+            elif method == "POST" and path in self._post:
+                await self._post[path](send, base, scope)
+            elif path in self._get or path in self._post:
+                raise MethodNotAllowed(f"`{method} {path}` is not supported")
+            else:
+                raise NotFound(f"no endpoint `{method} {path}`; see /openapi.json")
+        except ClientGone:
+            return
+        except LanewayError as error:
+            await respond_error(send, error, request_id, base)
+        except Exception:
+            log.exception("laneway: unexpected error serving %s %s (request %s)", method, path, request_id)
+            with contextlib.suppress(RuntimeError):  # the response may have started already
+                await respond_error(send, LanewayError("internal error; see the gateway log"), request_id, base)
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str], request_id: str,
+                    base: Headers) -> None:
+        exchange = Exchange(request_id, time.time(), path=scope["path"])
+        declared = headers.get("content-length")
+        try:
+            size = int(declared) if declared is not None else None
+        except ValueError:
+            raise InvalidRequest("`content-length` is not a number") from None
+        body = await read_body(receive, self.gateway.config.server.max_body_bytes, size)
+        await chat_completions(self.gateway, body, headers, scope["path"], send, exchange, base)
+
+    async def _healthz(self, send: Send, base: Headers, scope: Scope) -> None:
+        await respond_json(send, 200, {"status": "ok"}, base)
+
+    async def _readyz(self, send: Send, base: Headers, scope: Scope) -> None:
+        ready = self.gateway.ready
+        await respond_json(send, 200 if ready else 503, {"ready": ready}, base)
+
+    async def _models(self, send: Send, base: Headers, scope: Scope) -> None:
+        config = self.gateway.config
+        now = int(time.time())
+        data: list[dict[str, Any]] = [{"id": config.server.table, "object": "model", "created": now,
+                                       "owned_by": "laneway"}]
+        data += [{"id": name, "object": "model", "created": now, "owned_by": spec.provider}
+                 for name, spec in config.models.items() if spec.direct]
+        await respond_json(send, 200, {"object": "list", "data": data}, base)
+
+    async def _admin_config(self, send: Send, base: Headers, scope: Scope) -> None:
+        await respond_json(send, 200, describe(self.gateway), base)
+
+    async def _reload(self, send: Send, base: Headers, scope: Scope) -> None:
+        try:
+            config = await self.gateway.reload()
+        except ConfigError as error:
+            body = {"reloaded": False, "errors": [str(i) for i in error.issues],
+                    "running": self.gateway.config.source}
+            await respond_json(send, 400, body, base)
+            return
+        await respond_json(send, 200, {"reloaded": True, "routes": len(config.routes),
+                                       "warnings": [str(w) for w in config.warnings]}, base)
+
+    async def _metrics(self, send: Send, base: Headers, scope: Scope) -> None:
+        await respond(send, 200, self._telemetry().render_metrics(), [_PROMETHEUS, *base])
+
+    async def _stats(self, send: Send, base: Headers, scope: Scope) -> None:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        try:
+            since = float(query["since"][0]) if "since" in query else None
+            until = float(query["until"][0]) if "until" in query else None
+        except ValueError:
+            raise InvalidRequest("`since` and `until` are unix times in seconds") from None
+        await respond_json(send, 200, self._telemetry().stats(since, until), base)
+
+    async def _dashboard(self, send: Send, base: Headers, scope: Scope) -> None:
+        await respond(send, 200, self._telemetry().dashboard_html(), [_HTML, *base])
+
+    def _telemetry(self) -> Telemetry:
+        telemetry = self.gateway.telemetry
+        if not isinstance(telemetry, Telemetry):
+            raise NotFound("telemetry is not running in this gateway")
+        return telemetry
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.gateway.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def describe(gateway: Gateway) -> dict[str, Any]:
+    """The running config without secrets: key variable names are shown, never their values."""
+    config = gateway.config
+    return {
+        "source": config.source,
+        "simulated": config.simulated,
+        "models": {name: {"provider": m.provider, "base_url": m.base_url, "model": m.model,
+                          "api_key_env": m.api_key_env, "context_window": m.context_window,
+                          "price": {"input_per_mtok": m.price.input_per_mtok,
+                                    "output_per_mtok": m.price.output_per_mtok}}
+                   for name, m in config.models.items()},
+        "routes": [{"name": r.name, "path": r.path, "matcher": r.matcher.source, "target": r.target,
+                    "fallbacks": list(r.fallbacks), "long_context": r.long_context} for r in config.routes],
+        "warnings": [str(w) for w in config.warnings],
+    }

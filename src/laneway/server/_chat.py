@@ -1,0 +1,183 @@
+"""`POST /v1/chat/completions`: decode, call the gateway core, encode the answer or the error.
+
+Streaming contract: headers and the first chunk go out only once an upstream has produced a
+first chunk, so every failure before that can still fail over. A fault after it ends the stream
+with an SSE `error` event and no `[DONE]`, so no client mistakes a cut answer for a whole one.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from ..chat import Chunk, Completion
+from ..dispatch import Started, account
+from ..errors import LanewayError, UpstreamError, error_body
+from ..exchange import Attempt, Exchange
+from ..gateway import Gateway
+from ..request import ClientRequest, decode
+from ..runtime import Runtime
+from ._asgi import JSON, Headers, Send, respond, respond_error
+
+_SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+
+def laneway_headers(exchange: Exchange, cost: bool = True) -> Headers:
+    headers = [
+        (b"x-laneway-route", (exchange.route or "").encode()),
+        (b"x-laneway-model", (exchange.model or "").encode()),
+        (b"x-laneway-lane", exchange.lane.encode()),
+        (b"x-laneway-attempts", str(len(exchange.attempts)).encode()),
+    ]
+    if cost:
+        headers.append((b"x-laneway-cost-usd", f"{exchange.cost_usd:.8f}".encode()))
+    return headers
+
+
+async def chat_completions(gateway: Gateway, body: bytes, headers: dict[str, str], path: str, send: Send,
+                           exchange: Exchange, base: Headers) -> None:
+    started = time.perf_counter()
+    try:
+        request = decode(body, gateway.config.server.max_messages)
+        exchange.stream = request.stream
+        if request.stream:
+            await _stream(gateway, request, headers, path, send, exchange, base, started)
+            return
+        completion = await gateway.complete(request, headers, path, exchange)
+    except LanewayError as error:
+        _failed(exchange, error)
+        gateway.finish(exchange, started)
+        await respond_error(send, error, exchange.request_id, [*base, *laneway_headers(exchange)])
+        return
+    except Exception as exc:
+        # A bug must still leave a record of the request it failed.
+        _failed(exchange, LanewayError(f"internal error: {type(exc).__name__}"))
+        gateway.finish(exchange, started)
+        raise
+    gateway.finish(exchange, started)
+    payload = _completion_body(completion, exchange)
+    await respond(send, 200, payload, [JSON, *base, *laneway_headers(exchange)])
+
+
+def _failed(exchange: Exchange, error: LanewayError) -> None:
+    exchange.status = error.status
+    exchange.outcome = error.code
+    exchange.error = error.message
+
+
+def _completion_body(completion: Completion, exchange: Exchange) -> bytes:
+    usage = completion.usage
+    return orjson.dumps({
+        "id": f"chatcmpl-{exchange.request_id}", "object": "chat.completion", "created": int(exchange.started_at),
+        "model": exchange.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text},
+                     "finish_reason": completion.finish_reason, "logprobs": None}],
+        "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                  "total_tokens": usage.total_tokens},
+    })
+
+
+async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, str], path: str, send: Send,
+                  exchange: Exchange, base: Headers, started_perf: float) -> None:
+    started, runtime = await gateway.open_stream(request, headers, path, exchange)
+    try:
+        encoder = _ChunkEncoder(exchange)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [*_SSE, *base, *laneway_headers(exchange, cost=False)]})
+        exchange.ttft_ms = (time.perf_counter() - started_perf) * 1000
+        state = _StreamState()
+        await _forward(send, encoder, started.first, state)
+        try:
+            async for chunk in started.rest:
+                await _forward(send, encoder, chunk, state)
+        except UpstreamError as error:
+            _stream_ended(exchange, started)
+            _stream_failed(exchange, started.attempt, error)
+            tail = _error_event(error, exchange)
+        else:
+            tail = _account_stream(gateway, runtime, started, state, exchange, request.include_usage, encoder)
+    finally:
+        runtime.leave()
+    # Recorded before the last byte leaves, so whoever reads the whole answer finds it accounted.
+    gateway.finish(exchange, started_perf)
+    await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+def _account_stream(gateway: Gateway, runtime: Runtime, started: Started, state: _StreamState,
+                    exchange: Exchange, include_usage: bool, encoder: _ChunkEncoder) -> bytes:
+    spec = runtime.config.models[started.model]
+    usage = state.usage or _estimate(gateway, started.prompt_tokens, state.text)
+    _stream_ended(exchange, started)
+    account(started.attempt, exchange, spec.price.cost, usage[0], usage[1])
+    tail = encoder.finish(state.finish or "stop")
+    if include_usage:
+        tail += encoder.usage(*usage)
+    return tail + f": laneway cost_usd={exchange.cost_usd:.8f}\n\n".encode() + b"data: [DONE]\n\n"
+
+
+class _StreamState:
+    __slots__ = ("finish", "text", "usage")
+
+    def __init__(self) -> None:
+        self.finish: str | None = None
+        self.usage: tuple[int, int] | None = None
+        self.text: list[str] = []
+
+
+async def _forward(send: Send, encoder: _ChunkEncoder, chunk: Chunk, state: _StreamState) -> None:
+    if chunk.usage is not None:
+        state.usage = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+    if chunk.finish_reason:
+        state.finish = chunk.finish_reason
+    if chunk.text:
+        state.text.append(chunk.text)
+        await send({"type": "http.response.body", "body": encoder.delta(chunk.text), "more_body": True})
+
+
+def _estimate(gateway: Gateway, prompt_tokens: int, text: list[str]) -> tuple[int, int]:
+    # The upstream sent no usage: count locally so a stream never costs $0.
+    return prompt_tokens, gateway.counter.text_tokens("".join(text))
+
+
+def _stream_ended(exchange: Exchange, started: Started) -> None:
+    elapsed = (time.perf_counter() - started.began) * 1000
+    exchange.upstream_ms += elapsed - (started.attempt.ttft_ms or 0.0)
+    started.attempt.latency_ms = elapsed
+
+
+def _stream_failed(exchange: Exchange, attempt: Attempt, error: UpstreamError) -> None:
+    attempt.outcome = error.code
+    attempt.error = f"after first byte: {error.message}"
+    exchange.outcome = "stream_interrupted"
+    exchange.error = error.message
+
+
+def _error_event(error: LanewayError, exchange: Exchange) -> bytes:
+    body = orjson.dumps(error_body(error, exchange.request_id))
+    return b"event: error\ndata: " + body + b"\n\n"
+
+
+class _ChunkEncoder:
+    """Pre-encodes the constant parts of every chunk of one stream."""
+
+    __slots__ = ("_finish_head", "_head", "_tail")
+
+    def __init__(self, exchange: Exchange) -> None:
+        head = orjson.dumps({"id": f"chatcmpl-{exchange.request_id}", "object": "chat.completion.chunk",
+                             "created": int(exchange.started_at), "model": exchange.model})[:-1]
+        self._head = b"data: " + head + b',"choices":[{"index":0,"delta":{"content":'
+        self._tail = b'},"finish_reason":null}]}\n\n'
+        self._finish_head = b"data: " + head
+
+    def delta(self, text: str) -> bytes:
+        return self._head + orjson.dumps(text) + self._tail
+
+    def finish(self, reason: str) -> bytes:
+        return (self._finish_head + b',"choices":[{"index":0,"delta":{},"finish_reason":'
+                + orjson.dumps(reason) + b"}]}\n\n")
+
+    def usage(self, prompt: int, completion: int) -> bytes:
+        usage = orjson.dumps({"prompt_tokens": prompt, "completion_tokens": completion,
+                              "total_tokens": prompt + completion})
+        return self._finish_head + b',"choices":[],"usage":' + usage + b"}\n\n"

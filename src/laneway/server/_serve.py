@@ -1,0 +1,86 @@
+"""`laneway serve`: the gateway on uvicorn (uvloop, httptools), plus the simulated fleet in its own
+process when the config uses it, and hot reload on SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import uvicorn
+
+from ..config import Config, load_config
+from ..errors import ConfigError
+from ..gateway import Gateway
+from ..telemetry import Telemetry
+from ._app import App
+
+log = logging.getLogger("laneway")
+
+
+@contextlib.asynccontextmanager
+async def fleet_process(config: Config) -> AsyncIterator[str]:
+    """Run `laneway sim` in a child process (so its work never shares the gateway's event loop)."""
+    args = [sys.executable, "-m", "laneway", "sim", "--host", config.sim.host, "--port", str(config.sim.port),
+            "--seed", str(config.sim.seed)]
+    if config.sim.fleet:
+        args += ["--fleet", config.sim.fleet]
+    process = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+        if " at " not in line:
+            raise RuntimeError(f"the simulated fleet did not start: {line!r}")
+        url = line.rsplit(" at ", 1)[1].strip()
+        print(line.strip(), flush=True)
+        yield url
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            await process.wait()
+
+
+async def serve(config_path: str | Path | None, host: str, port: int) -> None:
+    config = load_config(config_path)
+    if config.warnings:
+        log.warning("laneway: %d route-table warning(s); `laneway check` lists them", len(config.warnings))
+    async with contextlib.AsyncExitStack() as stack:
+        sim_url = await stack.enter_async_context(fleet_process(config)) if config.simulated else None
+        telemetry = Telemetry(config.telemetry, simulated=config.simulated)
+        await telemetry.start()
+        stack.push_async_callback(telemetry.aclose)  # runs after the gateway has closed: flushes the log
+        gateway = await Gateway.start(config, config_path=config_path, sim_url=sim_url, telemetry=telemetry)
+        _on_sighup(gateway)
+        label = " (simulated fleet)" if config.simulated else ""
+        print(f"laneway: serving {config.source}{label} on http://{host}:{port} "
+              f"- {len(config.routes)} routes, {len(config.models)} models", flush=True)
+        server = uvicorn.Server(uvicorn.Config(
+            App(gateway), host=host, port=port, loop="none", http="httptools", lifespan="on",
+            access_log=False, log_level="warning", timeout_keep_alive=30, backlog=4096, proxy_headers=False,
+        ))
+        await server.serve()
+
+
+def _on_sighup(gateway: Gateway) -> None:
+    loop = asyncio.get_running_loop()
+
+    def reload() -> None:
+        async def run() -> None:
+            try:
+                await gateway.reload()
+            except ConfigError as error:
+                log.error("laneway: reload failed, keeping the running config:\n%s", error)
+
+        task = loop.create_task(run())
+        _pending.add(task)
+        task.add_done_callback(_pending.discard)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, reload)
+
+
+_pending: set[asyncio.Task[None]] = set()

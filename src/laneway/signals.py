@@ -1,0 +1,179 @@
+"""Signals: the typed facts about a request that route matchers read.
+
+The catalogue (`SIGNALS`) is what the matcher compiler type-checks against. `Signals` holds one
+request's values; `tokens` and `intent` are computed only when something reads them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .chat import Message
+from .errors import InvalidRequest
+
+PRIORITIES = ("low", "normal", "high", "urgent")
+CHANNELS = ("chat", "email")
+
+
+@dataclass(frozen=True, slots=True)
+class SignalType:
+    kind: str  # "int", "float", "bool", "enum", "str", "any"
+    values: tuple[str, ...] = ()
+    default: Any = None
+    doc: str = ""
+
+
+SIGNALS: dict[str, SignalType] = {
+    "convo_length": SignalType("int", default=0, doc="user + assistant messages in the conversation"),
+    "turns": SignalType("int", default=0, doc="user messages in the conversation"),
+    "tokens": SignalType("int", default=0, doc="prompt tokens, counted with the target's tokenizer"),
+    "priority": SignalType("enum", PRIORITIES, "normal", "low | normal | high | urgent"),
+    "escalation": SignalType("bool", default=False, doc="the conversation was escalated"),
+    "channel": SignalType("enum", CHANNELS, "chat", "chat | email"),
+    "tier": SignalType("str", default="", doc="customer tier, free text (e.g. gold)"),
+    "conversation_id": SignalType("str", default="", doc="sticky conversation key"),
+    "user": SignalType("str", default="", doc="end-user id (the body's `user` field)"),
+    "intent": SignalType("str", default="unknown", doc="intent of the latest customer message"),
+    "intent_confidence": SignalType("float", default=0.0, doc="classifier confidence in [0, 1]"),
+}
+
+# Signals a client may set through `metadata` or `x-laneway-<name>` headers.
+SETTABLE = ("priority", "escalation", "channel", "tier", "conversation_id")
+
+IntentFn = Callable[[str], tuple[str, float]]
+TokenFn = Callable[[list[Message]], int]
+
+
+class Signals:
+    """One request's signal values. Attribute names are the catalogue's names."""
+
+    __slots__ = (
+        "_intent",
+        "_intent_fn",
+        "_messages",
+        "_token_fn",
+        "_tokens",
+        "channel",
+        "conversation_id",
+        "convo_length",
+        "escalation",
+        "metadata",
+        "priority",
+        "tier",
+        "turns",
+        "user",
+    )
+
+    def __init__(
+        self,
+        messages: list[Message],
+        *,
+        priority: str = "normal",
+        escalation: bool = False,
+        channel: str = "chat",
+        tier: str = "",
+        conversation_id: str = "",
+        user: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        token_fn: TokenFn | None = None,
+        intent_fn: IntentFn | None = None,
+    ) -> None:
+        turns = 0
+        assistant = 0
+        for message in messages:
+            role = message.get("role")
+            if role == "user":
+                turns += 1
+            elif role == "assistant":
+                assistant += 1
+        self.convo_length = turns + assistant
+        self.turns = turns
+        self.priority = priority
+        self.escalation = escalation
+        self.channel = channel
+        self.tier = tier
+        self.conversation_id = conversation_id
+        self.user = user
+        self.metadata: Mapping[str, Any] = metadata or {}
+        self._messages = messages
+        self._tokens: int | None = None
+        self._token_fn = token_fn
+        self._intent: tuple[str, float] | None = None
+        self._intent_fn = intent_fn
+
+    @property
+    def tokens(self) -> int:
+        if self._tokens is None:
+            self._tokens = self._token_fn(self._messages) if self._token_fn else 0
+        return self._tokens
+
+    @tokens.setter
+    def tokens(self, value: int) -> None:
+        self._tokens = value
+
+    @property
+    def intent(self) -> str:
+        return self._classified()[0]
+
+    @property
+    def intent_confidence(self) -> float:
+        return self._classified()[1]
+
+    def _classified(self) -> tuple[str, float]:
+        if self._intent is None:
+            if self._intent_fn is None:
+                self._intent = ("unknown", 0.0)
+            else:
+                self._intent = self._intent_fn(self.customer_text())
+        return self._intent
+
+    def customer_text(self) -> str:
+        """The latest customer message: what the intent classifier reads."""
+        from .chat import message_text
+
+        for message in reversed(self._messages):
+            if message.get("role") == "user":
+                return message_text(message)
+        return ""
+
+    def computed(self) -> dict[str, Any]:
+        """The values worth recording, without forcing lazy signals that were never read."""
+        values: dict[str, Any] = {
+            "convo_length": self.convo_length, "turns": self.turns, "priority": self.priority,
+            "escalation": self.escalation, "channel": self.channel,
+        }
+        if self.tier:
+            values["tier"] = self.tier
+        if self._tokens is not None:
+            values["tokens"] = self._tokens
+        if self._intent is not None:
+            values["intent"], values["intent_confidence"] = self._intent
+        if self.metadata:
+            values["metadata"] = dict(self.metadata)
+        return values
+
+
+def parse_settable(name: str, raw: Any, where: str) -> Any:
+    """Validate a client-supplied signal value; `where` names its source for the error."""
+    kind = SIGNALS[name]
+    if kind.kind == "enum":
+        value = str(raw).strip().lower() if isinstance(raw, str) else raw
+        if value not in kind.values:
+            raise InvalidRequest(
+                f"`{where}`: invalid value {raw!r}; expected one of {', '.join(kind.values)}", param=where
+            )
+        return value
+    if kind.kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("true", "1", "yes"):
+            return True
+        if text in ("false", "0", "no", ""):
+            return False
+        raise InvalidRequest(f"`{where}`: invalid value {raw!r}; expected true or false", param=where)
+    if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+        raise InvalidRequest(f"`{where}`: expected a string, got {type(raw).__name__}", param=where)
+    return str(raw)

@@ -1,0 +1,53 @@
+"""The simulated fleet: the case study's models served over real HTTP, with a latency law,
+context windows, list prices and selectable faults. Every figure it produces is simulated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from ._fleet import LatencyLaw, SimModel, load_fleet
+from ._server import WIRES, Fleet, build_app
+
+
+@dataclass
+class RunningFleet:
+    """A fleet listening on a loopback port; `url` replaces `sim://` in model base URLs."""
+
+    url: str
+    runner: web.AppRunner
+    fleet: Fleet
+
+    async def aclose(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_fleet(host: str = "127.0.0.1", port: int = 0, fleet_file: str | None = None,
+                      seed: int = 7) -> RunningFleet:
+    fleet = Fleet(load_fleet(fleet_file), seed=seed)
+    fleet.counter.warm()
+    runner = web.AppRunner(build_app(fleet), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=4096, reuse_address=True)
+    await site.start()
+    bound = runner.addresses[0][1]
+    return RunningFleet(f"http://{host}:{bound}", runner, fleet)
+
+
+async def serve_forever(host: str, port: int, fleet_file: str | None = None, seed: int = 7,
+                        announce: bool = True) -> None:
+    running = await start_fleet(host, port, fleet_file, seed)
+    if announce:
+        print(f"laneway sim: simulated fleet ({', '.join(sorted(running.fleet.models))}) at {running.url}",
+              flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await running.aclose()
+
+
+__all__ = ["WIRES", "Fleet", "LatencyLaw", "RunningFleet", "SimModel", "build_app", "load_fleet",
+           "serve_forever", "start_fleet"]

@@ -1,0 +1,82 @@
+"""The simulated fleet's models and their latency law (see fleet.yaml for the law and the numbers)."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError, ConfigIssue
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyLaw:
+    ttft_base: float
+    ttft_per_ktok: float
+    ttft_per_ktok2: float
+    decode_ms_per_token: float
+    batch_penalty: float
+    jitter: float
+
+    def ttft_ms(self, prompt_tokens: int, busy: float, rng: random.Random) -> float:
+        k = prompt_tokens / 1000
+        base = self.ttft_base + self.ttft_per_ktok * k + self.ttft_per_ktok2 * k * k
+        return base * (1 + self.batch_penalty * busy) * self._jitter(rng)
+
+    def decode_ms(self, tokens: int, busy: float, rng: random.Random) -> float:
+        return self.decode_ms_per_token * tokens * (1 + self.batch_penalty * busy) * self._jitter(rng)
+
+    def _jitter(self, rng: random.Random) -> float:
+        return math.exp(rng.gauss(0.0, self.jitter)) if self.jitter else 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class SimModel:
+    name: str
+    context_window: int
+    slots: int
+    queue_limit: int
+    law: LatencyLaw
+    output_mean: float
+    output_sd: float
+    overflow: str  # "error" or "stall"
+    overflow_stall_ms: float
+    logprob_reliability: float
+    quality: float  # share of answers that are good, for cascade experiments
+
+    def output_tokens(self, rng: random.Random, cap: int) -> tuple[int, bool]:
+        wanted = max(8, round(rng.gauss(self.output_mean, self.output_sd)))
+        return (cap, True) if wanted > cap else (wanted, False)
+
+
+def load_fleet(path: str | None = None) -> dict[str, SimModel]:
+    if path is None:
+        text = resources.files("laneway.sim").joinpath("fleet.yaml").read_text("utf-8")
+        source = "<built-in fleet>"
+    else:
+        text = Path(path).read_text("utf-8")
+        source = path
+    raw = yaml.safe_load(text)
+    try:
+        return {name: _model(name, entry) for name, entry in raw["models"].items()}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError([ConfigIssue("models", f"invalid fleet entry: {exc}")], source) from None
+
+
+def _model(name: str, e: dict[str, Any]) -> SimModel:
+    ttft = e["ttft"]
+    out = e.get("output_tokens", {})
+    law = LatencyLaw(float(ttft["base"]), float(ttft.get("per_ktok", 0)), float(ttft.get("per_ktok2", 0)),
+                     float(e["decode_ms_per_token"]), float(e.get("batch_penalty", 0)), float(e.get("jitter", 0)))
+    return SimModel(
+        name=name, context_window=int(e["context_window"]), slots=int(e["slots"]),
+        queue_limit=int(e.get("queue_limit", 1024)), law=law,
+        output_mean=float(out.get("mean", 100)), output_sd=float(out.get("sd", 30)),
+        overflow=str(e.get("overflow", "error")), overflow_stall_ms=float(e.get("overflow_stall_ms", 0)),
+        logprob_reliability=float(e.get("logprob_reliability", 0.0)), quality=float(e.get("quality", 0.85)),
+    )

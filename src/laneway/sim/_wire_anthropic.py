@@ -1,0 +1,90 @@
+"""The Anthropic Messages API wire format, as the simulated fleet speaks it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+from ..chat import Message
+from ._answers import SimAnswer, SimRequest
+
+CONTENT_TYPE = "application/json"
+# The Messages API answers 529, not 503, when it is overloaded.
+OVERLOADED_STATUS = 529
+
+_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
+_ERROR_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+    529: "overloaded_error",
+}
+
+
+def parse(body: dict[str, Any], path_model: str | None) -> SimRequest:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages: field required, a non-empty list")
+    if not isinstance(body.get("max_tokens"), int):
+        raise ValueError("max_tokens: field required, an integer")
+    system = _text(body.get("system"))
+    chat: list[Message] = [{"role": "system", "content": system}] if system else []
+    chat += [{"role": str(m.get("role")), "content": _text(m.get("content"))} for m in messages]
+    return SimRequest(model_id=str(body.get("model") or path_model or ""), messages=chat,
+                      max_tokens=int(body["max_tokens"]), stream=bool(body.get("stream")))
+
+
+def completion(answer: SimAnswer, request: SimRequest, request_id: str) -> bytes:
+    return orjson.dumps({
+        "id": f"msg_{request_id}", "type": "message", "role": "assistant", "model": request.model_id,
+        "content": [{"type": "text", "text": answer.text}],
+        "stop_reason": _STOP_REASONS[answer.finish_reason], "stop_sequence": None,
+        "usage": {"input_tokens": answer.prompt_tokens, "output_tokens": answer.completion_tokens},
+    })
+
+
+def stream_events(answer: SimAnswer, request: SimRequest, request_id: str) -> Iterator[bytes]:
+    """The documented event flow: start, one text block of one delta per word, the stop reason, stop."""
+    message: dict[str, Any] = {
+        "id": f"msg_{request_id}", "type": "message", "role": "assistant", "model": request.model_id,
+        "content": [], "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": answer.prompt_tokens, "output_tokens": 1},
+    }
+    yield _event("message_start", {"type": "message_start", "message": message})
+    yield _event("content_block_start",
+                 {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+    yield _event("ping", {"type": "ping"})
+    for word in answer.words:
+        yield _event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                             "delta": {"type": "text_delta", "text": word}})
+    yield _event("content_block_stop", {"type": "content_block_stop", "index": 0})
+    yield _event("message_delta", {
+        "type": "message_delta",
+        "delta": {"stop_reason": _STOP_REASONS[answer.finish_reason], "stop_sequence": None},
+        "usage": {"output_tokens": answer.completion_tokens},
+    })
+    yield _event("message_stop", {"type": "message_stop"})
+
+
+def error(status: int, kind: str, message: str) -> bytes:
+    # The status alone picks the documented error type; `kind` is the fleet's own label.
+    error_type = _ERROR_TYPES.get(status, "overloaded_error" if status == 503 else "api_error")
+    return orjson.dumps({"type": "error", "error": {"type": error_type, "message": message}})
+
+
+def overflow_error(prompt: int, window: int) -> bytes:
+    return error(400, "invalid_request_error", f"prompt is too long: {prompt} tokens > {window} maximum")
+
+
+def _event(kind: str, payload: dict[str, Any]) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+def _text(content: Any) -> str:
+    """A string, or the text of a list of content blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(b.get("text") or "") for b in content if isinstance(b, dict))
+    return ""

@@ -1,0 +1,101 @@
+"""The Gemini API `generateContent` wire format, as the simulated fleet speaks it.
+
+The model id and the method travel in the path (`.../models/{model}:generateContent` or
+`:streamGenerateContent`); the method decides whether the answer streams. Streams are always
+server-sent events, as with `?alt=sse`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+from ..chat import Message
+from ._answers import SimAnswer, SimRequest
+
+CONTENT_TYPE = "application/json"
+
+_METHODS = {"generateContent": False, "streamGenerateContent": True}
+_FINISH_REASONS = {"stop": "STOP", "length": "MAX_TOKENS"}
+_STATUSES = {
+    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+_DEFAULT_MAX_OUTPUT = 8192
+
+
+def parse(body: dict[str, Any], path_model: str | None) -> SimRequest:
+    model, _, method = (path_model or "").rpartition(":")
+    if not model or method not in _METHODS:
+        raise ValueError(f"the path must end in `models/{{model}}:{' or :'.join(_METHODS)}`")
+    contents = body.get("contents")
+    if not isinstance(contents, list) or not contents:
+        raise ValueError("* GenerateContentRequest.contents: contents is not specified")
+    system = _text(body.get("systemInstruction"))
+    chat: list[Message] = [{"role": "system", "content": system}] if system else []
+    chat += [{"role": "assistant" if c.get("role") == "model" else "user", "content": _text(c)}
+             for c in contents]
+    config = body.get("generationConfig") or {}
+    return SimRequest(model_id=model, messages=chat,
+                      max_tokens=int(config.get("maxOutputTokens") or _DEFAULT_MAX_OUTPUT),
+                      stream=_METHODS[method], logprobs=bool(config.get("responseLogprobs")),
+                      seed=config.get("seed"))
+
+
+def completion(answer: SimAnswer, request: SimRequest, request_id: str) -> bytes:
+    return orjson.dumps(_response(answer, request, request_id, answer.words, answer.logprobs, final=True))
+
+
+def stream_events(answer: SimAnswer, request: SimRequest, request_id: str) -> Iterator[bytes]:
+    """One `GenerateContentResponse` per word; the last carries the finish reason and the full usage."""
+    last = len(answer.words) - 1
+    for i, word in enumerate(answer.words):
+        logprobs = answer.logprobs[i:i + 1]
+        yield _event(_response(answer, request, request_id, [word], logprobs, final=i == last))
+    if last < 0:
+        yield _event(_response(answer, request, request_id, [], [], final=True))
+
+
+def error(status: int, kind: str, message: str) -> bytes:
+    body = {"error": {"code": status, "message": message, "status": _STATUSES.get(status, "UNKNOWN")}}
+    return orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def overflow_error(prompt: int, window: int) -> bytes:
+    return error(400, "INVALID_ARGUMENT",
+                 f"The input token count ({prompt}) exceeds the maximum number of tokens allowed ({window}).")
+
+
+def _response(answer: SimAnswer, request: SimRequest, request_id: str, words: list[str],
+              logprobs: list[float], final: bool) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"content": {"parts": [{"text": "".join(words)}], "role": "model"}}
+    if final:
+        candidate["finishReason"] = _FINISH_REASONS[answer.finish_reason]
+    candidate["index"] = 0
+    if request.logprobs:
+        chosen = [{"token": w, "logProbability": v} for w, v in zip(words, logprobs, strict=False)]
+        candidate["logprobsResult"] = {"topCandidates": [{"candidates": [c]} for c in chosen],
+                                       "chosenCandidates": chosen}
+    # Every event carries the prompt count; only the last one carries the candidates' count.
+    usage: dict[str, Any] = {"promptTokenCount": answer.prompt_tokens}
+    if final:
+        usage["candidatesTokenCount"] = answer.completion_tokens
+    usage["totalTokenCount"] = answer.prompt_tokens + (answer.completion_tokens if final else 0)
+    usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": answer.prompt_tokens}]
+    return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": request.model_id,
+            "responseId": request_id}
+
+
+def _event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\r\n\r\n"
+
+
+def _text(content: Any) -> str:
+    """The text of a `Content` (`{"parts": [{"text": ...}]}`)."""
+    parts = content.get("parts") if isinstance(content, dict) else None
+    if not isinstance(parts, list):
+        return ""
+    return "".join(str(p.get("text") or "") for p in parts if isinstance(p, dict))

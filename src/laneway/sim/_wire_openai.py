@@ -1,0 +1,77 @@
+"""The OpenAI Chat Completions wire format, as the simulated fleet speaks it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+from ._answers import SimAnswer, SimRequest
+
+CONTENT_TYPE = "application/json"
+
+
+def parse(body: dict[str, Any], path_model: str | None) -> SimRequest:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("`messages` must be a non-empty list")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens")) or 1024
+    return SimRequest(
+        model_id=str(body.get("model") or path_model or ""), messages=messages, max_tokens=int(max_tokens),
+        stream=bool(body.get("stream")), logprobs=bool(body.get("logprobs")), seed=body.get("seed"),
+    )
+
+
+def completion(answer: SimAnswer, request: SimRequest, request_id: str) -> bytes:
+    choice: dict[str, Any] = {
+        "index": 0, "message": {"role": "assistant", "content": answer.text},
+        "finish_reason": answer.finish_reason, "logprobs": _logprobs(answer.words, answer.logprobs),
+    }
+    return orjson.dumps({
+        "id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": int(time.time()),
+        "model": request.model_id, "choices": [choice],
+        "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+                  "total_tokens": answer.prompt_tokens + answer.completion_tokens},
+    })
+
+
+def stream_events(answer: SimAnswer, request: SimRequest, request_id: str) -> Iterator[bytes]:
+    """One SSE event per word; then the finish, the usage chunk and `[DONE]`."""
+    head = {"id": f"chatcmpl-{request_id}", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": request.model_id}
+    for i, word in enumerate(answer.words):
+        delta: dict[str, Any] = {"content": word}
+        if i == 0:
+            delta["role"] = "assistant"
+        lp = _logprobs([word], answer.logprobs[i:i + 1]) if answer.logprobs else None
+        yield _event({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None, "logprobs": lp}]})
+    yield _event({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}]})
+    usage = {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+             "total_tokens": answer.prompt_tokens + answer.completion_tokens}
+    yield _event({**head, "choices": [], "usage": usage})
+    yield b"data: [DONE]\n\n"
+
+
+def error(status: int, kind: str, message: str) -> bytes:
+    codes = {400: "invalid_request_error", 429: "rate_limit_exceeded", 503: "server_overloaded"}
+    return orjson.dumps({"error": {"message": message, "type": codes.get(status, "server_error"),
+                                   "param": None, "code": kind}})
+
+
+def overflow_error(prompt: int, window: int) -> bytes:
+    return error(400, "context_length_exceeded",
+                 f"This model's maximum context length is {window} tokens. However, your messages resulted in "
+                 f"{prompt} tokens. Please reduce the length of the messages. (token-window overflow)")
+
+
+def _event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def _logprobs(words: list[str], values: list[float]) -> dict[str, Any] | None:
+    if not values:
+        return None
+    return {"content": [{"token": w, "logprob": v, "bytes": None, "top_logprobs": []}
+                        for w, v in zip(words, values, strict=False)]}

@@ -1,0 +1,119 @@
+"""The live dashboard: one self-contained page (inline CSS and JS) polling `/admin/stats`."""
+
+from __future__ import annotations
+
+STATS_PATH = "/admin/stats"
+POLL_MS = 2000
+
+# Cells carry `data-model` and `data-field`, so the page can be checked against `stats()`.
+_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Laneway dashboard</title>
+<style>
+  body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5rem; color: #1d2733; background: #f6f7f9; }
+  h1 { font-size: 1.3rem; margin: 0 0 .5rem; }
+  .banner { background: #fff4ce; border: 1px solid #e0c060; padding: .5rem .8rem; margin: .5rem 0; }
+  .banner[hidden] { display: none; }
+  .tiles { display: flex; gap: 1rem; margin: 1rem 0; flex-wrap: wrap; }
+  .tile { background: #fff; border: 1px solid #dde1e6; border-radius: 6px; padding: .6rem 1rem;
+          min-width: 9rem; }
+  .tile b { display: block; font-size: 1.4rem; }
+  table { border-collapse: collapse; background: #fff; width: 100%; }
+  th, td { border-bottom: 1px solid #e4e7eb; padding: .35rem .6rem; text-align: right; white-space: nowrap; }
+  th:first-child, td:first-child { text-align: left; }
+  .bar { display: inline-block; height: .7rem; background: #4a7bd0; vertical-align: middle;
+         margin-right: .4rem; }
+  .bad { color: #b3261e; }
+  #status { color: #5b6675; font-size: .85rem; }
+</style>
+</head>
+<body>
+<h1>Laneway</h1>
+<div id="simulated" class="banner" __SIMULATED_HIDDEN__>Simulated fleet: these numbers come from the
+simulated fleet, not from real providers.</div>
+<div class="tiles">
+  <div class="tile">requests<b id="total-requests">-</b></div>
+  <div class="tile">cost (USD)<b id="total-cost">-</b></div>
+  <div class="tile">cost / conversation<b id="total-cost-per-conversation">-</b></div>
+  <div class="tile">errors<b id="total-errors">-</b></div>
+  <div class="tile">fallbacks<b id="total-fallbacks">-</b></div>
+</div>
+<table>
+  <thead><tr><th>model</th><th>traffic share</th><th>requests</th><th>p50 ms</th><th>p95 ms</th>
+  <th>p99 ms</th><th>TTFT p95 ms</th><th>errors</th><th>error rate</th><th>fallbacks</th>
+  <th>cost USD</th><th>cost / conversation</th></tr></thead>
+  <tbody id="models"></tbody>
+</table>
+<p id="status">waiting for the first poll of <code>__STATS_PATH__</code></p>
+<script>
+"use strict";
+const FIELDS = [
+  ["share", v => pct(v)], ["requests", v => String(v)], ["p50_ms", v => fixed(v, 1)],
+  ["p95_ms", v => fixed(v, 1)], ["p99_ms", v => fixed(v, 1)], ["ttft_p95_ms", v => fixed(v, 1)],
+  ["errors", v => String(v)], ["error_rate", v => pct(v)], ["fallbacks", v => String(v)],
+  ["cost_usd", v => fixed(v, 4)], ["cost_per_conversation_usd", v => fixed(v, 6)],
+];
+function fixed(v, digits) { return v === null || v === undefined ? "-" : v.toFixed(digits); }
+function pct(v) { return v === null || v === undefined ? "-" : (v * 100).toFixed(1) + "%"; }
+function cell(model, field, text) {
+  const td = document.createElement("td");
+  td.dataset.model = model; td.dataset.field = field; td.textContent = text;
+  return td;
+}
+function render(stats) {
+  const total = stats.total;
+  document.getElementById("simulated").hidden = !stats.simulated;
+  document.getElementById("total-requests").textContent = String(total.requests);
+  document.getElementById("total-cost").textContent = fixed(total.cost_usd, 4);
+  document.getElementById("total-cost-per-conversation").textContent =
+    fixed(total.cost_per_conversation_usd, 6);
+  document.getElementById("total-errors").textContent = String(total.errors);
+  document.getElementById("total-fallbacks").textContent = String(total.fallbacks);
+  const body = document.getElementById("models");
+  body.replaceChildren();
+  for (const [model, figures] of Object.entries(stats.models)) {
+    const row = document.createElement("tr");
+    row.dataset.model = model;
+    const name = cell(model, "model", "");
+    const bar = document.createElement("span");
+    bar.className = "bar"; bar.style.width = Math.round((figures.share || 0) * 120) + "px";
+    name.append(bar, model);
+    row.append(name);
+    for (const [field, format] of FIELDS) {
+      const td = cell(model, field, format(figures[field]));
+      if (field === "error_rate" && figures.error_rate > 0.05) td.className = "bad";
+      row.append(td);
+    }
+    body.append(row);
+  }
+  document.getElementById("status").textContent =
+    "updated " + new Date().toLocaleTimeString() + " - every __POLL_S__ s from __STATS_PATH__";
+}
+async function poll() {
+  try {
+    const response = await fetch("__STATS_PATH__", {cache: "no-store"});
+    if (!response.ok) throw new Error("HTTP " + response.status);
+    render(await response.json());
+  } catch (error) {
+    document.getElementById("status").textContent = "cannot read __STATS_PATH__: " + error;
+  }
+}
+poll();
+setInterval(poll, __POLL_MS__);
+</script>
+</body>
+</html>
+"""
+
+
+def dashboard_page(simulated: bool) -> bytes:
+    page = (
+        _PAGE.replace("__SIMULATED_HIDDEN__", "" if simulated else "hidden")
+        .replace("__STATS_PATH__", STATS_PATH)
+        .replace("__POLL_MS__", str(POLL_MS))
+        .replace("__POLL_S__", str(POLL_MS // 1000))
+    )
+    return page.encode("utf-8")

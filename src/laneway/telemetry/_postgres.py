@@ -1,0 +1,123 @@
+"""The exchange log in PostgreSQL through `asyncpg`, shared by several gateway replicas."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from laneway.errors import ConfigError, ConfigIssue
+from laneway.telemetry._records import ExchangeRow, HourlyRow, LogRecord
+from laneway.telemetry._store import (
+    FETCH_HOURLY_SQL,
+    FETCH_ROWS_SQL,
+    HOUR_S,
+    ExchangeLogUnavailable,
+    exchange_row,
+    insert_sql,
+    numbered,
+    redacted,
+    roll_up_sql,
+    schema,
+    window,
+)
+
+T = TypeVar("T")
+Connection = Any  # asyncpg ships no type information
+_INSERT = numbered(insert_sql())
+_ROLL_UP, _DELETE = (numbered(sql) for sql in roll_up_sql(1))
+_FETCH_ROWS, _FETCH_HOURLY = numbered(FETCH_ROWS_SQL), numbered(FETCH_HOURLY_SQL)
+CONNECT_TIMEOUT_S = 5.0
+_SCHEMA_LOCK = 0x6C616E65  # any constant shared by every replica
+
+
+def _asyncpg() -> Any:
+    try:
+        import asyncpg  # type: ignore[import-untyped]
+    except ImportError as error:
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    "telemetry.exchange_log",
+                    "a `postgresql://` exchange log needs `asyncpg`: pip install asyncpg",
+                )
+            ]
+        ) from error
+    return asyncpg
+
+
+class PostgresStore:
+    """One connection, reopened after any failure; every statement is idempotent or transactional."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._driver = _asyncpg()
+        self._db: Connection | None = None
+        self._failures: tuple[type[BaseException], ...] = (
+            OSError,
+            self._driver.PostgresError,
+            self._driver.InterfaceError,
+        )
+
+    async def open(self) -> None:
+        await self._run(self._connection)
+
+    async def write(self, records: Sequence[LogRecord]) -> None:
+        async def work(db: Connection) -> None:
+            async with db.transaction():
+                await db.executemany(_INSERT, records)
+
+        await self._run(lambda: self._with_connection(work))
+
+    async def roll_up(self, cutoff: float) -> int:
+        cutoff = cutoff // HOUR_S * HOUR_S
+
+        async def work(db: Connection) -> int:
+            async with db.transaction():
+                await db.execute(_ROLL_UP, cutoff)
+                status: str = await db.execute(_DELETE, cutoff)
+            return int(status.rsplit(" ", 1)[-1])
+
+        return await self._run(lambda: self._with_connection(work))
+
+    async def fetch(
+        self, since: float | None, until: float | None
+    ) -> tuple[list[ExchangeRow], list[HourlyRow]]:
+        start, end = window(since, until)
+
+        async def work(db: Connection) -> tuple[list[ExchangeRow], list[HourlyRow]]:
+            rows = [exchange_row(tuple(r)) for r in await db.fetch(_FETCH_ROWS, start, end)]
+            hourly = [HourlyRow(*tuple(r)) for r in await db.fetch(_FETCH_HOURLY, start - HOUR_S, end)]
+            return rows, hourly
+
+        return await self._run(lambda: self._with_connection(work))
+
+    async def aclose(self) -> None:
+        db, self._db = self._db, None
+        if db is not None and not db.is_closed():
+            await db.close(timeout=CONNECT_TIMEOUT_S)
+
+    async def _run(self, work: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await work()
+        except self._failures as error:
+            await self._discard()
+            raise ExchangeLogUnavailable(f"exchange log `{redacted(self.url)}`: {error}") from error
+
+    async def _with_connection(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        return await work(await self._connection())
+
+    async def _connection(self) -> Connection:
+        if self._db is None or self._db.is_closed():
+            db = await self._driver.connect(self.url, timeout=CONNECT_TIMEOUT_S)
+            async with db.transaction():
+                # Replicas starting together would otherwise race on `CREATE TABLE IF NOT EXISTS`.
+                await db.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
+                for statement in schema(1):
+                    await db.execute(statement)
+            self._db = db
+        return self._db
+
+    async def _discard(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.terminate()

@@ -1,0 +1,186 @@
+"""The exchange log's storage: one Protocol, the shared schema, and the URL-to-store factory.
+
+Attempts are a JSON column of their exchange (not a table of their own): they are written once,
+always read with their exchange, and one insert per exchange halves the write volume. Both
+SQLite (`json_each`) and PostgreSQL (`jsonb_array_elements`) can still query them in SQL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from laneway.errors import ConfigError, ConfigIssue, LanewayError
+from laneway.telemetry._records import LOG_COLUMNS, ROW_COLUMNS, ExchangeRow, HourlyRow, LogRecord
+
+HOUR_S = 3600.0
+FAR_PAST, FAR_FUTURE = 0.0, 1e12
+
+
+class ExchangeLogUnavailable(LanewayError):
+    """The exchange log's store cannot be reached or refused a write; exchanges stay buffered."""
+
+
+class ExchangeStore(Protocol):
+    """Where finished exchanges are kept. Every method may raise `ExchangeLogUnavailable`."""
+
+    url: str
+
+    async def open(self) -> None: ...
+
+    async def write(self, records: Sequence[LogRecord]) -> None: ...
+
+    async def roll_up(self, cutoff: float) -> int: ...
+
+    async def fetch(
+        self, since: float | None, until: float | None
+    ) -> tuple[list[ExchangeRow], list[HourlyRow]]: ...
+
+    async def aclose(self) -> None: ...
+
+
+# column -> (SQLite type, PostgreSQL type)
+_LOG_TYPES: dict[str, tuple[str, str]] = {
+    "request_id": ("TEXT PRIMARY KEY", "TEXT PRIMARY KEY"),
+    "started_at": ("REAL NOT NULL", "DOUBLE PRECISION NOT NULL"),
+    "stream": ("INTEGER NOT NULL", "BOOLEAN NOT NULL"),
+    "status": ("INTEGER NOT NULL", "INTEGER NOT NULL"),
+    "ttft_ms": ("REAL", "DOUBLE PRECISION"),
+    "escalation": ("INTEGER NOT NULL", "BOOLEAN NOT NULL"),
+    "simulated": ("INTEGER NOT NULL", "BOOLEAN NOT NULL"),
+    "fallbacks": ("INTEGER NOT NULL", "INTEGER NOT NULL"),
+    "prompt_tokens": ("INTEGER NOT NULL", "BIGINT NOT NULL"),
+    "completion_tokens": ("INTEGER NOT NULL", "BIGINT NOT NULL"),
+    "attempts": ("TEXT NOT NULL", "JSONB NOT NULL"),
+    "signals": ("TEXT NOT NULL", "JSONB NOT NULL"),
+}
+_NULLABLE_TEXT = {"conversation_id", "route", "model", "api_key", "prompt_body", "answer_body"}
+_FLOATS = {"latency_ms", "upstream_ms", "overhead_ms", "cost_usd"}
+
+
+def _column_type(name: str, dialect: int) -> str:
+    if name in _LOG_TYPES:
+        return _LOG_TYPES[name][dialect]
+    if name in _FLOATS:
+        return ("REAL NOT NULL", "DOUBLE PRECISION NOT NULL")[dialect]
+    return "TEXT" if name in _NULLABLE_TEXT else "TEXT NOT NULL"
+
+
+def schema(dialect: int) -> list[str]:
+    """DDL for dialect 0 (SQLite) or 1 (PostgreSQL); every statement is idempotent."""
+    real, count = ("REAL", "INTEGER") if dialect == 0 else ("DOUBLE PRECISION", "BIGINT")
+    columns = ",\n  ".join(f"{name} {_column_type(name, dialect)}" for name in LOG_COLUMNS)
+    hourly_counts = ", ".join(f"{name} {count} NOT NULL" for name in _HOURLY_COUNTS)
+    return [
+        f"CREATE TABLE IF NOT EXISTS exchanges (\n  {columns}\n)",
+        "CREATE INDEX IF NOT EXISTS exchanges_started_at ON exchanges (started_at)",
+        (
+            f"CREATE TABLE IF NOT EXISTS exchanges_hourly (hour {real} NOT NULL, model TEXT NOT NULL, "
+            f"route TEXT NOT NULL, lane TEXT NOT NULL, {hourly_counts}, cost_usd {real} NOT NULL, "
+            "PRIMARY KEY (hour, model, route, lane))"
+        ),
+    ]
+
+
+_HOURLY_COUNTS = (
+    "requests",
+    "errors",
+    "timeouts",
+    "escalated_ok",
+    "tokens_in",
+    "tokens_out",
+    "conversations",
+    "fallbacks",
+    "simulated",
+)
+_HOURLY_SELECT = {
+    "requests": "COUNT(*)",
+    "errors": "SUM(CASE WHEN outcome <> 'ok' THEN 1 ELSE 0 END)",
+    "timeouts": "SUM(CASE WHEN outcome = 'model_inference_deadline_exceeded' THEN 1 ELSE 0 END)",
+    "escalated_ok": "SUM(CASE WHEN outcome = 'ok' AND escalation THEN 1 ELSE 0 END)",
+    "tokens_in": "SUM(prompt_tokens)",
+    "tokens_out": "SUM(completion_tokens)",
+    "cost_usd": "SUM(cost_usd)",
+    "conversations": (
+        "COUNT(DISTINCT conversation_id) + SUM(CASE WHEN conversation_id IS NULL THEN 1 ELSE 0 END)"
+    ),
+    "fallbacks": "SUM(fallbacks)",
+    "simulated": "SUM(CASE WHEN simulated THEN 1 ELSE 0 END)",
+}
+HOURLY_COLUMNS = HourlyRow._fields
+# The statements below are assembled from the constant column names above, never from input: every
+# value travels as a bound parameter, hence the `noqa: S608`.
+
+
+def insert_sql() -> str:
+    marks = ", ".join("?" for _ in LOG_COLUMNS)
+    columns = ", ".join(LOG_COLUMNS)
+    return f"INSERT INTO exchanges ({columns}) VALUES ({marks}) ON CONFLICT (request_id) DO NOTHING"  # noqa: S608
+
+
+def roll_up_sql(dialect: int) -> tuple[str, str]:
+    """Upsert hourly aggregates of raw rows older than the cutoff, then delete those rows."""
+    hour = (
+        "CAST(started_at / 3600 AS INTEGER) * 3600.0" if dialect == 0 else "floor(started_at / 3600) * 3600"
+    )
+    sums = [_HOURLY_SELECT[name] for name in HOURLY_COLUMNS[4:]]
+    merge = ", ".join(f"{name} = exchanges_hourly.{name} + excluded.{name}" for name in HOURLY_COLUMNS[4:])
+    upsert = (
+        f"INSERT INTO exchanges_hourly ({', '.join(HOURLY_COLUMNS)}) "  # noqa: S608
+        f"SELECT {hour}, COALESCE(model, ''), COALESCE(route, ''), lane, {', '.join(sums)} "
+        "FROM exchanges WHERE started_at < ? GROUP BY 1, 2, 3, 4 "
+        f"ON CONFLICT (hour, model, route, lane) DO UPDATE SET {merge}"
+    )
+    return upsert, "DELETE FROM exchanges WHERE started_at < ?"
+
+
+_ROW_SOURCES = {"tokens_in": "prompt_tokens", "tokens_out": "completion_tokens"}
+FETCH_ROWS_SQL = (
+    f"SELECT {', '.join(_ROW_SOURCES.get(name, name) for name in ROW_COLUMNS)} FROM exchanges "  # noqa: S608
+    "WHERE started_at >= ? AND started_at < ? ORDER BY started_at"
+)
+FETCH_HOURLY_SQL = (
+    f"SELECT {', '.join(HOURLY_COLUMNS)} FROM exchanges_hourly "  # noqa: S608
+    "WHERE hour > ? AND hour < ? ORDER BY hour"
+)
+
+
+def window(since: float | None, until: float | None) -> tuple[float, float]:
+    return (FAR_PAST if since is None else since, FAR_FUTURE if until is None else until)
+
+
+def exchange_row(values: Sequence[Any]) -> ExchangeRow:
+    row = ExchangeRow(*values)
+    return row._replace(escalation=bool(row.escalation), simulated=bool(row.simulated))
+
+
+def numbered(sql: str) -> str:
+    """`?` placeholders to PostgreSQL's `$1, $2, ...`."""
+    counter = iter(range(1, 10_000))
+    return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def open_store(url: str) -> ExchangeStore:
+    """The store for an exchange log URL (`sqlite:///...` or `postgresql://...`)."""
+    if url.startswith("sqlite:///"):
+        from laneway.telemetry._sqlite import SqliteStore
+
+        return SqliteStore(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        from laneway.telemetry._postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ConfigError(
+        [ConfigIssue("telemetry.exchange_log", f"`{redacted(url)}`: use `sqlite:///` or `postgresql://`")]
+    )

@@ -1,0 +1,156 @@
+"""Pure summaries of exchanges: grouping, percentiles, rates and costs.
+
+`stats()` (over exchanges held in memory) and `laneway report` (over the exchange log) both call
+`summarize`, so for the same exchanges and window they return the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from laneway.errors import UpstreamTimeout
+from laneway.exchange import OK
+from laneway.telemetry._records import ExchangeRow, HourlyRow
+
+TIMEOUT_OUTCOME = UpstreamTimeout.code
+NO_MODEL = "(none)"
+NO_ROUTE = "(none)"
+
+
+def percentile(ordered: Sequence[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default); `ordered` must be sorted."""
+    if not ordered:
+        return None
+    position = (len(ordered) - 1) * q
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+@dataclass(slots=True)
+class _Group:
+    requests: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    escalated_ok: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    fallbacks: int = 0
+    simulated: int = 0
+    anonymous_conversations: int = 0  # requests without a conversation id count as their own
+    conversations: set[str] = field(default_factory=set)
+    latencies: list[float] = field(default_factory=list)
+    ttfts: list[float] = field(default_factory=list)
+
+    def add_row(self, row: ExchangeRow) -> None:
+        self.requests += 1
+        ok = row.outcome == OK
+        self.errors += not ok
+        self.timeouts += row.outcome == TIMEOUT_OUTCOME
+        self.escalated_ok += ok and row.escalation
+        self.tokens_in += row.tokens_in
+        self.tokens_out += row.tokens_out
+        self.cost_usd += row.cost_usd
+        self.fallbacks += row.fallbacks
+        self.simulated += row.simulated
+        if row.conversation_id is None:
+            self.anonymous_conversations += 1
+        else:
+            self.conversations.add(row.conversation_id)
+        self.latencies.append(row.latency_ms)
+        if row.ttft_ms is not None:
+            self.ttfts.append(row.ttft_ms)
+
+    def add_hourly(self, hour: HourlyRow) -> None:
+        self.requests += hour.requests
+        self.errors += hour.errors
+        self.timeouts += hour.timeouts
+        self.escalated_ok += hour.escalated_ok
+        self.tokens_in += hour.tokens_in
+        self.tokens_out += hour.tokens_out
+        self.cost_usd += hour.cost_usd
+        self.fallbacks += hour.fallbacks
+        self.simulated += hour.simulated
+        self.anonymous_conversations += hour.conversations
+
+    def finish(self, total_requests: int, minutes: float) -> dict[str, Any]:
+        self.latencies.sort()
+        self.ttfts.sort()
+        conversations = len(self.conversations) + self.anonymous_conversations
+        tokens = self.tokens_in + self.tokens_out
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "timeouts": self.timeouts,
+            "error_rate": _ratio(self.errors, self.requests, 4),
+            "timeout_rate": _ratio(self.timeouts, self.requests, 4),
+            "share": _ratio(self.requests, total_requests, 4),
+            "p50_ms": _ms(percentile(self.latencies, 0.50)),
+            "p95_ms": _ms(percentile(self.latencies, 0.95)),
+            "p99_ms": _ms(percentile(self.latencies, 0.99)),
+            "ttft_p50_ms": _ms(percentile(self.ttfts, 0.50)),
+            "ttft_p95_ms": _ms(percentile(self.ttfts, 0.95)),
+            "ttft_p99_ms": _ms(percentile(self.ttfts, 0.99)),
+            "latency_samples": len(self.latencies),
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "cost_usd": round(self.cost_usd, 6),
+            "conversations": conversations,
+            "cost_per_conversation_usd": _ratio(self.cost_usd, conversations, 6),
+            "cost_per_1k_tokens_usd": _ratio(self.cost_usd * 1000, tokens, 6),
+            "fallbacks": self.fallbacks,
+            "escalated_ok": self.escalated_ok,
+            "escalated_ok_per_min": round(self.escalated_ok / minutes, 4),
+            "simulated_requests": self.simulated,
+        }
+
+
+def summarize(
+    rows: Iterable[ExchangeRow],
+    hourly: Iterable[HourlyRow] = (),
+    since: float | None = None,
+    until: float | None = None,
+) -> dict[str, Any]:
+    """Totals and per-model, per-route figures for the exchanges in `[since, until)`."""
+    total, models, routes = _Group(), dict[str, _Group](), dict[str, _Group]()
+    first, last = math.inf, -math.inf
+    for row in rows:
+        if (since is not None and row.started_at < since) or (until is not None and row.started_at >= until):
+            continue
+        first, last = min(first, row.started_at), max(last, row.started_at)
+        for group in (total, _group(models, row.model or NO_MODEL), _group(routes, row.route or NO_ROUTE)):
+            group.add_row(row)
+    for hour in hourly:
+        first, last = min(first, hour.hour), max(last, hour.hour + 3600.0)
+        for group in (total, _group(models, hour.model or NO_MODEL), _group(routes, hour.route or NO_ROUTE)):
+            group.add_hourly(hour)
+    start = since if since is not None else (first if total.requests else None)
+    end = until if until is not None else (last if total.requests else None)
+    minutes = max(1.0, (end - start) / 60.0) if start is not None and end is not None else 1.0
+    n = total.requests
+    return {
+        "window": {"since": start, "until": end, "minutes": round(minutes, 4)},
+        "simulated": total.simulated > 0,
+        "total": total.finish(n, minutes),
+        "models": {name: group.finish(n, minutes) for name, group in sorted(models.items())},
+        "routes": {name: group.finish(n, minutes) for name, group in sorted(routes.items())},
+    }
+
+
+def _group(groups: dict[str, _Group], name: str) -> _Group:
+    group = groups.get(name)
+    if group is None:
+        group = groups[name] = _Group()
+    return group
+
+
+def _ratio(part: float, whole: float, digits: int) -> float | None:
+    return round(part / whole, digits) if whole else None
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

@@ -1,0 +1,132 @@
+"""The telemetry sink the gateway records every finished exchange into.
+
+`record()` only appends to a bounded buffer. A background task drains it into the metrics, the
+in-memory window behind `stats()`, and the exchange log's batching writer. All methods are meant
+to be called from the event loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from typing import Any
+
+from laneway.exchange import Exchange
+from laneway.telemetry._dashboard import dashboard_page
+from laneway.telemetry._metrics import GatewayMetrics, LogHealth
+from laneway.telemetry._records import ExchangeRow, LogRecord, log_record_of, row_of
+from laneway.telemetry._settings import TelemetrySettings
+from laneway.telemetry._store import open_store
+from laneway.telemetry._summary import summarize
+from laneway.telemetry._writer import ExchangeLog
+
+Recorded = tuple[Exchange, tuple[str, str] | None]
+METRICS_OFF = b"# metrics are turned off (`telemetry.metrics: false`)\n"
+
+
+class Telemetry:
+    """Metrics, the exchange log, and the figures behind `/admin/stats` and the dashboard."""
+
+    def __init__(self, settings: TelemetrySettings, *, simulated: bool = False) -> None:
+        self.settings = settings
+        self.simulated = simulated
+        self.health = LogHealth(enabled=settings.exchange_log is not None)
+        self._metrics = GatewayMetrics()
+        self._pending: deque[Recorded] = deque()
+        self._recent: deque[ExchangeRow] = deque(maxlen=settings.stats_window)
+        url = settings.exchange_log
+        self._log = ExchangeLog(open_store(url), settings, self.health) if url else None
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._log is not None:
+            await self._log.open()
+        self._task = asyncio.create_task(self._run(), name="laneway-telemetry")
+
+    def record(self, exchange: Exchange, bodies: tuple[str, str] | None = None) -> None:
+        """Hand over a finished exchange (not to be mutated afterwards); O(1)."""
+        if len(self._pending) >= self.settings.buffer_limit:
+            self.health.dropped += 1
+            return
+        self._pending.append((exchange, bodies))
+
+    def count(self, event: str, model: str, n: int = 1) -> None:
+        self._metrics.count(event, model, n)
+
+    def observe_queue_wait(self, model: str, seconds: float) -> None:
+        """Time one request waited in `model`'s gate queue."""
+        self._metrics.observe_queue_wait(model, seconds)
+
+    def render_metrics(self) -> bytes:
+        if not self.settings.metrics:
+            return METRICS_OFF
+        self._drain()
+        return self._metrics.render(self.health)
+
+    def stats(self, since: float | None = None, until: float | None = None) -> dict[str, Any]:
+        self._drain()
+        summary = summarize(self._recent, (), since, until)
+        summary["simulated"] = summary["simulated"] or self.simulated
+        summary["log"] = {
+            "enabled": self.health.enabled,
+            "up": self.health.up,
+            "backlog": self.health.backlog,
+            "written": self.health.written,
+            "dropped": self.health.dropped,
+        }
+        return summary
+
+    def dashboard_html(self) -> bytes:
+        return dashboard_page(self.simulated)
+
+    async def flush(self) -> bool:
+        """Drain everything recorded so far and write it to the log; False if the store is down."""
+        self._drain()
+        return True if self._log is None else await self._log.write_pending(force=True)
+
+    async def roll_up(self, now: float | None = None) -> int:
+        """Roll raw log rows past the retention period into hourly aggregates; rows rolled up."""
+        if self._log is None:
+            return 0
+        await self.flush()
+        return await self._log.roll_up(time.time() if now is None else now)
+
+    async def aclose(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        self._drain()
+        if self._log is not None:
+            await self._log.close()
+
+    async def _run(self) -> None:
+        interval = self.settings.flush_interval_ms / 1000.0
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
+            self._drain()
+            if self._log is not None:
+                await self._log.write_pending()
+                await self._log.roll_up_if_due(time.time())
+
+    def _drain(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        metrics = self._metrics if self.settings.metrics else None
+        store_bodies, cap = self.settings.store_bodies, self.settings.body_cap_bytes
+        records: list[LogRecord] = []
+        while pending:
+            exchange, bodies = pending.popleft()
+            row = row_of(exchange, self.simulated)
+            self._recent.append(row)
+            if metrics is not None:
+                metrics.observe(exchange)
+            if self._log is not None:
+                records.append(log_record_of(exchange, row, bodies if store_bodies else None, cap))
+        if self._log is not None:
+            self._log.offer(records)

@@ -1,0 +1,132 @@
+"""The exchange log's batching writer: a bounded backlog, retries while the store is down.
+
+Nothing is dropped silently: an exchange that does not fit in the backlog, or is still unwritten
+when the close timeout runs out, is counted in `LogHealth.dropped` (and so in the metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from itertools import islice
+
+from laneway.telemetry._metrics import LogHealth
+from laneway.telemetry._records import LogRecord
+from laneway.telemetry._settings import TelemetrySettings
+from laneway.telemetry._store import ExchangeLogUnavailable, ExchangeStore, redacted
+
+log = logging.getLogger("laneway.telemetry")
+
+MAX_BACKOFF_S = 5.0
+ROLL_UP_EVERY_S = 3600.0
+CLOSE_RETRY_S = 0.1
+
+
+class ExchangeLog:
+    """Buffers log records and writes them to the store in batches."""
+
+    def __init__(self, store: ExchangeStore, settings: TelemetrySettings, health: LogHealth) -> None:
+        self.store = store
+        self.health = health
+        self._settings = settings
+        self._backlog: deque[LogRecord] = deque()
+        self._backoff_s = 0.0
+        self._retry_at = 0.0
+        self._next_roll_up = 0.0
+
+    @property
+    def backlog(self) -> int:
+        return len(self._backlog)
+
+    def offer(self, records: Sequence[LogRecord]) -> None:
+        room = max(0, self._settings.buffer_limit - len(self._backlog))
+        self._backlog.extend(records[:room])
+        if len(records) > room:
+            self.health.dropped += len(records) - room
+        self.health.backlog = len(self._backlog)
+
+    async def open(self) -> None:
+        try:
+            await self.store.open()
+        except ExchangeLogUnavailable as error:
+            self._failed(error)
+
+    async def write_pending(self, *, force: bool = False) -> bool:
+        """Write every full batch (and the last partial one); False if the store failed."""
+        if not force and time.monotonic() < self._retry_at:
+            return False
+        while self._backlog:
+            batch = list(islice(self._backlog, self._settings.batch_size))
+            try:
+                await self.store.write(batch)
+            except ExchangeLogUnavailable as error:
+                self._failed(error)
+                return False
+            # Only `offer` touches the backlog meanwhile, and it appends on the right.
+            for _ in batch:
+                self._backlog.popleft()
+            self.health.written += len(batch)
+            self.health.backlog = len(self._backlog)
+            self._recovered()
+        return True
+
+    async def roll_up_if_due(self, now: float) -> None:
+        if time.monotonic() < max(self._next_roll_up, self._retry_at):
+            return
+        try:
+            await self.roll_up(now)
+        except ExchangeLogUnavailable as error:
+            self._failed(error)
+            return
+        self._next_roll_up = time.monotonic() + ROLL_UP_EVERY_S
+
+    async def roll_up(self, now: float) -> int:
+        cutoff = now - self._settings.retention_days * 86_400.0
+        rolled = await self.store.roll_up(cutoff)
+        if rolled:
+            log.info(
+                "exchange log: rolled %d exchanges older than %d days into hourly aggregates",
+                rolled,
+                self._settings.retention_days,
+            )
+        return rolled
+
+    async def close(self) -> None:
+        deadline = time.monotonic() + self._settings.close_timeout_ms / 1000.0
+        while True:
+            if await self.write_pending(force=True) or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(CLOSE_RETRY_S)
+        if self._backlog:
+            lost = len(self._backlog)
+            self.health.dropped += lost
+            self._backlog.clear()
+            self.health.backlog = 0
+            log.error(
+                "exchange log `%s` stayed unavailable: %d exchanges were not written",
+                redacted(self.store.url),
+                lost,
+            )
+        try:
+            await self.store.aclose()
+        except ExchangeLogUnavailable as error:
+            log.warning("%s", error)
+
+    def _failed(self, error: ExchangeLogUnavailable) -> None:
+        if self.health.up:
+            log.warning("%s; buffering up to %d exchanges and retrying", error, self._settings.buffer_limit)
+        self.health.up = False
+        self._backoff_s = min(
+            MAX_BACKOFF_S, max(self._settings.flush_interval_ms / 1000.0, self._backoff_s * 2)
+        )
+        self._retry_at = time.monotonic() + self._backoff_s
+
+    def _recovered(self) -> None:
+        if not self.health.up:
+            log.info("exchange log `%s` is writable again", redacted(self.store.url))
+        self.health.up = True
+        self._backoff_s = 0.0
+        self._retry_at = 0.0

@@ -1,0 +1,103 @@
+"""A real gateway on a loopback port, run in a background thread with its own event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from laneway.config import parse_config
+from laneway.gateway import Gateway
+from laneway.server import App
+
+
+class LiveGateway:
+    def __init__(self, config_text: str, sim_url: str | None, config_path: Path | None = None,
+                 telemetry: Any = None) -> None:
+        self.config_text = config_text
+        self.config_path = config_path
+        self.sim_url = sim_url
+        self.telemetry = telemetry
+        self.loop = asyncio.new_event_loop()
+        self.gateway: Gateway | None = None
+        self.server: uvicorn.Server | None = None
+        self.port = 0
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> LiveGateway:
+        self._thread.start()
+        self._started.wait(30)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._serve())
+        except BaseException as exc:  # surfaced to the test through start()
+            self._error = exc
+            self._started.set()
+
+    async def _serve(self) -> None:
+        config = parse_config(self.config_text, str(self.config_path or "<test>"))
+        self.gateway = await Gateway.start(config, config_path=self.config_path, sim_url=self.sim_url,
+                                           telemetry=self.telemetry)
+        self.server = uvicorn.Server(uvicorn.Config(App(self.gateway), host="127.0.0.1", port=0, loop="none",
+                                                    lifespan="on", log_level="warning", access_log=False,
+                                                    proxy_headers=False))
+        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self._started.set()
+        await task
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        """Run a coroutine on the gateway's loop (e.g. to inspect or reload it)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+        self._thread.join(30)
+
+
+@contextmanager
+def live_gateway(config_text: str, sim_url: str | None, **kwargs: Any) -> Iterator[LiveGateway]:
+    live = LiveGateway(config_text, sim_url, **kwargs).start()
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+@contextmanager
+def fleet_process(*extra: str) -> Iterator[str]:
+    """`laneway sim` in a child process; yields its URL."""
+    process = subprocess.Popen([sys.executable, "-m", "laneway", "sim", "--port", "0", *extra],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert " at " in line, line
+        yield line.rsplit(" at ", 1)[1].strip()
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -1,0 +1,244 @@
+"""Shared fixtures of the telemetry tests: exchanges, metric and report readers, a throwaway PostgreSQL.
+
+`postgres_server()` starts a private cluster (initdb + pg_ctl from /usr/lib/postgresql/*/bin) in a
+temporary directory on a free loopback port, as the `postgres` user when run as root, unless
+`LANEWAY_TEST_POSTGRES_DSN` names a server to use instead. An outage is a real `pg_ctl stop`;
+with an external server it is simulated by severing a loopback proxy in front of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from laneway.exchange import Attempt, Exchange
+from laneway.telemetry import add_commands
+
+# Yesterday 00:00 UTC: recent enough that no retention period has passed, fixed within a day.
+BASE_TIME = time.time() // 86_400 * 86_400 - 86_400
+MODELS = ("claude-sonnet-37", "heavy-foundation", "gemini-2.5-flash-lite")
+ROUTES = ("chat-short", "chat-long")
+
+
+def make_exchange(i: int, *, started_at: float = BASE_TIME, escalation: bool | None = None) -> Exchange:
+    """A varied, deterministic exchange: some fallbacks, timeouts and escalations."""
+    model = MODELS[i % len(MODELS)]
+    attempts = []
+    if i % 7 == 0:
+        attempts.append(
+            Attempt(
+                model=MODELS[(i + 1) % 3],
+                outcome="upstream_unavailable",
+                latency_ms=40.0,
+                error="connection refused",
+            )
+        )
+    timed_out = i % 11 == 0
+    prompt, completion = 200 + i % 50, 0 if timed_out else 40 + i % 30
+    cost = (prompt * 3 + completion * 15) / 1e6
+    attempts.append(
+        Attempt(
+            model=model,
+            outcome="model_inference_deadline_exceeded" if timed_out else "ok",
+            latency_ms=100.0 + (i * 37) % 900,
+            ttft_ms=50.0 + (i * 13) % 300,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost_usd=cost,
+        )
+    )
+    return Exchange(
+        request_id=f"req-{i}",
+        started_at=started_at + i * 0.5,
+        conversation_id=f"conv-{i % 40}" if i % 5 else None,
+        route=ROUTES[i % 2],
+        lane="fallback" if len(attempts) > 1 else "primary",
+        model=model,
+        status=504 if timed_out else 200,
+        outcome="model_inference_deadline_exceeded" if timed_out else "ok",
+        latency_ms=120.0 + (i * 37) % 900 + (i % 13) * 0.25,
+        ttft_ms=None if i % 4 == 0 else 55.0 + (i * 13) % 300,
+        upstream_ms=100.0 + (i * 37) % 900,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cost_usd=cost,
+        attempts=attempts,
+        signals={"escalation": (i % 3 == 0) if escalation is None else escalation, "priority": "normal"},
+    )
+
+
+SAMPLE = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
+
+
+def samples(text: bytes) -> list[tuple[str, dict[str, str], float]]:
+    found = []
+    for line in text.decode().splitlines():
+        if line.startswith("#"):
+            continue
+        match = SAMPLE.match(line)
+        assert match, line
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match["labels"] or ""))
+        found.append((match["name"], labels, float(match["value"])))
+    return found
+
+
+def total(text: bytes, name: str, **want: str) -> float:
+    return sum(
+        v for n, labels, v in samples(text) if n == name and all(labels.get(k) == w for k, w in want.items())
+    )
+
+
+def report(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="laneway")
+    add_commands(parser.add_subparsers(required=True))
+    args = parser.parse_args(["report", *argv])
+    code: int = args.func(args)
+    return code
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Cluster:
+    """A private PostgreSQL cluster controlled with pg_ctl."""
+
+    def __init__(self) -> None:
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not found:
+            raise RuntimeError("PostgreSQL is not installed: apt-get install -y postgresql")
+        self.bin = Path(found[-1]).parent
+        self.root = Path(tempfile.mkdtemp(prefix="laneway-pg-"))
+        self.data = self.root / "data"
+        self.port = _free_port()
+        self._as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as_user:
+            shutil.chown(self.root, "postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "laneway", "--no-sync")
+        self.dsn = f"postgresql://laneway@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run(
+            [*self._as_user, str(self.bin / tool), *args], check=True, capture_output=True, timeout=60
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class _Proxy:
+    """A loopback TCP relay in front of an external server; `stop()` severs every connection."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = _free_port()
+        self._sockets: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen()
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        assert self._listener is not None
+        # Closing alone would not wake the thread blocked in accept(); shutting down does.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        for sock in self._sockets:
+            sock.close()
+        self._sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._relay, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _relay(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class PostgresServer:
+    """A server tests may stop and start; `database()` gives each test a fresh database."""
+
+    def __init__(self, admin_dsn: str, control: _Cluster | _Proxy) -> None:
+        self.admin_dsn = admin_dsn
+        self.control = control
+
+    def stop(self) -> None:
+        self.control.stop()
+
+    def start(self) -> None:
+        self.control.start()
+
+    async def database(self) -> str:
+        """A new, empty database on the server; its DSN."""
+        import asyncpg  # type: ignore[import-untyped]
+
+        name = f"laneway_{uuid.uuid4().hex[:12]}"
+        db = await asyncpg.connect(self.admin_dsn)
+        try:
+            await db.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await db.close()
+        return urlunsplit(urlsplit(self.admin_dsn)._replace(path=f"/{name}"))
+
+
+@contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    external = os.environ.get("LANEWAY_TEST_POSTGRES_DSN")
+    if external:
+        parts = urlsplit(external)
+        proxy = _Proxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+        proxy.start()
+        netloc = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+        yield PostgresServer(urlunsplit(parts._replace(netloc=f"{netloc}127.0.0.1:{proxy.port}")), proxy)
+        proxy.stop()
+        return
+    cluster = _Cluster()
+    try:
+        cluster.start()
+        yield PostgresServer(cluster.dsn, cluster)
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            cluster.stop()
+        cluster.remove()

@@ -1,0 +1,229 @@
+"""Every failure path through real loopback sockets: each request ends in an answer or a documented
+error within its deadline plus a small margin, and exactly one exchange records every attempt."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from _live import LiveGateway, live_gateway
+from laneway.exchange import Exchange
+
+MARGIN_S = 0.5
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.exchanges: list[Exchange] = []
+        self.events: list[tuple[str, str]] = []
+
+    def record(self, exchange: Exchange) -> None:
+        self.exchanges.append(exchange)
+
+    def count(self, event: str, model: str, n: int = 1) -> None:
+        self.events.append((event, model))
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def config(faults: dict[str, str], routes: str, extra: str = "") -> str:
+    models = "\n".join(
+        f"""  {name}:
+    provider: openai
+    base_url: {"sim:///gpt-5-mini/v1" if not fault.startswith("http") else fault}
+    model: "gpt-5-mini@{fault}"
+    context_window: 100000
+    price: {{input_per_mtok: 1.0, output_per_mtok: 2.0}}
+    stream_idle_ms: 400
+    max_response_bytes: 1048576
+    cooldown: {{failures: 3, cooldown_ms: 60000}}{extra}"""
+        for name, fault in faults.items())
+    return f"models:\n{models}\nroutes:\n{routes}"
+
+
+FAULTS = {
+    "ok": "", "e500": "error_500", "e503": "error_503", "r429": "error_429", "r429_1": "error_429_retry_1",
+    "r429_30": "error_429_retry_30", "silent": "silent", "slow": "slow_3000", "reset": "reset",
+    "json": "malformed_json", "ctype": "wrong_content_type", "big": "oversized", "overflow": "overflow",
+    "cut": "cut_mid_stream", "stall": "stall_mid_stream", "badsse": "bad_sse", "e400": "error_400",
+    "refused": f"http://127.0.0.1:{closed_port()}/v1",
+}
+ROUTES = """\
+- name: main
+  matcher: "metadata.primary == ok"
+  target: ok
+- name: chain
+  target: e500
+  fallbacks: [ok]
+  deadline_ms: 1500
+"""
+
+
+@pytest.fixture(scope="module")
+def live(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveGateway, Sink]]:
+    sink = Sink()
+    path = tmp_path_factory.mktemp("faults") / "routes.yaml"
+    path.write_text(config(FAULTS, ROUTES))
+    with live_gateway(config(FAULTS, ROUTES), sim_url, telemetry=sink, config_path=path) as gateway:
+        yield gateway, sink
+
+
+def send(live: LiveGateway, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes, float]:
+    request = urllib.request.Request(live.url + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                     method="POST")
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read(), time.perf_counter() - started
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read(), time.perf_counter() - started
+
+
+def reconfigure(gw: LiveGateway, routes: str, faults: dict[str, str] = FAULTS) -> None:
+    """Rewrite the routing file and hot-reload it, as an operator would."""
+    assert gw.gateway is not None and gw.config_path is not None
+    gw.config_path.write_text(config(faults, routes))
+    gw.call(gw.gateway.reload())
+
+
+def one(sink: Sink, request_id: str) -> Exchange:
+    found = [e for e in sink.exchanges if e.request_id == request_id]
+    assert len(found) == 1, f"{len(found)} exchanges recorded for {request_id}"
+    return found[0]
+
+
+CASES = [
+    # (primary, fallbacks, stream, expected status, lane, outcome codes of the attempts)
+    ("e500", ["ok"], False, 200, "fallback", ["upstream_unavailable", "upstream_unavailable", "ok"]),
+    ("e503", ["ok"], True, 200, "fallback", ["upstream_unavailable", "upstream_unavailable", "ok"]),
+    ("r429", ["ok"], False, 200, "fallback", ["rate_limited", "rate_limited", "ok"]),
+    ("r429_30", ["ok"], False, 200, "fallback", ["rate_limited", "ok"]),
+    ("reset", ["ok"], False, 200, "fallback", ["upstream_unavailable", "upstream_unavailable", "ok"]),
+    ("reset", ["ok"], True, 200, "fallback", ["upstream_unavailable", "upstream_unavailable", "ok"]),
+    ("refused", ["ok"], False, 200, "fallback", ["upstream_unavailable", "upstream_unavailable", "ok"]),
+    ("refused", ["ok"], True, 200, "fallback", ["upstream_unavailable", "upstream_unavailable", "ok"]),
+    ("json", ["ok"], False, 200, "fallback", ["upstream_bad_response", "upstream_bad_response", "ok"]),
+    ("ctype", ["ok"], False, 200, "fallback", ["upstream_bad_response", "upstream_bad_response", "ok"]),
+    ("ctype", ["ok"], True, 200, "fallback", ["upstream_bad_response", "upstream_bad_response", "ok"]),
+    ("big", ["ok"], False, 200, "fallback", ["upstream_bad_response", "upstream_bad_response", "ok"]),
+    ("overflow", ["ok"], False, 200, "fallback", ["context_window_exceeded", "ok"]),
+    ("overflow", ["ok"], True, 200, "fallback", ["context_window_exceeded", "ok"]),
+    ("e400", ["ok"], False, 200, "fallback", ["upstream_rejected", "ok"]),
+    ("silent", ["ok"], False, 504, None, ["model_inference_deadline_exceeded"]),
+    ("silent", ["ok"], True, 504, None, ["model_inference_deadline_exceeded"]),
+    ("e500", ["slow"], False, 504, None,
+     ["upstream_unavailable", "upstream_unavailable", "model_inference_deadline_exceeded"]),
+    ("e500", ["e503"], False, 502, None, ["upstream_unavailable"] * 4),
+    ("e500", ["r429"], True, 429, None, ["upstream_unavailable", "upstream_unavailable", "rate_limited",
+                                         "rate_limited"]),
+]
+
+
+@pytest.mark.parametrize(("primary", "fallbacks", "stream", "status", "lane", "outcomes"), CASES)
+def test_fault_before_first_byte(live: tuple[LiveGateway, Sink], primary: str, fallbacks: list[str], stream: bool,
+                                 status: int, lane: str | None, outcomes: list[str]) -> None:
+    gw, sink = live
+    reconfigure(gw, f"- target: {primary}\n  fallbacks: {json.dumps(fallbacks)}\n  deadline_ms: 1500\n"
+                    f"  retry: {{attempts: 2, backoff_ms: 20}}\n")
+    got, headers, body, elapsed = send(gw, {"model": "laneway", "stream": stream,
+                                            "messages": [{"role": "user", "content": f"{primary} {stream}"}]})
+    assert got == status, body
+    assert elapsed < 1.5 + MARGIN_S
+    exchange = one(sink, headers["x-request-id"])
+    assert [a.outcome for a in exchange.attempts] == outcomes
+    if status == 200:
+        assert headers["x-laneway-lane"] == lane
+        assert exchange.cost_usd > 0
+        if stream:
+            assert body.rstrip().endswith(b"data: [DONE]")
+    else:
+        error = json.loads(body)["error"]
+        assert error["request_id"] == headers["x-request-id"]
+        assert [a["model"] for a in error["attempts"]] == [a.model for a in exchange.attempts]
+        assert exchange.status == status
+
+
+@pytest.mark.parametrize("fault", ["cut", "stall", "badsse"])
+def test_fault_after_first_byte_ends_with_error_event(live: tuple[LiveGateway, Sink], fault: str) -> None:
+    gw, sink = live
+    reconfigure(gw, f"- target: {fault}\n  fallbacks: [ok]\n")
+    got, headers, body, elapsed = send(gw, {"model": "laneway", "stream": True,
+                                            "messages": [{"role": "user", "content": "tell me"}]})
+    assert got == 200 and elapsed < 5 + MARGIN_S
+    text = body.decode()
+    assert text.count("data: {") >= 2  # the first chunks reached the client
+    assert "event: error" in text
+    assert "[DONE]" not in text
+    exchange = one(sink, headers["x-request-id"])
+    assert exchange.outcome == "stream_interrupted"
+    assert [a.model for a in exchange.attempts] == [fault]  # no failover after the first byte
+
+
+def test_retry_after_is_honoured_within_budget(live: tuple[LiveGateway, Sink]) -> None:
+    gw, sink = live
+    reconfigure(gw, "- target: r429_1\n  fallbacks: [ok]\n  deadline_ms: 4000\n")
+    got, headers, _, elapsed = send(gw, {"model": "laneway", "messages": [{"role": "user", "content": "hi"}]})
+    assert got == 200 and headers["x-laneway-lane"] == "fallback"
+    assert 1.0 <= elapsed < 4 + MARGIN_S  # waited out Retry-After: 1 once, then fell back
+    assert [a.outcome for a in one(sink, headers["x-request-id"]).attempts] == ["rate_limited"] * 2 + ["ok"]
+
+
+def test_flaky_upstream_is_retried_on_the_same_model(live: tuple[LiveGateway, Sink]) -> None:
+    gw, sink = live
+    reconfigure(gw, "- target: flaky\n  fallbacks: [ok]\n", {**FAULTS, "flaky": f"flaky_1_{time.time_ns()}"})
+    got, headers, _, _ = send(gw, {"model": "laneway", "messages": [{"role": "user", "content": "hi"}]})
+    assert got == 200 and headers["x-laneway-lane"] == "primary" and headers["x-laneway-model"] == "flaky"
+    assert [a.outcome for a in one(sink, headers["x-request-id"]).attempts] == ["upstream_unavailable", "ok"]
+
+
+def test_breaker_opens_then_skips_the_model(live: tuple[LiveGateway, Sink]) -> None:
+    gw, sink = live
+    reconfigure(gw, "- target: e500\n  fallbacks: [ok]\n  retry: {attempts: 1}\n")
+    ids = []
+    for _ in range(4):
+        got, headers, _, _ = send(gw, {"model": "laneway", "messages": [{"role": "user", "content": "hi"}]})
+        assert got == 200
+        ids.append(headers["x-request-id"])
+    outcomes = [[a.outcome for a in one(sink, i).attempts] for i in ids]
+    assert outcomes[:3] == [["upstream_unavailable", "ok"]] * 3
+    assert outcomes[3] == ["skipped", "ok"]  # breaker open after 3 consecutive failures
+    assert ("cooldown", "e500") in sink.events
+
+
+def test_context_fit_skips_small_model_and_takes_long_context(sim_url: str) -> None:
+    text = """
+models:
+  small:
+    provider: openai
+    base_url: sim:///gpt-5-mini/v1
+    context_window: 64
+  large:
+    provider: openai
+    base_url: sim:///gpt-5/v1
+routes:
+- name: fit
+  target: small
+  long_context: large
+"""
+    sink = Sink()
+    with live_gateway(text, sim_url, telemetry=sink) as gw:
+        got, headers, _, _ = send(gw, {"model": "laneway", "messages": [{"role": "user", "content": "word " * 200}]})
+        assert got == 200 and headers["x-laneway-model"] == "large"
+        attempts = one(sink, headers["x-request-id"]).attempts
+        assert [(a.model, a.outcome) for a in attempts] == [("small", "skipped"), ("large", "ok")]
+        assert attempts[0].prompt_tokens > 64
+        got, headers, body, _ = send(gw, {"model": "small", "messages": [{"role": "user", "content": "word " * 200}]})
+        error = json.loads(body)["error"]
+        assert got == 400 and error["code"] == "context_window_exceeded"
+        assert "`small` holds 64" in error["message"] and "long_context" in error["message"]

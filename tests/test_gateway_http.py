@@ -1,0 +1,187 @@
+"""The gateway over real HTTP, driven by the official `openai` client and raw requests."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from _live import LiveGateway, live_gateway
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED = (ROOT / "examples" / "model-routing.yaml").read_text()
+
+
+@pytest.fixture(scope="module")
+def seed_gateway(sim_url: str) -> Iterator[LiveGateway]:
+    with live_gateway(SEED, sim_url) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def default_gateway(sim_url: str) -> Iterator[LiveGateway]:
+    from laneway.config import default_config_text
+
+    with live_gateway(default_config_text(), sim_url) as live:
+        yield live
+
+
+def chat(n: int) -> list[dict[str, str]]:
+    roles = ["user", "assistant"]
+    return [{"role": roles[i % 2], "content": f"message {i} about my invoice"} for i in range(n)]
+
+
+def client(live: LiveGateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+
+
+def post(live: LiveGateway, body: Any, headers: dict[str, str] | None = None,
+         path: str = "/v1/chat/completions") -> tuple[int, dict[str, str], dict[str, Any]]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(live.url + path, data=data, headers=headers or {}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), json.loads(error.read())
+
+
+@pytest.mark.parametrize(("messages", "metadata", "model"), [
+    (3, {"priority": "normal"}, "claude-sonnet-37"),
+    (10, {}, "heavy-foundation"),
+    (3, {"priority": "high", "escalation": "true"}, "heavy-foundation"),
+    (3, {"escalation": True}, "claude-sonnet-37"),  # overlap: the first route wins
+])
+def test_seed_table_routes(seed_gateway: LiveGateway, messages: int, metadata: dict[str, Any], model: str) -> None:
+    raw = client(seed_gateway).chat.completions.with_raw_response.create(
+        model="laneway", messages=chat(messages), metadata=metadata)  # type: ignore[arg-type]
+    completion = raw.parse()
+    assert raw.headers["x-laneway-model"] == model
+    assert completion.model == model
+    assert completion.choices[0].message.content
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+    assert float(raw.headers["x-laneway-cost-usd"]) > 0
+    assert raw.headers["x-laneway-lane"] == "primary"
+
+
+def test_seed_gap_is_no_route(seed_gateway: LiveGateway) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client(seed_gateway).chat.completions.create(model="laneway", messages=chat(3),  # type: ignore[arg-type]
+                                                     metadata={"priority": "high"})
+    body = caught.value.body
+    assert isinstance(body, dict) and body["code"] == "no_route"
+    assert "priority=high" in body["message"]
+
+
+def test_header_signal_wins_over_metadata(seed_gateway: LiveGateway) -> None:
+    status, headers, _ = post(seed_gateway, {"model": "laneway", "messages": chat(3),
+                                             "metadata": {"priority": "high"}},
+                              {"x-laneway-priority": "normal"})
+    assert status == 200 and headers["x-laneway-model"] == "claude-sonnet-37"
+
+
+@pytest.mark.parametrize(("body", "headers", "status", "code", "needle"), [
+    ({"model": "laneway", "messages": chat(1), "metadata": {"priority": "banana"}}, {}, 400,
+     "invalid_request", "`metadata.priority`: invalid value 'banana'"),
+    ({"model": "laneway", "messages": chat(1)}, {"x-laneway-escalation": "maybe"}, 400,
+     "invalid_request", "`x-laneway-escalation`"),
+    ({"model": "laneway", "messages": []}, {}, 400, "invalid_request", "`messages` must be a non-empty list"),
+    ({"model": "laneway", "messages": chat(1), "n": 3}, {}, 400, "invalid_request", "`n` must be 1"),
+    ({"model": "laneway", "messages": chat(1), "temperature": 7}, {}, 400, "invalid_request", "`temperature`"),
+    ({"model": "laneway", "messages": chat(1), "max_tokens": 10**9}, {}, 400, "invalid_request", "`max_tokens`"),
+    ({"model": "laneway", "messages": chat(1), "bogus": 1}, {}, 400, "invalid_request", "unknown field `bogus`"),
+    ({"messages": chat(1)}, {}, 400, "invalid_request", "`model` is required"),
+    ({"model": "gpt-6", "messages": chat(1)}, {}, 404, "model_not_found", "unknown model `gpt-6`"),
+    (b"{not json", {}, 400, "invalid_request", "not valid JSON"),
+    (b"\xff\xfe", {}, 400, "invalid_request", "not valid JSON"),
+])
+def test_bad_requests_get_clear_errors(seed_gateway: LiveGateway, body: Any, headers: dict[str, str],
+                                       status: int, code: str, needle: str) -> None:
+    got, response_headers, payload = post(seed_gateway, body, headers)
+    assert got == status
+    assert payload["error"]["code"] == code
+    assert needle in payload["error"]["message"]
+    assert payload["error"]["request_id"] == response_headers["x-request-id"]
+
+
+def test_body_limit(seed_gateway: LiveGateway) -> None:
+    big = {"model": "laneway", "messages": [{"role": "user", "content": "x" * (2 * 1024 * 1024)}]}
+    status, _, payload = post(seed_gateway, big)
+    assert status == 413 and payload["error"]["code"] == "payload_too_large"
+
+
+def test_request_id_is_echoed(seed_gateway: LiveGateway) -> None:
+    _, headers, _ = post(seed_gateway, {"model": "laneway", "messages": chat(3)}, {"x-request-id": "abc-123"})
+    assert headers["x-request-id"] == "abc-123"
+
+
+def test_openai_client_sync_and_streaming(default_gateway: LiveGateway) -> None:
+    c = client(default_gateway)
+    completion = c.chat.completions.create(model="laneway", messages=chat(1), max_tokens=40)  # type: ignore[arg-type]
+    assert completion.choices[0].finish_reason in ("stop", "length")
+    assert completion.model == "gemini-2.5-flash-lite"
+    pieces: list[str] = []
+    usage = None
+    stream = c.chat.completions.create(model="laneway", messages=chat(1), stream=True,  # type: ignore[arg-type]
+                                       stream_options={"include_usage": True})
+    finish = None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    assert "".join(pieces).strip()
+    assert finish in ("stop", "length")
+    assert usage is not None and usage.prompt_tokens > 0 and usage.completion_tokens > 0
+
+
+async def test_openai_client_async(default_gateway: LiveGateway) -> None:
+    c = openai.AsyncOpenAI(base_url=default_gateway.url + "/v1", api_key="unused", max_retries=0)
+    completion = await c.chat.completions.create(model="gpt-5-mini", messages=chat(1))  # type: ignore[arg-type]
+    assert completion.model == "gpt-5-mini"
+    stream = await c.chat.completions.create(model="laneway", messages=chat(1), stream=True,  # type: ignore[arg-type]
+                                             extra_headers={"x-laneway-escalation": "true"})
+    models = {chunk.model async for chunk in stream}
+    assert models == {"gpt-5"}
+    await c.close()
+
+
+def test_models_health_ready(default_gateway: LiveGateway) -> None:
+    models = [m.id for m in client(default_gateway).models.list()]
+    assert models[0] == "laneway" and "heavy-foundation" in models
+    for path in ("/healthz", "/readyz"):
+        with urllib.request.urlopen(default_gateway.url + path, timeout=5) as response:
+            assert response.status == 200
+
+
+def test_unknown_endpoint(default_gateway: LiveGateway) -> None:
+    status, _, payload = post(default_gateway, {}, path="/v2/whatever")
+    assert status == 404 and "no endpoint `POST /v2/whatever`" in payload["error"]["message"]
+
+
+def test_reload_keeps_running_config_on_error(sim_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text(SEED)
+    with live_gateway(SEED, sim_url, config_path=path) as live:
+        path.write_text("routes:\n- target: gpt-6\n")
+        status, _, payload = post(live, {}, path="/admin/reload")
+        assert status == 400 and payload["reloaded"] is False
+        assert "routes[0].target (line 2, column 11): unknown model `gpt-6`" in payload["errors"][0]
+        _, headers, _ = post(live, {"model": "laneway", "messages": chat(3)})
+        assert headers["x-laneway-model"] == "claude-sonnet-37"
+        path.write_text(textwrap.dedent("""
+        routes:
+        - target: gpt-5-mini
+        """))
+        status, _, payload = post(live, {}, path="/admin/reload")
+        assert status == 200 and payload["reloaded"] is True
+        _, headers, _ = post(live, {"model": "laneway", "messages": chat(3)})
+        assert headers["x-laneway-model"] == "gpt-5-mini"

@@ -1,0 +1,294 @@
+"""Telemetry: settings, summaries, Prometheus metrics, the SQLite exchange log and `laneway report`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import shutil
+import sqlite3
+import subprocess
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from _pg import BASE_TIME, MODELS, make_exchange, report, total
+from laneway.errors import ConfigError
+from laneway.telemetry import (
+    FAMILIES,
+    Telemetry,
+    TelemetrySettings,
+    parse_telemetry,
+    percentile,
+)
+from laneway.telemetry._records import row_of
+from laneway.telemetry._summary import summarize
+
+
+def sqlite_settings(tmp_path: Path, **changes: object) -> TelemetrySettings:
+    return TelemetrySettings(exchange_log=f"sqlite:///{tmp_path}/log.sqlite3", **changes)  # type: ignore[arg-type]
+
+
+def test_parse_telemetry_builds_frozen_settings() -> None:
+    assert parse_telemetry(None) == TelemetrySettings()
+    settings = parse_telemetry(
+        {
+            "exchange_log": "postgresql://gw@db:5432/laneway",
+            "store_bodies": True,
+            "batch_size": 50,
+            "metrics": False,
+        }
+    )
+    assert (settings.exchange_log, settings.store_bodies, settings.batch_size, settings.metrics) == (
+        "postgresql://gw@db:5432/laneway",
+        True,
+        50,
+        False,
+    )
+    assert parse_telemetry({"exchange_log": None}).exchange_log is None
+
+
+def test_parse_telemetry_reports_every_problem_with_its_path() -> None:
+    raw = {
+        "metrcs": True,
+        "store_bodies": "yes",
+        "batch_size": 0,
+        "exchange_log": "mysql://x",
+        "buffer_limit": 1.5,
+    }
+    with pytest.raises(ConfigError) as caught:
+        parse_telemetry(raw, "config.telemetry")
+    issues = {issue.path: issue.message for issue in caught.value.issues}
+    assert set(issues) == {f"config.telemetry.{key}" for key in raw}
+    assert "`metrics`" in issues["config.telemetry.metrcs"]
+    assert "sqlite:///" in issues["config.telemetry.exchange_log"]
+    with pytest.raises(ConfigError):
+        parse_telemetry(["metrics"])
+
+
+@given(
+    st.lists(st.floats(min_value=0, max_value=1e6), min_size=1, max_size=200),
+    st.sampled_from([0.5, 0.95, 0.99]),
+)
+def test_percentile_interpolates_like_numpy(values: list[float], q: float) -> None:
+    assert percentile(sorted(values), q) == pytest.approx(
+        float(np.percentile(values, q * 100)), rel=1e-9, abs=1e-9
+    )
+
+
+def test_summary_rates_costs_and_escalation_throughput() -> None:
+    exchanges = [make_exchange(i) for i in range(600)]  # 600 x 0.5 s = 5 minutes
+    summary = summarize(
+        [row_of(e, simulated=False) for e in exchanges], since=BASE_TIME, until=BASE_TIME + 300
+    )
+    model = MODELS[0]
+    mine = [e for e in exchanges if e.model == model]
+    figures = summary["models"][model]
+    assert figures["requests"] == len(mine)
+    assert figures["errors"] == figures["timeouts"] == sum(e.outcome != "ok" for e in mine)
+    escalated_ok = sum(e.outcome == "ok" and e.signals["escalation"] for e in mine)
+    assert figures["escalated_ok_per_min"] == pytest.approx(escalated_ok / 5.0, abs=1e-4)
+    conversations = {e.conversation_id for e in mine if e.conversation_id} | {
+        e.request_id for e in mine if e.conversation_id is None
+    }
+    cost = sum(e.cost_usd for e in mine)
+    assert figures["cost_per_conversation_usd"] == pytest.approx(cost / len(conversations), abs=1e-6)
+    tokens = sum(e.prompt_tokens + e.completion_tokens for e in mine)
+    assert figures["cost_per_1k_tokens_usd"] == pytest.approx(cost * 1000 / tokens, abs=1e-6)
+    assert figures["p95_ms"] == pytest.approx(np.percentile([e.latency_ms for e in mine], 95), abs=1e-3)
+    assert sum(g["share"] for g in summary["routes"].values()) == pytest.approx(1.0)
+    assert summary["total"]["requests"] == 600
+
+
+async def test_metrics_pass_promtool_and_account_for_every_exchange() -> None:
+    telemetry = Telemetry(TelemetrySettings(exchange_log=None))
+    exchanges = [make_exchange(i) for i in range(300)]
+    for exchange in exchanges:
+        telemetry.record(exchange)
+    telemetry.count("cooldown", "heavy-foundation")
+    telemetry.observe_queue_wait("heavy-foundation", 0.3)
+    text = telemetry.render_metrics()
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: apt-get install -y prometheus"
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    declared = Counter(line.split()[2] for line in text.decode().splitlines() if line.startswith("# TYPE"))
+    assert set(declared) == set(FAMILIES) - {n for n in FAMILIES if n.startswith("laneway_exchange_log_")}
+    assert set(declared.values()) == {1}
+    assert total(text, "laneway_requests_total") == 300
+    assert total(text, "laneway_requests_total", outcome="model_inference_deadline_exceeded") == sum(
+        e.outcome != "ok" for e in exchanges
+    )
+    assert total(text, "laneway_request_latency_seconds_count") == 300
+    assert total(text, "laneway_request_latency_seconds_sum") == pytest.approx(
+        sum(e.latency_ms for e in exchanges) / 1000
+    )
+    assert total(text, "laneway_time_to_first_token_seconds_count") == sum(
+        e.ttft_ms is not None for e in exchanges
+    )
+    assert total(text, "laneway_gateway_overhead_seconds_sum") == pytest.approx(
+        sum(e.overhead_ms for e in exchanges) / 1000
+    )
+    assert total(text, "laneway_cost_usd_total") == pytest.approx(sum(e.cost_usd for e in exchanges))
+    assert total(text, "laneway_completion_tokens_total") == sum(e.completion_tokens for e in exchanges)
+    assert total(text, "laneway_fallbacks_total") == sum(len(e.attempts) - 1 for e in exchanges)
+    assert total(text, "laneway_attempts_total", outcome="upstream_unavailable") == sum(
+        i % 7 == 0 for i in range(300)
+    )
+    assert total(text, "laneway_model_events_total", event="cooldown", model="heavy-foundation") == 1
+    assert total(text, "laneway_queue_wait_seconds_bucket", le="0.5") == 1
+    assert total(text, "laneway_queue_wait_seconds_bucket", le="0.25") == 0
+
+
+async def test_overflowing_the_buffer_drops_and_counts() -> None:
+    telemetry = Telemetry(TelemetrySettings(exchange_log=None, buffer_limit=10))
+    for i in range(15):
+        telemetry.record(make_exchange(i))
+    text = telemetry.render_metrics()
+    assert total(text, "laneway_exchanges_dropped_total") == 5
+    assert total(text, "laneway_requests_total") == 10
+    assert telemetry.stats()["log"]["dropped"] == 5
+
+
+def count_rows(tmp_path: Path, sql: str = "SELECT count(*) FROM exchanges") -> int:
+    with sqlite3.connect(tmp_path / "log.sqlite3") as db:
+        value: int = db.execute(sql).fetchone()[0]
+    return value
+
+
+async def test_a_burst_of_10000_exchanges_all_lands(tmp_path: Path) -> None:
+    telemetry = Telemetry(sqlite_settings(tmp_path))
+    await telemetry.start()
+    for i in range(10_000):
+        telemetry.record(make_exchange(i))
+    await telemetry.aclose()
+    assert count_rows(tmp_path) == 10_000
+    assert count_rows(tmp_path, "SELECT sum(json_array_length(attempts)) FROM exchanges") == 10_000 + len(
+        range(0, 10_000, 7)
+    )
+    assert total(telemetry.render_metrics(), "laneway_exchange_log_written_total") == 10_000
+    assert count_rows(tmp_path, "SELECT count(*) FROM pragma_journal_mode WHERE journal_mode = 'wal'") == 1
+
+
+async def test_aclose_flushes_what_the_background_writer_has_not_written(tmp_path: Path) -> None:
+    telemetry = Telemetry(sqlite_settings(tmp_path, flush_interval_ms=600_000))
+    await telemetry.start()
+    for i in range(25):
+        telemetry.record(make_exchange(i))
+    assert count_rows(tmp_path) == 0
+    await telemetry.aclose()
+    assert count_rows(tmp_path) == 25
+
+
+async def test_bodies_are_stored_only_when_enabled_and_capped(tmp_path: Path) -> None:
+    for store, folder in ((False, tmp_path / "off"), (True, tmp_path / "on")):
+        telemetry = Telemetry(sqlite_settings(folder, store_bodies=store, body_cap_bytes=8))
+        await telemetry.start()
+        telemetry.record(make_exchange(1), ("héllo wörld", "short"))
+        await telemetry.aclose()
+        with sqlite3.connect(folder / "log.sqlite3") as db:
+            stored = db.execute("SELECT prompt_body, answer_body FROM exchanges").fetchone()
+        assert stored == (("héllo w", "short") if store else (None, None))
+
+
+async def test_retention_rolls_old_rows_into_hourly_aggregates(tmp_path: Path) -> None:
+    now = BASE_TIME + 86_400
+    old = [make_exchange(i, started_at=now - 40 * 86_400) for i in range(500)]
+    recent = [make_exchange(i + 500, started_at=now - 3600) for i in range(100)]
+    telemetry = Telemetry(sqlite_settings(tmp_path, retention_days=30))
+    await telemetry.start()
+    for exchange in old + recent:
+        telemetry.record(exchange)
+    assert await telemetry.roll_up(now) == 500
+    await telemetry.aclose()
+    assert count_rows(tmp_path) == 100
+    assert count_rows(tmp_path, "SELECT sum(requests) FROM exchanges_hourly") == 500
+    out = tmp_path / "report.json"
+    assert await report_to(out, "--db", f"sqlite:///{tmp_path}/log.sqlite3", "--json") == 0
+    figures = json.loads(out.read_text())
+    assert figures["total"]["requests"] == 600
+    assert figures["total"]["cost_usd"] == pytest.approx(sum(e.cost_usd for e in old + recent), abs=1e-6)
+    assert figures["total"]["errors"] == sum(e.outcome != "ok" for e in old + recent)
+    assert figures["total"]["latency_samples"] == 100
+
+
+async def report_to(path: Path, *argv: str) -> int:
+    """Run `laneway report` (which runs its own event loop) in a thread, its output into `path`."""
+
+    def run() -> int:
+        with path.open("w") as sink, contextlib.redirect_stdout(sink):
+            return report(*argv)
+
+    return await asyncio.to_thread(run)
+
+
+def iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat()
+
+
+async def test_report_json_gives_the_same_numbers_as_stats(tmp_path: Path) -> None:
+    telemetry = Telemetry(sqlite_settings(tmp_path), simulated=True)
+    await telemetry.start()
+    for i in range(1200):
+        telemetry.record(make_exchange(i))
+    await telemetry.aclose()
+    db = f"sqlite:///{tmp_path}/log.sqlite3"
+    since, until = BASE_TIME + 100, BASE_TIME + 400
+    for argv, expected in (
+        (("--db", db, "--json"), telemetry.stats()),
+        (("--db", db, "--json", "--since", iso(since), "--until", iso(until)), telemetry.stats(since, until)),
+    ):
+        assert await report_to(tmp_path / "out.json", *argv) == 0
+        figures = json.loads((tmp_path / "out.json").read_text())
+        for key in ("total", "models", "routes", "window", "simulated"):
+            assert figures[key] == expected[key], key
+    assert telemetry.stats(since, until)["total"]["requests"] == 600
+    assert telemetry.stats()["simulated"] is True
+
+
+async def test_report_writes_tables_and_a_self_contained_html_file(tmp_path: Path) -> None:
+    telemetry = Telemetry(sqlite_settings(tmp_path), simulated=True)
+    await telemetry.start()
+    for i in range(300):
+        telemetry.record(make_exchange(i))
+    await telemetry.aclose()
+    db = f"sqlite:///{tmp_path}/log.sqlite3"
+    out, page = tmp_path / "out.txt", tmp_path / "report.html"
+    assert (
+        await report_to(
+            out,
+            "--db",
+            db,
+            "--html",
+            str(page),
+            "--compare-since",
+            iso(BASE_TIME),
+            "--compare-until",
+            iso(BASE_TIME + 60),
+        )
+        == 0
+    )
+    text = out.read_text()
+    assert "SIMULATED: 300 of 300" in text and "baseline:" in text
+    for name in MODELS:
+        assert re.search(rf"^{re.escape(name)}\s+\d+\.\d%\s+100\s", text, re.M), text
+    html = page.read_text()
+    assert html.count("<svg") == len(MODELS) + 1 and html.count("<polyline") == len(MODELS)
+    assert "simulated fleet" in html
+    assert not re.search(r"(src|href)=|@import|url\(|https://", html)
+
+
+def test_report_explains_a_missing_log_and_bad_arguments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert report("--db", f"sqlite:///{tmp_path}/nothing.sqlite3") == 1
+    assert "--db" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        report("--last", "yesterday")
+    assert "1h" in capsys.readouterr().err

@@ -1,0 +1,114 @@
+"""The exchange log on a real PostgreSQL server: bursts, outages, retention, and `laneway report`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+from collections.abc import Iterator
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from _pg import BASE_TIME, PostgresServer, make_exchange, postgres_server, report, total
+from laneway.telemetry import Telemetry, TelemetrySettings
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[PostgresServer]:
+    with postgres_server() as running:
+        yield running
+
+
+async def scalar(dsn: str, sql: str) -> int:
+    db = await asyncpg.connect(dsn)
+    try:
+        value: int = await db.fetchval(sql)
+    finally:
+        await db.close()
+    return value
+
+
+async def test_a_burst_of_10000_exchanges_lands_in_postgres(server: PostgresServer) -> None:
+    dsn = await server.database()
+    telemetry = Telemetry(TelemetrySettings(exchange_log=dsn))
+    await telemetry.start()
+    for i in range(10_000):
+        telemetry.record(make_exchange(i))
+    await telemetry.aclose()
+    assert await scalar(dsn, "SELECT count(*) FROM exchanges") == 10_000
+    attempts = await scalar(dsn, "SELECT count(*) FROM exchanges, jsonb_array_elements(attempts)")
+    assert attempts == 10_000 + len(range(0, 10_000, 7))
+    assert await scalar(dsn, "SELECT count(*) FROM exchanges WHERE signals->>'escalation' = 'true'") == len(
+        range(0, 10_000, 3)
+    )
+
+
+async def test_an_outage_buffers_up_to_the_bound_and_counts_the_drops(server: PostgresServer) -> None:
+    dsn = await server.database()
+    settings = TelemetrySettings(
+        exchange_log=dsn, buffer_limit=200, flush_interval_ms=50, close_timeout_ms=30_000
+    )
+    telemetry = Telemetry(settings)
+    await telemetry.start()
+    for i in range(50):
+        telemetry.record(make_exchange(i))
+    assert await telemetry.flush()
+    server.stop()
+    try:
+        for i in range(50, 350):
+            telemetry.record(make_exchange(i))
+            if i % 50 == 49:
+                assert not await telemetry.flush()
+        await asyncio.sleep(0.3)  # the background writer keeps failing meanwhile
+        text = telemetry.render_metrics()
+        assert total(text, "laneway_exchange_log_up") == 0
+        assert total(text, "laneway_exchanges_dropped_total") == 100
+        assert total(text, "laneway_exchange_log_backlog_exchanges") == 200
+        assert total(text, "laneway_requests_total") == 350
+    finally:
+        server.start()
+    await telemetry.aclose()
+    assert await scalar(dsn, "SELECT count(*) FROM exchanges") == 250
+    assert await scalar(dsn, "SELECT max(started_at) FROM exchanges") == make_exchange(249).started_at
+    text = telemetry.render_metrics()
+    assert total(text, "laneway_exchange_log_up") == 1
+    assert total(text, "laneway_exchange_log_written_total") == 250
+
+
+async def test_retention_and_report_on_postgres_match_stats(server: PostgresServer) -> None:
+    dsn = await server.database()
+    now = BASE_TIME + 86_400
+    old = [make_exchange(i, started_at=now - 45 * 86_400) for i in range(300)]
+    recent = [make_exchange(i + 300) for i in range(400)]
+    telemetry = Telemetry(TelemetrySettings(exchange_log=dsn, retention_days=30), simulated=True)
+    await telemetry.start()
+    for exchange in old:
+        telemetry.record(exchange)
+    assert await telemetry.roll_up(now) == 300
+    for exchange in recent:
+        telemetry.record(exchange)
+    await telemetry.aclose()
+    assert await scalar(dsn, "SELECT count(*) FROM exchanges") == 400
+    assert await scalar(dsn, "SELECT sum(requests) FROM exchanges_hourly") == 300
+
+    def run(*argv: str) -> dict[str, object]:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert report("--db", dsn, "--json", *argv) == 0
+        figures: dict[str, object] = json.loads(out.getvalue())
+        return figures
+
+    everything = await asyncio.to_thread(run)
+    assert everything["total"]["requests"] == 700  # type: ignore[index]
+    recent_only = await asyncio.to_thread(run, "--since", _iso(BASE_TIME - 60))
+    expected = telemetry.stats(BASE_TIME - 60)
+    for key in ("total", "models", "routes"):
+        assert recent_only[key] == expected[key], key
+
+
+def _iso(moment: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(moment, UTC).isoformat()
