@@ -1,4 +1,4 @@
-"""The Anthropic adapter against documented Messages API bodies and streams, and against the simulated fleet."""
+"""The Anthropic adapter against documented Messages API bodies and streams, and the simulated fleet."""
 
 from __future__ import annotations
 
@@ -42,8 +42,9 @@ DOCUMENTED_MESSAGE = b"""{
 
 # The streaming guide's basic example, event for event.
 DOCUMENTED_STREAM = [
-    b'event: message_start\ndata: {"type": "message_start", "message": {"id": "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY",'
-    b' "type": "message", "role": "assistant", "content": [], "model": "claude-3-7-sonnet-20250219",'
+    b'event: message_start\ndata: {"type": "message_start", "message": {'
+    b'"id": "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY", "type": "message", "role": "assistant", "content": [],'
+    b' "model": "claude-3-7-sonnet-20250219",'
     b' "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 25, "output_tokens": 1}}}\n\n',
     b'event: content_block_start\ndata: {"type": "content_block_start", "index": 0,'
     b' "content_block": {"type": "text", "text": ""}}\n\n',
@@ -57,7 +58,8 @@ DOCUMENTED_STREAM = [
     b' "stop_sequence":null}, "usage": {"output_tokens": 15}}\n\n',
     b'event: message_stop\ndata: {"type": "message_stop"}\n\n',
 ]
-OVERLOADED_EVENT = b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}\n\n'
+OVERLOADED_EVENT = (b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error",'
+                    b' "message": "Overloaded"}}\n\n')
 
 
 def error_body(kind: str, message: str) -> bytes:
@@ -130,7 +132,8 @@ async def fleet() -> AsyncIterator[RunningFleet]:
 
 
 def spec(model: str = "claude-3-7-sonnet-20250219", key_env: str | None = KEY_ENV) -> ModelSpec:
-    return ModelSpec(name="claude-sonnet-37", provider="anthropic", base_url="", model=model, api_key_env=key_env)
+    return ModelSpec(name="claude-sonnet-37", provider="anthropic", base_url="", model=model,
+                     api_key_env=key_env)
 
 
 def deadline(seconds: float = 5.0) -> float:
@@ -138,7 +141,7 @@ def deadline(seconds: float = 5.0) -> float:
 
 
 def conversation(**params: Any) -> ChatRequest:
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "system", "content": "You are a support agent."},
         {"role": "user", "content": "My card was charged twice."},
         {"role": "user", "content": [{"type": "text", "text": "Order 1182."}]},
@@ -161,8 +164,8 @@ async def test_complete_translates_documented_message_and_sends_messages_api_req
     monkeypatch.setenv(KEY_ENV, "sk-ant-test-7f3a")
     loopback.reply = Reply(body=DOCUMENTED_MESSAGE)
     provider = create_provider(spec(), loopback.url)
-    request = conversation(temperature=1.6, top_p=0.9, stop="###", presence_penalty=0.4, seed=3, logprobs=True,
-                           max_tokens=300)
+    request = conversation(temperature=1.6, top_p=0.9, stop="###", presence_penalty=0.4, seed=3,
+                           logprobs=True, max_tokens=300)
     completion = await provider.complete(request, deadline())
     await provider.aclose()
 
@@ -194,8 +197,8 @@ async def test_max_tokens_defaults_when_the_client_names_none(loopback: Loopback
     loopback.reply = Reply(body=DOCUMENTED_MESSAGE)
     provider = create_provider(spec(key_env=None), loopback.url)
     await provider.complete(ChatRequest("m", [{"role": "user", "content": "hi"}]), deadline())
-    await provider.complete(ChatRequest("m", [{"role": "user", "content": "hi"}], {"max_completion_tokens": 77}),
-                            deadline())
+    await provider.complete(ChatRequest("m", [{"role": "user", "content": "hi"}],
+                                        {"max_completion_tokens": 77}), deadline())
     await provider.aclose()
     assert [s.body["max_tokens"] for s in loopback.seen] == [4096, 77]
     assert "x-api-key" not in loopback.seen[0].headers
@@ -214,7 +217,8 @@ async def test_a_request_without_any_turn_is_refused_before_sending(loopback: Lo
 @pytest.mark.parametrize(("stop_reason", "finish"), [
     ("end_turn", "stop"), ("stop_sequence", "stop"), ("max_tokens", "length"), ("refusal", "content_filter"),
 ])
-async def test_stop_reasons_map_to_openai_finish_reasons(loopback: Loopback, stop_reason: str, finish: str) -> None:
+async def test_stop_reasons_map_to_openai_finish_reasons(loopback: Loopback, stop_reason: str,
+                                                          finish: str) -> None:
     body = orjson.loads(DOCUMENTED_MESSAGE)
     body["stop_reason"] = stop_reason
     loopback.reply = Reply(body=orjson.dumps(body))
@@ -224,7 +228,8 @@ async def test_stop_reasons_map_to_openai_finish_reasons(loopback: Loopback, sto
     assert completion.finish_reason == finish
 
 
-async def test_stream_translates_documented_events_with_usage_from_start_and_delta(loopback: Loopback) -> None:
+async def test_stream_translates_documented_events_with_usage_from_start_and_delta(
+        loopback: Loopback) -> None:
     loopback.reply = Reply(events=DOCUMENTED_STREAM)
     provider = create_provider(spec(), loopback.url)
     chunks = await drain(provider, conversation(max_tokens=64))
@@ -239,7 +244,8 @@ async def test_stream_translates_documented_events_with_usage_from_start_and_del
 
 
 async def test_stream_stop_reason_max_tokens_is_length(loopback: Loopback) -> None:
-    events = [e.replace(b'"stop_reason": "end_turn"', b'"stop_reason": "max_tokens"') for e in DOCUMENTED_STREAM]
+    events = [e.replace(b'"stop_reason": "end_turn"', b'"stop_reason": "max_tokens"')
+              for e in DOCUMENTED_STREAM]
     loopback.reply = Reply(events=events)
     provider = create_provider(spec(), loopback.url)
     chunks = await drain(provider, conversation())
@@ -262,8 +268,8 @@ async def test_stream_without_message_stop_is_cut(loopback: Loopback) -> None:
     (OVERLOADED_EVENT, UpstreamUnavailable),
     (b'event: error\ndata: {"type": "error", "error": {"type": "api_error", "message": "Internal"}}\n\n',
      UpstreamUnavailable),
-    (b'event: error\ndata: {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}\n\n',
-     UpstreamRateLimited),
+    (b'event: error\ndata: {"type": "error", "error": {"type": "rate_limit_error",'
+     b' "message": "slow down"}}\n\n', UpstreamRateLimited),
 ])
 async def test_mid_stream_error_event_raises_after_the_text_already_sent(
         loopback: Loopback, event: bytes, error: type[UpstreamError]) -> None:
@@ -277,7 +283,8 @@ async def test_mid_stream_error_event_raises_after_the_text_already_sent(
 
 
 async def test_malformed_stream_event_is_a_bad_response(loopback: Loopback) -> None:
-    loopback.reply = Reply(events=[*DOCUMENTED_STREAM[:3], b"event: content_block_delta\ndata: {not json\n\n"])
+    bad = b"event: content_block_delta\ndata: {not json\n\n"
+    loopback.reply = Reply(events=[*DOCUMENTED_STREAM[:3], bad])
     provider = create_provider(spec(), loopback.url)
     with pytest.raises(UpstreamBadResponse, match="malformed event"):
         await drain(provider, conversation())
@@ -291,10 +298,11 @@ async def test_malformed_stream_event_is_a_bad_response(loopback: Loopback) -> N
      UpstreamContextOverflow, 400),
     (Reply(400, error_body("invalid_request_error", "max_tokens: Field required")), UpstreamRejected, 400),
     (Reply(401, error_body("authentication_error", "invalid x-api-key")), UpstreamRejected, 401),
-    (Reply(403, error_body("permission_error", "Your API key does not have permission")), UpstreamRejected, 403),
+    (Reply(403, error_body("permission_error", "Your API key does not have permission")),
+     UpstreamRejected, 403),
 ])
-async def test_error_answers_map_to_laneway_errors(loopback: Loopback, reply: Reply, error: type[UpstreamError],
-                                                   status: int) -> None:
+async def test_error_answers_map_to_laneway_errors(loopback: Loopback, reply: Reply,
+                                                   error: type[UpstreamError], status: int) -> None:
     loopback.reply = reply
     provider = create_provider(spec(), loopback.url)
     with pytest.raises(error) as caught:
@@ -307,8 +315,8 @@ async def test_error_answers_map_to_laneway_errors(loopback: Loopback, reply: Re
 
 
 async def test_rate_limit_carries_retry_after(loopback: Loopback) -> None:
-    loopback.reply = Reply(429, error_body("rate_limit_error", "Number of request tokens has exceeded your limit"),
-                           headers={"retry-after": "17"})
+    body = error_body("rate_limit_error", "Number of request tokens has exceeded your limit")
+    loopback.reply = Reply(429, body, headers={"retry-after": "17"})
     provider = create_provider(spec(), loopback.url)
     with pytest.raises(UpstreamRateLimited) as caught:
         await provider.complete(conversation(), deadline())
@@ -321,7 +329,8 @@ async def test_rate_limit_carries_retry_after(loopback: Loopback) -> None:
     (Reply(body=b"<html>maintenance</html>", content_type="text/html"), "expected JSON"),
     (Reply(body=b'{"type": "message", "role": "assistant"}'), "content"),
 ])
-async def test_unusable_success_bodies_are_bad_responses(loopback: Loopback, reply: Reply, pattern: str) -> None:
+async def test_unusable_success_bodies_are_bad_responses(loopback: Loopback, reply: Reply,
+                                                          pattern: str) -> None:
     loopback.reply = reply
     provider = create_provider(spec(), loopback.url)
     with pytest.raises(UpstreamBadResponse, match=pattern):
@@ -365,7 +374,8 @@ async def test_sim_length_finish_when_max_tokens_caps_the_answer(fleet: RunningF
     ("wrong_content_type", UpstreamBadResponse, True),
     ("cut_mid_stream", UpstreamBadResponse, True),
 ])
-async def test_sim_faults(fleet: RunningFleet, fault: str, error: type[UpstreamError], streamed: bool) -> None:
+async def test_sim_faults(fleet: RunningFleet, fault: str, error: type[UpstreamError],
+                          streamed: bool) -> None:
     provider = create_provider(spec(f"claude-3-7-sonnet-20250219@{fault}"), fleet.url + "/claude-sonnet-37")
     with pytest.raises(error):
         if streamed:
@@ -376,7 +386,8 @@ async def test_sim_faults(fleet: RunningFleet, fault: str, error: type[UpstreamE
 
 
 async def test_sim_rate_limit_with_retry_after(fleet: RunningFleet) -> None:
-    provider = create_provider(spec("claude-3-7-sonnet-20250219@error_429_retry_4"), fleet.url + "/claude-sonnet-37")
+    model = spec("claude-3-7-sonnet-20250219@error_429_retry_4")
+    provider = create_provider(model, fleet.url + "/claude-sonnet-37")
     with pytest.raises(UpstreamRateLimited) as caught:
         await provider.complete(conversation(), deadline())
     await provider.aclose()

@@ -1,4 +1,4 @@
-"""The Gemini adapter against documented generateContent bodies and streams, and against the simulated fleet."""
+"""The Gemini adapter against documented generateContent bodies and streams, and the simulated fleet."""
 
 from __future__ import annotations
 
@@ -84,8 +84,10 @@ LOGPROBS_CANDIDATE = {
     "avgLogprobs": -0.1216,
     "logprobsResult": {
         "topCandidates": [{"candidates": [{"token": "Yes", "logProbability": -0.0021}]}],
-        "chosenCandidates": [{"token": "Yes", "logProbability": -0.0021}, {"token": ",", "logProbability": -0.31},
-                             {"token": " refunded", "logProbability": -0.05}, {"token": ".", "logProbability": 0.0}],
+        "chosenCandidates": [{"token": "Yes", "logProbability": -0.0021},
+                             {"token": ",", "logProbability": -0.31},
+                             {"token": " refunded", "logProbability": -0.05},
+                             {"token": ".", "logProbability": 0.0}],
     },
 }
 
@@ -101,10 +103,12 @@ QUOTA_EXCEEDED = google_error(
     429, "RESOURCE_EXHAUSTED",
     "You exceeded your current quota, please check your plan and billing details.",
     [{"@type": "type.googleapis.com/google.rpc.QuotaFailure",
-      "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_paid_tier_input_token_count",
+      "violations": [{"quotaMetric":
+                      "generativelanguage.googleapis.com/generate_content_paid_tier_input_token_count",
                       "quotaId": "GenerateContentPaidTierInputTokensPerModelPerMinute"}]},
-     {"@type": "type.googleapis.com/google.rpc.Help", "links": [{"description": "Learn more about Gemini API quotas",
-                                                                 "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
+     {"@type": "type.googleapis.com/google.rpc.Help",
+      "links": [{"description": "Learn more about Gemini API quotas",
+                 "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
      {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "33s"}])
 
 
@@ -181,7 +185,7 @@ def deadline(seconds: float = 5.0) -> float:
 
 
 def conversation(**params: Any) -> ChatRequest:
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "system", "content": "You are a support agent."},
         {"role": "user", "content": "Was my refund sent?"},
         {"role": "assistant", "content": "Let me look."},
@@ -210,12 +214,14 @@ async def test_complete_translates_documented_response_and_sends_generate_conten
     monkeypatch.setenv(KEY_ENV, "AIzaSy-test-91c2")
     loopback.reply = Reply(body=DOCUMENTED_RESPONSE)
     provider = create_provider(spec(), loopback.url)
-    request = conversation(temperature=0.3, top_p=0.9, max_tokens=200, stop=["END", "STOP"], presence_penalty=0.5,
-                           frequency_penalty=0.25, seed=7, logit_bias={"50256": -100}, user="u-1", n=1)
+    request = conversation(temperature=0.3, top_p=0.9, max_tokens=200, stop=["END", "STOP"],
+                           presence_penalty=0.5, frequency_penalty=0.25, seed=7, logit_bias={"50256": -100},
+                           user="u-1", n=1)
     completion = await provider.complete(request, deadline())
     await provider.aclose()
 
-    assert (completion.text, completion.finish_reason) == ("Refunds reach your card in 3-5 business days.", "stop")
+    assert completion.text == "Refunds reach your card in 3-5 business days."
+    assert completion.finish_reason == "stop"
     # Thinking tokens are billed as output: 11 candidates + 28 thoughts.
     assert completion.usage == Usage(12, 39)
     assert (completion.model, completion.upstream_id) == ("gemini-2.5-pro", "mAitaLmkHPPlz7IPvtfUqQ4")
@@ -231,8 +237,9 @@ async def test_complete_translates_documented_response_and_sends_generate_conten
         ],
         "systemInstruction": {"parts": [{"text": "You are a support agent."},
                                         {"text": "Refund 5521 was issued on Monday."}]},
-        "generationConfig": {"temperature": 0.3, "topP": 0.9, "presencePenalty": 0.5, "frequencyPenalty": 0.25,
-                             "seed": 7, "maxOutputTokens": 200, "stopSequences": ["END", "STOP"]},
+        "generationConfig": {"temperature": 0.3, "topP": 0.9, "presencePenalty": 0.5,
+                             "frequencyPenalty": 0.25, "seed": 7, "maxOutputTokens": 200,
+                             "stopSequences": ["END", "STOP"]},
     }
 
 
@@ -264,10 +271,12 @@ async def test_logprobs_are_asked_for_and_read_from_chosen_candidates(loopback: 
 
 
 @pytest.mark.parametrize(("reason", "finish"), [
-    ("STOP", "stop"), ("MAX_TOKENS", "length"), ("SAFETY", "content_filter"), ("RECITATION", "content_filter"),
-    ("BLOCKLIST", "content_filter"), ("PROHIBITED_CONTENT", "content_filter"),
+    ("STOP", "stop"), ("MAX_TOKENS", "length"), ("SAFETY", "content_filter"),
+    ("RECITATION", "content_filter"), ("BLOCKLIST", "content_filter"),
+    ("PROHIBITED_CONTENT", "content_filter"),
 ])
-async def test_finish_reasons_map_to_openai_finish_reasons(loopback: Loopback, reason: str, finish: str) -> None:
+async def test_finish_reasons_map_to_openai_finish_reasons(loopback: Loopback, reason: str,
+                                                            finish: str) -> None:
     loopback.reply = Reply(body=with_candidate({"content": {"parts": [{"text": "x"}], "role": "model"},
                                                 "finishReason": reason}))
     provider = create_provider(spec(), loopback.url)
@@ -282,7 +291,8 @@ async def test_blocked_prompt_is_a_content_filter_finish_with_no_text(loopback: 
     provider = create_provider(spec(), loopback.url)
     completion = await provider.complete(conversation(), deadline())
     await provider.aclose()
-    assert (completion.text, completion.finish_reason, completion.usage) == ("", "content_filter", Usage(8, 0))
+    assert (completion.text, completion.finish_reason) == ("", "content_filter")
+    assert completion.usage == Usage(8, 0)
 
 
 async def test_stream_translates_recorded_events_with_usage_from_the_last(loopback: Loopback) -> None:
@@ -299,10 +309,12 @@ async def test_stream_translates_recorded_events_with_usage_from_the_last(loopba
 
 
 async def test_stream_logprobs_arrive_per_event(loopback: Loopback) -> None:
-    first = {"candidates": [{"content": {"parts": [{"text": "Yes"}], "role": "model"},
-                             "logprobsResult": {"chosenCandidates": [{"token": "Yes", "logProbability": -0.5}]}}]}
-    last = {"candidates": [{"content": {"parts": [{"text": "."}], "role": "model"}, "finishReason": "STOP",
-                            "logprobsResult": {"chosenCandidates": [{"token": ".", "logProbability": -0.25}]}}],
+    first = {"candidates": [{
+        "content": {"parts": [{"text": "Yes"}], "role": "model"},
+        "logprobsResult": {"chosenCandidates": [{"token": "Yes", "logProbability": -0.5}]}}]}
+    last = {"candidates": [{
+        "content": {"parts": [{"text": "."}], "role": "model"}, "finishReason": "STOP",
+        "logprobsResult": {"chosenCandidates": [{"token": ".", "logProbability": -0.25}]}}],
             "usageMetadata": {"promptTokenCount": 4, "candidatesTokenCount": 2}}
     loopback.reply = Reply(events=[b"data: " + orjson.dumps(e) + b"\r\n\r\n" for e in (first, last)])
     provider = create_provider(spec(), loopback.url)
@@ -324,12 +336,14 @@ async def test_stream_without_finish_reason_is_cut(loopback: Loopback) -> None:
 
 
 @pytest.mark.parametrize(("error", "raised"), [
-    (google_error(503, "UNAVAILABLE", "The model is overloaded. Please try again later."), UpstreamUnavailable),
+    (google_error(503, "UNAVAILABLE", "The model is overloaded. Please try again later."),
+     UpstreamUnavailable),
     (google_error(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted"), UpstreamRateLimited),
 ])
 async def test_mid_stream_error_raises_after_the_text_already_sent(loopback: Loopback, error: bytes,
                                                                    raised: type[UpstreamError]) -> None:
-    loopback.reply = Reply(events=[DOCUMENTED_STREAM[0], b"data: " + orjson.dumps(orjson.loads(error)) + b"\r\n\r\n"])
+    event = b"data: " + orjson.dumps(orjson.loads(error)) + b"\r\n\r\n"
+    loopback.reply = Reply(events=[DOCUMENTED_STREAM[0], event])
     provider = create_provider(spec(), loopback.url)
     got: list[Chunk] = []
     with pytest.raises(raised, match="mid-stream"):
@@ -350,16 +364,16 @@ async def test_malformed_stream_event_is_a_bad_response(loopback: Loopback) -> N
     (Reply(503, google_error(503, "UNAVAILABLE", "The model is overloaded. Please try again later.")),
      UpstreamUnavailable, 503),
     (Reply(500, google_error(500, "INTERNAL", "An internal error has occurred.")), UpstreamUnavailable, 500),
-    (Reply(400, google_error(400, "INVALID_ARGUMENT",
-                             "The input token count (1200293) exceeds the maximum number of tokens allowed (1048576).")),
+    (Reply(400, google_error(400, "INVALID_ARGUMENT", "The input token count (1200293) exceeds the maximum"
+                                                      " number of tokens allowed (1048576).")),
      UpstreamContextOverflow, 400),
     (Reply(400, google_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received. Unknown name \"foo\"")),
      UpstreamRejected, 400),
     (Reply(403, google_error(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers.")),
      UpstreamRejected, 403),
 ])
-async def test_error_answers_map_to_laneway_errors(loopback: Loopback, reply: Reply, error: type[UpstreamError],
-                                                   status: int) -> None:
+async def test_error_answers_map_to_laneway_errors(loopback: Loopback, reply: Reply,
+                                                   error: type[UpstreamError], status: int) -> None:
     loopback.reply = reply
     provider = create_provider(spec(), loopback.url)
     with pytest.raises(error) as caught:
@@ -393,7 +407,8 @@ async def test_rate_limit_reads_retry_info_and_prefers_retry_after(loopback: Loo
     (Reply(body=b'{"modelVersion": "gemini-2.5-pro"}'), "neither"),
     (Reply(body=b'{"candidates": ["text"]}'), "candidates"),
 ])
-async def test_unusable_success_bodies_are_bad_responses(loopback: Loopback, reply: Reply, pattern: str) -> None:
+async def test_unusable_success_bodies_are_bad_responses(loopback: Loopback, reply: Reply,
+                                                          pattern: str) -> None:
     loopback.reply = reply
     provider = create_provider(spec(), loopback.url)
     with pytest.raises(UpstreamBadResponse, match=pattern):

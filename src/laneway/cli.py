@@ -55,11 +55,9 @@ def _extensions() -> list[Register]:
     registers: list[Register] = []
     for module, name in (("laneway.intents", "add_commands"), ("laneway.retrieval", "add_commands"),
                          ("laneway.telemetry", "add_commands")):
-        try:
-            imported = __import__(module, fromlist=[name])
-        except ImportError:
-            continue
-        registers.append(getattr(imported, name))
+        imported = __import__(module, fromlist=[name])
+        if hasattr(imported, name):
+            registers.append(getattr(imported, name))
     return registers
 
 

@@ -51,6 +51,7 @@ class Started:
     rest: AsyncIterator[Chunk]
     prompt_tokens: int  # counted locally; the upstream's usage replaces it when it arrives
     began: float  # perf_counter() when the attempt started
+    accounted: bool = False  # usage and cost already recorded (an answer replayed as a stream)
 
 
 class Dispatcher:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Lanes a request can take; they appear in `x-laneway-lane`, metrics and the exchange log.
-LANES = ("primary", "fallback", "canary", "cascade", "degraded", "cache", "direct")
+LANES = ("primary", "fallback", "canary", "cascade", "degraded", "cache", "direct", "shadow")
 
 # Outcomes of an attempt.
 OK = "ok"
@@ -57,6 +57,9 @@ class Exchange:
     attempts: list[Attempt] = field(default_factory=list)
     signals: dict[str, Any] = field(default_factory=dict)
     api_key: str | None = None  # the client key's name, never the key
+    retrieval_hits: int | None = None  # passages injected, when the route retrieves
+    retrieval_ms: float | None = None
+    cascade_confidence: float | None = None  # the first answer's confidence, when the route cascades
 
     @property
     def overhead_ms(self) -> float:

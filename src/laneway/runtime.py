@@ -12,9 +12,11 @@ from typing import Any
 
 from .breaker import CircuitBreaker
 from .chat import ChatRequest, Message
-from .config import Config, ModelSpec
+from .config import Config, KnowledgeSource, ModelSpec
 from .context import TokenCounter
 from .providers import Provider, create_provider
+from .retrieval import KnowledgeBase
+from .signals import IntentFn
 
 
 @dataclass
@@ -22,14 +24,18 @@ class Runtime:
     config: Config
     providers: dict[str, Provider]
     breakers: dict[str, CircuitBreaker]
+    knowledge: dict[str, KnowledgeBase] = field(default_factory=dict)
+    classify: IntentFn | None = None
     inflight: int = 0
     _drained: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def build(cls, config: Config, sim_url: str | None) -> Runtime:
+        """Everything a config needs before its first request: pools, breakers, indexes, classifier."""
         providers = {name: create_provider(spec, _resolve(spec, sim_url)) for name, spec in config.models.items()}
         breakers = {name: CircuitBreaker(spec.breaker) for name, spec in config.models.items()}
-        return cls(config, providers, breakers)
+        knowledge = {name: _knowledge_base(source) for name, source in config.knowledge.items()}
+        return cls(config, providers, breakers, knowledge, _classifier(config))
 
     def enter(self) -> None:
         self.inflight += 1
@@ -48,6 +54,22 @@ class Runtime:
             except TimeoutError:
                 pass
         await asyncio.gather(*(p.aclose() for p in self.providers.values()))
+
+
+def _knowledge_base(source: KnowledgeSource) -> KnowledgeBase:
+    if source.index is not None:
+        return KnowledgeBase.load(source.index)
+    return KnowledgeBase.build(source.name, source.sources, chunk_tokens=source.chunk_tokens)
+
+
+def _classifier(config: Config) -> IntentFn | None:
+    """Loaded only when some matcher reads `intent`: the classifier costs nothing otherwise."""
+    if not config.signals_used & {"intent", "intent_confidence"}:
+        return None
+    from .intents import IntentModel, load_default
+
+    model = IntentModel.load(config.intents.model) if config.intents.model else load_default()
+    return model.classify
 
 
 def _resolve(spec: ModelSpec, sim_url: str | None) -> str:

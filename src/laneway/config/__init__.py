@@ -1,5 +1,6 @@
 """Routing configuration: YAML → validated, frozen runtime objects; the matcher language."""
 
+from ._lanes import Canary, Cascade, IntentSettings, KnowledgeSource, Retrieval, Shadow, ShadowSettings
 from ._loader import builtin_models, default_config_text, load_config, parse_config
 from ._matcher import Matcher, MatcherError, compile_matcher
 from ._model import (
@@ -16,7 +17,28 @@ from ._model import (
 )
 
 __all__ = [
-    "DEFAULT_DEADLINE_MS", "Breaker", "Config", "Matcher", "MatcherError", "ModelSpec", "Price", "Profile",
-    "Retry", "Route", "ServerSettings", "SimSettings", "builtin_models", "compile_matcher",
-    "default_config_text", "load_config", "parse_config",
+    "DEFAULT_DEADLINE_MS",
+    "Breaker",
+    "Canary",
+    "Cascade",
+    "Config",
+    "IntentSettings",
+    "KnowledgeSource",
+    "Matcher",
+    "MatcherError",
+    "ModelSpec",
+    "Price",
+    "Profile",
+    "Retrieval",
+    "Retry",
+    "Route",
+    "ServerSettings",
+    "Shadow",
+    "ShadowSettings",
+    "SimSettings",
+    "builtin_models",
+    "compile_matcher",
+    "default_config_text",
+    "load_config",
+    "parse_config",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -11,6 +12,21 @@ from ..errors import ConfigError
 from ..providers import PROVIDER_NAMES
 from ..telemetry import TelemetrySettings, parse_telemetry
 from ._analysis import analyse_table
+from ._lanes import (
+    LOGPROB_PROVIDERS,
+    Canary,
+    Cascade,
+    KnowledgeSource,
+    Shadow,
+    ShadowSettings,
+    parse_canaries,
+    parse_cascade,
+    parse_intents,
+    parse_knowledge,
+    parse_retrieval,
+    parse_shadow_settings,
+    parse_shadows,
+)
 from ._matcher import MatcherError, always, compile_matcher
 from ._model import (
     SYSTEM_MODES,
@@ -54,7 +70,8 @@ def load_config(path: str | Path | None = None) -> Config:
 def parse_config(text: str, source: str = "<string>") -> Config:
     raw, marks = load_yaml(text, source)
     issues = Issues(marks)
-    config = _build(raw, issues, source)
+    base = Path(source).resolve().parent if Path(source).is_file() else Path.cwd()
+    config = _build(raw, issues, source, base)
     if issues.errors or config is None:
         raise ConfigError(issues.errors or issues.items, source)
     return config
@@ -71,11 +88,14 @@ def builtin_models() -> dict[str, ModelSpec]:
     return models
 
 
-def _build(raw: Any, issues: Issues, source: str) -> Config | None:
+def _build(raw: Any, issues: Issues, source: str, base: Path) -> Config | None:
     top = Section(raw, "", issues)
     own = _models(top.section("models"), issues) if top.has("models") else {}
     known = {**builtin_models(), **own}
-    routes = _routes(top, known, issues)
+    context = _Context(parse_knowledge(top.section("knowledge"), base), top.has("knowledge"))
+    intents = parse_intents(top.section("intents"), base)
+    shadow = _shadow_settings(top.section("shadow"), known)
+    routes = _routes(top, known, issues, context)
     server = _server(top.section("server"))
     sim = _sim(top.section("sim"))
     telemetry = _telemetry(top)
@@ -85,12 +105,13 @@ def _build(raw: Any, issues: Issues, source: str) -> Config | None:
         issues.add("routes", "no routes; add at least one route with a `target` model")
     if issues.errors:
         return None
-    used = {name for r in routes for name in (r.target, *r.fallbacks, r.long_context) if name}
+    used = {name for r in routes for name in _models_of(r) if name} | {t.target for t in shadow.targets}
     models = {**{n: known[n] for n in sorted(used)}, **own}
     for warning in analyse_table(routes):
         issues.add(warning.path, warning.message, severity="warning")
     signals = frozenset(s for r in routes for s in r.matcher.signals)
-    return Config(models, tuple(routes), server, sim, telemetry, source, tuple(issues.warnings), signals)
+    return Config(models, tuple(routes), server, sim, telemetry, source, tuple(issues.warnings), signals,
+                  context.knowledge, intents, shadow)
 
 
 def _models(section: Section, issues: Issues) -> dict[str, ModelSpec]:
@@ -147,11 +168,11 @@ def _profile(s: Section) -> Profile:
     return profile
 
 
-def _routes(top: Section, known: dict[str, ModelSpec], issues: Issues) -> list[Route]:
+def _routes(top: Section, known: dict[str, ModelSpec], issues: Issues, context: _Context) -> list[Route]:
     routes: list[Route] = []
     names: set[str] = set()
     for i, raw in enumerate(top.items("routes")):
-        route = _route(i, Section(raw, f"routes[{i}]", issues), known)
+        route = _route(i, Section(raw, f"routes[{i}]", issues), known, context)
         if route is None:
             continue
         if route.name in names:
@@ -161,7 +182,7 @@ def _routes(top: Section, known: dict[str, ModelSpec], issues: Issues) -> list[R
     return routes
 
 
-def _route(index: int, s: Section, known: dict[str, ModelSpec]) -> Route | None:
+def _route(index: int, s: Section, known: dict[str, ModelSpec], context: _Context) -> Route | None:
     path = s.text("path", DEFAULT_PATH) or DEFAULT_PATH
     if not path.startswith("/"):
         s.issues.add(s.where("path"), f"`{path}` must start with `/`, e.g. `/v1/chat`")
@@ -174,12 +195,13 @@ def _route(index: int, s: Section, known: dict[str, ModelSpec]) -> Route | None:
             s.issues.add(s.where("matcher"), f"{exc.message} (at column {exc.column} of the matcher)",
                          column_offset=exc.column - 1)
             return None
-    target = _model_ref(s, "target", s.value("target"), known, required=True)
+    target = _model_ref(s.issues, s.where("target"), s.value("target"), known, required=True)
     fallbacks = tuple(
         name for j, value in enumerate(s.items("fallbacks"))
-        if (name := _model_ref(s, f"fallbacks[{j}]", value, known))
+        if (name := _model_ref(s.issues, s.where(f"fallbacks[{j}]"), value, known))
     )
-    long_context = _model_ref(s, "long_context", s.value("long_context"), known)
+    long_context = _model_ref(s.issues, s.where("long_context"), s.value("long_context"), known)
+    lanes = _route_lanes(s, known, context)
     retry = s.section("retry")
     r = Retry(retry.whole("attempts", 2, minimum=1), retry.whole("backoff_ms", 50, minimum=0))
     retry.done()
@@ -188,24 +210,91 @@ def _route(index: int, s: Section, known: dict[str, ModelSpec]) -> Route | None:
     s.done()
     if target is None:
         return None
-    return Route(index, name, path, matcher, target, fallbacks, long_context,
-                 int(deadline) if deadline else None, r, source is not None)
+    route = Route(index, name, path, matcher, target, fallbacks, long_context,
+                  int(deadline) if deadline else None, r, source is not None, **lanes)
+    _check_cascade(s, route, known)
+    return route
 
 
-def _model_ref(s: Section, key: str, value: Any, known: dict[str, ModelSpec], *,
-               required: bool = False) -> str | None:
-    path = s.where(key)
+def _model_ref(issues: Issues, path: str, value: Any, known: dict[str, ModelSpec], *,
+               required: bool = False, what: str = "the model this route sends to") -> str | None:
     if value is None:
         if required:
-            s.issues.add(s.path, f"missing `{key}`: the model this route sends to")
+            parent, _, key = path.rpartition(".")
+            issues.add(parent, f"missing `{key}`: {what}")
         return None
     if not isinstance(value, str):
-        s.issues.add(path, f"expected a model name, got {value!r}")
+        issues.add(path, f"expected a model name, got {value!r}")
         return None
     if value not in known:
-        s.issues.add(path, f"unknown model `{value}`; known: {', '.join(sorted(known))}")
+        issues.add(path, f"unknown model `{value}`; known: {', '.join(sorted(known))}")
         return None
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    knowledge: dict[str, KnowledgeSource]
+    declared: bool
+
+
+def _models_of(route: Route) -> list[str | None]:
+    names: list[str | None] = [route.target, *route.fallbacks, route.long_context]
+    names += [c.target for c in route.canaries] + [s.target for s in route.shadows]
+    if route.cascade:
+        names += [route.cascade.escalate_to, route.cascade.verifier]
+    if route.retrieval:
+        names.append(route.retrieval.on_miss)
+    return names
+
+
+def _route_lanes(s: Section, known: dict[str, ModelSpec], context: _Context) -> dict[str, Any]:
+    lanes: dict[str, Any] = {}
+    issues = s.issues
+    if s.has("canary"):
+        lanes["canaries"] = tuple(Canary(t, w) for t, w, path in parse_canaries(s.value("canary"), s)
+                                  if _model_ref(issues, path, t, known))
+    if s.has("shadow"):
+        lanes["shadows"] = tuple(Shadow(t, w) for t, w, path in parse_shadows(s.items("shadow"), s.where("shadow"),
+                                                                               issues)
+                                 if _model_ref(issues, path, t, known))
+    if s.has("cascade"):
+        c = s.section("cascade")
+        confidence, source, escalate_to, verifier = parse_cascade(c)
+        ok = _model_ref(issues, c.where("escalate_to"), escalate_to, known)
+        if verifier is not None:
+            _model_ref(issues, c.where("verifier"), verifier, known)
+        if ok:
+            lanes["cascade"] = Cascade(confidence, source, ok, verifier)
+    if s.has("retrieval"):
+        r = s.section("retrieval")
+        retrieval = parse_retrieval(r)
+        if retrieval is not None:
+            if retrieval.knowledge not in context.knowledge:
+                known_kb = ", ".join(sorted(context.knowledge)) or "none; add a `knowledge:` section"
+                issues.add(r.where("knowledge"), f"unknown knowledge base `{retrieval.knowledge}`; known: {known_kb}")
+            if retrieval.on_miss is not None:
+                _model_ref(issues, r.where("on_miss"), retrieval.on_miss, known)
+            lanes["retrieval"] = retrieval
+    return lanes
+
+
+def _check_cascade(s: Section, route: Route, known: dict[str, ModelSpec]) -> None:
+    cascade = route.cascade
+    if cascade is None or cascade.source != "logprobs":
+        return
+    for name in [route.target, *(c.target for c in route.canaries)]:
+        provider = known[name].provider
+        if provider not in LOGPROB_PROVIDERS:
+            s.issues.add(s.where("cascade.source"),
+                         f"`logprobs` needs a model that returns log-probabilities ({', '.join(LOGPROB_PROVIDERS)}); "
+                         f"`{name}` speaks `{provider}`. Use `source: self_report` or `source: verifier`")
+
+
+def _shadow_settings(s: Section, known: dict[str, ModelSpec]) -> ShadowSettings:
+    targets, queue, concurrency, spend = parse_shadow_settings(s)
+    shadows = tuple(Shadow(t, w) for t, w, path in targets if _model_ref(s.issues, path, t, known))
+    return ShadowSettings(shadows, queue, concurrency, spend)
 
 
 def _server(s: Section) -> ServerSettings:

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import ConfigIssue
 from ..telemetry import TelemetrySettings
+from ._lanes import Canary, Cascade, IntentSettings, KnowledgeSource, Retrieval, Shadow, ShadowSettings
 from ._matcher import Matcher
 
 DEFAULT_DEADLINE_MS = 5000
@@ -89,6 +90,10 @@ class Route:
     deadline_ms: int | None = None
     retry: Retry = Retry()
     has_matcher: bool = True
+    canaries: tuple[Canary, ...] = ()
+    shadows: tuple[Shadow, ...] = ()
+    cascade: Cascade | None = None
+    retrieval: Retrieval | None = None
 
     def matches_path(self, path: str) -> bool:
         return path == self.path or path.startswith(self.path.rstrip("/") + "/")
@@ -120,6 +125,9 @@ class Config:
     source: str = "<built-in>"
     warnings: tuple[ConfigIssue, ...] = ()
     signals_used: frozenset[str] = field(default_factory=frozenset)
+    knowledge: Mapping[str, KnowledgeSource] = field(default_factory=dict)
+    intents: IntentSettings = field(default_factory=IntentSettings)
+    shadow: ShadowSettings = field(default_factory=ShadowSettings)
 
     @property
     def simulated(self) -> bool:

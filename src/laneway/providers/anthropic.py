@@ -65,7 +65,8 @@ class AnthropicProvider:
                 yield chunk
         # Reading on to the end of the body after `message_stop` keeps the connection reusable.
         if not state.stopped:
-            raise UpstreamBadResponse("stream ended without `message_stop`: cut mid-way", model=self.spec.name)
+            raise UpstreamBadResponse("stream ended without `message_stop`: cut mid-way",
+                                      model=self.spec.name)
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

@@ -108,8 +108,9 @@ def _account_stream(gateway: Gateway, runtime: Runtime, started: Started, state:
                     exchange: Exchange, include_usage: bool, encoder: _ChunkEncoder) -> bytes:
     spec = runtime.config.models[started.model]
     usage = state.usage or _estimate(gateway, started.prompt_tokens, state.text)
-    _stream_ended(exchange, started)
-    account(started.attempt, exchange, spec.price.cost, usage[0], usage[1])
+    if not started.accounted:
+        _stream_ended(exchange, started)
+        account(started.attempt, exchange, spec.price.cost, usage[0], usage[1])
     tail = encoder.finish(state.finish or "stop")
     if include_usage:
         tail += encoder.usage(*usage)

@@ -29,7 +29,9 @@ async def start_fleet(host: str = "127.0.0.1", port: int = 0, fleet_file: str | 
                       seed: int = 7) -> RunningFleet:
     fleet = Fleet(load_fleet(fleet_file), seed=seed)
     fleet.counter.warm()
-    runner = web.AppRunner(build_app(fleet), access_log=None, handle_signals=False)
+    # Faults such as `silent` sleep for an hour: cancel their handlers at shutdown instead of waiting.
+    runner = web.AppRunner(build_app(fleet), access_log=None, handle_signals=False, handler_cancellation=True,
+                           shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096, reuse_address=True)
     await site.start()

@@ -7,12 +7,17 @@ the conversation, so runs are reproducible and different models answer different
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from dataclasses import dataclass, field
 
 from ..chat import Message, message_text
 from ..context import TokenCounter
 from ._fleet import SimModel
+
+# Laneway's own cascade prompts, which the fleet recognises (see laneway/cascade.py).
+SELF_REPORT_CUE = "write [confidence: X]"
+VERIFIER_CUE = "You grade customer-support answers."
 
 _SENTENCES = (
     "Thanks for reaching out, I can help with that.",
@@ -69,6 +74,8 @@ def prompt_tokens(counter: TokenCounter, request: SimRequest) -> int:
 
 def answer(model: SimModel, request: SimRequest, counter: TokenCounter, fleet_seed: int) -> SimAnswer:
     rng = random.Random(_seed(model.name, request, fleet_seed))
+    if _asked(request, VERIFIER_CUE):
+        return _grade(model, request, counter, rng)
     target, capped = model.output_tokens(rng, max(1, request.max_tokens))
     words: list[str] = []
     tokens = 0
@@ -82,18 +89,40 @@ def answer(model: SimModel, request: SimRequest, counter: TokenCounter, fleet_se
                 break
             words.append(piece)
             tokens += cost
-    finish = "length" if capped else "stop"
-    good = rng.random() < model.quality
-    return SimAnswer(words, prompt_tokens(counter, request), tokens, finish,
-                     _logprobs(model, rng, len(words), good) if request.logprobs else [])
+    seen = _observed_confidence(model, latent_quality("".join(words)), rng)
+    if _asked(request, SELF_REPORT_CUE):
+        words.append(f"\n[confidence: {seen:.2f}]")
+    logprobs = [min(0.0, rng.gauss(math.log(seen), 0.05)) for _ in words] if request.logprobs else []
+    return SimAnswer(words, prompt_tokens(counter, request), tokens, "length" if capped else "stop", logprobs)
 
 
-def _logprobs(model: SimModel, rng: random.Random, n: int, good: bool) -> list[float]:
-    # Reliability mixes the true signal (good answers are confident) with noise.
-    signal = -0.05 if good else -1.2
-    noise = rng.uniform(-1.2, -0.05)
-    mean = model.logprob_reliability * signal + (1 - model.logprob_reliability) * noise
-    return [min(0.0, rng.gauss(mean, 0.05)) for _ in range(n)]
+def latent_quality(text: str) -> float:
+    """The simulated truth about an answer, in [0, 1): higher is better. A model of quality q gives
+    a good answer when its latent quality is at least 1 - q."""
+    digest = hashlib.blake2b(b"quality|" + text.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def is_good(model: SimModel, text: str) -> bool:
+    return latent_quality(text) >= 1 - model.quality
+
+
+def _observed_confidence(model: SimModel, truth: float, rng: random.Random) -> float:
+    # `logprob_reliability` mixes the truth with noise; 1 is a perfectly calibrated signal, 0 pure noise.
+    seen = model.logprob_reliability * truth + (1 - model.logprob_reliability) * rng.random()
+    return min(0.999, max(0.02, seen))
+
+
+def _grade(model: SimModel, request: SimRequest, counter: TokenCounter, rng: random.Random) -> SimAnswer:
+    prompt = message_text(request.messages[-1])
+    proposed = prompt.split("Proposed answer:\n", 1)[-1].rsplit("\n\nProbability", 1)[0]
+    grade = _observed_confidence(model, latent_quality(proposed), rng)
+    text = f"{grade:.2f}"
+    return SimAnswer([text], prompt_tokens(counter, request), counter.text_tokens(text), "stop")
+
+
+def _asked(request: SimRequest, cue: str) -> bool:
+    return any(m.get("role") == "system" and cue in message_text(m) for m in request.messages)
 
 
 def _seed(name: str, request: SimRequest, fleet_seed: int) -> int:

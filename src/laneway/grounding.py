@@ -1,0 +1,38 @@
+"""Retrieval on the request path: search a route's knowledge base with the customer's latest
+message and put the passages where the model will read them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .chat import Message
+from .config import Retrieval
+from .retrieval import KnowledgeBase, Passage, render_passages
+
+
+@dataclass(frozen=True, slots=True)
+class Grounding:
+    messages: list[Message]
+    hits: int
+    latency_ms: float
+
+
+def ground(knowledge: KnowledgeBase, retrieval: Retrieval, messages: list[Message], query: str) -> Grounding:
+    """Return the messages with the passages injected (style `system`: a system message after the
+    existing ones; style `user`: a user message just before the customer's latest message)."""
+    started = time.perf_counter()
+    passages = knowledge.search(query, retrieval.top_k, retrieval.min_score) if query else []
+    latency_ms = (time.perf_counter() - started) * 1000
+    if not passages and retrieval.on_miss is not None:
+        return Grounding(messages, 0, latency_ms)  # the caller sends the request to `on_miss` instead
+    return Grounding(_inject(messages, passages, retrieval.style), len(passages), latency_ms)
+
+
+def _inject(messages: list[Message], passages: list[Passage], style: str) -> list[Message]:
+    block = {"role": "system" if style == "system" else "user", "content": render_passages(passages, style=style)}
+    if style == "system":
+        at = next((i for i, m in enumerate(messages) if m.get("role") not in ("system", "developer")), 0)
+        return [*messages[:at], block, *messages[at:]]
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=len(messages))
+    return [*messages[:last_user], block, *messages[last_user:]]

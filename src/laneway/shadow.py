@@ -1,0 +1,168 @@
+"""Shadow lanes: candidate models answer copies of real requests in the background.
+
+A shadow call never delays or changes the client's answer: jobs go on a bounded queue served by
+a fixed number of workers; a full queue or an exhausted hourly spend cap drops the job and counts
+it. Each result is recorded as an exchange of lane `shadow`, paired with its primary by
+`signals.shadow_of`, with the comparison (exact match, text similarity, label agreement). Its
+cost is its own: it never touches the primary's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .chat import Message
+from .config import Route, ShadowSettings
+from .dispatch import account
+from .errors import UpstreamError
+from .exchange import OK, Attempt, Exchange
+from .routing import unit_hash
+from .runtime import Runtime, prepare
+
+log = logging.getLogger("laneway")
+_WORDS = re.compile(r"[a-z0-9]+")
+
+
+@dataclass(slots=True)
+class _Job:
+    runtime: Runtime
+    target: str
+    messages: list[Message]
+    params: dict[str, Any]
+    primary: Exchange
+    primary_text: str
+
+
+@dataclass(slots=True)
+class ShadowCounters:
+    submitted: int = 0
+    completed: int = 0
+    dropped_queue: int = 0
+    dropped_budget: int = 0
+
+
+class ShadowRunner:
+    def __init__(self, settings: ShadowSettings, sink: Any) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.counters = ShadowCounters()
+        self.dropped: dict[str, int] = {}
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue(settings.queue)
+        self._workers: list[asyncio.Task[None]] = []
+        self._hour = 0
+        self._spent = 0.0
+
+    def targets(self, route: Route | None, request_id: str) -> list[str]:
+        """The candidates this request is copied to: deterministic by request id."""
+        shadows = (*(route.shadows if route else ()), *self.settings.targets)
+        return [s.target for s in shadows if unit_hash(f"shadow|{s.target}|{request_id}") < s.sample]
+
+    def submit(self, runtime: Runtime, targets: list[str], messages: list[Message], params: dict[str, Any],
+               primary: Exchange, primary_text: str) -> None:
+        self._start_workers()
+        for target in targets:
+            self.counters.submitted += 1
+            if self._over_budget():
+                self._drop(target, "budget")
+                continue
+            try:
+                self._queue.put_nowait(_Job(runtime, target, messages, params, primary, primary_text))
+            except asyncio.QueueFull:
+                self._drop(target, "queue")
+                continue
+            runtime.enter()  # keep its providers open until the job is done
+
+    def _drop(self, target: str, why: str) -> None:
+        if why == "budget":
+            self.counters.dropped_budget += 1
+        else:
+            self.counters.dropped_queue += 1
+        self.dropped[target] = self.dropped.get(target, 0) + 1
+        if self.sink is not None:
+            self.sink.count(f"shadow_dropped_{why}", target)
+
+    def _over_budget(self) -> bool:
+        hour = int(time.time() // 3600)
+        if hour != self._hour:
+            self._hour, self._spent = hour, 0.0
+        return self._spent >= self.settings.usd_per_hour
+
+    def _start_workers(self) -> None:
+        if not self._workers:
+            self._workers = [asyncio.create_task(self._work(), name=f"laneway-shadow-{i}")
+                             for i in range(self.settings.concurrency)]
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                record = await self._run(job)
+                self._spent += record.cost_usd
+                self.counters.completed += 1
+                if self.sink is not None:
+                    self.sink.record(record)
+            except Exception:  # a bug in one shadow call must not stop the lane
+                log.exception("laneway: shadow call to `%s` failed", job.target)
+            finally:
+                job.runtime.leave()
+                self._queue.task_done()
+
+    async def _run(self, job: _Job) -> Exchange:
+        spec = job.runtime.config.models[job.target]
+        primary = job.primary
+        record = Exchange(f"{primary.request_id}/shadow/{job.target}", time.time(), path=primary.path,
+                          conversation_id=primary.conversation_id, route=primary.route, lane="shadow",
+                          model=job.target, stream=True)
+        attempt = Attempt(job.target, OK, lane="shadow")
+        record.attempts.append(attempt)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (spec.deadline_ms or job.runtime.config.server.deadline_ms) / 1000
+        started = time.perf_counter()
+        pieces: list[str] = []
+        usage = None
+        try:
+            async for chunk in job.runtime.providers[job.target].stream(prepare(spec, job.messages, job.params),
+                                                                        deadline):
+                if record.ttft_ms is None and chunk.text:
+                    record.ttft_ms = attempt.ttft_ms = (time.perf_counter() - started) * 1000
+                pieces.append(chunk.text)
+                usage = chunk.usage or usage
+        except UpstreamError as error:
+            record.outcome = attempt.outcome = error.code
+            record.error = attempt.error = error.message
+        record.latency_ms = record.upstream_ms = attempt.latency_ms = (time.perf_counter() - started) * 1000
+        if usage is not None:
+            account(attempt, record, spec.price.cost, usage.prompt_tokens, usage.completion_tokens)
+        text = "".join(pieces)
+        record.signals = {**primary.signals, "shadow_of": primary.request_id, "primary_model": primary.model,
+                          "primary_latency_ms": primary.latency_ms, "primary_ttft_ms": primary.ttft_ms,
+                          "primary_cost_usd": primary.cost_usd, **compare(job.primary_text, text)}
+        return record
+
+    async def aclose(self, timeout_s: float = 10.0) -> None:
+        """Let queued shadow calls finish (bounded), then stop the workers."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._queue.join()
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+
+def compare(primary: str, candidate: str) -> dict[str, Any]:
+    """Exact match, normalised text similarity, and label agreement when both answers are labels."""
+    a, b = _WORDS.findall(primary.lower()), _WORDS.findall(candidate.lower())
+    result: dict[str, Any] = {
+        "exact": primary.strip() == candidate.strip(),
+        "similarity": round(difflib.SequenceMatcher(None, a, b, autojunk=False).ratio(), 4) if a or b else 1.0,
+    }
+    if 0 < len(a) <= 3 and 0 < len(b) <= 3:
+        result["label_agreement"] = a == b
+    return result

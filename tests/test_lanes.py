@@ -1,0 +1,240 @@
+"""Migration lanes and grounding: canary stickiness and weights, the confidence cascade, shadow
+copies that never touch the primary answer, and retrieval with `on_miss`."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from _live import LiveGateway, live_gateway
+from laneway.config import parse_config
+from laneway.exchange import Exchange
+from laneway.routing import canary_target
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.exchanges: list[Exchange] = []
+        self.events: list[tuple[str, str]] = []
+
+    def record(self, exchange: Exchange) -> None:
+        self.exchanges.append(exchange)
+
+    def count(self, event: str, model: str, n: int = 1) -> None:
+        self.events.append((event, model))
+
+    def by_id(self, request_id: str) -> Exchange:
+        found = [e for e in self.exchanges if e.request_id == request_id]
+        assert len(found) == 1
+        return found[0]
+
+
+def send(live: LiveGateway, content: str, **body: Any) -> tuple[dict[str, str], bytes]:
+    payload = {"model": "laneway", "messages": [{"role": "user", "content": content}], **body}
+    request = urllib.request.Request(live.url + "/v1/chat/completions", data=json.dumps(payload).encode())
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return dict(response.headers), response.read()
+
+
+def test_canary_assignment_is_sticky_and_weighted() -> None:
+    route = parse_config("""
+routes:
+- name: chat
+  target: gpt-5-mini
+  canary: [{target: gemini-2.5-flash-lite, weight: 0.05}, {target: claude-sonnet-37, weight: 0.10}]
+""").routes[0]
+    keys = [f"conversation-{i}" for i in range(20_000)]
+    lanes = Counter(canary_target(route, key) for key in keys)
+    assert abs(lanes["gemini-2.5-flash-lite"] / len(keys) - 0.05) < 0.006
+    assert abs(lanes["claude-sonnet-37"] / len(keys) - 0.10) < 0.008
+    assert all(canary_target(route, key) == canary_target(route, key) for key in keys[:500])
+
+
+CANARY = """
+routes:
+- name: chat
+  target: gpt-5-mini
+  canary: {target: gemini-2.5-flash-lite, weight: 0.5}
+"""
+
+
+def test_a_conversation_never_flips_lanes(sim_url: str) -> None:
+    sink = Sink()
+    with live_gateway(CANARY, sim_url, telemetry=sink) as live:
+        seen: dict[str, set[tuple[str, str]]] = {}
+        for turn in range(3):
+            for conversation in range(12):
+                headers, _ = send(live, f"turn {turn}", metadata={"conversation_id": f"c{conversation}"})
+                seen.setdefault(f"c{conversation}", set()).add((headers["x-laneway-lane"],
+                                                                headers["x-laneway-model"]))
+    assert all(len(lanes) == 1 for lanes in seen.values())
+    assert {lane for lanes in seen.values() for lane, _ in lanes} == {"canary", "primary"}
+    assert ("canary", "gemini-2.5-flash-lite") in set().union(*seen.values())
+
+
+@pytest.mark.parametrize("source", ["logprobs", "self_report", "verifier"])
+def test_cascade_escalates_exactly_under_threshold(sim_url: str, source: str) -> None:
+    verifier = "\n    verifier: gemini-2.5-pro" if source == "verifier" else ""
+    text = f"""
+routes:
+- name: chat
+  target: gpt-5-mini
+  cascade:
+    confidence: 0.6
+    source: {source}
+    escalate_to: gpt-5{verifier}
+"""
+    sink = Sink()
+    with live_gateway(text, sim_url, telemetry=sink) as live, ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: send(live, f"question number {i} about my bill"), range(24)))
+    lanes = Counter()
+    for headers, body in answers:
+        exchange = sink.by_id(headers["x-request-id"])
+        assert exchange.cascade_confidence is not None
+        escalated = exchange.cascade_confidence < 0.6
+        lanes[headers["x-laneway-lane"]] += 1
+        assert headers["x-laneway-lane"] == ("cascade" if escalated else "primary")
+        assert headers["x-laneway-model"] == ("gpt-5" if escalated else "gpt-5-mini")
+        graders = ["gemini-2.5-pro"] if source == "verifier" else []
+        expected = ["gpt-5-mini", *graders, *(["gpt-5"] if escalated else [])]
+        assert [a.model for a in exchange.attempts] == expected
+        assert "[confidence" not in json.loads(body)["choices"][0]["message"]["content"]
+        cost = sum(a.cost_usd for a in exchange.attempts)  # the grader's call is billed too
+        assert float(headers["x-laneway-cost-usd"]) == pytest.approx(cost, abs=1e-8)
+    assert lanes["cascade"] > 0 and lanes["primary"] > 0
+
+
+def test_cascade_stream_replays_the_accepted_answer(sim_url: str) -> None:
+    text = """
+routes:
+- target: gpt-5-mini
+  cascade: {confidence: 0.5, source: self_report, escalate_to: gpt-5}
+"""
+    with live_gateway(text, sim_url) as live:
+        headers, body = send(live, "stream me", stream=True, stream_options={"include_usage": True})
+    events = [line[6:] for line in body.decode().splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    content = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert content and "[confidence" not in content
+    assert chunks[-1]["usage"]["completion_tokens"] > 0
+    assert {c["model"] for c in chunks} == {headers["x-laneway-model"]}
+
+
+def test_logprob_cascade_on_a_provider_without_logprobs_is_a_config_error() -> None:
+    from laneway.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config("""
+models:
+  claude:
+    provider: anthropic
+    base_url: https://api.anthropic.com
+routes:
+- target: claude
+  cascade: {confidence: 0.7, source: logprobs, escalate_to: gpt-5}
+""")
+    assert "routes[0].cascade.source" in str(caught.value) and "self_report" in str(caught.value)
+
+
+SHADOW = """
+routes:
+- name: chat
+  target: gpt-5-mini
+  shadow: [{target: gemini-2.5-flash-lite, sample: 1.0}]
+"""
+
+
+def wait_for(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_shadow_never_changes_the_primary_answer(sim_url: str) -> None:
+    plain = "routes:\n- name: chat\n  target: gpt-5-mini\n"
+    with live_gateway(plain, sim_url) as live:
+        expected = [json.loads(send(live, f"shadowed {i}")[1])["choices"][0]["message"]["content"] for i in range(6)]
+    sink = Sink()
+    with live_gateway(SHADOW, sim_url, telemetry=sink) as live:
+        got = [send(live, f"shadowed {i}") for i in range(6)]
+        wait_for(lambda: sum(e.lane == "shadow" for e in sink.exchanges) == 6)
+    assert [json.loads(body)["choices"][0]["message"]["content"] for _, body in got] == expected
+    for headers, _ in got:
+        primary = sink.by_id(headers["x-request-id"])
+        shadow = sink.by_id(headers["x-request-id"] + "/shadow/gemini-2.5-flash-lite")
+        assert primary.model == "gpt-5-mini" and primary.lane == "primary"
+        assert float(headers["x-laneway-cost-usd"]) == pytest.approx(primary.cost_usd)
+        assert shadow.signals["shadow_of"] == primary.request_id and shadow.lane == "shadow"
+        assert shadow.cost_usd > 0 and shadow.ttft_ms is not None
+        assert 0 <= shadow.signals["similarity"] <= 1 and shadow.signals["exact"] is False
+
+
+def test_full_shadow_queue_drops_and_counts_without_blocking(sim_url: str) -> None:
+    text = """
+models:
+  slow:
+    provider: openai
+    base_url: sim:///gpt-5/v1
+    model: "gpt-5@slow_2000"
+shadow:
+  queue: 1
+  concurrency: 1
+routes:
+- target: gpt-5-mini
+  shadow: [{target: slow, sample: 1.0}]
+"""
+    sink = Sink()
+    with live_gateway(text, sim_url, telemetry=sink) as live:
+        started = time.perf_counter()
+        for i in range(5):
+            send(live, f"burst {i}")
+        elapsed = time.perf_counter() - started
+        assert live.gateway is not None
+        counters = live.gateway.shadows.counters
+    assert elapsed < 5  # five primaries, none waited for a 2 s shadow
+    assert counters.dropped_queue >= 3 and counters.submitted == 5
+    assert sink.events.count(("shadow_dropped_queue", "slow")) == counters.dropped_queue
+
+
+RETRIEVAL = f"""
+knowledge:
+  billing:
+    sources: [{ROOT / "knowledge" / "billing" / "policies.md"}]
+routes:
+- name: billing
+  target: gemini-2.5-pro
+  retrieval: {{knowledge: billing, top_k: 3, min_score: 2.0, on_miss: gpt-5}}
+"""
+
+
+def test_retrieval_grounds_the_prompt_and_misses_go_to_on_miss(sim_url: str) -> None:
+    sink = Sink()
+    with live_gateway(RETRIEVAL, sim_url, telemetry=sink) as live:
+        hit, _ = send(live, "I was charged twice on my credit card, I want a refund for the extra charge")
+        miss, _ = send(live, "xyzzy plugh")
+    grounded = sink.by_id(hit["x-request-id"])
+    assert hit["x-laneway-model"] == "gemini-2.5-pro"
+    assert grounded.retrieval_hits == 3 and grounded.retrieval_ms is not None
+    assert grounded.prompt_tokens > 200  # the passages reached the model
+    missed = sink.by_id(miss["x-request-id"])
+    assert missed.retrieval_hits == 0 and miss["x-laneway-model"] == "gpt-5"
+    assert missed.prompt_tokens < 60
+
+
+def test_retrieval_unknown_knowledge_base_is_a_config_error() -> None:
+    from laneway.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config("routes:\n- target: gpt-5\n  retrieval: {knowledge: billing}\n")
+    assert "routes[0].retrieval.knowledge" in str(caught.value) and "add a `knowledge:` section" in str(caught.value)
