@@ -30,6 +30,9 @@ class Sink:
     def count(self, event: str, model: str, n: int = 1) -> None:
         self.events.append((event, model))
 
+    def observe_queue_wait(self, model: str, seconds: float) -> None:
+        self.events.append(("queue_wait", model))
+
 
 def closed_port() -> int:
     with socket.socket() as s:

@@ -32,6 +32,9 @@ class Sink:
     def count(self, event: str, model: str, n: int = 1) -> None:
         self.events.append((event, model))
 
+    def observe_queue_wait(self, model: str, seconds: float) -> None:
+        self.events.append(("queue_wait", model))
+
     def by_id(self, request_id: str) -> Exchange:
         found = [e for e in self.exchanges if e.request_id == request_id]
         assert len(found) == 1
@@ -238,3 +241,13 @@ def test_retrieval_unknown_knowledge_base_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config("routes:\n- target: gpt-5\n  retrieval: {knowledge: billing}\n")
     assert "routes[0].retrieval.knowledge" in str(caught.value) and "add a `knowledge:` section" in str(caught.value)
+
+
+def test_streamed_primary_is_shadowed_after_it_ends(sim_url: str) -> None:
+    sink = Sink()
+    with live_gateway(SHADOW, sim_url, telemetry=sink) as live:
+        headers, body = send(live, "stream and shadow", stream=True)
+        wait_for(lambda: any(e.lane == "shadow" for e in sink.exchanges))
+    assert body.rstrip().endswith(b"[DONE]")
+    shadow = sink.by_id(headers["x-request-id"] + "/shadow/gemini-2.5-flash-lite")
+    assert shadow.signals["shadow_of"] == headers["x-request-id"] and shadow.outcome == "ok"

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .chat import ChatRequest, Chunk, Completion, Message
-from .config import Route
+from .config import ModelSpec, Route
 from .context import TokenCounter
 from .errors import (
     AllAttemptsFailed,
     ContextWindowExceeded,
+    RateLimited,
     UpstreamContextOverflow,
     UpstreamError,
     UpstreamRateLimited,
@@ -30,6 +31,7 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .exchange import OK, SKIPPED, Attempt, Exchange
+from .gate import Gate, GateRejected
 from .runtime import Runtime, fits, prepare
 
 
@@ -38,6 +40,46 @@ class Plan:
     route: Route | None
     lanes: list[tuple[str, str]]
     deadline: float  # event-loop time
+    priority: int = 1  # gate queue class: 0 escalation, 1 chat, 2 triage
+
+
+class Ticket:
+    """A gate admission held for the duration of one model's attempts (and of its stream)."""
+
+    __slots__ = ("admitted", "estimate", "gate", "used")
+
+    def __init__(self, gate: Gate | None) -> None:
+        self.gate = gate
+        self.admitted = False
+        self.estimate = (0, 0.0)  # tokens, USD charged to the gate's budgets at admission
+        self.used: tuple[int, float, float] | None = None  # tokens, USD, latency of the call that answered
+
+    def release(self) -> None:
+        if self.gate is None or not self.admitted:
+            return
+        self.admitted = False
+        if self.used is None:
+            self.gate.release(None)
+            return
+        tokens, usd, latency_ms = self.used
+        self.gate.release(latency_ms, tokens - self.estimate[0], usd - self.estimate[1])
+
+    async def hold(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+        """Pass a stream through, keeping the gate slot until it ends."""
+        if self.gate is None:
+            async for chunk in chunks:
+                yield chunk
+            return
+        started = time.perf_counter()
+        tokens = 0
+        try:
+            async for chunk in chunks:
+                if chunk.usage is not None:
+                    tokens = chunk.usage.total_tokens
+                yield chunk
+            self.used = (tokens or self.estimate[0], self.estimate[1], (time.perf_counter() - started) * 1000)
+        finally:
+            self.release()
 
 
 @dataclass(slots=True)
@@ -55,41 +97,46 @@ class Started:
 
 
 class Dispatcher:
-    def __init__(self, runtime: Runtime, counter: TokenCounter, on_breaker_open: Any = None) -> None:
+    def __init__(self, runtime: Runtime, counter: TokenCounter, sink: Any = None) -> None:
         self.runtime = runtime
         self.counter = counter
-        self.on_breaker_open = on_breaker_open
+        self.sink = sink
 
     async def complete(self, plan: Plan, messages: list[Message], params: dict[str, Any],
                        exchange: Exchange) -> Completion:
         errors: list[UpstreamError] = []
-        for lane, name, request in self._candidates(plan, messages, params, exchange):
-            for attempt_no in range(self._tries(plan)):
-                if _expired(plan):
-                    raise self._give_up(errors, exchange)
-                attempt = Attempt(name, OK, lane=lane)
-                exchange.attempts.append(attempt)
-                started = time.perf_counter()
-                try:
-                    completion = await self.runtime.providers[name].complete(request, plan.deadline)
-                except UpstreamError as error:
-                    self._failed(attempt, error, started, name, exchange)
-                    errors.append(error)
-                    if not await self._retry_pause(plan, error, attempt_no):
-                        break
-                    continue
-                self._succeeded(attempt, started, name, exchange, completion.usage.prompt_tokens,
-                                completion.usage.completion_tokens)
-                exchange.lane, exchange.model = lane, name
-                return completion
+        async for lane, name, request, ticket in self._lanes(plan, messages, params, exchange):
+            try:
+                for attempt_no in range(self._tries(plan)):
+                    if _expired(plan):
+                        raise self._give_up(errors, exchange)
+                    attempt = Attempt(name, OK, lane=lane)
+                    exchange.attempts.append(attempt)
+                    started = time.perf_counter()
+                    try:
+                        completion = await self.runtime.providers[name].complete(request, plan.deadline)
+                    except UpstreamError as error:
+                        self._failed(attempt, error, started, name, exchange)
+                        errors.append(error)
+                        if not await self._retry_pause(plan, error, attempt_no):
+                            break
+                        continue
+                    self._succeeded(attempt, started, name, exchange, completion.usage.prompt_tokens,
+                                    completion.usage.completion_tokens)
+                    exchange.lane, exchange.model = lane, name
+                    ticket.used = (completion.usage.total_tokens, attempt.cost_usd, attempt.latency_ms)
+                    return completion
+            finally:
+                ticket.release()
         raise self._give_up(errors, exchange)
 
     async def stream(self, plan: Plan, messages: list[Message], params: dict[str, Any],
                      exchange: Exchange) -> Started:
         errors: list[UpstreamError] = []
-        for lane, name, request in self._candidates(plan, messages, params, exchange):
+        async for lane, name, request, ticket in self._lanes(plan, messages, params, exchange):
             for attempt_no in range(self._tries(plan)):
                 if _expired(plan):
+                    ticket.release()
                     raise self._give_up(errors, exchange)
                 attempt = Attempt(name, OK, lane=lane)
                 exchange.attempts.append(attempt)
@@ -107,30 +154,29 @@ class Dispatcher:
                     self.runtime.breakers[name].success()
                     exchange.lane, exchange.model = lane, name
                     prompt = self.counter.count(request.messages, self.runtime.config.models[name].tokenizer)
-                    return Started(name, lane, attempt, first, chunks, prompt, started)
-                await _close(chunks)
+                    return Started(name, lane, attempt, first, ticket.hold(chunks), prompt, started)
+                await close_stream(chunks)
                 self._failed(attempt, error, started, name, exchange)
                 errors.append(error)
                 if not await self._retry_pause(plan, error, attempt_no):
                     break
+            ticket.release()
         raise self._give_up(errors, exchange)
 
     def _tries(self, plan: Plan) -> int:
         return plan.route.retry.attempts if plan.route else 2
 
-    def _candidates(self, plan: Plan, messages: list[Message], params: dict[str, Any],
-                    exchange: Exchange) -> list[tuple[str, str, ChatRequest]]:
-        """The lanes still worth trying, each with its prepared request; skipped ones are recorded."""
-        models = self.runtime.config.models
-        lanes = list(plan.lanes)
-        out: list[tuple[str, str, ChatRequest]] = []
+    async def _lanes(self, plan: Plan, messages: list[Message], params: dict[str, Any],
+                     exchange: Exchange) -> AsyncIterator[tuple[str, str, ChatRequest, Ticket]]:
+        """Walk the plan's lanes: skip (and record) models that cannot hold the prompt or whose breaker
+        is open, pass each gate, and add the `long_context` or `degrade_to` model when one is needed."""
+        lanes = plan.lanes
         overflow: list[str] = []
-        now = asyncio.get_running_loop().time()
         i = 0
         while i < len(lanes):
             lane, name = lanes[i]
             i += 1
-            spec = models[name]
+            spec = self.runtime.config.models[name]
             request = prepare(spec, messages, params)
             ok, prompt = fits(self.counter, spec, request)
             if not ok:
@@ -142,16 +188,42 @@ class Dispatcher:
                 if long_context and all(n != long_context for _, n in lanes):
                     lanes.insert(i, ("fallback", long_context))
                 continue
-            if not self.runtime.breakers[name].allows(now):
+            if not self.runtime.breakers[name].allows(asyncio.get_running_loop().time()):
                 exchange.attempts.append(Attempt(name, SKIPPED, lane=lane, error="cooldown: breaker open"))
                 continue
-            out.append((lane, name, request))
-        if not out and overflow:
+            gate = self.runtime.gates.get(name)
+            ticket = Ticket(gate)
+            if gate is not None and not await self._admit(gate, ticket, plan, lane, spec, request, prompt, exchange):
+                continue
+            yield lane, name, request, ticket
+        if overflow and not any(a.outcome != SKIPPED for a in exchange.attempts):
             raise ContextWindowExceeded(
                 f"the prompt has {exchange.prompt_tokens} tokens (plus the requested output), more than fits: "
                 f"{'; '.join(overflow)}. Trim the conversation, or give the route a `long_context:` model"
             )
-        return out
+
+    async def _admit(self, gate: Gate, ticket: Ticket, plan: Plan, lane: str, spec: ModelSpec,
+                     request: ChatRequest, prompt: int, exchange: Exchange) -> bool:
+        """Pass `spec`'s gate, or record the refusal and queue its `degrade_to` model (else raise 429)."""
+        if prompt < 0:
+            prompt = self.counter.count(request.messages, spec.tokenizer)
+        output = request.max_tokens(256)
+        ticket.estimate = (prompt + output, spec.price.cost(prompt, output))
+        try:
+            waited = await gate.admit(plan.priority, *ticket.estimate, plan.deadline)
+        except GateRejected as refused:
+            exchange.attempts.append(Attempt(spec.name, "gated", lane=lane, error=refused.reason))
+            if self.sink is not None:
+                self.sink.count("gate_rejected", spec.name)
+            degrade = spec.gate.degrade_to if spec.gate else None
+            if degrade is None:
+                raise RateLimited(f"{refused.reason}; retry later", refused.retry_after_s) from None
+            plan.lanes.insert(plan.lanes.index((lane, spec.name)) + 1, ("degraded", degrade))
+            return False
+        ticket.admitted = True
+        if self.sink is not None:
+            self.sink.observe_queue_wait(spec.name, waited)
+        return True
 
     def _failed(self, attempt: Attempt, error: UpstreamError, started: float, name: str,
                 exchange: Exchange) -> None:
@@ -162,8 +234,8 @@ class Dispatcher:
         exchange.upstream_ms += attempt.latency_ms
         if not isinstance(error, UpstreamContextOverflow):
             now = asyncio.get_running_loop().time()
-            if self.runtime.breakers[name].failure(now) and self.on_breaker_open is not None:
-                self.on_breaker_open(name)
+            if self.runtime.breakers[name].failure(now) and self.sink is not None:
+                self.sink.count("cooldown", name)
 
     def _succeeded(self, attempt: Attempt, started: float, name: str, exchange: Exchange,
                    prompt_tokens: int, completion_tokens: int) -> None:
@@ -207,7 +279,7 @@ def _expired(plan: Plan) -> bool:
     return asyncio.get_running_loop().time() >= plan.deadline
 
 
-async def _close(chunks: AsyncIterator[Chunk]) -> None:
+async def close_stream(chunks: AsyncIterator[Chunk]) -> None:
     aclose = getattr(chunks, "aclose", None)
     if aclose is not None:
         # Closing a failed upstream stream must not mask the error that made us close it.

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from . import cascade as confidence
+from .cache import CacheStore, MemoryStore, cache_key, cacheable, lookup, remember
 from .chat import Chunk, Completion, Message
 from .config import Config, load_config
 from .context import TokenCounter
@@ -21,6 +22,7 @@ from .dispatch import Dispatcher, Plan, Started
 from .errors import LanewayError
 from .exchange import OK, Attempt, Exchange
 from .grounding import ground
+from .keys import KeyPolicy, KeyRing
 from .request import ClientRequest, read_signals
 from .routing import decide
 from .runtime import Runtime
@@ -34,6 +36,8 @@ class ExchangeSink(Protocol):
 
     def count(self, event: str, model: str, n: int = 1) -> None: ...
 
+    def observe_queue_wait(self, model: str, seconds: float) -> None: ...
+
 
 class Gateway:
     def __init__(self, config: Config, *, config_path: str | Path | None = None, sim_url: str | None = None,
@@ -44,6 +48,9 @@ class Gateway:
         self.counter = TokenCounter()
         self.runtime = Runtime.build(config, sim_url)
         self.shadows = ShadowRunner(config.shadow, telemetry)
+        self.cache: CacheStore = MemoryStore(config.server.cache_entries)
+        self.keys = KeyRing(config.keys)
+        self._background: set[asyncio.Task[None]] = set()
         self.ready = False
         self._fleet: Any = None
         self._reload_lock = asyncio.Lock()
@@ -51,8 +58,9 @@ class Gateway:
 
     @classmethod
     async def start(cls, config: Config | None = None, *, config_path: str | Path | None = None,
-                    sim_url: str | None = None, telemetry: ExchangeSink | None = None) -> Gateway:
-        """Load the config (the embedded default if none), bring up the fleet if it needs one."""
+                    sim_url: str | None = None, telemetry: ExchangeSink | None = None, warm: bool = True) -> Gateway:
+        """Load the config (the embedded default if none), bring up the fleet if it needs one; with
+        `warm`, also connect to every upstream before returning (else call `warm_up()`)."""
         if config is None:
             config = load_config(config_path)
         fleet = None
@@ -64,8 +72,14 @@ class Gateway:
         gateway = cls(config, config_path=config_path, sim_url=sim_url, telemetry=telemetry)
         gateway._fleet = fleet
         gateway.counter.warm()
-        gateway.ready = True
+        if warm:
+            await gateway.warm_up()
         return gateway
+
+    async def warm_up(self) -> None:
+        """Connect to every upstream (and send configured warm-up requests); `/readyz` is 503 until then."""
+        await self.runtime.warm()
+        self.ready = True
 
     @property
     def config(self) -> Config:
@@ -80,8 +94,10 @@ class Gateway:
 
                 self._fleet = await start_fleet(config.sim.host, config.sim.port, config.sim.fleet, config.sim.seed)
                 self.sim_url = self._fleet.url
-            runtime = await asyncio.to_thread(Runtime.build, config, self.sim_url)
+            runtime = await asyncio.to_thread(Runtime.build, config, self.sim_url, self.runtime)
+            await runtime.warm()
             old, self.runtime = self.runtime, runtime
+            self.keys.update(config.keys)
             task = asyncio.create_task(old.aclose())
             self._retired.add(task)
             task.add_done_callback(self._retired.discard)
@@ -90,55 +106,108 @@ class Gateway:
             return config
 
     async def complete(self, request: ClientRequest, headers: Mapping[str, str], path: str,
-                       exchange: Exchange) -> Completion:
+                       exchange: Exchange, key: KeyPolicy | None = None) -> Completion:
         runtime = self.runtime
         runtime.enter()
         try:
-            return await self._answer(runtime, request, headers, path, exchange)
+            return await self._answer(runtime, request, headers, path, exchange, key)
         finally:
             runtime.leave()
 
     async def open_stream(self, request: ClientRequest, headers: Mapping[str, str], path: str,
-                          exchange: Exchange) -> tuple[Started, Runtime]:
+                          exchange: Exchange, key: KeyPolicy | None = None) -> tuple[Started, Runtime]:
         """Dispatch until a first chunk is in hand. The caller must `runtime.leave()` when the stream ends.
 
         With a cascade the accepted answer is held whole, then replayed as a stream."""
         runtime = self.runtime
         runtime.enter()
         try:
-            plan, messages, params = self._prepare(runtime, request, headers, path, exchange)
+            plan, messages, params = self._prepare(runtime, request, headers, path, exchange, key)
+            entry = self._cache_key(runtime, plan, messages, params)
+            cache = plan.route.cache if plan.route is not None else None
+            if entry is not None and cache is not None and cache.reads:
+                cached = await self._cached(entry, exchange)
+                if cached is not None:
+                    return _replay(cached, exchange), runtime
             if plan.route is not None and plan.route.cascade is not None:
                 completion = await self._dispatch_with_cascade(runtime, plan, messages, params, exchange)
+                if entry is not None and cache is not None and cache.writes:
+                    self._keep(entry, completion, exchange.model or "", cache.ttl_s)
                 return _replay(completion, exchange), runtime
             started = await self._dispatcher(runtime).stream(plan, messages, params, exchange)
             targets = self.shadows.targets(plan.route, exchange.request_id)
-            if targets:
-                started.rest = self._tee_for_shadow(runtime, targets, messages, params, exchange, started)
+            keep = entry if entry is not None and cache is not None and cache.writes else None
+            if targets or keep:
+                started.rest = self._tee(runtime, targets, messages, params, exchange, started, started.rest,
+                                         keep, cache.ttl_s if cache else 0.0)
             return started, runtime
         except BaseException:
             runtime.leave()
             raise
 
     async def _answer(self, runtime: Runtime, request: ClientRequest, headers: Mapping[str, str], path: str,
-                      exchange: Exchange) -> Completion:
-        plan, messages, params = self._prepare(runtime, request, headers, path, exchange)
+                      exchange: Exchange, key: KeyPolicy | None) -> Completion:
+        plan, messages, params = self._prepare(runtime, request, headers, path, exchange, key)
+        entry = self._cache_key(runtime, plan, messages, params)
+        if entry is not None and plan.route is not None and plan.route.cache.reads:
+            cached = await self._cached(entry, exchange)
+            if cached is not None:
+                return cached
         if plan.route is not None and plan.route.cascade is not None:
             completion = await self._dispatch_with_cascade(runtime, plan, messages, params, exchange)
         else:
             completion = await self._dispatcher(runtime).complete(plan, messages, params, exchange)
         self._shadow(runtime, plan, messages, params, exchange, completion.text)
+        if entry is not None and plan.route is not None and plan.route.cache.writes:
+            self._keep(entry, completion, exchange.model or "", plan.route.cache.ttl_s)
         return completion
 
+    def _cache_key(self, runtime: Runtime, plan: Plan, messages: list[Message], params: dict[str, Any]) -> str | None:
+        route = plan.route
+        if route is None or route.cache.mode == "off":
+            return None
+        target = runtime.config.models[plan.lanes[0][1]]
+        if not cacheable(route.cache, params.get("temperature", target.profile.temperature)):
+            return None
+        return cache_key(route.name, messages, params)
+
+    async def _cached(self, key: str, exchange: Exchange) -> Completion | None:
+        hit = await lookup(self.cache, key)
+        if hit is None:
+            if self.telemetry is not None:
+                self.telemetry.count("cache_miss", exchange.route or "")
+            return None
+        completion, model = hit
+        exchange.lane, exchange.model = "cache", model
+        exchange.prompt_tokens, exchange.completion_tokens = completion.usage.prompt_tokens, \
+            completion.usage.completion_tokens
+        if self.telemetry is not None:
+            self.telemetry.count("cache_hit", exchange.route or "")
+        return completion
+
+    def _keep(self, key: str, completion: Completion, model: str, ttl_s: float) -> None:
+        self._spawn(remember(self.cache, key, completion, model, ttl_s))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _prepare(self, runtime: Runtime, request: ClientRequest, headers: Mapping[str, str], path: str,
-                 exchange: Exchange) -> tuple[Plan, list[Message], dict[str, Any]]:
+                 exchange: Exchange, key: KeyPolicy | None) -> tuple[Plan, list[Message], dict[str, Any]]:
         signals = read_signals(request, headers, token_fn=self.counter.count, intent_fn=runtime.classify)
         exchange.conversation_id = signals.conversation_id or None
         decision = decide(runtime.config, request.model, path, signals, exchange.request_id)
         route = decision.route
         exchange.route = route.name if route else None
+        if key is not None:
+            exchange.api_key = key.name
+            tokens = signals.tokens + request.max_tokens(256) if key.tokens_per_minute else 0
+            self.keys.admit(key, exchange.route, tokens)
         first = runtime.config.models[decision.lanes[0][1]]
         deadline = asyncio.get_running_loop().time() + runtime.config.deadline_ms(route, first) / 1000
-        plan = Plan(route, list(decision.lanes), deadline)
+        priority = runtime.config.priorities.of(signals) if runtime.gates else 1
+        plan = Plan(route, list(decision.lanes), deadline, priority)
         messages = request.messages
         if route is not None and route.retrieval is not None:
             grounding = ground(runtime.knowledge[route.retrieval.knowledge], route.retrieval, messages,
@@ -207,26 +276,37 @@ class Gateway:
         if targets:
             self.shadows.submit(runtime, targets, messages, params, exchange, text)
 
-    async def _tee_for_shadow(self, runtime: Runtime, targets: list[str], messages: list[Message],
-                              params: dict[str, Any], exchange: Exchange, started: Started) -> AsyncIterator[Chunk]:
+    async def _tee(self, runtime: Runtime, targets: list[str], messages: list[Message], params: dict[str, Any],
+                   exchange: Exchange, started: Started, source: AsyncIterator[Chunk], key: str | None,
+                   ttl_s: float) -> AsyncIterator[Chunk]:
+        """Pass a stream through; once it has ended whole, copy it to the shadows and the cache."""
         pieces = [started.first.text]
-        async for chunk in started.rest:
+        finish, usage = started.first.finish_reason, started.first.usage
+        async for chunk in source:
             pieces.append(chunk.text)
+            finish, usage = chunk.finish_reason or finish, chunk.usage or usage
             yield chunk
-        self.shadows.submit(runtime, targets, messages, params, exchange, "".join(pieces))
+        text = "".join(pieces)
+        if targets:
+            self.shadows.submit(runtime, targets, messages, params, exchange, text)
+        if key is not None and usage is not None:
+            self._keep(key, Completion(text, finish or "stop", usage, started.model), started.model, ttl_s)
 
     def _dispatcher(self, runtime: Runtime) -> Dispatcher:
-        sink = self.telemetry
-        return Dispatcher(runtime, self.counter, (lambda m: sink.count("cooldown", m)) if sink else None)
+        return Dispatcher(runtime, self.counter, self.telemetry)
 
     def finish(self, exchange: Exchange, started_perf: float) -> None:
         exchange.latency_ms = (time.perf_counter() - started_perf) * 1000
+        if exchange.api_key is not None and exchange.cost_usd:
+            self.keys.charge_named(exchange.api_key, exchange.cost_usd)
         if self.telemetry is not None:
             self.telemetry.record(exchange)
 
     async def aclose(self) -> None:
         self.ready = False
         await self.shadows.aclose()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         await self.runtime.aclose()
         if self._retired:
             await asyncio.gather(*self._retired, return_exceptions=True)
@@ -243,7 +323,7 @@ def _replay(completion: Completion, exchange: Exchange) -> Started:
             yield Chunk(" " + word)
         yield Chunk(finish_reason=completion.finish_reason, usage=completion.usage)
 
-    attempt = exchange.attempts[-1]
-    model = exchange.model or attempt.model
+    model = exchange.model or ""
+    attempt = exchange.attempts[-1] if exchange.attempts else Attempt(model, OK, lane=exchange.lane)
     return Started(model, exchange.lane, attempt, Chunk(words[0]), rest(), completion.usage.prompt_tokens,
                    time.perf_counter(), accounted=True)

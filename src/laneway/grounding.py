@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .chat import Message
 from .config import Retrieval
-from .retrieval import KnowledgeBase, Passage, render_passages
+
+if TYPE_CHECKING:
+    from .retrieval import KnowledgeBase, Passage
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,8 @@ def ground(knowledge: KnowledgeBase, retrieval: Retrieval, messages: list[Messag
 
 
 def _inject(messages: list[Message], passages: list[Passage], style: str) -> list[Message]:
+    from .retrieval import render_passages
+
     block = {"role": "system" if style == "system" else "user", "content": render_passages(passages, style=style)}
     if style == "system":
         at = next((i for i, m in enumerate(messages) if m.get("role") not in ("system", "developer")), 0)

@@ -35,6 +35,10 @@ class ClientRequest:
     user: str
     metadata: dict[str, Any]
 
+    def max_tokens(self, default: int) -> int:
+        value = self.params.get("max_tokens", self.params.get("max_completion_tokens"))
+        return int(value) if value is not None else default
+
 
 def decode(body: bytes, max_messages: int) -> ClientRequest:
     try:

@@ -7,16 +7,23 @@ have finished.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .breaker import CircuitBreaker
 from .chat import ChatRequest, Message
 from .config import Config, KnowledgeSource, ModelSpec
 from .context import TokenCounter
+from .errors import LanewayError
+from .gate import Gate
 from .providers import Provider, create_provider
-from .retrieval import KnowledgeBase
 from .signals import IntentFn
+
+if TYPE_CHECKING:
+    from .retrieval import KnowledgeBase
+
+log = logging.getLogger("laneway")
 
 
 @dataclass
@@ -26,16 +33,36 @@ class Runtime:
     breakers: dict[str, CircuitBreaker]
     knowledge: dict[str, KnowledgeBase] = field(default_factory=dict)
     classify: IntentFn | None = None
+    gates: dict[str, Gate] = field(default_factory=dict)
     inflight: int = 0
     _drained: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
-    def build(cls, config: Config, sim_url: str | None) -> Runtime:
-        """Everything a config needs before its first request: pools, breakers, indexes, classifier."""
+    def build(cls, config: Config, sim_url: str | None, previous: Runtime | None = None) -> Runtime:
+        """Everything a config needs before its first request: pools, breakers, gates, indexes, classifier.
+
+        Gates whose policy did not change are carried over from `previous`, so a reload never
+        forgets the calls in flight behind them."""
         providers = {name: create_provider(spec, _resolve(spec, sim_url)) for name, spec in config.models.items()}
         breakers = {name: CircuitBreaker(spec.breaker) for name, spec in config.models.items()}
         knowledge = {name: _knowledge_base(source) for name, source in config.knowledge.items()}
-        return cls(config, providers, breakers, knowledge, _classifier(config))
+        old = previous.gates if previous else {}
+        gates = {name: old[name] if name in old and old[name].policy == spec.gate else Gate(name, spec.gate)
+                 for name, spec in config.models.items() if spec.gate is not None}
+        return cls(config, providers, breakers, knowledge, _classifier(config), gates)
+
+    async def warm(self, timeout_s: float = 10.0) -> None:
+        """Pre-connect every upstream; with `warmup: true`, also send one tiny request to the model."""
+        async def one(name: str, provider: Provider) -> None:
+            await provider.warm()
+            if provider.spec.warmup:
+                request = ChatRequest(provider.spec.model, [{"role": "user", "content": "ping"}], {"max_tokens": 1})
+                try:
+                    await provider.complete(request, asyncio.get_running_loop().time() + timeout_s)
+                except LanewayError as error:
+                    log.warning("laneway: warm-up request to `%s` failed: %s", name, error.message)
+
+        await asyncio.gather(*(one(name, p) for name, p in self.providers.items()))
 
     def enter(self) -> None:
         self.inflight += 1
@@ -57,6 +84,8 @@ class Runtime:
 
 
 def _knowledge_base(source: KnowledgeSource) -> KnowledgeBase:
+    from .retrieval import KnowledgeBase  # BM25 and its numeric stack load only when a route retrieves
+
     if source.index is not None:
         return KnowledgeBase.load(source.index)
     return KnowledgeBase.build(source.name, source.sources, chunk_tokens=source.chunk_tokens)

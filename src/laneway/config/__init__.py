@@ -1,6 +1,6 @@
 """Routing configuration: YAML → validated, frozen runtime objects; the matcher language."""
 
-from ._lanes import Canary, Cascade, IntentSettings, KnowledgeSource, Retrieval, Shadow, ShadowSettings
+from ._lanes import CacheSettings, Canary, Cascade, IntentSettings, KnowledgeSource, Retrieval, Shadow, ShadowSettings
 from ._loader import builtin_models, default_config_text, load_config, parse_config
 from ._matcher import Matcher, MatcherError, compile_matcher
 from ._model import (
@@ -19,6 +19,7 @@ from ._model import (
 __all__ = [
     "DEFAULT_DEADLINE_MS",
     "Breaker",
+    "CacheSettings",
     "Canary",
     "Cascade",
     "Config",

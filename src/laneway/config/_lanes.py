@@ -44,6 +44,24 @@ class Retrieval:
     on_miss: str | None = None  # model to send to when nothing relevant is found
 
 
+CACHE_MODES = ("on", "read_only", "write_only", "off")
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    mode: str = "off"  # on | read_only | write_only | off
+    ttl_s: float = 300.0
+    allow_temperature: bool = False  # also cache answers sampled with temperature > 0
+
+    @property
+    def reads(self) -> bool:
+        return self.mode in ("on", "read_only")
+
+    @property
+    def writes(self) -> bool:
+        return self.mode in ("on", "write_only")
+
+
 @dataclass(frozen=True, slots=True)
 class KnowledgeSource:
     name: str
@@ -162,3 +180,16 @@ def parse_shadow_settings(s: Section) -> tuple[list[tuple[str, float, str]], int
     spend = s.number("usd_per_hour", 5.0, minimum=0) or 0.0
     s.done()
     return targets, queue, concurrency, spend
+
+
+def parse_cache(s: Section) -> CacheSettings:
+    raw = s.raw.get("mode")
+    if isinstance(raw, bool):  # YAML reads a bare `on` / `off` as a boolean
+        s.raw["mode"] = "on" if raw else "off"
+    settings = CacheSettings(
+        mode=s.text("mode", "on", choices=CACHE_MODES) or "on",
+        ttl_s=s.number("ttl_s", 300.0, minimum=1) or 300.0,
+        allow_temperature=s.flag("allow_temperature", False),
+    )
+    s.done()
+    return settings

@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..keys import KeyPolicy
 from ..providers import PROVIDER_NAMES
 from ..telemetry import TelemetrySettings, parse_telemetry
+from ._access import parse_admin, parse_keys
 from ._analysis import analyse_table
+from ._gate import parse_gate, parse_priorities
 from ._lanes import (
     LOGPROB_PROVIDERS,
     Canary,
@@ -19,6 +22,7 @@ from ._lanes import (
     KnowledgeSource,
     Shadow,
     ShadowSettings,
+    parse_cache,
     parse_canaries,
     parse_cascade,
     parse_intents,
@@ -94,6 +98,13 @@ def _build(raw: Any, issues: Issues, source: str, base: Path) -> Config | None:
     known = {**builtin_models(), **own}
     context = _Context(parse_knowledge(top.section("knowledge"), base), top.has("knowledge"))
     intents = parse_intents(top.section("intents"), base)
+    priorities = parse_priorities(top.section("priorities"))
+    keys = parse_keys(top, base)
+    admin = parse_admin(top.section("admin"))
+    state = top.text("state")
+    if state is not None and not state.startswith(("redis://", "rediss://", "unix://")):
+        issues.add("state", f"`{state}` is not a Redis URL; use `redis://HOST:PORT/DB`")
+    _check_degrade(own, known, issues)
     shadow = _shadow_settings(top.section("shadow"), known)
     routes = _routes(top, known, issues, context)
     server = _server(top.section("server"))
@@ -101,17 +112,19 @@ def _build(raw: Any, issues: Issues, source: str, base: Path) -> Config | None:
     telemetry = _telemetry(top)
     top.value("routes")
     top.done()
+    _check_key_routes(keys, routes, issues)
     if not routes and not issues.errors:
         issues.add("routes", "no routes; add at least one route with a `target` model")
     if issues.errors:
         return None
     used = {name for r in routes for name in _models_of(r) if name} | {t.target for t in shadow.targets}
+    used |= {m.gate.degrade_to for m in known.values() if m.name in used and m.gate and m.gate.degrade_to}
     models = {**{n: known[n] for n in sorted(used)}, **own}
     for warning in analyse_table(routes):
         issues.add(warning.path, warning.message, severity="warning")
     signals = frozenset(s for r in routes for s in r.matcher.signals)
     return Config(models, tuple(routes), server, sim, telemetry, source, tuple(issues.warnings), signals,
-                  context.knowledge, intents, shadow)
+                  context.knowledge, intents, shadow, priorities, state, keys, admin)
 
 
 def _models(section: Section, issues: Issues) -> dict[str, ModelSpec]:
@@ -149,6 +162,8 @@ def _model(name: str, s: Section) -> ModelSpec | None:
         or "approx",
         direct=s.flag("direct", True), breaker=b, profile=profile,
         max_response_bytes=s.whole("max_response_bytes", 8 * 1024 * 1024, minimum=1024),
+        gate=parse_gate(s.section("gate")) if s.has("gate") else None,
+        warmup=s.flag("warmup", False),
     )
     s.done()
     return spec if provider and base_url else None
@@ -266,6 +281,8 @@ def _route_lanes(s: Section, known: dict[str, ModelSpec], context: _Context) -> 
             _model_ref(issues, c.where("verifier"), verifier, known)
         if ok:
             lanes["cascade"] = Cascade(confidence, source, ok, verifier)
+    if s.has("cache"):
+        lanes["cache"] = parse_cache(s.section("cache"))
     if s.has("retrieval"):
         r = s.section("retrieval")
         retrieval = parse_retrieval(r)
@@ -291,6 +308,25 @@ def _check_cascade(s: Section, route: Route, known: dict[str, ModelSpec]) -> Non
                          f"`{name}` speaks `{provider}`. Use `source: self_report` or `source: verifier`")
 
 
+def _check_key_routes(keys: tuple[KeyPolicy, ...], routes: list[Route], issues: Issues) -> None:
+    names = {r.name for r in routes}
+    for i, key in enumerate(keys):
+        unknown = sorted((key.routes or frozenset()) - names)
+        if unknown:
+            issues.add(f"keys[{i}].routes", f"unknown route `{unknown[0]}`; routes: {', '.join(sorted(names))}")
+
+
+def _check_degrade(own: dict[str, ModelSpec], known: dict[str, ModelSpec], issues: Issues) -> None:
+    for name, spec in own.items():
+        target = spec.gate.degrade_to if spec.gate else None
+        if target is not None:
+            path = f"models.{name}.gate.degrade_to"
+            if target == name:
+                issues.add(path, "a model cannot degrade to itself; name a cheaper model")
+            else:
+                _model_ref(issues, path, target, known)
+
+
 def _shadow_settings(s: Section, known: dict[str, ModelSpec]) -> ShadowSettings:
     targets, queue, concurrency, spend = parse_shadow_settings(s)
     shadows = tuple(Shadow(t, w) for t, w, path in targets if _model_ref(s.issues, path, t, known))
@@ -304,6 +340,7 @@ def _server(s: Section) -> ServerSettings:
         max_body_bytes=s.whole("max_body_bytes", defaults.max_body_bytes, minimum=1024),
         deadline_ms=s.whole("deadline_ms", defaults.deadline_ms, minimum=1),
         max_messages=s.whole("max_messages", defaults.max_messages, minimum=1),
+        cache_entries=s.whole("cache_entries", defaults.cache_entries, minimum=1),
     )
     s.done()
     return settings

@@ -7,8 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigIssue
+from ..gate import GatePolicy
+from ..keys import KeyPolicy
 from ..telemetry import TelemetrySettings
-from ._lanes import Canary, Cascade, IntentSettings, KnowledgeSource, Retrieval, Shadow, ShadowSettings
+from ._access import AdminSettings
+from ._gate import Priorities, default_priorities
+from ._lanes import CacheSettings, Canary, Cascade, IntentSettings, KnowledgeSource, Retrieval, Shadow, ShadowSettings
 from ._matcher import Matcher
 
 DEFAULT_DEADLINE_MS = 5000
@@ -66,6 +70,8 @@ class ModelSpec:
     breaker: Breaker = Breaker()
     profile: Profile = Profile()
     max_response_bytes: int = 8 * 1024 * 1024
+    gate: GatePolicy | None = None
+    warmup: bool = False  # send one tiny request at start-up so the first real one is not slow
 
     @property
     def simulated(self) -> bool:
@@ -94,6 +100,7 @@ class Route:
     shadows: tuple[Shadow, ...] = ()
     cascade: Cascade | None = None
     retrieval: Retrieval | None = None
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
     def matches_path(self, path: str) -> bool:
         return path == self.path or path.startswith(self.path.rstrip("/") + "/")
@@ -105,6 +112,7 @@ class ServerSettings:
     max_body_bytes: int = 1024 * 1024
     deadline_ms: int = DEFAULT_DEADLINE_MS
     max_messages: int = 2048
+    cache_entries: int = 10_000  # bound of the in-memory response cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +136,10 @@ class Config:
     knowledge: Mapping[str, KnowledgeSource] = field(default_factory=dict)
     intents: IntentSettings = field(default_factory=IntentSettings)
     shadow: ShadowSettings = field(default_factory=ShadowSettings)
+    priorities: Priorities = field(default_factory=default_priorities)
+    state: str | None = None  # redis://HOST:PORT/DB: gates, budgets, cooldowns and cache shared by replicas
+    keys: tuple[KeyPolicy, ...] = ()
+    admin: AdminSettings = field(default_factory=AdminSettings)
 
     @property
     def simulated(self) -> bool:

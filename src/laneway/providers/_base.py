@@ -8,6 +8,7 @@ are absolute event-loop times shared by the whole exchange.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from email.utils import parsedate_to_datetime
@@ -30,12 +31,16 @@ from ..errors import (
 if TYPE_CHECKING:
     from ..config import ModelSpec
 
+log = logging.getLogger("laneway")
+
 class Provider(Protocol):
     spec: ModelSpec
 
     async def complete(self, request: ChatRequest, deadline: float) -> Completion: ...
 
     def stream(self, request: ChatRequest, deadline: float) -> AsyncIterator[Chunk]: ...
+
+    async def warm(self) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -170,7 +175,7 @@ class Upstream:
     def status_error(self, status: int, headers: Any, payload: bytes, overflow: OverflowTest) -> UpstreamError:
         text = payload[:2000].decode("utf-8", "replace")
         name = self.spec.name
-        detail = _error_message(text)
+        detail = self.redact(_error_message(text))
         if status == 429:
             return UpstreamRateLimited(f"upstream rate limited: {detail}", model=name,
                                        retry_after_s=retry_after(headers.get("retry-after")))
@@ -180,6 +185,11 @@ class Upstream:
         if status >= 500 or status in (408, 409):
             return UpstreamUnavailable(f"upstream answered {status}: {detail}", model=name, upstream_status=status)
         return UpstreamRejected(f"upstream answered {status}: {detail}", model=name, upstream_status=status)
+
+    def redact(self, text: str) -> str:
+        """Upstreams sometimes echo the credential they rejected: never pass it on."""
+        key = self.api_key()
+        return text.replace(key, "[redacted]") if key else text
 
     def timeout(self) -> UpstreamTimeout:
         return UpstreamTimeout("deadline reached before the upstream answered", model=self.spec.name)
@@ -194,6 +204,16 @@ class Upstream:
         if isinstance(exc, aiohttp.ClientPayloadError):
             return UpstreamBadResponse(f"response cut short: {exc}", model=name)
         return UpstreamUnavailable(f"connection to upstream failed: {type(exc).__name__}: {exc}", model=name)
+
+    async def warm(self) -> None:
+        """Open a pooled connection now, so the first request does not pay for TCP and TLS set-up."""
+        try:
+            async with asyncio.timeout(self.spec.connect_timeout_ms / 1000 + 1):
+                async with self.session.get(self.base_url) as response:
+                    await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            log.warning("laneway: could not pre-connect to `%s` (%s): %s", self.spec.name, self.base_url,
+                        type(exc).__name__)
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -68,6 +68,9 @@ class AnthropicProvider:
             raise UpstreamBadResponse("stream ended without `message_stop`: cut mid-way",
                                       model=self.spec.name)
 
+    async def warm(self) -> None:
+        await self.upstream.warm()
+
     async def aclose(self) -> None:
         await self.upstream.aclose()
 

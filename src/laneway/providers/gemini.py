@@ -74,6 +74,9 @@ class GeminiProvider:
                                       model=self.spec.name)
         yield Chunk(finish_reason=finish, usage=usage)
 
+    async def warm(self) -> None:
+        await self.upstream.warm()
+
     async def aclose(self) -> None:
         await self.upstream.aclose()
 

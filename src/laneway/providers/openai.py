@@ -62,6 +62,9 @@ class OpenAIProvider:
         if not done:
             raise UpstreamBadResponse("stream ended without `[DONE]`: cut mid-way", model=self.spec.name)
 
+    async def warm(self) -> None:
+        await self.upstream.warm()
+
     async def aclose(self) -> None:
         await self.upstream.aclose()
 

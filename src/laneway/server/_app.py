@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import os
 import time
 from typing import Any
 from urllib.parse import parse_qs
 
-from ..errors import ConfigError, InvalidRequest, LanewayError, RequestError
+from ..errors import ConfigError, Forbidden, InvalidRequest, LanewayError, RequestError, Unauthorized
 from ..exchange import Exchange
 from ..gateway import Gateway
 from ..telemetry import Telemetry
@@ -53,6 +54,7 @@ class App:
             "/dashboard": self._dashboard,
         }
         self._post = {"/admin/reload": self._reload}
+        self._protected = frozenset({"/admin/config", "/admin/stats", "/admin/reload", "/dashboard", "/metrics"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -70,6 +72,9 @@ class App:
         try:
             if method == "POST" and path.startswith("/v1/") and path.endswith("/completions"):
                 await self._chat(scope, receive, send, headers, request_id, base)
+            elif path in self._protected:
+                self._authorize_admin(headers, path)
+                await self._admin(method, path, send, base, scope)
             elif method == "GET" and path in self._get:
                 await self._get[path](send, base, scope)
             elif method == "POST" and path in self._post:
@@ -87,8 +92,32 @@ class App:
             with contextlib.suppress(RuntimeError):  # the response may have started already
                 await respond_error(send, LanewayError("internal error; see the gateway log"), request_id, base)
 
+    async def _admin(self, method: str, path: str, send: Send, base: Headers, scope: Scope) -> None:
+        if method == "GET" and path in self._get:
+            await self._get[path](send, base, scope)
+        elif method == "POST" and path in self._post:
+            await self._post[path](send, base, scope)
+        else:
+            raise MethodNotAllowed(f"`{method} {path}` is not supported")
+
+    def _authorize_admin(self, headers: dict[str, str], path: str) -> None:
+        """Admin endpoints need the admin key once clients need keys (or an admin key is set)."""
+        config = self.gateway.config
+        if path == "/metrics" and not config.admin.protect_metrics:
+            return
+        expected = os.environ.get(config.admin.key_env, "") if config.admin.key_env else ""
+        if not expected:
+            if self.gateway.keys.enabled:
+                raise Forbidden("admin endpoints are closed: set `admin.key_env` to the variable holding the "
+                                "admin key")
+            return  # no keys at all: the gateway listens on loopback only
+        given = headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+            raise Unauthorized("admin endpoints need `Authorization: Bearer <admin key>`")
+
     async def _chat(self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str], request_id: str,
                     base: Headers) -> None:
+        key = self.gateway.keys.authenticate(headers.get("authorization")) if self.gateway.keys.enabled else None
         exchange = Exchange(request_id, time.time(), path=scope["path"])
         declared = headers.get("content-length")
         try:
@@ -96,7 +125,7 @@ class App:
         except ValueError:
             raise InvalidRequest("`content-length` is not a number") from None
         body = await read_body(receive, self.gateway.config.server.max_body_bytes, size)
-        await chat_completions(self.gateway, body, headers, scope["path"], send, exchange, base)
+        await chat_completions(self.gateway, body, headers, scope["path"], send, exchange, base, key)
 
     async def _healthz(self, send: Send, base: Headers, scope: Scope) -> None:
         await respond_json(send, 200, {"status": "ok"}, base)

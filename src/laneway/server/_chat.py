@@ -12,10 +12,11 @@ import time
 import orjson
 
 from ..chat import Chunk, Completion
-from ..dispatch import Started, account
+from ..dispatch import Started, account, close_stream
 from ..errors import LanewayError, UpstreamError, error_body
 from ..exchange import Attempt, Exchange
 from ..gateway import Gateway
+from ..keys import KeyPolicy
 from ..request import ClientRequest, decode
 from ..runtime import Runtime
 from ._asgi import JSON, Headers, Send, respond, respond_error
@@ -36,15 +37,15 @@ def laneway_headers(exchange: Exchange, cost: bool = True) -> Headers:
 
 
 async def chat_completions(gateway: Gateway, body: bytes, headers: dict[str, str], path: str, send: Send,
-                           exchange: Exchange, base: Headers) -> None:
+                           exchange: Exchange, base: Headers, key: KeyPolicy | None = None) -> None:
     started = time.perf_counter()
     try:
         request = decode(body, gateway.config.server.max_messages)
         exchange.stream = request.stream
         if request.stream:
-            await _stream(gateway, request, headers, path, send, exchange, base, started)
+            await _stream(gateway, request, headers, path, send, exchange, base, started, key)
             return
-        completion = await gateway.complete(request, headers, path, exchange)
+        completion = await gateway.complete(request, headers, path, exchange, key)
     except LanewayError as error:
         _failed(exchange, error)
         gateway.finish(exchange, started)
@@ -79,8 +80,8 @@ def _completion_body(completion: Completion, exchange: Exchange) -> bytes:
 
 
 async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, str], path: str, send: Send,
-                  exchange: Exchange, base: Headers, started_perf: float) -> None:
-    started, runtime = await gateway.open_stream(request, headers, path, exchange)
+                  exchange: Exchange, base: Headers, started_perf: float, key: KeyPolicy | None) -> None:
+    started, runtime = await gateway.open_stream(request, headers, path, exchange, key)
     try:
         encoder = _ChunkEncoder(exchange)
         await send({"type": "http.response.start", "status": 200,
@@ -98,6 +99,7 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
         else:
             tail = _account_stream(gateway, runtime, started, state, exchange, request.include_usage, encoder)
     finally:
+        await close_stream(started.rest)  # frees a gate slot at once if the client went away mid-stream
         runtime.leave()
     # Recorded before the last byte leaves, so whoever reads the whole answer finds it accounted.
     gateway.finish(exchange, started_perf)

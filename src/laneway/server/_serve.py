@@ -8,13 +8,13 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import uvicorn
 
 from ..config import Config, load_config
-from ..errors import ConfigError
+from ..errors import ConfigError, ConfigIssue
 from ..gateway import Gateway
 from ..telemetry import Telemetry
 from ._app import App
@@ -44,8 +44,17 @@ async def fleet_process(config: Config) -> AsyncIterator[str]:
             await process.wait()
 
 
-async def serve(config_path: str | Path | None, host: str, port: int) -> None:
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+async def serve(config_path: str | Path | None, host: str, port: int, allow_unauthenticated: bool = False) -> None:
     config = load_config(config_path)
+    if not config.keys:
+        if host not in LOOPBACK and not allow_unauthenticated:
+            raise ConfigError([ConfigIssue("keys", f"no client keys are configured, so Laneway listens on loopback "
+                                           f"only, not `{host}`; add `keys:` (see `laneway keys new`) or pass "
+                                           "--allow-unauthenticated")], str(config_path or "<built-in default>"))
+        log.warning("laneway: no client keys configured: every caller that reaches %s is trusted", host)
     if config.warnings:
         log.warning("laneway: %d route-table warning(s); `laneway check` lists them", len(config.warnings))
     async with contextlib.AsyncExitStack() as stack:
@@ -53,19 +62,40 @@ async def serve(config_path: str | Path | None, host: str, port: int) -> None:
         telemetry = Telemetry(config.telemetry, simulated=config.simulated)
         await telemetry.start()
         stack.push_async_callback(telemetry.aclose)  # runs after the gateway has closed: flushes the log
-        gateway = await Gateway.start(config, config_path=config_path, sim_url=sim_url, telemetry=telemetry)
-        _on_sighup(gateway)
+        gateway = await Gateway.start(config, config_path=config_path, sim_url=sim_url, telemetry=telemetry,
+                                      warm=False)
+        tasks: set[asyncio.Task[None]] = set()  # background tasks, referenced until they finish
+        warming = asyncio.create_task(gateway.warm_up())  # serves /healthz at once, /readyz once warm
+        tasks.add(warming)
+        warming.add_done_callback(tasks.discard)
+        _on_sighup(gateway, tasks)
         label = " (simulated fleet)" if config.simulated else ""
         print(f"laneway: serving {config.source}{label} on http://{host}:{port} "
               f"- {len(config.routes)} routes, {len(config.models)} models", flush=True)
-        server = uvicorn.Server(uvicorn.Config(
+        server = _Server(uvicorn.Config(
             App(gateway), host=host, port=port, loop="none", http="httptools", lifespan="on",
             access_log=False, log_level="warning", timeout_keep_alive=30, backlog=4096, proxy_headers=False,
         ))
         await server.serve()
 
 
-def _on_sighup(gateway: Gateway) -> None:
+class _Server(uvicorn.Server):
+    """uvicorn's server, but SIGINT and SIGTERM end in a graceful return (exit code 0) so the
+    exchange log is flushed, instead of re-raising the signal once the server has stopped."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+def _on_sighup(gateway: Gateway, tasks: set[asyncio.Task[None]]) -> None:
     loop = asyncio.get_running_loop()
 
     def reload() -> None:
@@ -76,11 +106,9 @@ def _on_sighup(gateway: Gateway) -> None:
                 log.error("laneway: reload failed, keeping the running config:\n%s", error)
 
         task = loop.create_task(run())
-        _pending.add(task)
-        task.add_done_callback(_pending.discard)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, reload)
 
-
-_pending: set[asyncio.Task[None]] = set()

@@ -1,0 +1,94 @@
+"""The exact response cache: a hash of the normalised request → the answer, with a TTL.
+
+Keyed by route (or directly addressed model), messages (role and text) and the generation
+parameters that change an answer. Off by default; per route `cache: {mode, ttl_s,
+allow_temperature}`. Answers sampled with `temperature > 0` are neither read nor written unless
+`allow_temperature` says so. The store is in-memory (bounded LRU) by default, Redis when the
+config has `state:`; a store that fails is a miss, never an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from typing import Any, Protocol
+
+import orjson
+
+from .chat import Completion, Message, Usage, message_text
+from .config import CacheSettings
+
+log = logging.getLogger("laneway")
+
+# Parameters that do not change the answer's content stay out of the key.
+_NOT_IN_KEY = frozenset({"user", "stream", "stream_options", "service_tier"})
+
+
+class CacheStore(Protocol):
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None: ...
+
+
+class MemoryStore:
+    """A bounded LRU with per-entry expiry."""
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    async def get(self, key: str) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, value = entry
+        if expires < time.monotonic():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        self._entries[key] = (time.monotonic() + ttl_s, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def cache_key(scope: str, messages: list[Message], params: dict[str, Any]) -> str:
+    normal = [(m.get("role"), message_text(m).strip()) for m in messages]
+    kept = {k: v for k, v in params.items() if k not in _NOT_IN_KEY}
+    payload = orjson.dumps([scope, normal, kept], option=orjson.OPT_SORT_KEYS)
+    return "laneway:cache:" + hashlib.blake2b(payload, digest_size=16).hexdigest()
+
+
+def cacheable(settings: CacheSettings, temperature: float | None) -> bool:
+    return settings.allow_temperature or not temperature
+
+
+async def lookup(store: CacheStore, key: str) -> tuple[Completion, str] | None:
+    try:
+        raw = await store.get(key)
+    except Exception as exc:  # noqa: BLE001 - a failing cache is a miss, never an error
+        log.warning("laneway: cache read failed (%s); treating as a miss", type(exc).__name__)
+        return None
+    if raw is None:
+        return None
+    data = orjson.loads(raw)
+    usage = Usage(data["prompt_tokens"], data["completion_tokens"])
+    return Completion(data["text"], data["finish_reason"], usage, data["model"]), data["model"]
+
+
+async def remember(store: CacheStore, key: str, completion: Completion, model: str, ttl_s: float) -> None:
+    value = orjson.dumps({"text": completion.text, "finish_reason": completion.finish_reason, "model": model,
+                          "prompt_tokens": completion.usage.prompt_tokens,
+                          "completion_tokens": completion.usage.completion_tokens})
+    try:
+        await store.set(key, value, ttl_s)
+    except Exception as exc:  # noqa: BLE001 - a failing cache must not fail the answer it would have kept
+        log.warning("laneway: cache write failed (%s)", type(exc).__name__)

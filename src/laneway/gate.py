@@ -1,0 +1,182 @@
+"""The throttled gate in front of an expensive model: admission control with a priority queue.
+
+A gate bounds a model's concurrent calls, tokens per minute and USD per minute. A request that
+cannot be admitted waits in a priority queue (escalations and urgent/high first, normal chat
+next, email triage last) for at most its class's queue timeout and never past its own deadline;
+then it is rejected, and the caller degrades it to `degrade_to` or answers 429 with Retry-After.
+
+With `adaptive`, the concurrency limit follows the model's observed p95 (AIMD): it is cut by
+`decrease` when p95 is over `target_p95_ms` and grows by one when p95 is comfortably under it
+and the gate is busy. Decisions are pure functions (`next_limit`, `Budget.take`) so they test
+without a clock or a network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from dataclasses import dataclass, field
+
+PRIORITY_CLASSES = ("escalation", "chat", "triage")
+
+
+@dataclass(frozen=True, slots=True)
+class Adaptive:
+    target_p95_ms: float
+    min_concurrency: int = 1
+    decrease: float = 0.7  # multiplicative cut when p95 is over target
+    window: int = 50  # completed calls per adjustment
+
+
+@dataclass(frozen=True, slots=True)
+class GatePolicy:
+    max_concurrency: int | None = None
+    tokens_per_minute: int | None = None
+    usd_per_minute: float | None = None
+    queue_timeout_ms: tuple[int, int, int] = (2000, 1000, 250)  # per priority class
+    degrade_to: str | None = None
+    adaptive: Adaptive | None = None
+
+
+class GateRejected(Exception):
+    def __init__(self, reason: str, retry_after_s: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+def next_limit(limit: int, p95_ms: float, busy: bool, policy: Adaptive, ceiling: int) -> int:
+    """One AIMD step for the concurrency limit."""
+    if p95_ms > policy.target_p95_ms:
+        return max(policy.min_concurrency, int(limit * policy.decrease))
+    if p95_ms < 0.8 * policy.target_p95_ms and busy:
+        return min(ceiling, limit + 1)
+    return limit
+
+
+@dataclass(slots=True)
+class Budget:
+    """A token bucket refilled continuously at `per_minute`; holds at most one minute's worth."""
+
+    per_minute: float
+    level: float = -1.0
+    stamp: float = 0.0
+
+    def take(self, amount: float, now: float) -> float:
+        """Take `amount` if available and return 0; else return the seconds until it will be."""
+        if self.level < 0:
+            self.level, self.stamp = self.per_minute, now
+        self.level = min(self.per_minute, self.level + (now - self.stamp) * self.per_minute / 60)
+        self.stamp = now
+        if amount <= self.level or amount > self.per_minute:
+            # A single request larger than a minute's budget is let through alone rather than never.
+            self.level -= amount
+            return 0.0
+        return (amount - self.level) * 60 / self.per_minute
+
+    def refund(self, amount: float) -> None:
+        self.level = min(self.per_minute, self.level + amount)
+
+
+@dataclass(order=True)
+class _Waiter:
+    priority: int
+    seq: int
+    future: asyncio.Future[None] = field(compare=False)
+
+
+class Gate:
+    def __init__(self, model: str, policy: GatePolicy) -> None:
+        self.model = model
+        self.policy = policy
+        self.ceiling = policy.max_concurrency or 1_000_000
+        self.limit = self.ceiling
+        self.in_flight = 0
+        self.tokens = Budget(policy.tokens_per_minute) if policy.tokens_per_minute else None
+        self.dollars = Budget(policy.usd_per_minute) if policy.usd_per_minute else None
+        self._queue: list[_Waiter] = []
+        self._seq = itertools.count()
+        self._latencies: list[float] = []
+        self.admitted = 0
+        self.rejected = 0
+
+    async def admit(self, priority: int, tokens: int, usd: float, deadline: float) -> float:
+        """Wait for a slot and budget; return the seconds waited, or raise `GateRejected`."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        limit_at = min(deadline, started + self.policy.queue_timeout_ms[priority] / 1000)
+        if self.in_flight < self.limit and not self._queue:
+            self.in_flight += 1
+        else:
+            await self._wait_for_slot(priority, limit_at)  # returns holding the slot `release` handed over
+        try:
+            await self._spend(tokens, usd, limit_at)
+        except GateRejected:
+            self.release(None)
+            raise
+        self.admitted += 1
+        return loop.time() - started
+
+    async def _wait_for_slot(self, priority: int, limit_at: float) -> None:
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(priority, next(self._seq), loop.create_future())
+        heapq.heappush(self._queue, waiter)
+        try:
+            async with asyncio.timeout_at(limit_at):
+                await waiter.future
+        except TimeoutError:
+            if waiter.future.done() and not waiter.future.cancelled():
+                return  # the slot was handed over just as the wait ran out: take it
+            if waiter in self._queue:  # `release` may have popped it, already cancelled, meanwhile
+                self._queue.remove(waiter)
+                heapq.heapify(self._queue)
+            self.rejected += 1
+            raise GateRejected(f"`{self.model}` is at its concurrency limit ({self.limit}); queue wait timed out",
+                               self._retry_after()) from None
+        except asyncio.CancelledError:
+            if waiter.future.done() and not waiter.future.cancelled():
+                self.release(None)  # handed a slot, but the request was abandoned: pass it on
+            raise
+
+    async def _spend(self, tokens: int, usd: float, limit_at: float) -> None:
+        loop = asyncio.get_running_loop()
+        for budget, amount, unit in ((self.tokens, tokens, "tokens"), (self.dollars, usd, "USD")):
+            if budget is None:
+                continue
+            wait = budget.take(amount, time.monotonic())
+            if wait == 0:
+                continue
+            if loop.time() + wait > limit_at:
+                self.rejected += 1
+                raise GateRejected(f"`{self.model}` is over its {unit} per minute budget", wait)
+            await asyncio.sleep(wait)
+            budget.take(amount, time.monotonic())
+
+    def release(self, latency_ms: float | None, tokens_over: int = 0, usd_over: float = 0.0) -> None:
+        """A call ended; correct the budgets by what it really used, and let the next waiter in."""
+        self.in_flight -= 1
+        if self.tokens is not None and tokens_over:
+            self.tokens.refund(-tokens_over)
+        if self.dollars is not None and usd_over:
+            self.dollars.refund(-usd_over)
+        if latency_ms is not None and self.policy.adaptive is not None:
+            self._observe(latency_ms, self.policy.adaptive)
+        while self._queue and self.in_flight < self.limit:
+            waiter = heapq.heappop(self._queue)
+            if not waiter.future.done():
+                self.in_flight += 1  # handed over: the waiter wakes up already holding it
+                waiter.future.set_result(None)
+
+    def _observe(self, latency_ms: float, adaptive: Adaptive) -> None:
+        self._latencies.append(latency_ms)
+        if len(self._latencies) < adaptive.window:
+            return
+        ordered = sorted(self._latencies)
+        p95 = ordered[int(0.95 * (len(ordered) - 1))]
+        self._latencies.clear()
+        self.limit = next_limit(self.limit, p95, self.in_flight >= self.limit - 1, adaptive, self.ceiling)
+
+    def _retry_after(self) -> float:
+        return max(1.0, self.policy.queue_timeout_ms[0] / 1000)

@@ -1,0 +1,119 @@
+"""Client API keys: stored as SHA-256 hashes, each with optional allowed routes, a request and a
+token rate per minute, and a USD budget per period. Checks are pure functions of the key's
+policy and its running counters.
+
+Key material never lives in config files: `laneway keys new NAME` prints a fresh key (give it to
+the client) and the line to paste into `keys:` (its hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from .errors import Forbidden, RateLimited, Unauthorized
+from .gate import Budget
+
+PERIODS = {"day": 86_400, "month": 30 * 86_400, "total": 0}
+
+
+def hash_key(key: str) -> str:
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return "lw-" + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPolicy:
+    name: str
+    digest: str  # "sha256:<hex>"
+    routes: frozenset[str] | None = None  # None: every route
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    usd_budget: float | None = None
+    budget_period: str = "month"  # day | month | total
+
+
+@dataclass(slots=True)
+class _Usage:
+    requests: Budget | None
+    tokens: Budget | None
+    spent: float = 0.0
+    period_start: float = field(default_factory=time.time)
+
+
+class KeyRing:
+    """The configured keys and what each has used, for one gateway process."""
+
+    def __init__(self, policies: tuple[KeyPolicy, ...]) -> None:
+        self.by_digest = {p.digest: p for p in policies}
+        self._usage: dict[str, _Usage] = {}
+
+    def update(self, policies: tuple[KeyPolicy, ...]) -> None:
+        """Take a reloaded key list; what each surviving key has used is kept."""
+        self.by_digest = {p.digest: p for p in policies}
+
+    def charge_named(self, name: str, cost_usd: float) -> None:
+        for policy in self.by_digest.values():
+            if policy.name == name:
+                self.charge(policy, cost_usd)
+                return
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.by_digest)
+
+    def authenticate(self, authorization: str | None) -> KeyPolicy:
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
+        digest = hash_key(authorization[7:].strip())
+        for known, policy in self.by_digest.items():
+            if hmac.compare_digest(known, digest):
+                return policy
+        raise Unauthorized("invalid API key")
+
+    def admit(self, policy: KeyPolicy, route: str | None, tokens: int) -> None:
+        """Raise if `policy` may not send this request now; otherwise count it."""
+        if policy.routes is not None and route not in policy.routes:
+            raise Forbidden(f"key `{policy.name}` may not use route `{route}`; allowed: "
+                            f"{', '.join(sorted(policy.routes)) or 'none'}")
+        usage = self._usage_of(policy)
+        now = time.monotonic()
+        self._roll_period(policy, usage)
+        if policy.usd_budget is not None and usage.spent >= policy.usd_budget:
+            raise RateLimited(f"key `{policy.name}` has spent its {policy.budget_period} budget of "
+                              f"${policy.usd_budget:g}", retry_after_s=self._period_left(policy, usage))
+        if usage.requests is not None and (wait := usage.requests.take(1, now)) > 0:
+            raise RateLimited(f"key `{policy.name}` is over {policy.requests_per_minute} requests per minute",
+                              retry_after_s=wait)
+        if usage.tokens is not None and (wait := usage.tokens.take(tokens, now)) > 0:
+            raise RateLimited(f"key `{policy.name}` is over {policy.tokens_per_minute} tokens per minute",
+                              retry_after_s=wait)
+
+    def charge(self, policy: KeyPolicy, cost_usd: float) -> None:
+        self._usage_of(policy).spent += cost_usd
+
+    def spent(self, policy: KeyPolicy) -> float:
+        return self._usage_of(policy).spent
+
+    def _usage_of(self, policy: KeyPolicy) -> _Usage:
+        usage = self._usage.get(policy.digest)
+        if usage is None:
+            usage = _Usage(Budget(policy.requests_per_minute) if policy.requests_per_minute else None,
+                           Budget(policy.tokens_per_minute) if policy.tokens_per_minute else None)
+            self._usage[policy.digest] = usage
+        return usage
+
+    def _roll_period(self, policy: KeyPolicy, usage: _Usage) -> None:
+        length = PERIODS[policy.budget_period]
+        if length and time.time() - usage.period_start >= length:
+            usage.spent, usage.period_start = 0.0, time.time()
+
+    def _period_left(self, policy: KeyPolicy, usage: _Usage) -> float:
+        length = PERIODS[policy.budget_period]
+        return max(1.0, usage.period_start + length - time.time()) if length else 3600.0

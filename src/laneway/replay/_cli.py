@@ -1,0 +1,84 @@
+"""The `demo` command: replay the incident on the simulated fleet and print the before/after table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ._driver import Progress
+from ._fleet import fleet_processes
+from ._html import render_html
+from ._progress import ProgressBar
+from ._run import ARCHITECTURES, DEFAULT_RATE, DEFAULT_SEED, DemoResult, DemoSettings, run_demo
+from ._table import render_table, result_json
+from ._traces import Trace, load_trace
+
+QUICK = {"normal_s": 5.0, "burst_s": 10.0}
+FULL = {"normal_s": 20.0, "burst_s": 20.0}
+
+
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `demo`; its handler is `args.func(args) -> int`."""
+    demo = subparsers.add_parser(
+        "demo", help="replay the incident on the simulated fleet: heavy model only vs routed (SIMULATED)",
+        description="Replay real support conversations through the gateway core, at normal traffic then a "
+                    "3x burst, once with the single heavy model (before) and once with the routing "
+                    "architecture (after), and print the SIMULATED before/after figures.")
+    demo.add_argument("--quick", action="store_true", help="a short run (about 25 s) instead of the full one")
+    demo.add_argument("--json", type=Path, metavar="PATH", help='write {"before": ..., "after": ...} figures')
+    demo.add_argument("--html", type=Path, metavar="PATH", default=Path("laneway-demo.html"),
+                      help="HTML report with latency plots (default: laneway-demo.html)")
+    demo.add_argument("--rate", type=_positive, default=DEFAULT_RATE,
+                      help=f"normal traffic, requests per second; the burst is 3x (default {DEFAULT_RATE:g})")
+    demo.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of arrivals, conversations, fleet")
+    demo.add_argument("--traces", type=Path, metavar="PATH",
+                      help="trace file (default: data/traces/support.json)")
+    demo.set_defaults(func=demo_command)
+
+
+def settings_for(args: argparse.Namespace) -> DemoSettings:
+    durations = QUICK if args.quick else FULL
+    return DemoSettings(rate=args.rate, seed=args.seed, **durations)
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    settings = settings_for(args)
+    trace = load_trace(args.traces)
+    result = run(trace, settings)
+    print(render_table(result))
+    if args.html is not None:
+        args.html.write_text(render_html(result), encoding="utf-8")
+        print(f"HTML report (SIMULATED): {args.html}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(result_json(result, args.quick), indent=2) + "\n", encoding="utf-8")
+        print(f"JSON figures (SIMULATED): {args.json}")
+    return 0
+
+
+def run(trace: Trace, settings: DemoSettings) -> DemoResult:
+    import uvloop
+
+    names = tuple(name for name, _ in ARCHITECTURES)
+    expected = sum(p.rate * p.duration_s for p in settings.phases)
+    bar = ProgressBar(sys.stderr, expected, names)
+
+    def report(name: str, progress: Progress) -> None:
+        bar.update(name, progress)
+
+    with fleet_processes(settings.seed, len(names)) as urls:
+        result = uvloop.run(run_demo(trace, settings, dict(zip(names, urls, strict=True)), report))
+    bar.close()
+    return result
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"`{text}` is not a number; give requests per second, e.g. 6") \
+            from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"`{text}` must be above 0 requests per second")
+    return value

@@ -1,0 +1,106 @@
+"""The exact response cache: hits replay the stored answer (also as a stream), sampling with
+temperature > 0 is never cached unless allowed, and the modes are honoured."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+import pytest
+
+from _live import LiveGateway, live_gateway
+from laneway.cache import MemoryStore, cache_key
+
+CONFIG = """
+routes:
+- name: cached
+  matcher: "metadata.mode == on"
+  target: gpt-5-mini
+  cache: {mode: on, ttl_s: 60}
+- name: read-only
+  matcher: "metadata.mode == read_only"
+  target: gpt-5-mini
+  cache: {mode: read_only}
+- name: hot
+  matcher: "metadata.mode == hot"
+  target: gpt-5-mini
+  cache: {mode: on, allow_temperature: true}
+- name: plain
+  target: gpt-5-mini
+"""
+
+
+def send(live: LiveGateway, content: str, mode: str, **body: Any) -> tuple[dict[str, str], bytes]:
+    payload = {"model": "laneway", "messages": [{"role": "user", "content": content}],
+               "metadata": {"mode": mode}, **body}
+    request = urllib.request.Request(live.url + "/v1/chat/completions", data=json.dumps(payload).encode())
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return dict(response.headers), response.read()
+
+
+def text_of(body: bytes) -> str:
+    return str(json.loads(body)["choices"][0]["message"]["content"])
+
+
+def streamed_text(body: bytes) -> str:
+    events = [line[6:] for line in body.decode().splitlines() if line.startswith("data: {")]
+    return "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events
+                   if json.loads(e)["choices"])
+
+
+@pytest.fixture(scope="module")
+def live(sim_url: str) -> Any:
+    with live_gateway(CONFIG, sim_url) as gateway:
+        yield gateway
+
+
+def test_second_identical_request_is_a_cache_hit(live: LiveGateway) -> None:
+    first_headers, first = send(live, "where is my parcel", "on", temperature=0)
+    second_headers, second = send(live, "where is my parcel", "on", temperature=0)
+    assert first_headers["x-laneway-lane"] == "primary"
+    assert second_headers["x-laneway-lane"] == "cache"
+    assert second_headers["x-laneway-model"] == "gpt-5-mini"
+    assert text_of(second) == text_of(first)
+    assert float(second_headers["x-laneway-cost-usd"]) == 0.0 < float(first_headers["x-laneway-cost-usd"])
+    stream_headers, streamed = send(live, "where is my parcel", "on", temperature=0, stream=True)
+    assert stream_headers["x-laneway-lane"] == "cache"
+    assert streamed_text(streamed) == text_of(first) and streamed.rstrip().endswith(b"[DONE]")
+
+
+def test_streamed_answers_are_cached_and_replayed(live: LiveGateway) -> None:
+    _, first = send(live, "cancel my order", "on", temperature=0, stream=True)
+    headers, second = send(live, "cancel my order", "on", temperature=0)
+    assert headers["x-laneway-lane"] == "cache"
+    assert text_of(second) == streamed_text(first)
+
+
+def test_sampled_answers_are_not_cached_unless_allowed(live: LiveGateway) -> None:
+    send(live, "reset my password", "on", temperature=0.7)
+    headers, _ = send(live, "reset my password", "on", temperature=0.7)
+    assert headers["x-laneway-lane"] == "primary"
+    send(live, "reset my password", "hot", temperature=0.7)
+    headers, _ = send(live, "reset my password", "hot", temperature=0.7)
+    assert headers["x-laneway-lane"] == "cache"
+
+
+def test_read_only_never_writes(live: LiveGateway) -> None:
+    send(live, "update my address", "read_only", temperature=0)
+    headers, _ = send(live, "update my address", "read_only", temperature=0)
+    assert headers["x-laneway-lane"] == "primary"
+
+
+async def test_memory_store_bounds_and_expiry() -> None:
+    store = MemoryStore(max_entries=2)
+    for key in ("a", "b", "c"):
+        await store.set(key, key.encode(), ttl_s=60)
+    assert await store.get("a") is None and await store.get("c") == b"c" and len(store) == 2
+    await store.set("old", b"x", ttl_s=-1)
+    assert await store.get("old") is None
+
+
+def test_cache_key_ignores_what_does_not_change_the_answer() -> None:
+    messages = [{"role": "user", "content": "hi "}]
+    assert cache_key("r", messages, {"user": "a"}) == cache_key("r", [{"role": "user", "content": "hi"}], {})
+    assert cache_key("r", messages, {"max_tokens": 5}) != cache_key("r", messages, {})
+    assert cache_key("r", messages, {}) != cache_key("other", messages, {})

@@ -1,0 +1,222 @@
+"""`laneway demo`: figure functions, traces, the two architectures, and a short real replay."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from laneway.errors import ConfigError
+from laneway.replay import (
+    DemoSettings,
+    Phase,
+    Record,
+    _cli,
+    add_commands,
+    architecture_config,
+    arrivals,
+    cost_per_conversation,
+    escalation_throughput,
+    figures,
+    load_trace,
+    percentile,
+    schedule,
+    timeouts,
+    traffic_share,
+)
+from laneway.routing import decide
+from laneway.signals import Signals
+
+TIMEOUT = "model_inference_deadline_exceeded"
+
+
+def record(conversation: str = "c1", *, model: str | None = "m", outcome: str = "ok", cost: float = 0.0,
+           latency: float = 100.0, escalation: bool = False, phase: str = "normal") -> Record:
+    return Record(phase, 0.0, conversation, "chat", escalation, latency, model, "primary", "r", outcome, cost)
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+def test_percentile_interpolates_between_closest_ranks() -> None:
+    assert percentile(list(range(1, 101)), 50) == pytest.approx(50.5)
+    assert percentile([4.0, 1.0, 3.0, 2.0], 95) == pytest.approx(3.85)
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([], 95) == 0.0
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_traffic_share_counts_failed_requests_under_the_model_tried() -> None:
+    shares = traffic_share([record(model="a"), record(model="a"), record(model="b", outcome=TIMEOUT),
+                            record(model=None, outcome="no_route")])
+    assert shares == {"a": 0.5, "b": 0.25, "none": 0.25}
+    assert list(shares) == ["a", "b", "none"]
+
+
+def test_cost_per_conversation_divides_by_distinct_conversations() -> None:
+    records = [record("c1", cost=0.1), record("c1", cost=0.2), record("c2", cost=0.3)]
+    assert cost_per_conversation(records) == pytest.approx(0.3)
+    assert cost_per_conversation([]) == 0.0
+
+
+def test_escalation_throughput_counts_escalations_answered_ok() -> None:
+    records = [record(escalation=True), record(escalation=True, outcome=TIMEOUT), record(escalation=True),
+               record(escalation=False)]
+    throughput = escalation_throughput(records, duration_s=30.0)
+    assert (throughput.offered, throughput.ok) == (3, 2)
+    assert throughput.ok_per_min == pytest.approx(4.0)
+    assert throughput.offered_per_min == pytest.approx(6.0)
+    assert throughput.ok_ratio == pytest.approx(2 / 3)
+
+
+def test_figures_count_timeouts_in_latency_and_errors() -> None:
+    records = [record(latency=float(ms)) for ms in range(100, 1000, 10)] + [
+        record("c9", latency=5000.0, outcome=TIMEOUT) for _ in range(10)]
+    fig = figures(records, duration_s=60.0)
+    assert fig.requests == 100
+    assert fig.timeouts == timeouts(records) == 10
+    assert fig.errors == 10
+    assert fig.p99_ms == 5000.0
+    assert fig.p50_ms == pytest.approx(595.0)
+    assert fig.conversations == 2
+    body = fig.to_json()
+    assert body["outcomes"] == {"ok": 90, TIMEOUT: 10}
+    assert body["escalation_throughput"]["ok_ratio"] == 1.0
+
+
+def test_arrivals_offer_exactly_the_expected_load_per_phase() -> None:
+    phases = [Phase("normal", 6.0, 10.0), Phase("burst", 18.0, 5.0)]
+    times = arrivals(phases, seed=3)
+    normal = [t for t, p in times if p == "normal"]
+    burst = [t for t, p in times if p == "burst"]
+    assert (len(normal), len(burst)) == (60, 90)
+    assert all(0 <= t < 10 for t in normal) and all(10 <= t < 15 for t in burst)
+    assert [t for t, _ in times] == sorted(t for t, _ in times)
+    assert arrivals(phases, seed=3) == times
+    assert arrivals(phases, seed=4) != times
+
+
+# --- traces -------------------------------------------------------------------------------------
+
+def test_trace_holds_every_kind_and_long_dialogs_grow_turn_by_turn() -> None:
+    trace = load_trace()
+    kinds = {c.kind for c in trace.conversations}
+    assert kinds == {"chat", "email", "escalation", "long"}
+    for conversation in trace.of_kind("long"):
+        lengths = [t.upto for t in conversation.turns]
+        assert lengths == sorted(lengths) and len(set(lengths)) == len(lengths)
+        assert sum(m["role"] in ("user", "assistant") for m in conversation.messages) > 8
+    for conversation in trace.conversations:
+        for turn in conversation.turns:
+            assert conversation.messages[turn.upto - 1]["role"] == "user"
+    assert all(c.channel == "email" for c in trace.of_kind("email"))
+    assert all(t.escalation for c in trace.of_kind("escalation") for t in c.turns)
+
+
+def test_schedule_is_deterministic_and_has_the_case_studys_mix() -> None:
+    trace = load_trace()
+    stream = schedule(trace, seed=5)
+    requests = [next(stream) for _ in range(3000)]
+    again = schedule(trace, seed=5)
+    assert [r.conversation_id for r in requests[:200]] == [next(again).conversation_id for _ in range(200)]
+    seen: dict[str, int] = {}
+    for request in requests:
+        size = len(request.messages)
+        assert size > seen.get(request.conversation_id, 0)  # a conversation's turns come in order
+        seen[request.conversation_id] = size
+    dialog = sum(1 for r in requests if sum(m["role"] in ("user", "assistant") for m in r.messages) > 8)
+    escalated = sum(r.escalation for r in requests)
+    email = sum(r.metadata["channel"] == "email" for r in requests)
+    assert 0.01 <= escalated / len(requests) <= 0.06
+    assert 0.06 <= (dialog + escalated) / len(requests) <= 0.12
+    assert 0.08 <= email / len(requests) <= 0.18
+
+
+def test_trace_errors_say_how_to_fix_them(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"build_traces\.py"):
+        load_trace(tmp_path / "missing.json")
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ConfigError, match="laneway-traces/1"):
+        load_trace(wrong)
+
+
+# --- the two architectures ---------------------------------------------------------------------
+
+def test_before_sends_everything_to_the_heavy_model_without_a_context_check() -> None:
+    before = architecture_config("before")
+    assert set(before.models) == {"heavy-foundation"}
+    assert before.models["heavy-foundation"].context_window > 8192  # the window the old pipeline believed
+    for signals in (Signals([], escalation=True), Signals([], channel="email"), Signals([])):
+        decision = decide(before, "laneway", "/v1/chat/completions", signals)
+        assert decision.lanes == (("primary", "heavy-foundation"),)
+
+
+@pytest.mark.parametrize(("signals", "target"), [
+    (Signals([{"role": "user", "content": "hi"}]), "gemini-2.5-flash-lite"),
+    (Signals([{"role": "user", "content": "hi"}], metadata={"topic": "billing"}), "claude-sonnet-37"),
+    (Signals([{"role": "user", "content": "hi"}], channel="email"), "gpt-5-mini"),
+    (Signals([{"role": "user", "content": "hi"}], escalation=True), "heavy-foundation"),
+    (Signals([{"role": "user", "content": "hi"}] * 9), "heavy-foundation"),
+])
+def test_after_routes_by_signal(signals: Signals, target: str) -> None:
+    after = architecture_config("after")
+    decision = decide(after, "laneway", "/v1/chat/completions", signals)
+    assert decision.lanes[0] == ("primary", target)
+    assert after.models["heavy-foundation"].context_window == 8192
+    if target == "heavy-foundation":
+        assert decision.route is not None and decision.route.long_context == "gpt-5"
+
+
+def test_unknown_architecture_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="`before` or `after`"):
+        architecture_config("sideways")
+
+
+# --- a short real replay through the command ---------------------------------------------------
+
+def test_demo_command_beats_the_heavy_model_under_burst(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(_cli, "QUICK", {"normal_s": 3.0, "burst_s": 8.0})
+    parser = argparse.ArgumentParser(prog="laneway")
+    add_commands(parser.add_subparsers())
+    out_json, out_html = tmp_path / "demo.json", tmp_path / "demo.html"
+    args = parser.parse_args(["demo", "--quick", "--json", str(out_json), "--html", str(out_html),
+                              "--seed", "7"])
+    assert args.func(args) == 0
+
+    printed = capsys.readouterr()
+    assert "SIMULATED" in printed.out and "case study" in printed.out
+    assert "SIMULATED replay" in printed.err
+    result = json.loads(out_json.read_text())
+    assert set(result) == {"before", "after"}
+    for fig in result.values():
+        for key in ("p50_ms", "p95_ms", "p99_ms", "cost_per_conversation_usd", "traffic_share", "timeouts",
+                    "escalation_throughput"):
+            assert key in fig
+        assert fig["simulated"] is True
+        assert sum(fig["traffic_share"].values()) == pytest.approx(1.0, abs=1e-3)
+    before, after = result["before"], result["after"]
+    assert before["traffic_share"] == {"heavy-foundation": 1.0}
+    assert after["phases"]["burst"]["p95_ms"] < before["phases"]["burst"]["p95_ms"]
+    assert after["cost_per_conversation_usd"] < before["cost_per_conversation_usd"]
+    assert 0.04 <= after["traffic_share"].get("heavy-foundation", 0.0) <= 0.15
+    assert after["efficient_share"] >= 0.7
+    assert after["timeouts"] == 0
+    page = out_html.read_text()
+    assert "<svg" in page and "SIMULATED" in page
+    assert "<script" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_settings_for_quick_and_full_runs() -> None:
+    parser = argparse.ArgumentParser(prog="laneway")
+    add_commands(parser.add_subparsers())
+    quick = _cli.settings_for(parser.parse_args(["demo", "--quick", "--rate", "4"]))
+    full = _cli.settings_for(parser.parse_args(["demo"]))
+    assert quick.rate == 4.0 and quick.normal_s + quick.burst_s < full.normal_s + full.burst_s
+    assert [p.rate for p in full.phases] == [full.rate, full.rate * 3]
+    assert isinstance(full, DemoSettings)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["demo", "--rate", "0"])

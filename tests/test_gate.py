@@ -1,0 +1,152 @@
+"""The throttled gate: AIMD and budgets as pure functions, admission order and bounds on a real
+event loop, and degradation / 429 through a live gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from _live import live_gateway
+from laneway.gate import Adaptive, Budget, Gate, GatePolicy, GateRejected, next_limit
+
+ADAPTIVE = Adaptive(target_p95_ms=1000, min_concurrency=2)
+
+
+@pytest.mark.parametrize(("limit", "p95", "busy", "expected"), [
+    (10, 1500, True, 7),     # over target: multiplicative decrease
+    (2, 5000, True, 2),      # never under the floor
+    (7, 500, True, 8),       # comfortably under target and busy: additive increase
+    (16, 500, True, 16),     # never over the ceiling
+    (7, 500, False, 7),      # not busy: no reason to grow
+    (7, 900, True, 7),       # near target: hold
+])
+def test_aimd_steps(limit: int, p95: float, busy: bool, expected: int) -> None:
+    assert next_limit(limit, p95, busy, ADAPTIVE, ceiling=16) == expected
+
+
+def test_budget_refills_per_minute() -> None:
+    budget = Budget(per_minute=600)
+    assert budget.take(500, now=0.0) == 0.0
+    assert budget.take(200, now=0.0) == pytest.approx(10.0)  # 100 short at 10 per second
+    assert budget.take(200, now=10.0) == 0.0
+    assert budget.take(5000, now=10.0) == 0.0  # larger than a minute's budget: let through alone
+
+
+async def test_priority_order_and_concurrency_bound() -> None:
+    gate = Gate("heavy", GatePolicy(max_concurrency=1, queue_timeout_ms=(5000, 5000, 5000)))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    await gate.admit(1, 0, 0.0, deadline)
+    order: list[str] = []
+
+    async def waiter(name: str, priority: int) -> None:
+        await gate.admit(priority, 0, 0.0, deadline)
+        order.append(name)
+        assert gate.in_flight == 1
+        await asyncio.sleep(0.01)
+        gate.release(10.0)
+
+    tasks = [asyncio.create_task(waiter("triage", 2)), asyncio.create_task(waiter("chat", 1))]
+    await asyncio.sleep(0.01)
+    tasks.append(asyncio.create_task(waiter("escalation", 0)))
+    await asyncio.sleep(0.01)
+    gate.release(10.0)
+    await asyncio.gather(*tasks)
+    assert order == ["escalation", "chat", "triage"]
+    assert gate.in_flight == 0
+
+
+async def test_queue_timeout_and_deadline_bound_the_wait() -> None:
+    gate = Gate("heavy", GatePolicy(max_concurrency=1, queue_timeout_ms=(1000, 1000, 50)))
+    loop = asyncio.get_running_loop()
+    await gate.admit(0, 0, 0.0, loop.time() + 10)
+    started = loop.time()
+    with pytest.raises(GateRejected) as caught:
+        await gate.admit(2, 0, 0.0, loop.time() + 10)
+    assert 0.04 < loop.time() - started < 0.5 and caught.value.retry_after_s >= 1
+    started = loop.time()
+    with pytest.raises(GateRejected):
+        await gate.admit(0, 0, 0.0, loop.time() + 0.05)  # its deadline comes before its class's timeout
+    assert loop.time() - started < 0.5
+    assert gate.in_flight == 1 and gate.rejected == 2
+
+
+async def test_abandoned_waiter_gives_its_slot_back() -> None:
+    gate = Gate("heavy", GatePolicy(max_concurrency=1))
+    loop = asyncio.get_running_loop()
+    await gate.admit(0, 0, 0.0, loop.time() + 10)
+    task = asyncio.create_task(gate.admit(0, 0, 0.0, loop.time() + 10))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    gate.release(5.0)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert gate.in_flight == 0
+    await gate.admit(0, 0, 0.0, loop.time() + 1)  # the slot is free again
+
+
+async def test_token_budget_rejects_what_would_wait_too_long() -> None:
+    gate = Gate("heavy", GatePolicy(tokens_per_minute=1000, queue_timeout_ms=(100, 100, 100)))
+    loop = asyncio.get_running_loop()
+    await gate.admit(1, 900, 0.0, loop.time() + 10)
+    gate.release(1.0)
+    with pytest.raises(GateRejected, match="tokens per minute"):
+        await gate.admit(1, 900, 0.0, loop.time() + 10)
+    assert gate.in_flight == 0
+
+
+GATED = """
+models:
+  heavy:
+    provider: openai
+    base_url: sim:///heavy-foundation/v1
+    model: "heavy-foundation@slow_600"
+    gate:
+      max_concurrency: 1
+      queue_timeout_ms: {escalation: 3000, chat: 100, triage: 50}
+      degrade_to: gpt-5-mini
+  heavy-strict:
+    provider: openai
+    base_url: sim:///heavy-foundation/v1
+    model: "heavy-foundation@slow_600"
+    gate: {max_concurrency: 1, queue_timeout_ms: 50}
+routes:
+- name: strict
+  matcher: "metadata.strict == yes"
+  target: heavy-strict
+- name: heavy
+  target: heavy
+"""
+
+
+def post(url: str, metadata: dict[str, str]) -> tuple[int, dict[str, str]]:
+    body = {"model": "laneway", "messages": [{"role": "user", "content": "help"}], "metadata": metadata}
+    request = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode())
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers)
+
+
+def test_gate_degrades_low_priority_and_keeps_escalations(sim_url: str) -> None:
+    with live_gateway(GATED, sim_url) as live, ThreadPoolExecutor(6) as pool:
+        kinds = [{"escalation": "true"}] * 2 + [{"channel": "email"}] * 4
+        results = list(pool.map(lambda m: (m, post(live.url, m)), kinds))
+    lanes = {(m.get("escalation", "no"), h["x-laneway-lane"], h["x-laneway-model"]) for m, (_, h) in results}
+    assert all(status == 200 for _, (status, _) in results)
+    assert ("true", "primary", "heavy") in lanes  # escalations waited their turn at the gate
+    assert ("no", "degraded", "gpt-5-mini") in lanes  # triage could not wait: it was degraded
+
+
+def test_gate_without_degrade_answers_429_with_retry_after(sim_url: str) -> None:
+    with live_gateway(GATED, sim_url) as live, ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: post(live.url, {"strict": "yes"}), range(3)))
+    statuses = sorted(status for status, _ in results)
+    assert statuses[0] == 200 and statuses[-1] == 429
+    assert all(int(h["retry-after"]) >= 1 for status, h in results if status == 429)

@@ -1,0 +1,167 @@
+"""Client keys, admin protection, and provider keys that never leak into any output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from _live import LiveGateway, live_gateway
+from laneway.exchange import Exchange
+from laneway.keys import hash_key
+
+CLIENT_KEY = "lw-test-client-key"
+OTHER_KEY = "lw-test-other-key"
+ADMIN_KEY = "lw-test-admin-key"
+PLANTED = "sk-planted-SECRET-4f9a1c"
+
+KEYS = f"""
+admin: {{key_env: LANEWAY_TEST_ADMIN_KEY}}
+keys:
+  - name: web
+    hash: "{hash_key(CLIENT_KEY)}"
+    routes: [chat]
+    requests_per_minute: 3
+  - name: tight
+    hash: "{hash_key(OTHER_KEY)}"
+    usd_budget: 0.0000001
+routes:
+- name: billing
+  matcher: "metadata.topic == billing"
+  target: gpt-5
+- name: chat
+  target: gpt-5-mini
+"""
+
+
+def call(live: LiveGateway, path: str, key: str | None = None, body: Any = None) -> tuple[int, dict[str, str], str]:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(live.url + path, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read().decode()
+
+
+def chat(topic: str = "chat") -> dict[str, Any]:
+    return {"model": "laneway", "messages": [{"role": "user", "content": "hi"}], "metadata": {"topic": topic}}
+
+
+@pytest.fixture()
+def keyed(sim_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveGateway]:
+    monkeypatch.setenv("LANEWAY_TEST_ADMIN_KEY", ADMIN_KEY)
+    with live_gateway(KEYS, sim_url) as live:
+        yield live
+
+
+def test_client_keys_are_required_and_scoped(keyed: LiveGateway) -> None:
+    status, _, body = call(keyed, "/v1/chat/completions", None, chat())
+    assert status == 401 and "Authorization: Bearer" in body
+    status, _, body = call(keyed, "/v1/chat/completions", "lw-wrong", chat())
+    assert status == 401 and "invalid API key" in body
+    status, _, _ = call(keyed, "/v1/chat/completions", CLIENT_KEY, chat())
+    assert status == 200
+    status, _, body = call(keyed, "/v1/chat/completions", CLIENT_KEY, chat("billing"))
+    assert status == 403 and "may not use route `billing`" in body
+
+
+def test_request_rate_and_budget_limits_answer_429_with_the_reason(keyed: LiveGateway) -> None:
+    statuses = [call(keyed, "/v1/chat/completions", CLIENT_KEY, chat()) for _ in range(4)]
+    assert [s for s, _, _ in statuses] == [200, 200, 200, 429]
+    _, headers, body = statuses[-1]
+    assert "over 3 requests per minute" in body and int(headers["retry-after"]) >= 1
+    assert call(keyed, "/v1/chat/completions", OTHER_KEY, chat())[0] == 200  # spends past the tiny budget
+    status, _, body = call(keyed, "/v1/chat/completions", OTHER_KEY, chat())
+    assert status == 429 and "spent its month budget" in body
+
+
+def test_admin_endpoints_need_the_admin_key(keyed: LiveGateway) -> None:
+    assert call(keyed, "/admin/config")[0] == 401
+    assert call(keyed, "/admin/config", CLIENT_KEY)[0] == 401
+    status, _, body = call(keyed, "/admin/config", ADMIN_KEY)
+    assert status == 200 and json.loads(body)["routes"][0]["name"] == "billing"
+    assert call(keyed, "/admin/reload", None, {})[0] == 401
+
+
+def test_keys_without_an_admin_key_close_the_admin_endpoints(sim_url: str) -> None:
+    text = KEYS.replace("admin: {key_env: LANEWAY_TEST_ADMIN_KEY}\n", "")
+    with live_gateway(text, sim_url) as live:
+        status, _, body = call(live, "/admin/config", CLIENT_KEY)
+    assert status == 403 and "admin.key_env" in body
+
+
+class _EchoAuth(BaseHTTPRequestHandler):
+    """An upstream that rejects the key and echoes it back, as some do."""
+
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = json.dumps({"error": {"message": f"Incorrect API key provided: {self.headers['authorization']}"}})
+        self.send_response(401)
+        self.send_header("content-type", "application/json")
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.exchanges: list[Exchange] = []
+
+    def record(self, exchange: Exchange) -> None:
+        self.exchanges.append(exchange)
+
+    def count(self, event: str, model: str, n: int = 1) -> None:
+        pass
+
+    def observe_queue_wait(self, model: str, seconds: float) -> None:
+        pass
+
+
+def test_a_planted_provider_key_appears_in_no_output(sim_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("PLANTED_PROVIDER_KEY", PLANTED)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoAuth)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    text = f"""
+models:
+  leaky:
+    provider: openai
+    base_url: http://127.0.0.1:{server.server_port}/v1
+    api_key_env: PLANTED_PROVIDER_KEY
+routes:
+- target: leaky
+"""
+    sink = Sink()
+    caplog.set_level(logging.DEBUG)
+    try:
+        with live_gateway(text, sim_url, telemetry=sink) as live:
+            outputs = [call(live, "/v1/chat/completions", None, chat())[2],
+                       call(live, "/v1/chat/completions", None, {**chat(), "stream": True})[2],
+                       call(live, "/admin/config")[2]]
+    finally:
+        server.shutdown()
+    assert "Incorrect API key provided: Bearer [redacted]" in outputs[0]
+    assert "PLANTED_PROVIDER_KEY" in outputs[2]  # the variable's name is shown, never its value
+    recorded = json.dumps([[e.error, [a.error for a in e.attempts], e.signals] for e in sink.exchanges])
+    for output in [*outputs, recorded, caplog.text]:
+        assert PLANTED not in output
+
+
+def test_serve_refuses_a_public_address_without_keys() -> None:
+    done = subprocess.run([sys.executable, "-m", "laneway", "serve", "--host", "0.0.0.0", "--port", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "listens on loopback only" in done.stderr and "--allow-unauthenticated" in done.stderr

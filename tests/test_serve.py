@@ -1,0 +1,79 @@
+"""`laneway serve` as a user runs it: a real process with its simulated fleet, SIGHUP reload,
+and a clean stop that flushes the exchange log."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROUTES = """
+telemetry: {{exchange_log: "sqlite:///{db}"}}
+routes:
+- name: only
+  target: {target}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0
+
+
+def chat(url: str) -> str:
+    body = json.dumps({"model": "laneway", "messages": [{"role": "user", "content": "hello"}]}).encode()
+    with urllib.request.urlopen(urllib.request.Request(url + "/v1/chat/completions", data=body), timeout=30) as r:
+        return str(r.headers["x-laneway-model"])
+
+
+def test_serve_reloads_on_sighup_and_flushes_on_stop(tmp_path: Path) -> None:
+    db = tmp_path / "exchanges.sqlite3"
+    config = tmp_path / "routes.yaml"
+    config.write_text(ROUTES.format(db=db, target="gpt-5-mini"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen([sys.executable, "-m", "laneway", "serve", "--config", str(config), "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while get(url + "/readyz") != 200:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert chat(url) == "gpt-5-mini"
+        config.write_text(ROUTES.format(db=db, target="gpt-5"))
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while chat(url) != "gpt-5":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        config.write_text("routes: [oops")
+        process.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert chat(url) == "gpt-5"  # an invalid file keeps the running config
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "simulated fleet" in output and "reload failed, keeping the running config" in output
+    with sqlite3.connect(db) as connection:
+        logged = connection.execute("select count(*) from exchanges").fetchone()[0]
+    assert logged >= 3
