@@ -230,3 +230,30 @@ routes:
         error = json.loads(body)["error"]
         assert got == 400 and error["code"] == "context_window_exceeded"
         assert "`small` holds 64" in error["message"] and "long_context" in error["message"]
+
+
+def test_nothing_leaks_after_the_fault_runs(live: tuple[LiveGateway, Sink]) -> None:
+    """Run last in this module: every fault above has ended, so nothing may still be held."""
+    gw, _ = live
+
+    async def held() -> tuple[int, int, list[str]]:
+        import asyncio
+
+        assert gw.gateway is not None
+        runtime = gw.gateway.runtime
+        acquired = 0
+        for provider in runtime.providers.values():
+            acquired += provider.upstream.held_connections()  # type: ignore[attr-defined]
+        names = sorted(t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task())
+        return runtime.inflight, acquired, names
+
+    deadline = time.monotonic() + 5
+    while True:
+        inflight, acquired, tasks = gw.call(held())
+        laneway_tasks = [name for name in tasks if "shadow" in name]
+        if (inflight, acquired) == (0, 0) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert (inflight, acquired) == (0, 0)
+    assert not laneway_tasks
+    assert len(tasks) < 10, tasks  # uvicorn's own server tasks only

@@ -251,3 +251,44 @@ def test_streamed_primary_is_shadowed_after_it_ends(sim_url: str) -> None:
     assert body.rstrip().endswith(b"[DONE]")
     shadow = sink.by_id(headers["x-request-id"] + "/shadow/gemini-2.5-flash-lite")
     assert shadow.signals["shadow_of"] == headers["x-request-id"] and shadow.outcome == "ok"
+
+
+FAULTY_LANES = """
+models:
+  broken:
+    provider: openai
+    base_url: sim:///gpt-5/v1
+    model: "gpt-5@error_500"
+routes:
+- name: canary
+  matcher: "metadata.lane == canary"
+  target: gpt-5-mini
+  canary: {target: broken, weight: 1.0}
+- name: shadow
+  matcher: "metadata.lane == shadow"
+  target: gpt-5-mini
+  shadow: [{target: broken, sample: 1.0}]
+- name: cascade
+  target: gpt-5-mini
+  cascade: {confidence: 1.0, source: self_report, escalate_to: broken}
+"""
+
+
+@pytest.mark.parametrize(("lane", "expected_lane", "models"), [
+    ("canary", "primary", ["broken", "broken", "gpt-5-mini"]),  # a failing canary falls back to the primary
+    ("shadow", "primary", ["gpt-5-mini"]),  # a failing shadow changes nothing
+    ("cascade", "primary", ["gpt-5-mini", "broken", "broken"]),  # a failed escalation keeps the first answer
+])
+def test_a_faulty_lane_never_costs_the_client_its_answer(sim_url: str, lane: str, expected_lane: str,
+                                                         models: list[str]) -> None:
+    sink = Sink()
+    with live_gateway(FAULTY_LANES, sim_url, telemetry=sink) as live:
+        headers, body = send(live, "help", metadata={"lane": lane})
+        if lane == "shadow":
+            wait_for(lambda: any(e.lane == "shadow" for e in sink.exchanges))
+    assert headers["x-laneway-lane"] == expected_lane and headers["x-laneway-model"] == "gpt-5-mini"
+    assert json.loads(body)["choices"][0]["message"]["content"]
+    assert [a.model for a in sink.by_id(headers["x-request-id"]).attempts] == models
+    if lane == "shadow":
+        shadow = sink.by_id(headers["x-request-id"] + "/shadow/broken")
+        assert shadow.outcome == "upstream_unavailable"

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import io
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from _pg import BASE_TIME, PostgresServer, make_exchange, postgres_server, report, total
-from laneway.telemetry import Telemetry, TelemetrySettings
+from laneway.exchange import Attempt, Exchange
+from laneway.telemetry import Telemetry, TelemetrySettings, add_commands
+from laneway.telemetry._store import schema
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +116,57 @@ def _iso(moment: float) -> str:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(moment, UTC).isoformat()
+
+
+async def test_shadow_rows_and_lane_columns_round_trip_through_postgres(server: PostgresServer) -> None:
+    dsn = await server.database()
+    db = await asyncpg.connect(dsn)
+    try:  # an exchange log created before the lane columns existed
+        for statement in schema(1):
+            await db.execute(statement.replace(",\n  cascade_confidence DOUBLE PRECISION,\n  retrieval_hits "
+                                               "INTEGER,\n  retrieval_ms DOUBLE PRECISION", ""))
+        assert await db.fetchval("SELECT count(*) FROM information_schema.columns "
+                                 "WHERE table_name = 'exchanges' AND column_name = 'cascade_confidence'") == 0
+    finally:
+        await db.close()
+    primaries = [make_exchange(i) for i in range(40)]
+    for exchange in primaries:
+        exchange.cascade_confidence, exchange.retrieval_hits, exchange.retrieval_ms = 0.75, 2, 1.5
+    shadows = [shadow_of(p) for p in primaries]
+    telemetry = Telemetry(TelemetrySettings(exchange_log=dsn), simulated=True)
+    await telemetry.start()
+    for exchange in [*primaries, *shadows]:
+        telemetry.record(exchange)
+    await telemetry.aclose()
+    assert await scalar(dsn, "SELECT count(*) FROM exchanges WHERE retrieval_hits = 2") == 40
+
+    def run(*argv: str) -> dict[str, Any]:
+        parser = argparse.ArgumentParser(prog="laneway")
+        add_commands(parser.add_subparsers(required=True))
+        args = parser.parse_args([*argv, "--db", dsn, "--json"])
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert args.func(args) == 0
+        figures: dict[str, Any] = json.loads(out.getvalue())
+        return figures
+
+    logged = (await asyncio.to_thread(run, "shadow", "report"))["candidates"]["gemini-2.5-flash-lite"]
+    live = (await telemetry.shadow_stats())["candidates"]["gemini-2.5-flash-lite"]
+    for key in ("pairs", "agreement", "p95_delta_ms", "p95_delta_ci95", "cost_delta_usd", "buckets"):
+        assert logged[key] == live[key], key
+    assert logged["pairs"] == 40 and logged["p95_delta_ms"] < 0
+    report_figures = await asyncio.to_thread(run, "report")
+    assert report_figures["total"] == telemetry.stats()["total"]
+    assert report_figures["shadow"]["requests"] == 40
+
+
+def shadow_of(primary: Exchange) -> Exchange:
+    target = "gemini-2.5-flash-lite"
+    return Exchange(
+        f"{primary.request_id}/shadow/{target}", primary.started_at + 0.1, route=primary.route, lane="shadow",
+        model=target, latency_ms=primary.latency_ms / 2, cost_usd=primary.cost_usd / 5,
+        attempts=[Attempt(target, "ok", lane="shadow")],
+        signals={**primary.signals, "shadow_of": primary.request_id, "primary_model": primary.model,
+                 "primary_latency_ms": primary.latency_ms, "primary_ttft_ms": primary.ttft_ms,
+                 "primary_cost_usd": primary.cost_usd, "exact": False, "similarity": 0.6},
+    )

@@ -1,4 +1,6 @@
-"""Per-model circuit breaker: consecutive failures open it for a cooldown, then one probe decides."""
+"""Per-model circuit breaker: consecutive failures open it for a cooldown, then one probe decides.
+
+With several replicas, `laneway.state` publishes each opening and makes every replica `hold_open`."""
 
 from __future__ import annotations
 
@@ -23,6 +25,12 @@ class CircuitBreaker:
             return False
         self.probing = True
         return True
+
+    def hold_open(self, until: float) -> None:
+        """Another replica opened this model's breaker: stay open (no probe) until `until`."""
+        if until > self.open_until:
+            self.open_until = until
+            self.probing = False
 
     def success(self) -> None:
         self.failures = 0

@@ -36,7 +36,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="routing file (default: the embedded simulated fleet)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--allow-unauthenticated", action="store_true",
+                       help="listen on a non-loopback address without client keys")
     serve.set_defaults(func=_serve)
+    keys = sub.add_parser("keys", help="client API keys")
+    keys_sub = keys.add_subparsers(metavar="ACTION")
+    new = keys_sub.add_parser("new", help="print a fresh key and the entry to paste under `keys:`")
+    new.add_argument("name")
+    new.set_defaults(func=_new_key)
     check = sub.add_parser("check", help="validate a routing file and print its route table")
     check.add_argument("file", nargs="?", help="routing file (default: the embedded default)")
     check.set_defaults(func=_check)
@@ -52,13 +59,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _extensions() -> list[Register]:
-    registers: list[Register] = []
-    for module, name in (("laneway.intents", "add_commands"), ("laneway.retrieval", "add_commands"),
-                         ("laneway.telemetry", "add_commands")):
-        imported = __import__(module, fromlist=[name])
-        if hasattr(imported, name):
-            registers.append(getattr(imported, name))
-    return registers
+    """Each part registers its own commands; imported here, not at module load, to keep start-up fast."""
+    from .intents import add_commands as intents
+    from .loadtest import add_commands as loadtest
+    from .replay import add_commands as replay
+    from .retrieval import add_commands as knowledge
+    from .telemetry import add_commands as telemetry
+
+    return [intents, knowledge, telemetry, replay, loadtest]
 
 
 def _run(coro: object) -> None:
@@ -70,7 +78,16 @@ def _run(coro: object) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from .server import serve
 
-    _run(serve(args.config, args.host, args.port))
+    _run(serve(args.config, args.host, args.port, args.allow_unauthenticated))
+    return 0
+
+
+def _new_key(args: argparse.Namespace) -> int:
+    from .keys import hash_key, new_key
+
+    key = new_key()
+    print(f"key (give it to the client; it is not stored anywhere): {key}")
+    print(f"keys:\n  - name: {args.name}\n    hash: \"{hash_key(key)}\"")
     return 0
 
 

@@ -91,7 +91,7 @@ class Started:
     attempt: Attempt
     first: Chunk
     rest: AsyncIterator[Chunk]
-    prompt_tokens: int  # counted locally; the upstream's usage replaces it when it arrives
+    prompt: ChatRequest | None  # what was sent: counted only if the upstream reports no usage
     began: float  # perf_counter() when the attempt started
     accounted: bool = False  # usage and cost already recorded (an answer replayed as a stream)
 
@@ -153,8 +153,7 @@ class Dispatcher:
                     exchange.upstream_ms += attempt.ttft_ms
                     self.runtime.breakers[name].success()
                     exchange.lane, exchange.model = lane, name
-                    prompt = self.counter.count(request.messages, self.runtime.config.models[name].tokenizer)
-                    return Started(name, lane, attempt, first, ticket.hold(chunks), prompt, started)
+                    return Started(name, lane, attempt, first, ticket.hold(chunks), request, started)
                 await close_stream(chunks)
                 self._failed(attempt, error, started, name, exchange)
                 errors.append(error)

@@ -9,6 +9,12 @@ With `adaptive`, the concurrency limit follows the model's observed p95 (AIMD): 
 `decrease` when p95 is over `target_p95_ms` and grows by one when p95 is comfortably under it
 and the gate is busy. Decisions are pure functions (`next_limit`, `Budget.take`) so they test
 without a clock or a network.
+
+With `shared` limits (several replicas, `laneway.state`), every admission also holds a lease on
+the model's replica-wide concurrency and charges the replica-wide budgets. The priority queue
+stays per replica: its head retries for a lease whenever a local call ends, and on a short poll
+for slots freed by other replicas. While the shared store is unreachable the gate keeps to its
+own limits.
 """
 
 from __future__ import annotations
@@ -17,9 +23,29 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 PRIORITY_CLASSES = ("escalation", "chat", "triage")
+LOCAL_ONLY = ""  # the lease of a call admitted on this replica's limits alone (shared store unreachable)
+LEASE_POLL_S = 0.02  # how often a queue head looks for a slot another replica freed
+
+
+class SharedLimits(Protocol):
+    """Concurrency leases and budgets shared by every replica of the gateway."""
+
+    async def lease(self, model: str, limit: int) -> str | None:
+        """A lease id while under `limit` calls hold one, None when full, `LOCAL_ONLY` when unreachable."""
+        ...
+
+    async def unlease(self, model: str, lease: str) -> None: ...
+
+    async def take(self, model: str, unit: str, amount: float, per_minute: float) -> float | None:
+        """Like `Budget.take` on the shared bucket; None when the shared store is unreachable."""
+        ...
+
+    def refund(self, model: str, unit: str, amount: float, per_minute: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +114,10 @@ class _Waiter:
 
 
 class Gate:
-    def __init__(self, model: str, policy: GatePolicy) -> None:
+    def __init__(self, model: str, policy: GatePolicy, shared: SharedLimits | None = None) -> None:
         self.model = model
         self.policy = policy
+        self.shared = shared
         self.ceiling = policy.max_concurrency or 1_000_000
         self.limit = self.ceiling
         self.in_flight = 0
@@ -99,18 +126,24 @@ class Gate:
         self._queue: list[_Waiter] = []
         self._seq = itertools.count()
         self._latencies: list[float] = []
+        self._leases: list[str] = []  # held by this replica's admitted calls; interchangeable
+        self._freed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pump: asyncio.Task[None] | None = None
         self.admitted = 0
         self.rejected = 0
+
+    @property
+    def leasing(self) -> bool:
+        return self.shared is not None and self.policy.max_concurrency is not None
 
     async def admit(self, priority: int, tokens: int, usd: float, deadline: float) -> float:
         """Wait for a slot and budget; return the seconds waited, or raise `GateRejected`."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         limit_at = min(deadline, started + self.policy.queue_timeout_ms[priority] / 1000)
-        if self.in_flight < self.limit and not self._queue:
-            self.in_flight += 1
-        else:
-            await self._wait_for_slot(priority, limit_at)  # returns holding the slot `release` handed over
+        if not (self.in_flight < self.limit and not self._queue and await self._enter()):
+            await self._wait_for_slot(priority, limit_at)  # returns holding the slot handed over
         try:
             await self._spend(tokens, usd, limit_at)
         except GateRejected:
@@ -119,10 +152,32 @@ class Gate:
         self.admitted += 1
         return loop.time() - started
 
+    async def _enter(self) -> bool:
+        """Take a free local slot, and a replica-wide lease when leasing; False when the lease is refused."""
+        self.in_flight += 1
+        if not self.leasing:
+            return True
+        try:
+            lease = await self._lease()
+        except BaseException:  # the request was abandoned while asking
+            self.in_flight -= 1
+            raise
+        if lease is None:
+            self.in_flight -= 1
+            return False
+        self._leases.append(lease)
+        return True
+
+    async def _lease(self) -> str | None:
+        assert self.shared is not None
+        return await self.shared.lease(self.model, self.limit)
+
     async def _wait_for_slot(self, priority: int, limit_at: float) -> None:
         loop = asyncio.get_running_loop()
         waiter = _Waiter(priority, next(self._seq), loop.create_future())
         heapq.heappush(self._queue, waiter)
+        if self.leasing and (self._pump is None or self._pump.done()):
+            self._pump = self._track(self._hand_leases_over())
         try:
             async with asyncio.timeout_at(limit_at):
                 await waiter.future
@@ -133,41 +188,103 @@ class Gate:
                 self._queue.remove(waiter)
                 heapq.heapify(self._queue)
             self.rejected += 1
-            raise GateRejected(f"`{self.model}` is at its concurrency limit ({self.limit}); queue wait timed out",
-                               self._retry_after()) from None
+            reason = f"`{self.model}` is at its concurrency limit ({self.limit}); queue wait timed out"
+            raise GateRejected(reason, self._retry_after()) from None
         except asyncio.CancelledError:
             if waiter.future.done() and not waiter.future.cancelled():
                 self.release(None)  # handed a slot, but the request was abandoned: pass it on
             raise
+
+    async def _hand_leases_over(self) -> None:
+        """While someone waits: lease a slot for the queue's head when this replica has one free."""
+        while self._live_head() is not None:
+            self._freed.clear()
+            if self.in_flight < self.limit:
+                self.in_flight += 1  # reserved while the lease is asked for
+                lease = await self._lease()
+                if lease is not None:
+                    self._hand_over(lease)
+                    continue
+                self.in_flight -= 1
+            try:
+                async with asyncio.timeout(LEASE_POLL_S):
+                    await self._freed.wait()
+            except TimeoutError:
+                pass
+
+    def _live_head(self) -> _Waiter | None:
+        while self._queue and self._queue[0].future.done():
+            heapq.heappop(self._queue)
+        return self._queue[0] if self._queue else None
+
+    def _hand_over(self, lease: str) -> None:
+        waiter = self._live_head()
+        if waiter is None:  # the waiter gave up while the lease was asked for
+            self.in_flight -= 1
+            self._give_back(lease)
+            return
+        heapq.heappop(self._queue)
+        self._leases.append(lease)
+        waiter.future.set_result(None)  # it wakes up already holding the slot and the lease
 
     async def _spend(self, tokens: int, usd: float, limit_at: float) -> None:
         loop = asyncio.get_running_loop()
         for budget, amount, unit in ((self.tokens, tokens, "tokens"), (self.dollars, usd, "USD")):
             if budget is None:
                 continue
-            wait = budget.take(amount, time.monotonic())
-            if wait == 0:
-                continue
-            if loop.time() + wait > limit_at:
-                self.rejected += 1
-                raise GateRejected(f"`{self.model}` is over its {unit} per minute budget", wait)
-            await asyncio.sleep(wait)
-            budget.take(amount, time.monotonic())
+            while (wait := await self._take(budget, unit, amount)) > 0:
+                if loop.time() + wait > limit_at:
+                    self.rejected += 1
+                    raise GateRejected(f"`{self.model}` is over its {unit} per minute budget", wait)
+                await asyncio.sleep(wait)
+
+    async def _take(self, budget: Budget, unit: str, amount: float) -> float:
+        if self.shared is not None:
+            wait = await self.shared.take(self.model, unit, amount, budget.per_minute)
+            if wait is not None:
+                return wait
+        return budget.take(amount, time.monotonic())
 
     def release(self, latency_ms: float | None, tokens_over: int = 0, usd_over: float = 0.0) -> None:
         """A call ended; correct the budgets by what it really used, and let the next waiter in."""
         self.in_flight -= 1
-        if self.tokens is not None and tokens_over:
-            self.tokens.refund(-tokens_over)
-        if self.dollars is not None and usd_over:
-            self.dollars.refund(-usd_over)
+        for budget, over, unit in ((self.tokens, tokens_over, "tokens"), (self.dollars, usd_over, "USD")):
+            if budget is not None and over:
+                self._refund(budget, unit, -over)
         if latency_ms is not None and self.policy.adaptive is not None:
             self._observe(latency_ms, self.policy.adaptive)
+        if self.leasing:
+            self._give_back(self._leases.pop(self._local_first()) if self._leases else LOCAL_ONLY)
+            return
         while self._queue and self.in_flight < self.limit:
             waiter = heapq.heappop(self._queue)
             if not waiter.future.done():
                 self.in_flight += 1  # handed over: the waiter wakes up already holding it
                 waiter.future.set_result(None)
+
+    def _local_first(self) -> int:
+        # Dropping an unshared admission before a real lease errs towards fewer calls, never more.
+        return self._leases.index(LOCAL_ONLY) if LOCAL_ONLY in self._leases else -1
+
+    def _refund(self, budget: Budget, unit: str, amount: float) -> None:
+        if self.shared is not None:
+            self.shared.refund(self.model, unit, amount, budget.per_minute)
+        else:
+            budget.refund(amount)
+
+    def _give_back(self, lease: str) -> None:
+        async def give_back() -> None:
+            if lease != LOCAL_ONLY and self.shared is not None:
+                await self.shared.unlease(self.model, lease)
+            self._freed.set()  # only now is the slot free for this replica's queue head too
+
+        self._track(give_back())
+
+    def _track(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def _observe(self, latency_ms: float, adaptive: Adaptive) -> None:
         self._latencies.append(latency_ms)

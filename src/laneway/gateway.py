@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import cascade as confidence
 from .cache import CacheStore, MemoryStore, cache_key, cacheable, lookup, remember
@@ -27,6 +27,9 @@ from .request import ClientRequest, read_signals
 from .routing import decide
 from .runtime import Runtime
 from .shadow import ShadowRunner
+
+if TYPE_CHECKING:
+    from .state import SharedState
 
 log = logging.getLogger("laneway")
 
@@ -49,6 +52,7 @@ class Gateway:
         self.runtime = Runtime.build(config, sim_url)
         self.shadows = ShadowRunner(config.shadow, telemetry)
         self.cache: CacheStore = MemoryStore(config.server.cache_entries)
+        self.state: SharedState | None = None  # with `state:`, shared with the other replicas through Redis
         self.keys = KeyRing(config.keys)
         self._background: set[asyncio.Task[None]] = set()
         self.ready = False
@@ -71,6 +75,12 @@ class Gateway:
             sim_url = fleet.url
         gateway = cls(config, config_path=config_path, sim_url=sim_url, telemetry=telemetry)
         gateway._fleet = fleet
+        if config.state is not None:
+            from .state import SharedState
+
+            gateway.state = await SharedState.open(config.state, telemetry, lambda: gateway.runtime.breakers)
+            gateway.cache = gateway.state.cache
+            gateway.runtime.share(gateway.state)
         gateway.counter.warm()
         if warm:
             await gateway.warm_up()
@@ -310,6 +320,8 @@ class Gateway:
         await self.runtime.aclose()
         if self._retired:
             await asyncio.gather(*self._retired, return_exceptions=True)
+        if self.state is not None:
+            await self.state.aclose()
         if self._fleet is not None:
             await self._fleet.aclose()
 
@@ -325,5 +337,5 @@ def _replay(completion: Completion, exchange: Exchange) -> Started:
 
     model = exchange.model or ""
     attempt = exchange.attempts[-1] if exchange.attempts else Attempt(model, OK, lane=exchange.lane)
-    return Started(model, exchange.lane, attempt, Chunk(words[0]), rest(), completion.usage.prompt_tokens,
-                   time.perf_counter(), accounted=True)
+    return Started(model, exchange.lane, attempt, Chunk(words[0]), rest(), None, time.perf_counter(),
+                   accounted=True)

@@ -12,6 +12,8 @@ from .errors import InvalidRequest
 from .signals import SETTABLE, Signals, parse_settable
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+# Message fields passed on to providers; anything else a client sends is dropped, not forwarded.
+MESSAGE_FIELDS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
 
 # Fields of OpenAI's chat-completions request that Laneway accepts; anything else is a 400.
 _PARAMS = frozenset({
@@ -23,6 +25,7 @@ _FIELDS = _PARAMS | {"model", "messages", "stream", "stream_options", "n", "user
 _RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "presence_penalty": (-2.0, 2.0),
            "frequency_penalty": (-2.0, 2.0), "top_logprobs": (0, 20)}
 MAX_OUTPUT_TOKENS = 1_000_000
+_SIGNAL_HEADERS = tuple((name, "x-laneway-" + name.replace("_", "-")) for name in SETTABLE)
 
 
 @dataclass(slots=True)
@@ -61,13 +64,16 @@ def decode(body: bytes, max_messages: int) -> ClientRequest:
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequest("`stream` must be true or false", param="stream")
-    options = data.get("stream_options") or {}
+    options = data.get("stream_options")
+    options = {} if options is None else options
     if not isinstance(options, dict):
         raise InvalidRequest("`stream_options` must be an object", param="stream_options")
-    user = data.get("user") or ""
+    user = data.get("user")
+    user = "" if user is None else user
     if not isinstance(user, str):
         raise InvalidRequest("`user` must be a string", param="user")
-    metadata = data.get("metadata") or {}
+    metadata = data.get("metadata")
+    metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
         raise InvalidRequest("`metadata` must be an object of string keys", param="metadata")
     return ClientRequest(model, messages, params, stream, bool(options.get("include_usage")), user, metadata)
@@ -81,6 +87,8 @@ def _messages(raw: Any, limit: int) -> list[dict[str, Any]]:
     for i, message in enumerate(raw):
         if not isinstance(message, dict):
             raise InvalidRequest(f"`messages[{i}]` must be an object", param=f"messages[{i}]")
+        if message.keys() - MESSAGE_FIELDS:
+            message = raw[i] = {k: v for k, v in message.items() if k in MESSAGE_FIELDS}
         role = message.get("role")
         if role not in ROLES:
             raise InvalidRequest(f"`messages[{i}].role` must be one of {', '.join(sorted(ROLES))}, got {role!r}",
@@ -111,6 +119,8 @@ def _check_params(params: dict[str, Any], n: Any) -> None:
         value = params.get(key)
         if value is None:
             continue
+        if isinstance(value, float) and value.is_integer():  # JSON has one number type: 64.0 is 64
+            params[key] = value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_OUTPUT_TOKENS:
             raise InvalidRequest(f"`{key}` must be a whole number from 1 to {MAX_OUTPUT_TOKENS}, got {value!r}",
                                  param=key)
@@ -126,8 +136,8 @@ def read_signals(request: ClientRequest, headers: Mapping[str, str], **lazy: Any
             values[name] = parse_settable(name, raw, f"metadata.{name}")
         else:
             extra[name] = raw
-    for name in SETTABLE:
-        header = headers.get("x-laneway-" + name.replace("_", "-"))
+    for name, header_name in _SIGNAL_HEADERS:
+        header = headers.get(header_name)
         if header is not None:
-            values[name] = parse_settable(name, header, "x-laneway-" + name.replace("_", "-"))
+            values[name] = parse_settable(name, header, header_name)
     return Signals(request.messages, user=request.user, metadata=extra, **values, **lazy)

@@ -16,7 +16,7 @@ from .chat import ChatRequest, Message
 from .config import Config, KnowledgeSource, ModelSpec
 from .context import TokenCounter
 from .errors import LanewayError
-from .gate import Gate
+from .gate import Gate, SharedLimits
 from .providers import Provider, create_provider
 from .signals import IntentFn
 
@@ -34,6 +34,7 @@ class Runtime:
     knowledge: dict[str, KnowledgeBase] = field(default_factory=dict)
     classify: IntentFn | None = None
     gates: dict[str, Gate] = field(default_factory=dict)
+    shared: SharedLimits | None = None  # limits shared with other replicas (`state:`)
     inflight: int = 0
     _drained: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -42,14 +43,22 @@ class Runtime:
         """Everything a config needs before its first request: pools, breakers, gates, indexes, classifier.
 
         Gates whose policy did not change are carried over from `previous`, so a reload never
-        forgets the calls in flight behind them."""
+        forgets the calls in flight behind them; new gates share `previous`'s replica-wide limits."""
         providers = {name: create_provider(spec, _resolve(spec, sim_url)) for name, spec in config.models.items()}
         breakers = {name: CircuitBreaker(spec.breaker) for name, spec in config.models.items()}
         knowledge = {name: _knowledge_base(source) for name, source in config.knowledge.items()}
         old = previous.gates if previous else {}
-        gates = {name: old[name] if name in old and old[name].policy == spec.gate else Gate(name, spec.gate)
+        shared = previous.shared if previous else None
+        gates = {name: old[name] if name in old and old[name].policy == spec.gate
+                 else Gate(name, spec.gate, shared)
                  for name, spec in config.models.items() if spec.gate is not None}
-        return cls(config, providers, breakers, knowledge, _classifier(config), gates)
+        return cls(config, providers, breakers, knowledge, _classifier(config), gates, shared)
+
+    def share(self, shared: SharedLimits) -> None:
+        """From now on, every gate also keeps to the limits `shared` with the other replicas."""
+        self.shared = shared
+        for gate in self.gates.values():
+            gate.shared = shared
 
     async def warm(self, timeout_s: float = 10.0) -> None:
         """Pre-connect every upstream; with `warmup: true`, also send one tiny request to the model."""

@@ -27,6 +27,7 @@ from ._asgi import (
     respond_json,
 )
 from ._chat import chat_completions
+from ._openapi import openapi_document
 
 log = logging.getLogger("laneway")
 _PROMETHEUS = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
@@ -51,10 +52,11 @@ class App:
         self._get = {
             "/healthz": self._healthz, "/readyz": self._readyz, "/v1/models": self._models,
             "/admin/config": self._admin_config, "/metrics": self._metrics, "/admin/stats": self._stats,
-            "/dashboard": self._dashboard,
+            "/dashboard": self._dashboard, "/openapi.json": self._openapi, "/admin/shadow": self._shadow,
         }
         self._post = {"/admin/reload": self._reload}
-        self._protected = frozenset({"/admin/config", "/admin/stats", "/admin/reload", "/dashboard", "/metrics"})
+        self._protected = frozenset({"/admin/config", "/admin/stats", "/admin/reload", "/admin/shadow", "/dashboard",
+                                     "/metrics"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -127,6 +129,9 @@ class App:
         body = await read_body(receive, self.gateway.config.server.max_body_bytes, size)
         await chat_completions(self.gateway, body, headers, scope["path"], send, exchange, base, key)
 
+    async def _openapi(self, send: Send, base: Headers, scope: Scope) -> None:
+        await respond_json(send, 200, openapi_document(), base)
+
     async def _healthz(self, send: Send, base: Headers, scope: Scope) -> None:
         await respond_json(send, 200, {"status": "ok"}, base)
 
@@ -168,6 +173,10 @@ class App:
         except ValueError:
             raise InvalidRequest("`since` and `until` are unix times in seconds") from None
         await respond_json(send, 200, self._telemetry().stats(since, until), base)
+
+    async def _shadow(self, send: Send, base: Headers, scope: Scope) -> None:
+        figures = await self._telemetry().shadow_stats(self.gateway.shadows.dropped)
+        await respond_json(send, 200, figures, base)
 
     async def _dashboard(self, send: Send, base: Headers, scope: Scope) -> None:
         await respond(send, 200, self._telemetry().dashboard_html(), [_HTML, *base])

@@ -109,7 +109,7 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
 def _account_stream(gateway: Gateway, runtime: Runtime, started: Started, state: _StreamState,
                     exchange: Exchange, include_usage: bool, encoder: _ChunkEncoder) -> bytes:
     spec = runtime.config.models[started.model]
-    usage = state.usage or _estimate(gateway, started.prompt_tokens, state.text)
+    usage = state.usage or _estimate(gateway, runtime, started, state.text)
     if not started.accounted:
         _stream_ended(exchange, started)
         account(started.attempt, exchange, spec.price.cost, usage[0], usage[1])
@@ -138,9 +138,11 @@ async def _forward(send: Send, encoder: _ChunkEncoder, chunk: Chunk, state: _Str
         await send({"type": "http.response.body", "body": encoder.delta(chunk.text), "more_body": True})
 
 
-def _estimate(gateway: Gateway, prompt_tokens: int, text: list[str]) -> tuple[int, int]:
+def _estimate(gateway: Gateway, runtime: Runtime, started: Started, text: list[str]) -> tuple[int, int]:
     # The upstream sent no usage: count locally so a stream never costs $0.
-    return prompt_tokens, gateway.counter.text_tokens("".join(text))
+    spec = runtime.config.models[started.model]
+    prompt = gateway.counter.count(started.prompt.messages, spec.tokenizer) if started.prompt else 0
+    return prompt, gateway.counter.text_tokens("".join(text))
 
 
 def _stream_ended(exchange: Exchange, started: Started) -> None:

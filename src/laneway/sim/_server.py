@@ -18,6 +18,10 @@ other wire modules register in `WIRES`. A fault is chosen by the upstream model 
     cut_mid_stream        stream three chunks, then drop the connection
     stall_mid_stream      stream three chunks, then go silent
     bad_sse               stream three chunks, then a chunk that is not JSON
+
+`GET /concurrency` reports, per upstream model id, the calls in progress, the most ever in
+progress at once and the calls received (e.g. to check a limit several gateways share);
+`DELETE /concurrency` answers the same, then starts the counts afresh.
 """
 
 from __future__ import annotations
@@ -57,11 +61,24 @@ class _ModelState:
 
 
 @dataclass
+class CallCount:
+    active: int = 0
+    peak: int = 0
+    calls: int = 0
+
+    def enter(self) -> None:
+        self.active += 1
+        self.calls += 1
+        self.peak = max(self.peak, self.active)
+
+
+@dataclass
 class Fleet:
     models: dict[str, SimModel]
     seed: int = 7
     counter: TokenCounter = field(default_factory=TokenCounter)
     calls: dict[str, int] = field(default_factory=dict)
+    concurrency: dict[str, CallCount] = field(default_factory=dict)  # by upstream model id
     _states: dict[str, _ModelState] = field(default_factory=dict)
     _ids: Iterator[int] = field(default_factory=itertools.count)
 
@@ -77,7 +94,20 @@ def build_app(fleet: Fleet) -> web.Application:
     for wire, path in _ROUTES:
         app.router.add_post(path, _handler(fleet, WIRES[wire]))
     app.router.add_get("/healthz", _health(fleet))
+    app.router.add_get("/concurrency", _concurrency(fleet))
+    app.router.add_delete("/concurrency", _concurrency(fleet))
     return app
+
+
+def _concurrency(fleet: Fleet) -> Any:
+    async def concurrency(request: web.Request) -> web.Response:
+        counts = {k: {"active": c.active, "peak": c.peak, "calls": c.calls} for k, c in fleet.concurrency.items()}
+        if request.method == "DELETE":
+            for count in fleet.concurrency.values():  # in place: calls in progress still hold their count
+                count.peak, count.calls = count.active, 0
+        return web.json_response(counts)
+
+    return concurrency
 
 
 def _health(fleet: Fleet) -> Any:
@@ -106,6 +136,17 @@ async def _serve(fleet: Fleet, wire: ModuleType, http: web.Request) -> web.Strea
         return _error(wire, 400, "invalid_request", str(exc))
     if http.headers.get("x-sim-stream") == "1":
         request.stream = True
+    count = fleet.concurrency.setdefault(request.model_id, CallCount())
+    count.enter()
+    try:
+        return await _call(fleet, wire, http, state, request)
+    finally:
+        count.active -= 1
+
+
+async def _call(fleet: Fleet, wire: ModuleType, http: web.Request, state: _ModelState,
+                request: SimRequest) -> web.StreamResponse:
+    name = http.match_info["name"]
     fault = request.model_id.partition("@")[2]
     early = await _early_fault(fleet, wire, http, request, fault)
     if early is not None:

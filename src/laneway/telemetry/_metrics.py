@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from laneway.exchange import Exchange
+from laneway.telemetry._records import fallbacks_of
 
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0)
 OVERHEAD_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -122,7 +123,7 @@ class GatewayMetrics:
         series.tokens_in += exchange.prompt_tokens
         series.tokens_out += exchange.completion_tokens
         series.cost_usd += exchange.cost_usd
-        series.fallbacks += max(0, len(exchange.attempts) - 1)
+        series.fallbacks += fallbacks_of(exchange)
         for attempt in exchange.attempts:
             pair = (attempt.model, attempt.outcome)
             self._attempts[pair] = self._attempts.get(pair, 0) + 1

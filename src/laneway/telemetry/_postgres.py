@@ -9,10 +9,11 @@ from laneway.errors import ConfigError, ConfigIssue
 from laneway.telemetry._records import ExchangeRow, HourlyRow, LogRecord
 from laneway.telemetry._store import (
     FETCH_HOURLY_SQL,
-    FETCH_ROWS_SQL,
     HOUR_S,
     ExchangeLogUnavailable,
+    added_columns,
     exchange_row,
+    fetch_rows_sql,
     insert_sql,
     numbered,
     redacted,
@@ -25,7 +26,7 @@ T = TypeVar("T")
 Connection = Any  # asyncpg ships no type information
 _INSERT = numbered(insert_sql())
 _ROLL_UP, _DELETE = (numbered(sql) for sql in roll_up_sql(1))
-_FETCH_ROWS, _FETCH_HOURLY = numbered(FETCH_ROWS_SQL), numbered(FETCH_HOURLY_SQL)
+_FETCH_ROWS, _FETCH_HOURLY = numbered(fetch_rows_sql(1)), numbered(FETCH_HOURLY_SQL)
 CONNECT_TIMEOUT_S = 5.0
 _SCHEMA_LOCK = 0x6C616E65  # any constant shared by every replica
 
@@ -112,7 +113,7 @@ class PostgresStore:
             async with db.transaction():
                 # Replicas starting together would otherwise race on `CREATE TABLE IF NOT EXISTS`.
                 await db.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
-                for statement in schema(1):
+                for statement in [*schema(1), *added_columns(1)]:
                     await db.execute(statement)
             self._db = db
         return self._db

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import orjson
 
 from laneway.exchange import Exchange
+
+SHADOW_LANE = "shadow"
 
 
 class ExchangeRow(NamedTuple):
@@ -26,6 +29,12 @@ class ExchangeRow(NamedTuple):
     escalation: bool
     fallbacks: int
     simulated: bool
+    entry_lane: str = "primary"  # the first attempt's lane: where the route sent it before any failover
+    entry_model: str | None = None  # the first attempt's model (the canary's, for a canary that failed over)
+    cascade_confidence: float | None = None
+    retrieval_hits: int | None = None
+    retrieval_ms: float | None = None
+    signals: Mapping[str, Any] | None = None  # kept for shadow rows only: the pairing and the comparison
 
 
 class HourlyRow(NamedTuple):
@@ -76,18 +85,27 @@ class LogRecord(NamedTuple):
     api_key: str | None
     prompt_body: str | None
     answer_body: str | None
+    cascade_confidence: float | None
+    retrieval_hits: int | None
+    retrieval_ms: float | None
 
 
 LOG_COLUMNS = LogRecord._fields
 ROW_COLUMNS = ExchangeRow._fields
 
 
+# Attempts that are part of a plan rather than a hand-over after a failure.
+PLANNED_LANES = ("verifier", "cascade")
+
+
 def fallbacks_of(exchange: Exchange) -> int:
-    """Hand-overs from one model to the next: every attempt after the first."""
-    return max(0, len(exchange.attempts) - 1)
+    """Hand-overs from one model to the next: every attempt after the first, but a cascade's grader
+    and escalation."""
+    return sum(attempt.lane not in PLANNED_LANES for attempt in exchange.attempts[1:])
 
 
 def row_of(exchange: Exchange, simulated: bool) -> ExchangeRow:
+    entry = exchange.attempts[0] if exchange.attempts else None
     return ExchangeRow(
         exchange.started_at,
         exchange.model,
@@ -103,6 +121,12 @@ def row_of(exchange: Exchange, simulated: bool) -> ExchangeRow:
         exchange.signals.get("escalation") is True,
         fallbacks_of(exchange),
         simulated,
+        entry.lane if entry is not None else exchange.lane,
+        entry.model if entry is not None else exchange.model,
+        exchange.cascade_confidence,
+        exchange.retrieval_hits,
+        exchange.retrieval_ms,
+        exchange.signals if exchange.lane == SHADOW_LANE else None,
     )
 
 
@@ -139,6 +163,9 @@ def log_record_of(
         exchange.api_key,
         prompt,
         answer,
+        row.cascade_confidence,
+        row.retrieval_hits,
+        row.retrieval_ms,
     )
 
 

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import re
-import sys
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from laneway.telemetry._cascade_savings import Priced, cascade_savings
 from laneway.telemetry._html_report import report_html
-from laneway.telemetry._records import ExchangeRow, HourlyRow
-from laneway.telemetry._settings import DEFAULT_EXCHANGE_LOG
-from laneway.telemetry._store import ExchangeLogUnavailable, open_store
+from laneway.telemetry._lanes_cli import add_lane_commands
+from laneway.telemetry._log_args import add_log_arguments, dump, instant, read_log, when, window_of
+from laneway.telemetry._records import SHADOW_LANE, ExchangeRow
 from laneway.telemetry._summary import summarize
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 # (heading, field, format)
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("share", "share", "pct"),
@@ -40,90 +33,77 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 
 
 def add_commands(subparsers: Any) -> None:
-    """Register `laneway report` on the CLI's subparsers."""
+    """Register `laneway report`, `laneway shadow report` and `laneway canary report`."""
     parser = subparsers.add_parser(
         "report",
         help="latency, error, traffic and cost figures per model and route from the exchange log",
         description="Times are ISO 8601 (UTC unless they carry an offset); --last takes a duration: 1h.",
     )
-    parser.add_argument(
-        "--db", default=DEFAULT_EXCHANGE_LOG, help="exchange log URL (sqlite:///... or postgresql://...)"
-    )
-    start = parser.add_mutually_exclusive_group()
-    start.add_argument("--since", type=instant, help="first instant included (ISO 8601)")
-    start.add_argument("--last", type=duration, help="only the last DURATION, e.g. 15m, 1h, 7d")
-    parser.add_argument("--until", type=instant, help="first instant excluded (ISO 8601)")
+    add_log_arguments(parser)
     parser.add_argument("--compare-since", type=instant, help="start of a baseline window to compare with")
     parser.add_argument("--compare-until", type=instant, help="end of the baseline window")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument(
         "--html", type=Path, metavar="PATH", help="also write a self-contained HTML report to PATH"
     )
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="routing file: prices the cascade's always-heavy baseline"
+    )
     parser.set_defaults(func=run_report)
-
-
-def instant(text: str) -> float:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(
-            f"`{text}` is not an ISO 8601 time such as 2025-06-01T12:00"
-        ) from error
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-
-def duration(text: str) -> float:
-    match = _DURATION.match(text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(
-            f"`{text}` is not a duration; use a number and s, m, h, d or w, e.g. 1h"
-        )
-    return float(match[1]) * _UNIT_S[match[2]]
+    add_lane_commands(subparsers)
 
 
 def run_report(args: argparse.Namespace) -> int:
-    since = time.time() - args.last if args.last is not None else args.since
-    windows = [(since, args.until)]
+    escalate_to, prices = _cascade_prices(args.config)
+    windows = [window_of(args)]
     if args.compare_since is not None or args.compare_until is not None:
         windows.append((args.compare_since, args.compare_until))
-    if args.db.startswith("sqlite:///") and not Path(args.db.removeprefix("sqlite:///")).is_file():
-        print(
-            f"laneway report: no exchange log at `{args.db}`; pass the gateway's log with `--db`",
-            file=sys.stderr,
-        )
-        return 1
-    try:
-        fetched = asyncio.run(_fetch(args.db, windows))
-    except ExchangeLogUnavailable as error:
-        print(f"laneway report: {error}", file=sys.stderr)
+    fetched = read_log("report", args.db, windows)
+    if fetched is None:
         return 1
     summaries = [
         summarize(rows, hourly, start, end)
         for (rows, hourly), (start, end) in zip(fetched, windows, strict=True)
     ]
     current = summaries[0]
+    rows, hourly = fetched[0]
+    start, end = windows[0]
+    current["cascade"] = cascade_savings(_within(rows, start, end), escalate_to, prices)
     if len(summaries) > 1:
         current["compare"] = summaries[1]
     if args.html is not None:
-        args.html.write_text(report_html(current, *fetched[0]), encoding="utf-8")
-    print(json.dumps(current, indent=2) if args.json else terminal_report(current))
+        answered = [row for row in rows if row.lane != SHADOW_LANE]
+        args.html.write_text(report_html(current, answered, hourly), encoding="utf-8")
+    print(dump(current) if args.json else terminal_report(current))
     return 0
 
 
-async def _fetch(
-    url: str, windows: list[tuple[float | None, float | None]]
-) -> list[tuple[list[ExchangeRow], list[HourlyRow]]]:
-    store = open_store(url)
-    try:
-        return [await store.fetch(start, end) for start, end in windows]
-    finally:
-        await store.aclose()
+def _cascade_prices(path: Path | None) -> tuple[dict[str, str] | None, dict[str, Priced] | None]:
+    """Each cascaded route's escalation model, and every model's prices, from the routing file."""
+    if path is None:
+        return None, None
+    from laneway.config import load_config
+
+    config = load_config(path)
+    escalate_to = {r.name: r.cascade.escalate_to for r in config.routes if r.cascade is not None}
+    return escalate_to, {name: spec.price for name, spec in config.models.items()}
+
+
+def _within(rows: list[ExchangeRow], start: float | None, end: float | None) -> list[ExchangeRow]:
+    return [r for r in rows
+            if (start is None or r.started_at >= start) and (end is None or r.started_at < end)]
 
 
 def terminal_report(summary: dict[str, Any]) -> str:
     parts = [_headline(summary)]
     for section in ("models", "routes"):
         parts.append(_table(section[:-1], summary[section]))
+    shadow = summary.get("shadow", {})
+    if shadow.get("requests"):
+        spend = ", ".join(f"{name} ${m['cost_usd']:.6f} ({m['requests']} calls)"
+                          for name, m in shadow["models"].items())
+        parts.append(f"shadow calls (not in the totals above): ${shadow['cost_usd']:.6f} - {spend}")
+    if "cascade" in summary:
+        parts.append(cascade_text(summary["cascade"]))
     baseline = summary.get("compare")
     if baseline is not None:
         parts.append(f"baseline: {_headline(baseline)}")
@@ -134,7 +114,7 @@ def terminal_report(summary: dict[str, Any]) -> str:
 def _headline(summary: dict[str, Any]) -> str:
     total, window = summary["total"], summary["window"]
     line = (
-        f"{_when(window['since'])} .. {_when(window['until'])}: {total['requests']} requests, "
+        f"{when(window['since'])} .. {when(window['until'])}: {total['requests']} requests, "
         f"${total['cost_usd']:.4f}, ${_num(total['cost_per_conversation_usd'], 'usd')} per conversation"
     )
     if total["simulated_requests"]:
@@ -177,6 +157,10 @@ def _delta(now: float | None, then: float | None) -> str:
     return f"{then:g} -> {now:g} ({now - then:+.4g})"
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} %"
+
+
 def _num(value: float | None, style: str) -> str:
     if value is None:
         return "-"
@@ -190,5 +174,18 @@ def _num(value: float | None, style: str) -> str:
     return formats[style]
 
 
-def _when(moment: float | None) -> str:
-    return "-" if moment is None else datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+def cascade_text(cascade: dict[str, Any]) -> str:
+    if not cascade["routes"]:
+        return "cascade: no cascaded route in this window"
+    lines = ["cascade (escalation rate; cost saved against sending every exchange to the escalation model)"]
+    for name, r in cascade["routes"].items():
+        low, high = r["escalation_rate_ci95"] or [0.0, 0.0]
+        line = (f"  {name}: {r['escalated']} of {r['exchanges']} escalated to {r['escalate_to'] or '-'} "
+                f"({_num(r['escalation_rate'], 'pct')}, 95 % CI {low * 100:.1f}-{high * 100:.1f} %)")
+        if r["saved_usd"] is not None:
+            line += (f"; cost ${r['cost_usd']:.6f} vs always-heavy ${r['always_heavy_cost_usd']:.6f}: "
+                     f"saved ${r['saved_usd']:.6f} ({_percent(r['saved_pct'])})")
+        lines.append(line + (f" [{r['note']}]" if r["note"] else ""))
+    if cascade["note"]:
+        lines.append(f"  cost saved: {cascade['note']}")
+    return "\n".join(lines)

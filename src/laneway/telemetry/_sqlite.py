@@ -16,10 +16,11 @@ from typing import TypeVar
 from laneway.telemetry._records import ExchangeRow, HourlyRow, LogRecord
 from laneway.telemetry._store import (
     FETCH_HOURLY_SQL,
-    FETCH_ROWS_SQL,
     HOUR_S,
     ExchangeLogUnavailable,
+    added_columns,
     exchange_row,
+    fetch_rows_sql,
     insert_sql,
     roll_up_sql,
     schema,
@@ -29,6 +30,7 @@ from laneway.telemetry._store import (
 T = TypeVar("T")
 _INSERT = insert_sql()
 _ROLL_UP, _DELETE = roll_up_sql(0)
+_FETCH_ROWS = fetch_rows_sql(0)
 
 
 class SqliteStore:
@@ -80,6 +82,9 @@ class SqliteStore:
         db.execute("PRAGMA busy_timeout=5000")
         for statement in schema(0):
             db.execute(statement)
+        present = {str(column[1]) for column in db.execute("PRAGMA table_info(exchanges)")}
+        for statement in added_columns(0, present):
+            db.execute(statement)
         self._db = db
 
     def _write(self, records: Sequence[LogRecord]) -> None:
@@ -97,7 +102,7 @@ class SqliteStore:
     def _fetch(self, since: float | None, until: float | None) -> tuple[list[ExchangeRow], list[HourlyRow]]:
         db = self._connection()
         start, end = window(since, until)
-        rows = [exchange_row(values) for values in db.execute(FETCH_ROWS_SQL, (start, end))]
+        rows = [exchange_row(values) for values in db.execute(_FETCH_ROWS, (start, end))]
         hourly = [HourlyRow(*values) for values in db.execute(FETCH_HOURLY_SQL, (start - HOUR_S, end))]
         return rows, hourly
 

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+import orjson
+
 from laneway.errors import ConfigError, ConfigIssue, LanewayError
 from laneway.telemetry._records import LOG_COLUMNS, ROW_COLUMNS, ExchangeRow, HourlyRow, LogRecord
 
@@ -55,7 +57,11 @@ _LOG_TYPES: dict[str, tuple[str, str]] = {
     "completion_tokens": ("INTEGER NOT NULL", "BIGINT NOT NULL"),
     "attempts": ("TEXT NOT NULL", "JSONB NOT NULL"),
     "signals": ("TEXT NOT NULL", "JSONB NOT NULL"),
+    "retrieval_hits": ("INTEGER", "INTEGER"),
 }
+# Columns added after the first release: logs created before them gain them on open, as NULL.
+ADDED_COLUMNS = ("cascade_confidence", "retrieval_hits", "retrieval_ms")
+_NULLABLE_FLOATS = {"ttft_ms", "cascade_confidence", "retrieval_ms"}
 _NULLABLE_TEXT = {"conversation_id", "route", "model", "api_key", "prompt_body", "answer_body"}
 _FLOATS = {"latency_ms", "upstream_ms", "overhead_ms", "cost_usd"}
 
@@ -65,6 +71,8 @@ def _column_type(name: str, dialect: int) -> str:
         return _LOG_TYPES[name][dialect]
     if name in _FLOATS:
         return ("REAL NOT NULL", "DOUBLE PRECISION NOT NULL")[dialect]
+    if name in _NULLABLE_FLOATS:
+        return ("REAL", "DOUBLE PRECISION")[dialect]
     return "TEXT" if name in _NULLABLE_TEXT else "TEXT NOT NULL"
 
 
@@ -82,6 +90,19 @@ def schema(dialect: int) -> list[str]:
             "PRIMARY KEY (hour, model, route, lane))"
         ),
     ]
+
+
+def added_columns(dialect: int, existing: set[str] | None = None) -> list[str]:
+    """`ALTER TABLE` statements for the columns a log created by an older release lacks.
+
+    PostgreSQL skips present columns itself; SQLite has no `IF NOT EXISTS` here, so the caller passes
+    the columns the table already has."""
+    if dialect == 1:
+        return [f"ALTER TABLE exchanges ADD COLUMN IF NOT EXISTS {n} {_column_type(n, 1)}"
+                for n in ADDED_COLUMNS]
+    present = existing or set()
+    return [f"ALTER TABLE exchanges ADD COLUMN {n} {_column_type(n, 0)}"
+            for n in ADDED_COLUMNS if n not in present]
 
 
 _HOURLY_COUNTS = (
@@ -136,11 +157,31 @@ def roll_up_sql(dialect: int) -> tuple[str, str]:
     return upsert, "DELETE FROM exchanges WHERE started_at < ?"
 
 
-_ROW_SOURCES = {"tokens_in": "prompt_tokens", "tokens_out": "completion_tokens"}
-FETCH_ROWS_SQL = (
-    f"SELECT {', '.join(_ROW_SOURCES.get(name, name) for name in ROW_COLUMNS)} FROM exchanges "  # noqa: S608
-    "WHERE started_at >= ? AND started_at < ? ORDER BY started_at"
+# Per dialect (SQLite, PostgreSQL). The entry lane and model come from the first attempt, so rows
+# written before those figures were read still have them.
+_ROW_SOURCES: tuple[dict[str, str], ...] = tuple(
+    {
+        "tokens_in": "prompt_tokens",
+        "tokens_out": "completion_tokens",
+        "entry_lane": f"COALESCE({first_attempt.format('lane')}, lane)",
+        "entry_model": f"COALESCE({first_attempt.format('model')}, model)",
+        "signals": f"CASE WHEN lane = 'shadow' THEN {signals} END",
+    }
+    for first_attempt, signals in (
+        ("json_extract(attempts, '$[0].{}')", "signals"),
+        ("attempts->0->>'{}'", "signals::text"),
+    )
 )
+
+
+def fetch_rows_sql(dialect: int) -> str:
+    sources = _ROW_SOURCES[dialect]
+    return (
+        f"SELECT {', '.join(sources.get(name, name) for name in ROW_COLUMNS)} FROM exchanges "  # noqa: S608
+        "WHERE started_at >= ? AND started_at < ? ORDER BY started_at"
+    )
+
+
 FETCH_HOURLY_SQL = (
     f"SELECT {', '.join(HOURLY_COLUMNS)} FROM exchanges_hourly "  # noqa: S608
     "WHERE hour > ? AND hour < ? ORDER BY hour"
@@ -153,7 +194,8 @@ def window(since: float | None, until: float | None) -> tuple[float, float]:
 
 def exchange_row(values: Sequence[Any]) -> ExchangeRow:
     row = ExchangeRow(*values)
-    return row._replace(escalation=bool(row.escalation), simulated=bool(row.simulated))
+    signals = orjson.loads(row.signals) if isinstance(row.signals, str) else None
+    return row._replace(escalation=bool(row.escalation), simulated=bool(row.simulated), signals=signals)
 
 
 def numbered(sql: str) -> str:

@@ -1,7 +1,8 @@
 """Pure summaries of exchanges: grouping, percentiles, rates and costs.
 
 `stats()` (over exchanges held in memory) and `laneway report` (over the exchange log) both call
-`summarize`, so for the same exchanges and window they return the same numbers.
+`summarize`, so for the same exchanges and window they return the same numbers. Shadow exchanges
+answered nobody: they stay out of the totals, shares and costs, and are summed apart under `shadow`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from laneway.errors import UpstreamTimeout
 from laneway.exchange import OK
-from laneway.telemetry._records import ExchangeRow, HourlyRow
+from laneway.telemetry._records import SHADOW_LANE, ExchangeRow, HourlyRow
 
 TIMEOUT_OUTCOME = UpstreamTimeout.code
 NO_MODEL = "(none)"
@@ -115,18 +116,28 @@ def summarize(
     since: float | None = None,
     until: float | None = None,
 ) -> dict[str, Any]:
-    """Totals and per-model, per-route figures for the exchanges in `[since, until)`."""
+    """Totals and per-model, per-route figures for the exchanges in `[since, until)`, shadows apart."""
     total, models, routes = _Group(), dict[str, _Group](), dict[str, _Group]()
+    shadow, shadow_models = _Group(), dict[str, _Group]()
     first, last = math.inf, -math.inf
     for row in rows:
         if (since is not None and row.started_at < since) or (until is not None and row.started_at >= until):
             continue
         first, last = min(first, row.started_at), max(last, row.started_at)
-        for group in (total, _group(models, row.model or NO_MODEL), _group(routes, row.route or NO_ROUTE)):
+        groups: tuple[_Group, ...]
+        if row.lane == SHADOW_LANE:
+            groups = (shadow, _group(shadow_models, row.model or NO_MODEL))
+        else:
+            groups = (total, _group(models, row.model or NO_MODEL), _group(routes, row.route or NO_ROUTE))
+        for group in groups:
             group.add_row(row)
     for hour in hourly:
         first, last = min(first, hour.hour), max(last, hour.hour + 3600.0)
-        for group in (total, _group(models, hour.model or NO_MODEL), _group(routes, hour.route or NO_ROUTE)):
+        if hour.lane == SHADOW_LANE:
+            groups = (shadow, _group(shadow_models, hour.model or NO_MODEL))
+        else:
+            groups = (total, _group(models, hour.model or NO_MODEL), _group(routes, hour.route or NO_ROUTE))
+        for group in groups:
             group.add_hourly(hour)
     start = since if since is not None else (first if total.requests else None)
     end = until if until is not None else (last if total.requests else None)
@@ -138,6 +149,21 @@ def summarize(
         "total": total.finish(n, minutes),
         "models": {name: group.finish(n, minutes) for name, group in sorted(models.items())},
         "routes": {name: group.finish(n, minutes) for name, group in sorted(routes.items())},
+        "shadow": {
+            **_spend(shadow),
+            "models": {name: _spend(group) for name, group in sorted(shadow_models.items())},
+        },
+    }
+
+
+def _spend(group: _Group) -> dict[str, Any]:
+    """What shadow calls cost: never part of the primary's cost."""
+    return {
+        "requests": group.requests,
+        "errors": group.errors,
+        "tokens_in": group.tokens_in,
+        "tokens_out": group.tokens_out,
+        "cost_usd": round(group.cost_usd, 6),
     }
 
 

@@ -11,19 +11,23 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Mapping
+from itertools import chain
 from typing import Any
 
 from laneway.exchange import Exchange
 from laneway.telemetry._dashboard import dashboard_page
 from laneway.telemetry._metrics import GatewayMetrics, LogHealth
-from laneway.telemetry._records import ExchangeRow, LogRecord, log_record_of, row_of
+from laneway.telemetry._records import SHADOW_LANE, ExchangeRow, LogRecord, log_record_of, row_of
 from laneway.telemetry._settings import TelemetrySettings
+from laneway.telemetry._shadow_comparison import shadow_comparison
 from laneway.telemetry._store import open_store
 from laneway.telemetry._summary import summarize
 from laneway.telemetry._writer import ExchangeLog
 
 Recorded = tuple[Exchange, tuple[str, str] | None]
 METRICS_OFF = b"# metrics are turned off (`telemetry.metrics: false`)\n"
+SHADOW_DROPPED = "shadow_dropped_"  # prefix of the events a shadow runner counts for each dropped job
 
 
 class Telemetry:
@@ -36,6 +40,9 @@ class Telemetry:
         self._metrics = GatewayMetrics()
         self._pending: deque[Recorded] = deque()
         self._recent: deque[ExchangeRow] = deque(maxlen=settings.stats_window)
+        # Shadow rows are kept apart so that a busy shadow lane never pushes primaries out of the window.
+        self._shadows: deque[ExchangeRow] = deque(maxlen=settings.stats_window)
+        self._shadow_dropped: dict[str, int] = {}
         url = settings.exchange_log
         self._log = ExchangeLog(open_store(url), settings, self.health) if url else None
         self._stop = asyncio.Event()
@@ -55,6 +62,8 @@ class Telemetry:
 
     def count(self, event: str, model: str, n: int = 1) -> None:
         self._metrics.count(event, model, n)
+        if event.startswith(SHADOW_DROPPED):
+            self._shadow_dropped[model] = self._shadow_dropped.get(model, 0) + n
 
     def observe_queue_wait(self, model: str, seconds: float) -> None:
         """Time one request waited in `model`'s gate queue."""
@@ -68,7 +77,7 @@ class Telemetry:
 
     def stats(self, since: float | None = None, until: float | None = None) -> dict[str, Any]:
         self._drain()
-        summary = summarize(self._recent, (), since, until)
+        summary = summarize(chain(self._recent, self._shadows), (), since, until)
         summary["simulated"] = summary["simulated"] or self.simulated
         summary["log"] = {
             "enabled": self.health.enabled,
@@ -78,6 +87,23 @@ class Telemetry:
             "dropped": self.health.dropped,
         }
         return summary
+
+    async def shadow_stats(self, dropped: Mapping[str, int] | None = None, since: float | None = None,
+                           until: float | None = None) -> dict[str, Any]:
+        """Shadow candidates against their primaries over the in-memory window (`GET /admin/shadow`).
+
+        `dropped` is jobs dropped per candidate (`ShadowRunner.dropped`); by default, the drops this
+        sink was told of through `count("shadow_dropped_queue" | "shadow_dropped_budget", model)`.
+        The rows are taken on the event loop; the bootstrap runs in a worker thread (about a second
+        per 10,000 pairs), so the loop keeps serving meanwhile."""
+        self._drain()
+        rows = [r for r in self._shadows
+                if (since is None or r.started_at >= since) and (until is None or r.started_at < until)]
+        drops = dict(self._shadow_dropped if dropped is None else dropped)
+        figures = await asyncio.to_thread(shadow_comparison, rows, drops)
+        figures["simulated"] = figures["simulated"] or self.simulated
+        figures["window"] = {"since": since, "until": until, "shadow_rows": len(rows)}
+        return figures
 
     def dashboard_html(self) -> bytes:
         return dashboard_page(self.simulated)
@@ -123,7 +149,7 @@ class Telemetry:
         while pending:
             exchange, bodies = pending.popleft()
             row = row_of(exchange, self.simulated)
-            self._recent.append(row)
+            (self._shadows if row.lane == SHADOW_LANE else self._recent).append(row)
             if metrics is not None:
                 metrics.observe(exchange)
             if self._log is not None:

@@ -1,0 +1,163 @@
+"""Where Laneway's CPU goes per request, and what telemetry costs.
+
+1. CPU per request (process CPU time over requests answered) for the full config (metrics and
+   exchange log on) and the bare one (both off) at a steady ~1,000 requests/s, open loop, three
+   interleaved repetitions: the difference is telemetry's cost per request.
+2. A py-spy profile of the full config under wrk at 32 connections: top frames by own time and by
+   inclusive time, as shares of samples.
+
+Run (as root, from the repository root; needs `pip install py-spy` in .venv):
+    .venv/bin/python bench/profile_gateway.py [--rate 1000] [--seconds 10] [--profile-seconds 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from contenders import CONTENDERS, LOAD_CORE, ROOT, VENV_PYTHON, Contender, Fleet
+from measure import PAYLOADS, wrk_run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--profile-seconds", type=int, default=12)
+    parser.add_argument("--json", default="var/bench/profile.json")
+    args = parser.parse_args()
+    chosen = [c for c in CONTENDERS if c.name in ("laneway-full", "laneway-bare")]
+    with Fleet(chosen) as fleet:
+        if fleet.failed:
+            raise SystemExit(f"could not start: {fleet.failed}")
+        cpu: dict[str, list[dict[str, float]]] = {c.name: [] for c in chosen}
+        for round_no in range(args.rounds):
+            for contender in chosen if round_no % 2 == 0 else chosen[::-1]:
+                cpu[contender.name].append(paced_cpu(fleet.get(contender.name), args.rate, args.seconds))
+        profile = py_spy(fleet.get("laneway-full"), args.profile_seconds)
+    report = {"cpu_us_per_request": cpu, "profile": profile, **telemetry_cost(cpu)}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print(render(report))
+    return 0
+
+
+def paced_cpu(contender: Contender, rate: float, seconds: float) -> dict[str, float]:
+    """Process CPU µs per request while `laneway loadtest` offers `rate` requests/s.
+
+    At most 64 connections, so a backlog waits in the client's pool instead of costing the gateway
+    new connections: the figure is the cost of a request, not of connection churn."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        command = ["taskset", "-c", LOAD_CORE, VENV_PYTHON, "-m", "laneway.loadtest", "--url", contender.url,
+                   "--rate", f"{rate:g}", "--duration", f"{seconds:g}", "--payloads", str(PAYLOADS),
+                   "--max-inflight", "64", "--quiet", "--seed", "1", "--json", out.name]
+        before, loop_before = contender.cpu_seconds(), contender.main_thread_cpu_seconds()
+        subprocess.run(command, cwd=ROOT, capture_output=True, check=True,
+                       env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+        used = contender.cpu_seconds() - before
+        loop_used = contender.main_thread_cpu_seconds() - loop_before
+        data = json.loads(Path(out.name).read_text())
+    answered = data["all"]["requests"]
+    return {"requests": answered, "rps": data["all"]["throughput_rps"], "errors": data["all"]["errors"],
+            "cpu_us_per_request": used / answered * 1e6, "cpu_share": used / data["wall_s"],
+            "other_threads_us_per_request": (used - loop_used) / answered * 1e6,
+            "p50_ms": data["all"]["latency_ms"]["p50"], "client_cpu_share": data["client"]["cpu_share"]}
+
+
+def telemetry_cost(cpu: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    """Medians, and minimums (the least disturbed rounds on a shared machine)."""
+    full = [r["cpu_us_per_request"] for r in cpu["laneway-full"]]
+    bare = [r["cpu_us_per_request"] for r in cpu["laneway-bare"]]
+    median_full, median_bare = statistics.median(full), statistics.median(bare)
+    return {"full_us": median_full, "bare_us": median_bare, "telemetry_us": median_full - median_bare,
+            "telemetry_share_of_full": (median_full - median_bare) / median_full,
+            "min_full_us": min(full), "min_bare_us": min(bare),
+            "min_telemetry_share_of_full": (min(full) - min(bare)) / min(full)}
+
+
+def py_spy(contender: Contender, seconds: int) -> dict[str, Any]:
+    spy = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
+    pid = next((p for p in contender.pids() if _is_python(p)), 0)
+    with tempfile.NamedTemporaryFile(suffix=".txt") as out:
+        recorder = subprocess.Popen(["taskset", "-c", LOAD_CORE, spy, "record", "-p", str(pid),
+                                     "-d", str(seconds), "-r", "250", "-f", "raw", "--nonblocking",
+                                     "-o", out.name],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        load = wrk_run(contender.url, 32, seconds + 1)
+        recorder.wait()
+        stacks = Path(out.name).read_text().splitlines()
+    return {"requests_per_s_while_profiled": load["rps"], **top_frames(stacks)}
+
+
+def _is_python(pid: int) -> bool:
+    try:
+        return "python" in Path(f"/proc/{pid}/comm").read_text()
+    except OSError:
+        return False
+
+
+def top_frames(stacks: list[str], n: int = 18) -> dict[str, Any]:
+    """Own and inclusive shares of samples per function from py-spy's collapsed stacks."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in stacks:
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [_short(f) for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        samples = int(count)
+        total += samples
+        own[frames[-1]] += samples
+        for frame in set(frames):
+            inclusive[frame] += samples
+    return {"samples": total,
+            "own": [(f, round(c / total * 100, 1)) for f, c in own.most_common(n)],
+            "inclusive": [(f, round(c / total * 100, 1)) for f, c in inclusive.most_common(n * 2)]}
+
+
+def _short(frame: str) -> str:
+    """`func (path/to/file.py:12)` → `func (file.py)`: one entry per function, not per line."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    parts = Path(path).parts
+    short = "/".join(parts[-2:]) if "laneway" in parts else Path(path).name
+    return f"{name} ({short})"
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = ["CPU per request at the offered rate (median of rounds):"]
+    for name, runs in report["cpu_us_per_request"].items():
+        lines.append(f"  {name:14} " + ", ".join(f"{r['cpu_us_per_request']:.0f} us ({r['rps']:.0f} req/s)"
+                                                   for r in runs))
+        threads = statistics.median(r["other_threads_us_per_request"] for r in runs)
+        lines.append(f"  {'':14} of which threads other than the event loop's: {threads:.1f} us")
+    lines.append(f"  telemetry: {report['telemetry_us']:.1f} us/request = "
+                 f"{report['telemetry_share_of_full'] * 100:.1f} % of the full config's "
+                 f"{report['full_us']:.0f} us")
+    share = report["min_telemetry_share_of_full"] * 100
+    lines.append(f"  by the least disturbed rounds: full {report['min_full_us']:.0f} us, bare "
+                 f"{report['min_bare_us']:.0f} us, telemetry {share:.1f} %")
+    profile = report["profile"]
+    rate = profile["requests_per_s_while_profiled"]
+    lines.append(f"py-spy: {profile['samples']} samples at {rate:.0f} req/s")
+    lines += ["  own time:"] + [f"    {share:5.1f} %  {frame}" for frame, share in profile["own"]]
+    lines += ["  inclusive:"] + [f"    {share:5.1f} %  {frame}" for frame, share in profile["inclusive"]]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""Build the shipped customer-support intent model from `data/bitext-customer-support`.
+
+The 27 Bitext intents are the model's labels. Out-of-scope examples (label `unknown`) come from
+CLINC150: its `oos` rows and rows of domains a support desk does not serve (travel, cooking,
+small talk, utilities), so the model learns to answer `unknown` for them.
+
+    python scripts/build_intent_model.py            # evaluate on a validation split, then build
+    python scripts/build_intent_model.py --skip-eval
+
+The data loaders and deterministic validation splits here are shared with `bench/bench_intents.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from laneway.intents import UNKNOWN, TrainingOptions, default_model_path, evaluate, train  # noqa: E402
+from laneway.intents._cli import render  # noqa: E402
+from laneway.intents._training import stratified_split  # noqa: E402
+
+DATA = ROOT / "data"
+# CLINC domains with nothing in common with an online shop's support desk. Travel and commuting
+# are left out: "where is my luggage" or "directions" read too much like delivery questions.
+OFF_TOPIC_DOMAINS = ("kitchen_and_dining", "utility", "small_talk")
+OFF_TOPIC_PER_INTENT = 10
+# Balanced label weights keep the large `unknown` pool from outweighing each support intent.
+OPTIONS = TrainingOptions(balanced=True)
+SEED = 0
+
+Rows = tuple[list[str], list[str]]
+
+
+def bitext_rows() -> Rows:
+    with (DATA / "bitext-customer-support" / "bitext_train.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return [r["instruction"] for r in rows], [r["intent"] for r in rows]
+
+
+def banking_rows() -> Rows:
+    with (DATA / "banking77" / "train.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return [r["text"] for r in rows], [r["category"] for r in rows]
+
+
+def clinc_splits() -> dict[str, Rows]:
+    """CLINC150's `train`, `val` (with their out-of-scope rows labelled `unknown`) and `domains`."""
+    raw = json.loads((DATA / "clinc150" / "data_full_trainval.json").read_text(encoding="utf-8"))
+
+    def rows(pairs: list[list[str]]) -> Rows:
+        return [t for t, _ in pairs], [UNKNOWN if label == "oos" else label for _, label in pairs]
+
+    return {"train": rows(raw["train"] + raw["oos_train"]), "val": rows(raw["val"] + raw["oos_val"])}
+
+
+def holdout(rows: Rows, share: float) -> tuple[Rows, Rows]:
+    """Deterministic stratified split (the same one every script and document uses)."""
+    texts, labels = rows
+    keep, held = stratified_split(labels, share, SEED)
+    kept = ([texts[i] for i in keep], [labels[i] for i in keep])
+    return kept, ([texts[i] for i in held], [labels[i] for i in held])
+
+
+def off_topic_rows(split: str) -> Rows:
+    """CLINC rows outside a support desk's scope, labelled `unknown`: all `oos` rows of the split
+    plus `OFF_TOPIC_PER_INTENT` rows of each off-topic intent."""
+    domains = json.loads((DATA / "clinc150" / "domains.json").read_text(encoding="utf-8"))
+    off_topic = {intent for domain in OFF_TOPIC_DOMAINS for intent in domains[domain]}
+    texts, labels = clinc_splits()[split]
+    taken: dict[str, int] = {}
+    picked: list[str] = []
+    for text, label in zip(texts, labels, strict=True):
+        if label == UNKNOWN or (label in off_topic and taken.get(label, 0) < OFF_TOPIC_PER_INTENT):
+            taken[label] = taken.get(label, 0) + 1
+            picked.append(text)
+    return picked, [UNKNOWN] * len(picked)
+
+
+def join(*parts: Rows) -> Rows:
+    texts: list[str] = []
+    labels: list[str] = []
+    for part_texts, part_labels in parts:
+        texts += part_texts
+        labels += part_labels
+    return texts, labels
+
+
+def support_validation() -> tuple[Rows, Rows]:
+    """(train, validation) for the customer-support model: Bitext 80/20 plus CLINC off-topic rows."""
+    bitext_train, bitext_val = holdout(bitext_rows(), 0.2)
+    return join(bitext_train, off_topic_rows("train")), join(bitext_val, off_topic_rows("val"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=default_model_path(),
+                        help="model path (default: %(default)s)")
+    parser.add_argument("--skip-eval", action="store_true", help="build without the validation report")
+    args = parser.parse_args(argv)
+    if not args.skip_eval:
+        (train_texts, train_labels), (val_texts, val_labels) = support_validation()
+        report = evaluate(train(train_texts, train_labels, OPTIONS), val_texts, val_labels)
+        print("validation (Bitext 20 % split + CLINC off-topic val rows):\n" + render(report) + "\n")
+    started = time.perf_counter()
+    texts, labels = join(bitext_rows(), off_topic_rows("train"), off_topic_rows("val"))
+    model = train(texts, labels, OPTIONS)
+    model.save(args.out)
+    size = args.out.stat().st_size / 1e6
+    print(f"built {args.out} ({size:.2f} MB, {len(model.labels)} intents, {len(texts)} rows, "
+          f"threshold {model.threshold:.3f}) in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""`laneway intents train|eval`: train a model from a `text,label` CSV and score one on another."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from ._dataset import read_rows
+from ._evaluation import evaluate
+from ._model import IntentModel
+from ._training import TrainingOptions, train
+
+DEFAULTS = TrainingOptions()
+
+
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `intents train` and `intents eval` on the main command's subparsers."""
+    intents = subparsers.add_parser("intents", help="train and evaluate intent classifiers")
+    sub = intents.add_subparsers(metavar="ACTION", required=True)
+    trainer = sub.add_parser("train", help="train a model from a CSV with columns text,label")
+    trainer.add_argument("data", metavar="DATA.csv",
+                         help="training rows; out-of-scope rows are labelled unknown")
+    trainer.add_argument("--out", required=True, metavar="MODEL", help="where to write the model (.npz)")
+    trainer.add_argument("--regularization", type=float, default=DEFAULTS.regularization,
+                         help="inverse L2 strength C of the logistic regression (default: %(default)s)")
+    trainer.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the threshold holdout")
+    trainer.set_defaults(func=run_train)
+    scorer = sub.add_parser("eval", help="score a model on a CSV with columns text,label")
+    scorer.add_argument("data", metavar="DATA.csv")
+    scorer.add_argument("--model", required=True, metavar="MODEL", help="a model written by `intents train`")
+    scorer.add_argument("--json", action="store_true", help="print the report as JSON")
+    scorer.set_defaults(func=run_eval)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    rows = read_rows(args.data)
+    started = time.perf_counter()
+    options = TrainingOptions(regularization=args.regularization, seed=args.seed)
+    model = train(rows.texts, rows.labels, options)
+    model.save(args.out)
+    took = time.perf_counter() - started
+    print(f"trained {len(model.labels)} intents on {len(rows.texts)} rows in {took:.1f} s; "
+          f"rejection threshold {model.threshold:.3f}; wrote {args.out}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    model = IntentModel.load(args.model)
+    rows = read_rows(args.data)
+    report = evaluate(model, rows.texts, rows.labels)
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as plain-text tables: summary, per-intent scores, most confused pairs."""
+    lines = [
+        f"rows {report['rows']} (in scope {report['in_scope_rows']}, out of scope {report['oos_rows']})",
+        f"accuracy (in scope)  {_percent(report['accuracy'])}",
+        f"out-of-scope recall  {_percent(report['oos_recall'])}",
+        "",
+        f"{'intent':<40} {'precision':>9} {'recall':>7} {'support':>7}",
+    ]
+    for label, scores in report["per_intent"].items():
+        lines.append(f"{label:<40} {_percent(scores['precision']):>9} {_percent(scores['recall']):>7} "
+                     f"{scores['support']:>7}")
+    lines += ["", "most confused (label -> predicted: count)"]
+    lines += [f"  {c['label']} -> {c['predicted']}: {c['count']}" for c in report["confusions"]] or ["  none"]
+    return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"

@@ -1,0 +1,56 @@
+"""Labelled rows from a `text,label` CSV file; out-of-scope rows carry the label `unknown`."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError, ConfigIssue
+
+COLUMNS = ("text", "label")
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledRows:
+    texts: tuple[str, ...]
+    labels: tuple[str, ...]
+
+
+def read_rows(path: str | Path) -> LabelledRows:
+    """Read a CSV with a header naming `text` and `label`; every problem names the file and row."""
+    source = Path(path)
+    try:
+        with source.open(newline="", encoding="utf-8") as handle:
+            return _parse(source, csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise _error(source, f"cannot read the file: {error}") from error
+
+
+def _parse(source: Path, reader: csv.DictReader[str]) -> LabelledRows:
+    header = reader.fieldnames or []
+    missing = [column for column in COLUMNS if column not in header]
+    if missing:
+        names = ", ".join(f"`{m}`" for m in missing)
+        raise _error(source, f"missing column(s) {names} in header {header}; the header must be `text,label`")
+    texts: list[str] = []
+    labels: list[str] = []
+    issues: list[ConfigIssue] = []
+    for row in reader:
+        text, label = (row.get("text") or "").strip(), (row.get("label") or "").strip()
+        if not text or not label:
+            empty = "`text`" if not text else "`label`"
+            where = f"{source}:{reader.line_num}"
+            issues.append(ConfigIssue(where, f"empty {empty}; fill it or drop the row"))
+            continue
+        texts.append(text)
+        labels.append(label)
+    if issues:
+        raise ConfigError(issues[:20], source=str(source))
+    if not texts:
+        raise _error(source, "no data rows; add `text,label` rows under the header")
+    return LabelledRows(tuple(texts), tuple(labels))
+
+
+def _error(source: Path, message: str) -> ConfigError:
+    return ConfigError([ConfigIssue(str(source), message)], source=str(source))

@@ -1,0 +1,109 @@
+"""One timed request: send a body, read the answer (or its event stream), say what happened.
+
+Errors are classified by kind: `HTTP <status> <code>` from the answer's OpenAI-shaped error body,
+`stream error <code>` for an SSE `event: error`, `stream cut` for a stream that ends without
+`[DONE]`, and `timeout`, `connect` or `transport <ExceptionName>` when no answer arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+import orjson
+
+_COST_MARK = b": laneway cost_usd="
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one request got. Times are seconds from the moment the request was due."""
+
+    latency: float
+    status: int = 0
+    error: str = ""
+    ttft: float | None = None
+    model: str = "-"
+    lane: str = "-"
+    route: str = "-"
+    cost_usd: float = 0.0
+    chunk_times: list[float] = field(default_factory=list)  # arrival of each SSE event, streams only
+
+
+async def send(session: aiohttp.ClientSession, url: str, body: bytes, stream: bool, due: float,
+               limit_s: float) -> Outcome:
+    """POST `body`; `due` is the perf_counter() time the request should have gone out."""
+    try:
+        async with asyncio.timeout(limit_s), session.post(url, data=body) as response:
+            outcome = Outcome(0.0, status=response.status)
+            _read_headers(outcome, response.headers)
+            if stream and response.status < 400:
+                await _read_stream(outcome, response, due)
+            else:
+                payload = await response.read()
+                if response.status >= 400:
+                    outcome.error = f"HTTP {response.status} {_error_code(payload)}".rstrip()
+    except TimeoutError:
+        return Outcome(time.perf_counter() - due, error="timeout")
+    except aiohttp.ClientConnectorError:
+        return Outcome(time.perf_counter() - due, error="connect")
+    except aiohttp.ClientError as exc:
+        return Outcome(time.perf_counter() - due, error=f"transport {type(exc).__name__}")
+    outcome.latency = time.perf_counter() - due
+    return outcome
+
+
+def _read_headers(outcome: Outcome, headers: Mapping[str, str]) -> None:
+    get = headers.get
+    outcome.model = get("x-laneway-model") or "-"
+    outcome.lane = get("x-laneway-lane") or "-"
+    outcome.route = get("x-laneway-route") or "-"
+    cost = get("x-laneway-cost-usd")
+    if cost:
+        outcome.cost_usd = _number(cost.encode())
+
+
+async def _read_stream(outcome: Outcome, response: aiohttp.ClientResponse, due: float) -> None:
+    done = False
+    pending = b""
+    async for piece in response.content.iter_any():
+        now = time.perf_counter() - due
+        pending += piece
+        *events, pending = pending.split(b"\n\n")
+        for event in events:
+            if outcome.ttft is None:
+                outcome.ttft = now
+            outcome.chunk_times.append(now)
+            done = _read_event(outcome, event) or done
+    if not done and not outcome.error:
+        outcome.error = "stream cut"
+
+
+def _read_event(outcome: Outcome, event: bytes) -> bool:
+    """True for the `[DONE]` event; notes a cost comment or an error event."""
+    if event.startswith(_COST_MARK):
+        outcome.cost_usd = _number(event[len(_COST_MARK):])
+    elif event.startswith(b"event: error"):
+        payload = event.split(b"data:", 1)[1] if b"data:" in event else b""
+        outcome.error = f"stream error {_error_code(payload)}".rstrip()
+    return event.endswith(b"data: [DONE]")
+
+
+def _error_code(payload: bytes) -> str:
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return ""
+    error = data.get("error") if isinstance(data, dict) else None
+    code = error.get("code") or error.get("type") if isinstance(error, dict) else None
+    return str(code) if code else ""
+
+
+def _number(text: bytes) -> float:
+    try:
+        return float(text.strip())
+    except ValueError:
+        return 0.0

@@ -1,0 +1,92 @@
+"""Load-test payloads: JSONL of chat-completions bodies, or JSONL of conversations replayed turn by turn.
+
+A conversation line is an object with a `conversation` key (its id):
+
+    {"conversation": "c-42", "model": "laneway", "signals": {"priority": "high", "channel": "chat"},
+     "params": {"max_tokens": 200},
+     "messages": [{"role": "system", "content": "..."},
+                  {"role": "user", "content": "I was charged twice"},
+                  {"role": "assistant", "content": "..."},
+                  {"role": "user", "content": "Still waiting", "signals": {"escalation": true}}]}
+
+Each `user` message becomes one request carrying the messages up to it, with `metadata` holding
+the conversation's `signals` plus `conversation_id`. A message's own `signals` (stripped from
+what is sent) change the signals from that turn on. `model` (default: the command's `--model`)
+and `params` (extra body fields such as `max_tokens`) are optional. Any other line is sent as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..errors import ConfigError, ConfigIssue
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """One request body, ready to send (without the `stream` flag, which the run decides)."""
+
+    body: dict[str, Any]
+    conversation: str | None = None
+
+
+def load_payloads(path: str | Path, model: str = "laneway") -> list[Payload]:
+    """Every request of a payload file, in file order (a conversation's turns in turn order)."""
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        issue = ConfigIssue(str(source), f"cannot read the payload file: {exc.strerror}; check `--payloads`")
+        raise ConfigError([issue]) from None
+    payloads: list[Payload] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            payloads.extend(_payloads_of(_decode(line, source, number), model, f"{source}:{number}"))
+    if not payloads:
+        raise ConfigError([ConfigIssue(str(source), "no requests: write one JSON object per line")])
+    return payloads
+
+
+def _decode(line: str, source: Path, number: int) -> dict[str, Any]:
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError([ConfigIssue(f"{source}:{number}", f"not valid JSON: {exc}")]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigIssue(f"{source}:{number}", "each line must be a JSON object")])
+    return data
+
+
+def _payloads_of(data: dict[str, Any], model: str, where: str) -> Iterator[Payload]:
+    if "conversation" not in data:
+        if not isinstance(data.get("messages"), list):
+            raise ConfigError([ConfigIssue(where, "a request line needs a `messages` list "
+                                                  "(or a `conversation` key to replay it turn by turn)")])
+        yield Payload({"model": model, **data})
+        return
+    yield from conversation_turns(data, model, where)
+
+
+def conversation_turns(data: dict[str, Any], model: str, where: str = "conversation") -> Iterator[Payload]:
+    """The requests of one conversation line, one per `user` message."""
+    conversation = str(data["conversation"])
+    messages, signals, params = data.get("messages"), data.get("signals", {}), data.get("params", {})
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise ConfigError([ConfigIssue(f"{where}.messages", "must be a list of message objects")])
+    if not isinstance(signals, dict) or not isinstance(params, dict):
+        raise ConfigError([ConfigIssue(where, "`signals` and `params` must be objects")])
+    current = {**signals, "conversation_id": conversation}
+    sent: list[dict[str, Any]] = []
+    for message in messages:
+        turn_signals = message.get("signals")
+        if isinstance(turn_signals, dict):
+            current = {**current, **turn_signals}
+        sent.append({k: v for k, v in message.items() if k != "signals"})
+        if message.get("role") == "user":
+            body = {"model": data.get("model", model), "messages": list(sent), "metadata": dict(current)}
+            yield Payload({**body, **params}, conversation)

@@ -1,0 +1,121 @@
+"""What a run measured, as one JSON-ready summary, a text table, a JSON file and a CSV file."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ._histogram import RELATIVE_ERROR, LatencyHistogram
+from ._tally import Group, Tally
+
+QUANTILES = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99}
+CSV_FIELDS = ("scope", "model", "lane", "requests", "errors", "throughput_rps", "p50_ms", "p90_ms", "p95_ms",
+              "p99_ms", "max_ms", "mean_ms", "ttft_p50_ms", "ttft_p99_ms", "cost_usd")
+# The quantiles of the percentile spectrum: 0, 20.6 %, 36.9 % ... 99.99 %, evenly spaced in 1/(1-q).
+SPECTRUM = tuple(1 - 10 ** (-k / 10) for k in range(41))
+# Above this share of one core the load generator itself may be what limits the run.
+BUSY_CLIENT = 0.85
+
+
+def milliseconds(histogram: LatencyHistogram) -> dict[str, float] | None:
+    if not histogram.count:
+        return None
+    figures = {name: histogram.quantile(q) * 1000 for name, q in QUANTILES.items()}
+    figures |= {"max": histogram.max * 1000, "mean": histogram.mean * 1000, "min": histogram.min * 1000}
+    return {name: round(value, 4) for name, value in figures.items()}
+
+
+def _group(group: Group, wall_s: float) -> dict[str, Any]:
+    return {"requests": group.requests, "errors": group.errors,
+            "throughput_rps": round(group.requests / wall_s, 2) if wall_s else 0.0,
+            "latency_ms": milliseconds(group.latency), "ttft_ms": milliseconds(group.ttft),
+            "cost_usd": round(group.cost_usd, 8)}
+
+
+def summarize(tally: Tally, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run as plain data: the shape of `--json`."""
+    return {
+        "settings": settings or {},
+        "wall_s": round(tally.wall_s, 3),
+        "histogram_relative_error": RELATIVE_ERROR,
+        "all": _group(tally.all, tally.wall_s),
+        "errors": dict(tally.errors.most_common()),
+        "models": [{"model": model, "lane": lane, **_group(group, tally.wall_s)}
+                   for (model, lane), group in sorted(tally.by_model.items())],
+        "chunk_gap_ms": milliseconds(tally.chunk_gaps),
+        "spectrum": _spectrum(tally.all),
+        "client": {"cpu_s": round(tally.client_cpu_s, 3),
+                   "cpu_us_per_request": round(tally.client_cpu_us_per_request, 1),
+                   "cpu_share": round(tally.client_cpu_share, 3)},
+        "timeline": [{"second": second, "requests": s.requests, "errors": s.errors,
+                      "p50_ms": round(s.latency.quantile(0.5) * 1000, 3),
+                      "p99_ms": round(s.latency.quantile(0.99) * 1000, 3)}
+                     for second, s in sorted(tally.timeline.items())],
+    }
+
+
+def _spectrum(group: Group) -> list[dict[str, Any]]:
+    if not group.latency.count:
+        return []
+    ttft = group.ttft if group.ttft.count else None
+    return [{"q": round(q, 6), "latency_ms": round(group.latency.quantile(q) * 1000, 4),
+             "ttft_ms": round(ttft.quantile(q) * 1000, 4) if ttft else None} for q in SPECTRUM]
+
+
+def write_json(summary: dict[str, Any], path: str | Path) -> None:
+    Path(path).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def csv_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = [_csv_row("all", "", "", summary["all"])]
+    rows += [_csv_row("model", m["model"], m["lane"], m) for m in summary["models"]]
+    return rows
+
+
+def _csv_row(scope: str, model: str, lane: str, group: dict[str, Any]) -> dict[str, Any]:
+    latency, ttft = group["latency_ms"] or {}, group["ttft_ms"] or {}
+    return {"scope": scope, "model": model, "lane": lane, "requests": group["requests"],
+            "errors": group["errors"], "throughput_rps": group["throughput_rps"],
+            **{f"{k}_ms": latency.get(k, "") for k in ("p50", "p90", "p95", "p99", "max", "mean")},
+            "ttft_p50_ms": ttft.get("p50", ""), "ttft_p99_ms": ttft.get("p99", ""),
+            "cost_usd": group["cost_usd"]}
+
+
+def write_csv(summary: dict[str, Any], path: str | Path) -> None:
+    with Path(path).open("w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(csv_rows(summary))
+
+
+def render_text(summary: dict[str, Any]) -> str:
+    everything = summary["all"]
+    lines = [f"{everything['requests']} requests in {summary['wall_s']:.2f} s: "
+             f"{everything['throughput_rps']:.1f} req/s, {everything['errors']} errors"]
+    lines += [_figures_line("latency", everything["latency_ms"]),
+              _figures_line("ttft", everything["ttft_ms"]),
+              _figures_line("chunk gap", summary["chunk_gap_ms"])]
+    lines += [f"  error {kind}: {n}" for kind, n in summary["errors"].items()]
+    if any(m["model"] != "-" for m in summary["models"]):
+        lines.append(f"  {'model':24} {'lane':9} {'requests':>8} {'errors':>6} {'p50 ms':>9} {'p99 ms':>9} "
+                     f"{'cost usd':>12}")
+        for m in summary["models"]:
+            latency = m["latency_ms"] or {"p50": 0.0, "p99": 0.0}
+            lines.append(f"  {m['model']:24} {m['lane']:9} {m['requests']:8d} {m['errors']:6d} "
+                         f"{latency['p50']:9.3f} {latency['p99']:9.3f} {m['cost_usd']:12.6f}")
+    client = summary["client"]
+    lines.append(f"  load generator: {client['cpu_us_per_request']:.0f} us CPU/request, "
+                 f"{client['cpu_share'] * 100:.0f} % of one core")
+    if client["cpu_share"] > BUSY_CLIENT:
+        lines.append("  warning: the load generator was nearly saturated; the figures may be its own limit")
+    return "\n".join(line for line in lines if line)
+
+
+def _figures_line(label: str, figures: dict[str, float] | None) -> str:
+    if not figures:
+        return ""
+    cells = "  ".join(f"{name} {figures[name]:.3f}" for name in ("p50", "p90", "p95", "p99", "max"))
+    return f"  {label + ' ms':13} {cells}"

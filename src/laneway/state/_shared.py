@@ -1,0 +1,151 @@
+"""State shared by every replica through Redis: concurrency leases, budgets, breaker cooldowns, cache.
+
+`SharedState` is what a gate sees as its `SharedLimits`. A background loop renews this replica's
+leases (so those of a replica that died expire), syncs the breakers, and probes the store while
+it is unreachable so the replica rejoins as soon as it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import uuid
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+
+from ..breaker import CircuitBreaker
+from ..gate import LOCAL_ONLY
+from . import _scripts
+from ._breakers import BreakerBoard
+from ._cache import RedisStore
+from ._link import EventSink, Link, Unreachable, quietly
+
+LEASE_TTL_S = 15.0  # a dead replica's slots come back after at most this long
+TICK_S = 0.25  # breaker sync and reconnection probe period
+
+Breakers = Callable[[], Mapping[str, CircuitBreaker]]
+
+
+def lease_key(model: str) -> str:
+    return f"laneway:gate:{model}:leases"
+
+
+def budget_key(model: str, unit: str) -> str:
+    return f"laneway:budget:{model}:{unit.lower()}"
+
+
+class SharedState:
+    def __init__(self, url: str, sink: EventSink | None = None, breakers: Breakers | None = None,
+                 lease_ttl_s: float = LEASE_TTL_S) -> None:
+        self.link = Link(url, sink)
+        self.replica = uuid.uuid4().hex[:12]
+        self.lease_ttl_ms = int(lease_ttl_s * 1000)
+        self.cache = RedisStore(self.link)
+        self._breakers = breakers
+        self._board = BreakerBoard(self.replica)
+        self._held: dict[str, set[str]] = {}
+        self._ids = itertools.count()
+        client = self.link.client
+        self._acquire = client.register_script(_scripts.ACQUIRE)
+        self._renew = client.register_script(_scripts.RENEW)
+        self._take = client.register_script(_scripts.TAKE)
+        self._refund = client.register_script(_scripts.REFUND)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, url: str, sink: EventSink | None = None,
+                   breakers: Breakers | None = None) -> SharedState:
+        """Connect and start syncing. An unreachable store is not an error: the replica starts on its own."""
+        state = cls(url, sink, breakers)
+        await state.tick()
+        state._loop = asyncio.create_task(state._run())
+        return state
+
+    @property
+    def up(self) -> bool:
+        return self.link.up
+
+    async def lease(self, model: str, limit: int) -> str | None:
+        lease = f"{self.replica}:{next(self._ids)}"
+        try:
+            granted = await self.link.run(lambda _: self._acquire(keys=[lease_key(model)],
+                                                                   args=[limit, lease, self.lease_ttl_ms]))
+        except Unreachable:
+            return LOCAL_ONLY
+        if not granted:
+            return None
+        self._held.setdefault(model, set()).add(lease)
+        return lease
+
+    async def unlease(self, model: str, lease: str) -> None:
+        self._held.get(model, set()).discard(lease)
+        await quietly(self.link, lambda client: client.zrem(lease_key(model), lease))
+
+    async def take(self, model: str, unit: str, amount: float, per_minute: float) -> float | None:
+        try:
+            wait = await self.link.run(lambda _: self._take(keys=[budget_key(model, unit)],
+                                                            args=[per_minute, amount]))
+        except Unreachable:
+            return None
+        return float(wait)
+
+    def refund(self, model: str, unit: str, amount: float, per_minute: float) -> None:
+        self._spawn(quietly(self.link, lambda _: self._refund(keys=[budget_key(model, unit)],
+                                                              args=[per_minute, amount])))
+
+    async def tick(self) -> None:
+        """Sync the breakers (this is also the reconnection probe); after an outage, renew the leases."""
+        was_up = self.link.up
+        try:
+            await self.link.run(self._upkeep, probe=True)
+        except Unreachable:
+            return
+        if not was_up:
+            await self.renew()  # a restarted store lost them: count them again
+
+    async def _upkeep(self, client: Any) -> None:
+        if self._breakers is not None:
+            await self._board.sync(client, self._breakers(), asyncio.get_running_loop().time())
+        else:
+            await client.ping()
+
+    async def renew(self) -> None:
+        """Extend (or re-add) every lease this replica holds: its calls are still running."""
+        await quietly(self.link, self._renew_all)
+
+    async def _renew_all(self, _client: Any) -> None:
+        for model, leases in list(self._held.items()):
+            if leases:
+                await self._renew(keys=[lease_key(model)], args=[self.lease_ttl_ms, *leases])
+
+    async def _run(self) -> None:
+        ticks_per_renewal = max(1, int(self.lease_ttl_ms / 1000 / 3 / TICK_S))
+        for n in itertools.count(1):
+            await asyncio.sleep(TICK_S)
+            await self.tick()
+            if n % ticks_per_renewal == 0:
+                await self.renew()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        """Give back the leases still held (their calls were drained before) and disconnect."""
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await quietly(self.link, self._unlease_all)
+        await self.link.aclose()
+
+    async def _unlease_all(self, client: Any) -> None:
+        for model, leases in self._held.items():
+            if leases:
+                await client.zrem(lease_key(model), *leases)
+        self._held.clear()

@@ -1,0 +1,60 @@
+"""What a confidence cascade saved against sending everything to its escalation model.
+
+For every exchange on a cascaded route, the always-heavy cost is what its answer's tokens would have
+cost at the escalation model's prices; the saving is that minus what the exchange did cost (first
+answer, grader and escalation included). The heavy model would not have written exactly the same
+number of tokens: the figure prices the same tokens, not a replay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from laneway.telemetry._intervals import MIN_SAMPLES, wilson
+from laneway.telemetry._lane_figures import ci, insufficient, money, rate, relative
+from laneway.telemetry._records import SHADOW_LANE, ExchangeRow
+from laneway.telemetry._summary import NO_ROUTE
+
+CASCADE_LANE = "cascade"
+NO_PRICES = "no routing file given: pass it with `--config FILE` to price the always-heavy baseline"
+
+
+class Priced(Protocol):
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float: ...
+
+
+def cascade_savings(rows: Iterable[ExchangeRow], escalate_to: Mapping[str, str] | None = None,
+                    prices: Mapping[str, Priced] | None = None) -> dict[str, Any]:
+    """Per cascaded route: escalation rate and cost saved. Routes are those of `escalate_to` (route →
+    escalation model, from the routing file) or, without it, those whose exchanges carry a confidence."""
+    by_route: dict[str, list[ExchangeRow]] = {}
+    for row in rows:
+        if row.lane != SHADOW_LANE:
+            by_route.setdefault(row.route or NO_ROUTE, []).append(row)
+    cascaded = set(escalate_to) if escalate_to is not None else {
+        name for name, group in by_route.items() if any(r.cascade_confidence is not None for r in group)}
+    routes = {name: _route(by_route[name], (escalate_to or {}).get(name), prices)
+              for name in sorted(cascaded & set(by_route))}
+    return {"priced": prices is not None, "note": None if prices is not None else NO_PRICES, "routes": routes}
+
+
+def _route(rows: list[ExchangeRow], heavy: str | None, prices: Mapping[str, Priced] | None) -> dict[str, Any]:
+    n = len(rows)
+    escalated = sum(r.lane == CASCADE_LANE for r in rows)
+    scores = [r.cascade_confidence for r in rows if r.cascade_confidence is not None]
+    heavy = heavy or next((r.model for r in rows if r.lane == CASCADE_LANE and r.model), None)
+    spent = sum(r.cost_usd for r in rows)
+    figures: dict[str, Any] = {
+        "exchanges": n, "scored": len(scores), "escalated": escalated, "escalate_to": heavy,
+        "escalation_rate": rate(escalated, n), "escalation_rate_ci95": ci(wilson(escalated, n), 4),
+        "mean_confidence": rate(sum(scores), len(scores)),
+        "enough_samples": n >= MIN_SAMPLES, "note": None if n >= MIN_SAMPLES else insufficient(n),
+        "cost_usd": money(spent), "always_heavy_cost_usd": None, "saved_usd": None, "saved_pct": None,
+    }
+    price = prices.get(heavy) if prices is not None and heavy is not None else None
+    if price is not None:
+        baseline = sum(price.cost(r.tokens_in, r.tokens_out) for r in rows)
+        figures |= {"always_heavy_cost_usd": money(baseline), "saved_usd": money(baseline - spent),
+                    "saved_pct": relative(baseline - spent, baseline)}
+    return figures

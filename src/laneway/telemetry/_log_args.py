@@ -1,0 +1,92 @@
+"""What every command reading the exchange log shares: the `--db` and window options, and the read."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from laneway.telemetry._records import ExchangeRow, HourlyRow
+from laneway.telemetry._settings import DEFAULT_EXCHANGE_LOG
+from laneway.telemetry._store import ExchangeLogUnavailable, open_store
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+Window = tuple[float | None, float | None]
+Fetched = tuple[list[ExchangeRow], list[HourlyRow]]
+
+
+def add_log_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--db`, `--since`/`--last`, `--until` and `--json`."""
+    parser.add_argument(
+        "--db", default=DEFAULT_EXCHANGE_LOG, help="exchange log URL (sqlite:///... or postgresql://...)"
+    )
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--since", type=instant, help="first instant included (ISO 8601)")
+    start.add_argument("--last", type=duration, help="only the last DURATION, e.g. 15m, 1h, 7d")
+    parser.add_argument("--until", type=instant, help="first instant excluded (ISO 8601)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+
+def instant(text: str) -> float:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"`{text}` is not an ISO 8601 time such as 2025-06-01T12:00"
+        ) from error
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def duration(text: str) -> float:
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"`{text}` is not a duration; use a number and s, m, h, d or w, e.g. 1h"
+        )
+    return float(match[1]) * _UNIT_S[match[2]]
+
+
+def window_of(args: argparse.Namespace) -> Window:
+    return (time.time() - args.last if args.last is not None else args.since), args.until
+
+
+def read_log(command: str, url: str, windows: list[Window]) -> list[Fetched] | None:
+    """Rows and hourly roll-ups per window; None (after saying why on stderr) if the log can't be read."""
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        print(f"laneway {command}: no exchange log at `{url}`; pass the gateway's log with `--db`",
+              file=sys.stderr)
+        return None
+    try:
+        return asyncio.run(_fetch(url, windows))
+    except ExchangeLogUnavailable as error:
+        print(f"laneway {command}: {error}", file=sys.stderr)
+        return None
+
+
+async def _fetch(url: str, windows: list[Window]) -> list[Fetched]:
+    store = open_store(url)
+    try:
+        return [await store.fetch(start, end) for start, end in windows]
+    finally:
+        await store.aclose()
+
+
+def when(moment: float | None) -> str:
+    return "-" if moment is None else datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def simulated_notice(simulated: bool) -> str:
+    return ("SIMULATED: these exchanges come from the simulated fleet; the numbers were not measured on real "
+            "providers.\n" if simulated else "")
+
+
+def dump(figures: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(figures, indent=2)

@@ -1,0 +1,129 @@
+"""Arbitrary input never crashes Laneway: property tests of the matcher and the config loader, and a
+schemathesis run of the OpenAPI document against a live gateway."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from _live import LiveGateway, live_gateway
+from laneway.config import MatcherError, compile_matcher, parse_config
+from laneway.errors import ConfigError
+
+WORDS = ["convo_length", "priority", "escalation", "channel", "intent", "metadata.plan", "normal", "high",
+         "true", "false", "8", "0.5", "'x'", "==", "!=", "<", "<=", ">", ">=", "&&", "||", "!", "(", ")",
+         "in", "not", "[", "]", ","]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(WORDS), max_size=12).map(" ".join) | st.text(max_size=40))
+def test_matcher_compiles_or_fails_with_a_column(source: str) -> None:
+    try:
+        matcher = compile_matcher(source)
+    except MatcherError as error:
+        assert error.message and 1 <= error.column <= len(source) + 1
+    else:
+        assert isinstance(matcher.signals, frozenset)
+
+
+YAML_ATOMS = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**7), st.floats(allow_nan=False),
+                       st.text(max_size=12), st.sampled_from(["gpt-5", "sim:///gpt-5/v1", "openai", "/v1/chat"]))
+KEYS = st.sampled_from(["models", "routes", "target", "matcher", "fallbacks", "provider", "base_url", "price",
+                        "gate", "cache", "shadow", "canary", "cascade", "retrieval", "telemetry", "keys", "x"])
+DOCS = st.recursive(YAML_ATOMS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=5),
+                    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(DOCS)
+def test_config_loader_never_crashes(document: Any) -> None:
+    try:
+        parse_config(json.dumps(document))
+    except ConfigError as error:
+        assert error.issues and all(isinstance(issue.message, str) and issue.message for issue in error.issues)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+def test_garbage_yaml_is_a_config_error(raw: bytes) -> None:
+    try:
+        parse_config(raw.decode("utf-8", "replace"))
+    except ConfigError as error:
+        assert error.issues
+
+
+FAST = """
+routes:
+- target: gpt-5-mini
+"""
+
+
+@pytest.fixture(scope="module")
+def live(sim_url: str) -> Iterator[LiveGateway]:
+    with live_gateway(FAST, sim_url) as gateway:
+        yield gateway
+
+
+def raw_post(live: LiveGateway, data: bytes) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(live.url + "/v1/chat/completions", data=data)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.mark.parametrize(("data", "needle"), [
+    (b"[" * 5000 + b"]" * 5000, "not valid JSON"),
+    (b'{"model": "laneway", "messages": [{"role": "user", "content": "\xff\xfe"}]}', "not valid JSON"),
+    (b'{"model": 7, "messages": []}', "`model` is required"),
+    (b'{"model": "laneway", "messages": [{"role": "user", "content": 5}]}', "must be a string"),
+    (b'{"model": "laneway", "messages": [{"role": "wizard", "content": "hi"}]}', "`messages[0].role`"),
+    (b'{"model": "laneway", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1e12}', "`max_tokens`"),
+    (b'{"model": "laneway", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "`stream`"),
+    (b'{"model": "laneway", "messages": [{"role": "user", "content": "hi"}], "metadata": []}', "`metadata`"),
+])
+def test_malformed_bodies_get_a_clear_400(live: LiveGateway, data: bytes, needle: str) -> None:
+    status, body = raw_post(live, data)
+    assert status == 400 and needle in body["error"]["message"]
+
+
+def test_truncated_body_does_not_hang_the_connection(live: LiveGateway) -> None:
+    host, port = live.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"model\"")
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(10)
+        answer = sock.recv(1024)  # a hang would raise a timeout here
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 4")
+    status, _ = raw_post(live, b'{"model": "laneway", "messages": [{"role": "user", "content": "still up"}]}')
+    assert status == 200
+
+
+def test_schemathesis_finds_no_server_errors_or_schema_violations(live: LiveGateway) -> None:
+    schema = schemathesis.openapi.from_url(live.url + "/openapi.json")
+    schema.config.generation.update(max_examples=25)
+    failures = []
+    for operation in schema.get_all_operations():
+        test = operation.ok().as_strategy()
+
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(case=test)
+        def run(case: Any) -> None:
+            response = case.call(base_url=live.url, timeout=30)
+            case.validate_response(response)
+
+        try:
+            run()
+        except Exception as error:  # collected so every operation is checked
+            failures.append(f"{operation.ok().label}: {error}")
+    assert not failures, "\n".join(failures)

@@ -1,0 +1,31 @@
+"""The shipped example of the case study's final architecture routes real support messages."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from _live import live_gateway
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "case-study-final.yaml"
+
+
+@pytest.mark.parametrize(("content", "metadata", "route", "model"), [
+    ("I was charged twice on my card, I want my money back", {}, "billing", "gemini-2.5-pro"),
+    ("can I get a copy of my invoice for march", {}, "billing", "gemini-2.5-pro"),
+    ("hello there", {}, "short-chat", "gemini-2.5-flash-lite"),
+    ("Subject: delivery\n\nWhen will my order arrive?", {"channel": "email"}, "email-triage", "gpt-5-mini"),
+    ("this is the third time I write", {"escalation": True}, "escalation", "heavy-foundation"),
+])
+def test_final_architecture_routes_by_intent_and_signals(sim_url: str, content: str, metadata: dict[str, object],
+                                                         route: str, model: str) -> None:
+    with live_gateway(EXAMPLE.read_text(), sim_url, config_path=EXAMPLE) as live:
+        body = {"model": "laneway", "messages": [{"role": "user", "content": content}], "metadata": metadata}
+        request = urllib.request.Request(live.url + "/v1/chat/completions", data=json.dumps(body).encode())
+        with urllib.request.urlopen(request, timeout=30) as response:
+            headers = dict(response.headers)
+    assert headers["x-laneway-route"] == route
+    assert headers["x-laneway-model"] == model

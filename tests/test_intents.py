@@ -1,0 +1,231 @@
+"""Intent classifier: accuracy on held-out real rows, rejection, persistence, CLI and CSV errors."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from laneway.errors import ConfigError, InvalidRequest
+from laneway.intents import (
+    UNKNOWN,
+    IntentModel,
+    add_commands,
+    evaluate,
+    load_default,
+    read_rows,
+    train,
+)
+from laneway.intents._training import stratified_split
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+INTENTS = ("cancel_order", "track_order", "get_refund", "recover_password", "payment_issue",
+           "delivery_period", "contact_human_agent", "newsletter_subscription")
+PER_INTENT = 60
+
+Rows = tuple[list[str], list[str]]
+
+
+def _bitext(per_intent: int = PER_INTENT) -> Rows:
+    taken: dict[str, int] = {}
+    texts: list[str] = []
+    labels: list[str] = []
+    with (DATA / "bitext-customer-support" / "bitext_train.csv").open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            intent = row["intent"]
+            if intent in INTENTS and taken.get(intent, 0) < per_intent:
+                taken[intent] = taken.get(intent, 0) + 1
+                texts.append(row["instruction"])
+                labels.append(intent)
+    return texts, labels
+
+
+def _clinc_oos(split: str) -> list[str]:
+    raw = json.loads((DATA / "clinc150" / "data_full_trainval.json").read_text(encoding="utf-8"))
+    return [text for text, _ in raw[split]]
+
+
+def _split(rows: Rows) -> tuple[Rows, Rows]:
+    texts, labels = rows
+    keep, held = stratified_split(labels, 0.3, seed=1)
+    kept = ([texts[i] for i in keep], [labels[i] for i in keep])
+    return kept, ([texts[i] for i in held], [labels[i] for i in held])
+
+
+@pytest.fixture(scope="module")
+def support() -> tuple[Rows, Rows]:
+    return _split(_bitext())
+
+
+@pytest.fixture(scope="module")
+def model(support: tuple[Rows, Rows]) -> IntentModel:
+    (texts, labels), _ = support
+    return train(texts, labels)
+
+
+@pytest.fixture(scope="module")
+def model_with_unknown(support: tuple[Rows, Rows]) -> IntentModel:
+    (texts, labels), _ = support
+    oos = _clinc_oos("oos_train")
+    return train(texts + oos, labels + [UNKNOWN] * len(oos))
+
+
+def test_held_out_accuracy_is_well_above_chance(model: IntentModel, support: tuple[Rows, Rows]) -> None:
+    _, (texts, labels) = support
+    report = evaluate(model, texts, labels)
+    assert set(model.labels) == set(INTENTS)
+    assert report["accuracy"] >= 0.9
+    assert report["oos_recall"] is None
+    assert sum(s["support"] for s in report["per_intent"].values()) == len(texts)
+
+
+def test_unknown_rows_teach_rejection(model_with_unknown: IntentModel, support: tuple[Rows, Rows]) -> None:
+    _, (texts, labels) = support
+    oos = _clinc_oos("oos_val")
+    report = evaluate(model_with_unknown, texts + oos, labels + [UNKNOWN] * len(oos))
+    assert UNKNOWN not in model_with_unknown.labels
+    assert report["oos_recall"] >= 0.8
+    assert report["accuracy"] >= 0.85
+    assert report["oos_rows"] == len(oos)
+
+
+def test_confidence_is_a_probability_and_threshold_rejects(model: IntentModel) -> None:
+    assert 0.0 < model.threshold < 1.0
+    accepting = dataclasses.replace(model, threshold=0.0)
+    label, confidence = accepting.classify("where is my package? it has not arrived yet")
+    assert label in model.labels
+    assert 0.0 < confidence <= 1.0
+    strict = dataclasses.replace(model, threshold=min(1.0, confidence + 1e-3))
+    rejected, rest = strict.classify("where is my package? it has not arrived yet")
+    assert rejected == UNKNOWN
+    assert rest == pytest.approx(1 - confidence)
+    assert float(model.probabilities("anything at all").sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_save_and_load_give_identical_predictions(model_with_unknown: IntentModel, tmp_path: Path,
+                                                   support: tuple[Rows, Rows]) -> None:
+    _, (texts, _) = support
+    path = tmp_path / "nested" / "model.npz"
+    model_with_unknown.save(path)
+    loaded = IntentModel.load(path)
+    assert loaded.labels == model_with_unknown.labels
+    assert loaded.threshold == model_with_unknown.threshold
+    for text in texts + _clinc_oos("oos_val")[:20]:
+        assert np.array_equal(loaded.probabilities(text), model_with_unknown.probabilities(text))
+        assert loaded.classify(text) == model_with_unknown.classify(text)
+
+
+def test_loading_a_foreign_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "model.npz"
+    path.write_text("not a model")
+    with pytest.raises(ConfigError, match=r"model\.npz"):
+        IntentModel.load(path)
+
+
+def test_training_needs_two_intents_and_one_label_per_text() -> None:
+    with pytest.raises(InvalidRequest, match="two intents"):
+        train(["a", "b"], ["only", UNKNOWN])
+    with pytest.raises(InvalidRequest, match="one label per text"):
+        train(["a", "b"], ["x"])
+
+
+def test_stratified_split_is_deterministic_and_disjoint() -> None:
+    labels = ["a"] * 10 + ["b"] * 5 + ["c"]
+    keep, held = stratified_split(labels, 0.2, seed=3)
+    assert (keep, held) == stratified_split(labels, 0.2, seed=3)
+    assert sorted(keep + held) == list(range(len(labels)))
+    assert sorted(labels[i] for i in held) == ["a", "a", "b"]
+
+
+def test_confusions_name_real_mistakes(model: IntentModel, support: tuple[Rows, Rows]) -> None:
+    _, (texts, labels) = support
+    swapped = ["track_order" if label == "cancel_order" else label for label in labels]
+    report = evaluate(model, texts, swapped)
+    top = report["confusions"][0]
+    assert (top["label"], top["predicted"]) == ("track_order", "cancel_order")
+    assert top["count"] >= labels.count("cancel_order") - 2
+    assert report["per_intent"]["track_order"]["recall"] < 0.6
+
+
+def test_default_model_routes_support_messages_and_rejects_off_topic() -> None:
+    model = load_default()
+    assert len(model.labels) == 27
+    assert model.classify("I need to cancel the order I placed yesterday")[0] == "cancel_order"
+    assert model.classify("how do I get my money back for this purchase")[0] == "get_refund"
+    assert model.classify("what is a good recipe for banana bread")[0] == UNKNOWN
+
+
+def _cli(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="laneway")
+    add_commands(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+def _write_csv(path: Path, rows: Sequence[Sequence[str]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(rows)
+    return path
+
+
+def test_cli_train_then_eval_json(tmp_path: Path, support: tuple[Rows, Rows],
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    (train_texts, train_labels), (val_texts, val_labels) = support
+    oos = _clinc_oos("oos_train")[:60]
+    train_csv = _write_csv(tmp_path / "train.csv", [("text", "label"), *zip(train_texts + oos,
+                                                    train_labels + [UNKNOWN] * len(oos), strict=True)])
+    oos_val = _clinc_oos("oos_val")[:40]
+    val_csv = _write_csv(tmp_path / "val.csv", [("text", "label"), *zip(val_texts + oos_val,
+                                                val_labels + [UNKNOWN] * len(oos_val), strict=True)])
+    model_path = tmp_path / "model.npz"
+    assert _cli(["intents", "train", str(train_csv), "--out", str(model_path)]) == 0
+    assert model_path.is_file()
+    capsys.readouterr()
+    assert _cli(["intents", "eval", "--model", str(model_path), str(val_csv), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {"accuracy", "oos_recall", "per_intent", "confusions"} <= report.keys()
+    assert report["accuracy"] >= 0.85
+    assert 0.5 <= report["oos_recall"] <= 1.0
+    assert set(report["per_intent"]) == set(INTENTS) | {UNKNOWN}
+    assert all(0.0 <= s["recall"] <= 1.0 for s in report["per_intent"].values())
+
+
+def test_cli_eval_prints_readable_tables(tmp_path: Path, model: IntentModel, support: tuple[Rows, Rows],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    _, (texts, labels) = support
+    model.save(tmp_path / "m.npz")
+    data = _write_csv(tmp_path / "val.csv", [("label", "text"), *zip(labels, texts, strict=True)])
+    assert _cli(["intents", "eval", "--model", str(tmp_path / "m.npz"), str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy (in scope)" in out
+    assert all(intent in out for intent in INTENTS)
+    assert "most confused" in out
+
+
+def test_csv_without_label_column_names_the_file(tmp_path: Path) -> None:
+    path = _write_csv(tmp_path / "bad.csv", [("text", "intent"), ("hello", "greet")])
+    with pytest.raises(ConfigError, match=r"bad\.csv.*`label`"):
+        read_rows(path)
+
+
+def test_csv_row_with_empty_label_names_the_row(tmp_path: Path) -> None:
+    path = _write_csv(tmp_path / "rows.csv", [("text", "label"), ("hi", "greet"), ("hello", "")])
+    with pytest.raises(ConfigError, match=r"rows\.csv:3: empty `label`"):
+        read_rows(path)
+
+
+def test_empty_csv_is_an_error_for_the_cli(tmp_path: Path) -> None:
+    path = tmp_path / "empty.csv"
+    path.write_text("")
+    with pytest.raises(ConfigError, match=r"empty\.csv"):
+        _cli(["intents", "train", str(path), "--out", str(tmp_path / "m.npz")])
+    header_only = _write_csv(tmp_path / "header.csv", [("text", "label")])
+    with pytest.raises(ConfigError, match="no data rows"):
+        read_rows(header_only)

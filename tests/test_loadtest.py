@@ -1,0 +1,238 @@
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import math
+import random
+import statistics
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from laneway.errors import ConfigError
+from laneway.loadtest import (
+    RELATIVE_ERROR,
+    LatencyHistogram,
+    LoadPlan,
+    Payload,
+    load_payloads,
+    poisson_arrivals,
+    render_html,
+    run_load,
+    summarize,
+    write_csv,
+    write_json,
+)
+from laneway.loadtest._histogram import bucket_bounds, bucket_of
+
+# --- histogram -------------------------------------------------------------------------------
+
+
+def _exact(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_histogram_quantiles_are_within_the_stated_relative_error(seed: int) -> None:
+    draw = random.Random(seed)
+    values = [draw.lognormvariate(-6, 1.2) for _ in range(20_000)]
+    values += [draw.uniform(0, 2e-6) for _ in range(50)]
+    histogram = LatencyHistogram()
+    histogram.record_all(values)
+    for q in (0.001, 0.1, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0):
+        exact = _exact(values, q)
+        assert abs(histogram.quantile(q) - exact) <= exact * RELATIVE_ERROR + 1e-9, q
+    assert histogram.count == len(values)
+    assert histogram.max == pytest.approx(max(values), abs=1e-9)
+    assert histogram.min == pytest.approx(min(values), abs=1e-9)
+    assert histogram.mean == pytest.approx(statistics.fmean(values), rel=1e-6)
+
+
+def test_every_value_falls_inside_its_bucket_and_buckets_are_narrow() -> None:
+    draw = random.Random(7)
+    for value in [0, 1, 2047, 2048, 2049, 4095, 4096, *(draw.randrange(1, 10**12) for _ in range(5000))]:
+        low, high = bucket_bounds(bucket_of(value))
+        assert low <= value < high
+        assert high - low <= max(1, low * 2 * RELATIVE_ERROR)
+
+
+def test_merged_histograms_equal_one_histogram_of_all_values() -> None:
+    draw = random.Random(11)
+    first, second = [draw.expovariate(100) for _ in range(3000)], [draw.expovariate(10) for _ in range(3000)]
+    a, b, both = LatencyHistogram(), LatencyHistogram(), LatencyHistogram()
+    a.record_all(first)
+    b.record_all(second)
+    both.record_all(first + second)
+    a.merge(b)
+    assert [a.quantile(q) for q in (0.5, 0.9, 0.99)] == [both.quantile(q) for q in (0.5, 0.9, 0.99)]
+    assert (a.count, a.max, a.min) == (both.count, both.max, both.min)
+
+
+def test_an_empty_histogram_reports_zero() -> None:
+    assert LatencyHistogram().quantile(0.99) == 0.0
+
+
+# --- Poisson arrivals ------------------------------------------------------------------------
+
+
+def test_poisson_arrivals_have_exponential_gaps_at_the_asked_rate() -> None:
+    rate = 250.0
+    schedule = poisson_arrivals(rate, seed=5)
+    offsets = [next(schedule) for _ in range(50_000)]
+    gaps = [b - a for a, b in zip([0.0, *offsets], offsets, strict=False)]
+    assert all(gap > 0 for gap in gaps)
+    mean = statistics.fmean(gaps)
+    assert mean == pytest.approx(1 / rate, rel=0.03)
+    assert statistics.pstdev(gaps) / mean == pytest.approx(1.0, abs=0.05)  # exponential: CV = 1
+    # Counts per 100 ms window are Poisson: variance equals the mean.
+    windows = [0] * int(offsets[-1] / 0.1)
+    for at in offsets:
+        if int(at / 0.1) < len(windows):
+            windows[int(at / 0.1)] += 1
+    assert statistics.fmean(windows) == pytest.approx(rate * 0.1, rel=0.05)
+    assert statistics.pvariance(windows) / statistics.fmean(windows) == pytest.approx(1.0, abs=0.15)
+
+
+def test_poisson_arrivals_repeat_with_a_seed_and_refuse_a_bad_rate() -> None:
+    a, b = poisson_arrivals(10, seed=3), poisson_arrivals(10, seed=3)
+    assert [next(a) for _ in range(5)] == [next(b) for _ in range(5)]
+    with pytest.raises(ValueError, match="positive"):
+        next(poisson_arrivals(0))
+
+
+# --- payloads --------------------------------------------------------------------------------
+
+
+def test_conversations_are_replayed_turn_by_turn_with_their_signals(tmp_path: Path) -> None:
+    line = {"conversation": "c-9", "signals": {"priority": "high", "channel": "email"},
+            "params": {"max_tokens": 50},
+            "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "one"},
+                         {"role": "assistant", "content": "ok"},
+                         {"role": "user", "content": "two", "signals": {"escalation": True}}]}
+    path = tmp_path / "p.jsonl"
+    plain = {"messages": [{"role": "user", "content": "x"}]}
+    path.write_text(json.dumps(line) + "\n\n" + json.dumps(plain) + "\n")
+    payloads = load_payloads(path, model="table")
+    assert [len(p.body["messages"]) for p in payloads] == [2, 4, 1]
+    first, second, replayed = payloads
+    assert first.body["metadata"] == {"priority": "high", "channel": "email", "conversation_id": "c-9"}
+    assert second.body["metadata"]["escalation"] is True
+    assert all("signals" not in m for m in second.body["messages"])
+    assert first.body["max_tokens"] == 50 and first.body["model"] == "table"
+    assert (first.conversation, replayed.conversation) == ("c-9", None)
+    assert replayed.body == {"model": "table", **plain}
+
+
+def test_a_bad_payload_line_is_a_config_error_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"messages": []}\n{"nope": 1}\n')
+    with pytest.raises(ConfigError, match=r"bad.jsonl:2"):
+        load_payloads(path)
+
+
+# --- driving a loopback server ---------------------------------------------------------------
+
+_MODELS = {"alpha": ("fast", "primary", "0.00010000"), "beta": ("mid", "fallback", "0.00100000")}
+
+
+async def _chat(request: web.Request) -> web.StreamResponse:
+    body = await request.json()
+    text = body["messages"][-1]["content"]
+    if text == "fail":
+        return web.json_response({"error": {"code": "upstream_unavailable", "message": "down"}}, status=502)
+    if text == "slow":
+        await asyncio.sleep(0.02)
+    model, lane, cost = _MODELS.get(text, ("fast", "primary", "0"))
+    headers = {"x-laneway-model": model, "x-laneway-lane": lane}
+    if not body.get("stream"):
+        return web.json_response({"choices": []}, headers={**headers, "x-laneway-cost-usd": cost})
+    response = web.StreamResponse(headers={**headers, "content-type": "text/event-stream"})
+    await response.prepare(request)
+    for word in ("a", "b", "c"):
+        await response.write(b'data: {"choices":[{"delta":{"content":"' + word.encode() + b'"}}]}\n\n')
+        await asyncio.sleep(0.005)
+    if text != "cut":
+        await response.write(f": laneway cost_usd={cost}\n\ndata: [DONE]\n\n".encode())
+    return response
+
+
+@pytest.fixture
+async def endpoint() -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", _chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}/v1/chat/completions"
+    await runner.cleanup()
+
+
+def _payloads(*texts: str) -> list[Payload]:
+    return [Payload({"model": "laneway", "messages": [{"role": "user", "content": t}]}) for t in texts]
+
+
+async def test_closed_loop_counts_errors_by_kind_and_splits_by_model_header(endpoint: str) -> None:
+    plan = LoadPlan(url=endpoint, concurrency=4, requests=40)
+    tally = await run_load(plan, _payloads("alpha", "beta", "fail", "alpha"))
+    assert tally.all.requests == 40
+    assert dict(tally.errors) == {"HTTP 502 upstream_unavailable": 10}
+    groups = {key: (g.requests, g.errors) for key, g in tally.by_model.items()}
+    assert groups == {("fast", "primary"): (20, 0), ("mid", "fallback"): (10, 0), ("-", "-"): (10, 10)}
+    assert tally.all.cost_usd == pytest.approx(20 * 0.0001 + 10 * 0.001)
+    assert tally.all.latency.count == 30 and tally.all.ttft.count == 0
+
+
+async def test_streams_report_ttft_chunk_gaps_cost_and_cut_streams(endpoint: str) -> None:
+    plan = LoadPlan(url=endpoint, concurrency=2, requests=8, stream=True)
+    tally = await run_load(plan, _payloads("beta", "cut"))
+    assert dict(tally.errors) == {"stream cut": 4}
+    assert tally.all.ttft.count == 4
+    assert tally.all.ttft.max < tally.all.latency.max
+    assert tally.all.cost_usd == pytest.approx(4 * 0.001)
+    assert tally.chunk_gaps.count >= 8 * 2  # at least the gaps between the three content events
+
+
+async def test_open_loop_sends_the_asked_number_and_counts_queueing(endpoint: str) -> None:
+    # Arrivals (200/s) outpace one connection serving 20 ms requests (50/s): latency from the due
+    # time must grow well past the service time, as it does for real callers.
+    plan = LoadPlan(url=endpoint, rate=200, requests=30, max_inflight=1, seed=4)
+    tally = await run_load(plan, _payloads("slow"))
+    assert tally.all.requests == 30 and tally.all.errors == 0
+    assert tally.all.latency.max > 0.1
+    assert tally.all.latency.quantile(0.1) < tally.all.latency.max / 2
+
+
+async def test_a_refused_connection_is_its_own_error_kind() -> None:
+    plan = LoadPlan(url="http://127.0.0.1:9/v1/chat/completions", concurrency=1, requests=3)
+    tally = await run_load(plan, _payloads("alpha"))
+    assert dict(tally.errors) == {"connect": 3}
+
+
+# --- output shapes ---------------------------------------------------------------------------
+
+
+async def test_json_csv_and_html_outputs_have_their_shape(endpoint: str, tmp_path: Path) -> None:
+    plan = LoadPlan(url=endpoint, concurrency=2, requests=12)
+    tally = await run_load(plan, _payloads("alpha", "beta", "fail"))
+    summary = summarize(tally, {"mode": "closed"})
+    write_json(summary, tmp_path / "r.json")
+    write_csv(summary, tmp_path / "r.csv")
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert set(data["all"]["latency_ms"]) == {"p50", "p90", "p95", "p99", "max", "mean", "min"}
+    latency = data["all"]["latency_ms"]
+    assert latency["min"] <= latency["p50"] <= latency["p99"] <= latency["max"]
+    assert data["errors"] == {"HTTP 502 upstream_unavailable": 4}
+    assert sum(s["requests"] for s in data["timeline"]) == 12
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert [(r["scope"], r["model"], r["lane"], r["requests"]) for r in rows] == [
+        ("all", "", "", "12"), ("model", "-", "-", "4"), ("model", "fast", "primary", "4"),
+        ("model", "mid", "fallback", "4")]
+    page = render_html(summary)
+    assert page.count("<svg") == 2 and "<script" not in page and "http://" not in page.replace(
+        "http://www.w3.org/2000/svg", "").replace(endpoint, "")

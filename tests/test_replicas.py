@@ -1,0 +1,491 @@
+"""Several replicas sharing state through Redis.
+
+The Lua scripts and the shared state against a real `redis-server`; gates of two "replicas" in
+one process keeping one limit; then real `laneway serve` processes behind no balancer but the
+test's round robin, measured at the simulated upstream, with a control run without Redis, and
+Redis killed mid-run. Last, the deployment manifests in deploy/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from redis.asyncio import Redis
+
+from _redis import RedisServer, free_port, redis_server
+from laneway.breaker import CircuitBreaker
+from laneway.config import Breaker, parse_config
+from laneway.gate import LOCAL_ONLY, Gate, GatePolicy, GateRejected
+from laneway.state import SharedState, breaker_key, lease_key
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+async def store(redis: RedisServer) -> Any:
+    client = Redis.from_url(redis.url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+class Events:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def count(self, event: str, model: str, n: int = 1) -> None:
+        self.seen.append((event, model))
+
+
+async def replicas(url: str, n: int = 2, **kwargs: Any) -> list[SharedState]:
+    return [SharedState(url, **kwargs) for _ in range(n)]
+
+
+async def close(*states: SharedState) -> None:
+    for state in states:
+        await state.aclose()
+
+
+async def test_leases_hold_one_limit_across_replicas(redis: RedisServer, store: Redis) -> None:
+    a, b = await replicas(redis.url)
+    first, second = await a.lease("heavy", 2), await b.lease("heavy", 2)
+    assert first and second and first != second
+    assert await a.lease("heavy", 2) is None and await b.lease("heavy", 2) is None
+    assert await store.zcard(lease_key("heavy")) == 2
+    assert await a.lease("other", 2)  # limits are per model
+    await b.unlease("heavy", second)
+    assert await a.lease("heavy", 2) and await store.zcard(lease_key("heavy")) == 2
+    await close(a, b)  # a replica that stops gives back what it still holds
+    assert await store.zcard(lease_key("heavy")) == 0 and await store.zcard(lease_key("other")) == 0
+
+
+async def test_dead_replicas_leases_expire_and_live_ones_are_kept(redis: RedisServer, store: Redis) -> None:
+    dead, live, other = await replicas(redis.url, 3, lease_ttl_s=0.3)
+    assert await dead.lease("heavy", 2) and await live.lease("heavy", 2)
+    for _ in range(5):  # 0.5 s: longer than the TTL, but `live` renews
+        await asyncio.sleep(0.1)
+        await live.renew()
+    assert await other.lease("heavy", 2)  # the slot of `dead` came back
+    assert await other.lease("heavy", 2) is None  # that of `live` did not
+    await store.flushdb()  # the store restarted and lost everything
+    await live.renew()
+    assert await store.zcard(lease_key("heavy")) == 1  # the running call is counted again
+    await close(dead, live, other)
+
+
+async def test_token_bucket_is_shared_and_refills_per_minute(redis: RedisServer, store: Redis) -> None:
+    a, b = await replicas(redis.url)
+    assert await a.take("heavy", "tokens", 500, 600) == 0
+    wait = await b.take("heavy", "tokens", 200, 600)  # 100 short at 10 per second
+    assert wait is not None and 9.9 < wait <= 10.0
+    assert await b.take("heavy", "tokens", 5000, 600) == 0  # larger than a minute's budget: alone
+    a.refund("heavy", "tokens", 5000, 600)  # the call used nothing after all
+    await a.aclose()  # waits for the refund to land
+    assert await b.take("heavy", "tokens", 90, 600) == 0
+    assert await b.take("heavy", "usd", 0.5, 1.0) == 0  # units have separate buckets
+    await close(b)
+
+
+async def test_a_breaker_opened_on_one_replica_is_open_on_all(redis: RedisServer, store: Redis) -> None:
+    policy = Breaker(failures=1, cooldown_ms=600)
+    mine, theirs = {"heavy": CircuitBreaker(policy)}, {"heavy": CircuitBreaker(policy)}
+    a = SharedState(redis.url, breakers=lambda: mine)
+    b = SharedState(redis.url, breakers=lambda: theirs)
+    loop = asyncio.get_running_loop()
+    await b.tick()
+    assert theirs["heavy"].allows(loop.time())
+    assert mine["heavy"].failure(loop.time())
+    await a.tick()
+    assert 0 < await store.pttl(breaker_key("heavy")) <= 600
+    await b.tick()
+    assert theirs["heavy"].state(loop.time()) == "open" and not theirs["heavy"].allows(loop.time())
+    assert theirs["heavy"].opened == 0  # held open, not opened by its own failures
+    await asyncio.sleep(0.65)
+    await b.tick()
+    assert theirs["heavy"].allows(loop.time())  # cooldown over: this replica may probe
+    await close(a, b)
+
+
+async def test_cache_entries_are_shared_and_expire(redis: RedisServer, store: Redis) -> None:
+    a, b = await replicas(redis.url)
+    await a.cache.set("laneway:cache:k", b'{"text": "hi"}', 0.2)
+    assert await b.cache.get("laneway:cache:k") == b'{"text": "hi"}'
+    await asyncio.sleep(0.25)
+    assert await b.cache.get("laneway:cache:k") is None
+    await close(a, b)
+
+
+async def test_two_gates_keep_one_concurrency_limit(redis: RedisServer, store: Redis) -> None:
+    a, b = await replicas(redis.url)
+    policy = GatePolicy(max_concurrency=1, queue_timeout_ms=(2000, 2000, 2000))
+    here, there = Gate("heavy", policy, a), Gate("heavy", policy, b)
+    loop = asyncio.get_running_loop()
+    await here.admit(1, 0, 0.0, loop.time() + 5)
+    with pytest.raises(GateRejected):
+        await there.admit(1, 0, 0.0, loop.time() + 0.2)  # its own slot is free, the shared one is not
+    waiting = asyncio.create_task(there.admit(1, 0, 0.0, loop.time() + 5))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    here.release(10.0)
+    await asyncio.wait_for(waiting, 1.0)  # freed on the other replica: found by the poll
+    assert there.in_flight == 1 and here.in_flight == 0
+    assert await store.zcard(lease_key("heavy")) == 1
+    there.release(10.0)
+    await asyncio.sleep(0.05)
+    assert await store.zcard(lease_key("heavy")) == 0
+    await close(a, b)
+
+
+async def test_unreachable_store_degrades_to_local_state_and_reconnects(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    events = Events()
+    with redis_server(tmp_path / "redis") as server:
+        state = await SharedState.open(server.url, events)
+        policy = GatePolicy(max_concurrency=1, tokens_per_minute=1000, queue_timeout_ms=(50, 50, 50))
+        gate = Gate("heavy", policy, state)
+        loop = asyncio.get_running_loop()
+        await gate.admit(1, 100, 0.0, loop.time() + 5)
+        gate.release(5.0)
+        server.stop()
+        with caplog.at_level(logging.INFO, logger="laneway"):
+            assert await state.lease("heavy", 1) == LOCAL_ONLY
+            assert await state.take("heavy", "tokens", 10, 1000) is None
+            assert await state.cache.get("laneway:cache:k") is None
+            await gate.admit(1, 800, 0.0, loop.time() + 5)  # local limits: one slot, a local bucket
+            with pytest.raises(GateRejected, match="concurrency"):
+                await gate.admit(1, 0, 0.0, loop.time() + 5)
+            gate.release(5.0)
+            with pytest.raises(GateRejected, match="tokens per minute"):
+                await gate.admit(1, 300, 0.0, loop.time() + 5)
+            assert events.seen == [("state_unavailable", "")]  # once per outage, not per call
+            server.start()
+            await asyncio.sleep(0.6)  # the background probe finds it back
+            assert state.up and await state.lease("heavy", 1)
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("unreachable" in m and server.url.rsplit("/", 1)[0] in m for m in messages)
+        assert any("answers again" in m for m in messages)
+        await state.aclose()
+
+
+# ---- real `laneway serve` replicas -------------------------------------------------------------
+
+TOKENS_PER_MINUTE = 1500
+REPLICA_CONFIG = """
+{state}
+telemetry: {{exchange_log: null}}
+models:
+  slow:
+    provider: openai
+    base_url: {sim}/gpt-5-mini/v1
+    model: "gpt-5-mini@slow_400"
+    deadline_ms: 20000
+    gate: {{max_concurrency: 2, queue_timeout_ms: 5000}}
+  metered:
+    provider: openai
+    base_url: {sim}/gpt-5-mini/v1
+    model: gpt-5-mini
+    profile: {{max_tokens: 100}}
+    gate: {{tokens_per_minute: {tpm}, queue_timeout_ms: 0}}
+  fast:
+    provider: openai
+    base_url: {sim}/gpt-5-mini/v1
+    model: gpt-5-mini
+  broken:
+    provider: openai
+    base_url: {sim}/gpt-5-mini/v1
+    model: "gpt-5-mini@error_500"
+    cooldown: {{failures: 1, cooldown_ms: 20000}}
+routes:
+- name: cached
+  matcher: "metadata.mode == cached"
+  target: fast
+  cache: {{mode: on, ttl_s: 60}}
+- name: default
+  target: slow
+"""
+
+
+class Replica:
+    def __init__(self, config: Path, log: Path) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        self._output = log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "laneway", "serve", "--config", str(config), "--port", str(port)],
+            stdout=self._output, stderr=subprocess.STDOUT)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + 40
+        while status(self.url + "/readyz") != 200:
+            assert self.process.poll() is None, self.output()
+            assert time.monotonic() < deadline, self.output()
+            time.sleep(0.1)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        self._output.close()
+
+
+class Cluster:
+    def __init__(self, replicas: list[Replica], redis: RedisServer | None) -> None:
+        self.replicas = replicas
+        self.redis = redis
+
+    @property
+    def urls(self) -> list[str]:
+        return [r.url for r in self.replicas]
+
+
+@contextmanager
+def cluster(directory: Path, sim_url: str, n: int, redis: RedisServer | None) -> Iterator[Cluster]:
+    config = directory / "routes.yaml"
+    state = f"state: {redis.url}" if redis is not None else ""
+    config.write_text(REPLICA_CONFIG.format(state=state, sim=sim_url, tpm=TOKENS_PER_MINUTE))
+    with ExitStack() as stack:
+        replicas = []
+        for i in range(n):
+            replica = Replica(config, directory / f"replica-{i}.log")
+            stack.callback(replica.stop)
+            replicas.append(replica)
+        for replica in replicas:
+            replica.wait_ready()
+        yield Cluster(replicas, redis)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, sim_url: str) -> Iterator[Cluster]:
+    """Three replicas sharing one Redis (its own, as one test kills it)."""
+    directory = tmp_path_factory.mktemp("shared")
+    with redis_server(directory / "redis") as redis, cluster(directory, sim_url, 3, redis) as replicas:
+        yield replicas
+
+
+@pytest.fixture(scope="module")
+def alone(tmp_path_factory: pytest.TempPathFactory, sim_url: str) -> Iterator[Cluster]:
+    """The control: two replicas with the same limits and no shared state."""
+    with cluster(tmp_path_factory.mktemp("alone"), sim_url, 2, None) as replicas:
+        yield replicas
+
+
+def status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0
+
+
+def chat(url: str, model: str, text: str, **extra: Any) -> tuple[int, int]:
+    """(HTTP status, total tokens billed) of one request."""
+    status, tokens, _ = exchange(url, model, text, **extra)
+    return status, tokens
+
+
+def exchange(url: str, model: str, text: str, **extra: Any) -> tuple[int, int, dict[str, str]]:
+    """(HTTP status, total tokens billed, response headers) of one request."""
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": text}], **extra}).encode()
+    request = urllib.request.Request(url + "/v1/chat/completions", data=body)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return int(r.status), int(json.loads(r.read())["usage"]["total_tokens"]), dict(r.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, 0, dict(error.headers)
+
+
+def spread(urls: list[str], model: str, n: int, threads: int) -> list[tuple[int, int]]:
+    """`n` requests dealt round-robin to the replicas, `threads` at a time."""
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda i: chat(urls[i % len(urls)], model, f"where is my order {i}?"), range(n)))
+
+
+def upstream(sim_url: str, method: str = "GET") -> dict[str, dict[str, int]]:
+    request = urllib.request.Request(sim_url + "/concurrency", method=method)
+    with urllib.request.urlopen(request, timeout=5) as r:
+        counts: dict[str, dict[str, int]] = json.loads(r.read())
+    return counts
+
+
+SLOW = "gpt-5-mini@slow_400"
+
+
+def test_replicas_keep_one_concurrency_limit_where_alone_they_exceed_it(
+        shared: Cluster, alone: Cluster, sim_url: str) -> None:
+    upstream(sim_url, "DELETE")
+    results = spread(shared.urls, "slow", 12, threads=12)
+    seen = upstream(sim_url, "DELETE")[SLOW]
+    assert [s for s, _ in results] == [200] * 12
+    assert seen["calls"] == 12 and seen["peak"] == 2  # used to the full, never over
+    results = spread(alone.urls, "slow", 12, threads=12)
+    seen = upstream(sim_url, "DELETE")[SLOW]
+    assert [s for s, _ in results] == [200] * 12
+    assert seen["peak"] > 2  # each replica alone keeps only its own limit
+
+
+def within_budget(results: list[tuple[int, int]], seconds: float) -> tuple[int, float]:
+    """Tokens admitted, and what one shared budget allows in `seconds`: a minute's worth, the
+    refill, and one request past it."""
+    admitted = [tokens for status, tokens in results if status == 200]
+    return sum(admitted), TOKENS_PER_MINUTE * (1 + seconds / 60) + max(admitted)
+
+
+def test_token_budget_holds_across_replicas(shared: Cluster, alone: Cluster) -> None:
+    started = time.monotonic()
+    results = spread(shared.urls, "metered", 45, threads=6)
+    admitted, allowed = within_budget(results, time.monotonic() - started)
+    assert {s for s, _ in results} == {200, 429}
+    assert TOKENS_PER_MINUTE / 2 < admitted <= allowed
+    started = time.monotonic()
+    results = spread(alone.urls, "metered", 45, threads=6)
+    admitted, allowed = within_budget(results, time.monotonic() - started)
+    assert admitted > allowed  # alone, each replica spends a whole budget
+
+
+def second_replica_sees(cluster: Cluster, sim_url: str, asked: str) -> tuple[str, int]:
+    """Ask one replica a cacheable question and break `broken` there; then, from another replica:
+    the lane of the same question, and how many calls `broken`'s upstream received."""
+    first, second = cluster.urls[0], cluster.urls[-1]
+    question: dict[str, Any] = {"metadata": {"mode": "cached"}, "temperature": 0}
+    assert exchange(first, "laneway", asked, **question)[2]["x-laneway-lane"] == "primary"
+    upstream(sim_url, "DELETE")
+    assert chat(first, "broken", "hello")[0] == 502  # opens `broken`'s breaker on the first replica
+    called = upstream(sim_url)["gpt-5-mini@error_500"]["calls"]
+    time.sleep(0.6)  # the cache write runs after the answer; two breaker syncs
+    lane = exchange(second, "laneway", asked, **question)[2]["x-laneway-lane"]
+    assert chat(second, "broken", "hello")[0] == 502
+    return lane, upstream(sim_url)["gpt-5-mini@error_500"]["calls"] - called
+
+
+def test_cache_and_breaker_cooldowns_are_shared(shared: Cluster, alone: Cluster, sim_url: str) -> None:
+    assert second_replica_sees(shared, sim_url, "how do I reset my password?") == ("cache", 0)
+    lane, calls = second_replica_sees(alone, sim_url, "how do I change my address?")
+    assert lane == "primary" and calls > 0  # alone, each replica learns for itself
+
+
+def test_requests_keep_succeeding_on_local_limits_when_redis_dies(shared: Cluster, sim_url: str) -> None:
+    assert shared.redis is not None
+    upstream(sim_url, "DELETE")
+    with ThreadPoolExecutor(18) as pool:
+        first = [pool.submit(chat, shared.urls[i % 3], "slow", f"hello {i}") for i in range(12)]
+        time.sleep(0.5)
+        shared.redis.stop()
+        time.sleep(0.3)
+        later = [pool.submit(chat, shared.urls[i % 3], "slow", f"again {i}") for i in range(6)]
+        statuses = [f.result()[0] for f in first + later]
+    assert statuses == [200] * 18
+    for replica in shared.replicas:  # each said so, once
+        assert replica.output().count(f"shared state at `{shared.redis.url}` is unreachable") == 1
+    with urllib.request.urlopen(shared.urls[0] + "/metrics", timeout=5) as response:
+        assert 'event="state_unavailable"} 1' in response.read().decode()
+    shared.redis.start()  # back, on the same port: every replica rejoins
+    deadline = time.monotonic() + 10
+    while not all("answers again" in r.output() for r in shared.replicas):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    upstream(sim_url, "DELETE")
+    assert [s for s, _ in spread(shared.urls, "slow", 9, threads=9)] == [200] * 9
+    assert upstream(sim_url)[SLOW]["peak"] == 2
+
+
+# ---- deploy/ -----------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+
+
+def manifests() -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted((DEPLOY / "kubernetes").glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            assert document["apiVersion"] and document["metadata"]["name"], path
+            assert document["kind"] not in found, f"two {document['kind']} manifests"
+            found[document["kind"]] = document
+    return found
+
+
+def test_kubernetes_manifests_fit_together() -> None:
+    found = manifests()
+    assert set(found) == {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler"}
+    config_map, deployment = found["ConfigMap"], found["Deployment"]
+    pod = deployment["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    volume = next(v for v in pod["spec"]["volumes"] if v.get("configMap"))
+    mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    routes_file = Path(container["args"][container["args"].index("--config") + 1])
+    assert routes_file.parent == Path(mount["mountPath"]) and routes_file.name in config_map["data"]
+    labels = pod["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert found["Service"]["spec"]["selector"].items() <= labels.items()
+    scaler = found["HorizontalPodAutoscaler"]["spec"]
+    assert scaler["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert [m["resource"]["name"] for m in scaler["metrics"]] == ["cpu"]
+    assert "cpu" in container["resources"]["requests"]  # utilisation is measured against the request
+    port = str(container["ports"][0]["containerPort"])
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == port
+    assert f"--port {port}" in " ".join(container["args"])
+
+
+def test_the_config_maps_routing_file_is_valid_and_shares_state() -> None:
+    text = manifests()["ConfigMap"]["data"]["routes.yaml"]
+    config = parse_config(text, "deploy/kubernetes/configmap.yaml")
+    assert config.warnings == ()
+    assert config.state is not None and config.state.startswith("redis://")
+    assert (config.telemetry.exchange_log or "").startswith("postgresql://")
+    assert any(spec.gate is not None and spec.gate.max_concurrency for spec in config.models.values())
+    assert config.keys  # the pods listen on every address: callers need keys
+
+
+def test_prometheus_examples_scrape_the_replicas() -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: apt-get install -y prometheus"
+    checked = subprocess.run([promtool, "check", "config", str(DEPLOY / "prometheus" / "static.yml")],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    pods = yaml.safe_load((DEPLOY / "prometheus" / "kubernetes.yml").read_text())["scrape_configs"][0]
+    labels = manifests()["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    keep = pods["relabel_configs"][0]
+    assert pods["metrics_path"] == "/metrics" and keep["action"] == "keep"
+    assert keep["regex"] == labels["app.kubernetes.io/name"]
+
+
+def test_containerfile_installs_this_checkout_with_pip() -> None:
+    lines = (DEPLOY / "Containerfile").read_text().splitlines()
+    copies = [shlex.split(line)[1:-1] for line in lines if line.startswith("COPY ") and "--from" not in line]
+    assert copies and all((ROOT / source).exists() for sources in copies for source in sources)
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    install = next(line for line in lines if "pip install" in line)
+    wanted = install.split('".[', 1)[1].split("]", 1)[0].split(",")
+    assert set(wanted) <= set(extras) and "redis" in wanted
