@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -70,16 +71,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _sample(pid: int, started: float, every_s: float, into: list[tuple[float, float]], stop: asyncio.Event) -> None:
+async def _sample(pid: int, every_s: float, into: list[tuple[float, float]], stop: asyncio.Event) -> None:
+    started = time.monotonic()
     while not stop.is_set():
         into.append((time.monotonic() - started, rss_mb(pid)))
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every_s)
-        except TimeoutError:
-            pass
 
 
-async def soak(seconds: float, rate: float, stream_share: float, workdir: Path) -> SoakResult:
+def _start_gateway(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     config = workdir / "soak.yaml"
     config.write_text(f'telemetry: {{exchange_log: "sqlite:///{workdir}/soak.sqlite3"}}\n'
@@ -87,27 +87,36 @@ async def soak(seconds: float, rate: float, stream_share: float, workdir: Path) 
                       "- name: email\n  target: gpt-5-mini\n")
     process = subprocess.Popen([sys.executable, "-m", "laneway", "serve", "--config", str(config),
                                 "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return process, url
+        except OSError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise RuntimeError("the gateway did not become ready")
+        time.sleep(0.1)
+
+
+async def _drive(pid: int, url: str, seconds: float, rate: float, stream_share: float) -> SoakResult:
+    samples: list[tuple[float, float]] = []
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(_sample(pid, 1.0, samples, stop))
+    plan = LoadPlan(url + "/v1/chat/completions", rate=rate, duration_s=seconds, seed=1)
+    tally = await run_load(plan, payloads(stream_share))
+    stop.set()
+    await sampler
+    return SoakResult(tally.all.requests, tally.all.errors, samples)
+
+
+def soak(seconds: float, rate: float, stream_share: float, workdir: Path) -> SoakResult:
+    process, url = _start_gateway(workdir)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/readyz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("the gateway did not become ready")
-            await asyncio.sleep(0.1)
-        samples: list[tuple[float, float]] = []
-        stop = asyncio.Event()
-        sampler = asyncio.create_task(_sample(process.pid, time.monotonic(), 1.0, samples, stop))
-        plan = LoadPlan(url + "/v1/chat/completions", rate=rate, duration_s=seconds, seed=1)
-        tally = await run_load(plan, payloads(stream_share))
-        stop.set()
-        await sampler
-        return SoakResult(tally.all.requests, tally.all.errors, samples)
+        return asyncio.run(_drive(process.pid, url, seconds, rate, stream_share))
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(30)
@@ -122,7 +131,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"laneway-soak-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
-    result = asyncio.run(soak(args.minutes * 60, args.rate, args.stream_share, work))
+    result = soak(args.minutes * 60, args.rate, args.stream_share, work)
     report = {"requests": result.requests, "errors": result.errors,
               "rss_mb_first": round(result.rss_mb[0][1], 1), "rss_mb_last": round(result.rss_mb[-1][1], 1),
               "growth_after_warmup_mb": round(result.growth_mb(60.0), 1),

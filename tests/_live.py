@@ -14,8 +14,31 @@ from typing import Any
 import uvicorn
 
 from laneway.config import parse_config
+from laneway.exchange import Exchange
 from laneway.gateway import Gateway
 from laneway.server import App
+
+
+class RecordingSink:
+    """A telemetry sink that keeps every exchange and event, for assertions."""
+
+    def __init__(self) -> None:
+        self.exchanges: list[Exchange] = []
+        self.events: list[tuple[str, str]] = []
+
+    def record(self, exchange: Exchange) -> None:
+        self.exchanges.append(exchange)
+
+    def count(self, event: str, model: str, n: int = 1) -> None:
+        self.events.append((event, model))
+
+    def observe_queue_wait(self, model: str, seconds: float) -> None:
+        self.events.append(("queue_wait", model))
+
+    def by_id(self, request_id: str) -> Exchange:
+        found = [e for e in self.exchanges if e.request_id == request_id]
+        assert len(found) == 1, f"{len(found)} exchanges recorded for {request_id}"
+        return found[0]
 
 
 class LiveGateway:

@@ -13,25 +13,12 @@ from typing import Any
 
 import pytest
 
-from _live import LiveGateway, live_gateway
+from _live import LiveGateway, RecordingSink, live_gateway
 from laneway.exchange import Exchange
 
 MARGIN_S = 0.5
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.exchanges: list[Exchange] = []
-        self.events: list[tuple[str, str]] = []
-
-    def record(self, exchange: Exchange) -> None:
-        self.exchanges.append(exchange)
-
-    def count(self, event: str, model: str, n: int = 1) -> None:
-        self.events.append((event, model))
-
-    def observe_queue_wait(self, model: str, seconds: float) -> None:
-        self.events.append(("queue_wait", model))
 
 
 def closed_port() -> int:
@@ -74,8 +61,8 @@ ROUTES = """\
 
 
 @pytest.fixture(scope="module")
-def live(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveGateway, Sink]]:
-    sink = Sink()
+def live(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveGateway, RecordingSink]]:
+    sink = RecordingSink()
     path = tmp_path_factory.mktemp("faults") / "routes.yaml"
     path.write_text(config(FAULTS, ROUTES))
     with live_gateway(config(FAULTS, ROUTES), sim_url, telemetry=sink, config_path=path) as gateway:
@@ -100,10 +87,8 @@ def reconfigure(gw: LiveGateway, routes: str, faults: dict[str, str] = FAULTS) -
     gw.call(gw.gateway.reload())
 
 
-def one(sink: Sink, request_id: str) -> Exchange:
-    found = [e for e in sink.exchanges if e.request_id == request_id]
-    assert len(found) == 1, f"{len(found)} exchanges recorded for {request_id}"
-    return found[0]
+def one(sink: RecordingSink, request_id: str) -> Exchange:
+    return sink.by_id(request_id)
 
 
 CASES = [
@@ -134,8 +119,8 @@ CASES = [
 
 
 @pytest.mark.parametrize(("primary", "fallbacks", "stream", "status", "lane", "outcomes"), CASES)
-def test_fault_before_first_byte(live: tuple[LiveGateway, Sink], primary: str, fallbacks: list[str], stream: bool,
-                                 status: int, lane: str | None, outcomes: list[str]) -> None:
+def test_fault_before_first_byte(live: tuple[LiveGateway, RecordingSink], primary: str, fallbacks: list[str],
+                                 stream: bool, status: int, lane: str | None, outcomes: list[str]) -> None:
     gw, sink = live
     reconfigure(gw, f"- target: {primary}\n  fallbacks: {json.dumps(fallbacks)}\n  deadline_ms: 1500\n"
                     f"  retry: {{attempts: 2, backoff_ms: 20}}\n")
@@ -158,7 +143,7 @@ def test_fault_before_first_byte(live: tuple[LiveGateway, Sink], primary: str, f
 
 
 @pytest.mark.parametrize("fault", ["cut", "stall", "badsse"])
-def test_fault_after_first_byte_ends_with_error_event(live: tuple[LiveGateway, Sink], fault: str) -> None:
+def test_fault_after_first_byte_ends_with_error_event(live: tuple[LiveGateway, RecordingSink], fault: str) -> None:
     gw, sink = live
     reconfigure(gw, f"- target: {fault}\n  fallbacks: [ok]\n")
     got, headers, body, elapsed = send(gw, {"model": "laneway", "stream": True,
@@ -173,7 +158,7 @@ def test_fault_after_first_byte_ends_with_error_event(live: tuple[LiveGateway, S
     assert [a.model for a in exchange.attempts] == [fault]  # no failover after the first byte
 
 
-def test_retry_after_is_honoured_within_budget(live: tuple[LiveGateway, Sink]) -> None:
+def test_retry_after_is_honoured_within_budget(live: tuple[LiveGateway, RecordingSink]) -> None:
     gw, sink = live
     reconfigure(gw, "- target: r429_1\n  fallbacks: [ok]\n  deadline_ms: 4000\n")
     got, headers, _, elapsed = send(gw, {"model": "laneway", "messages": [{"role": "user", "content": "hi"}]})
@@ -182,7 +167,7 @@ def test_retry_after_is_honoured_within_budget(live: tuple[LiveGateway, Sink]) -
     assert [a.outcome for a in one(sink, headers["x-request-id"]).attempts] == ["rate_limited"] * 2 + ["ok"]
 
 
-def test_flaky_upstream_is_retried_on_the_same_model(live: tuple[LiveGateway, Sink]) -> None:
+def test_flaky_upstream_is_retried_on_the_same_model(live: tuple[LiveGateway, RecordingSink]) -> None:
     gw, sink = live
     reconfigure(gw, "- target: flaky\n  fallbacks: [ok]\n", {**FAULTS, "flaky": f"flaky_1_{time.time_ns()}"})
     got, headers, _, _ = send(gw, {"model": "laneway", "messages": [{"role": "user", "content": "hi"}]})
@@ -190,7 +175,7 @@ def test_flaky_upstream_is_retried_on_the_same_model(live: tuple[LiveGateway, Si
     assert [a.outcome for a in one(sink, headers["x-request-id"]).attempts] == ["upstream_unavailable", "ok"]
 
 
-def test_breaker_opens_then_skips_the_model(live: tuple[LiveGateway, Sink]) -> None:
+def test_breaker_opens_then_skips_the_model(live: tuple[LiveGateway, RecordingSink]) -> None:
     gw, sink = live
     reconfigure(gw, "- target: e500\n  fallbacks: [ok]\n  retry: {attempts: 1}\n")
     ids = []
@@ -219,7 +204,7 @@ routes:
   target: small
   long_context: large
 """
-    sink = Sink()
+    sink = RecordingSink()
     with live_gateway(text, sim_url, telemetry=sink) as gw:
         got, headers, _, _ = send(gw, {"model": "laneway", "messages": [{"role": "user", "content": "word " * 200}]})
         assert got == 200 and headers["x-laneway-model"] == "large"
@@ -232,7 +217,7 @@ routes:
         assert "`small` holds 64" in error["message"] and "long_context" in error["message"]
 
 
-def test_nothing_leaks_after_the_fault_runs(live: tuple[LiveGateway, Sink]) -> None:
+def test_nothing_leaks_after_the_fault_runs(live: tuple[LiveGateway, RecordingSink]) -> None:
     """Run last in this module: every fault above has ended, so nothing may still be held."""
     gw, _ = live
 

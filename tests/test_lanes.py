@@ -13,32 +13,13 @@ from typing import Any
 
 import pytest
 
-from _live import LiveGateway, live_gateway
+from _live import LiveGateway, RecordingSink, live_gateway
 from laneway.config import parse_config
-from laneway.exchange import Exchange
 from laneway.routing import canary_target
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.exchanges: list[Exchange] = []
-        self.events: list[tuple[str, str]] = []
-
-    def record(self, exchange: Exchange) -> None:
-        self.exchanges.append(exchange)
-
-    def count(self, event: str, model: str, n: int = 1) -> None:
-        self.events.append((event, model))
-
-    def observe_queue_wait(self, model: str, seconds: float) -> None:
-        self.events.append(("queue_wait", model))
-
-    def by_id(self, request_id: str) -> Exchange:
-        found = [e for e in self.exchanges if e.request_id == request_id]
-        assert len(found) == 1
-        return found[0]
 
 
 def send(live: LiveGateway, content: str, **body: Any) -> tuple[dict[str, str], bytes]:
@@ -71,7 +52,7 @@ routes:
 
 
 def test_a_conversation_never_flips_lanes(sim_url: str) -> None:
-    sink = Sink()
+    sink = RecordingSink()
     with live_gateway(CANARY, sim_url, telemetry=sink) as live:
         seen: dict[str, set[tuple[str, str]]] = {}
         for turn in range(3):
@@ -96,7 +77,7 @@ routes:
     source: {source}
     escalate_to: gpt-5{verifier}
 """
-    sink = Sink()
+    sink = RecordingSink()
     with live_gateway(text, sim_url, telemetry=sink) as live, ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda i: send(live, f"question number {i} about my bill"), range(24)))
     lanes = Counter()
@@ -168,7 +149,7 @@ def test_shadow_never_changes_the_primary_answer(sim_url: str) -> None:
     plain = "routes:\n- name: chat\n  target: gpt-5-mini\n"
     with live_gateway(plain, sim_url) as live:
         expected = [json.loads(send(live, f"shadowed {i}")[1])["choices"][0]["message"]["content"] for i in range(6)]
-    sink = Sink()
+    sink = RecordingSink()
     with live_gateway(SHADOW, sim_url, telemetry=sink) as live:
         got = [send(live, f"shadowed {i}") for i in range(6)]
         wait_for(lambda: sum(e.lane == "shadow" for e in sink.exchanges) == 6)
@@ -197,7 +178,7 @@ routes:
 - target: gpt-5-mini
   shadow: [{target: slow, sample: 1.0}]
 """
-    sink = Sink()
+    sink = RecordingSink()
     with live_gateway(text, sim_url, telemetry=sink) as live:
         started = time.perf_counter()
         for i in range(5):
@@ -222,7 +203,7 @@ routes:
 
 
 def test_retrieval_grounds_the_prompt_and_misses_go_to_on_miss(sim_url: str) -> None:
-    sink = Sink()
+    sink = RecordingSink()
     with live_gateway(RETRIEVAL, sim_url, telemetry=sink) as live:
         hit, _ = send(live, "I was charged twice on my credit card, I want a refund for the extra charge")
         miss, _ = send(live, "xyzzy plugh")
@@ -244,7 +225,7 @@ def test_retrieval_unknown_knowledge_base_is_a_config_error() -> None:
 
 
 def test_streamed_primary_is_shadowed_after_it_ends(sim_url: str) -> None:
-    sink = Sink()
+    sink = RecordingSink()
     with live_gateway(SHADOW, sim_url, telemetry=sink) as live:
         headers, body = send(live, "stream and shadow", stream=True)
         wait_for(lambda: any(e.lane == "shadow" for e in sink.exchanges))
@@ -281,7 +262,7 @@ routes:
 ])
 def test_a_faulty_lane_never_costs_the_client_its_answer(sim_url: str, lane: str, expected_lane: str,
                                                          models: list[str]) -> None:
-    sink = Sink()
+    sink = RecordingSink()
     with live_gateway(FAULTY_LANES, sim_url, telemetry=sink) as live:
         headers, body = send(live, "help", metadata={"lane": lane})
         if lane == "shadow":

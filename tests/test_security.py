@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from _live import LiveGateway, live_gateway
-from laneway.exchange import Exchange
+from _live import LiveGateway, RecordingSink, live_gateway
 from laneway.keys import hash_key
 
 CLIENT_KEY = "lw-test-client-key"
@@ -104,7 +103,7 @@ def test_keys_without_an_admin_key_close_the_admin_endpoints(sim_url: str) -> No
 class _EchoAuth(BaseHTTPRequestHandler):
     """An upstream that rejects the key and echoes it back, as some do."""
 
-    def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", 0)))
         body = json.dumps({"error": {"message": f"Incorrect API key provided: {self.headers['authorization']}"}})
         self.send_response(401)
@@ -116,18 +115,6 @@ class _EchoAuth(BaseHTTPRequestHandler):
         pass
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.exchanges: list[Exchange] = []
-
-    def record(self, exchange: Exchange) -> None:
-        self.exchanges.append(exchange)
-
-    def count(self, event: str, model: str, n: int = 1) -> None:
-        pass
-
-    def observe_queue_wait(self, model: str, seconds: float) -> None:
-        pass
 
 
 def test_a_planted_provider_key_appears_in_no_output(sim_url: str, monkeypatch: pytest.MonkeyPatch,
@@ -144,7 +131,7 @@ models:
 routes:
 - target: leaky
 """
-    sink = Sink()
+    sink = RecordingSink()
     caplog.set_level(logging.DEBUG)
     try:
         with live_gateway(text, sim_url, telemetry=sink) as live:

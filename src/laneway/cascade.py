@@ -11,11 +11,19 @@ answer is never accepted without evidence.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import time
 from typing import Any
 
 from .chat import ChatRequest, Completion, Message, message_text
+from .config import Cascade
+from .dispatch import Dispatcher, Plan
+from .errors import LanewayError
+from .exchange import OK, Attempt, Exchange
+
+log = logging.getLogger("laneway")
 
 SELF_REPORT_INSTRUCTION = (
     "After your answer, on a new line, write [confidence: X] where X is a number from 0 to 1: how sure "
@@ -63,3 +71,55 @@ def verifier_request(model: str, messages: list[Message], answer: str) -> ChatRe
 def from_verifier(completion: Completion) -> float:
     match = _NUMBER.search(completion.text)
     return float(match.group(1)) if match else 0.0
+
+
+async def complete_with_cascade(dispatcher: Dispatcher, cascade: Cascade, plan: Plan, messages: list[Message],
+                                params: dict[str, Any], exchange: Exchange) -> Completion:
+    """The efficient model's answer if confident enough, else the escalation model's (within the deadline).
+    A failed escalation keeps the first answer: a cheaper answer beats none."""
+    asked, asked_params = messages, params
+    if cascade.source == "self_report":
+        asked = ask_for_self_report(messages)
+    elif cascade.source == "logprobs":
+        asked_params = ask_for_logprobs(params)
+    completion = await dispatcher.complete(plan, asked, asked_params, exchange)
+    if exchange.lane not in ("primary", "canary"):
+        return completion  # a fallback answered: nothing cheaper to second-guess
+    score = await _confidence(dispatcher, cascade, messages, completion, plan, exchange)
+    exchange.cascade_confidence = score
+    if score >= cascade.confidence:
+        return completion
+    escalation = Plan(plan.route, [("cascade", cascade.escalate_to)], plan.deadline)
+    try:
+        return await dispatcher.complete(escalation, messages, params, exchange)
+    except LanewayError as error:
+        log.warning("laneway: cascade escalation to `%s` failed (%s); keeping the first answer",
+                    cascade.escalate_to, error.code)
+        return completion
+
+
+async def _confidence(dispatcher: Dispatcher, cascade: Cascade, messages: list[Message], completion: Completion,
+                      plan: Plan, exchange: Exchange) -> float:
+    if cascade.source == "logprobs":
+        return from_logprobs(completion)
+    if cascade.source == "self_report":
+        return take_self_report(completion)
+    assert cascade.verifier is not None
+    runtime = dispatcher.runtime
+    spec = runtime.config.models[cascade.verifier]
+    request = verifier_request(spec.model, messages, completion.text)
+    attempt = Attempt(cascade.verifier, OK, lane="verifier")
+    exchange.attempts.append(attempt)
+    started = time.perf_counter()
+    try:
+        graded = await runtime.providers[cascade.verifier].complete(request, plan.deadline)
+    except LanewayError as error:
+        attempt.outcome, attempt.error = error.code, error.message
+        return 0.0
+    finally:
+        attempt.latency_ms = (time.perf_counter() - started) * 1000
+        exchange.upstream_ms += attempt.latency_ms
+    attempt.prompt_tokens, attempt.completion_tokens = graded.usage.prompt_tokens, graded.usage.completion_tokens
+    attempt.cost_usd = spec.price.cost(attempt.prompt_tokens, attempt.completion_tokens)
+    exchange.cost_usd += attempt.cost_usd
+    return from_verifier(graded)

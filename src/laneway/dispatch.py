@@ -284,3 +284,19 @@ async def close_stream(chunks: AsyncIterator[Chunk]) -> None:
         # Closing a failed upstream stream must not mask the error that made us close it.
         with contextlib.suppress(Exception):
             await aclose()
+
+
+def replay_stream(completion: Completion, exchange: Exchange) -> Started:
+    """A finished answer (cached, or accepted by a cascade) as a stream: words as chunks, then the
+    finish reason and usage. Its cost is already accounted."""
+    words = completion.text.split(" ")
+
+    async def rest() -> AsyncIterator[Chunk]:
+        for word in words[1:]:
+            yield Chunk(" " + word)
+        yield Chunk(finish_reason=completion.finish_reason, usage=completion.usage)
+
+    model = exchange.model or ""
+    attempt = exchange.attempts[-1] if exchange.attempts else Attempt(model, OK, lane=exchange.lane)
+    return Started(model, exchange.lane, attempt, Chunk(words[0]), rest(), None, time.perf_counter(),
+                   accounted=True)

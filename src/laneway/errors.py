@@ -6,6 +6,8 @@
     │   ├── InvalidRequest          400 invalid_request
     │   ├── Unauthorized            401 invalid_api_key
     │   ├── Forbidden               403 forbidden
+    │   ├── NotFound                404 not_found (no such endpoint)
+    │   ├── MethodNotAllowed        405 method_not_allowed
     │   ├── ModelNotFound           404 model_not_found
     │   ├── NoRoute                 404 no_route
     │   ├── PayloadTooLarge         413 payload_too_large
@@ -96,6 +98,16 @@ class Forbidden(RequestError):
 class ModelNotFound(RequestError):
     status = 404
     code = "model_not_found"
+
+
+class NotFound(RequestError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(RequestError):
+    status = 405
+    code = "method_not_allowed"
 
 
 class NoRoute(RequestError):

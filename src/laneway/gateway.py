@@ -9,18 +9,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import cascade as confidence
 from .cache import CacheStore, MemoryStore, cache_key, cacheable, lookup, remember
+from .cascade import complete_with_cascade
 from .chat import Chunk, Completion, Message
-from .config import Config, load_config
+from .config import CacheSettings, Config, load_config
 from .context import TokenCounter
-from .dispatch import Dispatcher, Plan, Started
-from .errors import LanewayError
-from .exchange import OK, Attempt, Exchange
+from .dispatch import Dispatcher, Plan, Started, replay_stream
+from .exchange import Exchange
 from .grounding import ground
 from .keys import KeyPolicy, KeyRing
 from .request import ClientRequest, read_signals
@@ -128,25 +127,22 @@ class Gateway:
                           exchange: Exchange, key: KeyPolicy | None = None) -> tuple[Started, Runtime]:
         """Dispatch until a first chunk is in hand. The caller must `runtime.leave()` when the stream ends.
 
-        With a cascade the accepted answer is held whole, then replayed as a stream."""
+        A cached answer, and with a cascade the accepted answer, are held whole and replayed as a stream."""
         runtime = self.runtime
         runtime.enter()
         try:
             plan, messages, params = self._prepare(runtime, request, headers, path, exchange, key)
-            entry = self._cache_key(runtime, plan, messages, params)
-            cache = plan.route.cache if plan.route is not None else None
-            if entry is not None and cache is not None and cache.reads:
-                cached = await self._cached(entry, exchange)
-                if cached is not None:
-                    return _replay(cached, exchange), runtime
+            entry, cache = self._cache_entry(runtime, plan, messages, params)
+            cached = await self._cached(entry, cache, exchange)
+            if cached is not None:
+                return replay_stream(cached, exchange), runtime
             if plan.route is not None and plan.route.cascade is not None:
-                completion = await self._dispatch_with_cascade(runtime, plan, messages, params, exchange)
-                if entry is not None and cache is not None and cache.writes:
-                    self._keep(entry, completion, exchange.model or "", cache.ttl_s)
-                return _replay(completion, exchange), runtime
+                completion = await self._whole(runtime, plan, messages, params, exchange)
+                self._after(runtime, plan, messages, params, exchange, completion, entry, cache)
+                return replay_stream(completion, exchange), runtime
             started = await self._dispatcher(runtime).stream(plan, messages, params, exchange)
             targets = self.shadows.targets(plan.route, exchange.request_id)
-            keep = entry if entry is not None and cache is not None and cache.writes else None
+            keep = entry if cache is not None and cache.writes else None
             if targets or keep:
                 started.rest = self._tee(runtime, targets, messages, params, exchange, started, started.rest,
                                          keep, cache.ttl_s if cache else 0.0)
@@ -158,48 +154,56 @@ class Gateway:
     async def _answer(self, runtime: Runtime, request: ClientRequest, headers: Mapping[str, str], path: str,
                       exchange: Exchange, key: KeyPolicy | None) -> Completion:
         plan, messages, params = self._prepare(runtime, request, headers, path, exchange, key)
-        entry = self._cache_key(runtime, plan, messages, params)
-        if entry is not None and plan.route is not None and plan.route.cache.reads:
-            cached = await self._cached(entry, exchange)
-            if cached is not None:
-                return cached
-        if plan.route is not None and plan.route.cascade is not None:
-            completion = await self._dispatch_with_cascade(runtime, plan, messages, params, exchange)
-        else:
-            completion = await self._dispatcher(runtime).complete(plan, messages, params, exchange)
-        self._shadow(runtime, plan, messages, params, exchange, completion.text)
-        if entry is not None and plan.route is not None and plan.route.cache.writes:
-            self._keep(entry, completion, exchange.model or "", plan.route.cache.ttl_s)
+        entry, cache = self._cache_entry(runtime, plan, messages, params)
+        cached = await self._cached(entry, cache, exchange)
+        if cached is not None:
+            return cached
+        completion = await self._whole(runtime, plan, messages, params, exchange)
+        self._after(runtime, plan, messages, params, exchange, completion, entry, cache)
         return completion
 
-    def _cache_key(self, runtime: Runtime, plan: Plan, messages: list[Message], params: dict[str, Any]) -> str | None:
+    async def _whole(self, runtime: Runtime, plan: Plan, messages: list[Message], params: dict[str, Any],
+                     exchange: Exchange) -> Completion:
+        dispatcher = self._dispatcher(runtime)
+        if plan.route is not None and plan.route.cascade is not None:
+            return await complete_with_cascade(dispatcher, plan.route.cascade, plan, messages, params, exchange)
+        return await dispatcher.complete(plan, messages, params, exchange)
+
+    def _after(self, runtime: Runtime, plan: Plan, messages: list[Message], params: dict[str, Any],
+               exchange: Exchange, completion: Completion, entry: str | None, cache: CacheSettings | None) -> None:
+        """Off the request's path: copy the answer to the shadow lanes and into the cache."""
+        targets = self.shadows.targets(plan.route, exchange.request_id)
+        if targets:
+            self.shadows.submit(runtime, targets, messages, params, exchange, completion.text)
+        if entry is not None and cache is not None and cache.writes:
+            self._keep(entry, completion, exchange.model or "", cache.ttl_s)
+
+    def _cache_entry(self, runtime: Runtime, plan: Plan, messages: list[Message],
+                     params: dict[str, Any]) -> tuple[str | None, CacheSettings | None]:
         route = plan.route
         if route is None or route.cache.mode == "off":
-            return None
+            return None, None
         target = runtime.config.models[plan.lanes[0][1]]
         if not cacheable(route.cache, params.get("temperature", target.profile.temperature)):
-            return None
-        return cache_key(route.name, messages, params)
+            return None, None
+        return cache_key(route.name, messages, params), route.cache
 
-    async def _cached(self, key: str, exchange: Exchange) -> Completion | None:
-        hit = await lookup(self.cache, key)
+    async def _cached(self, entry: str | None, cache: CacheSettings | None, exchange: Exchange) -> Completion | None:
+        if entry is None or cache is None or not cache.reads:
+            return None
+        hit = await lookup(self.cache, entry)
+        if self.telemetry is not None:
+            self.telemetry.count("cache_hit" if hit else "cache_miss", exchange.route or "")
         if hit is None:
-            if self.telemetry is not None:
-                self.telemetry.count("cache_miss", exchange.route or "")
             return None
         completion, model = hit
         exchange.lane, exchange.model = "cache", model
-        exchange.prompt_tokens, exchange.completion_tokens = completion.usage.prompt_tokens, \
-            completion.usage.completion_tokens
-        if self.telemetry is not None:
-            self.telemetry.count("cache_hit", exchange.route or "")
+        exchange.prompt_tokens = completion.usage.prompt_tokens
+        exchange.completion_tokens = completion.usage.completion_tokens
         return completion
 
     def _keep(self, key: str, completion: Completion, model: str, ttl_s: float) -> None:
-        self._spawn(remember(self.cache, key, completion, model, ttl_s))
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
+        task = asyncio.create_task(remember(self.cache, key, completion, model, ttl_s))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -228,63 +232,6 @@ class Gateway:
                 plan.lanes = [("primary", route.retrieval.on_miss), *plan.lanes[1:]]
         exchange.signals = signals.computed()
         return plan, messages, request.params
-
-    async def _dispatch_with_cascade(self, runtime: Runtime, plan: Plan, messages: list[Message],
-                                     params: dict[str, Any], exchange: Exchange) -> Completion:
-        cascade = plan.route.cascade if plan.route else None
-        assert cascade is not None
-        dispatcher = self._dispatcher(runtime)
-        asked, asked_params = messages, params
-        if cascade.source == "self_report":
-            asked = confidence.ask_for_self_report(messages)
-        elif cascade.source == "logprobs":
-            asked_params = confidence.ask_for_logprobs(params)
-        completion = await dispatcher.complete(plan, asked, asked_params, exchange)
-        if exchange.lane not in ("primary", "canary"):
-            return completion  # a fallback answered: nothing cheaper to second-guess
-        score = await self._confidence(runtime, cascade.source, cascade.verifier, messages, completion, plan,
-                                       exchange)
-        exchange.cascade_confidence = score
-        if score >= cascade.confidence:
-            return completion
-        escalation = Plan(plan.route, [("cascade", cascade.escalate_to)], plan.deadline)
-        try:
-            return await dispatcher.complete(escalation, messages, params, exchange)
-        except LanewayError as error:
-            log.warning("laneway: cascade escalation to `%s` failed (%s); keeping the first answer",
-                        cascade.escalate_to, error.code)
-            return completion
-
-    async def _confidence(self, runtime: Runtime, source: str, verifier: str | None, messages: list[Message],
-                          completion: Completion, plan: Plan, exchange: Exchange) -> float:
-        if source == "logprobs":
-            return confidence.from_logprobs(completion)
-        if source == "self_report":
-            return confidence.take_self_report(completion)
-        assert verifier is not None
-        spec = runtime.config.models[verifier]
-        request = confidence.verifier_request(spec.model, messages, completion.text)
-        attempt = Attempt(verifier, OK, lane="verifier")
-        exchange.attempts.append(attempt)
-        started = time.perf_counter()
-        try:
-            graded = await runtime.providers[verifier].complete(request, plan.deadline)
-        except LanewayError as error:
-            attempt.outcome, attempt.error = error.code, error.message
-            return 0.0
-        finally:
-            attempt.latency_ms = (time.perf_counter() - started) * 1000
-            exchange.upstream_ms += attempt.latency_ms
-        attempt.prompt_tokens, attempt.completion_tokens = graded.usage.prompt_tokens, graded.usage.completion_tokens
-        attempt.cost_usd = spec.price.cost(attempt.prompt_tokens, attempt.completion_tokens)
-        exchange.cost_usd += attempt.cost_usd
-        return confidence.from_verifier(graded)
-
-    def _shadow(self, runtime: Runtime, plan: Plan, messages: list[Message], params: dict[str, Any],
-                exchange: Exchange, text: str) -> None:
-        targets = self.shadows.targets(plan.route, exchange.request_id)
-        if targets:
-            self.shadows.submit(runtime, targets, messages, params, exchange, text)
 
     async def _tee(self, runtime: Runtime, targets: list[str], messages: list[Message], params: dict[str, Any],
                    exchange: Exchange, started: Started, source: AsyncIterator[Chunk], key: str | None,
@@ -325,17 +272,3 @@ class Gateway:
         if self._fleet is not None:
             await self._fleet.aclose()
 
-
-def _replay(completion: Completion, exchange: Exchange) -> Started:
-    """A finished answer as a stream: words as chunks, the finish reason and usage at the end."""
-    words = completion.text.split(" ")
-
-    async def rest() -> AsyncIterator[Chunk]:
-        for word in words[1:]:
-            yield Chunk(" " + word)
-        yield Chunk(finish_reason=completion.finish_reason, usage=completion.usage)
-
-    model = exchange.model or ""
-    attempt = exchange.attempts[-1] if exchange.attempts else Attempt(model, OK, lane=exchange.lane)
-    return Started(model, exchange.lane, attempt, Chunk(words[0]), rest(), None, time.perf_counter(),
-                   accounted=True)

@@ -10,7 +10,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
-from ..errors import ConfigError, Forbidden, InvalidRequest, LanewayError, RequestError, Unauthorized
+from ..errors import ConfigError, Forbidden, InvalidRequest, LanewayError, MethodNotAllowed, NotFound, Unauthorized
 from ..exchange import Exchange
 from ..gateway import Gateway
 from ..telemetry import Telemetry
@@ -32,16 +32,6 @@ from ._openapi import openapi_document
 log = logging.getLogger("laneway")
 _PROMETHEUS = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
 _HTML = (b"content-type", b"text/html; charset=utf-8")
-
-
-class NotFound(RequestError):
-    status = 404
-    code = "not_found"
-
-
-class MethodNotAllowed(RequestError):
-    status = 405
-    code = "method_not_allowed"
 
 
 class App:
