@@ -77,3 +77,26 @@ def test_serve_reloads_on_sighup_and_flushes_on_stop(tmp_path: Path) -> None:
     with sqlite3.connect(db) as connection:
         logged = connection.execute("select count(*) from exchanges").fetchone()[0]
     assert logged >= 3
+
+
+def test_workers_share_one_port_and_stop_gracefully(tmp_path: Path) -> None:
+    db = tmp_path / "exchanges.sqlite3"
+    config = tmp_path / "routes.yaml"
+    config.write_text(ROUTES.format(db=db, target="gpt-5-mini"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen([sys.executable, "-m", "laneway", "serve", "--config", str(config), "--port", str(port),
+                                "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while get(url + "/readyz") != 200:
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        assert [chat(url) for _ in range(20)] == ["gpt-5-mini"] * 20
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert "2 workers serving" in output and "Traceback" not in output
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("select count(*) from exchanges").fetchone()[0] == 20

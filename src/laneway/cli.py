@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="routing file (default: the embedded simulated fleet)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1, help="gateway processes sharing the port (default 1)")
     serve.add_argument("--allow-unauthenticated", action="store_true",
                        help="listen on a non-loopback address without client keys")
     serve.set_defaults(func=_serve)
@@ -76,9 +77,12 @@ def _run(coro: object) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from .server import serve, serve_workers
 
-    _run(serve(args.config, args.host, args.port, args.allow_unauthenticated))
+    if args.workers > 1:
+        serve_workers(args.config, args.host, args.port, args.workers, args.allow_unauthenticated)
+    else:
+        _run(serve(args.config, args.host, args.port, args.allow_unauthenticated))
     return 0
 
 

@@ -23,7 +23,13 @@ def load_yaml(text: str, source: str = "") -> tuple[Any, Marks]:
     marks: Marks = {}
     if node is None:
         return None, marks
-    return _convert(node, "", marks), marks
+    try:
+        return _convert(node, "", marks), marks
+    except yaml.YAMLError as exc:  # a scalar YAML cannot construct, e.g. a bare `=`
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([ConfigIssue("", f"not valid YAML: {problem}", line)], source) from None
 
 
 def join(path: str, key: str | int) -> str:

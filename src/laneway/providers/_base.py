@@ -1,7 +1,7 @@
 """The provider protocol, and the HTTP plumbing every wire format shares.
 
-`Upstream` owns one pooled aiohttp session per model, with explicit connect timeout and pool
-limit, and translates every foreign exception into Laneway's `UpstreamError` family. Deadlines
+`Upstream` owns one keep-alive connection pool per model (`_http.Pool`), with explicit connect
+timeout and pool limit, and translates every transport failure into Laneway's `UpstreamError` family. Deadlines
 are absolute event-loop times shared by the whole exchange.
 """
 
@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 from collections.abc import AsyncIterator, Callable
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
 from ..chat import ChatRequest, Chunk, Completion
@@ -27,11 +28,23 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from ._http import (
+    BodyCutShort,
+    ConnectFailed,
+    ConnectTimeout,
+    HttpError,
+    Pool,
+    Response,
+    render_headers,
+    request_head,
+)
 
 if TYPE_CHECKING:
     from ..config import ModelSpec
 
 log = logging.getLogger("laneway")
+# Idle keep-alive connections are closed after this long, under the usual server-side timeouts.
+KEEPALIVE_S = 60.0
 
 class Provider(Protocol):
     spec: ModelSpec
@@ -55,39 +68,58 @@ class Upstream:
         self.spec = spec
         self.base_url = base_url.rstrip("/")
         self.headers = {"content-type": "application/json", **headers}
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: Pool | None = None
+        self._header_block = ""
+        self._heads: dict[tuple[str, str], bytes] = {}
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self.spec.max_concurrency, keepalive_timeout=60,
-                                             enable_cleanup_closed=True)
-            self._session = aiohttp.ClientSession(
-                connector=connector, headers=self.headers, json_serialize=lambda o: orjson.dumps(o).decode(),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.spec.connect_timeout_ms / 1000),
-                auto_decompress=True, skip_auto_headers=("User-Agent",),
-            )
-        return self._session
+    def pool(self) -> Pool:
+        """Built on first use, so adapters can still add their credential headers after `__init__`."""
+        if self._pool is None:
+            parts = urlsplit(self.base_url)
+            tls = ssl.create_default_context() if parts.scheme == "https" else None
+            port = parts.port or (443 if tls is not None else 80)
+            self._pool = Pool(parts.hostname or "localhost", port, tls, self.spec.max_concurrency,
+                              self.spec.connect_timeout_ms / 1000, keepalive=KEEPALIVE_S)
+            self._header_block = render_headers({k: v for k, v in self.headers.items() if k != "host"})
+        return self._pool
+
+    def held_connections(self) -> int:
+        """Connections taken by requests and not yet given back (0 when nothing is in flight)."""
+        return 0 if self._pool is None else self._pool.held
 
     def api_key(self) -> str:
         if not self.spec.api_key_env:
             return ""
         return os.environ.get(self.spec.api_key_env, "")
 
+    async def send(self, method: str, url: str, body: bytes, deadline: float) -> Response:
+        """Send one request; the response once its headers arrived. Foreign errors are left to the caller."""
+        pool = self.pool
+        head = self._heads.get((method, url))
+        if head is None:
+            parts = urlsplit(url)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            head = request_head(method, target, parts.netloc.rpartition("@")[2], self._header_block)
+            self._heads[method, url] = head
+        return await pool.request(head + b"content-length: %d\r\n\r\n" % len(body), body, deadline)
+
     async def post_json(self, url: str, body: dict[str, Any], deadline: float,
                         overflow: OverflowTest) -> dict[str, Any]:
         """POST and return the decoded JSON answer, or raise the translated error."""
         try:
-            async with asyncio.timeout_at(deadline):
-                async with self.session.post(url, data=orjson.dumps(body)) as response:
-                    payload = await self._read_body(response)
-                    if response.status >= 400:
-                        raise self.status_error(response.status, response.headers, payload, overflow)
-                    _require_json(response, self.spec.name)
+            response = await self.send("POST", url, orjson.dumps(body), deadline)
+            try:
+                payload = await self._read_body(response, deadline)
+            finally:
+                response.release()
         except TimeoutError:
             raise self.timeout() from None
-        except aiohttp.ClientError as exc:
+        except HttpError as exc:
             raise self.transport_error(exc) from None
+        if response.status >= 400:
+            raise self.status_error(response.status, response.headers, payload, overflow)
+        _require_json(response, self.spec.name)
         try:
             decoded = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -98,20 +130,19 @@ class Upstream:
         return decoded
 
     async def open_stream(self, url: str, body: dict[str, Any], deadline: float,
-                          overflow: OverflowTest) -> aiohttp.ClientResponse:
+                          overflow: OverflowTest) -> Response:
         """POST a streaming request and return the response once its headers say it succeeded."""
         try:
-            async with asyncio.timeout_at(deadline):
-                response = await self.session.post(url, data=orjson.dumps(body))
-                if response.status >= 400:
-                    try:
-                        payload = await self._read_body(response)
-                    finally:
-                        response.release()
-                    raise self.status_error(response.status, response.headers, payload, overflow)
+            response = await self.send("POST", url, orjson.dumps(body), deadline)
+            if response.status >= 400:
+                try:
+                    payload = await self._read_body(response, deadline)
+                finally:
+                    response.release()
+                raise self.status_error(response.status, response.headers, payload, overflow)
         except TimeoutError:
             raise self.timeout() from None
-        except aiohttp.ClientError as exc:
+        except HttpError as exc:
             raise self.transport_error(exc) from None
         ctype = response.headers.get("content-type", "")
         if "text/event-stream" not in ctype:
@@ -120,43 +151,47 @@ class Upstream:
                                       model=self.spec.name, upstream_status=response.status)
         return response
 
-    async def sse(self, response: aiohttp.ClientResponse, deadline: float,
+    async def sse(self, response: Response, deadline: float,
                   first: bool = True) -> AsyncIterator[tuple[str, bytes]]:
-        """Yield (event, data) pairs of a server-sent event stream, bounded by deadline then idleness."""
+        """Yield (event, data) pairs of a server-sent event stream, bounded by deadline then idleness.
+
+        Timers are per raw chunk, and only armed when no chunk is already waiting."""
         loop = asyncio.get_running_loop()
         event = ""
         data: list[bytes] = []
         waiting_first = first
         idle = self.spec.stream_idle_ms / 1000
+        rest = b""
         try:
             while True:
-                limit = deadline if waiting_first else loop.time() + idle
                 try:
-                    async with asyncio.timeout_at(limit):
-                        line = await response.content.readline()
+                    chunk = await response.next_chunk(deadline if waiting_first else loop.time() + idle)
                 except TimeoutError:
                     if waiting_first:
                         raise self.timeout() from None
                     raise UpstreamTimeout(f"stream stalled: no data for {idle:g}s (`stream_idle_ms`)",
                                           model=self.spec.name) from None
-                if not line:
+                if not chunk:
                     return
-                line = line.rstrip(b"\r\n")
-                if not line:
-                    if data:
-                        waiting_first = False
-                        yield event, b"\n".join(data)
-                    event, data = "", []
-                elif line.startswith(b"data:"):
-                    data.append(line[5:].lstrip(b" "))
-                elif line.startswith(b"event:"):
-                    event = line[6:].strip().decode()
-        except aiohttp.ClientError as exc:
+                lines = (rest + chunk).split(b"\n")
+                rest = lines.pop()
+                for raw in lines:
+                    line = raw.rstrip(b"\r")
+                    if not line:
+                        if data:
+                            waiting_first = False
+                            yield event, b"\n".join(data)
+                        event, data = "", []
+                    elif line.startswith(b"data:"):
+                        data.append(line[5:].lstrip(b" "))
+                    elif line.startswith(b"event:"):
+                        event = line[6:].strip().decode()
+        except HttpError as exc:
             raise self.transport_error(exc) from None
         finally:
             response.release()
 
-    async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
+    async def _read_body(self, response: Response, deadline: float) -> bytes:
         limit = self.spec.max_response_bytes
         declared = response.content_length
         if declared is not None and declared > limit:
@@ -164,13 +199,13 @@ class Upstream:
                                       model=self.spec.name, upstream_status=response.status)
         parts: list[bytes] = []
         size = 0
-        async for piece in response.content.iter_chunked(65536):
+        while piece := await response.next_chunk(deadline):
             size += len(piece)
             if size > limit:
                 raise UpstreamBadResponse(f"response exceeds `max_response_bytes` ({limit})",
                                           model=self.spec.name, upstream_status=response.status)
             parts.append(piece)
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def status_error(self, status: int, headers: Any, payload: bytes, overflow: OverflowTest) -> UpstreamError:
         text = payload[:2000].decode("utf-8", "replace")
@@ -194,31 +229,35 @@ class Upstream:
     def timeout(self) -> UpstreamTimeout:
         return UpstreamTimeout("deadline reached before the upstream answered", model=self.spec.name)
 
-    def transport_error(self, exc: aiohttp.ClientError) -> UpstreamError:
+    def transport_error(self, exc: HttpError) -> UpstreamError:
         name = self.spec.name
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            return UpstreamUnavailable(f"cannot connect to `{self.base_url}`: {exc.os_error.strerror or exc}",
-                                       model=name)
-        if isinstance(exc, aiohttp.ServerTimeoutError):
+        if isinstance(exc, ConnectFailed):
+            return UpstreamUnavailable(f"cannot connect to `{self.base_url}`: {exc.reason}", model=name)
+        if isinstance(exc, ConnectTimeout):
             return UpstreamUnavailable(f"connect timeout to `{self.base_url}`", model=name)
-        if isinstance(exc, aiohttp.ClientPayloadError):
+        if isinstance(exc, BodyCutShort):
             return UpstreamBadResponse(f"response cut short: {exc}", model=name)
         return UpstreamUnavailable(f"connection to upstream failed: {type(exc).__name__}: {exc}", model=name)
 
     async def warm(self) -> None:
         """Open a pooled connection now, so the first request does not pay for TCP and TLS set-up."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.spec.connect_timeout_ms / 1000 + 1
         try:
-            async with asyncio.timeout(self.spec.connect_timeout_ms / 1000 + 1):
-                async with self.session.get(self.base_url) as response:
-                    await response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            response = await self.send("GET", self.base_url, b"", until)
+            try:
+                while await response.next_chunk(until):
+                    pass
+            finally:
+                response.release()
+        except (TimeoutError, HttpError) as exc:
             log.warning("laneway: could not pre-connect to `%s` (%s): %s", self.spec.name, self.base_url,
                         type(exc).__name__)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
 
 
 def retry_after(value: str | None) -> float | None:
@@ -247,7 +286,7 @@ def decode_event(data: bytes, model: str) -> dict[str, Any]:
     return event
 
 
-def _require_json(response: aiohttp.ClientResponse, model: str) -> None:
+def _require_json(response: Response, model: str) -> None:
     ctype = response.headers.get("content-type", "")
     if "json" not in ctype:
         raise UpstreamBadResponse(f"expected JSON, got content-type `{ctype or 'none'}`", model=model,

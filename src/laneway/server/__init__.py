@@ -2,5 +2,6 @@
 
 from ._app import App
 from ._serve import serve
+from ._workers import serve_workers
 
-__all__ = ["App", "serve"]
+__all__ = ["App", "serve", "serve_workers"]

@@ -7,9 +7,11 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
@@ -20,6 +22,18 @@ from ..telemetry import Telemetry
 from ._app import App
 
 log = logging.getLogger("laneway")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_exposure(config: Config, host: str, allow_unauthenticated: bool) -> None:
+    """Without client keys, only loopback: refuse anything else unless told otherwise."""
+    if config.keys:
+        return
+    if host not in LOOPBACK and not allow_unauthenticated:
+        raise ConfigError([ConfigIssue("keys", f"no client keys are configured, so Laneway listens on loopback "
+                                       f"only, not `{host}`; add `keys:` (see `laneway keys new`) or pass "
+                                       "--allow-unauthenticated")], config.source)
+    log.warning("laneway: no client keys configured: every caller that reaches %s is trusted", host)
 
 
 @contextlib.asynccontextmanager
@@ -44,21 +58,16 @@ async def fleet_process(config: Config) -> AsyncIterator[str]:
             await process.wait()
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-async def serve(config_path: str | Path | None, host: str, port: int, allow_unauthenticated: bool = False) -> None:
+async def serve(config_path: str | Path | None, host: str, port: int, allow_unauthenticated: bool = False, *,
+                sockets: list[socket.socket] | None = None, sim_url: str | None = None) -> None:
+    """Serve one gateway process; `laneway serve --workers N` runs N of these on one shared socket."""
     config = load_config(config_path)
-    if not config.keys:
-        if host not in LOOPBACK and not allow_unauthenticated:
-            raise ConfigError([ConfigIssue("keys", f"no client keys are configured, so Laneway listens on loopback "
-                                           f"only, not `{host}`; add `keys:` (see `laneway keys new`) or pass "
-                                           "--allow-unauthenticated")], str(config_path or "<built-in default>"))
-        log.warning("laneway: no client keys configured: every caller that reaches %s is trusted", host)
+    check_exposure(config, host, allow_unauthenticated)
     if config.warnings:
         log.warning("laneway: %d route-table warning(s); `laneway check` lists them", len(config.warnings))
     async with contextlib.AsyncExitStack() as stack:
-        sim_url = await stack.enter_async_context(fleet_process(config)) if config.simulated else None
+        if config.simulated and sim_url is None:
+            sim_url = await stack.enter_async_context(fleet_process(config))
         telemetry = Telemetry(config.telemetry, simulated=config.simulated)
         await telemetry.start()
         stack.push_async_callback(telemetry.aclose)  # runs after the gateway has closed: flushes the log
@@ -76,12 +85,21 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
             App(gateway), host=host, port=port, loop="none", http="httptools", lifespan="on",
             access_log=False, log_level="warning", timeout_keep_alive=30, backlog=4096, proxy_headers=False,
         ))
-        await server.serve()
+        server.graceful_only = sockets is not None
+        await server.serve(sockets=sockets)
 
 
 class _Server(uvicorn.Server):
     """uvicorn's server, but SIGINT and SIGTERM end in a graceful return (exit code 0) so the
     exchange log is flushed, instead of re-raising the signal once the server has stopped."""
+
+    graceful_only = False  # a worker: its supervisor owns Ctrl-C; never cut its shutdown short
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.graceful_only:
+            self.should_exit = True
+            return
+        super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
+from ._cassettes import default_cassette_path, load_cassette
 from ._fleet import LatencyLaw, SimModel, load_fleet
 from ._server import WIRES, Fleet, build_app
 
@@ -26,8 +28,10 @@ class RunningFleet:
 
 
 async def start_fleet(host: str = "127.0.0.1", port: int = 0, fleet_file: str | None = None,
-                      seed: int = 7) -> RunningFleet:
-    fleet = Fleet(load_fleet(fleet_file), seed=seed)
+                      seed: int = 7, cassette: Path | None = None) -> RunningFleet:
+    """Serve the fleet; `cassette` defaults to the recorded outputs shipped in a checkout, if any."""
+    path = cassette or default_cassette_path()
+    fleet = Fleet(load_fleet(fleet_file), seed=seed, cassette=load_cassette(path) if path else None)
     fleet.counter.warm()
     # Faults such as `silent` sleep for an hour: cancel their handlers at shutdown instead of waiting.
     runner = web.AppRunner(build_app(fleet), access_log=None, handle_signals=False, handler_cancellation=True,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from ..chat import Message, message_text
 from ..context import TokenCounter
+from ._cassettes import Cassette, Recording, normalise
 from ._fleet import SimModel
 
 # Laneway's own cascade prompts, which the fleet recognises (see laneway/cascade.py).
@@ -72,10 +73,14 @@ def prompt_tokens(counter: TokenCounter, request: SimRequest) -> int:
     return counter.count(request.messages)
 
 
-def answer(model: SimModel, request: SimRequest, counter: TokenCounter, fleet_seed: int) -> SimAnswer:
+def answer(model: SimModel, request: SimRequest, counter: TokenCounter, fleet_seed: int,
+           cassette: Cassette | None = None) -> SimAnswer:
     rng = random.Random(_seed(model.name, request, fleet_seed))
     if _asked(request, VERIFIER_CUE):
         return _grade(model, request, counter, rng)
+    recording = _recorded(model, request, cassette)
+    if recording is not None:
+        return _replayed(model, request, counter, rng, recording)
     target, capped = model.output_tokens(rng, max(1, request.max_tokens))
     words: list[str] = []
     tokens = 0
@@ -90,6 +95,36 @@ def answer(model: SimModel, request: SimRequest, counter: TokenCounter, fleet_se
             words.append(piece)
             tokens += cost
     seen = _observed_confidence(model, latent_quality("".join(words)), rng)
+    if _asked(request, SELF_REPORT_CUE):
+        words.append(f"\n[confidence: {seen:.2f}]")
+    logprobs = [min(0.0, rng.gauss(math.log(seen), 0.05)) for _ in words] if request.logprobs else []
+    return SimAnswer(words, prompt_tokens(counter, request), tokens, "length" if capped else "stop", logprobs)
+
+
+def _recorded(model: SimModel, request: SimRequest, cassette: Cassette | None) -> Recording | None:
+    if cassette is None or model.cassette is None:
+        return None
+    users = [m for m in request.messages if m.get("role") == "user"]
+    known = cassette.get(normalise(message_text(users[-1]))) if users else None
+    return known.get(model.cassette) if known else None
+
+
+def _replayed(model: SimModel, request: SimRequest, counter: TokenCounter, rng: random.Random,
+              recording: Recording) -> SimAnswer:
+    """The recorded real answer (cut at max_tokens); its correctness is the answer's latent quality."""
+    words: list[str] = []
+    tokens = 0
+    capped = False
+    for i, word in enumerate(recording.text.split(" ")):
+        piece = word if i == 0 else " " + word
+        cost = counter.text_tokens(piece)
+        if tokens + cost > request.max_tokens:
+            capped = True
+            break
+        words.append(piece)
+        tokens += cost
+    truth = 0.9 + 0.1 * rng.random() if recording.correct else 0.1 * rng.random()
+    seen = _observed_confidence(model, truth, rng)
     if _asked(request, SELF_REPORT_CUE):
         words.append(f"\n[confidence: {seen:.2f}]")
     logprobs = [min(0.0, rng.gauss(math.log(seen), 0.05)) for _ in words] if request.logprobs else []

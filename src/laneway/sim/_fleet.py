@@ -48,6 +48,7 @@ class SimModel:
     overflow_stall_ms: float
     logprob_reliability: float
     quality: float  # share of answers that are good, for cascade experiments
+    cassette: str | None = None  # "strong" or "weak": which recorded real outputs it answers known prompts with
 
     def output_tokens(self, rng: random.Random, cap: int) -> tuple[int, bool]:
         wanted = max(8, round(rng.gauss(self.output_mean, self.output_sd)))
@@ -79,4 +80,5 @@ def _model(name: str, e: dict[str, Any]) -> SimModel:
         output_mean=float(out.get("mean", 100)), output_sd=float(out.get("sd", 30)),
         overflow=str(e.get("overflow", "error")), overflow_stall_ms=float(e.get("overflow_stall_ms", 0)),
         logprob_reliability=float(e.get("logprob_reliability", 0.0)), quality=float(e.get("quality", 0.85)),
+        cassette=e.get("cassette"),
     )

@@ -40,6 +40,7 @@ from aiohttp import web
 from ..context import TokenCounter
 from . import _wire_anthropic, _wire_gemini, _wire_openai
 from ._answers import SimRequest, answer, prompt_tokens
+from ._cassettes import Cassette
 from ._fleet import SimModel
 
 WIRES: dict[str, ModuleType] = {"openai": _wire_openai, "anthropic": _wire_anthropic, "gemini": _wire_gemini}
@@ -79,6 +80,7 @@ class Fleet:
     counter: TokenCounter = field(default_factory=TokenCounter)
     calls: dict[str, int] = field(default_factory=dict)
     concurrency: dict[str, CallCount] = field(default_factory=dict)  # by upstream model id
+    cassette: Cassette | None = None  # recorded real outputs for known prompts
     _states: dict[str, _ModelState] = field(default_factory=dict)
     _ids: Iterator[int] = field(default_factory=itertools.count)
 
@@ -210,7 +212,7 @@ async def _early_fault(fleet: Fleet, wire: ModuleType, http: web.Request, reques
 async def _generate(fleet: Fleet, wire: ModuleType, http: web.Request, state: _ModelState,
                     request: SimRequest, fault: str) -> web.StreamResponse:
     model = state.model
-    reply = answer(model, request, fleet.counter, fleet.seed)
+    reply = answer(model, request, fleet.counter, fleet.seed, fleet.cassette)
     rng = random.Random(hash((request.model_id, reply.prompt_tokens, next(fleet._ids))))
     busy = state.active / model.slots
     ttft = model.law.ttft_ms(reply.prompt_tokens, busy, rng)
