@@ -18,6 +18,7 @@ class TelemetrySettings:
 
     metrics: bool = True
     exchange_log: str | None = DEFAULT_EXCHANGE_LOG
+    traces: str | None = None  # OTLP/HTTP endpoint for OpenTelemetry spans; None: off
     store_bodies: bool = False
     body_cap_bytes: int = 4096
     retention_days: int = 30
@@ -30,6 +31,7 @@ class TelemetrySettings:
 
 _KINDS: dict[str, type] = {f.name: bool if f.type == "bool" else int for f in fields(TelemetrySettings)}
 _KINDS["exchange_log"] = str
+_KINDS["traces"] = str
 _MINIMUMS = {"body_cap_bytes": 0, "retention_days": 1, "close_timeout_ms": 0}
 
 
@@ -61,6 +63,10 @@ def _check(key: str, value: object, where: str) -> ConfigIssue | None:
         return ConfigIssue(where, f"unknown telemetry setting `{key}`; known: {known}")
     if key == "exchange_log":
         return _check_log_url(value, where)
+    if key == "traces":
+        if value is None or (isinstance(value, str) and value.startswith(("http://", "https://"))):
+            return None
+        return ConfigIssue(where, "must be the OTLP/HTTP traces endpoint, e.g. `http://collector:4318/v1/traces`")
     if kind is bool:
         return None if isinstance(value, bool) else ConfigIssue(where, "must be `true` or `false`")
     if not isinstance(value, int) or isinstance(value, bool):

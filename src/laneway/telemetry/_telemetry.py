@@ -23,6 +23,7 @@ from laneway.telemetry._settings import TelemetrySettings
 from laneway.telemetry._shadow_comparison import shadow_comparison
 from laneway.telemetry._store import open_store
 from laneway.telemetry._summary import summarize
+from laneway.telemetry._traces import ExchangeTracer
 from laneway.telemetry._writer import ExchangeLog
 
 Recorded = tuple[Exchange, tuple[str, str] | None]
@@ -45,6 +46,7 @@ class Telemetry:
         self._shadow_dropped: dict[str, int] = {}
         url = settings.exchange_log
         self._log = ExchangeLog(open_store(url), settings, self.health) if url else None
+        self._tracer = ExchangeTracer(settings.traces, simulated) if settings.traces else None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -126,6 +128,8 @@ class Telemetry:
             await self._task
             self._task = None
         self._drain()
+        if self._tracer is not None:
+            await asyncio.to_thread(self._tracer.shutdown)
         if self._log is not None:
             await self._log.close()
 
@@ -152,6 +156,8 @@ class Telemetry:
             (self._shadows if row.lane == SHADOW_LANE else self._recent).append(row)
             if metrics is not None:
                 metrics.observe(exchange)
+            if self._tracer is not None:
+                self._tracer.export(exchange)
             if self._log is not None:
                 records.append(log_record_of(exchange, row, bodies if store_bodies else None, cap))
         if self._log is not None:
