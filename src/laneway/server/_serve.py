@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -86,6 +87,10 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
             access_log=False, log_level="warning", timeout_keep_alive=30, backlog=4096, proxy_headers=False,
         ))
         server.graceful_only = sockets is not None
+        # Everything built so far (config, tokenizer tables, indexes) lives for the whole process:
+        # take it out of the garbage collector's sight so a full collection does not stall a request.
+        gc.collect()
+        gc.freeze()
         await server.serve(sockets=sockets)
 
 

@@ -23,8 +23,8 @@ class TelemetrySettings:
     body_cap_bytes: int = 4096
     retention_days: int = 30
     buffer_limit: int = 100_000
-    batch_size: int = 2000
-    flush_interval_ms: int = 1000
+    batch_size: int = 500
+    flush_interval_ms: int = 200
     stats_window: int = 10_000  # most recent exchanges kept in memory for `stats()` and the dashboard
     close_timeout_ms: int = 5_000  # how long `aclose()` keeps retrying a store that is down
 

@@ -27,6 +27,7 @@ from laneway.telemetry._traces import ExchangeTracer
 from laneway.telemetry._writer import ExchangeLog
 
 Recorded = tuple[Exchange, tuple[str, str] | None]
+DRAIN_SLICE = 64  # exchanges turned into rows and metrics between two yields to the event loop
 METRICS_OFF = b"# metrics are turned off (`telemetry.metrics: false`)\n"
 SHADOW_DROPPED = "shadow_dropped_"  # prefix of the events a shadow runner counts for each dropped job
 
@@ -138,19 +139,23 @@ class Telemetry:
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), interval)
-            self._drain()
+            while self._pending:
+                # Small slices, yielding in between: a backlog never stalls a request for long.
+                self._drain(DRAIN_SLICE)
+                await asyncio.sleep(0)
             if self._log is not None:
                 await self._log.write_pending()
                 await self._log.roll_up_if_due(time.time())
 
-    def _drain(self) -> None:
+    def _drain(self, limit: int | None = None) -> None:
         pending = self._pending
         if not pending:
             return
+        budget = len(pending) if limit is None else min(limit, len(pending))
         metrics = self._metrics if self.settings.metrics else None
         store_bodies, cap = self.settings.store_bodies, self.settings.body_cap_bytes
         records: list[LogRecord] = []
-        while pending:
+        for _ in range(budget):
             exchange, bodies = pending.popleft()
             row = row_of(exchange, self.simulated)
             (self._shadows if row.lane == SHADOW_LANE else self._recent).append(row)
