@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# Lanes a request can take; they appear in `x-laneway-lane`, metrics and the exchange log.
-LANES = ("primary", "fallback", "canary", "cascade", "degraded", "cache", "direct", "shadow")
+# Lanes a request can take, shown in `x-laneway-lane`, metrics and the exchange log: primary,
+# fallback, canary, cascade, degraded, cache, direct; shadow copies are recorded as lane shadow.
 
 # Outcomes of an attempt.
 OK = "ok"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .breaker import CircuitBreaker
 from .chat import ChatRequest, Message
 from .config import Config, KnowledgeSource, ModelSpec
-from .context import TokenCounter
+from .context import TokenCounter, upper_bound
 from .errors import LanewayError
 from .gate import Gate, SharedLimits
 from .providers import Provider, create_provider
@@ -133,8 +133,6 @@ def prepare(spec: ModelSpec, messages: list[Message], params: dict[str, Any]) ->
 
 def fits(counter: TokenCounter, spec: ModelSpec, request: ChatRequest) -> tuple[bool, int]:
     """Whether prompt + requested output fit the model's window; returns the prompt count if taken."""
-    from .context import upper_bound
-
     reserve = request.max_tokens(0)
     if upper_bound(request.messages) + reserve <= spec.context_window:
         return True, -1

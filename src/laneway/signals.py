@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .chat import Message
+from .chat import Message, message_text
 from .errors import InvalidRequest
 
 PRIORITIES = ("low", "normal", "high", "urgent")
@@ -131,8 +131,6 @@ class Signals:
 
     def customer_text(self) -> str:
         """The latest customer message: what the intent classifier reads."""
-        from .chat import message_text
-
         for message in reversed(self._messages):
             if message.get("role") == "user":
                 return message_text(message)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..gate import PRIORITY_CLASSES, Adaptive, GatePolicy
+from ..signals import Signals
 from ._matcher import Matcher, MatcherError, compile_matcher
 from ._reader import Section
 
@@ -18,10 +19,10 @@ class Priorities:
     escalation: Matcher
     triage: Matcher
 
-    def of(self, signals: object) -> int:
-        if self.escalation(signals):  # type: ignore[arg-type]
+    def of(self, signals: Signals) -> int:
+        if self.escalation(signals):
             return 0
-        return 2 if self.triage(signals) else 1  # type: ignore[arg-type]
+        return 2 if self.triage(signals) else 1
 
 
 DEFAULT_ESCALATION = "escalation == true || priority in [high, urgent]"
