@@ -3,12 +3,17 @@
     python bench/bench_intents.py                      # all data sets
     python bench/bench_intents.py --only banking77 --json
     python bench/bench_intents.py --export var/intents # also write the splits as text,label CSVs
+    python bench/bench_intents.py --encoder transformer  # with the int8 MiniLM encoder stage
+    python bench/bench_intents.py --encoder static       # with MiniLM token vectors distilled on train
+    python bench/bench_intents.py --only banking77 --model M.npz  # measure a saved model, no training
 
 Splits (deterministic, never the held-out test sets): Banking77 train.csv 90/10 stratified;
 CLINC150 `train`+`oos_train` / `val`+`oos_val`; Bitext 80/20 stratified plus CLINC off-topic
 rows as `unknown` (see scripts/build_intent_model.py). Latency is measured per single message,
 pinned to one CPU core with one BLAS thread; start-up is a fresh interpreter importing
-`laneway.intents` and loading the saved model.
+`laneway.intents` and loading the saved model. With `--encoder`, the report adds the share of
+messages sent to the encoder stage and the accuracy at other deferral thresholds (`frontier`),
+and `latency_always_ms` is the latency when every message goes to the encoder.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "scripts")]
 
 import build_intent_model as corpora  # noqa: E402
 
-from laneway.intents import IntentModel, evaluate, train  # noqa: E402
+from laneway.intents import UNKNOWN, IntentModel, TrainingOptions, evaluate, train  # noqa: E402
+from laneway.intents._encoder import StaticEncoder  # noqa: E402
 
 Split = tuple[corpora.Rows, corpora.Rows]
 
@@ -78,23 +84,66 @@ def startup_s(path: Path) -> float:
     return float(out.stdout.strip())
 
 
-def bench(name: str, workdir: Path) -> dict[str, Any]:
+def bench(name: str, workdir: Path, encoder: str | None = None, defer_below: float | None = None,
+          oos_recall: float | None = None, saved: Path | None = None) -> dict[str, Any]:
     (train_texts, train_labels), (val_texts, val_labels) = SPLITS[name]()
+    options = corpora.OPTIONS if name == "bitext" else TrainingOptions()
+    options = dataclasses.replace(options, encoder=encoder, defer_below=defer_below, oos_recall=oos_recall)
     started = time.perf_counter()
-    model = train(train_texts, train_labels, corpora.OPTIONS if name == "bitext" else None)
+    model = IntentModel.load(saved) if saved else train(train_texts, train_labels, options)
     trained = time.perf_counter() - started
     report = evaluate(model, val_texts, val_labels)
     accepting = dataclasses.replace(model, threshold=0.0)
-    path = workdir / f"{name}.npz"
-    model.save(path)
-    return {
-        "dataset": name, "train_rows": len(train_texts), "val_rows": len(val_texts),
+    path = saved or workdir / f"{name}.npz"
+    if not saved:
+        model.save(path)
+    kind = "lexical"
+    if model.encoder is not None:
+        kind = "static" if isinstance(model.encoder.encoder, StaticEncoder) else "transformer"
+    result = {
+        "dataset": name, "kind": kind,
+        "train_rows": len(train_texts), "val_rows": len(val_texts),
         "accuracy": report["accuracy"], "oos_recall": report["oos_recall"], "threshold": model.threshold,
         "accuracy_no_rejection": evaluate(accepting, val_texts, val_labels)["accuracy"],
         "train_s": round(trained, 1), "latency_ms": latency_ms(model, val_texts),
         "startup_s": startup_s(path), "model_mb": round(path.stat().st_size / 1e6, 2),
         "confusions": report["confusions"][:5],
     }
+    if UNKNOWN in val_labels:
+        result["threshold_tradeoff"] = threshold_tradeoff(model, val_texts, val_labels)
+    if model.encoder is not None:
+        result["deferred"] = sum(map(model.defers, val_texts)) / len(val_texts)
+        result["frontier"] = frontier(model, val_texts, val_labels)
+        always = dataclasses.replace(model, encoder=dataclasses.replace(model.encoder, defer_below=2.0))
+        result["latency_always_ms"] = latency_ms(always, val_texts)
+    return result
+
+
+def threshold_tradeoff(model: IntentModel, texts: Sequence[str], labels: Sequence[str]) -> list[dict[str, float]]:
+    """In-scope accuracy and out-of-scope recall of the same model at other rejection thresholds."""
+    probabilities = [model.probabilities(text) for text in texts]
+    points = []
+    for threshold in (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
+        variant = dataclasses.replace(model, threshold=threshold)
+        answers = [variant.decide(probs)[0] for probs in probabilities]
+        in_scope = [answer == gold for answer, gold in zip(answers, labels, strict=True) if gold != UNKNOWN]
+        oos = [answer == UNKNOWN for answer, gold in zip(answers, labels, strict=True) if gold == UNKNOWN]
+        points.append({"threshold": threshold, "accuracy": round(sum(in_scope) / len(in_scope), 4),
+                       "oos_recall": round(sum(oos) / len(oos), 4)})
+    return points
+
+
+def frontier(model: IntentModel, texts: Sequence[str], labels: Sequence[str]) -> list[dict[str, float | None]]:
+    """Accuracy, out-of-scope recall and deferred share at other deferral thresholds (same weights)."""
+    assert model.encoder is not None
+    points: list[dict[str, float | None]] = []
+    for defer_below in (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 2.0):
+        variant = dataclasses.replace(model, encoder=dataclasses.replace(model.encoder, defer_below=defer_below))
+        report = evaluate(variant, texts, labels)
+        points.append({"defer_below": defer_below, "accuracy": report["accuracy"],
+                       "oos_recall": report["oos_recall"],
+                       "deferred": sum(map(variant.defers, texts)) / len(texts)})
+    return points
 
 
 def export(directory: Path) -> None:
@@ -115,7 +164,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object per data set")
     parser.add_argument("--export", type=Path, metavar="DIR",
                         help="write the splits as text,label CSVs and stop")
+    parser.add_argument("--encoder", choices=("transformer", "static"),
+                        help="train models with this MiniLM encoder stage")
+    parser.add_argument("--defer-below", type=float, metavar="P",
+                        help="with --encoder: lexical top probability under which the encoder runs "
+                             "(default: the training default of the encoder)")
+    parser.add_argument("--oos-recall", type=float, metavar="R",
+                        help="tune rejection to reach this out-of-scope recall on the training holdout")
+    parser.add_argument("--model", type=Path, metavar="MODEL.npz",
+                        help="measure this saved model (trained on the --only data set's train split), no training")
     args = parser.parse_args(argv)
+    if args.model and len(args.only or []) != 1:
+        parser.error("--model needs exactly one --only data set")
     if args.export:
         export(args.export)
         return 0
@@ -123,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.only or list(SPLITS):
-            result = bench(name, Path(workdir))
+            result = bench(name, Path(workdir), args.encoder, args.defer_below, args.oos_recall, args.model)
             print(json.dumps(result) if args.json else _line(result), flush=True)
     return 0
 
@@ -134,7 +194,22 @@ def _line(r: dict[str, Any]) -> str:
     return (f"{r['dataset']:<10} accuracy {100 * r['accuracy']:.2f}% "
             f"(no rejection {100 * r['accuracy_no_rejection']:.2f}%)  oos_recall {oos}  "
             f"p50 {lat['p50']:.3f} ms  p99 {lat['p99']:.3f} ms  max {lat['max']:.2f} ms  "
-            f"start-up {r['startup_s']:.2f} s  model {r['model_mb']} MB  train {r['train_s']} s")
+            f"start-up {r['startup_s']:.2f} s  model {r['model_mb']} MB  train {r['train_s']} s"
+            + _encoder_line(r))
+
+
+def _encoder_line(r: dict[str, Any]) -> str:
+    if "deferred" not in r:
+        return ""
+    always = r["latency_always_ms"]
+    points = "; ".join(
+        f"<{p['defer_below']:g}: {100 * p['accuracy']:.2f}%"
+        + ("" if p["oos_recall"] is None else f"/{100 * p['oos_recall']:.0f}%")
+        + f" ({100 * p['deferred']:.0f}% deferred)"
+        for p in r["frontier"]
+    )
+    return (f"\n{'':<10} {r['kind']}: deferred {100 * r['deferred']:.1f}%  always-encoder p50 {always['p50']:.3f} ms "
+            f"p99 {always['p99']:.3f} ms  frontier {points}")
 
 
 if __name__ == "__main__":

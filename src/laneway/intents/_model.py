@@ -1,7 +1,10 @@
 """A trained intent model: lexical features, one linear layer, a softmax and a rejection threshold.
 
-Inference uses numpy only. A model is one `.npz` file holding its vocabulary, IDF, weights
-(float16) and a JSON header; `IntentModel.load` rebuilds it without any training library.
+A lexical model classifies with numpy only. A model with an `EncoderStage` also has a second
+linear layer over the lexical features and a sentence embedding; it is used for the messages the
+lexical layer is not sure of. A model is one `.npz` file holding its vocabulary, IDF, weights
+(float16), a JSON header and, for the encoder kind, the ONNX graph and tokenizer;
+`IntentModel.load` rebuilds it without any training library.
 """
 
 from __future__ import annotations
@@ -9,15 +12,39 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import ConfigError, ConfigIssue
+from ._encoder import SentenceEncoder, StaticEncoder
 from ._features import TextFeatures, features_from_grams
 
 UNKNOWN = "unknown"
 FORMAT = "laneway-intents/1"
+ENCODER_FORMAT = "laneway-intents/2"
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderStage:
+    """The second stage: a linear layer over the lexical features and the message's embedding
+    (from the int8 transformer, `SentenceEncoder`, or from its distilled token vectors, `StaticEncoder`).
+
+    It runs only when the lexical layer's top probability is under `defer_below` (so 0 never runs
+    it and anything above 1 always does). `lexical_weights` has one row per lexical feature,
+    `embedding_weights` one per embedding dimension.
+    """
+
+    encoder: SentenceEncoder | StaticEncoder
+    lexical_weights: npt.NDArray[np.float32]
+    embedding_weights: npt.NDArray[np.float32]
+    bias: npt.NDArray[np.float32]
+    defer_below: float
+
+    def probabilities(self, cols: list[int], vals: npt.NDArray[np.float32], text: str) -> npt.NDArray[np.float32]:
+        scores = vals @ self.lexical_weights[cols] + self.encoder.embed(text) @ self.embedding_weights + self.bias
+        return _softmax(scores)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,17 +60,28 @@ class IntentModel:
     weights: npt.NDArray[np.float32]
     bias: npt.NDArray[np.float32]
     threshold: float
+    encoder: EncoderStage | None = None
     labels: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(c for c in self.classes if c != UNKNOWN))
 
     def probabilities(self, text: str) -> npt.NDArray[np.float32]:
-        """The softmax over `classes` for one message."""
+        """The softmax over `classes` for one message (the encoder stage's when it is consulted)."""
         cols, vals = self.features.vector(text)
-        scores = vals @ self.weights[cols] + self.bias
-        scores = np.exp(scores - scores.max())
-        return scores / scores.sum()  # type: ignore[no-any-return]
+        if self.encoder is not None and self.encoder.defer_below > 1:  # the encoder stage decides everything
+            return self.encoder.probabilities(cols, vals, text)
+        probs = _softmax(vals @ self.weights[cols] + self.bias)
+        if self.encoder is None or probs.max() >= self.encoder.defer_below:
+            return probs
+        return self.encoder.probabilities(cols, vals, text)
+
+    def defers(self, text: str) -> bool:
+        """Whether `classify(text)` runs the encoder stage."""
+        if self.encoder is None:
+            return False
+        cols, vals = self.features.vector(text)
+        return bool(_softmax(vals @ self.weights[cols] + self.bias).max() < self.encoder.defer_below)
 
     def classify(self, text: str) -> tuple[str, float]:
         """The most likely intent and its probability, or `unknown` with the probability of no intent."""
@@ -66,7 +104,7 @@ class IntentModel:
         """Write the model as one compressed `.npz` file (the parent folder is created)."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        header = {
+        header: dict[str, Any] = {
             "format": FORMAT,
             "classes": list(self.classes),
             "threshold": self.threshold,
@@ -74,15 +112,30 @@ class IntentModel:
         }
         grams = "\n".join(self.features.grams()).encode("utf-8")
         idf = np.concatenate([self.features.words.idf, self.features.chars.idf])
+        arrays: dict[str, Any] = {
+            "grams": np.frombuffer(grams, np.uint8),
+            "idf": idf.astype(np.float32),
+            "weights": self.weights.astype(np.float16),
+            "bias": self.bias.astype(np.float32),
+        }
+        if self.encoder is not None:
+            header["format"] = ENCODER_FORMAT
+            header["defer_below"] = self.encoder.defer_below
+            encoder = self.encoder.encoder
+            if isinstance(encoder, StaticEncoder):
+                header["encoder"] = "static"
+                arrays["encoder_table"] = encoder.table.astype(np.float16)
+            else:
+                header["encoder"] = "transformer"
+                arrays["encoder_graph"] = np.frombuffer(encoder.graph, np.uint8)
+            arrays |= {
+                "encoder_tokenizer": np.frombuffer(encoder.tokenizer.encode("utf-8"), np.uint8),
+                "encoder_lexical_weights": self.encoder.lexical_weights.astype(np.float16),
+                "encoder_embedding_weights": self.encoder.embedding_weights.astype(np.float16),
+                "encoder_bias": self.encoder.bias.astype(np.float32),
+            }
         with target.open("wb") as out:
-            np.savez_compressed(
-                out,
-                header=np.frombuffer(json.dumps(header).encode("utf-8"), np.uint8),
-                grams=np.frombuffer(grams, np.uint8),
-                idf=idf.astype(np.float32),
-                weights=self.weights.astype(np.float16),
-                bias=self.bias.astype(np.float32),
-            )
+            np.savez_compressed(out, header=np.frombuffer(json.dumps(header).encode("utf-8"), np.uint8), **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> IntentModel:
@@ -91,19 +144,43 @@ class IntentModel:
         try:
             with np.load(source, allow_pickle=False) as archive:
                 header = json.loads(archive["header"].tobytes().decode("utf-8"))
+                if header.get("format") not in (FORMAT, ENCODER_FORMAT):
+                    expected = f"`{FORMAT}` or `{ENCODER_FORMAT}`"
+                    raise _artifact_error(source, f"format is `{header.get('format')}`, expected {expected}")
                 grams = archive["grams"].tobytes().decode("utf-8").split("\n")
                 idf, weights, bias = archive["idf"], archive["weights"], archive["bias"]
+                stage = _encoder_stage(archive, header) if header["format"] == ENCODER_FORMAT else None
         except (OSError, KeyError, ValueError) as error:
             raise _artifact_error(source, f"cannot read an intent model: {error}") from error
-        if header.get("format") != FORMAT:
-            raise _artifact_error(source, f"format is `{header.get('format')}`, expected `{FORMAT}`")
         return cls(
             classes=tuple(header["classes"]),
             features=features_from_grams(grams, idf, int(header["word_ngrams"])),
             weights=weights.astype(np.float32),
             bias=bias,
             threshold=float(header["threshold"]),
+            encoder=stage,
         )
+
+
+def _encoder_stage(archive: Any, header: dict[str, Any]) -> EncoderStage:
+    tokenizer = archive["encoder_tokenizer"].tobytes().decode("utf-8")
+    encoder: SentenceEncoder | StaticEncoder
+    if header.get("encoder") == "static":
+        encoder = StaticEncoder(archive["encoder_table"].astype(np.float32), tokenizer)
+    else:
+        encoder = SentenceEncoder(archive["encoder_graph"].tobytes(), tokenizer)
+    return EncoderStage(
+        encoder=encoder,
+        lexical_weights=archive["encoder_lexical_weights"].astype(np.float32),
+        embedding_weights=archive["encoder_embedding_weights"].astype(np.float32),
+        bias=archive["encoder_bias"],
+        defer_below=float(header["defer_below"]),
+    )
+
+
+def _softmax(scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    exp = np.exp(scores - scores.max())
+    return exp / exp.sum()  # type: ignore[no-any-return]
 
 
 def _artifact_error(path: Path, message: str) -> ConfigError:

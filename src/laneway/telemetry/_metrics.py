@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from laneway.exchange import Exchange
-from laneway.telemetry._records import fallbacks_of
 
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0)
 OVERHEAD_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -110,7 +109,8 @@ class GatewayMetrics:
         self._events: dict[tuple[str, str], int] = {}
         self._queue_wait: dict[str, Histogram] = {}
 
-    def observe(self, exchange: Exchange) -> None:
+    def observe(self, exchange: Exchange, fallbacks: int) -> None:
+        """Count one finished exchange; `fallbacks` is `fallbacks_of(exchange)`, computed once by the caller."""
         key = (exchange.model or "", exchange.route or "", exchange.lane)
         series = self._series.get(key)
         if series is None:
@@ -123,7 +123,7 @@ class GatewayMetrics:
         series.tokens_in += exchange.prompt_tokens
         series.tokens_out += exchange.completion_tokens
         series.cost_usd += exchange.cost_usd
-        series.fallbacks += fallbacks_of(exchange)
+        series.fallbacks += fallbacks
         for attempt in exchange.attempts:
             pair = (attempt.model, attempt.outcome)
             self._attempts[pair] = self._attempts.get(pair, 0) + 1

@@ -24,7 +24,7 @@ from laneway.telemetry._store import (
 
 T = TypeVar("T")
 Connection = Any  # asyncpg ships no type information
-_INSERT = numbered(insert_sql())
+_INSERT = insert_sql(1)
 _ROLL_UP, _DELETE = (numbered(sql) for sql in roll_up_sql(1))
 _FETCH_ROWS, _FETCH_HOURLY = numbered(fetch_rows_sql(1)), numbered(FETCH_HOURLY_SQL)
 CONNECT_TIMEOUT_S = 5.0
@@ -62,7 +62,7 @@ class PostgresStore:
     async def open(self) -> None:
         await self._run(self._connection)
 
-    async def write(self, records: Sequence[LogRecord]) -> None:
+    async def write(self, records: Sequence[LogRecord], *, urgent: bool = False) -> None:
         async def work(db: Connection) -> None:
             async with db.transaction():
                 await db.executemany(_INSERT, records)

@@ -56,41 +56,22 @@ class HourlyRow(NamedTuple):
     simulated: int
 
 
-class LogRecord(NamedTuple):
-    """One `exchanges` table row, in column order (see `LOG_COLUMNS`)."""
+# One `exchanges` table row as the stores bind it: a plain tuple, in `LOG_COLUMNS` order. The SQL
+# turns the stand-ins back into NULL and booleans (see `insert_sql`): binding `None` or a `bool`
+# costs the sqlite3 module an adaptation lookup per value, several times an `int`, `float` or `str`.
+LogRecord = tuple[Any, ...]
+NO_NUMBER = -1  # stands for NULL in the nullable number columns (never a real value: they are >= 0)
+NO_TEXT = ""  # stands for NULL in the nullable identifier columns
 
-    request_id: str
-    started_at: float
-    path: str
-    conversation_id: str | None
-    route: str | None
-    lane: str
-    model: str | None
-    stream: bool
-    status: int
-    outcome: str
-    error: str
-    latency_ms: float
-    ttft_ms: float | None
-    upstream_ms: float
-    overhead_ms: float
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float
-    escalation: bool
-    fallbacks: int
-    simulated: bool
-    attempts: str
-    signals: str
-    api_key: str | None
-    prompt_body: str | None
-    answer_body: str | None
-    cascade_confidence: float | None
-    retrieval_hits: int | None
-    retrieval_ms: float | None
-
-
-LOG_COLUMNS = LogRecord._fields
+LOG_COLUMNS = (
+    "request_id", "started_at", "path", "conversation_id", "route", "lane", "model", "stream", "status",
+    "outcome", "error", "latency_ms", "ttft_ms", "upstream_ms", "overhead_ms", "prompt_tokens",
+    "completion_tokens", "cost_usd", "escalation", "fallbacks", "simulated", "attempts", "signals", "api_key",
+    "prompt_body", "answer_body", "cascade_confidence", "retrieval_hits", "retrieval_ms",
+)
+NULLABLE_NUMBERS = frozenset({"ttft_ms", "cascade_confidence", "retrieval_hits", "retrieval_ms"})
+NULLABLE_IDS = frozenset({"conversation_id", "route", "model", "api_key"})
+FLAGS = frozenset({"stream", "escalation", "simulated"})  # 0/1 in a record, BOOLEAN in PostgreSQL
 ROW_COLUMNS = ExchangeRow._fields
 
 
@@ -101,71 +82,86 @@ PLANNED_LANES = ("verifier", "cascade")
 def fallbacks_of(exchange: Exchange) -> int:
     """Hand-overs from one model to the next: every attempt after the first, but a cascade's grader
     and escalation."""
-    return sum(attempt.lane not in PLANNED_LANES for attempt in exchange.attempts[1:])
+    attempts = exchange.attempts
+    if len(attempts) < 2:
+        return 0
+    return sum(attempt.lane not in PLANNED_LANES for attempt in attempts[1:])
 
 
 def row_of(exchange: Exchange, simulated: bool) -> ExchangeRow:
-    entry = exchange.attempts[0] if exchange.attempts else None
+    return row_of_record(log_record_of(exchange, fallbacks_of(exchange), simulated, None, 0))
+
+
+_COLUMN = {name: i for i, name in enumerate(LOG_COLUMNS)}
+_BODIES_AT = _COLUMN["prompt_body"]
+
+
+def row_of_record(record: LogRecord) -> ExchangeRow:
+    """The summary row of a log record, derived as `fetch_rows_sql` derives it from a stored one."""
+    (_, started_at, _, conversation_id, route, lane, model, _, _, outcome, _, latency_ms, ttft_ms, _, _,
+     prompt_tokens, completion_tokens, cost_usd, escalation, fallbacks, simulated, attempts, signals, _, _, _,
+     cascade_confidence, retrieval_hits, retrieval_ms) = record
+    first = orjson.loads(attempts)[:1]
+    entry_lane, entry_model = (first[0]["lane"], first[0]["model"]) if first else (lane, model or None)
     return ExchangeRow(
-        exchange.started_at,
-        exchange.model,
-        exchange.route,
-        exchange.lane,
-        exchange.outcome,
-        exchange.latency_ms,
-        exchange.ttft_ms,
-        exchange.prompt_tokens,
-        exchange.completion_tokens,
-        exchange.cost_usd,
-        exchange.conversation_id,
-        exchange.signals.get("escalation") is True,
-        fallbacks_of(exchange),
-        simulated,
-        entry.lane if entry is not None else exchange.lane,
-        entry.model if entry is not None else exchange.model,
-        exchange.cascade_confidence,
-        exchange.retrieval_hits,
-        exchange.retrieval_ms,
-        exchange.signals if exchange.lane == SHADOW_LANE else None,
+        started_at, model or None, route or None, lane, outcome, latency_ms, _number(ttft_ms), prompt_tokens,
+        completion_tokens, cost_usd, conversation_id or None, escalation == 1, fallbacks, simulated == 1,
+        entry_lane, entry_model, _number(cascade_confidence), _number(retrieval_hits), _number(retrieval_ms),
+        orjson.loads(signals) if lane == SHADOW_LANE else None,
     )
+
+
+def without_bodies(record: LogRecord) -> LogRecord:
+    """The record with its prompt and answer bodies dropped (what the in-memory window keeps)."""
+    if record[_BODIES_AT] is None and record[_BODIES_AT + 1] is None:
+        return record
+    return (*record[:_BODIES_AT], None, None, *record[_BODIES_AT + 2 :])
+
+
+def _number(value: Any) -> Any:
+    return None if value == NO_NUMBER else value
 
 
 def log_record_of(
-    exchange: Exchange, row: ExchangeRow, bodies: tuple[str, str] | None, body_cap_bytes: int
+    e: Exchange, fallbacks: int, simulated: bool, bodies: tuple[str, str] | None, body_cap_bytes: int
 ) -> LogRecord:
+    """The exchange's log row. Runs once per exchange, so it reads each field once, builds a plain
+    tuple and serializes the two JSON columns with orjson, nothing more."""
     prompt, answer = (
         (_capped(bodies[0], body_cap_bytes), _capped(bodies[1], body_cap_bytes)) if bodies else (None, None)
     )
-    return LogRecord(
-        exchange.request_id,
-        row.started_at,
-        exchange.path,
-        row.conversation_id,
-        row.route,
-        row.lane,
-        row.model,
-        exchange.stream,
-        exchange.status,
-        row.outcome,
-        exchange.error,
-        row.latency_ms,
-        row.ttft_ms,
-        exchange.upstream_ms,
-        exchange.overhead_ms,
-        row.tokens_in,
-        row.tokens_out,
-        row.cost_usd,
-        row.escalation,
-        row.fallbacks,
-        row.simulated,
-        orjson.dumps(exchange.attempts).decode(),  # every `Attempt` field, by name
-        orjson.dumps(exchange.signals, default=str, option=orjson.OPT_NON_STR_KEYS).decode(),
-        exchange.api_key,
+    latency, upstream = e.latency_ms, e.upstream_ms
+    ttft, confidence, hits, retrieval_ms = e.ttft_ms, e.cascade_confidence, e.retrieval_hits, e.retrieval_ms
+    return (
+        e.request_id,
+        e.started_at,
+        e.path,
+        e.conversation_id or NO_TEXT,
+        e.route or NO_TEXT,
+        e.lane,
+        e.model or NO_TEXT,
+        1 if e.stream else 0,
+        e.status,
+        e.outcome,
+        e.error,
+        latency,
+        NO_NUMBER if ttft is None else ttft,
+        upstream,
+        latency - upstream if latency > upstream else 0.0,
+        e.prompt_tokens,
+        e.completion_tokens,
+        e.cost_usd,
+        1 if e.signals.get("escalation") is True else 0,
+        fallbacks,
+        1 if simulated else 0,
+        orjson.dumps(e.attempts).decode(),  # every `Attempt` field, by name
+        orjson.dumps(e.signals, default=str, option=orjson.OPT_NON_STR_KEYS).decode(),
+        e.api_key or NO_TEXT,
         prompt,
         answer,
-        row.cascade_confidence,
-        row.retrieval_hits,
-        row.retrieval_ms,
+        NO_NUMBER if confidence is None else confidence,
+        NO_NUMBER if hits is None else hits,
+        NO_NUMBER if retrieval_ms is None else retrieval_ms,
     )
 
 

@@ -23,6 +23,7 @@ log = logging.getLogger("laneway.telemetry")
 MAX_BACKOFF_S = 5.0
 ROLL_UP_EVERY_S = 3600.0
 CLOSE_RETRY_S = 0.1
+WRITE_BATCHES = 50
 
 
 class ExchangeLog:
@@ -36,6 +37,9 @@ class ExchangeLog:
         self._backoff_s = 0.0
         self._retry_at = 0.0
         self._next_roll_up = 0.0
+        # One store operation at a time: a write spans several turns of the event loop, and a flush
+        # or roll-up asked for meanwhile must wait for it (or it would write the same rows again).
+        self._busy = asyncio.Lock()
 
     @property
     def backlog(self) -> int:
@@ -55,19 +59,30 @@ class ExchangeLog:
             self._failed(error)
 
     async def write_pending(self, *, force: bool = False) -> bool:
-        """Write every full batch (and the last partial one); False if the store failed."""
+        """Write the backlog in batches of `batch_size` rows; False if the store failed.
+
+        An unforced write takes the backlog of the moment, not what arrives meanwhile (at
+        saturation it would never end), in at most `WRITE_BATCHES` batches: batches grow with the
+        backlog. A forced write (flush, shutdown) writes everything."""
         if not force and time.monotonic() < self._retry_at:
             return False
-        while self._backlog:
-            batch = list(islice(self._backlog, self._settings.batch_size))
+        async with self._busy:
+            return await self._write_backlog(force)
+
+    async def _write_backlog(self, force: bool) -> bool:
+        todo = len(self._backlog)
+        size = self._settings.batch_size if force else max(self._settings.batch_size, -(-todo // WRITE_BATCHES))
+        while self._backlog and (force or todo > 0):
+            batch = list(islice(self._backlog, size))
             try:
-                await self.store.write(batch)
+                await self.store.write(batch, urgent=force)
             except ExchangeLogUnavailable as error:
                 self._failed(error)
                 return False
             # Only `offer` touches the backlog meanwhile, and it appends on the right.
             for _ in batch:
                 self._backlog.popleft()
+            todo -= len(batch)
             self.health.written += len(batch)
             self.health.backlog = len(self._backlog)
             self._recovered()
@@ -85,7 +100,8 @@ class ExchangeLog:
 
     async def roll_up(self, now: float) -> int:
         cutoff = now - self._settings.retention_days * 86_400.0
-        rolled = await self.store.roll_up(cutoff)
+        async with self._busy:
+            rolled = await self.store.roll_up(cutoff)
         if rolled:
             log.info(
                 "exchange log: rolled %d exchanges older than %d days into hourly aggregates",

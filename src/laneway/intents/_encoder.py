@@ -1,0 +1,87 @@
+"""Sentence encoders: WordPiece tokens in, one L2-normalized vector out.
+
+`SentenceEncoder` runs an int8 ONNX graph (see `_minilm.py` for how it is built) with ONNX
+Runtime, one message at a time on one thread. `StaticEncoder` averages one stored vector per
+token (distilled from that graph), with numpy. Each keeps its tokenizer; both are stored inside a
+saved intent model, so loading one needs no network and no machine-learning framework.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ._optional import optional_library
+
+MAX_TOKENS = 128
+
+
+class SentenceEncoder:
+    """Embeds one message. `graph` is a serialized ONNX model mapping `input_ids` (int64, one
+    message, `[CLS] ... [SEP]`) to `embedding` (float32); `tokenizer` is a `tokenizers` JSON."""
+
+    __slots__ = ("_session", "_tokenizer", "dimensions", "graph", "tokenizer")
+
+    def __init__(self, graph: bytes, tokenizer: str) -> None:
+        self.graph = graph
+        self.tokenizer = tokenizer
+        runtime = _runtime_library("onnxruntime")
+        options = runtime.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.execution_mode = runtime.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = runtime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session: Any = runtime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self._tokenizer = wordpiece(tokenizer)
+        self.dimensions = int(self._session.get_outputs()[0].shape[-1])
+
+    def token_ids(self, text: str) -> npt.NDArray[np.int64]:
+        return np.asarray(self._tokenizer.encode(text).ids, np.int64)
+
+    @property
+    def vocabulary_size(self) -> int:
+        return int(self._tokenizer.get_vocab_size())
+
+    def outputs(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """The graph's raw output for token ids: the pooled vector, or one vector per token."""
+        result: npt.NDArray[np.float32] = self._session.run(None, {"input_ids": ids})[0]
+        return result
+
+    def embed(self, text: str) -> npt.NDArray[np.float32]:
+        """The message's unit-length embedding."""
+        return unit(self.outputs(self.token_ids(text)))
+
+
+class StaticEncoder:
+    """Embeds one message as the mean of its tokens' stored vectors (`table`, one row per token id)."""
+
+    __slots__ = ("_tokenizer", "dimensions", "table", "tokenizer")
+
+    def __init__(self, table: npt.NDArray[np.float32], tokenizer: str) -> None:
+        self.table = table
+        self.tokenizer = tokenizer
+        self._tokenizer = wordpiece(tokenizer)
+        self.dimensions = int(table.shape[1])
+
+    def embed(self, text: str) -> npt.NDArray[np.float32]:
+        vector: npt.NDArray[np.float32] = self.table[self._tokenizer.encode(text).ids].mean(0)
+        return unit(vector)
+
+
+def wordpiece(tokenizer: str) -> Any:
+    """A `tokenizers` tokenizer from its JSON: no padding, at most `MAX_TOKENS` tokens."""
+    loaded = _runtime_library("tokenizers").Tokenizer.from_str(tokenizer)
+    loaded.no_padding()
+    loaded.enable_truncation(MAX_TOKENS)
+    return loaded
+
+
+def unit(vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    norm = np.float32(np.linalg.norm(vector))
+    return vector / norm if norm > 0 else vector
+
+
+def _runtime_library(name: str) -> Any:
+    return optional_library(name, "an intent model with a sentence encoder", "'laneway[encoder]'")
