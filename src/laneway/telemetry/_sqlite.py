@@ -142,8 +142,8 @@ class SqliteStore:
 
 def _lower_priority() -> None:
     """Let the writer thread yield the CPU to the event loop's thread whenever both want it (Linux
-    schedules threads one by one). With one core, a writer at the same priority delayed requests:
-    p99 at one connection 1.30 ms against 0.99 ms lowered (docs/benchmarks.md)."""
+    schedules threads one by one). With one core, a writer at the same priority delayed requests
+    more: p99 at one connection 1.37 ms against 1.18 ms lowered (docs/benchmarks.md)."""
     if not sys.platform.startswith("linux"):
         return
     thread = threading.get_native_id()
