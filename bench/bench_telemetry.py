@@ -140,6 +140,7 @@ def keyed_insert_us(rows: int) -> dict[str, float]:
     from laneway.telemetry._store import insert_sql, schema
 
     records = [log_record_of(e, fallbacks_of(e), False, None, 0) for e in map(exchange, range(rows))]
+    insert = insert_sql(0)
     figures = {}
     with tempfile.TemporaryDirectory() as folder:
         for name, column in (("no key", "request_id TEXT NOT NULL"), ("random key", "request_id TEXT PRIMARY KEY")):
@@ -152,7 +153,7 @@ def keyed_insert_us(rows: int) -> dict[str, float]:
             def write(db: sqlite3.Connection = db) -> None:
                 for start in range(0, rows, 300):
                     db.execute("BEGIN IMMEDIATE")
-                    db.executemany(insert_sql(0), records[start : start + 300])
+                    db.executemany(insert, records[start : start + 300])
                     db.execute("COMMIT")
 
             figures[name] = cpu_us_per(rows, write)

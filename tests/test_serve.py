@@ -44,20 +44,27 @@ def chat(url: str) -> str:
         return str(r.headers["x-laneway-model"])
 
 
+def serve(config: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
+    """`laneway serve` on a free port in a child process; returns it and its URL once it is ready."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen([sys.executable, "-m", "laneway", "serve", "--config", str(config), "--port", str(port),
+                                *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while get(url + "/readyz") != 200:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(process.communicate()[0])
+        time.sleep(0.1)
+    return process, url
+
+
 def test_serve_reloads_on_sighup_and_flushes_on_stop(tmp_path: Path) -> None:
     db = tmp_path / "exchanges.sqlite3"
     config = tmp_path / "routes.yaml"
     config.write_text(ROUTES.format(db=db, target="gpt-5-mini"))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen([sys.executable, "-m", "laneway", "serve", "--config", str(config), "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process, url = serve(config)
     try:
-        deadline = time.monotonic() + 30
-        while get(url + "/readyz") != 200:
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
         assert chat(url) == "gpt-5-mini"
         config.write_text(ROUTES.format(db=db, target="gpt-5"))
         process.send_signal(signal.SIGHUP)
@@ -83,15 +90,8 @@ def test_workers_share_one_port_and_stop_gracefully(tmp_path: Path) -> None:
     db = tmp_path / "exchanges.sqlite3"
     config = tmp_path / "routes.yaml"
     config.write_text(ROUTES.format(db=db, target="gpt-5-mini"))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen([sys.executable, "-m", "laneway", "serve", "--config", str(config), "--port", str(port),
-                                "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process, url = serve(config, "--workers", "2")
     try:
-        deadline = time.monotonic() + 60
-        while get(url + "/readyz") != 200:
-            assert process.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
         assert [chat(url) for _ in range(20)] == ["gpt-5-mini"] * 20
     finally:
         process.send_signal(signal.SIGTERM)

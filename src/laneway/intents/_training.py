@@ -71,16 +71,21 @@ def train(texts: Sequence[str], labels: Sequence[str], options: TrainingOptions 
         # the threshold probe's token vectors never saw the held-out rows
         probe_encoder: Encoder | None = distiller.distill(tune_texts)
         encoder = distiller.distill(texts)
+        probe_embeddings = embeddings = None
     else:
         if encoder is None and opts.encoder == "transformer":
             from ._minilm import build_minilm_encoder
 
             encoder = build_minilm_encoder()
         probe_encoder = encoder
-    probe = fit(tune_texts, _pick(labels, tune), opts, threshold=0.0, encoder=probe_encoder)
+        # one encoder for the probe and the final fit: embed every text once
+        embeddings = None if encoder is None else np.stack([encoder.embed(text) for text in texts])
+        probe_embeddings = None if embeddings is None else embeddings[tune]
+    probe = fit(tune_texts, _pick(labels, tune), opts, threshold=0.0, encoder=probe_encoder,
+                embeddings=probe_embeddings)
     probs = np.stack([probe.probabilities(texts[i]) for i in held])
     threshold = tune_threshold(probe, probs, _pick(labels, held), opts.oos_recall)
-    return fit(texts, labels, opts, threshold, encoder=encoder)
+    return fit(texts, labels, opts, threshold, encoder=encoder, embeddings=embeddings)
 
 
 def fit(texts: Sequence[str], labels: Sequence[str], opts: TrainingOptions, threshold: float,

@@ -13,8 +13,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-TIMEOUT = "model_inference_deadline_exceeded"
-OK = "ok"
+from ..errors import UpstreamTimeout
+from ..exchange import OK
+
+TIMEOUT = UpstreamTimeout.code
 
 
 @dataclass(frozen=True, slots=True)
