@@ -25,11 +25,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from contenders import ROOT, UPSTREAM_PORT, VENV_PYTHON, WORK, _answers, _cpu_ticks, process_tree
+from contenders import ROOT, UPSTREAM_PORT, VENV_PYTHON, WORK, _answers, process_cpu_seconds, process_tree
 from measure import LUA, PAYLOADS
 
 PORT = 9020
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
@@ -120,7 +119,7 @@ def _wait(url: str) -> None:
 
 def _cpu_by_pid(root: int) -> dict[int, float]:
     """CPU seconds of each process in `root`'s tree."""
-    return {pid: _cpu_ticks(pid) / TICK for pid in process_tree(root)}
+    return {pid: process_cpu_seconds(pid) for pid in process_tree(root)}
 
 
 def _kill(process: subprocess.Popen[bytes]) -> None:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import contenders
 from contenders import LANEWAY_SERVE, ROOT, VENV_PYTHON, WORK, Contender, Fleet
 from measure import wrk_run
-from profile_gateway import paced_cpu
+from profile_gateway import paced_cpu, paced_cpu_together
 
 FIRST_PORT = 9010
 
@@ -39,18 +39,28 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--cpu", action="store_true", help="also CPU per request at 1,000 requests/s")
+    parser.add_argument("--together", action="store_true",
+                        help="with --cpu: load every variant at once in each round, so that all see the "
+                             "machine's drift alike (each variant still gets 1,000 requests/s)")
     args = parser.parse_args()
     chosen = [_variant(spec, FIRST_PORT + i) for i, spec in enumerate(args.variants)]
     latency: dict[str, list[dict[str, Any]]] = {c.name: [] for c in chosen}
     cpu: dict[str, list[float]] = {c.name: [] for c in chosen}
+    sampled: dict[str, list[float]] = {c.name: [] for c in chosen}
     with Fleet(chosen) as fleet:
         if fleet.failed:
             raise SystemExit(f"could not start: {fleet.failed}")
         for round_no in range(args.rounds):
             for contender in chosen if round_no % 2 == 0 else chosen[::-1]:
                 latency[contender.name].append(wrk_run(contender.url, 1, args.seconds))
-                if args.cpu:
-                    cpu[contender.name].append(paced_cpu(contender, 1000.0, args.seconds)["cpu_us_per_request"])
+                if args.cpu and not args.together:
+                    figures = paced_cpu(contender, 1000.0, args.seconds)
+                    cpu[contender.name].append(figures["cpu_us_per_request"])
+                    sampled[contender.name].append(figures["sampled_cpu_us_per_request"])
+            if args.cpu and args.together:
+                for name, figures in paced_cpu_together(chosen, 1000.0, args.seconds).items():
+                    cpu[name].append(figures["cpu_us_per_request"])
+                    sampled[name].append(figures["sampled_cpu_us_per_request"])
         health = {c.name: _log_health(c) for c in chosen}
     for contender in chosen:
         runs = latency[contender.name]
@@ -58,8 +68,17 @@ def main() -> int:
         line = (f"{contender.name:12} p50 {_median(runs, 'p50_ms'):.3f} ms  p99 {_median(runs, 'p99_ms'):.3f} ms "
                 f"(rounds: {rounds})  max {_median(runs, 'max_ms'):.2f} ms")
         if args.cpu:
-            line += f"  CPU {statistics.median(cpu[contender.name]):.0f} us/request"
+            per_round = ", ".join(f"{us:.0f}" for us in cpu[contender.name])
+            line += (f"  CPU {statistics.median(cpu[contender.name]):.0f} us/request (rounds: {per_round}; "
+                     f"tick-sampled median {statistics.median(sampled[contender.name]):.0f})")
         print(f"{line}  log: {health[contender.name]}")
+    if args.cpu and len(chosen) > 1:
+        baseline = chosen[-1].name
+        for contender in chosen[:-1]:
+            paired = sorted(a - b for a, b in zip(cpu[contender.name], cpu[baseline], strict=True))
+            print(f"CPU {contender.name} - {baseline}, per round: median {statistics.median(paired):.1f} us/request "
+                  f"= {statistics.median(paired) / statistics.median(cpu[contender.name]) * 100:.1f} % "
+                  f"(sorted: {', '.join(f'{d:.0f}' for d in paired)})")
     return 0
 
 

@@ -50,12 +50,22 @@ class Contender:
         return process_tree(self.process.pid) if self.process else []
 
     def cpu_seconds(self) -> float:
+        """CPU time of the process tree, from the scheduler's own accounting (`schedstat`, in ns).
+
+        `utime + stime` in `/proc/PID/stat` are charged a clock tick (10 ms) at a time; the
+        scheduler's runtime is exact. On the 2-core machine the two agreed within 1-2 µs per
+        request over 6 s rounds (`sampled_cpu_seconds` is kept to show it)."""
+        return sum(process_cpu_seconds(pid) for pid in self.pids())
+
+    def sampled_cpu_seconds(self) -> float:
+        """`utime + stime` of the process tree: the clock-tick sampled figure `ps` and `top` show,
+        kept to compare with `cpu_seconds`."""
         return sum(_cpu_ticks(pid) for pid in self.pids()) / _TICK
 
     def main_thread_cpu_seconds(self) -> float:
         """CPU of the root process's main thread alone: the event loop, for the Python contenders."""
         pid = self.process.pid if self.process else 0
-        return _cpu_ticks(pid, f"/proc/{pid}/task/{pid}/stat") / _TICK
+        return _runtime_ns(pid, pid) / 1e9
 
     def sample_rss(self) -> None:
         self.peak_rss_mb = max(self.peak_rss_mb, sum(_rss_kb(pid) for pid in self.pids()) / 1024)
@@ -248,12 +258,29 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-def _cpu_ticks(pid: int, stat: str = "") -> int:
+def _cpu_ticks(pid: int) -> int:
     try:
-        fields = Path(stat or f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0
     return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time of all the process's threads, from the scheduler's accounting."""
+    try:
+        tasks = [int(task) for task in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return 0.0
+    return sum(_runtime_ns(pid, task) for task in tasks) / 1e9
+
+
+def _runtime_ns(pid: int, task: int) -> int:
+    """Time the thread has run on a CPU, in ns (first field of its `schedstat`); 0 once it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _rss_kb(pid: int) -> int:

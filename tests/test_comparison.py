@@ -33,8 +33,8 @@ from laneway.telemetry import (
     summarize,
     wilson,
 )
-from laneway.telemetry._records import row_of
 from laneway.telemetry._store import schema
+from laneway.telemetry._window import rows_of
 
 BASE = 1_750_000_000.0
 
@@ -280,7 +280,7 @@ async def test_canary_report_reads_entry_lanes_back_from_the_log(tmp_path: Path)
     exchanges += [exchange(100 + i, model=canary, lane="canary") for i in range(35)]
     exchanges += [exchange(200 + i, attempts=failed) for i in range(5)]
     _, url = await logged(tmp_path, exchanges)
-    assert row_of(exchanges[-1], False).entry_lane == "canary"
+    assert rows_of(exchanges[-1:], False)[0].entry_lane == "canary"
     code, out = await asyncio.to_thread(run_cli, "canary", "report", "--db", url, "--json")
     figures = json.loads(out)["routes"]["chat"]
     assert figures["primary"]["requests"] == 40 and figures["canaries"][canary]["requests"] == 40

@@ -34,10 +34,11 @@ from laneway.telemetry import (
     parse_telemetry,
     percentile,
 )
-from laneway.telemetry._records import row_of
+from laneway.telemetry._records import fallbacks_of
 from laneway.telemetry._sqlite import WRITER_NICENESS, SqliteStore
 from laneway.telemetry._store import open_store
 from laneway.telemetry._summary import summarize
+from laneway.telemetry._window import RecentExchanges, rows_of
 
 
 def sqlite_settings(tmp_path: Path, **changes: object) -> TelemetrySettings:
@@ -94,7 +95,7 @@ def test_percentile_interpolates_like_numpy(values: list[float], q: float) -> No
 def test_summary_rates_costs_and_escalation_throughput() -> None:
     exchanges = [make_exchange(i) for i in range(600)]  # 600 x 0.5 s = 5 minutes
     summary = summarize(
-        [row_of(e, simulated=False) for e in exchanges], since=BASE_TIME, until=BASE_TIME + 300
+        rows_of(exchanges, simulated=False), since=BASE_TIME, until=BASE_TIME + 300
     )
     model = MODELS[0]
     mine = [e for e in exchanges if e.model == model]
@@ -207,8 +208,10 @@ async def test_rows_read_back_from_the_log_equal_the_rows_in_memory(tmp_path: Pa
     store = open_store(f"sqlite:///{tmp_path}/log.sqlite3")
     logged, _ = await store.fetch(None, None)
     await store.aclose()
-    expected = [row_of(e, simulated=True) for e in exchanges]
+    expected = rows_of(exchanges, simulated=True)
     assert sorted(logged, key=lambda r: r.started_at) == sorted(expected, key=lambda r: r.started_at)
+    window = telemetry.stats()["total"]
+    assert window["requests"] == len(exchanges) - 1  # the window behind `stats()` too (shadows apart)
     assert expected[0].model is None and expected[0].entry_model is None and expected[0].ttft_ms is None
     assert expected[1].retrieval_hits == 0 and expected[1].cascade_confidence == 0.0 and expected[1].escalation
     assert expected[2].signals == {"shadow_of": "odd-2", "n": 1} and expected[2].entry_lane == "shadow"
@@ -217,6 +220,29 @@ async def test_rows_read_back_from_the_log_equal_the_rows_in_memory(tmp_path: Pa
     assert count_rows(tmp_path, nulls.format("retrieval_hits")) == len(exchanges) - 1
     assert count_rows(tmp_path, nulls.format("api_key")) == len(exchanges) - 1
     assert count_rows(tmp_path, "SELECT sum(stream) + sum(escalation) FROM exchanges") == 2
+
+
+def test_the_window_keeps_the_latest_rows_oldest_first_and_absent_numbers_absent() -> None:
+    window = RecentExchanges(3)
+    assert len(window) == 0 and window.rows() == []
+    exchanges = odd_exchanges()  # 5 exchanges: absent, zero and present optional numbers
+    for exchange in exchanges:
+        window.add(exchange, fallbacks_of(exchange), False)
+    rows = window.rows()
+    assert len(window) == 3
+    assert [r.started_at for r in rows] == [e.started_at for e in exchanges[2:]]
+    assert rows == rows_of(exchanges, simulated=False)[2:]
+    assert rows[0].signals == {"shadow_of": "odd-2", "n": 1} and rows[1].signals is None
+    first_two = RecentExchanges(5)
+    for exchange in exchanges[:2]:
+        first_two.add(exchange, 0, True)
+    none, zeros = first_two.rows()
+    assert none.ttft_ms is None and none.retrieval_hits is None and none.cascade_confidence is None
+    assert zeros.ttft_ms == 0.0 and zeros.retrieval_hits == 0 and zeros.cascade_confidence == 0.0
+    assert none.simulated and zeros.escalation and not none.escalation
+    empty = RecentExchanges(0)
+    empty.add(exchanges[0], 0, False)
+    assert empty.rows() == []
 
 
 async def test_the_log_is_written_while_exchanges_keep_arriving(tmp_path: Path) -> None:
@@ -234,6 +260,30 @@ async def test_the_log_is_written_while_exchanges_keep_arriving(tmp_path: Path) 
     await telemetry.aclose()
     assert written > 0, f"nothing written while {sent} exchanges arrived"
     assert count_rows(tmp_path) == sent
+
+
+async def test_the_drain_keeps_its_pace_while_a_log_write_waits(tmp_path: Path) -> None:
+    """A write held up (here by another connection's lock on the file) must not hold up the drain
+    into the metrics, the window and the log's backlog."""
+    telemetry = Telemetry(sqlite_settings(tmp_path, flush_interval_ms=20))
+    await telemetry.start()
+    await telemetry.flush()  # the log file exists
+    other = sqlite3.connect(tmp_path / "log.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        for i in range(100):
+            telemetry.record(make_exchange(i))
+        await asyncio.sleep(0.2)  # drained and offered; the write that started waits for the lock
+        for i in range(100, 250):
+            telemetry.record(make_exchange(i))
+        await asyncio.sleep(0.2)
+        backlog, written = telemetry.health.backlog, telemetry.health.written
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await telemetry.aclose()
+    assert (backlog, written) == (250, 0)
+    assert count_rows(tmp_path) == 250
 
 
 async def test_aclose_flushes_what_the_background_writer_has_not_written(tmp_path: Path) -> None:

@@ -88,40 +88,6 @@ def fallbacks_of(exchange: Exchange) -> int:
     return sum(attempt.lane not in PLANNED_LANES for attempt in attempts[1:])
 
 
-def row_of(exchange: Exchange, simulated: bool) -> ExchangeRow:
-    return row_of_record(log_record_of(exchange, fallbacks_of(exchange), simulated, None, 0))
-
-
-_COLUMN = {name: i for i, name in enumerate(LOG_COLUMNS)}
-_BODIES_AT = _COLUMN["prompt_body"]
-
-
-def row_of_record(record: LogRecord) -> ExchangeRow:
-    """The summary row of a log record, derived as `fetch_rows_sql` derives it from a stored one."""
-    (_, started_at, _, conversation_id, route, lane, model, _, _, outcome, _, latency_ms, ttft_ms, _, _,
-     prompt_tokens, completion_tokens, cost_usd, escalation, fallbacks, simulated, attempts, signals, _, _, _,
-     cascade_confidence, retrieval_hits, retrieval_ms) = record
-    first = orjson.loads(attempts)[:1]
-    entry_lane, entry_model = (first[0]["lane"], first[0]["model"]) if first else (lane, model or None)
-    return ExchangeRow(
-        started_at, model or None, route or None, lane, outcome, latency_ms, _number(ttft_ms), prompt_tokens,
-        completion_tokens, cost_usd, conversation_id or None, escalation == 1, fallbacks, simulated == 1,
-        entry_lane, entry_model, _number(cascade_confidence), _number(retrieval_hits), _number(retrieval_ms),
-        orjson.loads(signals) if lane == SHADOW_LANE else None,
-    )
-
-
-def without_bodies(record: LogRecord) -> LogRecord:
-    """The record with its prompt and answer bodies dropped (what the in-memory window keeps)."""
-    if record[_BODIES_AT] is None and record[_BODIES_AT + 1] is None:
-        return record
-    return (*record[:_BODIES_AT], None, None, *record[_BODIES_AT + 2 :])
-
-
-def _number(value: Any) -> Any:
-    return None if value == NO_NUMBER else value
-
-
 def log_record_of(
     e: Exchange, fallbacks: int, simulated: bool, bodies: tuple[str, str] | None, body_cap_bytes: int
 ) -> LogRecord:
