@@ -1,12 +1,12 @@
 """The in-memory window behind `stats()` and the dashboard: the most recent exchanges, by column.
 
 The window is a ring of preallocated columns: numbers in `array`s, names in lists that point at
-the strings the exchange already holds. Adding an exchange allocates nothing and a full window
-frees nothing. An earlier window kept one log record per exchange (a tuple, its JSON strings and
-its floats, about 1 KB): with 10,000 of them, every request of a gateway at 1,000 requests/s cost
-12 µs more CPU than with 100, in memory traffic and in freeing the oldest record on each arrival.
-These columns saved 9 µs of it (`bench/compare_variants.py --cpu --together`, docs/benchmarks.md).
-Rows are built only when the window is read.
+the strings the exchange already holds. Adding an exchange allocates nothing (a shadow's signals
+aside) and a full window frees nothing. An earlier window kept one log record per exchange (a
+tuple, its JSON strings and its floats, about 1 KB): with 10,000 of them, every request of a
+gateway at 1,000 requests/s cost 12 µs more CPU than with 100, in memory traffic and in freeing
+the oldest record on each arrival. These columns saved 9 µs of it (`bench/compare_variants.py
+--cpu --together`, docs/benchmarks.md). Rows are built only when the window is read.
 """
 
 from __future__ import annotations
@@ -86,16 +86,15 @@ class RecentExchanges:
 
     def rows(self) -> list[ExchangeRow]:
         """Every row in the window, oldest first."""
-        return list(map(_row, zip(self._ordered(self._started), self._ordered(self._model),
-                        self._ordered(self._route), self._ordered(self._lane), self._ordered(self._outcome),
-                        self._ordered(self._latency), map(_number, self._ordered(self._ttft)),
-                        self._ordered(self._tokens_in), self._ordered(self._tokens_out), self._ordered(self._cost),
-                        self._ordered(self._conversation), map(bool, self._ordered(self._escalation)),
-                        self._ordered(self._fallbacks), map(bool, self._ordered(self._simulated)),
-                        self._ordered(self._entry_lane), self._ordered(self._entry_model),
-                        map(_number, self._ordered(self._cascade)), map(_hits, self._ordered(self._hits)),
-                        map(_number, self._ordered(self._retrieval_ms)), self._ordered(self._signals),
-                                  strict=True)))
+        o = self._ordered
+        columns = (  # in `ExchangeRow` order
+            o(self._started), o(self._model), o(self._route), o(self._lane), o(self._outcome), o(self._latency),
+            map(_number, o(self._ttft)), o(self._tokens_in), o(self._tokens_out), o(self._cost),
+            o(self._conversation), map(bool, o(self._escalation)), o(self._fallbacks), map(bool, o(self._simulated)),
+            o(self._entry_lane), o(self._entry_model), map(_number, o(self._cascade)), map(_hits, o(self._hits)),
+            map(_number, o(self._retrieval_ms)), o(self._signals),
+        )
+        return list(map(_row, zip(*columns, strict=True)))
 
     def _allocate(self, size: int) -> None:
         floats = ints = bytes(8 * size)
