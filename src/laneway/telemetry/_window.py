@@ -5,8 +5,9 @@ the strings the exchange already holds. Adding an exchange allocates nothing (a 
 aside) and a full window frees nothing. An earlier window kept one log record per exchange (a
 tuple, its JSON strings and its floats, about 1 KB): with 10,000 of them, every request of a
 gateway at 1,000 requests/s cost 12 µs more CPU than with 100, in memory traffic and in freeing
-the oldest record on each arrival. These columns saved 9 µs of it (`bench/compare_variants.py
---cpu --together`, docs/benchmarks.md). Rows are built only when the window is read.
+the oldest record on each arrival. These columns saved 9 µs of it in `bench/compare_variants.py
+--cpu --together`, about 3 µs in `bench/profile_gateway.py` (docs/benchmarks.md). Rows are built
+only when the window is read.
 """
 
 from __future__ import annotations
