@@ -6,7 +6,7 @@ needed). This module writes the BERT forward pass for one message as an ONNX gra
 `onnx.helper`, then quantizes its matrices to int8, per output channel, with ONNX Runtime.
 The mean of the last layer over all tokens is the sentence embedding, as in sentence-transformers.
 
-`distill_static_encoder` turns that graph into a `StaticEncoder`: each token's vector is the mean
+`StaticDistiller` turns that graph into a `StaticEncoder`: each token's vector is the mean
 of its last-layer (contextual) vectors over a corpus, or, for a token the corpus lacks, its vector
 when it is encoded alone. A message's embedding is then the mean of its tokens' vectors, like the
 transformer's own mean pooling but without the attention layers.
@@ -16,7 +16,6 @@ Only training needs this module and the `onnx` package; a trained model carries 
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import json
 import logging
@@ -65,10 +64,16 @@ def minilm_directory() -> Path:
 
 def build_minilm_encoder(directory: Path | None = None) -> SentenceEncoder:
     """The int8 encoder built from a sentence-transformers BERT folder (default: the installed MiniLM)."""
+    graph, tokenizer, _ = _int8_minilm(directory, pooled=True)
+    return SentenceEncoder(graph, tokenizer)
+
+
+def _int8_minilm(directory: Path | None, pooled: bool) -> tuple[bytes, str, BertShape]:
+    """The quantized graph, the tokenizer JSON and the shape of a BERT folder (default: MiniLM's)."""
     folder = directory or minilm_directory()
     shape = BertShape.from_config(json.loads((folder / "config.json").read_text(encoding="utf-8")))
-    graph = bert_graph(read_safetensors(folder / "model.safetensors"), shape)
-    return SentenceEncoder(quantize(graph), (folder / "tokenizer.json").read_text(encoding="utf-8"))
+    graph = bert_graph(read_safetensors(folder / "model.safetensors"), shape, pooled=pooled)
+    return quantize(graph), (folder / "tokenizer.json").read_text(encoding="utf-8"), shape
 
 
 class StaticDistiller:
@@ -79,11 +84,8 @@ class StaticDistiller:
     """
 
     def __init__(self, directory: Path | None = None) -> None:
-        folder = directory or minilm_directory()
-        shape = BertShape.from_config(json.loads((folder / "config.json").read_text(encoding="utf-8")))
-        self.tokenizer = (folder / "tokenizer.json").read_text(encoding="utf-8")
-        graph = bert_graph(read_safetensors(folder / "model.safetensors"), shape, pooled=False)
-        self.contextual = SentenceEncoder(quantize(graph), self.tokenizer)
+        graph, self.tokenizer, shape = _int8_minilm(directory, pooled=False)
+        self.contextual = SentenceEncoder(graph, self.tokenizer)
         self.hidden = shape.hidden
         self._alone: npt.NDArray[np.float32] | None = None
 

@@ -71,7 +71,7 @@ class IntentModel:
         cols, vals = self.features.vector(text)
         if self.encoder is not None and self.encoder.defer_below > 1:  # the encoder stage decides everything
             return self.encoder.probabilities(cols, vals, text)
-        probs = _softmax(vals @ self.weights[cols] + self.bias)
+        probs = self._lexical(cols, vals)
         if self.encoder is None or probs.max() >= self.encoder.defer_below:
             return probs
         return self.encoder.probabilities(cols, vals, text)
@@ -81,7 +81,10 @@ class IntentModel:
         if self.encoder is None:
             return False
         cols, vals = self.features.vector(text)
-        return bool(_softmax(vals @ self.weights[cols] + self.bias).max() < self.encoder.defer_below)
+        return bool(self._lexical(cols, vals).max() < self.encoder.defer_below)
+
+    def _lexical(self, cols: list[int], vals: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return _softmax(vals @ self.weights[cols] + self.bias)
 
     def classify(self, text: str) -> tuple[str, float]:
         """The most likely intent and its probability, or `unknown` with the probability of no intent."""

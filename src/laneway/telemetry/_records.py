@@ -96,7 +96,6 @@ def log_record_of(
     prompt, answer = (
         (_capped(bodies[0], body_cap_bytes), _capped(bodies[1], body_cap_bytes)) if bodies else (None, None)
     )
-    latency, upstream = e.latency_ms, e.upstream_ms
     ttft, confidence, hits, retrieval_ms = e.ttft_ms, e.cascade_confidence, e.retrieval_hits, e.retrieval_ms
     return (
         e.request_id,
@@ -110,10 +109,10 @@ def log_record_of(
         e.status,
         e.outcome,
         e.error,
-        latency,
+        e.latency_ms,
         NO_NUMBER if ttft is None else ttft,
-        upstream,
-        latency - upstream if latency > upstream else 0.0,
+        e.upstream_ms,
+        e.overhead_ms,
         e.prompt_tokens,
         e.completion_tokens,
         e.cost_usd,
@@ -121,7 +120,7 @@ def log_record_of(
         fallbacks,
         1 if simulated else 0,
         orjson.dumps(e.attempts).decode(),  # every `Attempt` field, by name
-        orjson.dumps(e.signals, default=str, option=orjson.OPT_NON_STR_KEYS).decode(),
+        signals_json(e.signals).decode(),
         e.api_key or NO_TEXT,
         prompt,
         answer,
@@ -129,6 +128,11 @@ def log_record_of(
         NO_NUMBER if hits is None else hits,
         NO_NUMBER if retrieval_ms is None else retrieval_ms,
     )
+
+
+def signals_json(signals: Mapping[str, Any]) -> bytes:
+    """The signals as the log stores them: any key or value JSON has no type for becomes a string."""
+    return orjson.dumps(signals, default=str, option=orjson.OPT_NON_STR_KEYS)
 
 
 def _capped(body: str, cap_bytes: int) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from laneway.exchange import Exchange
-from laneway.telemetry._records import SHADOW_LANE, ExchangeRow, fallbacks_of
+from laneway.telemetry._records import SHADOW_LANE, ExchangeRow, fallbacks_of, signals_json
 
 _ABSENT = float("nan")  # an absent number in a float column
 _NO_HITS = -1  # an absent `retrieval_hits`
@@ -78,8 +78,7 @@ class RecentExchanges:
         else:
             self._entry_lane[i], self._entry_model[i] = lane, model
         # Shadow rows keep their signals for pairing, as the log stores them (through JSON).
-        self._signals[i] = (orjson.loads(orjson.dumps(e.signals, default=str, option=orjson.OPT_NON_STR_KEYS))
-                            if lane == SHADOW_LANE else None)
+        self._signals[i] = orjson.loads(signals_json(e.signals)) if lane == SHADOW_LANE else None
         i += 1
         if i == self._size:
             i, self.full = 0, True
