@@ -1,10 +1,12 @@
-"""The two load generators of the overhead benchmark: wrk (non-streaming POSTs, closed loop) and
-`laneway loadtest --stream` (time to first byte, and the gaps between forwarded chunks)."""
+"""The load generators of the overhead benchmark: wrk (non-streaming POSTs, closed loop),
+`laneway loadtest --stream` (time to first byte, and the gaps between forwarded chunks) and
+`stream_probe.py` (time to first byte on a bare socket, the cross-check of the latter)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -53,3 +55,16 @@ def stream_run(url: str, seconds: float) -> dict[str, Any]:
     return {"ttft_p50_ms": ttft.get("p50"), "ttft_p99_ms": ttft.get("p99"),
             "chunk_gap_p50_ms": gaps.get("p50"),
             "errors": everything.get("errors"), "requests": everything.get("requests")}
+
+
+def probe_run(url: str, seconds: float) -> dict[str, Any]:
+    """`stream_probe.py` pinned like the other load generators: its JSON figures. A contender that
+    fails the probe gets no figure (and a line on stderr saying why) instead of ending the run."""
+    command = ["taskset", "-c", LOAD_CORE, VENV_PYTHON, str(ROOT / "bench" / "stream_probe.py"), "--url", url,
+               "--seconds", f"{seconds:g}"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, check=False, env={"PATH": "/usr/bin:/bin"})
+    if done.returncode != 0:
+        print(f"stream_probe failed on {url}: {done.stderr.decode()[-300:]}", file=sys.stderr, flush=True)
+        return {"first_event_p50_ms": None}
+    figures: dict[str, Any] = json.loads(done.stdout)
+    return figures

@@ -23,7 +23,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from contenders import CONTENDERS, Contender, Fleet, ensure_tools
-from measure import stream_run, wrk_run
+from measure import probe_run, stream_run, wrk_run
 
 
 def main() -> int:
@@ -64,13 +64,15 @@ def measure(contender: Contender, args: argparse.Namespace) -> dict[str, Any]:
     cpu_used = contender.cpu_seconds() - cpu_before
     single = wrk_run(url, 1, args.seconds, on_tick=contender.sample_rss)
     stream = stream_run(url, args.stream_seconds)
+    probed = probe_run(url, args.stream_seconds)
     contender.sample_rss()
     return {"rps_32": busy["rps"], "p50_32_ms": busy["p50_ms"], "p99_32_ms": busy["p99_ms"],
             "errors_32": busy["errors"],
             "cpu_us_per_request": cpu_used / busy["requests"] * 1e6 if busy["requests"] else None,
             "p50_1_ms": single["p50_ms"], "p99_1_ms": single["p99_ms"], "rps_1": single["rps"],
             "ttfb_p50_ms": stream["ttft_p50_ms"], "ttfb_p99_ms": stream["ttft_p99_ms"],
-            "chunk_gap_p50_ms": stream["chunk_gap_p50_ms"], "stream_errors": stream["errors"]}
+            "chunk_gap_p50_ms": stream["chunk_gap_p50_ms"], "stream_errors": stream["errors"],
+            "socket_ttfb_p50_ms": probed["first_event_p50_ms"]}
 
 
 def _median(runs: list[dict[str, Any]], key: str) -> float | None:
@@ -81,7 +83,7 @@ def _median(runs: list[dict[str, Any]], key: str) -> float | None:
 def summarize(results: dict[str, list[dict[str, Any]]], rss: dict[str, float], notes: dict[str, str],
               args: argparse.Namespace, began: float) -> dict[str, Any]:
     keys = ("rps_32", "p50_32_ms", "p99_32_ms", "errors_32", "cpu_us_per_request", "p50_1_ms", "p99_1_ms",
-            "ttfb_p50_ms", "ttfb_p99_ms", "chunk_gap_p50_ms", "stream_errors")
+            "ttfb_p50_ms", "ttfb_p99_ms", "chunk_gap_p50_ms", "stream_errors", "socket_ttfb_p50_ms")
     medians = {name: {k: _median(runs, k) for k in keys} for name, runs in results.items() if runs}
     direct = medians.get("direct", {})
     floor = medians.get("passthrough", {}).get("rps_32")
@@ -90,6 +92,7 @@ def summarize(results: dict[str, list[dict[str, Any]]], rss: dict[str, float], n
         figures["added_p50_1_ms"] = _minus(figures["p50_1_ms"], direct.get("p50_1_ms"))
         figures["added_p99_1_ms"] = _minus(figures["p99_1_ms"], direct.get("p99_1_ms"))
         figures["added_ttfb_p50_ms"] = _minus(figures["ttfb_p50_ms"], direct.get("ttfb_p50_ms"))
+        figures["added_socket_ttfb_p50_ms"] = _minus(figures["socket_ttfb_p50_ms"], direct.get("socket_ttfb_p50_ms"))
         figures["rps_32_vs_passthrough"] = figures["rps_32"] / floor if floor and figures["rps_32"] else None
     return {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(began)),
             "rounds": args.rounds, "seconds": args.seconds, "medians": medians, "runs": results,
@@ -119,14 +122,16 @@ def machine() -> dict[str, Any]:
 
 def render(report: dict[str, Any]) -> str:
     head = (f"{'contender':14} {'req/s@32':>9} {'vs floor':>8} {'cpu us/req':>10} {'p50@1':>7} {'+p50':>7} "
-            f"{'p99@1':>7} {'+p99':>7} {'ttfb p50':>8} {'+ttfb':>7} {'gap p50':>7} {'rss MB':>7}")
+            f"{'p99@1':>7} {'+p99':>7} {'ttfb p50':>8} {'+ttfb':>7} {'sock ttfb':>9} {'+sock':>7} {'gap p50':>7} "
+            f"{'rss MB':>7}")
     lines = [head]
     for name, m in report["medians"].items():
         lines.append(f"{name:14} {_f(m['rps_32'], 0):>9} {_f(m['rps_32_vs_passthrough'], 2):>8} "
                      f"{_f(m['cpu_us_per_request'], 0):>10} {_f(m['p50_1_ms'], 3):>7} "
                      f"{_f(m['added_p50_1_ms'], 3):>7} {_f(m['p99_1_ms'], 3):>7} "
                      f"{_f(m['added_p99_1_ms'], 3):>7} {_f(m['ttfb_p50_ms'], 3):>8} "
-                     f"{_f(m['added_ttfb_p50_ms'], 3):>7} {_f(m['chunk_gap_p50_ms'], 2):>7} "
+                     f"{_f(m['added_ttfb_p50_ms'], 3):>7} {_f(m['socket_ttfb_p50_ms'], 3):>9} "
+                     f"{_f(m['added_socket_ttfb_p50_ms'], 3):>7} {_f(m['chunk_gap_p50_ms'], 2):>7} "
                      f"{_f(report['peak_rss_mb'].get(name), 1):>7}")
     lines += [f"{name}: not run: {why}" for name, why in report["notes"].items()]
     return "\n".join(lines)
