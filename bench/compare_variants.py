@@ -2,11 +2,12 @@
 
 For trying a change before it lands: copy the tree (`cp -r src /tmp/variant-a/`), edit the copy,
 and compare it with the working tree. Per variant and round: wrk at one connection (p50, p99,
-max) and, with `--cpu`, process CPU per request at an offered 1,000 requests/s (as
-`profile_gateway.py` measures it). Contenders are pinned as in `overhead.py`.
+max); with `--cpu`, process CPU per request at an offered 1,000 requests/s (as
+`profile_gateway.py` measures it); with `--stream`, streaming time to first byte on a bare
+socket (`stream_probe.py`). Contenders are pinned as in `overhead.py`.
 
     .venv/bin/python bench/compare_variants.py main=. a=/tmp/variant-a bare=.:laneway-bare.yaml \
-        [--rounds 3] [--seconds 6] [--cpu]
+        [--rounds 3] [--seconds 6] [--cpu] [--stream]
 
 A variant is NAME=TREE[:CONFIG]: TREE holds `src/laneway`; CONFIG is a file in bench/configs or a
 path (default laneway-full.yaml). Each variant's exchange log goes to its own file. At the end,
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import contenders
 from contenders import LANEWAY_SERVE, ROOT, VENV_PYTHON, WORK, Contender, Fleet
-from measure import wrk_run
+from measure import probe_run, wrk_run
 from profile_gateway import paced_cpu, paced_cpu_together
 
 FIRST_PORT = 9010
@@ -42,17 +43,25 @@ def main() -> int:
     parser.add_argument("--together", action="store_true",
                         help="with --cpu: load every variant at once in each round, so that all see the "
                              "machine's drift alike (each variant still gets 1,000 requests/s)")
+    parser.add_argument("--stream", action="store_true",
+                        help="also streaming time to first byte, read off a bare socket (stream_probe.py)")
     args = parser.parse_args()
     chosen = [_variant(spec, FIRST_PORT + i) for i, spec in enumerate(args.variants)]
     latency: dict[str, list[dict[str, Any]]] = {c.name: [] for c in chosen}
     cpu: dict[str, list[float]] = {c.name: [] for c in chosen}
     sampled: dict[str, list[float]] = {c.name: [] for c in chosen}
+    ttfb: dict[str, list[float]] = {c.name: [] for c in chosen}
     with Fleet(chosen) as fleet:
         if fleet.failed:
             raise SystemExit(f"could not start: {fleet.failed}")
         for round_no in range(args.rounds):
             for contender in chosen if round_no % 2 == 0 else chosen[::-1]:
                 latency[contender.name].append(wrk_run(contender.url, 1, args.seconds))
+                if args.stream:
+                    first_event = probe_run(contender.url, args.seconds)["first_event_p50_ms"]
+                    if first_event is None:
+                        raise SystemExit(f"{contender.name}: the stream probe failed (see above)")
+                    ttfb[contender.name].append(first_event)
                 if args.cpu and not args.together:
                     figures = paced_cpu(contender, 1000.0, args.seconds)
                     cpu[contender.name].append(figures["cpu_us_per_request"])
@@ -71,6 +80,9 @@ def main() -> int:
             per_round = ", ".join(f"{us:.0f}" for us in cpu[contender.name])
             line += (f"  CPU {statistics.median(cpu[contender.name]):.0f} us/request (rounds: {per_round}; "
                      f"tick-sampled median {statistics.median(sampled[contender.name]):.0f})")
+        if args.stream:
+            line += (f"  stream TTFB {statistics.median(ttfb[contender.name]):.3f} ms "
+                     f"(rounds: {', '.join(f'{ms:.3f}' for ms in ttfb[contender.name])})")
         print(f"{line}  log: {health[contender.name]}")
     if args.cpu and len(chosen) > 1:
         baseline = chosen[-1].name
