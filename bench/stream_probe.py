@@ -2,7 +2,7 @@
 
 The cross-check of `laneway loadtest --stream`, as wrk is for plain requests: one keep-alive
 connection, streaming requests back to back, each timed from the moment its bytes were written
-to the arrival of the response head and of the first SSE `data:` event. No event loop and no
+to the arrival of the answer's first bytes and of its first SSE `data:` event. No event loop and no
 HTTP library stand between the socket and the clock.
 
 Run: python bench/stream_probe.py --url http://127.0.0.1:9005/v1/chat/completions [--seconds 5]
@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 PAYLOADS = Path(__file__).resolve().parent / "payloads.jsonl"
+_OK = b"HTTP/1.1 200 "
 _END_OF_CHUNKED = b"\r\n0\r\n\r\n"
 
 
@@ -66,7 +67,7 @@ def probe(url: str, seconds: float, warmup: float = 1.0) -> dict[str, float | in
 
 
 def _read_stream(sock: socket.socket) -> tuple[float, float]:
-    """Reads one chunked SSE answer to its end; when its head and its first event arrived."""
+    """Reads one chunked SSE answer to its end; when its first bytes and its first event arrived."""
     buffer = b""
     head_at = first_at = 0.0
     while True:
@@ -77,8 +78,8 @@ def _read_stream(sock: socket.socket) -> tuple[float, float]:
         buffer += piece
         if not head_at:
             head_at = at
-            if not buffer.startswith(b"HTTP/1.1 200 "):
-                raise RuntimeError(f"not a 200 stream: {buffer[:200]!r}")
+        if len(buffer) >= len(_OK) and not buffer.startswith(_OK):
+            raise RuntimeError(f"not a 200 stream: {buffer[:200]!r}")
         if not first_at and b"data: " in buffer:
             first_at = at
         if buffer.endswith(_END_OF_CHUNKED):
