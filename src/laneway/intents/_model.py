@@ -181,6 +181,12 @@ def _encoder_stage(archive: Any, header: dict[str, Any]) -> EncoderStage:
     )
 
 
+def as_stored(values: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    """`values` rounded to the float16 a saved model holds, back in float32: a model built from them
+    answers exactly as it will once saved and loaded."""
+    return values.astype(np.float16).astype(np.float32)
+
+
 def _softmax(scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     exp = np.exp(scores - scores.max())
     return exp / exp.sum()  # type: ignore[no-any-return]

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from ..errors import InvalidRequest
 from ._encoder import SentenceEncoder, StaticEncoder
 from ._features import TextFeatures, fit_features
-from ._model import UNKNOWN, EncoderStage, IntentModel
+from ._model import UNKNOWN, EncoderStage, IntentModel, as_stored
 from ._optional import optional_library
 
 SPARED_SHARE = 0.01
@@ -108,7 +108,7 @@ def fit(texts: Sequence[str], labels: Sequence[str], opts: TrainingOptions, thre
             encoder=encoder,
             lexical_weights=both[: features.size],
             # the scale is folded into the weights, so classifying uses the unit-length embedding
-            embedding_weights=_float16_rounded(both[features.size :] * opts.embedding_scale),
+            embedding_weights=as_stored(both[features.size :] * opts.embedding_scale),
             bias=both_bias,
             defer_below=default_defer_below(encoder) if opts.defer_below is None else opts.defer_below,
         )
@@ -128,17 +128,12 @@ def _logistic_regression(matrix: Any, targets: list[int], n_classes: int,
         C=opts.regularization, max_iter=opts.max_iter, class_weight="balanced" if opts.balanced else None
     )
     classifier.fit(matrix, targets)
-    # Weights are stored as float16; rounding them here keeps a saved model's answers identical.
-    weights = _float16_rounded(classifier.coef_.T)
+    weights = as_stored(classifier.coef_.T)
     bias = classifier.intercept_.astype(np.float32)
     if n_classes == 2:  # binary LogisticRegression has one column: expand to a two-way softmax
         weights = np.hstack([-weights / 2, weights / 2])
         bias = np.array([-bias[0] / 2, bias[0] / 2], np.float32)
     return weights, bias
-
-
-def _float16_rounded(values: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-    return values.astype(np.float16).astype(np.float32)
 
 
 def feature_matrix(features: TextFeatures, texts: Sequence[str]) -> Any:
