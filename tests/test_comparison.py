@@ -33,7 +33,7 @@ from laneway.telemetry import (
     summarize,
     wilson,
 )
-from laneway.telemetry._store import schema
+from laneway.telemetry._records import LOG_COLUMNS
 from laneway.telemetry._window import rows_of
 
 BASE = 1_750_000_000.0
@@ -258,19 +258,51 @@ async def test_shadow_report_from_sqlite_matches_the_in_memory_figures(tmp_path:
     assert code == 0 and text.startswith("SIMULATED") and "p95 latency" in text and "convo_length 1-2" in text
 
 
-async def test_an_exchange_log_from_before_the_lane_columns_is_migrated(tmp_path: Path) -> None:
+# The `exchanges` table as releases before the lane columns created it: one column per value.
+LEGACY_TABLE = """CREATE TABLE exchanges (
+  request_id TEXT NOT NULL, started_at REAL NOT NULL, path TEXT NOT NULL, conversation_id TEXT, route TEXT,
+  lane TEXT NOT NULL, model TEXT, stream INTEGER NOT NULL, status INTEGER NOT NULL, outcome TEXT NOT NULL,
+  error TEXT NOT NULL, latency_ms REAL NOT NULL, ttft_ms REAL, upstream_ms REAL NOT NULL, overhead_ms REAL NOT NULL,
+  prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, cost_usd REAL NOT NULL,
+  escalation INTEGER NOT NULL, fallbacks INTEGER NOT NULL, simulated INTEGER NOT NULL, attempts TEXT NOT NULL,
+  signals TEXT NOT NULL, api_key TEXT, prompt_body TEXT, answer_body TEXT)"""
+LEGACY_ROWS = [
+    ("old-1", BASE - 10.5, "/v1/chat/completions", "c-9", "chat", "primary", "gpt-5-mini", 1, 200, "ok", "",
+     250.0, 80.0, 240.0, 10.0, 100, 40, 0.001, 1, 0, 1,
+     '[{"model":"gpt-5-mini","outcome":"ok","latency_ms":240.0,"lane":"primary"}]',
+     '{"priority":"high","escalation":true}', "team-a", None, None),
+    ("old-2", BASE - 5.0, "/v1/chat/completions", None, None, "primary", None, 0, 502, "upstream_unavailable",
+     "no model answered", 31.5, None, 30.0, 1.5, 0, 0, 0.0, 0, 1, 1, "[]", "{}", None, "hi", None),
+]
+
+
+async def test_an_exchange_log_of_an_earlier_release_is_converted_to_records(tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite3"
-    added = ",\n  cascade_confidence REAL,\n  retrieval_hits INTEGER,\n  retrieval_ms REAL"
-    old = [statement.replace(added, "") for statement in schema(0)]
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        for statement in old:
-            db.execute(statement)
-        assert "cascade_confidence" not in {c[1] for c in db.execute("PRAGMA table_info(exchanges)")}
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute(LEGACY_TABLE)
+        db.executemany(f"INSERT INTO exchanges VALUES ({', '.join('?' * 26)})", LEGACY_ROWS)
     grounded = exchange(1, retrieval_hits=3, retrieval_ms=2.5, cascade_confidence=0.4)
     await logged(tmp_path, [grounded])
     with contextlib.closing(sqlite3.connect(path)) as db:
-        stored = db.execute("SELECT cascade_confidence, retrieval_hits, retrieval_ms FROM exchanges")
+        assert db.execute("SELECT type FROM sqlite_master WHERE name = 'exchanges'").fetchone() == ("view",)
+        old = db.execute("SELECT * FROM exchanges WHERE request_id LIKE 'old-%' ORDER BY started_at").fetchall()
+        assert [r[:26] for r in old] == LEGACY_ROWS  # every value, and its type (250.0 stays a float)
+        assert [type(v) for v in old[0][:26]] == [type(v) for v in LEGACY_ROWS[0]]
+        assert [r[26:] for r in old] == [(None, None, None)] * 2  # columns those releases did not have
+        stored = db.execute("SELECT cascade_confidence, retrieval_hits, retrieval_ms FROM exchanges "
+                            "WHERE request_id = 'req-1'")
         assert stored.fetchall() == [(0.4, 3, 2.5)]
+    code, out = await asyncio.to_thread(run_cli, "report", "--db", f"sqlite:///{path}", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["total"]["requests"] == 3
+    assert report["models"]["gpt-5-mini"]["requests"] == 2
+    with contextlib.closing(sqlite3.connect(path)) as db, db:  # a view of other columns, as another release made it
+        db.execute("DROP VIEW exchanges")
+        db.execute("CREATE VIEW exchanges AS SELECT started_at FROM exchange_records")
+    await logged(tmp_path, [exchange(2)])
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute("SELECT * FROM exchanges ORDER BY started_at").fetchall()
+        assert len(rows) == 4 and {len(r) for r in rows} == {len(LOG_COLUMNS)} and rows[0][:26] == LEGACY_ROWS[0]
 
 
 async def test_canary_report_reads_entry_lanes_back_from_the_log(tmp_path: Path) -> None:

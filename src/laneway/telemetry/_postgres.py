@@ -14,8 +14,8 @@ from laneway.telemetry._store import (
     added_columns,
     exchange_row,
     fetch_rows_sql,
-    insert_sql,
     numbered,
+    postgres_insert_sql,
     redacted,
     roll_up_sql,
     schema,
@@ -24,7 +24,7 @@ from laneway.telemetry._store import (
 
 T = TypeVar("T")
 Connection = Any  # asyncpg ships no type information
-_INSERT = insert_sql(1)
+_INSERT = postgres_insert_sql()
 _ROLL_UP, _DELETE = (numbered(sql) for sql in roll_up_sql(1))
 _FETCH_ROWS, _FETCH_HOURLY = numbered(fetch_rows_sql(1)), numbered(FETCH_HOURLY_SQL)
 CONNECT_TIMEOUT_S = 5.0
@@ -65,7 +65,7 @@ class PostgresStore:
     async def write(self, records: Sequence[LogRecord], *, urgent: bool = False) -> None:
         async def work(db: Connection) -> None:
             async with db.transaction():
-                await db.executemany(_INSERT, records)
+                await db.execute(_INSERT, [record for _, record in records])
 
         await self._run(lambda: self._with_connection(work))
 
@@ -113,7 +113,7 @@ class PostgresStore:
             async with db.transaction():
                 # Replicas starting together would otherwise race on `CREATE TABLE IF NOT EXISTS`.
                 await db.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
-                for statement in [*schema(1), *added_columns(1)]:
+                for statement in [*schema(1), *added_columns()]:
                     await db.execute(statement)
             self._db = db
         return self._db

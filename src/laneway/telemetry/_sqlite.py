@@ -2,12 +2,18 @@
 
 The stdlib `sqlite3` module releases the GIL while SQLite works, so a dedicated thread keeps the
 event loop free without the per-call hops of a wrapper library.
+
+Each exchange is stored as its `LogRecord`: the start time (indexed) and one JSON array of its
+`LOG_COLUMNS` values, in the table `exchange_records`. The view `exchanges` reads the array back
+as those columns, for the report and for anyone's SQL. Logs of earlier releases, which kept the
+columns in a table `exchanges`, are converted on open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 import sys
@@ -19,25 +25,25 @@ from itertools import chain
 from pathlib import Path
 from typing import TypeVar
 
-from laneway.telemetry._records import ExchangeRow, HourlyRow, LogRecord
+from laneway.telemetry._records import LOG_COLUMNS, ExchangeRow, HourlyRow, LogRecord
 from laneway.telemetry._store import (
     FETCH_HOURLY_SQL,
     HOUR_S,
+    RECORDS_TABLE,
     ExchangeLogUnavailable,
-    added_columns,
     exchange_row,
+    exchange_view_sql,
     fetch_rows_sql,
-    insert_sql,
     roll_up_sql,
     schema,
     window,
 )
 
+log = logging.getLogger("laneway.telemetry")
 T = TypeVar("T")
 # Rows per INSERT statement. The sqlite3 module releases the GIL once per statement it steps, so
 # `executemany` hands the GIL back and forth with the event loop once per row; one statement for
-# many rows does it once per batch. 32 rows x 29 columns stays under the 999 parameters that older
-# SQLite builds allow.
+# many rows does it once per batch.
 ROWS_PER_INSERT = 32
 # One write is one transaction (a commit rewrites the table's and the index's last pages, so
 # fewer, larger ones cost less CPU per row), and the writer thread sleeps between two statements:
@@ -46,10 +52,12 @@ ROWS_PER_INSERT = 32
 # at about 14,000 rows/s; a shutdown's flush (`urgent`) does not sleep.
 STATEMENT_PAUSE_S = 0.002
 WRITER_NICENESS = 10
-_INSERT = insert_sql(0)
-_INSERT_MANY = insert_sql(0, ROWS_PER_INSERT)
+_INSERT = f"INSERT INTO {RECORDS_TABLE} (started_at, record) VALUES (?, ?)"  # noqa: S608 (constant)
+_INSERT_MANY = _INSERT + ", (?, ?)" * (ROWS_PER_INSERT - 1)
+_VIEW = exchange_view_sql()
 _ROLL_UP, _DELETE = roll_up_sql(0)
 _FETCH_ROWS = fetch_rows_sql(0)
+_JSON_COLUMNS = frozenset({"attempts", "signals"})
 
 
 class SqliteStore:
@@ -98,14 +106,14 @@ class SqliteStore:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=5000")
-        for statement in schema(0):
-            db.execute(statement)
-        present = {str(column[1]) for column in db.execute("PRAGMA table_info(exchanges)")}
-        for statement in added_columns(0, present):
-            db.execute(statement)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=5000")
+            _prepare(db, self.url)
+        except BaseException:
+            db.close()
+            raise
         self._db = db
 
     def _write(self, records: Sequence[LogRecord], pause: float) -> None:
@@ -138,6 +146,43 @@ class SqliteStore:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def _prepare(db: sqlite3.Connection, url: str) -> None:
+    """Create the tables and the view, or convert a log of an earlier release. A log that is up to
+    date is only read: workers opening the same file do not queue for its write lock."""
+    if _exchanges(db) == ("view", _VIEW):
+        return
+    with _transaction(db):  # one at a time, when several workers open the same file
+        for statement in schema(0):
+            db.execute(statement)
+        kind, sql = _exchanges(db)
+        if kind == "table":
+            _convert_columns(db, url)
+        elif kind == "view" and sql != _VIEW:
+            db.execute("DROP VIEW exchanges")  # from a release with other columns
+        if sql != _VIEW:
+            db.execute(_VIEW)
+
+
+def _exchanges(db: sqlite3.Connection) -> tuple[str | None, str | None]:
+    found = db.execute("SELECT type, sql FROM sqlite_master WHERE name = 'exchanges'").fetchone()
+    return (str(found[0]), str(found[1])) if found else (None, None)
+
+
+def _convert_columns(db: sqlite3.Connection, url: str) -> None:
+    """Move the rows of an earlier release's `exchanges` table (one column per value) into records,
+    then drop it. Columns it predates become nulls, which the view reads as NULL."""
+    present = {str(column[1]) for column in db.execute("PRAGMA table_info(exchanges)")}
+    values = ", ".join(
+        ("NULL" if name not in present else f"json({name})" if name in _JSON_COLUMNS else name) for name in LOG_COLUMNS
+    )
+    moved = db.execute(
+        f"INSERT INTO {RECORDS_TABLE} (started_at, record) "  # noqa: S608 (constant names)
+        f"SELECT started_at, json_array({values}) FROM exchanges ORDER BY rowid"
+    ).rowcount
+    db.execute("DROP TABLE exchanges")
+    log.info("exchange log `%s`: moved %d exchanges from the column table of an earlier release", url, moved)
 
 
 def _lower_priority() -> None:

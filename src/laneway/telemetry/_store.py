@@ -1,8 +1,10 @@
 """The exchange log's storage: one Protocol, the shared schema, and the URL-to-store factory.
 
-Attempts are a JSON column of their exchange (not a table of their own): they are written once,
-always read with their exchange, and one insert per exchange halves the write volume. Both
-SQLite (`json_each`) and PostgreSQL (`jsonb_array_elements`) can still query them in SQL.
+Both stores show the same `exchanges` columns to SQL: a table in PostgreSQL, a view over the
+stored records in SQLite. Attempts are a JSON column of their exchange (not a table of their own):
+they are written once, always read with their exchange, and one insert per exchange halves the
+write volume. Both SQLite (`json_each`) and PostgreSQL (`jsonb_array_elements`) can still query
+them in SQL.
 """
 
 from __future__ import annotations
@@ -15,20 +17,11 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 
 from laneway.errors import ConfigError, ConfigIssue, LanewayError
-from laneway.telemetry._records import (
-    FLAGS,
-    LOG_COLUMNS,
-    NO_NUMBER,
-    NULLABLE_IDS,
-    NULLABLE_NUMBERS,
-    ROW_COLUMNS,
-    ExchangeRow,
-    HourlyRow,
-    LogRecord,
-)
+from laneway.telemetry._records import LOG_COLUMNS, ROW_COLUMNS, ExchangeRow, HourlyRow, LogRecord
 
 HOUR_S = 3600.0
 FAR_PAST, FAR_FUTURE = 0.0, 1e12
+RECORDS_TABLE = "exchange_records"  # SQLite: one row per exchange, its `LogRecord` as it came
 
 
 class ExchangeLogUnavailable(LanewayError):
@@ -54,13 +47,13 @@ class ExchangeStore(Protocol):
     async def aclose(self) -> None: ...
 
 
-# column -> (SQLite type, PostgreSQL type)
+# column -> (SQLite type, PostgreSQL type): the PostgreSQL table's columns, and the types the SQLite
+# view gives its columns (`exchange_view_sql`).
 _LOG_TYPES: dict[str, tuple[str, str]] = {
-    # Not a key in SQLite: request ids are random, and keeping them in a B-tree index costs an insert
-    # into a random page: 13.6 against 6.3 µs per row on a 150,000-row log (`bench/bench_telemetry.py
-    # --log-rows 150000`). A failed SQLite batch rolls back whole, so a retry never doubles a row
-    # there. PostgreSQL keeps the key: a commit whose reply is lost is retried, and the key makes
-    # that retry a no-op.
+    # PostgreSQL keys the table: a commit whose reply is lost is retried, and the key makes that
+    # retry a no-op. SQLite does not: a failed batch rolls back whole, so a retry never doubles a
+    # row, and keeping random request ids in an index costs an insert into a random page (13.6
+    # against 6.3 µs per row on a 150,000-row log, measured on the columns of earlier releases).
     "request_id": ("TEXT NOT NULL", "TEXT PRIMARY KEY"),
     "started_at": ("REAL NOT NULL", "DOUBLE PRECISION NOT NULL"),
     "stream": ("INTEGER NOT NULL", "BOOLEAN NOT NULL"),
@@ -75,14 +68,16 @@ _LOG_TYPES: dict[str, tuple[str, str]] = {
     "signals": ("TEXT NOT NULL", "JSONB NOT NULL"),
     "retrieval_hits": ("INTEGER", "INTEGER"),
 }
-# Columns added after the first release: logs created before them gain them on open, as NULL.
+# Columns added after the first release: PostgreSQL logs created before them gain them on open, as
+# NULL (in SQLite, the view reads them as NULL from older records).
 ADDED_COLUMNS = ("cascade_confidence", "retrieval_hits", "retrieval_ms")
 _NULLABLE_FLOATS = {"ttft_ms", "cascade_confidence", "retrieval_ms"}
 _NULLABLE_TEXT = {"conversation_id", "route", "model", "api_key", "prompt_body", "answer_body"}
 _FLOATS = {"latency_ms", "upstream_ms", "overhead_ms", "cost_usd"}
 
 
-def _column_type(name: str, dialect: int) -> str:
+def column_type(name: str, dialect: int) -> str:
+    """A log column's type in dialect 0 (SQLite) or 1 (PostgreSQL)."""
     if name in _LOG_TYPES:
         return _LOG_TYPES[name][dialect]
     if name in _FLOATS:
@@ -93,13 +88,23 @@ def _column_type(name: str, dialect: int) -> str:
 
 
 def schema(dialect: int) -> list[str]:
-    """DDL for dialect 0 (SQLite) or 1 (PostgreSQL); every statement is idempotent."""
+    """DDL for dialect 0 (SQLite) or 1 (PostgreSQL); every statement is idempotent. SQLite's view
+    of the records as columns is `exchange_view_sql()`."""
     real, count = ("REAL", "INTEGER") if dialect == 0 else ("DOUBLE PRECISION", "BIGINT")
-    columns = ",\n  ".join(f"{name} {_column_type(name, dialect)}" for name in LOG_COLUMNS)
     hourly_counts = ", ".join(f"{name} {count} NOT NULL" for name in _HOURLY_COUNTS)
+    if dialect == 0:
+        exchanges = [
+            f"CREATE TABLE IF NOT EXISTS {RECORDS_TABLE} (started_at REAL NOT NULL, record TEXT NOT NULL)",
+            f"CREATE INDEX IF NOT EXISTS {RECORDS_TABLE}_started_at ON {RECORDS_TABLE} (started_at)",
+        ]
+    else:
+        columns = ",\n  ".join(f"{name} {column_type(name, dialect)}" for name in LOG_COLUMNS)
+        exchanges = [
+            f"CREATE TABLE IF NOT EXISTS exchanges (\n  {columns}\n)",
+            "CREATE INDEX IF NOT EXISTS exchanges_started_at ON exchanges (started_at)",
+        ]
     return [
-        f"CREATE TABLE IF NOT EXISTS exchanges (\n  {columns}\n)",
-        "CREATE INDEX IF NOT EXISTS exchanges_started_at ON exchanges (started_at)",
+        *exchanges,
         (
             f"CREATE TABLE IF NOT EXISTS exchanges_hourly (hour {real} NOT NULL, model TEXT NOT NULL, "
             f"route TEXT NOT NULL, lane TEXT NOT NULL, {hourly_counts}, cost_usd {real} NOT NULL, "
@@ -108,17 +113,25 @@ def schema(dialect: int) -> list[str]:
     ]
 
 
-def added_columns(dialect: int, existing: set[str] | None = None) -> list[str]:
-    """`ALTER TABLE` statements for the columns a log created by an older release lacks.
+def exchange_view_sql() -> str:
+    """SQLite's `exchanges`: every `LOG_COLUMNS` column read out of the stored JSON array, typed as
+    `column_type` says (JSON `true` and `false` read as 1 and 0)."""
+    columns = ",\n  ".join(_view_column(i, name) for i, name in enumerate(LOG_COLUMNS))
+    return f"CREATE VIEW exchanges AS SELECT\n  {columns}\nFROM {RECORDS_TABLE}"
 
-    PostgreSQL skips present columns itself; SQLite has no `IF NOT EXISTS` here, so the caller passes
-    the columns the table already has."""
-    if dialect == 1:
-        return [f"ALTER TABLE exchanges ADD COLUMN IF NOT EXISTS {n} {_column_type(n, 1)}"
-                for n in ADDED_COLUMNS]
-    present = existing or set()
-    return [f"ALTER TABLE exchanges ADD COLUMN {n} {_column_type(n, 0)}"
-            for n in ADDED_COLUMNS if n not in present]
+
+def _view_column(index: int, name: str) -> str:
+    if name == "started_at":
+        return name  # the indexed column, so that a window on the view uses the index
+    value = f"json_extract(record, '$[{index}]')"
+    if column_type(name, 0).startswith("REAL"):
+        value = f"CAST({value} AS REAL)"  # a whole number in JSON would read as an INTEGER
+    return f"{value} AS {name}"
+
+
+def added_columns() -> list[str]:
+    """PostgreSQL: `ALTER TABLE` statements for the columns a log created by an older release lacks."""
+    return [f"ALTER TABLE exchanges ADD COLUMN IF NOT EXISTS {n} {column_type(n, 1)}" for n in ADDED_COLUMNS]
 
 
 _HOURLY_COUNTS = (
@@ -151,26 +164,26 @@ HOURLY_COLUMNS = HourlyRow._fields
 # value travels as a bound parameter, hence the `noqa: S608`.
 
 
-def insert_sql(dialect: int, rows: int = 1) -> str:
-    """The insert of `rows` `LogRecord`s, turning their stand-ins back into NULL and booleans."""
-    marks = iter(range(1, rows * len(LOG_COLUMNS) + 1))
-    values = ", ".join(
-        "(" + ", ".join(_bound(name, "?" if dialect == 0 else f"${next(marks)}", dialect) for name in LOG_COLUMNS) + ")"
-        for _ in range(rows)
+_CASTS = {"DOUBLE PRECISION": "float8", "INTEGER": "int4", "BIGINT": "int8", "BOOLEAN": "boolean"}
+
+
+def postgres_insert_sql() -> str:
+    """PostgreSQL: the insert of a batch of records, bound as one `jsonb[]` and unpacked into
+    columns by the server."""
+    values = ", ".join(_from_record(i, name) for i, name in enumerate(LOG_COLUMNS))
+    # No conflict target: the key is request_id; a retried batch is a no-op.
+    return (
+        f"INSERT INTO exchanges ({', '.join(LOG_COLUMNS)}) SELECT {values} "  # noqa: S608
+        "FROM unnest($1::jsonb[]) AS batch(r) ON CONFLICT DO NOTHING"
     )
-    columns = ", ".join(LOG_COLUMNS)
-    # No conflict target: logs created with the SQLite key by earlier releases keep working.
-    return f"INSERT INTO exchanges ({columns}) VALUES {values} ON CONFLICT DO NOTHING"  # noqa: S608
 
 
-def _bound(name: str, mark: str, dialect: int) -> str:
-    if name in NULLABLE_NUMBERS:
-        return f"NULLIF({mark}, {NO_NUMBER})" if dialect == 0 else f"NULLIF({mark}::float8, {NO_NUMBER})"
-    if name in NULLABLE_IDS:
-        return f"NULLIF({mark}, '')" if dialect == 0 else f"NULLIF({mark}::text, '')"
-    if name in FLAGS and dialect == 1:
-        return f"({mark}::int4 <> 0)"
-    return mark
+def _from_record(index: int, name: str) -> str:
+    kind = column_type(name, 1).removesuffix(" NOT NULL").removesuffix(" PRIMARY KEY")
+    if kind == "JSONB":
+        return f"r->{index}"
+    cast = _CASTS.get(kind)
+    return f"(r->>{index})::{cast}" if cast else f"r->>{index}"
 
 
 def roll_up_sql(dialect: int) -> tuple[str, str]:
@@ -186,7 +199,8 @@ def roll_up_sql(dialect: int) -> tuple[str, str]:
         "FROM exchanges WHERE started_at < ? GROUP BY 1, 2, 3, 4 "
         f"ON CONFLICT (hour, model, route, lane) DO UPDATE SET {merge}"
     )
-    return upsert, "DELETE FROM exchanges WHERE started_at < ?"
+    table = RECORDS_TABLE if dialect == 0 else "exchanges"
+    return upsert, f"DELETE FROM {table} WHERE started_at < ?"  # noqa: S608
 
 
 # Per dialect (SQLite, PostgreSQL). The entry lane and model come from the first attempt, so rows
