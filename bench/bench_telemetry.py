@@ -153,8 +153,10 @@ def insert_us(rows: int) -> dict[str, float]:
         store._close()
 
         values = [orjson.loads(record) for _, record in records]
+        as_text = [LOG_COLUMNS.index("attempts"), LOG_COLUMNS.index("signals")]
         for row in values:  # the JSON columns went in as text
-            row[21], row[22] = orjson.dumps(row[21]).decode(), orjson.dumps(row[22]).decode()
+            for i in as_text:
+                row[i] = orjson.dumps(row[i]).decode()
         db = sqlite3.connect(f"{folder}/columns.sqlite3", isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
