@@ -29,6 +29,7 @@ from laneway.telemetry._records import LOG_COLUMNS, ExchangeRow, HourlyRow, LogR
 from laneway.telemetry._store import (
     FETCH_HOURLY_SQL,
     HOUR_S,
+    JSON_COLUMNS,
     RECORDS_TABLE,
     ExchangeLogUnavailable,
     exchange_row,
@@ -57,7 +58,6 @@ _INSERT_MANY = _INSERT + ", (?, ?)" * (ROWS_PER_INSERT - 1)
 _VIEW = exchange_view_sql()
 _ROLL_UP, _DELETE = roll_up_sql(0)
 _FETCH_ROWS = fetch_rows_sql(0)
-_JSON_COLUMNS = frozenset({"attempts", "signals"})
 
 
 class SqliteStore:
@@ -174,15 +174,19 @@ def _convert_columns(db: sqlite3.Connection, url: str) -> None:
     """Move the rows of an earlier release's `exchanges` table (one column per value) into records,
     then drop it. Columns it predates become nulls, which the view reads as NULL."""
     present = {str(column[1]) for column in db.execute("PRAGMA table_info(exchanges)")}
-    values = ", ".join(
-        ("NULL" if name not in present else f"json({name})" if name in _JSON_COLUMNS else name) for name in LOG_COLUMNS
-    )
+    values = ", ".join(_legacy_value(name, present) for name in LOG_COLUMNS)
     moved = db.execute(
         f"INSERT INTO {RECORDS_TABLE} (started_at, record) "  # noqa: S608 (constant names)
         f"SELECT started_at, json_array({values}) FROM exchanges ORDER BY rowid"
     ).rowcount
     db.execute("DROP TABLE exchanges")
     log.info("exchange log `%s`: moved %d exchanges from the column table of an earlier release", url, moved)
+
+
+def _legacy_value(name: str, present: set[str]) -> str:
+    if name not in present:
+        return "NULL"
+    return f"json({name})" if name in JSON_COLUMNS else name  # JSON text nests as JSON, not as a string
 
 
 def _lower_priority() -> None:

@@ -87,6 +87,9 @@ def column_type(name: str, dialect: int) -> str:
     return "TEXT" if name in _NULLABLE_TEXT else "TEXT NOT NULL"
 
 
+JSON_COLUMNS = frozenset({name for name in LOG_COLUMNS if column_type(name, 1).startswith("JSONB")})
+
+
 def schema(dialect: int) -> list[str]:
     """DDL for dialect 0 (SQLite) or 1 (PostgreSQL); every statement is idempotent. SQLite's view
     of the records as columns is `exchange_view_sql()`."""
@@ -179,10 +182,9 @@ def postgres_insert_sql() -> str:
 
 
 def _from_record(index: int, name: str) -> str:
-    kind = column_type(name, 1).removesuffix(" NOT NULL").removesuffix(" PRIMARY KEY")
-    if kind == "JSONB":
+    if name in JSON_COLUMNS:
         return f"r->{index}"
-    cast = _CASTS.get(kind)
+    cast = _CASTS.get(column_type(name, 1).removesuffix(" NOT NULL").removesuffix(" PRIMARY KEY"))
     return f"(r->>{index})::{cast}" if cast else f"r->>{index}"
 
 
