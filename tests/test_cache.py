@@ -104,3 +104,6 @@ def test_cache_key_ignores_what_does_not_change_the_answer() -> None:
     assert cache_key("r", messages, {"user": "a"}) == cache_key("r", [{"role": "user", "content": "hi"}], {})
     assert cache_key("r", messages, {"max_tokens": 5}) != cache_key("r", messages, {})
     assert cache_key("r", messages, {}) != cache_key("other", messages, {})
+    called = [{"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+                                                                    "function": {"name": "a", "arguments": "{}"}}]}]
+    assert cache_key("r", called, {}) != cache_key("r", [{"role": "assistant", "content": None}], {})

@@ -188,9 +188,31 @@ async def test_complete_translates_documented_message_and_sends_messages_api_req
             {"role": "user", "content": [{"type": "text", "text": "Thanks."}]},
         ],
         "temperature": 1.0,
-        "top_p": 0.9,
         "stop_sequences": ["###"],
     }
+
+
+async def test_blank_blocks_both_samplers_and_a_prefill_tail_are_sent_as_the_api_accepts_them(
+        loopback: Loopback) -> None:
+    # The Messages API answers 400 to a whitespace-only text block, to a final assistant turn that
+    # ends in whitespace, and (recent models) to `temperature` with `top_p`.
+    loopback.reply = Reply(body=DOCUMENTED_MESSAGE)
+    provider = create_provider(spec(key_env=None), loopback.url)
+    messages = [{"role": "user", "content": [{"type": "text", "text": "  \n"}, {"type": "text", "text": "Refund?"}]},
+                {"role": "assistant", "content": " "},
+                {"role": "user", "content": "Order 7."},
+                {"role": "assistant", "content": "Your refund is \n"}]
+    await provider.complete(ChatRequest("m", messages, {"top_p": 0.5}), deadline())
+    await provider.complete(ChatRequest("m", messages[:1], {"temperature": 0.2, "top_p": 0.5}), deadline())
+    await provider.aclose()
+
+    first, second = (seen.body for seen in loopback.seen)
+    assert first["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "Refund?"}, {"type": "text", "text": "Order 7."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Your refund is"}]},
+    ]
+    assert first["top_p"] == 0.5 and "temperature" not in first
+    assert second["temperature"] == 0.2 and "top_p" not in second
 
 
 async def test_max_tokens_defaults_when_the_client_names_none(loopback: Loopback) -> None:

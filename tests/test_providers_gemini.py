@@ -273,7 +273,7 @@ async def test_logprobs_are_asked_for_and_read_from_chosen_candidates(loopback: 
 @pytest.mark.parametrize(("reason", "finish"), [
     ("STOP", "stop"), ("MAX_TOKENS", "length"), ("SAFETY", "content_filter"),
     ("RECITATION", "content_filter"), ("BLOCKLIST", "content_filter"),
-    ("PROHIBITED_CONTENT", "content_filter"),
+    ("PROHIBITED_CONTENT", "content_filter"), ("LANGUAGE", "content_filter"), ("MODEL_ARMOR", "content_filter"),
 ])
 async def test_finish_reasons_map_to_openai_finish_reasons(loopback: Loopback, reason: str,
                                                             finish: str) -> None:

@@ -1,6 +1,6 @@
 """The exact response cache: a hash of the normalised request → the answer, with a TTL.
 
-Keyed by route (or directly addressed model), messages (role and text) and the generation
+Keyed by route (or directly addressed model), messages (role, text, tool calls) and the generation
 parameters that change an answer. Off by default; per route `cache: {mode, ttl_s,
 allow_temperature}`. Answers sampled with `temperature > 0` are neither read nor written unless
 `allow_temperature` says so. The store is in-memory (bounded LRU) by default, Redis when the
@@ -61,7 +61,7 @@ class MemoryStore:
 
 
 def cache_key(scope: str, messages: list[Message], params: dict[str, Any]) -> str:
-    normal = [(m.get("role"), message_text(m).strip()) for m in messages]
+    normal = [(m.get("role"), message_text(m).strip(), m.get("tool_calls"), m.get("tool_call_id")) for m in messages]
     kept = {k: v for k, v in params.items() if k not in _NOT_IN_KEY}
     payload = orjson.dumps([scope, normal, kept], option=orjson.OPT_SORT_KEYS)
     return "laneway:cache:" + hashlib.blake2b(payload, digest_size=16).hexdigest()
@@ -81,13 +81,16 @@ async def lookup(store: CacheStore, key: str) -> tuple[Completion, str] | None:
         return None
     data = orjson.loads(raw)
     usage = Usage(data["prompt_tokens"], data["completion_tokens"])
-    return Completion(data["text"], data["finish_reason"], usage, data["model"]), data["model"]
+    completion = Completion(data["text"], data["finish_reason"], usage, data["model"],
+                            tool_calls=data.get("tool_calls"))
+    return completion, data["model"]
 
 
 async def remember(store: CacheStore, key: str, completion: Completion, model: str, ttl_s: float) -> None:
     value = orjson.dumps({"text": completion.text, "finish_reason": completion.finish_reason, "model": model,
                           "prompt_tokens": completion.usage.prompt_tokens,
-                          "completion_tokens": completion.usage.completion_tokens})
+                          "completion_tokens": completion.usage.completion_tokens,
+                          "tool_calls": completion.tool_calls})
     try:
         await store.set(key, value, ttl_s)
     except Exception as exc:  # noqa: BLE001 - a failing cache must not fail the answer it would have kept

@@ -54,16 +54,19 @@ class Completion:
     model: str
     logprobs: list[float] | None = None
     upstream_id: str = ""
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI `message.tool_calls`, as the model made them
 
 
 @dataclass(slots=True)
 class Chunk:
-    """One piece of a streamed answer: text, and at the end a finish reason and the usage."""
+    """One piece of a streamed answer: text or tool-call pieces, and at the end a finish reason and
+    the usage."""
 
     text: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
     logprobs: list[float] | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI `delta.tool_calls` pieces, each with its `index`
 
 
 def message_text(message: Message) -> str:

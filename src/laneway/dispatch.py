@@ -2,7 +2,8 @@
 
 Each model gets up to `retry.attempts` tries with jittered exponential backoff (a `Retry-After`
 inside the remaining budget is honoured; one beyond it moves on to the next model). Models whose
-breaker is open, or whose context window the prompt would overflow, are skipped and recorded.
+breaker is open, whose context window the prompt would overflow, or whose adapter cannot carry the
+request's `tools`, are skipped and recorded.
 For streams, failover is possible until the first chunk is in hand; after that the caller owns
 the stream.
 """
@@ -23,6 +24,7 @@ from .context import TokenCounter
 from .errors import (
     AllAttemptsFailed,
     ContextWindowExceeded,
+    InvalidRequest,
     RateLimited,
     UpstreamContextOverflow,
     UpstreamError,
@@ -171,11 +173,18 @@ class Dispatcher:
         is open, pass each gate, and add the `long_context` or `degrade_to` model when one is needed."""
         lanes = plan.lanes
         overflow: list[str] = []
+        no_tools: list[str] = []
+        tools = bool(params.get("tools"))
         i = 0
         while i < len(lanes):
             lane, name = lanes[i]
             i += 1
             spec = self.runtime.config.models[name]
+            if tools and not self.runtime.providers[name].calls_tools:
+                error = f"tools: the `{spec.provider}` adapter does not carry tool calls"
+                exchange.attempts.append(Attempt(name, SKIPPED, lane=lane, error=error))
+                no_tools.append(f"`{name}` ({spec.provider})")
+                continue
             request = prepare(spec, messages, params)
             ok, prompt = fits(self.counter, spec, request)
             if not ok:
@@ -195,6 +204,11 @@ class Dispatcher:
             if gate is not None and not await self._admit(gate, ticket, plan, lane, spec, request, prompt, exchange):
                 continue
             yield lane, name, request, ticket
+        if no_tools and not any(a.outcome != SKIPPED for a in exchange.attempts):
+            raise InvalidRequest(
+                f"the request has `tools`, which Laneway passes only to `openai`-provider models (OpenAI and "
+                f"compatible servers); this request's models were {', '.join(no_tools)}. Route tool-calling "
+                f"requests to such a model, or give the route one as a fallback", param="tools")
         if overflow and not any(a.outcome != SKIPPED for a in exchange.attempts):
             raise ContextWindowExceeded(
                 f"the prompt has {exchange.prompt_tokens} tokens (plus the requested output), more than fits: "
@@ -287,13 +301,15 @@ async def close_stream(chunks: AsyncIterator[Chunk]) -> None:
 
 
 def replay_stream(completion: Completion, exchange: Exchange) -> Started:
-    """A finished answer (cached, or accepted by a cascade) as a stream: words as chunks, then the
-    finish reason and usage. Its cost is already accounted."""
+    """A finished answer (cached, or accepted by a cascade) as a stream: words as chunks, its tool
+    calls whole, then the finish reason and usage. Its cost is already accounted."""
     words = completion.text.split(" ")
 
     async def rest() -> AsyncIterator[Chunk]:
         for word in words[1:]:
             yield Chunk(" " + word)
+        if completion.tool_calls:
+            yield Chunk(tool_calls=[{"index": i, **call} for i, call in enumerate(completion.tool_calls)])
         yield Chunk(finish_reason=completion.finish_reason, usage=completion.usage)
 
     model = exchange.model or ""

@@ -236,17 +236,20 @@ class Gateway:
     async def _tee(self, runtime: Runtime, targets: list[str], messages: list[Message], params: dict[str, Any],
                    exchange: Exchange, started: Started, source: AsyncIterator[Chunk], key: str | None,
                    ttl_s: float) -> AsyncIterator[Chunk]:
-        """Pass a stream through; once it has ended whole, copy it to the shadows and the cache."""
+        """Pass a stream through; once it has ended whole, copy it to the shadows and the cache (an
+        answer that calls tools is not cached: its calls arrive in pieces)."""
         pieces = [started.first.text]
         finish, usage = started.first.finish_reason, started.first.usage
+        calls = started.first.tool_calls is not None
         async for chunk in source:
             pieces.append(chunk.text)
             finish, usage = chunk.finish_reason or finish, chunk.usage or usage
+            calls = calls or chunk.tool_calls is not None
             yield chunk
         text = "".join(pieces)
         if targets:
             self.shadows.submit(runtime, targets, messages, params, exchange, text)
-        if key is not None and usage is not None:
+        if key is not None and usage is not None and not calls:
             self._keep(key, Completion(text, finish or "stop", usage, started.model), started.model, ttl_s)
 
     def _dispatcher(self, runtime: Runtime) -> Dispatcher:

@@ -72,6 +72,8 @@ def decode(body: bytes, max_messages: int) -> ClientRequest:
     user = "" if user is None else user
     if not isinstance(user, str):
         raise InvalidRequest("`user` must be a string", param="user")
+    if user:
+        params["user"] = user  # passed on: OpenAI's `user`, Anthropic's `metadata.user_id`
     metadata = data.get("metadata")
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):

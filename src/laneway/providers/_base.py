@@ -48,6 +48,7 @@ KEEPALIVE_S = 60.0
 
 class Provider(Protocol):
     spec: ModelSpec
+    calls_tools: bool  # translates `tools`, tool calls and their results; dispatch skips one that does not
 
     async def complete(self, request: ChatRequest, deadline: float) -> Completion: ...
 

@@ -41,6 +41,8 @@ def create(spec: ModelSpec, base_url: str) -> AnthropicProvider:
 
 
 class AnthropicProvider:
+    calls_tools = False  # the adapter sends text turns only: no `tools`, no `tool_use` blocks
+
     def __init__(self, spec: ModelSpec, base_url: str) -> None:
         self.spec = spec
         self.upstream = Upstream(spec, base_url, {"anthropic-version": API_VERSION})
@@ -93,17 +95,24 @@ def request_body(model: str, request: ChatRequest, stream: bool) -> dict[str, An
 
 
 def alternating_turns(messages: list[Message]) -> list[Message]:
-    """Text content blocks per turn, consecutive same-role messages merged: the API requires alternation."""
+    """Text content blocks per turn, consecutive same-role messages merged: the API requires alternation.
+
+    The API refuses a text block of whitespace only ("text content blocks must contain non-whitespace
+    text"), and a final assistant turn (a prefill) that ends in whitespace: such blocks are dropped,
+    and that tail is trimmed."""
     turns: list[Message] = []
     for message in messages:
         role = "assistant" if message.get("role") == "assistant" else "user"
-        blocks = [{"type": "text", "text": text} for text in _texts(message) if text]
+        blocks = [{"type": "text", "text": text} for text in _texts(message) if text.strip()]
         if not blocks:
             continue
         if turns and turns[-1]["role"] == role:
             turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
+    if turns and turns[-1]["role"] == "assistant":
+        last = turns[-1]["content"][-1]
+        last["text"] = last["text"].rstrip()
     return turns
 
 
@@ -112,7 +121,9 @@ def sampling(params: dict[str, Any]) -> dict[str, Any]:
     mapped: dict[str, Any] = {}
     if params.get("temperature") is not None:
         mapped["temperature"] = min(float(params["temperature"]), MAX_TEMPERATURE)
-    if params.get("top_p") is not None:
+    elif params.get("top_p") is not None:
+        # Only one of the two: recent models answer 400 to both ("`temperature` and `top_p` cannot
+        # both be specified for this model"); a model profile's temperature wins.
         mapped["top_p"] = params["top_p"]
     stop = params.get("stop")
     if stop:

@@ -25,7 +25,9 @@ from ._base import OverflowTest, Upstream, decode_event
 if TYPE_CHECKING:
     from ..config import ModelSpec
 
-FILTERED = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"})
+# Answers the API stopped on a policy: blocked content, an unsupported language, a filter in front.
+FILTERED = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
+                      "IMAGE_PROHIBITED_CONTENT", "LANGUAGE", "MODEL_ARMOR"})
 FINISH = {"STOP": "stop", "MAX_TOKENS": "length", **{reason: "content_filter" for reason in FILTERED}}
 _OVERFLOW_WORDS = ("input token count", "maximum number of tokens", "token limit", "token count exceeds")
 _SYSTEM_ROLES = ("system", "developer")
@@ -41,6 +43,8 @@ def create(spec: ModelSpec, base_url: str) -> GeminiProvider:
 
 
 class GeminiProvider:
+    calls_tools = False  # the adapter sends text parts only: no `functionDeclarations`
+
     def __init__(self, spec: ModelSpec, base_url: str) -> None:
         self.spec = spec
         self.upstream = GeminiUpstream(spec, base_url, {})

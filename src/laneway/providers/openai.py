@@ -27,6 +27,8 @@ def create(spec: ModelSpec, base_url: str) -> OpenAIProvider:
 
 
 class OpenAIProvider:
+    calls_tools = True  # tools and tool calls: passed through as they are
+
     def __init__(self, spec: ModelSpec, base_url: str) -> None:
         self.spec = spec
         self.upstream = Upstream(spec, base_url, {})
@@ -86,6 +88,7 @@ def parse_completion(data: dict[str, Any], model: str) -> Completion:
             model=str(data.get("model") or model),
             logprobs=_logprobs(choice),
             upstream_id=str(data.get("id") or ""),
+            tool_calls=_tool_calls(message, model),
         )
     except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         raise UpstreamBadResponse("answer lacks `choices[0].message`", model=model) from None
@@ -107,9 +110,20 @@ def parse_chunk(event: dict[str, Any], model: str) -> Chunk | None:
         chunk.text = delta.get("content") or ""
         chunk.finish_reason = choice.get("finish_reason")
         chunk.logprobs = _logprobs(choice)
-    if not chunk.text and chunk.finish_reason is None and chunk.usage is None:
+        chunk.tool_calls = _tool_calls(delta, model)
+    if not chunk.text and chunk.finish_reason is None and chunk.usage is None and chunk.tool_calls is None:
         return None
     return chunk
+
+
+def _tool_calls(message: dict[str, Any], model: str) -> list[dict[str, Any]] | None:
+    """A message's or a delta's `tool_calls`, passed on as they are; None when there are none."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return None
+    if not isinstance(calls, list) or not all(isinstance(call, dict) for call in calls):
+        raise UpstreamBadResponse("`tool_calls` is not a list of objects", model=model)
+    return calls
 
 
 def _logprobs(choice: dict[str, Any]) -> list[float] | None:

@@ -8,6 +8,7 @@ with an SSE `error` event and no `[DONE]`, so no client mistakes a cut answer fo
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 
@@ -69,10 +70,14 @@ def _failed(exchange: Exchange, error: LanewayError) -> None:
 
 def _completion_body(completion: Completion, exchange: Exchange) -> bytes:
     usage = completion.usage
+    message: dict[str, Any] = {"role": "assistant", "content": completion.text}
+    if completion.tool_calls:
+        message["tool_calls"] = completion.tool_calls
+        message["content"] = completion.text or None  # as OpenAI answers a call without text
     return orjson.dumps({
         "id": f"chatcmpl-{exchange.request_id}", "object": "chat.completion", "created": int(exchange.started_at),
         "model": exchange.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text},
+        "choices": [{"index": 0, "message": message,
                      "finish_reason": completion.finish_reason, "logprobs": None}],
         "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
                   "total_tokens": usage.total_tokens},
@@ -136,6 +141,19 @@ async def _forward(send: Send, encoder: _ChunkEncoder, chunk: Chunk, state: _Str
     if chunk.text:
         state.text.append(chunk.text)
         await send({"type": "http.response.body", "body": encoder.delta(chunk.text), "more_body": True})
+    if chunk.tool_calls:
+        state.text.extend(_call_text(chunk.tool_calls))
+        await send({"type": "http.response.body", "body": encoder.tool_calls(chunk.tool_calls), "more_body": True})
+
+
+def _call_text(calls: list[dict[str, Any]]) -> list[str]:
+    """The generated text of tool-call pieces (names and arguments), to count when there is no usage."""
+    texts: list[str] = []
+    for call in calls:
+        function = call.get("function")
+        if isinstance(function, dict):
+            texts.extend(str(function.get(key) or "") for key in ("name", "arguments"))
+    return texts
 
 
 def _estimate(gateway: Gateway, runtime: Runtime, started: Started, text: list[str]) -> tuple[int, int]:
@@ -164,19 +182,28 @@ def _error_event(error: LanewayError, exchange: Exchange) -> bytes:
 
 
 class _ChunkEncoder:
-    """Pre-encodes the constant parts of every chunk of one stream."""
+    """Pre-encodes the constant parts of every chunk of one stream. The first delta carries
+    `"role": "assistant"`, as OpenAI's first chunk does."""
 
-    __slots__ = ("_finish_head", "_head", "_tail")
+    __slots__ = ("_delta", "_finish_head", "_head", "_tail")
 
     def __init__(self, exchange: Exchange) -> None:
         head = orjson.dumps({"id": f"chatcmpl-{exchange.request_id}", "object": "chat.completion.chunk",
                              "created": int(exchange.started_at), "model": exchange.model})[:-1]
-        self._head = b"data: " + head + b',"choices":[{"index":0,"delta":{"content":'
+        self._delta = b"data: " + head + b',"choices":[{"index":0,"delta":{'
+        self._head = self._delta + b'"role":"assistant",'
         self._tail = b'},"finish_reason":null}]}\n\n'
         self._finish_head = b"data: " + head
 
     def delta(self, text: str) -> bytes:
-        return self._head + orjson.dumps(text) + self._tail
+        event = self._head + b'"content":' + orjson.dumps(text) + self._tail
+        self._head = self._delta
+        return event
+
+    def tool_calls(self, calls: list[dict[str, Any]]) -> bytes:
+        event = self._head + b'"tool_calls":' + orjson.dumps(calls) + self._tail
+        self._head = self._delta
+        return event
 
     def finish(self, reason: str) -> bytes:
         return (self._finish_head + b',"choices":[{"index":0,"delta":{},"finish_reason":'
