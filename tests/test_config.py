@@ -178,3 +178,127 @@ def test_builtin_default_and_examples_are_valid() -> None:
     assert load_config(None).simulated
     for example in sorted((ROOT / "examples").glob("*.yaml")):
         assert load_config(example).routes, example
+
+
+def test_a_matcher_that_contradicts_itself_is_named_as_such_not_as_shadowed() -> None:
+    config = parse_config(textwrap.dedent("""
+        routes:
+        - name: never
+          matcher: "convo_length > 10 && convo_length < 5"
+          target: gpt-5
+        - name: shadowed
+          matcher: "convo_length > 40"
+          target: gpt-5
+        - name: rest
+          target: gpt-5-mini
+        """))
+    warnings = [str(w) for w in config.warnings]
+    contradiction = next(w for w in warnings if "`never`" in w)
+    assert contradiction.startswith("routes[0].matcher") and "matched none" in contradiction
+    assert "earlier route" not in contradiction
+    assert not any("`shadowed` is never reached" in w for w in warnings)
+
+
+def test_unreadable_and_duplicated_input_is_named_with_file_line_and_column(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00routes")
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("routes:\n- name: a\n  target: gpt-5\n  target: gpt-5-mini\n")
+    assert main(["check", str(binary)]) == 2
+    assert "not UTF-8 text (byte 0xff at offset 0)" in capsys.readouterr().err
+    assert main(["check", str(twice)]) == 2
+    assert f"{twice}: 1 error(s)" in (err := capsys.readouterr().err) and "routes[0].target (line 4, column 3)" in err
+
+
+def test_check_warns_of_the_variables_the_file_names_and_the_environment_lacks(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LANEWAY_TEST_UNSET_KEY", raising=False)
+    monkeypatch.setenv("LANEWAY_TEST_ADMIN", "set")
+    path = tmp_path / "keys.yaml"
+    path.write_text(textwrap.dedent("""
+        admin: {key_env: LANEWAY_TEST_ADMIN}
+        models:
+          fast:
+            provider: openai
+            base_url: http://127.0.0.1:9/v1
+            model: gpt-4o-mini
+            api_key_env: LANEWAY_TEST_UNSET_KEY
+            price: {input_per_mtok: 1, output_per_mtok: 2}
+        routes:
+        - target: fast
+        """))
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "models.fast.api_key_env: `LANEWAY_TEST_UNSET_KEY` is not set" in out
+    assert "admin.key_env" not in out
+    monkeypatch.delenv("LANEWAY_TEST_ADMIN")
+    assert main(["check", str(path)]) == 0
+    assert "admin.key_env: `LANEWAY_TEST_ADMIN` is not set" in capsys.readouterr().out
+
+
+def test_a_taken_or_impossible_port_is_refused_before_serving(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--port", "99999"])
+    assert "`99999` is not a TCP port" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err and "serving" not in err
+
+
+@pytest.mark.parametrize(("text", "only"), [
+    ("""
+     models:
+       fast: {provider: mistral, base_url: "http://127.0.0.1:9/v1"}
+     routes:
+     - target: fast
+     """, "models.fast.provider (line 3, column 20): unknown value `mistral`"),
+    ("""
+     models:
+       fast: {provider: openai, base_url: "https://"}
+     routes:
+     - target: fast
+     """, "models.fast.base_url (line 3, column 39): `https://` names no host"),
+    ("""
+     routes:
+     - target: gpt-5
+       canary: {target: gpt-5-mini, weight: 5}
+     """, "routes[0].canary.weight (line 4, column 40): must be a fraction between 0 and 1, got 5"),
+])
+def test_one_mistake_is_one_error_not_a_cascade_of_follow_ons(text: str, only: str) -> None:
+    issues = issues_of(text)
+    assert len(issues) == 1 and issues[0].startswith(only), issues
+
+
+def test_a_repeated_model_or_a_canary_of_the_target_itself_is_a_warning_and_an_empty_name_an_error() -> None:
+    config = parse_config(textwrap.dedent("""
+        routes:
+        - target: gpt-5
+          fallbacks: [gpt-5-mini, gpt-5, gpt-5-mini]
+          canary: {target: gpt-5, weight: 0.1}
+        """))
+    warnings = [str(w) for w in config.warnings]
+    assert any(w.startswith("routes[0].fallbacks[1]") and "`gpt-5` is the target already" in w for w in warnings)
+    assert any(w.startswith("routes[0].fallbacks[2]") and "an earlier fallback" in w for w in warnings)
+    assert any(w.startswith("routes[0].canary.target") and "route's own target" in w for w in warnings)
+    assert issues_of("""
+        routes:
+        - name: ""
+          target: gpt-5
+        """) == ["routes[0].name (line 3, column 10): must not be empty; leave `name` out to be called "
+                 "`route-0`, or give one"]
+
+
+def test_a_file_that_expands_without_bound_through_aliases_is_refused() -> None:
+    lines, previous = ["a: &a [x, x, x, x, x, x, x, x, x]"], "a"
+    for name in "bcdefgh":  # 9**8 values once expanded
+        lines.append(f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]")
+        previous = name
+    with pytest.raises(ConfigError, match="expands to more than 200,000 values"):
+        parse_config("\n".join([*lines, "routes: *h"]))

@@ -136,8 +136,14 @@ def test_oos_recall_option_picks_the_lowest_threshold_reaching_it(model_with_unk
 def test_loading_a_foreign_file_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "model.npz"
     path.write_text("not a model")
-    with pytest.raises(ConfigError, match=r"model\.npz"):
+    with pytest.raises(ConfigError, match=r"model\.npz") as caught:
         IntentModel.load(path)
+    message = str(caught.value)
+    assert "error(s) in intent model" in message and "not a Laneway intent model" in message
+    assert "pickle" not in message  # numpy's advice to load it unsafely is not passed on
+    with pytest.raises(ConfigError, match="No such file or directory") as caught:
+        IntentModel.load(tmp_path / "absent.npz")
+    assert "Errno" not in str(caught.value)
 
 
 def test_training_needs_two_intents_and_one_label_per_text() -> None:

@@ -93,6 +93,15 @@ def test_admin_endpoints_need_the_admin_key(keyed: LiveGateway) -> None:
     assert call(keyed, "/admin/reload", None, {})[0] == 401
 
 
+def test_an_admin_key_variable_that_is_not_set_keeps_the_admin_endpoints_closed(
+        sim_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LANEWAY_TEST_UNSET_ADMIN", raising=False)
+    text = "admin: {key_env: LANEWAY_TEST_UNSET_ADMIN}\nroutes:\n- target: gpt-5-mini\n"  # no client keys
+    with live_gateway(text, sim_url) as live:
+        status, _, body = call(live, "/admin/config")
+    assert status == 403 and "`LANEWAY_TEST_UNSET_ADMIN`, which is not set" in body
+
+
 def test_keys_without_an_admin_key_close_the_admin_endpoints(sim_url: str) -> None:
     text = KEYS.replace("admin: {key_env: LANEWAY_TEST_ADMIN_KEY}\n", "")
     with live_gateway(text, sim_url) as live:

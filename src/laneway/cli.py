@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway (on the simulated fleet by default)")
     serve.add_argument("--config", help="routing file (default: the embedded simulated fleet)")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--port", type=port_number, default=8080)
     serve.add_argument("--workers", type=int, default=1, help="gateway processes sharing the port (default 1)")
     serve.add_argument("--allow-unauthenticated", action="store_true",
                        help="listen on a non-loopback address without client keys")
@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_check)
     sim = sub.add_parser("sim", help="run the simulated fleet alone")
     sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=9090)
+    sim.add_argument("--port", type=port_number, default=9090, help="0 picks a free port")
     sim.add_argument("--fleet", help="fleet file (default: the built-in one)")
     sim.add_argument("--seed", type=int, default=7)
     sim.set_defaults(func=_sim)
@@ -70,6 +70,38 @@ def _extensions() -> list[Register]:
     return [intents, knowledge, telemetry, replay, loadtest]
 
 
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"`{text}` is not a TCP port (0-65535)")
+    return port
+
+
+def _port_free(host: str, port: int) -> bool:
+    """False (after saying so) if `host:port` cannot be bound: checked before anything starts, so a
+    taken port is one clear line rather than a server that announced itself and then failed."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        print(f"laneway: --host `{host}` does not resolve: {error.strerror}", file=sys.stderr)
+        return False
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own socket
+        try:
+            probe.bind(address)
+        except OSError as error:
+            print(f"laneway: cannot listen on {host}:{port}: {error.strerror}; stop what holds it or pick "
+                  "another with --port", file=sys.stderr)
+            return False
+    return True
+
+
 def _run(coro: object) -> None:
     import uvloop
 
@@ -79,6 +111,8 @@ def _run(coro: object) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from .server import serve, serve_workers
 
+    if not _port_free(args.host, args.port):
+        return 2
     if args.workers > 1:
         serve_workers(args.config, args.host, args.port, args.workers, args.allow_unauthenticated)
     else:
@@ -98,18 +132,22 @@ def _new_key(args: argparse.Namespace) -> int:
 def _sim(args: argparse.Namespace) -> int:
     from .sim import serve_forever
 
+    if args.port and not _port_free(args.host, args.port):
+        return 2
     _run(serve_forever(args.host, args.port, args.fleet, args.seed))
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import load_config, unset_variables
 
     config = load_config(args.file)
     print(f"{config.source}: OK - {len(config.routes)} routes, {len(config.models)} models")
     print(route_table(config))
     for warning in config.warnings:
         print(f"warning: {warning}")
+    for missing in unset_variables(config):
+        print(f"warning (environment): {missing}")
     return 0
 
 

@@ -61,14 +61,16 @@ class ConfigIssue:
 
 
 class ConfigError(LanewayError):
+    """Input Laneway cannot use: a routing file, or another file or argument (`subject` names which)."""
+
     code = "invalid_config"
 
-    def __init__(self, issues: Sequence[ConfigIssue], source: str = "") -> None:
+    def __init__(self, issues: Sequence[ConfigIssue], source: str = "", subject: str = "routing config") -> None:
         self.issues = tuple(issues)
         self.source = source
         head = f"{source}: " if source else ""
         lines = "\n".join(f"  {issue}" for issue in self.issues)
-        super().__init__(f"{head}{len(self.issues)} error(s) in routing config:\n{lines}")
+        super().__init__(f"{head}{len(self.issues)} error(s) in {subject}:\n{lines}")
 
 
 class RequestError(LanewayError):

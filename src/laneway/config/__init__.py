@@ -1,5 +1,6 @@
 """Routing configuration: YAML → validated, frozen runtime objects; the matcher language."""
 
+from ._environment import unset_variables
 from ._lanes import CacheSettings, Canary, Cascade, IntentSettings, KnowledgeSource, Retrieval, Shadow, ShadowSettings
 from ._loader import builtin_models, default_config_text, load_config, parse_config
 from ._matcher import Matcher, MatcherError, compile_matcher
@@ -42,4 +43,5 @@ __all__ = [
     "default_config_text",
     "load_config",
     "parse_config",
+    "unset_variables",
 ]

@@ -38,6 +38,7 @@ def _analyse_group(routes: list[Route]) -> list[TableWarning]:
     grid = _grid(routes)
     overlaps: dict[tuple[int, int], dict[str, Any]] = {}
     reached: set[int] = set()
+    matched: set[int] = set()  # by some example, first or not
     gap: dict[str, Any] | None = None
     for example in _examples(grid):
         signals = cast(Signals, _as_signals(example))  # duck-typed: matchers read attributes only
@@ -46,6 +47,7 @@ def _analyse_group(routes: list[Route]) -> list[TableWarning]:
             gap = gap or example
             continue
         reached.add(hits[0].index)
+        matched.update(r.index for r in hits)
         for later in hits[1:]:
             if not later.has_matcher:  # a default route catching the rest is the intended overlap
                 continue
@@ -60,11 +62,15 @@ def _analyse_group(routes: list[Route]) -> list[TableWarning]:
             f"the first match wins, so it goes to `{a.target}`, not `{b.target}`",
         ))
     for route in routes:
-        if route.index not in reached and route.has_matcher:
-            warnings.append(TableWarning(
-                f"routes[{route.index}]",
-                f"`{route.name}` is never reached: every request it matches is taken by an earlier route",
-            ))
+        if route.index in reached or not route.has_matcher:
+            continue
+        if route.index in matched:
+            path, why = f"routes[{route.index}]", "every request it matches is taken by an earlier route"
+        else:
+            path = f"routes[{route.index}].matcher"
+            why = (f"its matcher `{route.matcher.source}` matched none of the example requests tried "
+                   "(conditions that contradict each other, such as `x > 10 && x < 5`, never hold)")
+        warnings.append(TableWarning(path, f"`{route.name}` is never reached: {why}"))
     if gap is not None:
         warnings.append(TableWarning(
             f"routes (path {routes[0].path})",

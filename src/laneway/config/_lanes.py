@@ -100,7 +100,7 @@ def parse_canaries(raw: Any, s: Section) -> list[tuple[str, float, str]]:
         entry = Section(item, path, s.issues)
         target = entry.text("target", required=True)
         weight = fraction(entry, "weight")
-        if weight is None:
+        if weight is None and not entry.has("weight"):  # a bad value has its own error
             s.issues.add(path, "missing `weight`, e.g. `weight: 0.05` for 5 % of conversations")
         entry.done()
         if target and weight is not None:
@@ -124,7 +124,7 @@ def parse_shadows(raw: list[Any], path: str, issues: Issues) -> list[tuple[str, 
 
 def parse_cascade(s: Section) -> tuple[float, str, str | None, str | None]:
     confidence = fraction(s, "confidence")
-    if confidence is None:
+    if confidence is None and not s.has("confidence"):  # a bad value has its own error
         s.issues.add(s.path, "missing `confidence`: answers under this threshold are escalated, e.g. 0.7")
     source = s.text("source", "logprobs", choices=CONFIDENCE_SOURCES) or "logprobs"
     escalate_to = s.text("escalate_to", required=True)

@@ -7,8 +7,9 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ConfigIssue
 from ..keys import KeyPolicy
 from ..providers import PROVIDER_NAMES
 from ..telemetry import TelemetrySettings, parse_telemetry
@@ -65,9 +66,10 @@ def load_config(path: str | Path | None = None) -> Config:
     try:
         text = Path(path).read_text("utf-8")
     except OSError as exc:
-        from ..errors import ConfigIssue
-
         raise ConfigError([ConfigIssue("", f"cannot read routing file: {exc.strerror}")], str(path)) from None
+    except UnicodeDecodeError as exc:
+        problem = f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); save it as UTF-8"
+        raise ConfigError([ConfigIssue("", f"cannot read routing file: {problem}")], str(path)) from None
     return parse_config(text, str(path))
 
 
@@ -128,19 +130,16 @@ def _build(raw: Any, issues: Issues, source: str, base: Path) -> Config | None:
 
 
 def _models(section: Section, issues: Issues) -> dict[str, ModelSpec]:
-    models: dict[str, ModelSpec] = {}
-    for name in list(section.raw):
-        spec = _model(str(name), section.section(str(name)))
-        if spec is not None:
-            models[str(name)] = spec
-    return models
+    return {str(name): _model(str(name), section.section(str(name))) for name in list(section.raw)}
 
 
-def _model(name: str, s: Section) -> ModelSpec | None:
+def _model(name: str, s: Section) -> ModelSpec:
     provider = s.text("provider", required=True, choices=PROVIDER_NAMES)
     base_url = s.text("base_url", required=True)
     if base_url and not base_url.startswith(("http://", "https://", "sim://")):
         s.issues.add(s.where("base_url"), f"`{base_url}` is not an http(s) URL (or `sim://` for the simulated fleet)")
+    elif base_url and base_url.startswith(("http://", "https://")) and not urlsplit(base_url).hostname:
+        s.issues.add(s.where("base_url"), f"`{base_url}` names no host, e.g. `https://api.openai.com/v1`")
     price = s.section("price")
     p = Price(price.number("input_per_mtok", 0.0, minimum=0) or 0.0,
               price.number("output_per_mtok", 0.0, minimum=0) or 0.0)
@@ -166,7 +165,9 @@ def _model(name: str, s: Section) -> ModelSpec | None:
         warmup=s.flag("warmup", False),
     )
     s.done()
-    return spec if provider and base_url else None
+    # Kept even when invalid (the file's errors stop the load anyway), so that routes naming this model
+    # are not also told it is unknown.
+    return spec
 
 
 def _profile(s: Section) -> Profile:
@@ -221,14 +222,36 @@ def _route(index: int, s: Section, known: dict[str, ModelSpec], context: _Contex
     r = Retry(retry.whole("attempts", 2, minimum=1), retry.whole("backoff_ms", 50, minimum=0))
     retry.done()
     deadline = s.number("deadline_ms", None, minimum=1, integer=True)
-    name = s.text("name", f"route-{index}") or f"route-{index}"
+    name = s.text("name", f"route-{index}")
+    if not name or not name.strip():
+        s.issues.add(s.where("name"), "must not be empty; leave `name` out to be called "
+                                      f"`route-{index}`, or give one")
     s.done()
-    if target is None:
+    if target is None or not name:
         return None
     route = Route(index, name, path, matcher, target, fallbacks, long_context,
                   int(deadline) if deadline else None, r, source is not None, **lanes)
     _check_cascade(s, route, known)
+    _check_repeats(s, route)
     return route
+
+
+def _check_repeats(s: Section, route: Route) -> None:
+    """Warn of a model listed twice in one plan, or a canary of the model it stands in for: both
+    usually come from a copied line."""
+    tried = [route.target]
+    for j, name in enumerate(route.fallbacks):
+        if name in tried:
+            earlier = "the target" if name == route.target else "an earlier fallback"
+            s.issues.add(s.where(f"fallbacks[{j}]"), f"`{name}` is {earlier} already: it is tried again right "
+                         "after failing, spending the deadline on a model that just failed; for more tries of "
+                         "one model, raise `retry.attempts`", severity="warning")
+        tried.append(name)
+    for k, canary in enumerate(route.canaries):
+        if canary.target == route.target:
+            where = s.where("canary") + (f"[{k}]" if len(route.canaries) > 1 else "") + ".target"
+            s.issues.add(where, f"the canary `{canary.target}` is the route's own target: its conversations go "
+                         "where they would anyway, and there is nothing to compare", severity="warning")
 
 
 def _model_ref(issues: Issues, path: str, value: Any, known: dict[str, ModelSpec], *,

@@ -9,6 +9,9 @@ import yaml
 from ..errors import ConfigError, ConfigIssue
 
 Marks = dict[str, tuple[int, int]]
+# Values a routing file may expand to. Real files have a few thousand; YAML aliases can make a short
+# file expand to billions ("billion laughs"), which would hang `laneway check` instead of failing.
+MAX_VALUES = 200_000
 
 
 def load_yaml(text: str, source: str = "") -> tuple[Any, Marks]:
@@ -25,6 +28,8 @@ def load_yaml(text: str, source: str = "") -> tuple[Any, Marks]:
         return None, marks
     try:
         return _convert(node, "", marks), marks
+    except ConfigError as error:  # raised where the source is not known
+        raise ConfigError(error.issues, source) from None
     except yaml.YAMLError as exc:  # a scalar YAML cannot construct, e.g. a bare `=`
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -42,14 +47,18 @@ def _convert(node: yaml.Node, path: str, marks: Marks) -> Any:
     quoted = isinstance(node, yaml.ScalarNode) and node.style in ("'", '"')
     # For a quoted scalar the mark points at the text, so columns inside it line up.
     marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1 + int(quoted))
+    if len(marks) > MAX_VALUES:
+        line = node.start_mark.line + 1
+        raise ConfigError([ConfigIssue(path, f"the file expands to more than {MAX_VALUES:,} values (through "
+                                             "YAML aliases?); write the values out", line)])
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             key = _scalar(key_node)
             child = join(path, str(key))
             if key in result:
-                line = key_node.start_mark.line + 1
-                raise ConfigError([ConfigIssue(child, "duplicate key; each key may appear once", line)])
+                line, column = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                raise ConfigError([ConfigIssue(child, "duplicate key; each key may appear once", line, column)])
             result[key] = _convert(value_node, child, marks)
         return result
     if isinstance(node, yaml.SequenceNode):

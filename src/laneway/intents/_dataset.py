@@ -23,8 +23,13 @@ def read_rows(path: str | Path) -> LabelledRows:
     try:
         with source.open(newline="", encoding="utf-8") as handle:
             return _parse(source, csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise _error(source, f"cannot read the file: {error}") from error
+    except OSError as error:
+        raise _error(source, f"cannot read the file: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise _error(source, f"not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
+                             "save it as UTF-8") from None
+    except csv.Error as error:
+        raise _error(source, f"not a readable CSV: {error}") from None
 
 
 def _parse(source: Path, reader: csv.DictReader[str]) -> LabelledRows:
@@ -46,11 +51,11 @@ def _parse(source: Path, reader: csv.DictReader[str]) -> LabelledRows:
         texts.append(text)
         labels.append(label)
     if issues:
-        raise ConfigError(issues[:20], source=str(source))
+        raise ConfigError(issues[:20], source=str(source), subject="intent data")
     if not texts:
         raise _error(source, "no data rows; add `text,label` rows under the header")
     return LabelledRows(tuple(texts), tuple(labels))
 
 
 def _error(source: Path, message: str) -> ConfigError:
-    return ConfigError([ConfigIssue(str(source), message)], source=str(source))
+    return ConfigError([ConfigIssue(str(source), message)], source=str(source), subject="intent data")

@@ -19,5 +19,6 @@ def load_default() -> IntentModel:
     path = default_model_path()
     if not path.is_file():
         fix = "build it with `python scripts/build_intent_model.py`"
-        raise ConfigError([ConfigIssue(str(path), f"the default intent model is missing; {fix}")])
+        raise ConfigError([ConfigIssue(str(path), f"the default intent model is missing; {fix}")],
+                          subject="intent model")
     return IntentModel.load(path)

@@ -10,6 +10,7 @@ lexical layer is not sure of. A model is one `.npz` file holding its vocabulary,
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,8 +154,11 @@ class IntentModel:
                 grams = archive["grams"].tobytes().decode("utf-8").split("\n")
                 idf, weights, bias = archive["idf"], archive["weights"], archive["bias"]
                 stage = _encoder_stage(archive, header) if header["format"] == ENCODER_FORMAT else None
-        except (OSError, KeyError, ValueError) as error:
-            raise _artifact_error(source, f"cannot read an intent model: {error}") from error
+        except OSError as error:
+            raise _artifact_error(source, f"cannot read an intent model: {error.strerror or error}") from None
+        except (KeyError, ValueError, zipfile.BadZipFile):
+            raise _artifact_error(source, "not a Laneway intent model (an .npz archive written by "
+                                          "`laneway intents train`)") from None
         return cls(
             classes=tuple(header["classes"]),
             features=features_from_grams(grams, idf, int(header["word_ngrams"])),
@@ -194,4 +198,4 @@ def _softmax(scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
 def _artifact_error(path: Path, message: str) -> ConfigError:
     fix = "train one with `laneway intents train DATA.csv --out MODEL`"
-    return ConfigError([ConfigIssue(str(path), f"{message}; {fix}")])
+    return ConfigError([ConfigIssue(str(path), f"{message}; {fix}")], subject="intent model")

@@ -40,15 +40,16 @@ def load_payloads(path: str | Path, model: str = "laneway") -> list[Payload]:
     source = Path(path)
     try:
         text = source.read_text(encoding="utf-8")
-    except OSError as exc:
-        issue = ConfigIssue(str(source), f"cannot read the payload file: {exc.strerror}; check `--payloads`")
-        raise ConfigError([issue]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        issue = ConfigIssue(str(source), f"cannot read the payload file: {problem}; check `--payloads`")
+        raise _invalid([issue]) from None
     payloads: list[Payload] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             payloads.extend(_payloads_of(_decode(line, source, number), model, f"{source}:{number}"))
     if not payloads:
-        raise ConfigError([ConfigIssue(str(source), "no requests: write one JSON object per line")])
+        raise _invalid([ConfigIssue(str(source), "no requests: write one JSON object per line")])
     return payloads
 
 
@@ -56,16 +57,16 @@ def _decode(line: str, source: Path, number: int) -> dict[str, Any]:
     try:
         data = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        raise ConfigError([ConfigIssue(f"{source}:{number}", f"not valid JSON: {exc}")]) from None
+        raise _invalid([ConfigIssue(f"{source}:{number}", f"not valid JSON: {exc}")]) from None
     if not isinstance(data, dict):
-        raise ConfigError([ConfigIssue(f"{source}:{number}", "each line must be a JSON object")])
+        raise _invalid([ConfigIssue(f"{source}:{number}", "each line must be a JSON object")])
     return data
 
 
 def _payloads_of(data: dict[str, Any], model: str, where: str) -> Iterator[Payload]:
     if "conversation" not in data:
         if not isinstance(data.get("messages"), list):
-            raise ConfigError([ConfigIssue(where, "a request line needs a `messages` list "
+            raise _invalid([ConfigIssue(where, "a request line needs a `messages` list "
                                                   "(or a `conversation` key to replay it turn by turn)")])
         yield Payload({"model": model, **data})
         return
@@ -77,9 +78,9 @@ def conversation_turns(data: dict[str, Any], model: str, where: str = "conversat
     conversation = str(data["conversation"])
     messages, signals, params = data.get("messages"), data.get("signals", {}), data.get("params", {})
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise ConfigError([ConfigIssue(f"{where}.messages", "must be a list of message objects")])
+        raise _invalid([ConfigIssue(f"{where}.messages", "must be a list of message objects")])
     if not isinstance(signals, dict) or not isinstance(params, dict):
-        raise ConfigError([ConfigIssue(where, "`signals` and `params` must be objects")])
+        raise _invalid([ConfigIssue(where, "`signals` and `params` must be objects")])
     current = {**signals, "conversation_id": conversation}
     sent: list[dict[str, Any]] = []
     for message in messages:
@@ -90,3 +91,7 @@ def conversation_turns(data: dict[str, Any], model: str, where: str = "conversat
         if message.get("role") == "user":
             body = {"model": data.get("model", model), "messages": list(sent), "metadata": dict(current)}
             yield Payload({**body, **params}, conversation)
+
+
+def _invalid(issues: list[ConfigIssue]) -> ConfigError:
+    return ConfigError(issues, subject="load-test payloads")

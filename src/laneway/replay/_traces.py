@@ -122,7 +122,7 @@ def _message(raw: dict[str, Any], passages: Mapping[str, str]) -> dict[str, Any]
 
 
 def _error(file: Path, where: str, message: str) -> ConfigError:
-    return ConfigError([ConfigIssue(where, message)], str(file))
+    return ConfigError([ConfigIssue(where, message)], str(file), subject="traces")
 
 
 def schedule(trace: Trace, seed: int, open_conversations: int = 8) -> Iterator[TraceRequest]:

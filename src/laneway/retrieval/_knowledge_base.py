@@ -137,4 +137,5 @@ def _read_passages(path: Path) -> list[Passage]:
 
 def _artifact_error(directory: Path, problem: str) -> ConfigError:
     hint = "rebuild it with `laneway knowledge build NAME SOURCE... --out DIR`"
-    return ConfigError([ConfigIssue(str(directory), f"`{directory}` {problem}; {hint}")], source=str(directory))
+    return ConfigError([ConfigIssue(str(directory), f"`{directory}` {problem}; {hint}")], source=str(directory),
+                       subject="knowledge base")

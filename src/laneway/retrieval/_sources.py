@@ -27,13 +27,14 @@ _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 
 
 def source_error(path: Path, message: str) -> ConfigError:
-    return ConfigError([ConfigIssue(str(path), message)], source=str(path))
+    return ConfigError([ConfigIssue(str(path), message)], source=str(path), subject="knowledge source")
 
 
 def read_passages(sources: Sequence[Path], chunk_tokens: int) -> list[Passage]:
     """Every passage of every source, in source order; ids are unique across the sources."""
     if not sources:
-        raise ConfigError([ConfigIssue("sources", "no source documents given; pass at least one file")])
+        raise ConfigError([ConfigIssue("sources", "no source documents given; pass at least one file")],
+                          subject="knowledge sources")
     passages: list[Passage] = []
     for path in sources:
         documents = read_documents(Path(path))

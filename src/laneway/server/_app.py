@@ -93,12 +93,17 @@ class App:
             raise MethodNotAllowed(f"`{method} {path}` is not supported")
 
     def _authorize_admin(self, headers: dict[str, str], path: str) -> None:
-        """Admin endpoints need the admin key once clients need keys (or an admin key is set)."""
+        """Admin endpoints need the admin key once clients need keys or `admin.key_env` is set; a
+        `key_env` naming an unset variable keeps them closed rather than open."""
         config = self.gateway.config
         if path == "/metrics" and not config.admin.protect_metrics:
             return
-        expected = os.environ.get(config.admin.key_env, "") if config.admin.key_env else ""
+        variable = config.admin.key_env
+        expected = os.environ.get(variable, "") if variable else ""
         if not expected:
+            if variable:
+                raise Forbidden(f"admin endpoints are closed: `admin.key_env` names `{variable}`, which is not "
+                                "set in the gateway's environment")
             if self.gateway.keys.enabled:
                 raise Forbidden("admin endpoints are closed: set `admin.key_env` to the variable holding the "
                                 "admin key")

@@ -16,7 +16,7 @@ from types import FrameType
 
 import uvicorn
 
-from ..config import Config, load_config
+from ..config import Config, load_config, unset_variables
 from ..errors import ConfigError, ConfigIssue
 from ..gateway import Gateway
 from ..telemetry import Telemetry
@@ -66,6 +66,8 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
     check_exposure(config, host, allow_unauthenticated)
     if config.warnings:
         log.warning("laneway: %d route-table warning(s); `laneway check` lists them", len(config.warnings))
+    for warning in unset_variables(config):
+        log.warning("laneway: %s", warning)
     async with contextlib.AsyncExitStack() as stack:
         if config.simulated and sim_url is None:
             sim_url = await stack.enter_async_context(fleet_process(config))

@@ -13,7 +13,7 @@ from typing import Any
 
 from laneway.telemetry._records import ExchangeRow, HourlyRow
 from laneway.telemetry._settings import DEFAULT_EXCHANGE_LOG
-from laneway.telemetry._store import ExchangeLogUnavailable, open_store
+from laneway.telemetry._store import ExchangeLogUnavailable, open_store, redacted
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -58,6 +58,11 @@ def window_of(args: argparse.Namespace) -> Window:
 
 def read_log(command: str, url: str, windows: list[Window]) -> list[Fetched] | None:
     """Rows and hourly roll-ups per window; None (after saying why on stderr) if the log can't be read."""
+    if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        hint = f"; for that file, `--db sqlite:///{url}`" if Path(url).is_file() else ""
+        print(f"laneway {command}: --db `{redacted(url)}` is not an exchange log URL: use `sqlite:///PATH` "
+              f"(`sqlite:////PATH` for an absolute path) or `postgresql://...`{hint}", file=sys.stderr)
+        return None
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         print(f"laneway {command}: no exchange log at `{url}`; pass the gateway's log with `--db`",
               file=sys.stderr)
