@@ -415,3 +415,31 @@ async def test_sim_rate_limit_with_retry_after(fleet: RunningFleet) -> None:
     await provider.aclose()
     assert caught.value.retry_after_s == 4.0
     assert caught.value.upstream_status == 429
+
+
+async def test_tool_choice_and_parallel_calls_map_and_malformed_calls_are_refused_unsent(loopback: Loopback) -> None:
+    loopback.reply = Reply(body=DOCUMENTED_MESSAGE)
+    provider = create_provider(spec(key_env=None), loopback.url)
+    tools = [{"type": "function", "function": {"name": "refund", "parameters": {"type": "object"}}}]
+    hi = [{"role": "user", "content": "hi"}]
+    named = {"type": "function", "function": {"name": "refund"}}
+    await provider.complete(ChatRequest("m", hi, {"tools": tools, "tool_choice": named}), deadline())
+    await provider.complete(ChatRequest("m", hi, {"tools": tools, "parallel_tool_calls": False}), deadline())
+    await provider.complete(ChatRequest("m", hi, {"tools": tools, "tool_choice": "none"}), deadline())
+    bad_arguments = [*hi, {"role": "assistant", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "refund", "arguments": "not json"}}]}]
+    with pytest.raises(InvalidRequest, match="`arguments` must be a JSON object"):
+        await provider.complete(ChatRequest("m", bad_arguments, {"tools": tools}), deadline())
+    with pytest.raises(InvalidRequest, match="tool_call_id"):
+        await provider.complete(ChatRequest("m", [*hi, {"role": "tool", "content": "ok"}], {"tools": tools}),
+                                deadline())
+    with pytest.raises(InvalidRequest, match=r"tools\[0\]"):
+        await provider.complete(ChatRequest("m", hi, {"tools": [{"type": "web_search"}]}), deadline())
+    await provider.aclose()
+
+    sent = [seen.body for seen in loopback.seen]
+    assert len(sent) == 3  # the malformed requests were never sent
+    assert sent[0]["tools"] == [{"name": "refund", "input_schema": {"type": "object"}}]
+    assert sent[0]["tool_choice"] == {"type": "tool", "name": "refund"}
+    assert sent[1]["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
+    assert sent[2]["tool_choice"] == {"type": "none"}

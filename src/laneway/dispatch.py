@@ -150,6 +150,10 @@ class Dispatcher:
                     error: UpstreamError = UpstreamUnavailable("stream ended before any data", model=name)
                 except UpstreamError as exc:
                     error = exc
+                except BaseException:  # a request the adapter refuses (400), a cancelled client: no failover
+                    ticket.release()
+                    await close_stream(chunks)
+                    raise
                 else:
                     attempt.ttft_ms = (time.perf_counter() - started) * 1000
                     exchange.upstream_ms += attempt.ttft_ms

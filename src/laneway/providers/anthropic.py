@@ -17,6 +17,7 @@ from ..errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
+from ._anthropic_tools import StreamedCalls, tool_calls_of, tool_result_block, tool_settings, tool_use_blocks
 from ._base import Upstream, decode_event
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def create(spec: ModelSpec, base_url: str) -> AnthropicProvider:
 
 
 class AnthropicProvider:
-    calls_tools = False  # the adapter sends text turns only: no `tools`, no `tool_use` blocks
+    calls_tools = True  # as `tools`, `tool_use` and `tool_result` blocks (`_anthropic_tools`)
 
     def __init__(self, spec: ModelSpec, base_url: str) -> None:
         self.spec = spec
@@ -89,6 +90,7 @@ def request_body(model: str, request: ChatRequest, stream: bool) -> dict[str, An
     if any(system):
         body["system"] = "\n\n".join(text for text in system if text)
     body.update(sampling(request.params))
+    body.update(tool_settings(request.params))
     if stream:
         body["stream"] = True
     return body
@@ -103,15 +105,21 @@ def alternating_turns(messages: list[Message]) -> list[Message]:
     turns: list[Message] = []
     for message in messages:
         role = "assistant" if message.get("role") == "assistant" else "user"
-        blocks = [{"type": "text", "text": text} for text in _texts(message) if text.strip()]
+        if message.get("role") == "tool":
+            blocks = [tool_result_block(message)]
+        else:
+            blocks = [{"type": "text", "text": text} for text in _texts(message) if text.strip()]
+            blocks += tool_use_blocks(message) if role == "assistant" else []
         if not blocks:
             continue
         if turns and turns[-1]["role"] == role:
             turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
-    if turns and turns[-1]["role"] == "assistant":
-        last = turns[-1]["content"][-1]
+    for turn in turns:  # a turn's tool results come before its text, as the API requires
+        turn["content"].sort(key=lambda block: block["type"] != "tool_result")
+    last = turns[-1]["content"][-1] if turns and turns[-1]["role"] == "assistant" else None
+    if last is not None and last["type"] == "text":
         last["text"] = last["text"].rstrip()
     return turns
 
@@ -146,6 +154,7 @@ def parse_message(data: dict[str, Any], model: str) -> Completion:
             text=text, finish_reason=FINISH.get(str(data.get("stop_reason")), "stop"),
             usage=Usage(prompt_tokens(usage), int(usage.get("output_tokens") or 0)),
             model=str(data.get("model") or model), upstream_id=str(data.get("id") or ""),
+            tool_calls=tool_calls_of(blocks),
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         raise UpstreamBadResponse("answer lacks a `content` list of blocks", model=model) from None
@@ -180,11 +189,12 @@ class _StreamState:
         self.output_tokens = 0
         self.finish: str | None = None
         self.stopped = False
+        self.calls = StreamedCalls()
 
     def read_event(self, event: dict[str, Any], model: str) -> Chunk | None:
         try:
             return self._read(event, model)
-        except (TypeError, ValueError, AttributeError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             kind = event.get("type")
             raise UpstreamBadResponse(f"malformed `{kind}` event in stream", model=model) from None
 
@@ -192,7 +202,17 @@ class _StreamState:
         kind = event.get("type")
         if kind == "content_block_delta":
             delta = event.get("delta") or {}
-            return Chunk(text=delta.get("text") or "") if delta.get("type") == "text_delta" else None
+            if delta.get("type") == "text_delta":
+                return Chunk(text=delta.get("text") or "")
+            if delta.get("type") == "input_json_delta":
+                pieces = self.calls.arguments(int(event["index"]), delta.get("partial_json") or "")
+                return Chunk(tool_calls=pieces) if pieces else None
+            return None
+        if kind == "content_block_start":
+            block = event.get("content_block") or {}
+            if block.get("type") != "tool_use":
+                return None
+            return Chunk(tool_calls=self.calls.started(int(event["index"]), block))
         if kind == "message_start":
             usage = (event.get("message") or {}).get("usage") or {}
             self.input_tokens = prompt_tokens(usage)
