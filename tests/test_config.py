@@ -270,6 +270,13 @@ def test_a_taken_or_impossible_port_is_refused_before_serving(capsys: pytest.Cap
      - target: gpt-5
        canary: {target: gpt-5-mini, weight: 5}
      """, "routes[0].canary.weight (line 4, column 40): must be a fraction between 0 and 1, got 5"),
+    ("""
+     models:
+       fast: {base_url: "http://127.0.0.1:9/v1"}
+     routes:
+     - target: fast
+       cascade: {confidence: 0.5, escalate_to: gpt-5}
+     """, "models.fast (line 3, column 9): missing `provider`"),
 ])
 def test_one_mistake_is_one_error_not_a_cascade_of_follow_ons(text: str, only: str) -> None:
     issues = issues_of(text)

@@ -210,9 +210,9 @@ class Dispatcher:
             yield lane, name, request, ticket
         if no_tools and not any(a.outcome != SKIPPED for a in exchange.attempts):
             raise InvalidRequest(
-                f"the request has `tools`, which Laneway passes only to `openai`-provider models (OpenAI and "
-                f"compatible servers); this request's models were {', '.join(no_tools)}. Route tool-calling "
-                f"requests to such a model, or give the route one as a fallback", param="tools")
+                f"the request has `tools`, which the adapters of its models cannot carry: {', '.join(no_tools)}. "
+                "Route tool-calling requests to an `openai` (or compatible) or `anthropic` model, or give the "
+                "route one as a fallback", param="tools")
         if overflow and not any(a.outcome != SKIPPED for a in exchange.attempts):
             raise ContextWindowExceeded(
                 f"the prompt has {exchange.prompt_tokens} tokens (plus the requested output), more than fits: "

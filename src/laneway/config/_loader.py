@@ -325,7 +325,7 @@ def _check_cascade(s: Section, route: Route, known: dict[str, ModelSpec]) -> Non
         return
     for name in [route.target, *(c.target for c in route.canaries)]:
         provider = known[name].provider
-        if provider not in LOGPROB_PROVIDERS:
+        if provider and provider not in LOGPROB_PROVIDERS:  # no provider: the model has its own error
             s.issues.add(s.where("cascade.source"),
                          f"`logprobs` needs a model that returns log-probabilities ({', '.join(LOGPROB_PROVIDERS)}); "
                          f"`{name}` speaks `{provider}`. Use `source: self_report` or `source: verifier`")
