@@ -185,3 +185,24 @@ def test_reload_keeps_running_config_on_error(sim_url: str, tmp_path: Path) -> N
         assert status == 200 and payload["reloaded"] is True
         _, headers, _ = post(live, {"model": "laneway", "messages": chat(3)})
         assert headers["x-laneway-model"] == "gpt-5-mini"
+
+
+@pytest.mark.parametrize("model", ["gpt-5-mini", "gemini-2.5-flash-lite"])
+def test_token_logprobs_reach_a_client_that_asks_for_them_whole_and_streamed(default_gateway: LiveGateway,
+                                                                             model: str) -> None:
+    c = client(default_gateway)
+    asked = c.chat.completions.create(model=model, messages=chat(1), logprobs=True,  # type: ignore[arg-type]
+                                      max_tokens=40)
+    plain = c.chat.completions.create(model=model, messages=chat(1), max_tokens=40)  # type: ignore[arg-type]
+    stream = list(c.chat.completions.create(model=model, messages=chat(1), logprobs=True,  # type: ignore[arg-type]
+                                            max_tokens=40, stream=True))
+
+    logprobs = asked.choices[0].logprobs
+    assert logprobs is not None and logprobs.content
+    assert all(token.logprob <= 0 for token in logprobs.content)
+    assert "".join(token.token for token in logprobs.content) == asked.choices[0].message.content
+    assert plain.choices[0].logprobs is None  # not asked for, not sent
+    streamed = [token for chunk in stream if chunk.choices and chunk.choices[0].logprobs
+                for token in chunk.choices[0].logprobs.content or []]
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert streamed and "".join(token.token for token in streamed) == text

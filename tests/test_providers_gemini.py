@@ -266,7 +266,12 @@ async def test_logprobs_are_asked_for_and_read_from_chosen_candidates(loopback: 
     provider = create_provider(spec(), loopback.url)
     completion = await provider.complete(conversation(logprobs=True, top_logprobs=3), deadline())
     await provider.aclose()
-    assert completion.logprobs == [-0.0021, -0.31, -0.05, 0.0]
+    assert completion.logprobs is not None
+    assert [(t["token"], t["logprob"]) for t in completion.logprobs] == [
+        ("Yes", -0.0021), (",", -0.31), (" refunded", -0.05), (".", 0.0)]
+    # In OpenAI's shape: the first step's top candidates; steps the answer gave none for have none.
+    assert completion.logprobs[0]["top_logprobs"] == [{"token": "Yes", "logprob": -0.0021, "bytes": None}]
+    assert completion.logprobs[1]["top_logprobs"] == []
     assert loopback.seen[0].body["generationConfig"] == {"responseLogprobs": True, "logprobs": 3}
 
 
@@ -320,7 +325,7 @@ async def test_stream_logprobs_arrive_per_event(loopback: Loopback) -> None:
     provider = create_provider(spec(), loopback.url)
     chunks = await drain(provider, conversation(logprobs=True))
     await provider.aclose()
-    assert [c.logprobs for c in chunks if c.text] == [[-0.5], [-0.25]]
+    assert [[t["logprob"] for t in c.logprobs or ()] for c in chunks if c.text] == [[-0.5], [-0.25]]
     assert chunks[-1].usage == Usage(4, 2)
 
 
@@ -426,8 +431,8 @@ async def test_sim_answers_the_same_text_usage_and_logprobs_whole_or_streamed(fl
     assert completion.text and completion.text == "".join(c.text for c in chunks)
     assert (chunks[-1].finish_reason, chunks[-1].usage) == (completion.finish_reason, completion.usage)
     assert 0 < completion.usage.completion_tokens <= 60
-    assert completion.logprobs and all(v <= 0 for v in completion.logprobs)
-    assert [v for c in chunks for v in (c.logprobs or [])] == completion.logprobs
+    assert completion.logprobs and all(t["logprob"] <= 0 for t in completion.logprobs)
+    assert [t for c in chunks for t in (c.logprobs or [])] == completion.logprobs
 
 
 async def test_sim_length_finish_when_max_tokens_caps_the_answer(fleet: RunningFleet) -> None:

@@ -46,7 +46,7 @@ def ask_for_logprobs(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def from_logprobs(completion: Completion) -> float:
-    values = completion.logprobs
+    values = [float(token["logprob"]) for token in completion.logprobs or ()]
     if not values:
         return 0.0
     return math.exp(sum(values) / len(values))

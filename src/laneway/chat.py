@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Message = dict[str, Any]
+# One token of an answer as OpenAI's `logprobs.content` has it: `token`, `logprob`, `bytes`, `top_logprobs`.
+TokenLogprob = dict[str, Any]
 
 FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls")
 
@@ -52,7 +54,7 @@ class Completion:
     finish_reason: str
     usage: Usage
     model: str
-    logprobs: list[float] | None = None
+    logprobs: list[TokenLogprob] | None = None
     upstream_id: str = ""
     tool_calls: list[dict[str, Any]] | None = None  # OpenAI `message.tool_calls`, as the model made them
 
@@ -65,7 +67,7 @@ class Chunk:
     text: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
-    logprobs: list[float] | None = None
+    logprobs: list[TokenLogprob] | None = None
     tool_calls: list[dict[str, Any]] | None = None  # OpenAI `delta.tool_calls` pieces, each with its `index`
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..chat import ChatRequest, Chunk, Completion, Message, Usage, message_text
+from ..chat import ChatRequest, Chunk, Completion, Message, TokenLogprob, Usage, message_text
 from ..errors import (
     InvalidRequest,
     UpstreamBadResponse,
@@ -184,11 +184,29 @@ def parse_chunk(data: dict[str, Any]) -> Chunk:
     chunk.text = "".join(str(p.get("text") or "") for p in answer)
     reason = candidate.get("finishReason")
     chunk.finish_reason = FINISH.get(str(reason), "stop") if reason else None
-    chosen = (candidate.get("logprobsResult") or {}).get("chosenCandidates")
-    if isinstance(chosen, list):
-        chunk.logprobs = [float(c["logProbability"]) for c in chosen
-                          if isinstance(c, dict) and "logProbability" in c]
+    chunk.logprobs = _logprobs(candidate.get("logprobsResult"))
     return chunk
+
+
+def _logprobs(result: Any) -> list[TokenLogprob] | None:
+    """`logprobsResult` as OpenAI's `logprobs.content`: each chosen token, with the top candidates
+    of its step when the request asked for them (`top_logprobs`)."""
+    chosen = result.get("chosenCandidates") if isinstance(result, dict) else None
+    if not isinstance(chosen, list):
+        return None
+    tops = result.get("topCandidates") or []
+    entries = []
+    for i, token in enumerate(chosen):
+        if not isinstance(token, dict) or "logProbability" not in token:
+            continue
+        step = tops[i].get("candidates") if i < len(tops) and isinstance(tops[i], dict) else None
+        entries.append({**_token(token), "top_logprobs": [_token(t) for t in step or () if isinstance(t, dict)]})
+    return entries
+
+
+def _token(candidate: dict[str, Any]) -> TokenLogprob:
+    return {"token": str(candidate.get("token") or ""), "logprob": float(candidate.get("logProbability") or 0.0),
+            "bytes": None}
 
 
 def usage_of(metadata: Any) -> Usage | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from ..chat import ChatRequest, Chunk, Completion, Usage
+from ..chat import ChatRequest, Chunk, Completion, TokenLogprob, Usage
 from ..errors import UpstreamBadResponse, UpstreamError
 from ._base import Upstream, decode_event
 
@@ -126,8 +126,8 @@ def _tool_calls(message: dict[str, Any], model: str) -> list[dict[str, Any]] | N
     return calls
 
 
-def _logprobs(choice: dict[str, Any]) -> list[float] | None:
+def _logprobs(choice: dict[str, Any]) -> list[TokenLogprob] | None:
     logprobs = choice.get("logprobs")
     if not isinstance(logprobs, dict) or not isinstance(logprobs.get("content"), list):
         return None
-    return [float(item["logprob"]) for item in logprobs["content"] if isinstance(item, dict) and "logprob" in item]
+    return [item for item in logprobs["content"] if isinstance(item, dict) and "logprob" in item]

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from ..chat import Chunk, Completion
+from ..chat import Chunk, Completion, TokenLogprob
 from ..dispatch import Started, account, close_stream
 from ..errors import LanewayError, UpstreamError, error_body
 from ..exchange import Attempt, Exchange
@@ -58,7 +58,7 @@ async def chat_completions(gateway: Gateway, body: bytes, headers: dict[str, str
         gateway.finish(exchange, started)
         raise
     gateway.finish(exchange, started)
-    payload = _completion_body(completion, exchange)
+    payload = _completion_body(completion, exchange, bool(request.params.get("logprobs")))
     await respond(send, 200, payload, [JSON, *base, *laneway_headers(exchange)])
 
 
@@ -68,17 +68,20 @@ def _failed(exchange: Exchange, error: LanewayError) -> None:
     exchange.error = error.message
 
 
-def _completion_body(completion: Completion, exchange: Exchange) -> bytes:
+def _completion_body(completion: Completion, exchange: Exchange, logprobs: bool) -> bytes:
+    """The answer; its token log-probabilities only when the client asked (a cascade may ask for them
+    itself), and only when the model gave them."""
     usage = completion.usage
     message: dict[str, Any] = {"role": "assistant", "content": completion.text}
     if completion.tool_calls:
         message["tool_calls"] = completion.tool_calls
         message["content"] = completion.text or None  # as OpenAI answers a call without text
+    tokens = {"content": completion.logprobs} if logprobs and completion.logprobs is not None else None
     return orjson.dumps({
         "id": f"chatcmpl-{exchange.request_id}", "object": "chat.completion", "created": int(exchange.started_at),
         "model": exchange.model,
         "choices": [{"index": 0, "message": message,
-                     "finish_reason": completion.finish_reason, "logprobs": None}],
+                     "finish_reason": completion.finish_reason, "logprobs": tokens}],
         "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
                   "total_tokens": usage.total_tokens},
     })
@@ -92,7 +95,7 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*_SSE, *base, *laneway_headers(exchange, cost=False)]})
         exchange.ttft_ms = (time.perf_counter() - started_perf) * 1000
-        state = _StreamState()
+        state = _StreamState(bool(request.params.get("logprobs")))
         await _forward(send, encoder, started.first, state)
         try:
             async for chunk in started.rest:
@@ -125,12 +128,13 @@ def _account_stream(gateway: Gateway, runtime: Runtime, started: Started, state:
 
 
 class _StreamState:
-    __slots__ = ("finish", "text", "usage")
+    __slots__ = ("finish", "logprobs", "text", "usage")
 
-    def __init__(self) -> None:
+    def __init__(self, logprobs: bool) -> None:
         self.finish: str | None = None
         self.usage: tuple[int, int] | None = None
         self.text: list[str] = []
+        self.logprobs = logprobs  # the client asked for them
 
 
 async def _forward(send: Send, encoder: _ChunkEncoder, chunk: Chunk, state: _StreamState) -> None:
@@ -140,7 +144,8 @@ async def _forward(send: Send, encoder: _ChunkEncoder, chunk: Chunk, state: _Str
         state.finish = chunk.finish_reason
     if chunk.text:
         state.text.append(chunk.text)
-        await send({"type": "http.response.body", "body": encoder.delta(chunk.text), "more_body": True})
+        tokens = chunk.logprobs if state.logprobs else None
+        await send({"type": "http.response.body", "body": encoder.delta(chunk.text, tokens), "more_body": True})
     if chunk.tool_calls:
         state.text.extend(_call_text(chunk.tool_calls))
         await send({"type": "http.response.body", "body": encoder.tool_calls(chunk.tool_calls), "more_body": True})
@@ -195,8 +200,12 @@ class _ChunkEncoder:
         self._tail = b'},"finish_reason":null}]}\n\n'
         self._finish_head = b"data: " + head
 
-    def delta(self, text: str) -> bytes:
-        event = self._head + b'"content":' + orjson.dumps(text) + self._tail
+    def delta(self, text: str, logprobs: list[TokenLogprob] | None = None) -> bytes:
+        if logprobs is None:
+            event = self._head + b'"content":' + orjson.dumps(text) + self._tail
+        else:
+            event = (self._head + b'"content":' + orjson.dumps(text) + b'},"logprobs":{"content":'
+                     + orjson.dumps(logprobs) + self._tail)
         self._head = self._delta
         return event
 
