@@ -67,7 +67,7 @@ def _payloads_of(data: dict[str, Any], model: str, where: str) -> Iterator[Paylo
     if "conversation" not in data:
         if not isinstance(data.get("messages"), list):
             raise _invalid([ConfigIssue(where, "a request line needs a `messages` list "
-                                                  "(or a `conversation` key to replay it turn by turn)")])
+                                               "(or a `conversation` key to replay it turn by turn)")])
         yield Payload({"model": model, **data})
         return
     yield from conversation_turns(data, model, where)
