@@ -200,13 +200,13 @@ def _logprobs(result: Any) -> list[TokenLogprob] | None:
         if not isinstance(token, dict) or "logProbability" not in token:
             continue
         step = tops[i].get("candidates") if i < len(tops) and isinstance(tops[i], dict) else None
-        entries.append({**_token(token), "top_logprobs": [_token(t) for t in step or () if isinstance(t, dict)]})
+        top = [_token(t) for t in step or () if isinstance(t, dict) and "logProbability" in t]
+        entries.append({**_token(token), "top_logprobs": top})
     return entries
 
 
 def _token(candidate: dict[str, Any]) -> TokenLogprob:
-    return {"token": str(candidate.get("token") or ""), "logprob": float(candidate.get("logProbability") or 0.0),
-            "bytes": None}
+    return {"token": str(candidate.get("token") or ""), "logprob": float(candidate["logProbability"]), "bytes": None}
 
 
 def usage_of(metadata: Any) -> Usage | None:
