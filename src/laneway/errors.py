@@ -73,6 +73,11 @@ class ConfigError(LanewayError):
         super().__init__(f"{head}{len(self.issues)} error(s) in {subject}:\n{lines}")
 
 
+def not_utf8(error: UnicodeDecodeError) -> str:
+    """What to tell of a file that is not UTF-8: where, and the fix."""
+    return f"not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); save it as UTF-8"
+
+
 class RequestError(LanewayError):
     status = 400
     code = "invalid_request"

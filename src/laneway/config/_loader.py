@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import ConfigError, ConfigIssue
+from ..errors import ConfigError, ConfigIssue, not_utf8
 from ..keys import KeyPolicy
 from ..providers import PROVIDER_NAMES
 from ..telemetry import TelemetrySettings, parse_telemetry
@@ -68,8 +68,7 @@ def load_config(path: str | Path | None = None) -> Config:
     except OSError as exc:
         raise ConfigError([ConfigIssue("", f"cannot read routing file: {exc.strerror}")], str(path)) from None
     except UnicodeDecodeError as exc:
-        problem = f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); save it as UTF-8"
-        raise ConfigError([ConfigIssue("", f"cannot read routing file: {problem}")], str(path)) from None
+        raise ConfigError([ConfigIssue("", f"cannot read routing file: {not_utf8(exc)}")], str(path)) from None
     return parse_config(text, str(path))
 
 

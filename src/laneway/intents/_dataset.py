@@ -6,7 +6,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError, ConfigIssue
+from ..errors import ConfigError, ConfigIssue, not_utf8
 
 COLUMNS = ("text", "label")
 
@@ -26,8 +26,7 @@ def read_rows(path: str | Path) -> LabelledRows:
     except OSError as error:
         raise _error(source, f"cannot read the file: {error.strerror or error}") from None
     except UnicodeDecodeError as error:
-        raise _error(source, f"not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
-                             "save it as UTF-8") from None
+        raise _error(source, not_utf8(error)) from None
     except csv.Error as error:
         raise _error(source, f"not a readable CSV: {error}") from None
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import ConfigError, ConfigIssue
+from ..errors import ConfigError, ConfigIssue, not_utf8
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,7 @@ def load_payloads(path: str | Path, model: str = "laneway") -> list[Payload]:
     try:
         text = source.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        problem = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        problem = exc.strerror if isinstance(exc, OSError) else not_utf8(exc)
         issue = ConfigIssue(str(source), f"cannot read the payload file: {problem}; check `--payloads`")
         raise _invalid([issue]) from None
     payloads: list[Payload] = []

@@ -201,17 +201,15 @@ class _ChunkEncoder:
         self._finish_head = b"data: " + head
 
     def delta(self, text: str, logprobs: list[TokenLogprob] | None = None) -> bytes:
-        if logprobs is None:
-            event = self._head + b'"content":' + orjson.dumps(text) + self._tail
-        else:
-            event = (self._head + b'"content":' + orjson.dumps(text) + b'},"logprobs":{"content":'
-                     + orjson.dumps(logprobs) + self._tail)
-        self._head = self._delta
-        return event
+        tokens = b"" if logprobs is None else b'},"logprobs":{"content":' + orjson.dumps(logprobs)
+        return self._event(b'"content":' + orjson.dumps(text) + tokens)
 
     def tool_calls(self, calls: list[dict[str, Any]]) -> bytes:
-        event = self._head + b'"tool_calls":' + orjson.dumps(calls) + self._tail
-        self._head = self._delta
+        return self._event(b'"tool_calls":' + orjson.dumps(calls))
+
+    def _event(self, fields: bytes) -> bytes:
+        event = self._head + fields + self._tail
+        self._head = self._delta  # the role goes with the first delta only
         return event
 
     def finish(self, reason: str) -> bytes:
