@@ -46,6 +46,21 @@ class ChatRequest:
         return int(value) if value is not None else default
 
 
+def answer_schema(params: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON Schema a `response_format: {"type": "json_schema"}` request asks the answer to follow."""
+    fmt = params.get("response_format")
+    if not fmt or fmt.get("type") != "json_schema":
+        return None
+    schema = fmt["json_schema"].get("schema")
+    return schema if isinstance(schema, dict) else None
+
+
+def wants_json(params: dict[str, Any]) -> bool:
+    """Whether the request asks for a JSON answer (`json_object`, or `json_schema` with or without a schema)."""
+    fmt = params.get("response_format")
+    return fmt is not None and fmt.get("type") in ("json_object", "json_schema")
+
+
 @dataclass(slots=True)
 class Completion:
     """A whole answer from one model."""

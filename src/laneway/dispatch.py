@@ -34,6 +34,7 @@ from .errors import (
 )
 from .exchange import OK, SKIPPED, Attempt, Exchange
 from .gate import Gate, GateRejected
+from .providers import Refusal
 from .runtime import Runtime, fits, prepare
 
 
@@ -177,17 +178,17 @@ class Dispatcher:
         is open, pass each gate, and add the `long_context` or `degrade_to` model when one is needed."""
         lanes = plan.lanes
         overflow: list[str] = []
-        no_tools: list[str] = []
-        tools = bool(params.get("tools"))
+        refused: list[Refusal] = []
         i = 0
         while i < len(lanes):
             lane, name = lanes[i]
             i += 1
             spec = self.runtime.config.models[name]
-            if tools and not self.runtime.providers[name].calls_tools:
-                error = f"tools: the `{spec.provider}` adapter does not carry tool calls"
+            refusal = self.runtime.providers[name].refusal(params)
+            if refusal is not None:
+                error = f"{refusal.param}: {refusal.reason}"
                 exchange.attempts.append(Attempt(name, SKIPPED, lane=lane, error=error))
-                no_tools.append(f"`{name}` ({spec.provider})")
+                refused.append(refusal._replace(reason=f"`{name}` ({spec.provider}): {refusal.reason}"))
                 continue
             request = prepare(spec, messages, params)
             ok, prompt = fits(self.counter, spec, request)
@@ -208,11 +209,12 @@ class Dispatcher:
             if gate is not None and not await self._admit(gate, ticket, plan, lane, spec, request, prompt, exchange):
                 continue
             yield lane, name, request, ticket
-        if no_tools and not any(a.outcome != SKIPPED for a in exchange.attempts):
+        if refused and not any(a.outcome != SKIPPED for a in exchange.attempts):
+            params_named = sorted({r.param for r in refused})
             raise InvalidRequest(
-                f"the request has `tools`, which the adapters of its models cannot carry: {', '.join(no_tools)}. "
-                "Route tool-calling requests to an `openai` (or compatible) or `anthropic` model, or give the "
-                "route one as a fallback", param="tools")
+                f"no model of the route can carry the request's {' and '.join(f'`{p}`' for p in params_named)}: "
+                f"{'; '.join(r.reason for r in refused)}. Route such requests to a model whose adapter carries "
+                "them (docs/providers.md), or give the route one as a fallback", param=params_named[0])
         if overflow and not any(a.outcome != SKIPPED for a in exchange.attempts):
             raise ContextWindowExceeded(
                 f"the prompt has {exchange.prompt_tokens} tokens (plus the requested output), more than fits: "

@@ -25,6 +25,7 @@ _FIELDS = _PARAMS | {"model", "messages", "stream", "stream_options", "n", "user
 _RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "presence_penalty": (-2.0, 2.0),
            "frequency_penalty": (-2.0, 2.0), "top_logprobs": (0, 20)}
 MAX_OUTPUT_TOKENS = 1_000_000
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 _SIGNAL_HEADERS = tuple((name, "x-laneway-" + name.replace("_", "-")) for name in SETTABLE)
 
 
@@ -126,6 +127,28 @@ def _check_params(params: dict[str, Any], n: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_OUTPUT_TOKENS:
             raise InvalidRequest(f"`{key}` must be a whole number from 1 to {MAX_OUTPUT_TOKENS}, got {value!r}",
                                  param=key)
+    if "response_format" in params:
+        _check_response_format(params["response_format"])
+
+
+def _check_response_format(value: Any) -> None:
+    """OpenAI's shapes: `{"type": "text" | "json_object"}`, or `{"type": "json_schema", "json_schema":
+    {"name": ..., "schema": {...}, "strict": ...}}`. Providers translate them, so they are checked here."""
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind not in RESPONSE_FORMATS:
+        raise InvalidRequest("`response_format` must be an object whose `type` is one of "
+                             f"{', '.join(RESPONSE_FORMATS)}, got {value!r}", param="response_format")
+    if kind != "json_schema":
+        return
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict):
+        raise InvalidRequest("`response_format.json_schema` must be an object with `name` and `schema`, as in "
+                             '`{"type": "json_schema", "json_schema": {"name": "ticket", "schema": {...}}}`',
+                             param="response_format.json_schema")
+    for key, kind_name, expected in (("name", "a string", str), ("schema", "an object (a JSON Schema)", dict)):
+        if key in spec and not isinstance(spec[key], expected):
+            raise InvalidRequest(f"`response_format.json_schema.{key}` must be {kind_name}, got {spec[key]!r}",
+                                 param=f"response_format.json_schema.{key}")
 
 
 def read_signals(request: ClientRequest, headers: Mapping[str, str], **lazy: Any) -> Signals:

@@ -46,6 +46,7 @@ class ShadowCounters:
     completed: int = 0
     dropped_queue: int = 0
     dropped_budget: int = 0
+    dropped_refused: int = 0  # the candidate's adapter cannot carry the request (`Provider.refusal`)
 
 
 class ShadowRunner:
@@ -69,6 +70,9 @@ class ShadowRunner:
         self._start_workers()
         for target in targets:
             self.counters.submitted += 1
+            if runtime.providers[target].refusal(params) is not None:
+                self._drop(target, "refused")  # as dispatch skips it: sent without, it would answer something else
+                continue
             if self._over_budget():
                 self._drop(target, "budget")
                 continue
@@ -82,6 +86,8 @@ class ShadowRunner:
     def _drop(self, target: str, why: str) -> None:
         if why == "budget":
             self.counters.dropped_budget += 1
+        elif why == "refused":
+            self.counters.dropped_refused += 1
         else:
             self.counters.dropped_queue += 1
         self.dropped[target] = self.dropped.get(target, 0) + 1

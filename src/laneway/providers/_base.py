@@ -13,7 +13,7 @@ import os
 import ssl
 from collections.abc import AsyncIterator, Callable
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import orjson
@@ -46,9 +46,20 @@ log = logging.getLogger("laneway")
 # Idle keep-alive connections are closed after this long, under the usual server-side timeouts.
 KEEPALIVE_S = 60.0
 
+class Refusal(NamedTuple):
+    """Why an adapter cannot carry a request: `param` is the request field it cannot translate."""
+
+    param: str
+    reason: str
+
+
 class Provider(Protocol):
     spec: ModelSpec
-    calls_tools: bool  # translates `tools`, tool calls and their results; dispatch skips one that does not
+
+    def refusal(self, params: dict[str, Any]) -> Refusal | None:
+        """Why this adapter cannot carry a request with these parameters (dispatch then skips the model
+        unsent), or None. Called for every lane of every request: cheap."""
+        ...
 
     async def complete(self, request: ChatRequest, deadline: float) -> Completion: ...
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from ..chat import ChatRequest, Chunk, Completion, Message, Usage, message_text
+from ..chat import ChatRequest, Chunk, Completion, Message, Usage, answer_schema, message_text, wants_json
 from ..errors import (
     InvalidRequest,
     UpstreamBadResponse,
@@ -18,7 +18,7 @@ from ..errors import (
     UpstreamUnavailable,
 )
 from ._anthropic_tools import StreamedCalls, tool_calls_of, tool_result_block, tool_settings, tool_use_blocks
-from ._base import Upstream, decode_event
+from ._base import Refusal, Upstream, decode_event
 
 if TYPE_CHECKING:
     from ..config import ModelSpec
@@ -35,6 +35,8 @@ FINISH = {
 }
 _OVERFLOW_WORDS = ("prompt is too long", "exceed context limit")
 _SYSTEM_ROLES = ("system", "developer")
+NO_JSON_MODE = ("the Messages API has no JSON mode without a schema: ask for `response_format: {\"type\": "
+                "\"json_schema\", \"json_schema\": {\"name\": ..., \"schema\": {...}}}`")
 
 
 def create(spec: ModelSpec, base_url: str) -> AnthropicProvider:
@@ -42,8 +44,6 @@ def create(spec: ModelSpec, base_url: str) -> AnthropicProvider:
 
 
 class AnthropicProvider:
-    calls_tools = True  # as `tools`, `tool_use` and `tool_result` blocks (`_anthropic_tools`)
-
     def __init__(self, spec: ModelSpec, base_url: str) -> None:
         self.spec = spec
         self.upstream = Upstream(spec, base_url, {"anthropic-version": API_VERSION})
@@ -51,6 +51,13 @@ class AnthropicProvider:
         if key:
             self.upstream.headers["x-api-key"] = key
         self.url = f"{self.upstream.base_url}/v1/messages"
+
+    def refusal(self, params: dict[str, Any]) -> Refusal | None:
+        # Tools travel as `tools`, `tool_use` and `tool_result` blocks (`_anthropic_tools`); a JSON answer
+        # only with a schema, as `output_config.format`.
+        if wants_json(params) and answer_schema(params) is None:
+            return Refusal("response_format", NO_JSON_MODE)
+        return None
 
     def body(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
         return request_body(self.spec.model, request, stream)
@@ -91,6 +98,9 @@ def request_body(model: str, request: ChatRequest, stream: bool) -> dict[str, An
         body["system"] = "\n\n".join(text for text in system if text)
     body.update(sampling(request.params))
     body.update(tool_settings(request.params))
+    schema = answer_schema(request.params)
+    if schema is not None:
+        body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
     if stream:
         body["stream"] = True
     return body

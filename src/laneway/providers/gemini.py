@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..chat import ChatRequest, Chunk, Completion, Message, TokenLogprob, Usage, message_text
+from ..chat import ChatRequest, Chunk, Completion, Message, TokenLogprob, Usage, answer_schema, message_text, wants_json
 from ..errors import (
     InvalidRequest,
     UpstreamBadResponse,
@@ -20,7 +20,7 @@ from ..errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from ._base import OverflowTest, Upstream, decode_event
+from ._base import OverflowTest, Refusal, Upstream, decode_event
 
 if TYPE_CHECKING:
     from ..config import ModelSpec
@@ -31,6 +31,8 @@ FILTERED = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT",
 FINISH = {"STOP": "stop", "MAX_TOKENS": "length", **{reason: "content_filter" for reason in FILTERED}}
 _OVERFLOW_WORDS = ("input token count", "maximum number of tokens", "token limit", "token count exceeds")
 _SYSTEM_ROLES = ("system", "developer")
+# The adapter sends text parts only, no `functionDeclarations`: a request with tools skips Gemini models.
+NO_TOOLS = Refusal("tools", "the `gemini` adapter does not carry tool calls")
 # OpenAI parameter -> generationConfig field, for the ones that only change name.
 _RENAMED = {
     "temperature": "temperature", "top_p": "topP", "presence_penalty": "presencePenalty",
@@ -43,8 +45,6 @@ def create(spec: ModelSpec, base_url: str) -> GeminiProvider:
 
 
 class GeminiProvider:
-    calls_tools = False  # the adapter sends text parts only: no `functionDeclarations`
-
     def __init__(self, spec: ModelSpec, base_url: str) -> None:
         self.spec = spec
         self.upstream = GeminiUpstream(spec, base_url, {})
@@ -54,6 +54,9 @@ class GeminiProvider:
         root = f"{self.upstream.base_url}/v1beta/models/{spec.model}"
         self.url = f"{root}:generateContent"
         self.stream_url = f"{root}:streamGenerateContent?alt=sse"
+
+    def refusal(self, params: dict[str, Any]) -> Refusal | None:
+        return NO_TOOLS if params.get("tools") else None
 
     async def complete(self, request: ChatRequest, deadline: float) -> Completion:
         data = await self.upstream.post_json(self.url, request_body(request), deadline, is_overflow)
@@ -140,9 +143,11 @@ def generation_config(request: ChatRequest) -> dict[str, Any]:
         config["responseLogprobs"] = True
         if params.get("top_logprobs"):
             config["logprobs"] = int(params["top_logprobs"])
-    response_format = params.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type") == "json_object":
+    if wants_json(params):
         config["responseMimeType"] = "application/json"
+        schema = answer_schema(params)
+        if schema is not None:
+            config["responseJsonSchema"] = schema
     return config
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..chat import ChatRequest, Chunk, Completion, TokenLogprob, Usage
 from ..errors import UpstreamBadResponse, UpstreamError
-from ._base import Upstream, decode_event
+from ._base import Refusal, Upstream, decode_event
 
 if TYPE_CHECKING:
     from ..config import ModelSpec
@@ -27,8 +27,6 @@ def create(spec: ModelSpec, base_url: str) -> OpenAIProvider:
 
 
 class OpenAIProvider:
-    calls_tools = True  # tools and tool calls: passed through as they are
-
     def __init__(self, spec: ModelSpec, base_url: str) -> None:
         self.spec = spec
         self.upstream = Upstream(spec, base_url, {})
@@ -36,6 +34,9 @@ class OpenAIProvider:
         if key:
             self.upstream.headers["authorization"] = f"Bearer {key}"
         self.url = f"{self.upstream.base_url}/chat/completions"
+
+    def refusal(self, params: dict[str, Any]) -> Refusal | None:
+        return None  # tools, tool calls and `response_format` pass through as they are
 
     def body(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.spec.model, "messages": request.messages}

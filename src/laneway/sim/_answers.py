@@ -10,11 +10,15 @@ import hashlib
 import math
 import random
 from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
 
 from ..chat import Message, message_text
 from ..context import TokenCounter
 from ._cassettes import Cassette, Recording, normalise
 from ._fleet import SimModel
+from ._structured import instance
 
 # Laneway's own cascade prompts, which the fleet recognises (see laneway/cascade.py).
 SELF_REPORT_CUE = "write [confidence: X]"
@@ -54,6 +58,7 @@ class SimRequest:
     stream: bool = False
     logprobs: bool = False
     seed: int | None = None
+    json_schema: dict[str, Any] | None = None  # the schema of a structured output asked for (`ANY_OBJECT` for any)
 
 
 @dataclass(slots=True)
@@ -78,6 +83,8 @@ def answer(model: SimModel, request: SimRequest, counter: TokenCounter, fleet_se
     rng = random.Random(_seed(model.name, request, fleet_seed))
     if _asked(request, VERIFIER_CUE):
         return _grade(model, request, counter, rng)
+    if request.json_schema is not None:
+        return _structured(model, request, counter, rng)
     recording = _recorded(model, request, cassette)
     if recording is not None:
         return _replayed(model, request, counter, rng, recording)
@@ -112,23 +119,40 @@ def _recorded(model: SimModel, request: SimRequest, cassette: Cassette | None) -
 def _replayed(model: SimModel, request: SimRequest, counter: TokenCounter, rng: random.Random,
               recording: Recording) -> SimAnswer:
     """The recorded real answer (cut at max_tokens); its correctness is the answer's latent quality."""
-    words: list[str] = []
-    tokens = 0
-    capped = False
-    for i, word in enumerate(recording.text.split(" ")):
-        piece = word if i == 0 else " " + word
-        cost = counter.text_tokens(piece)
-        if tokens + cost > request.max_tokens:
-            capped = True
-            break
-        words.append(piece)
-        tokens += cost
+    words, tokens, capped = _cut(recording.text, request.max_tokens, counter)
     truth = 0.9 + 0.1 * rng.random() if recording.correct else 0.1 * rng.random()
     seen = _observed_confidence(model, truth, rng)
     if _asked(request, SELF_REPORT_CUE):
         words.append(f"\n[confidence: {seen:.2f}]")
     logprobs = [min(0.0, rng.gauss(math.log(seen), 0.05)) for _ in words] if request.logprobs else []
     return SimAnswer(words, prompt_tokens(counter, request), tokens, "length" if capped else "stop", logprobs)
+
+
+def _structured(model: SimModel, request: SimRequest, counter: TokenCounter, rng: random.Random) -> SimAnswer:
+    """A JSON answer that follows the requested schema, cut at `max_tokens` like any other (and then no
+    longer valid JSON, as a real model's would not be). No self-reported confidence: under a schema a
+    model has nowhere to write it."""
+    assert request.json_schema is not None
+    text = orjson.dumps(instance(request.json_schema, rng, _SENTENCES)).decode()
+    words, tokens, capped = _cut(text, request.max_tokens, counter)
+    seen = _observed_confidence(model, latent_quality("".join(words)), rng)
+    logprobs = [min(0.0, rng.gauss(math.log(seen), 0.05)) for _ in words] if request.logprobs else []
+    return SimAnswer(words, prompt_tokens(counter, request), tokens, "length" if capped else "stop", logprobs)
+
+
+def _cut(text: str, max_tokens: int, counter: TokenCounter) -> tuple[list[str], int, bool]:
+    """`text` as words (each but the first with its leading space), up to `max_tokens`; their tokens;
+    whether it was cut."""
+    words: list[str] = []
+    tokens = 0
+    for i, word in enumerate(text.split(" ")):
+        piece = word if i == 0 else " " + word
+        cost = counter.text_tokens(piece)
+        if tokens + cost > max_tokens:
+            return words, tokens, True
+        words.append(piece)
+        tokens += cost
+    return words, tokens, False
 
 
 def latent_quality(text: str) -> float:

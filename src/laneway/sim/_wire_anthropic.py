@@ -31,8 +31,12 @@ def parse(body: dict[str, Any], path_model: str | None) -> SimRequest:
     system = _text(body.get("system"))
     chat: list[Message] = [{"role": "system", "content": system}] if system else []
     chat += [{"role": str(m.get("role")), "content": _text(m.get("content"))} for m in messages]
+    output = (body.get("output_config") or {}).get("format") or {}
+    if output and (output.get("type") != "json_schema" or not isinstance(output.get("schema"), dict)):
+        raise ValueError("output_config.format: must be {\"type\": \"json_schema\", \"schema\": {...}}")
     return SimRequest(model_id=str(body.get("model") or path_model or ""), messages=chat,
-                      max_tokens=int(body["max_tokens"]), stream=bool(body.get("stream")))
+                      max_tokens=int(body["max_tokens"]), stream=bool(body.get("stream")),
+                      json_schema=output.get("schema"))
 
 
 def completion(answer: SimAnswer, request: SimRequest, request_id: str) -> bytes:

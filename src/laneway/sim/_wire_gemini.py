@@ -14,6 +14,7 @@ import orjson
 
 from ..chat import Message
 from ._answers import SimAnswer, SimRequest
+from ._structured import ANY_OBJECT
 
 CONTENT_TYPE = "application/json"
 
@@ -42,7 +43,14 @@ def parse(body: dict[str, Any], path_model: str | None) -> SimRequest:
     return SimRequest(model_id=model, messages=chat,
                       max_tokens=int(config.get("maxOutputTokens") or _DEFAULT_MAX_OUTPUT),
                       stream=_METHODS[method], logprobs=bool(config.get("responseLogprobs")),
-                      seed=config.get("seed"))
+                      seed=config.get("seed"), json_schema=_schema(config))
+
+
+def _schema(config: dict[str, Any]) -> dict[str, Any] | None:
+    if config.get("responseMimeType") != "application/json":
+        return None
+    schema = config.get("responseJsonSchema") or config.get("responseSchema")
+    return schema if isinstance(schema, dict) else ANY_OBJECT
 
 
 def completion(answer: SimAnswer, request: SimRequest, request_id: str) -> bytes:

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from ._answers import SimAnswer, SimRequest
+from ._structured import ANY_OBJECT
 
 CONTENT_TYPE = "application/json"
 
@@ -21,7 +22,18 @@ def parse(body: dict[str, Any], path_model: str | None) -> SimRequest:
     return SimRequest(
         model_id=str(body.get("model") or path_model or ""), messages=messages, max_tokens=int(max_tokens),
         stream=bool(body.get("stream")), logprobs=bool(body.get("logprobs")), seed=body.get("seed"),
+        json_schema=_schema(body.get("response_format")),
     )
+
+
+def _schema(response_format: Any) -> dict[str, Any] | None:
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "json_object":
+        return ANY_OBJECT
+    if kind != "json_schema":
+        return None
+    schema = (response_format.get("json_schema") or {}).get("schema")
+    return schema if isinstance(schema, dict) else ANY_OBJECT
 
 
 def completion(answer: SimAnswer, request: SimRequest, request_id: str) -> bytes:
