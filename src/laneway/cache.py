@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from .chat import Completion, Message, Usage, message_text
+from .chat import Completion, Message, Usage, media_parts, message_text
 from .config import CacheSettings
 
 log = logging.getLogger("laneway")
@@ -61,7 +61,8 @@ class MemoryStore:
 
 
 def cache_key(scope: str, messages: list[Message], params: dict[str, Any]) -> str:
-    normal = [(m.get("role"), message_text(m).strip(), m.get("tool_calls"), m.get("tool_call_id")) for m in messages]
+    normal = [(m.get("role"), message_text(m).strip(), m.get("tool_calls"), m.get("tool_call_id"), media_parts(m))
+              for m in messages]
     kept = {k: v for k, v in params.items() if k not in _NOT_IN_KEY}
     payload = orjson.dumps([scope, normal, kept], option=orjson.OPT_SORT_KEYS)
     return "laneway:cache:" + hashlib.blake2b(payload, digest_size=16).hexdigest()

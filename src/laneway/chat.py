@@ -86,6 +86,18 @@ class Chunk:
     tool_calls: list[dict[str, Any]] | None = None  # OpenAI `delta.tool_calls` pieces, each with its `index`
 
 
+TEXT_PARTS = frozenset({"text", "input_text"})  # content part types that are text; others are media
+
+
+def media_parts(message: Message) -> list[dict[str, Any]] | None:
+    """A message's non-text content parts (images, files, audio), or None when it has none."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return None
+    parts = [p for p in content if isinstance(p, dict) and p.get("type", "text") not in TEXT_PARTS]
+    return parts or None
+
+
 def message_text(message: Message) -> str:
     """The text of a message whose content is a string or a list of text parts."""
     content = message.get("content")

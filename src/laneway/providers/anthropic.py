@@ -19,6 +19,7 @@ from ..errors import (
 )
 from ._anthropic_tools import StreamedCalls, tool_calls_of, tool_result_block, tool_settings, tool_use_blocks
 from ._base import Refusal, Upstream, decode_event
+from ._media import Media, media_of, unsupported
 
 if TYPE_CHECKING:
     from ..config import ModelSpec
@@ -107,7 +108,7 @@ def request_body(model: str, request: ChatRequest, stream: bool) -> dict[str, An
 
 
 def alternating_turns(messages: list[Message]) -> list[Message]:
-    """Text content blocks per turn, consecutive same-role messages merged: the API requires alternation.
+    """Content blocks per turn, consecutive same-role messages merged: the API requires alternation.
 
     The API refuses a text block of whitespace only ("text content blocks must contain non-whitespace
     text"), and a final assistant turn (a prefill) that ends in whitespace: such blocks are dropped,
@@ -118,7 +119,7 @@ def alternating_turns(messages: list[Message]) -> list[Message]:
         if message.get("role") == "tool":
             blocks = [tool_result_block(message)]
         else:
-            blocks = [{"type": "text", "text": text} for text in _texts(message) if text.strip()]
+            blocks = content_blocks(message)
             blocks += tool_use_blocks(message) if role == "assistant" else []
         if not blocks:
             continue
@@ -249,8 +250,29 @@ class _StreamState:
             self.input_tokens = prompt_tokens(usage)
 
 
-def _texts(message: Message) -> list[str]:
+def content_blocks(message: Message) -> list[dict[str, Any]]:
+    """A message's text, images and PDF documents as content blocks, in the client's order."""
     content = message.get("content")
-    if isinstance(content, list):
-        return [str(part.get("text") or "") for part in content if isinstance(part, dict)]
-    return [message_text(message)]
+    if not isinstance(content, list):
+        text = message_text(message)
+        return [{"type": "text", "text": text}] if text.strip() else []
+    blocks: list[dict[str, Any]] = []
+    for part in content:
+        media = media_of(part, "anthropic")
+        if media is None:
+            text = str(part.get("text") or "")
+            if text.strip():
+                blocks.append({"type": "text", "text": text})
+        else:
+            blocks.append(_media_block(media))
+    return blocks
+
+
+def _media_block(media: Media) -> dict[str, Any]:
+    if media.kind == "image_url":
+        source = ({"type": "url", "url": media.url} if media.url else
+                  {"type": "base64", "media_type": media.mime, "data": media.data})
+        return {"type": "image", "source": source}
+    if media.kind == "file" and media.mime == "application/pdf":
+        return {"type": "document", "source": {"type": "base64", "media_type": media.mime, "data": media.data}}
+    raise unsupported(media, "anthropic", "the Messages API takes images (base64 or a URL) and PDF files")

@@ -21,6 +21,7 @@ from ..errors import (
     UpstreamUnavailable,
 )
 from ._base import OverflowTest, Refusal, Upstream, decode_event
+from ._media import media_of, unsupported
 
 if TYPE_CHECKING:
     from ..config import ModelSpec
@@ -116,11 +117,11 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
 
 
 def contents_of(messages: list[Message]) -> list[Message]:
-    """`user`/`model` contents of text parts, consecutive same-role messages merged into one turn."""
+    """`user`/`model` contents, consecutive same-role messages merged into one turn."""
     contents: list[Message] = []
     for message in messages:
         role = "model" if message.get("role") == "assistant" else "user"
-        parts = [{"text": text} for text in _texts(message) if text]
+        parts = parts_of(message)
         if not parts:
             continue
         if contents and contents[-1]["role"] == role:
@@ -250,8 +251,21 @@ def retry_delay(payload: bytes) -> float | None:
     return None
 
 
-def _texts(message: Message) -> list[str]:
+def parts_of(message: Message) -> list[dict[str, Any]]:
+    """A message's text and media as `parts`, in the client's order; media go inline (`inlineData`)."""
     content = message.get("content")
-    if isinstance(content, list):
-        return [str(part.get("text") or "") for part in content if isinstance(part, dict)]
-    return [message_text(message)]
+    if not isinstance(content, list):
+        text = message_text(message)
+        return [{"text": text}] if text else []
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        media = media_of(part, "gemini")
+        if media is None:
+            text = str(part.get("text") or "")
+            if text:
+                parts.append({"text": text})
+        elif media.url:
+            raise unsupported(media, "gemini", "the adapter sends media inline: pass it as a `data:` URL (base64)")
+        else:
+            parts.append({"inlineData": {"mimeType": media.mime, "data": media.data}})
+    return parts

@@ -22,6 +22,9 @@ from ._structured import instance
 
 # Laneway's own cascade prompts, which the fleet recognises (see laneway/cascade.py).
 SELF_REPORT_CUE = "write [confidence: X]"
+# What the fleet bills for one image, document or audio clip in a prompt: Gemini's figure for an image
+# of up to 384 pixels a side.
+MEDIA_TOKENS = 258
 VERIFIER_CUE = "You grade customer-support answers."
 
 _SENTENCES = (
@@ -59,6 +62,7 @@ class SimRequest:
     logprobs: bool = False
     seed: int | None = None
     json_schema: dict[str, Any] | None = None  # the schema of a structured output asked for (`ANY_OBJECT` for any)
+    media: int = 0  # images, documents and audio clips in the prompt, each `MEDIA_TOKENS` prompt tokens
 
 
 @dataclass(slots=True)
@@ -75,7 +79,7 @@ class SimAnswer:
 
 
 def prompt_tokens(counter: TokenCounter, request: SimRequest) -> int:
-    return counter.count(request.messages)
+    return counter.count(request.messages) + MEDIA_TOKENS * request.media
 
 
 def answer(model: SimModel, request: SimRequest, counter: TokenCounter, fleet_seed: int,

@@ -15,6 +15,7 @@ CONTENT_TYPE = "application/json"
 OVERLOADED_STATUS = 529
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
+_MEDIA_BLOCKS = ("image", "document")
 _ERROR_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
     404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
@@ -36,7 +37,21 @@ def parse(body: dict[str, Any], path_model: str | None) -> SimRequest:
         raise ValueError("output_config.format: must be {\"type\": \"json_schema\", \"schema\": {...}}")
     return SimRequest(model_id=str(body.get("model") or path_model or ""), messages=chat,
                       max_tokens=int(body["max_tokens"]), stream=bool(body.get("stream")),
-                      json_schema=output.get("schema"))
+                      json_schema=output.get("schema"), media=sum(_media(m.get("content")) for m in messages))
+
+
+def _media(content: Any) -> int:
+    """Image and document blocks, checked as the API checks their `source`."""
+    blocks = [b for b in content if isinstance(b, dict) and b.get("type") in _MEDIA_BLOCKS] \
+        if isinstance(content, list) else []
+    for block in blocks:
+        source = block.get("source") or {}
+        if source.get("type") == "url" and isinstance(source.get("url"), str):
+            continue
+        if source.get("type") != "base64" or not source.get("media_type") or not source.get("data"):
+            raise ValueError(f"{block['type']}.source: must be {{type: base64, media_type, data}} "
+                             "or {type: url, url}")
+    return len(blocks)
 
 
 def completion(answer: SimAnswer, request: SimRequest, request_id: str) -> bytes:

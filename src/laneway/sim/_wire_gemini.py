@@ -43,7 +43,16 @@ def parse(body: dict[str, Any], path_model: str | None) -> SimRequest:
     return SimRequest(model_id=model, messages=chat,
                       max_tokens=int(config.get("maxOutputTokens") or _DEFAULT_MAX_OUTPUT),
                       stream=_METHODS[method], logprobs=bool(config.get("responseLogprobs")),
-                      seed=config.get("seed"), json_schema=_schema(config))
+                      seed=config.get("seed"), json_schema=_schema(config), media=sum(map(_media, contents)))
+
+
+def _media(content: Any) -> int:
+    """Inline media parts, checked as the API checks them."""
+    parts = [p.get("inlineData") for p in content.get("parts") or () if isinstance(p, dict) and "inlineData" in p]
+    for inline in parts:
+        if not isinstance(inline, dict) or not inline.get("mimeType") or not inline.get("data"):
+            raise ValueError("* GenerateContentRequest.contents[].parts[].inline_data: needs mime_type and data")
+    return len(parts)
 
 
 def _schema(config: dict[str, Any]) -> dict[str, Any] | None:

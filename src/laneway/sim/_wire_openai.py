@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from ..chat import media_parts
 from ._answers import SimAnswer, SimRequest
 from ._structured import ANY_OBJECT
 
@@ -23,6 +24,7 @@ def parse(body: dict[str, Any], path_model: str | None) -> SimRequest:
         model_id=str(body.get("model") or path_model or ""), messages=messages, max_tokens=int(max_tokens),
         stream=bool(body.get("stream")), logprobs=bool(body.get("logprobs")), seed=body.get("seed"),
         json_schema=_schema(body.get("response_format")),
+        media=sum(len(media_parts(m) or ()) for m in messages if isinstance(m, dict)),
     )
 
 
