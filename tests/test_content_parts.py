@@ -87,7 +87,7 @@ def test_gemini_takes_audio_inline(live: LiveGateway) -> None:
     ("gemini-2.5-flash-lite", image("https://example.com/parcel.jpg"), "pass it as a `data:` URL"),
     ("claude-sonnet-37", AUDIO_PART, "takes images (base64 or a URL) and PDF files"),
     ("claude-sonnet-37", {"type": "file", "file": {"file_id": "file-abc123"}}, "send its content as `file_data`"),
-    ("claude-sonnet-37", image("data:image/png,not-base64"), "a `image_url` part's data cannot be read"),
+    ("claude-sonnet-37", image("data:image/png,not-base64"), "the `image_url` part's data cannot be read"),
     ("gemini-2.5-flash-lite", {"type": "video_url", "video_url": "x"}, "not 'video_url'"),
 ])
 def test_a_part_the_adapter_cannot_send_is_a_400_that_says_what_it_takes(live: LiveGateway, model: str,

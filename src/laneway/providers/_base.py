@@ -46,6 +46,7 @@ log = logging.getLogger("laneway")
 # Idle keep-alive connections are closed after this long, under the usual server-side timeouts.
 KEEPALIVE_S = 60.0
 
+
 class Refusal(NamedTuple):
     """Why an adapter cannot carry a request: `param` is the request field it cannot translate."""
 

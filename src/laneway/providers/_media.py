@@ -62,12 +62,12 @@ def _inline(kind: str, url: Any, shape: str) -> Media:
     match = _DATA_URL.fullmatch(url) if isinstance(url, str) else None
     if match is None:
         shown = url[:40] + "..." if isinstance(url, str) and len(url) > 40 else url
-        raise InvalidRequest(f"a `{kind}` part's data cannot be read: {shape}, got {shown!r}", param="messages")
+        raise InvalidRequest(f"the `{kind}` part's data cannot be read: {shape}, got {shown!r}", param="messages")
     return Media(kind, mime=match.group(1), data=match.group(2))
 
 
 def unsupported(media: Media, adapter: str, what: str) -> InvalidRequest:
     """The error for a part `adapter` cannot send: `what` says what it can."""
     source = f"from {media.url}" if media.url else f"of type {media.mime}"
-    return InvalidRequest(f"the `{adapter}` adapter cannot send a `{media.kind}` part {source}: {what}",
+    return InvalidRequest(f"the `{adapter}` adapter cannot send the `{media.kind}` part {source}: {what}",
                           param="messages")

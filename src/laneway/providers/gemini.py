@@ -32,7 +32,7 @@ FILTERED = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT",
 FINISH = {"STOP": "stop", "MAX_TOKENS": "length", **{reason: "content_filter" for reason in FILTERED}}
 _OVERFLOW_WORDS = ("input token count", "maximum number of tokens", "token limit", "token count exceeds")
 _SYSTEM_ROLES = ("system", "developer")
-# The adapter sends text parts only, no `functionDeclarations`: a request with tools skips Gemini models.
+# The adapter does not translate tools (no `functionDeclarations`): a request with tools skips Gemini models.
 NO_TOOLS = Refusal("tools", "the `gemini` adapter does not carry tool calls")
 # OpenAI parameter -> generationConfig field, for the ones that only change name.
 _RENAMED = {

@@ -22,10 +22,10 @@ from ._structured import instance
 
 # Laneway's own cascade prompts, which the fleet recognises (see laneway/cascade.py).
 SELF_REPORT_CUE = "write [confidence: X]"
+VERIFIER_CUE = "You grade customer-support answers."
 # What the fleet bills for one image, document or audio clip in a prompt: Gemini's figure for an image
 # of up to 384 pixels a side.
 MEDIA_TOKENS = 258
-VERIFIER_CUE = "You grade customer-support answers."
 
 _SENTENCES = (
     "Thanks for reaching out, I can help with that.",

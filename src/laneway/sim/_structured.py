@@ -1,9 +1,10 @@
 """Simulated structured outputs: a JSON value that follows the schema a request asked for.
 
 Real models decode under the schema's constraints; the fleet builds an instance of it instead,
-with words from the reply sentences for strings. It reads the JSON Schema keywords that decide a
-value's shape (`type`, `properties`, `required`, `items`, `enum`, `const`, `anyOf`/`oneOf`,
-`$ref` into `$defs`, bounds on numbers and lengths) and Gemini's upper-case type names.
+with words from the reply sentences for strings and every property of an object filled in. It
+reads the JSON Schema keywords that decide a value's shape (`type`, `properties`, `items`,
+`enum`, `const`, `anyOf`/`oneOf`, `$ref` within the schema, bounds on numbers, lengths and item
+counts, common string `format`s) and Gemini's upper-case type names.
 """
 
 from __future__ import annotations
