@@ -128,6 +128,26 @@ def test_seed_table_overlap_and_gap_are_warnings() -> None:
      - target: [gpt-5
      """,
      "not valid YAML"),
+    ("""
+     models:
+       mine:
+         provider: openai
+         base_url: http://localhost:8000/v1
+         prompt_cache: true
+     routes:
+     - target: mine
+     """,
+     "models.mine.prompt_cache (line 6, column 19): `prompt_cache` is for `anthropic` models; `openai` caches"),
+    ("""
+     models:
+       mine:
+         provider: openai
+         base_url: http://localhost:8000/v1
+         price: {input_per_mtok: 1.25, cached_input_per_mtok: -0.1}
+     routes:
+     - target: mine
+     """,
+     "models.mine.price.cached_input_per_mtok (line 6, column 58): must be at least 0"),
 ])
 def test_config_errors_name_path_line_and_fix(text: str, expected: str) -> None:
     found = issues_of(text)

@@ -119,7 +119,10 @@ async def _confidence(dispatcher: Dispatcher, cascade: Cascade, messages: list[M
     finally:
         attempt.latency_ms = (time.perf_counter() - started) * 1000
         exchange.upstream_ms += attempt.latency_ms
-    attempt.prompt_tokens, attempt.completion_tokens = graded.usage.prompt_tokens, graded.usage.completion_tokens
-    attempt.cost_usd = spec.price.cost(attempt.prompt_tokens, attempt.completion_tokens)
+    usage = graded.usage
+    attempt.prompt_tokens, attempt.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+    attempt.cached_tokens = usage.cached_tokens
+    attempt.cost_usd = spec.price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
+                                       usage.cache_write_tokens)
     exchange.cost_usd += attempt.cost_usd
     return from_verifier(graded)

@@ -18,8 +18,10 @@ FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls")
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # every prompt token, those read from or written to the prompt cache included
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens read from the provider's prompt cache
+    cache_write_tokens: int = 0  # prompt tokens written to it (Anthropic bills them apart)
 
     @property
     def total_tokens(self) -> int:

@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from .chat import ChatRequest, Chunk, Completion, Message
-from .config import ModelSpec, Route
+from .chat import ChatRequest, Chunk, Completion, Message, Usage
+from .config import ModelSpec, Price, Route
 from .context import TokenCounter
 from .errors import (
     AllAttemptsFailed,
@@ -124,8 +124,7 @@ class Dispatcher:
                         if not await self._retry_pause(plan, error, attempt_no):
                             break
                         continue
-                    self._succeeded(attempt, started, name, exchange, completion.usage.prompt_tokens,
-                                    completion.usage.completion_tokens)
+                    self._succeeded(attempt, started, name, exchange, completion.usage)
                     exchange.lane, exchange.model = lane, name
                     ticket.used = (completion.usage.total_tokens, attempt.cost_usd, attempt.latency_ms)
                     return completion
@@ -256,12 +255,11 @@ class Dispatcher:
             if self.runtime.breakers[name].failure(now) and self.sink is not None:
                 self.sink.count("cooldown", name)
 
-    def _succeeded(self, attempt: Attempt, started: float, name: str, exchange: Exchange,
-                   prompt_tokens: int, completion_tokens: int) -> None:
+    def _succeeded(self, attempt: Attempt, started: float, name: str, exchange: Exchange, usage: Usage) -> None:
         attempt.latency_ms = (time.perf_counter() - started) * 1000
         exchange.upstream_ms += attempt.latency_ms
         self.runtime.breakers[name].success()
-        account(attempt, exchange, self.runtime.config.models[name].price.cost, prompt_tokens, completion_tokens)
+        account(attempt, exchange, self.runtime.config.models[name].price, usage)
 
     async def _retry_pause(self, plan: Plan, error: UpstreamError, attempt_no: int) -> bool:
         """Sleep before retrying the same model; False means move on to the next model instead."""
@@ -285,12 +283,15 @@ class Dispatcher:
         return AllAttemptsFailed([UpstreamUnavailable(f"every model was skipped ({skipped})", model="")])
 
 
-def account(attempt: Attempt, exchange: Exchange, cost: Any, prompt_tokens: int, completion_tokens: int) -> None:
-    attempt.prompt_tokens = prompt_tokens
-    attempt.completion_tokens = completion_tokens
-    attempt.cost_usd = cost(prompt_tokens, completion_tokens)
-    exchange.prompt_tokens = prompt_tokens
-    exchange.completion_tokens = completion_tokens
+def account(attempt: Attempt, exchange: Exchange, price: Price, usage: Usage) -> None:
+    """Record what the answer cost: its tokens (prompt-cache reads and writes at their own prices)."""
+    attempt.prompt_tokens = usage.prompt_tokens
+    attempt.completion_tokens = usage.completion_tokens
+    attempt.cached_tokens = usage.cached_tokens
+    attempt.cost_usd = price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
+                                  usage.cache_write_tokens)
+    exchange.prompt_tokens = usage.prompt_tokens
+    exchange.completion_tokens = usage.completion_tokens
     exchange.cost_usd += attempt.cost_usd
 
 

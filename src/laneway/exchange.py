@@ -31,6 +31,7 @@ class Attempt:
     error: str = ""
     upstream_status: int | None = None
     lane: str = "primary"
+    cached_tokens: int = 0  # of `prompt_tokens`, those the provider read from its prompt cache
 
 
 @dataclass(slots=True)

@@ -145,7 +145,7 @@ class ShadowRunner:
             record.error = attempt.error = error.message
         record.latency_ms = record.upstream_ms = attempt.latency_ms = (time.perf_counter() - started) * 1000
         if usage is not None:
-            account(attempt, record, spec.price.cost, usage.prompt_tokens, usage.completion_tokens)
+            account(attempt, record, spec.price, usage)
         text = "".join(pieces)
         record.signals = {**primary.signals, "shadow_of": primary.request_id, "primary_model": primary.model,
                           "primary_latency_ms": primary.latency_ms, "primary_ttft_ms": primary.ttft_ms,

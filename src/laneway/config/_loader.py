@@ -141,7 +141,9 @@ def _model(name: str, s: Section) -> ModelSpec:
         s.issues.add(s.where("base_url"), f"`{base_url}` names no host, e.g. `https://api.openai.com/v1`")
     price = s.section("price")
     p = Price(price.number("input_per_mtok", 0.0, minimum=0) or 0.0,
-              price.number("output_per_mtok", 0.0, minimum=0) or 0.0)
+              price.number("output_per_mtok", 0.0, minimum=0) or 0.0,
+              price.number("cached_input_per_mtok", None, minimum=0),
+              price.number("cache_write_per_mtok", None, minimum=0))
     price.done()
     breaker = s.section("cooldown")
     b = Breaker(breaker.whole("failures", 5, minimum=1), breaker.whole("cooldown_ms", 10_000, minimum=1))
@@ -161,8 +163,11 @@ def _model(name: str, s: Section) -> ModelSpec:
         direct=s.flag("direct", True), breaker=b, profile=profile,
         max_response_bytes=s.whole("max_response_bytes", 8 * 1024 * 1024, minimum=1024),
         gate=parse_gate(s.section("gate")) if s.has("gate") else None,
-        warmup=s.flag("warmup", False),
+        warmup=s.flag("warmup", False), prompt_cache=s.flag("prompt_cache", False),
     )
+    if spec.prompt_cache and provider != "anthropic":
+        s.issues.add(s.where("prompt_cache"), f"`prompt_cache` is for `anthropic` models; `{provider}` caches "
+                     "long prompts on its own (its cached-token price is `price.cached_input_per_mtok`)")
     s.done()
     # Kept even when invalid (the file's errors stop the load anyway), so that routes naming this model
     # are not also told it is unknown.

@@ -22,11 +22,22 @@ TOKENIZERS = ("cl100k_base", "approx")
 
 @dataclass(frozen=True, slots=True)
 class Price:
+    """USD per million tokens. Prompt tokens the provider read from its prompt cache, or wrote to it,
+    have prices of their own; without one they cost `input_per_mtok`."""
+
     input_per_mtok: float = 0.0
     output_per_mtok: float = 0.0
+    cached_input_per_mtok: float | None = None
+    cache_write_per_mtok: float | None = None
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1_000_000
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
+             cache_write_tokens: int = 0) -> float:
+        """`prompt_tokens` includes `cached_tokens` and `cache_write_tokens`, as providers report them."""
+        fresh = prompt_tokens - cached_tokens - cache_write_tokens
+        cached = self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+        write = self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
+        return (fresh * self.input_per_mtok + cached_tokens * cached + cache_write_tokens * write
+                + completion_tokens * self.output_per_mtok) / 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +83,7 @@ class ModelSpec:
     max_response_bytes: int = 8 * 1024 * 1024
     gate: GatePolicy | None = None
     warmup: bool = False  # send one tiny request at start-up so the first real one is not slow
+    prompt_cache: bool = False  # anthropic: mark the system prompt for the provider's prompt cache
 
     @property
     def simulated(self) -> bool:

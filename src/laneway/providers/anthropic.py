@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..chat import ChatRequest, Chunk, Completion, Message, Usage, answer_schema, message_text, wants_json
@@ -61,7 +62,7 @@ class AnthropicProvider:
         return None
 
     def body(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
-        return request_body(self.spec.model, request, stream)
+        return request_body(self.spec.model, request, stream, self.spec.prompt_cache)
 
     async def complete(self, request: ChatRequest, deadline: float) -> Completion:
         data = await self.upstream.post_json(self.url, self.body(request, False), deadline, is_overflow)
@@ -86,8 +87,10 @@ class AnthropicProvider:
         await self.upstream.aclose()
 
 
-def request_body(model: str, request: ChatRequest, stream: bool) -> dict[str, Any]:
-    """The Messages API body for `request`: system prompts lifted out, turns alternating."""
+def request_body(model: str, request: ChatRequest, stream: bool, prompt_cache: bool = False) -> dict[str, Any]:
+    """The Messages API body for `request`: system prompts lifted out, turns alternating. With
+    `prompt_cache`, the system prompt is marked for the API's prompt cache (`cache_control`), so that
+    the next request that starts with it reads it at the cache's price."""
     system = [message_text(m) for m in request.messages if m.get("role") in _SYSTEM_ROLES]
     turns = alternating_turns([m for m in request.messages if m.get("role") not in _SYSTEM_ROLES])
     if not turns:
@@ -96,7 +99,9 @@ def request_body(model: str, request: ChatRequest, stream: bool) -> dict[str, An
     body: dict[str, Any] = {"model": model, "max_tokens": request.max_tokens(DEFAULT_MAX_TOKENS),
                             "messages": turns}
     if any(system):
-        body["system"] = "\n\n".join(text for text in system if text)
+        joined = "\n\n".join(text for text in system if text)
+        body["system"] = ([{"type": "text", "text": joined, "cache_control": {"type": "ephemeral"}}] if prompt_cache
+                          else joined)
     body.update(sampling(request.params))
     body.update(tool_settings(request.params))
     schema = answer_schema(request.params)
@@ -163,7 +168,7 @@ def parse_message(data: dict[str, Any], model: str) -> Completion:
         usage = data.get("usage") or {}
         return Completion(
             text=text, finish_reason=FINISH.get(str(data.get("stop_reason")), "stop"),
-            usage=Usage(prompt_tokens(usage), int(usage.get("output_tokens") or 0)),
+            usage=usage_of(usage, int(usage.get("output_tokens") or 0)),
             model=str(data.get("model") or model), upstream_id=str(data.get("id") or ""),
             tool_calls=tool_calls_of(blocks),
         )
@@ -171,10 +176,12 @@ def parse_message(data: dict[str, Any], model: str) -> Completion:
         raise UpstreamBadResponse("answer lacks a `content` list of blocks", model=model) from None
 
 
-def prompt_tokens(usage: dict[str, Any]) -> int:
-    # Like OpenAI's `prompt_tokens`, the count includes tokens written to or read from the prompt cache.
-    names = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-    return sum(int(usage.get(name) or 0) for name in names)
+def usage_of(usage: dict[str, Any], output_tokens: int) -> Usage:
+    """Like OpenAI's `prompt_tokens`, the prompt count includes the tokens read from the prompt cache and
+    those written to it (`input_tokens` counts neither)."""
+    read = int(usage.get("cache_read_input_tokens") or 0)
+    written = int(usage.get("cache_creation_input_tokens") or 0)
+    return Usage(int(usage.get("input_tokens") or 0) + read + written, output_tokens, read, written)
 
 
 def stream_error(error: Any, model: str) -> UpstreamError:
@@ -196,7 +203,7 @@ class _StreamState:
     """What a Messages stream has said so far; the finish and usage go out only with `message_stop`."""
 
     def __init__(self) -> None:
-        self.input_tokens = 0
+        self.usage = Usage()  # the prompt's counts, from `message_start` (or a `message_delta` that repeats them)
         self.output_tokens = 0
         self.finish: str | None = None
         self.stopped = False
@@ -226,13 +233,13 @@ class _StreamState:
             return Chunk(tool_calls=self.calls.started(int(event["index"]), block))
         if kind == "message_start":
             usage = (event.get("message") or {}).get("usage") or {}
-            self.input_tokens = prompt_tokens(usage)
+            self.usage = usage_of(usage, 0)
             self.output_tokens = int(usage.get("output_tokens") or 0)
         elif kind == "message_delta":
             self._delta(event)
         elif kind == "message_stop" and not self.stopped:
             self.stopped = True
-            usage = Usage(self.input_tokens, self.output_tokens)
+            usage = replace(self.usage, completion_tokens=self.output_tokens)
             return Chunk(finish_reason=self.finish or "stop", usage=usage)
         elif kind == "error":
             raise stream_error(event.get("error"), model)
@@ -247,7 +254,7 @@ class _StreamState:
         if usage.get("output_tokens") is not None:
             self.output_tokens = int(usage["output_tokens"])
         if usage.get("input_tokens") is not None:
-            self.input_tokens = prompt_tokens(usage)
+            self.usage = usage_of(usage, 0)
 
 
 def content_blocks(message: Message) -> list[dict[str, Any]]:

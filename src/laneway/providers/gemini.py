@@ -220,7 +220,9 @@ def usage_of(metadata: Any) -> Usage | None:
         return None
     # Thinking tokens are billed at the output price, so they count as completion tokens.
     completion = int(metadata.get("candidatesTokenCount") or 0) + int(metadata.get("thoughtsTokenCount") or 0)
-    return Usage(int(metadata.get("promptTokenCount") or 0), completion)
+    # `promptTokenCount` includes `cachedContentTokenCount`, the tokens read from the context cache.
+    cached = int(metadata.get("cachedContentTokenCount") or 0)
+    return Usage(int(metadata.get("promptTokenCount") or 0), completion, cached)
 
 
 def status_error(error: Any, model: str) -> UpstreamError:

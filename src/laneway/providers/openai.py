@@ -85,7 +85,7 @@ def parse_completion(data: dict[str, Any], model: str) -> Completion:
         return Completion(
             text=text if isinstance(text, str) else str(text),
             finish_reason=choice.get("finish_reason") or "stop",
-            usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
+            usage=usage_of(usage),
             model=str(data.get("model") or model),
             logprobs=_logprobs(choice),
             upstream_id=str(data.get("id") or ""),
@@ -103,7 +103,7 @@ def parse_chunk(event: dict[str, Any], model: str) -> Chunk | None:
     usage = event.get("usage")
     chunk = Chunk()
     if isinstance(usage, dict):
-        chunk.usage = Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        chunk.usage = usage_of(usage)
     choices = event.get("choices") or []
     if choices:
         choice = choices[0]
@@ -132,3 +132,10 @@ def _logprobs(choice: dict[str, Any]) -> list[TokenLogprob] | None:
     if not isinstance(logprobs, dict) or not isinstance(logprobs.get("content"), list):
         return None
     return [item for item in logprobs["content"] if isinstance(item, dict) and "logprob" in item]
+
+
+def usage_of(usage: dict[str, Any]) -> Usage:
+    """`prompt_tokens` includes `prompt_tokens_details.cached_tokens`, those read from the prompt cache."""
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), int(cached or 0))

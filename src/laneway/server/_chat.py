@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from ..chat import Chunk, Completion, TokenLogprob
+from ..chat import Chunk, Completion, TokenLogprob, Usage
 from ..dispatch import Started, account, close_stream
 from ..errors import LanewayError, UpstreamError, error_body
 from ..exchange import Attempt, Exchange
@@ -82,9 +82,17 @@ def _completion_body(completion: Completion, exchange: Exchange, logprobs: bool)
         "model": exchange.model,
         "choices": [{"index": 0, "message": message,
                      "finish_reason": completion.finish_reason, "logprobs": tokens}],
-        "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                  "total_tokens": usage.total_tokens},
+        "usage": usage_body(usage),
     })
+
+
+def usage_body(usage: Usage) -> dict[str, Any]:
+    """OpenAI's `usage`; `prompt_tokens_details.cached_tokens` when the provider read from its prompt cache."""
+    body: dict[str, Any] = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                            "total_tokens": usage.total_tokens}
+    if usage.cached_tokens:
+        body["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+    return body
 
 
 async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, str], path: str, send: Send,
@@ -120,10 +128,10 @@ def _account_stream(gateway: Gateway, runtime: Runtime, started: Started, state:
     usage = state.usage or _estimate(gateway, runtime, started, state.text)
     if not started.accounted:
         _stream_ended(exchange, started)
-        account(started.attempt, exchange, spec.price.cost, usage[0], usage[1])
+        account(started.attempt, exchange, spec.price, usage)
     tail = encoder.finish(state.finish or "stop")
     if include_usage:
-        tail += encoder.usage(*usage)
+        tail += encoder.usage(usage)
     return tail + f": laneway cost_usd={exchange.cost_usd:.8f}\n\n".encode() + b"data: [DONE]\n\n"
 
 
@@ -132,14 +140,14 @@ class _StreamState:
 
     def __init__(self, logprobs: bool) -> None:
         self.finish: str | None = None
-        self.usage: tuple[int, int] | None = None
+        self.usage: Usage | None = None
         self.text: list[str] = []
         self.logprobs = logprobs  # the client asked for them
 
 
 async def _forward(send: Send, encoder: _ChunkEncoder, chunk: Chunk, state: _StreamState) -> None:
     if chunk.usage is not None:
-        state.usage = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+        state.usage = chunk.usage
     if chunk.finish_reason:
         state.finish = chunk.finish_reason
     if chunk.text:
@@ -161,11 +169,11 @@ def _call_text(calls: list[dict[str, Any]]) -> list[str]:
     return texts
 
 
-def _estimate(gateway: Gateway, runtime: Runtime, started: Started, text: list[str]) -> tuple[int, int]:
+def _estimate(gateway: Gateway, runtime: Runtime, started: Started, text: list[str]) -> Usage:
     # The upstream sent no usage: count locally so a stream never costs $0.
     spec = runtime.config.models[started.model]
     prompt = gateway.counter.count(started.prompt.messages, spec.tokenizer) if started.prompt else 0
-    return prompt, gateway.counter.text_tokens("".join(text))
+    return Usage(prompt, gateway.counter.text_tokens("".join(text)))
 
 
 def _stream_ended(exchange: Exchange, started: Started) -> None:
@@ -216,7 +224,5 @@ class _ChunkEncoder:
         return (self._finish_head + b',"choices":[{"index":0,"delta":{},"finish_reason":'
                 + orjson.dumps(reason) + b"}]}\n\n")
 
-    def usage(self, prompt: int, completion: int) -> bytes:
-        usage = orjson.dumps({"prompt_tokens": prompt, "completion_tokens": completion,
-                              "total_tokens": prompt + completion})
-        return self._finish_head + b',"choices":[],"usage":' + usage + b"}\n\n"
+    def usage(self, usage: Usage) -> bytes:
+        return self._finish_head + b',"choices":[],"usage":' + orjson.dumps(usage_body(usage)) + b"}\n\n"

@@ -63,6 +63,8 @@ class SimRequest:
     seed: int | None = None
     json_schema: dict[str, Any] | None = None  # the schema of a structured output asked for (`ANY_OBJECT` for any)
     media: int = 0  # images, documents and audio clips in the prompt, each `MEDIA_TOKENS` prompt tokens
+    cache_prefix: int = 0  # leading messages the prompt cache may keep (`_prompt_cache`)
+    cache_marked: bool = False  # the request marked them for the cache (Anthropic's `cache_control`)
 
 
 @dataclass(slots=True)
@@ -72,6 +74,8 @@ class SimAnswer:
     completion_tokens: int
     finish_reason: str
     logprobs: list[float] = field(default_factory=list)
+    cached_tokens: int = 0  # of `prompt_tokens`, read from the prompt cache
+    cache_write_tokens: int = 0  # of `prompt_tokens`, written to it
 
     @property
     def text(self) -> str:

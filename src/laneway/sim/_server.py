@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -42,6 +43,7 @@ from . import _wire_anthropic, _wire_gemini, _wire_openai
 from ._answers import SimRequest, answer, prompt_tokens
 from ._cassettes import Cassette
 from ._fleet import SimModel
+from ._prompt_cache import PromptCache
 
 WIRES: dict[str, ModuleType] = {"openai": _wire_openai, "anthropic": _wire_anthropic, "gemini": _wire_gemini}
 # Gemini's `{model}` segment is `<model id>:<method>`; its wire's `parse` splits the two.
@@ -81,6 +83,7 @@ class Fleet:
     calls: dict[str, int] = field(default_factory=dict)
     concurrency: dict[str, CallCount] = field(default_factory=dict)  # by upstream model id
     cassette: Cassette | None = None  # recorded real outputs for known prompts
+    prompt_cache: PromptCache = field(default_factory=PromptCache)
     _states: dict[str, _ModelState] = field(default_factory=dict)
     _ids: Iterator[int] = field(default_factory=itertools.count)
 
@@ -213,6 +216,7 @@ async def _generate(fleet: Fleet, wire: ModuleType, http: web.Request, state: _M
                     request: SimRequest, fault: str) -> web.StreamResponse:
     model = state.model
     reply = answer(model, request, fleet.counter, fleet.seed, fleet.cassette)
+    fleet.prompt_cache.bill(model.name, request, reply, fleet.counter, time.monotonic())
     rng = random.Random(hash((request.model_id, reply.prompt_tokens, next(fleet._ids))))
     busy = state.active / model.slots
     ttft = model.law.ttft_ms(reply.prompt_tokens, busy, rng)

@@ -32,12 +32,27 @@ def parse(body: dict[str, Any], path_model: str | None) -> SimRequest:
     system = _text(body.get("system"))
     chat: list[Message] = [{"role": "system", "content": system}] if system else []
     chat += [{"role": str(m.get("role")), "content": _text(m.get("content"))} for m in messages]
+    marked = _marked(body.get("system"))  # the API caches only what `cache_control` marks
     output = (body.get("output_config") or {}).get("format") or {}
     if output and (output.get("type") != "json_schema" or not isinstance(output.get("schema"), dict)):
         raise ValueError("output_config.format: must be {\"type\": \"json_schema\", \"schema\": {...}}")
     return SimRequest(model_id=str(body.get("model") or path_model or ""), messages=chat,
                       max_tokens=int(body["max_tokens"]), stream=bool(body.get("stream")),
-                      json_schema=output.get("schema"), media=sum(_media(m.get("content")) for m in messages))
+                      json_schema=output.get("schema"), media=sum(_media(m.get("content")) for m in messages),
+                      cache_prefix=int(bool(system) and marked), cache_marked=marked)
+
+
+def _marked(system: Any) -> bool:
+    """Whether the system prompt's last block asks for the prompt cache (`cache_control`)."""
+    return isinstance(system, list) and bool(system) and isinstance(system[-1], dict) \
+        and (system[-1].get("cache_control") or {}).get("type") == "ephemeral"
+
+
+def _prompt_usage(answer: SimAnswer) -> dict[str, int]:
+    """`input_tokens` counts neither the tokens read from the cache nor those written to it."""
+    return {"input_tokens": answer.prompt_tokens - answer.cached_tokens - answer.cache_write_tokens,
+            "cache_read_input_tokens": answer.cached_tokens,
+            "cache_creation_input_tokens": answer.cache_write_tokens}
 
 
 def _media(content: Any) -> int:
@@ -59,7 +74,7 @@ def completion(answer: SimAnswer, request: SimRequest, request_id: str) -> bytes
         "id": f"msg_{request_id}", "type": "message", "role": "assistant", "model": request.model_id,
         "content": [{"type": "text", "text": answer.text}],
         "stop_reason": _STOP_REASONS[answer.finish_reason], "stop_sequence": None,
-        "usage": {"input_tokens": answer.prompt_tokens, "output_tokens": answer.completion_tokens},
+        "usage": {**_prompt_usage(answer), "output_tokens": answer.completion_tokens},
     })
 
 
@@ -68,7 +83,7 @@ def stream_events(answer: SimAnswer, request: SimRequest, request_id: str) -> It
     message: dict[str, Any] = {
         "id": f"msg_{request_id}", "type": "message", "role": "assistant", "model": request.model_id,
         "content": [], "stop_reason": None, "stop_sequence": None,
-        "usage": {"input_tokens": answer.prompt_tokens, "output_tokens": 1},
+        "usage": {**_prompt_usage(answer), "output_tokens": 1},
     }
     yield _event("message_start", {"type": "message_start", "message": message})
     yield _event("content_block_start",

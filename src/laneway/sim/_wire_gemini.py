@@ -43,7 +43,8 @@ def parse(body: dict[str, Any], path_model: str | None) -> SimRequest:
     return SimRequest(model_id=model, messages=chat,
                       max_tokens=int(config.get("maxOutputTokens") or _DEFAULT_MAX_OUTPUT),
                       stream=_METHODS[method], logprobs=bool(config.get("responseLogprobs")),
-                      seed=config.get("seed"), json_schema=_schema(config), media=sum(map(_media, contents)))
+                      seed=config.get("seed"), json_schema=_schema(config), media=sum(map(_media, contents)),
+                      cache_prefix=len(chat))  # Gemini caches long prompts on its own
 
 
 def _media(content: Any) -> int:
@@ -102,6 +103,8 @@ def _response(answer: SimAnswer, request: SimRequest, request_id: str, words: li
         usage["candidatesTokenCount"] = answer.completion_tokens
     usage["totalTokenCount"] = answer.prompt_tokens + (answer.completion_tokens if final else 0)
     usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": answer.prompt_tokens}]
+    if answer.cached_tokens:
+        usage["cachedContentTokenCount"] = answer.cached_tokens
     return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": request.model_id,
             "responseId": request_id}
 

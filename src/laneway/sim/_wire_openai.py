@@ -25,7 +25,14 @@ def parse(body: dict[str, Any], path_model: str | None) -> SimRequest:
         stream=bool(body.get("stream")), logprobs=bool(body.get("logprobs")), seed=body.get("seed"),
         json_schema=_schema(body.get("response_format")),
         media=sum(len(media_parts(m) or ()) for m in messages if isinstance(m, dict)),
+        cache_prefix=len(messages),  # OpenAI caches long prompts on its own
     )
+
+
+def _usage(answer: SimAnswer) -> dict[str, Any]:
+    return {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+            "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": answer.cached_tokens}}
 
 
 def _schema(response_format: Any) -> dict[str, Any] | None:
@@ -46,8 +53,7 @@ def completion(answer: SimAnswer, request: SimRequest, request_id: str) -> bytes
     return orjson.dumps({
         "id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": int(time.time()),
         "model": request.model_id, "choices": [choice],
-        "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
-                  "total_tokens": answer.prompt_tokens + answer.completion_tokens},
+        "usage": _usage(answer),
     })
 
 
@@ -62,9 +68,7 @@ def stream_events(answer: SimAnswer, request: SimRequest, request_id: str) -> It
         lp = _logprobs([word], answer.logprobs[i:i + 1]) if answer.logprobs else None
         yield _event({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None, "logprobs": lp}]})
     yield _event({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}]})
-    usage = {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
-             "total_tokens": answer.prompt_tokens + answer.completion_tokens}
-    yield _event({**head, "choices": [], "usage": usage})
+    yield _event({**head, "choices": [], "usage": _usage(answer)})
     yield b"data: [DONE]\n\n"
 
 
