@@ -140,6 +140,8 @@ def test_fault_before_first_byte(live: tuple[LiveGateway, RecordingSink], primar
         assert error["request_id"] == headers["x-request-id"]
         assert [a["model"] for a in error["attempts"]] == [a.model for a in exchange.attempts]
         assert exchange.status == status
+        # A failure counts against the last model it was sent to, so per-model error rates show it.
+        assert exchange.model == exchange.attempts[-1].model and headers["x-laneway-model"] == exchange.model
 
 
 @pytest.mark.parametrize("fault", ["cut", "stall", "badsse"])
@@ -156,6 +158,10 @@ def test_fault_after_first_byte_ends_with_error_event(live: tuple[LiveGateway, R
     exchange = one(sink, headers["x-request-id"])
     assert exchange.outcome == "stream_interrupted"
     assert [a.model for a in exchange.attempts] == [fault]  # no failover after the first byte
+    # What was generated before the cut is billed: the prompt, and the pieces the client got.
+    attempt = exchange.attempts[0]
+    assert attempt.prompt_tokens > 0 and attempt.completion_tokens >= 2
+    assert exchange.cost_usd == attempt.cost_usd > 0
 
 
 def test_retry_after_is_honoured_within_budget(live: tuple[LiveGateway, RecordingSink]) -> None:

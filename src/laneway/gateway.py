@@ -19,7 +19,7 @@ from .chat import Chunk, Completion, Message
 from .config import CacheSettings, Config, load_config
 from .context import TokenCounter
 from .dispatch import Dispatcher, Plan, Started, replay_stream
-from .exchange import Exchange
+from .exchange import SKIPPED, Exchange
 from .grounding import ground
 from .keys import KeyPolicy, KeyRing
 from .request import ClientRequest, read_signals
@@ -257,6 +257,8 @@ class Gateway:
 
     def finish(self, exchange: Exchange, started_perf: float) -> None:
         exchange.latency_ms = (time.perf_counter() - started_perf) * 1000
+        if exchange.model is None and exchange.status >= 400:
+            _blame(exchange)
         if exchange.api_key is not None and exchange.cost_usd:
             self.keys.charge_named(exchange.api_key, exchange.cost_usd)
         if self.telemetry is not None:
@@ -275,3 +277,10 @@ class Gateway:
         if self._fleet is not None:
             await self._fleet.aclose()
 
+
+def _blame(exchange: Exchange) -> None:
+    """A failed exchange belongs to the last model it was sent to (else the last one considered), so
+    per-model error and timeout rates count it."""
+    sent = [attempt for attempt in exchange.attempts if attempt.outcome != SKIPPED] or exchange.attempts
+    if sent:
+        exchange.model, exchange.lane = sent[-1].model, sent[-1].lane

@@ -111,6 +111,9 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
         except UpstreamError as error:
             _stream_ended(exchange, started)
             _stream_failed(exchange, started.attempt, error)
+            if not started.accounted:  # what was generated before the cut is billed all the same
+                usage = state.usage or _estimate(gateway, runtime, started, state.text)
+                account(started.attempt, exchange, runtime.config.models[started.model].price, usage)
             tail = _error_event(error, exchange)
         else:
             tail = _account_stream(gateway, runtime, started, state, exchange, request.include_usage, encoder)
