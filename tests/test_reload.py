@@ -9,8 +9,10 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from _live import live_gateway
+from laneway.server._serve import check_exposure
 
 A = "routes:\n- name: a\n  target: gpt-5-mini\n"
 B = "routes:\n- name: b\n  target: gemini-2.5-flash-lite\n  fallbacks: [gpt-5-mini]\n"
@@ -45,3 +47,38 @@ def test_reload_while_serving_loses_nothing(sim_url: str, tmp_path: Path) -> Non
     assert len(results) > 30
     assert all(status == 200 for status, _ in results), [r for r in results if r[0] != 200][:5]
     assert {route for _, route in results} == {"a", "b"}
+
+
+def _reload(url: str) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url + "/admin/reload", data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_a_reload_that_would_expose_the_gateway_without_keys_is_refused(sim_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text(A)
+    with live_gateway(A, sim_url, config_path=path) as live:
+        assert live.gateway is not None
+        # As `laneway serve --host 0.0.0.0` with client keys would set it.
+        live.gateway.vet = lambda config: check_exposure(config, "0.0.0.0", allow_unauthenticated=False)
+        path.write_text(B)
+        status, body = _reload(live.url)
+        assert status == 400 and body["reloaded"] is False
+        assert any("no client keys are configured" in error for error in body["errors"])
+        assert [route.name for route in live.gateway.config.routes] == ["a"]  # the running config stays
+
+
+def test_a_reload_says_which_changes_need_a_restart(sim_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text(A)
+    with live_gateway(A, sim_url, config_path=path) as live:
+        path.write_text(B + "state: redis://127.0.0.1:1/0\nshadow: {queue: 5}\n")
+        status, body = _reload(live.url)
+        assert status == 200 and body["reloaded"] is True
+        restart = [w for w in body["warnings"] if "takes effect only when Laneway restarts" in w]
+        assert [w.split(":")[0] for w in restart] == ["state", "shadow"]
+        assert live.gateway is not None and live.gateway.state is None  # not connected to the new store

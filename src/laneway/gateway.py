@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -19,6 +20,7 @@ from .chat import Chunk, Completion, Message
 from .config import CacheSettings, Config, load_config
 from .context import TokenCounter
 from .dispatch import Dispatcher, Plan, Started, replay_stream
+from .errors import ConfigIssue
 from .exchange import SKIPPED, Exchange
 from .grounding import ground
 from .keys import KeyPolicy, KeyRing
@@ -58,6 +60,9 @@ class Gateway:
         self._fleet: Any = None
         self._reload_lock = asyncio.Lock()
         self._retired: set[asyncio.Task[None]] = set()
+        # Checks a config may serve here (`laneway serve` refuses one without keys on a public address);
+        # raises `ConfigError`. Run at start-up by the caller and on every reload by `reload()`.
+        self.vet: Callable[[Config], None] | None = None
 
     @classmethod
     async def start(cls, config: Config | None = None, *, config_path: str | Path | None = None,
@@ -98,6 +103,10 @@ class Gateway:
         """Re-read the routing file; on any error the running config stays and the error is raised."""
         async with self._reload_lock:
             config = load_config(self.config_path)
+            if self.vet is not None:
+                self.vet(config)
+            notes = _restart_only(self.config, config, fleet_running=self.sim_url is not None)
+            config = replace(config, warnings=(*config.warnings, *notes))
             if config.simulated and self.sim_url is None:
                 from .sim import start_fleet
 
@@ -112,6 +121,9 @@ class Gateway:
             task.add_done_callback(self._retired.discard)
             log.info("laneway: reloaded %s (%d routes, %d models)", config.source, len(config.routes),
                      len(config.models))
+            for issue in config.warnings:
+                if issue.message.startswith(RESTART_ONLY):
+                    log.warning("laneway: %s", issue)
             return config
 
     async def complete(self, request: ClientRequest, headers: Mapping[str, str], path: str,
@@ -284,3 +296,17 @@ def _blame(exchange: Exchange) -> None:
     sent = [attempt for attempt in exchange.attempts if attempt.outcome != SKIPPED] or exchange.attempts
     if sent:
         exchange.model, exchange.lane = sent[-1].model, sent[-1].lane
+
+
+RESTART_ONLY = "changed, but takes effect only when Laneway restarts"
+# Sections a running gateway built its long-lived parts from: a reload reads them, and does not apply them.
+_BUILT_AT_START = ("state", "telemetry", "shadow")
+
+
+def _restart_only(running: Config, new: Config, *, fleet_running: bool) -> list[ConfigIssue]:
+    """Warnings for the sections a reload changes but cannot apply (`sim:` once a fleet runs)."""
+    sections = (*_BUILT_AT_START, "sim") if fleet_running else _BUILT_AT_START
+    changed = [name for name in sections if getattr(running, name) != getattr(new, name)]
+    if running.server.cache_entries != new.server.cache_entries:
+        changed.append("server.cache_entries")
+    return [ConfigIssue(name, f"{RESTART_ONLY}; the running value stays", severity="warning") for name in changed]

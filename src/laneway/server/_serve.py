@@ -76,6 +76,7 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
         stack.push_async_callback(telemetry.aclose)  # runs after the gateway has closed: flushes the log
         gateway = await Gateway.start(config, config_path=config_path, sim_url=sim_url, telemetry=telemetry,
                                       warm=False)
+        gateway.vet = lambda new: check_exposure(new, host, allow_unauthenticated)
         tasks: set[asyncio.Task[None]] = set()  # background tasks, referenced until they finish
         warming = asyncio.create_task(gateway.warm_up())  # serves /healthz at once, /readyz once warm
         tasks.add(warming)
