@@ -4,6 +4,7 @@ and a clean stop that flushes the exchange log."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import sqlite3
@@ -93,10 +94,59 @@ def test_workers_share_one_port_and_stop_gracefully(tmp_path: Path) -> None:
     process, url = serve(config, "--workers", "2")
     try:
         assert [chat(url) for _ in range(20)] == ["gpt-5-mini"] * 20
+        # A reload through one worker's endpoint reaches the other one too (through the supervisor).
+        config.write_text(ROUTES.format(db=db, target="gpt-5"))
+        request = urllib.request.Request(url + "/admin/reload", data=b"", method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert json.loads(response.read())["reloaded"] is True
+        deadline = time.monotonic() + 15
+        while [chat(url) for _ in range(10)] != ["gpt-5"] * 10:
+            assert time.monotonic() < deadline, "a worker kept the old routes"
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output
     assert "2 workers serving" in output and "Traceback" not in output
+    assert output.count("laneway: reloaded") >= 2, output  # the workers' own log lines reach the terminal
     with sqlite3.connect(db) as connection:
-        assert connection.execute("select count(*) from exchanges").fetchone()[0] == 20
+        assert connection.execute("select count(*) from exchanges").fetchone()[0] >= 40
+
+
+def workers_of(process: subprocess.Popen[str]) -> list[int]:
+    """The pids of `laneway serve --workers`' worker processes (not its simulated fleet)."""
+    try:
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        return [int(pid) for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+    except FileNotFoundError:  # the supervisor, or a worker, exited meanwhile
+        return []
+
+
+def test_a_worker_that_dies_is_replaced_and_one_that_keeps_dying_stops_the_server(tmp_path: Path) -> None:
+    config = tmp_path / "routes.yaml"
+    config.write_text(ROUTES.format(db=tmp_path / "exchanges.sqlite3", target="gpt-5-mini"))
+    process, url = serve(config, "--workers", "2")
+    try:
+        first = workers_of(process)
+        assert len(first) == 2
+        os.kill(first[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while len(now := workers_of(process)) != 2 or first[0] in now:
+            assert time.monotonic() < deadline, "the dead worker was not replaced"
+            time.sleep(0.1)
+        assert chat(url) == "gpt-5-mini"
+        seen = set(first)
+        deadline = time.monotonic() + 90
+        while process.poll() is None:  # every new worker dies right after it starts: a crash loop
+            assert time.monotonic() < deadline, "the supervisor kept starting workers that die at once"
+            for pid in set(workers_of(process)) - seen:
+                seen.add(pid)
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 1, output
+    assert "exited with code -9; starting a new one" in output
+    assert "workers keep exiting right after they start" in output

@@ -114,9 +114,8 @@ def _serve(args: argparse.Namespace) -> int:
     if not _port_free(args.host, args.port):
         return 2
     if args.workers > 1:
-        serve_workers(args.config, args.host, args.port, args.workers, args.allow_unauthenticated)
-    else:
-        _run(serve(args.config, args.host, args.port, args.allow_unauthenticated))
+        return serve_workers(args.config, args.host, args.port, args.workers, args.allow_unauthenticated)
+    _run(serve(args.config, args.host, args.port, args.allow_unauthenticated))
     return 0
 
 

@@ -7,6 +7,7 @@ import hmac
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -37,8 +38,9 @@ _HTML = (b"content-type", b"text/html; charset=utf-8")
 class App:
     """`App(gateway)` is an ASGI 3 application; `lifespan` closes the gateway at shutdown."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, reloaded: Callable[[], None] | None = None) -> None:
         self.gateway = gateway
+        self._reloaded = reloaded  # after a reload through `POST /admin/reload`: tell the other workers
         self._get = {
             "/healthz": self._healthz, "/readyz": self._readyz, "/v1/models": self._models,
             "/admin/config": self._admin_config, "/metrics": self._metrics, "/admin/stats": self._stats,
@@ -154,6 +156,8 @@ class App:
                     "running": self.gateway.config.source}
             await respond_json(send, 400, body, base)
             return
+        if self._reloaded is not None:
+            self._reloaded()
         await respond_json(send, 200, {"reloaded": True, "routes": len(config.routes),
                                        "warnings": [str(w) for w in config.warnings]}, base)
 
@@ -161,12 +165,7 @@ class App:
         await respond(send, 200, self._telemetry().render_metrics(), [_PROMETHEUS, *base])
 
     async def _stats(self, send: Send, base: Headers, scope: Scope) -> None:
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        try:
-            since = float(query["since"][0]) if "since" in query else None
-            until = float(query["until"][0]) if "until" in query else None
-        except ValueError:
-            raise InvalidRequest("`since` and `until` are unix times in seconds") from None
+        since, until = _stats_window(parse_qs(scope.get("query_string", b"").decode("latin-1")))
         await respond_json(send, 200, self._live_figures().stats(since, until), base)
 
     async def _shadow(self, send: Send, base: Headers, scope: Scope) -> None:
@@ -215,3 +214,17 @@ def describe(gateway: Gateway) -> dict[str, Any]:
                     "fallbacks": list(r.fallbacks), "long_context": r.long_context} for r in config.routes],
         "warnings": [str(w) for w in config.warnings],
     }
+
+
+def _stats_window(query: dict[str, list[str]]) -> tuple[float | None, float | None]:
+    """`since` and `until` of `GET /admin/stats`, unix seconds; the window must start before it ends."""
+    try:
+        since = float(query["since"][0]) if "since" in query else None
+        until = float(query["until"][0]) if "until" in query else None
+    except ValueError:
+        raise InvalidRequest("`since` and `until` are unix times in seconds") from None
+    if since is not None and until is not None and since >= until:
+        raise InvalidRequest(f"`since` ({query['since'][0]}) is not before `until` ({query['until'][0]}): "
+                             "a window must start before it ends; pass an earlier `since` or a later `until`",
+                             param="since")
+    return since, until

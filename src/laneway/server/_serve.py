@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import socket
 import sys
@@ -86,7 +87,8 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
         print(f"laneway: serving {config.source}{label} on http://{host}:{port} "
               f"- {len(config.routes)} routes, {len(config.models)} models", flush=True)
         server = _Server(uvicorn.Config(
-            App(gateway), host=host, port=port, loop="none", http="httptools", lifespan="on",
+            App(gateway, _reload_every_worker if sockets is not None else None), host=host, port=port, loop="none",
+            http="httptools", lifespan="on",
             access_log=False, log_level="warning", timeout_keep_alive=30, backlog=4096, proxy_headers=False,
         ))
         server.graceful_only = sockets is not None
@@ -119,6 +121,11 @@ class _Server(uvicorn.Server):
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+
+
+def _reload_every_worker() -> None:
+    """A worker reloaded through `POST /admin/reload`: its supervisor passes a SIGHUP to every worker."""
+    os.kill(os.getppid(), signal.SIGHUP)
 
 
 def _on_sighup(gateway: Gateway, tasks: set[asyncio.Task[None]]) -> None:

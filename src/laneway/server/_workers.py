@@ -1,29 +1,40 @@
 """`laneway serve --workers N`: N gateway processes accepting on one listening socket.
 
 The parent binds the socket, starts the simulated fleet once (when the config uses it), and
-supervises the workers: SIGHUP is passed on (each worker reloads), SIGINT/SIGTERM stop them
-gracefully (each flushes its exchange log). Each worker has its own gates, cache and metrics
-unless the config shares them through `state: redis://...`; `/metrics` is per worker.
+supervises the workers: one that dies is replaced, SIGHUP is passed on (each worker reloads; a
+worker that reloads through `POST /admin/reload` sends the parent a SIGHUP), SIGINT/SIGTERM stop
+them gracefully (each flushes its exchange log). Each worker has its own metrics and in-memory
+figures: `/metrics` and `/admin/stats` describe the worker that answered. Gates, cache and
+breakers are shared through `state: redis://...` when the config sets it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
+from multiprocessing.connection import wait
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from ..config import load_config
 from ._serve import check_exposure
 
+log = logging.getLogger("laneway")
+EARLY_EXIT_S = 10.0
+MAX_EARLY_EXITS = 3
+
 
 def serve_workers(config_path: str | Path | None, host: str, port: int, workers: int,
-                  allow_unauthenticated: bool) -> None:
+                  allow_unauthenticated: bool) -> int:
+    """Run `workers` gateway processes until SIGINT or SIGTERM; the exit code for `laneway serve`."""
     config = load_config(config_path)
     check_exposure(config, host, allow_unauthenticated)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -31,30 +42,68 @@ def serve_workers(config_path: str | Path | None, host: str, port: int, workers:
     sock.bind((host, port))
     sock.listen(4096)
     sock.set_inheritable(True)
-    fleet = _start_fleet(config.sim.host, config.sim.seed, config.sim.fleet) if config.simulated else None
-    sim_url = fleet[1] if fleet else None
-    context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker, args=(config_path, host, port, sock, sim_url, allow_unauthenticated),
-                                 name=f"laneway-worker-{i}") for i in range(workers)]
-    for process in processes:
-        process.start()
+    fleet = _start_fleet(config.sim.host, config.sim.port, config.sim.seed, config.sim.fleet) \
+        if config.simulated else None
+    args = (config_path, host, port, sock, fleet[1] if fleet else None, allow_unauthenticated)
+    supervisor = _Supervisor(multiprocessing.get_context("spawn"), args, workers)
     print(f"laneway: {workers} workers serving on http://{host}:{port}", flush=True)
-
-    def forward(sig: int, _frame: FrameType | None) -> None:
-        for process in processes:
-            if process.pid is not None and process.is_alive():
-                _signal(process.pid, signal.SIGINT if sig == signal.SIGTERM else sig)
-
     for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, forward)
+        signal.signal(sig, supervisor.forward)
     try:
-        for process in processes:
-            process.join()
+        return supervisor.run()
     finally:
         sock.close()
         if fleet is not None:
             fleet[0].terminate()
             fleet[0].wait(10)
+
+
+class _Supervisor:
+    """Keeps `count` workers running: one that dies is replaced (a worker that keeps dying within
+    `EARLY_EXIT_S` of its start, `MAX_EARLY_EXITS` times in a row, ends the whole server with exit code 1);
+    SIGHUP is passed on to every worker, SIGINT and SIGTERM stop them gracefully."""
+
+    def __init__(self, context: Any, args: tuple[Any, ...], count: int) -> None:
+        self._context = context
+        self._args = args
+        self._stopping = False
+        self._early_exits = 0
+        self._workers: list[tuple[Any, float]] = [self._start(i) for i in range(count)]
+
+    def forward(self, sig: int, _frame: FrameType | None) -> None:
+        if sig != signal.SIGHUP:
+            self._stopping = True
+        for process, _ in self._workers:
+            if process.pid is not None and process.is_alive():
+                _signal(process.pid, signal.SIGINT if sig == signal.SIGTERM else sig)
+
+    def run(self) -> int:
+        while not self._stopping:
+            wait([process.sentinel for process, _ in self._workers], timeout=1.0)
+            for i, (process, started) in enumerate(self._workers):
+                if process.is_alive() or self._stopping:
+                    continue
+                early = time.monotonic() - started < EARLY_EXIT_S
+                self._early_exits = self._early_exits + 1 if early else 0
+                log.error("laneway: worker %d (pid %s) exited with code %s%s", i, process.pid, process.exitcode,
+                          "; starting a new one" if self._early_exits < MAX_EARLY_EXITS else "")
+                if self._early_exits >= MAX_EARLY_EXITS:
+                    log.error("laneway: workers keep exiting right after they start; stopping (see the errors above)")
+                    self.forward(signal.SIGTERM, None)
+                    self._join()
+                    return 1
+                self._workers[i] = self._start(i)
+        self._join()
+        return 0
+
+    def _start(self, i: int) -> tuple[Any, float]:
+        process = self._context.Process(target=_worker, args=self._args, name=f"laneway-worker-{i}")
+        process.start()
+        return process, time.monotonic()
+
+    def _join(self) -> None:
+        for process, _ in self._workers:
+            process.join()
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -68,11 +117,12 @@ def _worker(config_path: str | Path | None, host: str, port: int, sock: socket.s
 
     from ._serve import serve
 
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     uvloop.run(serve(config_path, host, port, allow_unauthenticated, sockets=[sock], sim_url=sim_url))
 
 
-def _start_fleet(host: str, seed: int, fleet_file: str | None) -> tuple[subprocess.Popen[str], str]:
-    args = [sys.executable, "-m", "laneway", "sim", "--host", host, "--port", "0", "--seed", str(seed)]
+def _start_fleet(host: str, port: int, seed: int, fleet_file: str | None) -> tuple[subprocess.Popen[str], str]:
+    args = [sys.executable, "-m", "laneway", "sim", "--host", host, "--port", str(port), "--seed", str(seed)]
     if fleet_file:
         args += ["--fleet", fleet_file]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)  # noqa: S603 - our own interpreter
