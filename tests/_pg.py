@@ -14,6 +14,7 @@ import glob
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -145,6 +146,14 @@ class _Cluster:
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
+    def freeze(self, frozen: bool) -> None:
+        """Stop (or resume) every server process: connections stay open, nothing answers."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+        for pid in [postmaster, *map(int, children)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -157,6 +166,8 @@ class _Proxy:
         self.port = _free_port()
         self._sockets: list[socket.socket] = []
         self._listener: socket.socket | None = None
+        self._flowing = threading.Event()
+        self._flowing.set()
 
     def start(self) -> None:
         listener = socket.socket()
@@ -176,6 +187,13 @@ class _Proxy:
             sock.close()
         self._sockets.clear()
 
+    def freeze(self, frozen: bool) -> None:
+        """Hold (or let through) every byte: connections stay open, nothing answers."""
+        if frozen:
+            self._flowing.clear()
+        else:
+            self._flowing.set()
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
@@ -187,10 +205,10 @@ class _Proxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._relay, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _relay(source: socket.socket, sink: socket.socket) -> None:
+    def _relay(self, source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                self._flowing.wait()
                 sink.sendall(data)
         for sock in (source, sink):
             with contextlib.suppress(OSError):
@@ -209,6 +227,15 @@ class PostgresServer:
 
     def start(self) -> None:
         self.control.start()
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The server keeps its connections but answers nothing, as a stopped or locked-up one does."""
+        self.control.freeze(True)
+        try:
+            yield
+        finally:
+            self.control.freeze(False)
 
     async def database(self) -> str:
         """A new, empty database on the server; its DSN."""

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import io
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 
 from _pg import BASE_TIME, PostgresServer, make_exchange, postgres_server, report, total
 from laneway.exchange import Attempt, Exchange
-from laneway.telemetry import Telemetry, TelemetrySettings, add_commands
+from laneway.telemetry import Telemetry, TelemetrySettings, _postgres, add_commands
 from laneway.telemetry._store import schema
 
 
@@ -79,6 +80,28 @@ async def test_an_outage_buffers_up_to_the_bound_and_counts_the_drops(server: Po
     text = telemetry.render_metrics()
     assert total(text, "laneway_exchange_log_up") == 1
     assert total(text, "laneway_exchange_log_written_total") == 250
+
+
+async def test_a_server_that_stops_answering_times_out_and_the_shutdown_keeps_its_deadline(
+        server: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_postgres, "WRITE_TIMEOUT_S", 0.5)
+    dsn = await server.database()
+    telemetry = Telemetry(TelemetrySettings(exchange_log=dsn, flush_interval_ms=50, close_timeout_ms=1500))
+    await telemetry.start()
+    telemetry.record(make_exchange(0))
+    assert await telemetry.flush()
+    with server.frozen():
+        for i in range(1, 6):
+            telemetry.record(make_exchange(i))
+        started = time.monotonic()
+        assert not await telemetry.flush()  # no answer within the write timeout: down, not hung
+        assert time.monotonic() - started < 2.0
+        assert total(telemetry.render_metrics(), "laneway_exchange_log_up") == 0
+        started = time.monotonic()
+        await telemetry.aclose()
+        assert time.monotonic() - started < 1.5 + 5.5  # close_timeout_ms, plus the goodbye's own bound
+    assert telemetry.health.dropped == 5  # counted, not silent
+    assert await scalar(dsn, "SELECT count(*) FROM exchanges") == 1
 
 
 async def test_retention_and_report_on_postgres_match_stats(server: PostgresServer) -> None:

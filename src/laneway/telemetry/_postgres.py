@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -28,6 +29,11 @@ _INSERT = postgres_insert_sql()
 _ROLL_UP, _DELETE = (numbered(sql) for sql in roll_up_sql(1))
 _FETCH_ROWS, _FETCH_HOURLY = numbered(fetch_rows_sql(1)), numbered(FETCH_HOURLY_SQL)
 CONNECT_TIMEOUT_S = 5.0
+# A server that accepts the connection but stops answering (stopped, overloaded, locked) must not hold
+# the writer, or the shutdown, for good: past these, the statement counts as a failure and the
+# connection is dropped. Roll-ups and reads cover many rows, so they get longer.
+WRITE_TIMEOUT_S = 10.0
+LONG_TIMEOUT_S = 120.0
 _SCHEMA_LOCK = 0x6C616E65  # any constant shared by every replica
 
 
@@ -60,14 +66,14 @@ class PostgresStore:
         )
 
     async def open(self) -> None:
-        await self._run(self._connection)
+        await self._run(self._connection, WRITE_TIMEOUT_S)
 
     async def write(self, records: Sequence[LogRecord], *, urgent: bool = False) -> None:
         async def work(db: Connection) -> None:
             async with db.transaction():
                 await db.execute(_INSERT, [record for _, record in records])
 
-        await self._run(lambda: self._with_connection(work))
+        await self._run(lambda: self._with_connection(work), WRITE_TIMEOUT_S)
 
     async def roll_up(self, cutoff: float) -> int:
         cutoff = cutoff // HOUR_S * HOUR_S
@@ -78,7 +84,7 @@ class PostgresStore:
                 status: str = await db.execute(_DELETE, cutoff)
             return int(status.rsplit(" ", 1)[-1])
 
-        return await self._run(lambda: self._with_connection(work))
+        return await self._run(lambda: self._with_connection(work), LONG_TIMEOUT_S)
 
     async def fetch(
         self, since: float | None, until: float | None
@@ -90,16 +96,25 @@ class PostgresStore:
             hourly = [HourlyRow(*tuple(r)) for r in await db.fetch(_FETCH_HOURLY, start - HOUR_S, end)]
             return rows, hourly
 
-        return await self._run(lambda: self._with_connection(work))
+        return await self._run(lambda: self._with_connection(work), LONG_TIMEOUT_S)
 
     async def aclose(self) -> None:
         db, self._db = self._db, None
         if db is not None and not db.is_closed():
-            await db.close(timeout=CONNECT_TIMEOUT_S)
+            unanswered: tuple[type[BaseException], ...] = (TimeoutError, *self._failures)
+            try:
+                await db.close(timeout=CONNECT_TIMEOUT_S)
+            except unanswered:
+                db.terminate()  # a server that does not answer the goodbye either
 
-    async def _run(self, work: Callable[[], Awaitable[T]]) -> T:
+    async def _run(self, work: Callable[[], Awaitable[T]], timeout_s: float) -> T:
         try:
-            return await work()
+            async with asyncio.timeout(timeout_s):
+                return await work()
+        except TimeoutError:
+            await self._discard()
+            raise ExchangeLogUnavailable(f"exchange log `{redacted(self.url)}`: no answer within {timeout_s:g} s") \
+                from None
         except self._failures as error:
             await self._discard()
             raise ExchangeLogUnavailable(f"exchange log `{redacted(self.url)}`: {error}") from error

@@ -7,6 +7,7 @@ when the close timeout runs out, is counted in `LogHealth.dropped` (and so in th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -111,11 +112,16 @@ class ExchangeLog:
         return rolled
 
     async def close(self) -> None:
-        deadline = time.monotonic() + self._settings.close_timeout_ms / 1000.0
-        while True:
-            if await self.write_pending(force=True) or time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(CLOSE_RETRY_S)
+        """Write what is left within `close_timeout_ms`, however the store behaves (a store that stops
+        answering holds a write until the deadline, not for good); what stays unwritten is counted."""
+        budget_s = self._settings.close_timeout_ms / 1000.0
+        deadline = time.monotonic() + budget_s
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(budget_s):
+                while True:
+                    if await self.write_pending(force=True) or time.monotonic() >= deadline:
+                        break
+                    await asyncio.sleep(CLOSE_RETRY_S)
         if self._backlog:
             lost = len(self._backlog)
             self.health.dropped += lost
