@@ -377,6 +377,8 @@ async def test_report_writes_tables_and_a_self_contained_html_file(tmp_path: Pat
             db,
             "--html",
             str(page),
+            "--since",
+            iso(BASE_TIME + 60),
             "--compare-since",
             iso(BASE_TIME),
             "--compare-until",
@@ -385,9 +387,9 @@ async def test_report_writes_tables_and_a_self_contained_html_file(tmp_path: Pat
         == 0
     )
     text = out.read_text()
-    assert "SIMULATED: 300 of 300" in text and "baseline:" in text
+    assert "SIMULATED: 180 of 180" in text and "baseline:" in text
     for name in MODELS:
-        assert re.search(rf"^{re.escape(name)}\s+\d+\.\d%\s+100\s", text, re.M), text
+        assert re.search(rf"^{re.escape(name)}\s+\d+\.\d%\s+60\s", text, re.M), text
     html = page.read_text()
     assert html.count("<svg") == len(MODELS) + 1 and html.count("<polyline") == len(MODELS)
     assert "simulated fleet" in html

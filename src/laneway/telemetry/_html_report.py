@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
+from laneway.telemetry._log_args import CHANGES, changes, figure, headline
 from laneway.telemetry._records import ExchangeRow, HourlyRow
 from laneway.telemetry._summary import NO_MODEL
 
@@ -15,22 +16,23 @@ PALETTE = ("#4a7bd0", "#d0694a", "#3e9e6b", "#9a5bc4", "#c49a2a", "#3a9fb0", "#b
 WIDTH, HEIGHT, PAD = 640, 200, 40
 LATENCY_BINS = 24
 TIME_BUCKETS = (60.0, 300.0, 900.0, 3600.0, 21_600.0, 86_400.0)
+# (heading, field, style of `figure`)
 _FIELDS = (
-    ("share", "share"),
-    ("requests", "requests"),
-    ("p50 ms", "p50_ms"),
-    ("p95 ms", "p95_ms"),
-    ("p99 ms", "p99_ms"),
-    ("TTFT p50 ms", "ttft_p50_ms"),
-    ("TTFT p95 ms", "ttft_p95_ms"),
-    ("error rate", "error_rate"),
-    ("timeout rate", "timeout_rate"),
-    ("tokens in", "tokens_in"),
-    ("tokens out", "tokens_out"),
-    ("cost USD", "cost_usd"),
-    ("USD / conversation", "cost_per_conversation_usd"),
-    ("USD / 1k tokens", "cost_per_1k_tokens_usd"),
-    ("escalated OK / min", "escalated_ok_per_min"),
+    ("share", "share", "pct"),
+    ("requests", "requests", "int"),
+    ("p50 ms", "p50_ms", "ms"),
+    ("p95 ms", "p95_ms", "ms"),
+    ("p99 ms", "p99_ms", "ms"),
+    ("TTFT p50 ms", "ttft_p50_ms", "ms"),
+    ("TTFT p95 ms", "ttft_p95_ms", "ms"),
+    ("error rate", "error_rate", "pct"),
+    ("timeout rate", "timeout_rate", "pct"),
+    ("tokens in", "tokens_in", "int"),
+    ("tokens out", "tokens_out", "int"),
+    ("cost USD", "cost_usd", "usd"),
+    ("USD / conversation", "cost_per_conversation_usd", "usd"),
+    ("USD / 1k tokens", "cost_per_1k_tokens_usd", "usd"),
+    ("escalated OK / min", "escalated_ok_per_min", "rate"),
 )
 
 
@@ -44,11 +46,12 @@ def report_html(summary: dict[str, Any], rows: Sequence[ExchangeRow], hourly: Se
         )
     parts = [
         f"<h1>Laneway report</h1>{notice}",
-        f"<p>{total['requests']} requests, {total['cost_usd']:.4f} USD.</p>",
+        f"<p>{escape(headline(summary))}</p>",
         "<h2>Models</h2>",
         _table(summary["models"]),
         "<h2>Routes</h2>",
         _table(summary["routes"]),
+        *comparison(summary),
         "<h2>Latency distribution per model</h2>",
         latency_plots(rows),
         "<h2>Cost over time</h2>",
@@ -68,20 +71,32 @@ def report_html(summary: dict[str, Any], rows: Sequence[ExchangeRow], hourly: Se
 
 
 def _table(groups: dict[str, dict[str, Any]]) -> str:
-    head = "".join(f"<th>{escape(title)}</th>" for title, _ in _FIELDS)
+    cells = {name: [figure(figures[field], style) for _, field, style in _FIELDS] for name, figures in groups.items()}
+    return _grid("name", [title for title, _, _ in _FIELDS], cells)
+
+
+def comparison(summary: dict[str, Any]) -> list[str]:
+    """The baseline's window and totals, and each model's change from it; nothing without a baseline."""
+    baseline = summary.get("compare")
+    if baseline is None:
+        return []
+    cells = changes(summary["models"], baseline["models"])
+    return [
+        "<h2>Baseline</h2>",
+        f"<p>{escape(headline(baseline))}</p>",
+        "<h3>Change vs baseline (baseline -&gt; current)</h3>",
+        _grid("model", [title.replace("$", "USD") for title, _, _ in CHANGES], cells),
+    ]
+
+
+def _grid(corner: str, titles: list[str], cells: dict[str, list[str]]) -> str:
+    """A table with one row per name: `corner` heads the names' column, `titles` the others."""
+    head = "".join(f"<th>{escape(title)}</th>" for title in [corner, *titles])
     body = "".join(
-        f"<tr><td>{escape(name)}</td>"
-        + "".join(f"<td>{_cell(figures[field])}</td>" for _, field in _FIELDS)
-        + "</tr>"
-        for name, figures in groups.items()
+        f"<tr><td>{escape(name)}</td>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>"
+        for name, row in cells.items()
     )
-    return f"<table><tr><th>name</th>{head}</tr>{body}</table>"
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.6g}" if isinstance(value, float) else escape(str(value))
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def latency_plots(rows: Sequence[ExchangeRow]) -> str:
@@ -145,7 +160,7 @@ def cost_plot(rows: Sequence[ExchangeRow], hourly: Sequence[HourlyRow]) -> str:
             f'<text x="{WIDTH - PAD}" y="{16 + 14 * i}" text-anchor="end" fill="{colour}">'
             f"{escape(model)}</text>"
         )
-    axis = f'<text x="{PAD}" y="{HEIGHT - 12}">USD per {bucket / 60:g} min; peak {peak:.4f} USD</text>'
+    axis = f'<text x="{PAD}" y="{HEIGHT - 12}">USD per {bucket / 60:g} min; peak {figure(peak, "usd")} USD</text>'
     return _svg("".join(lines + legend) + axis, "cost over time per model")
 
 

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from laneway.telemetry._canary_comparison import canary_comparison
-from laneway.telemetry._log_args import add_log_arguments, dump, read_log, simulated_notice, window_of
+from laneway.telemetry._log_args import (
+    OptionError,
+    Window,
+    add_log_arguments,
+    check_window,
+    dump,
+    read_log,
+    simulated_notice,
+    window_of,
+)
 from laneway.telemetry._shadow_comparison import shadow_comparison
 
 DROPS_NOT_LOGGED = ("jobs dropped before they ran are not in the exchange log: see `GET /admin/shadow` or "
@@ -46,7 +56,9 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def run_shadow(args: argparse.Namespace) -> int:
-    window = window_of(args)
+    window = _checked_window("shadow report", args)
+    if window is None:
+        return 2
     fetched = read_log("shadow report", args.db, [window])
     if fetched is None:
         return 1
@@ -58,12 +70,25 @@ def run_shadow(args: argparse.Namespace) -> int:
 
 
 def run_canary(args: argparse.Namespace) -> int:
-    fetched = read_log("canary report", args.db, [window_of(args)])
+    window = _checked_window("canary report", args)
+    if window is None:
+        return 2
+    fetched = read_log("canary report", args.db, [window])
     if fetched is None:
         return 1
     figures = canary_comparison(fetched[0][0])
     print(dump(figures) if args.json else canary_text(figures))
     return 0
+
+
+def _checked_window(command: str, args: argparse.Namespace) -> Window | None:
+    """The options' window, or None after saying on stderr why it cannot be used."""
+    start_option = "`--since`" if args.last is None else "the start of `--last`"
+    try:
+        return check_window(window_of(args), start_option, "`--until`")
+    except OptionError as error:
+        print(f"laneway {command}: {error}", file=sys.stderr)
+        return None
 
 
 def shadow_text(figures: Mapping[str, Any]) -> str:

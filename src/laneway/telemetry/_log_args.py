@@ -1,4 +1,5 @@
-"""What every command reading the exchange log shares: the `--db` and window options, and the read."""
+"""What every command reading the exchange log shares: the `--db` and window options, the read, and
+how times and figures are printed."""
 
 from __future__ import annotations
 
@@ -19,6 +20,15 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 Window = tuple[float | None, float | None]
 Fetched = tuple[list[ExchangeRow], list[HourlyRow]]
+# how each style prints a figure, and a difference of two (`pct` in percentage points)
+_FIGURES = {"pct": "{:.1f}%", "ms": "{:.1f}", "usd": "{:.6f}", "rate": "{:.2f}"}
+_DIFFERENCES = {"pct": "{:+z.1f} pp", "ms": "{:+z.1f}", "usd": "{:+z.6f}", "rate": "{:+z.2f}"}
+# (heading, field, style) of the per-model change against a baseline
+CHANGES = (("p95 ms", "p95_ms", "ms"), ("error rate", "error_rate", "pct"), ("cost $", "cost_usd", "usd"))
+
+
+class OptionError(ValueError):
+    """An option value a command cannot use; the message names the option, its value and the fix."""
 
 
 def add_log_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +66,15 @@ def window_of(args: argparse.Namespace) -> Window:
     return (time.time() - args.last if args.last is not None else args.since), args.until
 
 
+def check_window(window: Window, start_option: str, end_option: str) -> Window:
+    """`window` if it starts before it ends, else an `OptionError` naming both ends."""
+    start, end = window
+    if start is not None and end is not None and start >= end:
+        raise OptionError(f"{start_option} {when(start)} is not before {end_option} {when(end)}: "
+                          "a window must start before it ends; pass an earlier start or a later end")
+    return window
+
+
 def read_log(command: str, url: str, windows: list[Window]) -> list[Fetched] | None:
     """Rows and hourly roll-ups per window; None (after saying why on stderr) if the log can't be read."""
     if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
@@ -84,6 +103,38 @@ async def _fetch(url: str, windows: list[Window]) -> list[Fetched]:
 
 def when(moment: float | None) -> str:
     return "-" if moment is None else datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def headline(summary: dict[str, Any]) -> str:
+    """The window, requests and cost of a summary, in one line."""
+    total, window = summary["total"], summary["window"]
+    return (f"{when(window['since'])} .. {when(window['until'])}: {total['requests']} requests, "
+            f"${total['cost_usd']:.4f}, ${figure(total['cost_per_conversation_usd'], 'usd')} per conversation")
+
+
+def figure(value: float | None, style: str) -> str:
+    """`pct` a share or rate, `int` a count, `ms`, `usd` or `rate` (per minute); `-` if there is none."""
+    if value is None:
+        return "-"
+    if style == "int":
+        return f"{value:d}" if isinstance(value, int) else f"{value:g}"
+    return _FIGURES[style].format(value * 100 if style == "pct" else value)
+
+
+def change(then: float | None, now: float | None, style: str) -> str:
+    """`then -> now (difference)`, all three in `style`."""
+    text = f"{figure(then, style)} -> {figure(now, style)}"
+    if then is None or now is None:
+        return text
+    return f"{text} ({_DIFFERENCES[style].format((now - then) * (100 if style == 'pct' else 1))})"
+
+
+def changes(current: dict[str, dict[str, Any]], baseline: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Per model of either window, its `CHANGES` from the baseline to the current window."""
+    return {
+        name: [change(baseline.get(name, {}).get(f), current.get(name, {}).get(f), style) for _, f, style in CHANGES]
+        for name in sorted(set(current) | set(baseline))
+    }
 
 
 def simulated_notice(simulated: bool) -> str:

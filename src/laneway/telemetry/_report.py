@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from laneway.telemetry._cascade_savings import Priced, cascade_savings
 from laneway.telemetry._html_report import report_html
 from laneway.telemetry._lanes_cli import add_lane_commands
-from laneway.telemetry._log_args import add_log_arguments, dump, instant, read_log, when, window_of
-from laneway.telemetry._records import SHADOW_LANE, ExchangeRow
+from laneway.telemetry._log_args import (
+    CHANGES,
+    Fetched,
+    OptionError,
+    Window,
+    add_log_arguments,
+    changes,
+    check_window,
+    dump,
+    figure,
+    headline,
+    instant,
+    read_log,
+    when,
+    window_of,
+)
+from laneway.telemetry._records import SHADOW_LANE, ExchangeRow, HourlyRow
 from laneway.telemetry._summary import summarize
 
 # (heading, field, format)
@@ -37,11 +54,19 @@ def add_commands(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "report",
         help="latency, error, traffic and cost figures per model and route from the exchange log",
-        description="Times are ISO 8601 (UTC unless they carry an offset); --last takes a duration: 1h.",
+        description="Times are ISO 8601 (UTC unless they carry an offset); --last takes a duration: 1h. "
+        "A comparison needs --compare-since; without --compare-until the baseline ends where the current "
+        "window starts, so `--since T --compare-since S` compares S..T (before) with T..now (after). "
+        "The two windows may not overlap.",
     )
     add_log_arguments(parser)
-    parser.add_argument("--compare-since", type=instant, help="start of a baseline window to compare with")
-    parser.add_argument("--compare-until", type=instant, help="end of the baseline window")
+    parser.add_argument(
+        "--compare-since", type=instant, help="start of a baseline window to compare with (ISO 8601)"
+    )
+    parser.add_argument(
+        "--compare-until", type=instant,
+        help="first instant excluded from the baseline (default: the start of the current window)",
+    )
     parser.add_argument(
         "--html", type=Path, metavar="PATH", help="also write a self-contained HTML report to PATH"
     )
@@ -53,28 +78,103 @@ def add_commands(subparsers: Any) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    try:
+        windows = report_windows(args)
+        check_output(args.html, "--html")
+    except OptionError as error:
+        print(f"laneway report: {error}", file=sys.stderr)
+        return 2
     escalate_to, prices = _cascade_prices(args.config)
-    windows = [window_of(args)]
-    if args.compare_since is not None or args.compare_until is not None:
-        windows.append((args.compare_since, args.compare_until))
     fetched = read_log("report", args.db, windows)
     if fetched is None:
         return 1
-    summaries = [
-        summarize(rows, hourly, start, end)
-        for (rows, hourly), (start, end) in zip(fetched, windows, strict=True)
-    ]
-    current = summaries[0]
+    current = _summary(fetched, windows, escalate_to, prices)
     rows, hourly = fetched[0]
-    start, end = windows[0]
-    current["cascade"] = cascade_savings(_within(rows, start, end), escalate_to, prices)
-    if len(summaries) > 1:
-        current["compare"] = summaries[1]
-    if args.html is not None:
-        answered = [row for row in rows if row.lane != SHADOW_LANE]
-        args.html.write_text(report_html(current, answered, hourly), encoding="utf-8")
+    if args.html is not None and not _write_html(args.html, current, rows, hourly):
+        return 1
     print(dump(current) if args.json else terminal_report(current))
     return 0
+
+
+def report_windows(args: argparse.Namespace) -> list[Window]:
+    """The current window, then the baseline's if one is asked for; `OptionError` if either is unusable."""
+    start_option = "`--since`" if args.last is None else "the start of `--last`"
+    current = check_window(window_of(args), start_option, "`--until`")
+    baseline = baseline_window(args, current, start_option)
+    return [current] if baseline is None else [current, baseline]
+
+
+def baseline_window(args: argparse.Namespace, current: Window, start_option: str) -> Window | None:
+    """`--compare-since` .. `--compare-until`, by default ending where `current` starts; never overlapping it."""
+    if args.compare_since is None:
+        if args.compare_until is not None:
+            raise OptionError("`--compare-until` needs `--compare-since`: pass the start of the baseline too")
+        return None
+    if args.compare_until is None and current[0] is None:
+        raise OptionError("`--compare-since` without `--compare-until` needs `--since` or `--last`, where "
+                          "the baseline then ends; or pass `--compare-until`")
+    end, end_option = (
+        (args.compare_until, "`--compare-until`") if args.compare_until is not None
+        else (current[0], f"the baseline's end ({start_option})")
+    )
+    baseline = check_window((args.compare_since, end), "`--compare-since`", end_option)
+    if _overlap(baseline, current):
+        raise OptionError(f"the baseline {_span(baseline)} overlaps the current window {_span(current)}: "
+                          "move `--compare-since`/`--compare-until` outside it")
+    return baseline
+
+
+def _overlap(a: Window, b: Window) -> bool:
+    return _starts_before(a[0], b[1]) and _starts_before(b[0], a[1])
+
+
+def _starts_before(start: float | None, end: float | None) -> bool:
+    """Whether a window starting at `start` begins before another one ends at `end` (None: unbounded)."""
+    return start is None or end is None or start < end
+
+
+def _span(window: Window) -> str:
+    start, end = window
+    return f"{'the start of the log' if start is None else when(start)} .. {'now' if end is None else when(end)}"
+
+
+def check_output(path: Path | None, option: str) -> None:
+    """An `OptionError` unless `path` can be written as a file."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise OptionError(f"`{option} {path}` is a directory; name a file in it, e.g. `{path / 'report.html'}`")
+    if not path.parent.is_dir():
+        raise OptionError(f"`{option} {path}`: `{path.parent}` is not a directory; create it or choose another path")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OptionError(f"`{option} {path}` is not writable; choose another path")
+
+
+def _summary(
+    fetched: list[Fetched], windows: list[Window], escalate_to: dict[str, str] | None,
+    prices: dict[str, Priced] | None,
+) -> dict[str, Any]:
+    """The current window's figures with its cascade savings, and the baseline's under `compare`."""
+    summaries = [
+        summarize(rows, hourly, start, end) for (rows, hourly), (start, end) in zip(fetched, windows, strict=True)
+    ]
+    current = summaries[0]
+    start, end = windows[0]
+    current["cascade"] = cascade_savings(_within(fetched[0][0], start, end), escalate_to, prices)
+    if len(summaries) > 1:
+        current["compare"] = summaries[1]
+    return current
+
+
+def _write_html(path: Path, summary: dict[str, Any], rows: list[ExchangeRow], hourly: list[HourlyRow]) -> bool:
+    answered = [row for row in rows if row.lane != SHADOW_LANE]
+    try:
+        path.write_text(report_html(summary, answered, hourly), encoding="utf-8")
+    except OSError as error:
+        print(f"laneway report: cannot write `--html {path}`: {error.strerror}; choose another path",
+              file=sys.stderr)
+        return False
+    return True
 
 
 def _cascade_prices(path: Path | None) -> tuple[dict[str, str] | None, dict[str, Priced] | None]:
@@ -112,11 +212,8 @@ def terminal_report(summary: dict[str, Any]) -> str:
 
 
 def _headline(summary: dict[str, Any]) -> str:
-    total, window = summary["total"], summary["window"]
-    line = (
-        f"{when(window['since'])} .. {when(window['until'])}: {total['requests']} requests, "
-        f"${total['cost_usd']:.4f}, ${_num(total['cost_per_conversation_usd'], 'usd')} per conversation"
-    )
+    total = summary["total"]
+    line = headline(summary)
     if total["simulated_requests"]:
         line += (
             f"\nSIMULATED: {total['simulated_requests']} of {total['requests']} exchanges come from the "
@@ -128,7 +225,7 @@ def _headline(summary: dict[str, Any]) -> str:
 def _table(kind: str, groups: dict[str, dict[str, Any]]) -> str:
     header = [kind] + [heading for heading, _, _ in COLUMNS]
     body = [
-        [name] + [_num(figures[field], style) for _, field, style in COLUMNS]
+        [name] + [figure(figures[field], style) for _, field, style in COLUMNS]
         for name, figures in groups.items()
     ]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
@@ -143,35 +240,14 @@ def _table(kind: str, groups: dict[str, dict[str, Any]]) -> str:
 
 
 def _changes(current: dict[str, dict[str, Any]], baseline: dict[str, dict[str, Any]]) -> str:
-    lines = ["change vs baseline (model: p95 ms, error rate, cost $)"]
-    for name in sorted(set(current) | set(baseline)):
-        now, then = current.get(name, {}), baseline.get(name, {})
-        deltas = [_delta(now.get(f), then.get(f)) for f in ("p95_ms", "error_rate", "cost_usd")]
-        lines.append(f"  {name}: " + ", ".join(deltas))
+    headings = ", ".join(heading for heading, _, _ in CHANGES)
+    lines = [f"change vs baseline (model: {headings})"]
+    lines += [f"  {name}: " + ", ".join(cells) for name, cells in changes(current, baseline).items()]
     return "\n".join(lines)
-
-
-def _delta(now: float | None, then: float | None) -> str:
-    if now is None or then is None:
-        return f"{_num(then, 'rate')} -> {_num(now, 'rate')}"
-    return f"{then:g} -> {now:g} ({now - then:+.4g})"
 
 
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} %"
-
-
-def _num(value: float | None, style: str) -> str:
-    if value is None:
-        return "-"
-    formats = {
-        "pct": f"{value * 100:.1f}%",
-        "int": f"{value:d}" if isinstance(value, int) else f"{value:g}",
-        "ms": f"{value:.1f}",
-        "usd": f"{value:.6f}",
-        "rate": f"{value:.2f}",
-    }
-    return formats[style]
 
 
 def cascade_text(cascade: dict[str, Any]) -> str:
@@ -181,7 +257,7 @@ def cascade_text(cascade: dict[str, Any]) -> str:
     for name, r in cascade["routes"].items():
         low, high = r["escalation_rate_ci95"] or [0.0, 0.0]
         line = (f"  {name}: {r['escalated']} of {r['exchanges']} escalated to {r['escalate_to'] or '-'} "
-                f"({_num(r['escalation_rate'], 'pct')}, 95 % CI {low * 100:.1f}-{high * 100:.1f} %)")
+                f"({figure(r['escalation_rate'], 'pct')}, 95 % CI {low * 100:.1f}-{high * 100:.1f} %)")
         if r["saved_usd"] is not None:
             line += (f"; cost ${r['cost_usd']:.6f} vs always-heavy ${r['always_heavy_cost_usd']:.6f}: "
                      f"saved ${r['saved_usd']:.6f} ({_percent(r['saved_pct'])})")

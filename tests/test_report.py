@@ -1,0 +1,168 @@
+"""`laneway report` windows, comparisons and HTML output, and the window of `GET /admin/stats`."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from _live import live_gateway
+from _pg import BASE_TIME, MODELS, make_exchange, report
+from laneway.cli import main
+from laneway.telemetry import Telemetry, TelemetrySettings
+
+NEWCOMER = "gpt-5-nano"  # answers only in the last seconds of the log, never in a baseline before them
+USD_CHANGE = r"(-|\d+\.\d{6}) -> \d+\.\d{6}( \([+-]\d+\.\d{6}\))?"
+PCT_CHANGE = r"(-|\d+\.\d%) -> \d+\.\d%( \([+-]\d+\.\d pp\))?"
+MS_CHANGE = r"(-|\d+\.\d) -> \d+\.\d( \([+-]\d+\.\d\))?"
+
+
+async def _write_log(folder: Path) -> None:
+    telemetry = Telemetry(TelemetrySettings(exchange_log=f"sqlite:///{folder}/log.sqlite3"))
+    await telemetry.start()
+    for i in range(600):
+        telemetry.record(make_exchange(i))
+    for i in range(600, 610):
+        telemetry.record(dataclasses.replace(make_exchange(i), model=NEWCOMER, request_id=f"new-{i}"))
+    await telemetry.aclose()
+
+
+@pytest.fixture(scope="module")
+def log(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An exchange log of 610 exchanges, one every 0.5 s from `BASE_TIME`, written by `Telemetry`."""
+    folder = tmp_path_factory.mktemp("log")
+    asyncio.run(_write_log(folder))
+    return f"sqlite:///{folder}/log.sqlite3"
+
+
+def iso(offset_s: float) -> str:
+    return datetime.fromtimestamp(BASE_TIME + offset_s, UTC).isoformat()
+
+
+def shown(offset_s: float) -> str:
+    return datetime.fromtimestamp(BASE_TIME + offset_s, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def refusal(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """The one line `laneway report *argv` gives when it refuses its arguments with exit status 2."""
+    assert report(*argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("until", [240, 300])
+def test_a_window_that_does_not_start_before_it_ends_is_refused(
+    log: str, until: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = refusal(capsys, "--db", log, "--since", iso(300), "--until", iso(until))
+    assert f"`--since` {shown(300)} is not before `--until` {shown(until)}" in err
+
+
+@pytest.mark.parametrize("lane", ["shadow", "canary"])
+def test_lane_reports_refuse_a_window_that_does_not_start_before_it_ends(
+    log: str, lane: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([lane, "report", "--db", log, "--since", iso(300), "--until", iso(240)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"laneway {lane} report: `--since` {shown(300)} is not before"), err
+
+
+def test_a_comparison_without_its_end_ends_where_the_current_window_starts(
+    log: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert report("--db", log, "--json", "--since", iso(150), "--compare-since", iso(0)) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["window"]["since"] == BASE_TIME + 150
+    assert figures["compare"]["window"]["since"] == BASE_TIME
+    assert figures["compare"]["window"]["until"] == BASE_TIME + 150
+    assert figures["compare"]["total"]["requests"] == 300
+    assert figures["total"]["requests"] == 310
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (("--since", iso(150), "--compare-since", iso(100), "--compare-until", iso(200)), "overlaps"),
+        (("--until", iso(150), "--compare-since", iso(100), "--compare-until", iso(200)), "overlaps"),
+        (("--since", iso(150), "--compare-since", iso(200)), "`--compare-since`"),
+        (("--since", iso(150), "--compare-until", iso(100)), "`--compare-until` needs `--compare-since`"),
+        (("--compare-since", iso(0)), "needs `--since` or `--last`"),
+    ],
+)
+def test_a_comparison_that_is_half_given_or_overlaps_is_refused(
+    log: str, options: tuple[str, ...], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert named in refusal(capsys, "--db", log, *options)
+
+
+def test_comparison_lines_format_both_sides_alike(log: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert report("--db", log, "--since", iso(150), "--compare-since", iso(0)) == 0
+    text = capsys.readouterr().out
+    changes = re.findall(r"^  (\S+): (.*)$", text.split("change vs baseline", 1)[1], re.M)
+    assert [name for name, _ in changes] == sorted([*MODELS, NEWCOMER])
+    for name, line in changes:
+        assert re.fullmatch(f"{MS_CHANGE}, {PCT_CHANGE}, {USD_CHANGE}", line), line
+        assert line.startswith("- -> ") == (name == NEWCOMER), line
+
+
+def test_the_html_report_shows_both_windows_and_the_changes(
+    log: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page = tmp_path / "report.html"
+    argv = ("--since", iso(150), "--compare-since", iso(0), "--compare-until", iso(120), "--html", str(page))
+    assert report("--db", log, *argv) == 0
+    html = page.read_text()
+    assert f"{shown(150)} .. {shown(304.5)}: 310 requests" in html
+    assert f"{shown(0)} .. {shown(120)}: 240 requests" in html
+    baseline = html.split("<h2>Baseline</h2>", 1)[1].split("<h2>", 1)[0]
+    rows = re.findall(r"<tr><td>([^<]+)</td><td>([^<]+)</td><td>([^<]+)</td><td>([^<]+)</td></tr>", baseline)
+    assert [row[0] for row in rows] == sorted([*MODELS, NEWCOMER])
+    for _, p95, error_rate, cost in rows:
+        for cell, pattern in ((p95, MS_CHANGE), (error_rate, PCT_CHANGE), (cost, USD_CHANGE)):
+            assert re.fullmatch(pattern, cell.replace("&gt;", ">")), cell
+    models = html.split("<h2>Models</h2>", 1)[1].split("<h2>", 1)[0]
+    assert re.search(r"<td>claude-sonnet-37</td><td>\d+\.\d%</td><td>100</td>", models), models
+    for cost in re.findall(r"<td>(\d+\.\d+)</td><td>\d+\.\d+</td><td>\d+\.\d+</td><td>\d+\.\d\d</td></tr>", models):
+        assert re.fullmatch(r"\d+\.\d{6}", cost), cost
+    assert not re.search(r"\de-\d", html.split("<svg", 1)[0])
+
+
+@pytest.mark.parametrize("target", ["missing/report.html", "."])
+def test_an_html_path_that_cannot_be_written_is_refused_before_the_log_is_read(
+    log: str, tmp_path: Path, target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page = tmp_path / target
+    for db in (log, f"sqlite:///{tmp_path}/no-log.sqlite3"):
+        assert f"`--html {page}`" in refusal(capsys, "--db", db, "--html", str(page))
+
+
+@pytest.fixture(scope="module")
+def stats_url(sim_url: str) -> Iterator[str]:
+    telemetry = Telemetry(TelemetrySettings(exchange_log=None))
+    with live_gateway("routes:\n- name: chat\n  target: gpt-5-mini\n", sim_url, telemetry=telemetry) as live:
+        yield live.url + "/admin/stats"
+
+
+@pytest.mark.parametrize("query", ["since=500&until=400", "since=400&until=400"])
+def test_stats_refuse_a_window_that_does_not_start_before_it_ends(stats_url: str, query: str) -> None:
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{stats_url}?{query}")
+    assert refused.value.code == 400
+    error = json.loads(refused.value.read())["error"]
+    since, until = re.findall(r"=(\d+)", query)
+    assert error["code"] == "invalid_request" and error["param"] == "since"
+    assert f"`since` ({since}) is not before `until` ({until})" in error["message"]
+
+
+def test_stats_answer_a_window_that_starts_before_it_ends(stats_url: str) -> None:
+    with urllib.request.urlopen(f"{stats_url}?since=400&until=500") as answer:
+        assert json.loads(answer.read())["window"] == {"since": 400.0, "until": 500.0, "minutes": 1.6667}
