@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import re
+import sqlite3
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -166,3 +170,36 @@ def test_stats_refuse_a_window_that_does_not_start_before_it_ends(stats_url: str
 def test_stats_answer_a_window_that_starts_before_it_ends(stats_url: str) -> None:
     with urllib.request.urlopen(f"{stats_url}?since=400&until=500") as answer:
         assert json.loads(answer.read())["window"] == {"since": 400.0, "until": 500.0, "minutes": 1.6667}
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    ("users", "is not a Laneway exchange log (it has no `exchanges` table)"),
+    ("", "is not a Laneway exchange log"),
+    ("text", "cannot be read as SQLite"),
+    (None, "does not exist"),
+])
+def test_a_file_that_is_not_an_exchange_log_is_refused_and_left_as_it_was(
+    tmp_path: Path, content: str | None, words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "other.db"
+    if content == "users":
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.execute("CREATE TABLE users (name TEXT)")
+            db.commit()
+    elif content is not None:
+        path.write_text(content)
+    before = path.read_bytes() if path.exists() else None
+    assert report("--db", f"sqlite:///{path}") == 1
+    out, err = capsys.readouterr()
+    assert out == "" and words in err and err.count("\n") == 1, err
+    assert (path.read_bytes() if path.exists() else None) == before  # not turned into a log
+
+
+def test_a_reader_that_goes_away_ends_the_report_without_a_traceback(log: str) -> None:
+    process = subprocess.Popen([sys.executable, "-m", "laneway", "report", "--db", log, "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # as `| head` does once it has what it wants
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 1
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
+import sqlite3
 import sys
 import time
 from datetime import UTC, datetime
@@ -82,15 +84,29 @@ def read_log(command: str, url: str, windows: list[Window]) -> list[Fetched] | N
         print(f"laneway {command}: --db `{redacted(url)}` is not an exchange log URL: use `sqlite:///PATH` "
               f"(`sqlite:////PATH` for an absolute path) or `postgresql://...`{hint}", file=sys.stderr)
         return None
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        print(f"laneway {command}: no exchange log at `{url}`; pass the gateway's log with `--db`",
-              file=sys.stderr)
-        return None
+    if url.startswith("sqlite:///"):
+        problem = _not_a_sqlite_log(Path(url.removeprefix("sqlite:///")))
+        if problem:
+            print(f"laneway {command}: `{url}` {problem}; pass the gateway's log with `--db`", file=sys.stderr)
+            return None
     try:
         return asyncio.run(_fetch(url, windows))
     except ExchangeLogUnavailable as error:
         print(f"laneway {command}: {error}", file=sys.stderr)
         return None
+
+
+def _not_a_sqlite_log(path: Path) -> str | None:
+    """Why the file at `path` is not an exchange log to read, or None. Looked at read-only: reading a
+    report must not turn some other database into a log."""
+    if not path.is_file():
+        return "does not exist"
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            found = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'exchanges'").fetchone()
+    except sqlite3.DatabaseError as error:
+        return f"cannot be read as SQLite ({error})"
+    return None if found else "is not a Laneway exchange log (it has no `exchanges` table)"
 
 
 async def _fetch(url: str, windows: list[Window]) -> list[Fetched]:
