@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from _live import LiveGateway, live_gateway
+from _live import LiveGateway, RecordingSink, live_gateway
 from laneway.cache import MemoryStore, cache_key
 
 CONFIG = """
@@ -49,9 +49,12 @@ def streamed_text(body: bytes) -> str:
                    if json.loads(e)["choices"])
 
 
+SINK = RecordingSink()
+
+
 @pytest.fixture(scope="module")
 def live(sim_url: str) -> Any:
-    with live_gateway(CONFIG, sim_url) as gateway:
+    with live_gateway(CONFIG, sim_url, telemetry=SINK) as gateway:
         yield gateway
 
 
@@ -66,6 +69,10 @@ def test_second_identical_request_is_a_cache_hit(live: LiveGateway) -> None:
     stream_headers, streamed = send(live, "where is my parcel", "on", temperature=0, stream=True)
     assert stream_headers["x-laneway-lane"] == "cache"
     assert streamed_text(streamed) == text_of(first) and streamed.rstrip().endswith(b"[DONE]")
+    # Lookups count against the model a hit saves a call to, not the route.
+    assert {event for event in SINK.events if event[0].startswith("cache_")} >= {("cache_miss", "gpt-5-mini"),
+                                                                                 ("cache_hit", "gpt-5-mini")}
+    assert all(model == "gpt-5-mini" for event, model in SINK.events if event.startswith("cache_"))
 
 
 def test_streamed_answers_are_cached_and_replayed(live: LiveGateway) -> None:

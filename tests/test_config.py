@@ -37,6 +37,23 @@ def test_seed_table_overlap_and_gap_are_warnings() -> None:
     assert "gap" in gap and "no_route" in gap and "escalation=false" in gap and "priority=low" in gap
 
 
+def test_an_overlap_of_two_routes_to_the_same_model_names_what_differs() -> None:
+    config = parse_config(textwrap.dedent("""
+    routes:
+    - name: urgent
+      matcher: "priority == urgent"
+      target: gpt-5
+    - name: long
+      matcher: "convo_length > 8"
+      target: gpt-5
+      fallbacks: [gemini-2.5-pro]
+    - target: gpt-5-mini
+    """))
+    [overlap] = [str(w) for w in config.warnings if "overlaps" in str(w)]
+    assert "it follows `urgent`'s settings (fallbacks, deadline, lanes), not `long`'s" in overlap
+    assert "not `gpt-5`" not in overlap
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("""
      routes:
@@ -162,8 +179,14 @@ def test_every_error_of_a_file_is_reported_at_once() -> None:
       target: gpt-5
     - target: gpt-5
       retry: {attempts: 0}
+    - matcher: "priorty == high"
+      target: gpt-7
+      fallbacks: [gpt-8]
     """)
-    assert len(found) == 3
+    assert len(found) == 6, found
+    # A route whose matcher is wrong still has its other mistakes reported.
+    assert [issue.split(" ")[0] for issue in found[3:]] == ["routes[3].matcher", "routes[3].target",
+                                                            "routes[3].fallbacks[0]"]
 
 
 def test_route_deadline_and_model_deadline() -> None:
@@ -255,6 +278,29 @@ def test_check_warns_of_the_variables_the_file_names_and_the_environment_lacks(
     monkeypatch.delenv("LANEWAY_TEST_ADMIN")
     assert main(["check", str(path)]) == 0
     assert "admin.key_env: `LANEWAY_TEST_ADMIN` is not set" in capsys.readouterr().out
+
+
+def test_check_warns_of_a_provider_api_without_a_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "no-key.yaml"
+    path.write_text(textwrap.dedent("""
+        models:
+          claude:
+            provider: anthropic
+            base_url: https://api.anthropic.com
+            model: claude-sonnet-4-5
+          local:
+            provider: openai
+            base_url: http://127.0.0.1:8000/v1
+            model: llama
+        routes:
+        - target: claude
+          fallbacks: [local]
+        """))
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "models.claude: no `api_key_env`, so requests to api.anthropic.com go without a key" in out
+    assert "add `api_key_env: ANTHROPIC_API_KEY`" in out
+    assert "models.local" not in out  # a self-hosted server may take requests without a key
 
 
 def test_a_taken_or_impossible_port_is_refused_before_serving(capsys: pytest.CaptureFixture[str]) -> None:

@@ -167,6 +167,14 @@ def test_stats_refuse_a_window_that_does_not_start_before_it_ends(stats_url: str
     assert f"`since` ({since}) is not before `until` ({until})" in error["message"]
 
 
+@pytest.mark.parametrize("query", ["since=nan", "until=inf", "since=abc"])
+def test_stats_refuse_a_time_that_is_not_a_number_of_seconds(stats_url: str, query: str) -> None:
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{stats_url}?{query}")
+    assert refused.value.code == 400
+    assert "unix times in seconds" in json.loads(refused.value.read())["error"]["message"]
+
+
 def test_stats_answer_a_window_that_starts_before_it_ends(stats_url: str) -> None:
     with urllib.request.urlopen(f"{stats_url}?since=400&until=500") as answer:
         assert json.loads(answer.read())["window"] == {"since": 400.0, "until": 500.0, "minutes": 1.6667}

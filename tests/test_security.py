@@ -73,6 +73,9 @@ def test_client_keys_are_required_and_scoped(keyed: LiveGateway) -> None:
     assert status == 200
     status, _, body = call(keyed, "/v1/chat/completions", CLIENT_KEY, chat("billing"))
     assert status == 403 and "may not use route `billing`" in body
+    direct = {**chat(), "model": "gpt-5-mini"}
+    status, _, body = call(keyed, "/v1/chat/completions", CLIENT_KEY, direct)
+    assert status == 403 and "not a model named directly" in body and "None" not in body
 
 
 def test_request_rate_and_budget_limits_answer_429_with_the_reason(keyed: LiveGateway) -> None:

@@ -145,7 +145,7 @@ class Gateway:
         try:
             plan, messages, params = self._prepare(runtime, request, headers, path, exchange, key)
             entry, cache = self._cache_entry(runtime, plan, messages, params)
-            cached = await self._cached(entry, cache, exchange)
+            cached = await self._cached(entry, cache, exchange, plan.lanes[0][1])
             if cached is not None:
                 return replay_stream(cached, exchange), runtime
             if plan.route is not None and plan.route.cascade is not None:
@@ -167,7 +167,7 @@ class Gateway:
                       exchange: Exchange, key: KeyPolicy | None) -> Completion:
         plan, messages, params = self._prepare(runtime, request, headers, path, exchange, key)
         entry, cache = self._cache_entry(runtime, plan, messages, params)
-        cached = await self._cached(entry, cache, exchange)
+        cached = await self._cached(entry, cache, exchange, plan.lanes[0][1])
         if cached is not None:
             return cached
         completion = await self._whole(runtime, plan, messages, params, exchange)
@@ -200,12 +200,14 @@ class Gateway:
             return None, None
         return cache_key(route.name, messages, params), route.cache
 
-    async def _cached(self, entry: str | None, cache: CacheSettings | None, exchange: Exchange) -> Completion | None:
+    async def _cached(self, entry: str | None, cache: CacheSettings | None, exchange: Exchange,
+                      target: str) -> Completion | None:
+        """The cached answer, if any; the lookup is counted against `target`, the model it would save a call to."""
         if entry is None or cache is None or not cache.reads:
             return None
         hit = await lookup(self.cache, entry)
         if self.telemetry is not None:
-            self.telemetry.count("cache_hit" if hit else "cache_miss", exchange.route or "")
+            self.telemetry.count("cache_hit" if hit else "cache_miss", target)
         if hit is None:
             return None
         completion, model = hit

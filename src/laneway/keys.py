@@ -80,8 +80,11 @@ class KeyRing:
     def admit(self, policy: KeyPolicy, route: str | None, tokens: int) -> None:
         """Raise if `policy` may not send this request now; otherwise count it."""
         if policy.routes is not None and route not in policy.routes:
-            raise Forbidden(f"key `{policy.name}` may not use route `{route}`; allowed: "
-                            f"{', '.join(sorted(policy.routes)) or 'none'}")
+            allowed = ", ".join(sorted(policy.routes)) or "none"
+            if route is None:  # the request named a model: no route to check against the key's list
+                raise Forbidden(f"key `{policy.name}` may use only routes ({allowed}), not a model named directly: "
+                                "send the route table's name as `model`")
+            raise Forbidden(f"key `{policy.name}` may not use route `{route}`; allowed: {allowed}")
         usage = self._usage_of(policy)
         now = time.monotonic()
         self._roll_period(policy, usage)

@@ -56,10 +56,12 @@ def _analyse_group(routes: list[Route]) -> list[TableWarning]:
     by_index = {r.index: r for r in routes}
     for (first_index, later_index), example in overlaps.items():
         a, b = by_index[first_index], by_index[later_index]
+        outcome = (f"it goes to `{a.target}`, not `{b.target}`" if a.target != b.target
+                   else f"it follows `{a.name}`'s settings (fallbacks, deadline, lanes), not `{b.name}`'s")
         warnings.append(TableWarning(
             f"routes[{later_index}]",
             f"overlaps `{a.name}` (routes[{first_index}]): a request such as {_describe(example)} matches both; "
-            f"the first match wins, so it goes to `{a.target}`, not `{b.target}`",
+            f"the first match wins, so {outcome}",
         ))
     for route in routes:
         if route.index in reached or not route.has_matcher:

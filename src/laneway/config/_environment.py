@@ -9,18 +9,28 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from ._model import Config
 
+# The providers' own APIs, which refuse a request without a key (a self-hosted server may not).
+KEYED_HOSTS = {"api.openai.com": "OPENAI_API_KEY", "api.anthropic.com": "ANTHROPIC_API_KEY",
+               "generativelanguage.googleapis.com": "GEMINI_API_KEY"}
+
 
 def unset_variables(config: Config, environ: Mapping[str, str] = os.environ) -> list[str]:
-    """One warning per variable the file names and the environment lacks (or holds empty)."""
+    """One warning per variable the file names and the environment lacks (or holds empty), and per model
+    of a provider's own API that names none."""
     warnings = []
     for name, spec in config.models.items():
         variable = spec.api_key_env
         if variable and not spec.simulated and not environ.get(variable):
             warnings.append(f"models.{name}.api_key_env: `{variable}` is not set; requests to `{name}` go "
                             "without a key, and the provider will refuse them")
+        host = urlsplit(spec.base_url).hostname or ""
+        if not variable and host in KEYED_HOSTS:
+            warnings.append(f"models.{name}: no `api_key_env`, so requests to {host} go without a key and are "
+                            f"refused; add `api_key_env: {KEYED_HOSTS[host]}` (the variable holding the key)")
     variable = config.admin.key_env
     if variable and not environ.get(variable):
         warnings.append(f"admin.key_env: `{variable}` is not set; the admin endpoints stay closed until it is")

@@ -208,13 +208,15 @@ def _route(index: int, s: Section, known: dict[str, ModelSpec], context: _Contex
         s.issues.add(s.where("path"), f"`{path}` must start with `/`, e.g. `/v1/chat`")
     source = s.text("matcher")
     matcher = always()
+    matcher_ok = True
     if source is not None:
         try:
             matcher = compile_matcher(source)
         except MatcherError as exc:
+            # Reported, and the rest of the route is still read so that its other mistakes show too.
             s.issues.add(s.where("matcher"), f"{exc.message} (at column {exc.column} of the matcher)",
                          column_offset=exc.column - 1)
-            return None
+            matcher_ok = False
     target = _model_ref(s.issues, s.where("target"), s.value("target"), known, required=True)
     fallbacks = tuple(
         name for j, value in enumerate(s.items("fallbacks"))
@@ -231,7 +233,7 @@ def _route(index: int, s: Section, known: dict[str, ModelSpec], context: _Contex
         s.issues.add(s.where("name"), "must not be empty; leave `name` out to be called "
                                       f"`route-{index}`, or give one")
     s.done()
-    if target is None or not name:
+    if target is None or not name or not matcher_ok:
         return None
     route = Route(index, name, path, matcher, target, fallbacks, long_context,
                   int(deadline) if deadline else None, r, source is not None, **lanes)

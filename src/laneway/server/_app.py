@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -223,6 +224,8 @@ def _stats_window(query: dict[str, list[str]]) -> tuple[float | None, float | No
         until = float(query["until"][0]) if "until" in query else None
     except ValueError:
         raise InvalidRequest("`since` and `until` are unix times in seconds") from None
+    if not all(math.isfinite(moment) for moment in (since, until) if moment is not None):
+        raise InvalidRequest("`since` and `until` are unix times in seconds, not `nan` or `inf`", param="since")
     if since is not None and until is not None and since >= until:
         raise InvalidRequest(f"`since` ({query['since'][0]}) is not before `until` ({query['until'][0]}): "
                              "a window must start before it ends; pass an earlier `since` or a later `until`",
