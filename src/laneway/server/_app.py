@@ -125,7 +125,7 @@ class App:
         except ValueError:
             raise InvalidRequest("`content-length` is not a number") from None
         body = await read_body(receive, self.gateway.config.server.max_body_bytes, size)
-        await chat_completions(self.gateway, body, headers, scope["path"], send, exchange, base, key)
+        await chat_completions(self.gateway, body, headers, scope["path"], send, exchange, base, key, receive)
 
     async def _openapi(self, send: Send, base: Headers, scope: Scope) -> None:
         await respond_json(send, 200, openapi_document(), base)

@@ -7,6 +7,7 @@ with an SSE `error` event and no `[DONE]`, so no client mistakes a cut answer fo
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -15,13 +16,14 @@ import orjson
 from ..chat import Chunk, Completion, TokenLogprob, Usage
 from ..dispatch import Started, account, close_stream
 from ..errors import LanewayError, UpstreamError, error_body
-from ..exchange import Attempt, Exchange
+from ..exchange import Exchange
 from ..gateway import Gateway
 from ..keys import KeyPolicy
 from ..request import ClientRequest, decode
 from ..runtime import Runtime
-from ._asgi import JSON, Headers, Send, respond, respond_error
+from ._asgi import JSON, Headers, Receive, Send, respond, respond_error
 
+CLIENT_CLOSED = 499  # the status nginx logs for a request its client closed before the answer
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
@@ -38,13 +40,15 @@ def laneway_headers(exchange: Exchange, cost: bool = True) -> Headers:
 
 
 async def chat_completions(gateway: Gateway, body: bytes, headers: dict[str, str], path: str, send: Send,
-                           exchange: Exchange, base: Headers, key: KeyPolicy | None = None) -> None:
+                           exchange: Exchange, base: Headers, key: KeyPolicy | None = None,
+                           receive: Receive | None = None) -> None:
+    """`receive` is the request's, its body already read: a stream listens on it for the client leaving."""
     started = time.perf_counter()
     try:
         request = decode(body, gateway.config.server.max_messages)
         exchange.stream = request.stream
         if request.stream:
-            await _stream(gateway, request, headers, path, send, exchange, base, started, key)
+            await _stream(gateway, request, headers, path, send, exchange, base, started, key, receive)
             return
         completion = await gateway.complete(request, headers, path, exchange, key)
     except LanewayError as error:
@@ -96,8 +100,10 @@ def usage_body(usage: Usage) -> dict[str, Any]:
 
 
 async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, str], path: str, send: Send,
-                  exchange: Exchange, base: Headers, started_perf: float, key: KeyPolicy | None) -> None:
+                  exchange: Exchange, base: Headers, started_perf: float, key: KeyPolicy | None,
+                  receive: Receive | None) -> None:
     started, runtime = await gateway.open_stream(request, headers, path, exchange, key)
+    client = _ClientWatch(receive)
     try:
         encoder = _ChunkEncoder(exchange)
         await send({"type": "http.response.start", "status": 200,
@@ -105,24 +111,35 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
         exchange.ttft_ms = (time.perf_counter() - started_perf) * 1000
         state = _StreamState(bool(request.params.get("logprobs")))
         await _forward(send, encoder, started.first, state)
+        client.watch()  # after the first byte, so the time to it pays nothing for the watch
         try:
             async for chunk in started.rest:
                 await _forward(send, encoder, chunk, state)
         except UpstreamError as error:
-            _stream_ended(exchange, started)
-            _stream_failed(exchange, started.attempt, error)
-            if not started.accounted:  # what was generated before the cut is billed all the same
-                usage = state.usage or _estimate(gateway, runtime, started, state.text)
-                account(started.attempt, exchange, runtime.config.models[started.model].price, usage)
+            _stream_failed(exchange, started, error.code, f"after first byte: {error.message}", "stream_interrupted")
             tail = _error_event(error, exchange)
+        except asyncio.CancelledError:
+            if not client.left():
+                raise
+            # The client hung up: stop generating (and paying) for nobody, and say so in the log.
+            exchange.status = CLIENT_CLOSED
+            _stream_failed(exchange, started, "client_disconnected",
+                           f"the client disconnected after {len(state.text)} pieces", "client_disconnected")
+            tail = b""
         else:
             tail = _account_stream(gateway, runtime, started, state, exchange, request.include_usage, encoder)
+        finally:
+            client.stop()
+        if exchange.outcome != "ok" and not started.accounted:  # what was generated is billed all the same
+            usage = state.usage or _estimate(gateway, runtime, started, state.text)
+            account(started.attempt, exchange, runtime.config.models[started.model].price, usage)
     finally:
         await close_stream(started.rest)  # frees a gate slot at once if the client went away mid-stream
         runtime.leave()
     # Recorded before the last byte leaves, so whoever reads the whole answer finds it accounted.
     gateway.finish(exchange, started_perf)
-    await send({"type": "http.response.body", "body": tail, "more_body": False})
+    if tail:
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
 def _account_stream(gateway: Gateway, runtime: Runtime, started: Started, state: _StreamState,
@@ -185,11 +202,53 @@ def _stream_ended(exchange: Exchange, started: Started) -> None:
     started.attempt.latency_ms = elapsed
 
 
-def _stream_failed(exchange: Exchange, attempt: Attempt, error: UpstreamError) -> None:
-    attempt.outcome = error.code
-    attempt.error = f"after first byte: {error.message}"
-    exchange.outcome = "stream_interrupted"
-    exchange.error = error.message
+def _stream_failed(exchange: Exchange, started: Started, code: str, error: str, outcome: str) -> None:
+    _stream_ended(exchange, started)
+    started.attempt.outcome = code
+    started.attempt.error = error
+    exchange.outcome = outcome
+    exchange.error = error
+
+
+class _ClientWatch:
+    """Listens on a stream's `receive` for the client leaving, and then cancels the task serving it
+    (uvicorn drops what is sent to a closed connection without a word, so the stream would run on)."""
+
+    __slots__ = ("_armed", "_gone", "_receive", "_task")
+
+    def __init__(self, receive: Receive | None) -> None:
+        self._receive = receive
+        self._task: asyncio.Future[Any] | None = None
+        self._armed = False
+        self._gone = False
+
+    def watch(self) -> None:
+        if self._receive is None:
+            return
+        owner = asyncio.current_task()
+        self._armed = True
+        self._task = asyncio.ensure_future(self._receive())
+
+        def heard(message: asyncio.Future[Any]) -> None:
+            if (self._armed and owner is not None and not message.cancelled() and message.exception() is None
+                    and message.result().get("type") == "http.disconnect"):
+                self._gone = True
+                owner.cancel()
+
+        self._task.add_done_callback(heard)
+
+    def left(self) -> bool:
+        """Whether the client's leaving cancelled the task; if so, that cancellation is taken back."""
+        if self._gone:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+        return self._gone
+
+    def stop(self) -> None:
+        self._armed = False
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
 
 
 def _error_event(error: LanewayError, exchange: Exchange) -> bytes:

@@ -1,0 +1,120 @@
+"""A client that hangs up mid-stream: the gateway stops the upstream stream at once (no tokens
+generated for nobody), and logs the exchange as `client_disconnected` with what it cost so far."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from _live import LiveGateway, RecordingSink, live_gateway
+
+PIECES = 100
+GAP_S = 0.05  # the whole answer takes 5 s
+
+
+class SlowStream(ThreadingHTTPServer):
+    """An OpenAI-compatible upstream that streams `PIECES` pieces, `GAP_S` apart; it notes how many
+    it wrote before its reader went away."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.written: list[int] = []
+        self.ended = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: SlowStream
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("connection", "close")
+        self.end_headers()
+        written = 0
+        try:
+            for i in range(PIECES):
+                chunk = {"choices": [{"index": 0, "delta": {"content": f" word{i}"}, "finish_reason": None}]}
+                self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                self.wfile.flush()
+                written += 1
+                time.sleep(GAP_S)
+            self.wfile.write(b"data: [DONE]\n\n")
+        except OSError:
+            pass  # the gateway closed the connection
+        finally:
+            self.server.written.append(written)
+            self.server.ended.set()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture()
+def live() -> Iterator[tuple[LiveGateway, RecordingSink, SlowStream]]:
+    upstream = SlowStream()
+    thread = threading.Thread(target=upstream.serve_forever, daemon=True)
+    thread.start()
+    config = f"""
+models:
+  slow:
+    provider: openai
+    base_url: {upstream.url}
+    model: slow
+    price: {{input_per_mtok: 1.0, output_per_mtok: 2.0}}
+    stream_idle_ms: 10000
+routes:
+- target: slow
+  deadline_ms: 30000
+"""
+    sink = RecordingSink()
+    try:
+        with live_gateway(config, None, telemetry=sink) as gateway:
+            yield gateway, sink, upstream
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+
+
+def test_a_client_that_hangs_up_mid_stream_stops_the_upstream_and_is_logged(
+        live: tuple[LiveGateway, RecordingSink, SlowStream]) -> None:
+    gateway, sink, upstream = live
+    connection = http.client.HTTPConnection("127.0.0.1", int(gateway.url.rsplit(":", 1)[1]), timeout=10)
+    body = json.dumps({"model": "laneway", "stream": True, "messages": [{"role": "user", "content": "tell me"}]})
+    connection.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+    response = connection.getresponse()
+    request_id = response.getheader("x-request-id")
+    assert response.status == 200
+    got = b""
+    while got.count(b"data: {") < 3:
+        got += response.read1(4096)
+    started = time.monotonic()
+    connection.sock.close()  # the client goes away after three pieces
+    connection.close()
+
+    assert upstream.ended.wait(3), "the upstream kept streaming to nobody"
+    assert upstream.written[0] < PIECES / 2
+    deadline = time.monotonic() + 3
+    while not [e for e in sink.exchanges if e.request_id == request_id]:
+        assert time.monotonic() < deadline, "the exchange was never recorded"
+        time.sleep(0.02)
+    exchange = sink.by_id(request_id)
+    assert exchange.outcome == "client_disconnected" and exchange.status == 499
+    assert exchange.latency_ms < 1000 * (time.monotonic() - started + 1.5)
+    attempt = exchange.attempts[0]
+    assert attempt.outcome == "client_disconnected" and "disconnected after" in attempt.error
+    assert attempt.completion_tokens >= 3 and exchange.cost_usd > 0  # what was generated is billed
