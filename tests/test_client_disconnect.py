@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from _live import LiveGateway, RecordingSink, live_gateway
+from laneway.telemetry._summary import summarize
+from laneway.telemetry._window import rows_of
 
 PIECES = 100
 GAP_S = 0.05  # the whole answer takes 5 s
@@ -118,3 +120,5 @@ def test_a_client_that_hangs_up_mid_stream_stops_the_upstream_and_is_logged(
     attempt = exchange.attempts[0]
     assert attempt.outcome == "client_disconnected" and "disconnected after" in attempt.error
     assert attempt.completion_tokens >= 3 and exchange.cost_usd > 0  # what was generated is billed
+    figures = summarize(rows_of([exchange], simulated=False), (), None, None)["models"]["slow"]
+    assert figures["requests"] == 1 and figures["errors"] == 0  # the client's doing, not the model's

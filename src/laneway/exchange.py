@@ -15,6 +15,7 @@ from typing import Any
 # Outcomes of an attempt.
 OK = "ok"
 SKIPPED = "skipped"  # never sent: breaker open, context window too small
+CLIENT_DISCONNECTED = "client_disconnected"  # the client hung up mid-stream: not an error of the model
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ import orjson
 from ..chat import Chunk, Completion, TokenLogprob, Usage
 from ..dispatch import Started, account, close_stream
 from ..errors import LanewayError, UpstreamError, error_body
-from ..exchange import Exchange
+from ..exchange import CLIENT_DISCONNECTED, Exchange
 from ..gateway import Gateway
 from ..keys import KeyPolicy
 from ..request import ClientRequest, decode
@@ -123,8 +123,8 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
                 raise
             # The client hung up: stop generating (and paying) for nobody, and say so in the log.
             exchange.status = CLIENT_CLOSED
-            _stream_failed(exchange, started, "client_disconnected",
-                           f"the client disconnected after {len(state.text)} pieces", "client_disconnected")
+            _stream_failed(exchange, started, CLIENT_DISCONNECTED,
+                           f"the client disconnected after {len(state.text)} pieces", CLIENT_DISCONNECTED)
             tail = b""
         else:
             tail = _account_stream(gateway, runtime, started, state, exchange, request.include_usage, encoder)

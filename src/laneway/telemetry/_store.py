@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 
 from laneway.errors import ConfigError, ConfigIssue, LanewayError
+from laneway.exchange import CLIENT_DISCONNECTED
 from laneway.telemetry._records import LOG_COLUMNS, ROW_COLUMNS, ExchangeRow, HourlyRow, LogRecord
 
 HOUR_S = 3600.0
@@ -150,7 +151,7 @@ _HOURLY_COUNTS = (
 )
 _HOURLY_SELECT = {
     "requests": "COUNT(*)",
-    "errors": "SUM(CASE WHEN outcome <> 'ok' THEN 1 ELSE 0 END)",
+    "errors": f"SUM(CASE WHEN outcome NOT IN ('ok', '{CLIENT_DISCONNECTED}') THEN 1 ELSE 0 END)",
     "timeouts": "SUM(CASE WHEN outcome = 'model_inference_deadline_exceeded' THEN 1 ELSE 0 END)",
     "escalated_ok": "SUM(CASE WHEN outcome = 'ok' AND escalation THEN 1 ELSE 0 END)",
     "tokens_in": "SUM(prompt_tokens)",

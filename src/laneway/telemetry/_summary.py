@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from laneway.errors import UpstreamTimeout
-from laneway.exchange import OK
+from laneway.exchange import CLIENT_DISCONNECTED, OK
 from laneway.telemetry._records import SHADOW_LANE, ExchangeRow, HourlyRow
 
 TIMEOUT_OUTCOME = UpstreamTimeout.code
@@ -50,7 +50,7 @@ class _Group:
     def add_row(self, row: ExchangeRow) -> None:
         self.requests += 1
         ok = row.outcome == OK
-        self.errors += not ok
+        self.errors += not ok and row.outcome != CLIENT_DISCONNECTED
         self.timeouts += row.outcome == TIMEOUT_OUTCOME
         self.escalated_ok += ok and row.escalation
         self.tokens_in += row.tokens_in
