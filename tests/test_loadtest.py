@@ -1,17 +1,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
 import math
+import os
+import pty
 import random
+import signal
+import socket
 import statistics
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
+from laneway.cli import main
 from laneway.errors import ConfigError
 from laneway.loadtest import (
     RELATIVE_ERROR,
@@ -21,11 +28,13 @@ from laneway.loadtest import (
     load_payloads,
     poisson_arrivals,
     render_html,
+    render_text,
     run_load,
     summarize,
     write_csv,
     write_json,
 )
+from laneway.loadtest._checks import unreachable
 from laneway.loadtest._histogram import bucket_bounds, bucket_of
 
 # --- histogram -------------------------------------------------------------------------------
@@ -160,17 +169,28 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     return response
 
 
-@pytest.fixture
-async def endpoint() -> AsyncIterator[str]:
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@contextlib.asynccontextmanager
+async def _serving(handler: Handler) -> AsyncIterator[str]:
     app = web.Application()
-    app.router.add_post("/v1/chat/completions", _chat)
-    runner = web.AppRunner(app)
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}/v1/chat/completions"
-    await runner.cleanup()
+    try:
+        yield f"http://127.0.0.1:{port}/v1/chat/completions"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def endpoint() -> AsyncIterator[str]:
+    async with _serving(_chat) as url:
+        yield url
 
 
 def _payloads(*texts: str) -> list[Payload]:
@@ -196,6 +216,17 @@ async def test_streams_report_ttft_chunk_gaps_cost_and_cut_streams(endpoint: str
     assert tally.all.ttft.max < tally.all.latency.max
     assert tally.all.cost_usd == pytest.approx(4 * 0.001)
     assert tally.chunk_gaps.count >= 8 * 2  # at least the gaps between the three content events
+
+
+async def test_a_body_that_asks_for_a_stream_is_read_as_a_stream(endpoint: str) -> None:
+    streamed = Payload({"model": "laneway", "stream": True, "messages": [{"role": "user", "content": "beta"}]})
+    plan = LoadPlan(url=endpoint, concurrency=2, requests=8)
+    tally = await run_load(plan, [streamed, *_payloads("alpha")])
+    assert tally.all.errors == 0
+    assert tally.all.ttft.count == 4
+    assert tally.all.cost_usd == pytest.approx(4 * 0.001 + 4 * 0.0001)
+    assert tally.chunk_gaps.count >= 4 * 2
+    assert summarize(tally)["all"]["ttft_ms"] is not None
 
 
 async def test_open_loop_sends_the_asked_number_and_counts_queueing(endpoint: str) -> None:
@@ -236,3 +267,147 @@ async def test_json_csv_and_html_outputs_have_their_shape(endpoint: str, tmp_pat
     page = render_html(summary)
     assert page.count("<svg") == 2 and "<script" not in page and "http://" not in page.replace(
         "http://www.w3.org/2000/svg", "").replace(endpoint, "")
+
+
+async def test_rows_and_seconds_without_a_success_have_no_percentiles(endpoint: str, tmp_path: Path) -> None:
+    mixed = summarize(await run_load(LoadPlan(url=endpoint, requests=4), _payloads("alpha", "fail")))
+    text = render_text(mixed)
+    failed_row = next(line.split() for line in text.splitlines() if line.split()[:2] == ["-", "-"])
+    assert failed_row[2:6] == ["2", "2", "-", "-"]
+    assert text.count("latency percentiles are of successful requests") == 1
+    assert "latency percentiles are of successful requests; 2 failed" in text
+    only_failures = summarize(await run_load(LoadPlan(url=endpoint, requests=3), _payloads("fail")))
+    write_json(only_failures, tmp_path / "r.json")
+    timeline = json.loads((tmp_path / "r.json").read_text())["timeline"]
+    assert timeline and all(s["p50_ms"] is None and s["p99_ms"] is None for s in timeline)
+    assert "(no successful requests)" in render_html(only_failures)
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def _closed_port_url() -> tuple[str, int]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    return f"http://127.0.0.1:{port}/v1/chat/completions", port
+
+
+def _refused(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The last stderr line of a command line that argparse refuses."""
+    with pytest.raises(SystemExit) as refusal:
+        main(["loadtest", *args])
+    assert refusal.value.code == 2
+    return capsys.readouterr().err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("option", ["--json", "--csv", "--html"])
+@pytest.mark.parametrize("place", ["in a missing directory", "a directory"])
+def test_an_unwritable_output_path_is_refused_before_the_run(option: str, place: str, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "missing" / "report" if place == "in a missing directory" else tmp_path
+    outputs = [arg for other in ("--json", "--csv", "--html") if other != option
+               for arg in (other, str(tmp_path / other.strip("-")))]
+    url, _ = _closed_port_url()
+    assert main(["loadtest", "--url", url, "--requests", "1", *outputs, option, str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"laneway: {option} `{bad}`: ") and err.count("\n") == 1
+    assert not any((tmp_path / name).exists() for name in ("json", "csv", "html"))
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:9301", "http://127.0.0.1:99999/v1/chat/completions",
+                                 "http:///v1/chat/completions"])
+def test_a_malformed_url_is_refused_before_anything_is_sent(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _refused(["--url", url, "--requests", "1"], capsys).startswith(
+        f"laneway loadtest: error: argument --url: `{url}` ")
+
+
+def test_a_port_where_nothing_listens_stops_the_command_before_the_run(capsys: pytest.CaptureFixture[str]) -> None:
+    url, port = _closed_port_url()
+    assert main(["loadtest", "--url", url, "--requests", "1"]) == 2
+    assert capsys.readouterr().err == (f"laneway: cannot connect to 127.0.0.1:{port}: connection refused; "
+                                       "is the gateway running?\n")
+
+
+def test_a_connection_nobody_answers_is_reported_once_the_connect_timeout_runs_out() -> None:
+    with contextlib.ExitStack() as stack:
+        listener = stack.enter_context(socket.socket())
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        # Nothing accepts: once the accept queue is full the kernel leaves new handshakes unanswered.
+        for _ in range(3):
+            waiting = stack.enter_context(socket.socket())
+            waiting.setblocking(False)
+            waiting.connect_ex(("127.0.0.1", port))
+        problem = unreachable(f"http://127.0.0.1:{port}/v1/chat/completions", timeout_s=0.3)
+    assert problem == f"cannot connect to 127.0.0.1:{port}: no answer within 0.3 s; is the gateway running?"
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("--duration", "nan"), ("--duration", "inf"), ("--rate", "nan"), ("--rate", "inf"), ("--timeout", "nan"),
+    ("--warmup", "-2"), ("--warmup", "nan")])
+def test_non_finite_and_negative_numbers_are_refused(option: str, value: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    url, _ = _closed_port_url()
+    line = _refused(["--url", url, "--requests", "1", option, value], capsys)
+    assert line.startswith(f"laneway loadtest: error: argument {option}: must be ") and line.endswith(f"got {value}")
+
+
+def test_a_header_without_a_colon_says_what_a_header_looks_like(capsys: pytest.CaptureFixture[str]) -> None:
+    url, _ = _closed_port_url()
+    line = _refused(["--url", url, "--requests", "1", "--header", "foo"], capsys)
+    assert line.startswith("laneway loadtest: error: argument --header: `foo` is not `NAME: VALUE`")
+    assert "routing config" not in line
+
+
+async def _loadtest(*args: str, stderr: int = asyncio.subprocess.PIPE) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", "laneway", "loadtest", *args,
+                                                stdout=asyncio.subprocess.PIPE, stderr=stderr)
+
+
+@pytest.mark.parametrize(("answers", "cancelled"), [(True, 0), (False, 2)], ids=["answered", "unanswered"])
+async def test_ctrl_c_stops_sending_and_reports_what_ran(answers: bool, cancelled: int, tmp_path: Path) -> None:
+    arrived = asyncio.Event()
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        arrived.set()
+        await asyncio.sleep(0.05 if answers else 3600)
+        return web.json_response({"choices": []})
+
+    async with _serving(chat) as url:
+        run = await _loadtest("--url", url, "--concurrency", "2", "--duration", "600",
+                              "--json", str(tmp_path / "r.json"))
+        await asyncio.wait_for(arrived.wait(), 60)
+        run.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(run.communicate(), 60)
+    assert run.returncode == 130, err.decode()
+    summary = json.loads((tmp_path / "r.json").read_text())
+    assert summary["interrupted"] is True and summary["cancelled"] == cancelled
+    assert (summary["all"]["requests"] > 0) is answers
+    assert f"interrupted after {summary['interrupted_after_s']:.1f} s" in out.decode()
+
+
+def _read_terminal(terminal: int) -> str:
+    shown = []
+    with contextlib.suppress(OSError):  # EIO once the command has exited
+        while piece := os.read(terminal, 4096):
+            shown.append(piece)
+    os.close(terminal)
+    return b"".join(shown).decode()
+
+
+async def test_after_the_duration_the_progress_line_says_what_it_waits_for_and_ends_once() -> None:
+    async def silent(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(3600)
+        raise AssertionError("never answers")
+
+    async with _serving(silent) as url:
+        terminal, screen = pty.openpty()
+        run = await _loadtest("--url", url, "--concurrency", "2", "--duration", "0.5", "--timeout", "1.5",
+                              stderr=screen)
+        os.close(screen)
+        shown, _ = await asyncio.gather(asyncio.to_thread(_read_terminal, terminal), run.communicate())
+    assert "waiting for 2 requests in flight (timeout 1.5 s)" in shown
+    lines = [line.split("\r")[-1] for line in shown.replace("\r\n", "\n").split("\n")]
+    assert sum("100%" in line for line in lines) == 1

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import math
+import signal
 import sys
 from typing import Any
 
-from ..errors import ConfigError, ConfigIssue
-from ._drive import LoadPlan, run_load
+from ._checks import endpoint_url, header, unreachable, unwritable_output
+from ._drive import LoadPlan, Progress, run_load
 from ._html import write_html
 from ._payloads import Payload, load_payloads
 from ._report import render_text, summarize, write_csv, write_json
 from ._tally import Tally
 
 DEFAULT_URL = "http://127.0.0.1:8080/v1/chat/completions"
+INTERRUPTED = 130
 _BAR = 30
+_OUTPUTS = ("json", "csv", "html")
 
 
 def add_commands(subparsers: Any) -> None:
@@ -22,8 +27,10 @@ def add_commands(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "loadtest", help="drive an OpenAI-compatible endpoint and report latency, TTFT, errors and cost",
         description="Closed loop with --concurrency N, or open loop (Poisson arrivals) with --rate R. "
-                    "Runs for --duration S or --requests N (default: 10 seconds).")
-    parser.add_argument("--url", default=DEFAULT_URL, help="chat-completions endpoint (default: %(default)s)")
+                    "Runs for --duration S or --requests N (default: 10 seconds). The first Ctrl-C "
+                    "stops sending and reports what ran.")
+    parser.add_argument("--url", type=endpoint_url, default=DEFAULT_URL,
+                        help="chat-completions endpoint (default: %(default)s)")
     parser.add_argument("--payloads", metavar="FILE",
                         help="JSONL of request bodies, or of conversations to replay turn by turn "
                              "(see docs/benchmarks.md); default: one short support question")
@@ -33,10 +40,11 @@ def add_commands(subparsers: Any) -> None:
     load.add_argument("--rate", type=_positive_float, help="open loop: Poisson arrivals per second")
     parser.add_argument("--duration", type=_positive_float, metavar="S", help="seconds to run")
     parser.add_argument("--requests", type=_positive_int, metavar="N", help="requests to send")
-    parser.add_argument("--warmup", type=float, default=0.0, metavar="S", help="uncounted load first")
-    parser.add_argument("--stream", action="store_true", help="ask for SSE streams and measure TTFT")
+    parser.add_argument("--warmup", type=_seconds, default=0.0, metavar="S", help="uncounted load first")
+    parser.add_argument("--stream", action="store_true",
+                        help="stream every request and measure TTFT (otherwise each body's `stream` decides)")
     parser.add_argument("--timeout", type=_positive_float, default=30.0, metavar="S", help="per request")
-    parser.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+    parser.add_argument("--header", type=header, action="append", default=[], metavar="'NAME: VALUE'",
                         help="extra request header, repeatable")
     parser.add_argument("--max-inflight", type=_positive_int, default=4096, help="open loop: connection cap")
     parser.add_argument("--seed", type=int, help="seed of the arrival schedule")
@@ -51,37 +59,91 @@ def run_loadtest(args: argparse.Namespace) -> int:
     import uvloop
 
     payloads = load_payloads(args.payloads, args.model) if args.payloads else [_default_payload(args.model)]
+    problem = _unwritable_outputs(args) or unreachable(args.url)
+    if problem:
+        print(f"laneway: {problem}", file=sys.stderr)
+        return 2
+    plan, warmup = _plans(args)
+    show = None if args.quiet or not sys.stderr.isatty() else progress_bar
+    tally = uvloop.run(_measure(plan, warmup, payloads, show))
+    if show:
+        sys.stderr.write("\n")
+    _report(tally, plan, args)
+    if tally.interrupted_s is not None:
+        return INTERRUPTED
+    return 0 if tally.all.requests > tally.all.errors else 1
+
+
+def _plans(args: argparse.Namespace) -> tuple[LoadPlan, LoadPlan | None]:
+    """The measured run's plan, and the warm-up's if one was asked for."""
     plan = LoadPlan(url=args.url, concurrency=args.concurrency, rate=args.rate,
                     duration_s=args.duration if args.duration or args.requests else 10.0,
                     requests=args.requests, stream=args.stream, timeout_s=args.timeout,
-                    headers=tuple(_header(h) for h in args.header), max_inflight=args.max_inflight,
-                    seed=args.seed)
-    if args.warmup > 0:
-        warm = LoadPlan(url=plan.url, concurrency=plan.concurrency, rate=plan.rate, duration_s=args.warmup,
-                        stream=plan.stream, timeout_s=plan.timeout_s, headers=plan.headers,
-                        max_inflight=plan.max_inflight)
-        uvloop.run(run_load(warm, payloads))
-    show = None if args.quiet or not sys.stderr.isatty() else progress_bar
-    tally = uvloop.run(run_load(plan, payloads, show))
+                    headers=tuple(args.header), max_inflight=args.max_inflight, seed=args.seed)
+    if not args.warmup:
+        return plan, None
+    return plan, LoadPlan(url=plan.url, concurrency=plan.concurrency, rate=plan.rate, duration_s=args.warmup,
+                          stream=plan.stream, timeout_s=plan.timeout_s, headers=plan.headers,
+                          max_inflight=plan.max_inflight)
+
+
+def _report(tally: Tally, plan: LoadPlan, args: argparse.Namespace) -> None:
+    """The files first: a terminal that went away (`| head`) must not cost them."""
     summary = summarize(tally, _settings(plan, args))
-    print(render_text(summary))
     if args.json:
         write_json(summary, args.json)
     if args.csv:
         write_csv(summary, args.csv)
     if args.html:
         write_html(summary, args.html, f"laneway loadtest: {plan.url}")
-    return 0 if tally.all.requests > tally.all.errors else 1
+    print(render_text(summary))
 
 
-def progress_bar(tally: Tally, done: float) -> None:
+async def _measure(plan: LoadPlan, warmup: LoadPlan | None, payloads: list[Payload],
+                   show: Progress | None) -> Tally:
+    """The warm-up, then the measured run. The first Ctrl-C stops both; a second one aborts."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, _interrupt, loop, stop)
+    try:
+        if warmup:
+            await run_load(warmup, payloads, stop=stop)
+        if stop.is_set():
+            return _nothing_measured()
+        return await run_load(plan, payloads, show, stop)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+def _nothing_measured() -> Tally:
+    """The tally of a run interrupted before its measured part began."""
+    tally = Tally()
+    tally.interrupted_s = 0.0
+    return tally
+
+
+def _interrupt(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """The first Ctrl-C stops the run; Python's own handler takes the next one, which aborts."""
+    stop.set()
+    loop.remove_signal_handler(signal.SIGINT)
+
+
+def _unwritable_outputs(args: argparse.Namespace) -> str | None:
+    for option in _OUTPUTS:
+        path = getattr(args, option)
+        problem = unwritable_output(f"--{option}", path) if path else None
+        if problem:
+            return problem
+    return None
+
+
+def progress_bar(tally: Tally, done: float, waiting_for: str) -> None:
+    """One status line, rewritten in place (the caller ends it once the run is over): the bar while
+    requests go out, then what the run still waits for."""
     filled = round(done * _BAR)
-    rate = tally.all.requests / tally.wall_s if tally.wall_s else 0.0
-    bar = "#" * filled + "." * (_BAR - filled)
-    sys.stderr.write(f"\r[{bar}] {done * 100:3.0f}%  {tally.all.requests} req  {rate:.0f} req/s  "
-                     f"{tally.all.errors} errors ")
-    if done >= 1.0:
-        sys.stderr.write("\n")
+    status = waiting_for or f"[{'#' * filled}{'.' * (_BAR - filled)}] {done * 100:3.0f}%"
+    sys.stderr.write(f"\r{status}  {tally.all.requests} req  {tally.throughput:.0f} req/s  "
+                     f"{tally.all.errors} errors\x1b[K")
     sys.stderr.flush()
 
 
@@ -96,14 +158,6 @@ def _default_payload(model: str) -> Payload:
                     "max_tokens": 64})
 
 
-def _header(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition(":")
-    if not sep or not name.strip():
-        raise ConfigError([ConfigIssue("--header", f"`{text}` is not `NAME: VALUE`; e.g. "
-                                                   "--header 'x-laneway-priority: high'")])
-    return name.strip(), value.strip()
-
-
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -113,8 +167,13 @@ def _positive_int(text: str) -> int:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if value <= 0:
+    if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive number of seconds, got {text}")
+    return value

@@ -3,6 +3,9 @@ loop (Poisson arrivals at a fixed rate, answered or not, so a slow server shows 
 
 In the open loop a request's latency runs from the moment it was due, not from when a connection
 became free: time spent waiting behind earlier requests counts, as it would for a real caller.
+A run ends when its duration or request count is reached and every request in flight has been
+answered or timed out, or early when its `stop` event is set (then in-flight requests get
+`DRAIN_S` to finish and the rest are cancelled, uncounted).
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import orjson
@@ -21,7 +25,8 @@ from ._call import send
 from ._payloads import Payload
 from ._tally import Tally
 
-Progress = Callable[[Tally, float], None]
+Progress = Callable[[Tally, float, str], None]  # (tally, share done 0..1, what the run is waiting for)
+DRAIN_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,18 +38,26 @@ class LoadPlan:
     rate: float | None = None  # arrivals per second: open loop when set
     duration_s: float | None = None
     requests: int | None = None
-    stream: bool = False
+    stream: bool = False  # every request streams; otherwise each body's own `stream` decides
     timeout_s: float = 30.0
     headers: tuple[tuple[str, str], ...] = ()
     max_inflight: int = 4096  # open loop: connection pool size, and how many may wait for one
     seed: int | None = None
 
 
-async def run_load(plan: LoadPlan, payloads: list[Payload], progress: Progress | None = None) -> Tally:
-    """Send `payloads` (cycled) as the plan says and return what was measured."""
+@dataclass(frozen=True, slots=True)
+class _Request:
+    body: bytes
+    stream: bool
+
+
+async def run_load(plan: LoadPlan, payloads: list[Payload], progress: Progress | None = None,
+                   stop: asyncio.Event | None = None) -> Tally:
+    """Send `payloads` (cycled) as the plan says and return what was measured; setting `stop` ends
+    the run early and marks the tally interrupted."""
     if plan.duration_s is None and plan.requests is None:
         raise ValueError("a load plan needs `duration_s` or `requests`")
-    bodies = [_encode(p, plan.stream) for p in payloads]
+    requests = [_encode(p, plan.stream) for p in payloads]
     tally = Tally()
     limit = plan.max_inflight if plan.rate else plan.concurrency
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, keepalive_timeout=60)
@@ -52,59 +65,99 @@ async def run_load(plan: LoadPlan, payloads: list[Payload], progress: Progress |
     async with aiohttp.ClientSession(connector=connector, headers=headers,
                                      timeout=aiohttp.ClientTimeout(total=None),
                                      skip_auto_headers=("User-Agent",)) as session:
-        run = _Run(plan, session, itertools.cycle(bodies), tally)
+        run = _Run(plan, session, itertools.cycle(requests), tally, stop or asyncio.Event())
         watcher = asyncio.create_task(run.watch(progress)) if progress else None
         cpu = time.process_time()
-        if plan.rate:
-            await run.open_loop(plan.rate)
-        else:
-            await run.closed_loop()
+        await run.drive()
         tally.wall_s = time.perf_counter() - run.began
         tally.client_cpu_s = time.process_time() - cpu
-        if watcher is not None:
+        if watcher is not None and progress is not None:
             watcher.cancel()
-            progress(tally, 1.0)  # type: ignore[misc]
+            progress(tally, run.share_done(), "")
     return tally
 
 
-def _encode(payload: Payload, stream: bool) -> bytes:
-    return orjson.dumps({**payload.body, "stream": True} if stream else payload.body)
+def _encode(payload: Payload, stream: bool) -> _Request:
+    if stream:
+        return _Request(orjson.dumps({**payload.body, "stream": True}), True)
+    return _Request(orjson.dumps(payload.body), payload.body.get("stream") is True)
 
 
 class _Run:
-    def __init__(self, plan: LoadPlan, session: aiohttp.ClientSession, bodies: Iterator[bytes],
-                 tally: Tally) -> None:
+    def __init__(self, plan: LoadPlan, session: aiohttp.ClientSession, requests: Iterator[_Request],
+                 tally: Tally, stop: asyncio.Event) -> None:
         self.plan = plan
         self.session = session
-        self.bodies = bodies
+        self.requests = requests
         self.tally = tally
+        self.stop = stop
         self.issued = 0
+        self.busy: set[asyncio.Task[None]] = set()  # open loop: requests; closed loop: clients
         self.began = time.perf_counter()
-        self.ends = self.began + plan.duration_s if plan.duration_s else float("inf")
+        self.ends = float("inf")
 
     def _more(self, now: float) -> bool:
-        return now < self.ends and (self.plan.requests is None or self.issued < self.plan.requests)
+        return (now < self.ends and not self.stop.is_set()
+                and (self.plan.requests is None or self.issued < self.plan.requests))
+
+    @property
+    def in_flight(self) -> int:
+        return self.issued - self.tally.all.requests
+
+    async def drive(self) -> None:
+        self.began = time.perf_counter()
+        self.ends = self.began + self.plan.duration_s if self.plan.duration_s else float("inf")
+        stopped = asyncio.create_task(self._note_interrupt())
+        try:
+            sending = asyncio.create_task(self._open_loop(self.plan.rate) if self.plan.rate else self._clients())
+            await asyncio.wait((sending, stopped), return_when=asyncio.FIRST_COMPLETED)
+            sending.cancel()
+            await asyncio.wait((sending,))
+            if not sending.cancelled():
+                sending.result()
+            await self._settle(stopped)
+        finally:
+            stopped.cancel()
+
+    async def _note_interrupt(self) -> None:
+        await self.stop.wait()
+        self.tally.interrupted_s = time.perf_counter() - self.began
+
+    async def _settle(self, stopped: asyncio.Task[None]) -> None:
+        """Wait for what is in flight; once stopped, at most `DRAIN_S` more, then cancel the rest."""
+        busy = list(self.busy)
+        everything = asyncio.gather(*busy, return_exceptions=True)
+        await asyncio.wait((everything, stopped), return_when=asyncio.FIRST_COMPLETED)
+        if not everything.done():
+            await asyncio.wait((everything,), timeout=DRAIN_S)
+            for task in busy:
+                task.cancel()
+        results = await everything
+        self.tally.cancelled = self.in_flight
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self.busy.add(task)
+        task.add_done_callback(self.busy.discard)
 
     async def _one(self, due: float) -> None:
-        plan = self.plan
-        outcome = await send(self.session, plan.url, next(self.bodies), plan.stream, due,
-                             plan.timeout_s)
+        request = next(self.requests)
+        outcome = await send(self.session, self.plan.url, request.body, request.stream, due, self.plan.timeout_s)
         self.tally.add(outcome, time.perf_counter() - self.began)
 
-    async def closed_loop(self) -> None:
-        async def client() -> None:
-            while self._more(now := time.perf_counter()):
-                self.issued += 1
-                await self._one(now)
+    async def _client(self) -> None:
+        while self._more(now := time.perf_counter()):
+            self.issued += 1
+            await self._one(now)
 
-        self.began = time.perf_counter()
-        self.ends = self.began + self.plan.duration_s if self.plan.duration_s else float("inf")
-        await asyncio.gather(*(client() for _ in range(self.plan.concurrency)))
+    async def _clients(self) -> None:
+        for _ in range(self.plan.concurrency):
+            self._start(self._client())
 
-    async def open_loop(self, rate: float) -> None:
-        pending: set[asyncio.Task[None]] = set()
-        self.began = time.perf_counter()
-        self.ends = self.began + self.plan.duration_s if self.plan.duration_s else float("inf")
+    async def _open_loop(self, rate: float) -> None:
         for offset in poisson_arrivals(rate, self.plan.seed):
             due = self.began + offset
             if not self._more(due):
@@ -113,18 +166,24 @@ class _Run:
             if delay > 0:
                 await asyncio.sleep(delay)
             self.issued += 1
-            task = asyncio.create_task(self._one(due))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-        if pending:
-            await asyncio.gather(*pending)
+            self._start(self._one(due))
+
+    def share_done(self) -> float:
+        elapsed = time.perf_counter() - self.began
+        by_time = elapsed / self.plan.duration_s if self.plan.duration_s else 0.0
+        by_count = self.tally.all.requests / self.plan.requests if self.plan.requests else 0.0
+        return min(1.0, max(by_time, by_count))
+
+    def waiting_for(self) -> str:
+        """What the run waits for once it has stopped sending; empty while it sends."""
+        if self._more(time.perf_counter()) or not self.in_flight:
+            return ""
+        limit = DRAIN_S if self.stop.is_set() else self.plan.timeout_s
+        noun = "request" if self.in_flight == 1 else "requests"
+        return f"waiting for {self.in_flight} {noun} in flight (timeout {limit:g} s)"
 
     async def watch(self, progress: Progress) -> None:
-        total = self.plan.duration_s
         while True:
             await asyncio.sleep(0.25)
-            elapsed = time.perf_counter() - self.began
-            self.tally.wall_s = elapsed
-            by_time = elapsed / total if total else 0.0
-            by_count = self.tally.all.requests / self.plan.requests if self.plan.requests else 0.0
-            progress(self.tally, min(1.0, max(by_time, by_count)))
+            self.tally.wall_s = time.perf_counter() - self.began
+            progress(self.tally, self.share_done(), self.waiting_for())

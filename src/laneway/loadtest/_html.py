@@ -23,8 +23,9 @@ def render_html(summary: dict[str, Any], title: str = "laneway loadtest") -> str
     if spectrum and spectrum[0]["ttft_ms"] is not None:
         curves["ttft"] = [(_nines(p["q"]), p["ttft_ms"]) for p in spectrum]
     timeline = summary.get("timeline", [])
-    over_time = {"latency": [(float(s["second"]), s["p50_ms"]) for s in timeline],
-                 "p99": [(float(s["second"]), s["p99_ms"]) for s in timeline]}
+    answered = [s for s in timeline if s["p50_ms"] is not None]
+    over_time = {"latency": [(float(s["second"]), s["p50_ms"]) for s in answered],
+                 "p99": [(float(s["second"]), s["p99_ms"]) for s in answered]}
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<pre>{html.escape(render_text(summary))}</pre>",

@@ -29,7 +29,7 @@ from ..errors import ConfigError, ConfigIssue, not_utf8
 
 @dataclass(frozen=True, slots=True)
 class Payload:
-    """One request body, ready to send (without the `stream` flag, which the run decides)."""
+    """One request body, ready to send; a body with `"stream": true` is sent and read as a stream."""
 
     body: dict[str, Any]
     conversation: str | None = None

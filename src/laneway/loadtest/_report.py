@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from ._histogram import RELATIVE_ERROR, LatencyHistogram
-from ._tally import Group, Tally
+from ._tally import Group, Second, Tally
 
 QUANTILES = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99}
 CSV_FIELDS = ("scope", "model", "lane", "requests", "errors", "throughput_rps", "p50_ms", "p90_ms", "p95_ms",
@@ -50,11 +50,19 @@ def summarize(tally: Tally, settings: dict[str, Any] | None = None) -> dict[str,
         "client": {"cpu_s": round(tally.client_cpu_s, 3),
                    "cpu_us_per_request": round(tally.client_cpu_us_per_request, 1),
                    "cpu_share": round(tally.client_cpu_share, 3)},
-        "timeline": [{"second": second, "requests": s.requests, "errors": s.errors,
-                      "p50_ms": round(s.latency.quantile(0.5) * 1000, 3),
-                      "p99_ms": round(s.latency.quantile(0.99) * 1000, 3)}
-                     for second, s in sorted(tally.timeline.items())],
+        "timeline": [_second(number, second) for number, second in sorted(tally.timeline.items())],
+        "interrupted": tally.interrupted_s is not None,
+        "interrupted_after_s": None if tally.interrupted_s is None else round(tally.interrupted_s, 3),
+        "cancelled": tally.cancelled,
     }
+
+
+def _second(number: int, second: Second) -> dict[str, Any]:
+    """One second of the timeline; its percentiles are None when nothing in it succeeded."""
+    latency = second.latency if second.latency.count else None
+    return {"second": number, "requests": second.requests, "errors": second.errors,
+            "p50_ms": round(latency.quantile(0.5) * 1000, 3) if latency else None,
+            "p99_ms": round(latency.quantile(0.99) * 1000, 3) if latency else None}
 
 
 def _spectrum(group: Group) -> list[dict[str, Any]]:
@@ -95,17 +103,22 @@ def render_text(summary: dict[str, Any]) -> str:
     everything = summary["all"]
     lines = [f"{everything['requests']} requests in {summary['wall_s']:.2f} s: "
              f"{everything['throughput_rps']:.1f} req/s, {everything['errors']} errors"]
+    if summary["interrupted"]:
+        cancelled = f"; {summary['cancelled']} requests in flight cancelled" if summary["cancelled"] else ""
+        lines.append(f"interrupted after {summary['interrupted_after_s']:.1f} s{cancelled}")
     lines += [_figures_line("latency", everything["latency_ms"]),
               _figures_line("ttft", everything["ttft_ms"]),
               _figures_line("chunk gap", summary["chunk_gap_ms"])]
+    if everything["errors"]:
+        lines.append(f"  latency percentiles are of successful requests; {everything['errors']} failed")
     lines += [f"  error {kind}: {n}" for kind, n in summary["errors"].items()]
     if any(m["model"] != "-" for m in summary["models"]):
         lines.append(f"  {'model':24} {'lane':9} {'requests':>8} {'errors':>6} {'p50 ms':>9} {'p99 ms':>9} "
                      f"{'cost usd':>12}")
         for m in summary["models"]:
-            latency = m["latency_ms"] or {"p50": 0.0, "p99": 0.0}
+            latency = m["latency_ms"] or {}
             lines.append(f"  {m['model']:24} {m['lane']:9} {m['requests']:8d} {m['errors']:6d} "
-                         f"{latency['p50']:9.3f} {latency['p99']:9.3f} {m['cost_usd']:12.6f}")
+                         f"{_cell(latency.get('p50')):>9} {_cell(latency.get('p99')):>9} {m['cost_usd']:12.6f}")
     client = summary["client"]
     lines.append(f"  load generator: {client['cpu_us_per_request']:.0f} us CPU/request, "
                  f"{client['cpu_share'] * 100:.0f} % of one core")
@@ -119,3 +132,7 @@ def _figures_line(label: str, figures: dict[str, float] | None) -> str:
         return ""
     cells = "  ".join(f"{name} {figures[name]:.3f}" for name in ("p50", "p90", "p95", "p99", "max"))
     return f"  {label + ' ms':13} {cells}"
+
+
+def _cell(ms: float | None) -> str:
+    return "-" if ms is None else f"{ms:.3f}"

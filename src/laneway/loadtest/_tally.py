@@ -50,6 +50,8 @@ class Tally:
         self.timeline: dict[int, Second] = {}
         self.wall_s = 0.0
         self.client_cpu_s = 0.0
+        self.interrupted_s: float | None = None  # when the run was told to stop early, from its start
+        self.cancelled = 0  # requests still in flight when an interrupted run stopped waiting
 
     def add(self, outcome: Outcome, finished_at: float) -> None:
         """`finished_at` is seconds since the run started."""
