@@ -16,7 +16,7 @@ import orjson
 from ..chat import Chunk, Completion, TokenLogprob, Usage
 from ..dispatch import Started, account, close_stream
 from ..errors import LanewayError, UpstreamError, error_body
-from ..exchange import CLIENT_DISCONNECTED, Exchange
+from ..exchange import CLIENT_DISCONNECTED, OK, Exchange
 from ..gateway import Gateway
 from ..keys import KeyPolicy
 from ..request import ClientRequest, decode
@@ -130,7 +130,7 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
             tail = _account_stream(gateway, runtime, started, state, exchange, request.include_usage, encoder)
         finally:
             client.stop()
-        if exchange.outcome != "ok" and not started.accounted:  # what was generated is billed all the same
+        if exchange.outcome != OK and not started.accounted:  # what was generated is billed all the same
             usage = state.usage or _estimate(gateway, runtime, started, state.text)
             account(started.attempt, exchange, runtime.config.models[started.model].price, usage)
     finally:
