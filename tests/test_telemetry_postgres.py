@@ -104,6 +104,15 @@ async def test_a_server_that_stops_answering_times_out_and_the_shutdown_keeps_it
     assert await scalar(dsn, "SELECT count(*) FROM exchanges") == 1
 
 
+async def test_a_report_on_a_database_without_a_log_says_so_and_creates_nothing(
+        server: PostgresServer, capsys: pytest.CaptureFixture[str]) -> None:
+    dsn = await server.database()
+    assert await asyncio.to_thread(report, "--db", dsn) == 1
+    err = capsys.readouterr().err
+    assert "is not a Laneway exchange log (it has no `exchanges` table)" in err and "Traceback" not in err
+    assert await scalar(dsn, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'") == 0
+
+
 async def test_retention_and_report_on_postgres_match_stats(server: PostgresServer) -> None:
     dsn = await server.database()
     now = BASE_TIME + 86_400

@@ -110,7 +110,7 @@ def _not_a_sqlite_log(path: Path) -> str | None:
 
 
 async def _fetch(url: str, windows: list[Window]) -> list[Fetched]:
-    store = open_store(url)
+    store = open_store(url, reading=True)
     try:
         return [await store.fetch(start, end) for start, end in windows]
     finally:

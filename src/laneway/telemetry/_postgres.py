@@ -55,8 +55,9 @@ def _asyncpg() -> Any:
 class PostgresStore:
     """One connection, reopened after any failure; every statement is idempotent or transactional."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, reading: bool = False) -> None:
         self.url = url
+        self._reading = reading  # for a report: never create the tables
         self._driver = _asyncpg()
         self._db: Connection | None = None
         self._failures: tuple[type[BaseException], ...] = (
@@ -125,6 +126,13 @@ class PostgresStore:
     async def _connection(self) -> Connection:
         if self._db is None or self._db.is_closed():
             db = await self._driver.connect(self.url, timeout=CONNECT_TIMEOUT_S)
+            if self._reading:
+                if await db.fetchval("SELECT to_regclass('exchanges')") is None:
+                    await db.close()
+                    raise ExchangeLogUnavailable(f"`{redacted(self.url)}` is not a Laneway exchange log (it has "
+                                                 "no `exchanges` table); pass the gateway's log with `--db`")
+                self._db = db
+                return db
             async with db.transaction():
                 # Replicas starting together would otherwise race on `CREATE TABLE IF NOT EXISTS`.
                 await db.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)

@@ -262,8 +262,9 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
-def open_store(url: str) -> ExchangeStore:
-    """The store for an exchange log URL (`sqlite:///...` or `postgresql://...`)."""
+def open_store(url: str, *, reading: bool = False) -> ExchangeStore:
+    """The store for an exchange log URL (`sqlite:///...` or `postgresql://...`). A store opened for
+    `reading` (the reports) never creates the log's tables: a database without them is an error."""
     if url.startswith("sqlite:///"):
         from laneway.telemetry._sqlite import SqliteStore
 
@@ -271,7 +272,7 @@ def open_store(url: str) -> ExchangeStore:
     if url.startswith(("postgresql://", "postgres://")):
         from laneway.telemetry._postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, reading=reading)
     raise ConfigError(
         [ConfigIssue("telemetry.exchange_log", f"`{redacted(url)}`: use `sqlite:///` or `postgresql://`")]
     )
