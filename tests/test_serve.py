@@ -153,3 +153,40 @@ def test_a_worker_that_dies_is_replaced_and_one_that_keeps_dying_stops_the_serve
     assert process.returncode == 1, output
     assert "exited with code -9; starting a new one" in output
     assert "workers keep exiting right after they start" in output
+
+
+def fleet_of(process: subprocess.Popen[str]) -> int:
+    """The pid of the simulated fleet `laneway serve` started."""
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    [pid] = [int(p) for p in children if b"\0sim\0" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    return pid
+
+
+def gone(pid: int, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_fleet_is_out_of_reach_of_ctrl_c_and_stops_with_its_gateway(tmp_path: Path) -> None:
+    config = tmp_path / "routes.yaml"
+    config.write_text(ROUTES.format(db=tmp_path / "exchanges.sqlite3", target="gpt-5-mini"))
+    process, url = serve(config)
+    fleet = fleet_of(process)
+    # The terminal's Ctrl-C goes to the foreground process group: the gateway's, not the fleet's.
+    assert os.getpgid(fleet) != os.getpgid(process.pid)
+    assert chat(url) == "gpt-5-mini"
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=30)
+    assert process.returncode == 0 and gone(fleet, 5)  # the gateway stopped it on its way out
+
+    process, url = serve(config)
+    fleet = fleet_of(process)
+    process.kill()  # a gateway that dies without stopping its fleet
+    process.communicate(timeout=30)
+    assert gone(fleet, 5), "the fleet outlived its gateway"

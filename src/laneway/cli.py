@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=port_number, default=9090, help="0 picks a free port")
     sim.add_argument("--fleet", help="fleet file (default: the built-in one)")
     sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # stop once this process is gone
     sim.set_defaults(func=_sim)
     for register in _extensions():
         register(sub)
@@ -138,7 +139,7 @@ def _sim(args: argparse.Namespace) -> int:
 
     if args.port and not _port_free(args.host, args.port):
         return 2
-    _run(serve_forever(args.host, args.port, args.fleet, args.seed))
+    _run(serve_forever(args.host, args.port, args.fleet, args.seed, parent=args.parent))
     return 0
 
 

@@ -42,10 +42,12 @@ def check_exposure(config: Config, host: str, allow_unauthenticated: bool) -> No
 async def fleet_process(config: Config) -> AsyncIterator[str]:
     """Run `laneway sim` in a child process (so its work never shares the gateway's event loop)."""
     args = [sys.executable, "-m", "laneway", "sim", "--host", config.sim.host, "--port", str(config.sim.port),
-            "--seed", str(config.sim.seed)]
+            "--seed", str(config.sim.seed), "--parent", str(os.getpid())]
     if config.sim.fleet:
         args += ["--fleet", config.sim.fleet]
-    process = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE)
+    # A session of its own: the terminal's Ctrl-C reaches the gateway, which drains its streams to the
+    # fleet and then stops it; the fleet would otherwise die first and cut them.
+    process = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE, start_new_session=True)
     try:
         assert process.stdout is not None
         line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()

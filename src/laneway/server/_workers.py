@@ -122,10 +122,13 @@ def _worker(config_path: str | Path | None, host: str, port: int, sock: socket.s
 
 
 def _start_fleet(host: str, port: int, seed: int, fleet_file: str | None) -> tuple[subprocess.Popen[str], str]:
-    args = [sys.executable, "-m", "laneway", "sim", "--host", host, "--port", str(port), "--seed", str(seed)]
+    args = [sys.executable, "-m", "laneway", "sim", "--host", host, "--port", str(port), "--seed", str(seed),
+            "--parent", str(os.getpid())]
     if fleet_file:
         args += ["--fleet", fleet_file]
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)  # noqa: S603 - our own interpreter
+    # Out of reach of the terminal's Ctrl-C, as in `fleet_process`: the workers drain first.
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True,  # noqa: S603 - our own interpreter
+                               start_new_session=True)
     assert process.stdout is not None
     line = process.stdout.readline()
     if " at " not in line:

@@ -5,6 +5,7 @@ context windows, list prices and selectable faults. Every figure it produces is 
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,15 +45,25 @@ async def start_fleet(host: str = "127.0.0.1", port: int = 0, fleet_file: str | 
 
 
 async def serve_forever(host: str, port: int, fleet_file: str | None = None, seed: int = 7,
-                        announce: bool = True) -> None:
+                        announce: bool = True, parent: int | None = None) -> None:
+    """Serve until cancelled; with `parent`, also until that process is gone (a gateway that started
+    the fleet in a session of its own, out of reach of the terminal's Ctrl-C, and then died)."""
     running = await start_fleet(host, port, fleet_file, seed)
     if announce:
         print(f"laneway sim: simulated fleet ({', '.join(sorted(running.fleet.models))}) at {running.url}",
               flush=True)
     try:
-        await asyncio.Event().wait()
+        await (_orphaned(parent) if parent is not None else asyncio.Event().wait())
     finally:
         await running.aclose()
+
+
+async def _orphaned(parent: int) -> None:
+    """Returns once `parent` is no longer this process's parent."""
+    while True:
+        if os.getppid() != parent:
+            return
+        await asyncio.sleep(1.0)
 
 
 __all__ = ["WIRES", "Fleet", "LatencyLaw", "RunningFleet", "SimModel", "build_app", "load_fleet",
