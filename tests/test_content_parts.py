@@ -89,6 +89,7 @@ def test_gemini_takes_audio_inline(live: LiveGateway) -> None:
     ("claude-sonnet-37", {"type": "file", "file": {"file_id": "file-abc123"}}, "send its content as `file_data`"),
     ("claude-sonnet-37", image("data:image/png,not-base64"), "the `image_url` part's data cannot be read"),
     ("gemini-2.5-flash-lite", {"type": "video_url", "video_url": "x"}, "not 'video_url'"),
+    ("claude-sonnet-37", image(f"data:image/bmp;base64,{PNG}"), "takes images of type image/jpeg"),
 ])
 def test_a_part_the_adapter_cannot_send_is_a_400_that_says_what_it_takes(live: LiveGateway, model: str,
                                                                          part: dict[str, Any], words: str) -> None:
@@ -108,3 +109,12 @@ def test_the_cache_tells_answers_to_different_images_apart(live: LiveGateway) ->
     assert ask(PNG) == "primary"
     assert ask(OTHER_PNG) == "primary"  # same words, another photo: not the first one's answer
     assert ask(PNG) == "cache"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_an_assistant_refusal_part_is_sent_as_its_text(live: LiveGateway, model: str) -> None:
+    messages: Any = [{"role": "user", "content": "Give me the card number on file."},
+                     {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot share that."}]},
+                     {"role": "user", "content": "Then the last four digits?"}]
+    answer = client(live).chat.completions.create(model=model, max_tokens=20, messages=messages)
+    assert answer.choices[0].message.content

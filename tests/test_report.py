@@ -21,7 +21,11 @@ import pytest
 from _live import live_gateway
 from _pg import BASE_TIME, MODELS, make_exchange, report
 from laneway.cli import main
+from laneway.exchange import Attempt, Exchange
 from laneway.telemetry import Telemetry, TelemetrySettings
+from laneway.telemetry._records import failed_models
+from laneway.telemetry._summary import summarize
+from laneway.telemetry._window import rows_of
 
 NEWCOMER = "gpt-5-nano"  # answers only in the last seconds of the log, never in a baseline before them
 USD_CHANGE = r"(-|\d+\.\d{6}) -> \d+\.\d{6}( \([+-]\d+\.\d{6}\))?"
@@ -211,3 +215,29 @@ def test_a_reader_that_goes_away_ends_the_report_without_a_traceback(log: str) -
     err = process.stderr.read().decode()
     assert process.wait(timeout=60) == 1
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_failed_attempts_count_against_their_model_in_the_report_as_in_the_live_window(
+    log: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exchanges = [make_exchange(i) for i in range(600)]
+    expected: dict[str, int] = {}
+    for exchange in exchanges:
+        for model in failed_models(exchange) or ():
+            expected[model] = expected.get(model, 0) + 1
+    assert sum(expected.values()) > 50  # the log has fallbacks and timeouts to count
+
+    assert report("--db", log, "--json", "--until", iso(300)) == 0
+    reported = json.loads(capsys.readouterr().out)["models"]
+    live = summarize(rows_of(exchanges, simulated=False))["models"]
+    for model in MODELS:
+        assert reported[model]["failed_attempts"] == live[model]["failed_attempts"] == expected.get(model, 0)
+
+
+def test_a_model_whose_every_attempt_failed_over_still_shows_its_failures() -> None:
+    exchange = Exchange("r1", BASE_TIME, model="backup", lane="fallback", attempts=[
+        Attempt("dying", "upstream_unavailable"), Attempt("dying", "upstream_unavailable"),
+        Attempt("backup", "ok", lane="fallback")])
+    models = summarize(rows_of([exchange], simulated=False))["models"]
+    assert models["dying"]["requests"] == 0 and models["dying"]["failed_attempts"] == 2
+    assert models["backup"]["requests"] == 1 and models["backup"]["failed_attempts"] == 0

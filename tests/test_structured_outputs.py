@@ -138,6 +138,8 @@ def test_a_shadow_candidate_that_cannot_carry_the_format_is_dropped_and_counted(
     ({"type": "xml"}, "response_format", "one of text, json_object, json_schema"),
     ("json", "response_format", "must be an object"),
     ({"type": "json_schema"}, "response_format.json_schema", "with `name` and `schema`"),
+    ({"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}, "response_format.json_schema.name",
+     "is required"),
     ({"type": "json_schema", "json_schema": {"name": "t", "schema": "{}"}}, "response_format.json_schema.schema",
      "must be an object (a JSON Schema)"),
 ])
@@ -166,3 +168,13 @@ def test_the_fleet_builds_values_that_follow_their_schema() -> None:
         value = instance(gemini, rng, _SENTENCES)
         assert set(value) == {"score"} and value["score"] in (7, 8, 9)
     assert instance({"type": "object"}, random.Random(0), _SENTENCES).keys() == {"reply"}
+
+
+def test_a_prefill_under_a_schema_is_a_400_on_anthropic(live: tuple[LiveGateway, RecordingSink]) -> None:
+    messages: Any = [*MESSAGES, {"role": "assistant", "content": '{"intent": "'}]
+    with pytest.raises(openai.BadRequestError) as raised:
+        client(live[0]).chat.completions.create(model="claude-sonnet-37", messages=messages,
+                                                response_format=TRIAGE_FORMAT)
+    error = raised.value.body
+    assert isinstance(error, dict) and error["param"] == "messages"
+    assert "does not continue an assistant message (a prefill)" in error["message"]

@@ -88,7 +88,13 @@ class Chunk:
     tool_calls: list[dict[str, Any]] | None = None  # OpenAI `delta.tool_calls` pieces, each with its `index`
 
 
-TEXT_PARTS = frozenset({"text", "input_text"})  # content part types that are text; others are media
+# Content part types that are text (an assistant's `refusal` part included); others are media.
+TEXT_PARTS = frozenset({"text", "input_text", "refusal"})
+
+
+def part_text(part: dict[str, Any]) -> str:
+    """The text of a text part (`text`), or of an assistant's `refusal` part."""
+    return str(part.get("text") or part.get("refusal") or "")
 
 
 def media_parts(message: Message) -> list[dict[str, Any]] | None:
@@ -106,5 +112,5 @@ def message_text(message: Message) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        return "".join(part_text(part) for part in content if isinstance(part, dict))
     return ""

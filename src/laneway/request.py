@@ -145,6 +145,9 @@ def _check_response_format(value: Any) -> None:
         raise InvalidRequest("`response_format.json_schema` must be an object with `name` and `schema`, as in "
                              '`{"type": "json_schema", "json_schema": {"name": "ticket", "schema": {...}}}`',
                              param="response_format.json_schema")
+    if "name" not in spec:
+        raise InvalidRequest("`response_format.json_schema.name` is required: a name for the schema, such as "
+                             "`ticket`", param="response_format.json_schema.name")
     for key, kind_name, expected in (("name", "a string", str), ("schema", "an object (a JSON Schema)", dict)):
         if key in spec and not isinstance(spec[key], expected):
             raise InvalidRequest(f"`response_format.json_schema.{key}` must be {kind_name}, got {spec[key]!r}",

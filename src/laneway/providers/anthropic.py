@@ -8,7 +8,17 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from ..chat import ChatRequest, Chunk, Completion, Message, Usage, answer_schema, message_text, wants_json
+from ..chat import (
+    ChatRequest,
+    Chunk,
+    Completion,
+    Message,
+    Usage,
+    answer_schema,
+    message_text,
+    part_text,
+    wants_json,
+)
 from ..errors import (
     InvalidRequest,
     UpstreamBadResponse,
@@ -37,6 +47,7 @@ FINISH = {
 }
 _OVERFLOW_WORDS = ("prompt is too long", "exceed context limit")
 _SYSTEM_ROLES = ("system", "developer")
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")  # what the API's image blocks take
 NO_JSON_MODE = ("the Messages API has no JSON mode without a schema: ask for `response_format: {\"type\": "
                 "\"json_schema\", \"json_schema\": {\"name\": ..., \"schema\": {...}}}`")
 
@@ -106,6 +117,10 @@ def request_body(model: str, request: ChatRequest, stream: bool, prompt_cache: b
     body.update(tool_settings(request.params))
     schema = answer_schema(request.params)
     if schema is not None:
+        if turns[-1]["role"] == "assistant":
+            raise InvalidRequest("the Messages API does not continue an assistant message (a prefill) under a "
+                                 "`json_schema` response format: end `messages` with the user's turn",
+                                 param="messages")
         body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
     if stream:
         body["stream"] = True
@@ -267,7 +282,7 @@ def content_blocks(message: Message) -> list[dict[str, Any]]:
     for part in content:
         media = media_of(part, "anthropic")
         if media is None:
-            text = str(part.get("text") or "")
+            text = part_text(part)
             if text.strip():
                 blocks.append({"type": "text", "text": text})
         else:
@@ -276,6 +291,8 @@ def content_blocks(message: Message) -> list[dict[str, Any]]:
 
 
 def _media_block(media: Media) -> dict[str, Any]:
+    if media.kind == "image_url" and not media.url and media.mime not in IMAGE_TYPES:
+        raise unsupported(media, "anthropic", f"the Messages API takes images of type {', '.join(IMAGE_TYPES)}")
     if media.kind == "image_url":
         source = ({"type": "url", "url": media.url} if media.url else
                   {"type": "base64", "media_type": media.mime, "data": media.data})

@@ -10,7 +10,18 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..chat import ChatRequest, Chunk, Completion, Message, TokenLogprob, Usage, answer_schema, message_text, wants_json
+from ..chat import (
+    ChatRequest,
+    Chunk,
+    Completion,
+    Message,
+    TokenLogprob,
+    Usage,
+    answer_schema,
+    message_text,
+    part_text,
+    wants_json,
+)
 from ..errors import (
     InvalidRequest,
     UpstreamBadResponse,
@@ -263,7 +274,7 @@ def parts_of(message: Message) -> list[dict[str, Any]]:
     for part in content:
         media = media_of(part, "gemini")
         if media is None:
-            text = str(part.get("text") or "")
+            text = part_text(part)
             if text:
                 parts.append({"text": text})
         elif media.url:

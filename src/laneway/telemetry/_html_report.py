@@ -27,6 +27,7 @@ _FIELDS = (
     ("TTFT p95 ms", "ttft_p95_ms", "ms"),
     ("error rate", "error_rate", "pct"),
     ("timeout rate", "timeout_rate", "pct"),
+    ("failed attempts", "failed_attempts", "int"),
     ("tokens in", "tokens_in", "int"),
     ("tokens out", "tokens_out", "int"),
     ("cost USD", "cost_usd", "usd"),

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from laneway.exchange import Exchange
+from laneway.exchange import CLIENT_DISCONNECTED, OK, SKIPPED, Exchange
 
 SHADOW_LANE = "shadow"
 
@@ -35,6 +35,7 @@ class ExchangeRow(NamedTuple):
     retrieval_hits: int | None = None
     retrieval_ms: float | None = None
     signals: Mapping[str, Any] | None = None  # kept for shadow rows only: the pairing and the comparison
+    failed_models: tuple[str, ...] = ()  # the model of each attempt that failed, a fallback's answer or not
 
 
 class HourlyRow(NamedTuple):
@@ -76,6 +77,20 @@ _RECORD_OPTIONS = orjson.OPT_NON_STR_KEYS
 
 # Attempts that are part of a plan rather than a hand-over after a failure.
 PLANNED_LANES = ("verifier", "cascade")
+
+
+# Attempt outcomes that are not a model's failure: answered, never sent, or the client hung up.
+NOT_FAILED = (OK, SKIPPED, CLIENT_DISCONNECTED)
+FAILED_SEPARATOR = "\x1f"  # between the models of `failed_models` as the log reads them back
+
+
+def failed_models(exchange: Exchange) -> tuple[str, ...] | None:
+    """The models of the exchange's failed attempts; None when there is none to look for (one attempt,
+    answered), which is almost every exchange."""
+    attempts = exchange.attempts
+    if len(attempts) < 2 and exchange.outcome == OK:
+        return None
+    return tuple(a.model for a in attempts if a.outcome not in NOT_FAILED) or None
 
 
 def fallbacks_of(exchange: Exchange) -> int:

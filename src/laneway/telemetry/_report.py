@@ -40,6 +40,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("ttft p95", "ttft_p95_ms", "ms"),
     ("errors", "error_rate", "pct"),
     ("timeouts", "timeout_rate", "pct"),
+    ("failed att.", "failed_attempts", "int"),
     ("tok in", "tokens_in", "int"),
     ("tok out", "tokens_out", "int"),
     ("cost $", "cost_usd", "usd"),

@@ -18,7 +18,15 @@ import orjson
 
 from laneway.errors import ConfigError, ConfigIssue, LanewayError
 from laneway.exchange import CLIENT_DISCONNECTED
-from laneway.telemetry._records import LOG_COLUMNS, ROW_COLUMNS, ExchangeRow, HourlyRow, LogRecord
+from laneway.telemetry._records import (
+    FAILED_SEPARATOR,
+    LOG_COLUMNS,
+    NOT_FAILED,
+    ROW_COLUMNS,
+    ExchangeRow,
+    HourlyRow,
+    LogRecord,
+)
 
 HOUR_S = 3600.0
 FAR_PAST, FAR_FUTURE = 0.0, 1e12
@@ -208,6 +216,7 @@ def roll_up_sql(dialect: int) -> tuple[str, str]:
 
 # Per dialect (SQLite, PostgreSQL). The entry lane and model come from the first attempt, so rows
 # written before those figures were read still have them.
+_NOT_FAILED = "(" + ", ".join(f"'{outcome}'" for outcome in NOT_FAILED) + ")"
 _ROW_SOURCES: tuple[dict[str, str], ...] = tuple(
     {
         "tokens_in": "prompt_tokens",
@@ -215,10 +224,16 @@ _ROW_SOURCES: tuple[dict[str, str], ...] = tuple(
         "entry_lane": f"COALESCE({first_attempt.format('lane')}, lane)",
         "entry_model": f"COALESCE({first_attempt.format('model')}, model)",
         "signals": f"CASE WHEN lane = 'shadow' THEN {signals} END",
+        # As `failed_models` computes it: looked for only where an exchange has more than one attempt or failed.
+        "failed_models": f"CASE WHEN {length} > 1 OR outcome <> 'ok' THEN ({failed}) END",
     }
-    for first_attempt, signals in (
-        ("json_extract(attempts, '$[0].{}')", "signals"),
-        ("attempts->0->>'{}'", "signals::text"),
+    for first_attempt, signals, length, failed in (
+        ("json_extract(attempts, '$[0].{}')", "signals", "json_array_length(attempts)",
+         "SELECT group_concat(json_extract(value, '$.model'), char(31)) FROM json_each(attempts) "  # noqa: S608
+         f"WHERE json_extract(value, '$.outcome') NOT IN {_NOT_FAILED}"),
+        ("attempts->0->>'{}'", "signals::text", "jsonb_array_length(attempts)",
+         f"SELECT string_agg(a->>'model', chr(31)) FROM jsonb_array_elements(attempts) a "  # noqa: S608
+         f"WHERE a->>'outcome' NOT IN {_NOT_FAILED}"),
     )
 )
 
@@ -244,7 +259,9 @@ def window(since: float | None, until: float | None) -> tuple[float, float]:
 def exchange_row(values: Sequence[Any]) -> ExchangeRow:
     row = ExchangeRow(*values)
     signals = orjson.loads(row.signals) if isinstance(row.signals, str) else None
-    return row._replace(escalation=bool(row.escalation), simulated=bool(row.simulated), signals=signals)
+    failed = tuple(row.failed_models.split(FAILED_SEPARATOR)) if isinstance(row.failed_models, str) else ()
+    return row._replace(escalation=bool(row.escalation), simulated=bool(row.simulated), signals=signals,
+                        failed_models=failed)
 
 
 def numbered(sql: str) -> str:

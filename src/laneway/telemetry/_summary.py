@@ -41,6 +41,7 @@ class _Group:
     tokens_out: int = 0
     cost_usd: float = 0.0
     fallbacks: int = 0
+    failed_attempts: int = 0  # attempts at this model (or of this route's requests) that failed
     simulated: int = 0
     anonymous_conversations: int = 0  # requests without a conversation id count as their own
     conversations: set[str] = field(default_factory=set)
@@ -104,6 +105,7 @@ class _Group:
             "cost_per_conversation_usd": _ratio(self.cost_usd, conversations, 6),
             "cost_per_1k_tokens_usd": _ratio(self.cost_usd * 1000, tokens, 6),
             "fallbacks": self.fallbacks,
+            "failed_attempts": self.failed_attempts,
             "escalated_ok": self.escalated_ok,
             "escalated_ok_per_min": round(self.escalated_ok / minutes, 4),
             "simulated_requests": self.simulated,
@@ -129,6 +131,10 @@ def summarize(
             groups = (shadow, _group(shadow_models, row.model or NO_MODEL))
         else:
             groups = (total, _group(models, row.model or NO_MODEL), _group(routes, row.route or NO_ROUTE))
+            for model in row.failed_models:  # a model hidden behind its fallbacks still shows its failures
+                _group(models, model).failed_attempts += 1
+            groups[0].failed_attempts += len(row.failed_models)
+            groups[2].failed_attempts += len(row.failed_models)
         for group in groups:
             group.add_row(row)
     for hour in hourly:

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from laneway.exchange import Exchange
-from laneway.telemetry._records import SHADOW_LANE, ExchangeRow, fallbacks_of, signals_json
+from laneway.telemetry._records import SHADOW_LANE, ExchangeRow, failed_models, fallbacks_of, signals_json
 
 _ABSENT = float("nan")  # an absent number in a float column
 _NO_HITS = -1  # an absent `retrieval_hits`
@@ -31,7 +31,7 @@ _row = partial(tuple.__new__, ExchangeRow)  # a row from a tuple of its fields, 
 class RecentExchanges:
     """The last `size` exchanges added, read back as `ExchangeRow`s, oldest first."""
 
-    __slots__ = ("_cascade", "_conversation", "_cost", "_entry_lane", "_entry_model", "_escalation",
+    __slots__ = ("_cascade", "_conversation", "_cost", "_entry_lane", "_entry_model", "_escalation", "_failed",
                  "_fallbacks", "_hits", "_lane", "_latency", "_model", "_next", "_outcome", "_retrieval_ms",
                  "_route", "_signals", "_simulated", "_size", "_started", "_tokens_in", "_tokens_out", "_ttft",
                  "full")
@@ -79,6 +79,7 @@ class RecentExchanges:
             self._entry_lane[i], self._entry_model[i] = lane, model
         # Shadow rows keep their signals for pairing, as the log stores them (through JSON).
         self._signals[i] = orjson.loads(signals_json(e.signals)) if lane == SHADOW_LANE else None
+        self._failed[i] = failed_models(e)
         i += 1
         if i == self._size:
             i, self.full = 0, True
@@ -92,7 +93,7 @@ class RecentExchanges:
             map(_number, o(self._ttft)), o(self._tokens_in), o(self._tokens_out), o(self._cost),
             o(self._conversation), map(bool, o(self._escalation)), o(self._fallbacks), map(bool, o(self._simulated)),
             o(self._entry_lane), o(self._entry_model), map(_number, o(self._cascade)), map(_hits, o(self._hits)),
-            map(_number, o(self._retrieval_ms)), o(self._signals),
+            map(_number, o(self._retrieval_ms)), o(self._signals), map(_models, o(self._failed)),
         )
         return list(map(_row, zip(*columns, strict=True)))
 
@@ -106,7 +107,7 @@ class RecentExchanges:
         names: list[Any] = [None] * size
         self._model, self._route, self._lane, self._outcome = names[:], names[:], names[:], names[:]
         self._conversation, self._entry_lane, self._entry_model = names[:], names[:], names[:]
-        self._signals = names[:]
+        self._signals, self._failed = names[:], names[:]
 
     def _ordered(self, column: Any) -> Iterator[Any]:
         end = self._next
@@ -126,6 +127,10 @@ def rows_of(exchanges: Iterable[Exchange], simulated: bool) -> list[ExchangeRow]
 
 def _number(value: float) -> float | None:
     return None if value != value else value  # NaN marks an absent number
+
+
+def _models(value: tuple[str, ...] | None) -> tuple[str, ...]:
+    return value or ()
 
 
 def _hits(value: int) -> int | None:
