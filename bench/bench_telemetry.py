@@ -39,6 +39,8 @@ def exchange(i: int) -> Exchange:
             0, Attempt(model=MODELS[(i + 1) % 4], outcome="upstream_unavailable", latency_ms=30.0)
         )
     return Exchange(
+        prompt_body=f'[{{"role": "user", "content": "Where is my refund for order {i}?"}}]',
+        answer_body="Your refund was issued yesterday; it takes three to five business days.",
         request_id=os.urandom(12).hex(),  # random, as the server makes them
         started_at=time.time(),
         conversation_id=f"c{i % 500}",
@@ -143,7 +145,7 @@ def insert_us(rows: int) -> dict[str, float]:
     from laneway.telemetry._sqlite import SqliteStore
     from laneway.telemetry._store import column_type
 
-    records = [log_record_of(e, fallbacks_of(e), False, None, 0) for e in map(exchange, range(rows))]
+    records = [log_record_of(e, fallbacks_of(e), False, False, 0) for e in map(exchange, range(rows))]
     figures = {}
     with tempfile.TemporaryDirectory() as folder:
         store = SqliteStore(f"sqlite:///{folder}/records.sqlite3")

@@ -216,6 +216,27 @@ def test_retrieval_grounds_the_prompt_and_misses_go_to_on_miss(sim_url: str) -> 
     assert missed.prompt_tokens < 60
 
 
+def test_stored_bodies_show_the_prompt_the_model_got_and_the_answer(sim_url: str) -> None:
+    sink = RecordingSink()
+    question = "I was charged twice on my credit card, I want a refund for the extra charge"
+    with live_gateway(RETRIEVAL + "telemetry: {store_bodies: true}\n", sim_url, telemetry=sink) as live:
+        whole, body = send(live, question)
+        streamed, events = send(live, question, stream=True)
+    exchange = sink.by_id(whole["x-request-id"])
+    assert exchange.prompt_body is not None
+    prompt = json.loads(exchange.prompt_body)
+    assert prompt[-1] == {"role": "user", "content": question}
+    grounding = " ".join(str(m["content"]) for m in prompt[:-1])
+    assert len(grounding) > 500  # the retrieved passages, as the model got them
+    assert exchange.answer_body == json.loads(body)["choices"][0]["message"]["content"]
+    pieces = [json.loads(line[6:]) for line in events.decode().splitlines() if line.startswith("data: {")]
+    text = "".join(p["choices"][0]["delta"].get("content") or "" for p in pieces if p["choices"])
+    assert sink.by_id(streamed["x-request-id"]).answer_body == text
+    with live_gateway(RETRIEVAL, sim_url, telemetry=sink) as live:
+        plain, _ = send(live, question)
+    assert sink.by_id(plain["x-request-id"]).prompt_body is None  # not kept unless asked for
+
+
 def test_retrieval_unknown_knowledge_base_is_a_config_error() -> None:
     from laneway.errors import ConfigError
 

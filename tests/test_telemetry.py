@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -300,7 +301,7 @@ async def test_bodies_are_stored_only_when_enabled_and_capped(tmp_path: Path) ->
     for store, folder in ((False, tmp_path / "off"), (True, tmp_path / "on")):
         telemetry = Telemetry(sqlite_settings(folder, store_bodies=store, body_cap_bytes=8))
         await telemetry.start()
-        telemetry.record(make_exchange(1), ("héllo wörld", "short"))
+        telemetry.record(dataclasses.replace(make_exchange(1), prompt_body="héllo wörld", answer_body="short"))
         await telemetry.aclose()
         with sqlite3.connect(folder / "log.sqlite3") as db:
             stored = db.execute("SELECT prompt_body, answer_body FROM exchanges").fetchone()

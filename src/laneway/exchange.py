@@ -62,6 +62,9 @@ class Exchange:
     retrieval_hits: int | None = None  # passages injected, when the route retrieves
     retrieval_ms: float | None = None
     cascade_confidence: float | None = None  # the first answer's confidence, when the route cascades
+    # With `telemetry.store_bodies`: the messages the route sent (after retrieval) as JSON, and the answer.
+    prompt_body: str | None = None
+    answer_body: str | None = None
 
     @property
     def overhead_ms(self) -> float:

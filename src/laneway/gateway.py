@@ -14,6 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import orjson
+
 from .cache import CacheStore, MemoryStore, cache_key, cacheable, lookup, remember
 from .cascade import complete_with_cascade
 from .chat import Chunk, Completion, Message
@@ -245,6 +247,8 @@ class Gateway:
             if grounding.hits == 0 and route.retrieval.on_miss is not None:
                 plan.lanes = [("primary", route.retrieval.on_miss), *plan.lanes[1:]]
         exchange.signals = signals.computed()
+        if runtime.config.telemetry.store_bodies:
+            exchange.prompt_body = orjson.dumps(messages).decode()
         return plan, messages, request.params
 
     async def _tee(self, runtime: Runtime, targets: list[str], messages: list[Message], params: dict[str, Any],

@@ -61,6 +61,8 @@ async def chat_completions(gateway: Gateway, body: bytes, headers: dict[str, str
         _failed(exchange, LanewayError(f"internal error: {type(exc).__name__}"))
         gateway.finish(exchange, started)
         raise
+    if gateway.config.telemetry.store_bodies:
+        exchange.answer_body = completion.text
     gateway.finish(exchange, started)
     payload = _completion_body(completion, exchange, bool(request.params.get("logprobs")))
     await respond(send, 200, payload, [JSON, *base, *laneway_headers(exchange)])
@@ -136,6 +138,8 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
     finally:
         await close_stream(started.rest)  # frees a gate slot at once if the client went away mid-stream
         runtime.leave()
+    if runtime.config.telemetry.store_bodies:
+        exchange.answer_body = "".join(state.text)
     # Recorded before the last byte leaves, so whoever reads the whole answer finds it accounted.
     gateway.finish(exchange, started_perf)
     if tail:

@@ -103,12 +103,13 @@ def fallbacks_of(exchange: Exchange) -> int:
 
 
 def log_record_of(
-    e: Exchange, fallbacks: int, simulated: bool, bodies: tuple[str, str] | None, body_cap_bytes: int
+    e: Exchange, fallbacks: int, simulated: bool, store_bodies: bool, body_cap_bytes: int
 ) -> LogRecord:
     """The exchange's log record: one orjson call over a tuple in `LOG_COLUMNS` order. The attempts
     are written with every `Attempt` field by name; signals as `signals_json` writes them."""
     prompt, answer = (
-        (_capped(bodies[0], body_cap_bytes), _capped(bodies[1], body_cap_bytes)) if bodies else (None, None)
+        (_capped(e.prompt_body, body_cap_bytes), _capped(e.answer_body, body_cap_bytes)) if store_bodies
+        else (None, None)
     )
     started_at = e.started_at
     values = (
@@ -126,7 +127,9 @@ def signals_json(signals: Mapping[str, Any]) -> bytes:
     return orjson.dumps(signals, default=str, option=_RECORD_OPTIONS)
 
 
-def _capped(body: str, cap_bytes: int) -> str:
+def _capped(body: str | None, cap_bytes: int) -> str | None:
+    if body is None:
+        return None
     data = body.encode("utf-8")
     if len(data) <= cap_bytes:
         return body

@@ -27,7 +27,6 @@ from laneway.telemetry._traces import ExchangeTracer
 from laneway.telemetry._window import RecentExchanges
 from laneway.telemetry._writer import ExchangeLog
 
-Recorded = tuple[Exchange, tuple[str, str] | None]
 # The background drain works in small slices with a pause between them. A request needs several
 # turns of the event loop (read, send upstream, read the answer, respond); a drain that yielded only
 # one turn (`sleep(0)`) ran a slice between each of them and added them all to the request's
@@ -50,7 +49,7 @@ class Telemetry:
         self.simulated = simulated
         self.health = LogHealth(enabled=settings.exchange_log is not None)
         self._metrics = GatewayMetrics()
-        self._pending: deque[Recorded] = deque()
+        self._pending: deque[Exchange] = deque()
         # Shadow rows are kept apart, so that a busy shadow lane never pushes primaries out of the window.
         self._recent = RecentExchanges(settings.stats_window)
         self._shadows = RecentExchanges(settings.stats_window)
@@ -66,12 +65,12 @@ class Telemetry:
             await self._log.open()
         self._task = asyncio.create_task(self._run(), name="laneway-telemetry")
 
-    def record(self, exchange: Exchange, bodies: tuple[str, str] | None = None) -> None:
+    def record(self, exchange: Exchange) -> None:
         """Hand over a finished exchange (not to be mutated afterwards); O(1)."""
         if len(self._pending) >= self.settings.buffer_limit:
             self.health.dropped += 1
             return
-        self._pending.append((exchange, bodies))
+        self._pending.append(exchange)
 
     def count(self, event: str, model: str, n: int = 1) -> None:
         self._metrics.count(event, model, n)
@@ -190,14 +189,14 @@ class Telemetry:
         recent, shadows = self._recent, self._shadows
         records: list[LogRecord] = []
         for _ in range(budget):
-            exchange, bodies = pending.popleft()
+            exchange = pending.popleft()
             if tracer is not None:
                 tracer.export(exchange)
             if metrics is None and log is None:
                 continue
             fallbacks = fallbacks_of(exchange)
             if log is not None:
-                records.append(log_record_of(exchange, fallbacks, simulated, bodies if store_bodies else None, cap))
+                records.append(log_record_of(exchange, fallbacks, simulated, store_bodies, cap))
             if metrics is not None:
                 metrics.observe(exchange, fallbacks)
                 (shadows if exchange.lane == SHADOW_LANE else recent).add(exchange, fallbacks, simulated)
