@@ -146,6 +146,14 @@ def test_an_overlap_of_two_routes_to_the_same_model_names_what_differs() -> None
      """,
      "not valid YAML"),
     ("""
+     routes:
+     - matcher: "intent in [get_refund, payment_isue]"
+       target: gpt-5
+     - target: gpt-5-mini
+     """,
+     "routes[0].matcher (line 3, column 13): `payment_isue` is not an intent of the model `customer-support.npz`, "
+     "so this comparison never holds; did you mean `payment_issue`?"),
+    ("""
      models:
        mine:
          provider: openai

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -114,6 +115,7 @@ def _build(raw: Any, issues: Issues, source: str, base: Path) -> Config | None:
     top.value("routes")
     top.done()
     _check_key_routes(keys, routes, issues)
+    _check_intents(routes, intents.model, issues)
     if not routes and not issues.errors:
         issues.add("routes", "no routes; add at least one route with a `target` model")
     if issues.errors:
@@ -240,6 +242,30 @@ def _route(index: int, s: Section, known: dict[str, ModelSpec], context: _Contex
     _check_cascade(s, route, known)
     _check_repeats(s, route)
     return route
+
+
+def _check_intents(routes: list[Route], model: Path | None, issues: Issues) -> None:
+    """Every intent a matcher names must be one the intent model can answer (or `unknown`): a typo would
+    otherwise make the route match nothing, silently."""
+    named = [(route, value) for route in routes for signal, value in route.matcher.literals if signal == "intent"]
+    if not named:
+        return
+    from ..intents._default import default_model_path
+    from ..intents._model import UNKNOWN, model_classes
+
+    path = model or default_model_path()
+    try:
+        known = {*model_classes(path), UNKNOWN}
+    except ConfigError:
+        return  # a model that cannot be read is reported where `intents.model` names it, or at start-up
+    for route, value in named:
+        if value in known:
+            continue
+        close = difflib.get_close_matches(str(value), sorted(known), n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        issues.add(f"routes[{route.index}].matcher",
+                   f"`{value}` is not an intent of the model `{path.name}`, so this comparison never holds; "
+                   f"{hint}it knows: {', '.join(sorted(known))}")
 
 
 def _check_repeats(s: Section, route: Route) -> None:

@@ -169,6 +169,19 @@ class IntentModel:
         )
 
 
+def model_classes(path: str | Path) -> tuple[str, ...]:
+    """The classes a saved model answers with, read from its header alone (no weights are loaded)."""
+    source = Path(path)
+    try:
+        with np.load(source, allow_pickle=False) as archive:
+            return tuple(json.loads(archive["header"].tobytes().decode("utf-8"))["classes"])
+    except OSError as error:
+        raise _artifact_error(source, f"cannot read an intent model: {error.strerror or error}") from None
+    except (KeyError, ValueError, zipfile.BadZipFile):
+        raise _artifact_error(source, "not a Laneway intent model (an .npz archive written by "
+                                      "`laneway intents train`)") from None
+
+
 def _encoder_stage(archive: Any, header: dict[str, Any]) -> EncoderStage:
     tokenizer = archive["encoder_tokenizer"].tobytes().decode("utf-8")
     encoder: SentenceEncoder | StaticEncoder
