@@ -261,11 +261,20 @@ models:
     provider: openai
     base_url: sim:///gpt-5/v1
     model: "gpt-5@error_500"
+  silent:
+    provider: openai
+    base_url: sim:///gpt-5/v1
+    model: "gpt-5@silent"
 routes:
 - name: canary
   matcher: "metadata.lane == canary"
   target: gpt-5-mini
   canary: {target: broken, weight: 1.0}
+- name: silent-canary
+  matcher: "metadata.lane == silent"
+  target: gpt-5-mini
+  deadline_ms: 2000
+  canary: {target: silent, weight: 1.0}
 - name: shadow
   matcher: "metadata.lane == shadow"
   target: gpt-5-mini
@@ -278,6 +287,7 @@ routes:
 
 @pytest.mark.parametrize(("lane", "expected_lane", "models"), [
     ("canary", "primary", ["broken", "broken", "gpt-5-mini"]),  # a failing canary falls back to the primary
+    ("silent", "primary", ["silent", "gpt-5-mini"]),  # a hung canary leaves the primary half the deadline
     ("shadow", "primary", ["gpt-5-mini"]),  # a failing shadow changes nothing
     ("cascade", "primary", ["gpt-5-mini", "broken", "broken"]),  # a failed escalation keeps the first answer
 ])
@@ -294,3 +304,16 @@ def test_a_faulty_lane_never_costs_the_client_its_answer(sim_url: str, lane: str
     if lane == "shadow":
         shadow = sink.by_id(headers["x-request-id"] + "/shadow/broken")
         assert shadow.outcome == "upstream_unavailable"
+    if lane == "silent":
+        hung = sink.by_id(headers["x-request-id"]).attempts[0]
+        assert hung.outcome == "model_inference_deadline_exceeded" and 900 < hung.latency_ms < 1300
+
+
+def test_a_hung_canary_stream_leaves_the_primary_time_to_answer(sim_url: str) -> None:
+    sink = RecordingSink()
+    with live_gateway(FAULTY_LANES, sim_url, telemetry=sink) as live:
+        headers, body = send(live, "help", metadata={"lane": "silent"}, stream=True)
+    assert headers["x-laneway-model"] == "gpt-5-mini" and body.rstrip().endswith(b"data: [DONE]")
+    hung, answered = sink.by_id(headers["x-request-id"]).attempts
+    assert (hung.model, hung.outcome) == ("silent", "model_inference_deadline_exceeded")
+    assert "share of the deadline" in hung.error and answered.outcome == "ok"

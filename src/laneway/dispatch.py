@@ -37,6 +37,9 @@ from .gate import Gate, GateRejected
 from .providers import Refusal
 from .runtime import Runtime, fits, prepare
 
+# The share of what is left of the deadline a canary attempt may take before the primary gets the rest.
+CANARY_SHARE = 0.5
+
 
 @dataclass(slots=True)
 class Plan:
@@ -117,7 +120,8 @@ class Dispatcher:
                     exchange.attempts.append(attempt)
                     started = time.perf_counter()
                     try:
-                        completion = await self.runtime.providers[name].complete(request, plan.deadline)
+                        completion = await self.runtime.providers[name].complete(
+                            request, _canary_limit(plan, lane) or plan.deadline)
                     except UpstreamError as error:
                         self._failed(attempt, error, started, name, exchange)
                         errors.append(error)
@@ -145,9 +149,12 @@ class Dispatcher:
                 started = time.perf_counter()
                 chunks = self.runtime.providers[name].stream(request, plan.deadline)
                 try:
-                    first = await anext(chunks)
+                    first = await _first_chunk(chunks, _canary_limit(plan, lane))
+                except TimeoutError:
+                    error: UpstreamError = UpstreamTimeout(
+                        f"no first chunk within the {lane} lane's share of the deadline", model=name)
                 except StopAsyncIteration:
-                    error: UpstreamError = UpstreamUnavailable("stream ended before any data", model=name)
+                    error = UpstreamUnavailable("stream ended before any data", model=name)
                 except UpstreamError as exc:
                     error = exc
                 except BaseException:  # a request the adapter refuses (400), a cancelled client: no failover
@@ -293,6 +300,24 @@ def account(attempt: Attempt, exchange: Exchange, price: Price, usage: Usage) ->
     exchange.prompt_tokens = usage.prompt_tokens
     exchange.completion_tokens = usage.completion_tokens
     exchange.cost_usd += attempt.cost_usd
+
+
+def _canary_limit(plan: Plan, lane: str) -> float | None:
+    """A canary attempt may use only `CANARY_SHARE` of what is left of the deadline, so that a canary
+    that hangs still leaves the primary time to answer; None for the other lanes, which get it all."""
+    if lane != "canary":
+        return None
+    now = asyncio.get_running_loop().time()
+    return now + CANARY_SHARE * max(0.0, plan.deadline - now)
+
+
+async def _first_chunk(chunks: AsyncIterator[Chunk], limit: float | None) -> Chunk:
+    """The stream's first chunk; `TimeoutError` past `limit` (only the first chunk is bounded: once a
+    stream has begun it cannot fail over)."""
+    if limit is None:
+        return await anext(chunks)
+    async with asyncio.timeout_at(limit):
+        return await anext(chunks)
 
 
 def _expired(plan: Plan) -> bool:
