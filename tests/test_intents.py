@@ -231,6 +231,19 @@ def test_csv_row_with_empty_label_names_the_row(tmp_path: Path) -> None:
         read_rows(path)
 
 
+@pytest.mark.parametrize(("rows", "words"), [
+    ([("a", "x"), ("b", "x"), ("c", "x")], "at least two intents besides `unknown`, got ['x']"),
+    ([("hello there", "x"), ("bye now", "y"), ("hi again", "x")], "at least 2 rows (some are held out"),
+])
+def test_too_little_training_data_is_a_one_line_error(tmp_path: Path, rows: list[tuple[str, str]], words: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write_csv(tmp_path / "small.csv", [("text", "label"), *rows])
+    assert run_intents_cli(["intents", "train", str(path), "--out", str(tmp_path / "m.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"laneway intents train: {path}: ") and words in err and err.count("\n") == 1
+    assert not (tmp_path / "m.npz").exists()
+
+
 def test_empty_csv_is_an_error_for_therun_intents_cli(tmp_path: Path) -> None:
     path = tmp_path / "empty.csv"
     path.write_text("")

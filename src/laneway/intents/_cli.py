@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Any
 
+from ..errors import InvalidRequest
 from ._dataset import read_rows
 from ._evaluation import evaluate
 from ._model import IntentModel
@@ -50,7 +52,11 @@ def run_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     options = TrainingOptions(regularization=args.regularization, seed=args.seed, encoder=args.encoder,
                               defer_below=args.defer_below, oos_recall=args.oos_recall)
-    model = train(rows.texts, rows.labels, options)
+    try:
+        model = train(rows.texts, rows.labels, options)
+    except InvalidRequest as error:
+        print(f"laneway intents train: {args.data}: {error.message}", file=sys.stderr)
+        return 2
     model.save(args.out)
     took = time.perf_counter() - started
     kind = "" if model.encoder is None else f" with the encoder stage below {model.encoder.defer_below:g}"

@@ -9,6 +9,7 @@ message embedding side by side; the model consults it when the lexical one is no
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -212,6 +213,9 @@ def _pick(values: Sequence[str], rows: Sequence[int]) -> list[str]:
     return [values[i] for i in rows]
 
 
+MIN_ROWS_PER_LABEL = 2
+
+
 def _check_training_data(texts: Sequence[str], labels: Sequence[str]) -> None:
     if len(texts) != len(labels):
         raise InvalidRequest(f"got {len(texts)} texts but {len(labels)} labels; pass one label per text")
@@ -219,6 +223,12 @@ def _check_training_data(texts: Sequence[str], labels: Sequence[str]) -> None:
     if len(intents) < 2:
         found = sorted(intents)
         raise InvalidRequest(f"training needs at least two intents besides `{UNKNOWN}`, got {found}")
+    counts = Counter(labels)
+    few = sorted(label for label, n in counts.items() if n < MIN_ROWS_PER_LABEL)
+    if few:
+        shown = ", ".join(f"`{label}` ({counts[label]})" for label in few[:5]) + (" ..." if len(few) > 5 else "")
+        raise InvalidRequest(f"every label needs at least {MIN_ROWS_PER_LABEL} rows (some are held out to tune the "
+                             f"rejection threshold); too few: {shown}")
 
 
 def _training_library(name: str) -> Any:
