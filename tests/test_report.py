@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from _live import live_gateway
-from _pg import BASE_TIME, MODELS, make_exchange, report
+from _pg import BASE_TIME, MODELS, make_exchange, report, samples
 from laneway.cli import main
 from laneway.exchange import Attempt, Exchange
 from laneway.telemetry import Telemetry, TelemetrySettings
@@ -49,6 +49,14 @@ def log(tmp_path_factory: pytest.TempPathFactory) -> str:
     folder = tmp_path_factory.mktemp("log")
     asyncio.run(_write_log(folder))
     return f"sqlite:///{folder}/log.sqlite3"
+
+
+def total_by_model(text: bytes, name: str) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for sample, labels, value in samples(text):
+        if sample == name:
+            totals[labels["model"]] = totals.get(labels["model"], 0.0) + value
+    return totals
 
 
 def iso(offset_s: float) -> str:
@@ -241,3 +249,32 @@ def test_a_model_whose_every_attempt_failed_over_still_shows_its_failures() -> N
     models = summarize(rows_of([exchange], simulated=False))["models"]
     assert models["dying"]["requests"] == 0 and models["dying"]["failed_attempts"] == 2
     assert models["backup"]["requests"] == 1 and models["backup"]["failed_attempts"] == 0
+
+
+async def _cascaded(folder: Path) -> tuple[Exchange, str, Telemetry]:
+    """One exchange whose cheap first answer was escalated: the client got the strong model's answer."""
+    exchange = Exchange("cascaded", BASE_TIME, model="strong", route="triage", lane="cascade", cost_usd=0.06,
+                        attempts=[Attempt("cheap", "ok", cost_usd=0.01), Attempt("grader", "ok", cost_usd=0.002,
+                                                                                   lane="verifier"),
+                                  Attempt("strong", "ok", cost_usd=0.048, lane="cascade")])
+    telemetry = Telemetry(TelemetrySettings(exchange_log=f"sqlite:///{folder}/cascade.sqlite3"))
+    await telemetry.start()
+    telemetry.record(exchange)
+    await telemetry.aclose()
+    return exchange, f"sqlite:///{folder}/cascade.sqlite3", telemetry
+
+
+def test_each_model_is_charged_what_it_billed_in_stats_report_and_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exchange, db, telemetry = asyncio.run(_cascaded(tmp_path))
+    billed = {"cheap": 0.01, "grader": 0.002, "strong": 0.048}
+    live = summarize(rows_of([exchange], simulated=False))
+    assert report("--db", db, "--json") == 0
+    logged = json.loads(capsys.readouterr().out)
+    for figures in (live, logged):
+        assert {m: f["cost_usd"] for m, f in figures["models"].items()} == pytest.approx(billed)
+        assert figures["total"]["cost_usd"] == pytest.approx(0.06)
+        assert figures["models"]["strong"]["requests"] == 1 and figures["models"]["cheap"]["requests"] == 0
+    metrics = total_by_model(telemetry.render_metrics(), "laneway_cost_usd_total")
+    assert metrics == pytest.approx(billed)

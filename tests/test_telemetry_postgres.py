@@ -113,6 +113,20 @@ async def test_a_report_on_a_database_without_a_log_says_so_and_creates_nothing(
     assert await scalar(dsn, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'") == 0
 
 
+async def test_a_cascade_charges_each_model_what_it_billed_on_postgres(
+        server: PostgresServer, capsys: pytest.CaptureFixture[str]) -> None:
+    dsn = await server.database()
+    telemetry = Telemetry(TelemetrySettings(exchange_log=dsn))
+    await telemetry.start()
+    telemetry.record(Exchange("cascaded", BASE_TIME, model="strong", route="triage", lane="cascade", cost_usd=0.06,
+                              attempts=[Attempt("cheap", "ok", cost_usd=0.01),
+                                        Attempt("strong", "ok", cost_usd=0.05, lane="cascade")]))
+    await telemetry.aclose()
+    assert await asyncio.to_thread(report, "--db", dsn, "--json") == 0
+    models = json.loads(capsys.readouterr().out)["models"]
+    assert {m: f["cost_usd"] for m, f in models.items()} == pytest.approx({"cheap": 0.01, "strong": 0.05})
+
+
 async def test_retention_and_report_on_postgres_match_stats(server: PostgresServer) -> None:
     dsn = await server.database()
     now = BASE_TIME + 86_400

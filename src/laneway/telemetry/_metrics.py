@@ -111,10 +111,7 @@ class GatewayMetrics:
 
     def observe(self, exchange: Exchange, fallbacks: int) -> None:
         """Count one finished exchange; `fallbacks` is `fallbacks_of(exchange)`, computed once by the caller."""
-        key = (exchange.model or "", exchange.route or "", exchange.lane)
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = _Series()
+        series = self._series_of((exchange.model or "", exchange.route or "", exchange.lane))
         series.outcomes[exchange.outcome] = series.outcomes.get(exchange.outcome, 0) + 1
         series.latency.observe(exchange.latency_ms / 1000.0)
         if exchange.ttft_ms is not None:
@@ -124,9 +121,21 @@ class GatewayMetrics:
         series.tokens_out += exchange.completion_tokens
         series.cost_usd += exchange.cost_usd
         series.fallbacks += fallbacks
-        for attempt in exchange.attempts:
+        attempts = exchange.attempts
+        for attempt in attempts:
             pair = (attempt.model, attempt.outcome)
             self._attempts[pair] = self._attempts.get(pair, 0) + 1
+        if len(attempts) > 1:  # what other models billed (a cascade's first answer) is their cost, not this one's
+            for attempt in attempts:
+                if attempt.cost_usd and attempt.model != exchange.model:
+                    series.cost_usd -= attempt.cost_usd
+                    self._series_of((attempt.model, exchange.route or "", attempt.lane)).cost_usd += attempt.cost_usd
+
+    def _series_of(self, key: SeriesKey) -> _Series:
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series()
+        return series
 
     def count(self, event: str, model: str, n: int = 1) -> None:
         self._events[(model, event)] = self._events.get((model, event), 0) + n

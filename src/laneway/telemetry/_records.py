@@ -36,6 +36,9 @@ class ExchangeRow(NamedTuple):
     retrieval_ms: float | None = None
     signals: Mapping[str, Any] | None = None  # kept for shadow rows only: the pairing and the comparison
     failed_models: tuple[str, ...] = ()  # the model of each attempt that failed, a fallback's answer or not
+    # What attempts at other models than `model` cost (a cascade's first answer, a verifier's grade), model by
+    # model: part of `cost_usd`, but billed by those models.
+    other_costs: tuple[tuple[str, float], ...] = ()
 
 
 class HourlyRow(NamedTuple):
@@ -91,6 +94,16 @@ def failed_models(exchange: Exchange) -> tuple[str, ...] | None:
     if len(attempts) < 2 and exchange.outcome == OK:
         return None
     return tuple(a.model for a in attempts if a.outcome not in NOT_FAILED) or None
+
+
+def other_costs(exchange: Exchange) -> tuple[tuple[str, float], ...] | None:
+    """The cost of the exchange's attempts at models other than the one that answered; None when there is
+    none (one attempt, which is almost every exchange)."""
+    attempts = exchange.attempts
+    if len(attempts) < 2:
+        return None
+    model = exchange.model
+    return tuple((a.model, a.cost_usd) for a in attempts if a.cost_usd and a.model != model) or None
 
 
 def fallbacks_of(exchange: Exchange) -> int:

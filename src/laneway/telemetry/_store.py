@@ -226,14 +226,21 @@ _ROW_SOURCES: tuple[dict[str, str], ...] = tuple(
         "signals": f"CASE WHEN lane = 'shadow' THEN {signals} END",
         # As `failed_models` computes it: looked for only where an exchange has more than one attempt or failed.
         "failed_models": f"CASE WHEN {length} > 1 OR outcome <> 'ok' THEN ({failed}) END",
+        "other_costs": f"CASE WHEN {length} > 1 THEN ({others}) END",
     }
-    for first_attempt, signals, length, failed in (
+    for first_attempt, signals, length, failed, others in (
         ("json_extract(attempts, '$[0].{}')", "signals", "json_array_length(attempts)",
          "SELECT group_concat(json_extract(value, '$.model'), char(31)) FROM json_each(attempts) "  # noqa: S608
-         f"WHERE json_extract(value, '$.outcome') NOT IN {_NOT_FAILED}"),
+         f"WHERE json_extract(value, '$.outcome') NOT IN {_NOT_FAILED}",
+         "SELECT json_group_array(json_array(json_extract(value, '$.model'), json_extract(value, '$.cost_usd'))) "
+         "FROM json_each(attempts) WHERE json_extract(value, '$.cost_usd') > 0 "
+         "AND json_extract(value, '$.model') IS NOT exchanges.model"),
         ("attempts->0->>'{}'", "signals::text", "jsonb_array_length(attempts)",
          f"SELECT string_agg(a->>'model', chr(31)) FROM jsonb_array_elements(attempts) a "  # noqa: S608
-         f"WHERE a->>'outcome' NOT IN {_NOT_FAILED}"),
+         f"WHERE a->>'outcome' NOT IN {_NOT_FAILED}",
+         "SELECT json_agg(json_build_array(a->>'model', (a->>'cost_usd')::float8))::text "
+         "FROM jsonb_array_elements(attempts) a WHERE (a->>'cost_usd')::float8 > 0 "
+         "AND a->>'model' IS DISTINCT FROM exchanges.model"),
     )
 )
 
@@ -260,8 +267,9 @@ def exchange_row(values: Sequence[Any]) -> ExchangeRow:
     row = ExchangeRow(*values)
     signals = orjson.loads(row.signals) if isinstance(row.signals, str) else None
     failed = tuple(row.failed_models.split(FAILED_SEPARATOR)) if isinstance(row.failed_models, str) else ()
+    others: list[list[Any]] = orjson.loads(row.other_costs) if isinstance(row.other_costs, str) else []
     return row._replace(escalation=bool(row.escalation), simulated=bool(row.simulated), signals=signals,
-                        failed_models=failed)
+                        failed_models=failed, other_costs=tuple((str(m), float(c)) for m, c in others))
 
 
 def numbered(sql: str) -> str:

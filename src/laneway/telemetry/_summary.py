@@ -133,6 +133,9 @@ def summarize(
             groups = (total, _group(models, row.model or NO_MODEL), _group(routes, row.route or NO_ROUTE))
             for model in row.failed_models:  # a model hidden behind its fallbacks still shows its failures
                 _group(models, model).failed_attempts += 1
+            for model, cost in row.other_costs:  # each model's spend is what it billed: a cascade's first answer
+                _group(models, model).cost_usd += cost
+                groups[1].cost_usd -= cost
             groups[0].failed_attempts += len(row.failed_models)
             groups[2].failed_attempts += len(row.failed_models)
         for group in groups:

@@ -21,7 +21,14 @@ from typing import Any
 import orjson
 
 from laneway.exchange import Exchange
-from laneway.telemetry._records import SHADOW_LANE, ExchangeRow, failed_models, fallbacks_of, signals_json
+from laneway.telemetry._records import (
+    SHADOW_LANE,
+    ExchangeRow,
+    failed_models,
+    fallbacks_of,
+    other_costs,
+    signals_json,
+)
 
 _ABSENT = float("nan")  # an absent number in a float column
 _NO_HITS = -1  # an absent `retrieval_hits`
@@ -31,10 +38,33 @@ _row = partial(tuple.__new__, ExchangeRow)  # a row from a tuple of its fields, 
 class RecentExchanges:
     """The last `size` exchanges added, read back as `ExchangeRow`s, oldest first."""
 
-    __slots__ = ("_cascade", "_conversation", "_cost", "_entry_lane", "_entry_model", "_escalation", "_failed",
-                 "_fallbacks", "_hits", "_lane", "_latency", "_model", "_next", "_outcome", "_retrieval_ms",
-                 "_route", "_signals", "_simulated", "_size", "_started", "_tokens_in", "_tokens_out", "_ttft",
-                 "full")
+    __slots__ = (
+        "_cascade",
+        "_conversation",
+        "_cost",
+        "_entry_lane",
+        "_entry_model",
+        "_escalation",
+        "_failed",
+        "_fallbacks",
+        "_hits",
+        "_lane",
+        "_latency",
+        "_model",
+        "_next",
+        "_others",
+        "_outcome",
+        "_retrieval_ms",
+        "_route",
+        "_signals",
+        "_simulated",
+        "_size",
+        "_started",
+        "_tokens_in",
+        "_tokens_out",
+        "_ttft",
+        "full",
+    )
 
     def __init__(self, size: int) -> None:
         self._size = size
@@ -80,6 +110,7 @@ class RecentExchanges:
         # Shadow rows keep their signals for pairing, as the log stores them (through JSON).
         self._signals[i] = orjson.loads(signals_json(e.signals)) if lane == SHADOW_LANE else None
         self._failed[i] = failed_models(e)
+        self._others[i] = other_costs(e)
         i += 1
         if i == self._size:
             i, self.full = 0, True
@@ -94,6 +125,7 @@ class RecentExchanges:
             o(self._conversation), map(bool, o(self._escalation)), o(self._fallbacks), map(bool, o(self._simulated)),
             o(self._entry_lane), o(self._entry_model), map(_number, o(self._cascade)), map(_hits, o(self._hits)),
             map(_number, o(self._retrieval_ms)), o(self._signals), map(_models, o(self._failed)),
+            map(_models, o(self._others)),
         )
         return list(map(_row, zip(*columns, strict=True)))
 
@@ -107,7 +139,7 @@ class RecentExchanges:
         names: list[Any] = [None] * size
         self._model, self._route, self._lane, self._outcome = names[:], names[:], names[:], names[:]
         self._conversation, self._entry_lane, self._entry_model = names[:], names[:], names[:]
-        self._signals, self._failed = names[:], names[:]
+        self._signals, self._failed, self._others = names[:], names[:], names[:]
 
     def _ordered(self, column: Any) -> Iterator[Any]:
         end = self._next
@@ -129,7 +161,7 @@ def _number(value: float) -> float | None:
     return None if value != value else value  # NaN marks an absent number
 
 
-def _models(value: tuple[str, ...] | None) -> tuple[str, ...]:
+def _models(value: tuple[Any, ...] | None) -> tuple[Any, ...]:
     return value or ()
 
 
