@@ -383,3 +383,19 @@ def test_a_file_that_expands_without_bound_through_aliases_is_refused() -> None:
         previous = name
     with pytest.raises(ConfigError, match="expands to more than 200,000 values"):
         parse_config("\n".join([*lines, "routes: *h"]))
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    ("{broken", "is not valid JSON"),
+    ("", "has no text to index"),
+])
+def test_check_reads_the_knowledge_sources_serve_would_read(tmp_path: Path, content: str, words: str,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / ("faq.json" if content else "faq.md")
+    source.write_text(content)
+    path = tmp_path / "routes.yaml"
+    path.write_text(f"knowledge:\n  acme:\n    sources: [{source}]\nroutes:\n- target: gpt-5\n"
+                    "  retrieval: {knowledge: acme}\n")
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: 1 error(s)" in err and "knowledge.acme: " in err and words in err and "Traceback" not in err

@@ -145,8 +145,10 @@ def _sim(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from .config import load_config, unset_variables
+    from .runtime import load_files
 
     config = load_config(args.file)
+    load_files(config)  # knowledge sources and the intent model, as `serve` reads them
     print(f"{config.source}: OK - {len(config.routes)} routes, {len(config.models)} models")
     print(route_table(config))
     for warning in config.warnings:

@@ -7,15 +7,17 @@ have finished.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .breaker import CircuitBreaker
 from .chat import ChatRequest, Message
 from .config import Config, KnowledgeSource, ModelSpec
 from .context import TokenCounter, upper_bound
-from .errors import LanewayError
+from .errors import ConfigError, LanewayError
 from .gate import Gate, SharedLimits
 from .providers import Provider, create_provider
 from .signals import IntentFn
@@ -46,7 +48,7 @@ class Runtime:
         forgets the calls in flight behind them; new gates share `previous`'s replica-wide limits."""
         providers = {name: create_provider(spec, _resolve(spec, sim_url)) for name, spec in config.models.items()}
         breakers = {name: CircuitBreaker(spec.breaker) for name, spec in config.models.items()}
-        knowledge = {name: _knowledge_base(source) for name, source in config.knowledge.items()}
+        knowledge = {name: _knowledge_base(source, config.source) for name, source in config.knowledge.items()}
         old = previous.gates if previous else {}
         shared = previous.shared if previous else None
         gates = {name: old[name] if name in old and old[name].policy == spec.gate
@@ -92,12 +94,21 @@ class Runtime:
         await asyncio.gather(*(p.aclose() for p in self.providers.values()))
 
 
-def _knowledge_base(source: KnowledgeSource) -> KnowledgeBase:
+def load_files(config: Config) -> None:
+    """Read every file the config names beyond itself (knowledge sources or indexes, the intent model) as
+    serving would, so that `laneway check` finds what would stop `laneway serve`: a `ConfigError`."""
+    for source in config.knowledge.values():
+        _knowledge_base(source, config.source)
+    _classifier(config)
+
+
+def _knowledge_base(source: KnowledgeSource, config_source: str) -> KnowledgeBase:
     from .retrieval import KnowledgeBase  # BM25 and its numeric stack load only when a route retrieves
 
-    if source.index is not None:
-        return KnowledgeBase.load(source.index)
-    return KnowledgeBase.build(source.name, source.sources, chunk_tokens=source.chunk_tokens)
+    with _at(f"knowledge.{source.name}", config_source):
+        if source.index is not None:
+            return KnowledgeBase.load(source.index)
+        return KnowledgeBase.build(source.name, source.sources, chunk_tokens=source.chunk_tokens)
 
 
 def _classifier(config: Config) -> IntentFn | None:
@@ -106,8 +117,24 @@ def _classifier(config: Config) -> IntentFn | None:
         return None
     from .intents import IntentModel, load_default
 
-    model = IntentModel.load(config.intents.model) if config.intents.model else load_default()
+    with _at("intents.model", config.source):
+        model = IntentModel.load(config.intents.model) if config.intents.model else load_default()
     return model.classify
+
+
+@contextlib.contextmanager
+def _at(path: str, config_source: str) -> Iterator[None]:
+    """A file's error, placed at the key of the routing file (`config_source`) that names the file."""
+    try:
+        yield
+    except ConfigError as error:
+        named = error.source or ""
+        issues = [
+            replace(issue, path=path if not issue.path or issue.path in issue.message else f"{path}: {issue.path}",
+                    message=issue.message if named in issue.message else f"{named}: {issue.message}")
+            for issue in error.issues
+        ]
+        raise ConfigError(issues, config_source) from None
 
 
 def _resolve(spec: ModelSpec, sim_url: str | None) -> str:
