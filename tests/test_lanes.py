@@ -16,6 +16,7 @@ import pytest
 from _live import LiveGateway, RecordingSink, live_gateway
 from laneway.config import parse_config
 from laneway.routing import canary_target
+from laneway.telemetry import Telemetry, TelemetrySettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -214,6 +215,25 @@ def test_retrieval_grounds_the_prompt_and_misses_go_to_on_miss(sim_url: str) -> 
     missed = sink.by_id(miss["x-request-id"])
     assert missed.retrieval_hits == 0 and miss["x-laneway-model"] == "gpt-5"
     assert missed.prompt_tokens < 60
+
+
+async def _on_loop(work: Any) -> Any:
+    """Run `work()` on the gateway's event loop, where telemetry is read."""
+    return work()
+
+
+def test_retrieval_hits_misses_and_latency_are_in_metrics_and_stats(sim_url: str) -> None:
+    telemetry = Telemetry(TelemetrySettings(exchange_log=None))
+    with live_gateway(RETRIEVAL, sim_url, telemetry=telemetry) as live:
+        send(live, "I was charged twice on my credit card, I want a refund for the extra charge")
+        send(live, "xyzzy plugh")
+        metrics, stats = live.call(_on_loop(lambda: (telemetry.render_metrics().decode(), telemetry.stats())))
+    assert 'laneway_retrieval_total{route="billing",result="hit"} 1' in metrics
+    assert 'laneway_retrieval_total{route="billing",result="miss"} 1' in metrics
+    assert 'laneway_retrieval_seconds_count{route="billing"} 2' in metrics
+    billing = stats["routes"]["billing"]
+    assert billing["retrievals"] == 2 and billing["retrieval_hit_rate"] == 0.5
+    assert billing["retrieval_p95_ms"] is not None and billing["retrieval_p95_ms"] < 50
 
 
 def test_stored_bodies_show_the_prompt_the_model_got_and_the_answer(sim_url: str) -> None:

@@ -14,6 +14,7 @@ from laneway.exchange import Exchange
 
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0)
 OVERHEAD_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+RETRIEVAL_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
 QUEUE_WAIT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 SeriesKey = tuple[str, str, str]  # model, route, lane
@@ -38,6 +39,11 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "laneway_attempts_total": ("counter", "Attempts at each model, by the attempt's outcome."),
     "laneway_model_events_total": ("counter", "Model events such as `cooldown` (a breaker opened)."),
     "laneway_queue_wait_seconds": ("histogram", "Time a request waited in a model's gate queue in seconds."),
+    "laneway_retrieval_total": (
+        "counter",
+        "Retrievals for routes with `retrieval:`, by route and result (`hit`: passages injected; `miss`: none).",
+    ),
+    "laneway_retrieval_seconds": ("histogram", "Time a retrieval took (search and injection) in seconds."),
     "laneway_exchanges_dropped_total": (
         "counter",
         "Exchanges dropped unrecorded because the telemetry buffer was full, in exchanges.",
@@ -108,6 +114,8 @@ class GatewayMetrics:
         self._attempts: dict[tuple[str, str], int] = {}
         self._events: dict[tuple[str, str], int] = {}
         self._queue_wait: dict[str, Histogram] = {}
+        self._retrievals: dict[tuple[str, str], int] = {}  # (route, hit | miss)
+        self._retrieval_s: dict[str, Histogram] = {}
 
     def observe(self, exchange: Exchange, fallbacks: int) -> None:
         """Count one finished exchange; `fallbacks` is `fallbacks_of(exchange)`, computed once by the caller."""
@@ -121,6 +129,8 @@ class GatewayMetrics:
         series.tokens_out += exchange.completion_tokens
         series.cost_usd += exchange.cost_usd
         series.fallbacks += fallbacks
+        if exchange.retrieval_hits is not None:
+            self._retrieved(exchange.route or "", exchange.retrieval_hits, exchange.retrieval_ms)
         attempts = exchange.attempts
         for attempt in attempts:
             pair = (attempt.model, attempt.outcome)
@@ -130,6 +140,15 @@ class GatewayMetrics:
                 if attempt.cost_usd and attempt.model != exchange.model:
                     series.cost_usd -= attempt.cost_usd
                     self._series_of((attempt.model, exchange.route or "", attempt.lane)).cost_usd += attempt.cost_usd
+
+    def _retrieved(self, route: str, hits: int, ms: float | None) -> None:
+        pair = (route, "hit" if hits else "miss")
+        self._retrievals[pair] = self._retrievals.get(pair, 0) + 1
+        if ms is not None:
+            histogram = self._retrieval_s.get(route)
+            if histogram is None:
+                histogram = self._retrieval_s[route] = Histogram(RETRIEVAL_BUCKETS_S)
+            histogram.observe(ms / 1000.0)
 
     def _series_of(self, key: SeriesKey) -> _Series:
         series = self._series.get(key)
@@ -189,6 +208,12 @@ class GatewayMetrics:
         elif name == "laneway_queue_wait_seconds":
             for model, histogram in self._queue_wait.items():
                 yield from histogram.lines(name, _labels(("model",), (model,)))
+        elif name == "laneway_retrieval_total":
+            for pair, n in self._retrievals.items():
+                yield f"{name}{{{_labels(('route', 'result'), pair)}}} {n}"
+        elif name == "laneway_retrieval_seconds":
+            for route, histogram in self._retrieval_s.items():
+                yield from histogram.lines(name, _labels(("route",), (route,)))
         else:
             yield from _log_samples(name, log)
 

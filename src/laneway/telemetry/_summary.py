@@ -42,6 +42,9 @@ class _Group:
     cost_usd: float = 0.0
     fallbacks: int = 0
     failed_attempts: int = 0  # attempts at this model (or of this route's requests) that failed
+    retrievals: int = 0  # requests of a route with `retrieval:`
+    retrieval_hits: int = 0  # of them, those that got passages
+    retrieval_ms: list[float] = field(default_factory=list)
     simulated: int = 0
     anonymous_conversations: int = 0  # requests without a conversation id count as their own
     conversations: set[str] = field(default_factory=set)
@@ -63,6 +66,11 @@ class _Group:
             self.anonymous_conversations += 1
         else:
             self.conversations.add(row.conversation_id)
+        if row.retrieval_hits is not None:
+            self.retrievals += 1
+            self.retrieval_hits += row.retrieval_hits > 0
+            if row.retrieval_ms is not None:
+                self.retrieval_ms.append(row.retrieval_ms)
         self.latencies.append(row.latency_ms)
         if row.ttft_ms is not None:
             self.ttfts.append(row.ttft_ms)
@@ -106,6 +114,9 @@ class _Group:
             "cost_per_1k_tokens_usd": _ratio(self.cost_usd * 1000, tokens, 6),
             "fallbacks": self.fallbacks,
             "failed_attempts": self.failed_attempts,
+            "retrievals": self.retrievals,
+            "retrieval_hit_rate": _ratio(self.retrieval_hits, self.retrievals, 4),
+            "retrieval_p95_ms": _ms(percentile(self.retrieval_ms, 0.95)),
             "escalated_ok": self.escalated_ok,
             "escalated_ok_per_min": round(self.escalated_ok / minutes, 4),
             "simulated_requests": self.simulated,
