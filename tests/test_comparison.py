@@ -161,9 +161,13 @@ def test_canary_lane_owns_its_failovers_and_differences_carry_intervals() -> Non
     assert d["p95_delta_ci95"][0] <= d["p95_delta_ms"] <= d["p95_delta_ci95"][1]
     assert d["fallback_rate_delta"] == 0.1 and d["fallback_rate_delta_ci95"][0] > 0
     assert d["cost_per_request_delta_usd"] == pytest.approx((36 * 0.0005 + 4 * 0.002) / 40 - 0.002)
+    assert figures["summary"][0].startswith("route chat: canary gemini-2.5-flash-lite (40 requests)")
     assert "fallback rate +10.0 points" in figures["summary"][0]
-    few = canary_comparison(rows[:90])["routes"]["chat"]["canaries"]["gemini-2.5-flash-lite"]["vs_primary"]
+    early = canary_comparison(rows[:90])
+    few = early["routes"]["chat"]["canaries"]["gemini-2.5-flash-lite"]["vs_primary"]
     assert not few["enough_samples"] and few["p95_delta_ci95"] is None
+    # Before there is enough to compare, the summary still says what the canary did so far.
+    assert early["summary"][0].endswith("so far the canary's error rate is 0.0 % and its fallback rate 0.0 %.")
 
 
 class Price:

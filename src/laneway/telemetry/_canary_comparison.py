@@ -43,20 +43,20 @@ def canary_comparison(rows: Iterable[ExchangeRow], *, resamples: int = RESAMPLES
         lane = (row.entry_model or "(none)") if row.entry_lane == CANARY_LANE else PRIMARY_LANE
         by_route.setdefault(row.route or NO_ROUTE, {}).setdefault(lane, []).append(row)
         simulated = simulated or row.simulated
-    routes = {name: _route(lanes, resamples, seed) for name, lanes in sorted(by_route.items())
+    routes = {name: _route(name, lanes, resamples, seed) for name, lanes in sorted(by_route.items())
               if set(lanes) - {PRIMARY_LANE}}
     return {"simulated": simulated, "min_samples": MIN_SAMPLES, "routes": routes,
             "summary": [line for figures in routes.values() for line in figures["summary"]]}
 
 
-def _route(lanes: Mapping[str, list[ExchangeRow]], resamples: int, seed: int) -> dict[str, Any]:
+def _route(route: str, lanes: Mapping[str, list[ExchangeRow]], resamples: int, seed: int) -> dict[str, Any]:
     primary = lanes.get(PRIMARY_LANE, [])
     figures = {PRIMARY_LANE: lane_figures(primary)}
     canaries = {}
     for model, rows in sorted(lanes.items()):
         if model != PRIMARY_LANE:
             canaries[model] = {**lane_figures(rows), "vs_primary": difference(rows, primary, resamples, seed)}
-    summary = [_sentence(model, c, figures[PRIMARY_LANE]) for model, c in canaries.items()]
+    summary = [_sentence(route, model, c, figures[PRIMARY_LANE]) for model, c in canaries.items()]
     return {**figures, "canaries": canaries, "summary": summary}
 
 
@@ -104,18 +104,23 @@ def difference(canary: Sequence[ExchangeRow], primary: Sequence[ExchangeRow], re
     return figures
 
 
-def _sentence(model: str, canary: Mapping[str, Any], primary: Mapping[str, Any]) -> str:
+def _sentence(route: str, model: str, canary: Mapping[str, Any], primary: Mapping[str, Any]) -> str:
     d = canary["vs_primary"]
     primaries = ", ".join(primary["models"]) or "-"
-    head = (f"canary {model} ({canary['requests']} requests) "
+    head = (f"route {route}: canary {model} ({canary['requests']} requests) "
             f"vs primary {primaries} ({primary['requests']} requests)")
-    if not d["enough_samples"]:
-        return f"{head}: {d['note']}."
+    if not d["enough_samples"]:  # no comparison yet, but what the canary did so far is worth seeing
+        return (f"{head}: {d['note']}; so far the canary's error rate is {_share(canary['error_rate'])} "
+                f"and its fallback rate {_share(canary['fallback_rate'])}.")
     p95 = d["p95_delta_ci95"]
     return (f"{head}: p95 {d['p95_delta_ms']:+.0f} ms (95 % CI {p95[0]:+.0f} to {p95[1]:+.0f}), "
             f"cost per request {_pct(d['cost_per_request_delta_pct'])}, "
             f"error rate {d['error_rate_delta'] * 100:+.1f} points, "
             f"fallback rate {d['fallback_rate_delta'] * 100:+.1f} points.")
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f} %"
 
 
 def _pct(value: float | None) -> str:
