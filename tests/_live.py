@@ -18,6 +18,22 @@ from laneway.exchange import Exchange
 from laneway.gateway import Gateway
 from laneway.server import App
 
+# One model per wire format on the simulated fleet: OpenAI, Anthropic, Gemini.
+WIRE_MODELS = (("gpt-5-mini", "openai", "sim:///gpt-5-mini/v1"),
+               ("claude-sonnet-37", "anthropic", "sim:///claude-sonnet-37"),
+               ("gemini-2.5-flash-lite", "gemini", "sim:///gemini-2.5-flash-lite"))
+
+
+def wire_models_yaml() -> str:
+    """The `models:` entries of `WIRE_MODELS`, each priced alike, for a routing file's `models:` section."""
+    return "".join(f"""  {name}:
+    provider: {provider}
+    base_url: {base}
+    model: {name}
+    context_window: 100000
+    price: {{input_per_mtok: 1.0, output_per_mtok: 2.0}}
+""" for name, provider, base in WIRE_MODELS)
+
 
 class RecordingSink:
     """A telemetry sink that keeps every exchange and event, for assertions."""

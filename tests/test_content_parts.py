@@ -12,7 +12,7 @@ from typing import Any
 import openai
 import pytest
 
-from _live import LiveGateway, live_gateway
+from _live import LiveGateway, live_gateway, wire_models_yaml
 from laneway.sim._answers import MEDIA_TOKENS
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="
@@ -32,18 +32,9 @@ AUDIO_PART = {"type": "input_audio", "input_audio": {"data": "UklGRiQAAABXQVZFZm
 
 @pytest.fixture(scope="module")
 def live(sim_url: str) -> Iterator[LiveGateway]:
-    models = "".join(f"""  {name}:
-    provider: {provider}
-    base_url: {base}
-    model: {name}
-    context_window: 100000
-    price: {{input_per_mtok: 1.0, output_per_mtok: 2.0}}
-""" for name, provider, base in (("gpt-5-mini", "openai", "sim:///gpt-5-mini/v1"),
-                                 ("claude-sonnet-37", "anthropic", "sim:///claude-sonnet-37"),
-                                 ("gemini-2.5-flash-lite", "gemini", "sim:///gemini-2.5-flash-lite")))
     config = f"""
 models:
-{models}
+{wire_models_yaml()}
 routes:
 - name: cached
   target: gpt-5-mini

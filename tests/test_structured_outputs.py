@@ -16,7 +16,7 @@ import jsonschema
 import openai
 import pytest
 
-from _live import LiveGateway, RecordingSink, live_gateway
+from _live import LiveGateway, RecordingSink, live_gateway, wire_models_yaml
 from laneway.sim._answers import _SENTENCES
 from laneway.sim._structured import instance
 
@@ -44,15 +44,7 @@ MODELS = ["gpt-5-mini", "claude-sonnet-37", "gemini-2.5-flash-lite"]  # OpenAI, 
 def live(sim_url: str) -> Iterator[tuple[LiveGateway, RecordingSink]]:
     config = f"""
 models:
-{"".join(f'''  {name}:
-    provider: {provider}
-    base_url: {base}
-    model: {name}
-    context_window: 100000
-    price: {{input_per_mtok: 1.0, output_per_mtok: 2.0}}
-''' for name, provider, base in (("gpt-5-mini", "openai", "sim:///gpt-5-mini/v1"),
-                                 ("claude-sonnet-37", "anthropic", "sim:///claude-sonnet-37"),
-                                 ("gemini-2.5-flash-lite", "gemini", "sim:///gemini-2.5-flash-lite")))}
+{wire_models_yaml()}
 routes:
 - name: shadowed
   matcher: "metadata.lane == shadowed"

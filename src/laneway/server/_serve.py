@@ -17,7 +17,7 @@ from types import FrameType
 
 import uvicorn
 
-from ..config import Config, load_config, unset_variables
+from ..config import Config, SimSettings, load_config, unset_variables
 from ..errors import ConfigError, ConfigIssue
 from ..gateway import Gateway
 from ..telemetry import Telemetry
@@ -38,13 +38,17 @@ def check_exposure(config: Config, host: str, allow_unauthenticated: bool) -> No
     log.warning("laneway: no client keys configured: every caller that reaches %s is trusted", host)
 
 
+def fleet_command(sim: SimSettings) -> list[str]:
+    """`laneway sim` as this process starts it: it stops by itself once this process is gone."""
+    args = [sys.executable, "-m", "laneway", "sim", "--host", sim.host, "--port", str(sim.port),
+            "--seed", str(sim.seed), "--parent", str(os.getpid())]
+    return [*args, "--fleet", sim.fleet] if sim.fleet else args
+
+
 @contextlib.asynccontextmanager
 async def fleet_process(config: Config) -> AsyncIterator[str]:
     """Run `laneway sim` in a child process (so its work never shares the gateway's event loop)."""
-    args = [sys.executable, "-m", "laneway", "sim", "--host", config.sim.host, "--port", str(config.sim.port),
-            "--seed", str(config.sim.seed), "--parent", str(os.getpid())]
-    if config.sim.fleet:
-        args += ["--fleet", config.sim.fleet]
+    args = fleet_command(config.sim)
     # A session of its own: the terminal's Ctrl-C reaches the gateway, which drains its streams to the
     # fleet and then stops it; the fleet would otherwise die first and cut them.
     process = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE, start_new_session=True)

@@ -24,8 +24,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ..config import load_config
-from ._serve import check_exposure
+from ..config import SimSettings, load_config
+from ._serve import check_exposure, fleet_command
 
 log = logging.getLogger("laneway")
 EARLY_EXIT_S = 10.0
@@ -42,8 +42,7 @@ def serve_workers(config_path: str | Path | None, host: str, port: int, workers:
     sock.bind((host, port))
     sock.listen(4096)
     sock.set_inheritable(True)
-    fleet = _start_fleet(config.sim.host, config.sim.port, config.sim.seed, config.sim.fleet) \
-        if config.simulated else None
+    fleet = _start_fleet(config.sim) if config.simulated else None
     args = (config_path, host, port, sock, fleet[1] if fleet else None, allow_unauthenticated)
     supervisor = _Supervisor(multiprocessing.get_context("spawn"), args, workers)
     print(f"laneway: {workers} workers serving on http://{host}:{port}", flush=True)
@@ -121,11 +120,8 @@ def _worker(config_path: str | Path | None, host: str, port: int, sock: socket.s
     uvloop.run(serve(config_path, host, port, allow_unauthenticated, sockets=[sock], sim_url=sim_url))
 
 
-def _start_fleet(host: str, port: int, seed: int, fleet_file: str | None) -> tuple[subprocess.Popen[str], str]:
-    args = [sys.executable, "-m", "laneway", "sim", "--host", host, "--port", str(port), "--seed", str(seed),
-            "--parent", str(os.getpid())]
-    if fleet_file:
-        args += ["--fleet", fleet_file]
+def _start_fleet(sim: SimSettings) -> tuple[subprocess.Popen[str], str]:
+    args = fleet_command(sim)
     # Out of reach of the terminal's Ctrl-C, as in `fleet_process`: the workers drain first.
     process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True,  # noqa: S603 - our own interpreter
                                start_new_session=True)

@@ -16,6 +16,7 @@ from laneway.telemetry._log_args import (
     dump,
     read_log,
     simulated_notice,
+    start_option,
     window_of,
 )
 from laneway.telemetry._shadow_comparison import shadow_comparison
@@ -83,9 +84,8 @@ def run_canary(args: argparse.Namespace) -> int:
 
 def _checked_window(command: str, args: argparse.Namespace) -> Window | None:
     """The options' window, or None after saying on stderr why it cannot be used."""
-    start_option = "`--since`" if args.last is None else "the start of `--last`"
     try:
-        return check_window(window_of(args), start_option, "`--until`")
+        return check_window(window_of(args), start_option(args), "`--until`")
     except OptionError as error:
         print(f"laneway {command}: {error}", file=sys.stderr)
         return None

@@ -68,6 +68,11 @@ def window_of(args: argparse.Namespace) -> Window:
     return (time.time() - args.last if args.last is not None else args.since), args.until
 
 
+def start_option(args: argparse.Namespace) -> str:
+    """How an error names the start of the options' window."""
+    return "`--since`" if args.last is None else "the start of `--last`"
+
+
 def check_window(window: Window, start_option: str, end_option: str) -> Window:
     """`window` if it starts before it ends, else an `OptionError` naming both ends."""
     start, end = window

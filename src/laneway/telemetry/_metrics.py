@@ -145,10 +145,7 @@ class GatewayMetrics:
         pair = (route, "hit" if hits else "miss")
         self._retrievals[pair] = self._retrievals.get(pair, 0) + 1
         if ms is not None:
-            histogram = self._retrieval_s.get(route)
-            if histogram is None:
-                histogram = self._retrieval_s[route] = Histogram(RETRIEVAL_BUCKETS_S)
-            histogram.observe(ms / 1000.0)
+            _histogram(self._retrieval_s, route, RETRIEVAL_BUCKETS_S).observe(ms / 1000.0)
 
     def _series_of(self, key: SeriesKey) -> _Series:
         series = self._series.get(key)
@@ -160,10 +157,7 @@ class GatewayMetrics:
         self._events[(model, event)] = self._events.get((model, event), 0) + n
 
     def observe_queue_wait(self, model: str, seconds: float) -> None:
-        histogram = self._queue_wait.get(model)
-        if histogram is None:
-            histogram = self._queue_wait[model] = Histogram(QUEUE_WAIT_BUCKETS_S)
-        histogram.observe(seconds)
+        _histogram(self._queue_wait, model, QUEUE_WAIT_BUCKETS_S).observe(seconds)
 
     def render(self, log: LogHealth) -> bytes:
         lines: list[str] = []
@@ -216,6 +210,13 @@ class GatewayMetrics:
                 yield from histogram.lines(name, _labels(("route",), (route,)))
         else:
             yield from _log_samples(name, log)
+
+
+def _histogram(table: dict[str, Histogram], key: str, bounds: tuple[float, ...]) -> Histogram:
+    histogram = table.get(key)
+    if histogram is None:
+        histogram = table[key] = Histogram(bounds)
+    return histogram
 
 
 def _log_samples(name: str, log: LogHealth) -> Iterator[str]:

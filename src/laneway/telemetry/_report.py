@@ -24,6 +24,7 @@ from laneway.telemetry._log_args import (
     headline,
     instant,
     read_log,
+    start_option,
     when,
     window_of,
 )
@@ -99,13 +100,12 @@ def run_report(args: argparse.Namespace) -> int:
 
 def report_windows(args: argparse.Namespace) -> list[Window]:
     """The current window, then the baseline's if one is asked for; `OptionError` if either is unusable."""
-    start_option = "`--since`" if args.last is None else "the start of `--last`"
-    current = check_window(window_of(args), start_option, "`--until`")
-    baseline = baseline_window(args, current, start_option)
+    current = check_window(window_of(args), start_option(args), "`--until`")
+    baseline = baseline_window(args, current)
     return [current] if baseline is None else [current, baseline]
 
 
-def baseline_window(args: argparse.Namespace, current: Window, start_option: str) -> Window | None:
+def baseline_window(args: argparse.Namespace, current: Window) -> Window | None:
     """`--compare-since` .. `--compare-until`, by default ending where `current` starts; never overlapping it."""
     if args.compare_since is None:
         if args.compare_until is not None:
@@ -116,7 +116,7 @@ def baseline_window(args: argparse.Namespace, current: Window, start_option: str
                           "the baseline then ends; or pass `--compare-until`")
     end, end_option = (
         (args.compare_until, "`--compare-until`") if args.compare_until is not None
-        else (current[0], f"the baseline's end ({start_option})")
+        else (current[0], f"the baseline's end ({start_option(args)})")
     )
     baseline = check_window((args.compare_since, end), "`--compare-since`", end_option)
     if _overlap(baseline, current):
