@@ -16,6 +16,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "case-study-final.y
 @pytest.mark.parametrize(("content", "metadata", "route", "model"), [
     ("I was charged twice on my card, I want my money back", {}, "billing", "gemini-2.5-pro"),
     ("can I get a copy of my invoice for march", {}, "billing", "gemini-2.5-pro"),
+    ("there's a charge on my statement I don't recognise", {}, "billing", "gemini-2.5-pro"),
     ("hello there", {}, "short-chat", "gemini-2.5-flash-lite"),
     ("Subject: delivery\n\nWhen will my order arrive?", {"channel": "email"}, "email-triage", "gpt-5-mini"),
     ("this is the third time I write", {"escalation": True}, "escalation", "heavy-foundation"),
