@@ -18,6 +18,9 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "case-study-final.y
     ("can I get a copy of my invoice for march", {}, "billing", "gemini-2.5-pro"),
     ("there's a charge on my statement I don't recognise", {}, "billing", "gemini-2.5-pro"),
     ("hello there", {}, "short-chat", "gemini-2.5-flash-lite"),
+    # The client's own classifier decides the route; the policy manual has nothing on "hello", so
+    # the retrieval miss goes to gpt-5.
+    ("hello there", {"intent": "billing_dispute"}, "billing", "gpt-5"),
     ("Subject: delivery\n\nWhen will my order arrive?", {"channel": "email"}, "email-triage", "gpt-5-mini"),
     ("this is the third time I write", {"escalation": True}, "escalation", "heavy-foundation"),
 ])

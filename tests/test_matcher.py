@@ -78,3 +78,12 @@ def test_intent_is_not_classified_unless_read() -> None:
     assert calls == []
     assert compile_matcher("intent == billing && intent_confidence > 0.5")(s)
     assert calls == ["refund me"]
+
+
+def test_client_set_intent_skips_the_classifier() -> None:
+    def classify(text: str) -> tuple[str, float]:
+        raise AssertionError("the classifier ran although the client set the intent")
+
+    s = Signals([{"role": "user", "content": "hello"}], intent="billing_dispute", intent_fn=classify)
+    assert compile_matcher("intent == billing_dispute && intent_confidence == 1")(s)
+    assert s.computed()["intent"] == "billing_dispute"

@@ -39,8 +39,9 @@ SIGNALS: dict[str, SignalType] = {
     "intent_confidence": SignalType("float", default=0.0, doc="classifier confidence in [0, 1]"),
 }
 
-# Signals a client may set through `metadata` or `x-laneway-<name>` headers.
-SETTABLE = ("priority", "escalation", "channel", "tier", "conversation_id")
+# Signals a client may set through `metadata` or `x-laneway-<name>` headers. A client-set
+# `intent` (from the client's own classifier) has confidence 1 and skips Laneway's.
+SETTABLE = ("priority", "escalation", "channel", "tier", "conversation_id", "intent")
 
 IntentFn = Callable[[str], tuple[str, float]]
 TokenFn = Callable[[list[Message]], int]
@@ -76,6 +77,7 @@ class Signals:
         tier: str = "",
         conversation_id: str = "",
         user: str = "",
+        intent: str = "",
         metadata: Mapping[str, Any] | None = None,
         token_fn: TokenFn | None = None,
         intent_fn: IntentFn | None = None,
@@ -100,7 +102,7 @@ class Signals:
         self._messages = messages
         self._tokens: int | None = None
         self._token_fn = token_fn
-        self._intent: tuple[str, float] | None = None
+        self._intent: tuple[str, float] | None = (intent, 1.0) if intent else None
         self._intent_fn = intent_fn
 
     @property
