@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -288,6 +290,15 @@ def test_check_warns_of_the_variables_the_file_names_and_the_environment_lacks(
     assert "admin.key_env: `LANEWAY_TEST_ADMIN` is not set" in capsys.readouterr().out
 
 
+def test_check_of_a_config_with_a_knowledge_base_prints_only_its_report() -> None:
+    # The retrieval library logs at DEBUG on its own; its lines used to reach the terminal.
+    done = subprocess.run([sys.executable, "-m", "laneway", "check", str(ROOT / "examples" / "case-study-final.yaml")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "OK - 5 routes" in done.stdout
+    assert done.stderr == ""
+
+
 def test_check_warns_of_a_provider_api_without_a_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "no-key.yaml"
     path.write_text(textwrap.dedent("""
@@ -374,6 +385,31 @@ def test_a_repeated_model_or_a_canary_of_the_target_itself_is_a_warning_and_an_e
           target: gpt-5
         """) == ["routes[0].name (line 3, column 10): must not be empty; leave `name` out to be called "
                  "`route-0`, or give one"]
+
+
+def test_lanes_that_send_to_the_model_beside_them_or_repeat_are_warnings() -> None:
+    config = parse_config(textwrap.dedent("""
+        routes:
+        - target: gpt-5
+          canary: [{target: gpt-5-mini, weight: 0.1}, {target: gpt-5-mini, weight: 0.2}]
+          shadow: [{target: claude-sonnet-37}, {target: gpt-5}]
+          cascade: {confidence: 0.5, source: logprobs, escalate_to: gpt-5, verifier: gpt-5-mini}
+        """))
+    warnings = sorted(str(w) for w in config.warnings)
+    assert len(warnings) == 4, warnings
+    assert warnings[0].startswith("routes[0].canary[1].target") and "a canary of this route already" in warnings[0]
+    assert warnings[1].startswith("routes[0].cascade.escalate_to") and "own target" in warnings[1]
+    assert warnings[2].startswith("routes[0].cascade.verifier") and "never called" in warnings[2]
+    assert warnings[3].startswith("routes[0].shadow[1].target") and "compared with itself" in warnings[3]
+    # The same plan without the mistakes warns of nothing.
+    clean = parse_config(textwrap.dedent("""
+        routes:
+        - target: gpt-5
+          canary: [{target: gpt-5-mini, weight: 0.1}, {target: claude-sonnet-37, weight: 0.2}]
+          shadow: [{target: claude-sonnet-37}]
+          cascade: {confidence: 0.5, source: verifier, escalate_to: heavy-foundation, verifier: gpt-5-mini}
+        """))
+    assert [str(w) for w in clean.warnings] == []
 
 
 def test_a_file_that_expands_without_bound_through_aliases_is_refused() -> None:

@@ -131,6 +131,10 @@ def parse_cascade(s: Section) -> tuple[float, str, str | None, str | None]:
     verifier = s.text("verifier")
     if source == "verifier" and verifier is None:
         s.issues.add(s.path, "`source: verifier` needs `verifier:`, the model that grades answers")
+    elif source != "verifier" and verifier is not None:
+        s.issues.add(s.where("verifier"), f"a verifier grades answers only with `source: verifier`; with "
+                     f"`source: {source}` it is never called. Set `source: verifier` or remove `verifier`",
+                     severity="warning")
     s.done()
     return confidence or 0.0, source, escalate_to, verifier
 

@@ -269,8 +269,8 @@ def _check_intents(routes: list[Route], model: Path | None, issues: Issues) -> N
 
 
 def _check_repeats(s: Section, route: Route) -> None:
-    """Warn of a model listed twice in one plan, or a canary of the model it stands in for: both
-    usually come from a copied line."""
+    """Warn of a model listed twice in one plan, or a lane that sends to the model it stands beside:
+    both usually come from a copied line."""
     tried = [route.target]
     for j, name in enumerate(route.fallbacks):
         if name in tried:
@@ -279,11 +279,24 @@ def _check_repeats(s: Section, route: Route) -> None:
                          "after failing, spending the deadline on a model that just failed; for more tries of "
                          "one model, raise `retry.attempts`", severity="warning")
         tried.append(name)
+    canaries: list[str] = []
     for k, canary in enumerate(route.canaries):
+        where = s.where("canary") + (f"[{k}]" if len(route.canaries) > 1 else "") + ".target"
         if canary.target == route.target:
-            where = s.where("canary") + (f"[{k}]" if len(route.canaries) > 1 else "") + ".target"
             s.issues.add(where, f"the canary `{canary.target}` is the route's own target: its conversations go "
                          "where they would anyway, and there is nothing to compare", severity="warning")
+        elif canary.target in canaries:
+            s.issues.add(where, f"`{canary.target}` is a canary of this route already; its weights add up. "
+                         "Give it one entry with the whole weight", severity="warning")
+        canaries.append(canary.target)
+    for k, shadow in enumerate(route.shadows):
+        if shadow.target == route.target:
+            s.issues.add(s.where(f"shadow[{k}].target"), f"the shadow `{shadow.target}` is the route's own target: "
+                         "each sampled request is sent to it twice and compared with itself", severity="warning")
+    if route.cascade is not None and route.cascade.escalate_to == route.target:
+        s.issues.add(s.where("cascade.escalate_to"), f"`{route.target}` is the route's own target: a low-confidence "
+                     "answer is asked again of the model that gave it. Escalate to a stronger model",
+                     severity="warning")
 
 
 def _model_ref(issues: Issues, path: str, value: Any, known: dict[str, ModelSpec], *,

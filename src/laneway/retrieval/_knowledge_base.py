@@ -7,6 +7,7 @@ text is its title followed by its text, so a heading names what its section is a
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +19,10 @@ from laneway.errors import ConfigError, ConfigIssue
 from laneway.retrieval._analyzer import ANALYZER_NAME, analyze
 from laneway.retrieval._passage import Passage
 from laneway.retrieval._sources import read_passages
+
+# bm25s sets its own logger to DEBUG when imported, so "Building index from tokens" reached the
+# terminal of every `laneway check` and `serve` with a knowledge base.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 FORMAT = "laneway-knowledge/1"
 DEFAULT_CHUNK_TOKENS = 400
