@@ -290,6 +290,26 @@ def test_check_warns_of_the_variables_the_file_names_and_the_environment_lacks(
     assert "admin.key_env: `LANEWAY_TEST_ADMIN` is not set" in capsys.readouterr().out
 
 
+def test_check_table_shows_each_routes_lanes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "lanes.yaml"
+    path.write_text(textwrap.dedent("""
+        routes:
+        - name: trial
+          target: gpt-5
+          canary: {target: gpt-5-mini, weight: 0.05}
+          shadow: [{target: claude-sonnet-37, sample: 0.1}]
+          cascade: {confidence: 0.7, escalate_to: heavy-foundation}
+          cache: {mode: read_only}
+        - name: plain
+          target: gpt-5-mini
+        """))
+    assert main(["check", str(path)]) == 0
+    rows = {line.split()[1]: line for line in capsys.readouterr().out.splitlines()[2:4]}
+    assert rows["trial"].endswith("canary gpt-5-mini 5%, shadow claude-sonnet-37 10%, "
+                                  "cascade < 0.7 -> heavy-foundation, cache read_only")
+    assert rows["plain"].endswith(" -")
+
+
 def test_check_of_a_config_with_a_knowledge_base_prints_only_its_report() -> None:
     # The retrieval library logs at DEBUG on its own; its lines used to reach the terminal.
     done = subprocess.run([sys.executable, "-m", "laneway", "check", str(ROOT / "examples" / "case-study-final.yaml")],

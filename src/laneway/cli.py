@@ -7,8 +7,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import Route
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -162,14 +166,28 @@ def route_table(config: object) -> str:
     from .config import Config
 
     assert isinstance(config, Config)
-    rows = [("#", "name", "path", "matcher", "target", "fallbacks")]
+    rows = [("#", "name", "path", "matcher", "target", "fallbacks", "lanes")]
     for r in config.routes:
         matcher = r.matcher.source if r.has_matcher else "(default)"
         fallbacks = ", ".join(r.fallbacks) + (f" [long context: {r.long_context}]" if r.long_context else "")
-        rows.append((str(r.index), r.name, r.path, matcher, r.target, fallbacks or "-"))
+        rows.append((str(r.index), r.name, r.path, matcher, r.target, fallbacks or "-", _lanes(r) or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                      for row in rows)
+
+
+def _lanes(route: Route) -> str:
+    """A route's lanes in a few words: `canary gpt-5-mini 5%, shadow x 10%, cascade -> y, retrieval billing`."""
+    parts = [f"canary {c.target} {c.weight:.0%}" for c in route.canaries]
+    parts += [f"shadow {s.target} {s.sample:.0%}" for s in route.shadows]
+    if route.cascade is not None:
+        parts.append(f"cascade < {route.cascade.confidence:g} -> {route.cascade.escalate_to}")
+    if route.retrieval is not None:
+        miss = f" (miss -> {route.retrieval.on_miss})" if route.retrieval.on_miss else ""
+        parts.append(f"retrieval {route.retrieval.knowledge}{miss}")
+    if route.cache.mode != "off":
+        parts.append(f"cache {route.cache.mode}")
+    return ", ".join(parts)
 
 
 if __name__ == "__main__":
