@@ -115,6 +115,38 @@ routes:
     assert {c["model"] for c in chunks} == {headers["x-laneway-model"]}
 
 
+def test_a_failed_escalation_keeps_the_first_answer_and_is_counted(sim_url: str) -> None:
+    from laneway.telemetry._cascade_savings import cascade_savings
+    from laneway.telemetry._window import RecentExchanges
+
+    text = """
+models:
+  heavy-down:
+    provider: openai
+    base_url: http://127.0.0.1:9/v1
+    model: heavy
+    price: {input_per_mtok: 5, output_per_mtok: 15}
+routes:
+- name: chat
+  target: gpt-5-mini
+  cascade: {confidence: 1, source: logprobs, escalate_to: heavy-down}
+"""
+    sink = RecordingSink()
+    with live_gateway(text, sim_url, telemetry=sink) as live:
+        answers = [send(live, f"question {i} about my bill") for i in range(3)]
+    window = RecentExchanges(10)
+    for headers, body in answers:
+        assert headers["x-laneway-lane"] == "primary" and headers["x-laneway-model"] == "gpt-5-mini"
+        assert json.loads(body)["choices"][0]["message"]["content"]
+        exchange = sink.by_id(headers["x-request-id"])
+        first, *escalations = [(a.model, a.lane, a.outcome) for a in exchange.attempts]
+        assert first == ("gpt-5-mini", "primary", "ok") and escalations  # the route's retries, then the first answer
+        assert set(escalations) == {("heavy-down", "cascade", "upstream_unavailable")}
+        window.add(exchange, 0, True)
+    figures = cascade_savings(window.rows(), {"chat": "heavy-down"})["routes"]["chat"]
+    assert (figures["escalated"], figures["escalations_failed"]) == (0, 3)
+
+
 def test_logprob_cascade_on_a_provider_without_logprobs_is_a_config_error() -> None:
     from laneway.errors import ConfigError
 

@@ -1,5 +1,8 @@
 """What a confidence cascade saved against sending everything to its escalation model.
 
+`escalated` counts the exchanges the escalation model answered; `escalations_failed` those where it
+was asked and failed (an error, or the deadline), so the first answer went out.
+
 For every exchange on a cascaded route, the always-heavy cost is what its answer's tokens would have
 cost at the escalation model's prices; the saving is that minus what the exchange did cost (first
 answer, grader and escalation included). The heavy model would not have written exactly the same
@@ -44,9 +47,14 @@ def _route(rows: list[ExchangeRow], heavy: str | None, prices: Mapping[str, Pric
     escalated = sum(r.lane == CASCADE_LANE for r in rows)
     scores = [r.cascade_confidence for r in rows if r.cascade_confidence is not None]
     heavy = heavy or next((r.model for r in rows if r.lane == CASCADE_LANE and r.model), None)
+    # Scored, yet the escalation model failed and the first answer went out: the escalation failed (the
+    # model that answered first was scored, so the escalation model's failure came after it).
+    failed = sum(r.lane != CASCADE_LANE and r.cascade_confidence is not None and heavy in r.failed_models
+                 for r in rows) if heavy is not None else 0
     spent = sum(r.cost_usd for r in rows)
     figures: dict[str, Any] = {
-        "exchanges": n, "scored": len(scores), "escalated": escalated, "escalate_to": heavy,
+        "exchanges": n, "scored": len(scores), "escalated": escalated, "escalations_failed": failed,
+        "escalate_to": heavy,
         "escalation_rate": rate(escalated, n), "escalation_rate_ci95": ci(wilson(escalated, n), 4),
         "mean_confidence": rate(sum(scores), len(scores)),
         "enough_samples": n >= MIN_SAMPLES, "note": None if n >= MIN_SAMPLES else insufficient(n),

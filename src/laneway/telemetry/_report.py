@@ -259,6 +259,8 @@ def cascade_text(cascade: dict[str, Any]) -> str:
         low, high = r["escalation_rate_ci95"] or [0.0, 0.0]
         line = (f"  {name}: {r['escalated']} of {r['exchanges']} escalated to {r['escalate_to'] or '-'} "
                 f"({figure(r['escalation_rate'], 'pct')}, 95 % CI {low * 100:.1f}-{high * 100:.1f} %)")
+        if r["escalations_failed"]:
+            line += f"; {r['escalations_failed']} more escalations failed and kept the first answer"
         if r["saved_usd"] is not None:
             line += (f"; cost ${r['cost_usd']:.6f} vs always-heavy ${r['always_heavy_cost_usd']:.6f}: "
                      f"saved ${r['saved_usd']:.6f} ({_percent(r['saved_pct'])})")
