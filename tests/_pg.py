@@ -24,7 +24,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+import pytest
 
 from laneway.exchange import Attempt, Exchange
 from laneway.telemetry import add_commands
@@ -80,6 +83,27 @@ def make_exchange(i: int, *, started_at: float = BASE_TIME, escalation: bool | N
         attempts=attempts,
         signals={"escalation": (i % 3 == 0) if escalation is None else escalation, "priority": "normal"},
     )
+
+
+def cascaded_exchange(i: int, *, started_at: float = BASE_TIME) -> Exchange:
+    """A cascade escalated: the cheap model's first answer is billed to it, the answer to the strong one."""
+    return Exchange(f"cascade-{i}", started_at + i * 0.5, route=ROUTES[i % 2], lane="cascade", model=MODELS[1],
+                    cost_usd=0.06, prompt_tokens=100, completion_tokens=20,
+                    attempts=[Attempt(MODELS[0], "ok", cost_usd=0.01),
+                              Attempt(MODELS[1], "ok", cost_usd=0.05, lane="cascade")])
+
+
+ROLLED_UP_FIGURES = ("requests", "errors", "timeouts", "tokens_in", "tokens_out", "fallbacks", "failed_attempts")
+
+
+def assert_same_counts(before: dict[str, Any], after: dict[str, Any]) -> None:
+    """The figures hourly roll-ups keep are the same in both summaries: totals, per model, per route."""
+    for part in ("models", "routes"):
+        assert set(before[part]) == set(after[part]), part
+    for part, name in [("total", None), *((p, n) for p in ("models", "routes") for n in before[p])]:
+        one, other = (before[part], after[part]) if name is None else (before[part][name], after[part][name])
+        assert {k: one[k] for k in ROLLED_UP_FIGURES} == {k: other[k] for k in ROLLED_UP_FIGURES}, (part, name)
+        assert one["cost_usd"] == pytest.approx(other["cost_usd"], abs=1e-6), (part, name)
 
 
 SAMPLE = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")

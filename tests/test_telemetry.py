@@ -25,7 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from _live import live_gateway
-from _pg import BASE_TIME, MODELS, make_exchange, report, total
+from _pg import BASE_TIME, MODELS, assert_same_counts, cascaded_exchange, make_exchange, report, total
 from laneway.errors import ConfigError
 from laneway.exchange import Attempt, Exchange
 from laneway.telemetry import (
@@ -327,6 +327,55 @@ async def test_retention_rolls_old_rows_into_hourly_aggregates(tmp_path: Path) -
     assert figures["total"]["cost_usd"] == pytest.approx(sum(e.cost_usd for e in old + recent), abs=1e-6)
     assert figures["total"]["errors"] == sum(e.outcome != "ok" for e in old + recent)
     assert figures["total"]["latency_samples"] == 100
+
+
+async def test_hourly_roll_ups_keep_each_models_failed_attempts_and_what_it_billed(tmp_path: Path) -> None:
+    now = BASE_TIME + 86_400
+    old = now - 40 * 86_400
+    exchanges = [make_exchange(i, started_at=old + i * 40) for i in range(300)]
+    exchanges += [cascaded_exchange(i, started_at=old + i * 300) for i in range(30)]
+    raw = summarize(rows_of(exchanges, False))
+    assert raw["total"]["failed_attempts"] > 0 and raw["models"][MODELS[0]]["cost_usd"] > 0
+    telemetry = Telemetry(sqlite_settings(tmp_path, retention_days=30))
+    await telemetry.start()
+    for exchange in exchanges:
+        telemetry.record(exchange)
+    assert await telemetry.roll_up(now) == len(exchanges)
+    await telemetry.aclose()
+    out = tmp_path / "report.json"
+    assert await report_to(out, "--db", f"sqlite:///{tmp_path}/log.sqlite3", "--json") == 0
+    rolled = json.loads(out.read_text())
+    assert rolled["total"]["latency_samples"] == 0  # every figure below comes from the hourly rows
+    assert_same_counts(raw, rolled)
+
+
+async def test_a_log_without_hourly_failed_attempts_gains_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite3"
+    telemetry = Telemetry(sqlite_settings(tmp_path, retention_days=1))
+    await telemetry.start()
+    telemetry.record(make_exchange(1, started_at=time.time()))  # answered at once: no failed attempt
+    await telemetry.aclose()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:  # the hourly table as earlier releases made it
+        db.execute("DROP TABLE exchanges_hourly")
+        db.execute("CREATE TABLE exchanges_hourly (hour REAL NOT NULL, model TEXT NOT NULL, route TEXT NOT NULL, "
+                   "lane TEXT NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL, timeouts INTEGER NOT "
+                   "NULL, escalated_ok INTEGER NOT NULL, tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL, "
+                   "conversations INTEGER NOT NULL, fallbacks INTEGER NOT NULL, simulated INTEGER NOT NULL, "
+                   "cost_usd REAL NOT NULL, PRIMARY KEY (hour, model, route, lane))")
+        db.execute("INSERT INTO exchanges_hourly VALUES (?, 'm', 'r', 'primary', 5, 1, 0, 0, 10, 20, 5, 0, 0, 0.5)",
+                   (BASE_TIME - 7200,))
+    out = tmp_path / "report.json"
+    assert await report_to(out, "--db", f"sqlite:///{path}", "--json") == 0
+    figures = json.loads(out.read_text())
+    assert figures["total"]["requests"] == 6 and figures["total"]["failed_attempts"] == 0
+    telemetry = Telemetry(sqlite_settings(tmp_path, retention_days=1))
+    await telemetry.start()
+    telemetry.record(make_exchange(7, started_at=BASE_TIME - 3 * 86_400))  # one failed attempt
+    await telemetry.roll_up(BASE_TIME)
+    await telemetry.aclose()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT sum(failed_attempts), sum(requests) FROM exchanges_hourly").fetchone() == (1, 6)
+        assert db.execute("SELECT count(*) FROM exchanges").fetchone() == (1,)
 
 
 async def report_to(path: Path, *argv: str) -> int:

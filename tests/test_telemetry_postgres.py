@@ -14,10 +14,22 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from _pg import BASE_TIME, PostgresServer, make_exchange, postgres_server, report, total
+from _pg import (
+    BASE_TIME,
+    MODELS,
+    PostgresServer,
+    assert_same_counts,
+    cascaded_exchange,
+    make_exchange,
+    postgres_server,
+    report,
+    total,
+)
 from laneway.exchange import Attempt, Exchange
 from laneway.telemetry import Telemetry, TelemetrySettings, _postgres, add_commands
 from laneway.telemetry._store import schema
+from laneway.telemetry._summary import summarize
+from laneway.telemetry._window import rows_of
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +137,58 @@ async def test_a_cascade_charges_each_model_what_it_billed_on_postgres(
     assert await asyncio.to_thread(report, "--db", dsn, "--json") == 0
     models = json.loads(capsys.readouterr().out)["models"]
     assert {m: f["cost_usd"] for m, f in models.items()} == pytest.approx({"cheap": 0.01, "strong": 0.05})
+
+
+def report_json(dsn: str) -> dict[str, Any]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert report("--db", dsn, "--json") == 0
+    figures: dict[str, Any] = json.loads(out.getvalue())
+    return figures
+
+
+async def test_hourly_roll_ups_keep_each_models_failed_attempts_and_what_it_billed_on_postgres(
+        server: PostgresServer) -> None:
+    dsn = await server.database()
+    now = BASE_TIME + 86_400
+    old = now - 40 * 86_400
+    exchanges = [make_exchange(i, started_at=old + i * 40) for i in range(300)]
+    exchanges += [cascaded_exchange(i, started_at=old + i * 300) for i in range(30)]
+    raw = summarize(rows_of(exchanges, False))
+    assert raw["total"]["failed_attempts"] > 0 and raw["models"][MODELS[0]]["cost_usd"] > 0
+    telemetry = Telemetry(TelemetrySettings(exchange_log=dsn, retention_days=30))
+    await telemetry.start()
+    for exchange in exchanges:
+        telemetry.record(exchange)
+    assert await telemetry.roll_up(now) == len(exchanges)
+    await telemetry.aclose()
+    rolled = await asyncio.to_thread(report_json, dsn)
+    assert rolled["total"]["latency_samples"] == 0  # every figure below comes from the hourly rows
+    assert_same_counts(raw, rolled)
+
+
+async def test_a_report_reads_a_log_of_an_earlier_release_without_converting_it(server: PostgresServer) -> None:
+    dsn = await server.database()
+    telemetry = Telemetry(TelemetrySettings(exchange_log=dsn))
+    await telemetry.start()
+    await telemetry.aclose()
+    db = await asyncpg.connect(dsn)
+    try:  # the hourly table as earlier releases made it, without `failed_attempts`
+        await db.execute("ALTER TABLE exchanges_hourly DROP COLUMN failed_attempts")
+        await db.execute("INSERT INTO exchanges_hourly (hour, model, route, lane, requests, errors, timeouts, "
+                         "escalated_ok, tokens_in, tokens_out, conversations, fallbacks, simulated, cost_usd) "
+                         "VALUES ($1, 'm', 'r', 'primary', 5, 1, 0, 0, 10, 20, 5, 0, 0, 0.5)", BASE_TIME - 7200)
+    finally:
+        await db.close()
+    figures = await asyncio.to_thread(report_json, dsn)
+    assert figures["total"]["requests"] == 5 and figures["total"]["failed_attempts"] == 0
+    assert await scalar(dsn, "SELECT count(*) FROM information_schema.columns WHERE "
+                             "table_name = 'exchanges_hourly' AND column_name = 'failed_attempts'") == 0
+    telemetry = Telemetry(TelemetrySettings(exchange_log=dsn))  # the gateway converts it
+    await telemetry.start()
+    await telemetry.aclose()
+    assert await scalar(dsn, "SELECT count(*) FROM information_schema.columns WHERE "
+                             "table_name = 'exchanges_hourly' AND column_name = 'failed_attempts'") == 1
 
 
 async def test_retention_and_report_on_postgres_match_stats(server: PostgresServer) -> None:

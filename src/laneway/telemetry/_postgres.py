@@ -9,11 +9,13 @@ from typing import Any, TypeVar
 from laneway.errors import ConfigError, ConfigIssue
 from laneway.telemetry._records import ExchangeRow, HourlyRow, LogRecord
 from laneway.telemetry._store import (
+    ADDED_HOURLY_COLUMNS,
     FETCH_HOURLY_SQL,
     HOUR_S,
     ExchangeLogUnavailable,
     added_columns,
     exchange_row,
+    fetch_hourly_sql,
     fetch_rows_sql,
     numbered,
     postgres_insert_sql,
@@ -26,8 +28,8 @@ from laneway.telemetry._store import (
 T = TypeVar("T")
 Connection = Any  # asyncpg ships no type information
 _INSERT = postgres_insert_sql()
-_ROLL_UP, _DELETE = (numbered(sql) for sql in roll_up_sql(1))
-_FETCH_ROWS, _FETCH_HOURLY = numbered(fetch_rows_sql(1)), numbered(FETCH_HOURLY_SQL)
+_ROLL_UP, _ROLL_UP_ATTEMPTS, _DELETE = (numbered(sql) for sql in roll_up_sql(1))
+_FETCH_ROWS = numbered(fetch_rows_sql(1))
 CONNECT_TIMEOUT_S = 5.0
 # A server that accepts the connection but stops answering (stopped, overloaded, locked) must not hold
 # the writer, or the shutdown, for good: past these, the statement counts as a failure and the
@@ -60,6 +62,7 @@ class PostgresStore:
         self._reading = reading  # for a report: never create the tables
         self._driver = _asyncpg()
         self._db: Connection | None = None
+        self._fetch_hourly = numbered(FETCH_HOURLY_SQL)
         self._failures: tuple[type[BaseException], ...] = (
             OSError,
             self._driver.PostgresError,
@@ -82,6 +85,7 @@ class PostgresStore:
         async def work(db: Connection) -> int:
             async with db.transaction():
                 await db.execute(_ROLL_UP, cutoff)
+                await db.execute(_ROLL_UP_ATTEMPTS, cutoff, cutoff)
                 status: str = await db.execute(_DELETE, cutoff)
             return int(status.rsplit(" ", 1)[-1])
 
@@ -94,7 +98,7 @@ class PostgresStore:
 
         async def work(db: Connection) -> tuple[list[ExchangeRow], list[HourlyRow]]:
             rows = [exchange_row(tuple(r)) for r in await db.fetch(_FETCH_ROWS, start, end)]
-            hourly = [HourlyRow(*tuple(r)) for r in await db.fetch(_FETCH_HOURLY, start - HOUR_S, end)]
+            hourly = [HourlyRow(*tuple(r)) for r in await db.fetch(self._fetch_hourly, start - HOUR_S, end)]
             return rows, hourly
 
         return await self._run(lambda: self._with_connection(work), LONG_TIMEOUT_S)
@@ -131,6 +135,11 @@ class PostgresStore:
                     await db.close()
                     raise ExchangeLogUnavailable(f"`{redacted(self.url)}` is not a Laneway exchange log (it has "
                                                  "no `exchanges` table); pass the gateway's log with `--db`")
+                # A report does not convert a log of an earlier release: what it lacks reads as 0.
+                present = {r[0] for r in await db.fetch(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = 'exchanges_hourly' "
+                    "AND table_schema = current_schema()")}
+                self._fetch_hourly = numbered(fetch_hourly_sql([n for n in ADDED_HOURLY_COLUMNS if n not in present]))
                 self._db = db
                 return db
             async with db.transaction():

@@ -58,6 +58,9 @@ class HourlyRow(NamedTuple):
     conversations: int
     fallbacks: int
     simulated: int
+    # Attempts at this model that failed, on this route. Rows with no requests carry only these and
+    # the cost of attempts at this model in exchanges another model answered (a cascade's first answer).
+    failed_attempts: int = 0
 
 
 # One exchange as the stores receive it: its start time, and its `LOG_COLUMNS` values as one JSON

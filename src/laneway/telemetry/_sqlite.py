@@ -27,6 +27,7 @@ from typing import TypeVar
 
 from laneway.telemetry._records import LOG_COLUMNS, ExchangeRow, HourlyRow, LogRecord
 from laneway.telemetry._store import (
+    ADDED_HOURLY_COLUMNS,
     FETCH_HOURLY_SQL,
     HOUR_S,
     JSON_COLUMNS,
@@ -56,7 +57,7 @@ WRITER_NICENESS = 10
 _INSERT = f"INSERT INTO {RECORDS_TABLE} (started_at, record) VALUES (?, ?)"  # noqa: S608 (constant)
 _INSERT_MANY = _INSERT + ", (?, ?)" * (ROWS_PER_INSERT - 1)
 _VIEW = exchange_view_sql()
-_ROLL_UP, _DELETE = roll_up_sql(0)
+_ROLL_UP, _ROLL_UP_ATTEMPTS, _DELETE = roll_up_sql(0)
 _FETCH_ROWS = fetch_rows_sql(0)
 
 
@@ -133,6 +134,7 @@ class SqliteStore:
         cutoff = cutoff // HOUR_S * HOUR_S
         with _transaction(db):
             db.execute(_ROLL_UP, (cutoff,))
+            db.execute(_ROLL_UP_ATTEMPTS, (cutoff, cutoff))
             return db.execute(_DELETE, (cutoff,)).rowcount
 
     def _fetch(self, since: float | None, until: float | None) -> tuple[list[ExchangeRow], list[HourlyRow]]:
@@ -151,11 +153,13 @@ class SqliteStore:
 def _prepare(db: sqlite3.Connection, url: str) -> None:
     """Create the tables and the view, or convert a log of an earlier release. A log that is up to
     date is only read: workers opening the same file do not queue for its write lock."""
-    if _exchanges(db) == ("view", _VIEW):
+    if _exchanges(db) == ("view", _VIEW) and not _missing_hourly_columns(db):
         return
     with _transaction(db):  # one at a time, when several workers open the same file
         for statement in schema(0):
             db.execute(statement)
+        for name in _missing_hourly_columns(db):
+            db.execute(f"ALTER TABLE exchanges_hourly ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0")
         kind, sql = _exchanges(db)
         if kind == "table":
             _convert_columns(db, url)
@@ -163,6 +167,12 @@ def _prepare(db: sqlite3.Connection, url: str) -> None:
             db.execute("DROP VIEW exchanges")  # from a release with other columns
         if sql != _VIEW:
             db.execute(_VIEW)
+
+
+def _missing_hourly_columns(db: sqlite3.Connection) -> list[str]:
+    """Hourly columns a log of an earlier release lacks (all of them, before the table exists)."""
+    present = {str(column[1]) for column in db.execute("PRAGMA table_info(exchanges_hourly)")}
+    return [name for name in ADDED_HOURLY_COLUMNS if name not in present]
 
 
 def _exchanges(db: sqlite3.Connection) -> tuple[str | None, str | None]:

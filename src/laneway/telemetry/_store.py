@@ -10,7 +10,7 @@ them in SQL.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,6 +23,7 @@ from laneway.telemetry._records import (
     LOG_COLUMNS,
     NOT_FAILED,
     ROW_COLUMNS,
+    SHADOW_LANE,
     ExchangeRow,
     HourlyRow,
     LogRecord,
@@ -143,7 +144,14 @@ def _view_column(index: int, name: str) -> str:
 
 def added_columns() -> list[str]:
     """PostgreSQL: `ALTER TABLE` statements for the columns a log created by an older release lacks."""
-    return [f"ALTER TABLE exchanges ADD COLUMN IF NOT EXISTS {n} {column_type(n, 1)}" for n in ADDED_COLUMNS]
+    return [f"ALTER TABLE exchanges ADD COLUMN IF NOT EXISTS {n} {column_type(n, 1)}" for n in ADDED_COLUMNS] + [
+        f"ALTER TABLE exchanges_hourly ADD COLUMN IF NOT EXISTS {n} BIGINT NOT NULL DEFAULT 0"
+        for n in ADDED_HOURLY_COLUMNS
+    ]
+
+
+# Hourly columns added after the first release; a log created before them gains them on open, as 0.
+ADDED_HOURLY_COLUMNS = ("failed_attempts",)
 
 
 _HOURLY_COUNTS = (
@@ -156,6 +164,7 @@ _HOURLY_COUNTS = (
     "conversations",
     "fallbacks",
     "simulated",
+    "failed_attempts",
 )
 _HOURLY_SELECT = {
     "requests": "COUNT(*)",
@@ -170,6 +179,7 @@ _HOURLY_SELECT = {
     ),
     "fallbacks": "SUM(fallbacks)",
     "simulated": "SUM(CASE WHEN simulated THEN 1 ELSE 0 END)",
+    "failed_attempts": "0",  # all of them come from the attempts, in `_attempts_roll_up`
 }
 HOURLY_COLUMNS = HourlyRow._fields
 # The statements below are assembled from the constant column names above, never from input: every
@@ -197,8 +207,9 @@ def _from_record(index: int, name: str) -> str:
     return f"(r->>{index})::{cast}" if cast else f"r->>{index}"
 
 
-def roll_up_sql(dialect: int) -> tuple[str, str]:
-    """Upsert hourly aggregates of raw rows older than the cutoff, then delete those rows."""
+def roll_up_sql(dialect: int) -> tuple[str, str, str]:
+    """Upsert hourly aggregates of raw rows older than the cutoff (the exchanges, then their
+    attempts), then delete those rows. Each statement takes the cutoff as its one parameter."""
     hour = (
         "CAST(started_at / 3600 AS INTEGER) * 3600.0" if dialect == 0 else "floor(started_at / 3600) * 3600"
     )
@@ -211,7 +222,41 @@ def roll_up_sql(dialect: int) -> tuple[str, str]:
         f"ON CONFLICT (hour, model, route, lane) DO UPDATE SET {merge}"
     )
     table = RECORDS_TABLE if dialect == 0 else "exchanges"
-    return upsert, f"DELETE FROM {table} WHERE started_at < ?"  # noqa: S608
+    return upsert, _attempts_roll_up(dialect, hour), f"DELETE FROM {table} WHERE started_at < ?"  # noqa: S608
+
+
+def _attempts_roll_up(dialect: int, hour: str) -> str:
+    """What the hourly rows keep of the attempts, as `summarize` reads them from raw rows: each failed
+    attempt counts against its model, and the cost of an attempt at another model than the one that
+    answered (a cascade's first answer, a verifier's grade) moves to that model. Only exchanges with
+    more than one attempt, or that failed, are looked at; shadows are not. The rows this adds for a
+    model that answered nothing have no requests."""
+    if dialect == 0:
+        attempt, cost = "json_extract(a.value, '$.{}')", "json_extract(a.value, '$.cost_usd')"
+        source, length, other = "exchanges e, json_each(e.attempts) a", "json_array_length(e.attempts)", "IS NOT"
+    else:
+        attempt, cost = "a->>'{}'", "(a->>'cost_usd')::float8"
+        source, length, other = ("exchanges e, jsonb_array_elements(e.attempts) a",
+                                 "jsonb_array_length(e.attempts)", "IS DISTINCT FROM")
+    model, outcome = attempt.format("model"), attempt.format("outcome")
+    moved = f"{length} > 1 AND {cost} > 0 AND {model} {other} e.model"
+    scope = f"e.started_at < ? AND e.lane <> '{SHADOW_LANE}' AND ({length} > 1 OR e.outcome <> 'ok')"
+    at = hour.replace("started_at", "e.started_at")
+    counts = [name for name in HOURLY_COLUMNS[4:] if name not in ("cost_usd", "failed_attempts")]
+    # The parameter is bound twice: SQLite's `?` once per use, PostgreSQL's `$1` by `numbered`, once per `?`.
+    return (
+        f"INSERT INTO exchanges_hourly ({', '.join(HOURLY_COLUMNS[:4])}, {', '.join(counts)}, "  # noqa: S608
+        f"cost_usd, failed_attempts) SELECT hour, model, route, lane, {', '.join('0' for _ in counts)}, "
+        "SUM(moved), SUM(failed) FROM ("
+        f"SELECT {at} AS hour, COALESCE({model}, '') AS model, COALESCE(e.route, '') AS route, e.lane AS lane, "
+        f"CASE WHEN {outcome} NOT IN {_NOT_FAILED} THEN 1 ELSE 0 END AS failed, "
+        f"CASE WHEN {moved} THEN {cost} ELSE 0 END AS moved FROM {source} WHERE {scope} "
+        f"UNION ALL SELECT {at}, COALESCE(e.model, ''), COALESCE(e.route, ''), e.lane, 0, -{cost} "
+        f"FROM {source} WHERE {scope} AND {moved}"
+        ") AS attempts WHERE true GROUP BY 1, 2, 3, 4 "
+        "ON CONFLICT (hour, model, route, lane) DO UPDATE SET cost_usd = exchanges_hourly.cost_usd + "
+        "excluded.cost_usd, failed_attempts = exchanges_hourly.failed_attempts + excluded.failed_attempts"
+    )
 
 
 # Per dialect (SQLite, PostgreSQL). The entry lane and model come from the first attempt, so rows
@@ -253,10 +298,13 @@ def fetch_rows_sql(dialect: int) -> str:
     )
 
 
-FETCH_HOURLY_SQL = (
-    f"SELECT {', '.join(HOURLY_COLUMNS)} FROM exchanges_hourly "  # noqa: S608
-    "WHERE hour > ? AND hour < ? ORDER BY hour"
-)
+def fetch_hourly_sql(missing: Collection[str] = ()) -> str:
+    """The hourly rows of a window; `missing` columns (of a log a report may not convert) read as 0."""
+    columns = ", ".join(f"0 AS {name}" if name in missing else name for name in HOURLY_COLUMNS)
+    return f"SELECT {columns} FROM exchanges_hourly WHERE hour > ? AND hour < ? ORDER BY hour"  # noqa: S608
+
+
+FETCH_HOURLY_SQL = fetch_hourly_sql()
 
 
 def window(since: float | None, until: float | None) -> tuple[float, float]:

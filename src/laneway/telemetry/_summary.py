@@ -86,6 +86,7 @@ class _Group:
         self.fallbacks += hour.fallbacks
         self.simulated += hour.simulated
         self.anonymous_conversations += hour.conversations
+        self.failed_attempts += hour.failed_attempts
 
     def finish(self, total_requests: int, minutes: float) -> dict[str, Any]:
         self.latencies.sort()
