@@ -30,6 +30,7 @@ from ._asgi import (
 )
 from ._chat import chat_completions
 from ._openapi import openapi_document
+from ._peers import Peers
 
 log = logging.getLogger("laneway")
 _PROMETHEUS = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
@@ -37,11 +38,14 @@ _HTML = (b"content-type", b"text/html; charset=utf-8")
 
 
 class App:
-    """`App(gateway)` is an ASGI 3 application; `lifespan` closes the gateway at shutdown."""
+    """`App(gateway)` is an ASGI 3 application; `lifespan` closes the gateway at shutdown. A worker of
+    `laneway serve --workers N` passes its `peers`, so that `/metrics` describes every worker."""
 
-    def __init__(self, gateway: Gateway, reloaded: Callable[[], None] | None = None) -> None:
+    def __init__(self, gateway: Gateway, reloaded: Callable[[], None] | None = None,
+                 peers: Peers | None = None) -> None:
         self.gateway = gateway
         self._reloaded = reloaded  # after a reload through `POST /admin/reload`: tell the other workers
+        self._peers = peers
         self._get = {
             "/healthz": self._healthz, "/readyz": self._readyz, "/v1/models": self._models,
             "/admin/config": self._admin_config, "/metrics": self._metrics, "/admin/stats": self._stats,
@@ -163,7 +167,9 @@ class App:
                                        "warnings": [str(w) for w in config.warnings]}, base)
 
     async def _metrics(self, send: Send, base: Headers, scope: Scope) -> None:
-        await respond(send, 200, self._telemetry().render_metrics(), [_PROMETHEUS, *base])
+        telemetry = self._telemetry()
+        body = telemetry.render_metrics() if self._peers is None else await self._peers.metrics()
+        await respond(send, 200, body, [_PROMETHEUS, *base])
 
     async def _stats(self, send: Send, base: Headers, scope: Scope) -> None:
         since, until = _stats_window(parse_qs(scope.get("query_string", b"").decode("latin-1")))

@@ -22,6 +22,7 @@ from ..errors import ConfigError, ConfigIssue
 from ..gateway import Gateway
 from ..telemetry import Telemetry
 from ._app import App
+from ._peers import WorkerSockets, serve_peers
 
 log = logging.getLogger("laneway")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -67,8 +68,10 @@ async def fleet_process(config: Config) -> AsyncIterator[str]:
 
 
 async def serve(config_path: str | Path | None, host: str, port: int, allow_unauthenticated: bool = False, *,
-                sockets: list[socket.socket] | None = None, sim_url: str | None = None) -> None:
-    """Serve one gateway process; `laneway serve --workers N` runs N of these on one shared socket."""
+                sockets: list[socket.socket] | None = None, sim_url: str | None = None,
+                worker: WorkerSockets | None = None) -> None:
+    """Serve one gateway process; `laneway serve --workers N` runs N of these on one shared socket,
+    each also on its private socket (`worker`)."""
     config = load_config(config_path)
     check_exposure(config, host, allow_unauthenticated)
     if config.warnings:
@@ -81,6 +84,7 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
         telemetry = Telemetry(config.telemetry, simulated=config.simulated)
         await telemetry.start()
         stack.push_async_callback(telemetry.aclose)  # runs after the gateway has closed: flushes the log
+        peers = await stack.enter_async_context(serve_peers(worker, telemetry)) if worker is not None else None
         gateway = await Gateway.start(config, config_path=config_path, sim_url=sim_url, telemetry=telemetry,
                                       warm=False)
         gateway.vet = lambda new: check_exposure(new, host, allow_unauthenticated)
@@ -92,9 +96,9 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
         label = " (simulated fleet)" if config.simulated else ""
         print(f"laneway: serving {config.source}{label} on http://{host}:{port} "
               f"- {len(config.routes)} routes, {len(config.models)} models", flush=True)
+        app = App(gateway, _reload_every_worker if sockets is not None else None, peers)
         server = _Server(uvicorn.Config(
-            App(gateway, _reload_every_worker if sockets is not None else None), host=host, port=port, loop="none",
-            http="httptools", lifespan="on",
+            app, host=host, port=port, loop="none", http="httptools", lifespan="on",
             access_log=False, log_level="warning", timeout_keep_alive=30, backlog=4096, proxy_headers=False,
         ))
         server.graceful_only = sockets is not None

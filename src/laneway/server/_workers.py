@@ -3,9 +3,11 @@
 The parent binds the socket, starts the simulated fleet once (when the config uses it), and
 supervises the workers: one that dies is replaced, SIGHUP is passed on (each worker reloads; a
 worker that reloads through `POST /admin/reload` sends the parent a SIGHUP), SIGINT/SIGTERM stop
-them gracefully (each flushes its exchange log). Each worker has its own metrics and in-memory
-figures: `/metrics` and `/admin/stats` describe the worker that answered. Gates, cache and
-breakers are shared through `state: redis://...` when the config sets it.
+them gracefully (each flushes its exchange log). Each worker keeps its own metrics, and also
+listens on a private Unix socket in a directory the parent creates for the run: there the worker
+that answers `/metrics` fetches the others', so a scrape describes every worker. `/admin/stats`
+describes the worker that answered. Gates, cache and breakers are shared through
+`state: redis://...` when the config sets it.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -25,6 +29,7 @@ from types import FrameType
 from typing import Any
 
 from ..config import SimSettings, load_config
+from ._peers import WorkerSockets
 from ._serve import check_exposure, fleet_command
 
 log = logging.getLogger("laneway")
@@ -44,14 +49,16 @@ def serve_workers(config_path: str | Path | None, host: str, port: int, workers:
     sock.set_inheritable(True)
     fleet = _start_fleet(config.sim) if config.simulated else None
     args = (config_path, host, port, sock, fleet[1] if fleet else None, allow_unauthenticated)
-    supervisor = _Supervisor(multiprocessing.get_context("spawn"), args, workers)
-    print(f"laneway: {workers} workers serving on http://{host}:{port}", flush=True)
-    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, supervisor.forward)
+    private = tempfile.mkdtemp(prefix="laneway-workers-")  # mode 0700: no other user reaches the workers there
     try:
+        supervisor = _Supervisor(multiprocessing.get_context("spawn"), args, workers, private)
+        print(f"laneway: {workers} workers serving on http://{host}:{port}", flush=True)
+        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, supervisor.forward)
         return supervisor.run()
     finally:
         sock.close()
+        shutil.rmtree(private, ignore_errors=True)
         if fleet is not None:
             fleet[0].terminate()
             fleet[0].wait(10)
@@ -60,11 +67,14 @@ def serve_workers(config_path: str | Path | None, host: str, port: int, workers:
 class _Supervisor:
     """Keeps `count` workers running: one that dies is replaced (a worker that keeps dying within
     `EARLY_EXIT_S` of its start, `MAX_EARLY_EXITS` times in a row, ends the whole server with exit code 1);
-    SIGHUP is passed on to every worker, SIGINT and SIGTERM stop them gracefully."""
+    SIGHUP is passed on to every worker, SIGINT and SIGTERM stop them gracefully. Worker `i`, and any
+    that replaces it, has its private socket at the same path in `private`."""
 
-    def __init__(self, context: Any, args: tuple[Any, ...], count: int) -> None:
+    def __init__(self, context: Any, args: tuple[Any, ...], count: int, private: str) -> None:
         self._context = context
         self._args = args
+        self._private = private
+        self._count = count
         self._stopping = False
         self._early_exits = 0
         self._workers: list[tuple[Any, float]] = [self._start(i) for i in range(count)]
@@ -96,7 +106,8 @@ class _Supervisor:
         return 0
 
     def _start(self, i: int) -> tuple[Any, float]:
-        process = self._context.Process(target=_worker, args=self._args, name=f"laneway-worker-{i}")
+        args = (*self._args, WorkerSockets(self._private, i, self._count))
+        process = self._context.Process(target=_worker, args=args, name=f"laneway-worker-{i}")
         process.start()
         return process, time.monotonic()
 
@@ -111,13 +122,14 @@ def _signal(pid: int, sig: int) -> None:
 
 
 def _worker(config_path: str | Path | None, host: str, port: int, sock: socket.socket, sim_url: str | None,
-            allow_unauthenticated: bool) -> None:
+            allow_unauthenticated: bool, worker: WorkerSockets) -> None:
     import uvloop
 
     from ._serve import serve
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    uvloop.run(serve(config_path, host, port, allow_unauthenticated, sockets=[sock], sim_url=sim_url))
+    uvloop.run(serve(config_path, host, port, allow_unauthenticated, sockets=[sock], sim_url=sim_url,
+                     worker=worker))
 
 
 def _start_fleet(sim: SimSettings) -> tuple[subprocess.Popen[str], str]:

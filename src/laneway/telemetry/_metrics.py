@@ -7,7 +7,7 @@ pump drains recorded exchanges into `GatewayMetrics.observe`); rendering walks t
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from laneway.exchange import Exchange
@@ -54,6 +54,15 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "Exchanges waiting to be written to the exchange log.",
     ),
     "laneway_exchange_log_up": ("gauge", "1 if the last write to the exchange log succeeded, else 0."),
+}
+
+# Only `laneway serve --workers N` renders these, after the families every worker declares itself.
+WORKER_UP = "laneway_worker_up"
+WORKER_FAMILIES: dict[str, tuple[str, str]] = {
+    WORKER_UP: (
+        "gauge",
+        "1 if the worker answered this scrape, else 0 (its samples are missing from it), by worker index.",
+    ),
 }
 
 
@@ -210,6 +219,15 @@ class GatewayMetrics:
                 yield from histogram.lines(name, _labels(("route",), (route,)))
         else:
             yield from _log_samples(name, log)
+
+
+def worker_up_lines(answered: Mapping[int, bool]) -> Iterator[str]:
+    """`laneway_worker_up` for each worker index: whether its samples are in this scrape."""
+    kind, help_text = WORKER_FAMILIES[WORKER_UP]
+    yield f"# HELP {WORKER_UP} {help_text}"
+    yield f"# TYPE {WORKER_UP} {kind}"
+    for index, up in sorted(answered.items()):
+        yield f'{WORKER_UP}{{worker="{index}"}} {int(up)}'
 
 
 def _histogram(table: dict[str, Histogram], key: str, bounds: tuple[float, ...]) -> Histogram:
