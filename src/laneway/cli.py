@@ -187,6 +187,8 @@ def _lanes(route: Route) -> str:
         parts.append(f"retrieval {route.retrieval.knowledge}{miss}")
     if route.cache.mode != "off":
         parts.append(f"cache {route.cache.mode}")
+    if route.trim != "none":
+        parts.append(f"trim {route.trim}")
     return ", ".join(parts)
 
 

@@ -33,15 +33,40 @@ class TokenCounter:
         total = _PRIMING
         for message in messages:
             total += _PER_MESSAGE + self._encode_len(message_text(message))
-        if tokenizer == "approx":
-            return math.ceil(total * APPROX_MARGIN)
-        return total
+        return _scaled(total, tokenizer)
+
+    def trim_oldest(self, messages: list[Message], tokenizer: str, limit: int) -> tuple[list[Message], int, int] | None:
+        """The conversation without its oldest messages, so that it counts at most `limit` tokens:
+        (messages, how many were dropped, tokens). System and developer messages stay, and so does the
+        latest user message with everything after it. What is kept of the dialog starts with a user
+        message, so no tool result is kept without its call. None when even that much does not fit,
+        or there is no user message."""
+        last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+        if last_user < 0:
+            return None
+        sizes = [_PER_MESSAGE + self._encode_len(message_text(m)) for m in messages]
+        total = _PRIMING + sum(sizes)
+        pinned = [m.get("role") in ("system", "developer") for m in messages]
+        dropped: set[int] = set()
+        for i in range(last_user):
+            if _scaled(total, tokenizer) <= limit and messages[i].get("role") == "user":
+                break  # fits, and what is kept starts with a customer's turn
+            if not pinned[i]:
+                dropped.add(i)
+                total -= sizes[i]
+        if _scaled(total, tokenizer) > limit:
+            return None
+        return [m for i, m in enumerate(messages) if i not in dropped], len(dropped), _scaled(total, tokenizer)
 
     def text_tokens(self, text: str) -> int:
         return self._encode_len(text)
 
     def warm(self) -> None:
         self._encode_len("warm")
+
+
+def _scaled(total: int, tokenizer: str) -> int:
+    return math.ceil(total * APPROX_MARGIN) if tokenizer == "approx" else total
 
 
 def upper_bound(messages: list[Message]) -> int:

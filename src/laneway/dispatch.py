@@ -111,12 +111,12 @@ class Dispatcher:
     async def complete(self, plan: Plan, messages: list[Message], params: dict[str, Any],
                        exchange: Exchange) -> Completion:
         errors: list[UpstreamError] = []
-        async for lane, name, request, ticket in self._lanes(plan, messages, params, exchange):
+        async for lane, name, request, ticket, trimmed in self._lanes(plan, messages, params, exchange):
             try:
                 for attempt_no in range(self._tries(plan)):
                     if _expired(plan):
                         raise self._give_up(errors, exchange)
-                    attempt = Attempt(name, OK, lane=lane)
+                    attempt = Attempt(name, OK, lane=lane, trimmed_messages=trimmed)
                     exchange.attempts.append(attempt)
                     started = time.perf_counter()
                     try:
@@ -129,7 +129,7 @@ class Dispatcher:
                             break
                         continue
                     self._succeeded(attempt, started, name, exchange, completion.usage)
-                    exchange.lane, exchange.model = lane, name
+                    exchange.lane, exchange.model, exchange.trimmed_messages = lane, name, trimmed
                     ticket.used = (completion.usage.total_tokens, attempt.cost_usd, attempt.latency_ms)
                     return completion
             finally:
@@ -139,12 +139,12 @@ class Dispatcher:
     async def stream(self, plan: Plan, messages: list[Message], params: dict[str, Any],
                      exchange: Exchange) -> Started:
         errors: list[UpstreamError] = []
-        async for lane, name, request, ticket in self._lanes(plan, messages, params, exchange):
+        async for lane, name, request, ticket, trimmed in self._lanes(plan, messages, params, exchange):
             for attempt_no in range(self._tries(plan)):
                 if _expired(plan):
                     ticket.release()
                     raise self._give_up(errors, exchange)
-                attempt = Attempt(name, OK, lane=lane)
+                attempt = Attempt(name, OK, lane=lane, trimmed_messages=trimmed)
                 exchange.attempts.append(attempt)
                 started = time.perf_counter()
                 chunks = self.runtime.providers[name].stream(request, plan.deadline)
@@ -165,7 +165,7 @@ class Dispatcher:
                     attempt.ttft_ms = (time.perf_counter() - started) * 1000
                     exchange.upstream_ms += attempt.ttft_ms
                     self.runtime.breakers[name].success()
-                    exchange.lane, exchange.model = lane, name
+                    exchange.lane, exchange.model, exchange.trimmed_messages = lane, name, trimmed
                     return Started(name, lane, attempt, first, ticket.hold(chunks), request, started)
                 await close_stream(chunks)
                 self._failed(attempt, error, started, name, exchange)
@@ -179,9 +179,12 @@ class Dispatcher:
         return plan.route.retry.attempts if plan.route else 2
 
     async def _lanes(self, plan: Plan, messages: list[Message], params: dict[str, Any],
-                     exchange: Exchange) -> AsyncIterator[tuple[str, str, ChatRequest, Ticket]]:
+                     exchange: Exchange) -> AsyncIterator[tuple[str, str, ChatRequest, Ticket, int]]:
         """Walk the plan's lanes: skip (and record) models that cannot hold the prompt or whose breaker
-        is open, pass each gate, and add the `long_context` or `degrade_to` model when one is needed."""
+        is open, pass each gate, and add the `long_context` or `degrade_to` model when one is needed.
+        A prompt too long for a model goes to the route's `long_context` model first; with `trim:
+        oldest`, a model it is still too long for gets it without its oldest messages (the count is
+        the last value yielded)."""
         lanes = plan.lanes
         overflow: list[str] = []
         refused: list[Refusal] = []
@@ -197,16 +200,25 @@ class Dispatcher:
                 refused.append(refusal._replace(reason=f"`{name}` ({spec.provider}): {refusal.reason}"))
                 continue
             request = prepare(spec, messages, params)
+            trimmed = 0
             ok, prompt = fits(self.counter, spec, request)
             if not ok:
-                exchange.attempts.append(Attempt(name, SKIPPED, prompt_tokens=prompt, lane=lane,
-                                                 error=f"context_window: {prompt} tokens > {spec.context_window}"))
-                overflow.append(f"`{name}` holds {spec.context_window}")
-                exchange.prompt_tokens = max(exchange.prompt_tokens, prompt)
                 long_context = plan.route.long_context if plan.route else None
-                if long_context and all(n != long_context for _, n in lanes):
-                    lanes.insert(i, ("fallback", long_context))
-                continue
+                if any(n == long_context for _, n in lanes):
+                    long_context = None  # in the plan already
+                # Trimmed only where no model later in the plan has the room for the whole conversation.
+                needed = prompt + request.max_tokens(0)
+                roomier = any(self.runtime.config.models[n].context_window >= needed for _, n in lanes[i:])
+                cut = None if long_context is not None or roomier else self._trim(plan, spec, request)
+                if cut is None:
+                    exchange.attempts.append(Attempt(name, SKIPPED, prompt_tokens=prompt, lane=lane,
+                                                     error=f"context_window: {prompt} tokens > {spec.context_window}"))
+                    overflow.append(f"`{name}` holds {spec.context_window}")
+                    exchange.prompt_tokens = max(exchange.prompt_tokens, prompt)
+                    if long_context is not None:
+                        lanes.insert(i, ("fallback", long_context))
+                    continue
+                request, trimmed, prompt = cut
             if not self.runtime.breakers[name].allows(asyncio.get_running_loop().time()):
                 exchange.attempts.append(Attempt(name, SKIPPED, lane=lane, error="cooldown: breaker open"))
                 continue
@@ -214,7 +226,7 @@ class Dispatcher:
             ticket = Ticket(gate)
             if gate is not None and not await self._admit(gate, ticket, plan, lane, spec, request, prompt, exchange):
                 continue
-            yield lane, name, request, ticket
+            yield lane, name, request, ticket, trimmed
         if refused and not any(a.outcome != SKIPPED for a in exchange.attempts):
             params_named = sorted({r.param for r in refused})
             raise InvalidRequest(
@@ -226,6 +238,18 @@ class Dispatcher:
                 f"the prompt has {exchange.prompt_tokens} tokens (plus the requested output), more than fits: "
                 f"{'; '.join(overflow)}. Trim the conversation, or give the route a `long_context:` model"
             )
+
+    def _trim(self, plan: Plan, spec: ModelSpec, request: ChatRequest) -> tuple[ChatRequest, int, int] | None:
+        """With the route's `trim: oldest`, `request` without the oldest messages `spec`'s window cannot
+        hold: the request, how many messages were left out, and the prompt's tokens. None otherwise, or
+        if it cannot fit."""
+        if plan.route is None or plan.route.trim == "none":
+            return None
+        cut = self.counter.trim_oldest(request.messages, spec.tokenizer, spec.context_window - request.max_tokens(0))
+        if cut is None:
+            return None
+        messages, dropped, tokens = cut
+        return ChatRequest(request.model, messages, request.params), dropped, tokens
 
     async def _admit(self, gate: Gate, ticket: Ticket, plan: Plan, lane: str, spec: ModelSpec,
                      request: ChatRequest, prompt: int, exchange: Exchange) -> bool:

@@ -33,6 +33,7 @@ class Attempt:
     upstream_status: int | None = None
     lane: str = "primary"
     cached_tokens: int = 0  # of `prompt_tokens`, those the provider read from its prompt cache
+    trimmed_messages: int = 0  # the oldest messages left out so the conversation fits the model (`trim: oldest`)
 
 
 @dataclass(slots=True)
@@ -62,6 +63,7 @@ class Exchange:
     retrieval_hits: int | None = None  # passages injected, when the route retrieves
     retrieval_ms: float | None = None
     cascade_confidence: float | None = None  # the first answer's confidence, when the route cascades
+    trimmed_messages: int = 0  # the answering attempt's `trimmed_messages`
     # With `telemetry.store_bodies`: the messages the route sent (after retrieval) as JSON, and the answer.
     prompt_body: str | None = None
     answer_body: str | None = None

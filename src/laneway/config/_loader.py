@@ -37,6 +37,7 @@ from ._matcher import MatcherError, always, compile_matcher
 from ._model import (
     SYSTEM_MODES,
     TOKENIZERS,
+    TRIM_POLICIES,
     Breaker,
     Config,
     ModelSpec,
@@ -225,6 +226,7 @@ def _route(index: int, s: Section, known: dict[str, ModelSpec], context: _Contex
         if (name := _model_ref(s.issues, s.where(f"fallbacks[{j}]"), value, known))
     )
     long_context = _model_ref(s.issues, s.where("long_context"), s.value("long_context"), known)
+    trim = s.text("trim", "none", choices=TRIM_POLICIES) or "none"
     lanes = _route_lanes(s, known, context)
     retry = s.section("retry")
     r = Retry(retry.whole("attempts", 2, minimum=1), retry.whole("backoff_ms", 50, minimum=0))
@@ -238,7 +240,7 @@ def _route(index: int, s: Section, known: dict[str, ModelSpec], context: _Contex
     if target is None or not name or not matcher_ok:
         return None
     route = Route(index, name, path, matcher, target, fallbacks, long_context,
-                  int(deadline) if deadline else None, r, source is not None, **lanes)
+                  int(deadline) if deadline else None, r, source is not None, trim=trim, **lanes)
     _check_cascade(s, route, known)
     _check_repeats(s, route)
     return route

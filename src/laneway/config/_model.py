@@ -96,6 +96,9 @@ class Retry:
     backoff_ms: int = 50  # base of the jittered exponential backoff
 
 
+TRIM_POLICIES = ("none", "oldest")
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     index: int
@@ -113,6 +116,7 @@ class Route:
     cascade: Cascade | None = None
     retrieval: Retrieval | None = None
     cache: CacheSettings = field(default_factory=CacheSettings)
+    trim: str = "none"  # none | oldest: what to do with a conversation a model's window cannot hold
 
     def matches_path(self, path: str) -> bool:
         return path == self.path or path.startswith(self.path.rstrip("/") + "/")

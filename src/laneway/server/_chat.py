@@ -36,6 +36,8 @@ def laneway_headers(exchange: Exchange, cost: bool = True) -> Headers:
     ]
     if cost:
         headers.append((b"x-laneway-cost-usd", f"{exchange.cost_usd:.8f}".encode()))
+    if exchange.trimmed_messages:
+        headers.append((b"x-laneway-trimmed", str(exchange.trimmed_messages).encode()))
     return headers
 
 

@@ -1,0 +1,163 @@
+"""`trim: oldest`: a conversation a model's window cannot hold loses its oldest messages, not the
+request; the latest customer message, the system prompt and tool-call pairs are kept whole."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+import openai
+import pytest
+
+from _live import LiveGateway, RecordingSink, live_gateway
+from laneway.config import parse_config
+from laneway.context import TokenCounter
+from laneway.errors import ConfigError
+
+WINDOW = 400
+
+
+def dialog(turns: int) -> list[dict[str, Any]]:
+    """A system prompt, then `turns` customer/agent exchanges of about 30 tokens each, ending with the customer."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": "You answer for the Acme support desk."}]
+    for turn in range(turns):
+        messages.append({"role": "user", "content": f"turn {turn}: my order {turn} arrived damaged " + "again " * 20})
+        messages.append({"role": "assistant", "content": f"sorry about order {turn}, " + "we will help " * 8})
+    messages.append({"role": "user", "content": "so what happens with the refund now?"})
+    return messages
+
+
+def test_the_oldest_messages_go_first_and_the_latest_turn_stays() -> None:
+    counter = TokenCounter()
+    messages = dialog(10)
+    whole = counter.count(messages)
+    assert whole > WINDOW
+    cut = counter.trim_oldest(messages, "cl100k_base", WINDOW)
+    assert cut is not None
+    kept, dropped, tokens = cut
+    assert tokens == counter.count(kept) <= WINDOW
+    assert dropped == len(messages) - len(kept) > 0
+    assert kept[0] == messages[0]  # the system prompt
+    assert kept[1]["role"] == "user" and kept[-1] == messages[-1]
+    assert kept[1:] == messages[len(messages) - len(kept) + 1:]  # a suffix of the dialog: nothing skipped inside
+    # Dropping one message fewer would not have fitted, or would have left the dialog on an agent's message.
+    longer = [messages[0], *messages[len(messages) - len(kept) - 1:]]
+    assert counter.count(longer) > WINDOW or longer[1]["role"] != "user"
+    approx = counter.trim_oldest(messages, "approx", WINDOW)
+    assert approx is not None and approx[1] > dropped  # the approximate count errs towards less
+
+
+def test_a_tool_result_never_loses_its_call() -> None:
+    counter = TokenCounter()
+    call = {"role": "assistant", "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "order", "arguments": "{}"}}]}
+    messages = [
+        {"role": "user", "content": "where is order 1? " + "please " * 60},
+        call,
+        {"role": "tool", "tool_call_id": "c1", "content": "shipped " * 60},
+        {"role": "assistant", "content": "it shipped"},
+        {"role": "user", "content": "and order 2?"},
+    ]
+    cut = counter.trim_oldest(messages, "cl100k_base", 60)
+    assert cut is not None
+    assert cut[0] == messages[4:]  # the call, its result and the answer go together with the turn they served
+
+
+def test_nothing_to_keep_is_no_trim() -> None:
+    counter = TokenCounter()
+    too_long = [{"role": "user", "content": "refund " * 500}]
+    assert counter.trim_oldest(too_long, "cl100k_base", WINDOW) is None
+    assert counter.trim_oldest([{"role": "system", "content": "x " * 500}], "cl100k_base", WINDOW) is None
+
+
+CONFIG = f"""
+models:
+  small:
+    provider: openai
+    base_url: sim:///gpt-5-mini/v1
+    model: gpt-5-mini
+    context_window: {WINDOW}
+  large:
+    provider: openai
+    base_url: sim:///gpt-5/v1
+    model: gpt-5
+routes:
+- name: trimmed
+  path: /v1/chat
+  matcher: "metadata.plan == trim"
+  target: small
+  trim: oldest
+- name: long
+  path: /v1/chat
+  matcher: "metadata.plan == long"
+  target: small
+  long_context: large
+  trim: oldest
+- name: strict
+  path: /v1/chat
+  target: small
+"""
+
+
+def send(live: LiveGateway, body: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
+    request = urllib.request.Request(live.url + "/v1/chat/completions", data=json.dumps(body).encode())
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), json.loads(error.read())
+
+
+@pytest.fixture(scope="module")
+def trimming(sim_url: str) -> Any:
+    sink = RecordingSink()
+    with live_gateway(CONFIG, sim_url, telemetry=sink) as live:
+        yield live, sink
+
+
+def test_a_long_dialog_is_trimmed_to_the_window_instead_of_refused(trimming: Any) -> None:
+    live, sink = trimming
+    messages = dialog(10)
+    status, headers, body = send(live, {"model": "laneway", "messages": messages, "metadata": {"plan": "trim"}})
+    assert status == 200 and headers["x-laneway-model"] == "small"
+    dropped = int(headers["x-laneway-trimmed"])
+    attempt = sink.by_id(headers["x-request-id"]).attempts[-1]
+    assert attempt.trimmed_messages == dropped > 0
+    # What the model was sent fits its window (the fleet counts what it received).
+    assert body["usage"]["prompt_tokens"] <= WINDOW
+    assert body["usage"]["prompt_tokens"] < TokenCounter().count(messages)
+
+
+def test_without_trim_the_same_dialog_is_a_clear_error(trimming: Any) -> None:
+    live, _ = trimming
+    status, headers, body = send(live, {"model": "laneway", "messages": dialog(10)})
+    assert status == 400 and body["error"]["code"] == "context_window_exceeded"
+    assert "x-laneway-trimmed" not in headers
+
+
+def test_a_long_context_model_gets_the_whole_dialog_before_anything_is_trimmed(trimming: Any) -> None:
+    live, _ = trimming
+    status, headers, _ = send(live, {"model": "laneway", "messages": dialog(10), "metadata": {"plan": "long"}})
+    assert status == 200 and headers["x-laneway-model"] == "large"
+    assert "x-laneway-trimmed" not in headers
+
+
+def test_a_short_dialog_is_sent_whole_and_a_stream_says_what_was_trimmed(trimming: Any) -> None:
+    live, _ = trimming
+    client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+    short = client.chat.completions.with_raw_response.create(
+        model="laneway", messages=dialog(1), metadata={"plan": "trim"})  # type: ignore[arg-type]
+    assert "x-laneway-trimmed" not in short.headers
+    with client.chat.completions.with_streaming_response.create(
+            model="laneway", messages=dialog(10), metadata={"plan": "trim"}, stream=True) as streamed:  # type: ignore[arg-type]
+        assert int(streamed.headers["x-laneway-trimmed"]) > 0
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in streamed.parse() if chunk.choices)
+    assert text
+
+
+def test_an_unknown_trim_policy_names_the_route() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config("routes:\n- target: gpt-5\n  trim: newest\n")
+    assert "routes[0].trim" in str(caught.value) and "none, oldest" in str(caught.value)
