@@ -239,9 +239,11 @@ async def test_the_official_gemini_client_reads_the_fleet(fleet: RunningFleet) -
 def test_the_documented_configs_load_with_the_approximate_tokenizer() -> None:
     configs = [parse_config(text, str(DOCS)) for text in documented_configs()]
     models = [m for config in configs for m in config.models.values()]
-    assert len(configs) == 3 and len(models) == 5
+    assert len(configs) == 4 and len(models) == 8
     assert {m.provider for m in models} == {"anthropic", "gemini"}
     assert all(m.tokenizer == "approx" for m in models)
+    thinking = {m.name: (m.thinking("medium"), m.thinking("xhigh")) for m in models if m.reasoning}
+    assert thinking == {"claude": (8192, None), "gemini-pro": (8192, None), "gemini-3": ("high", None)}
     assert {m.base_url for m in models if not m.simulated} == {"https://api.anthropic.com",
                                                                  "https://generativelanguage.googleapis.com"}
 

@@ -35,6 +35,8 @@ from ._lanes import (
 )
 from ._matcher import MatcherError, always, compile_matcher
 from ._model import (
+    GEMINI_THINKING_LEVELS,
+    REASONING_EFFORTS,
     SYSTEM_MODES,
     TOKENIZERS,
     TRIM_POLICIES,
@@ -167,6 +169,7 @@ def _model(name: str, s: Section) -> ModelSpec:
         max_response_bytes=s.whole("max_response_bytes", 8 * 1024 * 1024, minimum=1024),
         gate=parse_gate(s.section("gate")) if s.has("gate") else None,
         warmup=s.flag("warmup", False), prompt_cache=s.flag("prompt_cache", False),
+        reasoning=_reasoning(s.section("reasoning"), provider) if s.has("reasoning") else (),
     )
     if spec.prompt_cache and provider != "anthropic":
         s.issues.add(s.where("prompt_cache"), f"`prompt_cache` is for `anthropic` models; `{provider}` caches "
@@ -175,6 +178,35 @@ def _model(name: str, s: Section) -> ModelSpec:
     # Kept even when invalid (the file's errors stop the load anyway), so that routes naming this model
     # are not also told it is unknown.
     return spec
+
+
+def _reasoning(s: Section, provider: str | None) -> tuple[tuple[str, int | str], ...]:
+    """`reasoning_effort` -> thinking: a budget in tokens (Anthropic at least 1024, Gemini -1 for
+    dynamic), 0 for none, or a Gemini thinking level."""
+    if provider not in ("anthropic", "gemini"):
+        s.issues.add(s.path, f"`reasoning` translates `reasoning_effort` for `anthropic` and `gemini` models; "
+                             f"`{provider}` models take `reasoning_effort` as it is")
+        s.raw.clear()
+        return ()
+    pairs: list[tuple[str, int | str]] = []
+    for effort in [str(key) for key in s.raw]:
+        value = s.value(effort)
+        if effort not in REASONING_EFFORTS:
+            s.issues.add(s.where(effort), f"unknown `reasoning_effort` value `{effort}`; expected one of "
+                                          f"{', '.join(REASONING_EFFORTS)}")
+        elif provider == "anthropic" and not (_whole(value) and (value == 0 or value >= 1024)):
+            s.issues.add(s.where(effort), f"expected a thinking budget in tokens, at least 1024 (0: no thinking), "
+                                          f"got {value!r}")
+        elif provider == "gemini" and not ((_whole(value) and value >= -1) or value in GEMINI_THINKING_LEVELS):
+            s.issues.add(s.where(effort), f"expected a thinking budget in tokens (-1: dynamic, 0: none) or a "
+                                          f"thinking level ({', '.join(GEMINI_THINKING_LEVELS)}), got {value!r}")
+        else:
+            pairs.append((effort, value))
+    return tuple(pairs)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _profile(s: Section) -> Profile:

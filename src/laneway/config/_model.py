@@ -18,6 +18,9 @@ from ._matcher import Matcher
 DEFAULT_DEADLINE_MS = 5000
 SYSTEM_MODES = ("prepend", "replace", "keep")
 TOKENIZERS = ("cl100k_base", "approx")
+# OpenAI's `reasoning_effort` values, which a model's `reasoning:` may translate.
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+GEMINI_THINKING_LEVELS = ("minimal", "low", "medium", "high")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +87,16 @@ class ModelSpec:
     gate: GatePolicy | None = None
     warmup: bool = False  # send one tiny request at start-up so the first real one is not slow
     prompt_cache: bool = False  # anthropic: mark the system prompt for the provider's prompt cache
+    # anthropic, gemini: `reasoning_effort` -> a thinking budget in tokens (or a Gemini thinking level)
+    reasoning: tuple[tuple[str, int | str], ...] = ()
 
     @property
     def simulated(self) -> bool:
         return self.base_url.startswith("sim://")
+
+    def thinking(self, effort: object) -> int | str | None:
+        """What `reasoning_effort: effort` becomes for this model; None when `reasoning:` does not say."""
+        return next((value for name, value in self.reasoning if name == effort), None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
 # The Messages API accepts temperatures in [0, 1]; OpenAI's range is [0, 2].
 MAX_TEMPERATURE = 1.0
+THINKING_MIN_TOP_P = 0.95
 
 FINISH = {
     "end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
@@ -73,7 +74,8 @@ class AnthropicProvider:
         return None
 
     def body(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
-        return request_body(self.spec.model, request, stream, self.spec.prompt_cache)
+        budget = self.spec.thinking(request.params.get("reasoning_effort")) if self.spec.reasoning else None
+        return request_body(self.spec.model, request, stream, self.spec.prompt_cache, int(budget or 0))
 
     async def complete(self, request: ChatRequest, deadline: float) -> Completion:
         data = await self.upstream.post_json(self.url, self.body(request, False), deadline, is_overflow)
@@ -98,10 +100,12 @@ class AnthropicProvider:
         await self.upstream.aclose()
 
 
-def request_body(model: str, request: ChatRequest, stream: bool, prompt_cache: bool = False) -> dict[str, Any]:
+def request_body(model: str, request: ChatRequest, stream: bool, prompt_cache: bool = False,
+                 thinking: int = 0) -> dict[str, Any]:
     """The Messages API body for `request`: system prompts lifted out, turns alternating. With
     `prompt_cache`, the system prompt is marked for the API's prompt cache (`cache_control`), so that
-    the next request that starts with it reads it at the cache's price."""
+    the next request that starts with it reads it at the cache's price. A `thinking` budget (tokens)
+    turns on extended thinking, on top of the answer's `max_tokens`."""
     system = [message_text(m) for m in request.messages if m.get("role") in _SYSTEM_ROLES]
     turns = alternating_turns([m for m in request.messages if m.get("role") not in _SYSTEM_ROLES])
     if not turns:
@@ -122,9 +126,22 @@ def request_body(model: str, request: ChatRequest, stream: bool, prompt_cache: b
                                  "`json_schema` response format: end `messages` with the user's turn",
                                  param="messages")
         body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+    if thinking and "tools" not in body:
+        _think(body, thinking)
     if stream:
         body["stream"] = True
     return body
+
+
+def _think(body: dict[str, Any], budget: int) -> None:
+    """Extended thinking: the API counts the thinking in `max_tokens`, and takes no temperature and no
+    `top_p` under 0.95 with it. Not with tools: a tool call's next turn would have to send its
+    thinking block back, which an OpenAI-format conversation does not carry."""
+    body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    body["max_tokens"] += budget
+    body.pop("temperature", None)
+    if body.get("top_p", 1.0) < THINKING_MIN_TOP_P:
+        body.pop("top_p")
 
 
 def alternating_turns(messages: list[Message]) -> list[Message]:

@@ -70,12 +70,16 @@ class GeminiProvider:
     def refusal(self, params: dict[str, Any]) -> Refusal | None:
         return NO_TOOLS if params.get("tools") else None
 
+    def body(self, request: ChatRequest) -> dict[str, Any]:
+        thinking = self.spec.thinking(request.params.get("reasoning_effort")) if self.spec.reasoning else None
+        return request_body(request, thinking)
+
     async def complete(self, request: ChatRequest, deadline: float) -> Completion:
-        data = await self.upstream.post_json(self.url, request_body(request), deadline, is_overflow)
+        data = await self.upstream.post_json(self.url, self.body(request), deadline, is_overflow)
         return parse_response(data, self.spec.name)
 
     async def stream(self, request: ChatRequest, deadline: float) -> AsyncIterator[Chunk]:
-        body = request_body(request)
+        body = self.body(request)
         response = await self.upstream.open_stream(self.stream_url, body, deadline, is_overflow)
         finish: str | None = None
         usage: Usage | None = None
@@ -111,8 +115,9 @@ class GeminiUpstream(Upstream):
         return error
 
 
-def request_body(request: ChatRequest) -> dict[str, Any]:
-    """The `generateContent` body: system prompts as `systemInstruction`, turns as user/model contents."""
+def request_body(request: ChatRequest, thinking: int | str | None = None) -> dict[str, Any]:
+    """The `generateContent` body: system prompts as `systemInstruction`, turns as user/model contents;
+    `thinking` (a budget in tokens, or a level) as `thinkingConfig`."""
     system = [message_text(m) for m in request.messages if m.get("role") in _SYSTEM_ROLES]
     contents = contents_of([m for m in request.messages if m.get("role") not in _SYSTEM_ROLES])
     if not contents:
@@ -122,9 +127,22 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
     if any(system):
         body["systemInstruction"] = {"parts": [{"text": text} for text in system if text]}
     config = generation_config(request)
+    if thinking is not None:
+        _think(config, thinking)
     if config:
         body["generationConfig"] = config
     return body
+
+
+def _think(config: dict[str, Any], thinking: int | str) -> None:
+    """Gemini 2.5 takes a budget (`thinkingBudget`), Gemini 3 a level (`thinkingLevel`). The thinking
+    counts in `maxOutputTokens`, so a budget is added to the answer's."""
+    if isinstance(thinking, str):
+        config["thinkingConfig"] = {"thinkingLevel": thinking}
+        return
+    config["thinkingConfig"] = {"thinkingBudget": thinking}
+    if thinking > 0 and "maxOutputTokens" in config:
+        config["maxOutputTokens"] += thinking
 
 
 def contents_of(messages: list[Message]) -> list[Message]:

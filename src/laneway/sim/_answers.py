@@ -26,6 +26,7 @@ VERIFIER_CUE = "You grade customer-support answers."
 # What the fleet bills for one image, document or audio clip in a prompt: Gemini's figure for an image
 # of up to 384 pixels a side.
 MEDIA_TOKENS = 258
+THINKING_BASE_TOKENS = 200
 
 _SENTENCES = (
     "Thanks for reaching out, I can help with that.",
@@ -65,6 +66,7 @@ class SimRequest:
     media: int = 0  # images, documents and audio clips in the prompt, each `MEDIA_TOKENS` prompt tokens
     cache_prefix: int = 0  # leading messages the prompt cache may keep (`_prompt_cache`)
     cache_marked: bool = False  # the request marked them for the cache (Anthropic's `cache_control`)
+    thinking_budget: int = 0  # tokens the model may think before it answers (-1: as many as it likes)
 
 
 @dataclass(slots=True)
@@ -76,6 +78,7 @@ class SimAnswer:
     logprobs: list[float] = field(default_factory=list)
     cached_tokens: int = 0  # of `prompt_tokens`, read from the prompt cache
     cache_write_tokens: int = 0  # of `prompt_tokens`, written to it
+    thinking_tokens: int = 0  # thought before answering: billed as output, not part of `completion_tokens`
 
     @property
     def text(self) -> str:
@@ -86,8 +89,23 @@ def prompt_tokens(counter: TokenCounter, request: SimRequest) -> int:
     return counter.count(request.messages) + MEDIA_TOKENS * request.media
 
 
+def thinking_tokens(request: SimRequest, prompt: int) -> int:
+    """What a thinking model spends: a base plus a quarter of the prompt, within its budget."""
+    if request.thinking_budget == 0:
+        return 0
+    wanted = THINKING_BASE_TOKENS + prompt // 4
+    return wanted if request.thinking_budget < 0 else min(request.thinking_budget, wanted)
+
+
 def answer(model: SimModel, request: SimRequest, counter: TokenCounter, fleet_seed: int,
            cassette: Cassette | None = None) -> SimAnswer:
+    reply = _answer(model, request, counter, fleet_seed, cassette)
+    reply.thinking_tokens = thinking_tokens(request, reply.prompt_tokens)
+    return reply
+
+
+def _answer(model: SimModel, request: SimRequest, counter: TokenCounter, fleet_seed: int,
+            cassette: Cassette | None) -> SimAnswer:
     rng = random.Random(_seed(model.name, request, fleet_seed))
     if _asked(request, VERIFIER_CUE):
         return _grade(model, request, counter, rng)

@@ -220,6 +220,8 @@ async def _generate(fleet: Fleet, wire: ModuleType, http: web.Request, state: _M
     rng = random.Random(hash((request.model_id, reply.prompt_tokens, next(fleet._ids))))
     busy = state.active / model.slots
     ttft = model.law.ttft_ms(reply.prompt_tokens, busy, rng)
+    if reply.thinking_tokens:  # the answer's first token comes after the thinking
+        ttft += model.law.decode_ms(reply.thinking_tokens, busy, rng)
     decode = model.law.decode_ms(reply.completion_tokens, busy, rng)
     request_id = f"sim{next(fleet._ids):08d}"
     await asyncio.sleep(ttft / 1000)

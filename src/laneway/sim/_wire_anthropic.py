@@ -15,6 +15,9 @@ CONTENT_TYPE = "application/json"
 OVERLOADED_STATUS = 529
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
+MIN_THINKING_BUDGET = 1024
+MIN_THINKING_TOP_P = 0.95
+THOUGHT = "The customer asks about their account; check the policy before answering."
 _MEDIA_BLOCKS = ("image", "document")
 _ERROR_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -36,10 +39,30 @@ def parse(body: dict[str, Any], path_model: str | None) -> SimRequest:
     output = (body.get("output_config") or {}).get("format") or {}
     if output and (output.get("type") != "json_schema" or not isinstance(output.get("schema"), dict)):
         raise ValueError("output_config.format: must be {\"type\": \"json_schema\", \"schema\": {...}}")
+    budget = _thinking(body)
     return SimRequest(model_id=str(body.get("model") or path_model or ""), messages=chat,
-                      max_tokens=int(body["max_tokens"]), stream=bool(body.get("stream")),
+                      max_tokens=int(body["max_tokens"]) - budget, stream=bool(body.get("stream")),
                       json_schema=output.get("schema"), media=sum(_media(m.get("content")) for m in messages),
-                      cache_prefix=int(bool(system) and marked), cache_marked=marked)
+                      cache_prefix=int(bool(system) and marked), cache_marked=marked, thinking_budget=budget)
+
+
+def _thinking(body: dict[str, Any]) -> int:
+    """Extended thinking's budget, checked as the API checks it (0 without thinking)."""
+    thinking = body.get("thinking")
+    if thinking is None:
+        return 0
+    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+        raise ValueError("thinking: must be {\"type\": \"enabled\", \"budget_tokens\": N}")
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int) or budget < MIN_THINKING_BUDGET:
+        raise ValueError(f"thinking.budget_tokens: must be an integer of at least {MIN_THINKING_BUDGET}")
+    if budget >= body["max_tokens"]:
+        raise ValueError("max_tokens must be greater than thinking.budget_tokens")
+    if body.get("temperature", 1) != 1:
+        raise ValueError("temperature may only be set to 1 when thinking is enabled")
+    if body.get("top_p", 1) < MIN_THINKING_TOP_P:
+        raise ValueError(f"top_p must be at least {MIN_THINKING_TOP_P} when thinking is enabled")
+    return budget
 
 
 def _marked(system: Any) -> bool:
@@ -70,11 +93,12 @@ def _media(content: Any) -> int:
 
 
 def completion(answer: SimAnswer, request: SimRequest, request_id: str) -> bytes:
+    thought = [{"type": "thinking", "thinking": THOUGHT, "signature": "sim"}] if answer.thinking_tokens else []
     return orjson.dumps({
         "id": f"msg_{request_id}", "type": "message", "role": "assistant", "model": request.model_id,
-        "content": [{"type": "text", "text": answer.text}],
+        "content": [*thought, {"type": "text", "text": answer.text}],
         "stop_reason": _STOP_REASONS[answer.finish_reason], "stop_sequence": None,
-        "usage": {**_prompt_usage(answer), "output_tokens": answer.completion_tokens},
+        "usage": {**_prompt_usage(answer), "output_tokens": answer.completion_tokens + answer.thinking_tokens},
     })
 
 
@@ -86,17 +110,27 @@ def stream_events(answer: SimAnswer, request: SimRequest, request_id: str) -> It
         "usage": {**_prompt_usage(answer), "output_tokens": 1},
     }
     yield _event("message_start", {"type": "message_start", "message": message})
+    text = 0
+    if answer.thinking_tokens:  # the thinking block comes first, as its own block
+        text = 1
+        yield _event("content_block_start", {"type": "content_block_start", "index": 0,
+                                             "content_block": {"type": "thinking", "thinking": ""}})
+        yield _event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                             "delta": {"type": "thinking_delta", "thinking": THOUGHT}})
+        yield _event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                             "delta": {"type": "signature_delta", "signature": "sim"}})
+        yield _event("content_block_stop", {"type": "content_block_stop", "index": 0})
     yield _event("content_block_start",
-                 {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+                 {"type": "content_block_start", "index": text, "content_block": {"type": "text", "text": ""}})
     yield _event("ping", {"type": "ping"})
     for word in answer.words:
-        yield _event("content_block_delta", {"type": "content_block_delta", "index": 0,
+        yield _event("content_block_delta", {"type": "content_block_delta", "index": text,
                                              "delta": {"type": "text_delta", "text": word}})
-    yield _event("content_block_stop", {"type": "content_block_stop", "index": 0})
+    yield _event("content_block_stop", {"type": "content_block_stop", "index": text})
     yield _event("message_delta", {
         "type": "message_delta",
         "delta": {"stop_reason": _STOP_REASONS[answer.finish_reason], "stop_sequence": None},
-        "usage": {"output_tokens": answer.completion_tokens},
+        "usage": {"output_tokens": answer.completion_tokens + answer.thinking_tokens},
     })
     yield _event("message_stop", {"type": "message_stop"})
 

@@ -26,6 +26,7 @@ _STATUSES = {
     504: "DEADLINE_EXCEEDED",
 }
 _DEFAULT_MAX_OUTPUT = 8192
+_LEVEL_BUDGETS = {"minimal": 128, "low": 1024, "medium": 8192, "high": 24576}
 
 
 def parse(body: dict[str, Any], path_model: str | None) -> SimRequest:
@@ -40,11 +41,32 @@ def parse(body: dict[str, Any], path_model: str | None) -> SimRequest:
     chat += [{"role": "assistant" if c.get("role") == "model" else "user", "content": _text(c)}
              for c in contents]
     config = body.get("generationConfig") or {}
-    return SimRequest(model_id=model, messages=chat,
-                      max_tokens=int(config.get("maxOutputTokens") or _DEFAULT_MAX_OUTPUT),
+    budget = _thinking(config)
+    limit = config.get("maxOutputTokens")
+    if limit is not None and "thinkingBudget" in (config.get("thinkingConfig") or {}):
+        limit = max(1, int(limit) - max(0, budget))  # a budget in tokens is part of the output's limit
+    return SimRequest(model_id=model, messages=chat, thinking_budget=budget,
+                      max_tokens=int(limit or _DEFAULT_MAX_OUTPUT),
                       stream=_METHODS[method], logprobs=bool(config.get("responseLogprobs")),
                       seed=config.get("seed"), json_schema=_schema(config), media=sum(map(_media, contents)),
                       cache_prefix=len(chat))  # Gemini caches long prompts on its own
+
+
+def _thinking(config: dict[str, Any]) -> int:
+    """`thinkingConfig` as a budget in tokens (a level stands for its usual budget; 0 without it)."""
+    thinking = config.get("thinkingConfig")
+    if thinking is None:
+        return 0
+    budget, level = thinking.get("thinkingBudget"), thinking.get("thinkingLevel")
+    if budget is not None and level is not None:
+        raise ValueError("thinking_budget and thinking_level are not supported together")
+    if level is not None:
+        if level not in _LEVEL_BUDGETS:
+            raise ValueError(f"* GenerationConfig.thinking_config.thinking_level: unknown value {level!r}")
+        return _LEVEL_BUDGETS[level]
+    if not isinstance(budget, int) or budget < -1:
+        raise ValueError("* GenerationConfig.thinking_config.thinking_budget: must be an integer of at least -1")
+    return budget
 
 
 def _media(content: Any) -> int:
@@ -101,7 +123,10 @@ def _response(answer: SimAnswer, request: SimRequest, request_id: str, words: li
     usage: dict[str, Any] = {"promptTokenCount": answer.prompt_tokens}
     if final:
         usage["candidatesTokenCount"] = answer.completion_tokens
-    usage["totalTokenCount"] = answer.prompt_tokens + (answer.completion_tokens if final else 0)
+        if answer.thinking_tokens:
+            usage["thoughtsTokenCount"] = answer.thinking_tokens
+    output = answer.completion_tokens + answer.thinking_tokens if final else 0
+    usage["totalTokenCount"] = answer.prompt_tokens + output
     usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": answer.prompt_tokens}]
     if answer.cached_tokens:
         usage["cachedContentTokenCount"] = answer.cached_tokens

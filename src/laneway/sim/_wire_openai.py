@@ -13,6 +13,8 @@ from ._answers import SimAnswer, SimRequest
 from ._structured import ANY_OBJECT
 
 CONTENT_TYPE = "application/json"
+# What a `reasoning_effort` lets the simulated model think, in tokens (it spends less on short prompts).
+_EFFORT_BUDGETS = {"none": 0, "minimal": 128, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768}
 
 
 def parse(body: dict[str, Any], path_model: str | None) -> SimRequest:
@@ -20,19 +22,26 @@ def parse(body: dict[str, Any], path_model: str | None) -> SimRequest:
     if not isinstance(messages, list) or not messages:
         raise ValueError("`messages` must be a non-empty list")
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens")) or 1024
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort not in _EFFORT_BUDGETS:
+        raise ValueError(f"reasoning_effort: unsupported value {effort!r}; supported: {', '.join(_EFFORT_BUDGETS)}")
     return SimRequest(
         model_id=str(body.get("model") or path_model or ""), messages=messages, max_tokens=int(max_tokens),
         stream=bool(body.get("stream")), logprobs=bool(body.get("logprobs")), seed=body.get("seed"),
         json_schema=_schema(body.get("response_format")),
         media=sum(len(media_parts(m) or ()) for m in messages if isinstance(m, dict)),
         cache_prefix=len(messages),  # OpenAI caches long prompts on its own
+        thinking_budget=_EFFORT_BUDGETS.get(effort, 0) if isinstance(effort, str) else 0,
     )
 
 
 def _usage(answer: SimAnswer) -> dict[str, Any]:
-    return {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
-            "total_tokens": answer.prompt_tokens + answer.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": answer.cached_tokens}}
+    """`completion_tokens` includes the reasoning tokens, as OpenAI counts them."""
+    output = answer.completion_tokens + answer.thinking_tokens
+    return {"prompt_tokens": answer.prompt_tokens, "completion_tokens": output,
+            "total_tokens": answer.prompt_tokens + output,
+            "prompt_tokens_details": {"cached_tokens": answer.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": answer.thinking_tokens}}
 
 
 def _schema(response_format: Any) -> dict[str, Any] | None:

@@ -1,0 +1,134 @@
+"""`reasoning_effort` on Anthropic and Gemini models: a model's `reasoning:` translates it into the
+provider's thinking settings; the thinking is billed and never shown as the answer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from _live import LiveGateway, RecordingSink, live_gateway
+from laneway.chat import ChatRequest
+from laneway.config import parse_config
+from laneway.errors import ConfigError
+from laneway.providers import anthropic, gemini
+from laneway.sim._answers import THINKING_BASE_TOKENS
+from laneway.sim._wire_anthropic import THOUGHT
+
+CONFIG = """
+models:
+  claude:
+    provider: anthropic
+    base_url: sim:///claude-sonnet-37
+    model: claude-sonnet-37
+    price: {input_per_mtok: 3.0, output_per_mtok: 15.0}
+    profile: {temperature: 0.2}
+    reasoning: {low: 1024, high: 8192, none: 0}
+  gemini-25:
+    provider: gemini
+    base_url: sim:///gemini-2.5-pro
+    model: gemini-2.5-pro
+    price: {input_per_mtok: 1.25, output_per_mtok: 10.0}
+    reasoning: {high: 8192, medium: -1}
+  gemini-3:
+    provider: gemini
+    base_url: sim:///gemini-2.5-flash-lite
+    model: gemini-2.5-flash-lite
+    price: {input_per_mtok: 0.1, output_per_mtok: 0.4}
+    reasoning: {low: low, high: high}
+routes:
+- target: claude
+"""
+QUESTION = [{"role": "user", "content": "I was charged twice for my order, can you check?"}]
+
+
+def test_reasoning_settings_are_checked_per_provider() -> None:
+    cases = [
+        ("provider: openai\n    base_url: sim:///gpt-5/v1\n    reasoning: {high: 1}",
+         "models.m.reasoning", "take `reasoning_effort` as it is"),
+        ("provider: anthropic\n    base_url: sim:///claude-sonnet-37\n    reasoning: {high: 500}",
+         "models.m.reasoning.high", "at least 1024"),
+        ("provider: gemini\n    base_url: sim:///gemini-2.5-pro\n    reasoning: {high: extreme}",
+         "models.m.reasoning.high", "thinking level (minimal, low, medium, high)"),
+        ("provider: gemini\n    base_url: sim:///gemini-2.5-pro\n    reasoning: {extreme: 10}",
+         "models.m.reasoning.extreme", "unknown `reasoning_effort` value"),
+    ]
+    for model, path, needle in cases:
+        with pytest.raises(ConfigError) as caught:
+            parse_config(f"models:\n  m:\n    {model}\nroutes:\n- target: m\n")
+        assert path in str(caught.value) and needle in str(caught.value), str(caught.value)
+
+
+def test_anthropic_thinking_adds_its_budget_and_drops_what_the_api_refuses_with_it() -> None:
+    request = ChatRequest("claude", QUESTION, {"max_tokens": 300, "temperature": 0.2, "reasoning_effort": "high"})
+    body = anthropic.request_body("claude", request, False, thinking=8192)
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 8192}
+    assert body["max_tokens"] == 8192 + 300 and "temperature" not in body
+    plain = anthropic.request_body("claude", request, False)
+    assert "thinking" not in plain and plain["max_tokens"] == 300 and plain["temperature"] == 0.2
+    nucleus = ChatRequest("claude", QUESTION, {"top_p": 0.5})
+    assert "top_p" not in anthropic.request_body("claude", nucleus, False, thinking=2048)
+    tools = [{"type": "function", "function": {"name": "order", "parameters": {"type": "object"}}}]
+    with_tools = ChatRequest("claude", QUESTION, {"tools": tools})
+    assert "thinking" not in anthropic.request_body("claude", with_tools, False, thinking=2048)
+
+
+def test_gemini_thinking_is_a_budget_or_a_level() -> None:
+    request = ChatRequest("gemini-2.5-pro", QUESTION, {"max_tokens": 300})
+    budget = gemini.request_body(request, 8192)["generationConfig"]
+    assert budget["thinkingConfig"] == {"thinkingBudget": 8192} and budget["maxOutputTokens"] == 8192 + 300
+    level = gemini.request_body(request, "low")["generationConfig"]
+    assert level["thinkingConfig"] == {"thinkingLevel": "low"} and level["maxOutputTokens"] == 300
+    assert "thinkingConfig" not in gemini.request_body(request)["generationConfig"]
+
+
+@pytest.fixture(scope="module")
+def thinking(sim_url: str) -> Iterator[tuple[LiveGateway, RecordingSink]]:
+    sink = RecordingSink()
+    with live_gateway(CONFIG, sim_url, telemetry=sink) as live:
+        yield live, sink
+
+
+def ask(live: LiveGateway, model: str, **extra: Any) -> Any:
+    client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+    return client.chat.completions.with_raw_response.create(model=model, messages=QUESTION, **extra)
+
+
+@pytest.mark.parametrize("model", ["claude", "gemini-25", "gemini-3"])
+def test_a_thinking_answer_bills_the_thinking_and_shows_only_the_answer(
+        thinking: tuple[LiveGateway, RecordingSink], model: str) -> None:
+    live, sink = thinking
+    plain = ask(live, model)
+    thought = ask(live, model, reasoning_effort="high")
+    plain_usage, thought_usage = plain.parse().usage, thought.parse().usage
+    answer = thought.parse().choices[0].message.content
+    assert answer and THOUGHT not in answer
+    # The same question gets the same answer; the thinking is on top of it, billed as output.
+    assert answer == plain.parse().choices[0].message.content
+    extra = thought_usage.completion_tokens - plain_usage.completion_tokens
+    assert extra >= THINKING_BASE_TOKENS
+    attempt = sink.by_id(thought.headers["x-request-id"]).attempts[-1]
+    assert attempt.completion_tokens == thought_usage.completion_tokens
+    assert float(thought.headers["x-laneway-cost-usd"]) > float(plain.headers["x-laneway-cost-usd"])
+
+
+def test_an_effort_the_model_does_not_map_is_sent_without_thinking(
+        thinking: tuple[LiveGateway, RecordingSink]) -> None:
+    live, _ = thinking
+    plain = ask(live, "claude").parse().usage.completion_tokens
+    assert ask(live, "claude", reasoning_effort="medium").parse().usage.completion_tokens == plain
+    assert ask(live, "claude", reasoning_effort="none").parse().usage.completion_tokens == plain
+
+
+def test_a_streamed_thinking_answer_shows_no_thought(thinking: tuple[LiveGateway, RecordingSink]) -> None:
+    live, _ = thinking
+    client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+    chunks = list(client.chat.completions.create(
+        model="claude", messages=QUESTION, reasoning_effort="low", stream=True,  # type: ignore[arg-type]
+        stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    usage = chunks[-1].usage
+    assert text and THOUGHT not in text
+    assert usage is not None and usage.completion_tokens >= THINKING_BASE_TOKENS
