@@ -5,6 +5,10 @@ own venv), and Laneway with a ten-route config (metrics and exchange log on, the
 contender runs pinned to core 0; the upstream and the load generators share core 1. Repetitions
 are interleaved (each round runs every contender once) and the report shows medians.
 
+Each phase starts once the contender is idle again (`settle`): the one-connection and streaming
+phases follow a saturating one, and would otherwise measure what is left of its work (Laneway's
+telemetry drain and exchange-log writes). `--no-settle` runs the phases back to back.
+
 Run (as root, from the repository root):
     .venv/bin/python bench/overhead.py [--rounds 3] [--seconds 8] [--json var/bench/overhead.json]
 """
@@ -33,6 +37,8 @@ def main() -> int:
     parser.add_argument("--stream-seconds", type=float, default=5.0)
     parser.add_argument("--only", nargs="*", help="contender names to run (default: all)")
     parser.add_argument("--json", default="var/bench/overhead.json")
+    parser.add_argument("--no-settle", dest="settle", action="store_false",
+                        help="start each phase right after the previous one, busy or not")
     args = parser.parse_args()
     ensure_tools()
     names = args.only or [c.name for c in CONTENDERS]
@@ -62,7 +68,9 @@ def measure(contender: Contender, args: argparse.Namespace) -> dict[str, Any]:
     cpu_before = contender.cpu_seconds()
     busy = wrk_run(url, 32, args.seconds, on_tick=contender.sample_rss)
     cpu_used = contender.cpu_seconds() - cpu_before
+    settled = [settle(contender) if args.settle else 0.0]
     single = wrk_run(url, 1, args.seconds, on_tick=contender.sample_rss)
+    settled.append(settle(contender) if args.settle else 0.0)
     stream = stream_run(url, args.stream_seconds)
     probed = probe_run(url, args.stream_seconds)
     contender.sample_rss()
@@ -72,7 +80,26 @@ def measure(contender: Contender, args: argparse.Namespace) -> dict[str, Any]:
             "p50_1_ms": single["p50_ms"], "p99_1_ms": single["p99_ms"], "rps_1": single["rps"],
             "ttfb_p50_ms": stream["ttft_p50_ms"], "ttfb_p99_ms": stream["ttft_p99_ms"],
             "chunk_gap_p50_ms": stream["chunk_gap_p50_ms"], "stream_errors": stream["errors"],
-            "socket_ttfb_p50_ms": probed["first_event_p50_ms"]}
+            "socket_ttfb_p50_ms": probed["first_event_p50_ms"], "settle_s": settled}
+
+
+SETTLE_WINDOW_S = 0.25
+SETTLE_BUSY_SHARE = 0.05  # of one core
+SETTLE_MAX_S = 15.0
+
+
+def settle(contender: Contender) -> float:
+    """Wait until the contender's processes use under `SETTLE_BUSY_SHARE` of a core over
+    `SETTLE_WINDOW_S` (at most `SETTLE_MAX_S`); the seconds waited."""
+    began = time.monotonic()
+    before = contender.cpu_seconds()
+    while time.monotonic() - began < SETTLE_MAX_S:
+        time.sleep(SETTLE_WINDOW_S)
+        now = contender.cpu_seconds()
+        if now - before < SETTLE_WINDOW_S * SETTLE_BUSY_SHARE:
+            break
+        before = now
+    return time.monotonic() - began
 
 
 def _median(runs: list[dict[str, Any]], key: str) -> float | None:
@@ -133,6 +160,10 @@ def render(report: dict[str, Any]) -> str:
                      f"{_f(m['added_ttfb_p50_ms'], 3):>7} {_f(m['socket_ttfb_p50_ms'], 3):>9} "
                      f"{_f(m['added_socket_ttfb_p50_ms'], 3):>7} {_f(m['chunk_gap_p50_ms'], 2):>7} "
                      f"{_f(report['peak_rss_mb'].get(name), 1):>7}")
+    settles = {name: [round(statistics.median(r["settle_s"][k] for r in runs), 2) for k in range(2)]
+               for name, runs in report["runs"].items() if runs}
+    lines.append("seconds waited for the contender to go idle before the 1-connection and streaming phases "
+                 "(medians): " + ", ".join(f"{name} {a:g}/{b:g}" for name, (a, b) in settles.items()))
     lines += [f"{name}: not run: {why}" for name, why in report["notes"].items()]
     return "\n".join(lines)
 
