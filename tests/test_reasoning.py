@@ -73,6 +73,8 @@ def test_anthropic_thinking_adds_its_budget_and_drops_what_the_api_refuses_with_
     tools = [{"type": "function", "function": {"name": "order", "parameters": {"type": "object"}}}]
     with_tools = ChatRequest("claude", QUESTION, {"tools": tools})
     assert "thinking" not in anthropic.request_body("claude", with_tools, False, thinking=2048)
+    prefill = ChatRequest("claude", [*QUESTION, {"role": "assistant", "content": "Sure, the charge"}], {})
+    assert "thinking" not in anthropic.request_body("claude", prefill, False, thinking=2048)
 
 
 def test_gemini_thinking_is_a_budget_or_a_level() -> None:

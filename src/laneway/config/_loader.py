@@ -186,7 +186,6 @@ def _reasoning(s: Section, provider: str | None) -> tuple[tuple[str, int | str],
     if provider not in ("anthropic", "gemini"):
         s.issues.add(s.path, f"`reasoning` translates `reasoning_effort` for `anthropic` and `gemini` models; "
                              f"`{provider}` models take `reasoning_effort` as it is")
-        s.raw.clear()
         return ()
     pairs: list[tuple[str, int | str]] = []
     for effort in [str(key) for key in s.raw]:

@@ -126,7 +126,7 @@ def request_body(model: str, request: ChatRequest, stream: bool, prompt_cache: b
                                  "`json_schema` response format: end `messages` with the user's turn",
                                  param="messages")
         body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
-    if thinking and "tools" not in body:
+    if thinking and "tools" not in body and turns[-1]["role"] == "user":
         _think(body, thinking)
     if stream:
         body["stream"] = True
@@ -135,8 +135,9 @@ def request_body(model: str, request: ChatRequest, stream: bool, prompt_cache: b
 
 def _think(body: dict[str, Any], budget: int) -> None:
     """Extended thinking: the API counts the thinking in `max_tokens`, and takes no temperature and no
-    `top_p` under 0.95 with it. Not with tools: a tool call's next turn would have to send its
-    thinking block back, which an OpenAI-format conversation does not carry."""
+    `top_p` under 0.95 with it. Not with tools (a tool call's next turn would have to send its
+    thinking block back, which an OpenAI-format conversation does not carry), nor after a prefill,
+    which the API does not continue with thinking on."""
     body["thinking"] = {"type": "enabled", "budget_tokens": budget}
     body["max_tokens"] += budget
     body.pop("temperature", None)
