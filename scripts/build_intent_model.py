@@ -52,7 +52,14 @@ BANKING77_LABELS = {
     "pending_card_payment": "payment_issue",
     "reverted_card_payment?": "payment_issue",
 }
-NATCS_LABELS = {"ReportBillingIssue": "billing_dispute"}
+# NatCS calls are insurance calls. Their billing-issue turns teach `billing_dispute` how people say
+# it; their other topics, which no intent here covers, are `unknown`. Without those, the calls'
+# own way of speaking ("Hi, this is ..., about my policy") was learnt as a sign of a billing
+# dispute: 66 of 577 such validation utterances were answered `billing_dispute`, and 0 with them.
+NATCS_OFF_TOPIC = ("GetQuote", "FileClaim", "AddDependent", "EnrollInPlan", "RequestProofOfInsurance",
+                   "RemoveDependent", "GetPolicyNumber", "FindAgent", "ChangePlan", "ChangeSecurityQuestion",
+                   "ReportAutomobileAccident")
+NATCS_LABELS = {"ReportBillingIssue": "billing_dispute", **dict.fromkeys(NATCS_OFF_TOPIC, UNKNOWN)}
 
 Rows = tuple[list[str], list[str]]
 
@@ -102,10 +109,10 @@ def off_topic_rows(split: str) -> Rows:
     return picked, [UNKNOWN] * len(picked)
 
 
-def natural_billing_rows(split: str) -> Rows:
-    """Natural billing phrasings under the support labels. `train`: Banking77's 90 % split and the
-    NatCS conversation turns; `val`: Banking77's 10 % and the NatCS evaluation utterances (the two
-    NatCS files share no utterance)."""
+def natural_rows(split: str) -> Rows:
+    """Natural billing phrasings under the support labels, and NatCS's other topics as `unknown`.
+    `train`: Banking77's 90 % split and the NatCS conversation turns; `val`: Banking77's 10 % and the
+    NatCS evaluation utterances (the two NatCS files share no utterance)."""
     banking_train, banking_val = holdout(banking_rows(), 0.1)
     texts, labels = banking_train if split == "train" else banking_val
     picked = [(text, BANKING77_LABELS[label]) for text, label in zip(texts, labels, strict=True)
@@ -131,11 +138,11 @@ def join(*parts: Rows) -> Rows:
 
 
 def support_validation() -> tuple[Rows, Rows]:
-    """(train, validation) for the customer-support model: Bitext 80/20, the natural billing
-    phrasings and the CLINC off-topic rows, each from its own training and validation split."""
+    """(train, validation) for the customer-support model: Bitext 80/20, the natural phrasings and
+    the CLINC off-topic rows, each from its own training and validation split."""
     bitext_train, bitext_val = holdout(bitext_rows(), 0.2)
-    return (join(bitext_train, natural_billing_rows("train"), off_topic_rows("train")),
-            join(bitext_val, natural_billing_rows("val"), off_topic_rows("val")))
+    return (join(bitext_train, natural_rows("train"), off_topic_rows("train")),
+            join(bitext_val, natural_rows("val"), off_topic_rows("val")))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -150,13 +157,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         (train_texts, train_labels), (val_texts, val_labels) = support_validation()
         model = train(train_texts, train_labels, OPTIONS)
         report = evaluate(model, val_texts, val_labels)
-        print("validation (Bitext 20 % split, natural billing val rows, CLINC off-topic val rows):\n"
+        print("validation (Bitext 20 % split, natural val rows, CLINC off-topic val rows):\n"
               + render(report) + "\n")
-        natural = evaluate(model, *natural_billing_rows("val"))
-        print("of which the natural billing phrasings (Banking77 10 % split, NatCS evaluation "
-              "utterances):\n" + render(natural) + "\n")
+        natural = evaluate(model, *natural_rows("val"))
+        print("of which the natural phrasings (Banking77 10 % split, NatCS evaluation utterances: "
+              "billing issues, and other insurance topics as unknown):\n" + render(natural) + "\n")
     started = time.perf_counter()
-    texts, labels = join(bitext_rows(), natural_billing_rows("train"), natural_billing_rows("val"),
+    texts, labels = join(bitext_rows(), natural_rows("train"), natural_rows("val"),
                          off_topic_rows("train"), off_topic_rows("val"))
     model = train(texts, labels, OPTIONS)
     model.save(args.out)

@@ -190,6 +190,15 @@ def test_default_model_knows_natural_billing_disputes(text: str) -> None:
     assert load_default().classify(text)[0] == "billing_dispute"
 
 
+@pytest.mark.parametrize("text", [
+    "Hi, this is Maria Lopez, I'd like a quote to insure my new car",
+    "hello, I need to file a claim for the accident I had last week",
+])
+def test_default_model_does_not_take_a_callers_manner_for_a_billing_dispute(text: str) -> None:
+    # The NatCS billing turns come from insurance calls; their greetings and policy talk are not billing.
+    assert load_default().classify(text)[0] == UNKNOWN
+
+
 def _write_csv(path: Path, rows: Sequence[Sequence[str]]) -> Path:
     with path.open("w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows(rows)
