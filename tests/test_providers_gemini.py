@@ -223,7 +223,7 @@ async def test_complete_translates_documented_response_and_sends_generate_conten
     assert completion.text == "Refunds reach your card in 3-5 business days."
     assert completion.finish_reason == "stop"
     # Thinking tokens are billed as output: 11 candidates + 28 thoughts.
-    assert completion.usage == Usage(12, 39)
+    assert completion.usage == Usage(12, 39, reasoning_tokens=28)
     assert (completion.model, completion.upstream_id) == ("gemini-2.5-pro", "mAitaLmkHPPlz7IPvtfUqQ4")
     assert completion.logprobs is None
     seen = loopback.seen[0]

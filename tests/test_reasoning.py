@@ -1,5 +1,6 @@
 """`reasoning_effort` on Anthropic and Gemini models: a model's `reasoning:` translates it into the
-provider's thinking settings; the thinking is billed and never shown as the answer."""
+provider's thinking settings (OpenAI models take it as it is); the thinking is billed, counted in
+`completion_tokens_details.reasoning_tokens` where the provider says, and never shown as the answer."""
 
 from __future__ import annotations
 
@@ -38,6 +39,11 @@ models:
     model: gemini-2.5-flash-lite
     price: {input_per_mtok: 0.1, output_per_mtok: 0.4}
     reasoning: {low: low, high: high}
+  mini:
+    provider: openai
+    base_url: sim:///gpt-5-mini/v1
+    model: gpt-5-mini
+    price: {input_per_mtok: 0.25, output_per_mtok: 2.0}
 routes:
 - target: claude
 """
@@ -98,7 +104,7 @@ def ask(live: LiveGateway, model: str, **extra: Any) -> Any:
     return client.chat.completions.with_raw_response.create(model=model, messages=QUESTION, **extra)
 
 
-@pytest.mark.parametrize("model", ["claude", "gemini-25", "gemini-3"])
+@pytest.mark.parametrize("model", ["claude", "gemini-25", "gemini-3", "mini"])
 def test_a_thinking_answer_bills_the_thinking_and_shows_only_the_answer(
         thinking: tuple[LiveGateway, RecordingSink], model: str) -> None:
     live, sink = thinking
@@ -111,6 +117,10 @@ def test_a_thinking_answer_bills_the_thinking_and_shows_only_the_answer(
     assert answer == plain.parse().choices[0].message.content
     extra = thought_usage.completion_tokens - plain_usage.completion_tokens
     assert extra >= THINKING_BASE_TOKENS
+    # OpenAI and Gemini say how many of the completion tokens were thought; Anthropic does not.
+    details = thought_usage.completion_tokens_details
+    assert (details.reasoning_tokens if details else None) == (None if model == "claude" else extra)
+    assert plain_usage.completion_tokens_details is None
     attempt = sink.by_id(thought.headers["x-request-id"]).attempts[-1]
     assert attempt.completion_tokens == thought_usage.completion_tokens
     assert float(thought.headers["x-laneway-cost-usd"]) > float(plain.headers["x-laneway-cost-usd"])

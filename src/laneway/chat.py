@@ -22,6 +22,7 @@ class Usage:
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens read from the provider's prompt cache
     cache_write_tokens: int = 0  # prompt tokens written to it (Anthropic bills them apart)
+    reasoning_tokens: int = 0  # of `completion_tokens`, those the model thought (where the provider says)
 
     @property
     def total_tokens(self) -> int:

@@ -248,10 +248,11 @@ def usage_of(metadata: Any) -> Usage | None:
     if not isinstance(metadata, dict):
         return None
     # Thinking tokens are billed at the output price, so they count as completion tokens.
-    completion = int(metadata.get("candidatesTokenCount") or 0) + int(metadata.get("thoughtsTokenCount") or 0)
+    thoughts = int(metadata.get("thoughtsTokenCount") or 0)
+    completion = int(metadata.get("candidatesTokenCount") or 0) + thoughts
     # `promptTokenCount` includes `cachedContentTokenCount`, the tokens read from the context cache.
     cached = int(metadata.get("cachedContentTokenCount") or 0)
-    return Usage(int(metadata.get("promptTokenCount") or 0), completion, cached)
+    return Usage(int(metadata.get("promptTokenCount") or 0), completion, cached, reasoning_tokens=thoughts)
 
 
 def status_error(error: Any, model: str) -> UpstreamError:

@@ -135,7 +135,11 @@ def _logprobs(choice: dict[str, Any]) -> list[TokenLogprob] | None:
 
 
 def usage_of(usage: dict[str, Any]) -> Usage:
-    """`prompt_tokens` includes `prompt_tokens_details.cached_tokens`, those read from the prompt cache."""
+    """`prompt_tokens` includes `prompt_tokens_details.cached_tokens`, those read from the prompt cache;
+    `completion_tokens` includes `completion_tokens_details.reasoning_tokens`."""
     details = usage.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), int(cached or 0))
+    thought = usage.get("completion_tokens_details")
+    reasoning = thought.get("reasoning_tokens") if isinstance(thought, dict) else None
+    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), int(cached or 0),
+                 reasoning_tokens=int(reasoning or 0))

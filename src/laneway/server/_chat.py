@@ -95,11 +95,14 @@ def _completion_body(completion: Completion, exchange: Exchange, logprobs: bool)
 
 
 def usage_body(usage: Usage) -> dict[str, Any]:
-    """OpenAI's `usage`; `prompt_tokens_details.cached_tokens` when the provider read from its prompt cache."""
+    """OpenAI's `usage`; `prompt_tokens_details.cached_tokens` when the provider read from its prompt cache,
+    `completion_tokens_details.reasoning_tokens` when the model thought."""
     body: dict[str, Any] = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
                             "total_tokens": usage.total_tokens}
     if usage.cached_tokens:
         body["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+    if usage.reasoning_tokens:
+        body["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
     return body
 
 
