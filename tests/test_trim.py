@@ -83,6 +83,12 @@ models:
     provider: openai
     base_url: sim:///gpt-5/v1
     model: gpt-5
+  claude:
+    provider: anthropic
+    base_url: sim:///claude-sonnet-37
+    model: claude-sonnet-37
+    context_window: {WINDOW * 4}
+    reasoning: {{high: 1024}}
 routes:
 - name: trimmed
   path: /v1/chat
@@ -94,6 +100,11 @@ routes:
   matcher: "metadata.plan == long"
   target: small
   long_context: large
+  trim: oldest
+- name: thinking
+  path: /v1/chat
+  matcher: "metadata.plan == think"
+  target: claude
   trim: oldest
 - name: strict
   path: /v1/chat
@@ -125,8 +136,9 @@ def test_a_long_dialog_is_trimmed_to_the_window_instead_of_refused(trimming: Any
     dropped = int(headers["x-laneway-trimmed"])
     attempt = sink.by_id(headers["x-request-id"]).attempts[-1]
     assert attempt.trimmed_messages == dropped > 0
-    # What the model was sent fits its window (the fleet counts what it received).
-    assert body["usage"]["prompt_tokens"] <= WINDOW
+    # What the model was sent fits its window with room for the answer: a quarter of it, as the
+    # request names no `max_tokens` (the fleet counts what it received).
+    assert body["usage"]["prompt_tokens"] <= WINDOW - WINDOW // 4
     assert body["usage"]["prompt_tokens"] < TokenCounter().count(messages)
 
 
@@ -161,3 +173,15 @@ def test_an_unknown_trim_policy_names_the_route() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config("routes:\n- target: gpt-5\n  trim: newest\n")
     assert "routes[0].trim" in str(caught.value) and "none, oldest" in str(caught.value)
+
+
+def test_a_thinking_budget_is_room_the_conversation_leaves(trimming: Any) -> None:
+    live, _ = trimming
+    body = {"model": "laneway", "messages": dialog(12), "metadata": {"plan": "think"}, "max_tokens": 100}
+    status, headers, _ = send(live, body)
+    assert status == 200
+    status, thought_headers, thought = send(live, {**body, "reasoning_effort": "high"})
+    assert status == 200
+    # The thinking budget (1,024) is output too: the same dialog keeps fewer of its oldest messages.
+    assert int(thought_headers["x-laneway-trimmed"]) > int(headers.get("x-laneway-trimmed", 0))
+    assert thought["usage"]["prompt_tokens"] + 100 + 1024 <= WINDOW * 4

@@ -35,10 +35,13 @@ from .errors import (
 from .exchange import OK, SKIPPED, Attempt, Exchange
 from .gate import Gate, GateRejected
 from .providers import Refusal
-from .runtime import Runtime, fits, prepare
+from .runtime import Runtime, fits, output_reserve, prepare
 
 # The share of what is left of the deadline a canary attempt may take before the primary gets the rest.
 CANARY_SHARE = 0.5
+# What a trimmed conversation leaves for the answer when the request names no `max_tokens` (at most a
+# quarter of the model's window).
+TRIM_ANSWER_TOKENS = 1024
 
 
 @dataclass(slots=True)
@@ -207,7 +210,7 @@ class Dispatcher:
                 if any(n == long_context for _, n in lanes):
                     long_context = None  # in the plan already
                 # Trimmed only where no model later in the plan has the room for the whole conversation.
-                needed = prompt + request.max_tokens(0)
+                needed = prompt + output_reserve(spec, request)
                 roomier = any(self.runtime.config.models[n].context_window >= needed for _, n in lanes[i:])
                 cut = None if long_context is not None or roomier else self._trim(plan, spec, request)
                 if cut is None:
@@ -245,7 +248,9 @@ class Dispatcher:
         if it cannot fit."""
         if plan.route is None or plan.route.trim == "none":
             return None
-        cut = self.counter.trim_oldest(request.messages, spec.tokenizer, spec.context_window - request.max_tokens(0))
+        # Without a `max_tokens`, room for an answer all the same.
+        reserve = output_reserve(spec, request, min(TRIM_ANSWER_TOKENS, spec.context_window // 4))
+        cut = self.counter.trim_oldest(request.messages, spec.tokenizer, spec.context_window - reserve)
         if cut is None:
             return None
         messages, dropped, tokens = cut

@@ -158,9 +158,20 @@ def prepare(spec: ModelSpec, messages: list[Message], params: dict[str, Any]) ->
     return ChatRequest(spec.model, messages, merged)
 
 
+def output_reserve(spec: ModelSpec, request: ChatRequest, default: int = 0) -> int:
+    """The tokens the model's window must keep free for the output: the answer's `max_tokens` (or
+    `default`), plus the thinking budget the adapter adds for `reasoning_effort` (`reasoning:`)."""
+    reserve = request.max_tokens(default)
+    if spec.reasoning:
+        thinking = spec.thinking(request.params.get("reasoning_effort"))
+        if isinstance(thinking, int) and thinking > 0:
+            reserve += thinking
+    return reserve
+
+
 def fits(counter: TokenCounter, spec: ModelSpec, request: ChatRequest) -> tuple[bool, int]:
     """Whether prompt + requested output fit the model's window; returns the prompt count if taken."""
-    reserve = request.max_tokens(0)
+    reserve = output_reserve(spec, request)
     if upper_bound(request.messages) + reserve <= spec.context_window:
         return True, -1
     prompt = counter.count(request.messages, spec.tokenizer)
