@@ -326,11 +326,14 @@ async def test_canary_report_reads_entry_lanes_back_from_the_log(tmp_path: Path)
 
 
 async def test_report_prices_the_cascade_from_the_routing_file(tmp_path: Path) -> None:
-    rows = [exchange(i, cascade_confidence=0.9) for i in range(26)]
+    rows = [exchange(i, cascade_confidence=0.9) for i in range(24)]
     rows += [exchange(100 + i, model="gpt-5", lane="cascade", cascade_confidence=0.1) for i in range(10)]
     # Escalations that timed out: the first answer went out, and the escalation model's attempt failed.
     timed_out = [Attempt("gpt-5-mini", "ok"), Attempt("gpt-5", "timeout", lane="cascade")]
     rows += [exchange(200 + i, cascade_confidence=0.2, attempts=timed_out) for i in range(4)]
+    # Escalations never sent (the escalation model's breaker was open): only the threshold shows them.
+    skipped = [Attempt("gpt-5-mini", "ok"), Attempt("gpt-5", "skipped", lane="cascade")]
+    rows += [exchange(300 + i, cascade_confidence=0.3, attempts=skipped) for i in range(2)]
     _, url = await logged(tmp_path, rows)
     config = tmp_path / "lanes.yaml"
     config.write_text("routes:\n- name: chat\n  target: gpt-5-mini\n"
@@ -338,13 +341,14 @@ async def test_report_prices_the_cascade_from_the_routing_file(tmp_path: Path) -
     code, out = await asyncio.to_thread(run_cli, "report", "--db", url, "--json", "--config", str(config))
     chat = json.loads(out)["cascade"]["routes"]["chat"]
     assert code == 0 and chat["escalation_rate"] == 0.25 and chat["escalate_to"] == "gpt-5"
-    assert chat["escalations_failed"] == 4
+    assert chat["escalations_failed"] == 6
     heavy = 40 * load_config(config).models["gpt-5"].price.cost(100, 40)
     assert chat["always_heavy_cost_usd"] == pytest.approx(heavy)
     assert chat["saved_usd"] == pytest.approx(heavy - 40 * 0.001)
     code, text = await asyncio.to_thread(run_cli, "report", "--db", url)
     assert "10 of 40 escalated to gpt-5 (25.0%" in text and "pass it with `--config FILE`" in text
-    assert "4 more escalations failed and kept the first answer" in text
+    # Without the routing file's threshold, only the escalations that failed after being sent show.
+    assert "4 more escalations failed or were skipped, and kept the first answer" in text
 
 
 # --- a live shadow lane --------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """What a confidence cascade saved against sending everything to its escalation model.
 
-`escalated` counts the exchanges the escalation model answered; `escalations_failed` those where it
-was asked and failed (an error, or the deadline), so the first answer went out.
+`escalated` counts the exchanges the escalation model answered; `escalations_failed` those whose
+first answer was under the route's threshold and went out all the same: the escalation failed (an
+error, the deadline) or was never sent (an open breaker, a gate). Without the routing file's
+thresholds, it counts the exchanges whose escalation model failed after the first answer.
 
 For every exchange on a cascaded route, the always-heavy cost is what its answer's tokens would have
 cost at the escalation model's prices; the saving is that minus what the exchange did cost (first
@@ -28,7 +30,8 @@ class Priced(Protocol):
 
 
 def cascade_savings(rows: Iterable[ExchangeRow], escalate_to: Mapping[str, str] | None = None,
-                    prices: Mapping[str, Priced] | None = None) -> dict[str, Any]:
+                    prices: Mapping[str, Priced] | None = None,
+                    thresholds: Mapping[str, float] | None = None) -> dict[str, Any]:
     """Per cascaded route: escalation rate and cost saved. Routes are those of `escalate_to` (route →
     escalation model, from the routing file) or, without it, those whose exchanges carry a confidence."""
     by_route: dict[str, list[ExchangeRow]] = {}
@@ -37,20 +40,25 @@ def cascade_savings(rows: Iterable[ExchangeRow], escalate_to: Mapping[str, str] 
             by_route.setdefault(row.route or NO_ROUTE, []).append(row)
     cascaded = set(escalate_to) if escalate_to is not None else {
         name for name, group in by_route.items() if any(r.cascade_confidence is not None for r in group)}
-    routes = {name: _route(by_route[name], (escalate_to or {}).get(name), prices)
+    routes = {name: _route(by_route[name], (escalate_to or {}).get(name), prices, (thresholds or {}).get(name))
               for name in sorted(cascaded & set(by_route))}
     return {"priced": prices is not None, "note": None if prices is not None else NO_PRICES, "routes": routes}
 
 
-def _route(rows: list[ExchangeRow], heavy: str | None, prices: Mapping[str, Priced] | None) -> dict[str, Any]:
+def _route(rows: list[ExchangeRow], heavy: str | None, prices: Mapping[str, Priced] | None,
+           threshold: float | None) -> dict[str, Any]:
     n = len(rows)
     escalated = sum(r.lane == CASCADE_LANE for r in rows)
     scores = [r.cascade_confidence for r in rows if r.cascade_confidence is not None]
     heavy = heavy or next((r.model for r in rows if r.lane == CASCADE_LANE and r.model), None)
-    # Scored, yet the escalation model failed and the first answer went out: the escalation failed (the
-    # model that answered first was scored, so the escalation model's failure came after it).
-    failed = sum(r.lane != CASCADE_LANE and r.cascade_confidence is not None and heavy in r.failed_models
-                 for r in rows) if heavy is not None else 0
+    if threshold is not None:
+        failed = sum(r.lane != CASCADE_LANE and r.cascade_confidence is not None and r.cascade_confidence < threshold
+                     for r in rows)
+    else:
+        # Scored, yet the escalation model failed and the first answer went out (the model that answered
+        # first was scored, so the escalation model's failure came after it).
+        failed = sum(r.lane != CASCADE_LANE and r.cascade_confidence is not None and heavy in r.failed_models
+                     for r in rows) if heavy is not None else 0
     spent = sum(r.cost_usd for r in rows)
     figures: dict[str, Any] = {
         "exchanges": n, "scored": len(scores), "escalated": escalated, "escalations_failed": failed,

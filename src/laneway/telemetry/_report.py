@@ -86,11 +86,11 @@ def run_report(args: argparse.Namespace) -> int:
     except OptionError as error:
         print(f"laneway report: {error}", file=sys.stderr)
         return 2
-    escalate_to, prices = _cascade_prices(args.config)
+    cascades = _cascades(args.config)
     fetched = read_log("report", args.db, windows)
     if fetched is None:
         return 1
-    current = _summary(fetched, windows, escalate_to, prices)
+    current = _summary(fetched, windows, cascades)
     rows, hourly = fetched[0]
     if args.html is not None and not _write_html(args.html, current, rows, hourly):
         return 1
@@ -151,17 +151,14 @@ def check_output(path: Path | None, option: str) -> None:
         raise OptionError(f"`{option} {path}` is not writable; choose another path")
 
 
-def _summary(
-    fetched: list[Fetched], windows: list[Window], escalate_to: dict[str, str] | None,
-    prices: dict[str, Priced] | None,
-) -> dict[str, Any]:
+def _summary(fetched: list[Fetched], windows: list[Window], cascades: _Cascades) -> dict[str, Any]:
     """The current window's figures with its cascade savings, and the baseline's under `compare`."""
     summaries = [
         summarize(rows, hourly, start, end) for (rows, hourly), (start, end) in zip(fetched, windows, strict=True)
     ]
     current = summaries[0]
     start, end = windows[0]
-    current["cascade"] = cascade_savings(_within(fetched[0][0], start, end), escalate_to, prices)
+    current["cascade"] = cascade_savings(_within(fetched[0][0], start, end), *cascades)
     if len(summaries) > 1:
         current["compare"] = summaries[1]
     return current
@@ -178,15 +175,21 @@ def _write_html(path: Path, summary: dict[str, Any], rows: list[ExchangeRow], ho
     return True
 
 
-def _cascade_prices(path: Path | None) -> tuple[dict[str, str] | None, dict[str, Priced] | None]:
-    """Each cascaded route's escalation model, and every model's prices, from the routing file."""
+_Cascades = tuple[dict[str, str] | None, dict[str, Priced] | None, dict[str, float] | None]
+
+
+def _cascades(path: Path | None) -> _Cascades:
+    """From the routing file: each cascaded route's escalation model, every model's prices, and each
+    cascaded route's confidence threshold."""
     if path is None:
-        return None, None
+        return None, None, None
     from laneway.config import load_config
 
     config = load_config(path)
-    escalate_to = {r.name: r.cascade.escalate_to for r in config.routes if r.cascade is not None}
-    return escalate_to, {name: spec.price for name, spec in config.models.items()}
+    cascaded = [r for r in config.routes if r.cascade is not None]
+    return ({r.name: r.cascade.escalate_to for r in cascaded if r.cascade is not None},
+            {name: spec.price for name, spec in config.models.items()},
+            {r.name: r.cascade.confidence for r in cascaded if r.cascade is not None})
 
 
 def _within(rows: list[ExchangeRow], start: float | None, end: float | None) -> list[ExchangeRow]:
@@ -260,7 +263,9 @@ def cascade_text(cascade: dict[str, Any]) -> str:
         line = (f"  {name}: {r['escalated']} of {r['exchanges']} escalated to {r['escalate_to'] or '-'} "
                 f"({figure(r['escalation_rate'], 'pct')}, 95 % CI {low * 100:.1f}-{high * 100:.1f} %)")
         if r["escalations_failed"]:
-            line += f"; {r['escalations_failed']} more escalations failed and kept the first answer"
+            failed = r["escalations_failed"]
+            line += f"; {failed} more {'escalation' if failed == 1 else 'escalations'} failed or were skipped, " \
+                    "and kept the first answer"
         if r["saved_usd"] is not None:
             line += (f"; cost ${r['cost_usd']:.6f} vs always-heavy ${r['always_heavy_cost_usd']:.6f}: "
                      f"saved ${r['saved_usd']:.6f} ({_percent(r['saved_pct'])})")
