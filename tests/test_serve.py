@@ -190,3 +190,28 @@ def test_the_fleet_is_out_of_reach_of_ctrl_c_and_stops_with_its_gateway(tmp_path
     process.kill()  # a gateway that dies without stopping its fleet
     process.communicate(timeout=30)
     assert gone(fleet, 5), "the fleet outlived its gateway"
+
+
+def test_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
+    db = tmp_path / "exchanges.sqlite3"
+    config = tmp_path / "routes.yaml"
+    config.write_text(ROUTES.format(db=db, target="gpt-5-mini"))
+    process, url = serve(config, "--workers", "2")
+    deadline = time.monotonic() + 15
+    while len(workers := workers_of(process)) < 2:
+        assert time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.1)
+    assert [chat(url) for _ in range(6)] == ["gpt-5-mini"] * 6
+    process.kill()  # SIGKILL: the supervisor forwards nothing
+    process.communicate(timeout=30)
+    deadline = time.monotonic() + 20
+    while alive := [pid for pid in workers if Path(f"/proc/{pid}").exists()
+                    and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]:
+        assert time.monotonic() < deadline, f"workers {alive} outlived their parent"
+        time.sleep(0.1)
+    port = int(url.rsplit(":", 1)[1])
+    with socket.socket() as again:  # the port is free for the next start
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
+    with sqlite3.connect(db) as connection:  # they stopped gracefully: what they served is in the log
+        assert connection.execute("select count(*) from exchanges").fetchone()[0] == 6

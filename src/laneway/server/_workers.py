@@ -13,6 +13,7 @@ describes the worker that answered. Gates, cache and breakers are shared through
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -35,6 +36,7 @@ from ._serve import check_exposure, fleet_command
 log = logging.getLogger("laneway")
 EARLY_EXIT_S = 10.0
 MAX_EARLY_EXITS = 3
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def serve_workers(config_path: str | Path | None, host: str, port: int, workers: int,
@@ -128,8 +130,22 @@ def _worker(config_path: str | Path | None, host: str, port: int, sock: socket.s
     from ._serve import serve
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    _stop_with_parent()
     uvloop.run(serve(config_path, host, port, allow_unauthenticated, sockets=[sock], sim_url=sim_url,
                      worker=worker))
+
+
+def _stop_with_parent() -> None:
+    """A worker whose parent is killed (SIGKILL: nothing forwards a signal) gets SIGINT, and so stops
+    gracefully instead of keeping the port with no fleet and no supervisor (Linux's parent-death
+    signal; elsewhere the parent's own signal handling is all there is)."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGINT)
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before the signal was asked for
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def _start_fleet(sim: SimSettings) -> tuple[subprocess.Popen[str], str]:
