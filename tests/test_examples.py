@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -33,3 +34,23 @@ def test_final_architecture_routes_by_intent_and_signals(sim_url: str, content: 
             headers = dict(response.headers)
     assert headers["x-laneway-route"] == route
     assert headers["x-laneway-model"] == model
+
+
+@pytest.mark.parametrize(("metadata", "headers", "status", "needle"), [
+    ({"intent": " Billing_Dispute "}, {}, 200, "billing"),  # trimmed and lower-cased, as other signals are
+    ({}, {"x-laneway-intent": "billing_dispte"}, 400, "did you mean `billing_dispute`?"),
+    ({"intent": 5}, {}, 400, "`metadata.intent`: expected an intent label, got 5"),
+])
+def test_a_client_intent_is_normalised_and_checked_against_the_model(
+        sim_url: str, metadata: dict[str, object], headers: dict[str, str], status: int, needle: str) -> None:
+    with live_gateway(EXAMPLE.read_text(), sim_url, config_path=EXAMPLE) as live:
+        body = {"model": "laneway", "messages": [{"role": "user", "content": "tell me a joke"}], "metadata": metadata}
+        request = urllib.request.Request(live.url + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                         headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                got, route = response.status, response.headers["x-laneway-route"]
+        except urllib.error.HTTPError as error:
+            got, route = error.code, json.loads(error.read())["error"]["message"]
+    assert got == status
+    assert needle in route

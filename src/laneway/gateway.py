@@ -225,7 +225,8 @@ class Gateway:
 
     def _prepare(self, runtime: Runtime, request: ClientRequest, headers: Mapping[str, str], path: str,
                  exchange: Exchange, key: KeyPolicy | None) -> tuple[Plan, list[Message], dict[str, Any]]:
-        signals = read_signals(request, headers, token_fn=self.counter.count, intent_fn=runtime.classify)
+        signals = read_signals(request, headers, runtime.intent_labels, token_fn=self.counter.count,
+                               intent_fn=runtime.classify)
         exchange.conversation_id = signals.conversation_id or None
         decision = decide(runtime.config, request.model, path, signals, exchange.request_id)
         route = decision.route

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -154,8 +155,10 @@ def _check_response_format(value: Any) -> None:
                                  param=f"response_format.json_schema.{key}")
 
 
-def read_signals(request: ClientRequest, headers: Mapping[str, str], **lazy: Any) -> Signals:
-    """Signals from `metadata` and `x-laneway-<name>` headers; the header wins."""
+def read_signals(request: ClientRequest, headers: Mapping[str, str], intents: frozenset[str] = frozenset(),
+                 **lazy: Any) -> Signals:
+    """Signals from `metadata` and `x-laneway-<name>` headers; the header wins. A client's `intent` must
+    be one of `intents` (what the routing file's intent model answers) when there are any."""
     values: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for key, raw in request.metadata.items():
@@ -168,4 +171,20 @@ def read_signals(request: ClientRequest, headers: Mapping[str, str], **lazy: Any
         header = headers.get(header_name)
         if header is not None:
             values[name] = parse_settable(name, header, header_name)
+    if "intent" in values:
+        where = "x-laneway-intent" if "x-laneway-intent" in headers else "metadata.intent"
+        values["intent"] = _client_intent(request.metadata.get("intent") if where == "metadata.intent"
+                                          else headers["x-laneway-intent"], where, intents)
     return Signals(request.messages, user=request.user, metadata=extra, **values, **lazy)
+
+
+def _client_intent(raw: Any, where: str, intents: frozenset[str]) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise InvalidRequest(f"`{where}`: expected an intent label, got {raw!r}", param=where)
+    label = raw.strip().lower()
+    if intents and label not in intents:
+        close = difflib.get_close_matches(label, sorted(intents), n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        raise InvalidRequest(f"`{where}`: `{label}` is not an intent of the routing file's intent model; {hint}"
+                             f"it knows: {', '.join(sorted(intents))}", param=where)
+    return label

@@ -20,12 +20,14 @@ from .context import TokenCounter, upper_bound
 from .errors import ConfigError, LanewayError
 from .gate import Gate, SharedLimits
 from .providers import Provider, create_provider
-from .signals import IntentFn
+from .signals import SIGNALS, IntentFn
 
 if TYPE_CHECKING:
+    from .intents import IntentModel
     from .retrieval import KnowledgeBase
 
 log = logging.getLogger("laneway")
+UNKNOWN_INTENT = SIGNALS["intent"].default
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Runtime:
     breakers: dict[str, CircuitBreaker]
     knowledge: dict[str, KnowledgeBase] = field(default_factory=dict)
     classify: IntentFn | None = None
+    intent_labels: frozenset[str] = frozenset()  # what `classify` answers, `unknown` included
     gates: dict[str, Gate] = field(default_factory=dict)
     shared: SharedLimits | None = None  # limits shared with other replicas (`state:`)
     inflight: int = 0
@@ -54,7 +57,9 @@ class Runtime:
         gates = {name: old[name] if name in old and old[name].policy == spec.gate
                  else Gate(name, spec.gate, shared)
                  for name, spec in config.models.items() if spec.gate is not None}
-        return cls(config, providers, breakers, knowledge, _classifier(config), gates, shared)
+        model = _intent_model(config)
+        return cls(config, providers, breakers, knowledge, model.classify if model else None,
+                   frozenset((*model.labels, UNKNOWN_INTENT)) if model else frozenset(), gates, shared)
 
     def share(self, shared: SharedLimits) -> None:
         """From now on, every gate also keeps to the limits `shared` with the other replicas."""
@@ -99,7 +104,7 @@ def load_files(config: Config) -> None:
     serving would, so that `laneway check` finds what would stop `laneway serve`: a `ConfigError`."""
     for source in config.knowledge.values():
         _knowledge_base(source, config.source)
-    _classifier(config)
+    _intent_model(config)
 
 
 def _knowledge_base(source: KnowledgeSource, config_source: str) -> KnowledgeBase:
@@ -111,15 +116,14 @@ def _knowledge_base(source: KnowledgeSource, config_source: str) -> KnowledgeBas
         return KnowledgeBase.build(source.name, source.sources, chunk_tokens=source.chunk_tokens)
 
 
-def _classifier(config: Config) -> IntentFn | None:
+def _intent_model(config: Config) -> IntentModel | None:
     """Loaded only when some matcher reads `intent`: the classifier costs nothing otherwise."""
     if not config.signals_used & {"intent", "intent_confidence"}:
         return None
     from .intents import IntentModel, load_default
 
     with _at("intents.model", config.source):
-        model = IntentModel.load(config.intents.model) if config.intents.model else load_default()
-    return model.classify
+        return IntentModel.load(config.intents.model) if config.intents.model else load_default()
 
 
 @contextlib.contextmanager
