@@ -97,6 +97,8 @@ def test_header_signal_wins_over_metadata(seed_gateway: LiveGateway) -> None:
     ({"model": "laneway", "messages": chat(1), "temperature": 7}, {}, 400, "invalid_request", "`temperature`"),
     ({"model": "laneway", "messages": chat(1), "max_tokens": 10**9}, {}, 400, "invalid_request", "`max_tokens`"),
     ({"model": "laneway", "messages": chat(1), "bogus": 1}, {}, 400, "invalid_request", "unknown field `bogus`"),
+    ({"model": "laneway", "messages": chat(1), "reasoning_effort": "bogus"}, {}, 400, "invalid_request",
+     "`reasoning_effort` must be one of none, minimal, low, medium, high, xhigh, got 'bogus'"),
     ({"messages": chat(1)}, {}, 400, "invalid_request", "`model` is required"),
     ({"model": "gpt-6", "messages": chat(1)}, {}, 404, "model_not_found", "unknown model `gpt-6`"),
     (b"{not json", {}, 400, "invalid_request", "not valid JSON"),

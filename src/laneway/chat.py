@@ -14,6 +14,9 @@ Message = dict[str, Any]
 TokenLogprob = dict[str, Any]
 
 FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls")
+# OpenAI's `reasoning_effort` values: an `openai` model takes them as they are, and an Anthropic or
+# Gemini model's `reasoning:` may translate them.
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 
 @dataclass(frozen=True, slots=True)

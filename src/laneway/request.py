@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from .chat import REASONING_EFFORTS
 from .errors import InvalidRequest
 from .signals import SETTABLE, Signals, parse_settable
 
@@ -128,6 +129,10 @@ def _check_params(params: dict[str, Any], n: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_OUTPUT_TOKENS:
             raise InvalidRequest(f"`{key}` must be a whole number from 1 to {MAX_OUTPUT_TOKENS}, got {value!r}",
                                  param=key)
+    effort = params.get("reasoning_effort")
+    if effort is not None and effort not in REASONING_EFFORTS:
+        raise InvalidRequest(f"`reasoning_effort` must be one of {', '.join(REASONING_EFFORTS)}, got {effort!r}",
+                             param="reasoning_effort")
     if "response_format" in params:
         _check_response_format(params["response_format"])
 

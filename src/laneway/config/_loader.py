@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..chat import REASONING_EFFORTS
 from ..errors import ConfigError, ConfigIssue, not_utf8
 from ..keys import KeyPolicy
 from ..providers import PROVIDER_NAMES
@@ -36,7 +37,6 @@ from ._lanes import (
 from ._matcher import MatcherError, always, compile_matcher
 from ._model import (
     GEMINI_THINKING_LEVELS,
-    REASONING_EFFORTS,
     SYSTEM_MODES,
     TOKENIZERS,
     TRIM_POLICIES,

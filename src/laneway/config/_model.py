@@ -18,8 +18,6 @@ from ._matcher import Matcher
 DEFAULT_DEADLINE_MS = 5000
 SYSTEM_MODES = ("prepend", "replace", "keep")
 TOKENIZERS = ("cl100k_base", "approx")
-# OpenAI's `reasoning_effort` values, which a model's `reasoning:` may translate.
-REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 GEMINI_THINKING_LEVELS = ("minimal", "low", "medium", "high")
 
 
