@@ -197,6 +197,30 @@ def test_shadow_never_changes_the_primary_answer(sim_url: str) -> None:
         assert 0 <= shadow.signals["similarity"] <= 1 and shadow.signals["exact"] is False
 
 
+def test_a_shadow_whose_window_cannot_hold_the_prompt_is_dropped_and_counted(sim_url: str) -> None:
+    text = """
+models:
+  small:
+    provider: openai
+    base_url: sim:///gemini-2.5-flash-lite/v1
+    model: gemini-2.5-flash-lite
+    context_window: 100
+routes:
+- name: chat
+  target: gpt-5-mini
+  shadow: [{target: small, sample: 1.0}]
+"""
+    sink = RecordingSink()
+    with live_gateway(text, sim_url, telemetry=sink) as live:
+        send(live, "short question")
+        send(live, "a long question " * 60)
+        wait_for(lambda: sum(e.lane == "shadow" for e in sink.exchanges) == 1)
+        time.sleep(0.2)
+    shadows = [e for e in sink.exchanges if e.lane == "shadow"]
+    assert len(shadows) == 1 and shadows[0].outcome == "ok"  # the short one ran; the long one was never sent
+    assert sink.events.count(("shadow_dropped_context", "small")) == 1
+
+
 def test_full_shadow_queue_drops_and_counts_without_blocking(sim_url: str) -> None:
     text = """
 models:

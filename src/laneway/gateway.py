@@ -53,7 +53,7 @@ class Gateway:
         self.telemetry = telemetry
         self.counter = TokenCounter()
         self.runtime = Runtime.build(config, sim_url)
-        self.shadows = ShadowRunner(config.shadow, telemetry)
+        self.shadows = ShadowRunner(config.shadow, telemetry, self.counter)
         self.cache: CacheStore = MemoryStore(config.server.cache_entries)
         self.state: SharedState | None = None  # with `state:`, shared with the other replicas through Redis
         self.keys = KeyRing(config.keys)

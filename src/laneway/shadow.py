@@ -1,10 +1,11 @@
 """Shadow lanes: candidate models answer copies of real requests in the background.
 
 A shadow call never delays or changes the client's answer: jobs go on a bounded queue served by
-a fixed number of workers; a full queue or an exhausted hourly spend cap drops the job and counts
-it. Each result is recorded as an exchange of lane `shadow`, paired with its primary by
-`signals.shadow_of`, with the comparison (exact match, text similarity, label agreement). Its
-cost is its own: it never touches the primary's.
+a fixed number of workers; a full queue, an exhausted hourly spend cap, a request the candidate's
+adapter cannot carry or a prompt its window cannot hold drops the job and counts it. Each result
+is recorded as an exchange of lane `shadow`, paired with its primary by `signals.shadow_of`, with
+the comparison (exact match, text similarity, label agreement). Its cost is its own: it never
+touches the primary's.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .chat import Message
+from .chat import ChatRequest, Message
 from .config import Route, ShadowSettings
+from .context import TokenCounter
 from .dispatch import account
 from .errors import UpstreamError
 from .exchange import OK, Attempt, Exchange
 from .routing import unit_hash
-from .runtime import Runtime, prepare
+from .runtime import Runtime, fits, prepare
 
 log = logging.getLogger("laneway")
 _WORDS = re.compile(r"[a-z0-9]+")
@@ -34,8 +36,7 @@ _WORDS = re.compile(r"[a-z0-9]+")
 class _Job:
     runtime: Runtime
     target: str
-    messages: list[Message]
-    params: dict[str, Any]
+    request: ChatRequest  # as the candidate's profile prepares it
     primary: Exchange
     primary_text: str
 
@@ -47,11 +48,13 @@ class ShadowCounters:
     dropped_queue: int = 0
     dropped_budget: int = 0
     dropped_refused: int = 0  # the candidate's adapter cannot carry the request (`Provider.refusal`)
+    dropped_context: int = 0  # the prompt and its output do not fit the candidate's window
 
 
 class ShadowRunner:
-    def __init__(self, settings: ShadowSettings, sink: Any) -> None:
+    def __init__(self, settings: ShadowSettings, sink: Any, counter: TokenCounter | None = None) -> None:
         self.settings = settings
+        self._counter = counter or TokenCounter()
         self.sink = sink
         self.counters = ShadowCounters()
         self.dropped: dict[str, int] = {}
@@ -73,11 +76,16 @@ class ShadowRunner:
             if runtime.providers[target].refusal(params) is not None:
                 self._drop(target, "refused")  # as dispatch skips it: sent without, it would answer something else
                 continue
+            spec = runtime.config.models[target]
+            request = prepare(spec, messages, params)
+            if not fits(self._counter, spec, request)[0]:
+                self._drop(target, "context")  # as dispatch skips it: the call could only fail
+                continue
             if self._over_budget():
                 self._drop(target, "budget")
                 continue
             try:
-                self._queue.put_nowait(_Job(runtime, target, messages, params, primary, primary_text))
+                self._queue.put_nowait(_Job(runtime, target, request, primary, primary_text))
             except asyncio.QueueFull:
                 self._drop(target, "queue")
                 continue
@@ -88,6 +96,8 @@ class ShadowRunner:
             self.counters.dropped_budget += 1
         elif why == "refused":
             self.counters.dropped_refused += 1
+        elif why == "context":
+            self.counters.dropped_context += 1
         else:
             self.counters.dropped_queue += 1
         self.dropped[target] = self.dropped.get(target, 0) + 1
@@ -134,8 +144,7 @@ class ShadowRunner:
         pieces: list[str] = []
         usage = None
         try:
-            async for chunk in job.runtime.providers[job.target].stream(prepare(spec, job.messages, job.params),
-                                                                        deadline):
+            async for chunk in job.runtime.providers[job.target].stream(job.request, deadline):
                 if record.ttft_ms is None and chunk.text:
                     record.ttft_ms = attempt.ttft_ms = (time.perf_counter() - started) * 1000
                 pieces.append(chunk.text)
