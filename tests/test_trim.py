@@ -147,6 +147,18 @@ def test_without_trim_the_same_dialog_is_a_clear_error(trimming: Any) -> None:
     status, headers, body = send(live, {"model": "laneway", "messages": dialog(10)})
     assert status == 400 and body["error"]["code"] == "context_window_exceeded"
     assert "x-laneway-trimmed" not in headers
+    assert "give the route `trim: oldest`" in body["error"]["message"]
+
+
+def test_a_latest_message_too_long_to_keep_says_what_trimming_cannot_do(trimming: Any) -> None:
+    live, _ = trimming
+    messages = [*dialog(3)[:-1], {"role": "user", "content": "please read this: " + "refund " * 400}]
+    status, _, body = send(live, {"model": "laneway", "messages": messages, "metadata": {"plan": "trim"},
+                                  "max_tokens": 50})
+    assert status == 400 and body["error"]["code"] == "context_window_exceeded"
+    message = body["error"]["message"]
+    assert f"`small` holds {WINDOW} with 50 for the output" in message
+    assert "even `trim: oldest` cannot make it fit" in message
 
 
 def test_a_long_context_model_gets_the_whole_dialog_before_anything_is_trimmed(trimming: Any) -> None:

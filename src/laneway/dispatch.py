@@ -216,7 +216,8 @@ class Dispatcher:
                 if cut is None:
                     exchange.attempts.append(Attempt(name, SKIPPED, prompt_tokens=prompt, lane=lane,
                                                      error=f"context_window: {prompt} tokens > {spec.context_window}"))
-                    overflow.append(f"`{name}` holds {spec.context_window}")
+                    overflow.append(f"`{name}` holds {spec.context_window} with {output_reserve(spec, request)} "
+                                    "for the output")
                     exchange.prompt_tokens = max(exchange.prompt_tokens, prompt)
                     if long_context is not None:
                         lanes.insert(i, ("fallback", long_context))
@@ -237,10 +238,14 @@ class Dispatcher:
                 f"{'; '.join(r.reason for r in refused)}. Route such requests to a model whose adapter carries "
                 "them (docs/providers.md), or give the route one as a fallback", param=params_named[0])
         if overflow and not any(a.outcome != SKIPPED for a in exchange.attempts):
+            trims = plan.route is not None and plan.route.trim != "none"
+            fix = ("even `trim: oldest` cannot make it fit: the system prompt and the latest user message, with "
+                   "what follows it, are too long. Shorten them, ask for less output (`max_tokens`), or give the "
+                   "route a `long_context:` model" if trims else
+                   "Trim the conversation (or give the route `trim: oldest`), or give the route a `long_context:` "
+                   "model")
             raise ContextWindowExceeded(
-                f"the prompt has {exchange.prompt_tokens} tokens (plus the requested output), more than fits: "
-                f"{'; '.join(overflow)}. Trim the conversation, or give the route a `long_context:` model"
-            )
+                f"the prompt has {exchange.prompt_tokens} tokens, more than fits: {'; '.join(overflow)}. {fix}")
 
     def _trim(self, plan: Plan, spec: ModelSpec, request: ChatRequest) -> tuple[ChatRequest, int, int] | None:
         """With the route's `trim: oldest`, `request` without the oldest messages `spec`'s window cannot
