@@ -302,12 +302,15 @@ def test_check_table_shows_each_routes_lanes(tmp_path: Path, capsys: pytest.Capt
           cache: {mode: read_only}
         - name: plain
           target: gpt-5-mini
+          long_context: gpt-5
         """))
     assert main(["check", str(path)]) == 0
-    rows = {line.split()[1]: line for line in capsys.readouterr().out.splitlines()[2:4]}
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[1]: line for line in lines[2:4]}
+    assert rows["plain"][lines[1].index("fallbacks")] == "["  # the column's text starts where its header does
     assert rows["trial"].endswith("canary gpt-5-mini 5%, shadow claude-sonnet-37 10%, "
                                   "cascade < 0.7 -> heavy-foundation, cache read_only")
-    assert rows["plain"].endswith(" -")
+    assert rows["plain"].endswith("[long context: gpt-5]  -")
 
 
 def test_check_of_a_config_with_a_knowledge_base_prints_only_its_report() -> None:
@@ -412,15 +415,16 @@ def test_lanes_that_send_to_the_model_beside_them_or_repeat_are_warnings() -> No
         routes:
         - target: gpt-5
           canary: [{target: gpt-5-mini, weight: 0.1}, {target: gpt-5-mini, weight: 0.2}]
-          shadow: [{target: claude-sonnet-37}, {target: gpt-5}]
+          shadow: [{target: claude-sonnet-37}, {target: gpt-5}, {target: claude-sonnet-37, sample: 0.5}]
           cascade: {confidence: 0.5, source: logprobs, escalate_to: gpt-5, verifier: gpt-5-mini}
         """))
     warnings = sorted(str(w) for w in config.warnings)
-    assert len(warnings) == 4, warnings
+    assert len(warnings) == 5, warnings
     assert warnings[0].startswith("routes[0].canary[1].target") and "a canary of this route already" in warnings[0]
     assert warnings[1].startswith("routes[0].cascade.escalate_to") and "own target" in warnings[1]
     assert warnings[2].startswith("routes[0].cascade.verifier") and "never called" in warnings[2]
     assert warnings[3].startswith("routes[0].shadow[1].target") and "compared with itself" in warnings[3]
+    assert warnings[4].startswith("routes[0].shadow[2].target") and "a shadow of this route already" in warnings[4]
     # The same plan without the mistakes warns of nothing.
     clean = parse_config(textwrap.dedent("""
         routes:

@@ -169,7 +169,8 @@ def route_table(config: object) -> str:
     rows = [("#", "name", "path", "matcher", "target", "fallbacks", "lanes")]
     for r in config.routes:
         matcher = r.matcher.source if r.has_matcher else "(default)"
-        fallbacks = ", ".join(r.fallbacks) + (f" [long context: {r.long_context}]" if r.long_context else "")
+        fallbacks = " ".join(filter(None, (", ".join(r.fallbacks),
+                                           f"[long context: {r.long_context}]" if r.long_context else "")))
         rows.append((str(r.index), r.name, r.path, matcher, r.target, fallbacks or "-", _lanes(r) or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()

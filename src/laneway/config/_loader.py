@@ -322,10 +322,15 @@ def _check_repeats(s: Section, route: Route) -> None:
             s.issues.add(where, f"`{canary.target}` is a canary of this route already; its weights add up. "
                          "Give it one entry with the whole weight", severity="warning")
         canaries.append(canary.target)
+    shadows: list[str] = []
     for k, shadow in enumerate(route.shadows):
         if shadow.target == route.target:
             s.issues.add(s.where(f"shadow[{k}].target"), f"the shadow `{shadow.target}` is the route's own target: "
                          "each sampled request is sent to it twice and compared with itself", severity="warning")
+        elif shadow.target in shadows:
+            s.issues.add(s.where(f"shadow[{k}].target"), f"`{shadow.target}` is a shadow of this route already: a "
+                         "request sampled by both entries is copied to it twice", severity="warning")
+        shadows.append(shadow.target)
     if route.cascade is not None and route.cascade.escalate_to == route.target:
         s.issues.add(s.where("cascade.escalate_to"), f"`{route.target}` is the route's own target: a low-confidence "
                      "answer is asked again of the model that gave it. Escalate to a stronger model",

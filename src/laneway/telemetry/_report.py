@@ -267,8 +267,10 @@ def cascade_text(cascade: dict[str, Any]) -> str:
             line += f"; {failed} more {'escalation' if failed == 1 else 'escalations'} failed or were skipped, " \
                     "and kept the first answer"
         if r["saved_usd"] is not None:
-            line += (f"; cost ${r['cost_usd']:.6f} vs always-heavy ${r['always_heavy_cost_usd']:.6f}: "
-                     f"saved ${r['saved_usd']:.6f} ({_percent(r['saved_pct'])})")
+            saved, share = r["saved_usd"], r["saved_pct"]
+            verdict = (f"saved ${saved:.6f} ({_percent(share)})" if saved >= 0 else
+                       f"cost ${-saved:.6f} more ({_percent(None if share is None else -share)} more)")
+            line += f"; cost ${r['cost_usd']:.6f} vs always-heavy ${r['always_heavy_cost_usd']:.6f}: {verdict}"
         lines.append(line + (f" [{r['note']}]" if r["note"] else ""))
     if cascade["note"]:
         lines.append(f"  cost saved: {cascade['note']}")
