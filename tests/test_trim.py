@@ -139,6 +139,7 @@ def test_a_long_dialog_is_trimmed_to_the_window_instead_of_refused(trimming: Any
     # What the model was sent fits its window with room for the answer: a quarter of it, as the
     # request names no `max_tokens` (the fleet counts what it received).
     assert body["usage"]["prompt_tokens"] <= WINDOW - WINDOW // 4
+    assert body["usage"]["completion_tokens"] <= WINDOW // 4  # and the answer is held to that room
     assert body["usage"]["prompt_tokens"] < TokenCounter().count(messages)
 
 

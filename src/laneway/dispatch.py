@@ -39,8 +39,8 @@ from .runtime import Runtime, fits, output_reserve, prepare
 
 # The share of what is left of the deadline a canary attempt may take before the primary gets the rest.
 CANARY_SHARE = 0.5
-# What a trimmed conversation leaves for the answer when the request names no `max_tokens` (at most a
-# quarter of the model's window).
+# The `max_tokens` a trimmed conversation leaves room for when the request names none (at most a
+# quarter of the model's window); the request then asks for no more.
 TRIM_ANSWER_TOKENS = 1024
 
 
@@ -253,13 +253,15 @@ class Dispatcher:
         if it cannot fit."""
         if plan.route is None or plan.route.trim == "none":
             return None
-        # Without a `max_tokens`, room for an answer all the same.
-        reserve = output_reserve(spec, request, min(TRIM_ANSWER_TOKENS, spec.context_window // 4))
+        params = request.params
+        if not request.max_tokens(0):  # room for an answer all the same, and the answer held to it
+            params = {**params, "max_tokens": min(TRIM_ANSWER_TOKENS, spec.context_window // 4)}
+        reserve = output_reserve(spec, ChatRequest(request.model, request.messages, params))
         cut = self.counter.trim_oldest(request.messages, spec.tokenizer, spec.context_window - reserve)
         if cut is None:
             return None
         messages, dropped, tokens = cut
-        return ChatRequest(request.model, messages, request.params), dropped, tokens
+        return ChatRequest(request.model, messages, params), dropped, tokens
 
     async def _admit(self, gate: Gate, ticket: Ticket, plan: Plan, lane: str, spec: ModelSpec,
                      request: ChatRequest, prompt: int, exchange: Exchange) -> bool:
