@@ -67,6 +67,28 @@ def test_reasoning_settings_are_checked_per_provider() -> None:
         assert path in str(caught.value) and needle in str(caught.value), str(caught.value)
 
 
+def test_check_warns_of_budgets_the_window_cannot_hold_and_of_mixed_gemini_settings() -> None:
+    config = parse_config("""
+models:
+  claude:
+    provider: anthropic
+    base_url: sim:///claude-sonnet-37
+    context_window: 32000
+    reasoning: {low: 2048, high: 64000}
+  gemini:
+    provider: gemini
+    base_url: sim:///gemini-2.5-pro
+    reasoning: {low: low, high: 8192}
+routes:
+- target: claude
+  fallbacks: [gemini]
+""")
+    warnings = sorted(str(w) for w in config.warnings)
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("models.claude.reasoning.high") and "does not fit" in warnings[0]
+    assert warnings[1].startswith("models.gemini.reasoning") and "one or the other" in warnings[1]
+
+
 def test_anthropic_thinking_adds_its_budget_and_drops_what_the_api_refuses_with_it() -> None:
     request = ChatRequest("claude", QUESTION, {"max_tokens": 300, "temperature": 0.2, "reasoning_effort": "high"})
     body = anthropic.request_body("claude", request, False, thinking=8192)
@@ -76,6 +98,9 @@ def test_anthropic_thinking_adds_its_budget_and_drops_what_the_api_refuses_with_
     assert "thinking" not in plain and plain["max_tokens"] == 300 and plain["temperature"] == 0.2
     nucleus = ChatRequest("claude", QUESTION, {"top_p": 0.5})
     assert "top_p" not in anthropic.request_body("claude", nucleus, False, thinking=2048)
+    both = ChatRequest("claude", QUESTION, {"temperature": 0.7, "top_p": 0.97})  # the temperature used to win
+    assert anthropic.request_body("claude", both, False)["temperature"] == 0.7
+    assert anthropic.request_body("claude", both, False, thinking=2048)["top_p"] == 0.97
     tools = [{"type": "function", "function": {"name": "order", "parameters": {"type": "object"}}}]
     with_tools = ChatRequest("claude", QUESTION, {"tools": tools})
     assert "thinking" not in anthropic.request_body("claude", with_tools, False, thinking=2048)

@@ -171,6 +171,7 @@ def _model(name: str, s: Section) -> ModelSpec:
         warmup=s.flag("warmup", False), prompt_cache=s.flag("prompt_cache", False),
         reasoning=_reasoning(s.section("reasoning"), provider) if s.has("reasoning") else (),
     )
+    _check_reasoning(s, spec)
     if spec.prompt_cache and provider != "anthropic":
         s.issues.add(s.where("prompt_cache"), f"`prompt_cache` is for `anthropic` models; `{provider}` caches "
                      "long prompts on its own (its cached-token price is `price.cached_input_per_mtok`)")
@@ -202,6 +203,20 @@ def _reasoning(s: Section, provider: str | None) -> tuple[tuple[str, int | str],
         else:
             pairs.append((effort, value))
     return tuple(pairs)
+
+
+def _check_reasoning(s: Section, spec: ModelSpec) -> None:
+    """Warn of thinking budgets the model's window cannot hold, and of a Gemini model given both levels
+    (Gemini 3) and budgets (Gemini 2.5): a model takes one or the other."""
+    for effort, value in spec.reasoning:
+        if isinstance(value, int) and value >= spec.context_window:
+            s.issues.add(s.where(f"reasoning.{effort}"), f"a thinking budget of {value} tokens does not fit the "
+                         f"model's `context_window` ({spec.context_window}): such requests are refused as too long",
+                         severity="warning")
+    kinds = {type(value) for _, value in spec.reasoning}
+    if spec.provider == "gemini" and kinds == {int, str}:
+        s.issues.add(s.where("reasoning"), "mixes thinking levels (Gemini 3) and budgets in tokens (Gemini 2.5); "
+                     "a model takes one or the other", severity="warning")
 
 
 def _whole(value: Any) -> bool:

@@ -127,20 +127,21 @@ def request_body(model: str, request: ChatRequest, stream: bool, prompt_cache: b
                                  param="messages")
         body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
     if thinking and "tools" not in body and turns[-1]["role"] == "user":
-        _think(body, thinking)
+        _think(body, thinking, request.params.get("top_p"))
     if stream:
         body["stream"] = True
     return body
 
 
-def _think(body: dict[str, Any], budget: int) -> None:
+def _think(body: dict[str, Any], budget: int, top_p: Any) -> None:
     """Extended thinking: the API counts the thinking in `max_tokens`, and takes no temperature and no
     `top_p` under 0.95 with it. Not with tools (a tool call's next turn would have to send its
     thinking block back, which an OpenAI-format conversation does not carry), nor after a prefill,
     which the API does not continue with thinking on."""
     body["thinking"] = {"type": "enabled", "budget_tokens": budget}
     body["max_tokens"] += budget
-    body.pop("temperature", None)
+    if body.pop("temperature", None) is not None and top_p is not None:
+        body["top_p"] = top_p  # left out for the temperature, which thinking now leaves out
     if body.get("top_p", 1.0) < THINKING_MIN_TOP_P:
         body.pop("top_p")
 
