@@ -198,3 +198,12 @@ def test_a_thinking_budget_is_room_the_conversation_leaves(trimming: Any) -> Non
     # The thinking budget (1,024) is output too: the same dialog keeps fewer of its oldest messages.
     assert int(thought_headers["x-laneway-trimmed"]) > int(headers.get("x-laneway-trimmed", 0))
     assert thought["usage"]["prompt_tokens"] + 100 + 1024 <= WINDOW * 4
+
+
+def test_the_running_config_shows_the_trim_policy_and_the_reasoning_map(trimming: Any) -> None:
+    live, _ = trimming
+    with urllib.request.urlopen(live.url + "/admin/config", timeout=10) as response:
+        config = json.loads(response.read())
+    routes = {route["name"]: route for route in config["routes"]}
+    assert routes["trimmed"]["trim"] == "oldest" and routes["strict"]["trim"] == "none"
+    assert config["models"]["claude"]["reasoning"] == {"high": 1024}

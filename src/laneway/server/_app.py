@@ -9,6 +9,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -215,10 +216,15 @@ def describe(gateway: Gateway) -> dict[str, Any]:
         "models": {name: {"provider": m.provider, "base_url": m.base_url, "model": m.model,
                           "api_key_env": m.api_key_env, "context_window": m.context_window,
                           "price": {"input_per_mtok": m.price.input_per_mtok,
-                                    "output_per_mtok": m.price.output_per_mtok}}
+                                    "output_per_mtok": m.price.output_per_mtok},
+                          "profile": asdict(m.profile), "reasoning": dict(m.reasoning)}
                    for name, m in config.models.items()},
         "routes": [{"name": r.name, "path": r.path, "matcher": r.matcher.source, "target": r.target,
-                    "fallbacks": list(r.fallbacks), "long_context": r.long_context} for r in config.routes],
+                    "fallbacks": list(r.fallbacks), "long_context": r.long_context, "trim": r.trim,
+                    "deadline_ms": r.deadline_ms, "canaries": [asdict(c) for c in r.canaries],
+                    "shadows": [asdict(s) for s in r.shadows], "cascade": asdict(r.cascade) if r.cascade else None,
+                    "retrieval": asdict(r.retrieval) if r.retrieval else None, "cache": r.cache.mode}
+                   for r in config.routes],
         "warnings": [str(w) for w in config.warnings],
     }
 
