@@ -142,16 +142,16 @@ def _view_column(index: int, name: str) -> str:
     return f"{value} AS {name}"
 
 
+# Hourly columns added after the first release; a log created before them gains them on open, as 0.
+ADDED_HOURLY_COLUMNS = ("failed_attempts",)
+
+
 def added_columns() -> list[str]:
     """PostgreSQL: `ALTER TABLE` statements for the columns a log created by an older release lacks."""
     return [f"ALTER TABLE exchanges ADD COLUMN IF NOT EXISTS {n} {column_type(n, 1)}" for n in ADDED_COLUMNS] + [
         f"ALTER TABLE exchanges_hourly ADD COLUMN IF NOT EXISTS {n} BIGINT NOT NULL DEFAULT 0"
         for n in ADDED_HOURLY_COLUMNS
     ]
-
-
-# Hourly columns added after the first release; a log created before them gains them on open, as 0.
-ADDED_HOURLY_COLUMNS = ("failed_attempts",)
 
 
 _HOURLY_COUNTS = (
@@ -209,7 +209,8 @@ def _from_record(index: int, name: str) -> str:
 
 def roll_up_sql(dialect: int) -> tuple[str, str, str]:
     """Upsert hourly aggregates of raw rows older than the cutoff (the exchanges, then their
-    attempts), then delete those rows. Each statement takes the cutoff as its one parameter."""
+    attempts), then delete those rows. The statements take the cutoff as their parameters (the
+    attempts' statement takes it twice)."""
     hour = (
         "CAST(started_at / 3600 AS INTEGER) * 3600.0" if dialect == 0 else "floor(started_at / 3600) * 3600"
     )
