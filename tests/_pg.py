@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -30,7 +31,9 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from laneway.exchange import Attempt, Exchange
-from laneway.telemetry import add_commands
+from laneway.telemetry import Telemetry, TelemetrySettings, add_commands
+from laneway.telemetry._summary import summarize
+from laneway.telemetry._window import rows_of
 
 # Yesterday 00:00 UTC: recent enough that no retention period has passed, fixed within a day.
 BASE_TIME = time.time() // 86_400 * 86_400 - 86_400
@@ -91,6 +94,24 @@ def cascaded_exchange(i: int, *, started_at: float = BASE_TIME) -> Exchange:
                     cost_usd=0.06, prompt_tokens=100, completion_tokens=20,
                     attempts=[Attempt(MODELS[0], "ok", cost_usd=0.01),
                               Attempt(MODELS[1], "ok", cost_usd=0.05, lane="cascade")])
+
+
+async def log_and_roll_up_mixed_exchanges(settings: TelemetrySettings) -> dict[str, Any]:
+    """Log 40-day-old exchanges (failovers, timeouts, cascades) to `settings`' store and roll every one of
+    them up; their summary as the raw rows give it, to compare with the report afterwards."""
+    now = BASE_TIME + 86_400
+    old = now - 40 * 86_400
+    exchanges = [make_exchange(i, started_at=old + i * 40) for i in range(300)]
+    exchanges += [cascaded_exchange(i, started_at=old + i * 300) for i in range(30)]
+    raw = summarize(rows_of(exchanges, False))
+    assert raw["total"]["failed_attempts"] > 0 and raw["models"][MODELS[0]]["cost_usd"] > 0
+    telemetry = Telemetry(replace(settings, retention_days=30))
+    await telemetry.start()
+    for exchange in exchanges:
+        telemetry.record(exchange)
+    assert await telemetry.roll_up(now) == len(exchanges)
+    await telemetry.aclose()
+    return raw
 
 
 ROLLED_UP_FIGURES = ("requests", "errors", "timeouts", "tokens_in", "tokens_out", "fallbacks", "failed_attempts")

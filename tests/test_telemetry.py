@@ -25,7 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from _live import live_gateway
-from _pg import BASE_TIME, MODELS, assert_same_counts, cascaded_exchange, make_exchange, report, total
+from _pg import BASE_TIME, MODELS, assert_same_counts, log_and_roll_up_mixed_exchanges, make_exchange, report, total
 from laneway.errors import ConfigError
 from laneway.exchange import Attempt, Exchange
 from laneway.telemetry import (
@@ -330,18 +330,7 @@ async def test_retention_rolls_old_rows_into_hourly_aggregates(tmp_path: Path) -
 
 
 async def test_hourly_roll_ups_keep_each_models_failed_attempts_and_what_it_billed(tmp_path: Path) -> None:
-    now = BASE_TIME + 86_400
-    old = now - 40 * 86_400
-    exchanges = [make_exchange(i, started_at=old + i * 40) for i in range(300)]
-    exchanges += [cascaded_exchange(i, started_at=old + i * 300) for i in range(30)]
-    raw = summarize(rows_of(exchanges, False))
-    assert raw["total"]["failed_attempts"] > 0 and raw["models"][MODELS[0]]["cost_usd"] > 0
-    telemetry = Telemetry(sqlite_settings(tmp_path, retention_days=30))
-    await telemetry.start()
-    for exchange in exchanges:
-        telemetry.record(exchange)
-    assert await telemetry.roll_up(now) == len(exchanges)
-    await telemetry.aclose()
+    raw = await log_and_roll_up_mixed_exchanges(sqlite_settings(tmp_path))
     out = tmp_path / "report.json"
     assert await report_to(out, "--db", f"sqlite:///{tmp_path}/log.sqlite3", "--json") == 0
     rolled = json.loads(out.read_text())

@@ -16,10 +16,9 @@ import pytest
 
 from _pg import (
     BASE_TIME,
-    MODELS,
     PostgresServer,
     assert_same_counts,
-    cascaded_exchange,
+    log_and_roll_up_mixed_exchanges,
     make_exchange,
     postgres_server,
     report,
@@ -28,8 +27,6 @@ from _pg import (
 from laneway.exchange import Attempt, Exchange
 from laneway.telemetry import Telemetry, TelemetrySettings, _postgres, add_commands
 from laneway.telemetry._store import schema
-from laneway.telemetry._summary import summarize
-from laneway.telemetry._window import rows_of
 
 
 @pytest.fixture(scope="module")
@@ -150,18 +147,7 @@ def report_json(dsn: str) -> dict[str, Any]:
 async def test_hourly_roll_ups_keep_each_models_failed_attempts_and_what_it_billed_on_postgres(
         server: PostgresServer) -> None:
     dsn = await server.database()
-    now = BASE_TIME + 86_400
-    old = now - 40 * 86_400
-    exchanges = [make_exchange(i, started_at=old + i * 40) for i in range(300)]
-    exchanges += [cascaded_exchange(i, started_at=old + i * 300) for i in range(30)]
-    raw = summarize(rows_of(exchanges, False))
-    assert raw["total"]["failed_attempts"] > 0 and raw["models"][MODELS[0]]["cost_usd"] > 0
-    telemetry = Telemetry(TelemetrySettings(exchange_log=dsn, retention_days=30))
-    await telemetry.start()
-    for exchange in exchanges:
-        telemetry.record(exchange)
-    assert await telemetry.roll_up(now) == len(exchanges)
-    await telemetry.aclose()
+    raw = await log_and_roll_up_mixed_exchanges(TelemetrySettings(exchange_log=dsn))
     rolled = await asyncio.to_thread(report_json, dsn)
     assert rolled["total"]["latency_samples"] == 0  # every figure below comes from the hourly rows
     assert_same_counts(raw, rolled)

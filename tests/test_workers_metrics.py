@@ -191,12 +191,22 @@ def scrape_until_counted(url: str, sent: int) -> list[bytes]:
     return scrapes
 
 
-def test_one_scrape_describes_every_worker(tmp_path: Path) -> None:
+def two_workers_that_answered(tmp_path: Path) -> tuple[subprocess.Popen[str], str, int]:
+    """`laneway serve --workers 2`, its URL, and how many chats it took until both had answered."""
     config = tmp_path / "routes.yaml"
     config.write_text(ROUTES.format(db=tmp_path / "exchanges.sqlite3", target="gpt-5-mini"))
     process, url = serve(config, "--workers", "2")
     try:
-        sent = chat_until_every_worker_answered(url, 2)
+        return process, url, chat_until_every_worker_answered(url, 2)
+    except BaseException:
+        process.kill()
+        process.communicate(timeout=60)
+        raise
+
+
+def test_one_scrape_describes_every_worker(tmp_path: Path) -> None:
+    process, url, sent = two_workers_that_answered(tmp_path)
+    try:
         scrapes = scrape_until_counted(url, sent) + [scrape(url) for _ in range(4)]
     finally:
         process.send_signal(signal.SIGTERM)
@@ -216,11 +226,8 @@ def test_one_scrape_describes_every_worker(tmp_path: Path) -> None:
 
 
 def test_a_killed_worker_is_missing_from_the_scrape_until_it_is_replaced(tmp_path: Path) -> None:
-    config = tmp_path / "routes.yaml"
-    config.write_text(ROUTES.format(db=tmp_path / "exchanges.sqlite3", target="gpt-5-mini"))
-    process, url = serve(config, "--workers", "2")
+    process, url, sent = two_workers_that_answered(tmp_path)
     try:
-        sent = chat_until_every_worker_answered(url, 2)
         before = requests_by_worker(scrape_until_counted(url, sent)[-1])
         victim = workers_of(process)[0]
         os.kill(victim, signal.SIGKILL)

@@ -253,10 +253,10 @@ class Dispatcher:
         if it cannot fit."""
         if plan.route is None or plan.route.trim == "none":
             return None
-        params = request.params
-        if not request.max_tokens(0):  # room for an answer all the same, and the answer held to it
-            params = {**params, "max_tokens": min(TRIM_ANSWER_TOKENS, spec.context_window // 4)}
-        reserve = output_reserve(spec, ChatRequest(request.model, request.messages, params))
+        answer = min(TRIM_ANSWER_TOKENS, spec.context_window // 4)
+        # Without a `max_tokens`, room for an answer all the same, and the answer held to it.
+        params = request.params if request.max_tokens(0) else {**request.params, "max_tokens": answer}
+        reserve = output_reserve(spec, request, answer)
         cut = self.counter.trim_oldest(request.messages, spec.tokenizer, spec.context_window - reserve)
         if cut is None:
             return None

@@ -169,18 +169,19 @@ def read_signals(request: ClientRequest, headers: Mapping[str, str], intents: fr
     for key, raw in request.metadata.items():
         name = str(key)
         if name in SETTABLE:
-            values[name] = parse_settable(name, raw, f"metadata.{name}")
+            values[name] = _settable(name, raw, f"metadata.{name}", intents)
         else:
             extra[name] = raw
     for name, header_name in _SIGNAL_HEADERS:
         header = headers.get(header_name)
         if header is not None:
-            values[name] = parse_settable(name, header, header_name)
-    if "intent" in values:
-        where = "x-laneway-intent" if "x-laneway-intent" in headers else "metadata.intent"
-        values["intent"] = _client_intent(request.metadata.get("intent") if where == "metadata.intent"
-                                          else headers["x-laneway-intent"], where, intents)
+            values[name] = _settable(name, header, header_name, intents)
     return Signals(request.messages, user=request.user, metadata=extra, **values, **lazy)
+
+
+def _settable(name: str, raw: Any, where: str, intents: frozenset[str]) -> Any:
+    value = parse_settable(name, raw, where)
+    return _client_intent(raw, where, intents) if name == "intent" else value
 
 
 def _client_intent(raw: Any, where: str, intents: frozenset[str]) -> str:
