@@ -1,9 +1,11 @@
 """`/metrics` under `laneway serve --workers N`: one exposition for every worker, each sample labelled
-with its worker, each family declared once, and the workers that did not answer shown as such."""
+with its worker, each family declared once, and the workers that did not answer shown as such. The
+live figures (`/admin/stats`, `/admin/shadow`, the dashboard) summarize every worker's window."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -17,6 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -24,6 +27,8 @@ import pytest
 from _pg import make_exchange, samples, total
 from laneway.server._peers import WorkerSockets, merge_metrics, serve_peers
 from laneway.telemetry import Telemetry, TelemetrySettings
+from laneway.telemetry._telemetry import Window
+from test_comparison import exchange, shadow_of
 from test_serve import ROUTES, chat, gone, serve, workers_of
 
 HISTOGRAM = b"""# HELP laneway_queue_wait_seconds Time a request waited.
@@ -141,6 +146,78 @@ async def test_a_worker_fetches_its_peers_and_marks_the_silent_ones(private: str
     assert total(merged, "laneway_requests_total", worker="1") == 15
     # A worker asked on its private socket answers with its own metrics only, as one process would.
     assert asked_privately == telemetries[1].render_metrics()
+
+
+async def test_live_figures_summarize_every_worker_that_answers(private: str) -> None:
+    everything = Telemetry(TelemetrySettings(exchange_log=None))  # one process that saw every exchange
+    telemetries = [Telemetry(TelemetrySettings(exchange_log=None)) for _ in range(2)]
+    for i in range(120):  # conversations `conv-0` ... `conv-39` each span both workers
+        telemetries[i % 2].record(make_exchange(i))
+        everything.record(make_exchange(i))
+    primaries = [exchange(i) for i in range(40)]
+    for i, primary in enumerate(primaries):
+        telemetries[i % 2].record(shadow_of(primary, 0.5 * primary.latency_ms))
+        everything.record(shadow_of(primary, 0.5 * primary.latency_ms))
+    for telemetry in (telemetries[0], everything):  # worker 0 dropped them; worker 1 answers
+        telemetry.count("shadow_dropped_queue", "gemini-2.5-flash-lite", 3)
+    hung = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    hung.bind(WorkerSockets(private, 2, 3).path(2))
+    hung.listen(8)
+    async with AsyncExitStack() as stack:
+        stack.callback(hung.close)
+        peers = [await stack.enter_async_context(serve_peers(WorkerSockets(private, i, 3), telemetries[i]))
+                 for i in range(2)]
+        stats = await peers[0].stats(None, None)
+        window = await peers[0].stats(make_exchange(30).started_at, make_exchange(90).started_at)
+        shadow = await peers[1].shadow_stats({})
+    alone = telemetries[0].stats()
+    assert alone["total"]["requests"] == 60  # what one worker knows
+    expected = everything.stats()
+    assert stats["total"]["requests"] == 120
+    for part in ("total", "models", "routes"):
+        assert json.dumps(stats[part]) == json.dumps(expected[part]), part  # percentiles and conversations too
+    assert stats["workers"] == {"count": 3, "answered": [0, 1]}
+    assert window["total"] == everything.stats(make_exchange(30).started_at, make_exchange(90).started_at)["total"]
+    assert window["total"]["requests"] == 60
+    candidate = shadow["candidates"]["gemini-2.5-flash-lite"]
+    assert candidate == (await everything.shadow_stats())["candidates"]["gemini-2.5-flash-lite"]
+    assert candidate["pairs"] == 40 and candidate["dropped"] == 3
+    assert shadow["workers"] == {"count": 3, "answered": [0, 1]}
+
+
+async def test_a_window_that_is_not_one_is_refused_by_name() -> None:
+    telemetry = Telemetry(TelemetrySettings(exchange_log=None))
+    for i in range(10):
+        telemetry.record(make_exchange(i))
+    snapshot = await telemetry.window_snapshot()
+    decoded = Window.decode(snapshot)
+    assert decoded.rows == telemetry.window().rows  # through JSON and back, tuples included
+    assert any(row.failed_models for row in decoded.rows)
+    for bad in (b"[1, 2]", b'{"rows": []}', b"not json", snapshot.replace(b'"rows":[', b'"rows":[[],')):
+        with pytest.raises(ValueError, match=r"not a telemetry window snapshot|expected 22 columns"):
+            Window.decode(bad)
+
+
+def stats_of(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url + "/admin/stats", timeout=10) as response:
+        assert response.status == 200
+        figures: dict[str, Any] = json.loads(response.read())
+        return figures
+
+
+def test_every_poll_of_the_live_figures_counts_every_worker(tmp_path: Path) -> None:
+    process, url, sent = two_workers_that_answered(tmp_path)
+    try:
+        scrape_until_counted(url, sent)
+        polls = [stats_of(url) for _ in range(6)]  # on fresh connections: each may reach either worker
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    for figures in polls:
+        assert figures["total"]["requests"] == sent
+        assert figures["models"]["gpt-5-mini"]["requests"] == sent
+        assert figures["workers"] == {"count": 2, "answered": [0, 1]}
 
 
 def scrape(url: str) -> bytes:

@@ -40,7 +40,8 @@ _HTML = (b"content-type", b"text/html; charset=utf-8")
 
 class App:
     """`App(gateway)` is an ASGI 3 application; `lifespan` closes the gateway at shutdown. A worker of
-    `laneway serve --workers N` passes its `peers`, so that `/metrics` describes every worker."""
+    `laneway serve --workers N` passes its `peers`, so that `/metrics`, `/admin/stats`, `/admin/shadow`
+    and the dashboard describe every worker."""
 
     def __init__(self, gateway: Gateway, reloaded: Callable[[], None] | None = None,
                  peers: Peers | None = None) -> None:
@@ -174,10 +175,14 @@ class App:
 
     async def _stats(self, send: Send, base: Headers, scope: Scope) -> None:
         since, until = _stats_window(parse_qs(scope.get("query_string", b"").decode("latin-1")))
-        await respond_json(send, 200, self._live_figures().stats(since, until), base)
+        telemetry = self._live_figures()
+        figures = await (telemetry.stats_off_loop(since, until) if self._peers is None
+                         else self._peers.stats(since, until))
+        await respond_json(send, 200, figures, base)
 
     async def _shadow(self, send: Send, base: Headers, scope: Scope) -> None:
-        figures = await self._live_figures().shadow_stats(self.gateway.shadows.dropped)
+        telemetry, dropped = self._live_figures(), self.gateway.shadows.dropped
+        figures = await (telemetry.shadow_stats(dropped) if self._peers is None else self._peers.shadow_stats(dropped))
         await respond_json(send, 200, figures, base)
 
     async def _dashboard(self, send: Send, base: Headers, scope: Scope) -> None:

@@ -89,8 +89,13 @@ function render(stats) {
     }
     body.append(row);
   }
+  const workers = stats.workers;
+  const missing = workers ? workers.count - workers.answered.length : 0;
   document.getElementById("status").textContent =
-    "updated " + new Date().toLocaleTimeString() + " - every __POLL_S__ s from __STATS_PATH__";
+    "updated " + new Date().toLocaleTimeString() + " - every __POLL_S__ s from __STATS_PATH__" +
+    (workers ? " - " + workers.answered.length + " of " + workers.count + " workers" : "") +
+    (missing > 0 ? " (the others did not answer: their requests are missing)" : "");
+  document.getElementById("status").className = missing > 0 ? "bad" : "";
 }
 async function poll() {
   try {

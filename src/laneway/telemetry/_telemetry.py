@@ -10,21 +10,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
-from collections.abc import Mapping
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import chain
+from operator import attrgetter
 from typing import Any
+
+import orjson
 
 from laneway.exchange import Exchange
 from laneway.telemetry._dashboard import dashboard_page
 from laneway.telemetry._metrics import GatewayMetrics, LogHealth
-from laneway.telemetry._records import SHADOW_LANE, LogRecord, fallbacks_of, log_record_of
+from laneway.telemetry._records import SHADOW_LANE, ExchangeRow, LogRecord, fallbacks_of, log_record_of
 from laneway.telemetry._settings import TelemetrySettings
 from laneway.telemetry._shadow_comparison import shadow_comparison
 from laneway.telemetry._store import open_store
 from laneway.telemetry._summary import summarize
 from laneway.telemetry._traces import ExchangeTracer
-from laneway.telemetry._window import RecentExchanges
+from laneway.telemetry._window import RecentExchanges, rows_of_columns
 from laneway.telemetry._writer import ExchangeLog
 
 # The background drain works in small slices with a pause between them. A request needs several
@@ -41,7 +45,30 @@ DRAIN_SLICE_MAX = 64
 DRAIN_PAUSE_S = 0.0005
 DRAIN_SLICES = 200
 METRICS_OFF = b"# metrics are turned off (`telemetry.metrics: false`)\n"
+LOG_FIGURES = ("enabled", "up", "backlog", "written", "dropped")  # the exchange log's health in `stats()`
 SHADOW_DROPPED = "shadow_dropped_"  # prefix of the events a shadow runner counts for each dropped job
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One process's in-memory figures: its recent exchanges, shadows apart, the shadow jobs it dropped
+    per candidate, and its exchange log's health as `stats()["log"]` shows it."""
+
+    rows: list[ExchangeRow]
+    shadows: list[ExchangeRow]
+    shadow_dropped: dict[str, int]
+    log: dict[str, Any]
+
+    @classmethod
+    def decode(cls, snapshot: bytes) -> Window:
+        """The window of `Telemetry.window_snapshot()`; ValueError if `snapshot` is not one."""
+        try:
+            data = orjson.loads(snapshot)
+            return cls(rows_of_columns(data["rows"]), rows_of_columns(data["shadows"]),
+                       {str(model): int(n) for model, n in data["shadow_dropped"].items()},
+                       {figure: data["log"][figure] for figure in LOG_FIGURES})
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"not a telemetry window snapshot: {error!r}") from None
 
 
 class Telemetry:
@@ -91,21 +118,55 @@ class Telemetry:
         return self._metrics.render(self.health)
 
     def stats(self, since: float | None = None, until: float | None = None) -> dict[str, Any]:
+        """The figures of `GET /admin/stats` over the in-memory window, computed on the calling thread."""
+        return self._summary([self.window()], since, until)
+
+    async def stats_off_loop(self, since: float | None = None, until: float | None = None,
+                             peers: Sequence[Window] = ()) -> dict[str, Any]:
+        """`stats()`, with the other workers' windows (`peers`) added, computed in a worker thread.
+
+        A full window of 10,000 exchanges takes about 20 ms to read and 40 ms to summarize; on the
+        event loop, every dashboard poll held up every request for as long. Only a copy of the
+        window is taken on the loop, which alone changes it."""
+        recent, shadows, dropped, log = self._copy()
+
+        def figures() -> dict[str, Any]:
+            return self._summary([Window(recent.rows(), shadows.rows(), dropped, log), *peers], since, until)
+
+        return await asyncio.to_thread(figures)
+
+    def window(self) -> Window:
+        """What this process holds in memory: the rows behind `stats()` and the shadow comparison."""
+        recent, shadows, dropped, log = self._copy()
+        return Window(recent.rows(), shadows.rows(), dropped, log)
+
+    async def window_snapshot(self) -> bytes:
+        """`window()` as JSON, for the worker that answers for all of `laneway serve --workers N`
+        (`Window.decode` reads it back); encoded in a worker thread."""
+        recent, shadows, dropped, log = self._copy()
+        return await asyncio.to_thread(lambda: orjson.dumps(
+            {"rows": recent.columns(), "shadows": shadows.columns(), "shadow_dropped": dropped, "log": log}))
+
+    def _copy(self) -> tuple[RecentExchanges, RecentExchanges, dict[str, int], dict[str, Any]]:
+        """The window as it is now, apart from the one the drain goes on changing."""
         self._drain()
-        summary = summarize(chain(self._recent.rows(), self._shadows.rows()), (), since, until)
+        health = self.health
+        log = {figure: getattr(health, figure) for figure in LOG_FIGURES}
+        return self._recent.copy(), self._shadows.copy(), dict(self._shadow_dropped), log
+
+    def _summary(self, windows: Sequence[Window], since: float | None, until: float | None) -> dict[str, Any]:
+        rows = chain.from_iterable(chain(w.rows, w.shadows) for w in windows)
+        summary = summarize(rows if len(windows) == 1 else _in_time_order(rows), (), since, until)
         summary["simulated"] = summary["simulated"] or self.simulated
-        summary["log"] = {
-            "enabled": self.health.enabled,
-            "up": self.health.up,
-            "backlog": self.health.backlog,
-            "written": self.health.written,
-            "dropped": self.health.dropped,
-        }
+        logs = [w.log for w in windows]
+        summary["log"] = {"enabled": any(log["enabled"] for log in logs), "up": all(log["up"] for log in logs),
+                          **{figure: sum(log[figure] for log in logs) for figure in ("backlog", "written", "dropped")}}
         return summary
 
     async def shadow_stats(self, dropped: Mapping[str, int] | None = None, since: float | None = None,
-                           until: float | None = None) -> dict[str, Any]:
-        """Shadow candidates against their primaries over the in-memory window (`GET /admin/shadow`).
+                           until: float | None = None, peers: Sequence[Window] = ()) -> dict[str, Any]:
+        """Shadow candidates against their primaries over the in-memory window (`GET /admin/shadow`),
+        with the other workers' windows (`peers`) added.
 
         `dropped` is jobs dropped per candidate (`ShadowRunner.dropped`); by default, the drops this
         sink was told of through `count("shadow_dropped_" + why, model)`, why being `queue`, `budget`,
@@ -113,10 +174,12 @@ class Telemetry:
         The rows are taken on the event loop; the bootstrap runs in a worker thread (about a second
         per 10,000 pairs), so the loop keeps serving meanwhile."""
         self._drain()
-        rows = [r for r in self._shadows.rows()
+        rows = [r for r in _in_time_order(chain(self._shadows.rows(), *(peer.shadows for peer in peers)))
                 if (since is None or r.started_at >= since) and (until is None or r.started_at < until)]
-        drops = dict(self._shadow_dropped if dropped is None else dropped)
-        figures = await asyncio.to_thread(shadow_comparison, rows, drops)
+        drops = Counter(self._shadow_dropped if dropped is None else dropped)
+        for peer in peers:
+            drops.update(peer.shadow_dropped)
+        figures = await asyncio.to_thread(shadow_comparison, rows, dict(drops))
         figures["simulated"] = figures["simulated"] or self.simulated
         figures["window"] = {"since": since, "until": until, "shadow_rows": len(rows)}
         return figures
@@ -205,3 +268,11 @@ class Telemetry:
                 (shadows if exchange.lane == SHADOW_LANE else recent).add(exchange, fallbacks, simulated)
         if log is not None:
             log.offer(records)
+
+
+def _in_time_order(rows: Iterable[ExchangeRow]) -> list[ExchangeRow]:
+    """Several workers' rows as one window: oldest first, as each worker's own (each is a sorted run)."""
+    return sorted(rows, key=_started_at)
+
+
+_started_at = attrgetter("started_at")

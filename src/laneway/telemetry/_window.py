@@ -22,6 +22,7 @@ import orjson
 
 from laneway.exchange import Exchange
 from laneway.telemetry._records import (
+    ROW_COLUMNS,
     SHADOW_LANE,
     ExchangeRow,
     failed_models,
@@ -116,10 +117,27 @@ class RecentExchanges:
             i, self.full = 0, True
         self._next = i
 
+    def copy(self) -> RecentExchanges:
+        """A copy of the window as it is now, to read in another thread while this one keeps changing
+        (about 0.3 ms for 10,000 rows, against 20 ms to build their rows)."""
+        copied = RecentExchanges.__new__(RecentExchanges)
+        for name in RecentExchanges.__slots__:
+            value = getattr(self, name)
+            setattr(copied, name, value[:] if isinstance(value, array | list | bytearray) else value)
+        return copied
+
     def rows(self) -> list[ExchangeRow]:
         """Every row in the window, oldest first."""
+        return list(map(_row, zip(*self._columns(), strict=True)))
+
+    def columns(self) -> list[list[Any]]:
+        """The window's rows as columns in `ExchangeRow` order, oldest first, made of JSON types only:
+        what a worker sends the one that answers `/admin/stats` for all (see `rows_of_columns`)."""
+        return [list(column) for column in self._columns()]
+
+    def _columns(self) -> tuple[Iterator[Any], ...]:
         o = self._ordered
-        columns = (  # in `ExchangeRow` order
+        return (  # in `ExchangeRow` order
             o(self._started), o(self._model), o(self._route), o(self._lane), o(self._outcome), o(self._latency),
             map(_number, o(self._ttft)), o(self._tokens_in), o(self._tokens_out), o(self._cost),
             o(self._conversation), map(bool, o(self._escalation)), o(self._fallbacks), map(bool, o(self._simulated)),
@@ -127,7 +145,6 @@ class RecentExchanges:
             map(_number, o(self._retrieval_ms)), o(self._signals), map(_models, o(self._failed)),
             map(_models, o(self._others)),
         )
-        return list(map(_row, zip(*columns, strict=True)))
 
     def _allocate(self, size: int) -> None:
         floats = ints = bytes(8 * size)
@@ -155,6 +172,14 @@ def rows_of(exchanges: Iterable[Exchange], simulated: bool) -> list[ExchangeRow]
     for exchange in batch:
         window.add(exchange, fallbacks_of(exchange), simulated)
     return window.rows()
+
+
+def rows_of_columns(columns: list[list[Any]]) -> list[ExchangeRow]:
+    """The rows of `RecentExchanges.columns()` after a trip through JSON, which turned tuples into lists."""
+    if len(columns) != len(ROW_COLUMNS):
+        raise ValueError(f"expected {len(ROW_COLUMNS)} columns of exchange rows, got {len(columns)}")
+    *plain, failed, others = columns
+    return list(map(_row, zip(*plain, map(tuple, failed), (tuple(map(tuple, o)) for o in others), strict=True)))
 
 
 def _number(value: float) -> float | None:
