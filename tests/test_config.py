@@ -351,6 +351,10 @@ def test_a_taken_or_impossible_port_is_refused_before_serving(capsys: pytest.Cap
     with pytest.raises(SystemExit):
         main(["serve", "--port", "99999"])
     assert "`99999` is not a TCP port" in capsys.readouterr().err
+    for workers in ("0", "-2", "two"):
+        with pytest.raises(SystemExit):
+            main(["serve", "--workers", workers])
+        assert f"`{workers}` is not a number of worker processes (1 or more" in capsys.readouterr().err
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -26,6 +26,7 @@ import pytest
 
 from _pg import make_exchange, samples, total
 from laneway.server._peers import WorkerSockets, merge_metrics, serve_peers
+from laneway.server._workers import _private_directory
 from laneway.telemetry import Telemetry, TelemetrySettings
 from laneway.telemetry._telemetry import Window
 from test_comparison import exchange, shadow_of
@@ -114,6 +115,24 @@ def test_merged_gateway_metrics_pass_promtool_and_add_up() -> None:
         assert total(merged, name) == pytest.approx(total(own[0], name) + total(own[1], name))
         assert total(merged, name, worker="1") == pytest.approx(total(own[1], name))
     assert total(merged, "laneway_requests_total") == 120
+
+
+def test_worker_sockets_leave_a_temporary_directory_too_deep_for_them(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    private = _private_directory(16)
+    try:
+        assert os.path.dirname(private) == "/tmp" and list(deep.iterdir()) == []
+        assert len(WorkerSockets(private, 0, 16).path(15)) <= 103
+        assert os.stat(private).st_mode & 0o777 == 0o700
+    finally:
+        os.rmdir(private)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path.parent))  # short enough: kept where $TMPDIR says
+    private = _private_directory(16)
+    assert os.path.dirname(private) == str(tmp_path.parent)
+    os.rmdir(private)
 
 
 @pytest.fixture
@@ -289,6 +308,7 @@ def test_one_scrape_describes_every_worker(tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output
+    assert output.count("no client keys configured") == 1, output  # not once per worker
     for text in scrapes[-4:]:
         assert workers_up(text) == {"0": 1, "1": 1}
         assert set(requests_by_worker(text)) == {"0", "1"}

@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="routing file (default: the embedded simulated fleet)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=port_number, default=8080)
-    serve.add_argument("--workers", type=int, default=1, help="gateway processes sharing the port (default 1)")
+    serve.add_argument("--workers", type=worker_count, default=1,
+                       help="gateway processes sharing the port (default 1)")
     serve.add_argument("--allow-unauthenticated", action="store_true",
                        help="listen on a non-loopback address without client keys")
     serve.set_defaults(func=_serve)
@@ -88,6 +89,17 @@ def port_number(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"`{text}` is not a TCP port (0-65535)")
     return port
+
+
+def worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"`{text}` is not a number of worker processes (1 or more; "
+                                         "about one per core)")
+    return count
 
 
 def _port_free(host: str, port: int) -> bool:

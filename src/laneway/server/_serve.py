@@ -28,15 +28,16 @@ log = logging.getLogger("laneway")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def check_exposure(config: Config, host: str, allow_unauthenticated: bool) -> None:
-    """Without client keys, only loopback: refuse anything else unless told otherwise."""
+def check_exposure(config: Config, host: str, allow_unauthenticated: bool, warn: bool = True) -> None:
+    """Without client keys, only loopback: refuse anything else unless told otherwise (and `warn`)."""
     if config.keys:
         return
     if host not in LOOPBACK and not allow_unauthenticated:
         raise ConfigError([ConfigIssue("keys", f"no client keys are configured, so Laneway listens on loopback "
                                        f"only, not `{host}`; add `keys:` (see `laneway keys new`) or pass "
                                        "--allow-unauthenticated")], config.source)
-    log.warning("laneway: no client keys configured: every caller that reaches %s is trusted", host)
+    if warn:
+        log.warning("laneway: no client keys configured: every caller that reaches %s is trusted", host)
 
 
 def fleet_command(sim: SimSettings) -> list[str]:
@@ -73,10 +74,11 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
     """Serve one gateway process; `laneway serve --workers N` runs N of these on one shared socket,
     each also on its private socket (`worker`)."""
     config = load_config(config_path)
-    check_exposure(config, host, allow_unauthenticated)
-    if config.warnings:
+    speaks = worker is None or worker.index == 0  # the workers of one server warn once, not once each
+    check_exposure(config, host, allow_unauthenticated, warn=speaks)
+    if config.warnings and speaks:
         log.warning("laneway: %d route-table warning(s); `laneway check` lists them", len(config.warnings))
-    for warning in unset_variables(config):
+    for warning in unset_variables(config) if speaks else ():
         log.warning("laneway: %s", warning)
     async with contextlib.AsyncExitStack() as stack:
         if config.simulated and sim_url is None:
@@ -87,7 +89,7 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
         peers = await stack.enter_async_context(serve_peers(worker, telemetry)) if worker is not None else None
         gateway = await Gateway.start(config, config_path=config_path, sim_url=sim_url, telemetry=telemetry,
                                       warm=False)
-        gateway.vet = lambda new: check_exposure(new, host, allow_unauthenticated)
+        gateway.vet = lambda new: check_exposure(new, host, allow_unauthenticated, warn=speaks)
         tasks: set[asyncio.Task[None]] = set()  # background tasks, referenced until they finish
         warming = asyncio.create_task(gateway.warm_up())  # serves /healthz at once, /readyz once warm
         tasks.add(warming)

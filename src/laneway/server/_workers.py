@@ -37,13 +37,14 @@ log = logging.getLogger("laneway")
 EARLY_EXIT_S = 10.0
 MAX_EARLY_EXITS = 3
 PR_SET_PDEATHSIG = 1  # prctl(2)
+MAX_SOCKET_PATH = 103  # bytes in a Unix socket's path: 104 with its NUL on some systems, 108 on Linux
 
 
 def serve_workers(config_path: str | Path | None, host: str, port: int, workers: int,
                   allow_unauthenticated: bool) -> int:
     """Run `workers` gateway processes until SIGINT or SIGTERM; the exit code for `laneway serve`."""
     config = load_config(config_path)
-    check_exposure(config, host, allow_unauthenticated)
+    check_exposure(config, host, allow_unauthenticated, warn=False)  # worker 0 warns
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
@@ -51,7 +52,7 @@ def serve_workers(config_path: str | Path | None, host: str, port: int, workers:
     sock.set_inheritable(True)
     fleet = _start_fleet(config.sim) if config.simulated else None
     args = (config_path, host, port, sock, fleet[1] if fleet else None, allow_unauthenticated)
-    private = tempfile.mkdtemp(prefix="laneway-workers-")  # mode 0700: no other user reaches the workers there
+    private = _private_directory(workers)
     try:
         supervisor = _Supervisor(multiprocessing.get_context("spawn"), args, workers, private)
         print(f"laneway: {workers} workers serving on http://{host}:{port}", flush=True)
@@ -64,6 +65,18 @@ def serve_workers(config_path: str | Path | None, host: str, port: int, workers:
         if fleet is not None:
             fleet[0].terminate()
             fleet[0].wait(10)
+
+
+def _private_directory(workers: int) -> str:
+    """A new directory for the workers' private sockets, mode 0700: no other user reaches them there.
+
+    Under `$TMPDIR`, unless a socket's path there would be too long for the system (a Unix socket's
+    path holds at most 104 bytes on some systems, 108 on Linux): then under `/tmp`."""
+    private = tempfile.mkdtemp(prefix="laneway-workers-")
+    if len(WorkerSockets(private, 0, workers).path(workers - 1).encode()) <= MAX_SOCKET_PATH:
+        return private
+    os.rmdir(private)
+    return tempfile.mkdtemp(prefix="laneway-workers-", dir="/tmp")
 
 
 class _Supervisor:
