@@ -216,6 +216,10 @@ def test_check_prints_table_and_warnings(capsys: pytest.CaptureFixture[str]) -> 
     out = capsys.readouterr().out
     assert "convo_length <= 8 && priority == normal" in out and "claude-sonnet-37" in out
     assert out.count("warning:") == 2
+    assert main(["check", "--config", str(SEED)]) == 0  # as `serve` names it
+    assert capsys.readouterr().out == out
+    with pytest.raises(SystemExit, match="give the routing file once"):
+        main(["check", str(SEED), "--config", str(SEED)])
 
 
 def test_check_fails_with_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

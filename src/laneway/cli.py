@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     new.set_defaults(func=_new_key)
     check = sub.add_parser("check", help="validate a routing file and print its route table")
     check.add_argument("file", nargs="?", help="routing file (default: the embedded default)")
+    check.add_argument("--config", dest="config_file", metavar="FILE", help="the same, named as `serve` names it")
     check.set_defaults(func=_check)
     sim = sub.add_parser("sim", help="run the simulated fleet alone")
     sim.add_argument("--host", default="127.0.0.1")
@@ -163,7 +164,10 @@ def _check(args: argparse.Namespace) -> int:
     from .config import load_config, unset_variables
     from .runtime import load_files
 
-    config = load_config(args.file)
+    if args.file and args.config_file:
+        raise SystemExit(f"laneway check: give the routing file once, not both `{args.file}` and "
+                         f"`--config {args.config_file}`")
+    config = load_config(args.file or args.config_file)
     load_files(config)  # knowledge sources and the intent model, as `serve` reads them
     print(f"{config.source}: OK - {len(config.routes)} routes, {len(config.models)} models")
     print(route_table(config))
