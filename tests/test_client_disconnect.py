@@ -1,10 +1,14 @@
 """A client that hangs up mid-stream: the gateway stops the upstream stream at once (no tokens
-generated for nobody), and logs the exchange as `client_disconnected` with what it cost so far."""
+generated for nobody), and logs the exchange as `client_disconnected` with what it cost so far.
+A client that gives up waiting for a whole answer: the gateway drops the upstream call (and its
+gate slot) and logs the same."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import select
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -42,7 +46,10 @@ class _Handler(BaseHTTPRequestHandler):
     server: SlowStream
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["content-length"]))
+        request = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        if not request.get("stream"):
+            self._answer_slowly()
+            return
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("connection", "close")
@@ -62,6 +69,30 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.written.append(written)
             self.server.ended.set()
 
+    def _answer_slowly(self) -> None:
+        """The whole answer after `PIECES * GAP_S` seconds, unless the gateway hangs up first."""
+        began = time.monotonic()
+        try:
+            while time.monotonic() - began < PIECES * GAP_S:
+                readable, _, _ = select.select([self.connection], [], [], 0.05)
+                if readable and self.connection.recv(1, socket.MSG_PEEK) == b"":
+                    return  # the gateway closed the connection
+            answer = {"id": "x", "object": "chat.completion", "model": "slow",
+                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "late"},
+                                   "finish_reason": "stop"}],
+                      "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
+            body = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            pass
+        finally:
+            self.server.written.append(round((time.monotonic() - began) * 1000))
+            self.server.ended.set()
+
     def log_message(self, *args: Any) -> None:
         pass
 
@@ -79,6 +110,7 @@ models:
     model: slow
     price: {{input_per_mtok: 1.0, output_per_mtok: 2.0}}
     stream_idle_ms: 10000
+    gate: {{max_concurrency: 1}}
 routes:
 - target: slow
   deadline_ms: 30000
@@ -120,5 +152,34 @@ def test_a_client_that_hangs_up_mid_stream_stops_the_upstream_and_is_logged(
     attempt = exchange.attempts[0]
     assert attempt.outcome == "client_disconnected" and "disconnected after" in attempt.error
     assert attempt.completion_tokens >= 3 and exchange.cost_usd > 0  # what was generated is billed
+    figures = summarize(rows_of([exchange], simulated=False), (), None, None)["models"]["slow"]
+    assert figures["requests"] == 1 and figures["errors"] == 0  # the client's doing, not the model's
+
+
+def test_a_client_that_gives_up_on_a_whole_answer_stops_the_upstream_and_is_logged(
+        live: tuple[LiveGateway, RecordingSink, SlowStream]) -> None:
+    gateway, sink, upstream = live
+    connection = socket.create_connection(("127.0.0.1", int(gateway.url.rsplit(":", 1)[1])), timeout=10)
+    body = json.dumps({"model": "laneway", "messages": [{"role": "user", "content": "tell me"}]}).encode()
+    connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: laneway\r\ncontent-type: application/json\r\n"
+                       b"x-request-id: gave-up\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    time.sleep(0.5)
+    connection.close()  # the client's own timeout, long before the 5 s answer
+
+    assert gateway.gateway is not None
+    gate = gateway.gateway.runtime.gates["slow"]
+    assert gate.in_flight == 1
+    assert upstream.ended.wait(4), "the gateway kept waiting for an answer nobody would read"
+    assert upstream.written[0] < 1000 * PIECES * GAP_S * 0.6  # hung up on within about WATCH_AFTER_S
+    assert gate.in_flight == 0  # the slot is free for a client that is still there
+    deadline = time.monotonic() + 3
+    while not [e for e in sink.exchanges if e.request_id == "gave-up"]:
+        assert time.monotonic() < deadline, "the exchange was never recorded"
+        time.sleep(0.02)
+    exchange = sink.by_id("gave-up")
+    assert exchange.outcome == "client_disconnected" and exchange.status == 499
+    assert "before the answer" in (exchange.error or "")
+    [attempt] = exchange.attempts
+    assert attempt.outcome == "client_disconnected" and 900 < attempt.latency_ms < 2500
     figures = summarize(rows_of([exchange], simulated=False), (), None, None)["models"]["slow"]
     assert figures["requests"] == 1 and figures["errors"] == 0  # the client's doing, not the model's

@@ -32,7 +32,7 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from .exchange import OK, SKIPPED, Attempt, Exchange
+from .exchange import CLIENT_DISCONNECTED, OK, SKIPPED, Attempt, Exchange
 from .gate import Gate, GateRejected
 from .providers import Refusal
 from .runtime import Runtime, fits, output_reserve, prepare
@@ -131,6 +131,11 @@ class Dispatcher:
                         if not await self._retry_pause(plan, error, attempt_no):
                             break
                         continue
+                    except asyncio.CancelledError:
+                        # The server cancels a request's task when its client has left (server/_chat.py).
+                        attempt.outcome = CLIENT_DISCONNECTED
+                        attempt.latency_ms = (time.perf_counter() - started) * 1000
+                        raise
                     self._succeeded(attempt, started, name, exchange, completion.usage)
                     exchange.lane, exchange.model, exchange.trimmed_messages = lane, name, trimmed
                     ticket.used = (completion.usage.total_tokens, attempt.cost_usd, attempt.latency_ms)

@@ -24,6 +24,7 @@ from ..runtime import Runtime
 from ._asgi import JSON, Headers, Receive, Send, respond, respond_error
 
 CLIENT_CLOSED = 499  # the status nginx logs for a request its client closed before the answer
+WATCH_AFTER_S = 1.0  # a request not answered by then starts listening for its client leaving
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
@@ -52,7 +53,10 @@ async def chat_completions(gateway: Gateway, body: bytes, headers: dict[str, str
         if request.stream:
             await _stream(gateway, request, headers, path, send, exchange, base, started, key, receive)
             return
-        completion = await gateway.complete(request, headers, path, exchange, key)
+        completion = await _complete(gateway, request, headers, path, exchange, key, receive, started)
+        if completion is None:  # the client left first: recorded, and nobody to answer
+            gateway.finish(exchange, started)
+            return
     except LanewayError as error:
         _failed(exchange, error)
         gateway.finish(exchange, started)
@@ -68,6 +72,28 @@ async def chat_completions(gateway: Gateway, body: bytes, headers: dict[str, str
     gateway.finish(exchange, started)
     payload = _completion_body(completion, exchange, bool(request.params.get("logprobs")))
     await respond(send, 200, payload, [JSON, *base, *laneway_headers(exchange)])
+
+
+async def _complete(gateway: Gateway, request: ClientRequest, headers: dict[str, str], path: str,
+                    exchange: Exchange, key: KeyPolicy | None, receive: Receive | None,
+                    started: float) -> Completion | None:
+    """The whole answer, or None if the client left before it: the request is then cancelled, which
+    frees its gate slot and stops the upstream call. The watch starts only after `WATCH_AFTER_S`, so
+    that the requests answered sooner pay for a timer and nothing else."""
+    client = _ClientWatch(receive)
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, client.watch, asyncio.current_task())
+    try:
+        return await gateway.complete(request, headers, path, exchange, key)
+    except asyncio.CancelledError:
+        if not client.left():
+            raise
+        waited = time.perf_counter() - started
+        exchange.status, exchange.outcome = CLIENT_CLOSED, CLIENT_DISCONNECTED
+        exchange.error = f"the client disconnected after {waited:.1f} s, before the answer"
+        return None
+    finally:
+        timer.cancel()
+        client.stop()
 
 
 def _failed(exchange: Exchange, error: LanewayError) -> None:
@@ -231,10 +257,11 @@ class _ClientWatch:
         self._armed = False
         self._gone = False
 
-    def watch(self) -> None:
+    def watch(self, owner: asyncio.Task[Any] | None = None) -> None:
+        """Cancel `owner` (by default the current task) when the client leaves, until `stop()`."""
         if self._receive is None:
             return
-        owner = asyncio.current_task()
+        owner = owner or asyncio.current_task()
         self._armed = True
         self._task = asyncio.ensure_future(self._receive())
 
@@ -248,6 +275,7 @@ class _ClientWatch:
 
     def left(self) -> bool:
         """Whether the client's leaving cancelled the task; if so, that cancellation is taken back."""
+        self._armed = False
         if self._gone:
             task = asyncio.current_task()
             if task is not None:
