@@ -1,4 +1,5 @@
-"""The dashboard page in a real headless Chromium shows the numbers `stats()` returns."""
+"""The dashboard page in a real headless Chromium shows the numbers `stats()` returns, and behind an admin
+key asks for it and sends it."""
 
 from __future__ import annotations
 
@@ -7,13 +8,19 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from html.parser import HTMLParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+
+from _live import live_gateway
 from _pg import MODELS, make_exchange
+from laneway.keys import hash_key
 from laneway.telemetry import Telemetry, TelemetrySettings
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -138,3 +145,32 @@ def test_the_dashboard_in_chromium_shows_what_stats_returns() -> None:
             <= 5e-7
         )
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+
+ADMIN_KEY = "lw-dashboard-admin-key"
+CLIENT_KEY = "lw-dashboard-client-key"
+
+
+def test_behind_an_admin_key_the_dashboard_asks_for_it_and_sends_it(sim_url: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LANEWAY_TEST_DASHBOARD_KEY", ADMIN_KEY)
+    config = (f"admin: {{key_env: LANEWAY_TEST_DASHBOARD_KEY}}\nkeys:\n- name: web\n"
+              f"  hash: \"{hash_key(CLIENT_KEY)}\"\nroutes:\n- name: chat\n  target: gpt-5-mini\n")
+    with live_gateway(config, sim_url, telemetry=Telemetry(TelemetrySettings(exchange_log=None))) as live:
+        body = json.dumps({"model": "laneway", "messages": [{"role": "user", "content": "hi"}]}).encode()
+        for _ in range(3):
+            request = urllib.request.Request(live.url + "/v1/chat/completions", data=body,
+                                             headers={"authorization": f"Bearer {CLIENT_KEY}"})
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                assert answer.status == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(live.url + "/admin/stats")
+        assert refused.value.code == 401  # the figures stay behind the key
+        keyless = Page(chromium("--dump-dom", live.url + "/dashboard"))
+        wrong = Page(chromium("--dump-dom", live.url + "/dashboard#key=not-the-key"))
+        keyed = Page(chromium("--dump-dom", live.url + f"/dashboard#key={ADMIN_KEY}"))
+    assert "login" not in keyless.hidden and keyless.texts["#total-requests"].strip() == "-"
+    assert "HTTP 401" in keyless.texts["#status"] and "Authorization: Bearer" in keyless.texts["#status"]
+    assert "login" not in wrong.hidden and "the admin key given was refused" in wrong.texts["#status"]
+    assert "login" in keyed.hidden and keyed.texts["#total-requests"].strip() == "3"
+    assert keyed.cell("gpt-5-mini", "requests") == "3"

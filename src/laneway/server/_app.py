@@ -54,8 +54,8 @@ class App:
             "/dashboard": self._dashboard, "/openapi.json": self._openapi, "/admin/shadow": self._shadow,
         }
         self._post = {"/admin/reload": self._reload}
-        self._protected = frozenset({"/admin/config", "/admin/stats", "/admin/reload", "/admin/shadow", "/dashboard",
-                                     "/metrics"})
+        # Not the dashboard: a page without figures, which reads them from `/admin/stats` with the admin key.
+        self._protected = frozenset({"/admin/config", "/admin/stats", "/admin/reload", "/admin/shadow", "/metrics"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

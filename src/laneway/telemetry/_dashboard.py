@@ -1,4 +1,10 @@
-"""The live dashboard: one self-contained page (inline CSS and JS) polling `/admin/stats`."""
+"""The live dashboard: one self-contained page (inline CSS and JS) polling `/admin/stats`.
+
+The page itself holds no figures, so it is served to anyone who reaches the gateway; the figures
+come from `/admin/stats`, which needs the admin key where one is set. A browser sends no bearer
+header when it opens a page, so the page asks for the key (or takes it from `#key=...` in its
+address, which never leaves the browser), keeps it for the tab's session, and sends it with every poll.
+"""
 
 from __future__ import annotations
 
@@ -47,6 +53,11 @@ simulated fleet, not from real providers.</div>
   <th>cost USD</th><th>cost / conversation</th></tr></thead>
   <tbody id="models"></tbody>
 </table>
+<form id="login" hidden>
+  <label>This gateway's figures need its admin key:
+  <input id="key" type="password" autocomplete="current-password" size="40"></label>
+  <button type="submit">Show figures</button>
+</form>
 <p id="status">waiting for the first poll of <code>__STATS_PATH__</code></p>
 <script>
 "use strict";
@@ -97,13 +108,37 @@ function render(stats) {
     (missing > 0 ? " (the others did not answer: their requests are missing)" : "");
   document.getElementById("status").className = missing > 0 ? "bad" : "";
 }
+const KEY = "laneway-admin-key";
+const given = new URLSearchParams(location.hash.slice(1)).get("key");
+if (given) {
+  sessionStorage.setItem(KEY, given);
+  history.replaceState(null, "", location.pathname + location.search);  // the key leaves the address bar
+}
+document.getElementById("login").addEventListener("submit", event => {
+  event.preventDefault();
+  sessionStorage.setItem(KEY, document.getElementById("key").value);
+  poll();
+});
 async function poll() {
+  const status = document.getElementById("status");
+  const key = sessionStorage.getItem(KEY);
   try {
-    const response = await fetch("__STATS_PATH__", {cache: "no-store"});
-    if (!response.ok) throw new Error("HTTP " + response.status);
+    const response = await fetch("__STATS_PATH__",
+      {cache: "no-store", headers: key ? {"Authorization": "Bearer " + key} : {}});
+    const login = document.getElementById("login");
+    login.hidden = !(response.status === 401 || response.status === 403);
+    if (!response.ok) {
+      let reason = "HTTP " + response.status;
+      try { reason += ": " + (await response.json()).error.message; } catch (ignored) {}
+      status.textContent = "cannot read __STATS_PATH__ - " + reason +
+        (key && response.status === 401 ? " (the admin key given was refused)" : "");
+      status.className = "bad";
+      return;
+    }
     render(await response.json());
   } catch (error) {
-    document.getElementById("status").textContent = "cannot read __STATS_PATH__: " + error;
+    status.textContent = "cannot read __STATS_PATH__: " + error;
+    status.className = "bad";
   }
 }
 poll();
