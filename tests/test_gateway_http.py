@@ -85,13 +85,18 @@ def test_header_signal_wins_over_metadata(seed_gateway: LiveGateway) -> None:
                                              "metadata": {"priority": "high"}},
                               {"x-laneway-priority": "normal"})
     assert status == 200 and headers["x-laneway-model"] == "claude-sonnet-37"
+    # The value the header replaces is not read, so it cannot fail the request either.
+    status, headers, _ = post(seed_gateway, {"model": "laneway", "messages": chat(3),
+                                             "metadata": {"priority": "bogus", "escalation": "maybe"}},
+                              {"x-laneway-priority": "normal", "x-laneway-escalation": "no"})
+    assert status == 200 and headers["x-laneway-model"] == "claude-sonnet-37"
 
 
 @pytest.mark.parametrize(("body", "headers", "status", "code", "needle"), [
     ({"model": "laneway", "messages": chat(1), "metadata": {"priority": "banana"}}, {}, 400,
      "invalid_request", "`metadata.priority`: invalid value 'banana'"),
     ({"model": "laneway", "messages": chat(1)}, {"x-laneway-escalation": "maybe"}, 400,
-     "invalid_request", "`x-laneway-escalation`"),
+     "invalid_request", "`x-laneway-escalation`: invalid value 'maybe'; expected true or false (also yes/no, 1/0)"),
     ({"model": "laneway", "messages": []}, {}, 400, "invalid_request", "`messages` must be a non-empty list"),
     ({"model": "laneway", "messages": chat(1), "n": 3}, {}, 400, "invalid_request", "`n` must be 1"),
     ({"model": "laneway", "messages": chat(1), "temperature": 7}, {}, 400, "invalid_request", "`temperature`"),

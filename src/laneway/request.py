@@ -162,20 +162,21 @@ def _check_response_format(value: Any) -> None:
 
 def read_signals(request: ClientRequest, headers: Mapping[str, str], intents: frozenset[str] = frozenset(),
                  **lazy: Any) -> Signals:
-    """Signals from `metadata` and `x-laneway-<name>` headers; the header wins. A client's `intent` must
-    be one of `intents` (what the routing file's intent model answers) when there are any."""
+    """Signals from `metadata` and `x-laneway-<name>` headers; the header wins, and the `metadata` value it
+    replaces is not read at all. A client's `intent` must be one of `intents` (what the routing file's
+    intent model answers) when there are any."""
     values: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    for key, raw in request.metadata.items():
-        name = str(key)
-        if name in SETTABLE:
-            values[name] = _settable(name, raw, f"metadata.{name}", intents)
-        else:
-            extra[name] = raw
     for name, header_name in _SIGNAL_HEADERS:
         header = headers.get(header_name)
         if header is not None:
             values[name] = _settable(name, header, header_name, intents)
+    extra: dict[str, Any] = {}
+    for key, raw in request.metadata.items():
+        name = str(key)
+        if name not in SETTABLE:
+            extra[name] = raw
+        elif name not in values:
+            values[name] = _settable(name, raw, f"metadata.{name}", intents)
     return Signals(request.messages, user=request.user, metadata=extra, **values, **lazy)
 
 

@@ -173,7 +173,8 @@ def parse_settable(name: str, raw: Any, where: str) -> Any:
             return True
         if text in ("false", "0", "no", ""):
             return False
-        raise InvalidRequest(f"`{where}`: invalid value {raw!r}; expected true or false", param=where)
+        raise InvalidRequest(f"`{where}`: invalid value {raw!r}; expected true or false (also yes/no, 1/0)",
+                             param=where)
     if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
         raise InvalidRequest(f"`{where}`: expected a string, got {type(raw).__name__}", param=where)
     return str(raw)
