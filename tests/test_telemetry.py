@@ -468,3 +468,23 @@ async def test_the_sqlite_writer_thread_runs_below_the_event_loop(tmp_path: Path
     await store.aclose()
     loop = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert writer == min(19, loop + WRITER_NICENESS) > loop
+
+
+@pytest.mark.parametrize(("attempts", "hand_overs"), [
+    ([("gpt-5", "upstream_unavailable", "primary"), ("gpt-5", "ok", "primary")], 0),  # a retry
+    ([("gpt-5", "upstream_unavailable", "primary"), ("gpt-5", "upstream_unavailable", "primary"),
+      ("claude-sonnet-37", "ok", "fallback")], 1),
+    ([("canary-model", "upstream_unavailable", "canary"), ("gpt-5", "ok", "primary")], 1),
+    ([("gpt-5-mini", "ok", "primary"), ("grader", "ok", "verifier"), ("gpt-5", "ok", "cascade")], 0),
+    ([("gpt-5-mini", "ok", "primary"), ("gpt-5", "upstream_unavailable", "cascade"),
+      ("claude-sonnet-37", "ok", "fallback")], 1),
+])
+def test_fallbacks_count_hand_overs_to_another_model_not_retries(attempts: list[tuple[str, str, str]],
+                                                                 hand_overs: int) -> None:
+    exchange = Exchange("r", BASE_TIME, model=attempts[-1][0], lane=attempts[-1][2],
+                        attempts=[Attempt(model, outcome, lane=lane) for model, outcome, lane in attempts])
+    assert fallbacks_of(exchange) == hand_overs
+    telemetry = Telemetry(TelemetrySettings(exchange_log=None))
+    telemetry.record(exchange)
+    assert total(telemetry.render_metrics(), "laneway_fallbacks_total") == hand_overs
+    assert telemetry.stats()["total"]["fallbacks"] == hand_overs

@@ -24,7 +24,8 @@ SERIES_LABELS = ("model", "route", "lane")
 FAMILIES: dict[str, tuple[str, str]] = {
     "laneway_requests_total": (
         "counter",
-        "Client requests finished, by answering model, route, lane and outcome.",
+        "Requests finished, by answering model, route, lane and outcome; lane=\"shadow\" counts shadow copies, "
+        "which answered no client.",
     ),
     "laneway_request_latency_seconds": ("histogram", "End-to-end request latency in seconds."),
     "laneway_time_to_first_token_seconds": ("histogram", "Time to the first streamed token in seconds."),
@@ -34,8 +35,14 @@ FAMILIES: dict[str, tuple[str, str]] = {
     ),
     "laneway_prompt_tokens_total": ("counter", "Prompt (input) tokens billed, in tokens."),
     "laneway_completion_tokens_total": ("counter", "Completion (output) tokens billed, in tokens."),
-    "laneway_cost_usd_total": ("counter", "Cost of requests in US dollars, at the models' list prices."),
-    "laneway_fallbacks_total": ("counter", "Hand-overs from one model to the next within a request."),
+    "laneway_cost_usd_total": (
+        "counter",
+        "Cost of requests in US dollars, at the models' list prices (lane=\"shadow\": what shadow copies cost).",
+    ),
+    "laneway_fallbacks_total": (
+        "counter",
+        "Hand-overs from one model to the next within a request (retries of the same model are not counted).",
+    ),
     "laneway_attempts_total": ("counter", "Attempts at each model, by the attempt's outcome."),
     "laneway_model_events_total": ("counter", "Model events such as `cooldown` (a breaker opened)."),
     "laneway_queue_wait_seconds": ("histogram", "Time a request waited in a model's gate queue in seconds."),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import pairwise
 from typing import Any, NamedTuple
 
 import orjson
@@ -110,12 +111,14 @@ def other_costs(exchange: Exchange) -> tuple[tuple[str, float], ...] | None:
 
 
 def fallbacks_of(exchange: Exchange) -> int:
-    """Hand-overs from one model to the next: every attempt after the first, but a cascade's grader
-    and escalation."""
+    """Hand-overs from one model to the next: every attempt at another model than the attempt before,
+    but a cascade's grader and escalation. A retry of the same model is no hand-over (it shows in
+    `laneway_attempts_total`)."""
     attempts = exchange.attempts
     if len(attempts) < 2:
         return 0
-    return sum(attempt.lane not in PLANNED_LANES for attempt in attempts[1:])
+    return sum(attempt.lane not in PLANNED_LANES and attempt.model != before.model
+               for before, attempt in pairwise(attempts))
 
 
 def log_record_of(
