@@ -80,11 +80,15 @@ def send(live: LiveGateway, body: dict[str, Any]) -> tuple[int, dict[str, str], 
         return error.code, dict(error.headers), error.read(), time.perf_counter() - started
 
 
-def reconfigure(gw: LiveGateway, routes: str, faults: dict[str, str] = FAULTS) -> None:
-    """Rewrite the routing file and hot-reload it, as an operator would."""
+def reconfigure(gw: LiveGateway, routes: str, faults: dict[str, str] = FAULTS, fresh_breakers: bool = True) -> None:
+    """Rewrite the routing file and hot-reload it, as an operator would. A reload keeps the breakers of
+    unchanged models; with `fresh_breakers`, every case starts with them closed, as in a new gateway."""
     assert gw.gateway is not None and gw.config_path is not None
     gw.config_path.write_text(config(faults, routes))
     gw.call(gw.gateway.reload())
+    if fresh_breakers:
+        for breaker in gw.gateway.runtime.breakers.values():
+            breaker.success()
 
 
 def one(sink: RecordingSink, request_id: str) -> Exchange:
@@ -193,6 +197,15 @@ def test_breaker_opens_then_skips_the_model(live: tuple[LiveGateway, RecordingSi
     assert outcomes[:3] == [["upstream_unavailable", "ok"]] * 3
     assert outcomes[3] == ["skipped", "ok"]  # breaker open after 3 consecutive failures
     assert ("cooldown", "e500") in sink.events
+    # The reload keeps the open breaker; with no model left to try, the client learns why and when to come back.
+    reconfigure(gw, "- target: e500\n  retry: {attempts: 1}\n", fresh_breakers=False)
+    got, headers, body, _ = send(gw, {"model": "laneway", "messages": [{"role": "user", "content": "hi"}]})
+    error = json.loads(body)["error"]
+    assert got == 503, body
+    assert 50 <= int(headers["retry-after"]) <= 60
+    assert "cooling down after repeated failures (`e500`: breaker open" in error["message"]
+    assert "``" not in error["message"] and error["code"] == "upstream_unavailable"
+    assert [a.outcome for a in one(sink, headers["x-request-id"]).attempts] == ["skipped"]
 
 
 def test_context_fit_skips_small_model_and_takes_long_context(sim_url: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from .errors import (
     AllAttemptsFailed,
     ContextWindowExceeded,
     InvalidRequest,
+    ModelsCoolingDown,
     RateLimited,
     UpstreamContextOverflow,
     UpstreamError,
@@ -37,6 +39,7 @@ from .gate import Gate, GateRejected
 from .providers import Refusal
 from .runtime import Runtime, fits, output_reserve, prepare
 
+COOLING_DOWN = "cooldown: breaker open"  # the error of an attempt skipped for its model's open breaker
 # The share of what is left of the deadline a canary attempt may take before the primary gets the rest.
 CANARY_SHARE = 0.5
 # The `max_tokens` a trimmed conversation leaves room for when the request names none (at most a
@@ -229,7 +232,7 @@ class Dispatcher:
                     continue
                 request, trimmed, prompt = cut
             if not self.runtime.breakers[name].allows(asyncio.get_running_loop().time()):
-                exchange.attempts.append(Attempt(name, SKIPPED, lane=lane, error="cooldown: breaker open"))
+                exchange.attempts.append(Attempt(name, SKIPPED, lane=lane, error=COOLING_DOWN))
                 continue
             gate = self.runtime.gates.get(name)
             ticket = Ticket(gate)
@@ -327,8 +330,19 @@ class Dispatcher:
     def _give_up(self, errors: list[UpstreamError], exchange: Exchange) -> Exception:
         if errors:
             return AllAttemptsFailed(errors)
-        skipped = "; ".join(f"`{a.model}`: {a.error}" for a in exchange.attempts) or "no model to try"
-        return AllAttemptsFailed([UpstreamUnavailable(f"every model was skipped ({skipped})", model="")])
+        skipped = [a for a in exchange.attempts if a.outcome == SKIPPED]
+        cooling = [a.model for a in skipped if a.error == COOLING_DOWN]
+        if cooling and len(cooling) == len(skipped):
+            now = asyncio.get_running_loop().time()
+            wait = max(0.0, min(self.runtime.breakers[name].open_until for name in cooling) - now)
+            names = ", ".join(f"`{name}`" for name in dict.fromkeys(cooling))
+            when = f"the first takes a probe request in {math.ceil(wait)} s" if wait >= 1 else "a probe request is on"
+            return ModelsCoolingDown(
+                f"nothing was sent: every model this request could go to is cooling down after repeated failures "
+                f"({names}: breaker open; {when}). Retry then, or give the route a fallback model on another "
+                "provider", retry_after_s=max(1.0, math.ceil(wait)))
+        return AllAttemptsFailed([UpstreamUnavailable(f"skipped: {a.error}", model=a.model) for a in skipped]
+                                 or [UpstreamUnavailable("the plan had no model to try")])
 
 
 def account(attempt: Attempt, exchange: Exchange, price: Price, usage: Usage) -> None:

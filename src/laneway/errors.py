@@ -159,6 +159,17 @@ class UpstreamUnavailable(UpstreamError):
     pass
 
 
+class ModelsCoolingDown(UpstreamError):
+    """Nothing was sent: every model the request could go to has its breaker open after repeated
+    failures. `retry_after_s` is when the first of them takes a probe again."""
+
+    status = 503
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class UpstreamRateLimited(UpstreamError):
     status = 429
     code = "rate_limited"

@@ -48,9 +48,13 @@ class Runtime:
         """Everything a config needs before its first request: pools, breakers, gates, indexes, classifier.
 
         Gates whose policy did not change are carried over from `previous`, so a reload never
-        forgets the calls in flight behind them; new gates share `previous`'s replica-wide limits."""
+        forgets the calls in flight behind them; new gates share `previous`'s replica-wide limits.
+        So are the breakers of models whose definition did not change: a reload that edits the
+        routes does not send requests to a model that is cooling down."""
         providers = {name: create_provider(spec, _resolve(spec, sim_url)) for name, spec in config.models.items()}
-        breakers = {name: CircuitBreaker(spec.breaker) for name, spec in config.models.items()}
+        kept = {name: breaker for name, breaker in previous.breakers.items()
+                if previous.config.models.get(name) == config.models.get(name)} if previous else {}
+        breakers = {name: kept.get(name) or CircuitBreaker(spec.breaker) for name, spec in config.models.items()}
         knowledge = {name: _knowledge_base(source, config.source) for name, source in config.knowledge.items()}
         old = previous.gates if previous else {}
         shared = previous.shared if previous else None

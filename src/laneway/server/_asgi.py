@@ -61,7 +61,7 @@ async def respond_json(send: Send, status: int, payload: Any, headers: Headers) 
 async def respond_error(send: Send, error: LanewayError, request_id: str, headers: Headers) -> None:
     extra = list(headers)
     retry = getattr(error, "retry_after_s", None)
-    if error.status == 429:
+    if error.status == 429 or (error.status == 503 and retry is not None):
         extra.append((b"retry-after", str(max(1, round(retry or 1))).encode()))
     await respond_json(send, error.status, error_body(error, request_id), extra)
 
