@@ -82,6 +82,7 @@ def test_serve_reloads_on_sighup_and_flushes_on_stop(tmp_path: Path) -> None:
         output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
     assert "simulated fleet" in output and "reload failed, keeping the running config" in output
+    assert output.count("no client keys configured") == 1, output  # said at start, not again at each reload
     with sqlite3.connect(db) as connection:
         logged = connection.execute("select count(*) from exchanges").fetchone()[0]
     assert logged >= 3

@@ -195,13 +195,14 @@ async def test_live_figures_summarize_every_worker_that_answers(private: str) ->
     assert stats["total"]["requests"] == 120
     for part in ("total", "models", "routes"):
         assert json.dumps(stats[part]) == json.dumps(expected[part]), part  # percentiles and conversations too
-    assert stats["workers"] == {"count": 3, "answered": [0, 1]}
+    assert stats["workers"] == {"count": 3, "answered": [0, 1], "started_at": {
+        "0": telemetries[0].started_at, "1": telemetries[1].started_at}}
     assert window["total"] == everything.stats(make_exchange(30).started_at, make_exchange(90).started_at)["total"]
     assert window["total"]["requests"] == 60
     candidate = shadow["candidates"]["gemini-2.5-flash-lite"]
     assert candidate == (await everything.shadow_stats())["candidates"]["gemini-2.5-flash-lite"]
     assert candidate["pairs"] == 40 and candidate["dropped"] == 3
-    assert shadow["workers"] == {"count": 3, "answered": [0, 1]}
+    assert shadow["workers"] == stats["workers"]
 
 
 async def test_a_window_that_is_not_one_is_refused_by_name() -> None:
@@ -236,7 +237,8 @@ def test_every_poll_of_the_live_figures_counts_every_worker(tmp_path: Path) -> N
     for figures in polls:
         assert figures["total"]["requests"] == sent
         assert figures["models"]["gpt-5-mini"]["requests"] == sent
-        assert figures["workers"] == {"count": 2, "answered": [0, 1]}
+        assert figures["workers"]["count"] == 2 and figures["workers"]["answered"] == [0, 1]
+        assert set(figures["workers"]["started_at"]) == {"0", "1"}
 
 
 def scrape(url: str) -> bytes:
@@ -327,6 +329,7 @@ def test_a_killed_worker_is_missing_from_the_scrape_until_it_is_replaced(tmp_pat
     try:
         before = requests_by_worker(scrape_until_counted(url, sent)[-1])
         victim = workers_of(process)[0]
+        killed_at = time.time()
         os.kill(victim, signal.SIGKILL)
         assert gone(victim, 5)
         after = scrape(url)
@@ -341,6 +344,9 @@ def test_a_killed_worker_is_missing_from_the_scrape_until_it_is_replaced(tmp_pat
             assert time.monotonic() < deadline, "the killed worker was not replaced"
             time.sleep(0.1)
         assert requests_by_worker(replaced).get(missing, 0) == 0  # its replacement starts from zero
+        # The live figures say which worker holds nothing from before its start.
+        started = stats_of(url)["workers"]["started_at"]
+        assert started[missing] > killed_at > started[survivor]
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)

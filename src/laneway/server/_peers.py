@@ -92,7 +92,11 @@ class Peers:
         return await asyncio.to_thread(_decoded, await self._ask(_OWN_WINDOW))  # 10-40 ms for 10,000 rows
 
     def _answered(self, windows: Mapping[int, Window]) -> dict[str, Any]:
-        return {"count": self._worker.count, "answered": sorted([*windows, self._worker.index])}
+        """Which workers the figures hold, and since when each: a replaced worker starts with nothing."""
+        started = {i: window.started_at for i, window in windows.items()}
+        started[self._worker.index] = self._telemetry.started_at
+        return {"count": self._worker.count, "answered": sorted(started),
+                "started_at": {str(i): started[i] for i in sorted(started)}}
 
     async def aclose(self) -> None:
         await asyncio.gather(*(client.close() for client in self._clients.values()))

@@ -89,7 +89,9 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
         peers = await stack.enter_async_context(serve_peers(worker, telemetry)) if worker is not None else None
         gateway = await Gateway.start(config, config_path=config_path, sim_url=sim_url, telemetry=telemetry,
                                       warm=False)
-        gateway.vet = lambda new: check_exposure(new, host, allow_unauthenticated, warn=speaks)
+        # A reload warns only when it drops the keys the running config had: otherwise it was said at start.
+        gateway.vet = lambda new: check_exposure(new, host, allow_unauthenticated,
+                                                 warn=speaks and bool(gateway.config.keys))
         tasks: set[asyncio.Task[None]] = set()  # background tasks, referenced until they finish
         warming = asyncio.create_task(gateway.warm_up())  # serves /healthz at once, /readyz once warm
         tasks.add(warming)

@@ -3,10 +3,10 @@
 The parent binds the socket, starts the simulated fleet once (when the config uses it), and
 supervises the workers: one that dies is replaced, SIGHUP is passed on (each worker reloads; a
 worker that reloads through `POST /admin/reload` sends the parent a SIGHUP), SIGINT/SIGTERM stop
-them gracefully (each flushes its exchange log). Each worker keeps its own metrics, and also
-listens on a private Unix socket in a directory the parent creates for the run: there the worker
-that answers `/metrics` fetches the others', so a scrape describes every worker. `/admin/stats`
-describes the worker that answered. Gates, cache and breakers are shared through
+them gracefully (each flushes its exchange log). Each worker keeps its own metrics and in-memory
+window, and also listens on a private Unix socket in a directory the parent creates for the run:
+there the worker that answers `/metrics`, `/admin/stats` or `/admin/shadow` fetches the others', so
+each describes every worker (`_peers.py`). Gates, cache and breakers are shared through
 `state: redis://...` when the config sets it.
 """
 

@@ -67,6 +67,7 @@ const FIELDS = [
   ["errors", v => String(v)], ["error_rate", v => pct(v)], ["fallbacks", v => String(v)],
   ["cost_usd", v => fixed(v, 4)], ["cost_per_conversation_usd", v => fixed(v, 6)],
 ];
+const LATE_S = 60;  // a worker started this much after the first one was replaced
 function fixed(v, digits) { return v === null || v === undefined ? "-" : v.toFixed(digits); }
 function pct(v) { return v === null || v === undefined ? "-" : (v * 100).toFixed(1) + "%"; }
 function cell(model, field, text) {
@@ -102,11 +103,16 @@ function render(stats) {
   }
   const workers = stats.workers;
   const missing = workers ? workers.count - workers.answered.length : 0;
+  const starts = workers ? Object.entries(workers.started_at) : [];
+  const first = Math.min(...starts.map(([, at]) => at));
+  const late = starts.filter(([, at]) => at - first > LATE_S)
+    .map(([index, at]) => "worker " + index + " since " + new Date(at * 1000).toLocaleTimeString());
   document.getElementById("status").textContent =
     "updated " + new Date().toLocaleTimeString() + " - every __POLL_S__ s from __STATS_PATH__" +
     (workers ? " - " + workers.answered.length + " of " + workers.count + " workers" : "") +
-    (missing > 0 ? " (the others did not answer: their requests are missing)" : "");
-  document.getElementById("status").className = missing > 0 ? "bad" : "";
+    (missing > 0 ? " (the others did not answer: their requests are missing)" : "") +
+    (late.length ? " - restarted: " + late.join(", ") + " (what they served before is not in these figures)" : "");
+  document.getElementById("status").className = missing > 0 || late.length ? "bad" : "";
 }
 const KEY = "laneway-admin-key";
 const given = new URLSearchParams(location.hash.slice(1)).get("key");

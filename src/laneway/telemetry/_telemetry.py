@@ -52,12 +52,14 @@ SHADOW_DROPPED = "shadow_dropped_"  # prefix of the events a shadow runner count
 @dataclass(frozen=True, slots=True)
 class Window:
     """One process's in-memory figures: its recent exchanges, shadows apart, the shadow jobs it dropped
-    per candidate, and its exchange log's health as `stats()["log"]` shows it."""
+    per candidate, its exchange log's health as `stats()["log"]` shows it, and when it started (unix
+    time): it holds nothing from before."""
 
     rows: list[ExchangeRow]
     shadows: list[ExchangeRow]
     shadow_dropped: dict[str, int]
     log: dict[str, Any]
+    started_at: float
 
     @classmethod
     def decode(cls, snapshot: bytes) -> Window:
@@ -66,7 +68,7 @@ class Window:
             data = orjson.loads(snapshot)
             return cls(rows_of_columns(data["rows"]), rows_of_columns(data["shadows"]),
                        {str(model): int(n) for model, n in data["shadow_dropped"].items()},
-                       {figure: data["log"][figure] for figure in LOG_FIGURES})
+                       {figure: data["log"][figure] for figure in LOG_FIGURES}, float(data["started_at"]))
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"not a telemetry window snapshot: {error!r}") from None
 
@@ -77,6 +79,7 @@ class Telemetry:
     def __init__(self, settings: TelemetrySettings, *, simulated: bool = False) -> None:
         self.settings = settings
         self.simulated = simulated
+        self.started_at = time.time()
         self.health = LogHealth(enabled=settings.exchange_log is not None)
         self._metrics = GatewayMetrics()
         self._pending: deque[Exchange] = deque()
@@ -131,21 +134,23 @@ class Telemetry:
         recent, shadows, dropped, log = self._copy()
 
         def figures() -> dict[str, Any]:
-            return self._summary([Window(recent.rows(), shadows.rows(), dropped, log), *peers], since, until)
+            own = Window(recent.rows(), shadows.rows(), dropped, log, self.started_at)
+            return self._summary([own, *peers], since, until)
 
         return await asyncio.to_thread(figures)
 
     def window(self) -> Window:
         """What this process holds in memory: the rows behind `stats()` and the shadow comparison."""
         recent, shadows, dropped, log = self._copy()
-        return Window(recent.rows(), shadows.rows(), dropped, log)
+        return Window(recent.rows(), shadows.rows(), dropped, log, self.started_at)
 
     async def window_snapshot(self) -> bytes:
         """`window()` as JSON, for the worker that answers for all of `laneway serve --workers N`
         (`Window.decode` reads it back); encoded in a worker thread."""
         recent, shadows, dropped, log = self._copy()
         return await asyncio.to_thread(lambda: orjson.dumps(
-            {"rows": recent.columns(), "shadows": shadows.columns(), "shadow_dropped": dropped, "log": log}))
+            {"rows": recent.columns(), "shadows": shadows.columns(), "shadow_dropped": dropped, "log": log,
+             "started_at": self.started_at}))
 
     def _copy(self) -> tuple[RecentExchanges, RecentExchanges, dict[str, int], dict[str, Any]]:
         """The window as it is now, apart from the one the drain goes on changing."""
