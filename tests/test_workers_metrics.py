@@ -351,3 +351,22 @@ def test_a_killed_worker_is_missing_from_the_scrape_until_it_is_replaced(tmp_pat
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output
+
+
+def test_a_worker_killed_outright_leaks_no_lock_of_the_knowledge_base_index(tmp_path: Path) -> None:
+    (tmp_path / "policies.md").write_text("# Refunds\n\nRefunds take five business days.\n\n"
+                                          "# Double charges\n\nA double charge is reversed within a day.\n")
+    config = tmp_path / "routes.yaml"
+    config.write_text("knowledge:\n  billing:\n    sources: [policies.md]\nroutes:\n- name: only\n"
+                      "  target: gpt-5-mini\n  retrieval: {knowledge: billing}\n")
+    process, url = serve(config, "--workers", "2")
+    try:
+        assert chat(url) == "gpt-5-mini"
+        victim = workers_of(process)[0]
+        os.kill(victim, signal.SIGKILL)
+        assert gone(victim, 5)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert "leaked" not in output, output  # the resource tracker's report of a lock nobody released

@@ -6,8 +6,10 @@ text is its title followed by its text, so a heading names what its section is a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -23,6 +25,15 @@ from laneway.retrieval._sources import read_passages
 # bm25s sets its own logger to DEBUG when imported, so "Building index from tokens" reached the
 # terminal of every `laneway check` and `serve` with a knowledge base.
 logging.getLogger("bm25s").setLevel(logging.WARNING)
+# bm25s counts tokens through tqdm even with its bar off, and tqdm's first bar takes a lock that is a
+# multiprocessing semaphore: one a worker of `serve --workers` killed outright never releases, which
+# the server's resource tracker then reports as leaked at shutdown. A thread lock is all it needs here.
+# (bm25s does without tqdm when it is not installed.)
+with contextlib.suppress(ImportError):
+    from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
+
+    if not hasattr(tqdm, "_lock"):
+        tqdm.set_lock(threading.RLock())
 
 FORMAT = "laneway-knowledge/1"
 DEFAULT_CHUNK_TOKENS = 400
