@@ -373,9 +373,10 @@ def test_token_budget_holds_across_replicas(shared: Cluster, alone: Cluster) -> 
     assert admitted > allowed  # alone, each replica spends a whole budget
 
 
-def second_replica_sees(cluster: Cluster, sim_url: str, asked: str) -> tuple[str, int]:
+def second_replica_sees(cluster: Cluster, sim_url: str, asked: str) -> tuple[str, int, int]:
     """Ask one replica a cacheable question and break `broken` there; then, from another replica:
-    the lane of the same question, and how many calls `broken`'s upstream received."""
+    the lane of the same question, the status of a call to `broken`, and how many calls its upstream
+    received."""
     first, second = cluster.urls[0], cluster.urls[-1]
     question: dict[str, Any] = {"metadata": {"mode": "cached"}, "temperature": 0}
     assert exchange(first, "laneway", asked, **question)[2]["x-laneway-lane"] == "primary"
@@ -384,14 +385,15 @@ def second_replica_sees(cluster: Cluster, sim_url: str, asked: str) -> tuple[str
     called = upstream(sim_url)["gpt-5-mini@error_500"]["calls"]
     time.sleep(0.6)  # the cache write runs after the answer; two breaker syncs
     lane = exchange(second, "laneway", asked, **question)[2]["x-laneway-lane"]
-    assert chat(second, "broken", "hello")[0] == 502
-    return lane, upstream(sim_url)["gpt-5-mini@error_500"]["calls"] - called
+    status = chat(second, "broken", "hello")[0]
+    return lane, status, upstream(sim_url)["gpt-5-mini@error_500"]["calls"] - called
 
 
 def test_cache_and_breaker_cooldowns_are_shared(shared: Cluster, alone: Cluster, sim_url: str) -> None:
-    assert second_replica_sees(shared, sim_url, "how do I reset my password?") == ("cache", 0)
-    lane, calls = second_replica_sees(alone, sim_url, "how do I change my address?")
-    assert lane == "primary" and calls > 0  # alone, each replica learns for itself
+    # Shared: the second replica holds the breaker open too, sends nothing, and says it is cooling down.
+    assert second_replica_sees(shared, sim_url, "how do I reset my password?") == ("cache", 503, 0)
+    lane, status, calls = second_replica_sees(alone, sim_url, "how do I change my address?")
+    assert lane == "primary" and status == 502 and calls > 0  # alone, each replica learns for itself
 
 
 def test_requests_keep_succeeding_on_local_limits_when_redis_dies(shared: Cluster, sim_url: str) -> None:
