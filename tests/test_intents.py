@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from _intents_cli import run_intents_cli
 from laneway.errors import ConfigError, InvalidRequest
@@ -21,6 +23,7 @@ from laneway.intents import (
     read_rows,
     train,
 )
+from laneway.intents._features import char_ngrams, fit_features, normalize, word_ngrams
 from laneway.intents._training import stratified_split, tune_threshold
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -272,3 +275,19 @@ def test_empty_csv_is_an_error_for_therun_intents_cli(tmp_path: Path) -> None:
     header_only = _write_csv(tmp_path / "header.csv", [("text", "label")])
     with pytest.raises(ConfigError, match="no data rows"):
         read_rows(header_only)
+
+
+@given(st.lists(st.sampled_from(["card", "refund", "my", "was", "charged", "twice!", "it's", "", "  ", "Zürich",
+                                 "xqzv", "payment?", "\n", "top-up"]), max_size=30))
+@settings(max_examples=200, deadline=None)
+def test_character_columns_kept_per_word_give_the_features_of_the_full_analysis(words: list[str]) -> None:
+    features = fit_features(["my card was charged twice", "where is my refund?", "top-up failed in Zurich",
+                             "it's a card payment", "a refund for my card"])
+    text = " ".join(words)
+    clean = normalize(text)
+    word_cols, word_vals = features.words.weights(word_ngrams(clean))
+    char_cols, char_vals = features.chars.weights(char_ngrams(clean))
+    for _ in range(2):  # the second time from the kept columns
+        cols, vals = features.vector(text)
+        assert cols == word_cols + char_cols
+        assert np.array_equal(vals, np.concatenate([word_vals, char_vals]))
