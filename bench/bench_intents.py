@@ -5,6 +5,7 @@
     python bench/bench_intents.py --export var/intents # also write the splits as text,label CSVs
     python bench/bench_intents.py --encoder transformer  # with the int8 MiniLM encoder stage
     python bench/bench_intents.py --encoder static       # with MiniLM token vectors distilled on train
+    python bench/bench_intents.py --encoder context      # the same, and each token's vectors by neighbour
     python bench/bench_intents.py --only banking77 --model M.npz  # measure a saved model, no training
 
 Splits (deterministic, never the held-out test sets): Banking77 train.csv 90/10 stratified;
@@ -41,7 +42,9 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "scripts")]
 import build_intent_model as corpora  # noqa: E402
 
 from laneway.intents import UNKNOWN, IntentModel, TrainingOptions, evaluate, train  # noqa: E402
-from laneway.intents._encoder import StaticEncoder  # noqa: E402
+from laneway.intents._encoder import ContextEncoder, SentenceEncoder, StaticEncoder  # noqa: E402
+
+ENCODER_KINDS = {SentenceEncoder: "transformer", StaticEncoder: "static", ContextEncoder: "context"}
 
 Split = tuple[corpora.Rows, corpora.Rows]
 
@@ -97,9 +100,7 @@ def bench(name: str, workdir: Path, encoder: str | None = None, defer_below: flo
     path = saved or workdir / f"{name}.npz"
     if not saved:
         model.save(path)
-    kind = "lexical"
-    if model.encoder is not None:
-        kind = "static" if isinstance(model.encoder.encoder, StaticEncoder) else "transformer"
+    kind = "lexical" if model.encoder is None else ENCODER_KINDS[type(model.encoder.encoder)]
     result = {
         "dataset": name, "kind": kind,
         "train_rows": len(train_texts), "val_rows": len(val_texts),
@@ -164,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object per data set")
     parser.add_argument("--export", type=Path, metavar="DIR",
                         help="write the splits as text,label CSVs and stop")
-    parser.add_argument("--encoder", choices=("transformer", "static"),
+    parser.add_argument("--encoder", choices=("transformer", "static", "context"),
                         help="train models with this MiniLM encoder stage")
     parser.add_argument("--defer-below", type=float, metavar="P",
                         help="with --encoder: lexical top probability under which the encoder runs "

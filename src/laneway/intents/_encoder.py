@@ -2,7 +2,8 @@
 
 `SentenceEncoder` runs an int8 ONNX graph (see `_minilm.py` for how it is built) with ONNX
 Runtime, one message at a time on one thread. `StaticEncoder` averages one stored vector per
-token (distilled from that graph), with numpy. Each keeps its tokenizer; both are stored inside a
+token (distilled from that graph), with numpy; `ContextEncoder` reads each token's vector by its
+neighbours as well. Each keeps its tokenizer; both are stored inside a
 saved intent model, so loading one needs no network and no machine-learning framework.
 """
 
@@ -68,6 +69,58 @@ class StaticEncoder:
     def embed(self, text: str) -> npt.NDArray[np.float32]:
         vector: npt.NDArray[np.float32] = self.table[self._tokenizer.encode(text).ids].mean(0)
         return unit(vector)
+
+
+class ContextEncoder:
+    """Embeds one message as the mean of its tokens' vectors, each read with its neighbours: the mean
+    of the stored vectors of (left neighbour, token) and (token, right neighbour), those of the two
+    pairs that were seen when the vectors were distilled, else the token's own vector (`table`).
+
+    A pair is a key `first * KEY_BASE + second`, a neighbour counted from 1 (0: none, at either end
+    of `[CLS] ... [SEP]`); `left_keys` and `right_keys` are sorted, one row of `left` and `right`
+    each."""
+
+    __slots__ = ("_tokenizer", "dimensions", "left", "left_keys", "right", "right_keys", "table", "tokenizer")
+
+    def __init__(self, table: npt.NDArray[np.float32], left_keys: npt.NDArray[np.int64], left: npt.NDArray[np.float32],
+                 right_keys: npt.NDArray[np.int64], right: npt.NDArray[np.float32], tokenizer: str) -> None:
+        self.table, self.tokenizer = table, tokenizer
+        self.left_keys, self.left, self.right_keys, self.right = left_keys, left, right_keys, right
+        self._tokenizer = wordpiece(tokenizer)
+        self.dimensions = int(table.shape[1])
+
+    def embed(self, text: str) -> npt.NDArray[np.float32]:
+        return self.embed_ids(np.asarray(self._tokenizer.encode(text).ids, np.int64))
+
+    def embed_ids(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """The unit-length embedding of a message's token ids (`[CLS] ... [SEP]`)."""
+        before, after = pair_keys(ids)
+        left, left_found = _rows(self.left_keys, self.left, before)
+        right, right_found = _rows(self.right_keys, self.right, after)
+        found = left_found + right_found
+        vectors = np.where(found[:, None] > 0, (left + right) / np.maximum(found, 1)[:, None], self.table[ids])
+        return unit(vectors.mean(0))
+
+
+KEY_BASE = 1 << 20  # above any token id plus one
+
+
+def pair_keys(ids: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """For each token, the keys of (left neighbour, token) and (token, right neighbour)."""
+    shifted = ids + 1
+    before = np.concatenate(([0], shifted[:-1]))
+    after = np.concatenate((shifted[1:], [0]))
+    return before * KEY_BASE + ids, ids * KEY_BASE + after
+
+
+def _rows(keys: npt.NDArray[np.int64], table: npt.NDArray[np.float32],
+          wanted: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """The rows of `table` for the keys `wanted` (zero where absent), and 1.0 where present."""
+    if not len(keys):
+        return np.zeros((len(wanted), table.shape[1]), np.float32), np.zeros(len(wanted), np.float32)
+    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    found = (keys[at] == wanted).astype(np.float32)
+    return table[at] * found[:, None], found
 
 
 def wordpiece(tokenizer: str) -> Any:

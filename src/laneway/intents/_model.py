@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import ConfigError, ConfigIssue
-from ._encoder import SentenceEncoder, StaticEncoder
+from ._encoder import ContextEncoder, SentenceEncoder, StaticEncoder
 from ._features import TextFeatures, features_from_grams
 
 UNKNOWN = "unknown"
@@ -37,7 +37,7 @@ class EncoderStage:
     `embedding_weights` one per embedding dimension.
     """
 
-    encoder: SentenceEncoder | StaticEncoder
+    encoder: SentenceEncoder | StaticEncoder | ContextEncoder
     lexical_weights: npt.NDArray[np.float32]
     embedding_weights: npt.NDArray[np.float32]
     bias: npt.NDArray[np.float32]
@@ -129,6 +129,12 @@ class IntentModel:
             if isinstance(encoder, StaticEncoder):
                 header["encoder"] = "static"
                 arrays["encoder_table"] = encoder.table.astype(np.float16)
+            elif isinstance(encoder, ContextEncoder):
+                header["encoder"] = "context"
+                arrays |= {"encoder_table": encoder.table.astype(np.float16),
+                           "encoder_left_keys": encoder.left_keys, "encoder_left": encoder.left.astype(np.float16),
+                           "encoder_right_keys": encoder.right_keys,
+                           "encoder_right": encoder.right.astype(np.float16)}
             else:
                 header["encoder"] = "transformer"
                 arrays["encoder_graph"] = np.frombuffer(encoder.graph, np.uint8)
@@ -184,9 +190,13 @@ def model_classes(path: str | Path) -> tuple[str, ...]:
 
 def _encoder_stage(archive: Any, header: dict[str, Any]) -> EncoderStage:
     tokenizer = archive["encoder_tokenizer"].tobytes().decode("utf-8")
-    encoder: SentenceEncoder | StaticEncoder
+    encoder: SentenceEncoder | StaticEncoder | ContextEncoder
     if header.get("encoder") == "static":
         encoder = StaticEncoder(archive["encoder_table"].astype(np.float32), tokenizer)
+    elif header.get("encoder") == "context":
+        encoder = ContextEncoder(archive["encoder_table"].astype(np.float32), archive["encoder_left_keys"],
+                                 archive["encoder_left"].astype(np.float32), archive["encoder_right_keys"],
+                                 archive["encoder_right"].astype(np.float32), tokenizer)
     else:
         encoder = SentenceEncoder(archive["encoder_graph"].tobytes(), tokenizer)
     return EncoderStage(

