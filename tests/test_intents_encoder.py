@@ -291,6 +291,10 @@ def test_context_vectors_read_each_token_by_its_neighbours(distiller: StaticDist
                         encoder.table[refund],
                         encoder.right[np.searchsorted(encoder.right_keys, sep * base)]], axis=0)  # ([SEP], [none])
     np.testing.assert_allclose(encoder.embed("refund"), expected / np.linalg.norm(expected), rtol=1e-5, atol=1e-6)
+    # distilled from no text at all (a fold of a tiny data set): every token's vector alone
+    nothing = distiller.context_encoder(distiller.token_run(texts), [])
+    alone_mean = distiller.alone()[[cls, refund, sep]].mean(0)
+    np.testing.assert_allclose(nothing.embed("refund"), alone_mean / np.linalg.norm(alone_mean), rtol=1e-2, atol=1e-3)
 
 
 def test_context_encoder_is_fitted_on_embeddings_its_text_did_not_shape(

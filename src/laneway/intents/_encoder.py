@@ -3,8 +3,8 @@
 `SentenceEncoder` runs an int8 ONNX graph (see `_minilm.py` for how it is built) with ONNX
 Runtime, one message at a time on one thread. `StaticEncoder` averages one stored vector per
 token (distilled from that graph), with numpy; `ContextEncoder` reads each token's vector by its
-neighbours as well. Each keeps its tokenizer; both are stored inside a
-saved intent model, so loading one needs no network and no machine-learning framework.
+neighbours as well. Each keeps its tokenizer; all are stored inside a saved intent model, so
+loading one needs no network and no machine-learning framework.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ The mean of the last layer over all tokens is the sentence embedding, as in sent
 `StaticDistiller` turns that graph into a `StaticEncoder`: each token's vector is the mean
 of its last-layer (contextual) vectors over a corpus, or, for a token the corpus lacks, its vector
 when it is encoded alone. A message's embedding is then the mean of its tokens' vectors, like the
-transformer's own mean pooling but without the attention layers.
+transformer's own mean pooling but without the attention layers. It also distills a
+`ContextEncoder`, whose vectors are kept per token and neighbour as well.
 
 Only training needs this module and the `onnx` package; a trained model carries the graph.
 """
@@ -122,9 +123,10 @@ class StaticDistiller:
         """A `ContextEncoder` distilled from the texts `rows` of `run`: each pair's vector is the mean
         of the token's contextual vectors where it had that neighbour; each token's own vector as in
         `distill`."""
-        ids = np.concatenate([run.ids[i] for i in rows])
-        vectors = np.concatenate([run.vectors[i] for i in rows])
-        pairs = [pair_keys(run.ids[i]) for i in rows]
+        none = np.zeros(0, np.int64)  # no rows (a fold of a tiny data set): every token's vector alone
+        ids = np.concatenate([none, *(run.ids[i] for i in rows)])
+        vectors = np.concatenate([np.zeros((0, self.hidden), np.float32), *(run.vectors[i] for i in rows)])
+        pairs = [(none, none), *(pair_keys(run.ids[i]) for i in rows)]
         table = self.alone().copy()
         seen, means = _means(ids, vectors)
         table[seen] = means
@@ -159,6 +161,8 @@ class TokenRun:
 def _means(keys: npt.NDArray[np.int64],
            vectors: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """The distinct `keys`, sorted, and the mean of the `vectors` rows of each."""
+    if not len(keys):
+        return keys, np.zeros((0, vectors.shape[1]), np.float32)
     order = np.argsort(keys, kind="stable")
     ordered = keys[order]
     starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
