@@ -6,14 +6,13 @@ model needs no machine-learning library to classify.
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
-from itertools import pairwise
+from itertools import islice, pairwise
 
 import numpy as np
 import numpy.typing as npt
@@ -99,7 +98,7 @@ class TextFeatures:
     def __post_init__(self) -> None:
         columns = lru_cache(maxsize=CHAR_CACHE)(partial(_char_columns, self.chars.vocabulary))
         object.__setattr__(self, "_char_columns", columns)
-        for word in itertools.islice((g for g in self.words.vocabulary if " " not in g), CHAR_CACHE // 2):
+        for word in islice((g for g in self.words.vocabulary if " " not in g), CHAR_CACHE // 2):
             columns(word)
 
     @property
