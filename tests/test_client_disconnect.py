@@ -50,6 +50,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not request.get("stream"):
             self._answer_slowly()
             return
+        if request["messages"][-1]["content"] == "slow start":  # the first piece after the whole 5 s
+            began = time.monotonic()
+            if self._hung_up_within(PIECES * GAP_S):
+                self.server.written.append(round((time.monotonic() - began) * 1000))
+                self.server.ended.set()
+                return
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("connection", "close")
@@ -69,14 +75,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.written.append(written)
             self.server.ended.set()
 
+    def _hung_up_within(self, seconds: float) -> bool:
+        """Wait `seconds`; True as soon as the gateway closes the connection."""
+        began = time.monotonic()
+        while time.monotonic() - began < seconds:
+            readable, _, _ = select.select([self.connection], [], [], 0.05)
+            if readable and self.connection.recv(1, socket.MSG_PEEK) == b"":
+                return True
+        return False
+
     def _answer_slowly(self) -> None:
         """The whole answer after `PIECES * GAP_S` seconds, unless the gateway hangs up first."""
         began = time.monotonic()
         try:
-            while time.monotonic() - began < PIECES * GAP_S:
-                readable, _, _ = select.select([self.connection], [], [], 0.05)
-                if readable and self.connection.recv(1, socket.MSG_PEEK) == b"":
-                    return  # the gateway closed the connection
+            if self._hung_up_within(PIECES * GAP_S):
+                return
             answer = {"id": "x", "object": "chat.completion", "model": "slow",
                       "choices": [{"index": 0, "message": {"role": "assistant", "content": "late"},
                                    "finish_reason": "stop"}],
@@ -110,7 +123,7 @@ models:
     model: slow
     price: {{input_per_mtok: 1.0, output_per_mtok: 2.0}}
     stream_idle_ms: 10000
-    gate: {{max_concurrency: 1}}
+    gate: {{max_concurrency: 1, queue_timeout_ms: 10000}}
 routes:
 - target: slow
   deadline_ms: 30000
@@ -156,15 +169,17 @@ def test_a_client_that_hangs_up_mid_stream_stops_the_upstream_and_is_logged(
     assert figures["requests"] == 1 and figures["errors"] == 0  # the client's doing, not the model's
 
 
-def test_a_client_that_gives_up_on_a_whole_answer_stops_the_upstream_and_is_logged(
-        live: tuple[LiveGateway, RecordingSink, SlowStream]) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["whole answer", "stream before its first piece"])
+def test_a_client_that_gives_up_waiting_stops_the_upstream_and_is_logged(
+        live: tuple[LiveGateway, RecordingSink, SlowStream], stream: bool) -> None:
     gateway, sink, upstream = live
     connection = socket.create_connection(("127.0.0.1", int(gateway.url.rsplit(":", 1)[1])), timeout=10)
-    body = json.dumps({"model": "laneway", "messages": [{"role": "user", "content": "tell me"}]}).encode()
+    body = json.dumps({"model": "laneway", "stream": stream,
+                       "messages": [{"role": "user", "content": "slow start"}]}).encode()
     connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: laneway\r\ncontent-type: application/json\r\n"
                        b"x-request-id: gave-up\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     time.sleep(0.5)
-    connection.close()  # the client's own timeout, long before the 5 s answer
+    connection.close()  # the client's own timeout, long before the answer starts at 5 s
 
     assert gateway.gateway is not None
     gate = gateway.gateway.runtime.gates["slow"]
@@ -183,3 +198,43 @@ def test_a_client_that_gives_up_on_a_whole_answer_stops_the_upstream_and_is_logg
     assert attempt.outcome == "client_disconnected" and 900 < attempt.latency_ms < 2500
     figures = summarize(rows_of([exchange], simulated=False), (), None, None)["models"]["slow"]
     assert figures["requests"] == 1 and figures["errors"] == 0  # the client's doing, not the model's
+
+
+def send_slow_start(port: int, request_id: str) -> socket.socket:
+    connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+    body = json.dumps({"model": "laneway", "messages": [{"role": "user", "content": "slow start"}]}).encode()
+    connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: laneway\r\ncontent-type: application/json\r\n"
+                       b"x-request-id: " + request_id.encode() + b"\r\ncontent-length: " + str(len(body)).encode()
+                       + b"\r\n\r\n" + body)
+    return connection
+
+
+def test_a_client_that_gives_up_in_the_gate_queue_leaves_it(
+        live: tuple[LiveGateway, RecordingSink, SlowStream]) -> None:
+    gateway, sink, upstream = live
+    assert gateway.gateway is not None
+    gate = gateway.gateway.runtime.gates["slow"]
+    port = int(gateway.url.rsplit(":", 1)[1])
+    holder = send_slow_start(port, "holds-the-slot")  # the upstream answers it after 5 s
+    deadline = time.monotonic() + 3
+    while gate.in_flight < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    queued = send_slow_start(port, "queued")
+    while len(gate._queue) < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    queued.close()  # gives up while waiting for the slot
+    while not [e for e in sink.exchanges if e.request_id == "queued"]:
+        assert time.monotonic() < deadline + 2, "the queued request was never recorded"
+        time.sleep(0.02)
+    exchange = sink.by_id("queued")
+    assert exchange.outcome == "client_disconnected" and exchange.status == 499
+    assert exchange.attempts == []  # never admitted, never sent
+    assert gate.in_flight == 1  # the holder keeps its slot
+    holder.close()
+    assert upstream.ended.wait(4)
+    while gate.in_flight:
+        assert time.monotonic() < deadline + 6, "the abandoned waiter took the freed slot"
+        time.sleep(0.02)
+    assert len(upstream.written) == 1  # the upstream only ever saw the holder's request

@@ -168,7 +168,10 @@ class Dispatcher:
                     error = UpstreamUnavailable("stream ended before any data", model=name)
                 except UpstreamError as exc:
                     error = exc
-                except BaseException:  # a request the adapter refuses (400), a cancelled client: no failover
+                except BaseException as exc:  # a request the adapter refuses (400), a client that left: no failover
+                    if isinstance(exc, asyncio.CancelledError):  # the server cancels when the client left
+                        attempt.outcome = CLIENT_DISCONNECTED
+                        attempt.latency_ms = (time.perf_counter() - started) * 1000
                     ticket.release()
                     await close_stream(chunks)
                     raise

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import orjson
 
@@ -25,6 +26,7 @@ from ._asgi import JSON, Headers, Receive, Send, respond, respond_error
 
 CLIENT_CLOSED = 499  # the status nginx logs for a request its client closed before the answer
 WATCH_AFTER_S = 1.0  # a request not answered by then starts listening for its client leaving
+T = TypeVar("T")
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
@@ -53,7 +55,8 @@ async def chat_completions(gateway: Gateway, body: bytes, headers: dict[str, str
         if request.stream:
             await _stream(gateway, request, headers, path, send, exchange, base, started, key, receive)
             return
-        completion = await _complete(gateway, request, headers, path, exchange, key, receive, started)
+        completion = await _unless_client_leaves(gateway.complete(request, headers, path, exchange, key), receive,
+                                                 exchange, started)
         if completion is None:  # the client left first: recorded, and nobody to answer
             gateway.finish(exchange, started)
             return
@@ -74,16 +77,16 @@ async def chat_completions(gateway: Gateway, body: bytes, headers: dict[str, str
     await respond(send, 200, payload, [JSON, *base, *laneway_headers(exchange)])
 
 
-async def _complete(gateway: Gateway, request: ClientRequest, headers: dict[str, str], path: str,
-                    exchange: Exchange, key: KeyPolicy | None, receive: Receive | None,
-                    started: float) -> Completion | None:
-    """The whole answer, or None if the client left before it: the request is then cancelled, which
-    frees its gate slot and stops the upstream call. The watch starts only after `WATCH_AFTER_S`, so
-    that the requests answered sooner pay for a timer and nothing else."""
+async def _unless_client_leaves(answer: Awaitable[T], receive: Receive | None, exchange: Exchange,
+                                started: float) -> T | None:
+    """`answer` (the whole completion, or a stream's first chunk), or None if the client left before it:
+    the request is then cancelled, which frees its place in a gate's queue or its slot and stops the
+    upstream call, and the exchange says so. The watch starts only after `WATCH_AFTER_S`, so that
+    the requests answered sooner pay for a timer and nothing else."""
     client = _ClientWatch(receive)
     timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, client.watch, asyncio.current_task())
     try:
-        return await gateway.complete(request, headers, path, exchange, key)
+        return await answer
     except asyncio.CancelledError:
         if not client.left():
             raise
@@ -135,7 +138,12 @@ def usage_body(usage: Usage) -> dict[str, Any]:
 async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, str], path: str, send: Send,
                   exchange: Exchange, base: Headers, started_perf: float, key: KeyPolicy | None,
                   receive: Receive | None) -> None:
-    started, runtime = await gateway.open_stream(request, headers, path, exchange, key)
+    opened = await _unless_client_leaves(gateway.open_stream(request, headers, path, exchange, key), receive,
+                                         exchange, started_perf)
+    if opened is None:  # the client left before the first chunk: recorded, and nobody to answer
+        gateway.finish(exchange, started_perf)
+        return
+    started, runtime = opened
     client = _ClientWatch(receive)
     try:
         encoder = _ChunkEncoder(exchange)
