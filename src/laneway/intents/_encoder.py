@@ -17,6 +17,7 @@ import numpy.typing as npt
 from ._optional import optional_library
 
 MAX_TOKENS = 128
+Table = npt.NDArray[np.floating[Any]]  # vectors by row: float16 as a saved model holds them, or float32
 
 
 class SentenceEncoder:
@@ -56,18 +57,19 @@ class SentenceEncoder:
 
 
 class StaticEncoder:
-    """Embeds one message as the mean of its tokens' stored vectors (`table`, one row per token id)."""
+    """Embeds one message as the mean of its tokens' stored vectors (`table`, one row per token id,
+    float16 as a saved model holds it, or float32)."""
 
     __slots__ = ("_tokenizer", "dimensions", "table", "tokenizer")
 
-    def __init__(self, table: npt.NDArray[np.float32], tokenizer: str) -> None:
+    def __init__(self, table: Table, tokenizer: str) -> None:
         self.table = table
         self.tokenizer = tokenizer
         self._tokenizer = wordpiece(tokenizer)
         self.dimensions = int(table.shape[1])
 
     def embed(self, text: str) -> npt.NDArray[np.float32]:
-        vector: npt.NDArray[np.float32] = self.table[self._tokenizer.encode(text).ids].mean(0)
+        vector: npt.NDArray[np.float32] = self.table[self._tokenizer.encode(text).ids].astype(np.float32).mean(0)
         return unit(vector)
 
 
@@ -82,8 +84,8 @@ class ContextEncoder:
 
     __slots__ = ("_tokenizer", "dimensions", "left", "left_keys", "right", "right_keys", "table", "tokenizer")
 
-    def __init__(self, table: npt.NDArray[np.float32], left_keys: npt.NDArray[np.int64], left: npt.NDArray[np.float32],
-                 right_keys: npt.NDArray[np.int64], right: npt.NDArray[np.float32], tokenizer: str) -> None:
+    def __init__(self, table: Table, left_keys: npt.NDArray[np.int64], left: Table, right_keys: npt.NDArray[np.int64],
+                 right: Table, tokenizer: str) -> None:
         self.table, self.tokenizer = table, tokenizer
         self.left_keys, self.left, self.right_keys, self.right = left_keys, left, right_keys, right
         self._tokenizer = wordpiece(tokenizer)
@@ -98,7 +100,8 @@ class ContextEncoder:
         left, left_found = _rows(self.left_keys, self.left, before)
         right, right_found = _rows(self.right_keys, self.right, after)
         found = left_found + right_found
-        vectors = np.where(found[:, None] > 0, (left + right) / np.maximum(found, 1)[:, None], self.table[ids])
+        own = self.table[ids].astype(np.float32)
+        vectors = np.where(found[:, None] > 0, (left + right) / np.maximum(found, 1)[:, None], own)
         return unit(vectors.mean(0))
 
 
@@ -113,14 +116,14 @@ def pair_keys(ids: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.ND
     return before * KEY_BASE + ids, ids * KEY_BASE + after
 
 
-def _rows(keys: npt.NDArray[np.int64], table: npt.NDArray[np.float32],
+def _rows(keys: npt.NDArray[np.int64], table: Table,
           wanted: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """The rows of `table` for the keys `wanted` (zero where absent), and 1.0 where present."""
     if not len(keys):
         return np.zeros((len(wanted), table.shape[1]), np.float32), np.zeros(len(wanted), np.float32)
     at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
     found = (keys[at] == wanted).astype(np.float32)
-    return table[at] * found[:, None], found
+    return table[at].astype(np.float32) * found[:, None], found
 
 
 def wordpiece(tokenizer: str) -> Any:

@@ -192,11 +192,11 @@ def _encoder_stage(archive: Any, header: dict[str, Any]) -> EncoderStage:
     tokenizer = archive["encoder_tokenizer"].tobytes().decode("utf-8")
     encoder: SentenceEncoder | StaticEncoder | ContextEncoder
     if header.get("encoder") == "static":
-        encoder = StaticEncoder(archive["encoder_table"].astype(np.float32), tokenizer)
+        # Vector tables stay float16 in memory, half the size; the rows a message reads are widened.
+        encoder = StaticEncoder(archive["encoder_table"], tokenizer)
     elif header.get("encoder") == "context":
-        encoder = ContextEncoder(archive["encoder_table"].astype(np.float32), archive["encoder_left_keys"],
-                                 archive["encoder_left"].astype(np.float32), archive["encoder_right_keys"],
-                                 archive["encoder_right"].astype(np.float32), tokenizer)
+        encoder = ContextEncoder(archive["encoder_table"], archive["encoder_left_keys"], archive["encoder_left"],
+                                 archive["encoder_right_keys"], archive["encoder_right"], tokenizer)
     else:
         encoder = SentenceEncoder(archive["encoder_graph"].tobytes(), tokenizer)
     return EncoderStage(
