@@ -253,14 +253,21 @@ def test_static_encoder_model_decides_every_message_and_round_trips(
         distiller: StaticDistiller, support: tuple[Rows, Rows], tmp_path: Path) -> None:
     (texts, labels), (val_texts, val_labels) = support
     model = train(texts, labels, TrainingOptions(encoder="static"), encoder=distiller.distill(texts))
-    assert model.encoder is not None and isinstance(model.encoder.encoder, StaticEncoder)
-    assert model.encoder.defer_below > 1 and all(map(model.defers, val_texts))
-    assert evaluate(model, val_texts, val_labels)["accuracy"] >= 0.85
-    model.save(tmp_path / "static.npz")
-    loaded = IntentModel.load(tmp_path / "static.npz")
-    assert loaded.encoder is not None and isinstance(loaded.encoder.encoder, StaticEncoder)
+    assert_distilled_model_round_trips(model, StaticEncoder, val_texts, val_labels, tmp_path / "static.npz")
     with np.load(tmp_path / "static.npz") as archive:
         assert "encoder_table" in archive.files and "encoder_graph" not in archive.files
+
+
+def assert_distilled_model_round_trips(model: IntentModel, kind: type, val_texts: list[str], val_labels: list[str],
+                                       path: Path) -> None:
+    """A model with a distilled encoder stage decides every message, is accurate, and answers the same
+    once saved to `path` and loaded."""
+    assert model.encoder is not None and isinstance(model.encoder.encoder, kind)
+    assert model.encoder.defer_below > 1 and all(map(model.defers, val_texts))
+    assert evaluate(model, val_texts, val_labels)["accuracy"] >= 0.85
+    model.save(path)
+    loaded = IntentModel.load(path)
+    assert loaded.encoder is not None and isinstance(loaded.encoder.encoder, kind)
     for text in val_texts:
         assert np.array_equal(loaded.probabilities(text), model.probabilities(text))
 
@@ -309,14 +316,7 @@ def test_context_encoder_is_fitted_on_embeddings_its_text_did_not_shape(
     np.testing.assert_array_equal(embeddings[first], without.embed_ids(run.ids[first]))
     assert not np.allclose(embeddings[first], encoder.embed_ids(run.ids[first]))  # the full one saw the text
     model = train(texts, labels, TrainingOptions(encoder="context"), distiller=distiller)
-    assert model.encoder is not None and isinstance(model.encoder.encoder, ContextEncoder)
-    assert model.encoder.defer_below > 1 and all(map(model.defers, val_texts))
-    assert evaluate(model, val_texts, val_labels)["accuracy"] >= 0.85
-    model.save(tmp_path / "context.npz")
-    loaded = IntentModel.load(tmp_path / "context.npz")
-    assert loaded.encoder is not None and isinstance(loaded.encoder.encoder, ContextEncoder)
-    for text in val_texts:
-        assert np.array_equal(loaded.probabilities(text), model.probabilities(text))
+    assert_distilled_model_round_trips(model, ContextEncoder, val_texts, val_labels, tmp_path / "context.npz")
 
 
 def _with_defer(model: IntentModel, defer_below: float) -> IntentModel:

@@ -4,6 +4,7 @@ live figures (`/admin/stats`, `/admin/shadow`, the dashboard) summarize every wo
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -15,7 +16,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -25,7 +26,7 @@ import aiohttp
 import pytest
 
 from _pg import make_exchange, samples, total
-from laneway.server._peers import WorkerSockets, merge_metrics, serve_peers
+from laneway.server._peers import Peers, WorkerSockets, merge_metrics, serve_peers
 from laneway.server._workers import _private_directory
 from laneway.telemetry import Telemetry, TelemetrySettings
 from laneway.telemetry._telemetry import Window
@@ -143,17 +144,24 @@ def private() -> Iterator[str]:
     shutil.rmtree(directory)
 
 
+@contextlib.asynccontextmanager
+async def beside_a_hung_worker(private: str, count: int, telemetries: list[Telemetry]) -> AsyncIterator[list[Peers]]:
+    """Workers 0 ... n-1 of `count`, one per telemetry, each serving its private socket; worker n
+    accepts connections and never answers."""
+    hung = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    hung.bind(WorkerSockets(private, len(telemetries), count).path(len(telemetries)))
+    hung.listen(8)
+    async with AsyncExitStack() as stack:
+        stack.callback(hung.close)
+        yield [await stack.enter_async_context(serve_peers(WorkerSockets(private, i, count), telemetry))
+               for i, telemetry in enumerate(telemetries)]
+
+
 async def test_a_worker_fetches_its_peers_and_marks_the_silent_ones(private: str) -> None:
     telemetries = [Telemetry(TelemetrySettings(exchange_log=None)) for _ in range(2)]
     for i in range(30):
         telemetries[i % 2].record(make_exchange(i))
-    hung = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # worker 2 accepts connections and never answers
-    hung.bind(WorkerSockets(private, 2, 4).path(2))
-    hung.listen(8)
-    async with AsyncExitStack() as stack:
-        stack.callback(hung.close)
-        peers = [await stack.enter_async_context(serve_peers(WorkerSockets(private, i, 4), telemetries[i]))
-                 for i in range(2)]
+    async with beside_a_hung_worker(private, 4, telemetries) as peers:  # worker 2 hangs, 3 has no socket
         merged = await peers[0].metrics()
         connector = aiohttp.UnixConnector(WorkerSockets(private, 1, 4).path(1))
         async with aiohttp.ClientSession(connector=connector) as session, \
@@ -179,13 +187,7 @@ async def test_live_figures_summarize_every_worker_that_answers(private: str) ->
         everything.record(shadow_of(primary, 0.5 * primary.latency_ms))
     for telemetry in (telemetries[0], everything):  # worker 0 dropped them; worker 1 answers
         telemetry.count("shadow_dropped_queue", "gemini-2.5-flash-lite", 3)
-    hung = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    hung.bind(WorkerSockets(private, 2, 3).path(2))
-    hung.listen(8)
-    async with AsyncExitStack() as stack:
-        stack.callback(hung.close)
-        peers = [await stack.enter_async_context(serve_peers(WorkerSockets(private, i, 3), telemetries[i]))
-                 for i in range(2)]
+    async with beside_a_hung_worker(private, 3, telemetries) as peers:
         stats = await peers[0].stats(None, None)
         window = await peers[0].stats(make_exchange(30).started_at, make_exchange(90).started_at)
         shadow = await peers[1].shadow_stats({})

@@ -135,9 +135,7 @@ class Dispatcher:
                             break
                         continue
                     except asyncio.CancelledError:
-                        # The server cancels a request's task when its client has left (server/_chat.py).
-                        attempt.outcome = CLIENT_DISCONNECTED
-                        attempt.latency_ms = (time.perf_counter() - started) * 1000
+                        _abandoned(attempt, started)
                         raise
                     self._succeeded(attempt, started, name, exchange, completion.usage)
                     exchange.lane, exchange.model, exchange.trimmed_messages = lane, name, trimmed
@@ -169,9 +167,8 @@ class Dispatcher:
                 except UpstreamError as exc:
                     error = exc
                 except BaseException as exc:  # a request the adapter refuses (400), a client that left: no failover
-                    if isinstance(exc, asyncio.CancelledError):  # the server cancels when the client left
-                        attempt.outcome = CLIENT_DISCONNECTED
-                        attempt.latency_ms = (time.perf_counter() - started) * 1000
+                    if isinstance(exc, asyncio.CancelledError):
+                        _abandoned(attempt, started)
                     ticket.release()
                     await close_stream(chunks)
                     raise
@@ -221,14 +218,14 @@ class Dispatcher:
                 if any(n == long_context for _, n in lanes):
                     long_context = None  # in the plan already
                 # Trimmed only where no model later in the plan has the room for the whole conversation.
-                needed = prompt + output_reserve(spec, request)
+                reserve = output_reserve(spec, request)
+                needed = prompt + reserve
                 roomier = any(self.runtime.config.models[n].context_window >= needed for _, n in lanes[i:])
                 cut = None if long_context is not None or roomier else self._trim(plan, spec, request)
                 if cut is None:
                     exchange.attempts.append(Attempt(name, SKIPPED, prompt_tokens=prompt, lane=lane,
                                                      error=f"context_window: {prompt} tokens > {spec.context_window}"))
-                    overflow.append(f"`{name}` holds {spec.context_window} with {output_reserve(spec, request)} "
-                                    "for the output")
+                    overflow.append(f"`{name}` holds {spec.context_window} with {reserve} for the output")
                     exchange.prompt_tokens = max(exchange.prompt_tokens, prompt)
                     if long_context is not None:
                         lanes.insert(i, ("fallback", long_context))
@@ -358,6 +355,13 @@ def account(attempt: Attempt, exchange: Exchange, price: Price, usage: Usage) ->
     exchange.prompt_tokens = usage.prompt_tokens
     exchange.completion_tokens = usage.completion_tokens
     exchange.cost_usd += attempt.cost_usd
+
+
+def _abandoned(attempt: Attempt, started: float) -> None:
+    """The attempt in flight when the request was cancelled: the server cancels a request's task when
+    its client has left (server/_chat.py)."""
+    attempt.outcome = CLIENT_DISCONNECTED
+    attempt.latency_ms = (time.perf_counter() - started) * 1000
 
 
 def _canary_limit(plan: Plan, lane: str) -> float | None:

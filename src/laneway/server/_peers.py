@@ -105,7 +105,7 @@ class Peers:
 @contextlib.asynccontextmanager
 async def serve_peers(worker: WorkerSockets, telemetry: Telemetry) -> AsyncIterator[Peers]:
     """Serve this worker's own metrics on its private socket, and reach its peers', until exit."""
-    runner = web.AppRunner(_own_metrics_app(telemetry), access_log=None, shutdown_timeout=PEER_TIMEOUT_S)
+    runner = web.AppRunner(_own_figures_app(telemetry), access_log=None, shutdown_timeout=PEER_TIMEOUT_S)
     await runner.setup()
     try:
         await web.SockSite(runner, _listen(worker.path(worker.index))).start()
@@ -118,7 +118,7 @@ async def serve_peers(worker: WorkerSockets, telemetry: Telemetry) -> AsyncItera
         await runner.cleanup()
 
 
-def _own_metrics_app(telemetry: Telemetry) -> web.Application:
+def _own_figures_app(telemetry: Telemetry) -> web.Application:
     # Never the peers' too: a worker asked by another one must not ask the others in turn.
     async def own_metrics(_request: web.Request) -> web.Response:
         return web.Response(body=telemetry.render_metrics(), content_type="text/plain", charset="utf-8")
