@@ -467,3 +467,12 @@ def test_check_reads_the_knowledge_sources_serve_would_read(tmp_path: Path, cont
     assert main(["check", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{path}: 1 error(s)" in err and "knowledge.acme: " in err and words in err and "Traceback" not in err
+
+
+def test_a_knowledge_base_with_both_sources_and_an_index_is_refused(tmp_path: Path) -> None:
+    """Serving would read the index and leave every edit of the sources unread."""
+    source = tmp_path / "faq.md"
+    source.write_text("# Fees\n\nA late fee is charged after 30 days.\n")
+    text = f"knowledge:\n  acme:\n    sources: [{source}]\n    index: built\nroutes:\n- target: gpt-5\n"
+    with pytest.raises(ConfigError, match=r"knowledge\.acme.*either `sources:`.*or `index:`.*not both"):
+        parse_config(text)

@@ -23,6 +23,11 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "case-study-final.y
     # the retrieval miss goes to gpt-5.
     ("hello there", {"intent": "billing_dispute"}, "billing", "gpt-5"),
     ("Subject: delivery\n\nWhen will my order arrive?", {"channel": "email"}, "email-triage", "gpt-5-mini"),
+    # An email is classified by its subject and body; a chat has no subject to read.
+    ("see the subject line", {"channel": "email", "subject": "I was charged twice on my card, I want my money back"},
+     "billing", "gemini-2.5-pro"),
+    ("see the subject line", {"subject": "I was charged twice on my card, I want my money back"},
+     "short-chat", "gemini-2.5-flash-lite"),
     ("this is the third time I write", {"escalation": True}, "escalation", "heavy-foundation"),
 ])
 def test_final_architecture_routes_by_intent_and_signals(sim_url: str, content: str, metadata: dict[str, object],
@@ -40,6 +45,7 @@ def test_final_architecture_routes_by_intent_and_signals(sim_url: str, content: 
     ({"intent": " Billing_Dispute "}, {}, 200, "billing"),  # trimmed and lower-cased, as other signals are
     ({}, {"x-laneway-intent": "billing_dispte"}, 400, "did you mean `billing_dispute`?"),
     ({"intent": 5}, {}, 400, "`metadata.intent`: expected an intent label, got 5"),
+    ({"channel": "email", "subject": ["a"]}, {}, 400, "`metadata.subject`: expected the email's subject line"),
 ])
 def test_a_client_intent_is_normalised_and_checked_against_the_model(
         sim_url: str, metadata: dict[str, object], headers: dict[str, str], status: int, needle: str) -> None:

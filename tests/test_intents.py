@@ -149,11 +149,25 @@ def test_loading_a_foreign_file_is_a_config_error(tmp_path: Path) -> None:
     assert "Errno" not in str(caught.value)
 
 
-def test_training_needs_two_intents_and_one_label_per_text() -> None:
-    with pytest.raises(InvalidRequest, match="two intents"):
-        train(["a", "b"], ["only", UNKNOWN])
+def test_training_needs_something_to_tell_apart_and_one_label_per_text() -> None:
+    with pytest.raises(InvalidRequest, match="nothing to tell it from"):
+        train(["a", "b"], ["only", "only"])
+    with pytest.raises(InvalidRequest, match="every row is labelled `unknown`"):
+        train(["a", "b"], [UNKNOWN, UNKNOWN])
     with pytest.raises(InvalidRequest, match="one label per text"):
         train(["a", "b"], ["x"])
+
+
+def test_one_intent_against_out_of_scope_rows() -> None:
+    """"Billing or anything else" is a model of its own: one intent and rows labelled `unknown`."""
+    billing = [f"I was charged twice for order {n}" for n in range(12)] + [
+        f"my card was billed twice this month {n}" for n in range(12)]
+    other = [f"what is the weather in town {n}" for n in range(12)] + [
+        f"tell me a joke about cats {n}" for n in range(12)]
+    model = train(billing + other, ["billing"] * 24 + [UNKNOWN] * 24)
+    assert model.labels == ("billing",)
+    assert model.classify("I was charged twice for my order")[0] == "billing"
+    assert model.classify("tell me a joke about the weather")[0] == UNKNOWN
 
 
 def test_stratified_split_is_deterministic_and_disjoint() -> None:
@@ -242,6 +256,72 @@ def test_cli_eval_prints_readable_tables(tmp_path: Path, model: IntentModel, sup
     assert "most confused" in out
 
 
+def test_eval_says_when_the_data_holds_intents_the_model_never_learned(
+        tmp_path: Path, model: IntentModel, support: tuple[Rows, Rows], capsys: pytest.CaptureFixture[str]) -> None:
+    _, (texts, labels) = support
+    model.save(tmp_path / "m.npz")
+    others = _write_csv(tmp_path / "others.csv", [("text", "label"), ("where is my parcel", "track_parcel"),
+                                                  ("parcel not here", "track_parcel")])
+    assert run_intents_cli(["intents", "eval", "--model", str(tmp_path / "m.npz"), str(others)]) == 2
+    assert "none of the intents in" in capsys.readouterr().err
+    mixed = _write_csv(tmp_path / "mixed.csv", [("text", "label"), *zip(texts, labels, strict=True),
+                                                ("where is my parcel", "track_parcel")])
+    assert run_intents_cli(["intents", "eval", "--model", str(tmp_path / "m.npz"), str(mixed), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "was not trained on `track_parcel`" in captured.err
+    assert json.loads(captured.out)["labels_not_in_model"] == ["track_parcel"]
+
+
+@pytest.mark.parametrize(("flags", "words"), [
+    (["--oos-recall", "1.5"], "argument --oos-recall: must be from 0 to 1, got 1.5"),
+    (["--oos-recall", "-0.5"], "argument --oos-recall: must be from 0 to 1"),
+    (["--regularization", "0"], "argument --regularization: must be above 0, got 0"),
+    (["--defer-below", "-1"], "argument --defer-below: must be at least 0"),
+])
+def test_training_flags_out_of_range_are_refused(tmp_path: Path, flags: list[str], words: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write_csv(tmp_path / "rows.csv", [("text", "label"), ("a", "x"), ("b", "x"), ("c", "y"), ("d", "y")])
+    with pytest.raises(SystemExit):
+        run_intents_cli(["intents", "train", str(path), "--out", str(tmp_path / "m.npz"), *flags])
+    assert words in capsys.readouterr().err
+
+
+def test_training_flags_that_would_do_nothing_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [("text", "label"), *[(f"card {n} arrived", "card") for n in range(4)],
+            *[(f"refund {n} please", "refund") for n in range(4)]]
+    path = _write_csv(tmp_path / "rows.csv", rows)
+    out = str(tmp_path / "m.npz")
+    assert run_intents_cli(["intents", "train", str(path), "--out", out, "--defer-below", "0.5"]) == 2
+    assert "`--defer-below` needs `--encoder`" in capsys.readouterr().err
+    assert run_intents_cli(["intents", "train", str(path), "--out", out, "--oos-recall", "0.8"]) == 0
+    assert "`--oos-recall` is ignored" in capsys.readouterr().err
+
+
+def test_model_path_that_cannot_be_written_is_a_one_line_error(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [("text", "label"), *[(f"card {n} arrived", "card") for n in range(4)],
+            *[(f"refund {n} please", "refund") for n in range(4)]]
+    path = _write_csv(tmp_path / "rows.csv", rows)
+    assert run_intents_cli(["intents", "train", str(path), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write the model to `{tmp_path}`" in err and err.count("\n") == 1
+
+
+def test_labels_are_read_lower_cased_and_a_byte_order_mark_is_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "export.csv"
+    path.write_text("text,label\nI was billed twice,Billing Dispute\nsing me a song,UNKNOWN\n", encoding="utf-8-sig")
+    rows = read_rows(path)
+    assert rows.labels == ("billing dispute", UNKNOWN)
+    assert rows.texts == ("I was billed twice", "sing me a song")
+
+
+def test_a_field_over_the_csv_limit_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "big.csv"
+    path.write_text("text,label\nhello,a\n" + "x" * 200_000 + ",b\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"big\.csv:3: not a readable CSV row .*each row holds one message"):
+        read_rows(path)
+
+
 def test_csv_without_label_column_names_the_file(tmp_path: Path) -> None:
     path = _write_csv(tmp_path / "bad.csv", [("text", "intent"), ("hello", "greet")])
     with pytest.raises(ConfigError, match=r"bad\.csv.*`label`"):
@@ -255,7 +335,7 @@ def test_csv_row_with_empty_label_names_the_row(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("rows", "words"), [
-    ([("a", "x"), ("b", "x"), ("c", "x")], "at least two intents besides `unknown`, got ['x']"),
+    ([("a", "x"), ("b", "x"), ("c", "x")], "every row is labelled `x`: there is nothing to tell it from"),
     ([("hello there", "x"), ("bye now", "y"), ("hi again", "x")], "at least 2 rows (some are held out"),
 ])
 def test_too_little_training_data_is_a_one_line_error(tmp_path: Path, rows: list[tuple[str, str]], words: str,

@@ -204,3 +204,27 @@ def test_committed_billing_policies_match_their_generator(tmp_path: Path, monkey
     monkeypatch.setattr(generator, "OUT", tmp_path / "policies.md")
     generator.main()
     assert (tmp_path / "policies.md").read_text() == BILLING.read_text()
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["knowledge", "search", "kb", "fee", "--top-k", "0"], "argument --top-k: must be at least 1, got 0"),
+    (["knowledge", "search", "kb", "fee", "--min-score", "-1"], "argument --min-score: must be at least 0"),
+    (["knowledge", "search", "kb", "fee", "--min-score", "high"], "argument --min-score: expected a number"),
+    (["knowledge", "build", "b", "x.md", "--out", "o", "--chunk-tokens", "3"],
+     "argument --chunk-tokens: must be at least 16, got 3"),
+])
+def test_cli_flags_out_of_range_are_refused_as_flags(argv: list[str], words: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli(argv)
+    err = capsys.readouterr().err
+    assert words in err and "routing config" not in err
+
+
+def test_cli_build_into_a_file_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    taken = tmp_path / "taken.md"
+    taken.write_text("not a directory")
+    args = cli(["knowledge", "build", "billing", str(BILLING), "--out", str(taken)])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write the index to `{taken}`" in err and err.count("\n") == 1

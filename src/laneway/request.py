@@ -11,7 +11,7 @@ import orjson
 
 from .chat import REASONING_EFFORTS
 from .errors import InvalidRequest
-from .signals import SETTABLE, Signals, parse_settable
+from .signals import SETTABLE, SUBJECT, Signals, parse_settable
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 # Message fields passed on to providers; anything else a client sends is dropped, not forwarded.
@@ -163,8 +163,8 @@ def _check_response_format(value: Any) -> None:
 def read_signals(request: ClientRequest, headers: Mapping[str, str], intents: frozenset[str] = frozenset(),
                  **lazy: Any) -> Signals:
     """Signals from `metadata` and `x-laneway-<name>` headers; the header wins, and the `metadata` value it
-    replaces is not read at all. A client's `intent` must be one of `intents` (what the routing file's
-    intent model answers) when there are any."""
+    replaces is not read at all. `metadata.subject`, an email's subject, must be a string. A client's
+    `intent` must be one of `intents` (what the routing file's intent model answers) when there are any."""
     values: dict[str, Any] = {}
     for name, header_name in _SIGNAL_HEADERS:
         header = headers.get(header_name)
@@ -174,6 +174,9 @@ def read_signals(request: ClientRequest, headers: Mapping[str, str], intents: fr
     for key, raw in request.metadata.items():
         name = str(key)
         if name not in SETTABLE:
+            if name == SUBJECT and not isinstance(raw, str):
+                raise InvalidRequest(f"`metadata.{SUBJECT}`: expected the email's subject line as a string, got "
+                                     f"{type(raw).__name__}", param=f"metadata.{SUBJECT}")
             extra[name] = raw
         elif name not in values:
             values[name] = _settable(name, raw, f"metadata.{name}", intents)

@@ -43,6 +43,10 @@ SIGNALS: dict[str, SignalType] = {
 # `intent` (from the client's own classifier) has confidence 1 and skips Laneway's.
 SETTABLE = ("priority", "escalation", "channel", "tier", "conversation_id", "intent")
 
+# `metadata.subject`: an email's subject line. With `channel == email` the intent classifier and
+# retrieval read it before the latest customer message, as a triage agent reads an email.
+SUBJECT = "subject"
+
 IntentFn = Callable[[str], tuple[str, float]]
 TokenFn = Callable[[list[Message]], int]
 
@@ -132,11 +136,13 @@ class Signals:
         return self._intent
 
     def customer_text(self) -> str:
-        """The latest customer message: what the intent classifier reads."""
-        for message in reversed(self._messages):
-            if message.get("role") == "user":
-                return message_text(message)
-        return ""
+        """What the intent classifier and retrieval read: the latest customer message, after the subject
+        line for an email that has one (`metadata.subject`)."""
+        text = next((message_text(m) for m in reversed(self._messages) if m.get("role") == "user"), "")
+        subject = self.metadata.get(SUBJECT) if self.channel == "email" else None
+        if isinstance(subject, str) and subject.strip():
+            return f"{subject.strip()}\n{text}" if text else subject.strip()
+        return text
 
     def computed(self) -> dict[str, Any]:
         """The values worth recording, without forcing lazy signals that were never read."""

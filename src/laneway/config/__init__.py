@@ -1,7 +1,17 @@
 """Routing configuration: YAML → validated, frozen runtime objects; the matcher language."""
 
 from ._environment import unset_variables
-from ._lanes import CacheSettings, Canary, Cascade, IntentSettings, KnowledgeSource, Retrieval, Shadow, ShadowSettings
+from ._lanes import (
+    MIN_CHUNK_TOKENS,
+    CacheSettings,
+    Canary,
+    Cascade,
+    IntentSettings,
+    KnowledgeSource,
+    Retrieval,
+    Shadow,
+    ShadowSettings,
+)
 from ._loader import builtin_models, default_config_text, load_config, parse_config
 from ._matcher import Matcher, MatcherError, compile_matcher
 from ._model import (
@@ -19,6 +29,7 @@ from ._model import (
 
 __all__ = [
     "DEFAULT_DEADLINE_MS",
+    "MIN_CHUNK_TOKENS",
     "Breaker",
     "CacheSettings",
     "Canary",

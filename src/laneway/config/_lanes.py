@@ -13,6 +13,7 @@ CONFIDENCE_SOURCES = ("logprobs", "self_report", "verifier")
 # Wire formats that return token log-probabilities.
 LOGPROB_PROVIDERS = ("openai", "gemini")
 RETRIEVAL_STYLES = ("system", "user")
+MIN_CHUNK_TOKENS = 16  # words; shorter passages carry too few words to rank by
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,11 +161,15 @@ def parse_knowledge(s: Section, base: Path) -> dict[str, KnowledgeSource]:
         index = entry.text("index")
         if not sources and index is None:
             entry.issues.add(entry.path, "give `sources:` (Markdown, JSON or CSV files) or `index:` (a built index)")
+        elif sources and index is not None:
+            # Both would leave an edited source silently unread behind the index.
+            entry.issues.add(entry.path, "give either `sources:` (indexed at start-up) or `index:` (built by "
+                             "`laneway knowledge build`), not both")
         for i, path in enumerate(sources):
             if not path.exists():
                 entry.issues.add(f"{entry.where('sources')}[{i}]", f"no such file `{path}`")
         out[str(name)] = KnowledgeSource(str(name), sources, base / index if index else None,
-                                         entry.whole("chunk_tokens", 400, minimum=16))
+                                         entry.whole("chunk_tokens", 400, minimum=MIN_CHUNK_TOKENS))
         entry.done()
     return out
 

