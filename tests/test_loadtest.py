@@ -136,6 +136,33 @@ def test_conversations_are_replayed_turn_by_turn_with_their_signals(tmp_path: Pa
     assert replayed.body == {"model": "table", **plain}
 
 
+def test_a_conversations_params_metadata_joins_its_signals_and_a_null_model_takes_the_default(
+        tmp_path: Path) -> None:
+    line = {"conversation": "c-9", "model": None, "signals": {"priority": "high"},
+            "params": {"metadata": {"tier": "gold", "priority": "low"}},
+            "messages": [{"role": "user", "content": "one"}]}
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(line) + "\n" + json.dumps({"model": None, "messages": []}) + "\n")
+    conversation, plain = load_payloads(path, model="table")
+    assert conversation.body["metadata"] == {"tier": "gold", "priority": "high", "conversation_id": "c-9"}
+    assert conversation.body["model"] == plain.body["model"] == "table"
+
+
+@pytest.mark.parametrize(("line", "words"), [
+    ({"conversation": "c", "messages": [{"role": "user", "content": "x", "signals": "high"}]},
+     r"p\.jsonl:1\.messages\[0\]\.signals: must be an object"),
+    ({"conversation": "c", "messages": [{"role": "system", "content": "x"}]},
+     r"p\.jsonl:1\.messages: has no `user` message"),
+    ({"conversation": "c", "params": {"metadata": "gold"}, "messages": [{"role": "user", "content": "x"}]},
+     r"p\.jsonl:1\.params\.metadata: must be an object"),
+])
+def test_a_conversation_in_the_wrong_shape_is_named(tmp_path: Path, line: dict[str, object], words: str) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    with pytest.raises(ConfigError, match=words):
+        load_payloads(path)
+
+
 def test_a_bad_payload_line_is_a_config_error_naming_the_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text('{"messages": []}\n{"nope": 1}\n')
@@ -215,7 +242,68 @@ async def test_streams_report_ttft_chunk_gaps_cost_and_cut_streams(endpoint: str
     assert tally.all.ttft.count == 4
     assert tally.all.ttft.max < tally.all.latency.max
     assert tally.all.cost_usd == pytest.approx(4 * 0.001)
-    assert tally.chunk_gaps.count >= 8 * 2  # at least the gaps between the three content events
+    assert tally.chunk_gaps.count == 4 * 2  # between the three content events of each whole stream
+
+
+async def _stream_of(events: bytes) -> AsyncIterator[str]:
+    async def chat(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for part in events.split(b"|"):
+            await response.write(part)
+            await asyncio.sleep(0.03)
+        return response
+
+    async with _serving(chat) as url:
+        yield url
+
+
+_CONTENT = b'data: {"choices":[{"delta":{"content":"hi"}}]}'
+
+
+@pytest.mark.parametrize("events", [
+    _CONTENT + b"\r\n\r\n|data: [DONE]\r\n\r\n",  # CRLF line ends, as the SSE standard allows
+    _CONTENT + b"\n\n|data:[DONE]\n\n",  # no space after the colon
+    _CONTENT + b"\r\n\r|\ndata: [DONE]\r\n\r\n",  # a CRLF split between two reads
+], ids=["crlf", "no-space", "split-crlf"])
+async def test_streams_in_every_standard_spelling_are_read_whole(events: bytes) -> None:
+    async with contextlib.asynccontextmanager(_stream_of)(events) as url:
+        tally = await run_load(LoadPlan(url=url, requests=2, stream=True), _payloads("x"))
+    assert tally.all.errors == 0 and tally.all.ttft.count == 2
+
+
+async def test_ttft_waits_for_output_not_for_a_keep_alive_or_a_role() -> None:
+    role = b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n'
+    events = b": keep-alive\n\n|" + role + b"|" + _CONTENT + b"\n\ndata: [DONE]\n\n"
+    async with contextlib.asynccontextmanager(_stream_of)(events) as url:
+        tally = await run_load(LoadPlan(url=url, requests=2, stream=True), _payloads("x"))
+    assert tally.all.errors == 0
+    # the content is written two pauses of 30 ms after the first bytes
+    assert tally.all.ttft.min > 0.05 and tally.chunk_gaps.count == 0
+
+
+async def test_a_streamed_request_answered_as_json_is_not_a_stream(endpoint: str) -> None:
+    async def json_only(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"choices": []})
+
+    async with _serving(json_only) as url:
+        tally = await run_load(LoadPlan(url=url, requests=2, stream=True), _payloads("x"))
+    assert dict(tally.errors) == {"not a stream": 2}
+
+
+async def test_the_measured_run_goes_on_the_warm_up_connections(tmp_path: Path) -> None:
+    peers: set[object] = set()
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+        return web.json_response({"choices": []})
+
+    async with _serving(chat) as url:
+        run = await _loadtest("--url", url, "--concurrency", "2", "--warmup", "0.3", "--requests", "20",
+                              "--json", str(tmp_path / "r.json"))
+        _, err = await asyncio.wait_for(run.communicate(), 60)
+    assert run.returncode == 0, err.decode()
+    assert len(peers) == 2
 
 
 async def test_a_body_that_asks_for_a_stream_is_read_as_a_stream(endpoint: str) -> None:
@@ -267,6 +355,38 @@ async def test_json_csv_and_html_outputs_have_their_shape(endpoint: str, tmp_pat
     page = render_html(summary)
     assert page.count("<svg") == 2 and "<script" not in page and "http://" not in page.replace(
         "http://www.w3.org/2000/svg", "").replace(endpoint, "")
+
+
+async def test_another_endpoint_has_no_model_rows_and_the_settings_say_how_to_run_it_again(tmp_path: Path) -> None:
+    async def plain(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"choices": []})
+
+    out = tmp_path / "r.json"
+    async with _serving(plain) as url:
+        run = await _loadtest("--url", url, "--requests", "3", "--seed", "7", "--timeout", "5",
+                              "--header", "authorization: Bearer secret", "--quiet", "--json", str(out))
+        _, err = await asyncio.wait_for(run.communicate(), 60)
+    assert run.returncode == 0, err.decode()
+    summary = json.loads(out.read_text())
+    assert summary["models"] == []
+    assert summary["settings"] == {
+        "url": url, "payloads": None, "model": "laneway", "mode": "closed", "concurrency": 1, "rate": None,
+        "duration_s": None, "requests": 3, "stream": False, "warmup_s": 0.0, "timeout_s": 5.0,
+        "max_inflight": 4096, "seed": 7, "headers": ["authorization"]}
+    assert "secret" not in out.read_text()
+
+
+@pytest.mark.parametrize(("limit", "code"), [([], 1), (["--max-error-rate", "0.4"], 1),
+                                              (["--max-error-rate", "0.5"], 0)])
+async def test_the_exit_code_says_whether_errors_passed_the_allowed_share(
+        endpoint: str, limit: list[str], code: int, tmp_path: Path) -> None:
+    payloads = tmp_path / "p.jsonl"
+    payloads.write_text("".join(json.dumps({"messages": [{"role": "user", "content": t}]}) + "\n"
+                                for t in ("alpha", "fail")))
+    run = await _loadtest("--url", endpoint, "--requests", "4", "--quiet", "--payloads", str(payloads), *limit)
+    _, err = await asyncio.wait_for(run.communicate(), 60)
+    assert run.returncode == code, err.decode()
+    assert ("2 of 4 requests failed (50.0%), more than `--max-error-rate`" in err.decode()) is (code == 1)
 
 
 async def test_rows_and_seconds_without_a_success_have_no_percentiles(endpoint: str, tmp_path: Path) -> None:
@@ -352,6 +472,18 @@ def test_non_finite_and_negative_numbers_are_refused(option: str, value: str,
     url, _ = _closed_port_url()
     line = _refused(["--url", url, "--requests", "1", option, value], capsys)
     assert line.startswith(f"laneway loadtest: error: argument {option}: must be ") and line.endswith(f"got {value}")
+
+
+@pytest.mark.parametrize(("option", "value", "words"), [
+    ("--rate", "abc", "must be a positive number, got 'abc'"),
+    ("--concurrency", "2.5", "must be a positive whole number, got '2.5'"),
+    ("--max-error-rate", "2", "must be a share from 0 to 1, got 2"),
+])
+def test_a_number_that_does_not_parse_is_named_as_such(option: str, value: str, words: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    url, _ = _closed_port_url()
+    line = _refused(["--url", url, "--requests", "1", option, value], capsys)
+    assert line == f"laneway loadtest: error: argument {option}: {words}"
 
 
 def test_a_header_without_a_colon_says_what_a_header_looks_like(capsys: pytest.CaptureFixture[str]) -> None:

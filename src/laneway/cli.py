@@ -18,8 +18,11 @@ Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = _parser()  # imports every command's module: most of the start-up, and Ctrl-C may come
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        return 130
     if not hasattr(args, "func"):
         parser.print_help()
         return 2

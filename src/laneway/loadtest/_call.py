@@ -2,7 +2,12 @@
 
 Errors are classified by kind: `HTTP <status> <code>` from the answer's OpenAI-shaped error body,
 `stream error <code>` for an SSE `event: error`, `stream cut` for a stream that ends without
-`[DONE]`, and `timeout`, `connect` or `transport <ExceptionName>` when no answer arrived.
+`[DONE]`, `not a stream` for a streamed request answered otherwise, and `timeout`, `connect` or
+`transport <ExceptionName>` when no answer arrived.
+
+A stream's time to first token is the arrival of its first event that carries generated output
+(`content`, `tool_calls`, `refusal` or reasoning in the first choice's delta): not a comment, a
+keep-alive or a first chunk with only the role. The chunk times are those of such events.
 """
 
 from __future__ import annotations
@@ -41,7 +46,12 @@ async def send(session: aiohttp.ClientSession, url: str, body: bytes, stream: bo
             outcome = Outcome(0.0, status=response.status)
             _read_headers(outcome, response.headers)
             if stream and response.status < 400:
-                await _read_stream(outcome, response, due)
+                ctype = response.headers.get("content-type", "")
+                if "text/event-stream" in ctype:
+                    await _read_stream(outcome, response, due)
+                else:
+                    await response.read()
+                    outcome.error = "not a stream"
             else:
                 payload = await response.read()
                 if response.status >= 400:
@@ -71,25 +81,50 @@ async def _read_stream(outcome: Outcome, response: aiohttp.ClientResponse, due: 
     pending = b""
     async for piece in response.content.iter_any():
         now = time.perf_counter() - due
-        pending += piece
+        # CRLF line ends are as valid as LF; a CR left at the end of `pending` meets its LF in the next piece
+        pending = (pending + piece).replace(b"\r\n", b"\n")
         *events, pending = pending.split(b"\n\n")
         for event in events:
-            if outcome.ttft is None:
-                outcome.ttft = now
-            outcome.chunk_times.append(now)
-            done = _read_event(outcome, event) or done
+            done = _read_event(outcome, event, now) or done
     if not done and not outcome.error:
         outcome.error = "stream cut"
 
 
-def _read_event(outcome: Outcome, event: bytes) -> bool:
-    """True for the `[DONE]` event; notes a cost comment or an error event."""
-    if event.startswith(_COST_MARK):
-        outcome.cost_usd = _number(event[len(_COST_MARK):])
-    elif event.startswith(b"event: error"):
-        payload = event.split(b"data:", 1)[1] if b"data:" in event else b""
+def _read_event(outcome: Outcome, event: bytes, now: float) -> bool:
+    """True for the `[DONE]` event; notes output, a cost comment or an error event."""
+    data: list[bytes] = []
+    name = b""
+    for line in event.split(b"\n"):
+        if line.startswith(_COST_MARK):
+            outcome.cost_usd = _number(line[len(_COST_MARK):])
+        elif line.startswith(b"data:"):
+            data.append(line[5:].strip())
+        elif line.startswith(b"event:"):
+            name = line[6:].strip()
+    if not data:
+        return False  # a comment or a keep-alive
+    payload = b"\n".join(data)
+    if payload == b"[DONE]":
+        return True
+    if name == b"error":
         outcome.error = f"stream error {_error_code(payload)}".rstrip()
-    return event.endswith(b"data: [DONE]")
+    elif _carries_output(payload):
+        if outcome.ttft is None:
+            outcome.ttft = now
+        outcome.chunk_times.append(now)
+    return False
+
+
+_OUTPUT_FIELDS = ("content", "tool_calls", "refusal", "reasoning_content", "reasoning")
+
+
+def _carries_output(payload: bytes) -> bool:
+    try:
+        chunk = orjson.loads(payload)
+        delta = chunk["choices"][0]["delta"]
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        return False
+    return isinstance(delta, dict) and any(delta.get(name) for name in _OUTPUT_FIELDS)
 
 
 def _error_code(payload: bytes) -> str:

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from ._checks import endpoint_url, header, unreachable, unwritable_output
-from ._drive import LoadPlan, Progress, run_load
+from ._drive import LoadPlan, Progress, open_session, run_load
 from ._html import write_html
 from ._payloads import Payload, load_payloads
 from ._report import render_text, summarize, write_csv, write_json
@@ -52,6 +52,9 @@ def add_commands(subparsers: Any) -> None:
     parser.add_argument("--csv", metavar="PATH", help="write one CSV row overall and one per model and lane")
     parser.add_argument("--html", metavar="PATH", help="write a self-contained HTML report")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--max-error-rate", type=_share, default=0.0, metavar="R",
+                        help="exit 1 when more than this share of the requests failed (default: %(default)s, "
+                             "any failure); 1 never fails the run")
     parser.set_defaults(func=run_loadtest)
 
 
@@ -71,7 +74,20 @@ def run_loadtest(args: argparse.Namespace) -> int:
     _report(tally, plan, args)
     if tally.interrupted_s is not None:
         return INTERRUPTED
-    return 0 if tally.all.requests > tally.all.errors else 1
+    return _verdict(tally, args.max_error_rate)
+
+
+def _verdict(tally: Tally, max_error_rate: float) -> int:
+    """0 when the run answered, within `max_error_rate`; else 1, and a line on stderr saying why."""
+    requests, errors = tally.all.requests, tally.all.errors
+    if not requests:
+        print("laneway loadtest: no request finished", file=sys.stderr)
+        return 1
+    if errors / requests > max_error_rate:
+        print(f"laneway loadtest: {errors} of {requests} requests failed ({errors / requests:.1%}), more than "
+              f"`--max-error-rate` {max_error_rate:g}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _plans(args: argparse.Namespace) -> tuple[LoadPlan, LoadPlan | None]:
@@ -106,11 +122,13 @@ async def _measure(plan: LoadPlan, warmup: LoadPlan | None, payloads: list[Paylo
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, _interrupt, loop, stop)
     try:
-        if warmup:
-            await run_load(warmup, payloads, stop=stop)
-        if stop.is_set():
-            return _nothing_measured()
-        return await run_load(plan, payloads, show, stop)
+        # One session for both: the measured run starts on the warm-up's open connections.
+        async with open_session(plan) as session:
+            if warmup:
+                await run_load(warmup, payloads, stop=stop, session=session)
+            if stop.is_set():
+                return _nothing_measured()
+            return await run_load(plan, payloads, show, stop, session)
     finally:
         loop.remove_signal_handler(signal.SIGINT)
 
@@ -148,9 +166,12 @@ def progress_bar(tally: Tally, done: float, waiting_for: str) -> None:
 
 
 def _settings(plan: LoadPlan, args: argparse.Namespace) -> dict[str, Any]:
-    return {"url": plan.url, "payloads": args.payloads, "mode": "open" if plan.rate else "closed",
+    """Enough to run the same load again (header values are left out: they may hold keys)."""
+    return {"url": plan.url, "payloads": args.payloads, "model": args.model, "mode": "open" if plan.rate else "closed",
             "concurrency": None if plan.rate else plan.concurrency, "rate": plan.rate,
-            "duration_s": plan.duration_s, "requests": plan.requests, "stream": plan.stream}
+            "duration_s": plan.duration_s, "requests": plan.requests, "stream": plan.stream,
+            "warmup_s": args.warmup, "timeout_s": plan.timeout_s, "max_inflight": plan.max_inflight,
+            "seed": plan.seed, "headers": [name for name, _ in plan.headers]}
 
 
 def _default_payload(model: str) -> Payload:
@@ -159,21 +180,41 @@ def _default_payload(model: str) -> Payload:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value <= 0:
+    value = _float(text, "a positive number")
+    if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
 def _seconds(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value < 0:
+    value = _float(text, "0 or a positive number of seconds")
+    if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or a positive number of seconds, got {text}")
+    return value
+
+
+def _share(text: str) -> float:
+    value = _float(text, "a share from 0 to 1")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, got {text}")
+    return value
+
+
+def _float(text: str, expected: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be {expected}, got {text}")
     return value

@@ -51,29 +51,36 @@ class _Request:
     stream: bool
 
 
-async def run_load(plan: LoadPlan, payloads: list[Payload], progress: Progress | None = None,
-                   stop: asyncio.Event | None = None) -> Tally:
-    """Send `payloads` (cycled) as the plan says and return what was measured; setting `stop` ends
-    the run early and marks the tally interrupted."""
-    if plan.duration_s is None and plan.requests is None:
-        raise ValueError("a load plan needs `duration_s` or `requests`")
-    requests = [_encode(p, plan.stream) for p in payloads]
-    tally = Tally()
+def open_session(plan: LoadPlan) -> aiohttp.ClientSession:
+    """The client a plan's requests go through: its connection pool is as large as the plan's load."""
     limit = plan.max_inflight if plan.rate else plan.concurrency
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, keepalive_timeout=60)
     headers = {"content-type": "application/json", **dict(plan.headers)}
-    async with aiohttp.ClientSession(connector=connector, headers=headers,
-                                     timeout=aiohttp.ClientTimeout(total=None),
-                                     skip_auto_headers=("User-Agent",)) as session:
-        run = _Run(plan, session, itertools.cycle(requests), tally, stop or asyncio.Event())
-        watcher = asyncio.create_task(run.watch(progress)) if progress else None
-        cpu = time.process_time()
-        await run.drive()
-        tally.wall_s = time.perf_counter() - run.began
-        tally.client_cpu_s = time.process_time() - cpu
-        if watcher is not None and progress is not None:
-            watcher.cancel()
-            progress(tally, run.share_done(), "")
+    return aiohttp.ClientSession(connector=connector, headers=headers, timeout=aiohttp.ClientTimeout(total=None),
+                                 skip_auto_headers=("User-Agent",))
+
+
+async def run_load(plan: LoadPlan, payloads: list[Payload], progress: Progress | None = None,
+                   stop: asyncio.Event | None = None, session: aiohttp.ClientSession | None = None) -> Tally:
+    """Send `payloads` (cycled) as the plan says and return what was measured; setting `stop` ends
+    the run early and marks the tally interrupted. Given a `session` (a warm-up's), its open
+    connections carry the run; else the run opens its own."""
+    if plan.duration_s is None and plan.requests is None:
+        raise ValueError("a load plan needs `duration_s` or `requests`")
+    if session is None:
+        async with open_session(plan) as own:
+            return await run_load(plan, payloads, progress, stop, own)
+    requests = [_encode(p, plan.stream) for p in payloads]
+    tally = Tally()
+    run = _Run(plan, session, itertools.cycle(requests), tally, stop or asyncio.Event())
+    watcher = asyncio.create_task(run.watch(progress)) if progress else None
+    cpu = time.process_time()
+    await run.drive()
+    tally.wall_s = time.perf_counter() - run.began
+    tally.client_cpu_s = time.process_time() - cpu
+    if watcher is not None and progress is not None:
+        watcher.cancel()
+        progress(tally, run.share_done(), "")
     return tally
 
 

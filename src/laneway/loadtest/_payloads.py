@@ -12,7 +12,8 @@ A conversation line is an object with a `conversation` key (its id):
 Each `user` message becomes one request carrying the messages up to it, with `metadata` holding
 the conversation's `signals` plus `conversation_id`. A message's own `signals` (stripped from
 what is sent) change the signals from that turn on. `model` (default: the command's `--model`)
-and `params` (extra body fields such as `max_tokens`) are optional. Any other line is sent as is.
+and `params` (extra body fields such as `max_tokens`) are optional; a `metadata` object in
+`params` is merged under the signals. Any other line is sent as is.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def _payloads_of(data: dict[str, Any], model: str, where: str) -> Iterator[Paylo
         if not isinstance(data.get("messages"), list):
             raise _invalid([ConfigIssue(where, "a request line needs a `messages` list "
                                                "(or a `conversation` key to replay it turn by turn)")])
-        yield Payload({"model": model, **data})
+        yield Payload({**data, "model": data.get("model") or model})
         return
     yield from conversation_turns(data, model, where)
 
@@ -81,16 +82,25 @@ def conversation_turns(data: dict[str, Any], model: str, where: str = "conversat
         raise _invalid([ConfigIssue(f"{where}.messages", "must be a list of message objects")])
     if not isinstance(signals, dict) or not isinstance(params, dict):
         raise _invalid([ConfigIssue(where, "`signals` and `params` must be objects")])
-    current = {**signals, "conversation_id": conversation}
+    extra = params.get("metadata", {})
+    if not isinstance(extra, dict):
+        raise _invalid([ConfigIssue(f"{where}.params.metadata", "must be an object")])
+    current = {**extra, **signals, "conversation_id": conversation}
     sent: list[dict[str, Any]] = []
-    for message in messages:
-        turn_signals = message.get("signals")
-        if isinstance(turn_signals, dict):
-            current = {**current, **turn_signals}
+    turns = 0
+    for i, message in enumerate(messages):
+        turn_signals = message.get("signals", {})
+        if not isinstance(turn_signals, dict):
+            raise _invalid([ConfigIssue(f"{where}.messages[{i}].signals", "must be an object, such as "
+                                                                          '{"escalation": true}')])
+        current = {**current, **turn_signals}
         sent.append({k: v for k, v in message.items() if k != "signals"})
         if message.get("role") == "user":
-            body = {"model": data.get("model", model), "messages": list(sent), "metadata": dict(current)}
-            yield Payload({**body, **params}, conversation)
+            turns += 1
+            body = {**params, "model": data.get("model") or model, "messages": list(sent), "metadata": dict(current)}
+            yield Payload(body, conversation)
+    if not turns:
+        raise _invalid([ConfigIssue(f"{where}.messages", "has no `user` message: each one is a turn to send")])
 
 
 def _invalid(issues: list[ConfigIssue]) -> ConfigError:

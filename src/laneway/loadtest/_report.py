@@ -16,8 +16,11 @@ CSV_FIELDS = ("scope", "model", "lane", "requests", "errors", "throughput_rps", 
               "p99_ms", "max_ms", "mean_ms", "ttft_p50_ms", "ttft_p99_ms", "cost_usd")
 # The quantiles of the percentile spectrum: 0, 20.6 %, 36.9 % ... 99.99 %, evenly spaced in 1/(1-q).
 SPECTRUM = tuple(1 - 10 ** (-k / 10) for k in range(41))
-# Above this share of one core the load generator itself may be what limits the run.
+# Above this share of one core the load generator itself may be what limits the run; a run shorter
+# than `BUSY_CLIENT_MIN_S` is mostly start-up and shutdown, whose CPU says nothing about the load.
 BUSY_CLIENT = 0.85
+BUSY_CLIENT_MIN_S = 1.0
+NO_HEADERS = ("-", "-")  # the (model, lane) of answers without Laneway's headers
 
 
 def milliseconds(histogram: LatencyHistogram) -> dict[str, float] | None:
@@ -43,8 +46,10 @@ def summarize(tally: Tally, settings: dict[str, Any] | None = None) -> dict[str,
         "histogram_relative_error": RELATIVE_ERROR,
         "all": _group(tally.all, tally.wall_s),
         "errors": dict(tally.errors.most_common()),
-        "models": [{"model": model, "lane": lane, **_group(group, tally.wall_s)}
-                   for (model, lane), group in sorted(tally.by_model.items())],
+        # Against another endpoint every answer lacks the headers: no model rows then.
+        "models": [] if set(tally.by_model) <= {NO_HEADERS} else [
+            {"model": model, "lane": lane, **_group(group, tally.wall_s)}
+            for (model, lane), group in sorted(tally.by_model.items())],
         "chunk_gap_ms": milliseconds(tally.chunk_gaps),
         "spectrum": _spectrum(tally.all),
         "client": {"cpu_s": round(tally.client_cpu_s, 3),
@@ -107,12 +112,12 @@ def render_text(summary: dict[str, Any]) -> str:
         cancelled = f"; {summary['cancelled']} requests in flight cancelled" if summary["cancelled"] else ""
         lines.append(f"interrupted after {summary['interrupted_after_s']:.1f} s{cancelled}")
     lines += [_figures_line("latency", everything["latency_ms"]),
-              _figures_line("ttft", everything["ttft_ms"]),
+              _figures_line("ttft", everything["ttft_ms"]),  # of the streamed requests
               _figures_line("chunk gap", summary["chunk_gap_ms"])]
     if everything["errors"]:
         lines.append(f"  latency percentiles are of successful requests; {everything['errors']} failed")
     lines += [f"  error {kind}: {n}" for kind, n in summary["errors"].items()]
-    if any(m["model"] != "-" for m in summary["models"]):
+    if summary["models"]:
         lines.append(f"  {'model':24} {'lane':9} {'requests':>8} {'errors':>6} {'p50 ms':>9} {'p99 ms':>9} "
                      f"{'cost usd':>12}")
         for m in summary["models"]:
@@ -122,7 +127,7 @@ def render_text(summary: dict[str, Any]) -> str:
     client = summary["client"]
     lines.append(f"  load generator: {client['cpu_us_per_request']:.0f} us CPU/request, "
                  f"{client['cpu_share'] * 100:.0f} % of one core")
-    if client["cpu_share"] > BUSY_CLIENT:
+    if client["cpu_share"] > BUSY_CLIENT and summary["wall_s"] >= BUSY_CLIENT_MIN_S:
         lines.append("  warning: the load generator was nearly saturated; the figures may be its own limit")
     return "\n".join(line for line in lines if line)
 

@@ -66,10 +66,9 @@ class Tally:
         if outcome.error:
             self.errors[outcome.error] += 1
             second.errors += 1
-        else:
-            second.latency.record(outcome.latency)
-        times = outcome.chunk_times
-        for before, after in itertools.pairwise(times):
+            return  # a failed stream's gaps would count its stall as the forwarding's
+        second.latency.record(outcome.latency)
+        for before, after in itertools.pairwise(outcome.chunk_times):
             self.chunk_gaps.record(after - before)
 
     @property
