@@ -10,6 +10,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ NEWCOMER = "gpt-5-nano"  # answers only in the last seconds of the log, never in
 USD_CHANGE = r"(-|\d+\.\d{6}) -> \d+\.\d{6}( \([+-]\d+\.\d{6}\))?"
 PCT_CHANGE = r"(-|\d+\.\d%) -> \d+\.\d%( \([+-]\d+\.\d pp\))?"
 MS_CHANGE = r"(-|\d+\.\d) -> \d+\.\d( \([+-]\d+\.\d\))?"
+RATE_CHANGE = r"(-|\d+\.\d{2}) -> \d+\.\d{2}( \([+-]\d+\.\d{2}\))?"
 
 
 async def _write_log(folder: Path) -> None:
@@ -126,7 +128,9 @@ def test_comparison_lines_format_both_sides_alike(log: str, capsys: pytest.Captu
     changes = re.findall(r"^  (\S+): (.*)$", text.split("change vs baseline", 1)[1], re.M)
     assert [name for name, _ in changes] == sorted([*MODELS, NEWCOMER])
     for name, line in changes:
-        assert re.fullmatch(f"{MS_CHANGE}, {PCT_CHANGE}, {USD_CHANGE}", line), line
+        # traffic as a rate, p95, error rate, $/conversation, $/1k tokens, cost
+        assert re.fullmatch(f"{RATE_CHANGE}, {MS_CHANGE}, {PCT_CHANGE}, {USD_CHANGE}, {USD_CHANGE}, {USD_CHANGE}",
+                            line), line
         assert line.startswith("- -> ") == (name == NEWCOMER), line
 
 
@@ -140,10 +144,11 @@ def test_the_html_report_shows_both_windows_and_the_changes(
     assert f"{shown(150)} .. {shown(304.5)}: 310 requests" in html
     assert f"{shown(0)} .. {shown(120)}: 240 requests" in html
     baseline = html.split("<h2>Baseline</h2>", 1)[1].split("<h2>", 1)[0]
-    rows = re.findall(r"<tr><td>([^<]+)</td><td>([^<]+)</td><td>([^<]+)</td><td>([^<]+)</td></tr>", baseline)
+    rows = re.findall(r"<tr><td>([^<]+)</td>" + r"<td>([^<]+)</td>" * 6 + "</tr>", baseline)
     assert [row[0] for row in rows] == sorted([*MODELS, NEWCOMER])
-    for _, p95, error_rate, cost in rows:
-        for cell, pattern in ((p95, MS_CHANGE), (error_rate, PCT_CHANGE), (cost, USD_CHANGE)):
+    patterns = (RATE_CHANGE, MS_CHANGE, PCT_CHANGE, USD_CHANGE, USD_CHANGE, USD_CHANGE)
+    for _, *cells in rows:
+        for cell, pattern in zip(cells, patterns, strict=True):
             assert re.fullmatch(pattern, cell.replace("&gt;", ">")), cell
     models = html.split("<h2>Models</h2>", 1)[1].split("<h2>", 1)[0]
     assert re.search(r"<td>claude-sonnet-37</td><td>\d+\.\d%</td><td>100</td>", models), models
@@ -179,17 +184,27 @@ def test_stats_refuse_a_window_that_does_not_start_before_it_ends(stats_url: str
     assert f"`since` ({since}) is not before `until` ({until})" in error["message"]
 
 
-@pytest.mark.parametrize("query", ["since=nan", "until=inf", "since=abc"])
-def test_stats_refuse_a_time_that_is_not_a_number_of_seconds(stats_url: str, query: str) -> None:
+@pytest.mark.parametrize(("query", "words"), [
+    ("since=nan", "unix times in seconds, not `nan` or `inf`"), ("until=inf", "not `nan` or `inf`"),
+    ("since=abc", "`since` ('abc') is neither unix seconds nor an ISO 8601 time"),
+])
+def test_stats_refuse_a_time_that_is_neither_seconds_nor_iso(stats_url: str, query: str, words: str) -> None:
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"{stats_url}?{query}")
     assert refused.value.code == 400
-    assert "unix times in seconds" in json.loads(refused.value.read())["error"]["message"]
+    assert words in json.loads(refused.value.read())["error"]["message"]
+
+
+def test_stats_read_iso_times_as_the_report_does(stats_url: str) -> None:
+    with urllib.request.urlopen(f"{stats_url}?since=1970-01-01T00:06:40Z&until=1970-01-01T00:08:20") as answer:
+        window = json.loads(answer.read())["window"]
+    assert (window["since"], window["until"]) == (400.0, 500.0)
 
 
 def test_stats_answer_a_window_that_starts_before_it_ends(stats_url: str) -> None:
     with urllib.request.urlopen(f"{stats_url}?since=400&until=500") as answer:
-        assert json.loads(answer.read())["window"] == {"since": 400.0, "until": 500.0, "minutes": 1.6667}
+        assert json.loads(answer.read())["window"] == {"since": 400.0, "until": 500.0, "minutes": 1.6667,
+                                                          "rolled_up_requests": 0}
 
 
 @pytest.mark.parametrize(("content", "words"), [
@@ -278,3 +293,27 @@ def test_each_model_is_charged_what_it_billed_in_stats_report_and_metrics(
         assert figures["models"]["strong"]["requests"] == 1 and figures["models"]["cheap"]["requests"] == 0
     metrics = total_by_model(telemetry.render_metrics(), "laneway_cost_usd_total")
     assert metrics == pytest.approx(billed)
+
+
+def test_last_ends_now_and_takes_only_a_positive_duration(log: str, capsys: pytest.CaptureFixture[str]) -> None:
+    before = time.time()
+    assert report("--db", log, "--last", "2d", "--json") == 0
+    window = json.loads(capsys.readouterr().out)["window"]
+    # the log's exchanges are a day old: the window still ends now, and its rates count both days
+    assert before <= window["until"] <= time.time() and window["minutes"] == pytest.approx(2 * 24 * 60)
+    assert report("--db", log, "--last", "1d", "--until", iso(100), "--json") == 0
+    window = json.loads(capsys.readouterr().out)["window"]
+    assert (window["since"], window["until"]) == (BASE_TIME + 100 - 86_400, BASE_TIME + 100)
+    with pytest.raises(SystemExit):
+        report("--db", log, "--last", "0m")
+    assert "argument --last: `0m` is an empty window; give a positive duration" in capsys.readouterr().err
+
+
+def test_a_relative_log_path_that_exists_from_the_root_says_how_to_name_it(
+    tmp_path: Path, log: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where `<the log's path without its leading />` does not exist
+    absolute = log.removeprefix("sqlite:///")
+    assert report("--db", "sqlite:///" + absolute.lstrip("/")) == 1
+    err = capsys.readouterr().err
+    assert f"is relative to the current directory; for `{absolute}`, `sqlite:///{absolute}`" in err

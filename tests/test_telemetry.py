@@ -35,6 +35,7 @@ from laneway.telemetry import (
     parse_telemetry,
     percentile,
 )
+from laneway.telemetry._html_report import cost_plot
 from laneway.telemetry._records import fallbacks_of
 from laneway.telemetry._sqlite import WRITER_NICENESS, SqliteStore
 from laneway.telemetry._store import open_store
@@ -81,6 +82,12 @@ def test_parse_telemetry_reports_every_problem_with_its_path() -> None:
     assert "sqlite:///" in issues["config.telemetry.exchange_log"]
     with pytest.raises(ConfigError):
         parse_telemetry(["metrics"])
+
+
+@pytest.mark.parametrize("url", ["sqlite:////", "sqlite:///", "sqlite:///var/logs/"])
+def test_an_sqlite_log_url_without_a_file_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"telemetry\.exchange_log: .* names no file; use `sqlite:///relative"):
+        parse_telemetry({"exchange_log": url})
 
 
 @given(
@@ -329,6 +336,31 @@ async def test_retention_rolls_old_rows_into_hourly_aggregates(tmp_path: Path) -
     assert figures["total"]["latency_samples"] == 100
 
 
+async def test_a_rolled_up_hour_counts_once_in_the_window_that_holds_its_start(tmp_path: Path) -> None:
+    now = BASE_TIME + 86_400
+    hour = now - 40 * 86_400  # an hour's start: its 200 exchanges are rolled up into one hourly row
+    telemetry = Telemetry(sqlite_settings(tmp_path, retention_days=30))
+    await telemetry.start()
+    for i in range(200):
+        telemetry.record(make_exchange(i, started_at=hour + 900 + i))
+    assert await telemetry.roll_up(now) == 200
+    await telemetry.aclose()
+    db = f"sqlite:///{tmp_path}/log.sqlite3"
+
+    async def requests(since: float, until: float, *compare: str) -> tuple[int, ...]:
+        out = tmp_path / "report.json"
+        assert await report_to(out, "--db", db, "--since", iso(since), "--until", iso(until), *compare, "--json") == 0
+        figures = json.loads(out.read_text())
+        windows = [figures, *([figures["compare"]] if compare else [])]
+        assert all(w["window"]["rolled_up_requests"] == w["total"]["requests"] for w in windows)
+        return tuple(w["total"]["requests"] for w in windows)
+
+    assert await requests(hour + 600, hour + 1200) == (0,)  # inside the hour, after its start
+    assert await requests(hour - 1800, hour + 1800) == (200,)
+    # before and after a point inside the hour: counted in one of them, not in both
+    assert await requests(hour + 1800, hour + 3600, "--compare-since", iso(hour - 3600)) == (0, 200)
+
+
 async def test_hourly_roll_ups_keep_each_models_failed_attempts_and_what_it_billed(tmp_path: Path) -> None:
     raw = await log_and_roll_up_mixed_exchanges(sqlite_settings(tmp_path))
     out = tmp_path / "report.json"
@@ -488,3 +520,12 @@ def test_fallbacks_count_hand_overs_to_another_model_not_retries(attempts: list[
     telemetry.record(exchange)
     assert total(telemetry.render_metrics(), "laneway_fallbacks_total") == hand_overs
     assert telemetry.stats()["total"]["fallbacks"] == hand_overs
+
+
+def test_the_cost_plot_of_a_window_within_one_time_bucket_shows_its_points() -> None:
+    """A line through one point draws nothing: each model's cost must still show."""
+    rows = rows_of([make_exchange(i, started_at=BASE_TIME + i) for i in range(9)], False)
+    plot = cost_plot(rows, [])
+    assert plot.count("<polyline") == len(MODELS)
+    dots = re.findall(r'<circle cx="([\d.]+)" cy="([\d.]+)" r="2.5" fill="(#[0-9a-f]{6})"/>', plot)
+    assert len(dots) == len(MODELS) and len({colour for _, _, colour in dots}) == len(MODELS)

@@ -125,6 +125,7 @@ def test_the_dashboard_in_chromium_shows_what_stats_returns() -> None:
         telemetry.record(make_exchange(i))
     telemetry.count("cooldown", MODELS[1])
     stats = telemetry.stats()
+    assert any(figures["failed_attempts"] for figures in stats["models"].values())
     ARTIFACTS.mkdir(exist_ok=True)
     with serving(telemetry) as url:
         page = Page(chromium("--dump-dom", url))
@@ -137,6 +138,7 @@ def test_the_dashboard_in_chromium_shows_what_stats_returns() -> None:
         assert int(page.cell(model, "requests")) == figures["requests"]
         assert int(page.cell(model, "errors")) == figures["errors"]
         assert int(page.cell(model, "fallbacks")) == figures["fallbacks"]
+        assert int(page.cell(model, "failed_attempts")) == figures["failed_attempts"]
         for field in ("p50_ms", "p95_ms", "p99_ms", "ttft_p95_ms"):
             assert abs(shown(page.cell(model, field)) - figures[field]) <= 0.05 + 1e-9, field
         assert abs(shown(page.cell(model, "share")) - figures["share"] * 100) <= 0.05 + 1e-9

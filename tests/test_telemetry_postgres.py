@@ -113,6 +113,38 @@ async def test_a_server_that_stops_answering_times_out_and_the_shutdown_keeps_it
     assert await scalar(dsn, "SELECT count(*) FROM exchanges") == 1
 
 
+async def test_a_write_in_flight_to_a_server_that_stopped_answering_gives_up_at_the_close_deadline(
+        server: PostgresServer) -> None:
+    dsn = await server.database()
+    telemetry = Telemetry(TelemetrySettings(exchange_log=dsn, flush_interval_ms=50, close_timeout_ms=1000))
+    await telemetry.start()
+    telemetry.record(make_exchange(0))
+    assert await telemetry.flush()
+    with server.frozen():
+        for i in range(1, 4):
+            telemetry.record(make_exchange(i))
+        await asyncio.sleep(0.3)  # the background write of the three is under way, with its 10 s timeout
+        started = time.monotonic()
+        await telemetry.aclose()
+        took = time.monotonic() - started
+    assert took < 1.0 + 1.0, took  # close_timeout_ms, not the write's own timeout
+    assert telemetry.health.dropped == 3
+    assert await scalar(dsn, "SELECT count(*) FROM exchanges") == 1
+
+
+async def test_a_server_that_takes_the_connection_but_never_greets_is_named_as_such(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_postgres, "CONNECT_TIMEOUT_S", 0.3)
+    silent = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        store = _postgres.PostgresStore(f"postgresql://laneway@127.0.0.1:{port}/laneway")
+        with pytest.raises(_postgres.ExchangeLogUnavailable, match=r"no connection within 0\.3 s"):
+            await store.open()
+    finally:
+        silent.close()
+
+
 async def test_a_report_on_a_database_without_a_log_says_so_and_creates_nothing(
         server: PostgresServer, capsys: pytest.CaptureFixture[str]) -> None:
     dsn = await server.database()

@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -235,12 +236,10 @@ def describe(gateway: Gateway) -> dict[str, Any]:
 
 
 def _stats_window(query: dict[str, list[str]]) -> tuple[float | None, float | None]:
-    """`since` and `until` of `GET /admin/stats`, unix seconds; the window must start before it ends."""
-    try:
-        since = float(query["since"][0]) if "since" in query else None
-        until = float(query["until"][0]) if "until" in query else None
-    except ValueError:
-        raise InvalidRequest("`since` and `until` are unix times in seconds") from None
+    """`since` and `until` of `GET /admin/stats`, unix seconds or ISO 8601 times (UTC unless they carry an
+    offset, as `laneway report` reads them); the window must start before it ends."""
+    since = _moment("since", query["since"][0]) if "since" in query else None
+    until = _moment("until", query["until"][0]) if "until" in query else None
     if not all(math.isfinite(moment) for moment in (since, until) if moment is not None):
         raise InvalidRequest("`since` and `until` are unix times in seconds, not `nan` or `inf`", param="since")
     if since is not None and until is not None and since >= until:
@@ -248,3 +247,16 @@ def _stats_window(query: dict[str, list[str]]) -> tuple[float | None, float | No
                              "a window must start before it ends; pass an earlier `since` or a later `until`",
                              param="since")
     return since, until
+
+
+def _moment(name: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest(f"`{name}` ({text!r}) is neither unix seconds nor an ISO 8601 time such as "
+                             "2026-06-01T12:00:00Z", param=name) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()

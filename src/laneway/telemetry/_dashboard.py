@@ -50,6 +50,7 @@ simulated fleet, not from real providers.</div>
 <table>
   <thead><tr><th>model</th><th>traffic share</th><th>requests</th><th>p50 ms</th><th>p95 ms</th>
   <th>p99 ms</th><th>TTFT p95 ms</th><th>errors</th><th>error rate</th><th>fallbacks</th>
+  <th title="attempts at this model that failed, whichever model answered in the end">failed attempts</th>
   <th>cost USD</th><th>cost / conversation</th></tr></thead>
   <tbody id="models"></tbody>
 </table>
@@ -65,8 +66,10 @@ const FIELDS = [
   ["share", v => pct(v)], ["requests", v => String(v)], ["p50_ms", v => fixed(v, 1)],
   ["p95_ms", v => fixed(v, 1)], ["p99_ms", v => fixed(v, 1)], ["ttft_p95_ms", v => fixed(v, 1)],
   ["errors", v => String(v)], ["error_rate", v => pct(v)], ["fallbacks", v => String(v)],
+  ["failed_attempts", v => String(v)],
   ["cost_usd", v => fixed(v, 4)], ["cost_per_conversation_usd", v => fixed(v, 6)],
 ];
+const BAD_SHARE = 0.05;  // of a model's error rate, and of its attempts that failed
 const LATE_S = 60;  // a worker started this much after the first one was replaced
 function fixed(v, digits) { return v === null || v === undefined ? "-" : v.toFixed(digits); }
 function pct(v) { return v === null || v === undefined ? "-" : (v * 100).toFixed(1) + "%"; }
@@ -96,7 +99,10 @@ function render(stats) {
     row.append(name);
     for (const [field, format] of FIELDS) {
       const td = cell(model, field, format(figures[field]));
-      if (field === "error_rate" && figures.error_rate > 0.05) td.className = "bad";
+      if (field === "error_rate" && figures.error_rate > BAD_SHARE) td.className = "bad";
+      // A model behind fallbacks answers nothing when it fails every call: its failed attempts say so.
+      const tried = figures.requests + figures.failed_attempts;
+      if (field === "failed_attempts" && tried && figures.failed_attempts / tried > BAD_SHARE) td.className = "bad";
       row.append(td);
     }
     body.append(row);

@@ -16,6 +16,7 @@ PALETTE = ("#4a7bd0", "#d0694a", "#3e9e6b", "#9a5bc4", "#c49a2a", "#3a9fb0", "#b
 WIDTH, HEIGHT, PAD = 640, 200, 40
 LATENCY_BINS = 24
 TIME_BUCKETS = (60.0, 300.0, 900.0, 3600.0, 21_600.0, 86_400.0)
+MARKED_SLOTS = 40  # up to this many time buckets, each point of the cost plot is also drawn as a dot
 # (heading, field, style of `figure`)
 _FIELDS = (
     ("share", "share", "pct"),
@@ -152,11 +153,11 @@ def cost_plot(rows: Sequence[ExchangeRow], hourly: Sequence[HourlyRow]) -> str:
     lines, legend = [], []
     for i, (model, costs) in enumerate(sorted(series.items())):
         colour = PALETTE[i % len(PALETTE)]
-        coords = " ".join(
-            f"{PAD + j * step:.1f},{HEIGHT - PAD - c / peak * (HEIGHT - 2 * PAD):.1f}"
-            for j, c in enumerate(costs)
-        )
+        xy = [(PAD + j * step, HEIGHT - PAD - c / peak * (HEIGHT - 2 * PAD)) for j, c in enumerate(costs)]
+        coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
         lines.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{coords}"/>')
+        if slots <= MARKED_SLOTS:  # a line of one point shows nothing: few points get a dot each
+            lines += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{colour}"/>' for x, y in xy]
         legend.append(
             f'<text x="{WIDTH - PAD}" y="{16 + 14 * i}" text-anchor="end" fill="{colour}">'
             f"{escape(model)}</text>"

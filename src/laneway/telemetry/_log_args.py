@@ -25,8 +25,12 @@ Fetched = tuple[list[ExchangeRow], list[HourlyRow]]
 # how each style prints a figure, and a difference of two (`pct` in percentage points)
 _FIGURES = {"pct": "{:.1f}%", "ms": "{:.1f}", "usd": "{:.6f}", "rate": "{:.2f}"}
 _DIFFERENCES = {"pct": "{:+z.1f} pp", "ms": "{:+z.1f}", "usd": "{:+z.6f}", "rate": "{:+z.2f}"}
-# (heading, field, style) of the per-model change against a baseline
-CHANGES = (("p95 ms", "p95_ms", "ms"), ("error rate", "error_rate", "pct"), ("cost $", "cost_usd", "usd"))
+# (heading, field, style) of the per-model change against a baseline: traffic as a rate, since the
+# two windows need not be as long; the cost per conversation and per 1k tokens, which say whether
+# a model got dearer where its total cost may only follow its traffic.
+CHANGES = (("requests/min", "requests_per_min", "rate"), ("p95 ms", "p95_ms", "ms"),
+           ("error rate", "error_rate", "pct"), ("$/conversation", "cost_per_conversation_usd", "usd"),
+           ("$/1k tokens", "cost_per_1k_tokens_usd", "usd"), ("cost $", "cost_usd", "usd"))
 
 
 class OptionError(ValueError):
@@ -61,11 +65,18 @@ def duration(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"`{text}` is not a duration; use a number and s, m, h, d or w, e.g. 1h"
         )
-    return float(match[1]) * _UNIT_S[match[2]]
+    seconds = float(match[1]) * _UNIT_S[match[2]]
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"`{text}` is an empty window; give a positive duration, e.g. 1h")
+    return seconds
 
 
 def window_of(args: argparse.Namespace) -> Window:
-    return (time.time() - args.last if args.last is not None else args.since), args.until
+    """`--since`/`--until`; `--last D` is the D up to now (or up to `--until`), rates counted over all of it."""
+    if args.last is None:
+        return args.since, args.until
+    end = time.time() if args.until is None else args.until
+    return end - args.last, end
 
 
 def start_option(args: argparse.Namespace) -> str:
@@ -105,7 +116,11 @@ def _not_a_sqlite_log(path: Path) -> str | None:
     """Why the file at `path` is not an exchange log to read, or None. Looked at read-only: reading a
     report must not turn some other database into a log."""
     if not path.is_file():
-        return "does not exist"
+        absolute = Path("/") / path
+        if not path.is_absolute() and absolute.is_file():  # `sqlite:///` + a path meant from the root
+            return (f"does not exist (`sqlite:///{path}` is relative to the current directory; for "
+                    f"`{absolute}`, `sqlite:///{absolute}`)")
+        return f"does not exist (looked for `{path.resolve()}`)"
     try:
         with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
             found = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'exchanges'").fetchone()

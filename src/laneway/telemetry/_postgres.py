@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -62,6 +63,7 @@ class PostgresStore:
         self._reading = reading  # for a report: never create the tables
         self._driver = _asyncpg()
         self._db: Connection | None = None
+        self._scope: asyncio.Timeout | None = None  # the operation in flight's
         self._fetch_hourly = numbered(FETCH_HOURLY_SQL)
         self._failures: tuple[type[BaseException], ...] = (
             OSError,
@@ -98,7 +100,7 @@ class PostgresStore:
 
         async def work(db: Connection) -> tuple[list[ExchangeRow], list[HourlyRow]]:
             rows = [exchange_row(tuple(r)) for r in await db.fetch(_FETCH_ROWS, start, end)]
-            hourly = [HourlyRow(*tuple(r)) for r in await db.fetch(self._fetch_hourly, start - HOUR_S, end)]
+            hourly = [HourlyRow(*tuple(r)) for r in await db.fetch(self._fetch_hourly, start, end)]
             return rows, hourly
 
         return await self._run(lambda: self._with_connection(work), LONG_TIMEOUT_S)
@@ -112,17 +114,35 @@ class PostgresStore:
             except unanswered:
                 db.terminate()  # a server that does not answer the goodbye either
 
+    def hurry(self, deadline: float) -> None:
+        """The operation in flight times out at `deadline` at the latest: the rows of a write cut short
+        stay in the backlog, and the table's key makes writing them again a no-op."""
+        scope = self._scope
+        if scope is not None and not scope.expired():
+            loop = asyncio.get_running_loop()
+            when = loop.time() + max(0.0, deadline - time.monotonic())
+            current = scope.when()
+            scope.reschedule(when if current is None else min(current, when))
+
     async def _run(self, work: Callable[[], Awaitable[T]], timeout_s: float) -> T:
+        started = time.monotonic()
+        scope = asyncio.timeout(timeout_s)
         try:
-            async with asyncio.timeout(timeout_s):
+            async with scope:
+                self._scope = scope
                 return await work()
         except TimeoutError:
             await self._discard()
-            raise ExchangeLogUnavailable(f"exchange log `{redacted(self.url)}`: no answer within {timeout_s:g} s") \
-                from None
+            # asyncpg's own connect timeout raises the same error, inside the statement's time
+            waited = (f"no answer within {time.monotonic() - started:.1f} s" if scope.expired()
+                      else f"no connection within {CONNECT_TIMEOUT_S:g} s")
+            raise ExchangeLogUnavailable(f"exchange log `{redacted(self.url)}`: {waited}") from None
         except self._failures as error:
             await self._discard()
             raise ExchangeLogUnavailable(f"exchange log `{redacted(self.url)}`: {error}") from error
+        finally:
+            if self._scope is scope:
+                self._scope = None
 
     async def _with_connection(self, work: Callable[[Connection], Awaitable[T]]) -> T:
         return await work(await self._connection())

@@ -218,6 +218,10 @@ def terminal_report(summary: dict[str, Any]) -> str:
 def _headline(summary: dict[str, Any]) -> str:
     total = summary["total"]
     line = headline(summary)
+    rolled_up = summary["window"].get("rolled_up_requests", 0)
+    if rolled_up:
+        line += (f"\n{rolled_up} of these requests are from hours rolled up past `retention_days`: each such hour "
+                 "counts whole in the window that holds its start, and has no latency percentiles.")
     if total["simulated_requests"]:
         line += (
             f"\nSIMULATED: {total['simulated_requests']} of {total['requests']} exchanges come from the "

@@ -80,7 +80,13 @@ def _check(key: str, value: object, where: str) -> ConfigIssue | None:
 def _check_log_url(value: object, where: str) -> ConfigIssue | None:
     if value is None:
         return None
-    if isinstance(value, str) and value.startswith(LOG_SCHEMES) and len(value) > len("sqlite:///"):
+    if isinstance(value, str) and value.startswith("sqlite:///"):
+        path = value.removeprefix("sqlite:///")
+        if path.rstrip("/") and not path.endswith("/"):
+            return None
+        return ConfigIssue(where, f"`{value}` names no file; use `sqlite:///relative/log.sqlite3` or "
+                                  "`sqlite:////absolute/log.sqlite3`")
+    if isinstance(value, str) and value.startswith(LOG_SCHEMES):
         return None
     return ConfigIssue(
         where,

@@ -90,6 +90,10 @@ class SqliteStore:
         await self._run(self._close)
         self._thread.shutdown(wait=True)
 
+    def hurry(self, deadline: float) -> None:
+        """Nothing to do: a write in the worker thread cannot be stopped half-way (its batch, left in the
+        backlog, would be written twice), and a local file answers."""
+
     async def _run(self, work: Callable[[], T]) -> T:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._thread, work)
@@ -141,7 +145,7 @@ class SqliteStore:
         db = self._connection()
         start, end = window(since, until)
         rows = [exchange_row(values) for values in db.execute(_FETCH_ROWS, (start, end))]
-        hourly = [HourlyRow(*values) for values in db.execute(FETCH_HOURLY_SQL, (start - HOUR_S, end))]
+        hourly = [HourlyRow(*values) for values in db.execute(FETCH_HOURLY_SQL, (start, end))]
         return rows, hourly
 
     def _close(self) -> None:

@@ -56,6 +56,10 @@ class ExchangeStore(Protocol):
 
     async def aclose(self) -> None: ...
 
+    def hurry(self, deadline: float) -> None:
+        """A closing gateway's: an operation in flight gives up at `deadline` (`time.monotonic()`) at the
+        latest, if the store can stop it without losing or doubling rows."""
+
 
 # column -> (SQLite type, PostgreSQL type): the PostgreSQL table's columns, and the types the SQLite
 # view gives its columns (`exchange_view_sql`).
@@ -300,9 +304,10 @@ def fetch_rows_sql(dialect: int) -> str:
 
 
 def fetch_hourly_sql(missing: Collection[str] = ()) -> str:
-    """The hourly rows of a window; `missing` columns (of a log a report may not convert) read as 0."""
+    """The hourly rows of a window: those whose hour starts in it (an hour counts whole, in the window
+    holding its start); `missing` columns (of a log a report may not convert) read as 0."""
     columns = ", ".join(f"0 AS {name}" if name in missing else name for name in HOURLY_COLUMNS)
-    return f"SELECT {columns} FROM exchanges_hourly WHERE hour > ? AND hour < ? ORDER BY hour"  # noqa: S608
+    return f"SELECT {columns} FROM exchanges_hourly WHERE hour >= ? AND hour < ? ORDER BY hour"  # noqa: S608
 
 
 FETCH_HOURLY_SQL = fetch_hourly_sql()

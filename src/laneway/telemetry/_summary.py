@@ -95,6 +95,7 @@ class _Group:
         tokens = self.tokens_in + self.tokens_out
         return {
             "requests": self.requests,
+            "requests_per_min": round(self.requests / minutes, 4),
             "errors": self.errors,
             "timeouts": self.timeouts,
             "error_rate": _ratio(self.errors, self.requests, 4),
@@ -130,7 +131,10 @@ def summarize(
     since: float | None = None,
     until: float | None = None,
 ) -> dict[str, Any]:
-    """Totals and per-model, per-route figures for the exchanges in `[since, until)`, shadows apart."""
+    """Totals and per-model, per-route figures for the exchanges in `[since, until)`, shadows apart.
+
+    An hour of `hourly` (raw rows past retention, rolled up) counts whole when it starts in the window;
+    `window.rolled_up_requests` says how many requests came from such hours (they have no percentiles)."""
     total, models, routes = _Group(), dict[str, _Group](), dict[str, _Group]()
     shadow, shadow_models = _Group(), dict[str, _Group]()
     first, last = math.inf, -math.inf
@@ -152,12 +156,17 @@ def summarize(
             groups[2].failed_attempts += len(row.failed_models)
         for group in groups:
             group.add_row(row)
+    rolled_up = 0
     for hour in hourly:
+        # An hour rolled up counts whole, in the window that holds its start.
+        if (since is not None and hour.hour < since) or (until is not None and hour.hour >= until):
+            continue
         first, last = min(first, hour.hour), max(last, hour.hour + 3600.0)
         if hour.lane == SHADOW_LANE:
             groups = (shadow, _group(shadow_models, hour.model or NO_MODEL))
         else:
             groups = (total, _group(models, hour.model or NO_MODEL), _group(routes, hour.route or NO_ROUTE))
+            rolled_up += hour.requests
         for group in groups:
             group.add_hourly(hour)
     start = since if since is not None else (first if total.requests else None)
@@ -165,7 +174,7 @@ def summarize(
     minutes = max(1.0, (end - start) / 60.0) if start is not None and end is not None else 1.0
     n = total.requests
     return {
-        "window": {"since": start, "until": end, "minutes": round(minutes, 4)},
+        "window": {"since": start, "until": end, "minutes": round(minutes, 4), "rolled_up_requests": rolled_up},
         "simulated": total.simulated > 0,
         "total": total.finish(n, minutes),
         "models": {name: group.finish(n, minutes) for name, group in sorted(models.items())},

@@ -205,6 +205,9 @@ class Telemetry:
         return await self._log.roll_up(time.time() if now is None else now)
 
     async def aclose(self) -> None:
+        """Stop, and write what is left within `close_timeout_ms` in all: a write in flight to a store that
+        stopped answering gives up at that deadline too (PostgreSQL; an SQLite write is let finish)."""
+        deadline = None if self._log is None else self._log.close_deadline()
         self._stop.set()
         if self._task is not None:
             await self._task
@@ -213,7 +216,7 @@ class Telemetry:
         if self._tracer is not None:
             await asyncio.to_thread(self._tracer.shutdown)
         if self._log is not None:
-            await self._log.close()
+            await self._log.close(deadline)
 
     async def _run(self) -> None:
         """Every `flush_interval_ms`, from the start of one cycle to the next: drain, then start a

@@ -111,11 +111,20 @@ class ExchangeLog:
             )
         return rolled
 
-    async def close(self) -> None:
-        """Write what is left within `close_timeout_ms`, however the store behaves (a store that stops
-        answering holds a write until the deadline, not for good); what stays unwritten is counted."""
-        budget_s = self._settings.close_timeout_ms / 1000.0
-        deadline = time.monotonic() + budget_s
+    def close_deadline(self) -> float:
+        """When a close starting now must be over (`time.monotonic()`): `close_timeout_ms` from now. A write
+        in flight is told to give up by then (`ExchangeStore.hurry`), so that it does not hold the close."""
+        deadline = time.monotonic() + self._settings.close_timeout_ms / 1000.0
+        self.store.hurry(deadline)
+        return deadline
+
+    async def close(self, deadline: float | None = None) -> None:
+        """Write what is left by `deadline` (by default `close_timeout_ms` from now), however the store
+        behaves (a store that stops answering holds a write until the deadline, not for good); what stays
+        unwritten is counted."""
+        if deadline is None:
+            deadline = time.monotonic() + self._settings.close_timeout_ms / 1000.0
+        budget_s = max(0.0, deadline - time.monotonic())
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(budget_s):
                 while True:
