@@ -327,6 +327,10 @@ def _check_repeats(s: Section, route: Route) -> None:
                          "after failing, spending the deadline on a model that just failed; for more tries of "
                          "one model, raise `retry.attempts`", severity="warning")
         tried.append(name)
+    if route.retrieval is not None and route.retrieval.on_miss == route.target:
+        s.issues.add(s.where("retrieval") + ".on_miss", f"`{route.target}` is the route's own target: a miss goes "
+                     "where a hit goes, only without the note that nothing matched; name a model better able to "
+                     "answer without the knowledge base, or leave `on_miss` out", severity="warning")
     canaries: list[str] = []
     for k, canary in enumerate(route.canaries):
         where = s.where("canary") + (f"[{k}]" if len(route.canaries) > 1 else "") + ".target"

@@ -29,6 +29,7 @@ def render_html(summary: dict[str, Any], title: str = "laneway loadtest") -> str
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<pre>{html.escape(render_text(summary))}</pre>",
+             "<h2>Latency by percentile (latency blue, TTFT orange)</h2>" if "ttft" in curves else
              "<h2>Latency by percentile</h2>",
              _plot(curves, "percentile (log scale: 90, 99, 99.9 ...)", "ms", _nines_label),
              "<h2>Latency over time (p50 blue, p99 red)</h2>",
