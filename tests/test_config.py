@@ -481,7 +481,8 @@ def test_a_knowledge_base_with_both_sources_and_an_index_is_refused(tmp_path: Pa
 def test_a_retrieval_miss_sent_to_the_routes_own_target_is_a_warning(tmp_path: Path) -> None:
     source = tmp_path / "faq.md"
     source.write_text("# Fees\n\nA late fee is charged after 30 days.\n")
-    plan = "knowledge:\n  acme:\n    sources: [{source}]\nroutes:\n- target: gpt-5\n  retrieval: {{knowledge: acme{miss}}}\n"
+    plan = ("knowledge:\n  acme:\n    sources: [{source}]\n"
+            "routes:\n- target: gpt-5\n  retrieval: {{knowledge: acme{miss}}}\n")
     same = parse_config(plan.format(source=source, miss=", on_miss: gpt-5"))
     assert [str(w).split(" (line")[0] for w in same.warnings] == ["routes[0].retrieval.on_miss"]
     assert "the route's own target" in str(same.warnings[0])
