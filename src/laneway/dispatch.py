@@ -31,6 +31,7 @@ from .errors import (
     UpstreamContextOverflow,
     UpstreamError,
     UpstreamRateLimited,
+    UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -301,7 +302,10 @@ class Dispatcher:
         attempt.error = error.message
         attempt.upstream_status = error.upstream_status
         exchange.upstream_ms += attempt.latency_ms
-        if not isinstance(error, UpstreamContextOverflow):
+        # A prompt too long, or a request the upstream calls malformed, says nothing of the model's health:
+        # one client's bad requests must not cool a model down for everyone.
+        if not isinstance(error, UpstreamContextOverflow) and not (
+                isinstance(error, UpstreamRejected) and error.client_fault):
             now = asyncio.get_running_loop().time()
             if self.runtime.breakers[name].failure(now) and self.sink is not None:
                 self.sink.count("cooldown", name)

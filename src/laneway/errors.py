@@ -19,7 +19,8 @@
         ├── UpstreamTimeout         the request's deadline ran out        -> 504 model_inference_deadline_exceeded
         ├── UpstreamBadResponse     malformed, wrong type, oversized      -> 502 upstream_bad_response
         ├── UpstreamContextOverflow the upstream refused the prompt length -> 400 context_window_exceeded
-        ├── UpstreamRejected        any other 4xx from the upstream       -> 502 upstream_rejected
+        ├── UpstreamRejected        any other 4xx from the upstream       -> 400 upstream_rejected (the
+        │                           request's fault: 400, 413, 415, 422), else 502 (the gateway's key or model)
         └── AllAttemptsFailed       every model of the plan failed; lists each attempt's error
 
 Foreign exceptions (aiohttp, asyncio timeouts, JSON decoders) never leave a provider module.
@@ -204,13 +205,33 @@ class UpstreamContextOverflow(UpstreamError):
     retryable = False
 
 
+# Upstream answers that say the request itself is wrong (a schema the model refuses, a field out of
+# range): the client's to fix, a 400 as OpenAI would answer, and no sign of the model's health.
+CLIENT_FAULTS = (400, 413, 415, 422)
+
+
 class UpstreamRejected(UpstreamError):
+    """The upstream refused the request (4xx). One the client must fix (`CLIENT_FAULTS`) is a 400 with the
+    upstream's `param`; any other (401, 403, 404: the gateway's key or model id) stays a 502."""
+
     code = "upstream_rejected"
     retryable = False
 
+    def __init__(self, message: str, *, model: str = "", upstream_status: int | None = None,
+                 param: str | None = None) -> None:
+        super().__init__(message, model=model, upstream_status=upstream_status)
+        self.param = param
+        if upstream_status in CLIENT_FAULTS:
+            self.status, self.type = 400, "invalid_request_error"
+
+    @property
+    def client_fault(self) -> bool:
+        return self.status == 400
+
 
 class AllAttemptsFailed(UpstreamError):
-    """Every model in the plan failed; the status is that of the most telling attempt."""
+    """Every model in the plan failed; the status is that of the most telling attempt, and so are its
+    `param` and, when rate limits ended it, the longest `retry_after_s` the upstreams asked for."""
 
     def __init__(self, errors: Sequence[UpstreamError]) -> None:
         self.errors = tuple(errors)
@@ -220,6 +241,9 @@ class AllAttemptsFailed(UpstreamError):
         self.status = last.status
         self.code = last.code
         self.type = last.type
+        self.param = getattr(last, "param", None)
+        waits = [e.retry_after_s for e in self.errors if isinstance(e, UpstreamRateLimited) and e.retry_after_s]
+        self.retry_after_s = max(waits) if waits and self.status == 429 else None
 
 
 def _most_telling(errors: Sequence[UpstreamError]) -> UpstreamError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import ssl
 from collections.abc import AsyncIterator, Callable
 from email.utils import parsedate_to_datetime
@@ -225,14 +226,16 @@ class Upstream:
         name = self.spec.name
         detail = self.redact(_error_message(text))
         if status == 429:
+            wait = retry_after(headers.get("retry-after"))
             return UpstreamRateLimited(f"upstream rate limited: {detail}", model=name,
-                                       retry_after_s=retry_after(headers.get("retry-after")))
+                                       retry_after_s=wait if wait is not None else _retry_delay(text))
         if overflow(status, text):
             return UpstreamContextOverflow(f"upstream refused the prompt's length: {detail}", model=name,
                                            upstream_status=status)
         if status >= 500 or status in (408, 409):
             return UpstreamUnavailable(f"upstream answered {status}: {detail}", model=name, upstream_status=status)
-        return UpstreamRejected(f"upstream answered {status}: {detail}", model=name, upstream_status=status)
+        return UpstreamRejected(f"upstream answered {status}: {detail}", model=name, upstream_status=status,
+                                param=_error_param(text))
 
     def redact(self, text: str) -> str:
         """Upstreams sometimes echo the credential they rejected: never pass it on."""
@@ -304,6 +307,26 @@ def _require_json(response: Response, model: str) -> None:
     if "json" not in ctype:
         raise UpstreamBadResponse(f"expected JSON, got content-type `{ctype or 'none'}`", model=model,
                                   upstream_status=response.status)
+
+
+_RETRY_DELAY = re.compile(r'"retryDelay"\s*:\s*"(\d+(?:\.\d+)?)s"')
+
+
+def _retry_delay(text: str) -> float | None:
+    """Gemini's wait, in the body's `RetryInfo` rather than a header: `"retryDelay": "40s"`."""
+    found = _RETRY_DELAY.search(text)
+    return float(found[1]) if found else None
+
+
+def _error_param(text: str) -> str | None:
+    """The request field an OpenAI-shaped error names (`error.param`), if any."""
+    try:
+        body = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    param = error.get("param") if isinstance(error, dict) else None
+    return param if isinstance(param, str) and param else None
 
 
 def _error_message(text: str) -> str:

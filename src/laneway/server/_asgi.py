@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import LanewayError, PayloadTooLarge, error_body
+from ..errors import AllAttemptsFailed, LanewayError, PayloadTooLarge, error_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -63,6 +63,10 @@ async def respond_error(send: Send, error: LanewayError, request_id: str, header
     retry = getattr(error, "retry_after_s", None)
     if error.status == 429 or (error.status == 503 and retry is not None):
         extra.append((b"retry-after", str(max(1, round(retry or 1))).encode()))
+    elif isinstance(error, AllAttemptsFailed) and error.status >= 500:
+        # The route's retries and fallbacks have run: an SDK's own retries (OpenAI's read this header)
+        # would multiply them against upstreams that are failing.
+        extra.append((b"x-should-retry", b"false"))
     await respond_json(send, error.status, error_body(error, request_id), extra)
 
 
