@@ -119,9 +119,15 @@ def test_bad_requests_get_clear_errors(seed_gateway: LiveGateway, body: Any, hea
 
 
 def test_body_limit(seed_gateway: LiveGateway) -> None:
-    big = {"model": "laneway", "messages": [{"role": "user", "content": "x" * (2 * 1024 * 1024)}]}
+    big = {"model": "laneway", "messages": [{"role": "user", "content": "x" * (21 * 1024 * 1024)}]}
     status, _, payload = post(seed_gateway, big)
     assert status == 413 and payload["error"]["code"] == "payload_too_large"
+    assert "server.max_body_bytes" in payload["error"]["message"]
+    # a photo of a few MB, as a `data:` URL, is an ordinary request
+    photo = {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + "A" * (3 * 1024 * 1024)}}
+    status, _, payload = post(seed_gateway, {"model": "laneway", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "what is on this receipt?"}, photo]}]})
+    assert status != 413, payload
 
 
 def test_request_id_is_echoed(seed_gateway: LiveGateway) -> None:

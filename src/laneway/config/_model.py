@@ -132,7 +132,7 @@ class Route:
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     table: str = "laneway"  # the `model` value that means "route by the table"
-    max_body_bytes: int = 1024 * 1024
+    max_body_bytes: int = 20 * 1024 * 1024  # a chat carrying a photo as a `data:` URL fits, as OpenAI's 20 MB
     deadline_ms: int = DEFAULT_DEADLINE_MS
     max_messages: int = 2048
     cache_entries: int = 10_000  # bound of the in-memory response cache
