@@ -1,5 +1,6 @@
 """What a client gets when an upstream refuses: its own mistakes as 400s that name the field, the
-upstream's requested wait, and no second round of retries from an SDK after Laneway's own."""
+upstream's requested wait, no second round of retries from an SDK after Laneway's own, and a model's
+refusal as OpenAI gives it (`message.refusal`, `delta.refusal`)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ INVALID_SCHEMA = {"error": {"message": "Invalid schema for response_format 'tick
                             "type": "invalid_request_error", "param": "response_format", "code": None}}
 GEMINI_429 = {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "Quota exceeded.",
                         "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "40s"}]}}
+REFUSAL = "I'm sorry, I can't help with that request."
 # path prefix -> (status, headers, body)
 ANSWERS: dict[str, tuple[int, dict[str, str], object]] = {
     "/schema": (400, {}, INVALID_SCHEMA),
@@ -34,15 +36,38 @@ class _Upstream(BaseHTTPRequestHandler):
     lock = threading.Lock()
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length") or 0))
+        request = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
         prefix = "/" + self.path.split("/")[1]
         with self.lock:
             self.calls[prefix] = self.calls.get(prefix, 0) + 1
+        if prefix == "/refuse":
+            self._refuse(bool(request.get("stream")))
+            return
         status, headers, body = ANSWERS[prefix]
         payload = json.dumps(body).encode()
         self.send_response(status)
         for name, value in {"content-type": "application/json", **headers}.items():
             self.send_header(name, value)
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _refuse(self, stream: bool) -> None:
+        usage = {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}
+        if not stream:
+            message = {"role": "assistant", "content": None, "refusal": REFUSAL}
+            payload = json.dumps({"id": "x", "object": "chat.completion", "created": 1, "model": "m", "usage": usage,
+                                  "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+        else:
+            deltas = [{"role": "assistant", "refusal": ""}, {"refusal": REFUSAL[:10]}, {"refusal": REFUSAL[10:]}]
+            events = [{"choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+            events += [{"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                       {"choices": [], "usage": usage}]
+            payload = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
         self.send_header("content-length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
@@ -77,10 +102,11 @@ def _model(name: str, url: str, provider: str = "openai") -> str:
 def gateway() -> Iterator[tuple[LiveGateway, RecordingSink]]:
     with upstream() as url:
         models = (_model("schema", f"{url}/schema") + _model("busy", f"{url}/busy")
-                  + _model("quota", f"{url}/quota", "gemini") + _model("down", f"{url}/down"))
+                  + _model("quota", f"{url}/quota", "gemini") + _model("down", f"{url}/down")
+                  + _model("refuse", f"{url}/refuse"))
         routes = "".join(f"- name: {name}\n  matcher: \"metadata.to == {name}\"\n  target: {name}\n"
                          "  retry: {attempts: 1}\n  deadline_ms: 5000\n"
-                         for name in ("schema", "busy", "quota", "down"))
+                         for name in ("schema", "busy", "quota", "down", "refuse"))
         sink = RecordingSink()
         config = f"models:\n{models}routes:\n{routes}"
         with live_gateway(config, None, telemetry=sink) as live:
@@ -128,3 +154,14 @@ def test_after_the_routes_own_attempts_an_sdk_does_not_retry(gateway: tuple[Live
         _ask(_client(live), "down")
     assert failed.value.response.headers["x-should-retry"] == "false"
     assert _Upstream.calls["/down"] - before == 1  # max_retries=2 would have made it 3
+
+
+def test_a_models_refusal_reaches_the_client_as_openai_gives_it(gateway: tuple[LiveGateway, RecordingSink]) -> None:
+    live, _ = gateway
+    client = _client(live)
+    ask = {"model": "laneway", "messages": [{"role": "user", "content": "hi"}], "metadata": {"to": "refuse"}}
+    message = client.chat.completions.create(**ask).choices[0].message  # type: ignore[call-overload]
+    assert (message.refusal, message.content) == (REFUSAL, None)
+    pieces = [chunk.choices[0].delta.refusal for chunk in client.chat.completions.create(**ask, stream=True)
+              if chunk.choices and chunk.choices[0].delta.refusal]
+    assert "".join(pieces) == REFUSAL

@@ -83,7 +83,7 @@ async def lookup(store: CacheStore, key: str) -> tuple[Completion, str] | None:
     data = orjson.loads(raw)
     usage = Usage(data["prompt_tokens"], data["completion_tokens"])
     completion = Completion(data["text"], data["finish_reason"], usage, data["model"],
-                            tool_calls=data.get("tool_calls"))
+                            tool_calls=data.get("tool_calls"), refusal=data.get("refusal"))
     return completion, data["model"]
 
 
@@ -91,7 +91,7 @@ async def remember(store: CacheStore, key: str, completion: Completion, model: s
     value = orjson.dumps({"text": completion.text, "finish_reason": completion.finish_reason, "model": model,
                           "prompt_tokens": completion.usage.prompt_tokens,
                           "completion_tokens": completion.usage.completion_tokens,
-                          "tool_calls": completion.tool_calls})
+                          "tool_calls": completion.tool_calls, "refusal": completion.refusal})
     try:
         await store.set(key, value, ttl_s)
     except Exception as exc:  # noqa: BLE001 - a failing cache must not fail the answer it would have kept

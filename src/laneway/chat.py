@@ -78,6 +78,7 @@ class Completion:
     logprobs: list[TokenLogprob] | None = None
     upstream_id: str = ""
     tool_calls: list[dict[str, Any]] | None = None  # OpenAI `message.tool_calls`, as the model made them
+    refusal: str | None = None  # OpenAI `message.refusal`: the model declined, and said why (no `text` then)
 
 
 @dataclass(slots=True)
@@ -90,6 +91,7 @@ class Chunk:
     usage: Usage | None = None
     logprobs: list[TokenLogprob] | None = None
     tool_calls: list[dict[str, Any]] | None = None  # OpenAI `delta.tool_calls` pieces, each with its `index`
+    refusal: str = ""  # a piece of OpenAI's `delta.refusal`
 
 
 # Content part types that are text (an assistant's `refusal` part included); others are media.

@@ -408,6 +408,8 @@ def replay_stream(completion: Completion, exchange: Exchange) -> Started:
             yield Chunk(" " + word)
         if completion.tool_calls:
             yield Chunk(tool_calls=[{"index": i, **call} for i, call in enumerate(completion.tool_calls)])
+        if completion.refusal:
+            yield Chunk(refusal=completion.refusal)
         yield Chunk(finish_reason=completion.finish_reason, usage=completion.usage)
 
     model = exchange.model or ""

@@ -90,6 +90,7 @@ def parse_completion(data: dict[str, Any], model: str) -> Completion:
             logprobs=_logprobs(choice),
             upstream_id=str(data.get("id") or ""),
             tool_calls=_tool_calls(message, model),
+            refusal=message.get("refusal") if isinstance(message.get("refusal"), str) else None,
         )
     except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         raise UpstreamBadResponse("answer lacks `choices[0].message`", model=model) from None
@@ -112,7 +113,10 @@ def parse_chunk(event: dict[str, Any], model: str) -> Chunk | None:
         chunk.finish_reason = choice.get("finish_reason")
         chunk.logprobs = _logprobs(choice)
         chunk.tool_calls = _tool_calls(delta, model)
-    if not chunk.text and chunk.finish_reason is None and chunk.usage is None and chunk.tool_calls is None:
+        refusal = delta.get("refusal")
+        chunk.refusal = refusal if isinstance(refusal, str) else ""
+    if (not chunk.text and chunk.finish_reason is None and chunk.usage is None and chunk.tool_calls is None
+            and not chunk.refusal):
         return None
     return chunk
 

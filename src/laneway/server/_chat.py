@@ -109,10 +109,12 @@ def _completion_body(completion: Completion, exchange: Exchange, logprobs: bool)
     """The answer; its token log-probabilities only when the client asked (a cascade may ask for them
     itself), and only when the model gave them."""
     usage = completion.usage
-    message: dict[str, Any] = {"role": "assistant", "content": completion.text}
+    # `refusal` is always there, null unless the model declined (then without text), as OpenAI answers
+    message: dict[str, Any] = {"role": "assistant", "content": completion.text, "refusal": completion.refusal}
+    if completion.refusal is not None or completion.tool_calls:
+        message["content"] = completion.text or None  # as OpenAI answers a refusal or a call without text
     if completion.tool_calls:
         message["tool_calls"] = completion.tool_calls
-        message["content"] = completion.text or None  # as OpenAI answers a call without text
     tokens = {"content": completion.logprobs} if logprobs and completion.logprobs is not None else None
     return orjson.dumps({
         "id": f"chatcmpl-{exchange.request_id}", "object": "chat.completion", "created": int(exchange.started_at),
@@ -220,6 +222,9 @@ async def _forward(send: Send, encoder: _ChunkEncoder, chunk: Chunk, state: _Str
     if chunk.tool_calls:
         state.text.extend(_call_text(chunk.tool_calls))
         await send({"type": "http.response.body", "body": encoder.tool_calls(chunk.tool_calls), "more_body": True})
+    if chunk.refusal:
+        state.text.append(chunk.refusal)
+        await send({"type": "http.response.body", "body": encoder.refusal(chunk.refusal), "more_body": True})
 
 
 def _call_text(calls: list[dict[str, Any]]) -> list[str]:
@@ -321,6 +326,9 @@ class _ChunkEncoder:
 
     def tool_calls(self, calls: list[dict[str, Any]]) -> bytes:
         return self._event(b'"tool_calls":' + orjson.dumps(calls))
+
+    def refusal(self, text: str) -> bytes:
+        return self._event(b'"refusal":' + orjson.dumps(text))
 
     def _event(self, fields: bytes) -> bytes:
         event = self._head + fields + self._tail
