@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from _live import LiveGateway, RecordingSink, live_gateway
+from laneway.breaker import CircuitBreaker
+from laneway.config import Breaker
 from laneway.exchange import Exchange
 
 MARGIN_S = 0.5
@@ -206,6 +208,29 @@ def test_breaker_opens_then_skips_the_model(live: tuple[LiveGateway, RecordingSi
     assert "cooling down after repeated failures (`e500`: breaker open" in error["message"]
     assert "``" not in error["message"] and error["code"] == "upstream_unavailable"
     assert [a.outcome for a in one(sink, headers["x-request-id"]).attempts] == ["skipped"]
+
+
+def test_a_probe_that_ends_without_a_verdict_frees_the_probe_slot(live: tuple[LiveGateway, RecordingSink]) -> None:
+    """A half-open breaker lets one probe through. A probe that says nothing of the model's health (here a
+    request the upstream calls malformed) must not keep the slot, or the model stays out for good."""
+    gw, sink = live
+    reconfigure(gw, "- target: flaky\n  retry: {attempts: 1}\n", {**FAULTS, "flaky": "error_400"})
+    assert gw.gateway is not None
+    breaker = gw.gateway.runtime.breakers["flaky"]
+    breaker.open_until = 1.0  # cooled down long ago: the next request is the probe
+    for _ in range(2):
+        got, headers, _, _ = send(gw, {"model": "laneway", "messages": [{"role": "user", "content": "hi"}]})
+        assert got == 400
+        # each one reached the model: the first probe's slot was freed for the second
+        assert [a.outcome for a in one(sink, headers["x-request-id"]).attempts] == ["upstream_rejected"]
+    assert not breaker.probing
+
+
+def test_a_lost_probe_frees_its_slot_after_a_cooldown() -> None:
+    breaker = CircuitBreaker(Breaker(failures=3, cooldown_ms=10_000), open_until=100.0)
+    assert breaker.allows(101.0)  # the probe
+    assert not breaker.allows(105.0)  # one at a time
+    assert breaker.allows(111.5)  # never heard of again: another request probes
 
 
 def test_context_fit_skips_small_model_and_takes_long_context(sim_url: str) -> None:

@@ -119,6 +119,10 @@ routes:
 - name: strict
   matcher: "metadata.strict == yes"
   target: heavy-strict
+- name: strict-with-fallback
+  matcher: "metadata.strict == fallback"
+  target: heavy-strict
+  fallbacks: [gpt-5-mini]
 - name: heavy
   target: heavy
 """
@@ -150,3 +154,11 @@ def test_gate_without_degrade_answers_429_with_retry_after(sim_url: str) -> None
     statuses = sorted(status for status, _ in results)
     assert statuses[0] == 200 and statuses[-1] == 429
     assert all(int(h["retry-after"]) >= 1 for status, h in results if status == 429)
+
+
+def test_a_gate_that_turns_a_request_away_hands_it_to_the_routes_fallback(sim_url: str) -> None:
+    with live_gateway(GATED, sim_url) as live, ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: post(live.url, {"strict": "fallback"}), range(3)))
+    assert [status for status, _ in results] == [200] * 3  # none a 429: the fallback was there
+    served = sorted((h["x-laneway-lane"], h["x-laneway-model"]) for _, h in results)
+    assert ("primary", "heavy-strict") in served and ("fallback", "gpt-5-mini") in served

@@ -1,5 +1,10 @@
 """Per-model circuit breaker: consecutive failures open it for a cooldown, then one probe decides.
 
+A probe that ends with no verdict on the model's health (the client left, the prompt was too long,
+the request malformed, a gate turned it away) frees its slot with `release()`; one that is never
+heard of again frees it after a cooldown's length, so that a lost probe cannot keep the model out
+for good.
+
 With several replicas, `laneway.state` publishes each opening and makes every replica `hold_open`."""
 
 from __future__ import annotations
@@ -15,16 +20,23 @@ class CircuitBreaker:
     failures: int = 0
     open_until: float = 0.0
     probing: bool = False
+    probe_since: float = 0.0
     opened: int = 0  # times the breaker opened, for metrics
 
     def allows(self, now: float) -> bool:
         """Closed: yes. Open: no, until the cooldown ends; then one caller probes (half-open)."""
         if self.open_until == 0.0:
             return True
-        if now < self.open_until or self.probing:
+        if now < self.open_until:
             return False
-        self.probing = True
+        if self.probing and now - self.probe_since < self.policy.cooldown_ms / 1000:
+            return False
+        self.probing, self.probe_since = True, now
         return True
+
+    def release(self) -> None:
+        """The probe in flight, if any, ended with no verdict: the next caller probes."""
+        self.probing = False
 
     def hold_open(self, until: float) -> None:
         """Another replica opened this model's breaker: stay open (no probe) until `until`."""

@@ -54,6 +54,7 @@ class Plan:
     lanes: list[tuple[str, str]]
     deadline: float  # event-loop time
     priority: int = 1  # gate queue class: 0 escalation, 1 chat, 2 triage
+    gated: GateRejected | None = None  # the last gate that turned the request away, for a 429 if nothing answers
 
 
 class Ticket:
@@ -122,7 +123,7 @@ class Dispatcher:
             try:
                 for attempt_no in range(self._tries(plan)):
                     if _expired(plan):
-                        raise self._give_up(errors, exchange)
+                        raise self._give_up(errors, exchange, plan)
                     attempt = Attempt(name, OK, lane=lane, trimmed_messages=trimmed)
                     exchange.attempts.append(attempt)
                     started = time.perf_counter()
@@ -135,8 +136,10 @@ class Dispatcher:
                         if not await self._retry_pause(plan, error, attempt_no):
                             break
                         continue
-                    except asyncio.CancelledError:
-                        _abandoned(attempt, started)
+                    except BaseException as exc:  # a client that left, a request the adapter refuses
+                        if isinstance(exc, asyncio.CancelledError):
+                            _abandoned(attempt, started)
+                        self.runtime.breakers[name].release()  # no verdict on the model either way
                         raise
                     self._succeeded(attempt, started, name, exchange, completion.usage)
                     exchange.lane, exchange.model, exchange.trimmed_messages = lane, name, trimmed
@@ -144,7 +147,7 @@ class Dispatcher:
                     return completion
             finally:
                 ticket.release()
-        raise self._give_up(errors, exchange)
+        raise self._give_up(errors, exchange, plan)
 
     async def stream(self, plan: Plan, messages: list[Message], params: dict[str, Any],
                      exchange: Exchange) -> Started:
@@ -153,7 +156,7 @@ class Dispatcher:
             for attempt_no in range(self._tries(plan)):
                 if _expired(plan):
                     ticket.release()
-                    raise self._give_up(errors, exchange)
+                    raise self._give_up(errors, exchange, plan)
                 attempt = Attempt(name, OK, lane=lane, trimmed_messages=trimmed)
                 exchange.attempts.append(attempt)
                 started = time.perf_counter()
@@ -170,6 +173,7 @@ class Dispatcher:
                 except BaseException as exc:  # a request the adapter refuses (400), a client that left: no failover
                     if isinstance(exc, asyncio.CancelledError):
                         _abandoned(attempt, started)
+                    self.runtime.breakers[name].release()  # no verdict on the model either way
                     ticket.release()
                     await close_stream(chunks)
                     raise
@@ -185,7 +189,7 @@ class Dispatcher:
                 if not await self._retry_pause(plan, error, attempt_no):
                     break
             ticket.release()
-        raise self._give_up(errors, exchange)
+        raise self._give_up(errors, exchange, plan)
 
     def _tries(self, plan: Plan) -> int:
         return plan.route.retry.attempts if plan.route else 2
@@ -238,6 +242,7 @@ class Dispatcher:
             gate = self.runtime.gates.get(name)
             ticket = Ticket(gate)
             if gate is not None and not await self._admit(gate, ticket, plan, lane, spec, request, prompt, exchange):
+                self.runtime.breakers[name].release()
                 continue
             yield lane, name, request, ticket, trimmed
         if refused and not any(a.outcome != SKIPPED for a in exchange.attempts):
@@ -274,7 +279,8 @@ class Dispatcher:
 
     async def _admit(self, gate: Gate, ticket: Ticket, plan: Plan, lane: str, spec: ModelSpec,
                      request: ChatRequest, prompt: int, exchange: Exchange) -> bool:
-        """Pass `spec`'s gate, or record the refusal and queue its `degrade_to` model (else raise 429)."""
+        """Pass `spec`'s gate, or record the refusal and queue its `degrade_to` model; without one, the plan
+        goes on to its next model (a fallback), and a plan with none left is a 429."""
         if prompt < 0:
             prompt = self.counter.count(request.messages, spec.tokenizer)
         output = request.max_tokens(256)
@@ -285,10 +291,12 @@ class Dispatcher:
             exchange.attempts.append(Attempt(spec.name, "gated", lane=lane, error=refused.reason))
             if self.sink is not None:
                 self.sink.count("gate_rejected", spec.name)
+            plan.gated = refused
             degrade = spec.gate.degrade_to if spec.gate else None
-            if degrade is None:
+            if degrade is not None:
+                plan.lanes.insert(plan.lanes.index((lane, spec.name)) + 1, ("degraded", degrade))
+            elif plan.lanes[-1] == (lane, spec.name):
                 raise RateLimited(f"{refused.reason}; retry later", refused.retry_after_s) from None
-            plan.lanes.insert(plan.lanes.index((lane, spec.name)) + 1, ("degraded", degrade))
             return False
         ticket.admitted = True
         if self.sink is not None:
@@ -304,11 +312,11 @@ class Dispatcher:
         exchange.upstream_ms += attempt.latency_ms
         # A prompt too long, or a request the upstream calls malformed, says nothing of the model's health:
         # one client's bad requests must not cool a model down for everyone.
-        if not isinstance(error, UpstreamContextOverflow) and not (
-                isinstance(error, UpstreamRejected) and error.client_fault):
-            now = asyncio.get_running_loop().time()
-            if self.runtime.breakers[name].failure(now) and self.sink is not None:
-                self.sink.count("cooldown", name)
+        breaker = self.runtime.breakers[name]
+        if isinstance(error, UpstreamContextOverflow) or (isinstance(error, UpstreamRejected) and error.client_fault):
+            breaker.release()
+        elif breaker.failure(asyncio.get_running_loop().time()) and self.sink is not None:
+            self.sink.count("cooldown", name)
 
     def _succeeded(self, attempt: Attempt, started: float, name: str, exchange: Exchange, usage: Usage) -> None:
         attempt.latency_ms = (time.perf_counter() - started) * 1000
@@ -331,9 +339,11 @@ class Dispatcher:
         await asyncio.sleep(pause)
         return True
 
-    def _give_up(self, errors: list[UpstreamError], exchange: Exchange) -> Exception:
+    def _give_up(self, errors: list[UpstreamError], exchange: Exchange, plan: Plan) -> Exception:
         if errors:
             return AllAttemptsFailed(errors)
+        if plan.gated is not None:  # a gate turned it away, and no model after it was tried
+            return RateLimited(f"{plan.gated.reason}; retry later", plan.gated.retry_after_s)
         skipped = [a for a in exchange.attempts if a.outcome == SKIPPED]
         cooling = [a.model for a in skipped if a.error == COOLING_DOWN]
         if cooling and len(cooling) == len(skipped):
