@@ -226,6 +226,22 @@ def test_a_probe_that_ends_without_a_verdict_frees_the_probe_slot(live: tuple[Li
     assert not breaker.probing
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_slow_model_with_its_own_deadline_leaves_the_fallback_the_rest(sim_url: str, stream: bool) -> None:
+    slow = config({"slow": "slow_3000"}, "", "\n    deadline_ms: 600").split("routes:")[0]
+    text = (slow.rstrip("\n") + "\n  ok:\n    provider: openai\n    base_url: sim:///gpt-5-mini/v1\n"
+            "    model: gpt-5-mini\nroutes:\n- target: slow\n  fallbacks: [ok]\n  deadline_ms: 2500\n")
+    sink = RecordingSink()
+    with live_gateway(text, sim_url, telemetry=sink) as gw:
+        got, headers, body, elapsed = send(gw, {"model": "laneway", "stream": stream,
+                                                "messages": [{"role": "user", "content": "hi"}]})
+    assert got == 200, body
+    assert headers["x-laneway-lane"] == "fallback" and elapsed < 2.0
+    attempts = one(sink, headers["x-request-id"]).attempts
+    assert [a.outcome for a in attempts] == ["model_inference_deadline_exceeded", "ok"]
+    assert 0.55 <= attempts[0].latency_ms / 1000 < 1.0  # the slow model's own 600 ms, not the route's 2.5 s
+
+
 def test_a_lost_probe_frees_its_slot_after_a_cooldown() -> None:
     breaker = CircuitBreaker(Breaker(failures=3, cooldown_ms=10_000), open_until=100.0)
     assert breaker.allows(101.0)  # the probe

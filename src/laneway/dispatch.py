@@ -128,8 +128,8 @@ class Dispatcher:
                     exchange.attempts.append(attempt)
                     started = time.perf_counter()
                     try:
-                        completion = await self.runtime.providers[name].complete(
-                            request, _canary_limit(plan, lane) or plan.deadline)
+                        limit = _attempt_limit(plan, lane, self.runtime.config.models[name]) or plan.deadline
+                        completion = await self.runtime.providers[name].complete(request, limit)
                     except UpstreamError as error:
                         self._failed(attempt, error, started, name, exchange)
                         errors.append(error)
@@ -162,10 +162,11 @@ class Dispatcher:
                 started = time.perf_counter()
                 chunks = self.runtime.providers[name].stream(request, plan.deadline)
                 try:
-                    first = await _first_chunk(chunks, _canary_limit(plan, lane))
+                    first = await _first_chunk(chunks, _attempt_limit(plan, lane, self.runtime.config.models[name]))
                 except TimeoutError:
                     error: UpstreamError = UpstreamTimeout(
-                        f"no first chunk within the {lane} lane's share of the deadline", model=name)
+                        "no first chunk within this attempt's time (the model's `deadline_ms`, or a canary's share "
+                        "of the deadline)", model=name)
                 except StopAsyncIteration:
                     error = UpstreamUnavailable("stream ended before any data", model=name)
                 except UpstreamError as exc:
@@ -378,13 +379,17 @@ def _abandoned(attempt: Attempt, started: float) -> None:
     attempt.latency_ms = (time.perf_counter() - started) * 1000
 
 
-def _canary_limit(plan: Plan, lane: str) -> float | None:
-    """A canary attempt may use only `CANARY_SHARE` of what is left of the deadline, so that a canary
-    that hangs still leaves the primary time to answer; None for the other lanes, which get it all."""
-    if lane != "canary":
-        return None
+def _attempt_limit(plan: Plan, lane: str, spec: ModelSpec) -> float | None:
+    """When one attempt must give up, if before the plan's deadline (else None): a canary attempt may use
+    only `CANARY_SHARE` of what is left, so that a canary that hangs still leaves the primary time to
+    answer; a model with its own `deadline_ms` gets at most that, so that a slow model leaves its
+    fallbacks the rest of a route's longer deadline."""
     now = asyncio.get_running_loop().time()
-    return now + CANARY_SHARE * max(0.0, plan.deadline - now)
+    limits = [now + spec.deadline_ms / 1000] if spec.deadline_ms is not None else []
+    if lane == "canary":
+        limits.append(now + CANARY_SHARE * max(0.0, plan.deadline - now))
+    limit = min(limits, default=plan.deadline)
+    return limit if limit < plan.deadline else None
 
 
 async def _first_chunk(chunks: AsyncIterator[Chunk], limit: float | None) -> Chunk:
