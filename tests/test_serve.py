@@ -216,3 +216,60 @@ def test_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
         again.bind(("127.0.0.1", port))
     with sqlite3.connect(db) as connection:  # they stopped gracefully: what they served is in the log
         assert connection.execute("select count(*) from exchanges").fetchone()[0] == 6
+
+
+CUT_SHORT = """
+server: {{shutdown_grace_ms: 1000}}
+telemetry: {{exchange_log: "sqlite:///{db}"}}
+models:
+  stall:
+    provider: openai
+    base_url: sim:///gpt-5-mini/v1
+    model: "gpt-5-mini@stall_mid_stream"
+    stream_idle_ms: 60000
+    price: {{input_per_mtok: 1.0, output_per_mtok: 2.0}}
+  silent:
+    provider: openai
+    base_url: sim:///gpt-5-mini/v1
+    model: "gpt-5-mini@silent"
+routes:
+- name: stream
+  matcher: "metadata.to == stall"
+  target: stall
+  deadline_ms: 60000
+- name: whole
+  target: silent
+  deadline_ms: 60000
+"""
+
+
+def test_a_stop_past_the_grace_period_cuts_requests_in_flight_and_records_them(tmp_path: Path) -> None:
+    db = tmp_path / "exchanges.sqlite3"
+    config = tmp_path / "routes.yaml"
+    config.write_text(CUT_SHORT.format(db=db))
+    process, url = serve(config)
+    streaming = {"model": "laneway", "stream": True, "metadata": {"to": "stall"},
+                 "messages": [{"role": "user", "content": "tell me a long story"}]}
+    whole = {"model": "laneway", "messages": [{"role": "user", "content": "hello"}]}
+    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=30) as stream, \
+            socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=30) as plain:
+        for sock, body in ((stream, streaming), (plain, whole)):
+            payload = json.dumps(body).encode()
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                         b"content-length: %d\r\n\r\n%s" % (len(payload), payload))
+        received = b""
+        while received.count(b"data: {") < 3:  # the stream's three chunks came; it stalls from here
+            received += stream.recv(65536)
+        time.sleep(0.3)  # the whole request is waiting on its silent upstream
+        stopped = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+        took = time.monotonic() - stopped
+    assert process.returncode == 0, output
+    assert took < 10, took  # the 1 s grace, then the cut: not the 60 s the requests could still take
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute("select route, status, outcome, error, completion_tokens, cost_usd "
+                                  "from exchanges order by route").fetchall()
+    assert [(r[0], r[1], r[2]) for r in rows] == [("stream", 503, "cancelled"), ("whole", 503, "cancelled")]
+    assert "after 3 pieces of the stream" in rows[0][3] and "server.shutdown_grace_ms" in rows[1][3]
+    assert rows[0][4] >= 3 and rows[0][5] > 0  # what the stream had sent is billed

@@ -16,6 +16,7 @@ from typing import Any
 OK = "ok"
 SKIPPED = "skipped"  # never sent: breaker open, context window too small
 CLIENT_DISCONNECTED = "client_disconnected"  # the client hung up mid-stream: not an error of the model
+CANCELLED = "cancelled"  # the gateway stopped before the answer was whole (past `server.shutdown_grace_ms`)
 
 
 @dataclass(slots=True)

@@ -466,6 +466,7 @@ def _server(s: Section) -> ServerSettings:
         deadline_ms=s.whole("deadline_ms", defaults.deadline_ms, minimum=1),
         max_messages=s.whole("max_messages", defaults.max_messages, minimum=1),
         cache_entries=s.whole("cache_entries", defaults.cache_entries, minimum=1),
+        shutdown_grace_ms=s.whole("shutdown_grace_ms", defaults.shutdown_grace_ms, minimum=0),
     )
     s.done()
     return settings

@@ -136,6 +136,9 @@ class ServerSettings:
     deadline_ms: int = DEFAULT_DEADLINE_MS
     max_messages: int = 2048
     cache_entries: int = 10_000  # bound of the in-memory response cache
+    # How long a stopping server lets requests in flight finish (a long stream) before it cuts them,
+    # recorded as such: under the 30 s a container orchestrator grants before it kills the process.
+    shutdown_grace_ms: int = 25_000
 
 
 @dataclass(frozen=True, slots=True)

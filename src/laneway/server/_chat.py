@@ -17,7 +17,7 @@ import orjson
 from ..chat import Chunk, Completion, TokenLogprob, Usage
 from ..dispatch import Started, account, close_stream
 from ..errors import LanewayError, UpstreamError, error_body
-from ..exchange import CLIENT_DISCONNECTED, OK, Exchange
+from ..exchange import CANCELLED, CLIENT_DISCONNECTED, OK, Exchange
 from ..gateway import Gateway
 from ..keys import KeyPolicy
 from ..request import ClientRequest, decode
@@ -25,6 +25,7 @@ from ..runtime import Runtime
 from ._asgi import JSON, Headers, Receive, Send, respond, respond_error
 
 CLIENT_CLOSED = 499  # the status nginx logs for a request its client closed before the answer
+SHUT_DOWN = 503  # the status recorded for a request the stopping server cut short
 WATCH_AFTER_S = 1.0  # a request not answered by then starts listening for its client leaving
 T = TypeVar("T")
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
@@ -70,6 +71,13 @@ async def chat_completions(gateway: Gateway, body: bytes, headers: dict[str, str
         _failed(exchange, LanewayError(f"internal error: {type(exc).__name__}"))
         gateway.finish(exchange, started)
         raise
+    except asyncio.CancelledError:
+        # Cancelled with its client still there: the server stopped, past its grace period. A stream
+        # that had begun recorded itself; anything else is recorded here, never lost.
+        if exchange.outcome != CANCELLED:
+            _cancelled(exchange, "before the answer")
+            gateway.finish(exchange, started)
+        raise
     if gateway.config.telemetry.store_bodies:
         exchange.answer_body = completion.text
     gateway.finish(exchange, started)
@@ -97,6 +105,11 @@ async def _unless_client_leaves(answer: Awaitable[T], receive: Receive | None, e
     finally:
         timer.cancel()
         client.stop()
+
+
+def _cancelled(exchange: Exchange, when: str) -> None:
+    exchange.status, exchange.outcome = SHUT_DOWN, CANCELLED
+    exchange.error = f"the gateway stopped {when} (past `server.shutdown_grace_ms`)"
 
 
 def _failed(exchange: Exchange, error: LanewayError) -> None:
@@ -147,6 +160,7 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
         return
     started, runtime = opened
     client = _ClientWatch(receive)
+    stopped = False
     try:
         encoder = _ChunkEncoder(exchange)
         await send({"type": "http.response.start", "status": 200,
@@ -162,12 +176,15 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
             _stream_failed(exchange, started, error.code, f"after first byte: {error.message}", "stream_interrupted")
             tail = _error_event(error, exchange)
         except asyncio.CancelledError:
-            if not client.left():
-                raise
-            # The client hung up: stop generating (and paying) for nobody, and say so in the log.
-            exchange.status = CLIENT_CLOSED
-            _stream_failed(exchange, started, CLIENT_DISCONNECTED,
-                           f"the client disconnected after {len(state.text)} pieces", CLIENT_DISCONNECTED)
+            if client.left():
+                # The client hung up: stop generating (and paying) for nobody, and say so in the log.
+                exchange.status = CLIENT_CLOSED
+                _stream_failed(exchange, started, CLIENT_DISCONNECTED,
+                               f"the client disconnected after {len(state.text)} pieces", CLIENT_DISCONNECTED)
+            else:  # the server stopped past its grace period: bill and record what was sent, then stop
+                _cancelled(exchange, f"after {len(state.text)} pieces of the stream")
+                _stream_failed(exchange, started, CANCELLED, exchange.error, CANCELLED)
+                stopped = True
             tail = b""
         else:
             tail = _account_stream(gateway, runtime, started, state, exchange, request.include_usage, encoder)
@@ -183,6 +200,8 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
         exchange.answer_body = "".join(state.text)
     # Recorded before the last byte leaves, so whoever reads the whole answer finds it accounted.
     gateway.finish(exchange, started_perf)
+    if stopped:
+        raise asyncio.CancelledError
     if tail:
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import os
 import signal
 import socket
@@ -104,6 +105,7 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
         server = _Server(uvicorn.Config(
             app, host=host, port=port, loop="none", http="httptools", lifespan="on",
             access_log=False, log_level="warning", timeout_keep_alive=30, backlog=4096, proxy_headers=False,
+            timeout_graceful_shutdown=math.ceil(config.server.shutdown_grace_ms / 1000),
         ))
         server.graceful_only = sockets is not None
         # Everything built so far (config, tokenizer tables, indexes) lives for the whole process:
