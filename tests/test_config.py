@@ -175,6 +175,16 @@ def test_an_overlap_of_two_routes_to_the_same_model_names_what_differs() -> None
      - target: mine
      """,
      "models.mine.price.cached_input_per_mtok (line 6, column 58): must be at least 0"),
+    ("""
+     models:
+       mine:
+         provider: openai
+         base_url: http://127.0.0.1:99999/v1
+     routes:
+     - target: mine
+     """,
+     "models.mine.base_url (line 4, column 16): `http://127.0.0.1:99999/v1` has a port that is not a number from 1 "
+     "to 65535"),
 ])
 def test_config_errors_name_path_line_and_fix(text: str, expected: str) -> None:
     found = issues_of(text)

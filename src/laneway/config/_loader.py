@@ -142,8 +142,10 @@ def _model(name: str, s: Section) -> ModelSpec:
     base_url = s.text("base_url", required=True)
     if base_url and not base_url.startswith(("http://", "https://", "sim://")):
         s.issues.add(s.where("base_url"), f"`{base_url}` is not an http(s) URL (or `sim://` for the simulated fleet)")
-    elif base_url and base_url.startswith(("http://", "https://")) and not urlsplit(base_url).hostname:
-        s.issues.add(s.where("base_url"), f"`{base_url}` names no host, e.g. `https://api.openai.com/v1`")
+    elif base_url and base_url.startswith(("http://", "https://")):
+        problem = _url_problem(base_url)
+        if problem:
+            s.issues.add(s.where("base_url"), f"`{base_url}` {problem}")
     price = s.section("price")
     p = Price(price.number("input_per_mtok", 0.0, minimum=0) or 0.0,
               price.number("output_per_mtok", 0.0, minimum=0) or 0.0,
@@ -290,6 +292,18 @@ def _route(index: int, s: Section, known: dict[str, ModelSpec], context: _Contex
     _check_cascade(s, route, known)
     _check_repeats(s, route)
     return route
+
+
+def _url_problem(url: str) -> str | None:
+    """What makes an http(s) URL unusable, or None."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return "names no host, e.g. `https://api.openai.com/v1`"
+    try:
+        port = parts.port  # urlsplit checks the port only when it is read
+    except ValueError:
+        port = 0
+    return "has a port that is not a number from 1 to 65535" if port == 0 else None
 
 
 def _check_intents(routes: list[Route], model: Path | None, issues: Issues) -> None:
