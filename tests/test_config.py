@@ -183,7 +183,7 @@ def test_an_overlap_of_two_routes_to_the_same_model_names_what_differs() -> None
      routes:
      - target: mine
      """,
-     "models.mine.base_url (line 4, column 16): `http://127.0.0.1:99999/v1` has a port that is not a number from 1 "
+     "models.mine.base_url (line 5, column 15): `http://127.0.0.1:99999/v1` has a port that is not a number from 1 "
      "to 65535"),
 ])
 def test_config_errors_name_path_line_and_fix(text: str, expected: str) -> None:
