@@ -248,6 +248,69 @@ routes:
     assert sink.events.count(("shadow_dropped_queue", "slow")) == counters.dropped_queue
 
 
+def test_the_shadow_spend_cap_holds_the_cost_of_queued_jobs(sim_url: str) -> None:
+    """The cap counted a call's cost when it finished: a burst queued before any finished ran over it."""
+    text = """
+models:
+  slow:
+    provider: openai
+    base_url: sim:///gpt-5/v1
+    model: "gpt-5@slow_300"
+    price: {input_per_mtok: 1000.0, output_per_mtok: 1000.0}
+    profile: {max_tokens: 50}
+shadow:
+  queue: 100
+  concurrency: 2
+  usd_per_hour: 0.5
+routes:
+- target: gpt-5-mini
+  shadow: [{target: slow, sample: 1.0}]
+"""
+    sink = RecordingSink()
+    with live_gateway(text, sim_url, telemetry=sink) as live:
+        for i in range(12):
+            send(live, f"burst {i}")
+        assert live.gateway is not None
+        runner = live.gateway.shadows
+        wait_for(lambda: runner.counters.completed + runner.counters.dropped_budget == 12)
+    spent = sum(e.cost_usd for e in sink.exchanges if e.lane == "shadow")
+    assert runner.counters.dropped_budget > 0 and 0 < spent <= 0.5
+
+
+GATED_SHADOW = """
+models:
+  heavy:
+    provider: openai
+    base_url: sim:///heavy-foundation/v1
+    model: "heavy-foundation@slow_1500"
+    gate: {max_concurrency: 1, queue_timeout_ms: 3000}
+routes:
+- name: heavy
+  matcher: "metadata.to == heavy"
+  target: heavy
+- name: chat
+  target: gpt-5-mini
+  shadow: [{target: heavy, sample: 1.0}]
+"""
+
+
+def test_a_shadow_takes_no_gate_slot_real_traffic_holds_nor_a_cooling_model(sim_url: str) -> None:
+    sink = RecordingSink()
+    with live_gateway(GATED_SHADOW, sim_url, telemetry=sink) as live, ThreadPoolExecutor(1) as pool:
+        heavy = pool.submit(send, live, "escalated", metadata={"to": "heavy"})  # holds the gate's one slot 1.5 s
+        time.sleep(0.3)
+        send(live, "copied while the slot is taken")
+        assert heavy.result(timeout=30) is not None
+        assert live.gateway is not None
+        runner = live.gateway.shadows
+        wait_for(lambda: runner.counters.dropped_gate == 1)
+        live.gateway.runtime.breakers["heavy"].open_until = time.monotonic() + 3600  # as after failures
+        send(live, "copied while the model cools down")
+        wait_for(lambda: runner.counters.dropped_cooling == 1)
+    assert not [e for e in sink.exchanges if e.lane == "shadow"]
+    assert ("shadow_dropped_gate", "heavy") in sink.events and ("shadow_dropped_cooling", "heavy") in sink.events
+
+
 RETRIEVAL = f"""
 knowledge:
   billing:

@@ -2,7 +2,11 @@
 
 A shadow call never delays or changes the client's answer: jobs go on a bounded queue served by
 a fixed number of workers; a full queue, an exhausted hourly spend cap, a request the candidate's
-adapter cannot carry or a prompt its window cannot hold drops the job and counts it. Each result
+adapter cannot carry or a prompt its window cannot hold drops the job and counts it. Nor does it
+take what real traffic needs: a candidate whose breaker is not closed, or whose gate has no free
+slot at once, drops the job too (a shadow takes a gate slot like any call, and gives it back).
+The spend cap holds each queued job's estimated cost (its prompt and `max_tokens` at the
+candidate's price) until the call's real cost replaces it. Each result
 is recorded as an exchange of lane `shadow`, paired with its primary by `signals.shadow_of`, with
 the comparison (exact match, text similarity, label agreement). Its cost is its own: it never
 touches the primary's.
@@ -22,14 +26,18 @@ from typing import Any
 from .chat import ChatRequest, Message
 from .config import Route, ShadowSettings
 from .context import TokenCounter
-from .dispatch import account
+from .dispatch import Ticket, account
 from .errors import UpstreamError
 from .exchange import OK, Attempt, Exchange
+from .gate import GateRejected
 from .routing import unit_hash
 from .runtime import Runtime, fits, prepare
 
 log = logging.getLogger("laneway")
 _WORDS = re.compile(r"[a-z0-9]+")
+
+
+SHADOW_PRIORITY = 2  # a shadow's gate class: the lowest, and it never waits in the queue
 
 
 @dataclass(slots=True)
@@ -39,6 +47,7 @@ class _Job:
     request: ChatRequest  # as the candidate's profile prepares it
     primary: Exchange
     primary_text: str
+    estimate: tuple[int, float]  # tokens and USD, held against the spend cap (and a gate's budgets)
 
 
 @dataclass(slots=True)
@@ -49,6 +58,8 @@ class ShadowCounters:
     dropped_budget: int = 0
     dropped_refused: int = 0  # the candidate's adapter cannot carry the request (`Provider.refusal`)
     dropped_context: int = 0  # the prompt and its output do not fit the candidate's window
+    dropped_cooling: int = 0  # the candidate's breaker is open (or half-open: its probe is real traffic's)
+    dropped_gate: int = 0  # the candidate's gate had no free slot: real traffic comes first
 
 
 class ShadowRunner:
@@ -62,6 +73,7 @@ class ShadowRunner:
         self._workers: list[asyncio.Task[None]] = []
         self._hour = 0
         self._spent = 0.0
+        self._held = 0.0  # estimated cost of the jobs queued or running
 
     def targets(self, route: Route | None, request_id: str) -> list[str]:
         """The candidates this request is copied to: deterministic by request id."""
@@ -78,37 +90,39 @@ class ShadowRunner:
                 continue
             spec = runtime.config.models[target]
             request = prepare(spec, messages, params)
-            if not fits(self._counter, spec, request)[0]:
+            ok, prompt = fits(self._counter, spec, request)
+            if not ok:
                 self._drop(target, "context")  # as dispatch skips it: the call could only fail
                 continue
-            if self._over_budget():
+            if prompt < 0:
+                prompt = self._counter.count(request.messages, spec.tokenizer)
+            output = request.max_tokens(256)
+            estimate = (prompt + output, spec.price.cost(prompt, output))
+            if self._over_budget(estimate[1]):
                 self._drop(target, "budget")
                 continue
             try:
-                self._queue.put_nowait(_Job(runtime, target, request, primary, primary_text))
+                self._queue.put_nowait(_Job(runtime, target, request, primary, primary_text, estimate))
             except asyncio.QueueFull:
                 self._drop(target, "queue")
                 continue
+            self._held += estimate[1]
             runtime.enter()  # keep its providers open until the job is done
 
     def _drop(self, target: str, why: str) -> None:
-        if why == "budget":
-            self.counters.dropped_budget += 1
-        elif why == "refused":
-            self.counters.dropped_refused += 1
-        elif why == "context":
-            self.counters.dropped_context += 1
-        else:
-            self.counters.dropped_queue += 1
+        """Count a job not run: `why` is queue, budget, refused, context, cooling or gate."""
+        name = f"dropped_{why}"
+        setattr(self.counters, name, getattr(self.counters, name) + 1)
         self.dropped[target] = self.dropped.get(target, 0) + 1
         if self.sink is not None:
             self.sink.count(f"shadow_dropped_{why}", target)
 
-    def _over_budget(self) -> bool:
+    def _over_budget(self, estimate: float) -> bool:
+        """Whether a job of `estimate` USD would take this hour's spend, with the jobs still held, past the cap."""
         hour = int(time.time() // 3600)
         if hour != self._hour:
             self._hour, self._spent = hour, 0.0
-        return self._spent >= self.settings.usd_per_hour
+        return self._spent + self._held + estimate > self.settings.usd_per_hour
 
     def _start_workers(self) -> None:
         if not self._workers:
@@ -120,17 +134,41 @@ class ShadowRunner:
             job = await self._queue.get()
             try:
                 record = await self._run(job)
-                self._spent += record.cost_usd
-                self.counters.completed += 1
-                if self.sink is not None:
-                    self.sink.record(record)
+                if record is not None:
+                    self._spent += record.cost_usd
+                    self.counters.completed += 1
+                    if self.sink is not None:
+                        self.sink.record(record)
             except Exception:  # a bug in one shadow call must not stop the lane
                 log.exception("laneway: shadow call to `%s` failed", job.target)
             finally:
+                self._held -= job.estimate[1]
                 job.runtime.leave()
                 self._queue.task_done()
 
-    async def _run(self, job: _Job) -> Exchange:
+    async def _run(self, job: _Job) -> Exchange | None:
+        """The candidate's answer as a shadow exchange; None (the job dropped) when the candidate is
+        cooling down or its gate is full."""
+        loop = asyncio.get_running_loop()
+        breaker = job.runtime.breakers.get(job.target)
+        if breaker is not None and breaker.state(loop.time()) != "closed":
+            self._drop(job.target, "cooling")
+            return None
+        ticket = Ticket(job.runtime.gates.get(job.target))
+        if ticket.gate is not None:
+            ticket.estimate = job.estimate
+            try:
+                await ticket.gate.admit(SHADOW_PRIORITY, *job.estimate, loop.time())  # no wait: now or not at all
+            except GateRejected:
+                self._drop(job.target, "gate")
+                return None
+            ticket.admitted = True
+        try:
+            return await self._call(job)
+        finally:
+            ticket.release()
+
+    async def _call(self, job: _Job) -> Exchange:
         spec = job.runtime.config.models[job.target]
         primary = job.primary
         record = Exchange(f"{primary.request_id}/shadow/{job.target}", time.time(), path=primary.path,
