@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -162,3 +163,35 @@ def test_a_gate_that_turns_a_request_away_hands_it_to_the_routes_fallback(sim_ur
     assert [status for status, _ in results] == [200] * 3  # none a 429: the fallback was there
     served = sorted((h["x-laneway-lane"], h["x-laneway-model"]) for _, h in results)
     assert ("primary", "heavy-strict") in served and ("fallback", "gpt-5-mini") in served
+
+
+QUEUED = """
+models:
+  heavy:
+    provider: openai
+    base_url: sim:///heavy-foundation/v1
+    model: "heavy-foundation@slow_1500"
+    gate: {max_concurrency: 1, queue_timeout_ms: 3000, degrade_to: gpt-5-mini}
+routes:
+- name: hold
+  matcher: "metadata.q == hold"
+  target: heavy
+  deadline_ms: 5000
+- name: short
+  target: heavy
+  deadline_ms: 1000
+"""
+
+
+def test_a_wait_at_the_gate_leaves_the_degraded_model_half_the_deadline(sim_url: str) -> None:
+    """The queue could take the whole deadline: the degraded model was then sent the request with
+    nothing left, and answered a 504."""
+    with live_gateway(QUEUED, sim_url) as live, ThreadPoolExecutor(1) as pool:
+        holding = pool.submit(post, live.url, {"q": "hold"})  # takes the gate's one slot for 1.5 s
+        time.sleep(0.2)
+        started = time.monotonic()
+        status, headers = post(live.url, {"q": "short"})
+        took = time.monotonic() - started
+        assert holding.result(timeout=30)[0] == 200
+    assert status == 200 and (headers["x-laneway-lane"], headers["x-laneway-model"]) == ("degraded", "gpt-5-mini")
+    assert took < 1.0  # within the route's deadline

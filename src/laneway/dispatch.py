@@ -43,6 +43,9 @@ from .runtime import Runtime, fits, output_reserve, prepare
 COOLING_DOWN = "cooldown: breaker open"  # the error of an attempt skipped for its model's open breaker
 # The share of what is left of the deadline a canary attempt may take before the primary gets the rest.
 CANARY_SHARE = 0.5
+# The share of what is left of the deadline a wait in a gate's queue may take when a model comes after
+# the gated one (its `degrade_to`, or the route's next model): the rest is that model's.
+QUEUE_SHARE = 0.5
 # The `max_tokens` a trimmed conversation leaves room for when the request names none (at most a
 # quarter of the model's window); the request then asks for no more.
 TRIM_ANSWER_TOKENS = 1024
@@ -281,19 +284,25 @@ class Dispatcher:
     async def _admit(self, gate: Gate, ticket: Ticket, plan: Plan, lane: str, spec: ModelSpec,
                      request: ChatRequest, prompt: int, exchange: Exchange) -> bool:
         """Pass `spec`'s gate, or record the refusal and queue its `degrade_to` model; without one, the plan
-        goes on to its next model (a fallback), and a plan with none left is a 429."""
+        goes on to its next model (a fallback), and a plan with none left is a 429. With a model to go
+        to after this one, the wait in the gate's queue takes at most `QUEUE_SHARE` of what is left of
+        the deadline, so that the next model still has time to answer."""
         if prompt < 0:
             prompt = self.counter.count(request.messages, spec.tokenizer)
         output = request.max_tokens(256)
         ticket.estimate = (prompt + output, spec.price.cost(prompt, output))
+        degrade = spec.gate.degrade_to if spec.gate else None
+        until = plan.deadline
+        if degrade is not None or plan.lanes[-1] != (lane, spec.name):
+            now = asyncio.get_running_loop().time()
+            until = now + QUEUE_SHARE * max(0.0, plan.deadline - now)
         try:
-            waited = await gate.admit(plan.priority, *ticket.estimate, plan.deadline)
+            waited = await gate.admit(plan.priority, *ticket.estimate, until)
         except GateRejected as refused:
             exchange.attempts.append(Attempt(spec.name, "gated", lane=lane, error=refused.reason))
             if self.sink is not None:
                 self.sink.count("gate_rejected", spec.name)
             plan.gated = refused
-            degrade = spec.gate.degrade_to if spec.gate else None
             if degrade is not None:
                 plan.lanes.insert(plan.lanes.index((lane, spec.name)) + 1, ("degraded", degrade))
             elif plan.lanes[-1] == (lane, spec.name):
@@ -343,6 +352,10 @@ class Dispatcher:
     def _give_up(self, errors: list[UpstreamError], exchange: Exchange, plan: Plan) -> Exception:
         if errors:
             return AllAttemptsFailed(errors)
+        if _expired(plan):  # nothing was sent: the deadline ran out before (at a gate, in a retry pause)
+            where = f" ({plan.gated.reason})" if plan.gated is not None else ""
+            return AllAttemptsFailed([UpstreamTimeout(f"the deadline ran out before any model was sent the "
+                                                      f"request{where}")])
         if plan.gated is not None:  # a gate turned it away, and no model after it was tried
             return RateLimited(f"{plan.gated.reason}; retry later", plan.gated.retry_after_s)
         skipped = [a for a in exchange.attempts if a.outcome == SKIPPED]

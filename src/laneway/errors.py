@@ -235,7 +235,7 @@ class AllAttemptsFailed(UpstreamError):
 
     def __init__(self, errors: Sequence[UpstreamError]) -> None:
         self.errors = tuple(errors)
-        detail = "; ".join(f"`{e.model}`: {e.code}: {e.message}" for e in self.errors)
+        detail = "; ".join((f"`{e.model}`: " if e.model else "") + f"{e.code}: {e.message}" for e in self.errors)
         super().__init__(f"all {len(self.errors)} attempt(s) failed: {detail}")
         last = _most_telling(self.errors)
         self.status = last.status
