@@ -118,6 +118,12 @@ def test_bad_requests_get_clear_errors(seed_gateway: LiveGateway, body: Any, hea
     assert payload["error"]["request_id"] == response_headers["x-request-id"]
 
 
+def test_the_legacy_completions_path_is_named_as_not_served(seed_gateway: LiveGateway) -> None:
+    status, _, payload = post(seed_gateway, {"model": "laneway", "prompt": "hello"}, path="/v1/completions")
+    assert status == 404 and payload["error"]["code"] == "not_found"
+    assert "send `messages` to `/v1/chat/completions`" in payload["error"]["message"]
+
+
 def test_body_limit(seed_gateway: LiveGateway) -> None:
     big = {"model": "laneway", "messages": [{"role": "user", "content": "x" * (21 * 1024 * 1024)}]}
     status, _, payload = post(seed_gateway, big)

@@ -35,6 +35,7 @@ from ._openapi import openapi_document
 from ._peers import Peers
 
 log = logging.getLogger("laneway")
+LEGACY_COMPLETIONS = "/v1/completions"  # every other `/v1/.../completions` path is a chat route's
 _PROMETHEUS = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
 _HTML = (b"content-type", b"text/html; charset=utf-8")
 
@@ -72,6 +73,9 @@ class App:
         path: str = scope["path"]
         method: str = scope["method"]
         try:
+            if path == LEGACY_COMPLETIONS:
+                raise NotFound(f"`{LEGACY_COMPLETIONS}` (OpenAI's legacy text completions, with `prompt`) is not "
+                               "served; send `messages` to `/v1/chat/completions`")
             if method == "POST" and path.startswith("/v1/") and path.endswith("/completions"):
                 await self._chat(scope, receive, send, headers, request_id, base)
             elif path in self._protected:
