@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -13,7 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from _live import live_gateway
+from _pg import total
 from laneway.gate import Adaptive, Budget, Gate, GatePolicy, GateRejected, next_limit
+from laneway.telemetry import Telemetry, TelemetrySettings
 
 ADAPTIVE = Adaptive(target_p95_ms=1000, min_concurrency=2)
 
@@ -195,3 +199,26 @@ def test_a_wait_at_the_gate_leaves_the_degraded_model_half_the_deadline(sim_url:
         assert holding.result(timeout=30)[0] == 200
     assert status == 200 and (headers["x-laneway-lane"], headers["x-laneway-model"]) == ("degraded", "gpt-5-mini")
     assert took < 1.0  # within the route's deadline
+
+
+def test_metrics_show_each_gate_and_breaker_as_they_are_at_the_scrape(sim_url: str) -> None:
+    telemetry = Telemetry(TelemetrySettings(exchange_log=None))
+    with live_gateway(QUEUED, sim_url, telemetry=telemetry) as live, ThreadPoolExecutor(2) as pool:
+        assert live.gateway is not None
+        live.gateway.runtime.breakers["gpt-5-mini"].open_until = time.monotonic() + 3600  # as after failures
+        holding = [pool.submit(post, live.url, {"q": "hold"}) for _ in range(2)]  # one holds the slot, one waits
+        time.sleep(0.3)
+        with urllib.request.urlopen(live.url + "/metrics", timeout=10) as answer:
+            text = answer.read()
+        for future in holding:
+            future.result(timeout=30)
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: apt-get install -y prometheus"
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert total(text, "laneway_gate_in_flight", model="heavy") == 1
+    assert total(text, "laneway_gate_queued", model="heavy") == 1
+    assert total(text, "laneway_gate_concurrency_limit", model="heavy") == 1
+    assert total(text, "laneway_model_breaker_state", model="gpt-5-mini", state="open") == 1
+    assert total(text, "laneway_model_breaker_state", model="gpt-5-mini", state="closed") == 0
+    assert total(text, "laneway_model_breaker_state", model="heavy", state="closed") == 1

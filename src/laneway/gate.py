@@ -134,6 +134,11 @@ class Gate:
         self.rejected = 0
 
     @property
+    def queued(self) -> int:
+        """Requests waiting in the queue (a waiter whose request gave up may linger until its turn)."""
+        return sum(not waiter.future.done() for waiter in self._queue)
+
+    @property
     def leasing(self) -> bool:
         return self.shared is not None and self.policy.max_concurrency is not None
 

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("laneway")
 
 
+BREAKER_STATES = ("closed", "open", "half_open")  # what `CircuitBreaker.state` answers
+
+
 class ExchangeSink(Protocol):
     def record(self, exchange: Exchange) -> None: ...
 
@@ -273,6 +276,19 @@ class Gateway:
 
     def _dispatcher(self, runtime: Runtime) -> Dispatcher:
         return Dispatcher(runtime, self.counter, self.telemetry)
+
+    def state_samples(self) -> dict[str, list[tuple[tuple[tuple[str, str], ...], float]]]:
+        """The breakers' and gates' state now, as `/metrics` shows it (`telemetry.STATE_FAMILIES`)."""
+        runtime, now = self.runtime, asyncio.get_running_loop().time()
+        states = {name: breaker.state(now) for name, breaker in runtime.breakers.items()}
+        gates = runtime.gates.items()
+        return {
+            "laneway_model_breaker_state": [((("model", name), ("state", state)), float(states[name] == state))
+                                            for name in states for state in BREAKER_STATES],
+            "laneway_gate_in_flight": [((("model", name),), float(gate.in_flight)) for name, gate in gates],
+            "laneway_gate_queued": [((("model", name),), float(gate.queued)) for name, gate in gates],
+            "laneway_gate_concurrency_limit": [((("model", name),), float(gate.limit)) for name, gate in gates],
+        }
 
     def finish(self, exchange: Exchange, started_perf: float) -> None:
         exchange.latency_ms = (time.perf_counter() - started_perf) * 1000

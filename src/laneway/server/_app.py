@@ -48,6 +48,8 @@ class App:
     def __init__(self, gateway: Gateway, reloaded: Callable[[], None] | None = None,
                  peers: Peers | None = None) -> None:
         self.gateway = gateway
+        if isinstance(gateway.telemetry, Telemetry):
+            gateway.telemetry.watch_state(gateway.state_samples)  # breakers and gates, read at each scrape
         self._reloaded = reloaded  # after a reload through `POST /admin/reload`: tell the other workers
         self._peers = peers
         self._get = {

@@ -7,7 +7,7 @@ pump drains recorded exchanges into `GatewayMetrics.observe`); rendering walks t
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from laneway.exchange import Exchange
@@ -19,6 +19,8 @@ QUEUE_WAIT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 
 SeriesKey = tuple[str, str, str]  # model, route, lane
 SERIES_LABELS = ("model", "route", "lane")
+# The gateway's state at a scrape, read then rather than counted: family -> samples of (labels, value).
+StateSamples = Mapping[str, Sequence[tuple[tuple[tuple[str, str], ...], float]]]
 
 # name -> (type, help). Units are in the names and restated in the help text.
 FAMILIES: dict[str, tuple[str, str]] = {
@@ -55,6 +57,16 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "counter",
         "Exchanges dropped unrecorded because the telemetry buffer was full, in exchanges.",
     ),
+    "laneway_model_breaker_state": (
+        "gauge",
+        "Each model's circuit breaker, one sample per state (closed, open, half_open): 1 for the state it is in.",
+    ),
+    "laneway_gate_in_flight": ("gauge", "Calls holding a slot of the model's gate, in calls."),
+    "laneway_gate_queued": ("gauge", "Requests waiting in the model's gate queue, in requests."),
+    "laneway_gate_concurrency_limit": (
+        "gauge",
+        "The concurrency limit of the model's gate, in calls (an adaptive gate moves it).",
+    ),
     "laneway_exchange_log_written_total": ("counter", "Exchanges written to the exchange log, in exchanges."),
     "laneway_exchange_log_backlog_exchanges": (
         "gauge",
@@ -62,6 +74,10 @@ FAMILIES: dict[str, tuple[str, str]] = {
     ),
     "laneway_exchange_log_up": ("gauge", "1 if the last write to the exchange log succeeded, else 0."),
 }
+
+# Families read from the gateway's state at each scrape (`render(..., state)`), not from exchanges.
+STATE_FAMILIES = frozenset({"laneway_model_breaker_state", "laneway_gate_in_flight", "laneway_gate_queued",
+                            "laneway_gate_concurrency_limit"})
 
 # Only `laneway serve --workers N` renders these, after the families every worker declares itself.
 WORKER_UP = "laneway_worker_up"
@@ -175,14 +191,17 @@ class GatewayMetrics:
     def observe_queue_wait(self, model: str, seconds: float) -> None:
         _histogram(self._queue_wait, model, QUEUE_WAIT_BUCKETS_S).observe(seconds)
 
-    def render(self, log: LogHealth) -> bytes:
+    def render(self, log: LogHealth, state: StateSamples | None = None) -> bytes:
         lines: list[str] = []
         for name, (kind, help_text) in FAMILIES.items():
             if not log.enabled and name.startswith("laneway_exchange_log_"):
                 continue
             lines.append(f"# HELP {name} {help_text}")
             lines.append(f"# TYPE {name} {kind}")
-            lines.extend(self._samples(name, log))
+            if state is not None and name in STATE_FAMILIES:
+                lines.extend(f"{name}{{{_pairs(labels)}}} {value:g}" for labels, value in state.get(name, ()))
+            else:
+                lines.extend(self._samples(name, log))
         return ("\n".join(lines) + "\n").encode("utf-8")
 
     def _samples(self, name: str, log: LogHealth) -> Iterator[str]:
@@ -224,7 +243,7 @@ class GatewayMetrics:
         elif name == "laneway_retrieval_seconds":
             for route, histogram in self._retrieval_s.items():
                 yield from histogram.lines(name, _labels(("route",), (route,)))
-        else:
+        elif name.startswith("laneway_exchange_") or name.startswith("laneway_exchanges_"):
             yield from _log_samples(name, log)
 
 
@@ -255,7 +274,11 @@ def _log_samples(name: str, log: LogHealth) -> Iterator[str]:
 
 
 def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
-    return ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True))
+    return _pairs(zip(names, values, strict=True))
+
+
+def _pairs(labels: Iterable[tuple[str, str]]) -> str:
+    return ",".join(f'{n}="{_escape(v)}"' for n, v in labels)
 
 
 def _escape(value: str) -> str:

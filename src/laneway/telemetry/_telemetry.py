@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter
@@ -21,7 +21,7 @@ import orjson
 
 from laneway.exchange import Exchange
 from laneway.telemetry._dashboard import dashboard_page
-from laneway.telemetry._metrics import GatewayMetrics, LogHealth
+from laneway.telemetry._metrics import GatewayMetrics, LogHealth, StateSamples
 from laneway.telemetry._records import SHADOW_LANE, ExchangeRow, LogRecord, fallbacks_of, log_record_of
 from laneway.telemetry._settings import TelemetrySettings
 from laneway.telemetry._shadow_comparison import shadow_comparison
@@ -92,6 +92,7 @@ class Telemetry:
         self._tracer = ExchangeTracer(settings.traces, simulated) if settings.traces else None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._state: Callable[[], StateSamples] | None = None
 
     async def start(self) -> None:
         if self._log is not None:
@@ -114,11 +115,15 @@ class Telemetry:
         """Time one request waited in `model`'s gate queue."""
         self._metrics.observe_queue_wait(model, seconds)
 
+    def watch_state(self, source: Callable[[], StateSamples]) -> None:
+        """Where each scrape reads the gateway's state: breakers and gates (`STATE_FAMILIES`)."""
+        self._state = source
+
     def render_metrics(self) -> bytes:
         if not self.settings.metrics:
             return METRICS_OFF
         self._drain()
-        return self._metrics.render(self.health)
+        return self._metrics.render(self.health, self._state() if self._state is not None else None)
 
     def stats(self, since: float | None = None, until: float | None = None) -> dict[str, Any]:
         """The figures of `GET /admin/stats` over the in-memory window, computed on the calling thread."""
