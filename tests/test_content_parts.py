@@ -36,6 +36,10 @@ def live(sim_url: str) -> Iterator[LiveGateway]:
 models:
 {wire_models_yaml()}
 routes:
+- name: gemini-first
+  matcher: "metadata.route == gemini-first"
+  target: gemini-2.5-flash-lite
+  fallbacks: [claude-sonnet-37]
 - name: cached
   target: gpt-5-mini
   cache: {{mode: on, ttl_s: 60}}
@@ -88,6 +92,17 @@ def test_a_part_the_adapter_cannot_send_is_a_400_that_says_what_it_takes(live: L
         prompt_tokens(live, model, part)
     error = raised.value.body
     assert isinstance(error, dict) and error["param"] == "messages" and words in error["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_part_one_model_cannot_send_goes_to_the_routes_model_that_can(live: LiveGateway, stream: bool) -> None:
+    """Gemini takes no image URLs; the route's fallback, Claude, does: the request is not a 400."""
+    content: Any = [{"type": "text", "text": TEXT}, image("https://example.com/parcel.jpg")]
+    answer = client(live).chat.completions.with_raw_response.create(
+        model="laneway", max_tokens=20, messages=[{"role": "user", "content": content}],
+        metadata={"route": "gemini-first"}, stream=stream)
+    assert (answer.headers["x-laneway-model"], answer.headers["x-laneway-lane"]) == ("claude-sonnet-37", "fallback")
+    assert answer.headers["x-laneway-attempts"] == "2"  # gemini's, skipped unsent, then claude's
 
 
 def test_the_cache_tells_answers_to_different_images_apart(live: LiveGateway) -> None:

@@ -122,6 +122,7 @@ class Dispatcher:
     async def complete(self, plan: Plan, messages: list[Message], params: dict[str, Any],
                        exchange: Exchange) -> Completion:
         errors: list[UpstreamError] = []
+        unsendable: list[InvalidRequest] = []
         async for lane, name, request, ticket, trimmed in self._lanes(plan, messages, params, exchange):
             try:
                 for attempt_no in range(self._tries(plan)):
@@ -139,7 +140,10 @@ class Dispatcher:
                         if not await self._retry_pause(plan, error, attempt_no):
                             break
                         continue
-                    except BaseException as exc:  # a client that left, a request the adapter refuses
+                    except InvalidRequest as refused:  # the adapter cannot put it in its wire format: unsent
+                        self._unsendable(attempt, name, refused, unsendable)
+                        break
+                    except BaseException as exc:  # a client that left
                         if isinstance(exc, asyncio.CancelledError):
                             _abandoned(attempt, started)
                         self.runtime.breakers[name].release()  # no verdict on the model either way
@@ -150,11 +154,12 @@ class Dispatcher:
                     return completion
             finally:
                 ticket.release()
-        raise self._give_up(errors, exchange, plan)
+        raise unsendable[0] if unsendable and not errors else self._give_up(errors, exchange, plan)
 
     async def stream(self, plan: Plan, messages: list[Message], params: dict[str, Any],
                      exchange: Exchange) -> Started:
         errors: list[UpstreamError] = []
+        unsendable: list[InvalidRequest] = []
         async for lane, name, request, ticket, trimmed in self._lanes(plan, messages, params, exchange):
             for attempt_no in range(self._tries(plan)):
                 if _expired(plan):
@@ -174,7 +179,11 @@ class Dispatcher:
                     error = UpstreamUnavailable("stream ended before any data", model=name)
                 except UpstreamError as exc:
                     error = exc
-                except BaseException as exc:  # a request the adapter refuses (400), a client that left: no failover
+                except InvalidRequest as refused:  # the adapter cannot put it in its wire format: unsent
+                    await close_stream(chunks)
+                    self._unsendable(attempt, name, refused, unsendable)
+                    break
+                except BaseException as exc:  # a client that left: no failover
                     if isinstance(exc, asyncio.CancelledError):
                         _abandoned(attempt, started)
                     self.runtime.breakers[name].release()  # no verdict on the model either way
@@ -193,7 +202,16 @@ class Dispatcher:
                 if not await self._retry_pause(plan, error, attempt_no):
                     break
             ticket.release()
-        raise self._give_up(errors, exchange, plan)
+        raise unsendable[0] if unsendable and not errors else self._give_up(errors, exchange, plan)
+
+    def _unsendable(self, attempt: Attempt, name: str, refused: InvalidRequest,
+                    unsendable: list[InvalidRequest]) -> None:
+        """The model's adapter cannot carry the request (a media part its API takes no such way): the
+        attempt is recorded as skipped and the plan goes on, as for `Provider.refusal`; when no model
+        could carry it, the first such error is the client's 400."""
+        attempt.outcome, attempt.error = SKIPPED, refused.message
+        self.runtime.breakers[name].release()  # no verdict on the model
+        unsendable.append(refused)
 
     def _tries(self, plan: Plan) -> int:
         return plan.route.retry.attempts if plan.route else 2
