@@ -408,3 +408,11 @@ def test_a_log_path_given_without_its_url_scheme_is_answered_with_the_url_to_use
     assert run_cli("report", "--db", "mysql://user:secret@db/log")[0] == 1
     err = capsys.readouterr().err
     assert "`mysql://user:***@db/log` is not an exchange log URL" in err and "secret" not in err
+
+
+def test_a_candidate_that_failed_every_call_says_so_in_its_sentence() -> None:
+    rows = [shadow_row(i, latency=400.0, primary_latency=100.0, outcome="model_inference_deadline_exceeded")
+            for i in range(4)]
+    figures = shadow_comparison(rows, {"gemini-2.5-flash-lite": 15})
+    sentence = figures["candidates"]["gemini-2.5-flash-lite"]["verdict"]
+    assert "4 pairs, 15 dropped; no answered pairs yet: every one failed (errors 100.0 %)" in sentence

@@ -498,3 +498,20 @@ def test_a_retrieval_miss_sent_to_the_routes_own_target_is_a_warning(tmp_path: P
     assert "the route's own target" in str(same.warnings[0])
     other = parse_config(plan.format(source=source, miss=", on_miss: heavy-foundation"))
     assert [str(w) for w in other.warnings] == []
+
+
+def test_lanes_that_compare_a_model_with_itself_or_can_never_run_are_warnings() -> None:
+    config = parse_config(textwrap.dedent("""
+        shadow: {targets: [{target: gpt-5}], usd_per_hour: 0}
+        routes:
+        - name: grade
+          target: gpt-5-mini
+          cascade: {confidence: 0.5, source: verifier, escalate_to: gpt-5, verifier: gpt-5-mini}
+        - name: heavy
+          target: gpt-5
+        """))
+    warnings = {str(w).split(" (line")[0].split(":")[0]: str(w) for w in config.warnings}
+    assert set(warnings) == {"routes[0].cascade.verifier", "shadow.targets[0].target", "shadow.usd_per_hour"}
+    assert "grades its own answers" in warnings["routes[0].cascade.verifier"]
+    assert "target of route(s) heavy" in warnings["shadow.targets[0].target"]
+    assert "every shadow copy is dropped unsent" in warnings["shadow.usd_per_hour"]

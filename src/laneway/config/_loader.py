@@ -119,6 +119,7 @@ def _build(raw: Any, issues: Issues, source: str, base: Path) -> Config | None:
     top.done()
     _check_key_routes(keys, routes, issues)
     _check_intents(routes, intents.model, issues)
+    _check_global_shadows(shadow, routes, issues)
     if not routes and not issues.errors:
         issues.add("routes", "no routes; add at least one route with a `target` model")
     if issues.errors:
@@ -368,6 +369,10 @@ def _check_repeats(s: Section, route: Route) -> None:
         s.issues.add(s.where("cascade.escalate_to"), f"`{route.target}` is the route's own target: a low-confidence "
                      "answer is asked again of the model that gave it. Escalate to a stronger model",
                      severity="warning")
+    if route.cascade is not None and route.cascade.verifier == route.target:
+        s.issues.add(s.where("cascade.verifier"), f"`{route.target}` is the route's own target: the model grades "
+                     "its own answers, which says little of them. Name another model as the verifier",
+                     severity="warning")
 
 
 def _model_ref(issues: Issues, path: str, value: Any, known: dict[str, ModelSpec], *,
@@ -445,6 +450,20 @@ def _check_cascade(s: Section, route: Route, known: dict[str, ModelSpec]) -> Non
             s.issues.add(s.where("cascade.source"),
                          f"`logprobs` needs a model that returns log-probabilities ({', '.join(LOGPROB_PROVIDERS)}); "
                          f"`{name}` speaks `{provider}`. Use `source: self_report` or `source: verifier`")
+
+
+def _check_global_shadows(shadow: ShadowSettings, routes: list[Route], issues: Issues) -> None:
+    """Warn of a shadow every route gets whose candidate is some route's own target, and of a spend cap
+    of nothing, which drops every copy."""
+    for k, entry in enumerate(shadow.targets):
+        own = [r.name for r in routes if r.target == entry.target]
+        if own:
+            issues.add(f"shadow.targets[{k}].target", f"`{entry.target}` is the target of route(s) {', '.join(own)}: "
+                       "their sampled requests are sent to it twice and compared with themselves; give the other "
+                       "routes their own `shadow:` instead", severity="warning")
+    if (shadow.targets or any(r.shadows for r in routes)) and shadow.usd_per_hour == 0:
+        issues.add("shadow.usd_per_hour", "is 0: every shadow copy is dropped unsent; raise it, or remove the "
+                   "routes' `shadow:` entries", severity="warning")
 
 
 def _check_key_routes(keys: tuple[KeyPolicy, ...], routes: list[Route], issues: Issues) -> None:

@@ -222,7 +222,8 @@ def verdict(name: str, f: Mapping[str, Any]) -> str:
     drops = "" if f.get("dropped") is None else f", {f['dropped']} dropped"
     head = f"{name} vs {primaries}: {f['pairs']} pairs{drops}"
     if not f["answered"]:
-        return f"{head}; no answered pairs yet."
+        failed = f"every one failed (errors {pct(_hundred(f['error_rate']), signed=False)})" if f["pairs"] else ""
+        return f"{head}; no answered pairs yet{': ' + failed if failed else ''}."
     sure = "" if f["enough_samples"] else f" ({f['note']}: point estimates only)"
     parts = [
         f"p95 latency {_signed_ms(f['p95_delta_ms'])} "
