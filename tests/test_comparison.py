@@ -162,7 +162,16 @@ def test_canary_lane_owns_its_failovers_and_differences_carry_intervals() -> Non
     assert d["fallback_rate_delta"] == 0.1 and d["fallback_rate_delta_ci95"][0] > 0
     assert d["cost_per_request_delta_usd"] == pytest.approx((36 * 0.0005 + 4 * 0.002) / 40 - 0.002)
     assert figures["summary"][0].startswith("route chat: canary gemini-2.5-flash-lite (40 requests)")
-    assert "fallback rate +10.0 points" in figures["summary"][0]
+    assert "fallback rate +10.0 points (95 % CI +" in figures["summary"][0]
+    # The fallback rate's interval lies above 0, cost's below, p95's (the failovers' tail) across it.
+    assert figures["summary"][0].endswith("Worse with 95 % confidence: fallback rate. Better with 95 % confidence: "
+                                          "cost per request.")
+    same = [row(i, latency_ms=200.0 + i % 40, cost_usd=0.002) for i in range(80)]  # the canary's latencies twice
+    same += [row(100 + i, model="gemini-2.5-flash-lite", lane="canary", entry_lane="canary",
+                 latency_ms=200.0 + i, cost_usd=0.002) for i in range(40)]
+    assert canary_comparison(same)["summary"][0].endswith("No difference shown with 95 % confidence: every "
+                                                            "interval spans 0 (4 times the requests halve an "
+                                                            "interval).")
     early = canary_comparison(rows[:90])
     few = early["routes"]["chat"]["canaries"]["gemini-2.5-flash-lite"]["vs_primary"]
     assert not few["enough_samples"] and few["p95_delta_ci95"] is None

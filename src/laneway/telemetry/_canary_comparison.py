@@ -115,8 +115,30 @@ def _sentence(route: str, model: str, canary: Mapping[str, Any], primary: Mappin
     p95 = d["p95_delta_ci95"]
     return (f"{head}: p95 {d['p95_delta_ms']:+.0f} ms (95 % CI {p95[0]:+.0f} to {p95[1]:+.0f}), "
             f"cost per request {_pct(d['cost_per_request_delta_pct'])}, "
-            f"error rate {d['error_rate_delta'] * 100:+.1f} points, "
-            f"fallback rate {d['fallback_rate_delta'] * 100:+.1f} points.")
+            f"error rate {_points(d['error_rate_delta'], d['error_rate_delta_ci95'])}, "
+            f"fallback rate {_points(d['fallback_rate_delta'], d['fallback_rate_delta_ci95'])}. {_verdict(d)}")
+
+
+# (name in the sentence, difference's 95 % interval field): higher is worse for each
+_JUDGED = (("p95 latency", "p95_delta_ci95"), ("cost per request", "cost_per_request_delta_ci95"),
+           ("error rate", "error_rate_delta_ci95"), ("fallback rate", "fallback_rate_delta_ci95"))
+
+
+def _verdict(d: Mapping[str, Any]) -> str:
+    """Which differences the intervals show, and what more traffic would buy when they show none."""
+    worse = [name for name, field in _JUDGED if d.get(field) and d[field][0] > 0]
+    better = [name for name, field in _JUDGED if d.get(field) and d[field][1] < 0]
+    said = [f"{label} with 95 % confidence: {', '.join(names)}." for label, names in (("Worse", worse),
+                                                                                      ("Better", better)) if names]
+    if said:
+        return " ".join(said)
+    return ("No difference shown with 95 % confidence: every interval spans 0 (4 times the requests halve "
+            "an interval).")
+
+
+def _points(delta: float, interval: list[float] | None) -> str:
+    shown = f"{delta * 100:+.1f} points"
+    return shown if not interval else f"{shown} (95 % CI {interval[0] * 100:+.1f} to {interval[1] * 100:+.1f})"
 
 
 def _share(value: float | None) -> str:
