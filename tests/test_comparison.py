@@ -34,6 +34,7 @@ from laneway.telemetry import (
     wilson,
 )
 from laneway.telemetry._records import LOG_COLUMNS
+from laneway.telemetry._report import cascade_text
 from laneway.telemetry._window import rows_of
 
 BASE = 1_750_000_000.0
@@ -205,6 +206,20 @@ def test_cascade_escalation_rate_and_savings_against_always_heavy() -> None:
     assert unpriced["note"] and "--config" in unpriced["note"]
     chat = unpriced["routes"]["chat"]
     assert chat["saved_usd"] is None and chat["escalate_to"] == "gpt-5"
+
+
+def test_a_cascade_whose_escalations_all_failed_is_seen_without_prices_and_saves_nothing_by_it() -> None:
+    rows = [row(i, tokens_in=1000, tokens_out=100, cost_usd=0.0004, cascade_confidence=0.9) for i in range(20)]
+    # under the threshold, the escalation to gpt-5 failed, and the first answer went out
+    rows += [row(100 + i, tokens_in=1000, tokens_out=100, cost_usd=0.0004, cascade_confidence=0.2,
+                 failed_models=("gpt-5",)) for i in range(10)]
+    unpriced = cascade_savings(rows)["routes"]["chat"]
+    assert (unpriced["escalate_to"], unpriced["escalated"], unpriced["escalations_failed"]) == ("gpt-5", 0, 10)
+    priced = cascade_savings(rows, {"chat": "gpt-5"}, {"gpt-5": Price(1.25, 10.0)}, {"chat": 0.5})["routes"]["chat"]
+    assert priced["escalations_failed"] == 10
+    assert priced["saved_by_failed_usd"] == pytest.approx(10 * ((1000 * 1.25 + 100 * 10.0) / 1e6 - 0.0004))
+    text = cascade_text({"routes": {"chat": {**priced, "note": None}}, "note": None})
+    assert "of it from the first answers sent when their escalation failed, which is no saving" in text
 
 
 # --- persistence and commands --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ number of tokens: the figure prices the same tokens, not a replay.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
@@ -50,15 +51,16 @@ def _route(rows: list[ExchangeRow], heavy: str | None, prices: Mapping[str, Pric
     n = len(rows)
     escalated = sum(r.lane == CASCADE_LANE for r in rows)
     scores = [r.cascade_confidence for r in rows if r.cascade_confidence is not None]
-    heavy = heavy or next((r.model for r in rows if r.lane == CASCADE_LANE and r.model), None)
+    heavy = heavy or next((r.model for r in rows if r.lane == CASCADE_LANE and r.model), None) or _failed_after(rows)
     if threshold is not None:
-        failed = sum(r.lane != CASCADE_LANE and r.cascade_confidence is not None and r.cascade_confidence < threshold
-                     for r in rows)
+        failed_rows = [r for r in rows if r.lane != CASCADE_LANE and r.cascade_confidence is not None
+                       and r.cascade_confidence < threshold]
     else:
         # Scored, yet the escalation model failed and the first answer went out (the model that answered
         # first was scored, so the escalation model's failure came after it).
-        failed = sum(r.lane != CASCADE_LANE and r.cascade_confidence is not None and heavy in r.failed_models
-                     for r in rows) if heavy is not None else 0
+        failed_rows = [r for r in rows if r.lane != CASCADE_LANE and r.cascade_confidence is not None
+                       and heavy in r.failed_models] if heavy is not None else []
+    failed = len(failed_rows)
     spent = sum(r.cost_usd for r in rows)
     figures: dict[str, Any] = {
         "exchanges": n, "scored": len(scores), "escalated": escalated, "escalations_failed": failed,
@@ -67,10 +69,21 @@ def _route(rows: list[ExchangeRow], heavy: str | None, prices: Mapping[str, Pric
         "mean_confidence": rate(sum(scores), len(scores)),
         "enough_samples": n >= MIN_SAMPLES, "note": None if n >= MIN_SAMPLES else insufficient(n),
         "cost_usd": money(spent), "always_heavy_cost_usd": None, "saved_usd": None, "saved_pct": None,
+        "saved_by_failed_usd": None,
     }
     price = prices.get(heavy) if prices is not None and heavy is not None else None
     if price is not None:
         baseline = sum(price.cost(r.tokens_in, r.tokens_out) for r in rows)
+        # What the failed escalations "saved" is no saving: those answers went out under the threshold.
+        by_failed = sum(price.cost(r.tokens_in, r.tokens_out) - r.cost_usd for r in failed_rows)
         figures |= {"always_heavy_cost_usd": money(baseline), "saved_usd": money(baseline - spent),
-                    "saved_pct": relative(baseline - spent, baseline)}
+                    "saved_pct": relative(baseline - spent, baseline), "saved_by_failed_usd": money(by_failed)}
     return figures
+
+
+def _failed_after(rows: list[ExchangeRow]) -> str | None:
+    """Without the routing file and with no escalation answered: the model that most often failed after
+    a scored first answer (not the first model's own retries), i.e. the escalation model."""
+    failed = Counter(m for r in rows if r.cascade_confidence is not None and r.lane != CASCADE_LANE
+                     for m in r.failed_models if m != r.model)
+    return failed.most_common(1)[0][0] if failed else None

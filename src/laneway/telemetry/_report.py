@@ -274,6 +274,9 @@ def cascade_text(cascade: dict[str, Any]) -> str:
             saved, share = r["saved_usd"], r["saved_pct"]
             verdict = (f"saved ${saved:.6f} ({_percent(share)})" if saved >= 0 else
                        f"cost ${-saved:.6f} more ({_percent(None if share is None else -share)} more)")
+            if r["escalations_failed"] and r["saved_by_failed_usd"]:
+                verdict += (f", ${r['saved_by_failed_usd']:.6f} of it from the first answers sent when their "
+                            "escalation failed, which is no saving")
             line += f"; cost ${r['cost_usd']:.6f} vs always-heavy ${r['always_heavy_cost_usd']:.6f}: {verdict}"
         lines.append(line + (f" [{r['note']}]" if r["note"] else ""))
     if cascade["note"]:
