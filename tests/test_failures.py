@@ -273,7 +273,7 @@ routes:
         assert attempts[0].prompt_tokens > 64
         got, headers, body, _ = send(gw, {"model": "small", "messages": [{"role": "user", "content": "word " * 200}]})
         error = json.loads(body)["error"]
-        assert got == 400 and error["code"] == "context_window_exceeded"
+        assert got == 400 and error["code"] == "context_window_exceeded" and error["param"] == "messages"
         assert "`small` holds 64" in error["message"] and "long_context" in error["message"]
 
 

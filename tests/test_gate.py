@@ -66,6 +66,17 @@ async def test_priority_order_and_concurrency_bound() -> None:
     assert gate.in_flight == 0
 
 
+async def test_a_refusal_asks_to_come_back_after_the_refused_class_could_have_waited() -> None:
+    gate = Gate("heavy", GatePolicy(max_concurrency=1, queue_timeout_ms=(6000, 3000, 50)))
+    loop = asyncio.get_running_loop()
+    await gate.admit(0, 0, 0.0, loop.time() + 10)
+    with pytest.raises(GateRejected) as triage:
+        await gate.admit(2, 0, 0.0, loop.time() + 10)
+    with pytest.raises(GateRejected) as chat:
+        await gate.admit(1, 0, 0.0, loop.time() + 0.05)  # its deadline ends the wait
+    assert (triage.value.retry_after_s, chat.value.retry_after_s) == (1.0, 3.0)  # not the escalations' 6 s
+
+
 async def test_queue_timeout_and_deadline_bound_the_wait() -> None:
     gate = Gate("heavy", GatePolicy(max_concurrency=1, queue_timeout_ms=(1000, 1000, 50)))
     loop = asyncio.get_running_loop()

@@ -130,6 +130,7 @@ class PayloadTooLarge(RequestError):
 
 class ContextWindowExceeded(RequestError):
     code = "context_window_exceeded"
+    param = "messages"  # as OpenAI names it for a prompt too long
 
 
 class RateLimited(RequestError):
@@ -203,6 +204,7 @@ class UpstreamContextOverflow(UpstreamError):
     code = "context_window_exceeded"
     type = "invalid_request_error"
     retryable = False
+    param = "messages"
 
 
 # Upstream answers that say the request itself is wrong (a schema the model refuses, a field out of

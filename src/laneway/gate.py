@@ -194,7 +194,7 @@ class Gate:
                 heapq.heapify(self._queue)
             self.rejected += 1
             reason = f"`{self.model}` is at its concurrency limit ({self.limit}); queue wait timed out"
-            raise GateRejected(reason, self._retry_after()) from None
+            raise GateRejected(reason, self._retry_after(priority)) from None
         except asyncio.CancelledError:
             if waiter.future.done() and not waiter.future.cancelled():
                 self.release(None)  # handed a slot, but the request was abandoned: pass it on
@@ -300,5 +300,6 @@ class Gate:
         self._latencies.clear()
         self.limit = next_limit(self.limit, p95, self.in_flight >= self.limit - 1, adaptive, self.ceiling)
 
-    def _retry_after(self) -> float:
-        return max(1.0, self.policy.queue_timeout_ms[0] / 1000)
+    def _retry_after(self, priority: int) -> float:
+        """As long as the refused request's class may wait in the queue: a retry sooner finds it as full."""
+        return max(1.0, self.policy.queue_timeout_ms[priority] / 1000)
