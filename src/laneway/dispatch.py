@@ -324,7 +324,7 @@ class Dispatcher:
             if degrade is not None:
                 plan.lanes.insert(plan.lanes.index((lane, spec.name)) + 1, ("degraded", degrade))
             elif plan.lanes[-1] == (lane, spec.name):
-                raise RateLimited(f"{refused.reason}; retry later", refused.retry_after_s) from None
+                raise _turned_away(refused) from None
             return False
         ticket.admitted = True
         if self.sink is not None:
@@ -375,7 +375,7 @@ class Dispatcher:
             return AllAttemptsFailed([UpstreamTimeout(f"the deadline ran out before any model was sent the "
                                                       f"request{where}")])
         if plan.gated is not None:  # a gate turned it away, and no model after it was tried
-            return RateLimited(f"{plan.gated.reason}; retry later", plan.gated.retry_after_s)
+            return _turned_away(plan.gated)
         skipped = [a for a in exchange.attempts if a.outcome == SKIPPED]
         cooling = [a.model for a in skipped if a.error == COOLING_DOWN]
         if cooling and len(cooling) == len(skipped):
@@ -401,6 +401,11 @@ def account(attempt: Attempt, exchange: Exchange, price: Price, usage: Usage) ->
     exchange.prompt_tokens = usage.prompt_tokens
     exchange.completion_tokens = usage.completion_tokens
     exchange.cost_usd += attempt.cost_usd
+
+
+def _turned_away(refused: GateRejected) -> RateLimited:
+    """The client's 429 when a gate turned the request away and no model was left to try."""
+    return RateLimited(f"{refused.reason}; retry later", refused.retry_after_s)
 
 
 def _abandoned(attempt: Attempt, started: float) -> None:

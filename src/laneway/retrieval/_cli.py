@@ -6,29 +6,13 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 from laneway.config import MIN_CHUNK_TOKENS
 from laneway.errors import ConfigError
+from laneway.flags import bounded
 from laneway.retrieval._knowledge_base import DEFAULT_CHUNK_TOKENS, KnowledgeBase
-
-
-def _at_least(minimum: float, kind: type[int] | type[float]) -> Callable[[str], float]:
-    """An argparse type: a number of `kind` no lower than `minimum`, as the routing file's own limit."""
-
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, "
-                                             f"got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text}")
-        return value
-
-    return parse
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,15 +24,15 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     build.add_argument("name", help="the knowledge base's name, as routes refer to it")
     build.add_argument("sources", nargs="+", type=Path, help="Markdown, JSON or CSV files")
     build.add_argument("--out", required=True, type=Path, help="directory to write the index to")
-    build.add_argument("--chunk-tokens", type=_at_least(MIN_CHUNK_TOKENS, int), default=DEFAULT_CHUNK_TOKENS,
+    build.add_argument("--chunk-tokens", type=bounded(MIN_CHUNK_TOKENS, whole=True), default=DEFAULT_CHUNK_TOKENS,
                        help=f"words per passage at most (at least {MIN_CHUNK_TOKENS}; default: %(default)s)")
     build.set_defaults(func=build_command)
 
     search = commands.add_parser("search", help="search a built knowledge base")
     search.add_argument("directory", type=Path, help="directory written by `knowledge build`")
     search.add_argument("query", help="the customer's message")
-    search.add_argument("--top-k", type=_at_least(1, int), default=3, help="passages to return at most")
-    search.add_argument("--min-score", type=_at_least(0, float), default=0.0, help="lowest BM25 score to return")
+    search.add_argument("--top-k", type=bounded(1, whole=True), default=3, help="passages to return at most")
+    search.add_argument("--min-score", type=bounded(0), default=0.0, help="lowest BM25 score to return")
     search.add_argument("--json", action="store_true", help="print the passages as JSON")
     search.set_defaults(func=search_command)
 

@@ -243,7 +243,7 @@ class GatewayMetrics:
         elif name == "laneway_retrieval_seconds":
             for route, histogram in self._retrieval_s.items():
                 yield from histogram.lines(name, _labels(("route",), (route,)))
-        elif name.startswith("laneway_exchange_") or name.startswith("laneway_exchanges_"):
+        elif name.startswith(("laneway_exchange_", "laneway_exchanges_")):
             yield from _log_samples(name, log)
 
 

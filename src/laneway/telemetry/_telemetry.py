@@ -212,7 +212,7 @@ class Telemetry:
     async def aclose(self) -> None:
         """Stop, and write what is left within `close_timeout_ms` in all: a write in flight to a store that
         stopped answering gives up at that deadline too (PostgreSQL; an SQLite write is let finish)."""
-        deadline = None if self._log is None else self._log.close_deadline()
+        deadline = None if self._log is None else self._log.start_closing()
         self._stop.set()
         if self._task is not None:
             await self._task

@@ -111,9 +111,9 @@ class ExchangeLog:
             )
         return rolled
 
-    def close_deadline(self) -> float:
-        """When a close starting now must be over (`time.monotonic()`): `close_timeout_ms` from now. A write
-        in flight is told to give up by then (`ExchangeStore.hurry`), so that it does not hold the close."""
+    def start_closing(self) -> float:
+        """Start closing: the close must be over `close_timeout_ms` from now (returned, `time.monotonic()`),
+        and a write in flight is told to give up by then (`ExchangeStore.hurry`), so it does not hold the close."""
         deadline = time.monotonic() + self._settings.close_timeout_ms / 1000.0
         self.store.hurry(deadline)
         return deadline
