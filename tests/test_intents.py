@@ -277,6 +277,7 @@ def test_eval_says_when_the_data_holds_intents_the_model_never_learned(
     (["--oos-recall", "-0.5"], "argument --oos-recall: must be from 0 to 1"),
     (["--regularization", "0"], "argument --regularization: must be above 0, got 0"),
     (["--defer-below", "-1"], "argument --defer-below: must be at least 0"),
+    (["--oos-recall", "nan"], "argument --oos-recall: expected a finite number, got nan"),
 ])
 def test_training_flags_out_of_range_are_refused(tmp_path: Path, flags: list[str], words: str,
                                                   capsys: pytest.CaptureFixture[str]) -> None:

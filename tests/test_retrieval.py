@@ -210,6 +210,7 @@ def test_committed_billing_policies_match_their_generator(tmp_path: Path, monkey
     (["knowledge", "search", "kb", "fee", "--top-k", "0"], "argument --top-k: must be at least 1, got 0"),
     (["knowledge", "search", "kb", "fee", "--min-score", "-1"], "argument --min-score: must be at least 0"),
     (["knowledge", "search", "kb", "fee", "--min-score", "high"], "argument --min-score: expected a number"),
+    (["knowledge", "search", "kb", "fee", "--min-score", "nan"], "argument --min-score: expected a finite number"),
     (["knowledge", "build", "b", "x.md", "--out", "o", "--chunk-tokens", "3"],
      "argument --chunk-tokens: must be at least 16, got 3"),
 ])

@@ -4,6 +4,7 @@ error (`argument --top-k: must be at least 1, got 0`), never a traceback."""
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 
 
@@ -17,6 +18,8 @@ def bounded(low: float, high: float | None = None, *, above: bool = False,
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {'a whole number' if whole else 'a number'}, "
                                              f"got {text!r}") from None
+        if not math.isfinite(value):  # `nan` passes every comparison below
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
         if value < low or (above and value == low) or (high is not None and value > high):
             bounds = (f"from {low:g} to {high:g}" if high is not None else
                       f"above {low:g}" if above else f"at least {low:g}")
