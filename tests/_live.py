@@ -17,6 +17,7 @@ from laneway.config import parse_config
 from laneway.exchange import Exchange
 from laneway.gateway import Gateway
 from laneway.server import App
+from laneway.server._http11 import HttpServer
 
 # One model per wire format on the simulated fleet: OpenAI, Anthropic, Gemini.
 WIRE_MODELS = (("gpt-5-mini", "openai", "sim:///gpt-5-mini/v1"),
@@ -59,14 +60,16 @@ class RecordingSink:
 
 class LiveGateway:
     def __init__(self, config_text: str, sim_url: str | None, config_path: Path | None = None,
-                 telemetry: Any = None) -> None:
+                 telemetry: Any = None, server: str = "laneway") -> None:
+        """`server` is `laneway` (the HTTP server `laneway serve` runs) or `uvicorn` (any ASGI server)."""
         self.config_text = config_text
         self.config_path = config_path
         self.sim_url = sim_url
         self.telemetry = telemetry
         self.loop = asyncio.new_event_loop()
         self.gateway: Gateway | None = None
-        self.server: uvicorn.Server | None = None
+        self.server_kind = server
+        self.server: HttpServer | uvicorn.Server | None = None
         self.port = 0
         self._started = threading.Event()
         self._error: BaseException | None = None
@@ -95,16 +98,30 @@ class LiveGateway:
         config = parse_config(self.config_text, str(self.config_path or "<test>"))
         self.gateway = await Gateway.start(config, config_path=self.config_path, sim_url=self.sim_url,
                                            telemetry=self.telemetry)
-        self.server = uvicorn.Server(uvicorn.Config(App(self.gateway), host="127.0.0.1", port=0, loop="none",
-                                                    lifespan="on", log_level="warning", access_log=False,
-                                                    proxy_headers=False))
-        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        task = asyncio.create_task(self.server.serve())
-        while not self.server.started:
+        if self.server_kind == "uvicorn":
+            await self._serve_uvicorn(App(self.gateway))
+            return
+        self.server = server = HttpServer(App(self.gateway), "127.0.0.1", 0, handle_signals=False)
+        task = asyncio.create_task(server.serve())
+        while not server.started:
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.port = server.bound_ports[0]
+        self._started.set()
+        await task
+
+    async def _serve_uvicorn(self, app: App) -> None:
+        self.server = server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, loop="none",
+                                                             lifespan="on", log_level="warning", access_log=False,
+                                                             proxy_headers=False))
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        self.port = server.servers[0].sockets[0].getsockname()[1]
         self._started.set()
         await task
 
@@ -113,7 +130,9 @@ class LiveGateway:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self) -> None:
-        if self.server is not None:
+        if isinstance(self.server, HttpServer):
+            self.loop.call_soon_threadsafe(self.server.exit)
+        elif self.server is not None:
             self.server.should_exit = True
         self._thread.join(30)
 

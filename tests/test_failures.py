@@ -301,4 +301,4 @@ def test_nothing_leaks_after_the_fault_runs(live: tuple[LiveGateway, RecordingSi
         time.sleep(0.1)
     assert (inflight, acquired) == (0, 0)
     assert not laneway_tasks
-    assert len(tasks) < 10, tasks  # uvicorn's own server tasks only
+    assert len(tasks) < 10, tasks  # the server's own tasks only

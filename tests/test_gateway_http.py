@@ -33,6 +33,15 @@ def default_gateway(sim_url: str) -> Iterator[LiveGateway]:
         yield live
 
 
+@pytest.fixture(scope="module", params=["laneway", "uvicorn"])
+def any_server_gateway(sim_url: str, request: pytest.FixtureRequest) -> Iterator[LiveGateway]:
+    """The default config on the server `laneway serve` runs, and on uvicorn: `App` is plain ASGI."""
+    from laneway.config import default_config_text
+
+    with live_gateway(default_config_text(), sim_url, server=request.param) as live:
+        yield live
+
+
 def chat(n: int) -> list[dict[str, str]]:
     roles = ["user", "assistant"]
     return [{"role": roles[i % 2], "content": f"message {i} about my invoice"} for i in range(n)]
@@ -141,8 +150,8 @@ def test_request_id_is_echoed(seed_gateway: LiveGateway) -> None:
     assert headers["x-request-id"] == "abc-123"
 
 
-def test_openai_client_sync_and_streaming(default_gateway: LiveGateway) -> None:
-    c = client(default_gateway)
+def test_openai_client_sync_and_streaming(any_server_gateway: LiveGateway) -> None:
+    c = client(any_server_gateway)
     completion = c.chat.completions.create(model="laneway", messages=chat(1), max_tokens=40)  # type: ignore[arg-type]
     assert completion.choices[0].finish_reason in ("stop", "length")
     assert completion.model == "gemini-2.5-flash-lite"

@@ -50,7 +50,9 @@ async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes
 
 
 async def respond(send: Send, status: int, body: bytes, headers: Headers) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    """A whole response: with its length, so that it leaves in one piece and the connection stays open."""
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*headers, (b"content-length", b"%d" % len(body))]})
     await send({"type": "http.response.body", "body": body})
 
 

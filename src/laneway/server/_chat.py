@@ -279,7 +279,7 @@ def _stream_failed(exchange: Exchange, started: Started, code: str, error: str, 
 
 class _ClientWatch:
     """Listens on a stream's `receive` for the client leaving, and then cancels the task serving it
-    (uvicorn drops what is sent to a closed connection without a word, so the stream would run on)."""
+    (the server drops what is sent to a closed connection without a word, so the stream would run on)."""
 
     __slots__ = ("_armed", "_gone", "_receive", "_task")
 

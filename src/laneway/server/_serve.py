@@ -1,4 +1,4 @@
-"""`laneway serve`: the gateway on uvicorn (uvloop, httptools), plus the simulated fleet in its own
+"""`laneway serve`: the gateway on its HTTP/1.1 server (uvloop, httptools), plus the simulated fleet in its own
 process when the config uses it, and hot reload on SIGHUP."""
 
 from __future__ import annotations
@@ -7,22 +7,19 @@ import asyncio
 import contextlib
 import gc
 import logging
-import math
 import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from types import FrameType
-
-import uvicorn
 
 from ..config import Config, SimSettings, load_config, unset_variables
 from ..errors import ConfigError, ConfigIssue
 from ..gateway import Gateway
 from ..telemetry import Telemetry
 from ._app import App
+from ._http11 import HttpServer
 from ._peers import WorkerSockets, serve_peers
 
 log = logging.getLogger("laneway")
@@ -102,41 +99,15 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
         print(f"laneway: serving {config.source}{label} on http://{host}:{port} "
               f"- {len(config.routes)} routes, {len(config.models)} models", flush=True)
         app = App(gateway, _reload_every_worker if sockets is not None else None, peers)
-        server = _Server(uvicorn.Config(
-            app, host=host, port=port, loop="none", http="httptools", lifespan="on",
-            access_log=False, log_level="warning", timeout_keep_alive=30, backlog=4096, proxy_headers=False,
-            timeout_graceful_shutdown=math.ceil(config.server.shutdown_grace_ms / 1000),
-        ))
-        server.graceful_only = sockets is not None
+        # SIGINT and SIGTERM end in a graceful return (exit code 0), so the exchange log is flushed. A
+        # worker's supervisor owns Ctrl-C: a second one must not cut the worker's shutdown short.
+        server = HttpServer(app, host, port, sockets=sockets, keep_alive_s=30, backlog=4096,
+                            grace_s=config.server.shutdown_grace_ms / 1000, second_sigint_forces=sockets is None)
         # Everything built so far (config, tokenizer tables, indexes) lives for the whole process:
         # take it out of the garbage collector's sight so a full collection does not stall a request.
         gc.collect()
         gc.freeze()
-        await server.serve(sockets=sockets)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server, but SIGINT and SIGTERM end in a graceful return (exit code 0) so the
-    exchange log is flushed, instead of re-raising the signal once the server has stopped."""
-
-    graceful_only = False  # a worker: its supervisor owns Ctrl-C; never cut its shutdown short
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.graceful_only:
-            self.should_exit = True
-            return
-        super().handle_exit(sig, frame)
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.handle_exit, sig, None)
-        try:
-            yield
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+        await server.serve()
 
 
 def _reload_every_worker() -> None:

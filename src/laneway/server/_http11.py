@@ -1,0 +1,618 @@
+"""Laneway's HTTP/1.1 server: an asyncio protocol around httptools' parser that runs an ASGI 3 app.
+
+`laneway serve` used uvicorn. This does the part of uvicorn that a gateway uses, with less work per
+request: the scope is built once from the parser's callbacks, a response whose length is known
+leaves in one write, and nothing is logged per request (docs/benchmarks.md, "An HTTP server of its
+own"). Any ASGI server can still run `App`; the tests run it under both.
+
+What it does: keep-alive (HTTP/1.1's default; `Connection: close` and HTTP/1.0 end a connection after
+its response), pipelined requests answered in order, `Expect: 100-continue`, request bodies by
+length or chunked, back-pressure both ways, a `http.disconnect` when the client leaves, a `date`
+header, idle connections closed after `keep_alive_s`, and a graceful stop: listening stops, idle
+connections close, requests in flight get `grace_s` to finish and are then cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any, cast
+from urllib.parse import unquote
+
+import httptools
+
+log = logging.getLogger("laneway.http")
+
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Message]],
+                    Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+MAX_HEAD_BYTES = 64 * 1024  # request line and headers; past this the answer is a 431
+BODY_HIGH_WATER = 256 * 1024  # unread request body past which the socket stops being read
+_REASONS = {
+    100: "Continue", 200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 301: "Moved Permanently",
+    302: "Found", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+    404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 413: "Content Too Large",
+    415: "Unsupported Media Type", 422: "Unprocessable Content", 429: "Too Many Requests",
+    431: "Request Header Fields Too Large", 499: "Client Closed Request", 500: "Internal Server Error",
+    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+}
+_STATUS_LINES = {status: b"HTTP/1.1 %d %s\r\n" % (status, reason.encode()) for status, reason in _REASONS.items()}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CHUNKED = b"transfer-encoding: chunked\r\n"
+_CLOSE = b"connection: close\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+class _Clock:
+    """The `date` header, formatted once a second."""
+
+    __slots__ = ("_header", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._header = b""
+
+    def date(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._header = b"date: " + email.utils.formatdate(now, usegmt=True).encode() + b"\r\n"
+        return self._header
+
+
+class ServerState:
+    """What every connection of one server shares: the app, the open connections, the clock."""
+
+    def __init__(self, app: ASGIApp, keep_alive_s: float, root_path: str = "") -> None:
+        self.app = app
+        self.keep_alive_s = keep_alive_s
+        self.root_path = root_path
+        self.connections: set[Connection] = set()
+        self.clock = _Clock()
+        self.stopping = False
+        self.drained = asyncio.Event()  # set, once stopping, when no connection has a request left
+
+    def check_drained(self) -> None:
+        if self.stopping and all(conn.idle() for conn in self.connections):
+            self.drained.set()
+
+
+class Connection(asyncio.Protocol):
+    """One client connection; its requests are answered one at a time, in order."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.server: tuple[str, int] | None = None
+        self.client: tuple[str, int] | None = None
+        self.cycle: Cycle | None = None  # the request being answered
+        self.pipeline: deque[Cycle] = deque()  # requests that arrived behind it
+        self.parsing: Cycle | None = None  # the request whose bytes the parser is reading
+        self.closed = False
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.reading_paused = False
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._expect_continue = False
+        self._active_at = 0.0  # loop time of the last bytes in or of the last answer out
+        self._idle: asyncio.TimerHandle | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        self.state.connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server = _address(transport.get_extra_info("sockname"))
+        self.client = _address(transport.get_extra_info("peername"))
+        self._active_at = self.loop.time()
+        self._idle = self.loop.call_later(self.state.keep_alive_s, self._check_idle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.state.connections.discard(self)
+        if self._idle is not None:
+            self._idle.cancel()
+        for cycle in (self.cycle, self.parsing, *self.pipeline):
+            if cycle is not None:
+                cycle.client_left()
+        self.writable.set()
+        self.state.check_drained()
+
+    def data_received(self, data: bytes) -> None:
+        self._active_at = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "protocol upgrades are not supported")
+        except httptools.HttpParserError as error:  # what a callback raises arrives wrapped in one
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(431, f"the request's line and headers exceed {MAX_HEAD_BYTES} bytes")
+            else:
+                self._refuse(400, f"malformed HTTP request: {error}")
+
+    def eof_received(self) -> bool | None:
+        return None  # close; a request in flight sees the client gone
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_bytes = 0
+        self._expect_continue = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        self._headers.append((name, value))
+        self._count_head(len(name) + len(value))
+        if name == b"expect" and value.lower() == b"100-continue":
+            self._expect_continue = True
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        url = httptools.parse_url(self._url)
+        raw_path = url.path
+        path = raw_path.decode("ascii", "surrogateescape")
+        if "%" in path:
+            path = unquote(path)
+        version = parser.get_http_version()
+        scope = {
+            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": version,
+            "method": parser.get_method().decode("ascii"), "scheme": "http",
+            "path": path, "raw_path": raw_path,
+            "query_string": url.query or b"", "root_path": self.state.root_path, "headers": self._headers,
+            "client": self.client, "server": self.server,
+        }
+        keep_alive = parser.should_keep_alive() and not self.state.stopping
+        cycle = Cycle(self, scope, keep_alive, self._expect_continue)
+        self.parsing = cycle
+        if self.cycle is None:
+            self._start(cycle)
+        else:
+            self.pipeline.append(cycle)
+            self._pause_reading()  # one request in waiting is enough; the socket holds the rest
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.parsing
+        if cycle is None or cycle.response_complete:
+            return
+        cycle.body.append(body)
+        cycle.body_size += len(body)
+        if cycle.body_size > BODY_HIGH_WATER:
+            self._pause_reading()
+        cycle.wake()
+
+    def on_message_complete(self) -> None:
+        cycle = self.parsing
+        if cycle is None:
+            return
+        cycle.more_body = False
+        cycle.wake()
+        self.parsing = None
+
+    # the connection's life
+
+    def _start(self, cycle: Cycle) -> None:
+        self.cycle = cycle
+        cycle.task = self.loop.create_task(cycle.run())
+
+    def cycle_done(self, cycle: Cycle) -> None:
+        """`cycle` has answered: close, or go on with the next request, or wait for one."""
+        self.cycle = None
+        if self.closed:
+            return
+        if not cycle.keep_alive or self.state.stopping:
+            self.close()
+            self.state.check_drained()
+            return
+        if self.pipeline:
+            self._start(self.pipeline.popleft())
+        if not self.pipeline:
+            self._resume_reading()
+        self._active_at = self.loop.time()
+
+    def idle(self) -> bool:
+        return self.cycle is None and self.parsing is None and not self.pipeline
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def _refuse(self, status: int, reason: str) -> None:
+        """A request that cannot be parsed: say why, and close (the bytes after it cannot be trusted)."""
+        log.debug("laneway: refused a request from %s: %s", self.client, reason)
+        current = self.cycle
+        # The 400 answers the request being read; an answer in progress for an earlier one is cut.
+        if current is None or (current is self.parsing and not current.response_started):
+            body = reason.encode() + b"\n"
+            self.write(_STATUS_LINES[status] + b"content-type: text/plain; charset=utf-8\r\n" + _CLOSE
+                       + b"content-length: %d\r\n\r\n" % len(body) + body)
+        if self.cycle is not None and self.cycle.task is not None:
+            self.cycle.task.cancel()
+        self.close()
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise ValueError("request head too large")
+
+    def _pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def resume_body(self) -> None:
+        if not self.pipeline:
+            self._resume_reading()
+
+    def _check_idle(self) -> None:
+        """Closes a connection silent for `keep_alive_s` with no request being answered (one whose
+        request head never ended, too). One timer per connection, not one per request."""
+        if self.closed:
+            return
+        now = self.loop.time()
+        if self.cycle is not None or self.pipeline:  # busy: look again a full period later
+            due = now + self.state.keep_alive_s
+        else:
+            due = self._active_at + self.state.keep_alive_s
+            if now >= due:
+                self.close()
+                return
+        self._idle = self.loop.call_at(due, self._check_idle)
+
+
+class Cycle:
+    """One request and its response: the ASGI `receive` and `send` of one app call."""
+
+    __slots__ = ("body", "body_read", "body_size", "chunked", "conn", "disconnected", "expect_continue", "head_held",
+                 "head_only", "keep_alive", "more_body", "response_complete", "response_started", "scope", "task",
+                 "waiter")
+
+    def __init__(self, conn: Connection, scope: dict[str, Any], keep_alive: bool, expect_continue: bool) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.head_only = scope["method"] == "HEAD"
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.body_read = False  # the last `http.request` message was handed to the app
+        self.more_body = True
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
+        self.chunked = False
+        self.head_held: bytes | None = None  # a head whose body has a known length: sent with it
+        self.waiter: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        try:
+            await self.conn.state.app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            if not self.response_complete:
+                self.conn.close()
+            raise
+        except Exception:
+            log.exception("laneway: the app failed on %s %s", self.scope["method"], self.scope["path"])
+            if not self.response_started:
+                await self._internal_error()
+            else:
+                self.conn.close()  # a response cut short: the client must not read it as whole
+        else:
+            if not self.response_started and not self.disconnected:
+                log.error("laneway: the app returned without a response to %s %s", self.scope["method"],
+                          self.scope["path"])
+                await self._internal_error()
+            elif not self.response_complete and not self.disconnected:
+                log.error("laneway: the app left the response to %s %s unfinished", self.scope["method"],
+                          self.scope["path"])
+                self.conn.close()
+        finally:
+            self.task = None
+            if self.response_complete or self.conn.closed:
+                self.conn.cycle_done(self)
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def client_left(self) -> None:
+        self.disconnected = True
+        self.wake()
+
+    async def receive(self) -> Message:
+        if self.expect_continue and not self.disconnected:
+            self.expect_continue = False
+            self.conn.write(_CONTINUE)
+        if not self.body_read:
+            while not self.disconnected and not self.response_complete and not self.body and self.more_body:
+                await self._wait()
+        else:  # the whole body was handed over: what is left to hear is the client leaving
+            while not self.disconnected and not self.response_complete:
+                await self._wait()
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        self.body.clear()
+        self.body_size = 0
+        self.body_read = not self.more_body
+        self.conn.resume_body()
+        return {"type": "http.request", "body": body, "more_body": self.more_body}
+
+    async def _wait(self) -> None:
+        self.waiter = self.conn.loop.create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            if not self.response_started or self.response_complete:
+                raise RuntimeError(f"unexpected ASGI message {kind!r} before `http.response.start` or after "
+                                   "the response's end")
+            if self.disconnected:
+                return
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            conn = self.conn
+            if self.head_held is not None:
+                data = self.head_held + (b"" if self.head_only else body)
+                self.head_held = None
+            elif self.head_only:
+                data = b""
+            elif self.chunked:
+                data = b"%x\r\n%s\r\n" % (len(body), body) if body else b""
+                if not more:
+                    data += _LAST_CHUNK
+            else:
+                data = body
+            if data:
+                conn.write(data)
+            if not more:
+                self.response_complete = True
+                self.wake()
+                if self.task is None:  # sent from outside the app's task: nothing else will finish the cycle
+                    conn.cycle_done(self)
+            elif not conn.writable.is_set():
+                await conn.writable.wait()
+        elif kind == "http.response.start":
+            if self.response_started:
+                raise RuntimeError("`http.response.start` sent twice")
+            self.response_started = True
+            if self.disconnected:
+                return
+            self._start_response(message["status"], message.get("headers", ()))
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+
+    def _start_response(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "").encode())
+        parts = [line, self.conn.state.clock.date()]
+        length = False
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                length = True
+            elif lower == b"connection":
+                if value.lower() == b"close":
+                    self.keep_alive = False
+                continue
+            elif lower == b"transfer-encoding":
+                continue
+            parts.append(b"%s: %s\r\n" % (name, value))
+        if self.more_body and self.keep_alive:
+            # The app answered before reading the whole body: the rest of it is not read, so the
+            # connection cannot carry another request.
+            self.keep_alive = False
+        if not length and status >= 200 and status not in (204, 304):
+            self.chunked = True
+            parts.append(_CHUNKED)
+        if not self.keep_alive or self.conn.state.stopping:
+            self.keep_alive = False
+            parts.append(_CLOSE)
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        if length:
+            self.head_held = head  # one write with the body
+        else:
+            self.conn.write(head)  # a stream: its head leaves at once
+
+    async def _internal_error(self) -> None:
+        body = b"Internal Server Error\n"
+        self.keep_alive = False
+        await self.send({"type": "http.response.start", "status": 500,
+                         "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                     (b"content-length", b"%d" % len(body))]})
+        await self.send({"type": "http.response.body", "body": body})
+
+
+def _address(value: Any) -> tuple[str, int] | None:
+    if isinstance(value, tuple) and len(value) >= 2:
+        return str(value[0]), int(value[1])
+    return None
+
+
+class HttpServer:
+    """Serves `app` on `host:port` (or on `sockets`, already bound) until `exit()` (called on the server's
+    loop: `loop.call_soon_threadsafe(server.exit)` from another thread), or SIGINT or SIGTERM when
+    `handle_signals`; runs the app's lifespan around it. A stop is graceful (`shutdown`), and `serve`
+    then returns."""
+
+    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0, *,
+                 sockets: list[socket.socket] | None = None, keep_alive_s: float = 30.0, grace_s: float = 25.0,
+                 backlog: int = 4096, handle_signals: bool = True, second_sigint_forces: bool = True) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self.sockets = sockets
+        self.grace_s = grace_s
+        self.backlog = backlog
+        self.handle_signals = handle_signals
+        self.second_sigint_forces = second_sigint_forces  # a worker's supervisor owns Ctrl-C: it says not
+        self.state = ServerState(app, keep_alive_s)
+        self.servers: list[asyncio.base_events.Server] = []
+        self.started = False
+        self.should_exit = False
+        self.force_exit = False  # a second Ctrl-C: cut the grace period short
+        self._exit = asyncio.Event()
+        self._lifespan: _Lifespan | None = None
+
+    @property
+    def bound_ports(self) -> list[int]:
+        return [sock.getsockname()[1] for server in self.servers for sock in server.sockets]
+
+    def exit(self) -> None:
+        self.should_exit = True
+        self._exit.set()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._lifespan = _Lifespan(self.app)
+        await self._lifespan.startup()
+
+        def factory() -> Connection:
+            return Connection(self.state)
+
+        if self.sockets:
+            for sock in self.sockets:
+                self.servers.append(await loop.create_server(factory, sock=sock, backlog=self.backlog))
+        else:
+            self.servers.append(await loop.create_server(factory, self.host, self.port, backlog=self.backlog,
+                                                         reuse_address=True))
+        self.started = True
+        with self._signals(loop):
+            await self._exit.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop listening, close idle connections, give requests in flight `grace_s`, then cancel them."""
+        self.state.stopping = True
+        for server in self.servers:
+            server.close()
+        for conn in list(self.state.connections):
+            if conn.idle():
+                conn.close()
+        self.state.check_drained()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.state.drained.wait(), self.grace_s)
+        tasks = [conn.cycle.task for conn in self.state.connections
+                 if conn.cycle is not None and conn.cycle.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for conn in list(self.state.connections):
+            conn.close()
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+        if self._lifespan is not None:
+            await self._lifespan.shutdown()
+
+    @contextlib.contextmanager
+    def _signals(self, loop: asyncio.AbstractEventLoop) -> Any:
+        if not self.handle_signals:
+            yield
+            return
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+                installed.append(sig)
+        try:
+            yield
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: int) -> None:
+        if self.should_exit and sig == signal.SIGINT and self.second_sigint_forces:
+            self.force_exit = True
+            self.state.drained.set()
+        self.exit()
+
+
+class _Lifespan:
+    """ASGI lifespan: `startup` before the first connection, `shutdown` after the last."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self.started = asyncio.Event()
+        self.stopped = asyncio.Event()
+        self.failed: str | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def startup(self) -> None:
+        self.task = asyncio.create_task(self._run())
+        await self.inbox.put({"type": "lifespan.startup"})
+        await self.started.wait()
+        if self.failed:
+            raise RuntimeError(f"the app failed to start: {self.failed}")
+
+    async def shutdown(self) -> None:
+        if self.task is None or self.task.done():
+            return
+        await self.inbox.put({"type": "lifespan.shutdown"})
+        await self.stopped.wait()
+
+    async def _run(self) -> None:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
+        try:
+            await self.app(scope, self.inbox.get, self._send)
+        except BaseException as exc:
+            if not self.started.is_set():
+                self.failed = repr(exc)
+            log.exception("laneway: the app's lifespan failed")
+        finally:
+            self.started.set()
+            self.stopped.set()
+
+    async def _send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "lifespan.startup.complete":
+            self.started.set()
+        elif kind == "lifespan.startup.failed":
+            self.failed = str(message.get("message", "startup failed"))
+            self.started.set()
+        elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            self.stopped.set()

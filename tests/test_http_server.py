@@ -1,0 +1,316 @@
+"""Laneway's HTTP/1.1 server (`laneway.server._http11`) on real loopback sockets, byte for byte."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from laneway.server._http11 import MAX_HEAD_BYTES, HttpServer
+
+
+async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers with the method, path, query and whole body; `/stream` streams, `/boom` fails,
+    `/slow` waits `?s` seconds (or until the client leaves, and then remembers it)."""
+    if scope["type"] != "http":
+        return
+    path = scope["path"]
+    if path == "/boom":
+        raise RuntimeError("boom")
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    if path == "/stream":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        for piece in (b"one ", b"two ", b"three"):
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    if path == "/half":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        raise RuntimeError("failed mid-answer")
+    if path == "/slow":
+        seconds = float(scope["query_string"].decode().removeprefix("s="))
+        waiter = asyncio.ensure_future(receive())
+        done, _ = await asyncio.wait([waiter], timeout=seconds)
+        if done:
+            EVENTS.append(waiter.result()["type"])
+            return
+        waiter.cancel()
+    answer = b"%s %s %s %s" % (scope["method"].encode(), path.encode(), scope["query_string"], body)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(answer))]})
+    await send({"type": "http.response.body", "body": answer})
+
+
+EVENTS: list[str] = []
+
+
+@contextlib.asynccontextmanager
+async def running(app: Any = echo_app, **options: Any) -> AsyncIterator[HttpServer]:
+    server = HttpServer(app, "127.0.0.1", 0, handle_signals=False, **options)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.005)
+        if task.done():
+            task.result()
+    try:
+        yield server
+    finally:
+        server.exit()
+        await asyncio.wait_for(task, 10)
+
+
+async def connect(server: HttpServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", server.bound_ports[0])
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One response: status, headers (lower-cased names) and body, by length or chunked."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.decode().split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = dict(line.split(": ", 1) for line in lines[1:] if line)
+    headers = {name.lower(): value for name, value in headers.items()}
+    if "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    elif headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            body += await reader.readexactly(size + 2)
+            body = body[:-2]
+            if size == 0:
+                break
+    else:
+        body = b""
+    return status, headers, body
+
+
+def post(path: str, body: bytes, extra: str = "") -> bytes:
+    return f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {len(body)}\r\n{extra}\r\n".encode() + body
+
+
+async def test_keep_alive_answers_many_requests_on_one_connection_with_length_and_date() -> None:
+    async with running() as server:
+        reader, writer = await connect(server)
+        for i in range(3):
+            writer.write(post(f"/echo?i={i}", b"hello %d" % i))
+            status, headers, body = await read_response(reader)
+            assert (status, body) == (200, b"POST /echo i=%d hello %d" % (i, i))
+            assert headers["content-length"] == str(len(body))
+            assert "transfer-encoding" not in headers and "connection" not in headers
+            assert headers["date"].endswith(" GMT")
+        writer.close()
+
+
+async def test_a_stream_is_chunked_and_each_piece_leaves_as_it_is_sent() -> None:
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(post("/stream", b""))
+        status, headers, body = await read_response(reader)
+        assert (status, headers["transfer-encoding"], body) == (200, "chunked", b"one two three")
+        writer.write(post("/echo", b"after"))  # the connection is still usable
+        assert (await read_response(reader))[2] == b"POST /echo  after"
+        writer.close()
+
+
+async def test_a_chunked_request_body_is_read_whole() -> None:
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        assert (await read_response(reader))[2] == b"POST /echo  hello world"
+        writer.close()
+
+
+async def test_a_large_body_arrives_whole_through_the_read_pause() -> None:
+    payload = bytes(range(256)) * 8192  # 2 MiB, past the point where the server stops reading
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(post("/echo", payload))
+        status, _, body = await read_response(reader)
+        assert status == 200 and body == b"POST /echo  " + payload
+        writer.close()
+
+
+async def test_pipelined_requests_are_answered_in_order() -> None:
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(post("/slow?s=0.05", b"first") + post("/echo", b"second") + post("/echo", b"third"))
+        bodies = [(await read_response(reader))[2] for _ in range(3)]
+        assert bodies == [b"POST /slow s=0.05 first", b"POST /echo  second", b"POST /echo  third"]
+        writer.close()
+
+
+async def test_expect_continue_gets_its_interim_answer_before_the_body_is_sent() -> None:
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n")
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"body")
+        assert (await read_response(reader))[2] == b"POST /echo  body"
+        writer.close()
+
+
+@pytest.mark.parametrize("request_bytes", [
+    post("/echo", b"x", "connection: close\r\n"),
+    b"POST /echo HTTP/1.0\r\ncontent-length: 1\r\n\r\nx",
+])
+async def test_connection_close_and_http_1_0_end_the_connection_after_the_answer(request_bytes: bytes) -> None:
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(request_bytes)
+        status, headers, body = await read_response(reader)
+        assert (status, headers["connection"], body) == (200, "close", b"POST /echo  x")
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+
+
+async def test_a_malformed_request_gets_a_400_that_says_why_and_the_connection_closes() -> None:
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        status, headers, body = await read_response(reader)
+        assert status == 400 and headers["connection"] == "close"
+        assert body.startswith(b"malformed HTTP request")
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+
+
+async def test_an_oversized_head_gets_a_431() -> None:
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(b"GET / HTTP/1.1\r\nx-big: " + b"a" * (MAX_HEAD_BYTES + 10) + b"\r\n\r\n")
+        status, _, body = await read_response(reader)
+        assert status == 431 and str(MAX_HEAD_BYTES).encode() in body
+        writer.close()
+
+
+async def test_an_app_failure_before_the_answer_is_a_500_and_after_it_cuts_the_connection(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.CRITICAL, logger="laneway.http")
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(post("/boom", b""))
+        status, headers, body = await read_response(reader)
+        assert (status, headers["connection"], body) == (500, "close", b"Internal Server Error\n")
+        writer.close()
+        reader, writer = await connect(server)
+        writer.write(post("/half", b""))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert b"transfer-encoding: chunked" in head
+        rest = await asyncio.wait_for(reader.read(), 5)  # the connection closes without the last chunk
+        assert rest == b"7\r\npartial\r\n"
+        writer.close()
+
+
+async def test_the_app_hears_the_client_leave() -> None:
+    EVENTS.clear()
+    async with running() as server:
+        _, writer = await connect(server)
+        writer.write(post("/slow?s=5", b""))
+        await asyncio.sleep(0.1)
+        writer.close()
+        for _ in range(100):
+            if EVENTS:
+                break
+            await asyncio.sleep(0.02)
+        assert EVENTS == ["http.disconnect"]
+
+
+async def test_head_answers_without_a_body() -> None:
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(b"HEAD /echo HTTP/1.1\r\nhost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 OK") and b"content-length: 12" in head  # "HEAD /echo  "
+        writer.write(post("/echo", b"next"))  # nothing but the head came before this answer
+        assert (await read_response(reader))[2] == b"POST /echo  next"
+        writer.close()
+
+
+async def test_an_idle_connection_is_closed_after_the_keep_alive_time() -> None:
+    async with running(keep_alive_s=0.2) as server:
+        reader, writer = await connect(server)
+        writer.write(post("/echo", b"x"))
+        await read_response(reader)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+
+
+async def test_a_stop_lets_requests_in_flight_finish_and_closes_idle_connections() -> None:
+    server = HttpServer(echo_app, "127.0.0.1", 0, handle_signals=False, grace_s=5)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.005)
+    port = server.bound_ports[0]
+    busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", port)
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+    idle_writer.write(post("/echo", b"x"))
+    await read_response(idle_reader)
+    busy_writer.write(post("/slow?s=0.3", b"late"))
+    await asyncio.sleep(0.05)
+    server.exit()
+    assert await asyncio.wait_for(idle_reader.read(), 5) == b""  # idle: closed at once
+    status, headers, body = await read_response(busy_reader)  # in flight: answered, then closed
+    assert (status, headers["connection"], body) == (200, "close", b"POST /slow s=0.3 late")
+    await asyncio.wait_for(task, 5)
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", port)  # no longer listening
+    busy_writer.close()
+    idle_writer.close()
+
+
+async def test_a_request_still_running_after_the_grace_period_is_cancelled() -> None:
+    cancelled = asyncio.Event()
+
+    async def endless(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    server = HttpServer(endless, "127.0.0.1", 0, handle_signals=False, grace_s=0.2)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.005)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.bound_ports[0])
+    writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    await asyncio.sleep(0.05)
+    server.exit()
+    await asyncio.wait_for(task, 5)
+    assert cancelled.is_set()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+async def test_the_lifespan_runs_around_the_server() -> None:
+    seen: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                seen.append(message["type"])
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+
+    async with running(app):
+        assert seen == ["lifespan.startup"]
+    assert seen == ["lifespan.startup", "lifespan.shutdown"]
