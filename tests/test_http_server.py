@@ -216,6 +216,23 @@ async def test_an_app_failure_before_the_answer_is_a_500_and_after_it_cuts_the_c
         writer.close()
 
 
+async def test_a_header_with_a_line_break_is_never_sent(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.CRITICAL, logger="laneway.http")
+
+    async def splitting(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"x-echo", b"a\r\nset-cookie: stolen=1"), (b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    async with running(splitting) as server:
+        reader, writer = await connect(server)
+        writer.write(post("/", b""))
+        status, headers, body = await read_response(reader)
+        assert (status, body) == (500, b"Internal Server Error\n") and "set-cookie" not in headers
+        writer.close()
+
+
 async def test_the_app_hears_the_client_leave() -> None:
     EVENTS.clear()
     async with running() as server:

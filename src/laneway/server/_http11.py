@@ -417,28 +417,30 @@ class Cycle:
         elif kind == "http.response.start":
             if self.response_started:
                 raise RuntimeError("`http.response.start` sent twice")
+            if not self.disconnected:
+                self._start_response(message["status"], message.get("headers", ()))
             self.response_started = True
-            if self.disconnected:
-                return
-            self._start_response(message["status"], message.get("headers", ()))
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
 
     def _start_response(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """ASGI has the app send header names lower-cased; each name and value is copied as it is, and a
+        line break in any of them (a response split in two) is refused."""
         line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "").encode())
         parts = [line, self.conn.state.clock.date()]
+        lines = 2
         length = False
         for name, value in headers:
-            lower = name.lower()
-            if lower == b"content-length":
+            if name == b"content-length":
                 length = True
-            elif lower == b"connection":
+            elif name == b"connection":
                 if value.lower() == b"close":
                     self.keep_alive = False
                 continue
-            elif lower == b"transfer-encoding":
+            elif name == b"transfer-encoding":
                 continue
-            parts.append(b"%s: %s\r\n" % (name, value))
+            parts += (name, b": ", value, b"\r\n")
+            lines += 1
         if self.more_body and self.keep_alive:
             # The app answered before reading the whole body: the rest of it is not read, so the
             # connection cannot carry another request.
@@ -451,6 +453,9 @@ class Cycle:
             parts.append(_CLOSE)
         parts.append(b"\r\n")
         head = b"".join(parts)
+        lines += 1 + self.chunked + (not self.keep_alive)
+        if head.count(b"\n") != lines or head.count(b"\r") != lines:
+            raise RuntimeError("a response header holds a line break: the response is not sent")
         if length:
             self.head_held = head  # one write with the body
         else:
