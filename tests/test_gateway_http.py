@@ -195,6 +195,19 @@ def test_unknown_endpoint(default_gateway: LiveGateway) -> None:
     assert status == 404 and "no endpoint `POST /v2/whatever`" in payload["error"]["message"]
 
 
+def test_head_reads_like_get_and_a_wrong_method_is_told_what_the_path_allows(default_gateway: LiveGateway) -> None:
+    request = urllib.request.Request(default_gateway.url + "/healthz", method="HEAD")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200 and response.read() == b""
+        assert int(response.headers["content-length"]) > 0  # the length GET's body has
+    status, headers, payload = post(default_gateway, {}, path="/healthz")
+    assert status == 405 and headers["allow"] == "GET, HEAD" and "use GET, HEAD" in payload["error"]["message"]
+    request = urllib.request.Request(default_gateway.url + "/admin/reload", method="GET")
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    assert caught.value.code == 405 and caught.value.headers["allow"] == "POST"
+
+
 def test_reload_keeps_running_config_on_error(sim_url: str, tmp_path: Path) -> None:
     path = tmp_path / "routes.yaml"
     path.write_text(SEED)

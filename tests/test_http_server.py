@@ -331,3 +331,214 @@ async def test_the_lifespan_runs_around_the_server() -> None:
     async with running(app):
         assert seen == ["lifespan.startup"]
     assert seen == ["lifespan.startup", "lifespan.shutdown"]
+
+
+async def answer_unread(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers at once without reading the body, as a gateway refusing a request does (401, 413)."""
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/listen":  # a stream that then listens for the client, body unread
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        listening = asyncio.ensure_future(receive())
+        await asyncio.sleep(0.05)
+        listening.cancel()
+        await send({"type": "http.response.body", "body": b"last"})
+        return
+    if scope["path"] == "/framing":
+        status = int(scope["query_string"].decode())
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"10")]})
+        await send({"type": "http.response.body", "body": b"short"})
+        return
+    await send({"type": "http.response.start", "status": 401,
+                "headers": [(b"content-length", b"6")]})
+    await send({"type": "http.response.body", "body": b"nokey\n"})
+
+
+@pytest.mark.parametrize("upgrade", ["h2c", "websocket"])
+async def test_an_upgrade_request_is_answered_as_a_plain_one_and_the_connection_ends(upgrade: str) -> None:
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(f"GET /echo HTTP/1.1\r\nhost: x\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: {upgrade}\r\n"
+                     "http2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n".encode())
+        status, headers, body = await read_response(reader)
+        assert (status, headers["connection"], body) == (200, "close", b"GET /echo  ")
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+
+
+async def test_bytes_after_a_closing_request_do_not_cost_it_its_answer() -> None:
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(post("/slow?s=0.05", b"a", "connection: close\r\n") + post("/echo", b"b"))
+        status, headers, body = await read_response(reader)
+        assert (status, headers["connection"], body) == (200, "close", b"POST /slow s=0.05 a")
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+
+
+async def test_bad_bytes_behind_a_good_request_get_a_400_after_its_answer() -> None:
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(post("/slow?s=0.05", b"good") + b"BOGUS\r\n\r\n")
+        first = await read_response(reader)
+        second = await read_response(reader)
+        assert (first[0], first[2]) == (200, b"POST /slow s=0.05 good")
+        assert second[0] == 400 and second[1]["connection"] == "close" and second[1]["date"].endswith(" GMT")
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+
+
+async def test_an_answer_before_the_body_is_read_reaches_the_client_whole() -> None:
+    body = b"x" * (8 * 1024 * 1024)
+    async with running(answer_unread) as server:
+        reader, writer = await connect(server)
+        writer.write(post("/v1/completions", body))
+        sending = asyncio.ensure_future(writer.drain())
+        status, headers, answer = await read_response(reader)
+        assert (status, headers["connection"], answer) == (401, "close", b"nokey\n")
+        await asyncio.wait_for(sending, 10)  # the rest of the body was read (and dropped), not refused
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+
+
+async def test_an_http_1_0_client_gets_a_stream_ended_by_the_close_and_no_chunks() -> None:
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(b"POST /stream HTTP/1.0\r\ncontent-length: 0\r\n\r\n")
+        data = await asyncio.wait_for(reader.read(), 5)
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert b"transfer-encoding" not in head and b"connection: close" in head
+        assert body == b"one two three"
+        writer.close()
+
+
+async def test_an_http_1_0_keep_alive_is_kept_and_said_when_the_length_is_known() -> None:
+    async with running() as server:
+        reader, writer = await connect(server)
+        for _ in range(2):
+            writer.write(b"POST /echo HTTP/1.0\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\nx")
+            status, headers, body = await read_response(reader)
+            assert (status, headers["connection"], body) == (200, "keep-alive", b"POST /echo  x")
+        writer.close()
+
+
+async def test_no_interim_continue_lands_inside_a_response_already_begun() -> None:
+    async with running(answer_unread) as server:
+        reader, writer = await connect(server)
+        writer.write(b"POST /listen HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n")
+        status, _, body = await read_response(reader)
+        assert (status, body) == (200, b"firstlast")
+        writer.close()
+
+
+async def test_a_header_line_that_never_ends_is_refused_before_it_fills_the_memory() -> None:
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(b"GET / HTTP/1.1\r\nx-big: ")
+        with contextlib.suppress(ConnectionError):  # the server stops reading, and closes
+            for _ in range(64):  # 64 x 16 KiB, well past the limit, and no line end
+                writer.write(b"a" * 16384)
+                await asyncio.wait_for(writer.drain(), 5)
+        with contextlib.suppress(ConnectionError):
+            answer = await asyncio.wait_for(reader.read(), 5)
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 431 ")
+        writer.close()
+
+
+async def test_a_head_trickled_a_byte_at_a_time_is_closed_after_the_keep_alive_time() -> None:
+    async with running(keep_alive_s=0.3) as server:
+        reader, writer = await connect(server)
+        started = asyncio.get_running_loop().time()
+        for byte in b"GET / HTTP/1.1\r\nx-slow: " + b"a" * 40:
+            if reader.at_eof():
+                break
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.02)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert asyncio.get_running_loop().time() - started < 1.0
+        writer.close()
+
+
+@pytest.mark.parametrize("status", [200, 204])
+async def test_a_body_that_breaks_the_framing_is_not_sent(status: int, caplog: pytest.LogCaptureFixture) -> None:
+    """A body shorter than its `content-length` would swallow the next answer: the connection closes
+    instead. A 204 carries no body whatever the app sends."""
+    caplog.set_level(logging.CRITICAL, logger="laneway.http")
+    async with running(answer_unread) as server:
+        reader, writer = await connect(server)
+        writer.write(f"GET /framing?{status} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+        if status == 200:
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # the head waited for the body, which was wrong
+        else:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 204")
+            writer.write(post("/framing", b""))  # the next answer starts right after the head
+            assert (await asyncio.wait_for(reader.read(12), 5)).startswith(b"HTTP/1.1 ")
+        writer.close()
+
+
+async def test_an_absolute_target_without_a_path_is_the_root() -> None:
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(b"GET http://example.com HTTP/1.1\r\nhost: example.com\r\n\r\n")
+        status, _, body = await read_response(reader)
+        assert (status, body) == (200, b"GET /  ")
+        writer.close()
+
+
+STOPPABLE = """
+import asyncio, sys
+from laneway.server._http11 import HttpServer
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                print("lifespan shutdown", flush=True)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+            await send({"type": "lifespan.startup.complete"})
+    await asyncio.sleep(3600)  # a request that never ends
+
+async def main():
+    server = HttpServer(app, "127.0.0.1", 0, grace_s=60)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    print(server.bound_ports[0], flush=True)
+    await task
+
+asyncio.run(main())
+"""
+
+
+def test_a_second_ctrl_c_cuts_the_grace_period_short_and_the_stop_stays_graceful() -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen([sys.executable, "-c", STOPPABLE], stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            time.sleep(0.2)
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+            assert process.poll() is None  # the first waits for the request in flight
+            started = time.monotonic()
+            process.send_signal(signal.SIGINT)
+            assert process.wait(10) == 0
+            assert time.monotonic() - started < 5
+        assert "lifespan shutdown" in process.stdout.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -38,6 +38,7 @@ log = logging.getLogger("laneway")
 LEGACY_COMPLETIONS = "/v1/completions"  # every other `/v1/.../completions` path is a chat route's
 _PROMETHEUS = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
 _HTML = (b"content-type", b"text/html; charset=utf-8")
+_READS = frozenset({"GET", "HEAD"})  # the server sends a HEAD's answer without its body
 
 
 class App:
@@ -83,12 +84,12 @@ class App:
             elif path in self._protected:
                 self._authorize_admin(headers, path)
                 await self._admin(method, path, send, base, scope)
-            elif method == "GET" and path in self._get:
+            elif method in _READS and path in self._get:
                 await self._get[path](send, base, scope)
             elif method == "POST" and path in self._post:
                 await self._post[path](send, base, scope)
             elif path in self._get or path in self._post:
-                raise MethodNotAllowed(f"`{method} {path}` is not supported")
+                self._not_allowed(method, path, base)
             else:
                 raise NotFound(f"no endpoint `{method} {path}`; see /openapi.json")
         except ClientGone:
@@ -101,12 +102,18 @@ class App:
                 await respond_error(send, LanewayError("internal error; see the gateway log"), request_id, base)
 
     async def _admin(self, method: str, path: str, send: Send, base: Headers, scope: Scope) -> None:
-        if method == "GET" and path in self._get:
+        if method in _READS and path in self._get:
             await self._get[path](send, base, scope)
         elif method == "POST" and path in self._post:
             await self._post[path](send, base, scope)
         else:
-            raise MethodNotAllowed(f"`{method} {path}` is not supported")
+            self._not_allowed(method, path, base)
+
+    def _not_allowed(self, method: str, path: str, base: Headers) -> None:
+        """A 405 that says, in `Allow`, which methods the path takes."""
+        allowed = "GET, HEAD" if path in self._get else "POST"
+        base.append((b"allow", allowed.encode()))
+        raise MethodNotAllowed(f"`{method} {path}` is not supported; use {allowed}")
 
     def _authorize_admin(self, headers: dict[str, str], path: str) -> None:
         """Admin endpoints need the admin key once clients need keys or `admin.key_env` is set; a

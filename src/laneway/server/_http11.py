@@ -35,6 +35,13 @@ ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Message]],
                     Callable[[Message], Awaitable[None]]], Awaitable[None]]
 
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers; past this the answer is a 431
+# Bytes read while a head is unfinished: a header line without its end is held by the parser, and
+# counted here; one read that began in the previous request's body may be counted too.
+HEAD_READ_LIMIT = MAX_HEAD_BYTES + 256 * 1024
+# An answer given before its request's body arrived: the rest is read and dropped, up to these, so
+# that closing the connection does not reset it under the client before it has read the answer.
+DISCARD_LIMIT = 64 * 1024 * 1024
+DISCARD_S = 5.0
 BODY_HIGH_WATER = 256 * 1024  # unread request body past which the socket stops being read
 _REASONS = {
     100: "Continue", 200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 301: "Moved Permanently",
@@ -48,6 +55,7 @@ _STATUS_LINES = {status: b"HTTP/1.1 %d %s\r\n" % (status, reason.encode()) for s
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CHUNKED = b"transfer-encoding: chunked\r\n"
 _CLOSE = b"connection: close\r\n"
+_KEEP_ALIVE = b"connection: keep-alive\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
@@ -92,6 +100,8 @@ class Connection(asyncio.Protocol):
         self.state = state
         self.loop = asyncio.get_running_loop()
         self.parser = httptools.HttpRequestParser(self)
+        # Bytes after a `Connection: close` request are ignored, not an error that costs it its answer.
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
         self.transport: asyncio.Transport | None = None
         self.server: tuple[str, int] | None = None
         self.client: tuple[str, int] | None = None
@@ -106,6 +116,12 @@ class Connection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._expect_continue = False
+        self._in_head = False  # between the first byte of a request and the end of its headers
+        self._head_began = 0.0
+        self._head_read = 0
+        self._last: Cycle | None = None  # the request parsed last
+        self._refusal: bytes | None = None  # an answer to bad bytes, sent once the requests before them are
+        self._discarded = 0
         self._active_at = 0.0  # loop time of the last bytes in or of the last answer out
         self._idle: asyncio.TimerHandle | None = None
 
@@ -136,18 +152,28 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._active_at = self.loop.time()
+        if self._refusal is not None:
+            return  # the bytes after bad ones are not read
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(400, "protocol upgrades are not supported")
+            self._upgrade_refused()
+            return
         except httptools.HttpParserError as error:  # what a callback raises arrives wrapped in one
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse(431, f"the request's line and headers exceed {MAX_HEAD_BYTES} bytes")
             else:
                 self._refuse(400, f"malformed HTTP request: {error}")
+            return
+        if self._in_head:
+            self._head_read += len(data)
+            if self._head_read > HEAD_READ_LIMIT:
+                self._refuse(431, f"the request's line and headers exceed {MAX_HEAD_BYTES} bytes")
 
     def eof_received(self) -> bool | None:
-        return None  # close; a request in flight sees the client gone
+        # Close: a request in flight hears its client leave, and stops (a gateway's upstream call costs
+        # money). A client that only half-closes after its request is taken for one that left.
+        return None
 
     def pause_writing(self) -> None:
         self.writable.clear()
@@ -162,6 +188,9 @@ class Connection(asyncio.Protocol):
         self._headers = []
         self._head_bytes = 0
         self._expect_continue = False
+        self._in_head = True
+        self._head_began = self.loop.time()
+        self._head_read = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -175,9 +204,10 @@ class Connection(asyncio.Protocol):
             self._expect_continue = True
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         parser = self.parser
         url = httptools.parse_url(self._url)
-        raw_path = url.path
+        raw_path = url.path or b"/"  # an absolute-form target without a path: http://host
         path = raw_path.decode("ascii", "surrogateescape")
         if "%" in path:
             path = unquote(path)
@@ -190,8 +220,8 @@ class Connection(asyncio.Protocol):
             "client": self.client, "server": self.server,
         }
         keep_alive = parser.should_keep_alive() and not self.state.stopping
-        cycle = Cycle(self, scope, keep_alive, self._expect_continue)
-        self.parsing = cycle
+        cycle = Cycle(self, scope, keep_alive, self._expect_continue and version != "1.0")
+        self.parsing = self._last = cycle
         if self.cycle is None:
             self._start(cycle)
         else:
@@ -200,7 +230,12 @@ class Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         cycle = self.parsing
-        if cycle is None or cycle.response_complete:
+        if cycle is None:
+            return
+        if cycle.response_complete:  # answered already: dropped, within bounds
+            self._discarded += len(body)
+            if self._discarded > DISCARD_LIMIT:
+                self.close()
             return
         cycle.body.append(body)
         cycle.body_size += len(body)
@@ -215,6 +250,8 @@ class Connection(asyncio.Protocol):
         cycle.more_body = False
         cycle.wake()
         self.parsing = None
+        if cycle.response_complete:  # the rest of an answered request's body is in: the connection ends
+            self.close()
 
     # the connection's life
 
@@ -227,13 +264,18 @@ class Connection(asyncio.Protocol):
         self.cycle = None
         if self.closed:
             return
-        if not cycle.keep_alive or self.state.stopping:
+        if self.pipeline and cycle.keep_alive and not self.state.stopping:
+            self._start(self.pipeline.popleft())
+        elif self._refusal is not None:
+            self.write(self._refusal)  # after the answers to the requests before the bad bytes
+            self.close()
+        elif cycle.more_body and not self.state.stopping:
+            self._discard_rest()
+        elif not cycle.keep_alive or self.state.stopping:
             self.close()
             self.state.check_drained()
             return
-        if self.pipeline:
-            self._start(self.pipeline.popleft())
-        if not self.pipeline:
+        if not self.pipeline and self._refusal is None:
             self._resume_reading()
         self._active_at = self.loop.time()
 
@@ -249,17 +291,44 @@ class Connection(asyncio.Protocol):
             self.transport.write(data)
 
     def _refuse(self, status: int, reason: str) -> None:
-        """A request that cannot be parsed: say why, and close (the bytes after it cannot be trusted)."""
+        """Bytes that are not a request: say why, and close (nothing after them can be trusted). The
+        requests read whole before them are answered first, in order."""
         log.debug("laneway: refused a request from %s: %s", self.client, reason)
-        current = self.cycle
-        # The 400 answers the request being read; an answer in progress for an earlier one is cut.
-        if current is None or (current is self.parsing and not current.response_started):
-            body = reason.encode() + b"\n"
-            self.write(_STATUS_LINES[status] + b"content-type: text/plain; charset=utf-8\r\n" + _CLOSE
-                       + b"content-length: %d\r\n\r\n" % len(body) + body)
-        if self.cycle is not None and self.cycle.task is not None:
-            self.cycle.task.cancel()
-        self.close()
+        self._pause_reading()
+        body = reason.encode() + b"\n"
+        self._refusal = (_STATUS_LINES[status] + self.state.clock.date() + _CLOSE
+                         + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n\r\n" % len(body)
+                         + body)
+        broken, self.parsing = self.parsing, None
+        if broken is not None and broken in self.pipeline:
+            self.pipeline.remove(broken)
+        elif broken is not None and broken is self.cycle:  # its body is what could not be read
+            if broken.task is not None:
+                broken.task.cancel()
+            if broken.response_started:  # an answer under way is cut; the client must not read it as whole
+                self.close()
+                return
+            self.cycle = None
+        if self.cycle is None:
+            self.write(self._refusal)
+            self.close()
+
+    def _upgrade_refused(self) -> None:
+        """`Upgrade` (h2c, WebSocket) is not spoken: the request is answered as a plain one, as RFC 9110
+        allows, and the connection ends after it (the parser reads nothing past an upgrade)."""
+        last = self._last
+        if last is None or self.parsing is not None:
+            self._refuse(400, "protocol upgrades are not supported")
+            return
+        last.keep_alive = False
+        self._pause_reading()
+        self._refusal = b""  # nothing to add after the answer: the bytes past the upgrade are not read
+
+    def _discard_rest(self) -> None:
+        """Answered before the request's body was in: read the rest and drop it (`on_body`), then close."""
+        self._discarded = 0
+        self._resume_reading()
+        self.loop.call_later(DISCARD_S, self.close)
 
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
@@ -289,7 +358,9 @@ class Connection(asyncio.Protocol):
         if self.cycle is not None or self.pipeline:  # busy: look again a full period later
             due = now + self.state.keep_alive_s
         else:
-            due = self._active_at + self.state.keep_alive_s
+            # A head trickled in a byte at a time keeps the connection active, not alive.
+            since = self._head_began if self._in_head else self._active_at
+            due = since + self.state.keep_alive_s
             if now >= due:
                 self.close()
                 return
@@ -300,15 +371,16 @@ class Cycle:
     """One request and its response: the ASGI `receive` and `send` of one app call."""
 
     __slots__ = ("body", "body_read", "body_size", "chunked", "conn", "disconnected", "expect_continue", "head_held",
-                 "head_only", "keep_alive", "more_body", "response_complete", "response_started", "scope", "task",
-                 "waiter")
+                 "keep_alive", "length_left", "more_body", "no_body", "response_complete", "response_started", "scope",
+                 "task", "waiter")
 
     def __init__(self, conn: Connection, scope: dict[str, Any], keep_alive: bool, expect_continue: bool) -> None:
         self.conn = conn
         self.scope = scope
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
-        self.head_only = scope["method"] == "HEAD"
+        self.no_body = scope["method"] == "HEAD"  # and, once the status is known, 1xx, 204 and 304
+        self.length_left: int | None = None  # of the declared `content-length`
         self.body: list[bytes] = []
         self.body_size = 0
         self.body_read = False  # the last `http.request` message was handed to the app
@@ -394,11 +466,15 @@ class Cycle:
             body = message.get("body", b"")
             more = message.get("more_body", False)
             conn = self.conn
+            if self.no_body:
+                body = b""
+            elif self.length_left is not None:
+                self.length_left -= len(body)
+                if self.length_left < 0 or (not more and self.length_left):
+                    raise RuntimeError("the response's body does not match its `content-length`")
             if self.head_held is not None:
-                data = self.head_held + (b"" if self.head_only else body)
+                data = self.head_held + body
                 self.head_held = None
-            elif self.head_only:
-                data = b""
             elif self.chunked:
                 data = b"%x\r\n%s\r\n" % (len(body), body) if body else b""
                 if not more:
@@ -417,6 +493,7 @@ class Cycle:
         elif kind == "http.response.start":
             if self.response_started:
                 raise RuntimeError("`http.response.start` sent twice")
+            self.expect_continue = False  # an interim answer after this would land inside the response
             if not self.disconnected:
                 self._start_response(message["status"], message.get("headers", ()))
             self.response_started = True
@@ -425,14 +502,15 @@ class Cycle:
 
     def _start_response(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
         """ASGI has the app send header names lower-cased; each name and value is copied as it is, and a
-        line break in any of them (a response split in two) is refused."""
+        line break in any of them (a response split in two) is refused. A body of unknown length is
+        chunked, or for an HTTP/1.0 client ended by closing the connection."""
         line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "").encode())
         parts = [line, self.conn.state.clock.date()]
         lines = 2
-        length = False
+        length: int | None = None
         for name, value in headers:
             if name == b"content-length":
-                length = True
+                length = int(value)
             elif name == b"connection":
                 if value.lower() == b"close":
                     self.keep_alive = False
@@ -441,22 +519,30 @@ class Cycle:
                 continue
             parts += (name, b": ", value, b"\r\n")
             lines += 1
-        if self.more_body and self.keep_alive:
-            # The app answered before reading the whole body: the rest of it is not read, so the
-            # connection cannot carry another request.
+        if status < 200 or status in (204, 304):
+            self.no_body = True
+        http_1_0 = self.scope["http_version"] == "1.0"
+        if self.more_body or self.conn.state.stopping or (http_1_0 and length is None and not self.no_body):
+            # The app answered before reading the whole body (the rest is not read), the server is
+            # stopping, or an HTTP/1.0 client reads the body to the connection's end.
             self.keep_alive = False
-        if not length and status >= 200 and status not in (204, 304):
+        if length is None and not self.no_body and not http_1_0:
             self.chunked = True
             parts.append(_CHUNKED)
-        if not self.keep_alive or self.conn.state.stopping:
-            self.keep_alive = False
+            lines += 1
+        if not self.keep_alive:
             parts.append(_CLOSE)
+            lines += 1
+        elif http_1_0:
+            parts.append(_KEEP_ALIVE)
+            lines += 1
         parts.append(b"\r\n")
         head = b"".join(parts)
-        lines += 1 + self.chunked + (not self.keep_alive)
-        if head.count(b"\n") != lines or head.count(b"\r") != lines:
+        if head.count(b"\n") != lines + 1 or head.count(b"\r") != lines + 1:
             raise RuntimeError("a response header holds a line break: the response is not sent")
-        if length:
+        if length is not None and not self.no_body:
+            self.length_left = length
+        if length is not None or self.no_body:
             self.head_held = head  # one write with the body
         else:
             self.conn.write(head)  # a stream: its head leaves at once
@@ -524,9 +610,9 @@ class HttpServer:
             self.servers.append(await loop.create_server(factory, self.host, self.port, backlog=self.backlog,
                                                          reuse_address=True))
         self.started = True
-        with self._signals(loop):
+        with self._signals(loop):  # also while stopping: a second Ctrl-C cuts the grace period short
             await self._exit.wait()
-        await self.shutdown()
+            await self.shutdown()
 
     async def shutdown(self) -> None:
         """Stop listening, close idle connections, give requests in flight `grace_s`, then cancel them."""
