@@ -247,6 +247,28 @@ async def test_the_app_hears_the_client_leave() -> None:
         assert EVENTS == ["http.disconnect"]
 
 
+async def test_every_listener_hears_the_client_leave() -> None:
+    heard: list[str] = []
+
+    async def two_listeners(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()  # the (empty) body
+        results = await asyncio.gather(receive(), receive())
+        heard.extend(message["type"] for message in results)
+
+    async with running(two_listeners) as server:
+        _, writer = await connect(server)
+        writer.write(post("/", b""))
+        await asyncio.sleep(0.1)
+        writer.close()
+        for _ in range(100):
+            if heard:
+                break
+            await asyncio.sleep(0.02)
+        assert heard == ["http.disconnect", "http.disconnect"]
+
+
 async def test_head_answers_without_a_body() -> None:
     async with running() as server:
         reader, writer = await connect(server)

@@ -2,14 +2,15 @@
 
 `laneway serve` used uvicorn. This does the part of uvicorn that a gateway uses, with less work per
 request: the scope is built once from the parser's callbacks, a response whose length is known
-leaves in one write, and nothing is logged per request (docs/benchmarks.md, "An HTTP server of its
-own"). Any ASGI server can still run `App`; the tests run it under both.
+leaves in one write, and nothing is logged per request (docs/benchmarks.md, "Twelfth round: an
+HTTP server of its own"). Any ASGI server can still run `App`; the tests run it under both.
 
-What it does: keep-alive (HTTP/1.1's default; `Connection: close` and HTTP/1.0 end a connection after
-its response), pipelined requests answered in order, `Expect: 100-continue`, request bodies by
-length or chunked, back-pressure both ways, a `http.disconnect` when the client leaves, a `date`
-header, idle connections closed after `keep_alive_s`, and a graceful stop: listening stops, idle
-connections close, requests in flight get `grace_s` to finish and are then cancelled.
+What it does (docs/deployment.md, "The HTTP server"): keep-alive, pipelined requests answered in
+order, `Expect: 100-continue`, request bodies by length or chunked, back-pressure both ways, a
+`http.disconnect` when the client leaves, a `date` header, idle connections closed after
+`keep_alive_s`, bad bytes answered with a 400 or 431 after the requests before them, and a
+graceful stop: listening stops, idle connections close, requests in flight get `grace_s` to finish
+and are then cancelled.
 """
 
 from __future__ import annotations
@@ -22,17 +23,17 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, cast
 from urllib.parse import unquote
 
 import httptools
 
+from ._asgi import Message, Receive, Scope, Send
+
 log = logging.getLogger("laneway.http")
 
-Message = MutableMapping[str, Any]
-ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Message]],
-                    Callable[[Message], Awaitable[None]]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers; past this the answer is a 431
 # Bytes read while a head is unfinished: a header line without its end is held by the parser, and
@@ -120,7 +121,7 @@ class Connection(asyncio.Protocol):
         self._head_began = 0.0
         self._head_read = 0
         self._last: Cycle | None = None  # the request parsed last
-        self._refusal: bytes | None = None  # an answer to bad bytes, sent once the requests before them are
+        self._refusal: bytes | None = None  # the answer to bad bytes, sent after those to the requests before
         self._discarded = 0
         self._active_at = 0.0  # loop time of the last bytes in or of the last answer out
         self._idle: asyncio.TimerHandle | None = None
@@ -346,7 +347,7 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def resume_body(self) -> None:
-        if not self.pipeline:
+        if not self.pipeline and self._refusal is None:
             self._resume_reading()
 
     def _check_idle(self) -> None:
@@ -372,7 +373,7 @@ class Cycle:
 
     __slots__ = ("body", "body_read", "body_size", "chunked", "conn", "disconnected", "expect_continue", "head_held",
                  "keep_alive", "length_left", "more_body", "no_body", "response_complete", "response_started", "scope",
-                 "task", "waiter")
+                 "task", "waiters")
 
     def __init__(self, conn: Connection, scope: dict[str, Any], keep_alive: bool, expect_continue: bool) -> None:
         self.conn = conn
@@ -390,7 +391,7 @@ class Cycle:
         self.response_complete = False
         self.chunked = False
         self.head_held: bytes | None = None  # a head whose body has a known length: sent with it
-        self.waiter: asyncio.Future[None] | None = None
+        self.waiters: list[asyncio.Future[None]] = []
         self.task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -421,9 +422,13 @@ class Cycle:
                 self.conn.cycle_done(self)
 
     def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        """Wakes every `receive()` waiting (an app may listen for the client leaving while it reads)."""
+        waiters = self.waiters
+        if waiters:
+            self.waiters = []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def client_left(self) -> None:
         self.disconnected = True
@@ -449,11 +454,9 @@ class Cycle:
         return {"type": "http.request", "body": body, "more_body": self.more_body}
 
     async def _wait(self) -> None:
-        self.waiter = self.conn.loop.create_future()
-        try:
-            await self.waiter
-        finally:
-            self.waiter = None
+        waiter = self.conn.loop.create_future()
+        self.waiters.append(waiter)
+        await waiter
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
