@@ -334,6 +334,8 @@ async def test_a_request_still_running_after_the_grace_period_is_cancelled() -> 
     server.exit()
     await asyncio.wait_for(task, 5)
     assert cancelled.is_set()
+    status, headers, body = await read_response(reader)  # told, so that it can retry elsewhere
+    assert (status, headers["connection"], body) == (503, "close", b"the server stopped before the answer\n")
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
 

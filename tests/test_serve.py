@@ -246,8 +246,11 @@ routes:
 def test_a_stop_past_the_grace_period_cuts_requests_in_flight_and_records_them(tmp_path: Path) -> None:
     db = tmp_path / "exchanges.sqlite3"
     config = tmp_path / "routes.yaml"
-    config.write_text(CUT_SHORT.format(db=db))
+    config.write_text(CUT_SHORT.format(db=db).replace("shutdown_grace_ms: 1000", "shutdown_grace_ms: 60000"))
     process, url = serve(config)
+    config.write_text(CUT_SHORT.format(db=db))  # the grace period a reload sets is the one the stop uses
+    with urllib.request.urlopen(urllib.request.Request(url + "/admin/reload", data=b""), timeout=30) as response:
+        assert json.loads(response.read())["reloaded"] is True
     streaming = {"model": "laneway", "stream": True, "metadata": {"to": "stall"},
                  "messages": [{"role": "user", "content": "tell me a long story"}]}
     whole = {"model": "laneway", "messages": [{"role": "user", "content": "hello"}]}
@@ -265,11 +268,70 @@ def test_a_stop_past_the_grace_period_cuts_requests_in_flight_and_records_them(t
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
         took = time.monotonic() - stopped
+        answer = plain.recv(65536)
     assert process.returncode == 0, output
     assert took < 10, took  # the 1 s grace, then the cut: not the 60 s the requests could still take
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"connection: close" in answer  # told, so it can retry
     with sqlite3.connect(db) as connection:
         rows = connection.execute("select route, status, outcome, error, completion_tokens, cost_usd "
                                   "from exchanges order by route").fetchall()
     assert [(r[0], r[1], r[2]) for r in rows] == [("stream", 503, "cancelled"), ("whole", 503, "cancelled")]
     assert "after 3 pieces of the stream" in rows[0][3] and "server.shutdown_grace_ms" in rows[1][3]
     assert rows[0][4] >= 3 and rows[0][5] > 0  # what the stream had sent is billed
+
+
+def test_workers_refuse_new_connections_once_stopping_and_a_second_ctrl_c_cuts_the_grace_short(
+        tmp_path: Path) -> None:
+    db = tmp_path / "exchanges.sqlite3"
+    config = tmp_path / "routes.yaml"
+    config.write_text(CUT_SHORT.format(db=db).replace("shutdown_grace_ms: 1000", "shutdown_grace_ms: 60000"))
+    process, url = serve(config, "--workers", "2")
+    port = int(url.rsplit(":", 1)[1])
+    whole = json.dumps({"model": "laneway", "messages": [{"role": "user", "content": "hello"}]}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as plain:
+        plain.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                      b"content-length: %d\r\n\r\n%s" % (len(whole), whole))
+        time.sleep(0.5)  # waiting on its silent upstream
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        with socket.socket() as late:
+            late.settimeout(5)
+            assert late.connect_ex(("127.0.0.1", port)) != 0  # refused, not left waiting in the backlog
+        assert process.poll() is None  # the first Ctrl-C waits for the request in flight (60 s of grace)
+        stopped = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+        took = time.monotonic() - stopped
+        answer = plain.recv(65536)
+    assert process.returncode == 0, output
+    assert took < 10, (took, output)
+    assert answer.startswith(b"HTTP/1.1 503 ")
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute("select status, outcome from exchanges").fetchall()
+    assert rows == [(503, "cancelled")]
+
+
+def test_reloads_asked_for_while_workers_start_do_not_kill_them(tmp_path: Path) -> None:
+    config = tmp_path / "routes.yaml"
+    config.write_text(ROUTES.format(db=tmp_path / "exchanges.sqlite3", target="gpt-5-mini"))
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "laneway", "serve", "--config", str(config), "--port", str(port),
+                                "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        while "2 workers serving" not in process.stdout.readline():  # then the workers are starting
+            assert process.poll() is None
+        ready = False
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            process.send_signal(signal.SIGHUP)  # while they start, as a deploy script might
+            time.sleep(0.1)
+            ready = get(f"http://127.0.0.1:{port}/readyz") == 200
+            if ready:
+                break
+        assert ready and chat(f"http://127.0.0.1:{port}") == "gpt-5-mini"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert "exited with code" not in output, output

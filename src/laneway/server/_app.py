@@ -79,7 +79,9 @@ class App:
             if path == LEGACY_COMPLETIONS:
                 raise NotFound(f"`{LEGACY_COMPLETIONS}` (OpenAI's legacy text completions, with `prompt`) is not "
                                "served; send `messages` to `/v1/chat/completions`")
-            if method == "POST" and path.startswith("/v1/") and path.endswith("/completions"):
+            if path.startswith("/v1/") and path.endswith("/completions"):
+                if method != "POST":
+                    self._not_allowed(method, path, base)
                 await self._chat(scope, receive, send, headers, request_id, base)
             elif path in self._protected:
                 self._authorize_admin(headers, path)

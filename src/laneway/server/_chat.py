@@ -109,7 +109,7 @@ async def _unless_client_leaves(answer: Awaitable[T], receive: Receive | None, e
 
 def _cancelled(exchange: Exchange, when: str) -> None:
     exchange.status, exchange.outcome = SHUT_DOWN, CANCELLED
-    exchange.error = f"the gateway stopped {when} (past `server.shutdown_grace_ms`)"
+    exchange.error = f"the gateway stopped {when} (past `server.shutdown_grace_ms`, or at a second Ctrl-C)"
 
 
 def _failed(exchange: Exchange, error: LanewayError) -> None:

@@ -60,6 +60,13 @@ _KEEP_ALIVE = b"connection: keep-alive\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
+def _plain(status: int, text: str, date: bytes) -> bytes:
+    """A whole `text/plain` answer that ends the connection: what the server says on its own behalf."""
+    body = text.encode() + b"\n"
+    return (_STATUS_LINES[status] + date + _CLOSE + b"content-type: text/plain; charset=utf-8\r\n"
+            + b"content-length: %d\r\n\r\n" % len(body) + body)
+
+
 class _Clock:
     """The `date` header, formatted once a second."""
 
@@ -296,10 +303,7 @@ class Connection(asyncio.Protocol):
         requests read whole before them are answered first, in order."""
         log.debug("laneway: refused a request from %s: %s", self.client, reason)
         self._pause_reading()
-        body = reason.encode() + b"\n"
-        self._refusal = (_STATUS_LINES[status] + self.state.clock.date() + _CLOSE
-                         + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n\r\n" % len(body)
-                         + body)
+        self._refusal = _plain(status, reason, self.state.clock.date())
         broken, self.parsing = self.parsing, None
         if broken is not None and broken in self.pipeline:
             self.pipeline.remove(broken)
@@ -398,6 +402,9 @@ class Cycle:
         try:
             await self.conn.state.app(self.scope, self.receive, self.send)
         except asyncio.CancelledError:
+            if self.conn.state.stopping and not self.response_started and not self.disconnected:
+                # Cut at the end of the grace period: a client told so can retry on another server.
+                self.conn.write(_plain(503, "the server stopped before the answer", self.conn.state.clock.date()))
             if not self.response_complete:
                 self.conn.close()
             raise
@@ -572,8 +579,12 @@ class HttpServer:
     then returns."""
 
     def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0, *,
-                 sockets: list[socket.socket] | None = None, keep_alive_s: float = 30.0, grace_s: float = 25.0,
-                 backlog: int = 4096, handle_signals: bool = True, second_sigint_forces: bool = True) -> None:
+                 sockets: list[socket.socket] | None = None, keep_alive_s: float = 30.0,
+                 grace_s: float | Callable[[], float] = 25.0, backlog: int = 4096, handle_signals: bool = True,
+                 second_sigint_forces: bool = True, force_signals: tuple[int, ...] = ()) -> None:
+        """`grace_s` may be a function, read when the stop begins (a reloaded config's). `force_signals`
+        cut a stop's grace period short, as a second SIGINT does unless `second_sigint_forces` is False
+        (a worker's supervisor owns Ctrl-C, which reaches the worker twice, and says when to force)."""
         self.app = app
         self.host = host
         self.port = port
@@ -581,7 +592,8 @@ class HttpServer:
         self.grace_s = grace_s
         self.backlog = backlog
         self.handle_signals = handle_signals
-        self.second_sigint_forces = second_sigint_forces  # a worker's supervisor owns Ctrl-C: it says not
+        self.second_sigint_forces = second_sigint_forces
+        self.force_signals = force_signals
         self.state = ServerState(app, keep_alive_s)
         self.servers: list[asyncio.base_events.Server] = []
         self.started = False
@@ -626,8 +638,9 @@ class HttpServer:
             if conn.idle():
                 conn.close()
         self.state.check_drained()
+        grace_s = self.grace_s() if callable(self.grace_s) else self.grace_s
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.state.drained.wait(), self.grace_s)
+            await asyncio.wait_for(self.state.drained.wait(), grace_s)
         tasks = [conn.cycle.task for conn in self.state.connections
                  if conn.cycle is not None and conn.cycle.task is not None]
         for task in tasks:
@@ -648,7 +661,7 @@ class HttpServer:
             yield
             return
         installed = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, *self.force_signals):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
                 installed.append(sig)
@@ -659,7 +672,7 @@ class HttpServer:
                 loop.remove_signal_handler(sig)
 
     def _on_signal(self, sig: int) -> None:
-        if self.should_exit and sig == signal.SIGINT and self.second_sigint_forces:
+        if sig in self.force_signals or (self.should_exit and sig == signal.SIGINT and self.second_sigint_forces):
             self.force_exit = True
             self.state.drained.set()
         self.exit()

@@ -23,6 +23,7 @@ from ._http11 import HttpServer
 from ._peers import WorkerSockets, serve_peers
 
 log = logging.getLogger("laneway")
+FORCE_STOP = signal.SIGUSR1  # from `laneway serve --workers N`'s supervisor: a second Ctrl-C, stop now
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -71,6 +72,9 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
                 worker: WorkerSockets | None = None) -> None:
     """Serve one gateway process; `laneway serve --workers N` runs N of these on one shared socket,
     each also on its private socket (`worker`)."""
+    # A reload asked for before this process can reload must not kill it (SIGHUP's default); the
+    # handler comes once the gateway runs (`_on_sighup`).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = load_config(config_path)
     speaks = worker is None or worker.index == 0  # the workers of one server warn once, not once each
     check_exposure(config, host, allow_unauthenticated, warn=speaks)
@@ -99,10 +103,13 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
         print(f"laneway: serving {config.source}{label} on http://{host}:{port} "
               f"- {len(config.routes)} routes, {len(config.models)} models", flush=True)
         app = App(gateway, _reload_every_worker if sockets is not None else None, peers)
-        # SIGINT and SIGTERM end in a graceful return (exit code 0), so the exchange log is flushed. A
-        # worker's supervisor owns Ctrl-C: a second one must not cut the worker's shutdown short.
+        # SIGINT and SIGTERM end in a graceful return (exit code 0), so the exchange log is flushed; the
+        # grace period is the config's when the stop begins. A worker's supervisor owns Ctrl-C (which
+        # reaches a worker from the terminal and again from the supervisor): it forces with FORCE_STOP.
         server = HttpServer(app, host, port, sockets=sockets, keep_alive_s=30, backlog=4096,
-                            grace_s=config.server.shutdown_grace_ms / 1000, second_sigint_forces=sockets is None)
+                            grace_s=lambda: gateway.config.server.shutdown_grace_ms / 1000,
+                            second_sigint_forces=sockets is None,
+                            force_signals=(FORCE_STOP,) if sockets is not None else ())
         # Everything built so far (config, tokenizer tables, indexes) lives for the whole process:
         # take it out of the garbage collector's sight so a full collection does not stall a request.
         gc.collect()

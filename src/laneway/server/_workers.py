@@ -31,7 +31,7 @@ from typing import Any
 
 from ..config import SimSettings, load_config
 from ._peers import WorkerSockets
-from ._serve import check_exposure, fleet_command
+from ._serve import FORCE_STOP, check_exposure, fleet_command
 
 log = logging.getLogger("laneway")
 EARLY_EXIT_S = 10.0
@@ -43,6 +43,7 @@ MAX_SOCKET_PATH = 103  # bytes in a Unix socket's path: 104 with its NUL on some
 def serve_workers(config_path: str | Path | None, host: str, port: int, workers: int,
                   allow_unauthenticated: bool) -> int:
     """Run `workers` gateway processes until SIGINT or SIGTERM; the exit code for `laneway serve`."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the supervisor can pass a reload on
     config = load_config(config_path)
     check_exposure(config, host, allow_unauthenticated, warn=False)  # worker 0 warns
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -54,10 +55,10 @@ def serve_workers(config_path: str | Path | None, host: str, port: int, workers:
     args = (config_path, host, port, sock, fleet[1] if fleet else None, allow_unauthenticated)
     private = _private_directory(workers)
     try:
-        supervisor = _Supervisor(multiprocessing.get_context("spawn"), args, workers, private)
-        print(f"laneway: {workers} workers serving on http://{host}:{port}", flush=True)
+        supervisor = _Supervisor(multiprocessing.get_context("spawn"), args, workers, private, sock)
         for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, supervisor.forward)
+        print(f"laneway: {workers} workers serving on http://{host}:{port}", flush=True)
         return supervisor.run()
     finally:
         sock.close()
@@ -85,21 +86,34 @@ class _Supervisor:
     SIGHUP is passed on to every worker, SIGINT and SIGTERM stop them gracefully. Worker `i`, and any
     that replaces it, has its private socket at the same path in `private`."""
 
-    def __init__(self, context: Any, args: tuple[Any, ...], count: int, private: str) -> None:
+    def __init__(self, context: Any, args: tuple[Any, ...], count: int, private: str,
+                 listening: socket.socket) -> None:
         self._context = context
         self._args = args
         self._private = private
         self._count = count
+        self._listening = listening
         self._stopping = False
+        self._interrupts = 0
         self._early_exits = 0
         self._workers: list[tuple[Any, float]] = [self._start(i) for i in range(count)]
 
     def forward(self, sig: int, _frame: FrameType | None) -> None:
+        """SIGHUP: every worker reloads. SIGINT, SIGTERM: every worker stops gracefully, and this
+        process's copy of the listening socket closes, so that new connections are refused rather than
+        left waiting; a second SIGINT (Ctrl-C again) makes the workers stop at once."""
+        passed = sig
         if sig != signal.SIGHUP:
             self._stopping = True
+            self._listening.close()
+            passed = signal.SIGINT
+            if sig == signal.SIGINT:
+                self._interrupts += 1
+                if self._interrupts > 1:
+                    passed = FORCE_STOP
         for process, _ in self._workers:
             if process.pid is not None and process.is_alive():
-                _signal(process.pid, signal.SIGINT if sig == signal.SIGTERM else sig)
+                _signal(process.pid, passed)
 
     def run(self) -> int:
         while not self._stopping:
@@ -123,7 +137,13 @@ class _Supervisor:
     def _start(self, i: int) -> tuple[Any, float]:
         args = (*self._args, WorkerSockets(self._private, i, self._count))
         process = self._context.Process(target=_worker, args=args, name=f"laneway-worker-{i}")
-        process.start()
+        # Started with SIGHUP ignored (an ignored signal stays ignored in the new process), so that a
+        # reload passed on while it starts does not kill it; it handles SIGHUP once it serves.
+        previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            process.start()
+        finally:
+            signal.signal(signal.SIGHUP, previous)
         return process, time.monotonic()
 
     def _join(self) -> None:
