@@ -98,30 +98,27 @@ class LiveGateway:
         config = parse_config(self.config_text, str(self.config_path or "<test>"))
         self.gateway = await Gateway.start(config, config_path=self.config_path, sim_url=self.sim_url,
                                            telemetry=self.telemetry)
+        app = App(self.gateway)
         if self.server_kind == "uvicorn":
-            await self._serve_uvicorn(App(self.gateway))
-            return
-        self.server = server = HttpServer(App(self.gateway), "127.0.0.1", 0, handle_signals=False)
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        self.port = server.bound_ports[0]
-        self._started.set()
-        await task
+            uvi = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, loop="none", lifespan="on",
+                                                log_level="warning", access_log=False, proxy_headers=False))
+            uvi.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+            self.server = uvi
+            await self._until_stopped(uvi.serve(), lambda: uvi.started,
+                                      lambda: uvi.servers[0].sockets[0].getsockname()[1])
+        else:
+            ours = HttpServer(app, "127.0.0.1", 0, handle_signals=False)
+            self.server = ours
+            await self._until_stopped(ours.serve(), lambda: ours.started, lambda: ours.bound_ports[0])
 
-    async def _serve_uvicorn(self, app: App) -> None:
-        self.server = server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, loop="none",
-                                                             lifespan="on", log_level="warning", access_log=False,
-                                                             proxy_headers=False))
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        task = asyncio.create_task(server.serve())
-        while not server.started:
+    async def _until_stopped(self, serving: Any, started: Any, port: Any) -> None:
+        """Runs `serving`; once `started()`, publishes `port()` to the test, then waits for the stop."""
+        task = asyncio.create_task(serving)
+        while not started():
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
-        self.port = server.servers[0].sockets[0].getsockname()[1]
+        self.port = port()
         self._started.set()
         await task
 

@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROUTES = """
 telemetry: {{exchange_log: "sqlite:///{db}"}}
@@ -43,6 +44,13 @@ def chat(url: str) -> str:
     body = json.dumps({"model": "laneway", "messages": [{"role": "user", "content": "hello"}]}).encode()
     with urllib.request.urlopen(urllib.request.Request(url + "/v1/chat/completions", data=body), timeout=30) as r:
         return str(r.headers["x-laneway-model"])
+
+
+def send_chat(sock: socket.socket, body: dict[str, Any]) -> None:
+    """A chat request written on a raw socket, whose answer the test reads itself."""
+    payload = json.dumps(body).encode()
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                 b"content-length: %d\r\n\r\n%s" % (len(payload), payload))
 
 
 def serve(config: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
@@ -257,9 +265,7 @@ def test_a_stop_past_the_grace_period_cuts_requests_in_flight_and_records_them(t
     with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=30) as stream, \
             socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=30) as plain:
         for sock, body in ((stream, streaming), (plain, whole)):
-            payload = json.dumps(body).encode()
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                         b"content-length: %d\r\n\r\n%s" % (len(payload), payload))
+            send_chat(sock, body)
         received = b""
         while received.count(b"data: {") < 3:  # the stream's three chunks came; it stalls from here
             received += stream.recv(65536)
@@ -287,10 +293,8 @@ def test_workers_refuse_new_connections_once_stopping_and_a_second_ctrl_c_cuts_t
     config.write_text(CUT_SHORT.format(db=db).replace("shutdown_grace_ms: 1000", "shutdown_grace_ms: 60000"))
     process, url = serve(config, "--workers", "2")
     port = int(url.rsplit(":", 1)[1])
-    whole = json.dumps({"model": "laneway", "messages": [{"role": "user", "content": "hello"}]}).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=30) as plain:
-        plain.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                      b"content-length: %d\r\n\r\n%s" % (len(whole), whole))
+        send_chat(plain, {"model": "laneway", "messages": [{"role": "user", "content": "hello"}]})
         time.sleep(0.5)  # waiting on its silent upstream
         process.send_signal(signal.SIGINT)
         time.sleep(0.5)

@@ -58,6 +58,7 @@ _CHUNKED = b"transfer-encoding: chunked\r\n"
 _CLOSE = b"connection: close\r\n"
 _KEEP_ALIVE = b"connection: keep-alive\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
+_ASGI_HTTP = {"version": "3.0", "spec_version": "2.3"}  # the same for every request's scope
 
 
 def _plain(status: int, text: str, date: bytes) -> bytes:
@@ -87,10 +88,9 @@ class _Clock:
 class ServerState:
     """What every connection of one server shares: the app, the open connections, the clock."""
 
-    def __init__(self, app: ASGIApp, keep_alive_s: float, root_path: str = "") -> None:
+    def __init__(self, app: ASGIApp, keep_alive_s: float) -> None:
         self.app = app
         self.keep_alive_s = keep_alive_s
-        self.root_path = root_path
         self.connections: set[Connection] = set()
         self.clock = _Clock()
         self.stopping = False
@@ -221,10 +221,10 @@ class Connection(asyncio.Protocol):
             path = unquote(path)
         version = parser.get_http_version()
         scope = {
-            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": version,
+            "type": "http", "asgi": _ASGI_HTTP, "http_version": version,
             "method": parser.get_method().decode("ascii"), "scheme": "http",
             "path": path, "raw_path": raw_path,
-            "query_string": url.query or b"", "root_path": self.state.root_path, "headers": self._headers,
+            "query_string": url.query or b"", "root_path": "", "headers": self._headers,
             "client": self.client, "server": self.server,
         }
         keep_alive = parser.should_keep_alive() and not self.state.stopping
@@ -283,8 +283,7 @@ class Connection(asyncio.Protocol):
             self.close()
             self.state.check_drained()
             return
-        if not self.pipeline and self._refusal is None:
-            self._resume_reading()
+        self.resume_body()
         self._active_at = self.loop.time()
 
     def idle(self) -> bool:
@@ -351,6 +350,7 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def resume_body(self) -> None:
+        """Reads on, unless a request waits behind the one answered or bad bytes were refused."""
         if not self.pipeline and self._refusal is None:
             self._resume_reading()
 
@@ -597,8 +597,6 @@ class HttpServer:
         self.state = ServerState(app, keep_alive_s)
         self.servers: list[asyncio.base_events.Server] = []
         self.started = False
-        self.should_exit = False
-        self.force_exit = False  # a second Ctrl-C: cut the grace period short
         self._exit = asyncio.Event()
         self._lifespan: _Lifespan | None = None
 
@@ -607,7 +605,6 @@ class HttpServer:
         return [sock.getsockname()[1] for server in self.servers for sock in server.sockets]
 
     def exit(self) -> None:
-        self.should_exit = True
         self._exit.set()
 
     async def serve(self) -> None:
@@ -672,9 +669,9 @@ class HttpServer:
                 loop.remove_signal_handler(sig)
 
     def _on_signal(self, sig: int) -> None:
-        if sig in self.force_signals or (self.should_exit and sig == signal.SIGINT and self.second_sigint_forces):
-            self.force_exit = True
-            self.state.drained.set()
+        stopping = self._exit.is_set()
+        if sig in self.force_signals or (stopping and sig == signal.SIGINT and self.second_sigint_forces):
+            self.state.drained.set()  # the grace period ends now
         self.exit()
 
 
