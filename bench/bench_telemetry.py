@@ -151,7 +151,7 @@ def insert_us(rows: int) -> dict[str, float]:
         store = SqliteStore(f"sqlite:///{folder}/records.sqlite3")
         store._open()
         figures["records"] = cpu_us_per(
-            rows, lambda: [store._write(records[start : start + 300], 0.0) for start in range(0, rows, 300)])
+            rows, lambda: [store._write(records[start : start + 300]) for start in range(0, rows, 300)])
         store._close()
 
         values = [orjson.loads(record) for _, record in records]

@@ -41,6 +41,13 @@ MODELS = ("claude-sonnet-37", "heavy-foundation", "gemini-2.5-flash-lite")
 ROUTES = ("chat-short", "chat-long")
 
 
+# Two attempts with a value of its own in every field, for reading attempts back from a log.
+EVERY_FIELD_ATTEMPTS = (
+    Attempt("m-a", "upstream_unavailable", 40.5, None, 120, 0, 0.0, "connection refused", 503, "canary", 0, 0),
+    Attempt("m-b", "ok", 800.25, 95.5, 130, 42, 0.0021, "", 200, "fallback", 64, 2),
+)
+
+
 def make_exchange(i: int, *, started_at: float = BASE_TIME, escalation: bool | None = None) -> Exchange:
     """A varied, deterministic exchange: some fallbacks, timeouts and escalations."""
     model = MODELS[i % len(MODELS)]

@@ -25,7 +25,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from _live import live_gateway
-from _pg import BASE_TIME, MODELS, assert_same_counts, log_and_roll_up_mixed_exchanges, make_exchange, report, total
+from _pg import (
+    BASE_TIME,
+    EVERY_FIELD_ATTEMPTS,
+    MODELS,
+    assert_same_counts,
+    log_and_roll_up_mixed_exchanges,
+    make_exchange,
+    report,
+    total,
+)
 from laneway.errors import ConfigError
 from laneway.exchange import Attempt, Exchange
 from laneway.telemetry import (
@@ -251,6 +260,55 @@ def test_the_window_keeps_the_latest_rows_oldest_first_and_absent_numbers_absent
     empty = RecentExchanges(0)
     empty.add(exchanges[0], 0, False)
     assert empty.rows() == []
+
+
+async def test_attempts_read_back_from_the_sqlite_view_as_objects_of_every_field(tmp_path: Path) -> None:
+    telemetry = Telemetry(sqlite_settings(tmp_path))
+    await telemetry.start()
+    telemetry.record(Exchange("r-1", BASE_TIME, model="m-b", attempts=list(EVERY_FIELD_ATTEMPTS)))
+    telemetry.record(Exchange("r-2", BASE_TIME + 1, outcome="bad_request", status=400))
+    await telemetry.aclose()
+    with contextlib.closing(sqlite3.connect(tmp_path / "log.sqlite3")) as db:
+        rows = db.execute("SELECT attempts, json_extract(attempts, '$[1].lane') FROM exchanges ORDER BY started_at")
+        (first, lane), (none, _) = rows.fetchall()
+        # Stored as arrays of values, in the order of the fields.
+        stored = db.execute("SELECT json_extract(record, '$[21][0]') FROM exchange_records ORDER BY started_at")
+        assert json.loads(stored.fetchone()[0]) == list(dataclasses.astuple(EVERY_FIELD_ATTEMPTS[0]))
+    assert json.loads(first) == [dataclasses.asdict(a) for a in EVERY_FIELD_ATTEMPTS]
+    assert lane == "fallback" and json.loads(none) == []
+
+
+async def test_a_log_of_records_with_attempts_as_objects_is_converted(tmp_path: Path) -> None:
+    """The release before kept each attempt as an object in the record; such a log keeps working."""
+    failed_then_ok = Exchange("r-1", BASE_TIME, model="m-b", route="chat", cost_usd=0.0021,
+                              attempts=list(EVERY_FIELD_ATTEMPTS))
+    await log_exchanges(tmp_path, [failed_then_ok])
+    path = tmp_path / "log.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        (record,) = db.execute("SELECT record FROM exchange_records").fetchone()
+        values = json.loads(record)
+        values[21] = [dataclasses.asdict(a) for a in EVERY_FIELD_ATTEMPTS]  # as that release wrote it
+        db.execute("UPDATE exchange_records SET record = ?", (json.dumps(values),))
+        db.execute("DROP VIEW exchanges")
+        db.execute("CREATE VIEW exchanges AS SELECT started_at FROM exchange_records")  # that release's differed
+    await log_exchanges(tmp_path, [Exchange("r-2", BASE_TIME + 1, model="m-a", attempts=[Attempt("m-a", "ok")])])
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        stored = db.execute("SELECT json_extract(record, '$[21]') FROM exchange_records ORDER BY started_at")
+        assert [json.loads(a) for (a,) in stored] == [[list(dataclasses.astuple(a)) for a in EVERY_FIELD_ATTEMPTS],
+                                                      [["m-a", "ok", *list(dataclasses.astuple(Attempt("", "")))[2:]]]]
+        (attempts,) = db.execute("SELECT attempts FROM exchanges WHERE request_id = 'r-1'").fetchone()
+    assert json.loads(attempts) == [dataclasses.asdict(a) for a in EVERY_FIELD_ATTEMPTS]
+    assert await report_to(tmp_path / "out.json", "--db", f"sqlite:///{path}", "--json") == 0
+    figures = json.loads((tmp_path / "out.json").read_text())
+    assert figures["models"]["m-a"]["failed_attempts"] == 1 and figures["total"]["requests"] == 2
+
+
+async def log_exchanges(tmp_path: Path, exchanges: list[Exchange]) -> None:
+    telemetry = Telemetry(sqlite_settings(tmp_path))
+    await telemetry.start()
+    for exchange in exchanges:
+        telemetry.record(exchange)
+    await telemetry.aclose()
 
 
 async def test_the_log_is_written_while_exchanges_keep_arriving(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 import time
@@ -16,6 +17,7 @@ import pytest
 
 from _pg import (
     BASE_TIME,
+    EVERY_FIELD_ATTEMPTS,
     PostgresServer,
     assert_same_counts,
     log_and_roll_up_mixed_exchanges,
@@ -166,6 +168,19 @@ async def test_a_cascade_charges_each_model_what_it_billed_on_postgres(
     assert await asyncio.to_thread(report, "--db", dsn, "--json") == 0
     models = json.loads(capsys.readouterr().out)["models"]
     assert {m: f["cost_usd"] for m, f in models.items()} == pytest.approx({"cheap": 0.01, "strong": 0.05})
+
+
+async def test_attempts_land_as_objects_of_every_field_on_postgres(server: PostgresServer) -> None:
+    dsn = await server.database()
+    telemetry = Telemetry(TelemetrySettings(exchange_log=dsn))
+    await telemetry.start()
+    telemetry.record(Exchange("r-1", BASE_TIME, model="m-b", attempts=list(EVERY_FIELD_ATTEMPTS)))
+    telemetry.record(Exchange("r-2", BASE_TIME + 1, outcome="bad_request", status=400))
+    await telemetry.aclose()
+    first = await scalar(dsn, "SELECT attempts::text FROM exchanges WHERE request_id = 'r-1'")
+    assert json.loads(first) == [dataclasses.asdict(a) for a in EVERY_FIELD_ATTEMPTS]
+    assert await scalar(dsn, "SELECT attempts::text FROM exchanges WHERE request_id = 'r-2'") == "[]"
+    assert await scalar(dsn, "SELECT attempts->1->>'lane' FROM exchanges WHERE request_id = 'r-1'") == "fallback"
 
 
 def report_json(dsn: str) -> dict[str, Any]:

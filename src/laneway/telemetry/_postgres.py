@@ -74,7 +74,7 @@ class PostgresStore:
     async def open(self) -> None:
         await self._run(self._connection, WRITE_TIMEOUT_S)
 
-    async def write(self, records: Sequence[LogRecord], *, urgent: bool = False) -> None:
+    async def write(self, records: Sequence[LogRecord]) -> None:
         async def work(db: Connection) -> None:
             async with db.transaction():
                 await db.execute(_INSERT, [record for _, record in records])

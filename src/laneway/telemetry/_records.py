@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import fields
 from itertools import pairwise
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 import orjson
 
-from laneway.exchange import CLIENT_DISCONNECTED, OK, SKIPPED, Exchange
+from laneway.exchange import CLIENT_DISCONNECTED, OK, SKIPPED, Attempt, Exchange
 
 SHADOW_LANE = "shadow"
 
@@ -79,6 +81,11 @@ LOG_COLUMNS = (
     "prompt_body", "answer_body", "cascade_confidence", "retrieval_hits", "retrieval_ms",
 )
 ROW_COLUMNS = ExchangeRow._fields
+# A log record holds each attempt as the array of its values in this order (the stores show them as
+# objects). orjson writes a slots dataclass field by field, by name: an attempt took 1.14 µs to
+# encode that way, against 0.65 µs as a tuple (`timeit`, best of 15), and a record was 28 % longer.
+ATTEMPT_FIELDS = tuple(field.name for field in fields(Attempt))
+_attempt_values = attrgetter(*ATTEMPT_FIELDS)
 _RECORD_OPTIONS = orjson.OPT_NON_STR_KEYS
 
 
@@ -124,8 +131,8 @@ def fallbacks_of(exchange: Exchange) -> int:
 def log_record_of(
     e: Exchange, fallbacks: int, simulated: bool, store_bodies: bool, body_cap_bytes: int
 ) -> LogRecord:
-    """The exchange's log record: one orjson call over a tuple in `LOG_COLUMNS` order. The attempts
-    are written with every `Attempt` field by name; signals as `signals_json` writes them."""
+    """The exchange's log record: one orjson call over a tuple in `LOG_COLUMNS` order. Each attempt
+    is the array of its `ATTEMPT_FIELDS` values; signals are as `signals_json` writes them."""
     prompt, answer = (
         (_capped(e.prompt_body, body_cap_bytes), _capped(e.answer_body, body_cap_bytes)) if store_bodies
         else (None, None)
@@ -135,8 +142,8 @@ def log_record_of(
         e.request_id, started_at, e.path, e.conversation_id or None, e.route or None, e.lane, e.model or None,
         e.stream, e.status, e.outcome, e.error, e.latency_ms, e.ttft_ms, e.upstream_ms, e.overhead_ms,
         e.prompt_tokens, e.completion_tokens, e.cost_usd, e.signals.get("escalation") is True, fallbacks,
-        simulated, e.attempts, e.signals, e.api_key or None, prompt, answer, e.cascade_confidence,
-        e.retrieval_hits, e.retrieval_ms,
+        simulated, list(map(_attempt_values, e.attempts)), e.signals, e.api_key or None, prompt, answer,
+        e.cascade_confidence, e.retrieval_hits, e.retrieval_ms,
     )
     return started_at, orjson.dumps(values, default=str, option=_RECORD_OPTIONS).decode()
 

@@ -18,7 +18,6 @@ import os
 import sqlite3
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
@@ -33,6 +32,7 @@ from laneway.telemetry._store import (
     JSON_COLUMNS,
     RECORDS_TABLE,
     ExchangeLogUnavailable,
+    convert_attempts_sql,
     exchange_row,
     exchange_view_sql,
     fetch_rows_sql,
@@ -48,15 +48,18 @@ T = TypeVar("T")
 # many rows does it once per batch.
 ROWS_PER_INSERT = 32
 # One write is one transaction (a commit rewrites the table's and the index's last pages, so
-# fewer, larger ones cost less CPU per row), and the writer thread sleeps between two statements:
-# it shares the CPU and the GIL with the event loop, and one long run of inserts held up every
-# request in flight (p99 at one connection, docs/benchmarks.md). That caps an unhurried writer
-# at about 14,000 rows/s; a shutdown's flush (`urgent`) does not sleep.
-STATEMENT_PAUSE_S = 0.002
-WRITER_NICENESS = 10
+# fewer, larger ones cost less CPU per row), its statements back to back. The writer thread shares
+# the core with the event loop; at the lowest priority (nice 19), the loop's thread takes the core
+# back as soon as it wakes. An earlier writer, at nice 10, slept 2 ms between two statements to
+# keep out of requests' way: each wake-up ran cold, the writer cost 6-7 µs per row against 4-5,
+# and its pauses left a backlog behind every saturated second; without them, at nice 19, requests
+# wait less (p99 at one connection 0.58 against 0.67 ms) and telemetry costs 7 µs less per request
+# at 1,000 requests/s (docs/benchmarks.md, thirteenth round).
+WRITER_NICENESS = 19
 _INSERT = f"INSERT INTO {RECORDS_TABLE} (started_at, record) VALUES (?, ?)"  # noqa: S608 (constant)
 _INSERT_MANY = _INSERT + ", (?, ?)" * (ROWS_PER_INSERT - 1)
 _VIEW = exchange_view_sql()
+_CONVERT_ATTEMPTS = convert_attempts_sql()
 _ROLL_UP, _ROLL_UP_ATTEMPTS, _DELETE = roll_up_sql(0)
 _FETCH_ROWS = fetch_rows_sql(0)
 
@@ -74,9 +77,8 @@ class SqliteStore:
     async def open(self) -> None:
         await self._run(self._open)
 
-    async def write(self, records: Sequence[LogRecord], *, urgent: bool = False) -> None:
-        pause = 0.0 if urgent else STATEMENT_PAUSE_S
-        await self._run(lambda: self._write(records, pause))
+    async def write(self, records: Sequence[LogRecord]) -> None:
+        await self._run(lambda: self._write(records))
 
     async def roll_up(self, cutoff: float) -> int:
         return await self._run(lambda: self._roll_up(cutoff))
@@ -121,12 +123,10 @@ class SqliteStore:
             raise
         self._db = db
 
-    def _write(self, records: Sequence[LogRecord], pause: float) -> None:
+    def _write(self, records: Sequence[LogRecord]) -> None:
         db = self._connection()
         with _transaction(db):
             for start in range(0, len(records), ROWS_PER_INSERT):
-                if start and pause:
-                    time.sleep(pause)  # the GIL is free meanwhile: the event loop runs
                 rows = records[start : start + ROWS_PER_INSERT]
                 if len(rows) == ROWS_PER_INSERT:
                     db.execute(_INSERT_MANY, tuple(chain.from_iterable(rows)))
@@ -170,6 +170,10 @@ def _prepare(db: sqlite3.Connection, url: str) -> None:
         elif kind == "view" and sql != _VIEW:
             db.execute("DROP VIEW exchanges")  # from a release with other columns
         if sql != _VIEW:
+            converted = db.execute(_CONVERT_ATTEMPTS).rowcount
+            if converted:
+                log.info("exchange log `%s`: rewrote the attempts of %d exchanges as arrays of values", url,
+                         converted)
             db.execute(_VIEW)
 
 
@@ -206,7 +210,7 @@ def _legacy_value(name: str, present: set[str]) -> str:
 def _lower_priority() -> None:
     """Let the writer thread yield the CPU to the event loop's thread whenever both want it (Linux
     schedules threads one by one). With one core, a writer at the same priority delayed requests
-    more: p99 at one connection 1.37 ms against 1.18 ms lowered (docs/benchmarks.md)."""
+    more: p99 at one connection 1.37 ms against 1.18 ms at nice 10 (docs/benchmarks.md)."""
     if not sys.platform.startswith("linux"):
         return
     thread = threading.get_native_id()

@@ -19,6 +19,7 @@ import orjson
 from laneway.errors import ConfigError, ConfigIssue, LanewayError
 from laneway.exchange import CLIENT_DISCONNECTED
 from laneway.telemetry._records import (
+    ATTEMPT_FIELDS,
     FAILED_SEPARATOR,
     LOG_COLUMNS,
     NOT_FAILED,
@@ -45,8 +46,8 @@ class ExchangeStore(Protocol):
 
     async def open(self) -> None: ...
 
-    async def write(self, records: Sequence[LogRecord], *, urgent: bool = False) -> None:
-        """Insert `records` in one transaction; `urgent` (a shutdown's flush) asks for no pacing."""
+    async def write(self, records: Sequence[LogRecord]) -> None:
+        """Insert `records` in one transaction."""
 
     async def roll_up(self, cutoff: float) -> int: ...
 
@@ -132,9 +133,13 @@ def schema(dialect: int) -> list[str]:
 
 def exchange_view_sql() -> str:
     """SQLite's `exchanges`: every `LOG_COLUMNS` column read out of the stored JSON array, typed as
-    `column_type` says (JSON `true` and `false` read as 1 and 0)."""
-    columns = ",\n  ".join(_view_column(i, name) for i, name in enumerate(LOG_COLUMNS))
-    return f"CREATE VIEW exchanges AS SELECT\n  {columns}\nFROM {RECORDS_TABLE}"
+    `column_type` says (JSON `true` and `false` read as 1 and 0), the attempts as objects."""
+    return f"CREATE VIEW exchanges AS SELECT\n  {_sqlite_columns(ATTEMPT_OBJECTS)}\nFROM {RECORDS_TABLE}"
+
+
+def _sqlite_columns(attempts: str) -> str:
+    return ",\n  ".join(attempts if name == "attempts" else _view_column(i, name)
+                        for i, name in enumerate(LOG_COLUMNS))
 
 
 def _view_column(index: int, name: str) -> str:
@@ -144,6 +149,36 @@ def _view_column(index: int, name: str) -> str:
     if column_type(name, 0).startswith("REAL"):
         value = f"CAST({value} AS REAL)"  # a whole number in JSON would read as an INTEGER
     return f"{value} AS {name}"
+
+
+_STORED_ATTEMPTS = f"json_extract(record, '$[{LOG_COLUMNS.index('attempts')}]')"
+# What SQL on the view sees: each stored array of values as an object of `ATTEMPT_FIELDS`.
+ATTEMPT_OBJECTS = (
+    "(SELECT json_group_array(json_object("  # noqa: S608 (constant names)
+    + ", ".join(f"'{name}', json_extract(a.value, '$[{i}]')" for i, name in enumerate(ATTEMPT_FIELDS))
+    + f")) FROM json_each({_STORED_ATTEMPTS}) AS a) AS attempts"
+)
+# Laneway's own queries read SQLite's records through this instead of the view: the attempts as stored,
+# arrays of values, so that a report does not build objects for every row.
+_SQLITE_ROWS = f"(SELECT {_sqlite_columns(f'{_STORED_ATTEMPTS} AS attempts')} FROM {RECORDS_TABLE})"  # noqa: S608
+
+
+def attempt_field(element: str, name: str, dialect: int) -> str:
+    """SQL for field `name` of the attempt `element` (a JSON value): an array of values as SQLite stores
+    it (dialect 0), an object in PostgreSQL (dialect 1), as text or a number."""
+    return f"json_extract({element}, '$[{ATTEMPT_FIELDS.index(name)}]')" if dialect == 0 else f"{element}->>'{name}'"
+
+
+def convert_attempts_sql() -> str:
+    """SQLite: rewrite the attempts of records from releases that stored them as objects into arrays of
+    values (records already converted are left alone)."""
+    values = ", ".join(f"json_extract(a.value, '$.{name}')" for name in ATTEMPT_FIELDS)
+    index = LOG_COLUMNS.index("attempts")
+    return (
+        f"UPDATE {RECORDS_TABLE} SET record = json_replace(record, '$[{index}]', "  # noqa: S608 (constant names)
+        f"(SELECT json_group_array(json_array({values})) FROM json_each(record, '$[{index}]') AS a)) "
+        f"WHERE json_type(record, '$[{index}][0]') = 'object'"
+    )
 
 
 # Hourly columns added after the first release; a log created before them gains them on open, as 0.
@@ -205,6 +240,10 @@ def postgres_insert_sql() -> str:
 
 
 def _from_record(index: int, name: str) -> str:
+    if name == "attempts":  # arrays of values in the record, objects in the table
+        pairs = ", ".join(f"'{field}', a->{i}" for i, field in enumerate(ATTEMPT_FIELDS))
+        return (f"(SELECT COALESCE(jsonb_agg(jsonb_build_object({pairs}) ORDER BY n), '[]'::jsonb) "  # noqa: S608
+                f"FROM jsonb_array_elements(r->{index}) WITH ORDINALITY AS x(a, n))")
     if name in JSON_COLUMNS:
         return f"r->{index}"
     cast = _CASTS.get(column_type(name, 1).removesuffix(" NOT NULL").removesuffix(" PRIMARY KEY"))
@@ -237,13 +276,14 @@ def _attempts_roll_up(dialect: int, hour: str) -> str:
     more than one attempt, or that failed, are looked at; shadows are not. The rows this adds for a
     model that answered nothing have no requests."""
     if dialect == 0:
-        attempt, cost = "json_extract(a.value, '$.{}')", "json_extract(a.value, '$.cost_usd')"
-        source, length, other = "exchanges e, json_each(e.attempts) a", "json_array_length(e.attempts)", "IS NOT"
+        source, length = f"{_SQLITE_ROWS} e, json_each(e.attempts) a", "json_array_length(e.attempts)"
+        element, other = "a.value", "IS NOT"
     else:
-        attempt, cost = "a->>'{}'", "(a->>'cost_usd')::float8"
-        source, length, other = ("exchanges e, jsonb_array_elements(e.attempts) a",
-                                 "jsonb_array_length(e.attempts)", "IS DISTINCT FROM")
-    model, outcome = attempt.format("model"), attempt.format("outcome")
+        source, length = "exchanges e, jsonb_array_elements(e.attempts) a", "jsonb_array_length(e.attempts)"
+        element, other = "a", "IS DISTINCT FROM"
+    model, outcome = attempt_field(element, "model", dialect), attempt_field(element, "outcome", dialect)
+    cost = attempt_field(element, "cost_usd", dialect)
+    cost = cost if dialect == 0 else f"({cost})::float8"
     moved = f"{length} > 1 AND {cost} > 0 AND {model} {other} e.model"
     scope = f"e.started_at < ? AND e.lane <> '{SHADOW_LANE}' AND ({length} > 1 OR e.outcome <> 'ok')"
     at = hour.replace("started_at", "e.started_at")
@@ -267,38 +307,43 @@ def _attempts_roll_up(dialect: int, hour: str) -> str:
 # Per dialect (SQLite, PostgreSQL). The entry lane and model come from the first attempt, so rows
 # written before those figures were read still have them.
 _NOT_FAILED = "(" + ", ".join(f"'{outcome}'" for outcome in NOT_FAILED) + ")"
-_ROW_SOURCES: tuple[dict[str, str], ...] = tuple(
-    {
+def _row_sources(dialect: int) -> dict[str, str]:
+    """SQL for the `ExchangeRow` fields that are not log columns of the same name, in dialect 0 (SQLite,
+    reading `_SQLITE_ROWS`) or 1 (PostgreSQL)."""
+    if dialect == 0:
+        first = "json_extract(attempts, '$[0][{}]')"
+        signals, length, each, element = "signals", "json_array_length(attempts)", "json_each(attempts)", "value"
+        concat, pair, other = "group_concat({}, char(31))", "json_group_array(json_array({}, {}))", "IS NOT"
+    else:
+        first = "attempts->0->>'{}'"
+        signals, length = "signals::text", "jsonb_array_length(attempts)"
+        each, element = "jsonb_array_elements(attempts) a", "a"
+        concat, pair = "string_agg({}, chr(31))", "json_agg(json_build_array({}, {}))::text"
+        other = "IS DISTINCT FROM"
+    model, outcome = attempt_field(element, "model", dialect), attempt_field(element, "outcome", dialect)
+    cost = attempt_field(element, "cost_usd", dialect)
+    cost = cost if dialect == 0 else f"({cost})::float8"
+    failed = f"SELECT {concat.format(model)} FROM {each} WHERE {outcome} NOT IN {_NOT_FAILED}"  # noqa: S608
+    others = (f"SELECT {pair.format(model, cost)} FROM {each} "  # noqa: S608 (constant names)
+              f"WHERE {cost} > 0 AND {model} {other} exchanges.model")
+    position = (lambda name: ATTEMPT_FIELDS.index(name)) if dialect == 0 else (lambda name: name)
+    return {
         "tokens_in": "prompt_tokens",
         "tokens_out": "completion_tokens",
-        "entry_lane": f"COALESCE({first_attempt.format('lane')}, lane)",
-        "entry_model": f"COALESCE({first_attempt.format('model')}, model)",
+        "entry_lane": f"COALESCE({first.format(position('lane'))}, lane)",
+        "entry_model": f"COALESCE({first.format(position('model'))}, model)",
         "signals": f"CASE WHEN lane = 'shadow' THEN {signals} END",
         # As `failed_models` computes it: looked for only where an exchange has more than one attempt or failed.
         "failed_models": f"CASE WHEN {length} > 1 OR outcome <> 'ok' THEN ({failed}) END",
         "other_costs": f"CASE WHEN {length} > 1 THEN ({others}) END",
     }
-    for first_attempt, signals, length, failed, others in (
-        ("json_extract(attempts, '$[0].{}')", "signals", "json_array_length(attempts)",
-         "SELECT group_concat(json_extract(value, '$.model'), char(31)) FROM json_each(attempts) "  # noqa: S608
-         f"WHERE json_extract(value, '$.outcome') NOT IN {_NOT_FAILED}",
-         "SELECT json_group_array(json_array(json_extract(value, '$.model'), json_extract(value, '$.cost_usd'))) "
-         "FROM json_each(attempts) WHERE json_extract(value, '$.cost_usd') > 0 "
-         "AND json_extract(value, '$.model') IS NOT exchanges.model"),
-        ("attempts->0->>'{}'", "signals::text", "jsonb_array_length(attempts)",
-         f"SELECT string_agg(a->>'model', chr(31)) FROM jsonb_array_elements(attempts) a "  # noqa: S608
-         f"WHERE a->>'outcome' NOT IN {_NOT_FAILED}",
-         "SELECT json_agg(json_build_array(a->>'model', (a->>'cost_usd')::float8))::text "
-         "FROM jsonb_array_elements(attempts) a WHERE (a->>'cost_usd')::float8 > 0 "
-         "AND a->>'model' IS DISTINCT FROM exchanges.model"),
-    )
-)
 
 
 def fetch_rows_sql(dialect: int) -> str:
-    sources = _ROW_SOURCES[dialect]
+    sources = _row_sources(dialect)
+    table = f"{_SQLITE_ROWS} AS exchanges" if dialect == 0 else "exchanges"
     return (
-        f"SELECT {', '.join(sources.get(name, name) for name in ROW_COLUMNS)} FROM exchanges "  # noqa: S608
+        f"SELECT {', '.join(sources.get(name, name) for name in ROW_COLUMNS)} FROM {table} "  # noqa: S608
         "WHERE started_at >= ? AND started_at < ? ORDER BY started_at"
     )
 

@@ -76,7 +76,7 @@ class ExchangeLog:
         while self._backlog and (force or todo > 0):
             batch = list(islice(self._backlog, size))
             try:
-                await self.store.write(batch, urgent=force)
+                await self.store.write(batch)
             except ExchangeLogUnavailable as error:
                 self._failed(error)
                 return False
