@@ -169,6 +169,17 @@ def attempt_field(element: str, name: str, dialect: int) -> str:
     return f"json_extract({element}, '$[{ATTEMPT_FIELDS.index(name)}]')" if dialect == 0 else f"{element}->>'{name}'"
 
 
+def _attempt_cost(element: str, dialect: int) -> str:
+    cost = attempt_field(element, "cost_usd", dialect)
+    return cost if dialect == 0 else f"({cost})::float8"
+
+
+def _first_attempt(name: str, dialect: int) -> str:
+    """SQL for field `name` of an exchange's first attempt, NULL when it has none."""
+    return (f"json_extract(attempts, '$[0][{ATTEMPT_FIELDS.index(name)}]')" if dialect == 0
+            else f"attempts->0->>'{name}'")
+
+
 def convert_attempts_sql() -> str:
     """SQLite: rewrite the attempts of records from releases that stored them as objects into arrays of
     values (records already converted are left alone)."""
@@ -282,8 +293,7 @@ def _attempts_roll_up(dialect: int, hour: str) -> str:
         source, length = "exchanges e, jsonb_array_elements(e.attempts) a", "jsonb_array_length(e.attempts)"
         element, other = "a", "IS DISTINCT FROM"
     model, outcome = attempt_field(element, "model", dialect), attempt_field(element, "outcome", dialect)
-    cost = attempt_field(element, "cost_usd", dialect)
-    cost = cost if dialect == 0 else f"({cost})::float8"
+    cost = _attempt_cost(element, dialect)
     moved = f"{length} > 1 AND {cost} > 0 AND {model} {other} e.model"
     scope = f"e.started_at < ? AND e.lane <> '{SHADOW_LANE}' AND ({length} > 1 OR e.outcome <> 'ok')"
     at = hour.replace("started_at", "e.started_at")
@@ -304,34 +314,31 @@ def _attempts_roll_up(dialect: int, hour: str) -> str:
     )
 
 
-# Per dialect (SQLite, PostgreSQL). The entry lane and model come from the first attempt, so rows
-# written before those figures were read still have them.
 _NOT_FAILED = "(" + ", ".join(f"'{outcome}'" for outcome in NOT_FAILED) + ")"
+
+
 def _row_sources(dialect: int) -> dict[str, str]:
     """SQL for the `ExchangeRow` fields that are not log columns of the same name, in dialect 0 (SQLite,
-    reading `_SQLITE_ROWS`) or 1 (PostgreSQL)."""
+    reading `_SQLITE_ROWS`) or 1 (PostgreSQL). The entry lane and model come from the first attempt, so
+    rows written before those figures were read still have them."""
     if dialect == 0:
-        first = "json_extract(attempts, '$[0][{}]')"
         signals, length, each, element = "signals", "json_array_length(attempts)", "json_each(attempts)", "value"
         concat, pair, other = "group_concat({}, char(31))", "json_group_array(json_array({}, {}))", "IS NOT"
     else:
-        first = "attempts->0->>'{}'"
         signals, length = "signals::text", "jsonb_array_length(attempts)"
         each, element = "jsonb_array_elements(attempts) a", "a"
         concat, pair = "string_agg({}, chr(31))", "json_agg(json_build_array({}, {}))::text"
         other = "IS DISTINCT FROM"
     model, outcome = attempt_field(element, "model", dialect), attempt_field(element, "outcome", dialect)
-    cost = attempt_field(element, "cost_usd", dialect)
-    cost = cost if dialect == 0 else f"({cost})::float8"
+    cost = _attempt_cost(element, dialect)
     failed = f"SELECT {concat.format(model)} FROM {each} WHERE {outcome} NOT IN {_NOT_FAILED}"  # noqa: S608
     others = (f"SELECT {pair.format(model, cost)} FROM {each} "  # noqa: S608 (constant names)
               f"WHERE {cost} > 0 AND {model} {other} exchanges.model")
-    position = (lambda name: ATTEMPT_FIELDS.index(name)) if dialect == 0 else (lambda name: name)
     return {
         "tokens_in": "prompt_tokens",
         "tokens_out": "completion_tokens",
-        "entry_lane": f"COALESCE({first.format(position('lane'))}, lane)",
-        "entry_model": f"COALESCE({first.format(position('model'))}, model)",
+        "entry_lane": f"COALESCE({_first_attempt('lane', dialect)}, lane)",
+        "entry_model": f"COALESCE({_first_attempt('model', dialect)}, model)",
         "signals": f"CASE WHEN lane = 'shadow' THEN {signals} END",
         # As `failed_models` computes it: looked for only where an exchange has more than one attempt or failed.
         "failed_models": f"CASE WHEN {length} > 1 OR outcome <> 'ok' THEN ({failed}) END",
