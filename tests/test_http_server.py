@@ -484,6 +484,37 @@ async def test_a_head_trickled_a_byte_at_a_time_is_closed_after_the_keep_alive_t
         writer.close()
 
 
+async def test_a_body_that_stops_arriving_gets_a_408_after_the_keep_alive_time() -> None:
+    """The request hears its client leave, and what the app sends then goes nowhere."""
+    heard: list[tuple[str, int]] = []
+
+    async def reader_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while True:
+            message = await receive()
+            heard.append((message["type"], len(message.get("body", b""))))
+            if message["type"] == "http.disconnect":
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with running(reader_app, keep_alive_s=0.3) as server:
+        reader, writer = await connect(server)
+        started = asyncio.get_running_loop().time()
+        writer.write(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n" + b"x" * 10)
+        for _ in range(10):  # bytes keep coming for longer than the keep-alive time: not stalled
+            await asyncio.sleep(0.05)
+            writer.write(b"x")
+        status, headers, body = await read_response(reader)
+        assert status == 408 and headers["connection"] == "close"
+        assert body == b"the request's body stopped arriving for 0.3 s\n"
+        assert 0.75 < asyncio.get_running_loop().time() - started < 2.0
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # and nothing after it
+        writer.close()
+    assert heard[-1] == ("http.disconnect", 0) and sum(n for _, n in heard) == 20
+
+
 @pytest.mark.parametrize("status", [200, 204])
 async def test_a_body_that_breaks_the_framing_is_not_sent(status: int, caplog: pytest.LogCaptureFixture) -> None:
     """A body shorter than its `content-length` would swallow the next answer: the connection closes

@@ -8,9 +8,9 @@ HTTP server of its own"). Any ASGI server can still run `App`; the tests run it 
 What it does (docs/deployment.md, "The HTTP server"): keep-alive, pipelined requests answered in
 order, `Expect: 100-continue`, request bodies by length or chunked, back-pressure both ways, a
 `http.disconnect` when the client leaves, a `date` header, idle connections closed after
-`keep_alive_s`, bad bytes answered with a 400 or 431 after the requests before them, and a
-graceful stop: listening stops, idle connections close, requests in flight get `grace_s` to finish
-and are then cancelled.
+`keep_alive_s` (and a request whose body stops arriving for as long, with a 408), bad bytes
+answered with a 400 or 431 after the requests before them, and a graceful stop: listening stops,
+idle connections close, requests in flight get `grace_s` to finish and are then cancelled.
 """
 
 from __future__ import annotations
@@ -356,12 +356,19 @@ class Connection(asyncio.Protocol):
 
     def _check_idle(self) -> None:
         """Closes a connection silent for `keep_alive_s` with no request being answered (one whose
-        request head never ended, too). One timer per connection, not one per request."""
+        request head never ended, too), or whose request's body stopped arriving for as long. One
+        timer per connection, not one per request."""
         if self.closed:
             return
         now = self.loop.time()
-        if self.cycle is not None or self.pipeline:  # busy: look again a full period later
-            due = now + self.state.keep_alive_s
+        # A body the client stopped sending, not one the server stopped reading (the app has not read
+        # what came, or a request waits behind the one answered).
+        awaiting_body = self.parsing is not None and not self._in_head and not self.reading_paused
+        if awaiting_body and now >= self._active_at + self.state.keep_alive_s:
+            self._body_timed_out(self.parsing)
+            return
+        if self.cycle is not None or self.pipeline:  # busy: look again a period after the last bytes, or now
+            due = (self._active_at if awaiting_body else now) + self.state.keep_alive_s
         else:
             # A head trickled in a byte at a time keeps the connection active, not alive.
             since = self._head_began if self._in_head else self._active_at
@@ -370,6 +377,17 @@ class Connection(asyncio.Protocol):
                 self.close()
                 return
         self._idle = self.loop.call_at(due, self._check_idle)
+
+
+    def _body_timed_out(self, cycle: Cycle | None) -> None:
+        """A `408` if the request's answer has not begun, and close: the request hears its client leave."""
+        log.debug("laneway: %s stopped sending a request's body", self.client)
+        if cycle is not None:
+            if not cycle.response_started:
+                self.write(_plain(408, f"the request's body stopped arriving for {self.state.keep_alive_s:g} s",
+                                  self.state.clock.date()))
+            cycle.client_left()  # nothing the app sends now reaches the client
+        self.close()
 
 
 class Cycle:
