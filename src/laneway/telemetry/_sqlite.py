@@ -53,8 +53,8 @@ ROWS_PER_INSERT = 32
 # back as soon as it wakes. An earlier writer, at nice 10, slept 2 ms between two statements to
 # keep out of requests' way: each wake-up ran cold, the writer cost 6-7 µs per row against 4-5,
 # and its pauses left a backlog behind every saturated second; without them, at nice 19, requests
-# wait less (p99 at one connection 0.58 against 0.67 ms) and telemetry costs 7 µs less per request
-# at 1,000 requests/s (docs/benchmarks.md, thirteenth round).
+# wait less (p99 at one connection 0.58 against 0.67 ms) and telemetry cost 7 µs less per request
+# at 1,000 requests/s in a side-by-side run (docs/benchmarks.md, thirteenth round).
 WRITER_NICENESS = 19
 _INSERT = f"INSERT INTO {RECORDS_TABLE} (started_at, record) VALUES (?, ?)"  # noqa: S608 (constant)
 _INSERT_MANY = _INSERT + ", (?, ?)" * (ROWS_PER_INSERT - 1)
