@@ -268,13 +268,16 @@ routes:
 """
     sink = RecordingSink()
     with live_gateway(text, sim_url, telemetry=sink) as live:
+        # About 400 prompt tokens: each shadow call costs $0.4 or more whatever its answer's length, and is
+        # held at its estimate (with `max_tokens` of answer) while it is queued or running. Only one fits.
         for i in range(12):
-            send(live, f"burst {i}")
+            send(live, f"burst {i} " + "word " * 400)
         assert live.gateway is not None
         runner = live.gateway.shadows
         wait_for(lambda: runner.counters.completed + runner.counters.dropped_budget == 12)
     spent = sum(e.cost_usd for e in sink.exchanges if e.lane == "shadow")
-    assert runner.counters.dropped_budget > 0 and 0 < spent <= 0.5
+    assert runner.counters.completed == 1 and runner.counters.dropped_budget == 11
+    assert 0.4 <= spent <= 0.5
 
 
 GATED_SHADOW = """

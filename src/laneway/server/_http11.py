@@ -378,7 +378,6 @@ class Connection(asyncio.Protocol):
                 return
         self._idle = self.loop.call_at(due, self._check_idle)
 
-
     def _body_timed_out(self, cycle: Cycle | None) -> None:
         """A `408` if the request's answer has not begun, and close: the request hears its client leave."""
         log.debug("laneway: %s stopped sending a request's body", self.client)
