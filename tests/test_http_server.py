@@ -75,6 +75,16 @@ async def connect(server: HttpServer) -> tuple[asyncio.StreamReader, asyncio.Str
     return await asyncio.open_connection("127.0.0.1", server.bound_ports[0])
 
 
+async def only_answer(server: HttpServer, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Sends `data` on a new connection: the one answer, after which the connection must end."""
+    reader, writer = await connect(server)
+    writer.write(data)
+    answer = await read_response(reader)
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    return answer
+
+
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
     """One response: status, headers (lower-cased names) and body, by length or chunked."""
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
@@ -170,23 +180,15 @@ async def test_expect_continue_gets_its_interim_answer_before_the_body_is_sent()
 ])
 async def test_connection_close_and_http_1_0_end_the_connection_after_the_answer(request_bytes: bytes) -> None:
     async with running() as server:
-        reader, writer = await connect(server)
-        writer.write(request_bytes)
-        status, headers, body = await read_response(reader)
+        status, headers, body = await only_answer(server, request_bytes)
         assert (status, headers["connection"], body) == (200, "close", b"POST /echo  x")
-        assert await asyncio.wait_for(reader.read(), 5) == b""
-        writer.close()
 
 
 async def test_a_malformed_request_gets_a_400_that_says_why_and_the_connection_closes() -> None:
     async with running() as server:
-        reader, writer = await connect(server)
-        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
-        status, headers, body = await read_response(reader)
+        status, headers, body = await only_answer(server, b"NOT HTTP AT ALL\r\n\r\n")
         assert status == 400 and headers["connection"] == "close"
         assert body.startswith(b"malformed HTTP request")
-        assert await asyncio.wait_for(reader.read(), 5) == b""
-        writer.close()
 
 
 async def test_an_oversized_head_gets_a_431() -> None:
@@ -382,23 +384,17 @@ async def answer_unread(scope: dict[str, Any], receive: Any, send: Any) -> None:
 @pytest.mark.parametrize("upgrade", ["h2c", "websocket"])
 async def test_an_upgrade_request_is_answered_as_a_plain_one_and_the_connection_ends(upgrade: str) -> None:
     async with running() as server:
-        reader, writer = await connect(server)
-        writer.write(f"GET /echo HTTP/1.1\r\nhost: x\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: {upgrade}\r\n"
-                     "http2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n".encode())
-        status, headers, body = await read_response(reader)
+        status, headers, body = await only_answer(server, (
+            f"GET /echo HTTP/1.1\r\nhost: x\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: {upgrade}\r\n"
+            "http2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n").encode())
         assert (status, headers["connection"], body) == (200, "close", b"GET /echo  ")
-        assert await asyncio.wait_for(reader.read(), 5) == b""
-        writer.close()
 
 
 async def test_bytes_after_a_closing_request_do_not_cost_it_its_answer() -> None:
     async with running() as server:
-        reader, writer = await connect(server)
-        writer.write(post("/slow?s=0.05", b"a", "connection: close\r\n") + post("/echo", b"b"))
-        status, headers, body = await read_response(reader)
+        status, headers, body = await only_answer(
+            server, post("/slow?s=0.05", b"a", "connection: close\r\n") + post("/echo", b"b"))
         assert (status, headers["connection"], body) == (200, "close", b"POST /slow s=0.05 a")
-        assert await asyncio.wait_for(reader.read(), 5) == b""
-        writer.close()
 
 
 async def test_bad_bytes_behind_a_good_request_get_a_400_after_its_answer() -> None:

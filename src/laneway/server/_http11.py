@@ -361,14 +361,14 @@ class Connection(asyncio.Protocol):
         if self.closed:
             return
         now = self.loop.time()
-        # A body the client stopped sending, not one the server stopped reading (the app has not read
-        # what came, or a request waits behind the one answered).
-        awaiting_body = self.parsing is not None and not self._in_head and not self.reading_paused
-        if awaiting_body and now >= self._active_at + self.state.keep_alive_s:
-            self._body_timed_out(self.parsing)
+        # The request whose body the client is sending; not one the server stopped reading (the app has
+        # not read what came, or a request waits behind the one answered).
+        sending = None if self._in_head or self.reading_paused else self.parsing
+        if sending is not None and now >= self._active_at + self.state.keep_alive_s:
+            self._body_timed_out(sending)
             return
         if self.cycle is not None or self.pipeline:  # busy: look again a period after the last bytes, or now
-            due = (self._active_at if awaiting_body else now) + self.state.keep_alive_s
+            due = (now if sending is None else self._active_at) + self.state.keep_alive_s
         else:
             # A head trickled in a byte at a time keeps the connection active, not alive.
             since = self._head_began if self._in_head else self._active_at
@@ -378,14 +378,13 @@ class Connection(asyncio.Protocol):
                 return
         self._idle = self.loop.call_at(due, self._check_idle)
 
-    def _body_timed_out(self, cycle: Cycle | None) -> None:
+    def _body_timed_out(self, cycle: Cycle) -> None:
         """A `408` if the request's answer has not begun, and close: the request hears its client leave."""
         log.debug("laneway: %s stopped sending a request's body", self.client)
-        if cycle is not None:
-            if not cycle.response_started:
-                self.write(_plain(408, f"the request's body stopped arriving for {self.state.keep_alive_s:g} s",
-                                  self.state.clock.date()))
-            cycle.client_left()  # nothing the app sends now reaches the client
+        if not cycle.response_started:
+            self.write(_plain(408, f"the request's body stopped arriving for {self.state.keep_alive_s:g} s",
+                              self.state.clock.date()))
+        cycle.client_left()  # nothing the app sends now reaches the client
         self.close()
 
 
