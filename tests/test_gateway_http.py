@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import textwrap
 import urllib.error
@@ -180,6 +181,32 @@ async def test_openai_client_async(default_gateway: LiveGateway) -> None:
     models = {chunk.model async for chunk in stream}
     assert models == {"gpt-5"}
     await c.close()
+
+
+def test_the_request_path_leaves_no_async_generator_for_the_event_loop_to_close(
+        sim_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One the garbage collector finds still open is closed by the event loop in a task of its own: one
+    more task (and wake-up) per request, and its clean-up, such as giving an upstream connection back,
+    comes late."""
+    from laneway.config import default_config_text
+
+    left: list[str] = []
+    finalizer = asyncio.BaseEventLoop._asyncgen_finalizer_hook
+
+    def recorded(loop: asyncio.BaseEventLoop, agen: Any) -> None:
+        left.append(agen.ag_code.co_qualname)
+        finalizer(loop, agen)
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "_asyncgen_finalizer_hook", recorded)
+    with live_gateway(default_config_text(), sim_url) as live:
+        c = client(live)
+        for model in ("heavy-foundation", "claude-sonnet-37", "laneway"):  # OpenAI, Anthropic and Gemini wires
+            assert c.chat.completions.create(model=model, messages=chat(1), max_tokens=20).choices  # type: ignore[arg-type]
+            stream = c.chat.completions.create(model=model, messages=chat(1), max_tokens=20,  # type: ignore[arg-type]
+                                               stream=True)
+            assert "".join(choice.delta.content or "" for chunk in stream for choice in chunk.choices)
+        live.call(asyncio.sleep(0.2))  # a finalizer's task would have run by now
+    assert left == []
 
 
 def test_models_health_ready(default_gateway: LiveGateway) -> None:

@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 import pytest
 import trustme
 
+from laneway.chat import ChatRequest
 from laneway.config import ModelSpec
 from laneway.errors import UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
+from laneway.providers import _http
 from laneway.providers._base import Upstream
 from laneway.providers._http import HIGH_WATER, Disconnected, Pool, Response, request_head
+from laneway.providers.openai import OpenAIProvider
 
 JSON = b'{"ok": true}'
 Handler = Callable[["Server", asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[bool]]
@@ -348,3 +351,40 @@ async def test_sse_reassembles_events_split_across_chunks(serve: Callable[..., A
     assert events == [("a", b"one"), ("", b"two\nlines")]
     assert upstream.held_connections() == 0
     await upstream.aclose()
+
+
+@pytest.mark.parametrize("last_chunk_after_s", [0.2, None])
+async def test_a_stream_read_to_done_keeps_its_connection_while_its_last_chunk_comes_late(
+        serve: Callable[..., Awaitable[Server]], monkeypatch: pytest.MonkeyPatch,
+        last_chunk_after_s: float | None) -> None:
+    """A server that writes the chunked body's end on its own, after `[DONE]` (as ASGI servers do): the
+    stream ends at `[DONE]`, and the connection is reused once the end arrives, or closed if it never does."""
+    monkeypatch.setattr(_http, "TAIL_S", 0.5)
+    events = b"".join(b'data: {"choices":[{"index":0,"delta":{"content":"%s"}}]}\n\n' % word
+                      for word in (b"one", b"two")) + b"data: [DONE]\n\n"
+
+    async def done_then_end(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            n: int) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                     b"%x\r\n%s\r\n" % (len(events), events))
+        await writer.drain()
+        if last_chunk_after_s is None:
+            await server.stopping.wait()
+            return False
+        await asyncio.sleep(last_chunk_after_s)
+        writer.write(b"0\r\n\r\n")
+        return True
+
+    server = await serve(done_then_end)
+    provider = OpenAIProvider(spec(server.port), f"http://127.0.0.1:{server.port}/v1")
+    loop = asyncio.get_running_loop()
+    request = ChatRequest("m", [{"role": "user", "content": "hi"}], {})
+    for _ in range(2):
+        began = loop.time()
+        texts = [chunk.text async for chunk in provider.stream(request, loop.time() + 5)]
+        assert texts == ["one", "two"]
+        assert loop.time() - began < 0.15  # the answer did not wait for the body's end
+        await asyncio.sleep(0.6)  # past the end, or past `TAIL_S`
+        assert provider.upstream.held_connections() == 0
+    assert server.connections == (1 if last_chunk_after_s is not None else 2)
+    await provider.aclose()

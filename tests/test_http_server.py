@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from laneway.server._http11 import MAX_HEAD_BYTES, HttpServer
+from laneway.server._http11 import MAX_HEAD_BYTES, Connection, HttpServer
 
 
 async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -132,6 +132,37 @@ async def test_a_stream_is_chunked_and_each_piece_leaves_as_it_is_sent() -> None
         assert (status, headers["transfer-encoding"], body) == (200, "chunked", b"one two three")
         writer.write(post("/echo", b"after"))  # the connection is still usable
         assert (await read_response(reader))[2] == b"POST /echo  after"
+        writer.close()
+
+
+async def test_a_streams_head_leaves_with_its_first_piece_or_at_the_end_of_the_turn(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    writes: list[bytes] = []
+    write = Connection.write
+
+    def recorded(conn: Connection, data: bytes) -> None:
+        writes.append(data)
+        write(conn, data)
+
+    async def late_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await asyncio.sleep(0.5)  # the head must not wait for the body
+            await send({"type": "http.response.body", "body": b"late"})
+
+    monkeypatch.setattr(Connection, "write", recorded)
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(post("/stream", b""))
+        assert (await read_response(reader))[2] == b"one two three"
+        writer.close()
+        assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(b"\r\n\r\n4\r\none \r\n")
+    async with running(late_app) as server:
+        reader, writer = await connect(server)
+        writer.write(post("/", b""))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.4)
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked\r\n" in head
+        assert await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5) == b"4\r\nlate\r\n0\r\n\r\n"
         writer.close()
 
 

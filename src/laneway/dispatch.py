@@ -15,7 +15,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,85 +123,87 @@ class Dispatcher:
                        exchange: Exchange) -> Completion:
         errors: list[UpstreamError] = []
         unsendable: list[InvalidRequest] = []
-        async for lane, name, request, ticket, trimmed in self._lanes(plan, messages, params, exchange):
-            try:
-                for attempt_no in range(self._tries(plan)):
-                    if _expired(plan):
-                        raise self._give_up(errors, exchange, plan)
-                    attempt = Attempt(name, OK, lane=lane, trimmed_messages=trimmed)
-                    exchange.attempts.append(attempt)
-                    started = time.perf_counter()
-                    try:
-                        limit = _attempt_limit(plan, lane, self.runtime.config.models[name]) or plan.deadline
-                        completion = await self.runtime.providers[name].complete(request, limit)
-                    except UpstreamError as error:
-                        self._failed(attempt, error, started, name, exchange)
-                        errors.append(error)
-                        if not await self._retry_pause(plan, error, attempt_no):
+        async with contextlib.aclosing(self._lanes(plan, messages, params, exchange)) as lanes:
+            async for lane, name, request, ticket, trimmed in lanes:
+                try:
+                    for attempt_no in range(self._tries(plan)):
+                        if _expired(plan):
+                            raise self._give_up(errors, exchange, plan)
+                        attempt = Attempt(name, OK, lane=lane, trimmed_messages=trimmed)
+                        exchange.attempts.append(attempt)
+                        started = time.perf_counter()
+                        try:
+                            limit = _attempt_limit(plan, lane, self.runtime.config.models[name]) or plan.deadline
+                            completion = await self.runtime.providers[name].complete(request, limit)
+                        except UpstreamError as error:
+                            self._failed(attempt, error, started, name, exchange)
+                            errors.append(error)
+                            if not await self._retry_pause(plan, error, attempt_no):
+                                break
+                            continue
+                        except InvalidRequest as refused:  # the adapter cannot put it in its wire format: unsent
+                            self._unsendable(attempt, name, refused, unsendable)
                             break
-                        continue
-                    except InvalidRequest as refused:  # the adapter cannot put it in its wire format: unsent
-                        self._unsendable(attempt, name, refused, unsendable)
-                        break
-                    except BaseException as exc:  # a client that left
-                        if isinstance(exc, asyncio.CancelledError):
-                            _abandoned(attempt, started)
-                        self.runtime.breakers[name].release()  # no verdict on the model either way
-                        raise
-                    self._succeeded(attempt, started, name, exchange, completion.usage)
-                    exchange.lane, exchange.model, exchange.trimmed_messages = lane, name, trimmed
-                    ticket.used = (completion.usage.total_tokens, attempt.cost_usd, attempt.latency_ms)
-                    return completion
-            finally:
-                ticket.release()
+                        except BaseException as exc:  # a client that left
+                            if isinstance(exc, asyncio.CancelledError):
+                                _abandoned(attempt, started)
+                            self.runtime.breakers[name].release()  # no verdict on the model either way
+                            raise
+                        self._succeeded(attempt, started, name, exchange, completion.usage)
+                        exchange.lane, exchange.model, exchange.trimmed_messages = lane, name, trimmed
+                        ticket.used = (completion.usage.total_tokens, attempt.cost_usd, attempt.latency_ms)
+                        return completion
+                finally:
+                    ticket.release()
         raise unsendable[0] if unsendable and not errors else self._give_up(errors, exchange, plan)
 
     async def stream(self, plan: Plan, messages: list[Message], params: dict[str, Any],
                      exchange: Exchange) -> Started:
         errors: list[UpstreamError] = []
         unsendable: list[InvalidRequest] = []
-        async for lane, name, request, ticket, trimmed in self._lanes(plan, messages, params, exchange):
-            for attempt_no in range(self._tries(plan)):
-                if _expired(plan):
-                    ticket.release()
-                    raise self._give_up(errors, exchange, plan)
-                attempt = Attempt(name, OK, lane=lane, trimmed_messages=trimmed)
-                exchange.attempts.append(attempt)
-                started = time.perf_counter()
-                chunks = self.runtime.providers[name].stream(request, plan.deadline)
-                try:
-                    first = await _first_chunk(chunks, _attempt_limit(plan, lane, self.runtime.config.models[name]))
-                except TimeoutError:
-                    error: UpstreamError = UpstreamTimeout(
-                        "no first chunk within this attempt's time (the model's `deadline_ms`, or a canary's share "
-                        "of the deadline)", model=name)
-                except StopAsyncIteration:
-                    error = UpstreamUnavailable("stream ended before any data", model=name)
-                except UpstreamError as exc:
-                    error = exc
-                except InvalidRequest as refused:  # the adapter cannot put it in its wire format: unsent
+        async with contextlib.aclosing(self._lanes(plan, messages, params, exchange)) as lanes:
+            async for lane, name, request, ticket, trimmed in lanes:
+                for attempt_no in range(self._tries(plan)):
+                    if _expired(plan):
+                        ticket.release()
+                        raise self._give_up(errors, exchange, plan)
+                    attempt = Attempt(name, OK, lane=lane, trimmed_messages=trimmed)
+                    exchange.attempts.append(attempt)
+                    started = time.perf_counter()
+                    chunks = self.runtime.providers[name].stream(request, plan.deadline)
+                    try:
+                        first = await _first_chunk(chunks, _attempt_limit(plan, lane, self.runtime.config.models[name]))
+                    except TimeoutError:
+                        error: UpstreamError = UpstreamTimeout(
+                            "no first chunk within this attempt's time (the model's `deadline_ms`, or a canary's share "
+                            "of the deadline)", model=name)
+                    except StopAsyncIteration:
+                        error = UpstreamUnavailable("stream ended before any data", model=name)
+                    except UpstreamError as exc:
+                        error = exc
+                    except InvalidRequest as refused:  # the adapter cannot put it in its wire format: unsent
+                        await close_stream(chunks)
+                        self._unsendable(attempt, name, refused, unsendable)
+                        break
+                    except BaseException as exc:  # a client that left: no failover
+                        if isinstance(exc, asyncio.CancelledError):
+                            _abandoned(attempt, started)
+                        self.runtime.breakers[name].release()  # no verdict on the model either way
+                        ticket.release()
+                        await close_stream(chunks)
+                        raise
+                    else:
+                        attempt.ttft_ms = (time.perf_counter() - started) * 1000
+                        exchange.upstream_ms += attempt.ttft_ms
+                        self.runtime.breakers[name].success()
+                        exchange.lane, exchange.model, exchange.trimmed_messages = lane, name, trimmed
+                        return Started(name, lane, attempt, first, ticket.hold(chunks), request, started)
                     await close_stream(chunks)
-                    self._unsendable(attempt, name, refused, unsendable)
-                    break
-                except BaseException as exc:  # a client that left: no failover
-                    if isinstance(exc, asyncio.CancelledError):
-                        _abandoned(attempt, started)
-                    self.runtime.breakers[name].release()  # no verdict on the model either way
-                    ticket.release()
-                    await close_stream(chunks)
-                    raise
-                else:
-                    attempt.ttft_ms = (time.perf_counter() - started) * 1000
-                    exchange.upstream_ms += attempt.ttft_ms
-                    self.runtime.breakers[name].success()
-                    exchange.lane, exchange.model, exchange.trimmed_messages = lane, name, trimmed
-                    return Started(name, lane, attempt, first, ticket.hold(chunks), request, started)
-                await close_stream(chunks)
-                self._failed(attempt, error, started, name, exchange)
-                errors.append(error)
-                if not await self._retry_pause(plan, error, attempt_no):
-                    break
-            ticket.release()
+                    self._failed(attempt, error, started, name, exchange)
+                    errors.append(error)
+                    if not await self._retry_pause(plan, error, attempt_no):
+                        break
+                ticket.release()
         raise unsendable[0] if unsendable and not errors else self._give_up(errors, exchange, plan)
 
     def _unsendable(self, attempt: Attempt, name: str, refused: InvalidRequest,
@@ -217,12 +219,14 @@ class Dispatcher:
         return plan.route.retry.attempts if plan.route else 2
 
     async def _lanes(self, plan: Plan, messages: list[Message], params: dict[str, Any],
-                     exchange: Exchange) -> AsyncIterator[tuple[str, str, ChatRequest, Ticket, int]]:
+                     exchange: Exchange) -> AsyncGenerator[tuple[str, str, ChatRequest, Ticket, int], None]:
         """Walk the plan's lanes: skip (and record) models that cannot hold the prompt or whose breaker
         is open, pass each gate, and add the `long_context` or `degrade_to` model when one is needed.
         A prompt too long for a model goes to the route's `long_context` model first; with `trim:
         oldest`, a model it is still too long for gets it without its oldest messages (the count is
-        the last value yielded)."""
+        the last value yielded). Callers close it when they stop early (`contextlib.aclosing`): left to
+        the garbage collector, it would be closed in a task of the event loop's own, one more task per
+        request."""
         lanes = plan.lanes
         overflow: list[str] = []
         refused: list[Refusal] = []

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
@@ -166,7 +166,7 @@ class Upstream:
         return response
 
     async def sse(self, response: Response, deadline: float,
-                  first: bool = True) -> AsyncIterator[tuple[str, bytes]]:
+                  first: bool = True) -> AsyncGenerator[tuple[str, bytes], None]:
         """Yield (event, data) pairs of a server-sent event stream, bounded by deadline then idleness.
 
         Timers are per raw chunk, and only armed when no chunk is already waiting."""

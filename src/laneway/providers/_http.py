@@ -20,6 +20,9 @@ T = TypeVar("T")
 # Reading pauses while this many body bytes wait for a slow consumer, and resumes below the low mark.
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+# A body released after its protocol's last event (`[DONE]`) but before its own end (a chunked body's
+# last chunk often comes in a write of its own) has this long to end, so that its connection is reused.
+TAIL_S = 1.0
 
 
 class HttpError(Exception):
@@ -70,6 +73,7 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._error: HttpError | None = None
         self._released = False
+        self._tail: asyncio.TimerHandle | None = None
 
     @property
     def content_length(self) -> int | None:
@@ -90,11 +94,24 @@ class Response:
             self._connection.resume()
         return chunk
 
-    def release(self) -> None:
-        """Give the connection back: to the pool if the message was read whole, else closed."""
-        if not self._released:
-            self._released = True
-            self._connection.finish(self.complete and self._error is None)
+    def release(self, ending: bool = False) -> None:
+        """Give the connection back: to the pool if the message was read whole, else closed. `ending`:
+        the caller read all it wanted (the stream's last event); a body not yet at its end is read on,
+        and dropped, for up to `TAIL_S`, then judged."""
+        if self._released:
+            return
+        self._released = True
+        self._chunks.clear()
+        if ending and not self.complete and self._error is None:
+            self._tail = self._connection.loop.call_later(TAIL_S, self._give_back)
+        else:
+            self._give_back()
+
+    def _give_back(self) -> None:
+        if self._tail is not None:
+            self._tail.cancel()
+            self._tail = None
+        self._connection.finish(self.complete and self._error is None)
 
     async def _wait(self, until: float) -> None:
         loop = self._connection.loop
@@ -105,6 +122,8 @@ class Response:
             self._waiter = None
 
     def feed(self, chunk: bytes) -> None:
+        if self._released:  # read on to the end, for nobody
+            return
         self._chunks.append(chunk)
         self._buffered += len(chunk)
         if self._buffered > HIGH_WATER:
@@ -116,6 +135,8 @@ class Response:
             self.complete = True
         elif not self.complete:
             self._error = error
+        if self._tail is not None:
+            self._give_back()
         self._wake()
 
     def _wake(self) -> None:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -84,10 +85,11 @@ class AnthropicProvider:
     async def stream(self, request: ChatRequest, deadline: float) -> AsyncIterator[Chunk]:
         response = await self.upstream.open_stream(self.url, self.body(request, True), deadline, is_overflow)
         state = _StreamState()
-        async for _event, data in self.upstream.sse(response, deadline):
-            chunk = state.read_event(decode_event(data, self.spec.name), self.spec.name)
-            if chunk is not None:
-                yield chunk
+        async with contextlib.aclosing(self.upstream.sse(response, deadline)) as events:
+            async for _event, data in events:
+                chunk = state.read_event(decode_event(data, self.spec.name), self.spec.name)
+                if chunk is not None:
+                    yield chunk
         # Reading on to the end of the body after `message_stop` keeps the connection reusable.
         if not state.stopped:
             raise UpstreamBadResponse("stream ended without `message_stop`: cut mid-way",

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -83,15 +84,16 @@ class GeminiProvider:
         response = await self.upstream.open_stream(self.stream_url, body, deadline, is_overflow)
         finish: str | None = None
         usage: Usage | None = None
-        async for _event, data in self.upstream.sse(response, deadline):
-            event = decode_event(data, self.spec.name)
-            if "error" in event:
-                raise status_error(event["error"], self.spec.name)
-            chunk = read_chunk(event, self.spec.name)
-            finish = chunk.finish_reason or finish
-            usage = chunk.usage or usage
-            if chunk.text or chunk.logprobs:
-                yield Chunk(text=chunk.text, logprobs=chunk.logprobs)
+        async with contextlib.aclosing(self.upstream.sse(response, deadline)) as events:
+            async for _event, data in events:
+                event = decode_event(data, self.spec.name)
+                if "error" in event:
+                    raise status_error(event["error"], self.spec.name)
+                chunk = read_chunk(event, self.spec.name)
+                finish = chunk.finish_reason or finish
+                usage = chunk.usage or usage
+                if chunk.text or chunk.logprobs:
+                    yield Chunk(text=chunk.text, logprobs=chunk.logprobs)
         if finish is None:
             raise UpstreamBadResponse("stream ended without a `finishReason`: cut mid-way",
                                       model=self.spec.name)

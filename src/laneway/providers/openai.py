@@ -4,6 +4,7 @@ Ollama, LM Studio). `base_url` is what the official SDK calls it, e.g. `https://
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -55,13 +56,15 @@ class OpenAIProvider:
     async def stream(self, request: ChatRequest, deadline: float) -> AsyncIterator[Chunk]:
         response = await self.upstream.open_stream(self.url, self.body(request, True), deadline, is_overflow)
         done = False
-        async for _event, data in self.upstream.sse(response, deadline):
-            if data == b"[DONE]":
-                done = True
-                break
-            chunk = parse_chunk(decode_event(data, self.spec.name), self.spec.name)
-            if chunk is not None:
-                yield chunk
+        async with contextlib.aclosing(self.upstream.sse(response, deadline)) as events:
+            async for _event, data in events:
+                if data == b"[DONE]":
+                    done = True
+                    response.release(ending=True)  # the body's last bytes may still be on their way
+                    break
+                chunk = parse_chunk(decode_event(data, self.spec.name), self.spec.name)
+                if chunk is not None:
+                    yield chunk
         if not done:
             raise UpstreamBadResponse("stream ended without `[DONE]`: cut mid-way", model=self.spec.name)
 

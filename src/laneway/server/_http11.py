@@ -410,7 +410,7 @@ class Cycle:
         self.response_started = False
         self.response_complete = False
         self.chunked = False
-        self.head_held: bytes | None = None  # a head whose body has a known length: sent with it
+        self.head_held: bytes | None = None  # the response's head, until it leaves with the body
         self.waiters: list[asyncio.Future[None]] = []
         self.task: asyncio.Task[None] | None = None
 
@@ -498,15 +498,15 @@ class Cycle:
                 self.length_left -= len(body)
                 if self.length_left < 0 or (not more and self.length_left):
                     raise RuntimeError("the response's body does not match its `content-length`")
-            if self.head_held is not None:
-                data = self.head_held + body
-                self.head_held = None
-            elif self.chunked:
+            if self.chunked:
                 data = b"%x\r\n%s\r\n" % (len(body), body) if body else b""
                 if not more:
                     data += _LAST_CHUNK
             else:
                 data = body
+            if self.head_held is not None:
+                data = self.head_held + data
+                self.head_held = None
             if data:
                 conn.write(data)
             if not more:
@@ -568,10 +568,17 @@ class Cycle:
             raise RuntimeError("a response header holds a line break: the response is not sent")
         if length is not None and not self.no_body:
             self.length_left = length
-        if length is not None or self.no_body:
-            self.head_held = head  # one write with the body
-        else:
-            self.conn.write(head)  # a stream: its head leaves at once
+        # Held, to leave in one write with the body. A stream's head leaves with the first piece of its
+        # body if the app sends it in this turn of the loop, as the gateway does, else at the turn's end:
+        # one write less before the first byte, and the client reads both at once.
+        self.head_held = head
+        if length is None and not self.no_body:
+            self.conn.loop.call_soon(self._send_held_head)
+
+    def _send_held_head(self) -> None:
+        head, self.head_held = self.head_held, None
+        if head is not None and not self.disconnected:
+            self.conn.write(head)
 
     async def _internal_error(self) -> None:
         body = b"Internal Server Error\n"
