@@ -3,6 +3,7 @@ error within its deadline plus a small margin, and exactly one exchange records 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -302,3 +303,24 @@ def test_nothing_leaks_after_the_fault_runs(live: tuple[LiveGateway, RecordingSi
     assert (inflight, acquired) == (0, 0)
     assert not laneway_tasks
     assert len(tasks) < 10, tasks  # the server's own tasks only
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_bug_in_an_adapter_is_a_500_and_its_attempt_is_recorded_as_an_internal_error(
+        sim_url: str, monkeypatch: pytest.MonkeyPatch, stream: bool) -> None:
+    from laneway.config import default_config_text
+    from laneway.providers.openai import OpenAIProvider
+
+    def broken(self: OpenAIProvider, request: Any, stream: bool) -> dict[str, Any]:
+        raise TypeError("a bug in the adapter")
+
+    monkeypatch.setattr(OpenAIProvider, "body", broken)
+    sink = RecordingSink()
+    with live_gateway(default_config_text(), sim_url, telemetry=sink) as gw:
+        status, headers, _, _ = send(gw, {"model": "heavy-foundation", "stream": stream,
+                                          "messages": [{"role": "user", "content": "hi"}]})
+        assert status == 500
+        gw.call(asyncio.sleep(0.05))
+    exchange = sink.by_id(headers["x-request-id"])
+    assert [(a.model, a.outcome, a.error) for a in exchange.attempts] == [
+        ("heavy-foundation", "internal_error", "TypeError: a bug in the adapter")]

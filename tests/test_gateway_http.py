@@ -128,6 +128,30 @@ def test_bad_requests_get_clear_errors(seed_gateway: LiveGateway, body: Any, hea
     assert payload["error"]["request_id"] == response_headers["x-request-id"]
 
 
+@pytest.mark.parametrize("model", ["laneway", "claude-sonnet-37"])  # through the Gemini and Anthropic adapters
+@pytest.mark.parametrize(("field", "value", "param"), [
+    ("stop", 5, "stop"),
+    ("stop", ["a", "b", "c", "d", "e"], "stop"),
+    ("tools", 5, "tools"),
+    ("tools", [5], "tools"),
+    ("tool_choice", "sometimes", "tool_choice"),
+    ("seed", "x", "seed"),
+    ("logprobs", "x", "logprobs"),
+    ("top_logprobs", 2.5, "top_logprobs"),
+    ("logit_bias", "x", "logit_bias"),
+    ("parallel_tool_calls", "x", "parallel_tool_calls"),
+    ("messages", [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": 5},
+                  {"role": "user", "content": "y"}], "messages[1].tool_calls"),
+])
+def test_a_parameter_of_the_wrong_type_is_a_400_that_names_it(default_gateway: LiveGateway, model: str, field: str,
+                                                              value: Any, param: str) -> None:
+    body = {"model": model, "messages": chat(1), field: value}
+    for stream in (False, True):
+        status, _, payload = post(default_gateway, {**body, "stream": stream})
+        assert (status, payload["error"]["code"], payload["error"]["param"]) == (400, "invalid_request", param)
+        assert f"`{param}` must be" in payload["error"]["message"]
+
+
 def test_the_legacy_completions_path_is_named_as_not_served(seed_gateway: LiveGateway) -> None:
     status, _, payload = post(seed_gateway, {"model": "laneway", "prompt": "hello"}, path="/v1/completions")
     assert status == 404 and payload["error"]["code"] == "not_found"

@@ -35,7 +35,7 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from .exchange import CLIENT_DISCONNECTED, OK, SKIPPED, Attempt, Exchange
+from .exchange import CLIENT_DISCONNECTED, INTERNAL_ERROR, OK, SKIPPED, Attempt, Exchange
 from .gate import Gate, GateRejected
 from .providers import Refusal
 from .runtime import Runtime, fits, output_reserve, prepare
@@ -144,9 +144,8 @@ class Dispatcher:
                         except InvalidRequest as refused:  # the adapter cannot put it in its wire format: unsent
                             self._unsendable(attempt, name, refused, unsendable)
                             break
-                        except BaseException as exc:  # a client that left
-                            if isinstance(exc, asyncio.CancelledError):
-                                _abandoned(attempt, started)
+                        except BaseException as exc:  # a client that left, or a bug
+                            _broke_off(attempt, started, exc)
                             self.runtime.breakers[name].release()  # no verdict on the model either way
                             raise
                         self._succeeded(attempt, started, name, exchange, completion.usage)
@@ -185,9 +184,8 @@ class Dispatcher:
                         await close_stream(chunks)
                         self._unsendable(attempt, name, refused, unsendable)
                         break
-                    except BaseException as exc:  # a client that left: no failover
-                        if isinstance(exc, asyncio.CancelledError):
-                            _abandoned(attempt, started)
+                    except BaseException as exc:  # a client that left, or a bug: no failover
+                        _broke_off(attempt, started, exc)
                         self.runtime.breakers[name].release()  # no verdict on the model either way
                         ticket.release()
                         await close_stream(chunks)
@@ -412,10 +410,13 @@ def _turned_away(refused: GateRejected) -> RateLimited:
     return RateLimited(f"{refused.reason}; retry later", refused.retry_after_s)
 
 
-def _abandoned(attempt: Attempt, started: float) -> None:
-    """The attempt in flight when the request was cancelled: the server cancels a request's task when
-    its client has left (server/_chat.py)."""
-    attempt.outcome = CLIENT_DISCONNECTED
+def _broke_off(attempt: Attempt, started: float, exc: BaseException) -> None:
+    """The attempt in flight when the request was cancelled (the server cancels a request's task when its
+    client has left, server/_chat.py), or when a bug raised what no adapter should: the request's 500."""
+    if isinstance(exc, asyncio.CancelledError):
+        attempt.outcome = CLIENT_DISCONNECTED
+    else:
+        attempt.outcome, attempt.error = INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
     attempt.latency_ms = (time.perf_counter() - started) * 1000
 
 

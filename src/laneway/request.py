@@ -27,6 +27,42 @@ _FIELDS = _PARAMS | {"model", "messages", "stream", "stream_options", "n", "user
 _RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "presence_penalty": (-2.0, 2.0),
            "frequency_penalty": (-2.0, 2.0), "top_logprobs": (0, 20)}
 MAX_OUTPUT_TOKENS = 1_000_000
+MAX_STOP = 4  # stop sequences, as OpenAI allows
+TOOL_CHOICES = ("none", "auto", "required")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_stop(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, list) and len(value) <= MAX_STOP
+                                      and all(isinstance(v, str) for v in value))
+
+
+def _is_tools(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(t, dict) and isinstance(t.get("function", {}), dict) for t in value)
+
+
+def _is_bias(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value.values())
+
+
+# The shape of each parameter not checked by range: how to test it, and what it must be.
+_SHAPES: dict[str, tuple[Any, str]] = {
+    "stop": (_is_stop, f"a string or a list of at most {MAX_STOP} strings"),
+    "seed": (_is_int, "a whole number"),
+    "logprobs": (lambda v: isinstance(v, bool), "true or false"),
+    "parallel_tool_calls": (lambda v: isinstance(v, bool), "true or false"),
+    "tools": (_is_tools, 'a list of tools, each an object such as {"type": "function", "function": {"name": ...}}'),
+    "tool_choice": (lambda v: v in TOOL_CHOICES or isinstance(v, dict),
+                    f"one of {', '.join(TOOL_CHOICES)}, or an object naming a function"),
+    "logit_bias": (_is_bias, "an object of token ids to numbers"),
+    "service_tier": (lambda v: isinstance(v, str), "a string"),
+    "verbosity": (lambda v: isinstance(v, str), "a string"),
+}
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 _SIGNAL_HEADERS = tuple((name, "x-laneway-" + name.replace("_", "-")) for name in SETTABLE)
 
@@ -98,6 +134,12 @@ def _messages(raw: Any, limit: int) -> list[dict[str, Any]]:
         if role not in ROLES:
             raise InvalidRequest(f"`messages[{i}].role` must be one of {', '.join(sorted(ROLES))}, got {role!r}",
                                  param=f"messages[{i}].role")
+        calls = message.get("tool_calls")
+        if calls is not None and not (isinstance(calls, list) and all(isinstance(c, dict) for c in calls)):
+            raise InvalidRequest(f"`messages[{i}].tool_calls` must be a list of tool calls (objects), got "
+                                 f"{_excerpt(calls)}", param=f"messages[{i}].tool_calls")
+        if not isinstance(message.get("tool_call_id", ""), str):
+            raise InvalidRequest(f"`messages[{i}].tool_call_id` must be a string", param=f"messages[{i}].tool_call_id")
         content = message.get("content")
         if content is None and role in ("assistant", "tool"):
             continue
@@ -120,6 +162,12 @@ def _check_params(params: dict[str, Any], n: Any) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
             raise InvalidRequest(f"`{key}` must be a number from {low:g} to {high:g}, got {value!r}", param=key)
+    if "top_logprobs" in params and not _is_int(params["top_logprobs"]):
+        raise InvalidRequest(f"`top_logprobs` must be a whole number, got {params['top_logprobs']!r}",
+                             param="top_logprobs")
+    for key, (valid, shape) in _SHAPES.items():
+        if key in params and not valid(params[key]):
+            raise InvalidRequest(f"`{key}` must be {shape}, got {_excerpt(params[key])}", param=key)
     for key in ("max_tokens", "max_completion_tokens"):
         value = params.get(key)
         if value is None:
@@ -135,6 +183,11 @@ def _check_params(params: dict[str, Any], n: Any) -> None:
                              param="reasoning_effort")
     if "response_format" in params:
         _check_response_format(params["response_format"])
+
+
+def _excerpt(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check_response_format(value: Any) -> None:
