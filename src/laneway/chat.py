@@ -81,6 +81,16 @@ class Completion:
     refusal: str | None = None  # OpenAI `message.refusal`: the model declined, and said why (no `text` then)
 
 
+def tool_call_text(calls: list[dict[str, Any]]) -> list[str]:
+    """The generated text of tool calls or their pieces (names and arguments), to count when there is no usage."""
+    texts: list[str] = []
+    for call in calls:
+        function = call.get("function")
+        if isinstance(function, dict):
+            texts.extend(str(function.get(key) or "") for key in ("name", "arguments"))
+    return texts
+
+
 @dataclass(slots=True)
 class Chunk:
     """One piece of a streamed answer: text or tool-call pieces, and at the end a finish reason and

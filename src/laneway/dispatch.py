@@ -19,7 +19,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from .chat import ChatRequest, Chunk, Completion, Message, Usage
+from .chat import ChatRequest, Chunk, Completion, Message, Usage, tool_call_text
 from .config import ModelSpec, Price, Route
 from .context import TokenCounter
 from .errors import (
@@ -148,6 +148,8 @@ class Dispatcher:
                             _broke_off(attempt, started, exc)
                             self.runtime.breakers[name].release()  # no verdict on the model either way
                             raise
+                        if not completion.usage.total_tokens:  # none reported: counted here, as for a stream
+                            completion.usage = self._estimate(name, request, completion)
                         self._succeeded(attempt, started, name, exchange, completion.usage)
                         exchange.lane, exchange.model, exchange.trimmed_messages = lane, name, trimmed
                         ticket.used = (completion.usage.total_tokens, attempt.cost_usd, attempt.latency_ms)
@@ -347,6 +349,12 @@ class Dispatcher:
             breaker.release()
         elif breaker.failure(asyncio.get_running_loop().time()) and self.sink is not None:
             self.sink.count("cooldown", name)
+
+    def _estimate(self, name: str, request: ChatRequest, completion: Completion) -> Usage:
+        """The usage of an answer whose upstream reported none, so that no answer costs $0."""
+        generated = [completion.text, completion.refusal or "", *tool_call_text(completion.tool_calls or [])]
+        tokenizer = self.runtime.config.models[name].tokenizer
+        return Usage(self.counter.count(request.messages, tokenizer), self.counter.text_tokens("".join(generated)))
 
     def _succeeded(self, attempt: Attempt, started: float, name: str, exchange: Exchange, usage: Usage) -> None:
         attempt.latency_ms = (time.perf_counter() - started) * 1000

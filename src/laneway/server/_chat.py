@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from ..chat import Chunk, Completion, TokenLogprob, Usage
+from ..chat import Chunk, Completion, TokenLogprob, Usage, tool_call_text
 from ..dispatch import Started, account, close_stream
 from ..errors import LanewayError, UpstreamError, error_body
 from ..exchange import CANCELLED, CLIENT_DISCONNECTED, OK, Exchange
@@ -239,21 +239,11 @@ async def _forward(send: Send, encoder: _ChunkEncoder, chunk: Chunk, state: _Str
         tokens = chunk.logprobs if state.logprobs else None
         await send({"type": "http.response.body", "body": encoder.delta(chunk.text, tokens), "more_body": True})
     if chunk.tool_calls:
-        state.text.extend(_call_text(chunk.tool_calls))
+        state.text.extend(tool_call_text(chunk.tool_calls))
         await send({"type": "http.response.body", "body": encoder.tool_calls(chunk.tool_calls), "more_body": True})
     if chunk.refusal:
         state.text.append(chunk.refusal)
         await send({"type": "http.response.body", "body": encoder.refusal(chunk.refusal), "more_body": True})
-
-
-def _call_text(calls: list[dict[str, Any]]) -> list[str]:
-    """The generated text of tool-call pieces (names and arguments), to count when there is no usage."""
-    texts: list[str] = []
-    for call in calls:
-        function = call.get("function")
-        if isinstance(function, dict):
-            texts.extend(str(function.get(key) or "") for key in ("name", "arguments"))
-    return texts
 
 
 def _estimate(gateway: Gateway, runtime: Runtime, started: Started, text: list[str]) -> Usage:
@@ -355,7 +345,9 @@ class _ChunkEncoder:
         return event
 
     def finish(self, reason: str) -> bytes:
-        return (self._finish_head + b',"choices":[{"index":0,"delta":{},"finish_reason":'
+        # An answer with no piece at all (an empty text, cut by `max_tokens`) still says whose it is.
+        first = self.delta("") if self._head is not self._delta else b""
+        return first + (self._finish_head + b',"choices":[{"index":0,"delta":{},"finish_reason":'
                 + orjson.dumps(reason) + b"}]}\n\n")
 
     def usage(self, usage: Usage) -> bytes:

@@ -1,0 +1,120 @@
+"""What the gateway fills in when an OpenAI-compatible upstream leaves it out: the usage of an answer
+(counted locally, whole or streamed alike, so that no answer costs $0), and the assistant's role in a
+stream with no text at all (a reasoning model whose budget ran out before it wrote a word)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import openai
+import pytest
+
+from _live import LiveGateway, RecordingSink, live_gateway
+
+TEXT = ["Your order", " ships", " today."]
+
+
+class GapUpstream(ThreadingHTTPServer):
+    """Answers without `usage`; a request whose last message is `empty` gets an answer with no text."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        pieces = [""] if body["messages"][-1]["content"] == "empty" else TEXT
+        if body.get("stream"):
+            events = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": piece},
+                                    "finish_reason": None}]} for piece in pieces]
+            events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            data = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+            self._send(data, "text/event-stream")
+        else:
+            answer = {"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": body["model"],
+                      "choices": [{"index": 0, "finish_reason": "stop",
+                                   "message": {"role": "assistant", "content": "".join(pieces)}}]}
+            self._send(json.dumps(answer).encode(), "application/json")
+
+    def _send(self, data: bytes, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[tuple[LiveGateway, RecordingSink]]:
+    upstream = GapUpstream()
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    config = f"""
+models:
+  vllm:
+    provider: openai
+    base_url: {upstream.url}
+    model: served-model
+    context_window: 32000
+    price: {{input_per_mtok: 1.0, output_per_mtok: 2.0}}
+routes:
+- name: all
+  target: vllm
+"""
+    sink = RecordingSink()
+    with live_gateway(config, None, telemetry=sink) as gateway:
+        yield gateway, sink
+    upstream.shutdown()
+    upstream.server_close()
+
+
+def client(live: LiveGateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+
+
+MESSAGES: list[Any] = [{"role": "system", "content": "You answer customers of a web shop."},
+                       {"role": "user", "content": "When does order 1182 ship?"}]
+
+
+def test_an_answer_without_usage_is_counted_and_billed_alike_whole_and_streamed(
+        live: tuple[LiveGateway, RecordingSink]) -> None:
+    gateway, sink = live
+    whole = client(gateway).chat.completions.with_raw_response.create(model="laneway", messages=MESSAGES)
+    answer = whole.parse()
+    assert answer.choices[0].message.content == "".join(TEXT)
+    assert answer.usage is not None and answer.usage.prompt_tokens > 10 and answer.usage.completion_tokens > 2
+    stream = client(gateway).chat.completions.create(model="laneway", messages=MESSAGES, stream=True,
+                                                     stream_options={"include_usage": True})
+    streamed = [chunk.usage for chunk in stream if chunk.usage is not None]
+    assert [(u.prompt_tokens, u.completion_tokens) for u in streamed] == [
+        (answer.usage.prompt_tokens, answer.usage.completion_tokens)]
+    expected = (answer.usage.prompt_tokens * 1.0 + answer.usage.completion_tokens * 2.0) / 1e6
+    assert float(whole.headers["x-laneway-cost-usd"]) == pytest.approx(expected, abs=1e-8)
+    recorded = sink.by_id(whole.headers["x-request-id"])
+    assert (recorded.prompt_tokens, recorded.completion_tokens) == (answer.usage.prompt_tokens,
+                                                                    answer.usage.completion_tokens)
+    assert recorded.cost_usd == pytest.approx(expected)
+
+
+def test_a_stream_with_no_text_still_says_the_answer_is_the_assistants(live: tuple[LiveGateway, RecordingSink]) -> None:
+    gateway, _ = live
+    with client(gateway).chat.completions.stream(model="laneway",
+                                                 messages=[{"role": "user", "content": "empty"}]) as stream:
+        final = stream.get_final_completion()
+    choice = final.choices[0]
+    assert (choice.message.role, choice.message.content or "", choice.finish_reason) == ("assistant", "", "stop")
