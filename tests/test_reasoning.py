@@ -15,6 +15,8 @@ from laneway.chat import ChatRequest
 from laneway.config import parse_config
 from laneway.errors import ConfigError
 from laneway.providers import anthropic, gemini
+from laneway.providers import openai as openai_provider
+from laneway.runtime import prepare
 from laneway.sim._answers import THINKING_BASE_TOKENS
 from laneway.sim._wire_anthropic import THOUGHT
 
@@ -115,6 +117,30 @@ def test_gemini_thinking_is_a_budget_or_a_level() -> None:
     level = gemini.request_body(request, "low")["generationConfig"]
     assert level["thinkingConfig"] == {"thinkingLevel": "low"} and level["maxOutputTokens"] == 300
     assert "thinkingConfig" not in gemini.request_body(request)["generationConfig"]
+
+
+@pytest.mark.parametrize(("base_url", "field"), [
+    ("https://api.openai.com/v1", "max_completion_tokens"),
+    ("https://my-resource.openai.azure.com/openai/v1", "max_completion_tokens"),
+    ("http://127.0.0.1:8000/v1", "max_tokens"),  # a vLLM server: the field as the client sent it
+])
+def test_openai_models_get_their_output_limit_in_the_field_their_api_takes(base_url: str, field: str) -> None:
+    spec = parse_config(f"""
+models:
+  gpt-5:
+    provider: openai
+    base_url: {base_url}
+    model: gpt-5
+    price: {{input_per_mtok: 1.25, output_per_mtok: 10.0}}
+    profile: {{max_tokens: 500}}
+routes:
+- target: gpt-5
+""").models["gpt-5"]
+    provider = openai_provider.create(spec, base_url)
+    assert {k: v for k, v in provider.body(prepare(spec, QUESTION, {}), False).items()
+            if k.startswith("max_")} == {field: 500}
+    client_limit = prepare(spec, QUESTION, {"max_completion_tokens": 64})
+    assert provider.body(client_limit, True)["max_completion_tokens"] == 64
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from ..chat import ChatRequest, Chunk, Completion, TokenLogprob, Usage
 from ..errors import UpstreamBadResponse, UpstreamError
@@ -23,6 +24,11 @@ PASSTHROUGH = frozenset({
 })
 
 
+# OpenAI's own API, where `max_tokens` is deprecated and refused by reasoning models (o-series, gpt-5):
+# `max_completion_tokens`, which every model there takes, is sent instead.
+OPENAI_HOSTS = ("api.openai.com", ".openai.azure.com")
+
+
 def create(spec: ModelSpec, base_url: str) -> OpenAIProvider:
     return OpenAIProvider(spec, base_url)
 
@@ -35,6 +41,8 @@ class OpenAIProvider:
         if key:
             self.upstream.headers["authorization"] = f"Bearer {key}"
         self.url = f"{self.upstream.base_url}/chat/completions"
+        host = urlsplit(self.upstream.base_url).hostname or ""
+        self.completion_limit = host == OPENAI_HOSTS[0] or host.endswith(OPENAI_HOSTS[1])
 
     def refusal(self, params: dict[str, Any]) -> Refusal | None:
         return None  # tools, tool calls and `response_format` pass through as they are
@@ -44,6 +52,8 @@ class OpenAIProvider:
         for key, value in request.params.items():
             if key in PASSTHROUGH:
                 body[key] = value
+        if self.completion_limit and "max_tokens" in body:
+            body["max_completion_tokens"] = body.pop("max_tokens")
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
