@@ -233,6 +233,28 @@ def test_the_request_path_leaves_no_async_generator_for_the_event_loop_to_close(
     assert left == []
 
 
+def test_a_huge_prompt_is_counted_without_holding_up_other_requests(default_gateway: LiveGateway) -> None:
+    """Counting a 15 MB prompt takes the tokenizer about a second: meanwhile the gateway answers others."""
+    import threading
+    import time
+
+    body = {"model": "laneway", "messages": [{"role": "user", "content": "word " * 3_000_000}]}
+    outcome: list[Any] = []
+    worker = threading.Thread(target=lambda: outcome.append(post(default_gateway, body)))
+    worker.start()
+    waits = []
+    while worker.is_alive():
+        began = time.perf_counter()
+        with urllib.request.urlopen(default_gateway.url + "/healthz", timeout=30) as response:
+            assert response.status == 200
+        waits.append(time.perf_counter() - began)
+        time.sleep(0.02)
+    worker.join()
+    status, _, payload = outcome[0]
+    assert (status, payload["error"]["code"]) == (400, "context_window_exceeded")
+    assert len(waits) >= 5 and max(waits) < 0.3, waits
+
+
 def test_models_health_ready(default_gateway: LiveGateway) -> None:
     models = [m.id for m in client(default_gateway).models.list()]
     assert models[0] == "laneway" and "heavy-foundation" in models

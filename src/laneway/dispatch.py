@@ -15,13 +15,13 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .chat import ChatRequest, Chunk, Completion, Message, Usage, tool_call_text
 from .config import ModelSpec, Price, Route
-from .context import TokenCounter
+from .context import TokenCounter, upper_bound
 from .errors import (
     AllAttemptsFailed,
     ContextWindowExceeded,
@@ -49,6 +49,9 @@ QUEUE_SHARE = 0.5
 # The `max_tokens` a trimmed conversation leaves room for when the request names none (at most a
 # quarter of the model's window); the request then asks for no more.
 TRIM_ANSWER_TOKENS = 1024
+# A prompt longer than this is counted in a worker thread (about 4 ms of the tokenizer's time).
+LARGE_PROMPT_BYTES = 64 * 1024
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -243,7 +246,8 @@ class Dispatcher:
                 continue
             request = prepare(spec, messages, params)
             trimmed = 0
-            ok, prompt = fits(self.counter, spec, request)
+            bound = upper_bound(request.messages)
+            ok, prompt = await _counted(bound, fits, self.counter, spec, request, bound)
             if not ok:
                 long_context = plan.route.long_context if plan.route else None
                 if any(n == long_context for _, n in lanes):
@@ -252,7 +256,8 @@ class Dispatcher:
                 reserve = output_reserve(spec, request)
                 needed = prompt + reserve
                 roomier = any(self.runtime.config.models[n].context_window >= needed for _, n in lanes[i:])
-                cut = None if long_context is not None or roomier else self._trim(plan, spec, request)
+                cut = None if long_context is not None or roomier else await _counted(bound, self._trim, plan, spec,
+                                                                                       request)
                 if cut is None:
                     exchange.attempts.append(Attempt(name, SKIPPED, prompt_tokens=prompt, lane=lane,
                                                      error=f"context_window: {prompt} tokens > {spec.context_window}"))
@@ -416,6 +421,15 @@ def account(attempt: Attempt, exchange: Exchange, price: Price, usage: Usage) ->
 def _turned_away(refused: GateRejected) -> RateLimited:
     """The client's 429 when a gate turned the request away and no model was left to try."""
     return RateLimited(f"{refused.reason}; retry later", refused.retry_after_s)
+
+
+async def _counted(bound: int, count: Callable[..., T], *args: Any) -> T:
+    """`count(*args)`, in a worker thread for a prompt of more than `LARGE_PROMPT_BYTES` (`bound` is its
+    `upper_bound`): the tokenizer takes about 60 ms per MB, during which the event loop would serve no
+    other request; it lets go of the GIL meanwhile."""
+    if bound > LARGE_PROMPT_BYTES:
+        return await asyncio.to_thread(count, *args)
+    return count(*args)
 
 
 def _broke_off(attempt: Attempt, started: float, exc: BaseException) -> None:

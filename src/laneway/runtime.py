@@ -177,10 +177,11 @@ def output_reserve(spec: ModelSpec, request: ChatRequest, default: int = 0) -> i
     return reserve
 
 
-def fits(counter: TokenCounter, spec: ModelSpec, request: ChatRequest) -> tuple[bool, int]:
-    """Whether prompt + requested output fit the model's window; returns the prompt count if taken."""
+def fits(counter: TokenCounter, spec: ModelSpec, request: ChatRequest, bound: int | None = None) -> tuple[bool, int]:
+    """Whether prompt + requested output fit the model's window; returns the prompt count if taken.
+    `bound`: the prompt's `upper_bound`, if known."""
     reserve = output_reserve(spec, request)
-    if upper_bound(request.messages) + reserve <= spec.context_window:
+    if (upper_bound(request.messages) if bound is None else bound) + reserve <= spec.context_window:
         return True, -1
     prompt = counter.count(request.messages, spec.tokenizer)
     return prompt + reserve <= spec.context_window, prompt
