@@ -152,6 +152,27 @@ def test_a_parameter_of_the_wrong_type_is_a_400_that_names_it(default_gateway: L
         assert f"`{param}` must be" in payload["error"]["message"]
 
 
+def test_the_error_of_a_model_that_found_the_request_malformed_wins_over_the_routes(
+        default_gateway: LiveGateway) -> None:
+    """`laneway`'s Gemini model cannot carry tools; its Claude model can, but not a tool without a name:
+    that is what the client must fix, not the route."""
+    status, _, payload = post(default_gateway, {"model": "laneway", "messages": chat(1),
+                                                "tools": [{"type": "function"}]})
+    assert (status, payload["error"]["code"]) == (400, "invalid_request")
+    assert payload["error"]["param"].startswith("tools[0]")
+    assert "no model of the route can carry" not in payload["error"]["message"]
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_an_output_limit_no_model_has_room_for_is_named_as_the_field_to_lower(default_gateway: LiveGateway,
+                                                                              field: str) -> None:
+    status, _, payload = post(default_gateway, {"model": "gpt-5", "messages": chat(1), field: 1_000_000})
+    error = payload["error"]
+    assert (status, error["code"], error["param"]) == (400, "context_window_exceeded", field)
+    assert error["message"].startswith(f"`{field}` is too large: 1000000 tokens of output do not fit")
+    assert "Ask for at most 3999" in error["message"]  # gpt-5 holds 400,000 tokens; the prompt takes a few
+
+
 def test_the_legacy_completions_path_is_named_as_not_served(seed_gateway: LiveGateway) -> None:
     status, _, payload = post(seed_gateway, {"model": "laneway", "prompt": "hello"}, path="/v1/completions")
     assert status == 404 and payload["error"]["code"] == "not_found"

@@ -54,6 +54,9 @@ LARGE_PROMPT_BYTES = 64 * 1024
 T = TypeVar("T")
 
 
+Lane = tuple[str, str, ChatRequest, "Ticket", int]  # lane, model, the request for it, its gate ticket, messages trimmed
+
+
 @dataclass(slots=True)
 class Plan:
     route: Route | None
@@ -126,7 +129,7 @@ class Dispatcher:
                        exchange: Exchange) -> Completion:
         errors: list[UpstreamError] = []
         unsendable: list[InvalidRequest] = []
-        async with contextlib.aclosing(self._lanes(plan, messages, params, exchange)) as lanes:
+        async with contextlib.aclosing(self._lanes(plan, messages, params, exchange, unsendable)) as lanes:
             async for lane, name, request, ticket, trimmed in lanes:
                 try:
                     for attempt_no in range(self._tries(plan)):
@@ -165,7 +168,7 @@ class Dispatcher:
                      exchange: Exchange) -> Started:
         errors: list[UpstreamError] = []
         unsendable: list[InvalidRequest] = []
-        async with contextlib.aclosing(self._lanes(plan, messages, params, exchange)) as lanes:
+        async with contextlib.aclosing(self._lanes(plan, messages, params, exchange, unsendable)) as lanes:
             async for lane, name, request, ticket, trimmed in lanes:
                 for attempt_no in range(self._tries(plan)):
                     if _expired(plan):
@@ -221,17 +224,19 @@ class Dispatcher:
     def _tries(self, plan: Plan) -> int:
         return plan.route.retry.attempts if plan.route else 2
 
-    async def _lanes(self, plan: Plan, messages: list[Message], params: dict[str, Any],
-                     exchange: Exchange) -> AsyncGenerator[tuple[str, str, ChatRequest, Ticket, int], None]:
+    async def _lanes(self, plan: Plan, messages: list[Message], params: dict[str, Any], exchange: Exchange,
+                     unsendable: list[InvalidRequest]) -> AsyncGenerator[Lane, None]:
         """Walk the plan's lanes: skip (and record) models that cannot hold the prompt or whose breaker
         is open, pass each gate, and add the `long_context` or `degrade_to` model when one is needed.
         A prompt too long for a model goes to the route's `long_context` model first; with `trim:
         oldest`, a model it is still too long for gets it without its oldest messages (the count is
-        the last value yielded). Callers close it when they stop early (`contextlib.aclosing`): left to
+        the last value yielded). A model whose adapter found the request malformed (`unsendable`) has
+        the last word: its error names the field. Callers close it when they stop early (`contextlib.aclosing`): left to
         the garbage collector, it would be closed in a task of the event loop's own, one more task per
         request."""
         lanes = plan.lanes
         overflow: list[str] = []
+        rooms: list[tuple[int, str]] = []  # what each model too small for the request has left for the output
         refused: list[Refusal] = []
         i = 0
         while i < len(lanes):
@@ -262,6 +267,7 @@ class Dispatcher:
                     exchange.attempts.append(Attempt(name, SKIPPED, prompt_tokens=prompt, lane=lane,
                                                      error=f"context_window: {prompt} tokens > {spec.context_window}"))
                     overflow.append(f"`{name}` holds {spec.context_window} with {reserve} for the output")
+                    rooms.append((spec.context_window - prompt, name))
                     exchange.prompt_tokens = max(exchange.prompt_tokens, prompt)
                     if long_context is not None:
                         lanes.insert(i, ("fallback", long_context))
@@ -276,6 +282,8 @@ class Dispatcher:
                 self.runtime.breakers[name].release()
                 continue
             yield lane, name, request, ticket, trimmed
+        if unsendable:  # a model that carries what the request asks for found it malformed: the caller says so
+            return
         if refused and not any(a.outcome != SKIPPED for a in exchange.attempts):
             params_named = sorted({r.param for r in refused})
             raise InvalidRequest(
@@ -283,6 +291,13 @@ class Dispatcher:
                 f"{'; '.join(r.reason for r in refused)}. Route such requests to a model whose adapter carries "
                 "them (docs/providers.md), or give the route one as a fallback", param=params_named[0])
         if overflow and not any(a.outcome != SKIPPED for a in exchange.attempts):
+            asked = next((key for key in ("max_completion_tokens", "max_tokens") if key in params), None)
+            room, roomiest = max(rooms)
+            if asked is not None and room > 0:  # the prompt fits: the output asked for does not
+                raise ContextWindowExceeded(
+                    f"`{asked}` is too large: {params[asked]} tokens of output do not fit next to the prompt's "
+                    f"{exchange.prompt_tokens} in any model of the route ({'; '.join(overflow)}). Ask for at most "
+                    f"{room} (`{roomiest}`)", param=asked)
             trims = plan.route is not None and plan.route.trim != "none"
             fix = ("even `trim: oldest` cannot make it fit: the system prompt and the latest user message, with "
                    "what follows it, are too long. Shorten them, ask for less output (`max_tokens`), or give the "

@@ -130,7 +130,10 @@ class PayloadTooLarge(RequestError):
 
 class ContextWindowExceeded(RequestError):
     code = "context_window_exceeded"
-    param = "messages"  # as OpenAI names it for a prompt too long
+
+    def __init__(self, message: str, param: str = "messages") -> None:  # as OpenAI names it for a prompt too long
+        super().__init__(message)
+        self.param = param  # `max_tokens` when the prompt fits but the output asked for does not
 
 
 class RateLimited(RequestError):
