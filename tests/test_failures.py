@@ -324,3 +324,21 @@ def test_a_bug_in_an_adapter_is_a_500_and_its_attempt_is_recorded_as_an_internal
     exchange = sink.by_id(headers["x-request-id"])
     assert [(a.model, a.outcome, a.error) for a in exchange.attempts] == [
         ("heavy-foundation", "internal_error", "TypeError: a bug in the adapter")]
+
+
+def test_a_request_that_fails_for_its_own_fault_before_reaching_a_model_is_no_models_error(sim_url: str) -> None:
+    from laneway.config import default_config_text
+
+    sink = RecordingSink()
+    tools = [{"type": "function", "function": {"name": "lookup_order"}}]
+    with live_gateway(default_config_text(), sim_url, telemetry=sink) as gw:
+        carried, headers, _, _ = send(gw, {"model": "gemini-2.5-pro", "tools": tools,
+                                           "messages": [{"role": "user", "content": "hi"}]})
+        too_long, long_headers, _, _ = send(gw, {"model": "gpt-5-mini", "messages": [
+            {"role": "user", "content": "word " * 500_000}]})
+        gw.call(asyncio.sleep(0.05))
+    assert (carried, too_long) == (400, 400)
+    for response in (headers, long_headers):
+        exchange = sink.by_id(response["x-request-id"])
+        assert exchange.attempts and all(a.outcome == "skipped" for a in exchange.attempts)
+        assert exchange.model is None and response["x-laneway-model"] == ""

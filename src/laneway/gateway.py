@@ -314,11 +314,16 @@ class Gateway:
 
 
 def _blame(exchange: Exchange) -> None:
-    """A failed exchange belongs to the last model it was sent to (else the last one considered), so
-    per-model error and timeout rates count it."""
-    sent = [attempt for attempt in exchange.attempts if attempt.outcome != SKIPPED] or exchange.attempts
-    if sent:
-        exchange.model, exchange.lane = sent[-1].model, sent[-1].lane
+    """A failed exchange belongs to the last model it was sent to, so per-model error and timeout rates
+    count it; one sent to none, to the last one considered (a breaker open, a gate full), unless the
+    client's request was at fault (a 4xx other than 408 and 429: a prompt too long, tools no model
+    carries), which is no model's error."""
+    sent = [attempt for attempt in exchange.attempts if attempt.outcome != SKIPPED]
+    if not sent and 400 <= exchange.status < 500 and exchange.status not in (408, 429):
+        return
+    considered = sent or exchange.attempts
+    if considered:
+        exchange.model, exchange.lane = considered[-1].model, considered[-1].lane
 
 
 RESTART_ONLY = "changed, but takes effect only when Laneway restarts"
