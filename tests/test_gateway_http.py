@@ -90,6 +90,17 @@ def test_seed_gap_is_no_route(seed_gateway: LiveGateway) -> None:
     assert "priority=high" in body["message"]
 
 
+def test_a_path_no_route_serves_is_named_as_the_thing_to_fix(seed_gateway: LiveGateway) -> None:
+    request = urllib.request.Request(seed_gateway.url + "/v1/chatty/completions", method="POST",
+                                     data=json.dumps({"model": "laneway", "messages": chat(1)}).encode())
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=30)
+    error = json.loads(caught.value.read())["error"]
+    assert (caught.value.code, error["code"]) == (404, "no_route")
+    assert error["message"].startswith("no route serves the path `/v1/chatty/completions` (the routes serve `/v1/")
+    assert "default route" not in error["message"]
+
+
 def test_header_signal_wins_over_metadata(seed_gateway: LiveGateway) -> None:
     status, headers, _ = post(seed_gateway, {"model": "laneway", "messages": chat(3),
                                              "metadata": {"priority": "high"}},

@@ -37,6 +37,10 @@ def _by_table(config: Config, path: str, signals: Signals, sticky_key: str) -> D
                 lanes.insert(0, ("canary", canary))  # a failing canary falls back to the primary
             lanes += [("fallback", name) for name in route.fallbacks]
             return Decision(route, tuple(lanes))
+    if not any(route.matches_path(path) for route in config.routes):
+        served = ", ".join(sorted({f"`{route.path}`" for route in config.routes}))
+        raise NoRoute(f"no route serves the path `{path}` (the routes serve {served}); send chat requests to "
+                      "`/v1/chat/completions`, or give a route that `path:`")
     raise NoRoute(
         f"no route matches this request (path `{path}`, {_summary(signals)}); "
         "add a default route (one without `matcher`) to the routing file"
