@@ -14,6 +14,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from _live import LiveGateway, live_gateway
 from laneway.config import MatcherError, compile_matcher, parse_config
@@ -120,7 +121,9 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(live: LiveGate
         @given(case=test)
         def run(case: Any) -> None:
             response = case.call(base_url=live.url, timeout=30)
-            case.validate_response(response)
+            # Whether tools, media parts and structured outputs are accepted depends on the route's models
+            # (a 400 says which cannot carry them), so a schema-valid request may be refused.
+            case.validate_response(response, excluded_checks=[positive_data_acceptance])
 
         try:
             run()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
+from ..chat import REASONING_EFFORTS
+from ..request import MAX_OUTPUT_TOKENS, MAX_STOP, RESPONSE_FORMATS, TOOL_CHOICES
 from ..signals import CHANNELS, PRIORITIES
 
 _ERROR = {
@@ -20,14 +22,34 @@ _ERROR = {
 }
 _TEXT_PART = {"type": "object", "required": ["type", "text"],
               "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}
+_MEDIA_PART = {"type": "object", "required": ["type"], "description": "`image_url`, `file` or `input_audio`, as "
+               "OpenAI's; a model whose adapter cannot send one is skipped (docs/providers.md)",
+               "properties": {"type": {"enum": ["image_url", "file", "input_audio"]}}}
+_TOOL_CALL = {"type": "object", "required": ["id", "type", "function"],
+              "properties": {"id": {"type": "string"}, "type": {"const": "function"},
+                             "function": {"type": "object", "required": ["name", "arguments"],
+                                          "properties": {"name": {"type": "string"},
+                                                         "arguments": {"type": "string"}}}}}
 _MESSAGE = {
-    "type": "object", "required": ["role", "content"],
+    "type": "object", "required": ["role"],
+    "description": "`content` may be null only for `assistant` (with `tool_calls`) and `tool` messages",
     "properties": {
         "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
-        "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}]},
+        "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"oneOf": [_TEXT_PART, _MEDIA_PART]}},
+                              {"type": "null"}]},
         "name": {"type": "string"},
+        "tool_calls": {"type": "array", "items": _TOOL_CALL},
+        "tool_call_id": {"type": "string"},
     },
 }
+_TOOL = {"type": "object", "required": ["type", "function"],
+         "properties": {"type": {"const": "function"},
+                        "function": {"type": "object", "required": ["name"],
+                                     "properties": {"name": {"type": "string", "minLength": 1},
+                                                    "description": {"type": "string"},
+                                                    "parameters": {"type": "object"}}}}}
+_PENALTY = {"type": "number", "minimum": -2, "maximum": 2}
+_OUTPUT_LIMIT = {"type": "integer", "minimum": 1, "maximum": MAX_OUTPUT_TOKENS}
 _METADATA = {
     "type": "object", "description": "Signals (`priority`, `escalation`, `channel`, `tier`, `conversation_id`) "
                                      "and any other key for `metadata.<key>` matchers.",
@@ -46,7 +68,28 @@ _REQUEST = {
         "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
         "temperature": {"type": "number", "minimum": 0, "maximum": 2},
         "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-        "max_tokens": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+        "max_tokens": _OUTPUT_LIMIT,
+        "max_completion_tokens": _OUTPUT_LIMIT,
+        "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": MAX_STOP}]},
+        "presence_penalty": _PENALTY,
+        "frequency_penalty": _PENALTY,
+        "seed": {"type": "integer"},
+        "logprobs": {"type": "boolean"},
+        "top_logprobs": {"type": "integer", "minimum": 0, "maximum": 20},
+        "logit_bias": {"type": "object", "additionalProperties": {"type": "number"}},
+        "response_format": {"type": "object", "required": ["type"],
+                            "properties": {"type": {"enum": list(RESPONSE_FORMATS)},
+                                           "json_schema": {"type": "object", "required": ["name"],
+                                                           "properties": {"name": {"type": "string"},
+                                                                          "schema": {"type": "object"},
+                                                                          "strict": {"type": "boolean"}}}}},
+        "tools": {"type": "array", "items": _TOOL},
+        "tool_choice": {"oneOf": [{"enum": list(TOOL_CHOICES)}, {"type": "object"}]},
+        "parallel_tool_calls": {"type": "boolean"},
+        "reasoning_effort": {"enum": list(REASONING_EFFORTS)},
+        "service_tier": {"type": "string"},
+        "verbosity": {"type": "string"},
+        "store": {"type": "boolean"},
         "n": {"const": 1},
         "user": {"type": "string"},
         "metadata": _METADATA,
@@ -64,7 +107,9 @@ _COMPLETION = {
             "properties": {"index": {"type": "integer"}, "finish_reason": {"type": "string"},
                            "message": {"type": "object", "required": ["role", "content"],
                                        "properties": {"role": {"const": "assistant"},
-                                                      "content": {"type": "string"}}}},
+                                                      "content": {"type": ["string", "null"]},
+                                                      "refusal": {"type": ["string", "null"]},
+                                                      "tool_calls": {"type": "array", "items": _TOOL_CALL}}}},
         }},
     },
 }
@@ -86,7 +131,7 @@ def openapi_document() -> dict[str, Any]:
         "responses": {
             "200": {"description": "the answer (JSON, or an SSE stream when `stream` is true)",
                     "content": {"application/json": {"schema": _COMPLETION}, "text/event-stream": {}}},
-            **_errors(400, 401, 403, 404, 413, 429, 500, 502, 504),
+            **_errors(400, 401, 403, 404, 405, 413, 429, 500, 502, 503, 504),
         },
     }
     status = {"type": "object"}
