@@ -120,6 +120,7 @@ def test_header_signal_wins_over_metadata(seed_gateway: LiveGateway) -> None:
      "invalid_request", "`x-laneway-escalation`: invalid value 'maybe'; expected true or false (also yes/no, 1/0)"),
     ({"model": "laneway", "messages": []}, {}, 400, "invalid_request", "`messages` must be a non-empty list"),
     ({"model": "laneway", "messages": chat(1), "n": 3}, {}, 400, "invalid_request", "`n` must be 1"),
+    ({"model": "laneway", "messages": chat(1), "n": True}, {}, 400, "invalid_request", "`n` must be 1"),
     ({"model": "laneway", "messages": chat(1), "temperature": 7}, {}, 400, "invalid_request", "`temperature`"),
     ({"model": "laneway", "messages": chat(1), "max_tokens": 10**9}, {}, 400, "invalid_request", "`max_tokens`"),
     ({"model": "laneway", "messages": chat(1), "bogus": 1}, {}, 400, "invalid_request", "unknown field `bogus`"),
@@ -205,6 +206,9 @@ def test_body_limit(seed_gateway: LiveGateway) -> None:
 def test_request_id_is_echoed(seed_gateway: LiveGateway) -> None:
     _, headers, _ = post(seed_gateway, {"model": "laneway", "messages": chat(3)}, {"x-request-id": "abc-123"})
     assert headers["x-request-id"] == "abc-123"
+    for unusable in ("x" * 129, "abc def\t"):  # too long, or not printable: the gateway makes its own
+        _, headers, payload = post(seed_gateway, {"model": "laneway", "messages": chat(3)}, {"x-request-id": unusable})
+        assert len(headers["x-request-id"]) == 24 and payload["id"] == f"chatcmpl-{headers['x-request-id']}"
 
 
 def test_openai_client_sync_and_streaming(any_server_gateway: LiveGateway) -> None:
@@ -288,8 +292,13 @@ def test_a_huge_prompt_is_counted_without_holding_up_other_requests(default_gate
 
 
 def test_models_health_ready(default_gateway: LiveGateway) -> None:
-    models = [m.id for m in client(default_gateway).models.list()]
-    assert models[0] == "laneway" and "heavy-foundation" in models
+    c = client(default_gateway)
+    models = [m.id for m in c.models.list()]
+    assert models[:2] == ["laneway", "auto"] and "heavy-foundation" in models
+    assert [(m.id, m.owned_by) for m in map(c.models.retrieve, ("auto", "heavy-foundation"))] == [
+        ("auto", "laneway"), ("heavy-foundation", "openai")]
+    with pytest.raises(openai.NotFoundError, match="unknown model `gpt-6`; the models are: laneway, auto"):
+        c.models.retrieve("gpt-6")
     for path in ("/healthz", "/readyz"):
         with urllib.request.urlopen(default_gateway.url + path, timeout=5) as response:
             assert response.status == 200

@@ -154,7 +154,7 @@ def _messages(raw: Any, limit: int) -> list[dict[str, Any]]:
 
 
 def _check_params(params: dict[str, Any], n: Any) -> None:
-    if n not in (None, 1):
+    if n is not None and (not _is_int(n) or n != 1):  # `true` is not 1
         raise InvalidRequest("`n` must be 1: Laneway routes and accounts one answer per request", param="n")
     for key, (low, high) in _RANGES.items():
         value = params.get(key)

@@ -14,9 +14,19 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
-from ..errors import ConfigError, Forbidden, InvalidRequest, LanewayError, MethodNotAllowed, NotFound, Unauthorized
+from ..errors import (
+    ConfigError,
+    Forbidden,
+    InvalidRequest,
+    LanewayError,
+    MethodNotAllowed,
+    ModelNotFound,
+    NotFound,
+    Unauthorized,
+)
 from ..exchange import Exchange
 from ..gateway import Gateway
+from ..routing import TABLE_ALIASES
 from ..telemetry import Telemetry
 from ._asgi import (
     ClientGone,
@@ -39,6 +49,9 @@ LEGACY_COMPLETIONS = "/v1/completions"  # every other `/v1/.../completions` path
 _PROMETHEUS = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
 _HTML = (b"content-type", b"text/html; charset=utf-8")
 _READS = frozenset({"GET", "HEAD"})  # the server sends a HEAD's answer without its body
+_MODEL_PATH = "/v1/models/"
+# A client's `x-request-id` is kept when it is this short and of printable ASCII; else one is made.
+MAX_REQUEST_ID = 128
 
 
 class App:
@@ -71,7 +84,9 @@ class App:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = header_map(scope)
-        request_id = headers.get("x-request-id") or os.urandom(12).hex()
+        request_id = headers.get("x-request-id", "")
+        if not (0 < len(request_id) <= MAX_REQUEST_ID and request_id.isascii() and request_id.isprintable()):
+            request_id = os.urandom(12).hex()
         base: Headers = [(b"x-request-id", request_id.encode("latin-1"))]
         path: str = scope["path"]
         method: str = scope["method"]
@@ -88,6 +103,8 @@ class App:
                 await self._admin(method, path, send, base, scope)
             elif method in _READS and path in self._get:
                 await self._get[path](send, base, scope)
+            elif method in _READS and path.startswith(_MODEL_PATH):
+                await self._model(path[len(_MODEL_PATH):], send, base)
             elif method == "POST" and path in self._post:
                 await self._post[path](send, base, scope)
             elif path in self._get or path in self._post:
@@ -160,13 +177,23 @@ class App:
         await respond_json(send, 200 if ready else 503, {"ready": ready}, base)
 
     async def _models(self, send: Send, base: Headers, scope: Scope) -> None:
+        await respond_json(send, 200, {"object": "list", "data": list(self._model_list().values())}, base)
+
+    async def _model(self, name: str, send: Send, base: Headers) -> None:
+        """`GET /v1/models/{id}`, as the `openai` client's `models.retrieve` asks."""
+        models = self._model_list()
+        if name not in models:
+            raise ModelNotFound(f"unknown model `{name}`; the models are: {', '.join(models)}")
+        await respond_json(send, 200, models[name], base)
+
+    def _model_list(self) -> dict[str, dict[str, Any]]:
+        """The `model` values a client may send: the table's name (and its alias `auto`), and the models
+        a client may address directly."""
         config = self.gateway.config
         now = int(time.time())
-        data: list[dict[str, Any]] = [{"id": config.server.table, "object": "model", "created": now,
-                                       "owned_by": "laneway"}]
-        data += [{"id": name, "object": "model", "created": now, "owned_by": spec.provider}
-                 for name, spec in config.models.items() if spec.direct]
-        await respond_json(send, 200, {"object": "list", "data": data}, base)
+        names = [(config.server.table, "laneway"), *((alias, "laneway") for alias in TABLE_ALIASES),
+                 *((name, spec.provider) for name, spec in config.models.items() if spec.direct)]
+        return {name: {"id": name, "object": "model", "created": now, "owned_by": owner} for name, owner in names}
 
     async def _admin_config(self, send: Send, base: Headers, scope: Scope) -> None:
         await respond_json(send, 200, describe(self.gateway), base)

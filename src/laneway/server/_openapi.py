@@ -115,6 +115,11 @@ _COMPLETION = {
 }
 
 
+_MODEL = {"type": "object", "required": ["id", "object", "created", "owned_by"],
+          "properties": {"id": {"type": "string"}, "object": {"const": "model"}, "created": {"type": "integer"},
+                         "owned_by": {"type": "string"}}}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): {"description": "error", "content": {"application/json": {"schema": _ERROR}}}
             for s in statuses}
@@ -144,7 +149,11 @@ def openapi_document() -> dict[str, Any]:
             "/v1/chat/completions": {"post": chat},
             "/v1/models": {"get": {"operationId": "listModels", "responses": {"200": _json({
                 "type": "object", "required": ["object", "data"],
-                "properties": {"object": {"const": "list"}, "data": {"type": "array"}}})}}},
+                "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _MODEL}}})}}},
+            "/v1/models/{model}": {"get": {
+                "operationId": "retrieveModel",
+                "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _json(_MODEL), **_errors(404)}}},
             "/healthz": {"get": {"operationId": "health", "responses": {"200": _json(status)}}},
             "/readyz": {"get": {"operationId": "ready", "responses": {"200": _json(status),
                                                                       "503": _json(status, "not ready")}}},
