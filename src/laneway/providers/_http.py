@@ -102,7 +102,9 @@ class Response:
             return
         self._released = True
         self._chunks.clear()
+        self._buffered = 0
         if ending and not self.complete and self._error is None:
+            self._connection.resume()  # in case a slow reader had paused it
             self._tail = self._connection.loop.call_later(TAIL_S, self._give_back)
         else:
             self._give_back()
