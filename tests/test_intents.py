@@ -24,6 +24,7 @@ from laneway.intents import (
     train,
 )
 from laneway.intents._features import char_ngrams, fit_features, normalize, word_ngrams
+from laneway.intents._model import model_classes
 from laneway.intents._training import stratified_split, tune_threshold
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -136,14 +137,16 @@ def test_oos_recall_option_picks_the_lowest_threshold_reaching_it(model_with_unk
     assert tune_threshold(model_with_unknown, probs, labels) == pytest.approx(0.5)  # the balanced default
 
 
-def test_loading_a_foreign_file_is_a_config_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("content", ["not a model", ""])
+def test_loading_a_foreign_file_is_a_config_error(tmp_path: Path, content: str) -> None:
     path = tmp_path / "model.npz"
-    path.write_text("not a model")
-    with pytest.raises(ConfigError, match=r"model\.npz") as caught:
-        IntentModel.load(path)
-    message = str(caught.value)
-    assert "error(s) in intent model" in message and "not a Laneway intent model" in message
-    assert "pickle" not in message  # numpy's advice to load it unsafely is not passed on
+    path.write_text(content)
+    for read in (IntentModel.load, model_classes):
+        with pytest.raises(ConfigError, match=r"model\.npz") as caught:
+            read(path)
+        message = str(caught.value)
+        assert "error(s) in intent model" in message and "not a Laneway intent model" in message
+        assert "pickle" not in message  # numpy's advice to load it unsafely is not passed on
     with pytest.raises(ConfigError, match="No such file or directory") as caught:
         IntentModel.load(tmp_path / "absent.npz")
     assert "Errno" not in str(caught.value)

@@ -162,7 +162,7 @@ class IntentModel:
                 stage = _encoder_stage(archive, header) if header["format"] == ENCODER_FORMAT else None
         except OSError as error:
             raise _artifact_error(source, f"cannot read an intent model: {error.strerror or error}") from None
-        except (KeyError, ValueError, zipfile.BadZipFile):
+        except (KeyError, ValueError, EOFError, zipfile.BadZipFile):  # EOFError: an empty file
             raise _artifact_error(source, "not a Laneway intent model (an .npz archive written by "
                                           "`laneway intents train`)") from None
         return cls(
@@ -183,7 +183,7 @@ def model_classes(path: str | Path) -> tuple[str, ...]:
             return tuple(json.loads(archive["header"].tobytes().decode("utf-8"))["classes"])
     except OSError as error:
         raise _artifact_error(source, f"cannot read an intent model: {error.strerror or error}") from None
-    except (KeyError, ValueError, zipfile.BadZipFile):
+    except (KeyError, ValueError, EOFError, zipfile.BadZipFile):  # EOFError: an empty file
         raise _artifact_error(source, "not a Laneway intent model (an .npz archive written by "
                                       "`laneway intents train`)") from None
 
