@@ -185,10 +185,30 @@ def test_an_overlap_of_two_routes_to_the_same_model_names_what_differs() -> None
      """,
      "models.mine.base_url (line 5, column 15): `http://127.0.0.1:99999/v1` has a port that is not a number from 1 "
      "to 65535"),
+    ("sim: {port: 99999}\nroutes:\n- target: gpt-5\n", "sim.port (line 1, column 13): must be at most 65,535, got 99999"),
+    ("sim: {seed: 5000000000}\nroutes:\n- target: gpt-5\n", "sim.seed (line 1, column 13): must be at most"),
+    ("sim: {fleet: no-such-fleet.yaml}\nroutes:\n- target: gpt-5\n",
+     "sim.fleet (line 1, column 14): `no-such-fleet.yaml` is not a file (read relative to the routing file's folder"),
+    ("telemetry: {stats_window: 100000000000}\nroutes:\n- target: gpt-5\n",
+     "telemetry.stats_window (line 1, column 27): must be at most 1,000,000, got 100,000,000,000"),
+    ('admin: {key_env: "${ADMIN_KEY}"}\nroutes:\n- target: gpt-5\n',
+     "admin.key_env (line 1, column 19): must be the name of the environment variable that holds the secret"),
 ])
 def test_config_errors_name_path_line_and_fix(text: str, expected: str) -> None:
     found = issues_of(text)
     assert any(expected in issue for issue in found), found
+
+
+def test_a_secret_pasted_for_the_name_of_its_variable_is_an_error_that_never_repeats_it() -> None:
+    found = issues_of("""
+        models:
+          m: {provider: openai, base_url: https://api.openai.com/v1, api_key_env: sk-proj-SECRETabc123}
+        routes:
+        - target: m
+        """)
+    assert found == ["models.m.api_key_env (line 3, column 75): must be the name of the environment variable that "
+                     "holds the secret (letters, digits and `_`, such as `OPENAI_API_KEY`), not the secret itself; "
+                     "`${...}` is not expanded"]
 
 
 def test_every_error_of_a_file_is_reported_at_once() -> None:

@@ -75,6 +75,6 @@ def _key(s: Section) -> KeyPolicy | None:
 
 
 def parse_admin(s: Section) -> AdminSettings:
-    settings = AdminSettings(s.text("key_env"), s.flag("protect_metrics", False))
+    settings = AdminSettings(s.variable("key_env"), s.flag("protect_metrics", False))
     s.done()
     return settings

@@ -54,6 +54,8 @@ from ._reader import Issues, Section
 from ._yaml import load_yaml
 
 DEFAULT_PATH = "/v1/chat/completions"
+MAX_PORT = 65535
+MAX_SEED = 2**32 - 1  # the simulated fleet's seed is its PYTHONHASHSEED too
 # OpenAI models count exactly with cl100k_base (o200k_base is not bundled offline; for English
 # text the two differ by a few per cent). Anthropic's and Google's tokenizers are not public.
 _DEFAULT_TOKENIZER = {"openai": "cl100k_base"}
@@ -113,7 +115,7 @@ def _build(raw: Any, issues: Issues, source: str, base: Path) -> Config | None:
     shadow = _shadow_settings(top.section("shadow"), known)
     routes = _routes(top, known, issues, context)
     server = _server(top.section("server"))
-    sim = _sim(top.section("sim"))
+    sim = _sim(top.section("sim"), base)
     telemetry = _telemetry(top)
     top.value("routes")
     top.done()
@@ -160,7 +162,7 @@ def _model(name: str, s: Section) -> ModelSpec:
     deadline = s.number("deadline_ms", None, minimum=1, integer=True)
     spec = ModelSpec(
         name=name, provider=provider or "", base_url=(base_url or "").rstrip("/"),
-        model=s.text("model", name) or name, api_key_env=s.text("api_key_env"),
+        model=s.text("model", name) or name, api_key_env=s.variable("api_key_env"),
         context_window=s.whole("context_window", 128_000, minimum=1), price=p,
         deadline_ms=int(deadline) if deadline else None,
         max_concurrency=s.whole("max_concurrency", 64, minimum=1),
@@ -505,12 +507,20 @@ def _server(s: Section) -> ServerSettings:
     return settings
 
 
-def _sim(s: Section) -> SimSettings:
+def _sim(s: Section, base: Path) -> SimSettings:
+    """A fleet file is read relative to the routing file's folder."""
+    fleet = s.text("fleet")
+    if fleet is not None:
+        path = base / fleet
+        if not path.is_file():
+            s.issues.add(s.where("fleet"), f"`{fleet}` is not a file (read relative to the routing file's folder: "
+                                           f"{path}); leave `fleet` out for the built-in fleet")
+        fleet = str(path)
     settings = SimSettings(
         host=s.text("host", "127.0.0.1") or "127.0.0.1",
-        port=s.whole("port", 0, minimum=0),
-        fleet=s.text("fleet"),
-        seed=s.whole("seed", 7, minimum=0),
+        port=s.whole("port", 0, minimum=0, maximum=MAX_PORT),
+        fleet=fleet,
+        seed=s.whole("seed", 7, minimum=0, maximum=MAX_SEED),
     )
     s.done()
     return settings

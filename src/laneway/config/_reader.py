@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from typing import Any
 
 from ..errors import ConfigIssue
 from ._yaml import Marks, join
+
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class Issues:
@@ -73,8 +76,19 @@ class Section:
             return default
         return text
 
+    def variable(self, key: str) -> str | None:
+        """The name of an environment variable; the value itself is never repeated, for it may be a
+        secret pasted in its place."""
+        name = self.text(key)
+        if name is not None and not _VARIABLE.fullmatch(name):
+            self.issues.add(self.where(key), "must be the name of the environment variable that holds the secret "
+                                             "(letters, digits and `_`, such as `OPENAI_API_KEY`), not the secret "
+                                             "itself; `${...}` is not expanded")
+            return None
+        return name
+
     def number(self, key: str, default: float | None = None, *, minimum: float | None = None,
-               integer: bool = False, required: bool = False) -> float | None:
+               maximum: float | None = None, integer: bool = False, required: bool = False) -> float | None:
         value = self.value(key)
         if value is None:
             if required:
@@ -87,10 +101,13 @@ class Section:
         if minimum is not None and value < minimum:
             self.issues.add(self.where(key), f"must be at least {minimum:g}, got {value!r}")
             return default
+        if maximum is not None and value > maximum:
+            self.issues.add(self.where(key), f"must be at most {maximum:,g}, got {value!r}")
+            return default
         return value
 
-    def whole(self, key: str, default: int, *, minimum: int | None = 0) -> int:
-        value = self.number(key, default, minimum=minimum, integer=True)
+    def whole(self, key: str, default: int, *, minimum: int | None = 0, maximum: int | None = None) -> int:
+        value = self.number(key, default, minimum=minimum, maximum=maximum, integer=True)
         return int(value) if value is not None else default
 
     def flag(self, key: str, default: bool) -> bool:

@@ -33,6 +33,9 @@ _KINDS: dict[str, type] = {f.name: bool if f.type == "bool" else int for f in fi
 _KINDS["exchange_log"] = str
 _KINDS["traces"] = str
 _MINIMUMS = {"body_cap_bytes": 0, "retention_days": 1, "close_timeout_ms": 0}
+# Bounds on what is held in memory: a window of 1,000,000 exchanges takes about 200 MB.
+_MAXIMUMS = {"stats_window": 1_000_000, "buffer_limit": 10_000_000, "batch_size": 100_000,
+             "body_cap_bytes": 16 * 1024 * 1024}
 
 
 def parse_telemetry(raw: object, path: str = "telemetry") -> TelemetrySettings:
@@ -74,6 +77,9 @@ def _check(key: str, value: object, where: str) -> ConfigIssue | None:
     minimum = _MINIMUMS.get(key, 1)
     if value < minimum:
         return ConfigIssue(where, f"must be at least {minimum}, got {value}")
+    maximum = _MAXIMUMS.get(key)
+    if maximum is not None and value > maximum:
+        return ConfigIssue(where, f"must be at most {maximum:,}, got {value:,}")
     return None
 
 
