@@ -185,7 +185,8 @@ def test_an_overlap_of_two_routes_to_the_same_model_names_what_differs() -> None
      """,
      "models.mine.base_url (line 5, column 15): `http://127.0.0.1:99999/v1` has a port that is not a number from 1 "
      "to 65535"),
-    ("sim: {port: 99999}\nroutes:\n- target: gpt-5\n", "sim.port (line 1, column 13): must be at most 65,535, got 99999"),
+    ("sim: {port: 99999}\nroutes:\n- target: gpt-5\n",
+     "sim.port (line 1, column 13): must be at most 65,535, got 99999"),
     ("sim: {seed: 5000000000}\nroutes:\n- target: gpt-5\n", "sim.seed (line 1, column 13): must be at most"),
     ("sim: {fleet: no-such-fleet.yaml}\nroutes:\n- target: gpt-5\n",
      "sim.fleet (line 1, column 14): `no-such-fleet.yaml` is not a file (read relative to the routing file's folder"),

@@ -339,3 +339,20 @@ def test_reloads_asked_for_while_workers_start_do_not_kill_them(tmp_path: Path) 
         output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output
     assert "exited with code" not in output, output
+
+
+def test_a_simulated_fleet_that_cannot_start_stops_serve_with_one_line_that_names_the_sim_settings(
+        tmp_path: Path) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        config = tmp_path / "laneway.yaml"
+        config.write_text(f"sim: {{port: {taken}}}\nroutes:\n- target: gpt-5\n")
+        done = subprocess.run([sys.executable, "-m", "laneway", "serve", "--config", str(config), "--port",
+                               str(free_port())], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert f"cannot listen on 127.0.0.1:{taken}" in done.stderr  # the fleet's own word
+    assert done.stderr.rstrip().endswith("sim: the simulated fleet did not start (its own message is above); check "
+                                         "`sim.host`, `sim.port` and `sim.fleet`")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ from google.genai import types as genai_types
 
 from laneway.chat import ChatRequest
 from laneway.config import parse_config
+from laneway.errors import ConfigError
 from laneway.providers import create_provider
-from laneway.sim import RunningFleet, start_fleet
+from laneway.sim import RunningFleet, load_fleet, start_fleet
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "providers.md"
 
@@ -260,3 +262,28 @@ async def test_the_documented_fleet_config_answers_in_each_provider_s_wire(fleet
     assert all(a.text and a.usage.completion_tokens > 0 for a in answers.values())
     assert answers["anthropic"].upstream_id.startswith("msg_")
     assert answers["gemini"].model == "gemini-2.5-pro"
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (None, "cannot read the fleet file: No such file or directory"),
+    ("models: [\n", "not valid YAML: expected the node content, but found '<stream end>' (line 2, column 1)"),
+    ("models: {fast: 5}\n", "invalid fleet entry"),
+])
+def test_a_fleet_file_laneway_cannot_use_is_a_config_error_naming_it(tmp_path: Path, content: str | None,
+                                                                      words: str) -> None:
+    path = tmp_path / "fleet.yaml"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError) as caught:
+        load_fleet(str(path))
+    assert str(caught.value).startswith(f"{path}: 1 error(s) in fleet file:") and words in str(caught.value)
+
+
+async def test_a_fleet_that_cannot_listen_says_where_and_why() -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"host: cannot listen on 127.0.0.1:{taken}: .*; pick another host "
+                                              "or port"):
+            await start_fleet("127.0.0.1", taken)

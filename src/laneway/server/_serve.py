@@ -56,8 +56,9 @@ async def fleet_process(config: Config) -> AsyncIterator[str]:
     try:
         assert process.stdout is not None
         line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
-        if " at " not in line:
-            raise RuntimeError(f"the simulated fleet did not start: {line!r}")
+        if " at " not in line:  # it said why on its own stderr, which is this process's
+            raise ConfigError([ConfigIssue("sim", "the simulated fleet did not start (its own message is above); "
+                                                  "check `sim.host`, `sim.port` and `sim.fleet`")], config.source)
         url = line.rsplit(" at ", 1)[1].strip()
         print(line.strip(), flush=True)
         yield url

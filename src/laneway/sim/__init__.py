@@ -11,6 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..errors import ConfigError, ConfigIssue
 from ._cassettes import default_cassette_path, load_cassette
 from ._fleet import LatencyLaw, SimModel, load_fleet
 from ._server import WIRES, Fleet, build_app
@@ -39,7 +40,12 @@ async def start_fleet(host: str = "127.0.0.1", port: int = 0, fleet_file: str | 
                            shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096, reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as error:
+        await runner.cleanup()
+        raise ConfigError([ConfigIssue("host", f"cannot listen on {host}:{port}: {error.strerror or error}; pick "
+                                               "another host or port")], subject="simulated fleet") from None
     bound = runner.addresses[0][1]
     return RunningFleet(f"http://{host}:{bound}", runner, fleet)
 

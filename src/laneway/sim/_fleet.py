@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import ConfigError, ConfigIssue
+from ..errors import ConfigError, ConfigIssue, not_utf8
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +60,28 @@ def load_fleet(path: str | None = None) -> dict[str, SimModel]:
         text = resources.files("laneway.sim").joinpath("fleet.yaml").read_text("utf-8")
         source = "<built-in fleet>"
     else:
-        text = Path(path).read_text("utf-8")
         source = path
-    raw = yaml.safe_load(text)
+        try:
+            text = Path(path).read_text("utf-8")
+        except OSError as exc:
+            raise _fleet_error("", f"cannot read the fleet file: {exc.strerror or exc}", source) from None
+        except UnicodeDecodeError as exc:
+            raise _fleet_error("", f"cannot read the fleet file: {not_utf8(exc)}", source) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise _fleet_error("", f"not valid YAML: {getattr(exc, 'problem', None) or exc}{where}", source) from None
     try:
         return {name: _model(name, entry) for name, entry in raw["models"].items()}
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError([ConfigIssue("models", f"invalid fleet entry: {exc}")], source) from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise _fleet_error("models", f"invalid fleet entry: {exc!r}; see the built-in fleet "
+                                     "(laneway/sim/fleet.yaml) for the shape", source) from None
+
+
+def _fleet_error(path: str, message: str, source: str) -> ConfigError:
+    return ConfigError([ConfigIssue(path, message)], source, subject="fleet file")
 
 
 def _model(name: str, e: dict[str, Any]) -> SimModel:
