@@ -356,3 +356,23 @@ def test_a_simulated_fleet_that_cannot_start_stops_serve_with_one_line_that_name
     assert f"cannot listen on 127.0.0.1:{taken}" in done.stderr  # the fleet's own word
     assert done.stderr.rstrip().endswith("sim: the simulated fleet did not start (its own message is above); check "
                                          "`sim.host`, `sim.port` and `sim.fleet`")
+
+
+def test_serve_on_port_0_announces_the_port_it_got_and_an_ipv6_address_in_brackets(tmp_path: Path) -> None:
+    config = tmp_path / "laneway.yaml"
+    config.write_text(ROUTES.format(db=tmp_path / "log.sqlite3", target="gpt-5"))
+    for host, shown in (("127.0.0.1", "127.0.0.1"), ("::1", "[::1]")):
+        process = subprocess.Popen([sys.executable, "-m", "laneway", "serve", "--config", str(config), "--host", host,
+                                    "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            assert process.stdout is not None
+            line = next(line for line in process.stdout if "serving" in line)
+            url = line.split(" on ", 1)[1].split(" - ", 1)[0]
+            assert url.startswith(f"http://{shown}:") and not url.endswith(":0")
+            deadline = time.monotonic() + 30
+            while get(url + "/healthz") != 200:
+                assert time.monotonic() < deadline, url
+                time.sleep(0.1)
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.communicate(timeout=30)

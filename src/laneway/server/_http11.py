@@ -589,6 +589,11 @@ class Cycle:
         await self.send({"type": "http.response.body", "body": body})
 
 
+def http_url(host: str, port: int) -> str:
+    """The URL of a server listening on `host:port` (an IPv6 address in brackets)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def _address(value: Any) -> tuple[str, int] | None:
     if isinstance(value, tuple) and len(value) >= 2:
         return str(value[0]), int(value[1])
@@ -604,10 +609,12 @@ class HttpServer:
     def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0, *,
                  sockets: list[socket.socket] | None = None, keep_alive_s: float = 30.0,
                  grace_s: float | Callable[[], float] = 25.0, backlog: int = 4096, handle_signals: bool = True,
-                 second_sigint_forces: bool = True, force_signals: tuple[int, ...] = ()) -> None:
+                 second_sigint_forces: bool = True, force_signals: tuple[int, ...] = (),
+                 on_started: Callable[[HttpServer], None] | None = None) -> None:
         """`grace_s` may be a function, read when the stop begins (a reloaded config's). `force_signals`
         cut a stop's grace period short, as a second SIGINT does unless `second_sigint_forces` is False
-        (a worker's supervisor owns Ctrl-C, which reaches the worker twice, and says when to force)."""
+        (a worker's supervisor owns Ctrl-C, which reaches the worker twice, and says when to force).
+        `on_started` is called once the server listens (`bound_ports` then says where)."""
         self.app = app
         self.host = host
         self.port = port
@@ -617,6 +624,7 @@ class HttpServer:
         self.handle_signals = handle_signals
         self.second_sigint_forces = second_sigint_forces
         self.force_signals = force_signals
+        self.on_started = on_started
         self.state = ServerState(app, keep_alive_s)
         self.servers: list[asyncio.base_events.Server] = []
         self.started = False
@@ -645,6 +653,8 @@ class HttpServer:
             self.servers.append(await loop.create_server(factory, self.host, self.port, backlog=self.backlog,
                                                          reuse_address=True))
         self.started = True
+        if self.on_started is not None:
+            self.on_started(self)
         with self._signals(loop):  # also while stopping: a second Ctrl-C cuts the grace period short
             await self._exit.wait()
             await self.shutdown()

@@ -19,7 +19,7 @@ from ..errors import ConfigError, ConfigIssue
 from ..gateway import Gateway
 from ..telemetry import Telemetry
 from ._app import App
-from ._http11 import HttpServer
+from ._http11 import HttpServer, http_url
 from ._peers import WorkerSockets, serve_peers
 
 log = logging.getLogger("laneway")
@@ -101,8 +101,11 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
         warming.add_done_callback(tasks.discard)
         _on_sighup(gateway, tasks)
         label = " (simulated fleet)" if config.simulated else ""
-        print(f"laneway: serving {config.source}{label} on http://{host}:{port} "
-              f"- {len(config.routes)} routes, {len(config.models)} models", flush=True)
+
+        def announce(server: HttpServer) -> None:  # once listening: with `--port 0`, the port it got
+            print(f"laneway: serving {config.source}{label} on {http_url(host, server.bound_ports[0])} "
+                  f"- {len(config.routes)} routes, {len(config.models)} models", flush=True)
+
         app = App(gateway, _reload_every_worker if sockets is not None else None, peers)
         # SIGINT and SIGTERM end in a graceful return (exit code 0), so the exchange log is flushed; the
         # grace period is the config's when the stop begins. A worker's supervisor owns Ctrl-C (which
@@ -110,7 +113,7 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
         server = HttpServer(app, host, port, sockets=sockets, keep_alive_s=30, backlog=4096,
                             grace_s=lambda: gateway.config.server.shutdown_grace_ms / 1000,
                             second_sigint_forces=sockets is None,
-                            force_signals=(FORCE_STOP,) if sockets is not None else ())
+                            force_signals=(FORCE_STOP,) if sockets is not None else (), on_started=announce)
         # Everything built so far (config, tokenizer tables, indexes) lives for the whole process:
         # take it out of the garbage collector's sight so a full collection does not stall a request.
         gc.collect()

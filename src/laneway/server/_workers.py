@@ -30,6 +30,7 @@ from types import FrameType
 from typing import Any
 
 from ..config import SimSettings, load_config
+from ._http11 import http_url
 from ._peers import WorkerSockets
 from ._serve import FORCE_STOP, check_exposure, fleet_command
 
@@ -58,7 +59,7 @@ def serve_workers(config_path: str | Path | None, host: str, port: int, workers:
         supervisor = _Supervisor(multiprocessing.get_context("spawn"), args, workers, private, sock)
         for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, supervisor.forward)
-        print(f"laneway: {workers} workers serving on http://{host}:{port}", flush=True)
+        print(f"laneway: {workers} workers serving on {http_url(host, sock.getsockname()[1])}", flush=True)
         return supervisor.run()
     finally:
         sock.close()
