@@ -327,6 +327,21 @@ def test_a_field_over_the_csv_limit_names_its_line(tmp_path: Path) -> None:
         read_rows(path)
 
 
+@pytest.mark.parametrize(("content", "message"), [
+    ("", r"empty\.csv: the file is empty; it needs the header `text,label`"),
+    ("text,label\nhello,greet,oops\nbye,farewell\n",
+     r"empty\.csv:2: more fields than the header's 2; quote a text that holds a comma"),
+    ('text,label\nhello,greet\n"never closed,x\nbye,farewell\n',
+     r"empty\.csv:\d+: not a readable CSV row \(unexpected end of data\); check the quoting there"),
+])
+def test_an_empty_file_a_row_too_wide_and_an_open_quote_are_named_as_such(tmp_path: Path, content: str,
+                                                                          message: str) -> None:
+    path = tmp_path / "empty.csv"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        read_rows(path)
+
+
 def test_csv_without_label_column_names_the_file(tmp_path: Path) -> None:
     path = _write_csv(tmp_path / "bad.csv", [("text", "intent"), ("hello", "greet")])
     with pytest.raises(ConfigError, match=r"bad\.csv.*`label`"):

@@ -27,7 +27,7 @@ def read_rows(path: str | Path) -> LabelledRows:
     try:
         # utf-8-sig: a spreadsheet's "CSV UTF-8" export starts with a byte-order mark
         with source.open(newline="", encoding="utf-8-sig") as handle:
-            return _parse(source, csv.DictReader(handle))
+            return _parse(source, csv.DictReader(handle, strict=True))  # strict: an open quote is an error
     except OSError as error:
         raise _error(source, f"cannot read the file: {error.strerror or error}") from None
     except UnicodeDecodeError as error:
@@ -49,6 +49,8 @@ class _RowError(Exception):
 
 def _parse(source: Path, reader: csv.DictReader[str]) -> LabelledRows:
     header = reader.fieldnames or []
+    if not header:
+        raise _error(source, "the file is empty; it needs the header `text,label` and a row per message")
     missing = [column for column in COLUMNS if column not in header]
     if missing:
         names = ", ".join(f"`{m}`" for m in missing)
@@ -57,6 +59,10 @@ def _parse(source: Path, reader: csv.DictReader[str]) -> LabelledRows:
     labels: list[str] = []
     issues: list[ConfigIssue] = []
     for row in _rows(reader):
+        if row.get(None):  # type: ignore[call-overload]  # the fields past the header's, under the key None
+            issues.append(ConfigIssue(f"{source}:{reader.line_num}", f"more fields than the header's {len(header)}; "
+                                      "quote a text that holds a comma"))
+            continue
         text, label = (row.get("text") or "").strip(), (row.get("label") or "").strip().lower()
         if not text or not label:
             empty = "`text`" if not text else "`label`"
