@@ -67,7 +67,7 @@ def test_an_overlap_of_two_routes_to_the_same_model_names_what_differs() -> None
      routes:
      - target: gpt-6
      """,
-     "routes[0].target (line 3, column 11): unknown model `gpt-6`; known: claude-sonnet-37,"),
+     "routes[0].target (line 3, column 11): unknown model `gpt-6`; did you mean `gpt-5`? known: claude-sonnet-37,"),
     ("""
      routes:
      - target: gpt-5
@@ -185,6 +185,8 @@ def test_an_overlap_of_two_routes_to_the_same_model_names_what_differs() -> None
      """,
      "models.mine.base_url (line 5, column 15): `http://127.0.0.1:99999/v1` has a port that is not a number from 1 "
      "to 65535"),
+    ("routes:\n- target: gpt5\n", "routes[0].target (line 2, column 11): unknown model `gpt5`; did you mean `gpt-5`? "
+     "known: "),
     ("sim: {port: 99999}\nroutes:\n- target: gpt-5\n",
      "sim.port (line 1, column 13): must be at most 65,535, got 99999"),
     ("sim: {seed: 5000000000}\nroutes:\n- target: gpt-5\n", "sim.seed (line 1, column 13): must be at most"),

@@ -388,7 +388,9 @@ def _model_ref(issues: Issues, path: str, value: Any, known: dict[str, ModelSpec
         issues.add(path, f"expected a model name, got {value!r}")
         return None
     if value not in known:
-        issues.add(path, f"unknown model `{value}`; known: {', '.join(sorted(known))}")
+        close = difflib.get_close_matches(value, sorted(known), n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        issues.add(path, f"unknown model `{value}`; {hint}known: {', '.join(sorted(known))}")
         return None
     return value
 
