@@ -624,3 +624,41 @@ def test_a_second_ctrl_c_cuts_the_grace_period_short_and_the_stop_stays_graceful
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+WORKER_STOP = """
+import asyncio, os, signal
+from laneway.server._http11 import HttpServer
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            kind = message["type"].replace("lifespan.", "")
+            await send({"type": f"lifespan.{kind}.complete"})
+            if kind == "shutdown":
+                return
+
+async def main():
+    server = HttpServer(app, "127.0.0.1", 0, second_sigint_forces=False)  # as a worker's
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGINT)  # the stop
+    await task
+    os.kill(os.getpid(), signal.SIGINT)  # the same signal again, while what was recorded is written
+    await asyncio.sleep(0.2)
+    print("written", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_a_workers_signal_that_comes_again_after_its_server_stopped_does_not_cut_what_follows() -> None:
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", WORKER_STOP], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert (done.returncode, done.stdout, done.stderr) == (0, "written\n", "")

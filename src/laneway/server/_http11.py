@@ -698,8 +698,12 @@ class HttpServer:
         try:
             yield
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+            # A worker's stay until its loop ends: a signal that reaches it again while it writes what it
+            # recorded (after the server has stopped) must not cut that short, as Python's default
+            # SIGINT handler would. A single server gives a later Ctrl-C back to Python: it forces.
+            if self.second_sigint_forces:
+                for sig in installed:
+                    loop.remove_signal_handler(sig)
 
     def _on_signal(self, sig: int) -> None:
         stopping = self._exit.is_set()
