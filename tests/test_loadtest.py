@@ -422,16 +422,17 @@ def _refused(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 
 @pytest.mark.parametrize("option", ["--json", "--csv", "--html"])
-@pytest.mark.parametrize("place", ["in a missing directory", "a directory"])
+@pytest.mark.parametrize("place", ["in a missing directory", "a directory", "where nothing can be written"])
 def test_an_unwritable_output_path_is_refused_before_the_run(option: str, place: str, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    bad = tmp_path / "missing" / "report" if place == "in a missing directory" else tmp_path
+    bad = {"in a missing directory": tmp_path / "missing" / "report", "a directory": tmp_path,
+           "where nothing can be written": Path("/proc/laneway-report")}[place]
     outputs = [arg for other in ("--json", "--csv", "--html") if other != option
                for arg in (other, str(tmp_path / other.strip("-")))]
     url, _ = _closed_port_url()
     assert main(["loadtest", "--url", url, "--requests", "1", *outputs, option, str(bad)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"laneway: {option} `{bad}`: ") and err.count("\n") == 1
+    assert err.startswith(f"laneway: `{option} {bad}`: ") and err.count("\n") == 1
     assert not any((tmp_path / name).exists() for name in ("json", "csv", "html"))
 
 

@@ -157,7 +157,7 @@ def test_the_html_report_shows_both_windows_and_the_changes(
     assert not re.search(r"\de-\d", html.split("<svg", 1)[0])
 
 
-@pytest.mark.parametrize("target", ["missing/report.html", "."])
+@pytest.mark.parametrize("target", ["missing/report.html", ".", "/proc/report.html"])
 def test_an_html_path_that_cannot_be_written_is_refused_before_the_log_is_read(
     log: str, tmp_path: Path, target: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

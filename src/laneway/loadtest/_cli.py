@@ -9,7 +9,8 @@ import signal
 import sys
 from typing import Any
 
-from ._checks import endpoint_url, header, unreachable, unwritable_output
+from ..outputs import unwritable
+from ._checks import endpoint_url, header, unreachable
 from ._drive import LoadPlan, Progress, open_session, run_load
 from ._html import write_html
 from ._payloads import Payload, load_payloads
@@ -149,7 +150,7 @@ def _interrupt(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
 def _unwritable_outputs(args: argparse.Namespace) -> str | None:
     for option in _OUTPUTS:
         path = getattr(args, option)
-        problem = unwritable_output(f"--{option}", path) if path else None
+        problem = unwritable(f"--{option}", path) if path else None
         if problem:
             return problem
     return None

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..outputs import unwritable
 from ._driver import Progress
 from ._fleet import fleet_processes
 from ._html import render_html
@@ -44,6 +45,10 @@ def settings_for(args: argparse.Namespace) -> DemoSettings:
 
 
 def demo_command(args: argparse.Namespace) -> int:
+    problem = _unwritable_outputs(args)
+    if problem:
+        print(f"laneway: {problem}", file=sys.stderr)
+        return 2
     settings = settings_for(args)
     trace = load_trace(args.traces)
     result = run(trace, settings)
@@ -55,6 +60,14 @@ def demo_command(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(result_json(result, args.quick), indent=2) + "\n", encoding="utf-8")
         print(f"JSON figures (SIMULATED): {args.json}")
     return 0
+
+
+def _unwritable_outputs(args: argparse.Namespace) -> str | None:
+    for option, path in (("--html", args.html), ("--json", args.json)):
+        problem = None if path is None else unwritable(option, path)
+        if problem:
+            return problem
+    return None
 
 
 def run(trace: Trace, settings: DemoSettings) -> DemoResult:
