@@ -515,3 +515,12 @@ def test_lanes_that_compare_a_model_with_itself_or_can_never_run_are_warnings() 
     assert "grades its own answers" in warnings["routes[0].cascade.verifier"]
     assert "target of route(s) heavy" in warnings["shadow.targets[0].target"]
     assert "every shadow copy is dropped unsent" in warnings["shadow.usd_per_hour"]
+
+
+def test_the_simulated_fleet_seed_is_one_laneway_sim_takes() -> None:
+    issues = issues_of("""
+        sim: {seed: 4294967296}
+        routes:
+        - target: gpt-5
+        """)
+    assert issues == ["sim.seed (line 2, column 13): must be at most 4294967295, got 4294967296"]

@@ -239,3 +239,14 @@ def test_settings_for_quick_and_full_runs() -> None:
     assert isinstance(full, DemoSettings)
     with pytest.raises(SystemExit):
         parser.parse_args(["demo", "--rate", "0"])
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_a_seed_the_fleet_cannot_take_is_refused_before_anything_starts(
+    seed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as refusal:
+        main(["demo", "--quick", "--seed", seed])
+    assert refusal.value.code == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line == f"laneway demo: error: argument --seed: must be a whole number from 0 to 4294967295, got {seed}"

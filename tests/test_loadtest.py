@@ -479,6 +479,8 @@ def test_non_finite_and_negative_numbers_are_refused(option: str, value: str,
     ("--rate", "abc", "must be a positive number, got 'abc'"),
     ("--concurrency", "2.5", "must be a positive whole number, got '2.5'"),
     ("--max-error-rate", "2", "must be a share from 0 to 1, got 2"),
+    ("--seed", "-1", "must be a whole number from 0 to 4294967295, got -1"),
+    ("--seed", "1.5", "expected a whole number, got '1.5'"),
 ])
 def test_a_number_that_does_not_parse_is_named_as_such(option: str, value: str, words: str,
                                                        capsys: pytest.CaptureFixture[str]) -> None:

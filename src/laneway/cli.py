@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+from .flags import seed
 
 if TYPE_CHECKING:
     from .config import Route
@@ -66,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=port_number, default=9090, help="0 picks a free port")
     sim.add_argument("--fleet", help="fleet file (default: the built-in one)")
-    sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--seed", type=seed, default=7)
     sim.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # stop once this process is gone
     sim.set_defaults(func=_sim)
     for register in _extensions():

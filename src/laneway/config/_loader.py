@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from ..chat import REASONING_EFFORTS
 from ..errors import ConfigError, ConfigIssue, not_utf8
+from ..flags import SEED_MAX
 from ..keys import KeyPolicy
 from ..providers import PROVIDER_NAMES
 from ..telemetry import TelemetrySettings, parse_telemetry
@@ -510,7 +511,7 @@ def _sim(s: Section) -> SimSettings:
         host=s.text("host", "127.0.0.1") or "127.0.0.1",
         port=s.whole("port", 0, minimum=0),
         fleet=s.text("fleet"),
-        seed=s.whole("seed", 7, minimum=0),
+        seed=s.whole("seed", 7, minimum=0, maximum=SEED_MAX),  # handed on to `laneway sim --seed`
     )
     s.done()
     return settings

@@ -74,7 +74,7 @@ class Section:
         return text
 
     def number(self, key: str, default: float | None = None, *, minimum: float | None = None,
-               integer: bool = False, required: bool = False) -> float | None:
+               maximum: float | None = None, integer: bool = False, required: bool = False) -> float | None:
         value = self.value(key)
         if value is None:
             if required:
@@ -87,10 +87,14 @@ class Section:
         if minimum is not None and value < minimum:
             self.issues.add(self.where(key), f"must be at least {minimum:g}, got {value!r}")
             return default
+        if maximum is not None and value > maximum:
+            shown = maximum if isinstance(maximum, int) else f"{maximum:g}"  # `:g` rounds a large whole number
+            self.issues.add(self.where(key), f"must be at most {shown}, got {value!r}")
+            return default
         return value
 
-    def whole(self, key: str, default: int, *, minimum: int | None = 0) -> int:
-        value = self.number(key, default, minimum=minimum, integer=True)
+    def whole(self, key: str, default: int, *, minimum: int | None = 0, maximum: int | None = None) -> int:
+        value = self.number(key, default, minimum=minimum, maximum=maximum, integer=True)
         return int(value) if value is not None else default
 
     def flag(self, key: str, default: bool) -> bool:

@@ -9,6 +9,7 @@ import signal
 import sys
 from typing import Any
 
+from ..flags import seed
 from ..outputs import unwritable
 from ._checks import endpoint_url, header, unreachable
 from ._drive import LoadPlan, Progress, open_session, run_load
@@ -48,7 +49,7 @@ def add_commands(subparsers: Any) -> None:
     parser.add_argument("--header", type=header, action="append", default=[], metavar="'NAME: VALUE'",
                         help="extra request header, repeatable")
     parser.add_argument("--max-inflight", type=_positive_int, default=4096, help="open loop: connection cap")
-    parser.add_argument("--seed", type=int, help="seed of the arrival schedule")
+    parser.add_argument("--seed", type=seed, help="seed of the arrival schedule")
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     parser.add_argument("--csv", metavar="PATH", help="write one CSV row overall and one per model and lane")
     parser.add_argument("--html", metavar="PATH", help="write a self-contained HTML report")

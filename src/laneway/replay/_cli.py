@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..flags import seed
 from ..outputs import unwritable
 from ._driver import Progress
 from ._fleet import fleet_processes
@@ -33,7 +34,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                       help="HTML report with latency plots (default: laneway-demo.html)")
     demo.add_argument("--rate", type=_positive, default=DEFAULT_RATE,
                       help=f"normal traffic, requests per second; the burst is 3x (default {DEFAULT_RATE:g})")
-    demo.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of arrivals, conversations, fleet")
+    demo.add_argument("--seed", type=seed, default=DEFAULT_SEED, help="seed of arrivals, conversations, fleet")
     demo.add_argument("--traces", type=Path, metavar="PATH",
                       help="trace file (default: data/traces/support.json)")
     demo.set_defaults(func=demo_command)
