@@ -376,6 +376,28 @@ async def test_another_endpoint_has_no_model_rows_and_the_settings_say_how_to_ru
     assert "secret" not in out.read_text()
 
 
+async def test_no_more_clients_start_than_there_are_requests_to_send(tmp_path: Path) -> None:
+    in_flight, most = 0, 0
+
+    async def counted(request: web.Request) -> web.StreamResponse:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.05)
+        in_flight -= 1
+        return web.json_response({"choices": []})
+
+    out = tmp_path / "r.json"
+    async with _serving(counted) as url:
+        run = await _loadtest("--url", url, "--concurrency", "1000000", "--requests", "3", "--warmup", "0.2",
+                              "--quiet", "--json", str(out))
+        _, err = await asyncio.wait_for(run.communicate(), 60)
+    assert run.returncode == 0, err.decode()
+    summary = json.loads(out.read_text())
+    assert summary["settings"]["concurrency"] == 3 and summary["all"]["requests"] == 3
+    assert most <= 3
+
+
 @pytest.mark.parametrize(("limit", "code"), [([], 1), (["--max-error-rate", "0.4"], 1),
                                               (["--max-error-rate", "0.5"], 0)])
 async def test_the_exit_code_says_whether_errors_passed_the_allowed_share(

@@ -38,7 +38,8 @@ def add_commands(subparsers: Any) -> None:
                              "(see docs/benchmarks.md); default: one short support question")
     parser.add_argument("--model", default="laneway", help="`model` of bodies that name none")
     load = parser.add_mutually_exclusive_group()
-    load.add_argument("--concurrency", type=_positive_int, default=1, help="closed loop: N clients")
+    load.add_argument("--concurrency", type=_positive_int, default=1,
+                      help="closed loop: N clients (no more than --requests, when that is given)")
     load.add_argument("--rate", type=_positive_float, help="open loop: Poisson arrivals per second")
     parser.add_argument("--duration", type=_positive_float, metavar="S", help="seconds to run")
     parser.add_argument("--requests", type=_positive_int, metavar="N", help="requests to send")
@@ -100,7 +101,7 @@ def _plans(args: argparse.Namespace) -> tuple[LoadPlan, LoadPlan | None]:
                     headers=tuple(args.header), max_inflight=args.max_inflight, seed=args.seed)
     if not args.warmup:
         return plan, None
-    return plan, LoadPlan(url=plan.url, concurrency=plan.concurrency, rate=plan.rate, duration_s=args.warmup,
+    return plan, LoadPlan(url=plan.url, concurrency=plan.clients, rate=plan.rate, duration_s=args.warmup,
                           stream=plan.stream, timeout_s=plan.timeout_s, headers=plan.headers,
                           max_inflight=plan.max_inflight)
 
@@ -170,7 +171,7 @@ def progress_bar(tally: Tally, done: float, waiting_for: str) -> None:
 def _settings(plan: LoadPlan, args: argparse.Namespace) -> dict[str, Any]:
     """Enough to run the same load again (header values are left out: they may hold keys)."""
     return {"url": plan.url, "payloads": args.payloads, "model": args.model, "mode": "open" if plan.rate else "closed",
-            "concurrency": None if plan.rate else plan.concurrency, "rate": plan.rate,
+            "concurrency": None if plan.rate else plan.clients, "rate": plan.rate,
             "duration_s": plan.duration_s, "requests": plan.requests, "stream": plan.stream,
             "warmup_s": args.warmup, "timeout_s": plan.timeout_s, "max_inflight": plan.max_inflight,
             "seed": plan.seed, "headers": [name for name, _ in plan.headers]}
