@@ -545,6 +545,48 @@ async def test_ctrl_c_stops_sending_and_reports_what_ran(answers: bool, cancelle
     assert f"interrupted after {summary['interrupted_after_s']:.1f} s" in out.decode()
 
 
+# Sends the child SIGINT the moment it starts importing `module`, wherever in start-up that falls.
+_CTRL_C_DURING_IMPORT = """
+import importlib.abc, os, signal, sys
+
+class CtrlC(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlC())
+sys.argv = ["laneway", *{argv!r}]
+"""
+_LAUNCHES = {
+    "python -m laneway": "import runpy\nrunpy.run_module('laneway', run_name='__main__', alter_sys=True)\n",
+    # as the console script pip writes for pyproject.toml's `[project.scripts]` entry calls it
+    "the console script": "from {entry_module} import {entry_function}\nsys.exit({entry_function}())\n",
+}
+
+
+def _console_entry() -> tuple[str, str]:
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    module, _, function = pyproject["project"]["scripts"]["laneway"].partition(":")
+    return module, function
+
+
+@pytest.mark.parametrize("launch", list(_LAUNCHES))
+@pytest.mark.parametrize("module", ["laneway.errors", "laneway.config", "laneway.loadtest"])
+async def test_ctrl_c_while_the_command_starts_ends_it_quietly_with_130(launch: str, module: str) -> None:
+    url, _ = _closed_port_url()
+    entry_module, entry_function = _console_entry()
+    code = (_CTRL_C_DURING_IMPORT.format(module=module, argv=["loadtest", "--url", url, "--requests", "1"])
+            + _LAUNCHES[launch].format(entry_module=entry_module, entry_function=entry_function))
+    run = await asyncio.create_subprocess_exec(sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE,
+                                               stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(run.communicate(), 60)
+    assert (run.returncode, out, err) == (130, b"", b""), err.decode()
+
+
 def _read_terminal(terminal: int) -> str:
     shown = []
     with contextlib.suppress(OSError):  # EIO once the command has exited
