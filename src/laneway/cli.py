@@ -147,12 +147,31 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _new_key(args: argparse.Namespace) -> int:
-    from .keys import hash_key, new_key
+    from .keys import hash_key, name_problem, new_key
 
+    problem = name_problem(args.name)
+    if problem:
+        print(f"laneway keys new: the key name {problem}; name the client the key is for, e.g. "
+              "`laneway keys new web`", file=sys.stderr)
+        return 2
     key = new_key()
     print(f"key (give it to the client; it is not stored anywhere): {key}")
-    print(f"keys:\n  - name: {args.name}\n    hash: \"{hash_key(key)}\"")
+    print(f"keys:\n  - name: {_yaml_text(args.name)}\n    hash: \"{hash_key(key)}\"")
     return 0
+
+
+def _yaml_text(text: str) -> str:
+    """`text` as a YAML value: bare if YAML reads it back as that text, else double-quoted (`a: b`,
+    `#x`, `yes`)."""
+    import json
+
+    import yaml
+
+    try:
+        plain = yaml.safe_load(f"name: {text}") == {"name": text}
+    except yaml.YAMLError:
+        plain = False
+    return text if plain else json.dumps(text, ensure_ascii=False)
 
 
 def _sim(args: argparse.Namespace) -> int:
