@@ -189,7 +189,6 @@ def test_an_overlap_of_two_routes_to_the_same_model_names_what_differs() -> None
      "known: "),
     ("sim: {port: 99999}\nroutes:\n- target: gpt-5\n",
      "sim.port (line 1, column 13): must be at most 65,535, got 99999"),
-    ("sim: {seed: 5000000000}\nroutes:\n- target: gpt-5\n", "sim.seed (line 1, column 13): must be at most"),
     ("sim: {fleet: no-such-fleet.yaml}\nroutes:\n- target: gpt-5\n",
      "sim.fleet (line 1, column 14): `no-such-fleet.yaml` is not a file (read relative to the routing file's folder"),
     ("telemetry: {stats_window: 100000000000}\nroutes:\n- target: gpt-5\n",
@@ -538,3 +537,12 @@ def test_lanes_that_compare_a_model_with_itself_or_can_never_run_are_warnings() 
     assert "grades its own answers" in warnings["routes[0].cascade.verifier"]
     assert "target of route(s) heavy" in warnings["shadow.targets[0].target"]
     assert "every shadow copy is dropped unsent" in warnings["shadow.usd_per_hour"]
+
+
+def test_the_simulated_fleet_seed_is_one_laneway_sim_takes() -> None:
+    issues = issues_of("""
+        sim: {seed: 4294967296}
+        routes:
+        - target: gpt-5
+        """)
+    assert issues == ["sim.seed (line 2, column 13): must be at most 4,294,967,295, got 4294967296"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from laneway.cli import main
 from laneway.errors import ConfigError
 from laneway.replay import (
     DemoSettings,
@@ -210,6 +211,24 @@ def test_demo_command_beats_the_heavy_model_under_burst(tmp_path: Path, monkeypa
     assert "<script" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
 
 
+@pytest.mark.parametrize("place", ["in a missing directory", "a directory", "where nothing can be written"])
+@pytest.mark.parametrize("option", ["--json", "--html"])
+def test_an_unwritable_output_path_is_refused_before_the_replay(
+    option: str, place: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def replay(*_: object) -> None:
+        raise AssertionError("the replay ran")
+
+    monkeypatch.setattr(_cli, "run", replay)
+    bad = {"in a missing directory": tmp_path / "missing" / "demo", "a directory": tmp_path,
+           "where nothing can be written": Path("/proc/laneway-demo")}[place]
+    other = "--html" if option == "--json" else "--json"
+    assert main(["demo", "--quick", other, str(tmp_path / "other"), option, str(bad)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"laneway: `{option} {bad}`: ") and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_settings_for_quick_and_full_runs() -> None:
     parser = argparse.ArgumentParser(prog="laneway")
     add_commands(parser.add_subparsers())
@@ -220,3 +239,14 @@ def test_settings_for_quick_and_full_runs() -> None:
     assert isinstance(full, DemoSettings)
     with pytest.raises(SystemExit):
         parser.parse_args(["demo", "--rate", "0"])
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_a_seed_the_fleet_cannot_take_is_refused_before_anything_starts(
+    seed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as refusal:
+        main(["demo", "--quick", "--seed", seed])
+    assert refusal.value.code == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line == f"laneway demo: error: argument --seed: must be a whole number from 0 to 4294967295, got {seed}"

@@ -281,6 +281,7 @@ def test_eval_says_when_the_data_holds_intents_the_model_never_learned(
     (["--regularization", "0"], "argument --regularization: must be above 0, got 0"),
     (["--defer-below", "-1"], "argument --defer-below: must be at least 0"),
     (["--oos-recall", "nan"], "argument --oos-recall: expected a finite number, got nan"),
+    (["--seed", "-1"], "argument --seed: must be a whole number from 0 to 4294967295, got -1"),
 ])
 def test_training_flags_out_of_range_are_refused(tmp_path: Path, flags: list[str], words: str,
                                                   capsys: pytest.CaptureFixture[str]) -> None:

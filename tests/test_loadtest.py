@@ -376,6 +376,28 @@ async def test_another_endpoint_has_no_model_rows_and_the_settings_say_how_to_ru
     assert "secret" not in out.read_text()
 
 
+async def test_no_more_clients_start_than_there_are_requests_to_send(tmp_path: Path) -> None:
+    in_flight, most = 0, 0
+
+    async def counted(request: web.Request) -> web.StreamResponse:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.05)
+        in_flight -= 1
+        return web.json_response({"choices": []})
+
+    out = tmp_path / "r.json"
+    async with _serving(counted) as url:
+        run = await _loadtest("--url", url, "--concurrency", "1000000", "--requests", "3", "--warmup", "0.2",
+                              "--quiet", "--json", str(out))
+        _, err = await asyncio.wait_for(run.communicate(), 60)
+    assert run.returncode == 0, err.decode()
+    summary = json.loads(out.read_text())
+    assert summary["settings"]["concurrency"] == 3 and summary["all"]["requests"] == 3
+    assert most <= 3
+
+
 @pytest.mark.parametrize(("limit", "code"), [([], 1), (["--max-error-rate", "0.4"], 1),
                                               (["--max-error-rate", "0.5"], 0)])
 async def test_the_exit_code_says_whether_errors_passed_the_allowed_share(
@@ -422,16 +444,17 @@ def _refused(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 
 @pytest.mark.parametrize("option", ["--json", "--csv", "--html"])
-@pytest.mark.parametrize("place", ["in a missing directory", "a directory"])
+@pytest.mark.parametrize("place", ["in a missing directory", "a directory", "where nothing can be written"])
 def test_an_unwritable_output_path_is_refused_before_the_run(option: str, place: str, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    bad = tmp_path / "missing" / "report" if place == "in a missing directory" else tmp_path
+    bad = {"in a missing directory": tmp_path / "missing" / "report", "a directory": tmp_path,
+           "where nothing can be written": Path("/proc/laneway-report")}[place]
     outputs = [arg for other in ("--json", "--csv", "--html") if other != option
                for arg in (other, str(tmp_path / other.strip("-")))]
     url, _ = _closed_port_url()
     assert main(["loadtest", "--url", url, "--requests", "1", *outputs, option, str(bad)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"laneway: {option} `{bad}`: ") and err.count("\n") == 1
+    assert err.startswith(f"laneway: `{option} {bad}`: ") and err.count("\n") == 1
     assert not any((tmp_path / name).exists() for name in ("json", "csv", "html"))
 
 
@@ -478,6 +501,8 @@ def test_non_finite_and_negative_numbers_are_refused(option: str, value: str,
     ("--rate", "abc", "must be a positive number, got 'abc'"),
     ("--concurrency", "2.5", "must be a positive whole number, got '2.5'"),
     ("--max-error-rate", "2", "must be a share from 0 to 1, got 2"),
+    ("--seed", "-1", "must be a whole number from 0 to 4294967295, got -1"),
+    ("--seed", "1.5", "expected a whole number, got '1.5'"),
 ])
 def test_a_number_that_does_not_parse_is_named_as_such(option: str, value: str, words: str,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
@@ -518,6 +543,48 @@ async def test_ctrl_c_stops_sending_and_reports_what_ran(answers: bool, cancelle
     assert summary["interrupted"] is True and summary["cancelled"] == cancelled
     assert (summary["all"]["requests"] > 0) is answers
     assert f"interrupted after {summary['interrupted_after_s']:.1f} s" in out.decode()
+
+
+# Sends the child SIGINT the moment it starts importing `module`, wherever in start-up that falls.
+_CTRL_C_DURING_IMPORT = """
+import importlib.abc, os, signal, sys
+
+class CtrlC(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlC())
+sys.argv = ["laneway", *{argv!r}]
+"""
+_LAUNCHES = {
+    "python -m laneway": "import runpy\nrunpy.run_module('laneway', run_name='__main__', alter_sys=True)\n",
+    # as the console script pip writes for pyproject.toml's `[project.scripts]` entry calls it
+    "the console script": "from {entry_module} import {entry_function}\nsys.exit({entry_function}())\n",
+}
+
+
+def _console_entry() -> tuple[str, str]:
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    module, _, function = pyproject["project"]["scripts"]["laneway"].partition(":")
+    return module, function
+
+
+@pytest.mark.parametrize("launch", list(_LAUNCHES))
+@pytest.mark.parametrize("module", ["laneway.errors", "laneway.config", "laneway.loadtest"])
+async def test_ctrl_c_while_the_command_starts_ends_it_quietly_with_130(launch: str, module: str) -> None:
+    url, _ = _closed_port_url()
+    entry_module, entry_function = _console_entry()
+    code = (_CTRL_C_DURING_IMPORT.format(module=module, argv=["loadtest", "--url", url, "--requests", "1"])
+            + _LAUNCHES[launch].format(entry_module=entry_module, entry_function=entry_function))
+    run = await asyncio.create_subprocess_exec(sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE,
+                                               stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(run.communicate(), 60)
+    assert (run.returncode, out, err) == (130, b"", b""), err.decode()
 
 
 def _read_terminal(terminal: int) -> str:

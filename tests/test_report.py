@@ -157,7 +157,7 @@ def test_the_html_report_shows_both_windows_and_the_changes(
     assert not re.search(r"\de-\d", html.split("<svg", 1)[0])
 
 
-@pytest.mark.parametrize("target", ["missing/report.html", "."])
+@pytest.mark.parametrize("target", ["missing/report.html", ".", "/proc/report.html"])
 def test_an_html_path_that_cannot_be_written_is_refused_before_the_log_is_read(
     log: str, tmp_path: Path, target: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -317,3 +317,28 @@ def test_a_relative_log_path_that_exists_from_the_root_says_how_to_name_it(
     assert report("--db", "sqlite:///" + absolute.lstrip("/")) == 1
     err = capsys.readouterr().err
     assert f"is relative to the current directory; for `{absolute}`, `sqlite:///{absolute}`" in err
+
+
+@pytest.mark.parametrize("last", ["99999999999d", "1000000w", "99999999999999999999999s", "9" * 400 + "s"])
+def test_a_last_window_longer_than_the_time_since_the_epoch_starts_at_the_log_s_beginning(
+    log: str, last: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert report("--db", log, "--last", last, "--json") == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["window"]["since"] == BASE_TIME and figures["total"]["requests"] == 610
+    assert report("--db", log, "--last", last) == 0
+    assert capsys.readouterr().out.startswith(f"{shown(0)} .. ")
+    for lane in ("shadow", "canary"):
+        assert main([lane, "report", "--db", log, "--last", last]) == 0
+        assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("moment", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"])
+def test_a_time_outside_the_years_a_report_can_print_is_an_argument_error(
+    log: str, moment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        report("--db", log, "--until", moment)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --until: `{moment}` is outside the years 1 to 9999 in UTC" in err, err

@@ -11,11 +11,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from _live import LiveGateway, RecordingSink, live_gateway
+from laneway.cli import main
+from laneway.config import load_config, parse_config
+from laneway.errors import ConfigError
 from laneway.keys import hash_key
 
 CLIENT_KEY = "lw-test-client-key"
@@ -164,3 +168,33 @@ def test_serve_refuses_a_public_address_without_keys() -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "listens on loopback only" in done.stderr and "--allow-unauthenticated" in done.stderr
+
+
+@pytest.mark.parametrize("name", ["web", "a b: c", "#x", "yes", "123", "Support Team", "x\"y'z", "é-team", "- x"])
+def test_the_entry_keys_new_prints_is_valid_config_with_that_name(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["keys", "new", name]) == 0
+    out = capsys.readouterr().out
+    key = out.splitlines()[0].rsplit(" ", 1)[1]
+    entry = out.split("\n", 1)[1]
+    config = tmp_path / "keys.yaml"
+    config.write_text(f"{entry}routes:\n- target: gpt-5\n", encoding="utf-8")
+    assert main(["check", str(config)]) == 0, capsys.readouterr().err
+    [policy] = load_config(config).keys
+    assert (policy.name, policy.digest) == (name, hash_key(key))
+
+
+@pytest.mark.parametrize("name", ["", "  ", "a\nb", "tab\there"])
+def test_keys_new_refuses_a_name_the_config_would_refuse(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "new", name]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("laneway keys new: ") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(("name", "words"), [('""', "empty"), ('"  "', "blank"), ('"a\\nb"', "control character")])
+def test_a_key_whose_name_is_empty_blank_or_unprintable_is_a_config_error(name: str, words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f'keys:\n  - name: {name}\n    hash: "{hash_key("k")}"\nroutes:\n- target: gpt-5\n')
+    [issue] = caught.value.issues
+    assert issue.path == "keys[0].name" and words in issue.message, issue

@@ -16,6 +16,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from laneway import cli
+from laneway.cli import main
+
 ROUTES = """
 telemetry: {{exchange_log: "sqlite:///{db}"}}
 routes:
@@ -376,3 +381,17 @@ def test_serve_on_port_0_announces_the_port_it_got_and_an_ipv6_address_in_bracke
         finally:
             process.send_signal(signal.SIGINT)
             process.communicate(timeout=30)
+
+
+def test_the_simulated_fleet_refuses_a_negative_seed_as_its_routing_file_does(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def serve(_: object) -> None:
+        raise AssertionError("the fleet started")
+
+    monkeypatch.setattr(cli, "_run", serve)
+    with pytest.raises(SystemExit) as refusal:
+        main(["sim", "--port", "0", "--seed", "-1"])
+    assert refusal.value.code == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line == "laneway sim: error: argument --seed: must be a whole number from 0 to 4294967295, got -1"

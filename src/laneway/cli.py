@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+from .flags import seed
 
 if TYPE_CHECKING:
     from .config import Route
@@ -66,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=port_number, default=9090, help="0 picks a free port")
     sim.add_argument("--fleet", help="fleet file (default: the built-in one)")
-    sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--seed", type=seed, default=7)
     sim.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # stop once this process is gone
     sim.set_defaults(func=_sim)
     for register in _extensions():
@@ -146,12 +147,31 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _new_key(args: argparse.Namespace) -> int:
-    from .keys import hash_key, new_key
+    from .keys import hash_key, name_problem, new_key
 
+    problem = name_problem(args.name)
+    if problem:
+        print(f"laneway keys new: the key name {problem}; name the client the key is for, e.g. "
+              "`laneway keys new web`", file=sys.stderr)
+        return 2
     key = new_key()
     print(f"key (give it to the client; it is not stored anywhere): {key}")
-    print(f"keys:\n  - name: {args.name}\n    hash: \"{hash_key(key)}\"")
+    print(f"keys:\n  - name: {_yaml_text(args.name)}\n    hash: \"{hash_key(key)}\"")
     return 0
+
+
+def _yaml_text(text: str) -> str:
+    """`text` as a YAML value: bare if YAML reads it back as that text, else double-quoted (`a: b`,
+    `#x`, `yes`)."""
+    import json
+
+    import yaml
+
+    try:
+        plain = yaml.safe_load(f"name: {text}") == {"name": text}
+    except yaml.YAMLError:
+        plain = False
+    return text if plain else json.dumps(text, ensure_ascii=False)
 
 
 def _sim(args: argparse.Namespace) -> int:

@@ -27,3 +27,17 @@ def bounded(low: float, high: float | None = None, *, above: bool = False,
         return value
 
     return parse
+
+
+SEED_MAX = 2**32 - 1  # the largest PYTHONHASHSEED, which `demo` gives each simulated fleet it starts
+
+
+def seed(text: str) -> int:
+    """A `--seed`: a whole number from 0 to `SEED_MAX`, as every seeded command can take it."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {SEED_MAX}, got {text}")
+    return value

@@ -28,6 +28,17 @@ def new_key() -> str:
     return "lw-" + secrets.token_urlsafe(32)
 
 
+def name_problem(name: str) -> str | None:
+    """What is wrong with `name` as a key's name (it shows in logs, metrics and error messages), or None."""
+    if not name:
+        return "is empty"
+    if not name.strip():
+        return "is blank"
+    if not name.isprintable():
+        return "holds a line break, tab or other control character"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class KeyPolicy:
     name: str

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from ..keys import PERIODS, KeyPolicy
+from ..keys import PERIODS, KeyPolicy, name_problem
 from ._reader import Issues, Section
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -56,6 +56,10 @@ def _from_file(path: Path, where: str, issues: Issues) -> list[tuple[Any, str]]:
 
 def _key(s: Section) -> KeyPolicy | None:
     name = s.text("name", required=True)
+    problem = None if name is None else name_problem(name)
+    if problem:
+        s.issues.add(s.where("name"), f"the key name {problem}; name the client the key is for, e.g. `web`")
+        name = None
     digest = s.text("hash", required=True)
     if digest is not None and not _DIGEST.match(digest):
         s.issues.add(s.where("hash"), "expected `sha256:<64 hex digits>`; make one with `laneway keys new NAME`")

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from ..chat import REASONING_EFFORTS
 from ..errors import ConfigError, ConfigIssue, not_utf8
+from ..flags import SEED_MAX
 from ..keys import KeyPolicy
 from ..providers import PROVIDER_NAMES
 from ..telemetry import TelemetrySettings, parse_telemetry
@@ -55,7 +56,6 @@ from ._yaml import load_yaml
 
 DEFAULT_PATH = "/v1/chat/completions"
 MAX_PORT = 65535
-MAX_SEED = 2**32 - 1  # the simulated fleet's seed is its PYTHONHASHSEED too
 # OpenAI models count exactly with cl100k_base (o200k_base is not bundled offline; for English
 # text the two differ by a few per cent). Anthropic's and Google's tokenizers are not public.
 _DEFAULT_TOKENIZER = {"openai": "cl100k_base"}
@@ -522,7 +522,7 @@ def _sim(s: Section, base: Path) -> SimSettings:
         host=s.text("host", "127.0.0.1") or "127.0.0.1",
         port=s.whole("port", 0, minimum=0, maximum=MAX_PORT),
         fleet=fleet,
-        seed=s.whole("seed", 7, minimum=0, maximum=MAX_SEED),
+        seed=s.whole("seed", 7, minimum=0, maximum=SEED_MAX),  # handed on to `laneway sim --seed`
     )
     s.done()
     return settings

@@ -102,7 +102,8 @@ class Section:
             self.issues.add(self.where(key), f"must be at least {minimum:g}, got {value!r}")
             return default
         if maximum is not None and value > maximum:
-            self.issues.add(self.where(key), f"must be at most {maximum:,g}, got {value!r}")
+            shown = f"{maximum:,}" if isinstance(maximum, int) else f"{maximum:g}"  # `:g` rounds a large whole number
+            self.issues.add(self.where(key), f"must be at most {shown}, got {value!r}")
             return default
         return value
 

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from ..errors import InvalidRequest
-from ..flags import bounded
+from ..flags import bounded, seed
 from ._dataset import read_rows
 from ._evaluation import evaluate
 from ._model import UNKNOWN, IntentModel
@@ -28,7 +28,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     trainer.add_argument("--out", required=True, metavar="MODEL", help="where to write the model (.npz)")
     trainer.add_argument("--regularization", type=bounded(0.0, above=True), default=DEFAULTS.regularization,
                          help="inverse L2 strength C of the logistic regression (default: %(default)s)")
-    trainer.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the threshold holdout")
+    trainer.add_argument("--seed", type=seed, default=DEFAULTS.seed, help="seed of the threshold holdout")
     trainer.add_argument("--encoder", choices=("transformer", "static", "context"),
                          help="add a MiniLM sentence-encoder stage: the int8 transformer, its token vectors "
                               "distilled on DATA (static), or those and each token's vectors next to its "

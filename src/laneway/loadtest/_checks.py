@@ -1,13 +1,11 @@
 """What `laneway loadtest` checks before it sends anything: the endpoint's URL and that something
-accepts a connection there, the extra headers, and that every output path can be written."""
+accepts a connection there, and the extra headers (its output paths are `laneway.outputs`' to check)."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import socket
-from pathlib import Path
 from urllib.parse import urlsplit
 
 EXAMPLE_URL = "http://127.0.0.1:8080/v1/chat/completions"
@@ -40,21 +38,6 @@ def header(text: str) -> tuple[str, str]:
     if "\r" in value or "\n" in value:
         raise argparse.ArgumentTypeError(f"`{text}`: a header value cannot hold a line break")
     return name.strip(), value.strip()
-
-
-def unwritable_output(option: str, path: str) -> str | None:
-    """Why the report for `option` could not be written at `path`, or None if it can."""
-    target = Path(path)
-    folder = target.parent
-    if target.is_dir():
-        problem = "is a directory"
-    elif not folder.is_dir():
-        problem = f"the directory `{folder}` does not exist"
-    elif not os.access(target if target.exists() else folder, os.W_OK):
-        problem = "is not writable"
-    else:
-        return None
-    return f"{option} `{path}`: {problem}; give a file path in an existing, writable directory"
 
 
 def unreachable(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> str | None:

@@ -9,7 +9,9 @@ import signal
 import sys
 from typing import Any
 
-from ._checks import endpoint_url, header, unreachable, unwritable_output
+from ..flags import seed
+from ..outputs import unwritable
+from ._checks import endpoint_url, header, unreachable
 from ._drive import LoadPlan, Progress, open_session, run_load
 from ._html import write_html
 from ._payloads import Payload, load_payloads
@@ -36,7 +38,8 @@ def add_commands(subparsers: Any) -> None:
                              "(see docs/benchmarks.md); default: one short support question")
     parser.add_argument("--model", default="laneway", help="`model` of bodies that name none")
     load = parser.add_mutually_exclusive_group()
-    load.add_argument("--concurrency", type=_positive_int, default=1, help="closed loop: N clients")
+    load.add_argument("--concurrency", type=_positive_int, default=1,
+                      help="closed loop: N clients (no more than --requests, when that is given)")
     load.add_argument("--rate", type=_positive_float, help="open loop: Poisson arrivals per second")
     parser.add_argument("--duration", type=_positive_float, metavar="S", help="seconds to run")
     parser.add_argument("--requests", type=_positive_int, metavar="N", help="requests to send")
@@ -47,7 +50,7 @@ def add_commands(subparsers: Any) -> None:
     parser.add_argument("--header", type=header, action="append", default=[], metavar="'NAME: VALUE'",
                         help="extra request header, repeatable")
     parser.add_argument("--max-inflight", type=_positive_int, default=4096, help="open loop: connection cap")
-    parser.add_argument("--seed", type=int, help="seed of the arrival schedule")
+    parser.add_argument("--seed", type=seed, help="seed of the arrival schedule")
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     parser.add_argument("--csv", metavar="PATH", help="write one CSV row overall and one per model and lane")
     parser.add_argument("--html", metavar="PATH", help="write a self-contained HTML report")
@@ -98,7 +101,7 @@ def _plans(args: argparse.Namespace) -> tuple[LoadPlan, LoadPlan | None]:
                     headers=tuple(args.header), max_inflight=args.max_inflight, seed=args.seed)
     if not args.warmup:
         return plan, None
-    return plan, LoadPlan(url=plan.url, concurrency=plan.concurrency, rate=plan.rate, duration_s=args.warmup,
+    return plan, LoadPlan(url=plan.url, concurrency=plan.clients, rate=plan.rate, duration_s=args.warmup,
                           stream=plan.stream, timeout_s=plan.timeout_s, headers=plan.headers,
                           max_inflight=plan.max_inflight)
 
@@ -149,7 +152,7 @@ def _interrupt(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
 def _unwritable_outputs(args: argparse.Namespace) -> str | None:
     for option in _OUTPUTS:
         path = getattr(args, option)
-        problem = unwritable_output(f"--{option}", path) if path else None
+        problem = unwritable(f"--{option}", path) if path else None
         if problem:
             return problem
     return None
@@ -168,7 +171,7 @@ def progress_bar(tally: Tally, done: float, waiting_for: str) -> None:
 def _settings(plan: LoadPlan, args: argparse.Namespace) -> dict[str, Any]:
     """Enough to run the same load again (header values are left out: they may hold keys)."""
     return {"url": plan.url, "payloads": args.payloads, "model": args.model, "mode": "open" if plan.rate else "closed",
-            "concurrency": None if plan.rate else plan.concurrency, "rate": plan.rate,
+            "concurrency": None if plan.rate else plan.clients, "rate": plan.rate,
             "duration_s": plan.duration_s, "requests": plan.requests, "stream": plan.stream,
             "warmup_s": args.warmup, "timeout_s": plan.timeout_s, "max_inflight": plan.max_inflight,
             "seed": plan.seed, "headers": [name for name, _ in plan.headers]}

@@ -44,6 +44,12 @@ class LoadPlan:
     max_inflight: int = 4096  # open loop: connection pool size, and how many may wait for one
     seed: int | None = None
 
+    @property
+    def clients(self) -> int:
+        """Closed loop: the clients to run, no more than the requests when those bound the run (a
+        client with no request left to send would only cost its start-up, counted in the others' latency)."""
+        return min(self.concurrency, self.requests) if self.requests else self.concurrency
+
 
 @dataclass(frozen=True, slots=True)
 class _Request:
@@ -53,7 +59,7 @@ class _Request:
 
 def open_session(plan: LoadPlan) -> aiohttp.ClientSession:
     """The client a plan's requests go through: its connection pool is as large as the plan's load."""
-    limit = plan.max_inflight if plan.rate else plan.concurrency
+    limit = plan.max_inflight if plan.rate else plan.clients
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, keepalive_timeout=60)
     headers = {"content-type": "application/json", **dict(plan.headers)}
     return aiohttp.ClientSession(connector=connector, headers=headers, timeout=aiohttp.ClientTimeout(total=None),
@@ -161,7 +167,7 @@ class _Run:
             await self._one(now)
 
     async def _clients(self) -> None:
-        for _ in range(self.plan.concurrency):
+        for _ in range(self.plan.clients):
             self._start(self._client())
 
     async def _open_loop(self, rate: float) -> None:

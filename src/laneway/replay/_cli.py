@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..flags import seed
+from ..outputs import unwritable
 from ._driver import Progress
 from ._fleet import fleet_processes
 from ._html import render_html
@@ -32,7 +34,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                       help="HTML report with latency plots (default: laneway-demo.html)")
     demo.add_argument("--rate", type=_positive, default=DEFAULT_RATE,
                       help=f"normal traffic, requests per second; the burst is 3x (default {DEFAULT_RATE:g})")
-    demo.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of arrivals, conversations, fleet")
+    demo.add_argument("--seed", type=seed, default=DEFAULT_SEED, help="seed of arrivals, conversations, fleet")
     demo.add_argument("--traces", type=Path, metavar="PATH",
                       help="trace file (default: data/traces/support.json)")
     demo.set_defaults(func=demo_command)
@@ -44,6 +46,10 @@ def settings_for(args: argparse.Namespace) -> DemoSettings:
 
 
 def demo_command(args: argparse.Namespace) -> int:
+    problem = _unwritable_outputs(args)
+    if problem:
+        print(f"laneway: {problem}", file=sys.stderr)
+        return 2
     settings = settings_for(args)
     trace = load_trace(args.traces)
     result = run(trace, settings)
@@ -55,6 +61,14 @@ def demo_command(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(result_json(result, args.quick), indent=2) + "\n", encoding="utf-8")
         print(f"JSON figures (SIMULATED): {args.json}")
     return 0
+
+
+def _unwritable_outputs(args: argparse.Namespace) -> str | None:
+    for option, path in (("--html", args.html), ("--json", args.json)):
+        problem = None if path is None else unwritable(option, path)
+        if problem:
+            return problem
+    return None
 
 
 def run(trace: Trace, settings: DemoSettings) -> DemoResult:

@@ -56,7 +56,14 @@ def instant(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"`{text}` is not an ISO 8601 time such as 2025-06-01T12:00"
         ) from error
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    seconds = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    try:
+        when(seconds)  # an offset can carry a time past year 9999 or before year 1, which cannot be printed
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(
+            f"`{text}` is outside the years 1 to 9999 in UTC; give a time within them"
+        ) from None
+    return seconds
 
 
 def duration(text: str) -> float:
@@ -72,11 +79,13 @@ def duration(text: str) -> float:
 
 
 def window_of(args: argparse.Namespace) -> Window:
-    """`--since`/`--until`; `--last D` is the D up to now (or up to `--until`), rates counted over all of it."""
+    """`--since`/`--until`; `--last D` is the D up to now (or up to `--until`), rates counted over all of it.
+    A D reaching back before the epoch, when no exchange was logged, starts at the log's beginning."""
     if args.last is None:
         return args.since, args.until
     end = time.time() if args.until is None else args.until
-    return end - args.last, end
+    start = end - args.last
+    return (start if start >= 0 else None), end
 
 
 def start_option(args: argparse.Namespace) -> str:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from laneway.outputs import unwritable
 from laneway.telemetry._cascade_savings import Priced, cascade_savings
 from laneway.telemetry._html_report import report_html
 from laneway.telemetry._lanes_cli import add_lane_commands
@@ -93,7 +93,7 @@ def run_report(args: argparse.Namespace) -> int:
     current = _summary(fetched, windows, cascades)
     rows, hourly = fetched[0]
     if args.html is not None and not _write_html(args.html, current, rows, hourly):
-        return 1
+        return 2
     print(dump(current) if args.json else terminal_report(current))
     return 0
 
@@ -141,14 +141,9 @@ def _span(window: Window) -> str:
 
 def check_output(path: Path | None, option: str) -> None:
     """An `OptionError` unless `path` can be written as a file."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise OptionError(f"`{option} {path}` is a directory; name a file in it, e.g. `{path / 'report.html'}`")
-    if not path.parent.is_dir():
-        raise OptionError(f"`{option} {path}`: `{path.parent}` is not a directory; create it or choose another path")
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise OptionError(f"`{option} {path}` is not writable; choose another path")
+    problem = None if path is None else unwritable(option, path)
+    if problem:
+        raise OptionError(problem)
 
 
 def _summary(fetched: list[Fetched], windows: list[Window], cascades: _Cascades) -> dict[str, Any]:
