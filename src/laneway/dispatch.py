@@ -231,9 +231,9 @@ class Dispatcher:
         A prompt too long for a model goes to the route's `long_context` model first; with `trim:
         oldest`, a model it is still too long for gets it without its oldest messages (the count is
         the last value yielded). A model whose adapter found the request malformed (`unsendable`) has
-        the last word: its error names the field. Callers close it when they stop early (`contextlib.aclosing`): left to
-        the garbage collector, it would be closed in a task of the event loop's own, one more task per
-        request."""
+        the last word: its error names the field. Callers close it when they stop early
+        (`contextlib.aclosing`): left to the garbage collector, it would be closed in a task of the
+        event loop's own, one more task per request."""
         lanes = plan.lanes
         overflow: list[str] = []
         rooms: list[tuple[int, str]] = []  # what each model too small for the request has left for the output
