@@ -191,7 +191,15 @@ def test_cli_builds_then_searches(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_cli_reports_bad_sources_with_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = cli(["knowledge", "build", "billing", str(tmp_path / "nope.md"), "--out", str(tmp_path / "out")])
     assert args.func(args) == 2
-    assert "nope.md` does not exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("laneway knowledge build: ") and "nope.md` does not exist" in err
+    unnamed = cli(["knowledge", "build", "", str(BILLING), "--out", str(tmp_path / "out")])
+    assert unnamed.func(unnamed) == 2
+    assert capsys.readouterr().err == ("laneway knowledge build: 1 error(s) in knowledge base:\n"
+                                       "  knowledge: a knowledge base needs a non-empty name\n")
+    search = cli(["knowledge", "search", str(tmp_path / "absent"), "fee"])
+    assert search.func(search) == 2
+    assert capsys.readouterr().err.startswith("laneway knowledge search: ")
 
 
 def test_committed_billing_policies_match_their_generator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -43,7 +43,7 @@ def build_command(args: argparse.Namespace) -> int:
         knowledge_base = KnowledgeBase.build(args.name, args.sources, chunk_tokens=args.chunk_tokens)
         knowledge_base.save(args.out)
     except ConfigError as error:
-        print(error.message, file=sys.stderr)
+        print(f"laneway knowledge build: {error.message}", file=sys.stderr)
         return 2
     except OSError as error:
         print(f"laneway knowledge build: cannot write the index to `{args.out}`: {error.strerror or error}; "
@@ -62,7 +62,7 @@ def search_command(args: argparse.Namespace) -> int:
         knowledge_base = KnowledgeBase.load(args.directory)
         passages = knowledge_base.search(args.query, top_k=args.top_k, min_score=args.min_score)
     except ConfigError as error:
-        print(error.message, file=sys.stderr)
+        print(f"laneway knowledge search: {error.message}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps([asdict(passage) for passage in passages], indent=2, ensure_ascii=False))

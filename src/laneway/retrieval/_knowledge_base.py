@@ -84,7 +84,8 @@ class KnowledgeBase:
     ) -> KnowledgeBase:
         """Read `sources` (Markdown, JSON, CSV), cut them into passages and index them."""
         if not name.strip():
-            raise ConfigError([ConfigIssue("knowledge", "a knowledge base needs a non-empty name")])
+            raise ConfigError([ConfigIssue("knowledge", "a knowledge base needs a non-empty name")],
+                              subject="knowledge base")
         if chunk_tokens < MIN_CHUNK_TOKENS:
             raise ConfigError([ConfigIssue("chunk_tokens", f"must be at least {MIN_CHUNK_TOKENS}, got {chunk_tokens}")])
         passages = read_passages(sources, chunk_tokens)
