@@ -188,8 +188,9 @@ def _check(args: argparse.Namespace) -> int:
     from .runtime import load_files
 
     if args.file and args.config_file:
-        raise SystemExit(f"laneway check: give the routing file once, not both `{args.file}` and "
-                         f"`--config {args.config_file}`")
+        print(f"laneway check: give the routing file once, not both `{args.file}` and `--config {args.config_file}`",
+              file=sys.stderr)
+        return 2
     config = load_config(args.file or args.config_file)
     load_files(config)  # knowledge sources and the intent model, as `serve` reads them
     print(f"{config.source}: OK - {len(config.routes)} routes, {len(config.models)} models")
