@@ -212,22 +212,25 @@ def test_stats_answer_a_window_that_starts_before_it_ends(stats_url: str) -> Non
     ("", "is not a Laneway exchange log"),
     ("text", "cannot be read as SQLite"),
     (None, "does not exist"),
+    ("directory", "is a directory; name the log file in it"),
 ])
 def test_a_file_that_is_not_an_exchange_log_is_refused_and_left_as_it_was(
     tmp_path: Path, content: str | None, words: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "other.db"
-    if content == "users":
+    if content == "directory":
+        path.mkdir()
+    elif content == "users":
         with contextlib.closing(sqlite3.connect(path)) as db:
             db.execute("CREATE TABLE users (name TEXT)")
             db.commit()
     elif content is not None:
         path.write_text(content)
-    before = path.read_bytes() if path.exists() else None
+    before = path.read_bytes() if path.is_file() else None
     assert report("--db", f"sqlite:///{path}") == 1
     out, err = capsys.readouterr()
     assert out == "" and words in err and err.count("\n") == 1, err
-    assert (path.read_bytes() if path.exists() else None) == before  # not turned into a log
+    assert (path.read_bytes() if path.is_file() else None) == before  # not turned into a log
 
 
 def test_a_reader_that_goes_away_ends_the_report_without_a_traceback(log: str) -> None:

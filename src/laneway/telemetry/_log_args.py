@@ -124,6 +124,8 @@ def read_log(command: str, url: str, windows: list[Window]) -> list[Fetched] | N
 def _not_a_sqlite_log(path: Path) -> str | None:
     """Why the file at `path` is not an exchange log to read, or None. Looked at read-only: reading a
     report must not turn some other database into a log."""
+    if path.is_dir():
+        return f"is a directory; name the log file in it (`sqlite:///{path}/exchanges.sqlite3`)"
     if not path.is_file():
         absolute = Path("/") / path
         if not path.is_absolute() and absolute.is_file():  # `sqlite:///` + a path meant from the root
