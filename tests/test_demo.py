@@ -237,8 +237,10 @@ def test_settings_for_quick_and_full_runs() -> None:
     assert quick.rate == 4.0 and quick.normal_s + quick.burst_s < full.normal_s + full.burst_s
     assert [p.rate for p in full.phases] == [full.rate, full.rate * 3]
     assert isinstance(full, DemoSettings)
-    with pytest.raises(SystemExit):
-        parser.parse_args(["demo", "--rate", "0"])
+    for rate in ("0", "1001", "1e9", "nan"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["demo", "--rate", rate])
+    assert _cli.settings_for(parser.parse_args(["demo", "--rate", "1000"])).rate == 1000.0
 
 
 @pytest.mark.parametrize("seed", ["-1", "4294967296"])

@@ -17,6 +17,8 @@ from ._run import ARCHITECTURES, DEFAULT_RATE, DEFAULT_SEED, DemoResult, DemoSet
 from ._table import render_table, result_json
 from ._traces import Trace, load_trace
 
+# Each request of a phase is scheduled up front: a rate of 10^9 per second took gigabytes before the first.
+MAX_RATE = 1000.0
 QUICK = {"normal_s": 5.0, "burst_s": 10.0}
 FULL = {"normal_s": 20.0, "burst_s": 20.0}
 
@@ -93,6 +95,7 @@ def _positive(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"`{text}` is not a number; give requests per second, e.g. 6") \
             from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"`{text}` must be above 0 requests per second")
+    if not 0 < value <= MAX_RATE:  # `nan` fails it too
+        raise argparse.ArgumentTypeError(f"`{text}` must be above 0 and at most {MAX_RATE:g} requests per second "
+                                         "(the burst is 3x that, on the simulated fleet of this one machine)")
     return value
