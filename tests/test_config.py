@@ -187,6 +187,10 @@ def test_an_overlap_of_two_routes_to_the_same_model_names_what_differs() -> None
      "to 65535"),
     ("routes:\n- target: gpt5\n", "routes[0].target (line 2, column 11): unknown model `gpt5`; did you mean `gpt-5`? "
      "known: "),
+    ("routes:\n- target: gpt-5\n  deadline_ms: 36000000\n",
+     "routes[0].deadline_ms (line 3, column 16): must be at most 3,600,000, got 36000000"),
+    ("server: {deadline_ms: 99999999999}\nroutes:\n- target: gpt-5\n",
+     "server.deadline_ms (line 1, column 23): must be at most 3,600,000"),
     ("sim: {port: 99999}\nroutes:\n- target: gpt-5\n",
      "sim.port (line 1, column 13): must be at most 65,535, got 99999"),
     ("sim: {fleet: no-such-fleet.yaml}\nroutes:\n- target: gpt-5\n",

@@ -56,6 +56,7 @@ from ._yaml import load_yaml
 
 DEFAULT_PATH = "/v1/chat/completions"
 MAX_PORT = 65535
+MAX_DEADLINE_MS = 3_600_000  # an hour: a longer wait for one answer is a mistake in the file
 # OpenAI models count exactly with cl100k_base (o200k_base is not bundled offline; for English
 # text the two differ by a few per cent). Anthropic's and Google's tokenizers are not public.
 _DEFAULT_TOKENIZER = {"openai": "cl100k_base"}
@@ -159,7 +160,7 @@ def _model(name: str, s: Section) -> ModelSpec:
     b = Breaker(breaker.whole("failures", 5, minimum=1), breaker.whole("cooldown_ms", 10_000, minimum=1))
     breaker.done()
     profile = _profile(s.section("profile"))
-    deadline = s.number("deadline_ms", None, minimum=1, integer=True)
+    deadline = s.number("deadline_ms", None, minimum=1, maximum=MAX_DEADLINE_MS, integer=True)
     spec = ModelSpec(
         name=name, provider=provider or "", base_url=(base_url or "").rstrip("/"),
         model=s.text("model", name) or name, api_key_env=s.variable("api_key_env"),
@@ -282,7 +283,7 @@ def _route(index: int, s: Section, known: dict[str, ModelSpec], context: _Contex
     retry = s.section("retry")
     r = Retry(retry.whole("attempts", 2, minimum=1), retry.whole("backoff_ms", 50, minimum=0))
     retry.done()
-    deadline = s.number("deadline_ms", None, minimum=1, integer=True)
+    deadline = s.number("deadline_ms", None, minimum=1, maximum=MAX_DEADLINE_MS, integer=True)
     name = s.text("name", f"route-{index}")
     if not name or not name.strip():
         s.issues.add(s.where("name"), "must not be empty; leave `name` out to be called "
@@ -500,7 +501,7 @@ def _server(s: Section) -> ServerSettings:
     settings = ServerSettings(
         table=s.text("table", defaults.table) or defaults.table,
         max_body_bytes=s.whole("max_body_bytes", defaults.max_body_bytes, minimum=1024),
-        deadline_ms=s.whole("deadline_ms", defaults.deadline_ms, minimum=1),
+        deadline_ms=s.whole("deadline_ms", defaults.deadline_ms, minimum=1, maximum=MAX_DEADLINE_MS),
         max_messages=s.whole("max_messages", defaults.max_messages, minimum=1),
         cache_entries=s.whole("cache_entries", defaults.cache_entries, minimum=1),
         shutdown_grace_ms=s.whole("shutdown_grace_ms", defaults.shutdown_grace_ms, minimum=0),
