@@ -273,6 +273,22 @@ def test_builtin_default_and_examples_are_valid() -> None:
         assert load_config(example).routes, example
 
 
+def test_a_confidence_over_1_can_never_be_reached_and_a_confidence_of_1_can() -> None:
+    config = parse_config(textwrap.dedent("""
+        routes:
+        - name: impossible
+          matcher: "intent_confidence > 1.5"
+          target: gpt-5
+        - name: certain
+          matcher: "intent_confidence >= 1"
+          target: gpt-5
+        - name: rest
+          target: gpt-5-mini
+        """))
+    never = [str(w) for w in config.warnings if "is never reached" in str(w)]
+    assert len(never) == 1 and never[0].startswith("routes[0].matcher") and "`impossible`" in never[0]
+
+
 def test_a_matcher_that_contradicts_itself_is_named_as_such_not_as_shadowed() -> None:
     config = parse_config(textwrap.dedent("""
         routes:

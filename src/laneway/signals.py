@@ -23,6 +23,7 @@ class SignalType:
     values: tuple[str, ...] = ()
     default: Any = None
     doc: str = ""
+    maximum: float | None = None  # of a number: the most it can be (all are at least 0)
 
 
 SIGNALS: dict[str, SignalType] = {
@@ -36,7 +37,7 @@ SIGNALS: dict[str, SignalType] = {
     "conversation_id": SignalType("str", default="", doc="sticky conversation key"),
     "user": SignalType("str", default="", doc="end-user id (the body's `user` field)"),
     "intent": SignalType("str", default="unknown", doc="intent of the latest customer message"),
-    "intent_confidence": SignalType("float", default=0.0, doc="classifier confidence in [0, 1]"),
+    "intent_confidence": SignalType("float", default=0.0, doc="classifier confidence in [0, 1]", maximum=1.0),
 }
 
 # Signals a client may set through `metadata` or `x-laneway-<name>` headers. A client-set

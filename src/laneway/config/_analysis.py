@@ -107,7 +107,10 @@ def _candidates(name: str, literals: list[Any]) -> list[Any]:
             mid = n // 2 if kind == "int" else n / 2
             out += [mid or step, n, n + step, n - step]
         out += [0]
-        return [v for v in dict.fromkeys(out) if v >= 0] or [0]
+        top = SIGNALS[name].maximum if name in SIGNALS else None
+        if top is not None:
+            out.append(top)
+        return [v for v in dict.fromkeys(out) if v >= 0 and (top is None or v <= top)] or [0]
     return [*dict.fromkeys(literals), "other"] if kind != "any" else [*dict.fromkeys(literals), None]
 
 
