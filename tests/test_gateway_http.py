@@ -138,6 +138,8 @@ def test_bad_requests_get_clear_errors(seed_gateway: LiveGateway, body: Any, hea
     assert payload["error"]["code"] == code
     assert needle in payload["error"]["message"]
     assert payload["error"]["request_id"] == response_headers["x-request-id"]
+    # Refused before routing: no lane, as no route or model, is named.
+    assert [response_headers[f"x-laneway-{name}"] for name in ("route", "model", "lane")] == ["", "", ""]
 
 
 @pytest.mark.parametrize("model", ["laneway", "claude-sonnet-37"])  # through the Gemini and Anthropic adapters

@@ -157,7 +157,7 @@ class App:
     async def _chat(self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str], request_id: str,
                     base: Headers) -> None:
         key = self.gateway.keys.authenticate(headers.get("authorization")) if self.gateway.keys.enabled else None
-        exchange = Exchange(request_id, time.time(), path=scope["path"])
+        exchange = Exchange(request_id, time.time(), path=scope["path"], lane="")  # a lane once routed
         declared = headers.get("content-length")
         try:
             size = int(declared) if declared is not None else None
