@@ -9,13 +9,13 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import openai
 import pytest
 
 from _live import LiveGateway, RecordingSink, live_gateway
+from _loopback import Handler, LoopbackUpstream
 
 TOOLS = [{"type": "function", "function": {
     "name": "lookup_order", "description": "Find an order by its number",
@@ -65,23 +65,16 @@ ANTHROPIC_STREAM = [
 ]
 
 
-class ToolUpstream(ThreadingHTTPServer):
+class ToolUpstream(LoopbackUpstream):
     """A server on a loopback port that answers every request with a tool call: in the Messages API's
     format on `/v1/messages`, else in OpenAI's."""
 
-    daemon_threads = True
-
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(_Handler)
         self.seen: list[dict[str, Any]] = []
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
 
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(Handler):
     server: ToolUpstream
 
     def do_POST(self) -> None:
@@ -91,24 +84,14 @@ class _Handler(BaseHTTPRequestHandler):
             if body.get("stream"):
                 events = b"".join(b"event: " + event["type"].encode() + b"\ndata: " + json.dumps(event).encode()
                                   + b"\n\n" for event in ANTHROPIC_STREAM)
-                self._send(events, "text/event-stream")
+                self.send(events, "text/event-stream")
             else:
-                self._send(json.dumps(ANTHROPIC_ANSWER).encode(), "application/json")
+                self.send(json.dumps(ANTHROPIC_ANSWER).encode(), "application/json")
         elif body.get("stream"):
             data = b"".join(b"data: " + json.dumps(event).encode() + b"\n\n" for event in STREAM)
-            self._send(data + b"data: [DONE]\n\n", "text/event-stream")
+            self.send(data + b"data: [DONE]\n\n", "text/event-stream")
         else:
-            self._send(json.dumps({**ANSWER, "model": body["model"]}).encode(), "application/json")
-
-    def _send(self, data: bytes, content_type: str) -> None:
-        self.send_response(200)
-        self.send_header("content-type", content_type)
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+            self.send(json.dumps({**ANSWER, "model": body["model"]}).encode(), "application/json")
 
 
 def closed_port() -> int:

@@ -7,32 +7,19 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import openai
 import pytest
 
 from _live import LiveGateway, RecordingSink, live_gateway
+from _loopback import Handler, LoopbackUpstream
 
 TEXT = ["Your order", " ships", " today."]
 
 
-class GapUpstream(ThreadingHTTPServer):
+class _Handler(Handler):
     """Answers without `usage`; a request whose last message is `empty` gets an answer with no text."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
@@ -42,27 +29,17 @@ class _Handler(BaseHTTPRequestHandler):
                                     "finish_reason": None}]} for piece in pieces]
             events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
             data = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
-            self._send(data, "text/event-stream")
+            self.send(data, "text/event-stream")
         else:
             answer = {"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": body["model"],
                       "choices": [{"index": 0, "finish_reason": "stop",
                                    "message": {"role": "assistant", "content": "".join(pieces)}}]}
-            self._send(json.dumps(answer).encode(), "application/json")
-
-    def _send(self, data: bytes, content_type: str) -> None:
-        self.send_response(200)
-        self.send_header("content-type", content_type)
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+            self.send(json.dumps(answer).encode(), "application/json")
 
 
 @pytest.fixture(scope="module")
 def live() -> Iterator[tuple[LiveGateway, RecordingSink]]:
-    upstream = GapUpstream()
+    upstream = LoopbackUpstream(_Handler)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     config = f"""
 models:

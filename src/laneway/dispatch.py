@@ -155,7 +155,10 @@ class Dispatcher:
                             self.runtime.breakers[name].release()  # no verdict on the model either way
                             raise
                         if not completion.usage.total_tokens:  # none reported: counted here, as for a stream
-                            completion.usage = self._estimate(name, request, completion)
+                            generated = [completion.text, completion.refusal or "",
+                                         *tool_call_text(completion.tool_calls or [])]
+                            completion.usage = estimate_usage(self.counter, self.runtime.config.models[name],
+                                                              request, generated)
                         self._succeeded(attempt, started, name, exchange, completion.usage)
                         exchange.lane, exchange.model, exchange.trimmed_messages = lane, name, trimmed
                         ticket.used = (completion.usage.total_tokens, attempt.cost_usd, attempt.latency_ms)
@@ -370,12 +373,6 @@ class Dispatcher:
         elif breaker.failure(asyncio.get_running_loop().time()) and self.sink is not None:
             self.sink.count("cooldown", name)
 
-    def _estimate(self, name: str, request: ChatRequest, completion: Completion) -> Usage:
-        """The usage of an answer whose upstream reported none, so that no answer costs $0."""
-        generated = [completion.text, completion.refusal or "", *tool_call_text(completion.tool_calls or [])]
-        tokenizer = self.runtime.config.models[name].tokenizer
-        return Usage(self.counter.count(request.messages, tokenizer), self.counter.text_tokens("".join(generated)))
-
     def _succeeded(self, attempt: Attempt, started: float, name: str, exchange: Exchange, usage: Usage) -> None:
         attempt.latency_ms = (time.perf_counter() - started) * 1000
         exchange.upstream_ms += attempt.latency_ms
@@ -419,6 +416,13 @@ class Dispatcher:
                 "provider", retry_after_s=max(1.0, math.ceil(wait)))
         return AllAttemptsFailed([UpstreamUnavailable(f"skipped: {a.error}", model=a.model) for a in skipped]
                                  or [UpstreamUnavailable("the plan had no model to try")])
+
+
+def estimate_usage(counter: TokenCounter, spec: ModelSpec, prompt: ChatRequest | None, generated: list[str]) -> Usage:
+    """The usage of an answer whose upstream reported none, whole or streamed, so that none costs $0: the
+    prompt as sent (if known) and the `generated` pieces, counted with `spec`'s tokenizer."""
+    prompt_tokens = counter.count(prompt.messages, spec.tokenizer) if prompt is not None else 0
+    return Usage(prompt_tokens, counter.text_tokens("".join(generated)))
 
 
 def account(attempt: Attempt, exchange: Exchange, price: Price, usage: Usage) -> None:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import orjson
 
 from ..chat import Chunk, Completion, TokenLogprob, Usage, tool_call_text
-from ..dispatch import Started, account, close_stream
+from ..dispatch import Started, account, close_stream, estimate_usage
 from ..errors import LanewayError, UpstreamError, error_body
 from ..exchange import CANCELLED, CLIENT_DISCONNECTED, OK, Exchange
 from ..gateway import Gateway
@@ -247,10 +247,7 @@ async def _forward(send: Send, encoder: _ChunkEncoder, chunk: Chunk, state: _Str
 
 
 def _estimate(gateway: Gateway, runtime: Runtime, started: Started, text: list[str]) -> Usage:
-    # The upstream sent no usage: count locally so a stream never costs $0.
-    spec = runtime.config.models[started.model]
-    prompt = gateway.counter.count(started.prompt.messages, spec.tokenizer) if started.prompt else 0
-    return Usage(prompt, gateway.counter.text_tokens("".join(text)))
+    return estimate_usage(gateway.counter, runtime.config.models[started.model], started.prompt, text)
 
 
 def _stream_ended(exchange: Exchange, started: Started) -> None:

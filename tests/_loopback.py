@@ -1,0 +1,35 @@
+"""A fake upstream on a loopback port for the tests that choose its every answer: subclass `Handler`
+with a `do_POST` that answers with `send`, and serve it with `LoopbackUpstream`."""
+
+from __future__ import annotations
+
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class LoopbackUpstream(ThreadingHTTPServer):
+    """Serves `handler` on a free loopback port; `url` is its `/v1` base URL."""
+
+    daemon_threads = True
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def send(self, data: bytes, content_type: str) -> None:
+        """A 200 with `data` as its whole body."""
+        self.send_response(200)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
