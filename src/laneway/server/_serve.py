@@ -11,7 +11,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from ..config import Config, SimSettings, load_config, unset_variables
@@ -70,9 +70,10 @@ async def fleet_process(config: Config) -> AsyncIterator[str]:
 
 async def serve(config_path: str | Path | None, host: str, port: int, allow_unauthenticated: bool = False, *,
                 sockets: list[socket.socket] | None = None, sim_url: str | None = None,
-                worker: WorkerSockets | None = None) -> None:
+                worker: WorkerSockets | None = None, reloaded: Callable[[], None] | None = None) -> None:
     """Serve one gateway process; `laneway serve --workers N` runs N of these on one shared socket,
-    each also on its private socket (`worker`)."""
+    each also on its private socket (`worker`), each telling the others of a reload through
+    `POST /admin/reload` with `reloaded`."""
     # A reload asked for before this process can reload must not kill it (SIGHUP's default); the
     # handler comes once the gateway runs (`_on_sighup`).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -106,7 +107,7 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
             print(f"laneway: serving {config.source}{label} on {http_url(host, server.bound_ports[0])} "
                   f"- {len(config.routes)} routes, {len(config.models)} models", flush=True)
 
-        app = App(gateway, _reload_every_worker if sockets is not None else None, peers)
+        app = App(gateway, reloaded, peers)
         # SIGINT and SIGTERM end in a graceful return (exit code 0), so the exchange log is flushed; the
         # grace period is the config's when the stop begins. A worker's supervisor owns Ctrl-C (which
         # reaches a worker from the terminal and again from the supervisor): it forces with FORCE_STOP.
@@ -119,11 +120,6 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
         gc.collect()
         gc.freeze()
         await server.serve()
-
-
-def _reload_every_worker() -> None:
-    """A worker reloaded through `POST /admin/reload`: its supervisor passes a SIGHUP to every worker."""
-    os.kill(os.getppid(), signal.SIGHUP)
 
 
 def _on_sighup(gateway: Gateway, tasks: set[asyncio.Task[None]]) -> None:

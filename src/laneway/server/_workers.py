@@ -2,7 +2,8 @@
 
 The parent binds the socket, starts the simulated fleet once (when the config uses it), and
 supervises the workers: one that dies is replaced, SIGHUP is passed on (each worker reloads; a
-worker that reloads through `POST /admin/reload` sends the parent a SIGHUP), SIGINT/SIGTERM stop
+worker that reloads through `POST /admin/reload` counts its reload in a shared array and sends the
+parent a SIGHUP, which the parent passes on to the others only), SIGINT/SIGTERM stop
 them gracefully (each flushes its exchange log). Each worker keeps its own metrics and in-memory
 window, and also listens on a private Unix socket in a directory the parent creates for the run:
 there the worker that answers `/metrics`, `/admin/stats` or `/admin/shadow` fetches the others', so
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from multiprocessing.connection import wait
 from pathlib import Path
 from types import FrameType
@@ -97,12 +99,16 @@ class _Supervisor:
         self._stopping = False
         self._interrupts = 0
         self._early_exits = 0
+        # Reloads each worker made itself (`POST /admin/reload`), and how many of them the last SIGHUP saw.
+        self._reloads = context.RawArray("Q", count)
+        self._seen = [0] * count
         self._workers: list[tuple[Any, float]] = [self._start(i) for i in range(count)]
 
     def forward(self, sig: int, _frame: FrameType | None) -> None:
-        """SIGHUP: every worker reloads. SIGINT, SIGTERM: every worker stops gracefully, and this
-        process's copy of the listening socket closes, so that new connections are refused rather than
-        left waiting; a second SIGINT (Ctrl-C again) makes the workers stop at once."""
+        """SIGHUP: every worker reloads, but one that has just reloaded itself and asked for it.
+        SIGINT, SIGTERM: every worker stops gracefully, and this process's copy of the listening socket
+        closes, so that new connections are refused rather than left waiting; a second SIGINT (Ctrl-C
+        again) makes the workers stop at once."""
         passed = sig
         if sig != signal.SIGHUP:
             self._stopping = True
@@ -112,7 +118,10 @@ class _Supervisor:
                 self._interrupts += 1
                 if self._interrupts > 1:
                     passed = FORCE_STOP
-        for process, _ in self._workers:
+        for i, (process, _) in enumerate(self._workers):
+            if sig == signal.SIGHUP and self._reloads[i] != self._seen[i]:
+                self._seen[i] = self._reloads[i]
+                continue
             if process.pid is not None and process.is_alive():
                 _signal(process.pid, passed)
 
@@ -136,7 +145,7 @@ class _Supervisor:
         return 0
 
     def _start(self, i: int) -> tuple[Any, float]:
-        args = (*self._args, WorkerSockets(self._private, i, self._count))
+        args = (*self._args, WorkerSockets(self._private, i, self._count), self._reloads)
         process = self._context.Process(target=_worker, args=args, name=f"laneway-worker-{i}")
         # Started with SIGHUP ignored (an ignored signal stays ignored in the new process), so that a
         # reload passed on while it starts does not kill it; it handles SIGHUP once it serves.
@@ -158,7 +167,7 @@ def _signal(pid: int, sig: int) -> None:
 
 
 def _worker(config_path: str | Path | None, host: str, port: int, sock: socket.socket, sim_url: str | None,
-            allow_unauthenticated: bool, worker: WorkerSockets) -> None:
+            allow_unauthenticated: bool, worker: WorkerSockets, reloads: Any) -> None:
     import uvloop
 
     from ._serve import serve
@@ -166,7 +175,14 @@ def _worker(config_path: str | Path | None, host: str, port: int, sock: socket.s
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     _stop_with_parent()
     uvloop.run(serve(config_path, host, port, allow_unauthenticated, sockets=[sock], sim_url=sim_url,
-                     worker=worker))
+                     worker=worker, reloaded=partial(_reload_the_others, worker.index, reloads)))
+
+
+def _reload_the_others(index: int, reloads: Any) -> None:
+    """Worker `index` reloaded through `POST /admin/reload`: its supervisor passes a SIGHUP to every
+    other worker. It counts the reload first, so that the supervisor does not reload it again."""
+    reloads[index] += 1
+    os.kill(os.getppid(), signal.SIGHUP)
 
 
 def _stop_with_parent() -> None:
