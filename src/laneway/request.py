@@ -107,6 +107,13 @@ def decode(body: bytes, max_messages: int) -> ClientRequest:
     options = {} if options is None else options
     if not isinstance(options, dict):
         raise InvalidRequest("`stream_options` must be an object", param="stream_options")
+    if options and not stream:  # as OpenAI's API and vLLM answer
+        raise InvalidRequest("`stream_options` is only allowed when `stream` is true: drop it, or stream",
+                             param="stream_options")
+    include_usage = options.get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise InvalidRequest("`stream_options.include_usage` must be true or false",
+                             param="stream_options.include_usage")
     user = data.get("user")
     user = "" if user is None else user
     if not isinstance(user, str):
@@ -117,7 +124,7 @@ def decode(body: bytes, max_messages: int) -> ClientRequest:
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
         raise InvalidRequest("`metadata` must be an object of string keys", param="metadata")
-    return ClientRequest(model, messages, params, stream, bool(options.get("include_usage")), user, metadata)
+    return ClientRequest(model, messages, params, stream, include_usage, user, metadata)
 
 
 def _messages(raw: Any, limit: int) -> list[dict[str, Any]]:
