@@ -330,9 +330,9 @@ def test_a_request_that_fails_for_its_own_fault_before_reaching_a_model_is_no_mo
     from laneway.config import default_config_text
 
     sink = RecordingSink()
-    tools = [{"type": "function", "function": {"name": "lookup_order"}}]
     with live_gateway(default_config_text(), sim_url, telemetry=sink) as gw:
-        carried, headers, _, _ = send(gw, {"model": "gemini-2.5-pro", "tools": tools,
+        # An Anthropic model has no JSON mode without a schema.
+        carried, headers, _, _ = send(gw, {"model": "claude-sonnet-37", "response_format": {"type": "json_object"},
                                            "messages": [{"role": "user", "content": "hi"}]})
         too_long, long_headers, _, _ = send(gw, {"model": "gpt-5-mini", "messages": [
             {"role": "user", "content": "word " * 500_000}]})

@@ -172,8 +172,7 @@ def test_a_parameter_of_the_wrong_type_is_a_400_that_names_it(default_gateway: L
 
 def test_the_error_of_a_model_that_found_the_request_malformed_wins_over_the_routes(
         default_gateway: LiveGateway) -> None:
-    """`laneway`'s Gemini model cannot carry tools; its Claude model can, but not a tool without a name:
-    that is what the client must fix, not the route."""
+    """A tool without a name is what the client must fix, whichever model of the route reads it first."""
     status, _, payload = post(default_gateway, {"model": "laneway", "messages": chat(1),
                                                 "tools": [{"type": "function"}]})
     assert (status, payload["error"]["code"]) == (400, "invalid_request")

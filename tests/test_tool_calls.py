@@ -1,12 +1,11 @@
 """Tool calls through the gateway, with the official `openai` client: the `tool_calls` of an
-OpenAI-compatible upstream, and the `tool_use` blocks of an Anthropic one, reach the client whole
-and streamed; models whose adapter cannot carry `tools` (Gemini) are skipped, and a request no
-model can carry is a 400 that says why."""
+OpenAI-compatible upstream, the `tool_use` blocks of an Anthropic one and the `functionCall` parts of
+a Gemini one reach the client whole and streamed, and the conversation that follows reaches each
+upstream in its own terms (a Gemini call with its thought signature)."""
 
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -65,9 +64,30 @@ ANTHROPIC_STREAM = [
 ]
 
 
+# The same call as the Gemini API makes it, signed; in a stream, a second call comes unsigned (a parallel call).
+SIGNATURE = "c2lnbmVkLWJ5LWdlbWluaQ=="
+GEMINI_CALL = {"functionCall": {"name": "lookup_order", "args": {"order": "1182"}}, "thoughtSignature": SIGNATURE}
+GEMINI_ANSWER = {
+    "candidates": [{"content": {"role": "model", "parts": [{"text": "Let me look that up."}, GEMINI_CALL]},
+                    "finishReason": "STOP"}],
+    "usageMetadata": {"promptTokenCount": 40, "candidatesTokenCount": 12}, "modelVersion": "gemini-2.5-flash",
+}
+GEMINI_STREAM = [
+    {"candidates": [{"content": {"role": "model", "parts": [{"text": "Let me look that up."}]}}]},
+    {"candidates": [{"content": {"role": "model", "parts": [
+        GEMINI_CALL, {"functionCall": {"name": "lookup_order", "args": {"order": "77"}}}]}, "finishReason": "STOP"}],
+     "usageMetadata": {"promptTokenCount": 40, "candidatesTokenCount": 20}},
+]
+# What a Gemini model answers when it got its own function call wrong.
+GEMINI_MALFORMED = {
+    "candidates": [{"content": {"role": "model", "parts": []}, "finishReason": "MALFORMED_FUNCTION_CALL"}],
+    "usageMetadata": {"promptTokenCount": 40, "candidatesTokenCount": 0},
+}
+
+
 class ToolUpstream(LoopbackUpstream):
     """A server on a loopback port that answers every request with a tool call: in the Messages API's
-    format on `/v1/messages`, else in OpenAI's."""
+    format on `/v1/messages`, in the Gemini API's on `/v1beta/models/...`, else in OpenAI's."""
 
     def __init__(self) -> None:
         super().__init__(_Handler)
@@ -80,7 +100,14 @@ class _Handler(Handler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         self.server.seen.append(body)
-        if self.path == "/v1/messages":
+        if self.path.startswith("/v1beta/models/"):
+            if self.path.endswith(":streamGenerateContent?alt=sse"):
+                self.send(b"".join(b"data: " + json.dumps(event).encode() + b"\r\n\r\n" for event in GEMINI_STREAM),
+                          "text/event-stream")
+            else:
+                malformed = "malformed" in json.dumps(body["contents"][-1])
+                self.send(json.dumps(GEMINI_MALFORMED if malformed else GEMINI_ANSWER).encode(), "application/json")
+        elif self.path == "/v1/messages":
             if body.get("stream"):
                 events = b"".join(b"event: " + event["type"].encode() + b"\ndata: " + json.dumps(event).encode()
                                   + b"\n\n" for event in ANTHROPIC_STREAM)
@@ -92,12 +119,6 @@ class _Handler(Handler):
             self.send(data + b"data: [DONE]\n\n", "text/event-stream")
         else:
             self.send(json.dumps({**ANSWER, "model": body["model"]}).encode(), "application/json")
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +133,6 @@ def upstream() -> Iterator[ToolUpstream]:
 
 @pytest.fixture(scope="module")
 def live(upstream: ToolUpstream) -> Iterator[tuple[LiveGateway, RecordingSink]]:
-    # `gemini-flash` is never reached: its adapter cannot carry tools, so dispatch skips it unsent.
     config = f"""
 models:
   tools-capable:
@@ -123,7 +143,7 @@ models:
     price: {{input_per_mtok: 1.0, output_per_mtok: 2.0}}
   gemini-flash:
     provider: gemini
-    base_url: http://127.0.0.1:{closed_port()}
+    base_url: {upstream.url.removesuffix("/v1")}
     model: gemini-2.5-flash
     context_window: 200000
     price: {{input_per_mtok: 0.3, output_per_mtok: 2.5}}
@@ -142,12 +162,12 @@ routes:
 - name: anthropic
   matcher: "metadata.lane == anthropic"
   target: claude
-- name: gemini-only
+- name: gemini
   matcher: "metadata.lane == gemini"
   target: gemini-flash
-- name: support
-  target: gemini-flash
   fallbacks: [tools-capable]
+- name: support
+  target: tools-capable
 """
     sink = RecordingSink()
     with live_gateway(config, None, telemetry=sink) as gateway:
@@ -161,7 +181,7 @@ def client(live: LiveGateway) -> openai.OpenAI:
 MESSAGES: list[Any] = [{"role": "user", "content": "Where is order 1182?"}]
 
 
-def test_a_tool_call_reaches_the_client_and_the_model_that_cannot_carry_tools_is_skipped(
+def test_a_tool_call_reaches_the_client(
         live: tuple[LiveGateway, RecordingSink], upstream: ToolUpstream) -> None:
     gateway, sink = live
     reply = client(gateway).chat.completions.with_raw_response.create(
@@ -178,8 +198,7 @@ def test_a_tool_call_reaches_the_client_and_the_model_that_cannot_carry_tools_is
     assert upstream.seen[-1]["tools"] == TOOLS and upstream.seen[-1]["tool_choice"] == "auto"
     assert upstream.seen[-1]["user"] == "agent-7"
     exchange = sink.by_id(reply.headers["x-request-id"])
-    assert [(a.model, a.outcome) for a in exchange.attempts] == [("gemini-flash", "skipped"), ("tools-capable", "ok")]
-    assert "tools" in exchange.attempts[0].error
+    assert [(a.model, a.outcome) for a in exchange.attempts] == [("tools-capable", "ok")]
     assert (exchange.prompt_tokens, exchange.completion_tokens) == (40, 12)
 
 
@@ -213,16 +232,6 @@ def test_the_tool_results_of_a_conversation_are_passed_on_as_the_client_sent_the
     client(gateway).chat.completions.create(model="laneway", messages=history, tools=TOOLS)
 
     assert upstream.seen[-1]["messages"] == history
-
-
-def test_tools_for_a_route_with_no_model_that_can_carry_them_are_a_clear_400(
-        live: tuple[LiveGateway, RecordingSink]) -> None:
-    gateway, _ = live
-    with pytest.raises(openai.BadRequestError) as caught:
-        client(gateway).chat.completions.create(model="laneway", messages=MESSAGES, tools=TOOLS,
-                                                metadata={"lane": "gemini"})
-    message = str(caught.value)
-    assert "`tools`" in message and "`gemini-flash` (gemini)" in message and "fallback" in message
 
 
 def test_a_cached_tool_call_is_replayed_whole_and_as_a_stream(
@@ -300,3 +309,107 @@ def test_a_stream_the_adapter_refuses_is_a_400_that_gives_its_gate_slot_back(
                             metadata={"lane": "anthropic"}))
     answer = ask.create(model="laneway", messages=MESSAGES, tools=TOOLS, metadata={"lane": "anthropic"})
     assert answer.choices[0].finish_reason == "tool_calls"
+
+
+GEMINI_HISTORY: list[Any] = [
+    {"role": "user", "content": "Where is order 77?"},
+    {"role": "assistant", "content": None, "tool_calls": [CALL]},
+    {"role": "tool", "tool_call_id": "call_7Qx", "content": '{"status": "shipped"}'},
+    {"role": "user", "content": "And order 1182?"},
+]
+
+
+def test_a_gemini_model_calls_tools_for_an_openai_client_whole_and_streamed(
+        live: tuple[LiveGateway, RecordingSink], upstream: ToolUpstream) -> None:
+    gateway, _ = live
+    ask = client(gateway).chat.completions
+    whole = ask.create(model="laneway", messages=GEMINI_HISTORY, tools=TOOLS, tool_choice="required",
+                       metadata={"lane": "gemini"})
+    sent = upstream.seen[-1]
+    streamed = list(ask.create(model="laneway", messages=GEMINI_HISTORY, tools=TOOLS, stream=True,
+                               stream_options={"include_usage": True}, metadata={"lane": "gemini"}))
+    named = ask.create(model="laneway", messages=GEMINI_HISTORY, tools=TOOLS, metadata={"lane": "gemini"},
+                       tool_choice={"type": "function", "function": {"name": "lookup_order"}})
+
+    assert sent["tools"] == [{"functionDeclarations": [{
+        "name": "lookup_order", "description": "Find an order by its number",
+        "parametersJsonSchema": TOOLS[0]["function"]["parameters"]}]}]
+    assert sent["toolConfig"] == {"functionCallingConfig": {"mode": "ANY"}}
+    assert upstream.seen[-1]["toolConfig"] == {"functionCallingConfig": {"mode": "ANY",
+                                                                        "allowedFunctionNames": ["lookup_order"]}}
+    # The earlier call, made by another model in an earlier turn, goes back unsigned: only the current
+    # turn's calls need a signature.
+    assert sent["contents"] == [
+        {"role": "user", "parts": [{"text": "Where is order 77?"}]},
+        {"role": "model", "parts": [{"functionCall": {"name": "lookup_order", "args": {"order": "1182"}}}]},
+        {"role": "user", "parts": [{"functionResponse": {"name": "lookup_order", "response": {"status": "shipped"}}},
+                                   {"text": "And order 1182?"}]},
+    ]
+    message = whole.choices[0].message
+    assert (message.content, whole.choices[0].finish_reason) == ("Let me look that up.", "tool_calls")
+    assert message.tool_calls is not None and len(message.tool_calls) == 1
+    made = message.tool_calls[0]
+    assert made.id.startswith("call_") and (made.function.name, json.loads(made.function.arguments)) == (
+        "lookup_order", {"order": "1182"})
+    deltas = [c.choices[0].delta for c in streamed if c.choices]
+    assert "".join(d.content or "" for d in deltas) == "Let me look that up."
+    pieces = [call for d in deltas for call in (d.tool_calls or [])]
+    assert [(p.index, p.function and p.function.name, p.function and json.loads(p.function.arguments or ""))
+            for p in pieces] == [(0, "lookup_order", {"order": "1182"}), (1, "lookup_order", {"order": "77"})]
+    assert len({p.id for p in pieces}) == 2 and all((p.id or "").startswith("call_") for p in pieces)
+    assert [c.choices[0].finish_reason for c in streamed if c.choices][-1] == "tool_calls"
+    usage = [c.usage for c in streamed if c.usage is not None]
+    assert usage and (usage[-1].prompt_tokens, usage[-1].completion_tokens) == (40, 20)
+    assert named.choices[0].finish_reason == "tool_calls"
+
+
+def test_a_gemini_call_goes_back_with_its_thought_signature(
+        live: tuple[LiveGateway, RecordingSink], upstream: ToolUpstream) -> None:
+    gateway, _ = live
+    ask = client(gateway).chat.completions
+    question: list[Any] = [{"role": "user", "content": "Where is order 1182?"}]
+    made = ask.create(model="laneway", messages=question, tools=TOOLS, metadata={"lane": "gemini"})
+    calls = made.choices[0].message.tool_calls
+    assert calls is not None
+    # The client sends the call back as OpenAI's API has it (no signature), with its result.
+    ours = {"id": calls[0].id, "type": "function",
+            "function": {"name": "lookup_order", "arguments": calls[0].function.arguments}}
+    others = {"id": "call_from_elsewhere", "type": "function",
+              "function": {"name": "lookup_order", "arguments": '{"order": "9"}'}}
+    google = {**others, "id": "call_google", "extra_content": {"google": {"thought_signature": "Z29vZ2xl"}}}
+    for assistant, signature in ((ours, SIGNATURE), (others, "skip_thought_signature_validator"),
+                                 (google, "Z29vZ2xl")):
+        follow_up = [*question, {"role": "assistant", "content": None, "tool_calls": [assistant]},
+                     {"role": "tool", "tool_call_id": assistant["id"], "content": "shipped on Monday"}]
+        ask.create(model="laneway", messages=follow_up, tools=TOOLS, metadata={"lane": "gemini"})
+        model_turn, results = upstream.seen[-1]["contents"][1:]
+        assert model_turn["parts"] == [{"functionCall": {"name": "lookup_order",
+                                                         "args": json.loads(assistant["function"]["arguments"])},
+                                        "thoughtSignature": signature}]
+        assert results == {"role": "user", "parts": [{"functionResponse": {
+            "name": "lookup_order", "response": {"result": "shipped on Monday"}}}]}
+
+
+def test_a_tool_result_for_a_call_no_message_made_is_a_400_for_a_gemini_model(
+        live: tuple[LiveGateway, RecordingSink]) -> None:
+    gateway, _ = live
+    orphan: list[Any] = [{"role": "system", "content": "Be brief."}, *MESSAGES,
+                         {"role": "tool", "tool_call_id": "call_nowhere", "content": "{}"}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(gateway).chat.completions.create(model="gemini-flash", messages=orphan, tools=TOOLS)
+    assert "call_nowhere" in caught.value.message and caught.value.param == "messages[2].tool_call_id"
+
+
+def test_a_malformed_gemini_function_call_fails_over_to_the_next_model(
+        live: tuple[LiveGateway, RecordingSink]) -> None:
+    gateway, sink = live
+    reply = client(gateway).chat.completions.with_raw_response.create(
+        model="laneway", messages=[{"role": "user", "content": "malformed please"}], tools=TOOLS,
+        metadata={"lane": "gemini"})
+
+    assert reply.headers["x-laneway-model"] == "tools-capable"
+    assert reply.parse().choices[0].finish_reason == "tool_calls"
+    exchange = sink.by_id(reply.headers["x-request-id"])
+    *failed, answered = exchange.attempts
+    assert failed and answered.model == "tools-capable"  # after the route's retries of gemini-flash
+    assert all(a.model == "gemini-flash" and "MALFORMED_FUNCTION_CALL" in (a.error or "") for a in failed)

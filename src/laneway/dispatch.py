@@ -3,7 +3,8 @@
 Each model gets up to `retry.attempts` tries with jittered exponential backoff (a `Retry-After`
 inside the remaining budget is honoured; one beyond it moves on to the next model). Models whose
 breaker is open, whose context window the prompt would overflow, or whose adapter cannot carry the
-request's `tools`, are skipped and recorded.
+request (`Provider.refusal`: a `response_format` or a media part its API takes no such way), are
+skipped and recorded.
 For streams, failover is possible until the first chunk is in hand; after that the caller owns
 the stream.
 """

@@ -12,77 +12,43 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from ..chat import Message, message_text
-from ..errors import InvalidRequest
+from ._tools import answered_call, call, calls, choice, functions
 
 _CHOICES = {"auto": {"type": "auto"}, "required": {"type": "any"}, "none": {"type": "none"}}
 
 
 def tool_settings(params: dict[str, Any]) -> dict[str, Any]:
     """`tools` and `tool_choice` for the request body; empty without `tools`."""
-    tools = params.get("tools")
-    if not tools:
+    offered = functions(params)
+    if not offered:
         return {}
-    settings: dict[str, Any] = {"tools": [_tool(tool, i) for i, tool in enumerate(tools)]}
-    choice = _choice(params.get("tool_choice"))
-    if params.get("parallel_tool_calls") is False and choice.get("type") != "none":
-        choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
-    if choice:
-        settings["tool_choice"] = choice
+    settings: dict[str, Any] = {"tools": [_tool(name, description, parameters)
+                                          for name, description, parameters in offered]}
+    chosen = choice(params)
+    selected: dict[str, Any] = {} if chosen is None else dict(_CHOICES.get(chosen) or {"type": "tool", "name": chosen})
+    if params.get("parallel_tool_calls") is False and selected.get("type") != "none":
+        selected = {**(selected or {"type": "auto"}), "disable_parallel_tool_use": True}
+    if selected:
+        settings["tool_choice"] = selected
     return settings
 
 
-def _tool(tool: Any, i: int) -> dict[str, Any]:
-    function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise InvalidRequest(f"`tools[{i}]` must be `{{\"type\": \"function\", \"function\": {{\"name\": ...}}}}`",
-                             param=f"tools[{i}]")
-    described = {"name": function["name"],
-                 "input_schema": function.get("parameters") or {"type": "object", "properties": {}}}
-    if function.get("description"):
-        described["description"] = function["description"]
+def _tool(name: str, description: str, parameters: dict[str, Any] | None) -> dict[str, Any]:
+    described: dict[str, Any] = {"name": name, "input_schema": parameters or {"type": "object", "properties": {}}}
+    if description:
+        described["description"] = description
     return described
-
-
-def _choice(choice: Any) -> dict[str, Any]:
-    if choice is None:
-        return {}
-    if isinstance(choice, str) and choice in _CHOICES:
-        return dict(_CHOICES[choice])
-    function = choice.get("function") if isinstance(choice, dict) else None
-    if isinstance(function, dict) and isinstance(function.get("name"), str):
-        return {"type": "tool", "name": function["name"]}
-    raise InvalidRequest("`tool_choice` must be `auto`, `required`, `none` or "
-                         "`{\"type\": \"function\", \"function\": {\"name\": ...}}`", param="tool_choice")
 
 
 def tool_use_blocks(message: Message) -> list[dict[str, Any]]:
     """An assistant message's `tool_calls` as `tool_use` blocks."""
-    blocks = []
-    for i, call in enumerate(message.get("tool_calls") or ()):
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not isinstance(call.get("id"), str):
-            raise InvalidRequest("a tool call needs an `id` and a `function` with a `name`", param=f"tool_calls[{i}]")
-        try:
-            arguments = orjson.loads(function.get("arguments") or "{}")
-        except orjson.JSONDecodeError:
-            arguments = None
-        if not isinstance(arguments, dict):
-            raise InvalidRequest(f"tool call `{call['id']}`: `arguments` must be a JSON object, as text",
-                                 param=f"tool_calls[{i}].function.arguments")
-        blocks.append({"type": "tool_use", "id": call["id"], "name": str(function.get("name")), "input": arguments})
-    return blocks
+    return [{"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments} for c in calls(message)]
 
 
 def tool_result_block(message: Message) -> dict[str, Any]:
     """A `tool` message as the `tool_result` block that answers its call."""
-    call_id = message.get("tool_call_id")
-    if not isinstance(call_id, str) or not call_id:
-        raise InvalidRequest("a `tool` message needs the `tool_call_id` of the call it answers",
-                             param="messages.tool_call_id")
-    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": answered_call(message)}
     text = message_text(message)
     if text:
         block["content"] = text
@@ -91,14 +57,9 @@ def tool_result_block(message: Message) -> dict[str, Any]:
 
 def tool_calls_of(blocks: list[Any]) -> list[dict[str, Any]] | None:
     """An answer's `tool_use` blocks as OpenAI `tool_calls`; None when there are none."""
-    calls = [_call(block) for block in blocks if isinstance(block, dict) and block.get("type") == "tool_use"]
-    return calls or None
-
-
-def _call(block: dict[str, Any]) -> dict[str, Any]:
-    arguments = orjson.dumps(block.get("input") or {}).decode()
-    return {"id": str(block["id"]), "type": "function",
-            "function": {"name": str(block["name"]), "arguments": arguments}}
+    made = [call(str(block["id"]), str(block["name"]), block.get("input"))
+            for block in blocks if isinstance(block, dict) and block.get("type") == "tool_use"]
+    return made or None
 
 
 class StreamedCalls:

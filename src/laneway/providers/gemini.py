@@ -33,6 +33,7 @@ from ..errors import (
     UpstreamUnavailable,
 )
 from ._base import OverflowTest, Refusal, Upstream, decode_event
+from ._gemini_tools import CallParts, Signatures, current_turn, tool_call_of, tool_settings
 from ._media import media_of, unsupported
 
 if TYPE_CHECKING:
@@ -42,10 +43,10 @@ if TYPE_CHECKING:
 FILTERED = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
                       "IMAGE_PROHIBITED_CONTENT", "LANGUAGE", "MODEL_ARMOR"})
 FINISH = {"STOP": "stop", "MAX_TOKENS": "length", **{reason: "content_filter" for reason in FILTERED}}
+# Answers that end in a function call the model got wrong: a failed attempt, which the next model may do better.
+BROKEN_CALLS = frozenset({"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS"})
 _OVERFLOW_WORDS = ("input token count", "maximum number of tokens", "token limit", "token count exceeds")
 _SYSTEM_ROLES = ("system", "developer")
-# The adapter does not translate tools (no `functionDeclarations`): a request with tools skips Gemini models.
-NO_TOOLS = Refusal("tools", "the `gemini` adapter does not carry tool calls")
 # OpenAI parameter -> generationConfig field, for the ones that only change name.
 _RENAMED = {
     "temperature": "temperature", "top_p": "topP", "presence_penalty": "presencePenalty",
@@ -61,6 +62,7 @@ class GeminiProvider:
     def __init__(self, spec: ModelSpec, base_url: str) -> None:
         self.spec = spec
         self.upstream = GeminiUpstream(spec, base_url, {})
+        self.signatures = Signatures()  # of this model's function calls, for the requests that send them back
         key = self.upstream.api_key()
         if key:
             self.upstream.headers["x-goog-api-key"] = key
@@ -69,35 +71,40 @@ class GeminiProvider:
         self.stream_url = f"{root}:streamGenerateContent?alt=sse"
 
     def refusal(self, params: dict[str, Any]) -> Refusal | None:
-        return NO_TOOLS if params.get("tools") else None
+        return None  # tools travel as `functionDeclarations` (`_gemini_tools`), a JSON answer as `responseJsonSchema`
 
     def body(self, request: ChatRequest) -> dict[str, Any]:
         thinking = self.spec.thinking(request.params.get("reasoning_effort")) if self.spec.reasoning else None
-        return request_body(request, thinking)
+        return request_body(request, thinking, self.signatures)
 
     async def complete(self, request: ChatRequest, deadline: float) -> Completion:
         data = await self.upstream.post_json(self.url, self.body(request), deadline, is_overflow)
-        return parse_response(data, self.spec.name)
+        return parse_response(data, self.spec.name, self.signatures)
 
     async def stream(self, request: ChatRequest, deadline: float) -> AsyncIterator[Chunk]:
         body = self.body(request)
         response = await self.upstream.open_stream(self.stream_url, body, deadline, is_overflow)
         finish: str | None = None
         usage: Usage | None = None
+        calls = 0  # the function calls streamed so far: each is numbered by its `index`, whole in one piece
         async with contextlib.aclosing(self.upstream.sse(response, deadline)) as events:
             async for _event, data in events:
                 event = decode_event(data, self.spec.name)
                 if "error" in event:
                     raise status_error(event["error"], self.spec.name)
-                chunk = read_chunk(event, self.spec.name)
+                chunk = read_chunk(event, self.spec.name, self.signatures)
                 finish = chunk.finish_reason or finish
                 usage = chunk.usage or usage
-                if chunk.text or chunk.logprobs:
-                    yield Chunk(text=chunk.text, logprobs=chunk.logprobs)
+                pieces = None
+                if chunk.tool_calls:
+                    pieces = [{"index": calls + i, **made} for i, made in enumerate(chunk.tool_calls)]
+                    calls += len(pieces)
+                if chunk.text or chunk.logprobs or pieces:
+                    yield Chunk(text=chunk.text, logprobs=chunk.logprobs, tool_calls=pieces)
         if finish is None:
             raise UpstreamBadResponse("stream ended without a `finishReason`: cut mid-way",
                                       model=self.spec.name)
-        yield Chunk(finish_reason=finish, usage=usage)
+        yield Chunk(finish_reason="tool_calls" if calls and finish == "stop" else finish, usage=usage)
 
     async def warm(self) -> None:
         await self.upstream.warm()
@@ -117,17 +124,20 @@ class GeminiUpstream(Upstream):
         return error
 
 
-def request_body(request: ChatRequest, thinking: int | str | None = None) -> dict[str, Any]:
-    """The `generateContent` body: system prompts as `systemInstruction`, turns as user/model contents;
-    `thinking` (a budget in tokens, or a level) as `thinkingConfig`."""
+def request_body(request: ChatRequest, thinking: int | str | None = None,
+                 signatures: Signatures | None = None) -> dict[str, Any]:
+    """The `generateContent` body: system prompts as `systemInstruction`, turns as user/model contents,
+    tools as `functionDeclarations` (`signatures`: of the calls the model made earlier); `thinking` (a
+    budget in tokens, or a level) as `thinkingConfig`."""
     system = [message_text(m) for m in request.messages if m.get("role") in _SYSTEM_ROLES]
-    contents = contents_of([m for m in request.messages if m.get("role") not in _SYSTEM_ROLES])
+    contents = contents_of(request.messages, signatures or Signatures())
     if not contents:
         raise InvalidRequest("a Gemini model needs at least one non-empty `user` or `assistant` message",
                              param="messages")
     body: dict[str, Any] = {"contents": contents}
     if any(system):
         body["systemInstruction"] = {"parts": [{"text": text} for text in system if text]}
+    body.update(tool_settings(request.params))
     config = generation_config(request)
     if thinking is not None:
         _think(config, thinking)
@@ -147,12 +157,20 @@ def _think(config: dict[str, Any], thinking: int | str) -> None:
         config["maxOutputTokens"] += thinking
 
 
-def contents_of(messages: list[Message]) -> list[Message]:
-    """`user`/`model` contents, consecutive same-role messages merged into one turn."""
+def contents_of(messages: list[Message], signatures: Signatures) -> list[Message]:
+    """`user`/`model` contents, consecutive same-role messages merged into one turn: an assistant's tool
+    calls as `functionCall` parts of a model turn, `tool` messages as `functionResponse` parts of a user
+    turn. System messages are left out (they are the `systemInstruction`)."""
     contents: list[Message] = []
-    for message in messages:
+    tools = CallParts(signatures, current_turn(messages))
+    for i, message in enumerate(messages):
+        if message.get("role") in _SYSTEM_ROLES:
+            continue
         role = "model" if message.get("role") == "assistant" else "user"
-        parts = parts_of(message)
+        if message.get("role") == "tool":
+            parts = [tools.function_response(message, i)]
+        else:
+            parts = parts_of(message) + (tools.function_calls(message, i) if role == "model" else [])
         if not parts:
             continue
         if contents and contents[-1]["role"] == role:
@@ -188,26 +206,32 @@ def is_overflow(status: int, text: str) -> bool:
     return status == 400 and "INVALID_ARGUMENT" in text and any(word in lowered for word in _OVERFLOW_WORDS)
 
 
-def parse_response(data: dict[str, Any], model: str) -> Completion:
-    chunk = read_chunk(data, model)
-    if chunk.finish_reason is None and not chunk.text:
+def parse_response(data: dict[str, Any], model: str, signatures: Signatures | None = None) -> Completion:
+    chunk = read_chunk(data, model, signatures or Signatures())
+    if chunk.finish_reason is None and not chunk.text and not chunk.tool_calls:
         raise UpstreamBadResponse("answer has neither `candidates` nor `promptFeedback`", model=model)
+    finish = chunk.finish_reason or "stop"
     return Completion(
-        text=chunk.text, finish_reason=chunk.finish_reason or "stop", usage=chunk.usage or Usage(),
-        model=str(data.get("modelVersion") or model), logprobs=chunk.logprobs,
-        upstream_id=str(data.get("responseId") or ""),
+        text=chunk.text, finish_reason="tool_calls" if chunk.tool_calls and finish == "stop" else finish,
+        usage=chunk.usage or Usage(), model=str(data.get("modelVersion") or model), logprobs=chunk.logprobs,
+        upstream_id=str(data.get("responseId") or ""), tool_calls=chunk.tool_calls,
     )
 
 
-def read_chunk(data: dict[str, Any], model: str) -> Chunk:
+def read_chunk(data: dict[str, Any], model: str, signatures: Signatures) -> Chunk:
     try:
-        return parse_chunk(data)
+        chunk = parse_chunk(data, signatures)
     except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         raise UpstreamBadResponse("answer's `candidates[0]` is not a candidate", model=model) from None
+    if chunk.finish_reason in BROKEN_CALLS:
+        raise UpstreamBadResponse(f"the model's function call failed (finishReason {chunk.finish_reason})",
+                                  model=model)
+    return chunk
 
 
-def parse_chunk(data: dict[str, Any]) -> Chunk:
-    """One `GenerateContentResponse` (a whole answer, or one event of a stream) as a chunk."""
+def parse_chunk(data: dict[str, Any], signatures: Signatures) -> Chunk:
+    """One `GenerateContentResponse` (a whole answer, or one event of a stream) as a chunk: its function
+    calls as whole `tool_calls` entries, their signatures kept in `signatures`."""
     chunk = Chunk(usage=usage_of(data.get("usageMetadata")))
     candidates = data.get("candidates") or []
     if not candidates:
@@ -219,8 +243,13 @@ def parse_chunk(data: dict[str, Any]) -> Chunk:
     # Parts marked `thought` are the model's reasoning summary, not its answer.
     answer = [p for p in parts if isinstance(p, dict) and not p.get("thought")]
     chunk.text = "".join(str(p.get("text") or "") for p in answer)
+    made = [tool_call_of(p, signatures) for p in answer if "functionCall" in p]
+    chunk.tool_calls = [c for c in made if c is not None] or None
     reason = candidate.get("finishReason")
-    chunk.finish_reason = FINISH.get(str(reason), "stop") if reason else None
+    if reason in BROKEN_CALLS:
+        chunk.finish_reason = str(reason)  # `read_chunk` raises
+    else:
+        chunk.finish_reason = FINISH.get(str(reason), "stop") if reason else None
     chunk.logprobs = _logprobs(candidate.get("logprobsResult"))
     return chunk
 

@@ -1,0 +1,141 @@
+"""OpenAI tool calling in the Gemini API's terms, both ways.
+
+- `tools` become one `tools` entry of `functionDeclarations`, each function's JSON Schema as its
+  `parametersJsonSchema`; `tool_choice` becomes `toolConfig.functionCallingConfig` (`auto` AUTO,
+  `required` ANY, `none` NONE, a named function ANY with `allowedFunctionNames`). The API has no
+  switch for parallel calls: `parallel_tool_calls` is not sent.
+- An assistant message's `tool_calls` become `functionCall` parts (arguments parsed from their JSON
+  text), and a `tool` message a `functionResponse` part, named after the call it answers: its
+  content as the response when it is a JSON object, else as `{"result": content}`.
+- An answer's `functionCall` parts become `tool_calls`, with the call's own `id` or one made here.
+
+Thought signatures: a thinking model signs its function calls (`thoughtSignature` beside the
+`functionCall`), and within the current turn (since the last user message) the API refuses a step's
+first call that comes back without its signature. An OpenAI conversation has no place for it, so
+the adapter keeps each call's signature by the call's id (`Signatures`, bounded, in this process)
+and puts it back when the call returns in a later request. A call signed the way Google's own
+OpenAI-compatible endpoint does it (`extra_content.google.thought_signature`) is read too. A call
+with neither (made by another model, or by another gateway process) gets the API's documented
+stand-in, `skip_thought_signature_validator`, where the API requires one.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import OrderedDict
+from typing import Any
+
+import orjson
+
+from ..chat import Message, message_text
+from ..errors import InvalidRequest
+from ._tools import Call, answered_call, call, calls, choice, functions
+
+_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
+# What the API takes in place of a signature it would otherwise require (Google's thought-signatures guide).
+UNSIGNED = "skip_thought_signature_validator"
+SIGNATURES_KEPT = 10_000
+
+
+class Signatures:
+    """The thought signatures of the calls one model made, by call id; the oldest are forgotten past
+    `limit`."""
+
+    def __init__(self, limit: int = SIGNATURES_KEPT) -> None:
+        self._limit = limit
+        self._kept: OrderedDict[str, str] = OrderedDict()
+
+    def keep(self, call_id: str, signature: str) -> None:
+        self._kept[call_id] = signature
+        if len(self._kept) > self._limit:
+            self._kept.popitem(last=False)
+
+    def of(self, made: Call) -> str | None:
+        extra = made.extra.get("extra_content")
+        google = extra.get("google") if isinstance(extra, dict) else None
+        signature = google.get("thought_signature") if isinstance(google, dict) else None
+        return signature if isinstance(signature, str) and signature else self._kept.get(made.id)
+
+
+def tool_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """`tools` and `toolConfig` for the request body; empty without `tools`."""
+    offered = functions(params)
+    if not offered:
+        return {}
+    declarations = []
+    for name, description, parameters in offered:
+        declared: dict[str, Any] = {"name": name}
+        if description:
+            declared["description"] = description
+        if parameters:
+            declared["parametersJsonSchema"] = parameters
+        declarations.append(declared)
+    settings: dict[str, Any] = {"tools": [{"functionDeclarations": declarations}]}
+    chosen = choice(params)
+    if chosen is not None:
+        config: dict[str, Any] = {"mode": _MODES.get(chosen, "ANY")}
+        if chosen not in _MODES:
+            config["allowedFunctionNames"] = [chosen]
+        settings["toolConfig"] = {"functionCallingConfig": config}
+    return settings
+
+
+class CallParts:
+    """Turns a conversation's tool calls and results into parts: it learns each call's function name
+    as the calls come, to name the `functionResponse` that answers it."""
+
+    def __init__(self, signatures: Signatures, current_from: int) -> None:
+        self._signatures = signatures
+        self._current_from = current_from  # the index of the first message of the current turn
+        self._names: dict[str, str] = {}
+
+    def function_calls(self, message: Message, index: int) -> list[dict[str, Any]]:
+        """An assistant message's `tool_calls` as `functionCall` parts, each with its signature when known;
+        in the current turn, the first always has one."""
+        parts = []
+        for i, made in enumerate(calls(message)):
+            self._names[made.id] = made.name
+            part: dict[str, Any] = {"functionCall": {"name": made.name, "args": made.arguments}}
+            signature = self._signatures.of(made)
+            if signature is None and i == 0 and index >= self._current_from:
+                signature = UNSIGNED
+            if signature is not None:
+                part["thoughtSignature"] = signature
+            parts.append(part)
+        return parts
+
+    def function_response(self, message: Message, index: int) -> dict[str, Any]:
+        """A `tool` message as the `functionResponse` part that answers its call."""
+        call_id = answered_call(message)
+        name = self._names.get(call_id)
+        if name is None:
+            raise InvalidRequest(f"the `tool` message answers call `{call_id}`, which no earlier assistant message "
+                                 "made: a Gemini model needs the call's function name",
+                                 param=f"messages[{index}].tool_call_id")
+        text = message_text(message)
+        try:
+            response = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            response = None
+        return {"functionResponse": {"name": name,
+                                     "response": response if isinstance(response, dict) else {"result": text}}}
+
+
+def current_turn(messages: list[Message]) -> int:
+    """The index where the current turn starts: just after the last `user` message, or 0 without one."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].get("role") == "user":
+            return i + 1
+    return 0
+
+
+def tool_call_of(part: dict[str, Any], signatures: Signatures) -> dict[str, Any] | None:
+    """A `functionCall` part as an OpenAI `tool_calls` entry (its signature kept); None for other parts."""
+    function = part.get("functionCall")
+    if not isinstance(function, dict):
+        return None
+    call_id = str(function.get("id") or "") or f"call_{secrets.token_hex(12)}"
+    signature = part.get("thoughtSignature")
+    if isinstance(signature, str) and signature:
+        signatures.keep(call_id, signature)
+    return call(call_id, str(function["name"]), function.get("args"))
