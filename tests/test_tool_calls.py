@@ -413,3 +413,22 @@ def test_a_malformed_gemini_function_call_fails_over_to_the_next_model(
     *failed, answered = exchange.attempts
     assert failed and answered.model == "tools-capable"  # after the route's retries of gemini-flash
     assert all(a.model == "gemini-flash" and "MALFORMED_FUNCTION_CALL" in (a.error or "") for a in failed)
+
+
+def test_the_signatures_kept_are_bounded_in_number_and_in_size() -> None:
+    from laneway.providers._gemini_tools import Signatures
+    from laneway.providers._tools import Call
+
+    def made(call_id: str) -> Call:
+        return Call(call_id, "lookup_order", {}, {})
+
+    by_number = Signatures(limit=2, limit_bytes=1000)
+    for name in ("a", "b", "c"):
+        by_number.keep(name, "sig-" + name)
+    assert [by_number.of(made(name)) for name in ("a", "b", "c")] == [None, "sig-b", "sig-c"]
+    by_size = Signatures(limit=100, limit_bytes=10)
+    by_size.keep("a", "x" * 6)
+    by_size.keep("a", "y" * 6)  # kept again: counted once
+    assert by_size.of(made("a")) == "y" * 6
+    by_size.keep("b", "z" * 6)
+    assert (by_size.of(made("a")), by_size.of(made("b"))) == (None, "z" * 6)

@@ -35,20 +35,24 @@ _MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
 # What the API takes in place of a signature it would otherwise require (Google's thought-signatures guide).
 UNSIGNED = "skip_thought_signature_validator"
 SIGNATURES_KEPT = 10_000
+SIGNATURE_BYTES_KEPT = 16 * 1024 * 1024  # a signature is opaque, often a few KB of base64
 
 
 class Signatures:
     """The thought signatures of the calls one model made, by call id; the oldest are forgotten past
-    `limit`."""
+    `limit` signatures or `limit_bytes` characters."""
 
-    def __init__(self, limit: int = SIGNATURES_KEPT) -> None:
+    def __init__(self, limit: int = SIGNATURES_KEPT, limit_bytes: int = SIGNATURE_BYTES_KEPT) -> None:
         self._limit = limit
+        self._limit_bytes = limit_bytes
+        self._size = 0
         self._kept: OrderedDict[str, str] = OrderedDict()
 
     def keep(self, call_id: str, signature: str) -> None:
+        self._size += len(signature) - len(self._kept.pop(call_id, ""))
         self._kept[call_id] = signature
-        if len(self._kept) > self._limit:
-            self._kept.popitem(last=False)
+        while self._kept and (len(self._kept) > self._limit or self._size > self._limit_bytes):
+            self._size -= len(self._kept.popitem(last=False)[1])
 
     def of(self, made: Call) -> str | None:
         extra = made.extra.get("extra_content")
