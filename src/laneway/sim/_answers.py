@@ -19,6 +19,7 @@ from ..context import TokenCounter
 from ._cassettes import Cassette, Recording, normalise
 from ._fleet import SimModel
 from ._structured import instance
+from ._tools import SimCall, SimTool, tool_call
 
 # Laneway's own cascade prompts, which the fleet recognises (see laneway/cascade.py).
 SELF_REPORT_CUE = "write [confidence: X]"
@@ -67,6 +68,9 @@ class SimRequest:
     cache_prefix: int = 0  # leading messages the prompt cache may keep (`_prompt_cache`)
     cache_marked: bool = False  # the request marked them for the cache (Anthropic's `cache_control`)
     thinking_budget: int = 0  # tokens the model may think before it answers (-1: as many as it likes)
+    tools: tuple[SimTool, ...] = ()  # the functions it may call (`_tools`)
+    tool_choice: str | None = None  # `auto`, `required`, `none` or a function's name; None is `auto`
+    tool_answered: bool = False  # a tool's result is the conversation's last turn
 
 
 @dataclass(slots=True)
@@ -79,6 +83,7 @@ class SimAnswer:
     cached_tokens: int = 0  # of `prompt_tokens`, read from the prompt cache
     cache_write_tokens: int = 0  # of `prompt_tokens`, written to it
     thinking_tokens: int = 0  # thought before answering: billed as output, not part of `completion_tokens`
+    calls: list[SimCall] = field(default_factory=list)  # the answer is these calls (finish reason `tool_calls`)
 
     @property
     def text(self) -> str:
@@ -109,6 +114,12 @@ def _answer(model: SimModel, request: SimRequest, counter: TokenCounter, fleet_s
     rng = random.Random(_seed(model.name, request, fleet_seed))
     if _asked(request, VERIFIER_CUE):
         return _grade(model, request, counter, rng)
+    users = [m for m in request.messages if m.get("role") == "user"]
+    call = tool_call(request.tools, request.tool_choice, request.tool_answered,
+                     message_text(users[-1]) if users else "", rng, _SENTENCES)
+    if call is not None:
+        made = call.name + orjson.dumps(call.arguments).decode()
+        return SimAnswer([], prompt_tokens(counter, request), counter.text_tokens(made), "tool_calls", calls=[call])
     if request.json_schema is not None:
         return _structured(model, request, counter, rng)
     recording = _recorded(model, request, cassette)

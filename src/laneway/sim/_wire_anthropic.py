@@ -9,12 +9,14 @@ import orjson
 
 from ..chat import Message
 from ._answers import SimAnswer, SimRequest
+from ._tools import NONE, REQUIRED, SimTool
 
 CONTENT_TYPE = "application/json"
 # The Messages API answers 529, not 503, when it is overloaded.
 OVERLOADED_STATUS = 529
 
-_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
+_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+_CHOICES = {"auto": None, "any": REQUIRED, "none": NONE}
 MIN_THINKING_BUDGET = 1024
 MIN_THINKING_TOP_P = 0.95
 THOUGHT = "The customer asks about their account; check the policy before answering."
@@ -43,7 +45,34 @@ def parse(body: dict[str, Any], path_model: str | None) -> SimRequest:
     return SimRequest(model_id=str(body.get("model") or path_model or ""), messages=chat,
                       max_tokens=int(body["max_tokens"]) - budget, stream=bool(body.get("stream")),
                       json_schema=output.get("schema"), media=sum(_media(m.get("content")) for m in messages),
-                      cache_prefix=int(bool(system) and marked), cache_marked=marked, thinking_budget=budget)
+                      cache_prefix=int(bool(system) and marked), cache_marked=marked, thinking_budget=budget,
+                      tools=_tools(body.get("tools")), tool_choice=_choice(body.get("tool_choice")),
+                      tool_answered=_blocks(messages[-1], "tool_result") > 0)
+
+
+def _tools(tools: Any) -> tuple[SimTool, ...]:
+    if tools is None:
+        return ()
+    if not isinstance(tools, list) or not all(isinstance(t, dict) and isinstance(t.get("name"), str)
+                                              and isinstance(t.get("input_schema"), dict) for t in tools):
+        raise ValueError("tools: each tool needs a `name` and an `input_schema` object")
+    return tuple(SimTool(t["name"], str(t.get("description") or ""), t["input_schema"]) for t in tools)
+
+
+def _choice(choice: Any) -> str | None:
+    if choice is None:
+        return None
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind == "tool" and isinstance(choice.get("name"), str):
+        return str(choice["name"])
+    if kind not in _CHOICES:
+        raise ValueError("tool_choice.type: must be one of auto, any, tool, none")
+    return _CHOICES[kind]
+
+
+def _blocks(message: Any, kind: str) -> int:
+    content = message.get("content") if isinstance(message, dict) else None
+    return sum(isinstance(b, dict) and b.get("type") == kind for b in content) if isinstance(content, list) else 0
 
 
 def _thinking(body: dict[str, Any]) -> int:
@@ -94,9 +123,11 @@ def _media(content: Any) -> int:
 
 def completion(answer: SimAnswer, request: SimRequest, request_id: str) -> bytes:
     thought = [{"type": "thinking", "thinking": THOUGHT, "signature": "sim"}] if answer.thinking_tokens else []
+    said = [{"type": "text", "text": answer.text}] if answer.words or not answer.calls else []
+    calls = [{"type": "tool_use", "id": _tool_use_id(c.id), "name": c.name, "input": c.arguments} for c in answer.calls]
     return orjson.dumps({
         "id": f"msg_{request_id}", "type": "message", "role": "assistant", "model": request.model_id,
-        "content": [*thought, {"type": "text", "text": answer.text}],
+        "content": [*thought, *said, *calls],
         "stop_reason": _STOP_REASONS[answer.finish_reason], "stop_sequence": None,
         "usage": {**_prompt_usage(answer), "output_tokens": answer.completion_tokens + answer.thinking_tokens},
     })
@@ -120,13 +151,24 @@ def stream_events(answer: SimAnswer, request: SimRequest, request_id: str) -> It
         yield _event("content_block_delta", {"type": "content_block_delta", "index": 0,
                                              "delta": {"type": "signature_delta", "signature": "sim"}})
         yield _event("content_block_stop", {"type": "content_block_stop", "index": 0})
-    yield _event("content_block_start",
-                 {"type": "content_block_start", "index": text, "content_block": {"type": "text", "text": ""}})
-    yield _event("ping", {"type": "ping"})
-    for word in answer.words:
-        yield _event("content_block_delta", {"type": "content_block_delta", "index": text,
-                                             "delta": {"type": "text_delta", "text": word}})
-    yield _event("content_block_stop", {"type": "content_block_stop", "index": text})
+    index = text
+    if answer.words or not answer.calls:
+        yield _event("content_block_start",
+                     {"type": "content_block_start", "index": text, "content_block": {"type": "text", "text": ""}})
+        yield _event("ping", {"type": "ping"})
+        for word in answer.words:
+            yield _event("content_block_delta", {"type": "content_block_delta", "index": text,
+                                                 "delta": {"type": "text_delta", "text": word}})
+        yield _event("content_block_stop", {"type": "content_block_stop", "index": text})
+        index += 1
+    for i, call in enumerate(answer.calls, index):  # a `tool_use` block, its input in one JSON delta
+        block = {"type": "tool_use", "id": _tool_use_id(call.id), "name": call.name, "input": {}}
+        yield _event("content_block_start", {"type": "content_block_start", "index": i, "content_block": block})
+        if i == text:  # the first block
+            yield _event("ping", {"type": "ping"})
+        yield _event("content_block_delta", {"type": "content_block_delta", "index": i, "delta": {
+            "type": "input_json_delta", "partial_json": orjson.dumps(call.arguments).decode()}})
+        yield _event("content_block_stop", {"type": "content_block_stop", "index": i})
     yield _event("message_delta", {
         "type": "message_delta",
         "delta": {"stop_reason": _STOP_REASONS[answer.finish_reason], "stop_sequence": None},
@@ -147,6 +189,10 @@ def overflow_error(prompt: int, window: int) -> bytes:
 
 def _event(kind: str, payload: dict[str, Any]) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+def _tool_use_id(call_id: str) -> str:
+    return "toolu_" + call_id.removeprefix("call_")
 
 
 def _text(content: Any) -> str:

@@ -15,11 +15,15 @@ import orjson
 from ..chat import Message
 from ._answers import SimAnswer, SimRequest
 from ._structured import ANY_OBJECT
+from ._tools import NONE, REQUIRED, SimTool
 
 CONTENT_TYPE = "application/json"
 
 _METHODS = {"generateContent": False, "streamGenerateContent": True}
-_FINISH_REASONS = {"stop": "STOP", "length": "MAX_TOKENS"}
+_FINISH_REASONS = {"stop": "STOP", "length": "MAX_TOKENS", "tool_calls": "STOP"}
+_MODES = {"AUTO": None, "ANY": REQUIRED, "NONE": NONE}
+UNSIGNED_CALL = ("Function call is missing a thought_signature in functionCall parts. This is required for tools "
+                 "to work correctly, and missing thought_signature may lead to degraded model performance.")
 _STATUSES = {
     400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
     429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
@@ -40,6 +44,7 @@ def parse(body: dict[str, Any], path_model: str | None) -> SimRequest:
     chat: list[Message] = [{"role": "system", "content": system}] if system else []
     chat += [{"role": "assistant" if c.get("role") == "model" else "user", "content": _text(c)}
              for c in contents]
+    _check_signatures(contents)
     config = body.get("generationConfig") or {}
     budget = _thinking(config)
     limit = config.get("maxOutputTokens")
@@ -49,7 +54,51 @@ def parse(body: dict[str, Any], path_model: str | None) -> SimRequest:
                       max_tokens=int(limit or _DEFAULT_MAX_OUTPUT),
                       stream=_METHODS[method], logprobs=bool(config.get("responseLogprobs")),
                       seed=config.get("seed"), json_schema=_schema(config), media=sum(map(_media, contents)),
-                      cache_prefix=len(chat))  # Gemini caches long prompts on its own
+                      cache_prefix=len(chat),  # Gemini caches long prompts on its own
+                      tools=_tools(body.get("tools")), tool_choice=_choice(body.get("toolConfig")),
+                      tool_answered=_has(contents[-1], "functionResponse"))
+
+
+def _tools(tools: Any) -> tuple[SimTool, ...]:
+    declared = []
+    for tool in tools or ():
+        for function in (tool.get("functionDeclarations") or ()) if isinstance(tool, dict) else ():
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise ValueError("* GenerateContentRequest.tools[].function_declarations[].name: name is not specified")
+            schema = function.get("parametersJsonSchema") or function.get("parameters")
+            declared.append(SimTool(function["name"], str(function.get("description") or ""),
+                                    schema if isinstance(schema, dict) else None))
+    return tuple(declared)
+
+
+def _choice(config: Any) -> str | None:
+    calling = (config.get("functionCallingConfig") or {}) if isinstance(config, dict) else {}
+    allowed = calling.get("allowedFunctionNames")
+    if calling.get("mode") == "ANY" and isinstance(allowed, list) and len(allowed) == 1:
+        return str(allowed[0])
+    return _MODES.get(str(calling.get("mode") or "AUTO"))
+
+
+def _has(content: Any, kind: str) -> bool:
+    parts = content.get("parts") if isinstance(content, dict) else None
+    return isinstance(parts, list) and any(isinstance(p, dict) and kind in p for p in parts)
+
+
+def _check_signatures(contents: list[Any]) -> None:
+    """As Gemini 3 checks them: in the current turn (after the last user message with text), the first
+    function call of each model step must come back with its `thoughtSignature`."""
+    start = 0
+    for i, content in enumerate(contents):
+        if isinstance(content, dict) and content.get("role") != "model" and _has(content, "text"):
+            start = i + 1
+    for i, content in enumerate(contents[start:], start):
+        if not isinstance(content, dict) or content.get("role") != "model":
+            continue
+        calls = [p for p in content.get("parts") or () if isinstance(p, dict) and "functionCall" in p]
+        if calls and not calls[0].get("thoughtSignature"):
+            name = (calls[0].get("functionCall") or {}).get("name")
+            raise ValueError(f"Unable to submit request because function call `{name}` in the {i + 1}. content "
+                             f"block is missing a `thought_signature`. {UNSIGNED_CALL}")
 
 
 def _thinking(config: dict[str, Any]) -> int:
@@ -111,7 +160,12 @@ def overflow_error(prompt: int, window: int) -> bytes:
 
 def _response(answer: SimAnswer, request: SimRequest, request_id: str, words: list[str],
               logprobs: list[float], final: bool) -> dict[str, Any]:
-    candidate: dict[str, Any] = {"content": {"parts": [{"text": "".join(words)}], "role": "model"}}
+    parts: list[dict[str, Any]] = [{"text": "".join(words)}] if words or not answer.calls else []
+    if final:  # a call comes whole, in the last event; the first call of a step is signed
+        parts += [{"functionCall": {"name": c.name, "args": c.arguments}} for c in answer.calls]
+        if answer.calls:
+            parts[-len(answer.calls)]["thoughtSignature"] = "c2ltOg==" + answer.calls[0].id.removeprefix("call_")
+    candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}}
     if final:
         candidate["finishReason"] = _FINISH_REASONS[answer.finish_reason]
     candidate["index"] = 0

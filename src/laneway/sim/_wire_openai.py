@@ -11,6 +11,7 @@ import orjson
 from ..chat import media_parts
 from ._answers import SimAnswer, SimRequest
 from ._structured import ANY_OBJECT
+from ._tools import SimTool
 
 CONTENT_TYPE = "application/json"
 # What a `reasoning_effort` lets the simulated model think, in tokens (it spends less on short prompts).
@@ -32,7 +33,25 @@ def parse(body: dict[str, Any], path_model: str | None) -> SimRequest:
         media=sum(len(media_parts(m) or ()) for m in messages if isinstance(m, dict)),
         cache_prefix=len(messages),  # OpenAI caches long prompts on its own
         thinking_budget=_EFFORT_BUDGETS.get(effort, 0) if isinstance(effort, str) else 0,
+        tools=_tools(body.get("tools")), tool_choice=_choice(body.get("tool_choice")),
+        tool_answered=isinstance(messages[-1], dict) and messages[-1].get("role") == "tool",
     )
+
+
+def _tools(tools: Any) -> tuple[SimTool, ...]:
+    if tools is None:
+        return ()
+    if not isinstance(tools, list) or not all(isinstance(t, dict) and isinstance(t.get("function"), dict)
+                                              and isinstance(t["function"].get("name"), str) for t in tools):
+        raise ValueError("`tools` must be a list of {\"type\": \"function\", \"function\": {\"name\": ...}}")
+    return tuple(SimTool(t["function"]["name"], str(t["function"].get("description") or ""),
+                         t["function"].get("parameters")) for t in tools)
+
+
+def _choice(choice: Any) -> str | None:
+    if isinstance(choice, dict):
+        return str((choice.get("function") or {}).get("name") or "") or None
+    return choice if isinstance(choice, str) else None
 
 
 def _usage(answer: SimAnswer) -> dict[str, Any]:
@@ -55,8 +74,13 @@ def _schema(response_format: Any) -> dict[str, Any] | None:
 
 
 def completion(answer: SimAnswer, request: SimRequest, request_id: str) -> bytes:
+    message: dict[str, Any] = {"role": "assistant", "content": answer.text}
+    if answer.calls:
+        message = {"role": "assistant", "content": None, "tool_calls": [
+            {"id": c.id, "type": "function",
+             "function": {"name": c.name, "arguments": orjson.dumps(c.arguments).decode()}} for c in answer.calls]}
     choice: dict[str, Any] = {
-        "index": 0, "message": {"role": "assistant", "content": answer.text},
+        "index": 0, "message": message,
         "finish_reason": answer.finish_reason, "logprobs": _logprobs(answer.words, answer.logprobs),
     }
     return orjson.dumps({
@@ -76,6 +100,13 @@ def stream_events(answer: SimAnswer, request: SimRequest, request_id: str) -> It
             delta["role"] = "assistant"
         lp = _logprobs([word], answer.logprobs[i:i + 1]) if answer.logprobs else None
         yield _event({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None, "logprobs": lp}]})
+    for i, call in enumerate(answer.calls):  # as OpenAI streams a call: its id and name, then its arguments
+        started = {"index": i, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+        delta = {"role": "assistant", "content": None} if i == 0 and not answer.words else {}
+        yield _event({**head, "choices": [{"index": 0, "delta": {**delta, "tool_calls": [started]},
+                                           "finish_reason": None}]})
+        arguments = {"index": i, "function": {"arguments": orjson.dumps(call.arguments).decode()}}
+        yield _event({**head, "choices": [{"index": 0, "delta": {"tool_calls": [arguments]}, "finish_reason": None}]})
     yield _event({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}]})
     yield _event({**head, "choices": [], "usage": _usage(answer)})
     yield b"data: [DONE]\n\n"
