@@ -252,3 +252,25 @@ def test_a_seed_the_fleet_cannot_take_is_refused_before_anything_starts(
     assert refusal.value.code == 2
     line = capsys.readouterr().err.splitlines()[-1]
     assert line == f"laneway demo: error: argument --seed: must be a whole number from 0 to 4294967295, got {seed}"
+
+
+def test_an_output_that_fails_after_the_replay_costs_neither_the_table_nor_the_other_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(_cli, "run", lambda *_: "result")
+    monkeypatch.setattr(_cli, "render_table", lambda result: f"table of the {result}")
+    monkeypatch.setattr(_cli, "render_html", lambda result: f"<p>{result}</p>")
+    monkeypatch.setattr(_cli, "result_json", lambda result, quick: {"figures": result})
+    page = tmp_path / "demo.html"
+    assert main(["demo", "--quick", "--html", str(page), "--json", "/dev/full"]) == 2  # the disk is full
+    out, err = capsys.readouterr()
+    assert "table of the result" in out and page.read_text() == "<p>result</p>"
+    assert err == "laneway demo: cannot write `--json /dev/full`: No space left on device; choose another path\n"
+
+
+def test_an_output_path_that_is_the_trace_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "trace.json"
+    trace.write_text("{}")
+    assert main(["demo", "--quick", "--traces", str(trace), "--json", str(trace)]) == 2
+    assert f"`--json {trace}` is the file of `--traces {trace}` too" in capsys.readouterr().err
+    assert trace.read_text() == "{}"

@@ -12,12 +12,15 @@ import signal
 import socket
 import statistics
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
+from _loopback import Handler as UpstreamHandler
+from _loopback import LoopbackUpstream
 from laneway.cli import main
 from laneway.errors import ConfigError
 from laneway.loadtest import (
@@ -456,6 +459,45 @@ def test_an_unwritable_output_path_is_refused_before_the_run(option: str, place:
     err = capsys.readouterr().err
     assert err.startswith(f"laneway: `{option} {bad}`: ") and err.count("\n") == 1
     assert not any((tmp_path / name).exists() for name in ("json", "csv", "html"))
+
+
+def test_an_output_that_is_an_input_or_another_output_is_refused_before_the_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    payloads = tmp_path / "traffic.jsonl"
+    payloads.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    url, _ = _closed_port_url()
+    assert main(["loadtest", "--url", url, "--payloads", str(payloads), "--csv", str(payloads)]) == 2
+    assert f"`--csv {payloads}` is the file of `--payloads {payloads}` too" in capsys.readouterr().err
+    same = tmp_path / "figures"
+    assert main(["loadtest", "--url", url, "--json", str(same), "--html", str(same)]) == 2
+    assert f"`--html {same}` is the file of `--json {same}` too" in capsys.readouterr().err
+    assert main(["loadtest", "--url", url, "--json", ""]) == 2
+    assert "`--json` is empty" in capsys.readouterr().err
+    assert payloads.read_text().startswith('{"messages"') and not same.exists()
+
+
+class _Answers(UpstreamHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send(json.dumps({"id": "c1", "object": "chat.completion", "created": 1, "model": "m", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}]}).encode(),
+            "application/json")
+
+
+def test_an_output_that_fails_after_the_run_costs_neither_the_summary_nor_the_other_outputs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    server = LoopbackUpstream(_Answers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        code = main(["loadtest", "--url", server.url + "/chat/completions", "--requests", "3", "--quiet",
+                     "--json", "/dev/full", "--csv", str(tmp_path / "r.csv"), "--html", str(tmp_path / "r.html")])
+    finally:
+        server.shutdown()
+        server.server_close()
+    out, err = capsys.readouterr()
+    assert code == 2 and "3 requests" in out
+    assert err == "laneway loadtest: cannot write `--json /dev/full`: No space left on device; choose another path\n"
+    assert (tmp_path / "r.csv").read_text().startswith("scope,") and "<svg" in (tmp_path / "r.html").read_text()
 
 
 @pytest.mark.parametrize("url", ["127.0.0.1:9301", "http://127.0.0.1:99999/v1/chat/completions",

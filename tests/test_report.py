@@ -345,3 +345,21 @@ def test_a_time_outside_the_years_a_report_can_print_is_an_argument_error(
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert f"argument --until: `{moment}` is outside the years 1 to 9999 in UTC" in err, err
+
+
+def test_an_html_path_that_is_the_log_itself_is_refused_and_the_log_kept(
+    log: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = Path(log.removeprefix("sqlite:///"))
+    before = path.read_bytes()
+    assert f"`--html {path}` is the file of `--db {path}` too" in refusal(capsys, "--db", log, "--html", str(path))
+    assert path.read_bytes() == before
+
+
+def test_an_html_page_that_cannot_be_written_after_the_read_costs_not_the_report(
+    log: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert report("--db", log, "--html", "/dev/full") == 2  # the disk is full
+    out, err = capsys.readouterr()
+    assert "claude-sonnet-37" in out
+    assert err == "laneway report: cannot write `--html /dev/full`: No space left on device; choose another path\n"

@@ -1,17 +1,72 @@
-"""The files a command writes once its run is over (`--json`, `--csv`, `--html`): each path is tried
-before the run, so one that cannot be written is a one-line error up front, not a traceback after it."""
+"""The files a command writes once its run is over (`--json`, `--csv`, `--html`).
+
+Before the run, `check_outputs` tries each path, so that one that cannot be written, or that would
+overwrite one of the run's inputs or another output, is a one-line error up front rather than a
+traceback, or a lost input, after it. After the run, `write_outputs` writes each one that still
+can be (a disk fills, a directory goes away) and names each that could not, in one line."""
 
 from __future__ import annotations
 
 import os
+import stat
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+Option = tuple[str, "str | Path | None"]  # an option's name (`--json`) and its path, None when not given
+NOT_WRITTEN = 2  # the exit code of a run some output of which could not be written
+
+
+def check_outputs(outputs: Sequence[Option], inputs: Sequence[Option] = ()) -> str | None:
+    """The first reason the outputs could not be written as asked (the message names the option, the
+    path and the fix), or None: each must be a writable file that is no input and no other output."""
+    taken = {_identity(Path(path)): (option, path) for option, path in inputs if path is not None}
+    for option, path in outputs:
+        if path is None:
+            continue
+        problem = unwritable(option, path)
+        if problem:
+            return problem
+        identity = _identity(Path(path))
+        if identity is not None and identity in taken:
+            other, other_path = taken[identity]
+            return (f"`{option} {path}` is the file of `{other} {other_path}` too, which it would overwrite; "
+                    "choose another path")
+        taken[identity] = (option, path)
+    return None
 
 
 def unwritable(option: str, path: str | Path) -> str | None:
     """Why the file for `option` could not be written at `path` (the message names both and the fix),
     or None if it can."""
+    if not str(path):
+        return f"`{option}` is empty; name a file (an unset shell variable?)"
     problem = _problem(option, Path(path))
     return None if problem is None else f"`{option} {path}`: {problem}"
+
+
+def write_outputs(command: str, writes: Sequence[tuple[str, str | Path, Callable[[], object]]]) -> bool:
+    """Write each output (`option`, `path`, the call that writes it), on past any that fails; a line on
+    stderr for each failure. True when every one was written."""
+    written = True
+    for option, path, write in writes:
+        try:
+            write()
+        except OSError as error:
+            print(f"laneway {command}: cannot write `{option} {path}`: {error.strerror or error}; "
+                  "choose another path", file=sys.stderr)
+            written = False
+    return written
+
+
+def _identity(path: Path) -> tuple[int, int] | str | None:
+    """What makes two paths one file: its device and inode when it exists, its absolute path when it
+    does not yet; None for a device or pipe (`/dev/null` may take several outputs)."""
+    try:
+        status = path.stat()
+    except OSError:
+        return str(path.absolute())
+    return (status.st_dev, status.st_ino) if stat.S_ISREG(status.st_mode) else None
 
 
 def _problem(option: str, target: Path) -> str | None:

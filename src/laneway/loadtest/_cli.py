@@ -7,10 +7,11 @@ import asyncio
 import math
 import signal
 import sys
+from functools import partial
 from typing import Any
 
 from ..flags import seed
-from ..outputs import unwritable
+from ..outputs import NOT_WRITTEN, check_outputs, write_outputs
 from ._checks import endpoint_url, header, unreachable
 from ._drive import LoadPlan, Progress, open_session, run_load
 from ._html import write_html
@@ -65,7 +66,8 @@ def run_loadtest(args: argparse.Namespace) -> int:
     import uvloop
 
     payloads = load_payloads(args.payloads, args.model) if args.payloads else [_default_payload(args.model)]
-    problem = _unwritable_outputs(args) or unreachable(args.url)
+    problem = check_outputs([(f"--{option}", getattr(args, option)) for option in _OUTPUTS],
+                            [("--payloads", args.payloads)]) or unreachable(args.url)
     if problem:
         print(f"laneway: {problem}", file=sys.stderr)
         return 2
@@ -74,10 +76,11 @@ def run_loadtest(args: argparse.Namespace) -> int:
     tally = uvloop.run(_measure(plan, warmup, payloads, show))
     if show:
         sys.stderr.write("\n")
-    _report(tally, plan, args)
+    written = _report(tally, plan, args)
     if tally.interrupted_s is not None:
         return INTERRUPTED
-    return _verdict(tally, args.max_error_rate)
+    verdict = _verdict(tally, args.max_error_rate)
+    return verdict if written else NOT_WRITTEN
 
 
 def _verdict(tally: Tally, max_error_rate: float) -> int:
@@ -106,16 +109,17 @@ def _plans(args: argparse.Namespace) -> tuple[LoadPlan, LoadPlan | None]:
                           max_inflight=plan.max_inflight)
 
 
-def _report(tally: Tally, plan: LoadPlan, args: argparse.Namespace) -> None:
-    """The files first: a terminal that went away (`| head`) must not cost them."""
+def _report(tally: Tally, plan: LoadPlan, args: argparse.Namespace) -> bool:
+    """The files first: a terminal that went away (`| head`) must not cost them. A file that cannot be
+    written costs neither the others nor the text. False when one could not be written."""
     summary = summarize(tally, _settings(plan, args))
-    if args.json:
-        write_json(summary, args.json)
-    if args.csv:
-        write_csv(summary, args.csv)
+    writes = [(f"--{option}", path, partial(write, summary, path))
+              for option, write in (("json", write_json), ("csv", write_csv)) if (path := getattr(args, option))]
     if args.html:
-        write_html(summary, args.html, f"laneway loadtest: {plan.url}")
+        writes.append(("--html", args.html, partial(write_html, summary, args.html, f"laneway loadtest: {plan.url}")))
+    written = write_outputs("loadtest", writes)
     print(render_text(summary))
+    return written
 
 
 async def _measure(plan: LoadPlan, warmup: LoadPlan | None, payloads: list[Payload],
@@ -147,15 +151,6 @@ def _interrupt(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
     """The first Ctrl-C stops the run; Python's own handler takes the next one, which aborts."""
     stop.set()
     loop.remove_signal_handler(signal.SIGINT)
-
-
-def _unwritable_outputs(args: argparse.Namespace) -> str | None:
-    for option in _OUTPUTS:
-        path = getattr(args, option)
-        problem = unwritable(f"--{option}", path) if path else None
-        if problem:
-            return problem
-    return None
 
 
 def progress_bar(tally: Tally, done: float, waiting_for: str) -> None:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..flags import seed
-from ..outputs import unwritable
+from ..outputs import NOT_WRITTEN, check_outputs, write_outputs
 from ._driver import Progress
 from ._fleet import fleet_processes
 from ._html import render_html
@@ -48,7 +48,7 @@ def settings_for(args: argparse.Namespace) -> DemoSettings:
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    problem = _unwritable_outputs(args)
+    problem = check_outputs([("--html", args.html), ("--json", args.json)], [("--traces", args.traces)])
     if problem:
         print(f"laneway: {problem}", file=sys.stderr)
         return 2
@@ -56,21 +56,19 @@ def demo_command(args: argparse.Namespace) -> int:
     trace = load_trace(args.traces)
     result = run(trace, settings)
     print(render_table(result))
+    written = True
     if args.html is not None:
-        args.html.write_text(render_html(result), encoding="utf-8")
-        print(f"HTML report (SIMULATED): {args.html}")
+        written = write_outputs("demo", [("--html", args.html,
+                                          lambda: args.html.write_text(render_html(result), encoding="utf-8"))])
+        if written:
+            print(f"HTML report (SIMULATED): {args.html}")
     if args.json is not None:
-        args.json.write_text(json.dumps(result_json(result, args.quick), indent=2) + "\n", encoding="utf-8")
-        print(f"JSON figures (SIMULATED): {args.json}")
-    return 0
-
-
-def _unwritable_outputs(args: argparse.Namespace) -> str | None:
-    for option, path in (("--html", args.html), ("--json", args.json)):
-        problem = None if path is None else unwritable(option, path)
-        if problem:
-            return problem
-    return None
+        figures = json.dumps(result_json(result, args.quick), indent=2) + "\n"
+        if write_outputs("demo", [("--json", args.json, lambda: args.json.write_text(figures, encoding="utf-8"))]):
+            print(f"JSON figures (SIMULATED): {args.json}")
+        else:
+            written = False
+    return 0 if written else NOT_WRITTEN
 
 
 def run(trace: Trace, settings: DemoSettings) -> DemoResult:

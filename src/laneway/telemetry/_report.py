@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from laneway.outputs import unwritable
+from laneway.outputs import NOT_WRITTEN, check_outputs, write_outputs
 from laneway.telemetry._cascade_savings import Priced, cascade_savings
 from laneway.telemetry._html_report import report_html
 from laneway.telemetry._lanes_cli import add_lane_commands
@@ -82,7 +82,10 @@ def add_commands(subparsers: Any) -> None:
 def run_report(args: argparse.Namespace) -> int:
     try:
         windows = report_windows(args)
-        check_output(args.html, "--html")
+        db = args.db.removeprefix("sqlite:///") if args.db.startswith("sqlite:///") else None
+        problem = check_outputs([("--html", args.html)], [("--db", db), ("--config", args.config)])
+        if problem:
+            raise OptionError(problem)
     except OptionError as error:
         print(f"laneway report: {error}", file=sys.stderr)
         return 2
@@ -92,10 +95,9 @@ def run_report(args: argparse.Namespace) -> int:
         return 1
     current = _summary(fetched, windows, cascades)
     rows, hourly = fetched[0]
-    if args.html is not None and not _write_html(args.html, current, rows, hourly):
-        return 2
+    written = args.html is None or _write_html(args.html, current, rows, hourly)
     print(dump(current) if args.json else terminal_report(current))
-    return 0
+    return 0 if written else NOT_WRITTEN
 
 
 def report_windows(args: argparse.Namespace) -> list[Window]:
@@ -139,13 +141,6 @@ def _span(window: Window) -> str:
     return f"{'the start of the log' if start is None else when(start)} .. {'now' if end is None else when(end)}"
 
 
-def check_output(path: Path | None, option: str) -> None:
-    """An `OptionError` unless `path` can be written as a file."""
-    problem = None if path is None else unwritable(option, path)
-    if problem:
-        raise OptionError(problem)
-
-
 def _summary(fetched: list[Fetched], windows: list[Window], cascades: _Cascades) -> dict[str, Any]:
     """The current window's figures with its cascade savings, and the baseline's under `compare`."""
     summaries = [
@@ -161,13 +156,8 @@ def _summary(fetched: list[Fetched], windows: list[Window], cascades: _Cascades)
 
 def _write_html(path: Path, summary: dict[str, Any], rows: list[ExchangeRow], hourly: list[HourlyRow]) -> bool:
     answered = [row for row in rows if row.lane != SHADOW_LANE]
-    try:
-        path.write_text(report_html(summary, answered, hourly), encoding="utf-8")
-    except OSError as error:
-        print(f"laneway report: cannot write `--html {path}`: {error.strerror}; choose another path",
-              file=sys.stderr)
-        return False
-    return True
+    return write_outputs("report", [("--html", path, lambda: path.write_text(report_html(summary, answered, hourly),
+                                                                              encoding="utf-8"))])
 
 
 _Cascades = tuple[dict[str, str] | None, dict[str, Priced] | None, dict[str, float] | None]
