@@ -565,8 +565,10 @@ async def _loadtest(*args: str, stderr: int = asyncio.subprocess.PIPE) -> asynci
                                                 stdout=asyncio.subprocess.PIPE, stderr=stderr)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 @pytest.mark.parametrize(("answers", "cancelled"), [(True, 0), (False, 2)], ids=["answered", "unanswered"])
-async def test_ctrl_c_stops_sending_and_reports_what_ran(answers: bool, cancelled: int, tmp_path: Path) -> None:
+async def test_ctrl_c_or_sigterm_stops_sending_and_reports_what_ran(answers: bool, cancelled: int, sig: int,
+                                                                    tmp_path: Path) -> None:
     arrived = asyncio.Event()
 
     async def chat(request: web.Request) -> web.StreamResponse:
@@ -578,9 +580,9 @@ async def test_ctrl_c_stops_sending_and_reports_what_ran(answers: bool, cancelle
         run = await _loadtest("--url", url, "--concurrency", "2", "--duration", "600",
                               "--json", str(tmp_path / "r.json"))
         await asyncio.wait_for(arrived.wait(), 60)
-        run.send_signal(signal.SIGINT)
+        run.send_signal(sig)
         out, err = await asyncio.wait_for(run.communicate(), 60)
-    assert run.returncode == 130, err.decode()
+    assert run.returncode == 128 + sig, err.decode()
     summary = json.loads((tmp_path / "r.json").read_text())
     assert summary["interrupted"] is True and summary["cancelled"] == cancelled
     assert (summary["all"]["requests"] > 0) is answers

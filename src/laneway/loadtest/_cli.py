@@ -20,9 +20,10 @@ from ._report import render_text, summarize, write_csv, write_json
 from ._tally import Tally
 
 DEFAULT_URL = "http://127.0.0.1:8080/v1/chat/completions"
-INTERRUPTED = 130
+STOPPED_BY_SIGNAL = 128  # plus the signal's number, as a shell reports it: 130 after Ctrl-C, 143 after SIGTERM
 _BAR = 30
 _OUTPUTS = ("json", "csv", "html")
+_STOPS = (signal.SIGINT, signal.SIGTERM)
 
 
 def add_commands(subparsers: Any) -> None:
@@ -31,7 +32,7 @@ def add_commands(subparsers: Any) -> None:
         "loadtest", help="drive an OpenAI-compatible endpoint and report latency, TTFT, errors and cost",
         description="Closed loop with --concurrency N, or open loop (Poisson arrivals) with --rate R. "
                     "Runs for --duration S or --requests N (default: 10 seconds). The first Ctrl-C "
-                    "stops sending and reports what ran.")
+                    "(or SIGTERM) stops sending and reports what ran.")
     parser.add_argument("--url", type=endpoint_url, default=DEFAULT_URL,
                         help="chat-completions endpoint (default: %(default)s)")
     parser.add_argument("--payloads", metavar="FILE",
@@ -73,12 +74,13 @@ def run_loadtest(args: argparse.Namespace) -> int:
         return 2
     plan, warmup = _plans(args)
     show = None if args.quiet or not sys.stderr.isatty() else progress_bar
-    tally = uvloop.run(_measure(plan, warmup, payloads, show))
+    stopped_by: list[int] = []  # the signal that stopped the run early, if one did
+    tally = uvloop.run(_measure(plan, warmup, payloads, show, stopped_by))
     if show:
         sys.stderr.write("\n")
     written = _report(tally, plan, args)
     if tally.interrupted_s is not None:
-        return INTERRUPTED
+        return STOPPED_BY_SIGNAL + (stopped_by[0] if stopped_by else signal.SIGINT)
     verdict = _verdict(tally, args.max_error_rate)
     return verdict if written else NOT_WRITTEN
 
@@ -123,11 +125,13 @@ def _report(tally: Tally, plan: LoadPlan, args: argparse.Namespace) -> bool:
 
 
 async def _measure(plan: LoadPlan, warmup: LoadPlan | None, payloads: list[Payload],
-                   show: Progress | None) -> Tally:
-    """The warm-up, then the measured run. The first Ctrl-C stops both; a second one aborts."""
+                   show: Progress | None, stopped_by: list[int]) -> Tally:
+    """The warm-up, then the measured run. The first Ctrl-C or SIGTERM (a `timeout`, a CI job cancelled)
+    stops both, noted in `stopped_by`; a second one aborts."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, _interrupt, loop, stop)
+    for sig in _STOPS:
+        loop.add_signal_handler(sig, _interrupt, loop, stop, sig, stopped_by)
     try:
         # One session for both: the measured run starts on the warm-up's open connections.
         async with open_session(plan) as session:
@@ -137,7 +141,8 @@ async def _measure(plan: LoadPlan, warmup: LoadPlan | None, payloads: list[Paylo
                 return _nothing_measured()
             return await run_load(plan, payloads, show, stop, session)
     finally:
-        loop.remove_signal_handler(signal.SIGINT)
+        for sig in _STOPS:
+            loop.remove_signal_handler(sig)
 
 
 def _nothing_measured() -> Tally:
@@ -147,10 +152,12 @@ def _nothing_measured() -> Tally:
     return tally
 
 
-def _interrupt(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    """The first Ctrl-C stops the run; Python's own handler takes the next one, which aborts."""
+def _interrupt(loop: asyncio.AbstractEventLoop, stop: asyncio.Event, sig: int, stopped_by: list[int]) -> None:
+    """The first Ctrl-C or SIGTERM stops the run; the default handler takes the next one, which aborts."""
+    stopped_by.append(sig)
     stop.set()
-    loop.remove_signal_handler(signal.SIGINT)
+    for each in _STOPS:
+        loop.remove_signal_handler(each)
 
 
 def progress_bar(tally: Tally, done: float, waiting_for: str) -> None:
