@@ -232,6 +232,8 @@ async def test_closed_loop_counts_errors_by_kind_and_splits_by_model_header(endp
     tally = await run_load(plan, _payloads("alpha", "beta", "fail", "alpha"))
     assert tally.all.requests == 40
     assert dict(tally.errors) == {"HTTP 502 upstream_unavailable": 10}
+    assert tally.error_samples == {"HTTP 502 upstream_unavailable": "down"}  # what the answer said
+    assert "error HTTP 502 upstream_unavailable: 10 (first: down)" in render_text(summarize(tally))
     groups = {key: (g.requests, g.errors) for key, g in tally.by_model.items()}
     assert groups == {("fast", "primary"): (20, 0), ("mid", "fallback"): (10, 0), ("-", "-"): (10, 10)}
     assert tally.all.cost_usd == pytest.approx(20 * 0.0001 + 10 * 0.001)
@@ -334,6 +336,7 @@ async def test_a_refused_connection_is_its_own_error_kind() -> None:
     plan = LoadPlan(url="http://127.0.0.1:9/v1/chat/completions", concurrency=1, requests=3)
     tally = await run_load(plan, _payloads("alpha"))
     assert dict(tally.errors) == {"connect": 3}
+    assert "127.0.0.1:9" in tally.error_samples["connect"]  # the client's own words, naming the address
 
 
 # --- output shapes ---------------------------------------------------------------------------

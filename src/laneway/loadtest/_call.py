@@ -3,7 +3,8 @@
 Errors are classified by kind: `HTTP <status> <code>` from the answer's OpenAI-shaped error body,
 `stream error <code>` for an SSE `event: error`, `stream cut` for a stream that ends without
 `[DONE]`, `not a stream` for a streamed request answered otherwise, and `timeout`, `connect` or
-`transport <ExceptionName>` when no answer arrived.
+`transport <ExceptionName>` when no answer arrived. Each failed outcome also carries what it was told
+(`detail`): the error body's message, or the exception's words.
 
 A stream's time to first token is the arrival of its first event that carries generated output
 (`content`, `tool_calls`, `refusal` or reasoning in the first choice's delta): not a comment, a
@@ -21,6 +22,7 @@ import aiohttp
 import orjson
 
 _COST_MARK = b": laneway cost_usd="
+DETAIL_CHARS = 300  # of an error's message kept as its sample
 
 
 @dataclass(slots=True)
@@ -30,6 +32,7 @@ class Outcome:
     latency: float
     status: int = 0
     error: str = ""
+    detail: str = ""  # what the failure said: the error body's message, or the exception's words
     ttft: float | None = None
     model: str = "-"
     lane: str = "-"
@@ -52,16 +55,18 @@ async def send(session: aiohttp.ClientSession, url: str, body: bytes, stream: bo
                 else:
                     await response.read()
                     outcome.error = "not a stream"
+                    outcome.detail = f"answered with content-type `{ctype}`"
             else:
                 payload = await response.read()
                 if response.status >= 400:
                     outcome.error = f"HTTP {response.status} {_error_code(payload)}".rstrip()
+                    outcome.detail = _error_message(payload)
     except TimeoutError:
-        return Outcome(time.perf_counter() - due, error="timeout")
-    except aiohttp.ClientConnectorError:
-        return Outcome(time.perf_counter() - due, error="connect")
+        return Outcome(time.perf_counter() - due, error="timeout", detail=f"no answer within {limit_s:g} s")
+    except aiohttp.ClientConnectorError as exc:
+        return Outcome(time.perf_counter() - due, error="connect", detail=_words(exc))
     except aiohttp.ClientError as exc:
-        return Outcome(time.perf_counter() - due, error=f"transport {type(exc).__name__}")
+        return Outcome(time.perf_counter() - due, error=f"transport {type(exc).__name__}", detail=_words(exc))
     outcome.latency = time.perf_counter() - due
     return outcome
 
@@ -108,6 +113,7 @@ def _read_event(outcome: Outcome, event: bytes, now: float) -> bool:
         return True
     if name == b"error":
         outcome.error = f"stream error {_error_code(payload)}".rstrip()
+        outcome.detail = _error_message(payload)
     elif _carries_output(payload):
         if outcome.ttft is None:
             outcome.ttft = now
@@ -135,6 +141,22 @@ def _error_code(payload: bytes) -> str:
     error = data.get("error") if isinstance(data, dict) else None
     code = error.get("code") or error.get("type") if isinstance(error, dict) else None
     return str(code) if code else ""
+
+
+def _error_message(payload: bytes) -> str:
+    """The `error.message` of an OpenAI-shaped error body, else the body's start as text."""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        data = None
+    error = data.get("error") if isinstance(data, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    text = message if isinstance(message, str) else payload.decode("utf-8", "replace")
+    return " ".join(text.split())[:DETAIL_CHARS]
+
+
+def _words(exc: BaseException) -> str:
+    return (str(exc) or type(exc).__name__)[:DETAIL_CHARS]
 
 
 def _number(text: bytes) -> float:

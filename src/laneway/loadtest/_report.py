@@ -46,6 +46,7 @@ def summarize(tally: Tally, settings: dict[str, Any] | None = None) -> dict[str,
         "histogram_relative_error": RELATIVE_ERROR,
         "all": _group(tally.all, tally.wall_s),
         "errors": dict(tally.errors.most_common()),
+        "error_samples": {kind: tally.error_samples.get(kind, "") for kind, _ in tally.errors.most_common()},
         # Against another endpoint every answer lacks the headers: no model rows then.
         "models": [] if set(tally.by_model) <= {NO_HEADERS} else [
             {"model": model, "lane": lane, **_group(group, tally.wall_s)}
@@ -116,7 +117,9 @@ def render_text(summary: dict[str, Any]) -> str:
               _figures_line("chunk gap", summary["chunk_gap_ms"])]
     if everything["errors"]:
         lines.append(f"  latency percentiles are of successful requests; {everything['errors']} failed")
-    lines += [f"  error {kind}: {n}" for kind, n in summary["errors"].items()]
+    samples = summary.get("error_samples", {})
+    lines += [f"  error {kind}: {n}" + (f" (first: {samples[kind]})" if samples.get(kind) else "")
+              for kind, n in summary["errors"].items()]
     if summary["models"]:
         lines.append(f"  {'model':24} {'lane':9} {'requests':>8} {'errors':>6} {'p50 ms':>9} {'p99 ms':>9} "
                      f"{'cost usd':>12}")

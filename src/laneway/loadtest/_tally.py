@@ -46,6 +46,7 @@ class Tally:
         self.all = Group()
         self.by_model: dict[tuple[str, str], Group] = {}
         self.errors: Counter[str] = Counter()
+        self.error_samples: dict[str, str] = {}  # what the first failure of each kind said
         self.chunk_gaps = LatencyHistogram()
         self.timeline: dict[int, Second] = {}
         self.wall_s = 0.0
@@ -65,6 +66,7 @@ class Tally:
         second.requests += 1
         if outcome.error:
             self.errors[outcome.error] += 1
+            self.error_samples.setdefault(outcome.error, outcome.detail)
             second.errors += 1
             return  # a failed stream's gaps would count its stall as the forwarding's
         second.latency.record(outcome.latency)
