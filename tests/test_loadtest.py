@@ -332,6 +332,23 @@ async def test_open_loop_sends_the_asked_number_and_counts_queueing(endpoint: st
     assert tally.all.latency.quantile(0.1) < tally.all.latency.max / 2
 
 
+async def test_an_open_loop_reports_the_rate_it_sent_at_apart_from_the_answers_that_came_later() -> None:
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(1.0)
+        return web.json_response({"choices": []})
+
+    async with _serving(slow) as url:
+        tally = await run_load(LoadPlan(url=url, rate=40, duration_s=0.5, seed=3), _payloads("alpha"))
+    summary = summarize(tally)
+    assert tally.all.requests > 5 and summary["sending_s"] == pytest.approx(0.5, abs=0.01)
+    assert summary["sent_rps"] == pytest.approx(tally.all.requests / 0.5, rel=0.03)
+    assert summary["wall_s"] > 1.4 and summary["all"]["throughput_rps"] < summary["sent_rps"] / 2  # the wait counts
+    assert f"(sent at {summary['sent_rps']:.1f} req/s over 0.50 s)" in render_text(summary)
+    closed = summarize(await run_load(LoadPlan(url=url.replace("/v1", "/v0"), concurrency=1, requests=1),
+                                      _payloads("alpha")))
+    assert closed["sent_rps"] is None and "sent at" not in render_text(closed)
+
+
 async def test_a_refused_connection_is_its_own_error_kind() -> None:
     plan = LoadPlan(url="http://127.0.0.1:9/v1/chat/completions", concurrency=1, requests=3)
     tally = await run_load(plan, _payloads("alpha"))

@@ -171,15 +171,23 @@ class _Run:
             self._start(self._client())
 
     async def _open_loop(self, rate: float) -> None:
-        for offset in poisson_arrivals(rate, self.plan.seed):
-            due = self.began + offset
-            if not self._more(due):
-                break
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            self.issued += 1
-            self._start(self._one(due))
+        """Requests at Poisson arrivals; the tally's `sending_s` is how long they were sent for: the
+        duration when the run reached it, else until the last one (or the stop)."""
+        due = self.began
+        try:
+            for offset in poisson_arrivals(rate, self.plan.seed):
+                due = self.began + offset
+                if not self._more(due):
+                    break
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                self.issued += 1
+                self._start(self._one(due))
+        finally:
+            ended = self.ends if time.perf_counter() < self.ends <= due and not self.stop.is_set() \
+                else time.perf_counter()
+            self.tally.sending_s = ended - self.began
 
     def share_done(self) -> float:
         elapsed = time.perf_counter() - self.began

@@ -43,6 +43,10 @@ def summarize(tally: Tally, settings: dict[str, Any] | None = None) -> dict[str,
     return {
         "settings": settings or {},
         "wall_s": round(tally.wall_s, 3),
+        # Open loop: the requests sent over the time they were sent in. The throughput above counts the
+        # time the last answers took to come in too.
+        "sending_s": None if tally.sending_s is None else round(tally.sending_s, 3),
+        "sent_rps": round((tally.all.requests + tally.cancelled) / tally.sending_s, 2) if tally.sending_s else None,
         "histogram_relative_error": RELATIVE_ERROR,
         "all": _group(tally.all, tally.wall_s),
         "errors": dict(tally.errors.most_common()),
@@ -107,8 +111,10 @@ def write_csv(summary: dict[str, Any], path: str | Path) -> None:
 
 def render_text(summary: dict[str, Any]) -> str:
     everything = summary["all"]
+    sent = (f" (sent at {summary['sent_rps']:.1f} req/s over {summary['sending_s']:.2f} s)"
+            if summary.get("sent_rps") is not None else "")
     lines = [f"{everything['requests']} requests in {summary['wall_s']:.2f} s: "
-             f"{everything['throughput_rps']:.1f} req/s, {everything['errors']} errors"]
+             f"{everything['throughput_rps']:.1f} req/s{sent}, {everything['errors']} errors"]
     if summary["interrupted"]:
         cancelled = f"; {summary['cancelled']} requests in flight cancelled" if summary["cancelled"] else ""
         lines.append(f"interrupted after {summary['interrupted_after_s']:.1f} s{cancelled}")

@@ -49,7 +49,8 @@ class Tally:
         self.error_samples: dict[str, str] = {}  # what the first failure of each kind said
         self.chunk_gaps = LatencyHistogram()
         self.timeline: dict[int, Second] = {}
-        self.wall_s = 0.0
+        self.wall_s = 0.0  # from the first request sent to the last one answered
+        self.sending_s: float | None = None  # open loop: how long requests were sent for (the offered load's span)
         self.client_cpu_s = 0.0
         self.interrupted_s: float | None = None  # when the run was told to stop early, from its start
         self.cancelled = 0  # requests still in flight when an interrupted run stopped waiting
