@@ -169,6 +169,7 @@ def test_fault_after_first_byte_ends_with_error_event(live: tuple[LiveGateway, R
     attempt = exchange.attempts[0]
     assert attempt.prompt_tokens > 0 and attempt.completion_tokens >= 2
     assert exchange.cost_usd == attempt.cost_usd > 0
+    assert text.endswith(f": laneway cost_usd={exchange.cost_usd:.8f}\n\n")  # told to the client too
 
 
 def test_retry_after_is_honoured_within_budget(live: tuple[LiveGateway, RecordingSink]) -> None:

@@ -161,6 +161,7 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
     started, runtime = opened
     client = _ClientWatch(receive)
     stopped = False
+    failure: UpstreamError | None = None
     try:
         encoder = _ChunkEncoder(exchange)
         await send({"type": "http.response.start", "status": 200,
@@ -174,7 +175,8 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
                 await _forward(send, encoder, chunk, state)
         except UpstreamError as error:
             _stream_failed(exchange, started, error.code, f"after first byte: {error.message}", "stream_interrupted")
-            tail = _error_event(error, exchange)
+            failure = error
+            tail = b""
         except asyncio.CancelledError:
             if client.left():
                 # The client hung up: stop generating (and paying) for nobody, and say so in the log.
@@ -193,6 +195,8 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
         if exchange.outcome != OK and not started.accounted:  # what was generated is billed all the same
             usage = state.usage or _estimate(gateway, runtime, started, state.text)
             account(started.attempt, exchange, runtime.config.models[started.model].price, usage)
+        if failure is not None:  # the error, and what the stream cost up to it
+            tail = _error_event(failure, exchange) + _cost_comment(exchange)
     finally:
         await close_stream(started.rest)  # frees a gate slot at once if the client went away mid-stream
         runtime.leave()
@@ -216,7 +220,13 @@ def _account_stream(gateway: Gateway, runtime: Runtime, started: Started, state:
     tail = encoder.finish(state.finish or "stop")
     if include_usage:
         tail += encoder.usage(usage)
-    return tail + f": laneway cost_usd={exchange.cost_usd:.8f}\n\n".encode() + b"data: [DONE]\n\n"
+    return tail + _cost_comment(exchange) + b"data: [DONE]\n\n"
+
+
+def _cost_comment(exchange: Exchange) -> bytes:
+    """The SSE comment that tells a client (`laneway loadtest`) what the stream cost: a stream's headers
+    leave before its cost is known."""
+    return f": laneway cost_usd={exchange.cost_usd:.8f}\n\n".encode()
 
 
 class _StreamState:
