@@ -44,6 +44,7 @@ from laneway.telemetry import (
     parse_telemetry,
     percentile,
 )
+from laneway.telemetry._telemetry import Window
 from laneway.telemetry._html_report import cost_plot
 from laneway.telemetry._records import fallbacks_of
 from laneway.telemetry._sqlite import WRITER_NICENESS, SqliteStore
@@ -587,3 +588,25 @@ def test_the_cost_plot_of_a_window_within_one_time_bucket_shows_its_points() -> 
     assert plot.count("<polyline") == len(MODELS)
     dots = re.findall(r'<circle cx="([\d.]+)" cy="([\d.]+)" r="2.5" fill="(#[0-9a-f]{6})"/>', plot)
     assert len(dots) == len(MODELS) and len({colour for _, _, colour in dots}) == len(MODELS)
+
+
+async def test_stats_asked_from_before_what_a_full_window_holds_start_at_its_oldest_and_say_so() -> None:
+    telemetry = Telemetry(TelemetrySettings(exchange_log=None, stats_window=10))
+    await telemetry.start()
+    try:
+        for i in range(50):
+            telemetry.record(make_exchange(i))  # one every 0.5 s from BASE_TIME
+        asked = telemetry.stats(since=BASE_TIME)
+        recent = telemetry.stats(since=BASE_TIME + 22.5)
+        whole = telemetry.stats()
+        snapshot = Window.decode(await telemetry.window_snapshot())
+        peers = await telemetry.stats_off_loop(since=BASE_TIME, peers=[snapshot])
+    finally:
+        await telemetry.aclose()
+    # The window holds the last 10 (from BASE_TIME + 20): the figures are theirs, over their span.
+    assert asked["total"]["requests"] == 10
+    assert asked["window"]["since"] == BASE_TIME + 20 and asked["window"]["truncated"] is True
+    assert asked["window"]["asked_since"] == BASE_TIME
+    assert (recent["total"]["requests"], recent["window"]["truncated"]) == (5, False)
+    assert (whole["total"]["requests"], whole["window"]["truncated"]) == (10, False)
+    assert peers["window"]["truncated"] is True and peers["total"]["requests"] == 20  # a full peer's window too

@@ -52,14 +52,16 @@ SHADOW_DROPPED = "shadow_dropped_"  # prefix of the events a shadow runner count
 @dataclass(frozen=True, slots=True)
 class Window:
     """One process's in-memory figures: its recent exchanges, shadows apart, the shadow jobs it dropped
-    per candidate, its exchange log's health as `stats()["log"]` shows it, and when it started (unix
-    time): it holds nothing from before."""
+    per candidate, its exchange log's health as `stats()["log"]` shows it, when it started (unix
+    time): it holds nothing from before, and whether its window is `full`: it has let older exchanges
+    go (`telemetry.stats_window`), so it holds none from before its first row."""
 
     rows: list[ExchangeRow]
     shadows: list[ExchangeRow]
     shadow_dropped: dict[str, int]
     log: dict[str, Any]
     started_at: float
+    full: bool = False
 
     @classmethod
     def decode(cls, snapshot: bytes) -> Window:
@@ -68,7 +70,8 @@ class Window:
             data = orjson.loads(snapshot)
             return cls(rows_of_columns(data["rows"]), rows_of_columns(data["shadows"]),
                        {str(model): int(n) for model, n in data["shadow_dropped"].items()},
-                       {figure: data["log"][figure] for figure in LOG_FIGURES}, float(data["started_at"]))
+                       {figure: data["log"][figure] for figure in LOG_FIGURES}, float(data["started_at"]),
+                       bool(data.get("full")))
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"not a telemetry window snapshot: {error!r}") from None
 
@@ -139,7 +142,7 @@ class Telemetry:
         recent, shadows, dropped, log = self._copy()
 
         def figures() -> dict[str, Any]:
-            own = Window(recent.rows(), shadows.rows(), dropped, log, self.started_at)
+            own = Window(recent.rows(), shadows.rows(), dropped, log, self.started_at, recent.full)
             return self._summary([own, *peers], since, until)
 
         return await asyncio.to_thread(figures)
@@ -147,7 +150,7 @@ class Telemetry:
     def window(self) -> Window:
         """What this process holds in memory: the rows behind `stats()` and the shadow comparison."""
         recent, shadows, dropped, log = self._copy()
-        return Window(recent.rows(), shadows.rows(), dropped, log, self.started_at)
+        return Window(recent.rows(), shadows.rows(), dropped, log, self.started_at, recent.full)
 
     async def window_snapshot(self) -> bytes:
         """`window()` as JSON, for the worker that answers for all of `laneway serve --workers N`
@@ -155,7 +158,7 @@ class Telemetry:
         recent, shadows, dropped, log = self._copy()
         return await asyncio.to_thread(lambda: orjson.dumps(
             {"rows": recent.columns(), "shadows": shadows.columns(), "shadow_dropped": dropped, "log": log,
-             "started_at": self.started_at}))
+             "started_at": self.started_at, "full": recent.full}))
 
     def _copy(self) -> tuple[RecentExchanges, RecentExchanges, dict[str, int], dict[str, Any]]:
         """The window as it is now, apart from the one the drain goes on changing."""
@@ -165,8 +168,17 @@ class Telemetry:
         return self._recent.copy(), self._shadows.copy(), dict(self._shadow_dropped), log
 
     def _summary(self, windows: Sequence[Window], since: float | None, until: float | None) -> dict[str, Any]:
+        """The figures over `windows` in `[since, until)`. A full window holds nothing older than its first
+        row: asked from before, the figures start there, for every worker's alike, and say so
+        (`window.truncated`, `window.asked_since`); the exchange log (`laneway report`) has the rest."""
+        held_from = max((w.rows[0].started_at for w in windows if w.full and w.rows), default=None)
+        truncated = since is not None and held_from is not None and since < held_from
         rows = chain.from_iterable(chain(w.rows, w.shadows) for w in windows)
-        summary = summarize(rows if len(windows) == 1 else _in_time_order(rows), (), since, until)
+        summary = summarize(rows if len(windows) == 1 else _in_time_order(rows), (), held_from if truncated else since,
+                            until)
+        summary["window"]["truncated"] = truncated
+        if truncated:
+            summary["window"]["asked_since"] = since
         summary["simulated"] = summary["simulated"] or self.simulated
         logs = [w.log for w in windows]
         summary["log"] = {"enabled": any(log["enabled"] for log in logs), "up": all(log["up"] for log in logs),
