@@ -131,7 +131,9 @@ def test_comparison_lines_format_both_sides_alike(log: str, capsys: pytest.Captu
         # traffic as a rate, p95, error rate, $/conversation, $/1k tokens, cost
         assert re.fullmatch(f"{RATE_CHANGE}, {MS_CHANGE}, {PCT_CHANGE}, {USD_CHANGE}, {USD_CHANGE}, {USD_CHANGE}",
                             line), line
-        assert line.startswith("- -> ") == (name == NEWCOMER), line
+        # A model new to the current window had no traffic and spent nothing before it; its rates had no value.
+        assert line.startswith("0.00 -> ") == (name == NEWCOMER), line
+        assert (line.split(", ")[1].startswith("- -> ")) == (name == NEWCOMER), line
 
 
 def test_the_html_report_shows_both_windows_and_the_changes(
@@ -204,7 +206,7 @@ def test_stats_read_iso_times_as_the_report_does(stats_url: str) -> None:
 def test_stats_answer_a_window_that_starts_before_it_ends(stats_url: str) -> None:
     with urllib.request.urlopen(f"{stats_url}?since=400&until=500") as answer:
         assert json.loads(answer.read())["window"] == {"since": 400.0, "until": 500.0, "minutes": 1.6667,
-                                                          "rolled_up_requests": 0}
+                                                          "rolled_up_requests": 0, "truncated": False}
 
 
 @pytest.mark.parametrize(("content", "words"), [
@@ -363,3 +365,26 @@ def test_an_html_page_that_cannot_be_written_after_the_read_costs_not_the_report
     out, err = capsys.readouterr()
     assert "claude-sonnet-37" in out
     assert err == "laneway report: cannot write `--html /dev/full`: No space left on device; choose another path\n"
+
+
+def test_a_model_that_lost_all_its_traffic_shows_the_drop_to_zero() -> None:
+    from laneway.telemetry._log_args import change_figures, changes
+
+    before = {"old": {"requests_per_min": 20.0, "p95_ms": 800.0, "error_rate": 0.1, "cost_per_conversation_usd": 0.02,
+                      "cost_per_1k_tokens_usd": 0.5, "cost_usd": 0.001325}}
+    figures = change_figures({}, before)["old"]
+    assert figures["requests_per_min"] == {"before": 20.0, "after": 0.0, "change": -20.0}
+    assert figures["cost_usd"]["after"] == 0.0 and figures["cost_usd"]["change"] == pytest.approx(-0.001325)
+    assert figures["p95_ms"] == {"before": 800.0, "after": None, "change": None}  # no traffic, no percentile
+    text = changes({}, before)["old"]
+    assert text[0] == "20.00 -> 0.00 (-20.00)" and text[1].endswith("-> -")
+
+
+def test_a_comparison_in_json_carries_each_models_changes(log: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert report("--db", log, "--json", "--since", iso(150), "--compare-since", iso(0)) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert set(figures["changes"]) == set(figures["models"]) | set(figures["compare"]["models"])
+    for name, fields in figures["changes"].items():
+        now, then = (window["models"].get(name, {}).get("requests_per_min", 0.0)
+                     for window in (figures, figures["compare"]))
+        assert fields["requests_per_min"]["change"] == pytest.approx(now - then)

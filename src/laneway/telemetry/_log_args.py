@@ -176,12 +176,36 @@ def change(then: float | None, now: float | None, style: str) -> str:
     return f"{text} ({_DIFFERENCES[style].format((now - then) * (100 if style == 'pct' else 1))})"
 
 
+# Figures that add up: a model with no traffic in a window had none of them (0), where its percentiles and
+# rates have no value.
+ADDITIVE = frozenset({"requests_per_min", "cost_usd"})
+
+
 def changes(current: dict[str, dict[str, Any]], baseline: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
-    """Per model of either window, its `CHANGES` from the baseline to the current window."""
-    return {
-        name: [change(baseline.get(name, {}).get(f), current.get(name, {}).get(f), style) for _, f, style in CHANGES]
-        for name in sorted(set(current) | set(baseline))
-    }
+    """Per model of either window, its `CHANGES` from the baseline to the current window, as text."""
+    return {name: [change(fields[f]["before"], fields[f]["after"], style) for _, f, style in CHANGES]
+            for name, fields in change_figures(current, baseline).items()}
+
+
+def change_figures(current: dict[str, dict[str, Any]],
+                   baseline: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Per model of either window, each of its `CHANGES` fields `before`, `after` and the `change` (None
+    where either has no value): the `changes` of `laneway report --json`."""
+    figures: dict[str, dict[str, dict[str, float | None]]] = {}
+    for name in sorted(set(current) | set(baseline)):
+        fields = {}
+        for _, f, _ in CHANGES:
+            then, now = _figure_of(baseline, name, f), _figure_of(current, name, f)
+            fields[f] = {"before": then, "after": now, "change": None if then is None or now is None else now - then}
+        figures[name] = fields
+    return figures
+
+
+def _figure_of(groups: dict[str, dict[str, Any]], name: str, field: str) -> float | None:
+    if name not in groups:
+        return 0.0 if field in ADDITIVE else None
+    value = groups[name].get(field)
+    return None if value is None else float(value)
 
 
 def simulated_notice(simulated: bool) -> str:

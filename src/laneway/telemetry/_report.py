@@ -17,6 +17,7 @@ from laneway.telemetry._log_args import (
     OptionError,
     Window,
     add_log_arguments,
+    change_figures,
     changes,
     check_window,
     dump,
@@ -151,6 +152,7 @@ def _summary(fetched: list[Fetched], windows: list[Window], cascades: _Cascades)
     current["cascade"] = cascade_savings(_within(fetched[0][0], start, end), *cascades)
     if len(summaries) > 1:
         current["compare"] = summaries[1]
+        current["changes"] = change_figures(current["models"], summaries[1]["models"])
     return current
 
 
