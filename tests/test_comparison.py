@@ -208,6 +208,18 @@ def test_cascade_escalation_rate_and_savings_against_always_heavy() -> None:
     assert chat["saved_usd"] is None and chat["escalate_to"] == "gpt-5"
 
 
+def test_a_cascade_the_routing_file_no_longer_has_is_still_reported_from_the_log() -> None:
+    rows = [row(i, tokens_in=1000, tokens_out=100, cost_usd=0.0004, cascade_confidence=0.9) for i in range(30)]
+    rows += [row(100 + i, model="gpt-5", lane="cascade", tokens_in=1000, tokens_out=200, cost_usd=0.0035,
+                 cascade_confidence=0.2) for i in range(10)]
+    # Today's routing file cascades another route, and still prices gpt-5.
+    figures = cascade_savings(rows, {"email": "gpt-5"}, {"gpt-5": Price(1.25, 10.0)})["routes"]
+    assert set(figures) == {"chat"}  # `email` has no exchange in the window
+    chat = figures["chat"]
+    assert (chat["escalate_to"], chat["escalated"], chat["exchanges"]) == ("gpt-5", 10, 40)
+    assert chat["saved_usd"] is not None and "no cascade on this route" in chat["note"]
+
+
 def test_a_cascade_whose_escalations_all_failed_is_seen_without_prices_and_saves_nothing_by_it() -> None:
     rows = [row(i, tokens_in=1000, tokens_out=100, cost_usd=0.0004, cascade_confidence=0.9) for i in range(20)]
     # under the threshold, the escalation to gpt-5 failed, and the first answer went out

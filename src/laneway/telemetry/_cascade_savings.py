@@ -24,6 +24,7 @@ from laneway.telemetry._summary import NO_ROUTE
 
 CASCADE_LANE = "cascade"
 NO_PRICES = "no routing file given: pass it with `--config FILE` to price the always-heavy baseline"
+NOT_IN_FILE = "the routing file has no cascade on this route: its escalation model is read from the log"
 
 
 class Priced(Protocol):
@@ -34,15 +35,19 @@ def cascade_savings(rows: Iterable[ExchangeRow], escalate_to: Mapping[str, str] 
                     prices: Mapping[str, Priced] | None = None,
                     thresholds: Mapping[str, float] | None = None) -> dict[str, Any]:
     """Per cascaded route: escalation rate and cost saved. Routes are those of `escalate_to` (route →
-    escalation model, from the routing file) or, without it, those whose exchanges carry a confidence."""
+    escalation model, from the routing file) and those whose exchanges carry a confidence: a routing file
+    that no longer cascades a route does not hide what the log holds of it."""
     by_route: dict[str, list[ExchangeRow]] = {}
     for row in rows:
         if row.lane != SHADOW_LANE:
             by_route.setdefault(row.route or NO_ROUTE, []).append(row)
-    cascaded = set(escalate_to) if escalate_to is not None else {
-        name for name, group in by_route.items() if any(r.cascade_confidence is not None for r in group)}
-    routes = {name: _route(by_route[name], (escalate_to or {}).get(name), prices, (thresholds or {}).get(name))
-              for name in sorted(cascaded & set(by_route))}
+    scored = {name for name, group in by_route.items() if any(r.cascade_confidence is not None for r in group)}
+    routes = {}
+    for name in sorted((scored | set(escalate_to or ())) & set(by_route)):
+        figures = _route(by_route[name], (escalate_to or {}).get(name), prices, (thresholds or {}).get(name))
+        if escalate_to is not None and name not in escalate_to:
+            figures["note"] = "; ".join(filter(None, (figures["note"], NOT_IN_FILE)))
+        routes[name] = figures
     return {"priced": prices is not None, "note": None if prices is not None else NO_PRICES, "routes": routes}
 
 
