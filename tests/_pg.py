@@ -109,9 +109,12 @@ async def log_and_roll_up_mixed_exchanges(settings: TelemetrySettings) -> dict[s
     now = BASE_TIME + 86_400
     old = now - 40 * 86_400
     exchanges = [make_exchange(i, started_at=old + i * 40) for i in range(300)]
+    for i, exchange in enumerate(exchanges[::3]):  # a third on a retrieval route: hits and misses
+        exchange.retrieval_hits, exchange.retrieval_ms = 3 * (i % 2), 1.5
     exchanges += [cascaded_exchange(i, started_at=old + i * 300) for i in range(30)]
     raw = summarize(rows_of(exchanges, False))
     assert raw["total"]["failed_attempts"] > 0 and raw["models"][MODELS[0]]["cost_usd"] > 0
+    assert raw["total"]["retrievals"] == 100 and 0 < raw["total"]["retrieval_hit_rate"] < 1
     telemetry = Telemetry(replace(settings, retention_days=30))
     await telemetry.start()
     for exchange in exchanges:
@@ -121,7 +124,8 @@ async def log_and_roll_up_mixed_exchanges(settings: TelemetrySettings) -> dict[s
     return raw
 
 
-ROLLED_UP_FIGURES = ("requests", "errors", "timeouts", "tokens_in", "tokens_out", "fallbacks", "failed_attempts")
+ROLLED_UP_FIGURES = ("requests", "errors", "timeouts", "tokens_in", "tokens_out", "fallbacks", "failed_attempts",
+                     "retrievals", "retrieval_hit_rate")
 
 
 def assert_same_counts(before: dict[str, Any], after: dict[str, Any]) -> None:

@@ -455,6 +455,7 @@ async def test_a_log_without_hourly_failed_attempts_gains_the_column(tmp_path: P
     await telemetry.aclose()
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT sum(failed_attempts), sum(requests) FROM exchanges_hourly").fetchone() == (1, 6)
+        assert db.execute("SELECT sum(retrievals), sum(retrieval_hits) FROM exchanges_hourly").fetchone() == (0, 0)
         assert db.execute("SELECT count(*) FROM exchanges").fetchone() == (1,)
 
 

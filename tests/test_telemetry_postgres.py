@@ -206,8 +206,9 @@ async def test_a_report_reads_a_log_of_an_earlier_release_without_converting_it(
     await telemetry.start()
     await telemetry.aclose()
     db = await asyncpg.connect(dsn)
-    try:  # the hourly table as earlier releases made it, without `failed_attempts`
-        await db.execute("ALTER TABLE exchanges_hourly DROP COLUMN failed_attempts")
+    try:  # the hourly table as earlier releases made it, without `failed_attempts` and the retrieval counts
+        for column in ("failed_attempts", "retrievals", "retrieval_hits"):
+            await db.execute(f"ALTER TABLE exchanges_hourly DROP COLUMN {column}")
         await db.execute("INSERT INTO exchanges_hourly (hour, model, route, lane, requests, errors, timeouts, "
                          "escalated_ok, tokens_in, tokens_out, conversations, fallbacks, simulated, cost_usd) "
                          "VALUES ($1, 'm', 'r', 'primary', 5, 1, 0, 0, 10, 20, 5, 0, 0, 0.5)", BASE_TIME - 7200)
@@ -220,8 +221,8 @@ async def test_a_report_reads_a_log_of_an_earlier_release_without_converting_it(
     telemetry = Telemetry(TelemetrySettings(exchange_log=dsn))  # the gateway converts it
     await telemetry.start()
     await telemetry.aclose()
-    assert await scalar(dsn, "SELECT count(*) FROM information_schema.columns WHERE "
-                             "table_name = 'exchanges_hourly' AND column_name = 'failed_attempts'") == 1
+    assert await scalar(dsn, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'exchanges_hourly' "
+                             "AND column_name IN ('failed_attempts', 'retrievals', 'retrieval_hits')") == 3
 
 
 async def test_retention_and_report_on_postgres_match_stats(server: PostgresServer) -> None:

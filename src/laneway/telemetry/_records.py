@@ -64,6 +64,8 @@ class HourlyRow(NamedTuple):
     # Attempts at this model that failed, on this route. Rows with no requests carry only these and
     # the cost of attempts at this model in exchanges another model answered (a cascade's first answer).
     failed_attempts: int = 0
+    retrievals: int = 0  # requests of a route with `retrieval:`
+    retrieval_hits: int = 0  # of them, those that got passages
 
 
 # One exchange as the stores receive it: its start time, and its `LOG_COLUMNS` values as one JSON

@@ -193,7 +193,7 @@ def convert_attempts_sql() -> str:
 
 
 # Hourly columns added after the first release; a log created before them gains them on open, as 0.
-ADDED_HOURLY_COLUMNS = ("failed_attempts",)
+ADDED_HOURLY_COLUMNS = ("failed_attempts", "retrievals", "retrieval_hits")
 
 
 def added_columns() -> list[str]:
@@ -215,6 +215,8 @@ _HOURLY_COUNTS = (
     "fallbacks",
     "simulated",
     "failed_attempts",
+    "retrievals",
+    "retrieval_hits",
 )
 _HOURLY_SELECT = {
     "requests": "COUNT(*)",
@@ -230,6 +232,8 @@ _HOURLY_SELECT = {
     "fallbacks": "SUM(fallbacks)",
     "simulated": "SUM(CASE WHEN simulated THEN 1 ELSE 0 END)",
     "failed_attempts": "0",  # all of them come from the attempts, in `_attempts_roll_up`
+    "retrievals": "SUM(CASE WHEN retrieval_hits IS NOT NULL THEN 1 ELSE 0 END)",
+    "retrieval_hits": "SUM(CASE WHEN retrieval_hits > 0 THEN 1 ELSE 0 END)",
 }
 HOURLY_COLUMNS = HourlyRow._fields
 # The statements below are assembled from the constant column names above, never from input: every

@@ -87,6 +87,8 @@ class _Group:
         self.simulated += hour.simulated
         self.anonymous_conversations += hour.conversations
         self.failed_attempts += hour.failed_attempts
+        self.retrievals += hour.retrievals
+        self.retrieval_hits += hour.retrieval_hits
 
     def finish(self, total_requests: int, minutes: float) -> dict[str, Any]:
         self.latencies.sort()
