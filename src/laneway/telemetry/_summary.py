@@ -176,7 +176,9 @@ def summarize(
     minutes = max(1.0, (end - start) / 60.0) if start is not None and end is not None else 1.0
     n = total.requests
     return {
-        "window": {"since": start, "until": end, "minutes": round(minutes, 4), "rolled_up_requests": rolled_up},
+        # `truncated`: whether the rows began after `since` (an in-memory window that let older ones go).
+        "window": {"since": start, "until": end, "minutes": round(minutes, 4), "rolled_up_requests": rolled_up,
+                   "truncated": False},
         "simulated": total.simulated > 0,
         "total": total.finish(n, minutes),
         "models": {name: group.finish(n, minutes) for name, group in sorted(models.items())},
