@@ -674,3 +674,13 @@ async def test_after_the_duration_the_progress_line_says_what_it_waits_for_and_e
     assert "waiting for 2 requests in flight (timeout 1.5 s)" in shown
     lines = [line.split("\r")[-1] for line in shown.replace("\r\n", "\n").split("\n")]
     assert sum("100%" in line for line in lines) == 1
+
+
+def test_an_open_loop_whose_arrivals_would_take_long_is_warned_about() -> None:
+    from laneway.loadtest._cli import long_open_loop
+
+    url = "http://127.0.0.1:9/v1/chat/completions"
+    warning = long_open_loop(LoadPlan(url=url, rate=0.0001, requests=1))
+    assert warning is not None and "about 10,000 s" in warning and "--duration" in warning
+    assert long_open_loop(LoadPlan(url=url, rate=100, requests=1000)) is None  # 10 s
+    assert long_open_loop(LoadPlan(url=url, rate=0.0001, requests=1, duration_s=5)) is None  # bounded

@@ -24,6 +24,7 @@ STOPPED_BY_SIGNAL = 128  # plus the signal's number, as a shell reports it: 130 
 _BAR = 30
 _OUTPUTS = ("json", "csv", "html")
 _STOPS = (signal.SIGINT, signal.SIGTERM)
+LONG_RUN_S = 300.0  # an open loop expected to take longer, bounded by a count alone, is warned about
 
 
 def add_commands(subparsers: Any) -> None:
@@ -73,6 +74,9 @@ def run_loadtest(args: argparse.Namespace) -> int:
         print(f"laneway: {problem}", file=sys.stderr)
         return 2
     plan, warmup = _plans(args)
+    warning = long_open_loop(plan)
+    if warning:
+        print(f"laneway loadtest: {warning}", file=sys.stderr)
     show = None if args.quiet or not sys.stderr.isatty() else progress_bar
     stopped_by: list[int] = []  # the signal that stopped the run early, if one did
     tally = uvloop.run(_measure(plan, warmup, payloads, show, stopped_by))
@@ -96,6 +100,18 @@ def _verdict(tally: Tally, max_error_rate: float) -> int:
               f"`--max-error-rate` {max_error_rate:g}", file=sys.stderr)
         return 1
     return 0
+
+
+def long_open_loop(plan: LoadPlan) -> str | None:
+    """A warning for an open loop bounded by a count alone whose arrivals would take long: at a low
+    `--rate`, the run would otherwise look stuck."""
+    if not plan.rate or plan.requests is None or plan.duration_s is not None:
+        return None
+    expected = plan.requests / plan.rate
+    if expected <= LONG_RUN_S:
+        return None
+    return (f"at --rate {plan.rate:g}, {plan.requests} requests take about {expected:,.0f} s on average (Poisson "
+            "arrivals); add --duration S to bound the run")
 
 
 def _plans(args: argparse.Namespace) -> tuple[LoadPlan, LoadPlan | None]:
