@@ -13,14 +13,15 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-Option = tuple[str, "str | Path | None"]  # an option's name (`--json`) and its path, None when not given
+Option = tuple[str, str | Path | None]  # an option's name (`--json`) and its path, None when not given
 NOT_WRITTEN = 2  # the exit code of a run some output of which could not be written
 
 
 def check_outputs(outputs: Sequence[Option], inputs: Sequence[Option] = ()) -> str | None:
     """The first reason the outputs could not be written as asked (the message names the option, the
     path and the fix), or None: each must be a writable file that is no input and no other output."""
-    taken = {_identity(Path(path)): (option, path) for option, path in inputs if path is not None}
+    taken = {identity: (option, path) for option, path in inputs
+             if path is not None and (identity := _identity(Path(path))) is not None}
     for option, path in outputs:
         if path is None:
             continue
@@ -28,7 +29,9 @@ def check_outputs(outputs: Sequence[Option], inputs: Sequence[Option] = ()) -> s
         if problem:
             return problem
         identity = _identity(Path(path))
-        if identity is not None and identity in taken:
+        if identity is None:
+            continue
+        if identity in taken:
             other, other_path = taken[identity]
             return (f"`{option} {path}` is the file of `{other} {other_path}` too, which it would overwrite; "
                     "choose another path")
