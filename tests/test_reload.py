@@ -11,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from _live import live_gateway
 from laneway.server._serve import check_exposure
 
@@ -82,3 +84,19 @@ def test_a_reload_says_which_changes_need_a_restart(sim_url: str, tmp_path: Path
         restart = [w for w in body["warnings"] if "takes effect only when Laneway restarts" in w]
         assert [w.split(":")[0] for w in restart] == ["state", "shadow"]
         assert live.gateway is not None and live.gateway.state is None  # not connected to the new store
+        assert live.gateway.config.state is None  # the config says what runs
+        path.write_text(A)  # back to the file it runs: nothing it cannot apply
+        status, body = _reload(live.url)
+        assert status == 200 and not [w for w in body["warnings"] if "takes effect only when" in w], body
+
+
+def test_a_reload_says_which_variables_the_environment_lacks(sim_url: str, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text(A)
+    with live_gateway(A, sim_url, config_path=path) as live:
+        path.write_text("admin: {key_env: LANEWAY_TEST_UNSET_ADMIN_KEY}\n" + A)
+        status, body = _reload(live.url)
+    assert status == 200 and body["warnings"] == [
+        "admin.key_env: `LANEWAY_TEST_UNSET_ADMIN_KEY` is not set; the admin endpoints stay closed until it is"]
+    assert "LANEWAY_TEST_UNSET_ADMIN_KEY` is not set" in caplog.text  # and in the server's log

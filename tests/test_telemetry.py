@@ -44,12 +44,12 @@ from laneway.telemetry import (
     parse_telemetry,
     percentile,
 )
-from laneway.telemetry._telemetry import Window
 from laneway.telemetry._html_report import cost_plot
 from laneway.telemetry._records import fallbacks_of
 from laneway.telemetry._sqlite import WRITER_NICENESS, SqliteStore
 from laneway.telemetry._store import open_store
 from laneway.telemetry._summary import summarize
+from laneway.telemetry._telemetry import Window
 from laneway.telemetry._window import RecentExchanges, rows_of
 
 

@@ -19,7 +19,7 @@ import orjson
 from .cache import CacheStore, MemoryStore, cache_key, cacheable, lookup, remember
 from .cascade import complete_with_cascade
 from .chat import Chunk, Completion, Message
-from .config import CacheSettings, Config, load_config
+from .config import CacheSettings, Config, load_config, unset_variables
 from .context import TokenCounter
 from .dispatch import Dispatcher, Plan, Started, replay_stream
 from .errors import ConfigIssue
@@ -110,8 +110,9 @@ class Gateway:
             config = load_config(self.config_path)
             if self.vet is not None:
                 self.vet(config)
-            notes = _restart_only(self.config, config, fleet_running=self.sim_url is not None)
-            config = replace(config, warnings=(*config.warnings, *notes))
+            config = _restart_only(self.config, config, fleet_running=self.sim_url is not None)
+            environment = unset_variables(config)  # as `check` and start-up say them
+            config = replace(config, warnings=(*config.warnings, *environment))
             if config.simulated and self.sim_url is None:
                 from .sim import start_fleet
 
@@ -127,7 +128,7 @@ class Gateway:
             log.info("laneway: reloaded %s (%d routes, %d models)", config.source, len(config.routes),
                      len(config.models))
             for issue in config.warnings:
-                if issue.message.startswith(RESTART_ONLY):
+                if issue.message.startswith(RESTART_ONLY) or issue in environment:
                     log.warning("laneway: %s", issue)
             return config
 
@@ -331,10 +332,15 @@ RESTART_ONLY = "changed, but takes effect only when Laneway restarts"
 _BUILT_AT_START = ("state", "telemetry", "shadow")
 
 
-def _restart_only(running: Config, new: Config, *, fleet_running: bool) -> list[ConfigIssue]:
-    """Warnings for the sections a reload changes but cannot apply (`sim:` once a fleet runs)."""
+def _restart_only(running: Config, new: Config, *, fleet_running: bool) -> Config:
+    """`new` with the running values of the sections a reload changes but cannot apply (`sim:` once a
+    fleet runs), and a warning for each: the config then says what runs, and a later reload of the
+    file as it was does not warn again."""
     sections = (*_BUILT_AT_START, "sim") if fleet_running else _BUILT_AT_START
     changed = [name for name in sections if getattr(running, name) != getattr(new, name)]
+    kept = {name: getattr(running, name) for name in changed}
     if running.server.cache_entries != new.server.cache_entries:
         changed.append("server.cache_entries")
-    return [ConfigIssue(name, f"{RESTART_ONLY}; the running value stays", severity="warning") for name in changed]
+        kept["server"] = replace(new.server, cache_entries=running.server.cache_entries)
+    notes = [ConfigIssue(name, f"{RESTART_ONLY}; the running value stays", severity="warning") for name in changed]
+    return replace(new, **kept, warnings=(*new.warnings, *notes))

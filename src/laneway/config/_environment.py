@@ -1,6 +1,6 @@
 """What a routing file expects of the environment it runs in: the variables it names that are unset.
 
-Checked by `laneway check` and at start-up, not while parsing: a file is valid without its secrets
+Checked by `laneway check`, at start-up and at each reload, not while parsing: a file is valid without its secrets
 (in CI, say), but a gateway missing them sends requests without a key, or keeps its admin
 endpoints closed, and an operator should hear why before the first request fails.
 """
@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from ..errors import ConfigIssue
 from ._model import Config
 
 # The providers' own APIs, which refuse a request without a key (a self-hosted server may not).
@@ -18,20 +19,26 @@ KEYED_HOSTS = {"api.openai.com": "OPENAI_API_KEY", "api.anthropic.com": "ANTHROP
                "generativelanguage.googleapis.com": "GEMINI_API_KEY"}
 
 
-def unset_variables(config: Config, environ: Mapping[str, str] = os.environ) -> list[str]:
+def unset_variables(config: Config, environ: Mapping[str, str] = os.environ) -> list[ConfigIssue]:
     """One warning per variable the file names and the environment lacks (or holds empty), and per model
     of a provider's own API that names none."""
     warnings = []
     for name, spec in config.models.items():
         variable = spec.api_key_env
         if variable and not spec.simulated and not environ.get(variable):
-            warnings.append(f"models.{name}.api_key_env: `{variable}` is not set; requests to `{name}` go "
-                            "without a key, and the provider will refuse them")
+            warnings.append(_warning(f"models.{name}.api_key_env", f"`{variable}` is not set; requests to `{name}` "
+                                     "go without a key, and the provider will refuse them"))
         host = urlsplit(spec.base_url).hostname or ""
         if not variable and host in KEYED_HOSTS:
-            warnings.append(f"models.{name}: no `api_key_env`, so requests to {host} go without a key and are "
-                            f"refused; add `api_key_env: {KEYED_HOSTS[host]}` (the variable holding the key)")
+            warnings.append(_warning(f"models.{name}", f"no `api_key_env`, so requests to {host} go without a key "
+                                     f"and are refused; add `api_key_env: {KEYED_HOSTS[host]}` (the variable "
+                                     "holding the key)"))
     variable = config.admin.key_env
     if variable and not environ.get(variable):
-        warnings.append(f"admin.key_env: `{variable}` is not set; the admin endpoints stay closed until it is")
+        warnings.append(_warning("admin.key_env", f"`{variable}` is not set; the admin endpoints stay closed "
+                                 "until it is"))
     return warnings
+
+
+def _warning(path: str, message: str) -> ConfigIssue:
+    return ConfigIssue(path, message, severity="warning")

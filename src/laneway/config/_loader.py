@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -86,7 +86,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     config = _build(raw, issues, source, base)
     if issues.errors or config is None:
         raise ConfigError(issues.errors or issues.items, source)
-    return config
+    return replace(config, text=text)
 
 
 @cache

@@ -166,6 +166,7 @@ class Config:
     state: str | None = None  # redis://HOST:PORT/DB: gates, budgets, cooldowns and cache shared by replicas
     keys: tuple[KeyPolicy, ...] = ()
     admin: AdminSettings = field(default_factory=AdminSettings)
+    text: str = field(default="", repr=False, compare=False)  # the routing file as it was read
 
     @property
     def simulated(self) -> bool:
