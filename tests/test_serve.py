@@ -170,6 +170,35 @@ def test_a_worker_that_dies_is_replaced_and_one_that_keeps_dying_stops_the_serve
     assert "workers keep exiting right after they start" in output
 
 
+def _replace_a_worker(process: subprocess.Popen[str]) -> None:
+    """Kill one worker and wait for the supervisor to start its replacement."""
+    first = workers_of(process)
+    os.kill(first[0], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while len(now := workers_of(process)) != 2 or first[0] in now:
+        assert time.monotonic() < deadline, "the dead worker was not replaced"
+        time.sleep(0.1)
+
+
+def test_a_worker_that_replaces_a_dead_one_runs_what_its_peers_run_not_the_file_edited_since(
+        tmp_path: Path) -> None:
+    db, config = tmp_path / "exchanges.sqlite3", tmp_path / "routes.yaml"
+    config.write_text(ROUTES.format(db=db, target="gpt-5-mini"))
+    process, url = serve(config, "--workers", "2")
+    try:
+        config.write_text("routes: [oops")  # broken, and never reloaded
+        _replace_a_worker(process)
+        config.write_text(ROUTES.format(db=db, target="gpt-5"))  # valid, and never reloaded either
+        _replace_a_worker(process)
+        time.sleep(3)  # the replacements start serving
+        assert process.poll() is None
+        assert {chat(url) for _ in range(20)} == {"gpt-5-mini"}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    assert "Traceback" not in output and output.count("starting a new one") == 2, output
+
+
 def fleet_of(process: subprocess.Popen[str]) -> int:
     """The pid of the simulated fleet `laneway serve` started."""
     children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()

@@ -68,6 +68,7 @@ class Gateway:
         # Checks a config may serve here (`laneway serve` refuses one without keys on a public address);
         # raises `ConfigError`. Run at start-up by the caller and on every reload by `reload()`.
         self.vet: Callable[[Config], None] | None = None
+        self.applied: Callable[[Config], None] | None = None  # told of each config a reload put in place
 
     @classmethod
     async def start(cls, config: Config | None = None, *, config_path: str | Path | None = None,
@@ -127,6 +128,8 @@ class Gateway:
             task.add_done_callback(self._retired.discard)
             log.info("laneway: reloaded %s (%d routes, %d models)", config.source, len(config.routes),
                      len(config.models))
+            if self.applied is not None:
+                self.applied(config)
             for issue in config.warnings:
                 if issue.message.startswith(RESTART_ONLY) or issue in environment:
                     log.warning("laneway: %s", issue)

@@ -20,6 +20,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -46,6 +47,18 @@ class WorkerSockets:
 
     def path(self, index: int) -> str:
         return os.path.join(self.directory, f"worker-{index}.sock")
+
+    @property
+    def running_config(self) -> Path:
+        """Where the workers keep the routing file they run, as they last loaded it: a worker that replaces
+        one that died starts from it, not from a file edited, or broken, since (`keep_running_config`)."""
+        return Path(self.directory) / "running.yaml"
+
+    def keep_running_config(self, text: str) -> None:
+        """Note `text` as the routing file the workers run (after a start or a reload), in one rename."""
+        spare = self.running_config.with_name(f"running.{self.index}.tmp")
+        spare.write_text(text, encoding="utf-8")
+        os.replace(spare, self.running_config)
 
 
 class Peers:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from ..config import Config, SimSettings, load_config, unset_variables
+from ..config import Config, SimSettings, load_config, parse_config, unset_variables
 from ..errors import ConfigError, ConfigIssue
 from ..gateway import Gateway
 from ..telemetry import Telemetry
@@ -77,7 +77,7 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
     # A reload asked for before this process can reload must not kill it (SIGHUP's default); the
     # handler comes once the gateway runs (`_on_sighup`).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    config = load_config(config_path)
+    config = _running_config(config_path, worker)
     speaks = worker is None or worker.index == 0  # the workers of one server warn once, not once each
     check_exposure(config, host, allow_unauthenticated, warn=speaks)
     if config.warnings and speaks:
@@ -93,6 +93,9 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
         peers = await stack.enter_async_context(serve_peers(worker, telemetry)) if worker is not None else None
         gateway = await Gateway.start(config, config_path=config_path, sim_url=sim_url, telemetry=telemetry,
                                       warm=False)
+        if worker is not None:  # a worker that replaces this one, should it die, starts from what runs
+            worker.keep_running_config(config.text)
+            gateway.applied = lambda applied: worker.keep_running_config(applied.text)
         # A reload warns only when it drops the keys the running config had: otherwise it was said at start.
         gateway.vet = lambda new: check_exposure(new, host, allow_unauthenticated,
                                                  warn=speaks and bool(gateway.config.keys))
@@ -120,6 +123,21 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
         gc.collect()
         gc.freeze()
         await server.serve()
+
+
+def _running_config(config_path: str | Path | None, worker: WorkerSockets | None) -> Config:
+    """The routing file a worker of `serve --workers N` starts from: the one its peers run, when one of
+    them noted it (a worker replacing one that died), else the file itself. A file edited since the
+    last reload is not applied by a worker's restart: it would run another config than its peers, and a
+    file that no longer loads would stop the whole server."""
+    if worker is not None and config_path is not None:
+        try:
+            text = worker.running_config.read_text("utf-8")
+        except FileNotFoundError:
+            pass
+        else:
+            return parse_config(text, str(config_path))
+    return load_config(config_path)
 
 
 def _on_sighup(gateway: Gateway, tasks: set[asyncio.Task[None]]) -> None:
