@@ -313,6 +313,10 @@ def test_a_stop_past_the_grace_period_cuts_requests_in_flight_and_records_them(t
     assert process.returncode == 0, output
     assert took < 10, took  # the 1 s grace, then the cut: not the 60 s the requests could still take
     assert answer.startswith(b"HTTP/1.1 503 ") and b"connection: close" in answer  # told, so it can retry
+    head, _, body = answer.partition(b"\r\n\r\n")
+    error = json.loads(body)["error"]  # as OpenAI's errors are shaped, with the id the log knows it by
+    assert error["code"] == "shutting_down" and "send the request again" in error["message"]
+    assert f"x-request-id: {error['request_id']}".encode() in head
     with sqlite3.connect(db) as connection:
         rows = connection.execute("select route, status, outcome, error, completion_tokens, cost_usd "
                                   "from exchanges order by route").fetchall()

@@ -2,6 +2,7 @@
 
     LanewayError
     ├── ConfigError                 a routing file that cannot be used (carries every issue found)
+    ├── ShuttingDown                503 shutting_down: the server stopped before the answer
     ├── RequestError                the client's request is wrong or cannot be served as asked
     │   ├── InvalidRequest          400 invalid_request
     │   ├── Unauthorized            401 invalid_api_key
@@ -42,6 +43,14 @@ class LanewayError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class ShuttingDown(LanewayError):
+    """The server stopped, past `server.shutdown_grace_ms`, before the request's answer: a client told so
+    can send it again, to another replica."""
+
+    status = 503
+    code = "shutting_down"
 
 
 @dataclass(frozen=True, slots=True)

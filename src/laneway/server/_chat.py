@@ -16,7 +16,7 @@ import orjson
 
 from ..chat import Chunk, Completion, TokenLogprob, Usage, tool_call_text
 from ..dispatch import Started, account, close_stream, estimate_usage
-from ..errors import LanewayError, UpstreamError, error_body
+from ..errors import LanewayError, ShuttingDown, UpstreamError, error_body
 from ..exchange import CANCELLED, CLIENT_DISCONNECTED, OK, Exchange
 from ..gateway import Gateway
 from ..keys import KeyPolicy
@@ -73,10 +73,13 @@ async def chat_completions(gateway: Gateway, body: bytes, headers: dict[str, str
         raise
     except asyncio.CancelledError:
         # Cancelled with its client still there: the server stopped, past its grace period. A stream
-        # that had begun recorded itself; anything else is recorded here, never lost.
+        # that had begun recorded itself; anything else is recorded here, never lost, and the client
+        # hears why, with the request's id, in OpenAI's error shape.
         if exchange.outcome != CANCELLED:
             _cancelled(exchange, "before the answer")
             gateway.finish(exchange, started)
+            stopped = ShuttingDown(f"{exchange.error}; send the request again")
+            await respond_error(send, stopped, exchange.request_id, [*base, *laneway_headers(exchange)])
         raise
     if gateway.config.telemetry.store_bodies:
         exchange.answer_body = completion.text
