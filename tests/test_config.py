@@ -386,10 +386,12 @@ def test_check_warns_of_a_provider_api_without_a_key(tmp_path: Path, capsys: pyt
             provider: anthropic
             base_url: https://api.anthropic.com
             model: claude-sonnet-4-5
+            price: {input_per_mtok: 3.0, output_per_mtok: 15.0}
           local:
             provider: openai
             base_url: http://127.0.0.1:8000/v1
             model: llama
+            price: {input_per_mtok: 0, output_per_mtok: 0}
         routes:
         - target: claude
           fallbacks: [local]
@@ -566,3 +568,17 @@ def test_the_simulated_fleet_seed_is_one_laneway_sim_takes() -> None:
         - target: gpt-5
         """)
     assert issues == ["sim.seed (line 2, column 13): must be at most 4,294,967,295, got 4294967296"]
+
+
+def test_a_model_without_a_price_is_warned_of_and_named_with_the_usd_limit_it_defeats() -> None:
+    config = parse_config("""
+models:
+  priced: {provider: openai, base_url: "http://127.0.0.1:8000/v1", price: {input_per_mtok: 0, output_per_mtok: 0}}
+  unpriced: {provider: openai, base_url: "http://127.0.0.1:8000/v1", gate: {usd_per_minute: 0.5}}
+routes:
+- target: priced
+  fallbacks: [unpriced]
+""")
+    [warning] = [str(w) for w in config.warnings]
+    assert warning.startswith("models.unpriced.price") and "cost $0" in warning
+    assert "its gate's `usd_per_minute` never binds" in warning

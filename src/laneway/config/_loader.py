@@ -178,6 +178,12 @@ def _model(name: str, s: Section) -> ModelSpec:
         reasoning=_reasoning(s.section("reasoning"), provider) if s.has("reasoning") else (),
     )
     _check_reasoning(s, spec)
+    if not s.has("price"):
+        capped = spec.gate is not None and spec.gate.usd_per_minute is not None
+        binds = " (its gate's `usd_per_minute` never binds)" if capped else ""
+        s.issues.add(s.where("price"), f"no `price`: its requests cost $0 in metrics, reports, budgets and spend "
+                     f"caps{binds}; add `price: {{input_per_mtok: N, output_per_mtok: N}}` (0 and 0 for a model "
+                     "that costs nothing)", severity="warning")
     if spec.prompt_cache and provider != "anthropic":
         s.issues.add(s.where("prompt_cache"), f"`prompt_cache` is for `anthropic` models; `{provider}` caches "
                      "long prompts on its own (its cached-token price is `price.cached_input_per_mtok`)")
