@@ -446,6 +446,7 @@ def test_a_faulty_lane_never_costs_the_client_its_answer(sim_url: str, lane: str
     if lane == "shadow":
         shadow = sink.by_id(headers["x-request-id"] + "/shadow/broken")
         assert shadow.outcome == "upstream_unavailable"
+        assert (shadow.status, shadow.attempts[0].upstream_status) == (502, 500)  # as a primary's failure records
     if lane == "silent":
         hung = sink.by_id(headers["x-request-id"]).attempts[0]
         assert hung.outcome == "model_inference_deadline_exceeded" and 900 < hung.latency_ms < 1300

@@ -190,6 +190,8 @@ class ShadowRunner:
         except UpstreamError as error:
             record.outcome = attempt.outcome = error.code
             record.error = attempt.error = error.message
+            record.status = error.status  # what a client sent to the candidate would have got
+            attempt.upstream_status = error.upstream_status
         record.latency_ms = record.upstream_ms = attempt.latency_ms = (time.perf_counter() - started) * 1000
         if usage is not None:
             account(attempt, record, spec.price, usage)
