@@ -189,6 +189,27 @@ async def test_unreachable_store_degrades_to_local_state_and_reconnects(
         await state.aclose()
 
 
+async def test_a_store_that_answers_reads_but_refuses_writes_stays_down_until_it_takes_them_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    events = Events()
+    with redis_server(tmp_path / "redis") as server:
+        state = await SharedState.open(server.url, events)
+        store = Redis.from_url(server.url)
+        await store.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))  # read-only, as during a failover
+        with caplog.at_level(logging.INFO, logger="laneway"):
+            for _ in range(6):  # traffic through the outage, the probe running between
+                assert await state.take("heavy", "tokens", 10, 1000) is None
+                await asyncio.sleep(0.3)
+            assert not state.up and events.seen == [("state_unavailable", "")]
+            await store.execute_command("REPLICAOF", "NO", "ONE")
+            await asyncio.sleep(0.6)
+            assert state.up and await state.take("heavy", "tokens", 10, 1000) is not None
+        messages = [r.getMessage() for r in caplog.records]
+        assert sum("refuses writes" in m for m in messages) == 1 and sum("answers again" in m for m in messages) == 1
+        await store.aclose()
+        await state.aclose()
+
+
 # ---- real `laneway serve` replicas -------------------------------------------------------------
 
 TOKENS_PER_MINUTE = 1500
@@ -408,7 +429,7 @@ def test_requests_keep_succeeding_on_local_limits_when_redis_dies(shared: Cluste
         statuses = [f.result()[0] for f in first + later]
     assert statuses == [200] * 18
     for replica in shared.replicas:  # each said so, once
-        assert replica.output().count(f"shared state at `{shared.redis.url}` is unreachable") == 1
+        assert replica.output().count(f"shared state at `{shared.redis.url}` is unreachable or refuses writes") == 1
     with urllib.request.urlopen(shared.urls[0] + "/metrics", timeout=5) as response:
         assert 'event="state_unavailable"} 1' in response.read().decode()
     shared.redis.start()  # back, on the same port: every replica rejoins

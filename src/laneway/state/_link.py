@@ -3,7 +3,8 @@
 Every Redis call goes through `Link.run`. A call that fails marks the link down, logs one warning
 and counts one `state_unavailable` event; while it is down, calls fail fast with `Unreachable`
 (their callers fall back to this replica's own state) except the periodic probe, whose first
-success brings the link back.
+success brings the link back. The probe writes: a store that answers reads but refuses writes stays
+down.
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ class Link:
         self.up = False
         with contextlib.suppress(*self._errors):  # idle connections are to a server that is gone
             await self.client.connection_pool.disconnect(inuse_connections=False)
-        log.warning("laneway: shared state at `%s` is unreachable (%s: %s); this replica keeps to its own "
-                    "limits meanwhile", self.where, type(exc).__name__, exc)
+        log.warning("laneway: shared state at `%s` is unreachable or refuses writes (%s: %s); this replica "
+                    "keeps to its own limits meanwhile", self.where, type(exc).__name__, exc)
         if self.sink is not None:
             self.sink.count("state_unavailable", "")
 

@@ -23,6 +23,10 @@ from ._link import EventSink, Link, Unreachable, quietly
 
 LEASE_TTL_S = 15.0  # a dead replica's slots come back after at most this long
 TICK_S = 0.25  # breaker sync and reconnection probe period
+# What the reconnection probe writes: a store that answers reads but refuses writes (a replica during a
+# failover, a full `noeviction` store) is still down, so the link does not flap between the two states.
+PROBE_KEY = "laneway:probe"
+PROBE_TTL_MS = 10_000
 
 Breakers = Callable[[], Mapping[str, CircuitBreaker]]
 
@@ -106,6 +110,8 @@ class SharedState:
             await self.renew()  # a restarted store lost them: count them again
 
     async def _upkeep(self, client: Any) -> None:
+        if not self.link.up:
+            await client.set(PROBE_KEY, self.replica, px=PROBE_TTL_MS)
         if self._breakers is not None:
             await self._board.sync(client, self._breakers(), asyncio.get_running_loop().time())
         else:
