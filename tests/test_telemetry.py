@@ -611,3 +611,21 @@ async def test_stats_asked_from_before_what_a_full_window_holds_start_at_its_old
     assert (recent["total"]["requests"], recent["window"]["truncated"]) == (5, False)
     assert (whole["total"]["requests"], whole["window"]["truncated"]) == (10, False)
     assert peers["window"]["truncated"] is True and peers["total"]["requests"] == 20  # a full peer's window too
+
+
+async def test_a_new_log_another_connection_holds_is_opened_once_it_lets_go(tmp_path: Path) -> None:
+    """Switching a new file to WAL needs it to itself, and SQLite says "locked" at once rather than wait:
+    workers opening a new log together failed so, one start in about eight."""
+    path = tmp_path / "log.sqlite3"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE other (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.3, lambda: holder.execute("COMMIT")).start()
+    store = SqliteStore(f"sqlite:///{path}")
+    try:
+        await store.open()
+    finally:
+        holder.close()
+    await store.aclose()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)

@@ -18,6 +18,7 @@ import os
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
@@ -56,6 +57,8 @@ ROWS_PER_INSERT = 32
 # wait less (p99 at one connection 0.58 against 0.67 ms) and telemetry cost 7 µs less per request
 # at 1,000 requests/s in a side-by-side run (docs/benchmarks.md, thirteenth round).
 WRITER_NICENESS = 19
+LOCKED_WAIT_S = 5.0  # as long as the busy timeout other statements wait for a lock
+LOCKED_RETRY_S = 0.02
 _INSERT = f"INSERT INTO {RECORDS_TABLE} (started_at, record) VALUES (?, ?)"  # noqa: S608 (constant)
 _INSERT_MANY = _INSERT + ", (?, ?)" * (ROWS_PER_INSERT - 1)
 _VIEW = exchange_view_sql()
@@ -114,7 +117,7 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            _write_ahead(db)
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=5000")
             _prepare(db, self.url)
@@ -152,6 +155,23 @@ class SqliteStore:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def _write_ahead(db: sqlite3.Connection) -> None:
+    """Put the file in WAL mode. The switch needs the file to itself, and SQLite answers "database is
+    locked" at once, without waiting, while another connection holds it: the workers of `serve
+    --workers N` opening a new log together did, one start in about eight. It is tried again for up to
+    `LOCKED_WAIT_S`; the mode stays with the file, so once one worker has switched it the others only
+    read it."""
+    deadline = time.monotonic() + LOCKED_WAIT_S
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+        time.sleep(LOCKED_RETRY_S)
 
 
 def _prepare(db: sqlite3.Connection, url: str) -> None:
