@@ -23,6 +23,7 @@ from laneway.server._http11 import HttpServer
 WIRE_MODELS = (("gpt-5-mini", "openai", "sim:///gpt-5-mini/v1"),
                ("claude-sonnet-37", "anthropic", "sim:///claude-sonnet-37"),
                ("gemini-2.5-flash-lite", "gemini", "sim:///gemini-2.5-flash-lite"))
+WIRE_MODEL_NAMES = [name for name, _, _ in WIRE_MODELS]  # OpenAI, Anthropic, Gemini wires
 
 
 def wire_models_yaml() -> str:

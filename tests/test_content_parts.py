@@ -12,14 +12,14 @@ from typing import Any
 import openai
 import pytest
 
-from _live import LiveGateway, live_gateway, wire_models_yaml
+from _live import WIRE_MODEL_NAMES, LiveGateway, live_gateway, wire_models_yaml
 from laneway.sim._answers import MEDIA_TOKENS
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="
 OTHER_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGP4DwABAQEAzBEH8gAAAABJRU5ErkJggg=="
 PDF = "JVBERi0xLjQKJcfsj6IKMSAwIG9iago8PD4+CmVuZG9iagp0cmFpbGVyCjw8Pj4KJSVFT0YK"
 TEXT = "The parcel arrived like this. Can I get a replacement?"
-MODELS = ["gpt-5-mini", "claude-sonnet-37", "gemini-2.5-flash-lite"]  # OpenAI, Anthropic, Gemini wires
+MODELS = WIRE_MODEL_NAMES
 
 
 def image(url: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import openai
 import pytest
 
-from _live import LiveGateway, live_gateway, wire_models_yaml
+from _live import WIRE_MODEL_NAMES, LiveGateway, live_gateway, wire_models_yaml
 
 TOOLS: Any = [
     {"type": "function", "function": {
@@ -27,7 +27,7 @@ TOOLS: Any = [
                        "required": ["email"]}}},
 ]
 QUESTION: Any = [{"role": "user", "content": "Where is my order 1182?"}]
-MODELS = ["gpt-5-mini", "claude-sonnet-37", "gemini-2.5-flash-lite"]  # OpenAI, Anthropic, Gemini wires
+MODELS = WIRE_MODEL_NAMES
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import jsonschema
 import openai
 import pytest
 
-from _live import LiveGateway, RecordingSink, live_gateway, wire_models_yaml
+from _live import WIRE_MODEL_NAMES, LiveGateway, RecordingSink, live_gateway, wire_models_yaml
 from laneway.sim._answers import _SENTENCES
 from laneway.sim._structured import instance
 
@@ -37,7 +37,7 @@ TRIAGE: dict[str, Any] = {
 }
 TRIAGE_FORMAT: Any = {"type": "json_schema", "json_schema": {"name": "triage", "schema": TRIAGE, "strict": True}}
 MESSAGES: Any = [{"role": "user", "content": "I was charged twice for order 1182, please refund one."}]
-MODELS = ["gpt-5-mini", "claude-sonnet-37", "gemini-2.5-flash-lite"]  # OpenAI, Anthropic, Gemini wires
+MODELS = WIRE_MODEL_NAMES
 
 
 @pytest.fixture(scope="module")

@@ -185,9 +185,10 @@ class _Run:
                 self.issued += 1
                 self._start(self._one(due))
         finally:
-            ended = self.ends if time.perf_counter() < self.ends <= due and not self.stop.is_set() \
-                else time.perf_counter()
-            self.tally.sending_s = ended - self.began
+            now = time.perf_counter()
+            # The next arrival fell past the end: the run sent for its whole duration.
+            whole = now < self.ends <= due and not self.stop.is_set()
+            self.tally.sending_s = (self.ends if whole else now) - self.began
 
     def share_done(self) -> float:
         elapsed = time.perf_counter() - self.began

@@ -104,7 +104,7 @@ class GeminiProvider:
         if finish is None:
             raise UpstreamBadResponse("stream ended without a `finishReason`: cut mid-way",
                                       model=self.spec.name)
-        yield Chunk(finish_reason="tool_calls" if calls and finish == "stop" else finish, usage=usage)
+        yield Chunk(finish_reason=_finish(finish, bool(calls)), usage=usage)
 
     async def warm(self) -> None:
         await self.upstream.warm()
@@ -212,10 +212,15 @@ def parse_response(data: dict[str, Any], model: str, signatures: Signatures | No
         raise UpstreamBadResponse("answer has neither `candidates` nor `promptFeedback`", model=model)
     finish = chunk.finish_reason or "stop"
     return Completion(
-        text=chunk.text, finish_reason="tool_calls" if chunk.tool_calls and finish == "stop" else finish,
+        text=chunk.text, finish_reason=_finish(finish, bool(chunk.tool_calls)),
         usage=chunk.usage or Usage(), model=str(data.get("modelVersion") or model), logprobs=chunk.logprobs,
         upstream_id=str(data.get("responseId") or ""), tool_calls=chunk.tool_calls,
     )
+
+
+def _finish(reason: str, called: bool) -> str:
+    """The API stops with `STOP` after function calls too; OpenAI's finish reason is then `tool_calls`."""
+    return "tool_calls" if called and reason == "stop" else reason
 
 
 def read_chunk(data: dict[str, Any], model: str, signatures: Signatures) -> Chunk:
