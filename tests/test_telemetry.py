@@ -33,6 +33,7 @@ from _pg import (
     log_and_roll_up_mixed_exchanges,
     make_exchange,
     report,
+    samples,
     total,
 )
 from laneway.errors import ConfigError
@@ -182,6 +183,66 @@ async def test_overflowing_the_buffer_drops_and_counts() -> None:
     assert total(text, "laneway_exchanges_dropped_total") == 5
     assert total(text, "laneway_requests_total") == 10
     assert telemetry.stats()["log"]["dropped"] == 5
+
+
+def metric_mix() -> list[Exchange]:
+    """Exchanges for every path into the metrics: fallbacks, timeouts, streams, a shadow, an exchange
+    with no attempt, a cascade whose first answer another model billed, and retrievals."""
+    cascade = Exchange("cascade-1", BASE_TIME, route="billing", lane="cascade", model="gpt-5", cost_usd=0.0112,
+                       latency_ms=900.0, upstream_ms=899.6, attempts=[
+                           Attempt("gpt-5-mini", "ok", cost_usd=0.001), Attempt("grader", "ok", cost_usd=0.0002,
+                                                                                 lane="verifier"),
+                           Attempt("gpt-5", "ok", cost_usd=0.01, lane="cascade")])
+    retrievals = [Exchange(f"kb-{i}", BASE_TIME, route="billing", model="gpt-5", latency_ms=300.0,
+                           retrieval_hits=i % 3, retrieval_ms=None if i == 4 else 0.2 * i,
+                           attempts=[Attempt("gpt-5", "ok")]) for i in range(5)]
+    return [make_exchange(i) for i in range(1_100)] + odd_exchanges() + [cascade, *retrievals]
+
+
+def metric_samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(name, tuple(sorted(labels.items()))): value for name, labels, value in samples(text)
+            if not name.startswith(("laneway_exchange", "laneway_model_events"))}
+
+
+@pytest.mark.parametrize("stats_window", [1, 5, 600, 10_000])
+def test_metrics_count_every_exchange_whatever_the_window_and_the_scrapes(stats_window: int) -> None:
+    """The metrics count every exchange, whatever the window behind `stats()` keeps and however often
+    they are scraped, cascades' costs billed to the models that ran them."""
+    exchanges = metric_mix()
+    once = Telemetry(TelemetrySettings(exchange_log=None))
+    telemetry = Telemetry(TelemetrySettings(exchange_log=None, stats_window=stats_window))
+    for n, exchange in enumerate(exchanges):
+        once.record(exchange)
+        telemetry.record(exchange)
+        if n in (3, 700, 701):
+            telemetry.render_metrics()  # a scrape amid the traffic
+    text = telemetry.render_metrics()
+    got, want = metric_samples(text), metric_samples(once.render_metrics())
+    assert got.keys() == want.keys()
+    assert got == pytest.approx(want, rel=1e-12)
+    per_series = Counter((e.model or "", e.route or "", e.lane, e.outcome) for e in exchanges)
+    assert {(labels["model"], labels["route"], labels["lane"], labels["outcome"]): int(value)
+            for name, labels, value in samples(text) if name == "laneway_requests_total"} == per_series
+    attempts = Counter((a.model, a.outcome) for e in exchanges for a in e.attempts)
+    assert {(labels["model"], labels["outcome"]): int(value)
+            for name, labels, value in samples(text) if name == "laneway_attempts_total"} == attempts
+    # The cascade's first answer and its grade are billed to their models, not to the one that answered.
+    assert total(text, "laneway_cost_usd_total", model="gpt-5-mini", route="billing") == pytest.approx(0.001)
+    assert total(text, "laneway_cost_usd_total", model="grader", lane="verifier") == pytest.approx(0.0002)
+    assert total(text, "laneway_cost_usd_total", model="gpt-5", route="billing") == pytest.approx(0.01)
+    assert total(text, "laneway_cost_usd_total") == pytest.approx(sum(e.cost_usd for e in exchanges))
+    assert total(text, "laneway_retrieval_total", route="billing", result="hit") == 3
+    assert total(text, "laneway_retrieval_total", route="billing", result="miss") == 2
+    assert total(text, "laneway_retrieval_total", result="miss") == 3  # odd_exchanges()' too
+    assert total(text, "laneway_retrieval_seconds_count") == 5
+    assert total(text, "laneway_time_to_first_token_seconds_count") == sum(e.ttft_ms is not None for e in exchanges)
+    # A value equal to a bucket's bound counts under it.
+    assert total(text, "laneway_request_latency_seconds_bucket", le="0.25") == sum(
+        e.latency_ms / 1000 <= 0.25 for e in exchanges)
+    assert total(text, "laneway_request_latency_seconds_sum") == pytest.approx(
+        sum(e.latency_ms for e in exchanges) / 1000)
+    # The window itself still holds the last `stats_window` exchanges, the shadow apart.
+    assert telemetry.stats()["total"]["requests"] == min(stats_window, len(exchanges) - 1)
 
 
 def count_rows(tmp_path: Path, sql: str = "SELECT count(*) FROM exchanges") -> int:
