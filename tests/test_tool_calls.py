@@ -131,9 +131,8 @@ def upstream() -> Iterator[ToolUpstream]:
     server.server_close()
 
 
-@pytest.fixture(scope="module")
-def live(upstream: ToolUpstream) -> Iterator[tuple[LiveGateway, RecordingSink]]:
-    config = f"""
+def tool_config(upstream: ToolUpstream) -> str:
+    return f"""
 models:
   tools-capable:
     provider: openai
@@ -169,8 +168,12 @@ routes:
 - name: support
   target: tools-capable
 """
+
+
+@pytest.fixture(scope="module")
+def live(upstream: ToolUpstream) -> Iterator[tuple[LiveGateway, RecordingSink]]:
     sink = RecordingSink()
-    with live_gateway(config, None, telemetry=sink) as gateway:
+    with live_gateway(tool_config(upstream), None, telemetry=sink) as gateway:
         yield gateway, sink
 
 
@@ -388,6 +391,60 @@ def test_a_gemini_call_goes_back_with_its_thought_signature(
                                         "thoughtSignature": signature}]
         assert results == {"role": "user", "parts": [{"functionResponse": {
             "name": "lookup_order", "response": {"result": "shipped on Monday"}}}]}
+
+
+def test_a_gemini_signature_reaches_the_client_and_comes_back_through_another_gateway(
+        live: tuple[LiveGateway, RecordingSink], upstream: ToolUpstream) -> None:
+    """As Google's OpenAI-compatible endpoint does, a signed call carries its signature in
+    `extra_content`: a follow-up answered by another gateway process (another worker of `serve
+    --workers N`, or after a restart), which never saw the call, still sends the model its signature."""
+    gateway, _ = live
+    ask = client(gateway).chat.completions
+    question: list[Any] = [{"role": "user", "content": "Where is order 1182?"}]
+    whole = ask.create(model="laneway", messages=question, tools=TOOLS, metadata={"lane": "gemini"})
+    streamed = list(ask.create(model="laneway", messages=question, tools=TOOLS, stream=True,
+                               metadata={"lane": "gemini"}))
+
+    signed = {"google": {"thought_signature": SIGNATURE}}
+    calls = whole.choices[0].message.tool_calls
+    assert calls is not None and calls[0].model_dump().get("extra_content") == signed
+    # Only the first of parallel calls is signed (the Gemini API signs the first call of a step).
+    pieces = [piece for c in streamed if c.choices for piece in (c.choices[0].delta.tool_calls or [])]
+    assert [piece.model_dump().get("extra_content") for piece in pieces] == [signed, None]
+
+    echoed = whole.choices[0].message.model_dump(exclude_none=True)  # the assistant message, as received
+    follow_up = [*question, echoed, {"role": "tool", "tool_call_id": calls[0].id, "content": "shipped on Monday"}]
+    with live_gateway(tool_config(upstream), None) as other:
+        client(other).chat.completions.create(model="laneway", messages=follow_up, tools=TOOLS,
+                                              metadata={"lane": "gemini"})
+    model_turn = upstream.seen[-1]["contents"][1]
+    assert model_turn["parts"] == [{"text": "Let me look that up."}, {
+        "functionCall": {"name": "lookup_order", "args": {"order": "1182"}}, "thoughtSignature": SIGNATURE}]
+
+
+def test_a_signature_in_extra_content_goes_only_to_googles_openai_compatible_endpoint(
+        live: tuple[LiveGateway, RecordingSink], upstream: ToolUpstream) -> None:
+    """Strict OpenAI-compatible servers refuse `extra_content` (HTTP 400): a conversation with a Gemini
+    model's signed call that moves to another model on the OpenAI wire goes there without it."""
+    from laneway.chat import ChatRequest
+    from laneway.config import ModelSpec
+    from laneway.providers.openai import OpenAIProvider
+
+    signed = {**CALL, "extra_content": {"google": {"thought_signature": SIGNATURE}}}
+    follow_up: list[Any] = [*MESSAGES, {"role": "assistant", "content": None, "tool_calls": [signed]},
+                            {"role": "tool", "tool_call_id": CALL["id"], "content": "shipped on Monday"}]
+    client(live[0]).chat.completions.create(model="laneway", messages=follow_up, tools=TOOLS)
+    sent = upstream.seen[-1]
+    assert sent["model"] == "tool-model" and sent["messages"][1]["tool_calls"] == [CALL]
+    assert sent["messages"][2] == follow_up[2]
+
+    def body(base_url: str) -> dict[str, Any]:
+        spec = ModelSpec(name="g", provider="openai", base_url=base_url, model="gemini-3-flash")
+        return OpenAIProvider(spec, base_url).body(ChatRequest("gemini-3-flash", follow_up), False)
+
+    assert body("https://generativelanguage.googleapis.com/v1beta/openai")["messages"] is follow_up
+    assert body("https://api.openai.com/v1")["messages"][1]["tool_calls"] == [CALL]
+    assert follow_up[1]["tool_calls"] == [signed]  # the client's own messages are left as they were
 
 
 def test_a_tool_result_for_a_call_no_message_made_is_a_400_for_a_gemini_model(

@@ -11,12 +11,15 @@
 
 Thought signatures: a thinking model signs its function calls (`thoughtSignature` beside the
 `functionCall`), and within the current turn (since the last user message) the API refuses a step's
-first call that comes back without its signature. An OpenAI conversation has no place for it, so
-the adapter keeps each call's signature by the call's id (`Signatures`, bounded, in this process)
-and puts it back when the call returns in a later request. A call signed the way Google's own
-OpenAI-compatible endpoint does it (`extra_content.google.thought_signature`) is read too. A call
-with neither (made by another model, or by another gateway process) gets the API's documented
-stand-in, `skip_thought_signature_validator`, where the API requires one.
+first call that comes back without its signature. OpenAI's API has no place for it; Google's own
+OpenAI-compatible endpoint puts it in the call's `extra_content.google.thought_signature`, and
+clients written for that endpoint send it back there. The adapter does the same both ways: a signed
+call reaches the client with its signature in `extra_content`, so it comes back to whichever
+gateway process (`serve --workers N`, or after a restart) answers the next request. For clients
+that drop fields they do not know, the adapter also keeps each call's signature by the call's id
+(`Signatures`, bounded, in this process) and puts it back when the call returns without one. A call
+with neither (made by another model, or signed in another process and stripped by the client) gets
+the API's documented stand-in, `skip_thought_signature_validator`, where the API requires one.
 """
 
 from __future__ import annotations
@@ -134,12 +137,15 @@ def current_turn(messages: list[Message]) -> int:
 
 
 def tool_call_of(part: dict[str, Any], signatures: Signatures) -> dict[str, Any] | None:
-    """A `functionCall` part as an OpenAI `tool_calls` entry (its signature kept); None for other parts."""
+    """A `functionCall` part as an OpenAI `tool_calls` entry, its signature (kept) in `extra_content`
+    as Google's OpenAI-compatible endpoint has it; None for other parts."""
     function = part.get("functionCall")
     if not isinstance(function, dict):
         return None
     call_id = str(function.get("id") or "") or f"call_{secrets.token_hex(12)}"
+    made = call(call_id, str(function["name"]), function.get("args"))
     signature = part.get("thoughtSignature")
     if isinstance(signature, str) and signature:
         signatures.keep(call_id, signature)
-    return call(call_id, str(function["name"]), function.get("args"))
+        made["extra_content"] = {"google": {"thought_signature": signature}}
+    return made

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ..chat import ChatRequest, Chunk, Completion, TokenLogprob, Usage
+from ..chat import ChatRequest, Chunk, Completion, Message, TokenLogprob, Usage
 from ..errors import UpstreamBadResponse, UpstreamError
 from ._base import Refusal, Upstream, decode_event
 
@@ -27,6 +27,11 @@ PASSTHROUGH = frozenset({
 # OpenAI's own API, where `max_tokens` is deprecated and refused by reasoning models (o-series, gpt-5):
 # `max_completion_tokens`, which every model there takes, is sent instead.
 OPENAI_HOSTS = ("api.openai.com", ".openai.azure.com")
+# Google's OpenAI-compatible endpoints read a tool call's `extra_content` (where a Gemini model's thought
+# signature travels; the Gemini adapter hands it to clients there too). Strict servers refuse the field
+# ("Extra inputs are not permitted", HTTP 400): a conversation that moves from a Gemini model to one of
+# them goes without it.
+GOOGLE_HOST = "googleapis.com"
 
 
 def create(spec: ModelSpec, base_url: str) -> OpenAIProvider:
@@ -43,12 +48,14 @@ class OpenAIProvider:
         self.url = f"{self.upstream.base_url}/chat/completions"
         host = urlsplit(self.upstream.base_url).hostname or ""
         self.completion_limit = host == OPENAI_HOSTS[0] or host.endswith(OPENAI_HOSTS[1])
+        self.reads_extra_content = host == GOOGLE_HOST or host.endswith("." + GOOGLE_HOST)
 
     def refusal(self, params: dict[str, Any]) -> Refusal | None:
         return None  # tools, tool calls and `response_format` pass through as they are
 
     def body(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.spec.model, "messages": request.messages}
+        messages = request.messages if self.reads_extra_content else without_extra_content(request.messages)
+        body: dict[str, Any] = {"model": self.spec.model, "messages": messages}
         for key, value in request.params.items():
             if key in PASSTHROUGH:
                 body[key] = value
@@ -83,6 +90,16 @@ class OpenAIProvider:
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
+
+
+def without_extra_content(messages: list[Message]) -> list[Message]:
+    """`messages` without their tool calls' `extra_content`; the same list when none has one."""
+    if not any(isinstance(made, dict) and "extra_content" in made for message in messages
+               if isinstance(calls := message.get("tool_calls"), list) for made in calls):
+        return messages
+    return [{**message, "tool_calls": [{k: v for k, v in made.items() if k != "extra_content"}
+                                       if isinstance(made, dict) else made for made in calls]}
+            if isinstance(calls := message.get("tool_calls"), list) else message for message in messages]
 
 
 def is_overflow(status: int, text: str) -> bool:
