@@ -94,8 +94,12 @@ class OpenAIProvider:
 
 def without_extra_content(messages: list[Message]) -> list[Message]:
     """`messages` without their tool calls' `extra_content`; the same list when none has one."""
-    if not any(isinstance(made, dict) and "extra_content" in made for message in messages
-               if isinstance(calls := message.get("tool_calls"), list) for made in calls):
+    for message in messages:
+        calls = message.get("tool_calls")
+        if calls and isinstance(calls, list) and any(isinstance(made, dict) and "extra_content" in made
+                                                     for made in calls):
+            break
+    else:
         return messages
     return [{**message, "tool_calls": [{k: v for k, v in made.items() if k != "extra_content"}
                                        if isinstance(made, dict) else made for made in calls]}
