@@ -101,9 +101,15 @@ def without_extra_content(messages: list[Message]) -> list[Message]:
             break
     else:
         return messages
-    return [{**message, "tool_calls": [{k: v for k, v in made.items() if k != "extra_content"}
-                                       if isinstance(made, dict) else made for made in calls]}
-            if isinstance(calls := message.get("tool_calls"), list) else message for message in messages]
+    return [_stripped(message) for message in messages]
+
+
+def _stripped(message: Message) -> Message:
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list):
+        return message
+    return {**message, "tool_calls": [{key: value for key, value in made.items() if key != "extra_content"}
+                                      if isinstance(made, dict) else made for made in calls]}
 
 
 def is_overflow(status: int, text: str) -> bool:
