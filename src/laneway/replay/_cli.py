@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 from ..flags import seed
@@ -56,16 +57,16 @@ def demo_command(args: argparse.Namespace) -> int:
     trace = load_trace(args.traces)
     result = run(trace, settings)
     print(render_table(result))
-    written = True
+    outputs: list[tuple[str, Path, str, str]] = []  # option, path, text, what it holds
     if args.html is not None:
-        written = write_outputs("demo", [("--html", args.html,
-                                          lambda: args.html.write_text(render_html(result), encoding="utf-8"))])
-        if written:
-            print(f"HTML report (SIMULATED): {args.html}")
+        outputs.append(("--html", args.html, render_html(result), "HTML report"))
     if args.json is not None:
-        figures = json.dumps(result_json(result, args.quick), indent=2) + "\n"
-        if write_outputs("demo", [("--json", args.json, lambda: args.json.write_text(figures, encoding="utf-8"))]):
-            print(f"JSON figures (SIMULATED): {args.json}")
+        outputs.append(("--json", args.json, json.dumps(result_json(result, args.quick), indent=2) + "\n",
+                        "JSON figures"))
+    written = True
+    for option, path, text, holds in outputs:
+        if write_outputs("demo", [(option, path, partial(path.write_text, text, encoding="utf-8"))]):
+            print(f"{holds} (SIMULATED): {path}")
         else:
             written = False
     return 0 if written else NOT_WRITTEN
