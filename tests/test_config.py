@@ -582,3 +582,44 @@ routes:
     [warning] = [str(w) for w in config.warnings]
     assert warning.startswith("models.unpriced.price") and "cost $0" in warning
     assert "its gate's `usd_per_minute` never binds" in warning
+
+
+def test_routes_of_a_shorter_path_serve_the_longer_paths_under_it_in_the_table_analysis() -> None:
+    """A route's `path` is a prefix: the seed's `/v1/chat` routes and a default route on the default path
+    (`/v1/chat/completions`) leave no gap for the requests clients send, to `/v1/chat/completions`."""
+    seed = SEED.read_text() + "- name: default\n  target: claude-sonnet-37\n"
+    warnings = [str(w) for w in parse_config(seed).warnings]
+    gaps = [w for w in warnings if "gap" in w]
+    assert len(gaps) == 1, warnings
+    # What is left is a real gap, of other paths under `/v1/chat`, and it says so.
+    assert "a path under `/v1/chat` but not under `/v1/chat/completions`" in gaps[0]
+    assert "`path: /v1/chat`" in gaps[0]
+
+
+def test_a_route_behind_a_catch_all_of_a_shorter_path_is_never_reached_and_leaves_no_gap() -> None:
+    config = parse_config(textwrap.dedent("""
+        routes:
+        - name: all
+          path: /v1/chat
+          target: gpt-5-mini
+        - name: escalated
+          matcher: "escalation == true"
+          target: gpt-5
+        """))
+    warnings = [str(w) for w in config.warnings]
+    assert not [w for w in warnings if "gap" in w], warnings
+    [never] = [w for w in warnings if "is never reached" in w]
+    assert "`escalated`" in never and "taken by an earlier route" in never
+
+
+@pytest.mark.parametrize("matcher", ["metadata.score > 3", "metadata.score < 3", "metadata.ratio >= 0.5"])
+def test_a_route_on_a_number_in_metadata_is_reached(matcher: str) -> None:
+    config = parse_config(textwrap.dedent(f"""
+        routes:
+        - name: scored
+          matcher: "{matcher}"
+          target: gpt-5
+        - name: rest
+          target: gpt-5-mini
+        """))
+    assert not [str(w) for w in config.warnings if "never reached" in str(w)]

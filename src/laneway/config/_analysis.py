@@ -27,20 +27,32 @@ class TableWarning:
 
 
 def analyse_table(routes: Sequence[Route]) -> list[TableWarning]:
-    warnings: list[TableWarning] = []
-    for path in dict.fromkeys(r.path for r in routes):
-        group = [r for r in routes if r.path == path]
-        warnings.extend(_analyse_group(group))
-    return warnings
-
-
-def _analyse_group(routes: list[Route]) -> list[TableWarning]:
-    grid = _grid(routes)
+    """A route's `path` is a prefix of the request paths it serves, so a request to `/v1/chat/completions` is
+    served by the routes of `/v1/chat` and of `/v1/chat/completions`, in table order. Each route path stands
+    for the requests under it, and is analysed with every route that serves it; a route is never reached
+    when it is reached under none of them."""
     overlaps: dict[tuple[int, int], dict[str, Any]] = {}
     reached: set[int] = set()
     matched: set[int] = set()  # by some example, first or not
+    gaps: list[TableWarning] = []
+    paths = list(dict.fromkeys(r.path for r in routes))
+    for path in paths:
+        group = [r for r in routes if r.matches_path(path)]
+        gap = _analyse_group(group, overlaps, reached, matched)
+        if gap is not None:
+            gaps.append(_gap_warning(path, [p for p in paths if p != path and _under(p, path)], gap))
+    return [*_findings(routes, overlaps, reached, matched), *gaps]
+
+
+def _under(path: str, parent: str) -> bool:
+    return path.startswith(parent.rstrip("/") + "/")
+
+
+def _analyse_group(routes: list[Route], overlaps: dict[tuple[int, int], dict[str, Any]], reached: set[int],
+                   matched: set[int]) -> dict[str, Any] | None:
+    """Runs the examples through `routes`, adding to what is found; an example no route matches, if any."""
     gap: dict[str, Any] | None = None
-    for example in _examples(grid):
+    for example in _examples(_grid(routes)):
         signals = cast(Signals, _as_signals(example))  # duck-typed: matchers read attributes only
         hits = [r for r in routes if r.matcher(signals)]
         if not hits:
@@ -52,6 +64,21 @@ def _analyse_group(routes: list[Route]) -> list[TableWarning]:
             if not later.has_matcher:  # a default route catching the rest is the intended overlap
                 continue
             overlaps.setdefault((hits[0].index, later.index), example)
+    return gap
+
+
+def _gap_warning(path: str, deeper: list[str], example: dict[str, Any]) -> TableWarning:
+    where = f"a request to `{path}` or a path under it" if not deeper else (
+        f"a request to a path under `{path}` but not under {', '.join(f'`{p}`' for p in deeper)}")
+    return TableWarning(
+        f"routes (path {path})",
+        f"gap: {where}, such as {_describe(example)}, matches no route; it gets `404 no_route`. "
+        f"Add a default route (one without `matcher`, with `path: {path}`) at the end if that is not intended",
+    )
+
+
+def _findings(routes: Sequence[Route], overlaps: dict[tuple[int, int], dict[str, Any]], reached: set[int],
+              matched: set[int]) -> list[TableWarning]:
     warnings = []
     by_index = {r.index: r for r in routes}
     for (first_index, later_index), example in overlaps.items():
@@ -73,12 +100,6 @@ def _analyse_group(routes: list[Route]) -> list[TableWarning]:
             why = (f"its matcher `{route.matcher.source}` matched none of the example requests tried "
                    "(conditions that contradict each other, such as `x > 10 && x < 5`, never hold)")
         warnings.append(TableWarning(path, f"`{route.name}` is never reached: {why}"))
-    if gap is not None:
-        warnings.append(TableWarning(
-            f"routes (path {routes[0].path})",
-            f"gap: no route matches a request such as {_describe(gap)}; it gets `404 no_route`. "
-            "Add a default route (one without `matcher`) at the end if that is not intended",
-        ))
     return warnings
 
 
@@ -111,7 +132,14 @@ def _candidates(name: str, literals: list[Any]) -> list[Any]:
         if top is not None:
             out.append(top)
         return [v for v in dict.fromkeys(out) if v >= 0 and (top is None or v <= top)] or [0]
-    return [*dict.fromkeys(literals), "other"] if kind != "any" else [*dict.fromkeys(literals), None]
+    if kind != "any":
+        return [*dict.fromkeys(literals), "other"]
+    # `metadata.<key>`: any JSON value. A number compared with `<` or `>` needs the values either side of it.
+    out = [*literals, None]
+    for n in literals:
+        if isinstance(n, int | float) and not isinstance(n, bool):
+            out += [n - 1, n + 1] if isinstance(n, int) else [n - 0.01, n + 0.01]
+    return list(dict.fromkeys(out))
 
 
 def _examples(grid: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
