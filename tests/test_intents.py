@@ -392,3 +392,14 @@ def test_character_columns_kept_per_word_give_the_features_of_the_full_analysis(
         cols, vals = features.vector(text)
         assert cols == word_cols + char_cols
         assert np.array_equal(vals, np.concatenate([word_vals, char_vals]))
+
+
+def test_a_model_is_never_written_over_its_training_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [("text", "label"), *[(f"card {n} arrived", "card") for n in range(4)],
+            *[(f"refund {n} please", "refund") for n in range(4)]]
+    path = _write_csv(tmp_path / "rows.csv", rows)
+    before = path.read_bytes()
+    assert run_intents_cli(["intents", "train", str(path), "--out", str(tmp_path / "." / "rows.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("laneway intents train: `--out ") and f"`DATA.csv {path}`" in err and "overwrite" in err
+    assert path.read_bytes() == before

@@ -20,22 +20,37 @@ NOT_WRITTEN = 2  # the exit code of a run some output of which could not be writ
 def check_outputs(outputs: Sequence[Option], inputs: Sequence[Option] = ()) -> str | None:
     """The first reason the outputs could not be written as asked (the message names the option, the
     path and the fix), or None: each must be a writable file that is no input and no other output."""
-    taken = {identity: (option, path) for option, path in inputs
-             if path is not None and (identity := _identity(Path(path))) is not None}
+    taken = _identities(inputs)
     for option, path in outputs:
         if path is None:
             continue
-        problem = unwritable(option, path)
+        problem = unwritable(option, path) or _clash(option, path, taken)
         if problem:
             return problem
-        identity = _identity(Path(path))
-        if identity is None:
-            continue
-        if identity in taken:
-            other, other_path = taken[identity]
-            return (f"`{option} {path}` is the file of `{other} {other_path}` too, which it would overwrite; "
-                    "choose another path")
-        taken[identity] = (option, path)
+    return None
+
+
+def overwrites(option: str, path: str | Path, inputs: Sequence[Option]) -> str | None:
+    """Why `option path` must not be written: it is the file of one of `inputs` (the message names both
+    and the fix), or None."""
+    return _clash(option, path, _identities(inputs))
+
+
+def _identities(files: Sequence[Option]) -> dict[tuple[int, int] | str, tuple[str, str | Path]]:
+    return {identity: (option, path) for option, path in files
+            if path is not None and (identity := _identity(Path(path))) is not None}
+
+
+def _clash(option: str, path: str | Path, taken: dict[tuple[int, int] | str, tuple[str, str | Path]]) -> str | None:
+    """The message if `path` is a file of `taken` already; else None, and `path` is taken from now on."""
+    identity = _identity(Path(path))
+    if identity is None:
+        return None
+    if identity in taken:
+        other, other_path = taken[identity]
+        return (f"`{option} {path}` is the file of `{other} {other_path}` too, which it would overwrite; "
+                "choose another path")
+    taken[identity] = (option, path)
     return None
 
 

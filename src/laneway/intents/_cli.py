@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import InvalidRequest
 from ..flags import bounded, seed
+from ..outputs import overwrites
 from ._dataset import read_rows
 from ._evaluation import evaluate
 from ._model import UNKNOWN, IntentModel
@@ -50,6 +51,10 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def run_train(args: argparse.Namespace) -> int:
+    problem = overwrites("--out", args.out, [("DATA.csv", args.data)])
+    if problem:
+        print(f"laneway intents train: {problem}", file=sys.stderr)
+        return 2
     rows = read_rows(args.data)
     if args.defer_below is not None and args.encoder is None:
         print("laneway intents train: `--defer-below` needs `--encoder`: a lexical model has no stage to defer to",
