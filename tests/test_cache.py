@@ -91,6 +91,16 @@ def test_sampled_answers_are_not_cached_unless_allowed(live: LiveGateway) -> Non
     assert headers["x-laneway-lane"] == "cache"
 
 
+def test_an_answer_at_the_apis_default_temperature_is_sampled_and_not_cached(live: LiveGateway) -> None:
+    """`gpt-5-mini` has no profile temperature: a request that sets none is sampled at the API's default."""
+    send(live, "track my refund", "on")
+    headers, _ = send(live, "track my refund", "on")
+    assert headers["x-laneway-lane"] == "primary"
+    send(live, "track my refund", "hot")
+    headers, _ = send(live, "track my refund", "hot")
+    assert headers["x-laneway-lane"] == "cache"
+
+
 def test_read_only_never_writes(live: LiveGateway) -> None:
     send(live, "update my address", "read_only", temperature=0)
     headers, _ = send(live, "update my address", "read_only", temperature=0)

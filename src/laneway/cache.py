@@ -69,7 +69,9 @@ def cache_key(scope: str, messages: list[Message], params: dict[str, Any]) -> st
 
 
 def cacheable(settings: CacheSettings, temperature: float | None) -> bool:
-    return settings.allow_temperature or not temperature
+    """Only answers at temperature 0, unless sampled ones are allowed. No temperature (in the request
+    or the model's profile) is the API's default, 1 for OpenAI, Anthropic and Gemini: sampled."""
+    return settings.allow_temperature or temperature == 0
 
 
 async def lookup(store: CacheStore, key: str) -> tuple[Completion, str] | None:

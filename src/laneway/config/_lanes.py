@@ -52,7 +52,7 @@ CACHE_MODES = ("on", "read_only", "write_only", "off")
 class CacheSettings:
     mode: str = "off"  # on | read_only | write_only | off
     ttl_s: float = 300.0
-    allow_temperature: bool = False  # also cache answers sampled with temperature > 0
+    allow_temperature: bool = False  # also cache sampled answers (temperature above 0, or unset)
 
     @property
     def reads(self) -> bool:
