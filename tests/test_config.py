@@ -623,3 +623,19 @@ def test_a_route_on_a_number_in_metadata_is_reached(matcher: str) -> None:
           target: gpt-5-mini
         """))
     assert not [str(w) for w in config.warnings if "never reached" in str(w)]
+
+
+def test_a_profiles_sampling_values_are_held_to_the_ranges_of_a_request() -> None:
+    issues = issues_of("""
+        models:
+          m:
+            provider: openai
+            base_url: http://127.0.0.1:9/v1
+            profile: {temperature: 3, top_p: 7, presence_penalty: -3, max_tokens: 2000000}
+        routes:
+        - target: m
+        """)
+    for key, words in (("temperature", "must be at most 2, got 3"), ("top_p", "must be at most 1, got 7"),
+                       ("presence_penalty", "must be at least -2, got -3"),
+                       ("max_tokens", "must be at most 1,000,000, got 2000000")):
+        assert any(f"models.m.profile.{key}" in issue and words in issue for issue in issues), (key, issues)

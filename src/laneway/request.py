@@ -24,7 +24,7 @@ _PARAMS = frozenset({
     "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort", "service_tier", "verbosity",
 })
 _FIELDS = _PARAMS | {"model", "messages", "stream", "stream_options", "n", "user", "metadata", "store"}
-_RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "presence_penalty": (-2.0, 2.0),
+SAMPLING_RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "presence_penalty": (-2.0, 2.0),
            "frequency_penalty": (-2.0, 2.0), "top_logprobs": (0, 20)}
 MAX_OUTPUT_TOKENS = 1_000_000
 MAX_STOP = 4  # stop sequences, as OpenAI allows
@@ -163,7 +163,7 @@ def _messages(raw: Any, limit: int) -> list[dict[str, Any]]:
 def _check_params(params: dict[str, Any], n: Any) -> None:
     if n is not None and (not _is_int(n) or n != 1):  # `true` is not 1
         raise InvalidRequest("`n` must be 1: Laneway routes and accounts one answer per request", param="n")
-    for key, (low, high) in _RANGES.items():
+    for key, (low, high) in SAMPLING_RANGES.items():
         value = params.get(key)
         if value is None:
             continue

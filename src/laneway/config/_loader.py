@@ -15,6 +15,7 @@ from ..errors import ConfigError, ConfigIssue, not_utf8
 from ..flags import SEED_MAX
 from ..keys import KeyPolicy
 from ..providers import PROVIDER_NAMES
+from ..request import MAX_OUTPUT_TOKENS, SAMPLING_RANGES
 from ..telemetry import TelemetrySettings, parse_telemetry
 from ._access import parse_admin, parse_keys
 from ._analysis import analyse_table
@@ -239,14 +240,21 @@ def _profile(s: Section) -> Profile:
     profile = Profile(
         system=s.text("system"),
         system_mode=s.text("system_mode", "prepend", choices=SYSTEM_MODES) or "prepend",
-        temperature=s.number("temperature", None, minimum=0),
-        top_p=s.number("top_p", None, minimum=0),
-        frequency_penalty=s.number("frequency_penalty", None, minimum=-2),
-        presence_penalty=s.number("presence_penalty", None, minimum=-2),
-        max_tokens=int(v) if (v := s.number("max_tokens", None, minimum=1, integer=True)) else None,
+        temperature=_sampling(s, "temperature"),
+        top_p=_sampling(s, "top_p"),
+        frequency_penalty=_sampling(s, "frequency_penalty"),
+        presence_penalty=_sampling(s, "presence_penalty"),
+        max_tokens=int(v) if (v := s.number("max_tokens", None, minimum=1, maximum=MAX_OUTPUT_TOKENS,
+                                            integer=True)) else None,
     )
     s.done()
     return profile
+
+
+def _sampling(s: Section, key: str) -> float | None:
+    """A profile's sampling parameter, within the range a client's request is held to."""
+    low, high = SAMPLING_RANGES[key]
+    return s.number(key, None, minimum=low, maximum=high)
 
 
 def _routes(top: Section, known: dict[str, ModelSpec], issues: Issues, context: _Context) -> list[Route]:
