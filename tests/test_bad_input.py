@@ -86,7 +86,9 @@ def raw_post(live: LiveGateway, data: bytes) -> tuple[int, dict[str, Any]]:
 @pytest.mark.parametrize(("data", "needle"), [
     (b"[" * 5000 + b"]" * 5000, "not valid JSON"),
     (b'{"model": "laneway", "messages": [{"role": "user", "content": "\xff\xfe"}]}', "not valid JSON"),
-    (b'{"model": 7, "messages": []}', "`model` is required"),
+    (b'{"model": 7, "messages": []}', "`model` must be a string, got 7"),
+    (b'{"model": "laneway", "messages": [{"role": "user", "content": 5}]}',
+     "`messages[0].content` must be a string or a list of content parts (text, image, file or audio), got 5"),
     (b'{"model": "laneway", "messages": [{"role": "user", "content": 5}]}', "must be a string"),
     (b'{"model": "laneway", "messages": [{"role": "wizard", "content": "hi"}]}', "`messages[0].role`"),
     (b'{"model": "laneway", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1e12}', "`max_tokens`"),

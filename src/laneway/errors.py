@@ -31,6 +31,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 
 class LanewayError(Exception):
@@ -86,6 +89,16 @@ class ConfigError(LanewayError):
 def not_utf8(error: UnicodeDecodeError) -> str:
     """What to tell of a file that is not UTF-8: where, and the fix."""
     return f"not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); save it as UTF-8"
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """A value of a client's request as the client wrote it, in JSON (`true`, `null`, `{"x":1}`), cut to
+    `limit` characters."""
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class RequestError(LanewayError):

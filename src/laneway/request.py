@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from .chat import REASONING_EFFORTS
-from .errors import InvalidRequest
+from .errors import InvalidRequest, shown
 from .signals import SETTABLE, SUBJECT, Signals, parse_settable
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
@@ -95,7 +95,8 @@ def decode(body: bytes, max_messages: int) -> ClientRequest:
                              param=unknown[0])
     model = data.get("model")
     if not isinstance(model, str) or not model:
-        raise InvalidRequest("`model` is required: a route table name such as `laneway`, or a model name",
+        problem = "is required" if model is None or model == "" else f"must be a string, got {shown(model)}"
+        raise InvalidRequest(f"`model` {problem}: a route table name such as `laneway`, or a model name",
                              param="model")
     messages = _messages(data.get("messages"), max_messages)
     params = {key: data[key] for key in _PARAMS if key in data and data[key] is not None}
@@ -139,12 +140,12 @@ def _messages(raw: Any, limit: int) -> list[dict[str, Any]]:
             message = raw[i] = {k: v for k, v in message.items() if k in MESSAGE_FIELDS}
         role = message.get("role")
         if role not in ROLES:
-            raise InvalidRequest(f"`messages[{i}].role` must be one of {', '.join(sorted(ROLES))}, got {role!r}",
+            raise InvalidRequest(f"`messages[{i}].role` must be one of {', '.join(sorted(ROLES))}, got {shown(role)}",
                                  param=f"messages[{i}].role")
         calls = message.get("tool_calls")
         if calls is not None and not (isinstance(calls, list) and all(isinstance(c, dict) for c in calls)):
             raise InvalidRequest(f"`messages[{i}].tool_calls` must be a list of tool calls (objects), got "
-                                 f"{_excerpt(calls)}", param=f"messages[{i}].tool_calls")
+                                 f"{shown(calls)}", param=f"messages[{i}].tool_calls")
         if not isinstance(message.get("tool_call_id", ""), str):
             raise InvalidRequest(f"`messages[{i}].tool_call_id` must be a string", param=f"messages[{i}].tool_call_id")
         content = message.get("content")
@@ -155,8 +156,8 @@ def _messages(raw: Any, limit: int) -> list[dict[str, Any]]:
                 raise InvalidRequest(f"`messages[{i}].content` parts must be objects with `text`",
                                      param=f"messages[{i}].content")
         elif not isinstance(content, str):
-            raise InvalidRequest(f"`messages[{i}].content` must be a string or a list of text parts",
-                                 param=f"messages[{i}].content")
+            raise InvalidRequest(f"`messages[{i}].content` must be a string or a list of content parts (text, "
+                                 f"image, file or audio), got {shown(content)}", param=f"messages[{i}].content")
     return raw
 
 
@@ -168,13 +169,13 @@ def _check_params(params: dict[str, Any], n: Any) -> None:
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            raise InvalidRequest(f"`{key}` must be a number from {low:g} to {high:g}, got {value!r}", param=key)
+            raise InvalidRequest(f"`{key}` must be a number from {low:g} to {high:g}, got {shown(value)}", param=key)
     if "top_logprobs" in params and not _is_int(params["top_logprobs"]):
-        raise InvalidRequest(f"`top_logprobs` must be a whole number, got {params['top_logprobs']!r}",
+        raise InvalidRequest(f"`top_logprobs` must be a whole number, got {shown(params['top_logprobs'])}",
                              param="top_logprobs")
     for key, (valid, shape) in _SHAPES.items():
         if key in params and not valid(params[key]):
-            raise InvalidRequest(f"`{key}` must be {shape}, got {_excerpt(params[key])}", param=key)
+            raise InvalidRequest(f"`{key}` must be {shape}, got {shown(params[key])}", param=key)
     for key in ("max_tokens", "max_completion_tokens"):
         value = params.get(key)
         if value is None:
@@ -182,19 +183,14 @@ def _check_params(params: dict[str, Any], n: Any) -> None:
         if isinstance(value, float) and value.is_integer():  # JSON has one number type: 64.0 is 64
             params[key] = value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_OUTPUT_TOKENS:
-            raise InvalidRequest(f"`{key}` must be a whole number from 1 to {MAX_OUTPUT_TOKENS}, got {value!r}",
+            raise InvalidRequest(f"`{key}` must be a whole number from 1 to {MAX_OUTPUT_TOKENS}, got {shown(value)}",
                                  param=key)
     effort = params.get("reasoning_effort")
     if effort is not None and effort not in REASONING_EFFORTS:
-        raise InvalidRequest(f"`reasoning_effort` must be one of {', '.join(REASONING_EFFORTS)}, got {effort!r}",
+        raise InvalidRequest(f"`reasoning_effort` must be one of {', '.join(REASONING_EFFORTS)}, got {shown(effort)}",
                              param="reasoning_effort")
     if "response_format" in params:
         _check_response_format(params["response_format"])
-
-
-def _excerpt(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check_response_format(value: Any) -> None:
@@ -203,7 +199,7 @@ def _check_response_format(value: Any) -> None:
     kind = value.get("type") if isinstance(value, dict) else None
     if kind not in RESPONSE_FORMATS:
         raise InvalidRequest("`response_format` must be an object whose `type` is one of "
-                             f"{', '.join(RESPONSE_FORMATS)}, got {value!r}", param="response_format")
+                             f"{', '.join(RESPONSE_FORMATS)}, got {shown(value)}", param="response_format")
     if kind != "json_schema":
         return
     spec = value.get("json_schema")
@@ -216,7 +212,7 @@ def _check_response_format(value: Any) -> None:
                              "`ticket`", param="response_format.json_schema.name")
     for key, kind_name, expected in (("name", "a string", str), ("schema", "an object (a JSON Schema)", dict)):
         if key in spec and not isinstance(spec[key], expected):
-            raise InvalidRequest(f"`response_format.json_schema.{key}` must be {kind_name}, got {spec[key]!r}",
+            raise InvalidRequest(f"`response_format.json_schema.{key}` must be {kind_name}, got {shown(spec[key])}",
                                  param=f"response_format.json_schema.{key}")
 
 
@@ -229,7 +225,7 @@ def read_signals(request: ClientRequest, headers: Mapping[str, str], intents: fr
     for name, header_name in _SIGNAL_HEADERS:
         header = headers.get(header_name)
         if header is not None:
-            values[name] = _settable(name, header, header_name, intents)
+            values[name] = _settable(name, header if header.isascii() else _utf8(header), header_name, intents)
     extra: dict[str, Any] = {}
     for key, raw in request.metadata.items():
         name = str(key)
@@ -243,6 +239,14 @@ def read_signals(request: ClientRequest, headers: Mapping[str, str], intents: fr
     return Signals(request.messages, user=request.user, metadata=extra, **values, **lazy)
 
 
+def _utf8(header: str) -> str:
+    """A header value as its bytes meant it: servers read header bytes as Latin-1, and clients send UTF-8."""
+    try:
+        return header.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return header
+
+
 def _settable(name: str, raw: Any, where: str, intents: frozenset[str]) -> Any:
     value = parse_settable(name, raw, where)
     return _client_intent(raw, where, intents) if name == "intent" else value
@@ -250,7 +254,7 @@ def _settable(name: str, raw: Any, where: str, intents: frozenset[str]) -> Any:
 
 def _client_intent(raw: Any, where: str, intents: frozenset[str]) -> str:
     if not isinstance(raw, str) or not raw.strip():
-        raise InvalidRequest(f"`{where}`: expected an intent label, got {raw!r}", param=where)
+        raise InvalidRequest(f"`{where}`: expected an intent label, got {shown(raw)}", param=where)
     label = raw.strip().lower()
     if intents and label not in intents:
         close = difflib.get_close_matches(label, sorted(intents), n=1)

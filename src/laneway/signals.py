@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .chat import Message, message_text
-from .errors import InvalidRequest
+from .errors import InvalidRequest, shown
 
 PRIORITIES = ("low", "normal", "high", "urgent")
 CHANNELS = ("chat", "email")
@@ -169,7 +169,7 @@ def parse_settable(name: str, raw: Any, where: str) -> Any:
         value = str(raw).strip().lower() if isinstance(raw, str) else raw
         if value not in kind.values:
             raise InvalidRequest(
-                f"`{where}`: invalid value {raw!r}; expected one of {', '.join(kind.values)}", param=where
+                f"`{where}`: invalid value {shown(raw)}; expected one of {', '.join(kind.values)}", param=where
             )
         return value
     if kind.kind == "bool":
@@ -180,7 +180,7 @@ def parse_settable(name: str, raw: Any, where: str) -> Any:
             return True
         if text in ("false", "0", "no", ""):
             return False
-        raise InvalidRequest(f"`{where}`: invalid value {raw!r}; expected true or false (also yes/no, 1/0)",
+        raise InvalidRequest(f"`{where}`: invalid value {shown(raw)}; expected true or false (also yes/no, 1/0)",
                              param=where)
     if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
         raise InvalidRequest(f"`{where}`: expected a string, got {type(raw).__name__}", param=where)
