@@ -92,6 +92,7 @@ def test_a_part_the_adapter_cannot_send_is_a_400_that_says_what_it_takes(live: L
         prompt_tokens(live, model, part)
     error = raised.value.body
     assert isinstance(error, dict) and error["param"] == "messages" and words in error["message"]
+    assert error["message"].startswith(f"`{model}` (")  # which model of the route could not take it
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -242,11 +242,11 @@ def test_a_cached_tool_call_is_replayed_whole_and_as_a_stream(
     gateway, _ = live
     messages: list[Any] = [{"role": "user", "content": "Where is order 5531?"}]
     ask = client(gateway).chat.completions.with_raw_response.create
-    first = ask(model="laneway", messages=messages, tools=TOOLS, metadata={"lane": "cached"})
+    first = ask(model="laneway", messages=messages, tools=TOOLS, metadata={"lane": "cached"}, temperature=0)
     sent = len(upstream.seen)
-    again = ask(model="laneway", messages=messages, tools=TOOLS, metadata={"lane": "cached"})
+    again = ask(model="laneway", messages=messages, tools=TOOLS, metadata={"lane": "cached"}, temperature=0)
     replayed = list(client(gateway).chat.completions.create(model="laneway", messages=messages, tools=TOOLS,
-                                                             metadata={"lane": "cached"}, stream=True))
+                                                             metadata={"lane": "cached"}, stream=True, temperature=0))
 
     assert len(upstream.seen) == sent  # both answered from the cache
     assert (first.headers["x-laneway-lane"], again.headers["x-laneway-lane"]) == ("primary", "cache")

@@ -223,7 +223,9 @@ class Dispatcher:
         could carry it, the first such error is the client's 400."""
         attempt.outcome, attempt.error = SKIPPED, refused.message
         self.runtime.breakers[name].release()  # no verdict on the model
-        unsendable.append(refused)
+        # Named, since a client that sent `model: laneway` chose no model and would not know which refused.
+        unsendable.append(InvalidRequest(f"`{name}` ({self.runtime.config.models[name].provider}): {refused.message}",
+                                         param=refused.param))
 
     def _tries(self, plan: Plan) -> int:
         return plan.route.retry.attempts if plan.route else 2
