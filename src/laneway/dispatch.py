@@ -299,17 +299,21 @@ class Dispatcher:
         if overflow and not any(a.outcome != SKIPPED for a in exchange.attempts):
             asked = next((key for key in ("max_completion_tokens", "max_tokens") if key in params), None)
             room, roomiest = max(rooms)
+            routed = plan.route is not None
             if asked is not None and room > 0:  # the prompt fits: the output asked for does not
+                where = "in any model of the route" if routed else f"in `{roomiest}`"
                 raise ContextWindowExceeded(
                     f"`{asked}` is too large: {params[asked]} tokens of output do not fit next to the prompt's "
-                    f"{exchange.prompt_tokens} in any model of the route ({'; '.join(overflow)}). Ask for at most "
+                    f"{exchange.prompt_tokens} {where} ({'; '.join(overflow)}). Ask for at most "
                     f"{room} (`{roomiest}`)", param=asked)
             trims = plan.route is not None and plan.route.trim != "none"
             fix = ("even `trim: oldest` cannot make it fit: the system prompt and the latest user message, with "
                    "what follows it, are too long. Shorten them, ask for less output (`max_tokens`), or give the "
                    "route a `long_context:` model" if trims else
                    "Trim the conversation (or give the route `trim: oldest`), or give the route a `long_context:` "
-                   "model")
+                   "model" if routed else
+                   "Trim the conversation, or send it to a model with a larger context window (or to a route of "
+                   "the table, which can trim it or hand it to a `long_context:` model)")
             raise ContextWindowExceeded(
                 f"the prompt has {exchange.prompt_tokens} tokens, more than fits: {'; '.join(overflow)}. {fix}")
 
