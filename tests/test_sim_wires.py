@@ -287,3 +287,39 @@ async def test_a_fleet_that_cannot_listen_says_where_and_why() -> None:
         with pytest.raises(ConfigError, match=f"host: cannot listen on 127.0.0.1:{taken}: .*; pick another host "
                                               "or port"):
             await start_fleet("127.0.0.1", taken)
+
+
+async def test_a_path_no_model_is_under_is_a_404_that_says_where_the_models_are(fleet: RunningFleet) -> None:
+    async with aiohttp.ClientSession() as session, session.post(
+            fleet.url + "/v1/chat/completions", json={"model": "gpt-5-mini", "messages": []}) as response:
+        assert response.status == 404
+        message = (await response.json())["error"]["message"]
+    assert message.startswith("no endpoint `POST /v1/chat/completions` on the simulated fleet")
+    assert "POST /{model}/v1/chat/completions (OpenAI)" in message and "sim:///{model}/v1" in message
+    assert "gpt-5-mini" in message
+
+
+def test_laneway_sim_run_by_hand_says_where_the_models_are() -> None:
+    import os
+    import select
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "laneway", "sim", "--port", "0"], stdout=subprocess.PIPE)
+    printed = b""
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 30  # lines that never come fail the test, they do not hang it
+        while printed.count(b"\n") < 2 and select.select([process.stdout], [], [],
+                                                          max(0.0, deadline - time.monotonic()))[0]:
+            piece = os.read(process.stdout.fileno(), 4096)
+            if not piece:
+                break
+            printed += piece
+    finally:
+        process.terminate()
+        process.wait(10)
+    first, second, *_ = [*printed.decode().splitlines(), "", ""]
+    assert first.startswith("laneway sim: simulated fleet (") and " at http://127.0.0.1:" in first
+    assert second.startswith("laneway sim: each model under its own prefix: POST /{model}/v1/chat/completions")

@@ -14,7 +14,7 @@ from aiohttp import web
 from ..errors import ConfigError, ConfigIssue
 from ._cassettes import default_cassette_path, load_cassette
 from ._fleet import LatencyLaw, SimModel, load_fleet
-from ._server import WIRES, Fleet, build_app
+from ._server import WIRES, Fleet, build_app, where_models_are
 
 
 @dataclass
@@ -58,6 +58,8 @@ async def serve_forever(host: str, port: int, fleet_file: str | None = None, see
     if announce:
         print(f"laneway sim: simulated fleet ({', '.join(sorted(running.fleet.models))}) at {running.url}",
               flush=True)
+        if parent is None:  # run by hand: say where the models are (a gateway reads only the line above)
+            print(f"laneway sim: {where_models_are(running.fleet)}", flush=True)
     try:
         await (_orphaned(parent) if parent is not None else asyncio.Event().wait())
     finally:

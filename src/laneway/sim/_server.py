@@ -101,7 +101,24 @@ def build_app(fleet: Fleet) -> web.Application:
     app.router.add_get("/healthz", _health(fleet))
     app.router.add_get("/concurrency", _concurrency(fleet))
     app.router.add_delete("/concurrency", _concurrency(fleet))
+    app.router.add_route("*", "/{path:.*}", _elsewhere(fleet))  # last: only what no route above takes
     return app
+
+
+def where_models_are(fleet: Fleet) -> str:
+    """How a client reaches the fleet's models: each has its own path prefix, one per wire format."""
+    return (f"each model under its own prefix: POST /{{model}}/v1/chat/completions (OpenAI), /{{model}}/v1/messages "
+            f"(Anthropic), /{{model}}/v1beta/models/{{id}}:generateContent (Gemini); in a routing file, "
+            f"`base_url: sim:///{{model}}/v1`; models: {', '.join(sorted(fleet.models))}")
+
+
+def _elsewhere(fleet: Fleet) -> Any:
+    async def elsewhere(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": f"no endpoint `{request.method} {request.path}` on the "
+                                                       f"simulated fleet; it serves {where_models_are(fleet)}",
+                                            "type": "not_found_error", "code": "not_found"}}, status=404)
+
+    return elsewhere
 
 
 def _concurrency(fleet: Fleet) -> Any:
