@@ -82,6 +82,17 @@ def test_client_keys_are_required_and_scoped(keyed: LiveGateway) -> None:
     assert status == 403 and "not a model named directly" in body and "None" not in body
 
 
+def test_with_client_keys_the_model_list_needs_one_and_shows_what_it_may_send(keyed: LiveGateway) -> None:
+    for path in ("/v1/models", "/v1/models/laneway"):
+        status, _, body = call(keyed, path)
+        assert status == 401 and "Authorization: Bearer" in body
+    status, _, body = call(keyed, "/v1/models", CLIENT_KEY)  # `web` may use the `chat` route only
+    assert status == 200 and [m["id"] for m in json.loads(body)["data"]] == ["laneway", "auto"]
+    assert call(keyed, "/v1/models/gpt-5-mini", CLIENT_KEY)[0] == 404
+    status, _, body = call(keyed, "/v1/models", OTHER_KEY)  # `tight` may use every route, and name models
+    assert status == 200 and "gpt-5-mini" in [m["id"] for m in json.loads(body)["data"]]
+
+
 def test_request_rate_and_budget_limits_answer_429_with_the_reason(keyed: LiveGateway) -> None:
     statuses = [call(keyed, "/v1/chat/completions", CLIENT_KEY, chat()) for _ in range(4)]
     assert [s for s, _, _ in statuses] == [200, 200, 200, 429]

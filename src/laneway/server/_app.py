@@ -104,7 +104,7 @@ class App:
             elif method in _READS and path in self._get:
                 await self._get[path](send, base, scope)
             elif method in _READS and path.startswith(_MODEL_PATH):
-                await self._model(path[len(_MODEL_PATH):], send, base)
+                await self._model(path[len(_MODEL_PATH):], send, base, scope)
             elif method == "POST" and path in self._post:
                 await self._post[path](send, base, scope)
             elif path in self._get or path in self._post:
@@ -177,22 +177,27 @@ class App:
         await respond_json(send, 200 if ready else 503, {"ready": ready}, base)
 
     async def _models(self, send: Send, base: Headers, scope: Scope) -> None:
-        await respond_json(send, 200, {"object": "list", "data": list(self._model_list().values())}, base)
+        models = self._model_list(scope)
+        await respond_json(send, 200, {"object": "list", "data": list(models.values())}, base)
 
-    async def _model(self, name: str, send: Send, base: Headers) -> None:
+    async def _model(self, name: str, send: Send, base: Headers, scope: Scope) -> None:
         """`GET /v1/models/{id}`, as the `openai` client's `models.retrieve` asks."""
-        models = self._model_list()
+        models = self._model_list(scope)
         if name not in models:
             raise ModelNotFound(f"unknown model `{name}`; the models are: {', '.join(models)}")
         await respond_json(send, 200, models[name], base)
 
-    def _model_list(self) -> dict[str, dict[str, Any]]:
-        """The `model` values a client may send: the table's name (and its alias `auto`), and the models
-        a client may address directly."""
+    def _model_list(self, scope: Scope) -> dict[str, dict[str, Any]]:
+        """The `model` values the caller may send: the table's name (and its alias `auto`), and the models
+        a client may address directly. With client keys, as for chat, only a caller with a key is told, and
+        a key held to some routes is told of the table alone."""
+        keys = self.gateway.keys
+        key = keys.authenticate(header_map(scope).get("authorization")) if keys.enabled else None
         config = self.gateway.config
         now = int(time.time())
-        names = [(config.server.table, "laneway"), *((alias, "laneway") for alias in TABLE_ALIASES),
-                 *((name, spec.provider) for name, spec in config.models.items() if spec.direct)]
+        names = [(config.server.table, "laneway"), *((alias, "laneway") for alias in TABLE_ALIASES)]
+        if key is None or key.routes is None:
+            names += [(name, spec.provider) for name, spec in config.models.items() if spec.direct]
         return {name: {"id": name, "object": "model", "created": now, "owned_by": owner} for name, owner in names}
 
     async def _admin_config(self, send: Send, base: Headers, scope: Scope) -> None:
