@@ -277,6 +277,10 @@ routes:
         error = json.loads(body)["error"]
         assert got == 400 and error["code"] == "context_window_exceeded" and error["param"] == "messages"
         assert "`small` holds 64" in error["message"] and "long_context" in error["message"]
+        # Sent to no model, billed by none: the prompt's count stays with the skipped attempt, out of the totals.
+        refused = one(sink, headers["x-request-id"])
+        assert refused.prompt_tokens == 0 and refused.attempts[0].prompt_tokens > 64
+        assert f"the prompt has {refused.attempts[0].prompt_tokens} tokens" in error["message"]
 
 
 def test_nothing_leaks_after_the_fault_runs(live: tuple[LiveGateway, RecordingSink]) -> None:

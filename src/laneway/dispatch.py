@@ -244,6 +244,9 @@ class Dispatcher:
         overflow: list[str] = []
         rooms: list[tuple[int, str]] = []  # what each model too small for the request has left for the output
         refused: list[Refusal] = []
+        # The prompt's tokens for the models it overflowed: told to the client, but billed by none, so not the
+        # exchange's `prompt_tokens` (each skipped attempt keeps its own count).
+        longest = 0
         i = 0
         while i < len(lanes):
             lane, name = lanes[i]
@@ -274,7 +277,7 @@ class Dispatcher:
                                                      error=f"context_window: {prompt} tokens > {spec.context_window}"))
                     overflow.append(f"`{name}` holds {spec.context_window} with {reserve} for the output")
                     rooms.append((spec.context_window - prompt, name))
-                    exchange.prompt_tokens = max(exchange.prompt_tokens, prompt)
+                    longest = max(longest, prompt)
                     if long_context is not None:
                         lanes.insert(i, ("fallback", long_context))
                     continue
@@ -304,7 +307,7 @@ class Dispatcher:
                 where = "in any model of the route" if routed else f"in `{roomiest}`"
                 raise ContextWindowExceeded(
                     f"`{asked}` is too large: {params[asked]} tokens of output do not fit next to the prompt's "
-                    f"{exchange.prompt_tokens} {where} ({'; '.join(overflow)}). Ask for at most "
+                    f"{longest} {where} ({'; '.join(overflow)}). Ask for at most "
                     f"{room} (`{roomiest}`)", param=asked)
             trims = plan.route is not None and plan.route.trim != "none"
             fix = ("even `trim: oldest` cannot make it fit: the system prompt and the latest user message, with "
@@ -315,7 +318,7 @@ class Dispatcher:
                    "Trim the conversation, or send it to a model with a larger context window (or to a route of "
                    "the table, which can trim it or hand it to a `long_context:` model)")
             raise ContextWindowExceeded(
-                f"the prompt has {exchange.prompt_tokens} tokens, more than fits: {'; '.join(overflow)}. {fix}")
+                f"the prompt has {longest} tokens, more than fits: {'; '.join(overflow)}. {fix}")
 
     def _trim(self, plan: Plan, spec: ModelSpec, request: ChatRequest) -> tuple[ChatRequest, int, int] | None:
         """With the route's `trim: oldest`, `request` without the oldest messages `spec`'s window cannot
