@@ -388,3 +388,28 @@ def test_a_comparison_in_json_carries_each_models_changes(log: str, capsys: pyte
         now, then = (window["models"].get(name, {}).get("requests_per_min", 0.0)
                      for window in (figures, figures["compare"]))
         assert fields["requests_per_min"]["change"] == pytest.approx(now - then)
+
+
+async def _logged(folder: Path, exchanges: list[Exchange]) -> str:
+    db = f"sqlite:///{folder}/routes.sqlite3"
+    telemetry = Telemetry(TelemetrySettings(exchange_log=db))
+    await telemetry.start()
+    for exchange in exchanges:
+        telemetry.record(exchange)
+    await telemetry.aclose()
+    return db
+
+
+def test_requests_that_named_a_model_are_apart_from_those_refused_before_routing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exchanges = [
+        Exchange("routed", BASE_TIME, model="gpt-5-mini", route="chat", lane="primary"),
+        Exchange("named", BASE_TIME + 1, model="gpt-5", lane="direct"),
+        Exchange("refused", BASE_TIME + 2, lane="", status=400, outcome="invalid_request"),
+    ]
+    db = asyncio.run(_logged(tmp_path, exchanges))
+    assert report("--db", db, "--json") == 0
+    for figures in (summarize(rows_of(exchanges, simulated=False)), json.loads(capsys.readouterr().out)):
+        assert {route: f["requests"] for route, f in figures["routes"].items()} == {
+            "chat": 1, "(direct)": 1, "(none)": 1}

@@ -18,7 +18,13 @@ from laneway.telemetry._records import SHADOW_LANE, ExchangeRow, HourlyRow
 
 TIMEOUT_OUTCOME = UpstreamTimeout.code
 NO_MODEL = "(none)"
-NO_ROUTE = "(none)"
+NO_ROUTE = "(none)"  # refused before it was routed
+DIRECT = "(direct)"  # the requests that named a model rather than the route table
+DIRECT_LANE = "direct"
+
+
+def route_label(route: str | None, lane: str) -> str:
+    return route or (DIRECT if lane == DIRECT_LANE else NO_ROUTE)
 
 
 def percentile(ordered: Sequence[float], q: float) -> float | None:
@@ -148,7 +154,8 @@ def summarize(
         if row.lane == SHADOW_LANE:
             groups = (shadow, _group(shadow_models, row.model or NO_MODEL))
         else:
-            groups = (total, _group(models, row.model or NO_MODEL), _group(routes, row.route or NO_ROUTE))
+            groups = (total, _group(models, row.model or NO_MODEL),
+                      _group(routes, route_label(row.route, row.lane)))
             for model in row.failed_models:  # a model hidden behind its fallbacks still shows its failures
                 _group(models, model).failed_attempts += 1
             for model, cost in row.other_costs:  # each model's spend is what it billed: a cascade's first answer
@@ -167,7 +174,8 @@ def summarize(
         if hour.lane == SHADOW_LANE:
             groups = (shadow, _group(shadow_models, hour.model or NO_MODEL))
         else:
-            groups = (total, _group(models, hour.model or NO_MODEL), _group(routes, hour.route or NO_ROUTE))
+            groups = (total, _group(models, hour.model or NO_MODEL),
+                      _group(routes, route_label(hour.route, hour.lane)))
             rolled_up += hour.requests
         for group in groups:
             group.add_hourly(hour)
