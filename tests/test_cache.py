@@ -1,5 +1,5 @@
-"""The exact response cache: hits replay the stored answer (also as a stream), sampling with
-temperature > 0 is never cached unless allowed, and the modes are honoured."""
+"""The exact response cache: hits replay the stored answer (also as a stream), sampled answers (any
+temperature but 0, an unset one included) are never cached unless allowed, and the modes are honoured."""
 
 from __future__ import annotations
 

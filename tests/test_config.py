@@ -549,6 +549,7 @@ def test_lanes_that_compare_a_model_with_itself_or_can_never_run_are_warnings() 
         shadow: {targets: [{target: gpt-5}], usd_per_hour: 0}
         routes:
         - name: grade
+          matcher: "priority == low"
           target: gpt-5-mini
           cascade: {confidence: 0.5, source: verifier, escalate_to: gpt-5, verifier: gpt-5-mini}
         - name: heavy
@@ -592,7 +593,8 @@ def test_routes_of_a_shorter_path_serve_the_longer_paths_under_it_in_the_table_a
     gaps = [w for w in warnings if "gap" in w]
     assert len(gaps) == 1, warnings
     # What is left is a real gap, of other paths under `/v1/chat`, and it says so.
-    assert "a path under `/v1/chat` but not under `/v1/chat/completions`" in gaps[0]
+    assert ("a request to `/v1/chat`, or to a path under it other than `/v1/chat/completions` and the paths under "
+            "those") in gaps[0]
     assert "`path: /v1/chat`" in gaps[0]
 
 
@@ -610,6 +612,19 @@ def test_a_route_behind_a_catch_all_of_a_shorter_path_is_never_reached_and_leave
     assert not [w for w in warnings if "gap" in w], warnings
     [never] = [w for w in warnings if "is never reached" in w]
     assert "`escalated`" in never and "taken by an earlier route" in never
+
+
+def test_a_default_route_behind_a_default_of_a_shorter_path_is_never_reached() -> None:
+    config = parse_config(textwrap.dedent("""
+        routes:
+        - name: all-chat
+          path: /v1/chat
+          target: gpt-5-mini
+        - name: rest
+          target: gpt-5
+        """))
+    [never] = [str(w) for w in config.warnings if "is never reached" in str(w)]
+    assert never.startswith("routes[1]") and "`rest`" in never and "taken by an earlier route" in never
 
 
 @pytest.mark.parametrize("matcher", ["metadata.score > 3", "metadata.score < 3", "metadata.ratio >= 0.5"])

@@ -280,6 +280,7 @@ routes:
         # Sent to no model, billed by none: the prompt's count stays with the skipped attempt, out of the totals.
         refused = one(sink, headers["x-request-id"])
         assert refused.prompt_tokens == 0 and refused.attempts[0].prompt_tokens > 64
+        assert refused.lane == "direct" and refused.route is None  # a model named, not refused before routing
         assert f"the prompt has {refused.attempts[0].prompt_tokens} tokens" in error["message"]
 
 

@@ -406,10 +406,11 @@ def test_requests_that_named_a_model_are_apart_from_those_refused_before_routing
     exchanges = [
         Exchange("routed", BASE_TIME, model="gpt-5-mini", route="chat", lane="primary"),
         Exchange("named", BASE_TIME + 1, model="gpt-5", lane="direct"),
+        Exchange("named, its gate full", BASE_TIME + 1.5, model="gpt-5-mini", lane="degraded"),
         Exchange("refused", BASE_TIME + 2, lane="", status=400, outcome="invalid_request"),
     ]
     db = asyncio.run(_logged(tmp_path, exchanges))
     assert report("--db", db, "--json") == 0
     for figures in (summarize(rows_of(exchanges, simulated=False)), json.loads(capsys.readouterr().out)):
         assert {route: f["requests"] for route, f in figures["routes"].items()} == {
-            "chat": 1, "(direct)": 1, "(none)": 1}
+            "chat": 1, "(direct)": 2, "(none)": 1}

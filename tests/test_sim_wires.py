@@ -295,8 +295,14 @@ async def test_a_path_no_model_is_under_is_a_404_that_says_where_the_models_are(
         assert response.status == 404
         message = (await response.json())["error"]["message"]
     assert message.startswith("no endpoint `POST /v1/chat/completions` on the simulated fleet")
-    assert "POST /{model}/v1/chat/completions (OpenAI)" in message and "sim:///{model}/v1" in message
+    assert "POST /{model}/v1/chat/completions (OpenAI)" in message
+    assert "`base_url: sim:///{model}/v1` (openai) or `sim:///{model}` (anthropic, gemini)" in message
     assert "gpt-5-mini" in message
+    async with aiohttp.ClientSession() as session:
+        async with session.get(fleet.url + "/gpt-5-mini/v1/chat/completions") as response:
+            assert response.status == 405  # a path that is served, with the wrong method
+        async with session.get(fleet.url + "/healthz") as response:
+            assert response.status == 200
 
 
 def test_laneway_sim_run_by_hand_says_where_the_models_are() -> None:

@@ -238,6 +238,8 @@ class Gateway:
         decision = decide(runtime.config, request.model, path, signals, exchange.request_id)
         route = decision.route
         exchange.route = route.name if route else None
+        if route is None:  # a model named by the client: its lane says so, answered or refused
+            exchange.lane = decision.lanes[0][0]
         if key is not None:
             exchange.api_key = key.name
             tokens = signals.tokens + request.max_tokens(256) if key.tokens_per_minute else 0

@@ -232,7 +232,7 @@ def read_signals(request: ClientRequest, headers: Mapping[str, str], intents: fr
         if name not in SETTABLE:
             if name == SUBJECT and not isinstance(raw, str):
                 raise InvalidRequest(f"`metadata.{SUBJECT}`: expected the email's subject line as a string, got "
-                                     f"{type(raw).__name__}", param=f"metadata.{SUBJECT}")
+                                     f"{shown(raw)}", param=f"metadata.{SUBJECT}")
             extra[name] = raw
         elif name not in values:
             values[name] = _settable(name, raw, f"metadata.{name}", intents)

@@ -183,5 +183,5 @@ def parse_settable(name: str, raw: Any, where: str) -> Any:
         raise InvalidRequest(f"`{where}`: invalid value {shown(raw)}; expected true or false (also yes/no, 1/0)",
                              param=where)
     if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
-        raise InvalidRequest(f"`{where}`: expected a string, got {type(raw).__name__}", param=where)
+        raise InvalidRequest(f"`{where}`: expected a string, got {shown(raw)}", param=where)
     return str(raw)

@@ -69,7 +69,8 @@ def _analyse_group(routes: list[Route], overlaps: dict[tuple[int, int], dict[str
 
 def _gap_warning(path: str, deeper: list[str], example: dict[str, Any]) -> TableWarning:
     where = f"a request to `{path}` or a path under it" if not deeper else (
-        f"a request to a path under `{path}` but not under {', '.join(f'`{p}`' for p in deeper)}")
+        f"a request to `{path}`, or to a path under it other than {', '.join(f'`{p}`' for p in deeper)} and the "
+        "paths under those")
     return TableWarning(
         f"routes (path {path})",
         f"gap: {where}, such as {_describe(example)}, matches no route; it gets `404 no_route`. "
@@ -91,7 +92,7 @@ def _findings(routes: Sequence[Route], overlaps: dict[tuple[int, int], dict[str,
             f"the first match wins, so {outcome}",
         ))
     for route in routes:
-        if route.index in reached or not route.has_matcher:
+        if route.index in reached:
             continue
         if route.index in matched:
             path, why = f"routes[{route.index}]", "every request it matches is taken by an earlier route"

@@ -149,11 +149,12 @@ def openapi_document() -> dict[str, Any]:
             "/v1/chat/completions": {"post": chat},
             "/v1/models": {"get": {"operationId": "listModels", "responses": {"200": _json({
                 "type": "object", "required": ["object", "data"],
-                "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _MODEL}}})}}},
+                "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _MODEL}}}),
+                **_errors(401)}}},
             "/v1/models/{model}": {"get": {
                 "operationId": "retrieveModel",
                 "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": _json(_MODEL), **_errors(404)}}},
+                "responses": {"200": _json(_MODEL), **_errors(401, 404)}}},
             "/healthz": {"get": {"operationId": "health", "responses": {"200": _json(status)}}},
             "/readyz": {"get": {"operationId": "ready", "responses": {"200": _json(status),
                                                                       "503": _json(status, "not ready")}}},

@@ -95,13 +95,12 @@ class Fleet:
 
 
 def build_app(fleet: Fleet) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[_elsewhere(fleet)])
     for wire, path in _ROUTES:
         app.router.add_post(path, _handler(fleet, WIRES[wire]))
     app.router.add_get("/healthz", _health(fleet))
     app.router.add_get("/concurrency", _concurrency(fleet))
     app.router.add_delete("/concurrency", _concurrency(fleet))
-    app.router.add_route("*", "/{path:.*}", _elsewhere(fleet))  # last: only what no route above takes
     return app
 
 
@@ -109,14 +108,22 @@ def where_models_are(fleet: Fleet) -> str:
     """How a client reaches the fleet's models: each has its own path prefix, one per wire format."""
     return (f"each model under its own prefix: POST /{{model}}/v1/chat/completions (OpenAI), /{{model}}/v1/messages "
             f"(Anthropic), /{{model}}/v1beta/models/{{id}}:generateContent (Gemini); in a routing file, "
-            f"`base_url: sim:///{{model}}/v1`; models: {', '.join(sorted(fleet.models))}")
+            f"`base_url: sim:///{{model}}/v1` (openai) or `sim:///{{model}}` (anthropic, gemini); models: "
+            f"{', '.join(sorted(fleet.models))}")
 
 
 def _elsewhere(fleet: Fleet) -> Any:
-    async def elsewhere(request: web.Request) -> web.Response:
-        return web.json_response({"error": {"message": f"no endpoint `{request.method} {request.path}` on the "
-                                                       f"simulated fleet; it serves {where_models_are(fleet)}",
-                                            "type": "not_found_error", "code": "not_found"}}, status=404)
+    """A path no route serves: a JSON 404 that says where the models are, instead of aiohttp's plain text."""
+
+    @web.middleware
+    async def elsewhere(request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+        except web.HTTPNotFound:
+            return web.json_response({"error": {"message": f"no endpoint `{request.method} {request.path}` on the "
+                                                           f"simulated fleet; it serves {where_models_are(fleet)}",
+                                                "type": "not_found_error", "code": "not_found"}}, status=404)
+        return response
 
     return elsewhere
 

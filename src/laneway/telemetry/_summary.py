@@ -20,11 +20,12 @@ TIMEOUT_OUTCOME = UpstreamTimeout.code
 NO_MODEL = "(none)"
 NO_ROUTE = "(none)"  # refused before it was routed
 DIRECT = "(direct)"  # the requests that named a model rather than the route table
-DIRECT_LANE = "direct"
 
 
 def route_label(route: str | None, lane: str) -> str:
-    return route or (DIRECT if lane == DIRECT_LANE else NO_ROUTE)
+    """Without a route, an exchange with a lane named a model (`direct`, or `degraded` behind a full gate);
+    one without was refused before it was routed."""
+    return route or (DIRECT if lane else NO_ROUTE)
 
 
 def percentile(ordered: Sequence[float], q: float) -> float | None:
