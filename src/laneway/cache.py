@@ -3,8 +3,8 @@
 Keyed by route (or directly addressed model), messages (role, text, tool calls) and the generation
 parameters that change an answer. Off by default; per route `cache: {mode, ttl_s,
 allow_temperature}`. Only answers at temperature 0 are read and written (an unset temperature is the
-API's default, 1), unless `allow_temperature` says so. The store is in-memory (bounded LRU) by default, Redis when the
-config has `state:`; a store that fails is a miss, never an error.
+API's default, 1), unless `allow_temperature` says so. The store is in-memory (bounded LRU) by
+default, Redis when the config has `state:`; a store that fails is a miss, never an error.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ _PARAMS = frozenset({
 })
 _FIELDS = _PARAMS | {"model", "messages", "stream", "stream_options", "n", "user", "metadata", "store"}
 SAMPLING_RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "presence_penalty": (-2.0, 2.0),
-           "frequency_penalty": (-2.0, 2.0), "top_logprobs": (0, 20)}
+                   "frequency_penalty": (-2.0, 2.0), "top_logprobs": (0, 20)}
 MAX_OUTPUT_TOKENS = 1_000_000
 MAX_STOP = 4  # stop sequences, as OpenAI allows
 TOOL_CHOICES = ("none", "auto", "required")
