@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import select
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -306,12 +311,6 @@ async def test_a_path_no_model_is_under_is_a_404_that_says_where_the_models_are(
 
 
 def test_laneway_sim_run_by_hand_says_where_the_models_are() -> None:
-    import os
-    import select
-    import subprocess
-    import sys
-    import time
-
     process = subprocess.Popen([sys.executable, "-m", "laneway", "sim", "--port", "0"], stdout=subprocess.PIPE)
     printed = b""
     try:
