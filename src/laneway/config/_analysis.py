@@ -40,12 +40,9 @@ def analyse_table(routes: Sequence[Route]) -> list[TableWarning]:
         group = [r for r in routes if r.matches_path(path)]
         gap = _analyse_group(group, overlaps, reached, matched)
         if gap is not None:
-            gaps.append(_gap_warning(path, [p for p in paths if p != path and _under(p, path)], gap))
+            own = next(r for r in routes if r.path == path)  # a route of `path`: what it serves is under it
+            gaps.append(_gap_warning(path, [p for p in paths if p != path and own.matches_path(p)], gap))
     return [*_findings(routes, overlaps, reached, matched), *gaps]
-
-
-def _under(path: str, parent: str) -> bool:
-    return path.startswith(parent.rstrip("/") + "/")
 
 
 def _analyse_group(routes: list[Route], overlaps: dict[tuple[int, int], dict[str, Any]], reached: set[int],

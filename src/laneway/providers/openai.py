@@ -93,11 +93,11 @@ class OpenAIProvider:
 
 
 def without_extra_content(messages: list[Message]) -> list[Message]:
-    """`messages` without their tool calls' `extra_content`; the same list when none has one."""
+    """`messages` without their tool calls' `extra_content`; the same list when none has one. The request
+    check has made every `tool_calls` a list of objects."""
     for message in messages:
         calls = message.get("tool_calls")
-        if calls and isinstance(calls, list) and any(isinstance(made, dict) and "extra_content" in made
-                                                     for made in calls):
+        if calls and any("extra_content" in made for made in calls):
             break
     else:
         return messages
@@ -106,10 +106,10 @@ def without_extra_content(messages: list[Message]) -> list[Message]:
 
 def _stripped(message: Message) -> Message:
     calls = message.get("tool_calls")
-    if not isinstance(calls, list):
+    if not calls:
         return message
     return {**message, "tool_calls": [{key: value for key, value in made.items() if key != "extra_content"}
-                                      if isinstance(made, dict) else made for made in calls]}
+                                      for made in calls]}
 
 
 def is_overflow(status: int, text: str) -> bool:
