@@ -47,6 +47,10 @@ models:
     model: gpt-5-mini
     price: {input_per_mtok: 0.25, output_per_mtok: 2.0}
 routes:
+- name: cached
+  matcher: "metadata.cache == on"
+  target: claude
+  cache: {mode: on, ttl_s: 60}
 - target: claude
 """
 QUESTION = [{"role": "user", "content": "I was charged twice for my order, can you check?"}]
@@ -195,3 +199,19 @@ def test_a_streamed_thinking_answer_shows_no_thought(thinking: tuple[LiveGateway
     usage = chunks[-1].usage
     assert text and THOUGHT not in text
     assert usage is not None and usage.completion_tokens >= THINKING_BASE_TOKENS
+
+
+def test_a_thinking_answer_is_sampled_and_not_cached(thinking: tuple[LiveGateway, RecordingSink]) -> None:
+    """Extended thinking takes no temperature: the adapter leaves the request's 0 out, so the answer is
+    sampled at the API's default and must not be replayed; without thinking the same request is cached."""
+    live, _ = thinking
+    client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+
+    def lane(effort: str) -> str:
+        response = client.chat.completions.with_raw_response.create(
+            model="laneway", messages=QUESTION, temperature=0, reasoning_effort=effort,  # type: ignore[arg-type]
+            metadata={"cache": "on"})
+        return str(response.headers["x-laneway-lane"])
+
+    assert [lane("high"), lane("high")] == ["primary", "primary"]
+    assert [lane("none"), lane("none")] == ["primary", "cache"]

@@ -205,7 +205,7 @@ class Gateway:
         if route is None or route.cache.mode == "off":
             return None, None
         target = runtime.config.models[plan.lanes[0][1]]
-        if not cacheable(route.cache, params.get("temperature", target.profile.temperature)):
+        if not cacheable(route.cache, target.temperature(params)):
             return None, None
         return cache_key(route.name, messages, params), route.cache
 

@@ -96,6 +96,16 @@ class ModelSpec:
         """What `reasoning_effort: effort` becomes for this model; None when `reasoning:` does not say."""
         return next((value for name, value in self.reasoning if name == effort), None)
 
+    def temperature(self, params: Mapping[str, Any]) -> float | None:
+        """The temperature this model answers `params` at; None for the API's default: none set, or
+        Anthropic's extended thinking, which takes none (the adapter leaves it out)."""
+        if self.provider == "anthropic" and self.reasoning:
+            budget = self.thinking(params.get("reasoning_effort"))
+            if isinstance(budget, int) and budget > 0:
+                return None
+        temperature = params.get("temperature", self.profile.temperature)
+        return None if temperature is None else float(temperature)
+
 
 @dataclass(frozen=True, slots=True)
 class Retry:
