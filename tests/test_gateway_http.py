@@ -113,6 +113,9 @@ def test_header_signal_wins_over_metadata(seed_gateway: LiveGateway) -> None:
     assert status == 200 and headers["x-laneway-model"] == "claude-sonnet-37"
 
 
+LOOKUP = {"type": "function", "function": {"name": "lookup_order", "parameters": {"type": "object"}}}
+
+
 @pytest.mark.parametrize(("body", "headers", "status", "code", "needle"), [
     ({"model": "laneway", "messages": chat(1), "metadata": {"priority": "banana"}}, {}, 400,
      "invalid_request", '`metadata.priority`: invalid value "banana"'),
@@ -140,6 +143,11 @@ def test_header_signal_wins_over_metadata(seed_gateway: LiveGateway) -> None:
      "invalid_request", "`stream_options` is only allowed when `stream` is true"),
     ({"model": "laneway", "messages": chat(1), "stream": True, "stream_options": {"include_usage": "yes"}}, {},
      400, "invalid_request", "`stream_options.include_usage` must be true or false"),
+    ({"model": "laneway", "messages": chat(1), "tool_choice": "required"}, {}, 400, "invalid_request",
+     '`tool_choice` "required" is only allowed when `tools` are given'),
+    ({"model": "laneway", "messages": chat(1), "tools": [LOOKUP],
+      "tool_choice": {"type": "function", "function": {"name": "refund"}}}, {}, 400, "invalid_request",
+     '`tool_choice.function.name` must name a function in `tools` ("lookup_order"), got "refund"'),
     ({"model": "gpt-6", "messages": chat(1)}, {}, 404, "model_not_found", "unknown model `gpt-6`"),
     (b"{not json", {}, 400, "invalid_request", "not valid JSON"),
     (b"\xff\xfe", {}, 400, "invalid_request", "not valid JSON"),

@@ -191,6 +191,27 @@ def _check_params(params: dict[str, Any], n: Any) -> None:
                              param="reasoning_effort")
     if "response_format" in params:
         _check_response_format(params["response_format"])
+    if "tool_choice" in params:
+        _check_tool_choice(params["tool_choice"], params.get("tools"))
+
+
+def _check_tool_choice(choice: Any, tools: list[dict[str, Any]] | None) -> None:
+    """As OpenAI answers: a choice that asks for a tool needs `tools`, and a named function must be one of
+    them. Providers translate the choice, so an upstream would otherwise refuse it in words of its own."""
+    if choice in ("none", "auto"):
+        return
+    if not tools:
+        raise InvalidRequest(f"`tool_choice` {shown(choice)} is only allowed when `tools` are given",
+                             param="tool_choice")
+    if not isinstance(choice, dict) or choice.get("type") != "function":
+        return
+    function = choice.get("function")
+    name = function.get("name") if isinstance(function, dict) else None
+    names = [t["function"].get("name") for t in tools if isinstance(t.get("function"), dict)]
+    if name not in names:
+        raise InvalidRequest(f"`tool_choice.function.name` must name a function in `tools` "
+                             f"({', '.join(shown(n) for n in names)}), got {shown(name)}",
+                             param="tool_choice.function.name")
 
 
 def _check_response_format(value: Any) -> None:
