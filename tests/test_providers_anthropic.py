@@ -265,6 +265,41 @@ async def test_stream_translates_documented_events_with_usage_from_start_and_del
     assert loopback.seen[0].body["stream"] is True
 
 
+def tool_use_stream(*arguments: bytes) -> list[bytes]:
+    """A `tool_use` block streamed as the API does: its input as `input_json_delta` pieces."""
+    deltas = [b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0,'
+              b' "delta": {"type": "input_json_delta", "partial_json": ' + orjson.dumps(piece.decode()) + b'}}\n\n'
+              for piece in arguments]
+    return [
+        DOCUMENTED_STREAM[0],
+        b'event: content_block_start\ndata: {"type": "content_block_start", "index": 0, "content_block":'
+        b' {"type": "tool_use", "id": "toolu_01", "name": "list_orders", "input": {}}}\n\n',
+        *deltas,
+        b'event: content_block_stop\ndata: {"type": "content_block_stop", "index": 0}\n\n',
+        b'event: message_delta\ndata: {"type": "message_delta", "delta": {"stop_reason": "tool_use"},'
+        b' "usage": {"output_tokens": 12}}\n\n',
+        b'event: message_stop\ndata: {"type": "message_stop"}\n\n',
+    ]
+
+
+@pytest.mark.parametrize(("pieces", "arguments"), [
+    ((b"",), "{}"),  # a call without arguments: one empty piece
+    ((), "{}"),
+    ((b'{"order', b'_id": "1182"}'), '{"order_id": "1182"}'),
+])
+async def test_streamed_tool_call_arguments_join_into_json(loopback: Loopback, pieces: tuple[bytes, ...],
+                                                           arguments: str) -> None:
+    loopback.reply = Reply(events=tool_use_stream(*pieces))
+    provider = create_provider(spec(), loopback.url)
+    chunks = await drain(provider, conversation())
+    await provider.aclose()
+    calls = [call for c in chunks for call in c.tool_calls or ()]
+    assert calls[0]["id"] == "toolu_01" and calls[0]["function"]["name"] == "list_orders"
+    assert {call["index"] for call in calls} == {0}
+    assert "".join(call["function"].get("arguments", "") for call in calls) == arguments
+    assert chunks[-1].finish_reason == "tool_calls"
+
+
 async def test_stream_stop_reason_max_tokens_is_length(loopback: Loopback) -> None:
     events = [e.replace(b'"stop_reason": "end_turn"', b'"stop_reason": "max_tokens"')
               for e in DOCUMENTED_STREAM]

@@ -67,13 +67,24 @@ class StreamedCalls:
 
     def __init__(self) -> None:
         self._index: dict[int, int] = {}  # content block index -> tool call index
+        self._empty: set[int] = set()  # tool_use blocks no argument has reached yet
 
     def started(self, block_index: int, block: dict[str, Any]) -> list[dict[str, Any]]:
         self._index[block_index] = index = len(self._index)
+        self._empty.add(block_index)
         return [{"index": index, "id": str(block["id"]), "type": "function",
                  "function": {"name": str(block["name"]), "arguments": ""}}]
 
     def arguments(self, block_index: int, piece: str) -> list[dict[str, Any]] | None:
         if block_index not in self._index or not piece:
             return None
+        self._empty.discard(block_index)
         return [{"index": self._index[block_index], "function": {"arguments": piece}}]
+
+    def stopped(self, block_index: int) -> list[dict[str, Any]] | None:
+        """A call without arguments streams only an empty `partial_json`; its arguments are `{}`, as
+        whole, so that the client's joined pieces parse."""
+        if block_index not in self._empty:
+            return None
+        self._empty.discard(block_index)
+        return [{"index": self._index[block_index], "function": {"arguments": "{}"}}]

@@ -267,6 +267,9 @@ class _StreamState:
             if block.get("type") != "tool_use":
                 return None
             return Chunk(tool_calls=self.calls.started(int(event["index"]), block))
+        if kind == "content_block_stop":
+            pieces = self.calls.stopped(int(event["index"]))
+            return Chunk(tool_calls=pieces) if pieces else None
         if kind == "message_start":
             usage = (event.get("message") or {}).get("usage") or {}
             self.usage = usage_of(usage, 0)
