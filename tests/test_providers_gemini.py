@@ -237,10 +237,24 @@ async def test_complete_translates_documented_response_and_sends_generate_conten
         ],
         "systemInstruction": {"parts": [{"text": "You are a support agent."},
                                         {"text": "Refund 5521 was issued on Monday."}]},
-        "generationConfig": {"temperature": 0.3, "topP": 0.9, "presencePenalty": 0.5,
-                             "frequencyPenalty": 0.25, "seed": 7, "maxOutputTokens": 200,
+        # Gemini 2.5 refuses penalties ("Penalty is not enabled for this model"): they are left out.
+        "generationConfig": {"temperature": 0.3, "topP": 0.9, "seed": 7, "maxOutputTokens": 200,
                              "stopSequences": ["END", "STOP"]},
     }
+
+
+@pytest.mark.parametrize(("model", "sent"), [
+    ("gemini-2.0-flash", True), ("gemini-1.5-pro-002", True), ("gemini-2.5-flash", False),
+    ("gemini-3-pro-preview", False), ("gemini-flash-latest", False),
+])
+async def test_penalties_go_only_to_models_that_take_them(loopback: Loopback, model: str, sent: bool) -> None:
+    loopback.reply = Reply(body=DOCUMENTED_RESPONSE)
+    provider = create_provider(spec(model), loopback.url)
+    await provider.complete(conversation(presence_penalty=0.5, frequency_penalty=0.25, temperature=0.3), deadline())
+    await provider.aclose()
+    config = loopback.seen[0].body["generationConfig"]
+    assert config["temperature"] == 0.3
+    assert (config.get("presencePenalty"), config.get("frequencyPenalty")) == ((0.5, 0.25) if sent else (None, None))
 
 
 async def test_no_generation_config_and_no_key_header_when_none_is_set(loopback: Loopback) -> None:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,9 @@ _RENAMED = {
     "temperature": "temperature", "top_p": "topP", "presence_penalty": "presencePenalty",
     "frequency_penalty": "frequencyPenalty", "seed": "seed",
 }
+_PENALTIES = ("presence_penalty", "frequency_penalty")
+# Gemini 2.5 and later answer any penalty but 0 with 400 "Penalty is not enabled for this model".
+_TAKES_PENALTIES = re.compile(r"gemini-(1\.\d+|2\.0)-")
 
 
 def create(spec: ModelSpec, base_url: str) -> GeminiProvider:
@@ -75,7 +79,7 @@ class GeminiProvider:
 
     def body(self, request: ChatRequest) -> dict[str, Any]:
         thinking = self.spec.thinking(request.params.get("reasoning_effort")) if self.spec.reasoning else None
-        return request_body(request, thinking, self.signatures)
+        return request_body(request, thinking, self.signatures, takes_penalties(self.spec.model))
 
     async def complete(self, request: ChatRequest, deadline: float) -> Completion:
         data = await self.upstream.post_json(self.url, self.body(request), deadline, is_overflow)
@@ -124,11 +128,17 @@ class GeminiUpstream(Upstream):
         return error
 
 
+def takes_penalties(model: str) -> bool:
+    """Only Gemini 1.x and 2.0 models take `presencePenalty` and `frequencyPenalty`; for any other model id
+    (2.5, 3, an alias such as `gemini-flash-latest`) they are dropped rather than have the request refused."""
+    return _TAKES_PENALTIES.search(model) is not None
+
+
 def request_body(request: ChatRequest, thinking: int | str | None = None,
-                 signatures: Signatures | None = None) -> dict[str, Any]:
+                 signatures: Signatures | None = None, penalties: bool = True) -> dict[str, Any]:
     """The `generateContent` body: system prompts as `systemInstruction`, turns as user/model contents,
     tools as `functionDeclarations` (`signatures`: of the calls the model made earlier); `thinking` (a
-    budget in tokens, or a level) as `thinkingConfig`."""
+    budget in tokens, or a level) as `thinkingConfig`; the penalties only when the model takes them."""
     system = [message_text(m) for m in request.messages if m.get("role") in _SYSTEM_ROLES]
     contents = contents_of(request.messages, signatures or Signatures())
     if not contents:
@@ -139,6 +149,9 @@ def request_body(request: ChatRequest, thinking: int | str | None = None,
         body["systemInstruction"] = {"parts": [{"text": text} for text in system if text]}
     body.update(tool_settings(request.params))
     config = generation_config(request)
+    if not penalties:
+        for name in _PENALTIES:
+            config.pop(_RENAMED[name], None)
     if thinking is not None:
         _think(config, thinking)
     if config:
