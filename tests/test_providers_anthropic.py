@@ -202,11 +202,14 @@ async def test_blank_blocks_both_samplers_and_a_prefill_tail_are_sent_as_the_api
                 {"role": "assistant", "content": " "},
                 {"role": "user", "content": "Order 7."},
                 {"role": "assistant", "content": "Your refund is \n"}]
-    await provider.complete(ChatRequest("m", messages, {"top_p": 0.5}), deadline())
-    await provider.complete(ChatRequest("m", messages[:1], {"temperature": 0.2, "top_p": 0.5}), deadline())
+    await provider.complete(ChatRequest("m", messages, {"top_p": 0.5, "stop": ["\n", "", "END"]}), deadline())
+    await provider.complete(ChatRequest("m", messages[:1], {"temperature": 0.2, "top_p": 0.5, "stop": "\n\n"}),
+                            deadline())
     await provider.aclose()
 
     first, second = (seen.body for seen in loopback.seen)
+    # and to an empty or whitespace-only stop sequence
+    assert first["stop_sequences"] == ["END"] and "stop_sequences" not in second
     assert first["messages"] == [
         {"role": "user", "content": [{"type": "text", "text": "Refund?"}, {"type": "text", "text": "Order 7."}]},
         {"role": "assistant", "content": [{"type": "text", "text": "Your refund is"}]},

@@ -186,8 +186,11 @@ def sampling(params: dict[str, Any]) -> dict[str, Any]:
         # both be specified for this model"); a model profile's temperature wins.
         mapped["top_p"] = params["top_p"]
     stop = params.get("stop")
-    if stop:
-        mapped["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    # The API refuses a sequence that is empty or only whitespace ("each stop sequence must contain
+    # non-whitespace"), such as OpenAI's common "\n": those are left out.
+    sequences = [s for s in ([stop] if isinstance(stop, str) else stop or ()) if s.strip()]
+    if sequences:
+        mapped["stop_sequences"] = sequences
     if params.get("user"):
         mapped["metadata"] = {"user_id": str(params["user"])}
     return mapped
