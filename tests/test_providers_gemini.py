@@ -404,6 +404,31 @@ async def test_error_answers_map_to_laneway_errors(loopback: Loopback, reply: Re
     assert orjson.loads(reply.body)["error"]["message"] in caught.value.message
 
 
+BAD_KEY = orjson.dumps({"error": {
+    "code": 400, "message": "API key not valid. Please pass a valid API key.", "status": "INVALID_ARGUMENT",
+    "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+                 "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}}]}})
+
+
+@pytest.mark.parametrize(("body", "client_fault"), [
+    (BAD_KEY, False),
+    (google_error(400, "FAILED_PRECONDITION", "User location is not supported for the API use."), False),
+    (google_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received. Unknown name \"foo\""), True),
+])
+async def test_a_400_about_the_gateways_key_or_account_is_not_the_clients_fault(
+        loopback: Loopback, body: bytes, client_fault: bool) -> None:
+    """Such a 400 is a 502 to the client, and fails (cools) the model, as a 401 from other providers does."""
+    loopback.reply = Reply(400, body)
+    provider = create_provider(spec(), loopback.url)
+    for call in (lambda: provider.complete(conversation(), deadline()), lambda: drain(provider, conversation())):
+        with pytest.raises(UpstreamRejected) as caught:
+            await call()
+        assert caught.value.client_fault is client_fault
+        assert caught.value.status == (400 if client_fault else 502)
+        assert ("api_key_env" in caught.value.message) is not client_fault
+    await provider.aclose()
+
+
 async def test_rate_limit_reads_retry_info_and_prefers_retry_after(loopback: Loopback) -> None:
     provider = create_provider(spec(), loopback.url)
     loopback.reply = Reply(429, QUOTA_EXCEEDED)

@@ -245,10 +245,11 @@ class UpstreamRejected(UpstreamError):
     retryable = False
 
     def __init__(self, message: str, *, model: str = "", upstream_status: int | None = None,
-                 param: str | None = None) -> None:
+                 param: str | None = None, gateway_fault: bool = False) -> None:
         super().__init__(message, model=model, upstream_status=upstream_status)
         self.param = param
-        if upstream_status in CLIENT_FAULTS:
+        # `gateway_fault`: a 400 that is about the gateway's account (Gemini's invalid key), not the request.
+        if upstream_status in CLIENT_FAULTS and not gateway_fault:
             self.status, self.type = 400, "invalid_request_error"
 
     @property

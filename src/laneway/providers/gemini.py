@@ -125,7 +125,23 @@ class GeminiUpstream(Upstream):
         error = super().status_error(status, headers, payload, overflow)
         if isinstance(error, UpstreamRateLimited) and error.retry_after_s is None:
             error.retry_after_s = retry_delay(payload)
+        if isinstance(error, UpstreamRejected) and error.client_fault and _account_fault(payload):
+            return UpstreamRejected(f"{error.message} (the gateway's API key or account for this model, not the "
+                                    "request: check the model's `api_key_env`)", model=error.model,
+                                    upstream_status=status, gateway_fault=True)
         return error
+
+
+def _account_fault(payload: bytes) -> bool:
+    """The API answers 400 to an invalid key (`ErrorInfo.reason` `API_KEY_INVALID`) and to an account it
+    will not serve (`FAILED_PRECONDITION`: the region, billing); a 502 and a cooling model, not the client's."""
+    try:
+        error = orjson.loads(payload)["error"]
+        if error.get("status") == "FAILED_PRECONDITION":
+            return True
+        return any(str(detail.get("reason", "")).startswith("API_KEY_") for detail in error.get("details") or ())
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def takes_penalties(model: str) -> bool:
