@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -481,3 +482,25 @@ async def test_tool_choice_and_parallel_calls_map_and_malformed_calls_are_refuse
     assert sent[0]["tool_choice"] == {"type": "tool", "name": "refund"}
     assert sent[1]["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
     assert sent[2]["tool_choice"] == {"type": "none"}
+
+
+async def test_call_ids_of_other_servers_are_sent_as_the_api_accepts_them(loopback: Loopback) -> None:
+    """The API takes `tool_use` ids of `[a-zA-Z0-9_-]` only; a conversation whose calls another server made
+    (`functions.lookup_order:0`) fails over to Claude with ids it accepts, each call still matched to its result."""
+    loopback.reply = Reply(body=DOCUMENTED_MESSAGE)
+    provider = create_provider(spec(key_env=None), loopback.url)
+    ids = ["functions.lookup_order:0", "functions.lookup_order_0", "toolu_01A"]
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "Where are orders 1 and 2?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": i, "type": "function", "function": {"name": "lookup_order", "arguments": "{}"}} for i in ids]},
+        *({"role": "tool", "tool_call_id": i, "content": "shipped"} for i in reversed(ids)),
+    ]
+    await provider.complete(ChatRequest("m", messages, {}), deadline())
+    await provider.aclose()
+    turns = loopback.seen[0].body["messages"]
+    sent = [block["id"] for block in turns[1]["content"]]
+    answered = [block["tool_use_id"] for block in turns[2]["content"]]
+    assert all(re.fullmatch(r"[a-zA-Z0-9_-]+", i) for i in sent)
+    assert len(set(sent)) == 3 and sent[2] == "toolu_01A"
+    assert answered == sent[::-1]

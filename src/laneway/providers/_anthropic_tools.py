@@ -10,12 +10,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 
 from ..chat import Message, message_text
 from ._tools import answered_call, call, calls, choice, functions
 
 _CHOICES = {"auto": {"type": "auto"}, "required": {"type": "any"}, "none": {"type": "none"}}
+# What the API accepts as a `tool_use` id; other servers' ids (`functions.lookup:0`) are refused with a 400.
+_ID_CHARACTERS = re.compile(r"[^a-zA-Z0-9_-]")
 
 
 def tool_settings(params: dict[str, Any]) -> dict[str, Any]:
@@ -43,16 +47,26 @@ def _tool(name: str, description: str, parameters: dict[str, Any] | None) -> dic
 
 def tool_use_blocks(message: Message) -> list[dict[str, Any]]:
     """An assistant message's `tool_calls` as `tool_use` blocks."""
-    return [{"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments} for c in calls(message)]
+    return [{"type": "tool_use", "id": _sendable(c.id), "name": c.name, "input": c.arguments} for c in calls(message)]
 
 
 def tool_result_block(message: Message) -> dict[str, Any]:
     """A `tool` message as the `tool_result` block that answers its call."""
-    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": answered_call(message)}
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": _sendable(answered_call(message))}
     text = message_text(message)
     if text:
         block["content"] = text
     return block
+
+
+def _sendable(call_id: str) -> str:
+    """A call id as the API accepts it: another model's id (a conversation that failed over) with its other
+    characters replaced, and a digest of the original so that two ids stay two. The same id maps to the
+    same value in the call and in its result."""
+    if not _ID_CHARACTERS.search(call_id) and call_id:
+        return call_id
+    digest = hashlib.blake2b(call_id.encode(), digest_size=4).hexdigest()
+    return f"{_ID_CHARACTERS.sub('_', call_id)}_{digest}"
 
 
 def tool_calls_of(blocks: list[Any]) -> list[dict[str, Any]] | None:
