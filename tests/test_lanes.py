@@ -407,7 +407,21 @@ models:
     provider: openai
     base_url: sim:///gpt-5/v1
     model: "gpt-5@silent"
+  quick:
+    provider: openai
+    base_url: sim:///gpt-5/v1
+    model: "gpt-5@silent"
+    deadline_ms: 400
+  steady:
+    provider: openai
+    base_url: sim:///gpt-5-mini/v1
+    model: gpt-5-mini
+    deadline_ms: 4000
 routes:
+- name: quick-canary
+  matcher: "metadata.lane == quick"
+  target: steady
+  canary: {target: quick, weight: 1.0}
 - name: canary
   matcher: "metadata.lane == canary"
   target: gpt-5-mini
@@ -460,3 +474,15 @@ def test_a_hung_canary_stream_leaves_the_primary_time_to_answer(sim_url: str) ->
     hung, answered = sink.by_id(headers["x-request-id"]).attempts
     assert (hung.model, hung.outcome) == ("silent", "model_inference_deadline_exceeded")
     assert "share of the deadline" in hung.error and answered.outcome == "ok"
+
+
+def test_a_canary_gets_the_targets_budget_and_its_own_cap(sim_url: str) -> None:
+    """The request's budget is the route target's `deadline_ms`, not the canary's: a canary capped at 400 ms
+    that hangs leaves the target the rest of its 4 s."""
+    sink = RecordingSink()
+    with live_gateway(FAULTY_LANES, sim_url, telemetry=sink) as live:
+        headers, body = send(live, "help", metadata={"lane": "quick"})
+    assert headers["x-laneway-model"] == "steady" and json.loads(body)["choices"][0]["message"]["content"]
+    hung, answered = sink.by_id(headers["x-request-id"]).attempts
+    assert (hung.model, hung.outcome, answered.outcome) == ("quick", "model_inference_deadline_exceeded", "ok")
+    assert 300 < hung.latency_ms < 900

@@ -244,7 +244,8 @@ class Gateway:
             exchange.api_key = key.name
             tokens = signals.tokens + request.max_tokens(256) if key.tokens_per_minute else 0
             self.keys.admit(key, exchange.route, tokens)
-        first = runtime.config.models[decision.lanes[0][1]]
+        # The budget is the route target's (a canary's own `deadline_ms` only caps its attempt), or the named model's.
+        first = runtime.config.models[route.target if route is not None else decision.lanes[0][1]]
         deadline = asyncio.get_running_loop().time() + runtime.config.deadline_ms(route, first) / 1000
         priority = runtime.config.priorities.of(signals) if runtime.gates else 1
         plan = Plan(route, list(decision.lanes), deadline, priority)
