@@ -486,3 +486,27 @@ def test_a_canary_gets_the_targets_budget_and_its_own_cap(sim_url: str) -> None:
     hung, answered = sink.by_id(headers["x-request-id"]).attempts
     assert (hung.model, hung.outcome, answered.outcome) == ("quick", "model_inference_deadline_exceeded", "ok")
     assert 300 < hung.latency_ms < 900
+
+
+async def test_an_escalation_queues_at_its_gate_with_the_requests_priority() -> None:
+    """An urgent conversation's escalation waits in the urgent queue of the heavy model's gate, not in chat's."""
+    from laneway.cascade import complete_with_cascade
+    from laneway.chat import Completion, Usage
+    from laneway.config import Cascade
+    from laneway.dispatch import Plan
+    from laneway.exchange import Exchange
+
+    plans: list[Plan] = []
+
+    class Recording:
+        async def complete(self, plan: Plan, messages: Any, params: Any, exchange: Exchange) -> Completion:
+            plans.append(plan)
+            exchange.lane = plan.lanes[0][0]
+            return Completion("an answer", "stop", Usage(5, 2), plan.lanes[0][1])
+
+    plan = Plan(None, [("primary", "cheap")], deadline=time.monotonic() + 10, priority=0)
+    messages = [{"role": "user", "content": "my account was charged twice"}]
+    await complete_with_cascade(Recording(), Cascade(0.9, "logprobs", "heavy"),  # type: ignore[arg-type]
+                                plan, messages, {}, Exchange("r1", time.time()))
+    assert [(p.lanes[0], p.priority, p.deadline) for p in plans] == [
+        (("primary", "cheap"), 0, plan.deadline), (("cascade", "heavy"), 0, plan.deadline)]

@@ -89,7 +89,7 @@ async def complete_with_cascade(dispatcher: Dispatcher, cascade: Cascade, plan: 
     exchange.cascade_confidence = score
     if score >= cascade.confidence:
         return completion
-    escalation = Plan(plan.route, [("cascade", cascade.escalate_to)], plan.deadline)
+    escalation = Plan(plan.route, [("cascade", cascade.escalate_to)], plan.deadline, plan.priority)
     try:
         return await dispatcher.complete(escalation, messages, params, exchange)
     except LanewayError as error:
