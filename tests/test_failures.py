@@ -16,7 +16,7 @@ import pytest
 
 from _live import LiveGateway, RecordingSink, live_gateway
 from laneway.breaker import CircuitBreaker
-from laneway.config import Breaker
+from laneway.config import Breaker, parse_config
 from laneway.exchange import Exchange
 
 MARGIN_S = 0.5
@@ -348,3 +348,26 @@ def test_a_request_that_fails_for_its_own_fault_before_reaching_a_model_is_no_mo
         exchange = sink.by_id(response["x-request-id"])
         assert exchange.attempts and all(a.outcome == "skipped" for a in exchange.attempts)
         assert exchange.model is None and response["x-laneway-model"] == ""
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_deadline_gone_before_the_first_model_is_sent_still_names_it(sim_url: str, stream: bool) -> None:
+    """A gate can hand its slot over just as the deadline runs out: the 504 names the model it was for, so
+    that the model's timeout rate counts it."""
+    from laneway.context import TokenCounter
+    from laneway.dispatch import Dispatcher, Plan
+    from laneway.errors import AllAttemptsFailed
+    from laneway.runtime import Runtime
+
+    runtime = Runtime.build(parse_config("routes:\n- target: gpt-5-mini\n"), sim_url)
+    dispatcher = Dispatcher(runtime, TokenCounter())
+    exchange = Exchange("late", time.time())
+    plan = Plan(None, [("primary", "gpt-5-mini")], asyncio.get_running_loop().time() - 0.001)
+    messages = [{"role": "user", "content": "where is my order?"}]
+    try:
+        with pytest.raises(AllAttemptsFailed) as caught:
+            await (dispatcher.stream if stream else dispatcher.complete)(plan, messages, {}, exchange)
+    finally:
+        await runtime.aclose(1.0)
+    assert caught.value.status == 504 and "before any model was sent the request" in caught.value.message
+    assert [(a.model, a.lane, a.outcome) for a in exchange.attempts] == [("gpt-5-mini", "primary", "skipped")]

@@ -86,9 +86,11 @@ async def test_queue_timeout_and_deadline_bound_the_wait() -> None:
         await gate.admit(2, 0, 0.0, loop.time() + 10)
     assert 0.04 < loop.time() - started < 0.5 and caught.value.retry_after_s >= 1
     started = loop.time()
-    with pytest.raises(GateRejected):
+    with pytest.raises(GateRejected) as deadline_first:
         await gate.admit(0, 0, 0.0, loop.time() + 0.05)  # its deadline comes before its class's timeout
     assert loop.time() - started < 0.5
+    assert (caught.value.out_of_time, deadline_first.value.out_of_time) == (False, True)
+    assert "`queue_timeout_ms` for this priority: 50" in caught.value.reason
     assert gate.in_flight == 1 and gate.rejected == 2
 
 
@@ -210,6 +212,41 @@ def test_a_wait_at_the_gate_leaves_the_degraded_model_half_the_deadline(sim_url:
         assert holding.result(timeout=30)[0] == 200
     assert status == 200 and (headers["x-laneway-lane"], headers["x-laneway-model"]) == ("degraded", "gpt-5-mini")
     assert took < 1.0  # within the route's deadline
+
+
+DEADLINE_IN_QUEUE = """
+models:
+  heavy:
+    provider: openai
+    base_url: sim:///heavy-foundation/v1
+    model: "heavy-foundation@slow_1500"
+    gate: {max_concurrency: 1, queue_timeout_ms: 3000}
+routes:
+- name: hold
+  matcher: "metadata.q == hold"
+  target: heavy
+  deadline_ms: 5000
+- name: short
+  target: heavy
+  deadline_ms: 600
+"""
+
+
+def test_a_deadline_that_runs_out_in_a_gates_queue_is_a_504_naming_the_gate(sim_url: str) -> None:
+    """Not a 429 blaming the queue's timeout (3 s, never reached): a longer queue would not have helped."""
+    with live_gateway(DEADLINE_IN_QUEUE, sim_url) as live, ThreadPoolExecutor(1) as pool:
+        holding = pool.submit(post, live.url, {"q": "hold"})  # takes the gate's one slot for 1.5 s
+        time.sleep(0.2)
+        body = {"model": "laneway", "messages": [{"role": "user", "content": "help"}]}
+        request = urllib.request.Request(live.url + "/v1/chat/completions", data=json.dumps(body).encode())
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=30)
+        assert holding.result(timeout=30)[0] == 200
+    error = json.loads(caught.value.read())["error"]
+    assert caught.value.code == 504 and error["code"] == "model_inference_deadline_exceeded"
+    assert "`heavy` is at its concurrency limit (1); the request's time for it ran out in its queue" in error["message"]
+    assert (caught.value.headers["x-laneway-model"], caught.value.headers["x-laneway-lane"]) == ("heavy", "primary")
+    assert "retry-after" not in caught.value.headers
 
 
 def test_metrics_show_each_gate_and_breaker_as_they_are_at_the_scrape(sim_url: str) -> None:

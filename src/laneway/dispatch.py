@@ -135,6 +135,7 @@ class Dispatcher:
                 try:
                     for attempt_no in range(self._tries(plan)):
                         if _expired(plan):
+                            _too_late(exchange, attempt_no, name, lane)
                             raise self._give_up(errors, exchange, plan)
                         attempt = Attempt(name, OK, lane=lane, trimmed_messages=trimmed)
                         exchange.attempts.append(attempt)
@@ -177,6 +178,7 @@ class Dispatcher:
                 for attempt_no in range(self._tries(plan)):
                     if _expired(plan):
                         ticket.release()
+                        _too_late(exchange, attempt_no, name, lane)
                         raise self._give_up(errors, exchange, plan)
                     attempt = Attempt(name, OK, lane=lane, trimmed_messages=trimmed)
                     exchange.attempts.append(attempt)
@@ -361,7 +363,10 @@ class Dispatcher:
             if degrade is not None:
                 plan.lanes.insert(plan.lanes.index((lane, spec.name)) + 1, ("degraded", degrade))
             elif plan.lanes[-1] == (lane, spec.name):
-                raise _turned_away(refused) from None
+                # The deadline, not the queue's timeout, ended the wait: a 504 that names the gate, as when
+                # the deadline runs out anywhere else before a model is sent the request.
+                raise (self._give_up([], exchange, plan, expired=True) if refused.out_of_time
+                       else _turned_away(refused)) from None
             return False
         ticket.admitted = True
         if self.sink is not None:
@@ -404,10 +409,11 @@ class Dispatcher:
         await asyncio.sleep(pause)
         return True
 
-    def _give_up(self, errors: list[UpstreamError], exchange: Exchange, plan: Plan) -> Exception:
+    def _give_up(self, errors: list[UpstreamError], exchange: Exchange, plan: Plan,
+                 expired: bool = False) -> Exception:
         if errors:
             return AllAttemptsFailed(errors)
-        if _expired(plan):  # nothing was sent: the deadline ran out before (at a gate, in a retry pause)
+        if expired or _expired(plan):  # nothing was sent: the deadline ran out before (at a gate, in a retry pause)
             where = f" ({plan.gated.reason})" if plan.gated is not None else ""
             return AllAttemptsFailed([UpstreamTimeout(f"the deadline ran out before any model was sent the "
                                                       f"request{where}")])
@@ -495,6 +501,13 @@ async def _first_chunk(chunks: AsyncIterator[Chunk], limit: float | None) -> Chu
 
 def _expired(plan: Plan) -> bool:
     return asyncio.get_running_loop().time() >= plan.deadline
+
+
+def _too_late(exchange: Exchange, attempt_no: int, name: str, lane: str) -> None:
+    """The deadline ran out before `name`, the first model considered, was sent the request (a gate admitted
+    it just then): the exchange still names the model, so that its timeouts count against it."""
+    if attempt_no == 0 and not exchange.attempts:
+        exchange.attempts.append(Attempt(name, SKIPPED, lane=lane, error="the deadline ran out before it was sent"))
 
 
 async def close_stream(chunks: AsyncIterator[Chunk]) -> None:

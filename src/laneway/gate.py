@@ -67,10 +67,14 @@ class GatePolicy:
 
 
 class GateRejected(Exception):
-    def __init__(self, reason: str, retry_after_s: float) -> None:
+    """`out_of_time`: the wait ended at the caller's limit (the request's deadline, or its share of it),
+    before the queue's own timeout: waiting less long would not have helped, nor will a retry soon."""
+
+    def __init__(self, reason: str, retry_after_s: float, out_of_time: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after_s = retry_after_s
+        self.out_of_time = out_of_time
 
 
 def next_limit(limit: int, p95_ms: float, busy: bool, policy: Adaptive, ceiling: int) -> int:
@@ -146,9 +150,11 @@ class Gate:
         """Wait for a slot and budget; return the seconds waited, or raise `GateRejected`."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        limit_at = min(deadline, started + self.policy.queue_timeout_ms[priority] / 1000)
+        queue_limit = started + self.policy.queue_timeout_ms[priority] / 1000
+        limit_at = min(deadline, queue_limit)
         if not (self.in_flight < self.limit and not self._queue and await self._enter()):
-            await self._wait_for_slot(priority, limit_at)  # returns holding the slot handed over
+            # returns holding the slot handed over
+            await self._wait_for_slot(priority, limit_at, out_of_time=deadline < queue_limit)
         try:
             await self._spend(tokens, usd, limit_at)
         except GateRejected:
@@ -177,7 +183,7 @@ class Gate:
         assert self.shared is not None
         return await self.shared.lease(self.model, self.limit)
 
-    async def _wait_for_slot(self, priority: int, limit_at: float) -> None:
+    async def _wait_for_slot(self, priority: int, limit_at: float, out_of_time: bool) -> None:
         loop = asyncio.get_running_loop()
         waiter = _Waiter(priority, next(self._seq), loop.create_future())
         heapq.heappush(self._queue, waiter)
@@ -193,8 +199,11 @@ class Gate:
                 self._queue.remove(waiter)
                 heapq.heapify(self._queue)
             self.rejected += 1
-            reason = f"`{self.model}` is at its concurrency limit ({self.limit}); queue wait timed out"
-            raise GateRejected(reason, self._retry_after(priority)) from None
+            timeout_ms = self.policy.queue_timeout_ms[priority]
+            reason = f"`{self.model}` is at its concurrency limit ({self.limit}); " + (
+                "the request's time for it ran out in its queue" if out_of_time else
+                f"queue wait timed out (`queue_timeout_ms` for this priority: {timeout_ms})")
+            raise GateRejected(reason, self._retry_after(priority), out_of_time) from None
         except asyncio.CancelledError:
             if waiter.future.done() and not waiter.future.cancelled():
                 self.release(None)  # handed a slot, but the request was abandoned: pass it on
