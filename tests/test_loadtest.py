@@ -332,6 +332,17 @@ async def test_open_loop_sends_the_asked_number_and_counts_queueing(endpoint: st
     assert tally.all.latency.quantile(0.1) < tally.all.latency.max / 2
 
 
+async def test_an_open_loop_never_sends_before_a_requests_due_time(endpoint: str) -> None:
+    """Under uvloop, as the command runs, a timer can fire up to a millisecond early: a request sent then,
+    timed from its due time, reported less than the server alone took (down to 0)."""
+    import uvloop
+
+    plan = LoadPlan(url=endpoint, rate=300, requests=150, seed=5)
+    tally = await asyncio.to_thread(uvloop.run, run_load(plan, _payloads("slow")))
+    assert tally.all.requests == 150 and tally.all.errors == 0
+    assert tally.all.latency.min >= 0.020  # the server sleeps 20 ms before it answers
+
+
 async def test_an_open_loop_reports_the_rate_it_sent_at_apart_from_the_answers_that_came_later() -> None:
     async def slow(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(1.0)

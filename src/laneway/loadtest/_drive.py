@@ -179,8 +179,9 @@ class _Run:
                 due = self.began + offset
                 if not self._more(due):
                     break
-                delay = due - time.perf_counter()
-                if delay > 0:
+                # uvloop's timers round to the millisecond and may fire early: a request sent before its
+                # due time would be timed from it and report less than the server took.
+                while (delay := due - time.perf_counter()) > 0:
                     await asyncio.sleep(delay)
                 self.issued += 1
                 self._start(self._one(due))
