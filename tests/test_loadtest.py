@@ -277,6 +277,33 @@ async def test_streams_in_every_standard_spelling_are_read_whole(events: bytes) 
     assert tally.all.errors == 0 and tally.all.ttft.count == 2
 
 
+@pytest.mark.parametrize(("events", "kind", "detail"), [
+    # an error in the data of an event, as some servers send one mid-stream (the `openai` client raises it)
+    (_CONTENT + b'\n\n|data: {"error": {"message": "upstream overloaded", "code": "overloaded"}}\n\n'
+     b"|data: [DONE]\n\n", "stream error overloaded", "upstream overloaded"),
+    (_CONTENT + b"\n\n|data: {not json\n\n|data: [DONE]\n\n", "stream bad event", "not JSON: {not json"),
+], ids=["error-in-data", "not-json"])
+async def test_a_stream_that_carries_an_error_or_garbage_is_an_error(events: bytes, kind: str, detail: str) -> None:
+    async with contextlib.asynccontextmanager(_stream_of)(events) as url:
+        tally = await run_load(LoadPlan(url=url, requests=2, stream=True), _payloads("x"))
+    assert dict(tally.errors) == {kind: 2} and tally.error_samples[kind] == detail
+
+
+async def test_a_stream_whose_connection_breaks_is_cut() -> None:
+    async def breaks(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(_CONTENT + b"\n\n")
+        await asyncio.sleep(0.02)
+        assert request.transport is not None
+        request.transport.close()  # mid-way through a chunked body
+        return response
+
+    async with _serving(breaks) as url:
+        tally = await run_load(LoadPlan(url=url, requests=3, stream=True), _payloads("x"))
+    assert dict(tally.errors) == {"stream cut": 3}
+
+
 async def test_ttft_waits_for_output_not_for_a_keep_alive_or_a_role() -> None:
     role = b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n'
     events = b": keep-alive\n\n|" + role + b"|" + _CONTENT + b"\n\ndata: [DONE]\n\n"

@@ -1,8 +1,10 @@
 """One timed request: send a body, read the answer (or its event stream), say what happened.
 
 Errors are classified by kind: `HTTP <status> <code>` from the answer's OpenAI-shaped error body,
-`stream error <code>` for an SSE `event: error`, `stream cut` for a stream that ends without
-`[DONE]`, `not a stream` for a streamed request answered otherwise, and `timeout`, `connect` or
+`stream error <code>` for an SSE `event: error` or an event whose data is an object with an `error`
+(as the `openai` client reads one), `stream bad event` for an event whose data is not JSON, `stream cut`
+for a stream that ends without `[DONE]` (closed early, or its connection broken), `not a stream` for a
+streamed request answered otherwise, and `timeout`, `connect` or
 `transport <ExceptionName>` when no answer arrived. Each failed outcome also carries what it was told
 (`detail`): the error body's message, or the exception's words.
 
@@ -84,13 +86,17 @@ def _read_headers(outcome: Outcome, headers: Mapping[str, str]) -> None:
 async def _read_stream(outcome: Outcome, response: aiohttp.ClientResponse, due: float) -> None:
     done = False
     pending = b""
-    async for piece in response.content.iter_any():
-        now = time.perf_counter() - due
-        # CRLF line ends are as valid as LF; a CR left at the end of `pending` meets its LF in the next piece
-        pending = (pending + piece).replace(b"\r\n", b"\n")
-        *events, pending = pending.split(b"\n\n")
-        for event in events:
-            done = _read_event(outcome, event, now) or done
+    try:
+        async for piece in response.content.iter_any():
+            now = time.perf_counter() - due
+            # CRLF line ends are as valid as LF; a CR left at the end of `pending` meets its LF in the next piece
+            pending = (pending + piece).replace(b"\r\n", b"\n")
+            *events, pending = pending.split(b"\n\n")
+            for event in events:
+                done = _read_event(outcome, event, now) or done
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:  # the body broken off
+        if not done and not outcome.error:
+            outcome.error, outcome.detail = "stream cut", _words(exc)
     if not done and not outcome.error:
         outcome.error = "stream cut"
 
@@ -111,24 +117,33 @@ def _read_event(outcome: Outcome, event: bytes, now: float) -> bool:
     payload = b"\n".join(data)
     if payload == b"[DONE]":
         return True
-    if name == b"error":
-        outcome.error = f"stream error {_error_code(payload)}".rstrip()
-        outcome.detail = _error_message(payload)
-    elif _carries_output(payload):
+    try:
+        chunk = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        _failed(outcome, "stream bad event", f"not JSON: {payload.decode('utf-8', 'replace')}")
+        return False
+    if name == b"error" or (isinstance(chunk, dict) and chunk.get("error")):
+        _failed(outcome, f"stream error {_error_code(payload)}".rstrip(), _error_message(payload))
+    elif _carries_output(chunk):
         if outcome.ttft is None:
             outcome.ttft = now
         outcome.chunk_times.append(now)
     return False
 
 
+def _failed(outcome: Outcome, kind: str, detail: str) -> None:
+    """The first failure of a stream is the one it is counted under."""
+    if not outcome.error:
+        outcome.error, outcome.detail = kind, " ".join(detail.split())[:DETAIL_CHARS]
+
+
 _OUTPUT_FIELDS = ("content", "tool_calls", "refusal", "reasoning_content", "reasoning")
 
 
-def _carries_output(payload: bytes) -> bool:
+def _carries_output(chunk: object) -> bool:
     try:
-        chunk = orjson.loads(payload)
-        delta = chunk["choices"][0]["delta"]
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        delta = chunk["choices"][0]["delta"]  # type: ignore[index]
+    except (KeyError, IndexError, TypeError):
         return False
     return isinstance(delta, dict) and any(delta.get(name) for name in _OUTPUT_FIELDS)
 
