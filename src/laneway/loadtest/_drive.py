@@ -181,7 +181,7 @@ class _Run:
                     break
                 # uvloop's timers round to the millisecond and may fire early: a request sent before its
                 # due time would be timed from it and report less than the server took.
-                while (delay := due - time.perf_counter()) > 0:
+                while (delay := due - time.perf_counter()) > 0:  # noqa: ASYNC110 - waits for a time, not an event
                     await asyncio.sleep(delay)
                 self.issued += 1
                 self._start(self._one(due))
