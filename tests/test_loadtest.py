@@ -171,6 +171,13 @@ def test_a_bad_payload_line_is_a_config_error_naming_the_line(tmp_path: Path) ->
     path.write_text('{"messages": []}\n{"nope": 1}\n')
     with pytest.raises(ConfigError, match=r"bad.jsonl:2"):
         load_payloads(path)
+    # U+2028 and U+0085 are valid inside a JSON string (`json.dumps(..., ensure_ascii=False)` writes them)
+    good = '{"messages": [{"role": "user", "content": "a\u2028b\u0085c"}]}'
+    path.write_text(f"{good}\n{good}\n{{bad\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"bad.jsonl:3"):
+        load_payloads(path)
+    path.write_text(f"{good}\n", encoding="utf-8")
+    assert load_payloads(path)[0].body["messages"][0]["content"] == "a\u2028b\u0085c"
 
 
 # --- driving a loopback server ---------------------------------------------------------------

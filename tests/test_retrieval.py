@@ -92,6 +92,18 @@ def test_save_and_load_round_trip(guidelines: KnowledgeBase, tmp_path: Path) -> 
         assert loaded.search(query, top_k=5) == guidelines.search(query, top_k=5)
 
 
+def test_a_line_separator_inside_a_text_is_text(tmp_path: Path) -> None:
+    """U+2028 and U+0085 may sit in a JSON string or a CSV cell: they end neither a row nor a saved passage."""
+    source = tmp_path / "policies.csv"
+    source.write_text("title,text\nRefunds,Refunds take 5 days.\u2028Card refunds take 10.\n"
+                      "Fees,A late fee\u0085is 5 USD.\n", encoding="utf-8")
+    built = KnowledgeBase.build("policies", [source])
+    assert [p.text for p in built.passages] == ["Refunds take 5 days.\u2028Card refunds take 10.",
+                                                "A late fee\u0085is 5 USD."]
+    built.save(tmp_path / "index")
+    assert KnowledgeBase.load(tmp_path / "index").passages == built.passages
+
+
 def test_markdown_is_split_at_headings_and_long_sections_at_paragraphs(tmp_path: Path) -> None:
     source = tmp_path / "faq.md"
     long_section = "\n\n".join(f"Paragraph {n} about late fees and payment plans." for n in range(6))

@@ -46,7 +46,8 @@ def load_payloads(path: str | Path, model: str = "laneway") -> list[Payload]:
         issue = ConfigIssue(str(source), f"cannot read the payload file: {problem}; check `--payloads`")
         raise _invalid([issue]) from None
     payloads: list[Payload] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only: `splitlines` also splits at U+2028 and U+0085, which JSON strings may hold.
+    for number, line in enumerate(text.split("\n"), start=1):
         if line.strip():
             payloads.extend(_payloads_of(_decode(line, source, number), model, f"{source}:{number}"))
     if not payloads:

@@ -147,7 +147,7 @@ def _read_manifest(directory: Path) -> dict[str, object]:
 
 def _read_passages(path: Path) -> list[Passage]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").split("\n")  # not `splitlines`: a passage may hold U+2028
         return [Passage(score=0.0, **json.loads(line)) for line in lines if line.strip()]
     except (OSError, ValueError, TypeError) as error:
         raise _artifact_error(path.parent, f"has unreadable passages ({error})") from None

@@ -9,6 +9,7 @@ cut at paragraph boundaries into several passages.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -105,7 +106,7 @@ def _json_documents(path: Path, raw: str) -> list[Document]:
 
 def _csv_documents(path: Path, raw: str) -> list[Document]:
     try:
-        reader = csv.DictReader(raw.splitlines(keepends=True))
+        reader = csv.DictReader(io.StringIO(raw, newline=""))  # rows end at \n or \r, not at U+2028 in a cell
         rows = list(reader)
     except csv.Error as error:
         raise source_error(path, f"`{path}` is not valid CSV: {error}") from None
