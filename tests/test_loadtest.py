@@ -444,6 +444,23 @@ async def test_another_endpoint_has_no_model_rows_and_the_settings_say_how_to_ru
     assert "secret" not in out.read_text()
 
 
+async def test_an_open_loop_without_a_seed_reports_the_one_it_drew(tmp_path: Path) -> None:
+    async def plain(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"choices": []})
+
+    outs = [tmp_path / "first.json", tmp_path / "again.json"]
+    async with _serving(plain) as url:
+        run = await _loadtest("--url", url, "--rate", "200", "--requests", "5", "--quiet", "--json", str(outs[0]))
+        _, err = await asyncio.wait_for(run.communicate(), 60)
+        assert run.returncode == 0, err.decode()
+        seed = json.loads(outs[0].read_text())["settings"]["seed"]
+        assert isinstance(seed, int)
+        run = await _loadtest("--url", url, "--rate", "200", "--requests", "5", "--quiet", "--json", str(outs[1]),
+                              "--seed", str(seed))  # the same arrivals again
+        await asyncio.wait_for(run.communicate(), 60)
+    assert json.loads(outs[1].read_text())["settings"] == json.loads(outs[0].read_text())["settings"]
+
+
 async def test_no_more_clients_start_than_there_are_requests_to_send(tmp_path: Path) -> None:
     in_flight, most = 0, 0
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import random
 import signal
 import sys
 from functools import partial
 from typing import Any
 
-from ..flags import seed
+from ..flags import SEED_MAX, seed
 from ..outputs import NOT_WRITTEN, check_outputs, write_outputs
 from ._checks import endpoint_url, header, unreachable
 from ._drive import LoadPlan, Progress, open_session, run_load
@@ -115,11 +116,13 @@ def long_open_loop(plan: LoadPlan) -> str | None:
 
 
 def _plans(args: argparse.Namespace) -> tuple[LoadPlan, LoadPlan | None]:
-    """The measured run's plan, and the warm-up's if one was asked for."""
+    """The measured run's plan, and the warm-up's if one was asked for. An open loop without `--seed` draws
+    one, so that the settings it reports can run the same arrivals again."""
+    drawn = random.SystemRandom().randrange(SEED_MAX + 1) if args.seed is None and args.rate else args.seed
     plan = LoadPlan(url=args.url, concurrency=args.concurrency, rate=args.rate,
                     duration_s=args.duration if args.duration or args.requests else 10.0,
                     requests=args.requests, stream=args.stream, timeout_s=args.timeout,
-                    headers=tuple(args.header), max_inflight=args.max_inflight, seed=args.seed)
+                    headers=tuple(args.header), max_inflight=args.max_inflight, seed=drawn)
     if not args.warmup:
         return plan, None
     return plan, LoadPlan(url=plan.url, concurrency=plan.clients, rate=plan.rate, duration_s=args.warmup,
