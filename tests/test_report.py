@@ -271,6 +271,27 @@ def test_a_model_whose_every_attempt_failed_over_still_shows_its_failures() -> N
     assert models["backup"]["requests"] == 1 and models["backup"]["failed_attempts"] == 0
 
 
+def test_a_gate_that_turned_a_request_away_is_no_failed_attempt_of_its_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The gated model was never sent the request: like a model skipped for an open breaker, nothing failed."""
+    exchange = Exchange("r1", BASE_TIME, model="gpt-5-mini", route="heavy", lane="degraded", attempts=[
+        Attempt("heavy", "gated", error="`heavy` is at its concurrency limit (1)"),
+        Attempt("gpt-5-mini", "ok", lane="degraded")])
+
+    async def logged() -> str:
+        telemetry = Telemetry(TelemetrySettings(exchange_log=f"sqlite:///{tmp_path}/gated.sqlite3"))
+        await telemetry.start()
+        telemetry.record(exchange)
+        await telemetry.aclose()
+        return f"sqlite:///{tmp_path}/gated.sqlite3"
+
+    assert report("--db", asyncio.run(logged()), "--json") == 0
+    for figures in (summarize(rows_of([exchange], simulated=False)), json.loads(capsys.readouterr().out)):
+        assert figures["total"]["failed_attempts"] == 0
+        assert figures["models"].get("heavy", {}).get("failed_attempts", 0) == 0
+
+
 async def _cascaded(folder: Path) -> tuple[Exchange, str, Telemetry]:
     """One exchange whose cheap first answer was escalated: the client got the strong model's answer."""
     exchange = Exchange("cascaded", BASE_TIME, model="strong", route="triage", lane="cascade", cost_usd=0.06,

@@ -36,7 +36,7 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from .exchange import CLIENT_DISCONNECTED, INTERNAL_ERROR, OK, SKIPPED, Attempt, Exchange
+from .exchange import CLIENT_DISCONNECTED, GATED, INTERNAL_ERROR, OK, SKIPPED, Attempt, Exchange
 from .gate import Gate, GateRejected
 from .providers import Refusal
 from .runtime import Runtime, fits, output_reserve, prepare
@@ -356,7 +356,7 @@ class Dispatcher:
         try:
             waited = await gate.admit(plan.priority, *ticket.estimate, until)
         except GateRejected as refused:
-            exchange.attempts.append(Attempt(spec.name, "gated", lane=lane, error=refused.reason))
+            exchange.attempts.append(Attempt(spec.name, GATED, lane=lane, error=refused.reason))
             if self.sink is not None:
                 self.sink.count("gate_rejected", spec.name)
             plan.gated = refused

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from laneway.exchange import CLIENT_DISCONNECTED, OK, SKIPPED, Attempt, Exchange
+from laneway.exchange import CLIENT_DISCONNECTED, GATED, OK, SKIPPED, Attempt, Exchange
 
 SHADOW_LANE = "shadow"
 
@@ -96,7 +96,7 @@ PLANNED_LANES = ("verifier", "cascade")
 
 
 # Attempt outcomes that are not a model's failure: answered, never sent, or the client hung up.
-NOT_FAILED = (OK, SKIPPED, CLIENT_DISCONNECTED)
+NOT_FAILED = (OK, SKIPPED, GATED, CLIENT_DISCONNECTED)
 FAILED_SEPARATOR = "\x1f"  # between the models of `failed_models` as the log reads them back
 
 
