@@ -674,6 +674,25 @@ async def test_stats_asked_from_before_what_a_full_window_holds_start_at_its_old
     assert peers["window"]["truncated"] is True and peers["total"]["requests"] == 20  # a full peer's window too
 
 
+async def test_a_full_window_asked_from_its_oldest_start_gives_every_exchange_it_holds() -> None:
+    """The window is in the order exchanges ended: a slow one that started first ends last. Asked from its
+    start, the figures still count every exchange held, not only those that started after the first to end."""
+    telemetry = Telemetry(TelemetrySettings(exchange_log=None, stats_window=10))
+    await telemetry.start()
+    try:
+        for i in range(20):
+            telemetry.record(make_exchange(i))
+        slow = make_exchange(20)
+        slow.started_at = BASE_TIME + 5.0  # began before the nine others held (5.5 s on), ended after them
+        telemetry.record(slow)
+        held = telemetry.stats()
+        asked = telemetry.stats(since=BASE_TIME + 5.0)
+    finally:
+        await telemetry.aclose()
+    assert held["total"]["requests"] == 10 and held["window"]["since"] == BASE_TIME + 5.0
+    assert (asked["total"]["requests"], asked["window"]["truncated"]) == (10, False)
+
+
 async def test_a_new_log_another_connection_holds_is_opened_once_it_lets_go(tmp_path: Path) -> None:
     """Switching a new file to WAL needs it to itself, and SQLite says "locked" at once rather than wait:
     workers opening a new log together failed so, one start in about eight."""

@@ -171,7 +171,8 @@ class Telemetry:
         """The figures over `windows` in `[since, until)`. A full window holds nothing older than its first
         row: asked from before, the figures start there, for every worker's alike, and say so
         (`window.truncated`, `window.asked_since`); the exchange log (`laneway report`) has the rest."""
-        held_from = max((w.rows[0].started_at for w in windows if w.full and w.rows), default=None)
+        # The oldest start each full window holds: its rows are in the order they ended, not began.
+        held_from = max((min(map(_started_at, w.rows)) for w in windows if w.full and w.rows), default=None)
         truncated = since is not None and held_from is not None and since < held_from
         rows = chain.from_iterable(chain(w.rows, w.shadows) for w in windows)
         summary = summarize(rows if len(windows) == 1 else _in_time_order(rows), (), held_from if truncated else since,
