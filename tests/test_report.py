@@ -141,9 +141,13 @@ def test_the_html_report_shows_both_windows_and_the_changes(
 ) -> None:
     page = tmp_path / "report.html"
     argv = ("--since", iso(150), "--compare-since", iso(0), "--compare-until", iso(120), "--html", str(page))
+    before = int(time.time())
     assert report("--db", log, *argv) == 0
     html = page.read_text()
-    assert f"{shown(150)} .. {shown(304.5)}: 310 requests" in html
+    # `--since` alone ends now, not at the last exchange (304.5 s)
+    ends = re.search(re.escape(shown(150)) + r" \.\. (\S+ \S+Z): 310 requests", html)
+    assert ends is not None
+    assert before <= datetime.strptime(ends[1], "%Y-%m-%d %H:%M:%SZ").replace(tzinfo=UTC).timestamp() <= time.time()
     assert f"{shown(0)} .. {shown(120)}: 240 requests" in html
     baseline = html.split("<h2>Baseline</h2>", 1)[1].split("<h2>", 1)[0]
     rows = re.findall(r"<tr><td>([^<]+)</td>" + r"<td>([^<]+)</td>" * 6 + "</tr>", baseline)
@@ -319,6 +323,18 @@ def test_each_model_is_charged_what_it_billed_in_stats_report_and_metrics(
         assert figures["models"]["strong"]["requests"] == 1 and figures["models"]["cheap"]["requests"] == 0
     metrics = total_by_model(telemetry.render_metrics(), "laneway_cost_usd_total")
     assert metrics == pytest.approx(billed)
+
+
+def test_since_alone_ends_now_as_a_comparison_reads_it(log: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--since T --compare-since S` compares S..T with T..now: the rates of the second are per minute of it
+    up to now, as `--last` counts them, not up to the last exchange."""
+    before = time.time()
+    assert report("--db", log, "--since", iso(150), "--compare-since", iso(0), "--json") == 0
+    figures = json.loads(capsys.readouterr().out)
+    window = figures["window"]
+    assert window["since"] == BASE_TIME + 150 and before <= window["until"] <= time.time()
+    assert window["minutes"] == pytest.approx((window["until"] - window["since"]) / 60)
+    assert figures["total"]["requests"] == 310  # the log's exchanges from 150 s on
 
 
 def test_last_ends_now_and_takes_only_a_positive_duration(log: str, capsys: pytest.CaptureFixture[str]) -> None:

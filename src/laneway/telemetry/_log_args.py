@@ -79,10 +79,11 @@ def duration(text: str) -> float:
 
 
 def window_of(args: argparse.Namespace) -> Window:
-    """`--since`/`--until`; `--last D` is the D up to now (or up to `--until`), rates counted over all of it.
-    A D reaching back before the epoch, when no exchange was logged, starts at the log's beginning."""
+    """`--since`/`--until`; `--since T` alone is T up to now, and `--last D` the D up to now (or up to
+    `--until`), rates counted over all of it. A D reaching back before the epoch, when no exchange was
+    logged, starts at the log's beginning. With neither, the window is the whole log."""
     if args.last is None:
-        return args.since, args.until
+        return args.since, (time.time() if args.until is None and args.since is not None else args.until)
     end = time.time() if args.until is None else args.until
     start = end - args.last
     return (start if start >= 0 else None), end
