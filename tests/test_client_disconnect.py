@@ -196,6 +196,8 @@ def test_a_client_that_gives_up_waiting_stops_the_upstream_and_is_logged(
     assert "before the answer" in (exchange.error or "")
     [attempt] = exchange.attempts
     assert attempt.outcome == "client_disconnected" and 900 < attempt.latency_ms < 2500
+    # the wait for the upstream is not the gateway's own time
+    assert exchange.upstream_ms >= attempt.latency_ms and exchange.overhead_ms < 100
     figures = summarize(rows_of([exchange], simulated=False), (), None, None)["models"]["slow"]
     assert figures["requests"] == 1 and figures["errors"] == 0  # the client's doing, not the model's
 

@@ -125,6 +125,22 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_retry_after_pause_is_a_wait_for_the_upstream_not_overhead(live: tuple[LiveGateway, RecordingSink],
+                                                                     stream: bool) -> None:
+    """`laneway_gateway_overhead_seconds` is the gateway's own time: the second the upstream asked to be left
+    before the retry is not in it."""
+    gw, sink = live
+    reconfigure(gw, "- target: r429_1\n  fallbacks: [ok]\n  deadline_ms: 4000\n"
+                    "  retry: {attempts: 2, backoff_ms: 20}\n")
+    got, headers, _, elapsed = send(gw, {"model": "laneway", "stream": stream,
+                                         "messages": [{"role": "user", "content": f"pause {stream}"}]})
+    exchange = one(sink, headers["x-request-id"])
+    assert got == 200 and elapsed >= 1.0
+    assert [a.outcome for a in exchange.attempts] == ["rate_limited", "rate_limited", "ok"]
+    assert exchange.latency_ms >= 1000 and exchange.overhead_ms < 300
+
+
 @pytest.mark.parametrize(("primary", "fallbacks", "stream", "status", "lane", "outcomes"), CASES)
 def test_fault_before_first_byte(live: tuple[LiveGateway, RecordingSink], primary: str, fallbacks: list[str],
                                  stream: bool, status: int, lane: str | None, outcomes: list[str]) -> None:

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from _live import live_gateway
+from _live import RecordingSink, live_gateway
 from _pg import total
 from laneway.gate import Adaptive, Budget, Gate, GatePolicy, GateRejected, next_limit
 from laneway.telemetry import Telemetry, TelemetrySettings
@@ -212,6 +212,18 @@ def test_a_wait_at_the_gate_leaves_the_degraded_model_half_the_deadline(sim_url:
         assert holding.result(timeout=30)[0] == 200
     assert status == 200 and (headers["x-laneway-lane"], headers["x-laneway-model"]) == ("degraded", "gpt-5-mini")
     assert took < 1.0  # within the route's deadline
+
+
+def test_a_wait_in_a_gates_queue_is_not_the_gateways_overhead(sim_url: str) -> None:
+    sink = RecordingSink()
+    with live_gateway(QUEUED, sim_url, telemetry=sink) as live, ThreadPoolExecutor(1) as pool:
+        holding = pool.submit(post, live.url, {"q": "hold"})  # takes the gate's one slot for 1.5 s
+        time.sleep(0.2)
+        status, headers = post(live.url, {"q": "hold"})  # waits for it, then takes 1.5 s itself
+        assert holding.result(timeout=30)[0] == 200
+    exchange = sink.by_id(headers["x-request-id"])
+    assert status == 200 and exchange.latency_ms > 2500
+    assert exchange.overhead_ms < 300  # the queue's 1.3 s is in `laneway_queue_wait_seconds`, not here
 
 
 DEADLINE_IN_QUEUE = """

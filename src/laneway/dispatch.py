@@ -146,14 +146,14 @@ class Dispatcher:
                         except UpstreamError as error:
                             self._failed(attempt, error, started, name, exchange)
                             errors.append(error)
-                            if not await self._retry_pause(plan, error, attempt_no):
+                            if not await self._retry_pause(plan, error, attempt_no, exchange):
                                 break
                             continue
                         except InvalidRequest as refused:  # the adapter cannot put it in its wire format: unsent
                             self._unsendable(attempt, name, refused, unsendable)
                             break
                         except BaseException as exc:  # a client that left, or a bug
-                            _broke_off(attempt, started, exc)
+                            _broke_off(attempt, started, exc, exchange)
                             self.runtime.breakers[name].release()  # no verdict on the model either way
                             raise
                         if not completion.usage.total_tokens:  # none reported: counted here, as for a stream
@@ -199,7 +199,7 @@ class Dispatcher:
                         self._unsendable(attempt, name, refused, unsendable)
                         break
                     except BaseException as exc:  # a client that left, or a bug: no failover
-                        _broke_off(attempt, started, exc)
+                        _broke_off(attempt, started, exc, exchange)
                         self.runtime.breakers[name].release()  # no verdict on the model either way
                         ticket.release()
                         await close_stream(chunks)
@@ -213,7 +213,7 @@ class Dispatcher:
                     await close_stream(chunks)
                     self._failed(attempt, error, started, name, exchange)
                     errors.append(error)
-                    if not await self._retry_pause(plan, error, attempt_no):
+                    if not await self._retry_pause(plan, error, attempt_no, exchange):
                         break
                 ticket.release()
         raise unsendable[0] if unsendable and not errors else self._give_up(errors, exchange, plan)
@@ -353,9 +353,11 @@ class Dispatcher:
         if degrade is not None or plan.lanes[-1] != (lane, spec.name):
             now = asyncio.get_running_loop().time()
             until = now + QUEUE_SHARE * max(0.0, plan.deadline - now)
+        queued = asyncio.get_running_loop().time()
         try:
             waited = await gate.admit(plan.priority, *ticket.estimate, until)
         except GateRejected as refused:
+            exchange.upstream_ms += (asyncio.get_running_loop().time() - queued) * 1000  # waited for a slot
             exchange.attempts.append(Attempt(spec.name, GATED, lane=lane, error=refused.reason))
             if self.sink is not None:
                 self.sink.count("gate_rejected", spec.name)
@@ -369,6 +371,7 @@ class Dispatcher:
                        else _turned_away(refused)) from None
             return False
         ticket.admitted = True
+        exchange.upstream_ms += waited * 1000
         if self.sink is not None:
             self.sink.observe_queue_wait(spec.name, waited)
         return True
@@ -394,8 +397,9 @@ class Dispatcher:
         self.runtime.breakers[name].success()
         account(attempt, exchange, self.runtime.config.models[name].price, usage)
 
-    async def _retry_pause(self, plan: Plan, error: UpstreamError, attempt_no: int) -> bool:
-        """Sleep before retrying the same model; False means move on to the next model instead."""
+    async def _retry_pause(self, plan: Plan, error: UpstreamError, attempt_no: int, exchange: Exchange) -> bool:
+        """Sleep before retrying the same model; False means move on to the next model instead. The pause
+        is time spent on the upstream's account (its `Retry-After`, a backoff), not the gateway's."""
         if not error.retryable or isinstance(error, UpstreamTimeout) or attempt_no + 1 >= self._tries(plan):
             return False
         loop = asyncio.get_running_loop()
@@ -406,7 +410,9 @@ class Dispatcher:
             pause = error.retry_after_s
         if pause >= left:
             return False
+        paused = loop.time()
         await asyncio.sleep(pause)
+        exchange.upstream_ms += (loop.time() - paused) * 1000
         return True
 
     def _give_up(self, errors: list[UpstreamError], exchange: Exchange, plan: Plan,
@@ -467,7 +473,7 @@ async def _counted(bound: int, count: Callable[..., T], *args: Any) -> T:
     return count(*args)
 
 
-def _broke_off(attempt: Attempt, started: float, exc: BaseException) -> None:
+def _broke_off(attempt: Attempt, started: float, exc: BaseException, exchange: Exchange) -> None:
     """The attempt in flight when the request was cancelled (the server cancels a request's task when its
     client has left, server/_chat.py), or when a bug raised what no adapter should: the request's 500."""
     if isinstance(exc, asyncio.CancelledError):
@@ -475,6 +481,7 @@ def _broke_off(attempt: Attempt, started: float, exc: BaseException) -> None:
     else:
         attempt.outcome, attempt.error = INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
     attempt.latency_ms = (time.perf_counter() - started) * 1000
+    exchange.upstream_ms += attempt.latency_ms
 
 
 def _attempt_limit(plan: Plan, lane: str, spec: ModelSpec) -> float | None:
