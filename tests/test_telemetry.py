@@ -175,14 +175,34 @@ async def test_metrics_pass_promtool_and_account_for_every_exchange() -> None:
     assert total(text, "laneway_queue_wait_seconds_bucket", le="0.25") == 0
 
 
-async def test_overflowing_the_buffer_drops_and_counts() -> None:
-    telemetry = Telemetry(TelemetrySettings(exchange_log=None, buffer_limit=10))
+async def test_overflowing_the_log_buffer_drops_from_the_log_only_and_counts(tmp_path: Path) -> None:
+    """`buffer_limit` bounds what waits to be written: past it, exchanges miss the log (counted), never the
+    metrics or the figures of `/admin/stats`."""
+    db = tmp_path / "small.sqlite3"
+    telemetry = Telemetry(TelemetrySettings(exchange_log=f"sqlite:///{db}", buffer_limit=10))
+    await telemetry.start()
     for i in range(15):
         telemetry.record(make_exchange(i))
     text = telemetry.render_metrics()
+    figures = telemetry.stats()
+    await telemetry.aclose()
     assert total(text, "laneway_exchanges_dropped_total") == 5
-    assert total(text, "laneway_requests_total") == 10
-    assert telemetry.stats()["log"]["dropped"] == 5
+    assert total(text, "laneway_requests_total") == 15
+    assert figures["total"]["requests"] == 15 and figures["log"]["dropped"] == 5
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        assert connection.execute("SELECT count(*) FROM exchanges").fetchone()[0] == 10
+
+
+def test_a_drain_that_falls_behind_is_caught_up_by_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the drain task starved, what waits for it stays bounded, and every exchange is still counted."""
+    from laneway.telemetry import _telemetry
+
+    monkeypatch.setattr(_telemetry, "PENDING_LIMIT", 100)
+    telemetry = Telemetry(TelemetrySettings(exchange_log=None))  # not started: no drain task runs
+    for i in range(1_000):
+        telemetry.record(make_exchange(i))
+        assert len(telemetry._pending) <= 101
+    assert total(telemetry.render_metrics(), "laneway_requests_total") == 1_000
 
 
 def metric_mix() -> list[Exchange]:

@@ -44,6 +44,9 @@ DRAIN_SLICE = 4
 DRAIN_SLICE_MAX = 64
 DRAIN_PAUSE_S = 0.0005
 DRAIN_SLICES = 200
+# Exchanges waiting for the drain, at most: past it (a loop too busy to run the drain task), `record` drains
+# a slice itself, so that memory stays bounded and the metrics still see every exchange.
+PENDING_LIMIT = 50_000
 METRICS_OFF = b"# metrics are turned off (`telemetry.metrics: false`)\n"
 LOG_FIGURES = ("enabled", "up", "backlog", "written", "dropped")  # the exchange log's health in `stats()`
 SHADOW_DROPPED = "shadow_dropped_"  # prefix of the events a shadow runner counts for each dropped job
@@ -103,11 +106,11 @@ class Telemetry:
         self._task = asyncio.create_task(self._run(), name="laneway-telemetry")
 
     def record(self, exchange: Exchange) -> None:
-        """Hand over a finished exchange (not to be mutated afterwards); O(1)."""
-        if len(self._pending) >= self.settings.buffer_limit:
-            self.health.dropped += 1
-            return
+        """Hand over a finished exchange (not to be mutated afterwards); O(1). The log's `buffer_limit` is
+        applied where the log holds its backlog, not here: the metrics count every exchange."""
         self._pending.append(exchange)
+        if len(self._pending) > PENDING_LIMIT:
+            self._drain(DRAIN_SLICE_MAX)
 
     def count(self, event: str, model: str, n: int = 1) -> None:
         self._metrics.count(event, model, n)
