@@ -75,6 +75,20 @@ def test_second_identical_request_is_a_cache_hit(live: LiveGateway) -> None:
     assert all(model == "gpt-5-mini" for event, model in SINK.events if event.startswith("cache_"))
 
 
+def test_a_cache_hit_bills_no_tokens(live: LiveGateway) -> None:
+    """The client gets the answer's usage; the metrics and the log count no billed tokens for it."""
+    _, first = send(live, "what is my balance", "on", temperature=0)
+    for stream in (False, True):
+        headers, body = send(live, "what is my balance", "on", temperature=0, stream=stream,
+                             **({"stream_options": {"include_usage": True}} if stream else {}))
+        assert headers["x-laneway-lane"] == "cache"
+        hit = SINK.by_id(headers["x-request-id"])
+        assert (hit.prompt_tokens, hit.completion_tokens, hit.cost_usd) == (0, 0, 0.0)
+        usage = (json.loads(body) if not stream else
+                 json.loads([line[6:] for line in body.decode().splitlines() if '"usage"' in line][-1]))["usage"]
+        assert usage == json.loads(first)["usage"]
+
+
 def test_streamed_answers_are_cached_and_replayed(live: LiveGateway) -> None:
     _, first = send(live, "cancel my order", "on", temperature=0, stream=True)
     headers, second = send(live, "cancel my order", "on", temperature=0)

@@ -220,9 +220,8 @@ class Gateway:
         if hit is None:
             return None
         completion, model = hit
+        # Nothing was billed: the exchange's tokens and cost stay 0 (the client still gets the answer's usage).
         exchange.lane, exchange.model = "cache", model
-        exchange.prompt_tokens = completion.usage.prompt_tokens
-        exchange.completion_tokens = completion.usage.completion_tokens
         return completion
 
     def _keep(self, key: str, completion: Completion, model: str, ttl_s: float) -> None:
