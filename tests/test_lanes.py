@@ -52,6 +52,36 @@ routes:
 """
 
 
+CACHED_CANARY = """
+routes:
+- name: chat
+  target: gpt-5-mini
+  canary: {target: gemini-2.5-flash-lite, weight: 0.5}
+  cache: {mode: on}
+"""
+
+
+def test_the_cache_keeps_each_lanes_answers_to_that_lane(sim_url: str) -> None:
+    """A canary's cached answer is never served to a primary conversation (nor the other way round), and
+    the canary comparison counts neither lane for a cache hit: no model was called."""
+    route = parse_config(CACHED_CANARY).routes[0]
+    keys = [f"c{i}" for i in range(40)]
+    canary = [k for k in keys if canary_target(route, k)][:2]
+    primary = [k for k in keys if not canary_target(route, k)][:2]
+    sink = RecordingSink()
+    with live_gateway(CACHED_CANARY, sim_url, telemetry=sink) as live:
+        served = {key: send(live, "Where is my refund?", temperature=0, metadata={"conversation_id": key})[0]
+                  for key in (canary[0], primary[0], canary[1], primary[1])}
+    got = {key: (h["x-laneway-lane"], h["x-laneway-model"]) for key, h in served.items()}
+    assert got[canary[0]] == ("canary", "gemini-2.5-flash-lite") and got[primary[0]] == ("primary", "gpt-5-mini")
+    assert got[canary[1]] == ("cache", "gemini-2.5-flash-lite") and got[primary[1]] == ("cache", "gpt-5-mini")
+    from laneway.telemetry._canary_comparison import canary_comparison
+    from laneway.telemetry._window import rows_of
+
+    lanes = canary_comparison(rows_of(sink.exchanges, simulated=True))["routes"]["chat"]
+    assert lanes["primary"]["requests"] == 1 and lanes["canaries"]["gemini-2.5-flash-lite"]["requests"] == 1
+
+
 def test_a_conversation_never_flips_lanes(sim_url: str) -> None:
     sink = RecordingSink()
     with live_gateway(CANARY, sim_url, telemetry=sink) as live:

@@ -207,7 +207,9 @@ class Gateway:
         target = runtime.config.models[plan.lanes[0][1]]
         if not cacheable(route.cache, target.temperature(params)):
             return None, None
-        return cache_key(route.name, messages, params), route.cache
+        # Keyed by the model too: a canary's answers go to its own conversations only, and a route whose
+        # target changes starts afresh.
+        return cache_key(f"{route.name}|{target.name}", messages, params), route.cache
 
     async def _cached(self, entry: str | None, cache: CacheSettings | None, exchange: Exchange,
                       target: str) -> Completion | None:

@@ -24,6 +24,7 @@ from laneway.telemetry._records import SHADOW_LANE, ExchangeRow
 from laneway.telemetry._summary import NO_ROUTE, percentile
 
 CANARY_LANE = "canary"
+CACHE_LANE = "cache"
 PRIMARY_LANE = "primary"
 
 
@@ -38,7 +39,7 @@ def canary_comparison(rows: Iterable[ExchangeRow], *, resamples: int = RESAMPLES
     by_route: dict[str, dict[str, list[ExchangeRow]]] = {}
     simulated = False
     for row in rows:
-        if row.lane == SHADOW_LANE:
+        if row.lane in (SHADOW_LANE, CACHE_LANE):  # a cache hit called neither lane's model
             continue
         lane = (row.entry_model or "(none)") if row.entry_lane == CANARY_LANE else PRIMARY_LANE
         by_route.setdefault(row.route or NO_ROUTE, {}).setdefault(lane, []).append(row)
