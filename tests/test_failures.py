@@ -228,6 +228,28 @@ def test_breaker_opens_then_skips_the_model(live: tuple[LiveGateway, RecordingSi
     assert [a.outcome for a in one(sink, headers["x-request-id"]).attempts] == ["skipped"]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_failed_probe_or_the_failure_that_opens_the_breaker_is_not_retried(
+        live: tuple[LiveGateway, RecordingSink], stream: bool) -> None:
+    """A half-open breaker lets one call through: its retry is not another. Nor is the retry of the failure
+    that opened the breaker: the model goes to its cooldown, and the request to the next model."""
+    gw, sink = live
+    reconfigure(gw, "- target: e500\n  fallbacks: [ok]\n  retry: {attempts: 2, backoff_ms: 10}\n")
+    assert gw.gateway is not None
+    breaker = gw.gateway.runtime.breakers["e500"]
+    breaker.failures, breaker.open_until = 3, 1.0  # cooled down long ago: the next request is the probe
+    body = {"model": "laneway", "stream": stream, "messages": [{"role": "user", "content": f"probe {stream}"}]}
+    got, headers, _, _ = send(gw, body)
+    assert got == 200
+    assert [a.outcome for a in one(sink, headers["x-request-id"]).attempts] == ["upstream_unavailable", "ok"]
+    breaker.success()
+    breaker.failures = 2  # the next failure is the third in a row: it opens the breaker
+    got, headers, _, _ = send(gw, body)
+    assert got == 200
+    assert [a.outcome for a in one(sink, headers["x-request-id"]).attempts] == ["upstream_unavailable", "ok"]
+    assert not breaker.closed
+
+
 def test_a_probe_that_ends_without_a_verdict_frees_the_probe_slot(live: tuple[LiveGateway, RecordingSink]) -> None:
     """A half-open breaker lets one probe through. A probe that says nothing of the model's health (here a
     request the upstream calls malformed) must not keep the slot, or the model stays out for good."""

@@ -60,6 +60,11 @@ class CircuitBreaker:
             return True
         return False
 
+    @property
+    def closed(self) -> bool:
+        """No cooldown running and no probe deciding: calls, retries included, go through."""
+        return self.open_until == 0.0
+
     def state(self, now: float) -> str:
         if self.open_until == 0.0:
             return "closed"

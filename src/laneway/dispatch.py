@@ -146,7 +146,7 @@ class Dispatcher:
                         except UpstreamError as error:
                             self._failed(attempt, error, started, name, exchange)
                             errors.append(error)
-                            if not await self._retry_pause(plan, error, attempt_no, exchange):
+                            if not await self._retry_pause(plan, error, attempt_no, exchange, name):
                                 break
                             continue
                         except InvalidRequest as refused:  # the adapter cannot put it in its wire format: unsent
@@ -213,7 +213,7 @@ class Dispatcher:
                     await close_stream(chunks)
                     self._failed(attempt, error, started, name, exchange)
                     errors.append(error)
-                    if not await self._retry_pause(plan, error, attempt_no, exchange):
+                    if not await self._retry_pause(plan, error, attempt_no, exchange, name):
                         break
                 ticket.release()
         raise unsendable[0] if unsendable and not errors else self._give_up(errors, exchange, plan)
@@ -397,10 +397,15 @@ class Dispatcher:
         self.runtime.breakers[name].success()
         account(attempt, exchange, self.runtime.config.models[name].price, usage)
 
-    async def _retry_pause(self, plan: Plan, error: UpstreamError, attempt_no: int, exchange: Exchange) -> bool:
-        """Sleep before retrying the same model; False means move on to the next model instead. The pause
-        is time spent on the upstream's account (its `Retry-After`, a backoff), not the gateway's."""
+    async def _retry_pause(self, plan: Plan, error: UpstreamError, attempt_no: int, exchange: Exchange,
+                           name: str) -> bool:
+        """Sleep before retrying model `name`; False means move on to the next model instead: also when
+        this failure opened its breaker, or was the probe of a half-open one (a breaker lets one call
+        through, not its retries). The pause is time spent on the upstream's account (its `Retry-After`,
+        a backoff), not the gateway's."""
         if not error.retryable or isinstance(error, UpstreamTimeout) or attempt_no + 1 >= self._tries(plan):
+            return False
+        if not self.runtime.breakers[name].closed:
             return False
         loop = asyncio.get_running_loop()
         left = plan.deadline - loop.time()
