@@ -337,6 +337,15 @@ def test_since_alone_ends_now_as_a_comparison_reads_it(log: str, capsys: pytest.
     assert figures["total"]["requests"] == 310  # the log's exchanges from 150 s on
 
 
+def test_the_html_cost_plot_charges_each_model_what_it_billed(tmp_path: Path) -> None:
+    _, db, _ = asyncio.run(_cascaded(tmp_path))
+    page = tmp_path / "cascade.html"
+    assert report("--db", db, "--html", str(page)) == 0
+    plot = page.read_text().split("cost over time per model", 1)[1]
+    assert "peak 0.048000 USD" in plot  # the strong model's own 0.048, not the exchange's 0.06
+    assert all(name in plot for name in ("cheap", "grader", "strong"))
+
+
 def test_last_ends_now_and_takes_only_a_positive_duration(log: str, capsys: pytest.CaptureFixture[str]) -> None:
     before = time.time()
     assert report("--db", log, "--last", "2d", "--json") == 0
