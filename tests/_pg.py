@@ -99,8 +99,9 @@ def cascaded_exchange(i: int, *, started_at: float = BASE_TIME) -> Exchange:
     """A cascade escalated: the cheap model's first answer is billed to it, the answer to the strong one."""
     return Exchange(f"cascade-{i}", started_at + i * 0.5, route=ROUTES[i % 2], lane="cascade", model=MODELS[1],
                     cost_usd=0.06, prompt_tokens=100, completion_tokens=20,
-                    attempts=[Attempt(MODELS[0], "ok", cost_usd=0.01),
-                              Attempt(MODELS[1], "ok", cost_usd=0.05, lane="cascade")])
+                    attempts=[Attempt(MODELS[0], "ok", cost_usd=0.01, prompt_tokens=80, completion_tokens=30),
+                              Attempt(MODELS[1], "ok", cost_usd=0.05, lane="cascade", prompt_tokens=100,
+                                      completion_tokens=20)])
 
 
 async def log_and_roll_up_mixed_exchanges(settings: TelemetrySettings) -> dict[str, Any]:

@@ -299,9 +299,12 @@ def test_a_gate_that_turned_a_request_away_is_no_failed_attempt_of_its_model(
 async def _cascaded(folder: Path) -> tuple[Exchange, str, Telemetry]:
     """One exchange whose cheap first answer was escalated: the client got the strong model's answer."""
     exchange = Exchange("cascaded", BASE_TIME, model="strong", route="triage", lane="cascade", cost_usd=0.06,
-                        attempts=[Attempt("cheap", "ok", cost_usd=0.01), Attempt("grader", "ok", cost_usd=0.002,
-                                                                                   lane="verifier"),
-                                  Attempt("strong", "ok", cost_usd=0.048, lane="cascade")])
+                        prompt_tokens=120, completion_tokens=60,  # the answer's, the strong model's
+                        attempts=[Attempt("cheap", "ok", cost_usd=0.01, prompt_tokens=120, completion_tokens=50),
+                                  Attempt("grader", "ok", cost_usd=0.002, lane="verifier", prompt_tokens=200,
+                                          completion_tokens=2),
+                                  Attempt("strong", "ok", cost_usd=0.048, lane="cascade", prompt_tokens=120,
+                                          completion_tokens=60)])
     telemetry = Telemetry(TelemetrySettings(exchange_log=f"sqlite:///{folder}/cascade.sqlite3"))
     await telemetry.start()
     telemetry.record(exchange)
@@ -317,12 +320,18 @@ def test_each_model_is_charged_what_it_billed_in_stats_report_and_metrics(
     live = summarize(rows_of([exchange], simulated=False))
     assert report("--db", db, "--json") == 0
     logged = json.loads(capsys.readouterr().out)
+    tokens = {"cheap": (120, 50), "grader": (200, 2), "strong": (120, 60)}  # what each model billed
     for figures in (live, logged):
         assert {m: f["cost_usd"] for m, f in figures["models"].items()} == pytest.approx(billed)
+        assert {m: (f["tokens_in"], f["tokens_out"]) for m, f in figures["models"].items()} == tokens
         assert figures["total"]["cost_usd"] == pytest.approx(0.06)
+        assert (figures["total"]["tokens_in"], figures["total"]["tokens_out"]) == (440, 112)
+        assert (figures["routes"]["triage"]["tokens_in"], figures["routes"]["triage"]["tokens_out"]) == (440, 112)
         assert figures["models"]["strong"]["requests"] == 1 and figures["models"]["cheap"]["requests"] == 0
-    metrics = total_by_model(telemetry.render_metrics(), "laneway_cost_usd_total")
-    assert metrics == pytest.approx(billed)
+    metrics = telemetry.render_metrics()
+    assert total_by_model(metrics, "laneway_cost_usd_total") == pytest.approx(billed)
+    assert total_by_model(metrics, "laneway_prompt_tokens_total") == {m: t[0] for m, t in tokens.items()}
+    assert total_by_model(metrics, "laneway_completion_tokens_total") == {m: t[1] for m, t in tokens.items()}
 
 
 def test_since_alone_ends_now_as_a_comparison_reads_it(log: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -250,8 +250,9 @@ async def test_retention_and_report_on_postgres_match_stats(server: PostgresServ
 
     everything = await asyncio.to_thread(run)
     assert everything["total"]["requests"] == 700  # type: ignore[index]
-    recent_only = await asyncio.to_thread(run, "--since", _iso(BASE_TIME - 60))
-    expected = telemetry.stats(BASE_TIME - 60)
+    until = BASE_TIME + 1_000  # after the last exchange: the same window for both (alone, `--since` ends now)
+    recent_only = await asyncio.to_thread(run, "--since", _iso(BASE_TIME - 60), "--until", _iso(until))
+    expected = telemetry.stats(BASE_TIME - 60, until)
     for key in ("total", "models", "routes"):
         assert recent_only[key] == expected[key], key
 

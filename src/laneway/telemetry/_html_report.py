@@ -139,8 +139,8 @@ def _histogram(model: str, values: list[float], low: float, high: float, colour:
 def cost_plot(rows: Sequence[ExchangeRow], hourly: Sequence[HourlyRow]) -> str:
     """Cost per time bucket, one line per model; rolled-up hours count at their hour. Each model's line is
     what it billed, as in the tables: a cascade's first answer is its own model's cost."""
-    points = [(r.started_at, r.model or NO_MODEL, r.cost_usd - sum(c for _, c in r.other_costs)) for r in rows]
-    points += [(r.started_at, model, cost) for r in rows for model, cost in r.other_costs]
+    points = [(r.started_at, r.model or NO_MODEL, r.cost_usd - sum(o[1] for o in r.other_costs)) for r in rows]
+    points += [(r.started_at, model, cost) for r in rows for model, cost, _, _ in r.other_costs]
     points += [(h.hour, h.model or NO_MODEL, h.cost_usd) for h in hourly]
     if not points:
         return "<p>No cost in this window.</p>"

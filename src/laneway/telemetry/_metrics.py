@@ -167,11 +167,15 @@ class GatewayMetrics:
         for attempt in attempts:
             pair = (attempt.model, attempt.outcome)
             self._attempts[pair] = self._attempts.get(pair, 0) + 1
-        if len(attempts) > 1:  # what other models billed (a cascade's first answer) is their cost, not this one's
+        if len(attempts) > 1:  # what other models billed (a cascade's first answer) is theirs, not this one's
             for attempt in attempts:
-                if attempt.cost_usd and attempt.model != exchange.model:
-                    series.cost_usd -= attempt.cost_usd
-                    self._series_of((attempt.model, exchange.route or "", attempt.lane)).cost_usd += attempt.cost_usd
+                if attempt.model != exchange.model and (attempt.cost_usd or attempt.prompt_tokens
+                                                        or attempt.completion_tokens):
+                    series.cost_usd -= attempt.cost_usd  # the exchange's tokens are its answer's alone
+                    other = self._series_of((attempt.model, exchange.route or "", attempt.lane))
+                    other.cost_usd += attempt.cost_usd
+                    other.tokens_in += attempt.prompt_tokens
+                    other.tokens_out += attempt.completion_tokens
 
     def _retrieved(self, route: str, hits: int, ms: float | None) -> None:
         pair = (route, "hit" if hits else "miss")

@@ -39,9 +39,10 @@ class ExchangeRow(NamedTuple):
     retrieval_ms: float | None = None
     signals: Mapping[str, Any] | None = None  # kept for shadow rows only: the pairing and the comparison
     failed_models: tuple[str, ...] = ()  # the model of each attempt that failed, a fallback's answer or not
-    # What attempts at other models than `model` cost (a cascade's first answer, a verifier's grade), model by
-    # model: part of `cost_usd`, but billed by those models.
-    other_costs: tuple[tuple[str, float], ...] = ()
+    # What attempts at other models than `model` billed (a cascade's first answer, a verifier's grade), model
+    # by model, as (model, cost, tokens in, tokens out): part of `cost_usd`, but billed by those models, and
+    # tokens on top of `tokens_in` and `tokens_out`, which are those of the answer.
+    other_costs: tuple[tuple[str, float, int, int], ...] = ()
 
 
 class HourlyRow(NamedTuple):
@@ -109,14 +110,15 @@ def failed_models(exchange: Exchange) -> tuple[str, ...] | None:
     return tuple(a.model for a in attempts if a.outcome not in NOT_FAILED) or None
 
 
-def other_costs(exchange: Exchange) -> tuple[tuple[str, float], ...] | None:
-    """The cost of the exchange's attempts at models other than the one that answered; None when there is
-    none (one attempt, which is almost every exchange)."""
+def other_costs(exchange: Exchange) -> tuple[tuple[str, float, int, int], ...] | None:
+    """What the exchange's attempts at models other than the one that answered billed: (model, cost, tokens
+    in, tokens out) each; None when there is none (one attempt, which is almost every exchange)."""
     attempts = exchange.attempts
     if len(attempts) < 2:
         return None
     model = exchange.model
-    return tuple((a.model, a.cost_usd) for a in attempts if a.cost_usd and a.model != model) or None
+    return tuple((a.model, a.cost_usd, a.prompt_tokens, a.completion_tokens) for a in attempts
+                 if a.model != model and (a.cost_usd or a.prompt_tokens or a.completion_tokens)) or None
 
 
 def fallbacks_of(exchange: Exchange) -> int:

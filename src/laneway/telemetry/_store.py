@@ -174,6 +174,12 @@ def _attempt_cost(element: str, dialect: int) -> str:
     return cost if dialect == 0 else f"({cost})::float8"
 
 
+def _attempt_count(element: str, name: str, dialect: int) -> str:
+    """An attempt's token count `name`, 0 when absent."""
+    count = attempt_field(element, name, dialect)
+    return f"COALESCE({count}, 0)" if dialect == 0 else f"COALESCE(({count})::int8, 0)"
+
+
 def _first_attempt(name: str, dialect: int) -> str:
     """SQL for field `name` of an exchange's first attempt, NULL when it has none."""
     return (f"json_extract(attempts, '$[0][{ATTEMPT_FIELDS.index(name)}]')" if dialect == 0
@@ -287,9 +293,10 @@ def roll_up_sql(dialect: int) -> tuple[str, str, str]:
 def _attempts_roll_up(dialect: int, hour: str) -> str:
     """What the hourly rows keep of the attempts, as `summarize` reads them from raw rows: each failed
     attempt counts against its model, and the cost of an attempt at another model than the one that
-    answered (a cascade's first answer, a verifier's grade) moves to that model. Only exchanges with
-    more than one attempt, or that failed, are looked at; shadows are not. The rows this adds for a
-    model that answered nothing have no requests."""
+    answered (a cascade's first answer, a verifier's grade) moves to that model, and its tokens are added
+    there (the exchange's own are its answer's). Only exchanges with more than one attempt, or that
+    failed, are looked at; shadows are not. The rows this adds for a model that answered nothing have
+    no requests."""
     if dialect == 0:
         source, length = f"{_SQLITE_ROWS} e, json_each(e.attempts) a", "json_array_length(e.attempts)"
         element, other = "a.value", "IS NOT"
@@ -298,23 +305,27 @@ def _attempts_roll_up(dialect: int, hour: str) -> str:
         element, other = "a", "IS DISTINCT FROM"
     model, outcome = attempt_field(element, "model", dialect), attempt_field(element, "outcome", dialect)
     cost = _attempt_cost(element, dialect)
-    moved = f"{length} > 1 AND {cost} > 0 AND {model} {other} e.model"
+    tokens_in, tokens_out = (_attempt_count(element, name, dialect) for name in ("prompt_tokens", "completion_tokens"))
+    moved = f"{length} > 1 AND ({cost} > 0 OR {tokens_in} > 0 OR {tokens_out} > 0) AND {model} {other} e.model"
     scope = f"e.started_at < ? AND e.lane <> '{SHADOW_LANE}' AND ({length} > 1 OR e.outcome <> 'ok')"
     at = hour.replace("started_at", "e.started_at")
-    counts = [name for name in HOURLY_COLUMNS[4:] if name not in ("cost_usd", "failed_attempts")]
+    added = ("cost_usd", "failed_attempts", "tokens_in", "tokens_out")
+    counts = [name for name in HOURLY_COLUMNS[4:] if name not in added]
+    merge = ", ".join(f"{name} = exchanges_hourly.{name} + excluded.{name}" for name in added)
     # The parameter is bound twice: SQLite's `?` once per use, PostgreSQL's `$1` by `numbered`, once per `?`.
     return (
         f"INSERT INTO exchanges_hourly ({', '.join(HOURLY_COLUMNS[:4])}, {', '.join(counts)}, "  # noqa: S608
-        f"cost_usd, failed_attempts) SELECT hour, model, route, lane, {', '.join('0' for _ in counts)}, "
-        "SUM(moved), SUM(failed) FROM ("
+        f"{', '.join(added)}) SELECT hour, model, route, lane, {', '.join('0' for _ in counts)}, "
+        "SUM(moved), SUM(failed), SUM(moved_in), SUM(moved_out) FROM ("
         f"SELECT {at} AS hour, COALESCE({model}, '') AS model, COALESCE(e.route, '') AS route, e.lane AS lane, "
         f"CASE WHEN {outcome} NOT IN {_NOT_FAILED} THEN 1 ELSE 0 END AS failed, "
-        f"CASE WHEN {moved} THEN {cost} ELSE 0 END AS moved FROM {source} WHERE {scope} "
-        f"UNION ALL SELECT {at}, COALESCE(e.model, ''), COALESCE(e.route, ''), e.lane, 0, -{cost} "
+        f"CASE WHEN {moved} THEN {cost} ELSE 0 END AS moved, "
+        f"CASE WHEN {moved} THEN {tokens_in} ELSE 0 END AS moved_in, "
+        f"CASE WHEN {moved} THEN {tokens_out} ELSE 0 END AS moved_out FROM {source} WHERE {scope} "
+        f"UNION ALL SELECT {at}, COALESCE(e.model, ''), COALESCE(e.route, ''), e.lane, 0, -{cost}, 0, 0 "
         f"FROM {source} WHERE {scope} AND {moved}"
         ") AS attempts WHERE true GROUP BY 1, 2, 3, 4 "
-        "ON CONFLICT (hour, model, route, lane) DO UPDATE SET cost_usd = exchanges_hourly.cost_usd + "
-        "excluded.cost_usd, failed_attempts = exchanges_hourly.failed_attempts + excluded.failed_attempts"
+        f"ON CONFLICT (hour, model, route, lane) DO UPDATE SET {merge}"
     )
 
 
@@ -327,17 +338,19 @@ def _row_sources(dialect: int) -> dict[str, str]:
     rows written before those figures were read still have them."""
     if dialect == 0:
         signals, length, each, element = "signals", "json_array_length(attempts)", "json_each(attempts)", "value"
-        concat, pair, other = "group_concat({}, char(31))", "json_group_array(json_array({}, {}))", "IS NOT"
+        concat, pair, other = "group_concat({}, char(31))", "json_group_array(json_array({}, {}, {}, {}))", "IS NOT"
     else:
         signals, length = "signals::text", "jsonb_array_length(attempts)"
         each, element = "jsonb_array_elements(attempts) a", "a"
-        concat, pair = "string_agg({}, chr(31))", "json_agg(json_build_array({}, {}))::text"
+        concat, pair = "string_agg({}, chr(31))", "json_agg(json_build_array({}, {}, {}, {}))::text"
         other = "IS DISTINCT FROM"
     model, outcome = attempt_field(element, "model", dialect), attempt_field(element, "outcome", dialect)
     cost = _attempt_cost(element, dialect)
+    tokens_in, tokens_out = _attempt_count(element, "prompt_tokens", dialect), _attempt_count(
+        element, "completion_tokens", dialect)
     failed = f"SELECT {concat.format(model)} FROM {each} WHERE {outcome} NOT IN {_NOT_FAILED}"  # noqa: S608
-    others = (f"SELECT {pair.format(model, cost)} FROM {each} "  # noqa: S608 (constant names)
-              f"WHERE {cost} > 0 AND {model} {other} exchanges.model")
+    others = (f"SELECT {pair.format(model, cost, tokens_in, tokens_out)} FROM {each} "  # noqa: S608 (constant names)
+              f"WHERE ({cost} > 0 OR {tokens_in} > 0 OR {tokens_out} > 0) AND {model} {other} exchanges.model")
     return {
         "tokens_in": "prompt_tokens",
         "tokens_out": "completion_tokens",
@@ -379,7 +392,8 @@ def exchange_row(values: Sequence[Any]) -> ExchangeRow:
     failed = tuple(row.failed_models.split(FAILED_SEPARATOR)) if isinstance(row.failed_models, str) else ()
     others: list[list[Any]] = orjson.loads(row.other_costs) if isinstance(row.other_costs, str) else []
     return row._replace(escalation=bool(row.escalation), simulated=bool(row.simulated), signals=signals,
-                        failed_models=failed, other_costs=tuple((str(m), float(c)) for m, c in others))
+                        failed_models=failed,
+                        other_costs=tuple((str(m), float(c), int(i), int(o)) for m, c, i, o in others))
 
 
 def numbered(sql: str) -> str:

@@ -159,9 +159,13 @@ def summarize(
                       _group(routes, route_label(row.route, row.lane)))
             for model in row.failed_models:  # a model hidden behind its fallbacks still shows its failures
                 _group(models, model).failed_attempts += 1
-            for model, cost in row.other_costs:  # each model's spend is what it billed: a cascade's first answer
-                _group(models, model).cost_usd += cost
+            for model, cost, tokens_in, tokens_out in row.other_costs:  # each model's spend is what it billed:
+                other = _group(models, model)  # a cascade's first answer, a verifier's grade
+                other.cost_usd += cost
                 groups[1].cost_usd -= cost
+                for group in (other, groups[0], groups[2]):  # the row's tokens are its answer's alone
+                    group.tokens_in += tokens_in
+                    group.tokens_out += tokens_out
             groups[0].failed_attempts += len(row.failed_models)
             groups[2].failed_attempts += len(row.failed_models)
         for group in groups:
