@@ -289,7 +289,8 @@ async def test_streams_in_every_standard_spelling_are_read_whole(events: bytes) 
     (_CONTENT + b'\n\n|data: {"error": {"message": "upstream overloaded", "code": "overloaded"}}\n\n'
      b"|data: [DONE]\n\n", "stream error overloaded", "upstream overloaded"),
     (_CONTENT + b"\n\n|data: {not json\n\n|data: [DONE]\n\n", "stream bad event", "not JSON: {not json"),
-], ids=["error-in-data", "not-json"])
+    (_CONTENT + b"\n\n|event: error\ndata: upstream went away\n\n", "stream error", "upstream went away"),
+], ids=["error-in-data", "not-json", "error-event-in-words"])
 async def test_a_stream_that_carries_an_error_or_garbage_is_an_error(events: bytes, kind: str, detail: str) -> None:
     async with contextlib.asynccontextmanager(_stream_of)(events) as url:
         tally = await run_load(LoadPlan(url=url, requests=2, stream=True), _payloads("x"))

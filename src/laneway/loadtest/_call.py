@@ -117,12 +117,15 @@ def _read_event(outcome: Outcome, event: bytes, now: float) -> bool:
     payload = b"\n".join(data)
     if payload == b"[DONE]":
         return True
+    if name == b"error":
+        _failed(outcome, f"stream error {_error_code(payload)}".rstrip(), _error_message(payload))
+        return False
     try:
         chunk = orjson.loads(payload)
     except orjson.JSONDecodeError:
         _failed(outcome, "stream bad event", f"not JSON: {payload.decode('utf-8', 'replace')}")
         return False
-    if name == b"error" or (isinstance(chunk, dict) and chunk.get("error")):
+    if isinstance(chunk, dict) and chunk.get("error"):
         _failed(outcome, f"stream error {_error_code(payload)}".rstrip(), _error_message(payload))
     elif _carries_output(chunk):
         if outcome.ttft is None:
