@@ -226,22 +226,8 @@ def test_a_wait_in_a_gates_queue_is_not_the_gateways_overhead(sim_url: str) -> N
     assert exchange.overhead_ms < 300  # the queue's 1.3 s is in `laneway_queue_wait_seconds`, not here
 
 
-DEADLINE_IN_QUEUE = """
-models:
-  heavy:
-    provider: openai
-    base_url: sim:///heavy-foundation/v1
-    model: "heavy-foundation@slow_1500"
-    gate: {max_concurrency: 1, queue_timeout_ms: 3000}
-routes:
-- name: hold
-  matcher: "metadata.q == hold"
-  target: heavy
-  deadline_ms: 5000
-- name: short
-  target: heavy
-  deadline_ms: 600
-"""
+# QUEUED without a model to degrade to, and a deadline (0.6 s) shorter than the queue's timeout (3 s)
+DEADLINE_IN_QUEUE = QUEUED.replace(", degrade_to: gpt-5-mini", "").replace("deadline_ms: 1000", "deadline_ms: 600")
 
 
 def test_a_deadline_that_runs_out_in_a_gates_queue_is_a_504_naming_the_gate(sim_url: str) -> None:
