@@ -304,6 +304,20 @@ async def test_streamed_tool_call_arguments_join_into_json(loopback: Loopback, p
     assert chunks[-1].finish_reason == "tool_calls"
 
 
+async def test_a_message_delta_that_repeats_the_input_count_keeps_the_cache_counts_it_leaves_null(
+        loopback: Loopback) -> None:
+    start = DOCUMENTED_STREAM[0].replace(b'"usage": {"input_tokens": 25, "output_tokens": 1}',
+                                         b'"usage": {"input_tokens": 25, "cache_read_input_tokens": 100,'
+                                         b' "cache_creation_input_tokens": 0, "output_tokens": 1}')
+    delta = (b'event: message_delta\ndata: {"type": "message_delta", "delta": {"stop_reason": "end_turn"},'
+             b' "usage": {"input_tokens": 25, "cache_read_input_tokens": null, "output_tokens": 15}}\n\n')
+    loopback.reply = Reply(events=[start, *DOCUMENTED_STREAM[1:6], delta, DOCUMENTED_STREAM[-1]])
+    provider = create_provider(spec(), loopback.url)
+    chunks = await drain(provider, conversation())
+    await provider.aclose()
+    assert chunks[-1].usage == Usage(125, 15, 100, 0)  # the 100 cached prompt tokens still counted (and priced)
+
+
 async def test_stream_stop_reason_max_tokens_is_length(loopback: Loopback) -> None:
     events = [e.replace(b'"stop_reason": "end_turn"', b'"stop_reason": "max_tokens"')
               for e in DOCUMENTED_STREAM]

@@ -243,6 +243,7 @@ class _StreamState:
 
     def __init__(self) -> None:
         self.usage = Usage()  # the prompt's counts, from `message_start` (or a `message_delta` that repeats them)
+        self._counts: dict[str, Any] = {}  # the usage fields said so far, a later non-null one winning
         self.output_tokens = 0
         self.finish: str | None = None
         self.stopped = False
@@ -275,6 +276,7 @@ class _StreamState:
             return Chunk(tool_calls=pieces) if pieces else None
         if kind == "message_start":
             usage = (event.get("message") or {}).get("usage") or {}
+            self._counts = dict(usage)
             self.usage = usage_of(usage, 0)
             self.output_tokens = int(usage.get("output_tokens") or 0)
         elif kind == "message_delta":
@@ -292,11 +294,13 @@ class _StreamState:
         if reason:
             self.finish = FINISH.get(str(reason), "stop")
         usage = event.get("usage") or {}
-        # `output_tokens` here is cumulative; newer API versions repeat the input counts too.
+        # `output_tokens` here is cumulative; newer API versions repeat the input counts too, some as null:
+        # a null keeps the count `message_start` gave (as the SDK merges them).
         if usage.get("output_tokens") is not None:
             self.output_tokens = int(usage["output_tokens"])
         if usage.get("input_tokens") is not None:
-            self.usage = usage_of(usage, 0)
+            self._counts.update((name, value) for name, value in usage.items() if value is not None)
+            self.usage = usage_of(self._counts, 0)
 
 
 def content_blocks(message: Message) -> list[dict[str, Any]]:
