@@ -369,6 +369,26 @@ def test_retrieval_grounds_the_prompt_and_misses_go_to_on_miss(sim_url: str) -> 
     assert missed.prompt_tokens < 60
 
 
+def test_a_profile_that_replaces_the_system_prompt_keeps_the_retrieved_passages(sim_url: str) -> None:
+    """`system_mode: replace` replaces the client's system prompt; the knowledge block is the route's, and
+    stays (metrics and the log count it as injected)."""
+    replacing = RETRIEVAL.replace("routes:", """models:
+  replacer:
+    provider: openai
+    base_url: sim:///gpt-5/v1
+    model: gpt-5
+    profile: {system: "You are Acme's billing assistant.", system_mode: replace}
+routes:""").replace("target: gemini-2.5-pro", "target: replacer")
+    sink = RecordingSink()
+    question = "I was charged twice on my credit card, I want a refund for the extra charge"
+    with live_gateway(replacing, sim_url, telemetry=sink) as live:
+        hit, _ = send(live, question, messages=[{"role": "system", "content": "Answer in French."},
+                                                {"role": "user", "content": question}])
+    grounded = sink.by_id(hit["x-request-id"])
+    assert hit["x-laneway-model"] == "replacer" and grounded.retrieval_hits == 3
+    assert grounded.prompt_tokens > 200  # the passages reached the model
+
+
 async def _on_loop(work: Any) -> Any:
     """Run `work()` on the gateway's event loop, where telemetry is read."""
     return work()

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .chat import Message
+from .chat import KnowledgeMessage, Message
 from .config import Retrieval
 
 if TYPE_CHECKING:
@@ -35,7 +35,8 @@ def ground(knowledge: KnowledgeBase, retrieval: Retrieval, messages: list[Messag
 def _inject(messages: list[Message], passages: list[Passage], style: str) -> list[Message]:
     from .retrieval import render_passages
 
-    block = {"role": "system" if style == "system" else "user", "content": render_passages(passages, style=style)}
+    block = KnowledgeMessage(role="system" if style == "system" else "user",
+                             content=render_passages(passages, style=style))
     if style == "system":
         at = next((i for i, m in enumerate(messages) if m.get("role") not in ("system", "developer")), 0)
         return [*messages[:at], block, *messages[at:]]
