@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from _live import live_gateway
@@ -273,6 +274,14 @@ def test_a_model_whose_every_attempt_failed_over_still_shows_its_failures() -> N
     models = summarize(rows_of([exchange], simulated=False))["models"]
     assert models["dying"]["requests"] == 0 and models["dying"]["failed_attempts"] == 2
     assert models["backup"]["requests"] == 1 and models["backup"]["failed_attempts"] == 0
+
+
+def test_retrieval_p95_is_the_95th_percentile_of_the_searches_whatever_their_order() -> None:
+    times = [0.15, 0.019, 0.116, 0.646, 0.131, 0.174, 0.122]  # as they came, not sorted
+    exchanges = [Exchange(f"r{i}", BASE_TIME + i, model="gpt-5", route="billing", retrieval_hits=2, retrieval_ms=ms,
+                          attempts=[Attempt("gpt-5", "ok")]) for i, ms in enumerate(times)]
+    figures = summarize(rows_of(exchanges, simulated=False))
+    assert figures["routes"]["billing"]["retrieval_p95_ms"] == pytest.approx(float(np.percentile(times, 95)), abs=1e-3)
 
 
 def test_a_gate_that_turned_a_request_away_is_no_failed_attempt_of_its_model(

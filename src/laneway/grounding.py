@@ -26,10 +26,10 @@ def ground(knowledge: KnowledgeBase, retrieval: Retrieval, messages: list[Messag
     existing ones; style `user`: a user message just before the customer's latest message)."""
     started = time.perf_counter()
     passages = knowledge.search(query, retrieval.top_k, retrieval.min_score) if query else []
-    latency_ms = (time.perf_counter() - started) * 1000
-    if not passages and retrieval.on_miss is not None:
-        return Grounding(messages, 0, latency_ms)  # the caller sends the request to `on_miss` instead
-    return Grounding(_inject(messages, passages, retrieval.style), len(passages), latency_ms)
+    if not passages and retrieval.on_miss is not None:  # the caller sends the request to `on_miss` instead
+        return Grounding(messages, 0, (time.perf_counter() - started) * 1000)
+    grounded = _inject(messages, passages, retrieval.style)
+    return Grounding(grounded, len(passages), (time.perf_counter() - started) * 1000)  # search and injection
 
 
 def _inject(messages: list[Message], passages: list[Passage], style: str) -> list[Message]:

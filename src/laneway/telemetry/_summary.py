@@ -100,6 +100,7 @@ class _Group:
     def finish(self, total_requests: int, minutes: float) -> dict[str, Any]:
         self.latencies.sort()
         self.ttfts.sort()
+        self.retrieval_ms.sort()  # `percentile` reads sorted values
         conversations = len(self.conversations) + self.anonymous_conversations
         tokens = self.tokens_in + self.tokens_out
         return {
