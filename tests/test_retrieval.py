@@ -126,11 +126,33 @@ def test_json_and_csv_records_are_ingested(tmp_path: Path) -> None:
     knowledge_base = KnowledgeBase.build("mixed", [records, table])
     assert [(p.id, p.source, p.title) for p in knowledge_base.passages] == [
         ("fees", "records.json", "Fees"),
-        ("records/2", "records.json", "records 2"),
+        ("records/2", "records.json", ""),  # untitled: searched and shown by its text and source alone
         ("table/1", "table.csv", "Payment methods"),
     ]
     assert ids(knowledge_base.search("how long do refunds take", top_k=1)) == ["records/2"]
     assert ids(knowledge_base.search("can I pay by wire transfer", top_k=1)) == ["table/1"]
+    assert knowledge_base.search("records", top_k=3) == []  # the file's name is no title to match
+    block = render_passages(knowledge_base.search("how long do refunds take", top_k=1))
+    assert "[1] (source: records.json)\nRefunds take five business days." in block
+
+
+def test_a_byte_order_mark_is_skipped_in_every_kind_of_source(tmp_path: Path) -> None:
+    sources = {"table.csv": "text,title\nLate fees are 15 USD.,Fees\n",
+               "records.json": '[{"text": "Gift cards never expire."}]',
+               "faq.md": "# Shipping\n\nOrders ship in two days.\n"}
+    for name, text in sources.items():
+        (tmp_path / name).write_text(text, encoding="utf-8-sig")  # as a spreadsheet's "CSV UTF-8" export
+    knowledge_base = KnowledgeBase.build("bom", [tmp_path / name for name in sources])
+    assert [(p.title, p.text) for p in knowledge_base.passages] == [
+        ("Fees", "Late fees are 15 USD."), ("", "Gift cards never expire."), ("Shipping", "Orders ship in two days.")]
+
+
+def test_markdown_headings_that_skip_a_level_are_siblings(tmp_path: Path) -> None:
+    source = tmp_path / "billing.md"
+    source.write_text("# Billing\n\n### Refunds\n\nFive days.\n\n### Late fees\n\n15 USD.\n\n"
+                      "## Cards\n\nVisa.\n\n#### Expired\n\nUpdate it.\n")
+    titles = [p.title for p in KnowledgeBase.build("billing", [source]).passages]
+    assert titles == ["Billing > Refunds", "Billing > Late fees", "Billing > Cards", "Billing > Cards > Expired"]
 
 
 @pytest.mark.parametrize(
@@ -143,6 +165,13 @@ def test_json_and_csv_records_are_ingested(tmp_path: Path) -> None:
         ("shape.json", '{"text": "a lone object"}', "must be a JSON list of objects"),
         ("columns.csv", "body\nsome text\n", "needs a `text` column"),
         ("binary.md", b"\xff\xfe\x00bad", "cannot be read as UTF-8"),
+        # A malformed row stops the build: indexed, it would change what the policy says.
+        ("comma.csv", "id,title,text\nrefund,Refund time,Refunds take 5 days, not 10\n",
+         "line 2: more fields than the header's 3; quote a text that holds a comma"),
+        ("quote.csv", 'id,title,text\nfee,Fees,"Late fees are 15 USD\ngift,Gift cards,Never expire\n',
+         "not valid CSV (unexpected end of data); check the quoting there"),
+        ("untexted.json", '[{"text": "One."}, {"title": "Fees"}]', "record 2: has no `text`"),
+        ("number.json", '[{"text": 5}]', "record 1: `text` must be a string, got int"),
     ],
 )
 def test_bad_sources_name_the_file(tmp_path: Path, name: str, content: str | bytes | None, problem: str) -> None:

@@ -37,7 +37,7 @@ def render_passages(passages: Sequence[Passage], *, style: str = "system") -> st
     if not passages:
         return f"{_HEADERS[style]}\n\n{_NOTHING_FOUND}"
     numbered = [
-        f"[{number}] {passage.title} (source: {passage.source})\n{passage.text.strip()}"
+        f"[{number}] {passage.title + ' ' if passage.title else ''}(source: {passage.source})\n{passage.text.strip()}"
         for number, passage in enumerate(passages, start=1)
     ]
     return "\n\n".join([_HEADERS[style], _GROUNDING, *numbered])

@@ -51,7 +51,7 @@ def read_documents(path: Path) -> list[Document]:
     if suffix not in SUFFIXES:
         raise source_error(path, f"`{path}` is not a supported source; use one of {', '.join(SUFFIXES)}")
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = path.read_text(encoding="utf-8-sig")  # a spreadsheet's or editor's byte-order mark is skipped
     except FileNotFoundError:
         raise source_error(path, f"`{path}` does not exist; check the path") from None
     except (OSError, UnicodeDecodeError) as error:
@@ -64,7 +64,7 @@ def read_documents(path: Path) -> list[Document]:
 
 
 def _markdown_documents(path: Path, raw: str) -> Iterator[Document]:
-    headings: list[str] = [path.stem]
+    headings: list[tuple[int, str]] = [(0, path.stem)]  # the open headings, by level: the section's path
     body: list[str] = []
     in_fence = False
     for line in raw.splitlines():
@@ -74,11 +74,13 @@ def _markdown_documents(path: Path, raw: str) -> Iterator[Document]:
         if heading is None:
             body.append(line)
             continue
-        yield from _section(path, headings, body)
+        yield from _section(path, [title for _, title in headings], body)
         level = len(heading.group(1))
-        headings = [*headings[:level], heading.group(2)]
+        while headings[-1][0] >= level:  # a heading closes those at its level and below (levels may skip)
+            headings.pop()
+        headings.append((level, heading.group(2)))
         body = []
-    yield from _section(path, headings, body)
+    yield from _section(path, [title for _, title in headings], body)
 
 
 def _section(path: Path, headings: list[str], body: list[str]) -> Iterator[Document]:
@@ -101,25 +103,36 @@ def _json_documents(path: Path, raw: str) -> list[Document]:
             f"`{path}` must be a JSON list of objects with a `text` field (and optional `title`, `id`), "
             "or ABCD agent guidelines",
         )
-    return [_record_document(path, index, item) for index, item in enumerate(data)]
+    return [_record_document(path, index, item, f"record {index + 1}") for index, item in enumerate(data)]
 
 
 def _csv_documents(path: Path, raw: str) -> list[Document]:
+    # Rows end at \n or \r, not at U+2028 in a cell; strict: an open quote is an error, not the rest of the file.
+    reader = csv.DictReader(io.StringIO(raw, newline=""), strict=True)
+    documents: list[Document] = []
     try:
-        reader = csv.DictReader(io.StringIO(raw, newline=""))  # rows end at \n or \r, not at U+2028 in a cell
-        rows = list(reader)
+        if "text" not in (reader.fieldnames or []):
+            raise source_error(path, f"`{path}` needs a `text` column (optional: `title`, `id`); "
+                                     f"found {reader.fieldnames}")
+        for index, row in enumerate(reader):
+            where = f"line {reader.line_num}"
+            if row.get(None):  # the fields past the header's, under the key None
+                raise source_error(path, f"`{path}` {where}: more fields than the header's "
+                                         f"{len(reader.fieldnames or [])}; quote a text that holds a comma")
+            documents.append(_record_document(path, index, row, where))
     except csv.Error as error:
-        raise source_error(path, f"`{path}` is not valid CSV: {error}") from None
-    if "text" not in (reader.fieldnames or []):
-        raise source_error(path, f"`{path}` needs a `text` column (optional: `title`, `id`); found {reader.fieldnames}")
-    return [_record_document(path, index, row) for index, row in enumerate(rows)]
+        raise source_error(path, f"`{path}` line {reader.line_num}: not valid CSV ({error}); check the quoting "
+                                 "there") from None
+    return documents
 
 
-def _record_document(path: Path, index: int, record: dict[str, object]) -> Document:
+def _record_document(path: Path, index: int, record: dict[str, object], where: str) -> Document:
+    """A JSON record or CSV row; untitled, it is searched and shown by its text and source alone."""
     text = record.get("text")
     if not isinstance(text, str):
-        raise source_error(path, f"`{path}` record {index}: `text` must be a string")
-    title = str(record.get("title") or f"{path.stem} {index + 1}")
+        problem = "has no `text`" if text is None else f"`text` must be a string, got {type(text).__name__}"
+        raise source_error(path, f"`{path}` {where}: {problem}")
+    title = str(record.get("title") or "")
     identifier = str(record.get("id") or f"{path.stem}/{index + 1}")
     return Document(identifier, path.name, title, text.strip())
 
