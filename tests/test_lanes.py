@@ -389,6 +389,21 @@ routes:""").replace("target: gemini-2.5-pro", "target: replacer")
     assert grounded.prompt_tokens > 200  # the passages reached the model
 
 
+def test_a_miss_goes_to_on_miss_then_the_fallbacks_never_the_target_nor_a_canary(sim_url: str) -> None:
+    config = RETRIEVAL.replace("routes:", """models:
+  broken:
+    provider: openai
+    base_url: sim:///gpt-5/v1
+    model: "gpt-5@error_500"
+routes:""").replace("on_miss: gpt-5}", "on_miss: broken}\n  canary: {target: gemini-2.5-flash-lite, weight: 1.0}\n"
+                    "  fallbacks: [gpt-5-mini]")
+    sink = RecordingSink()
+    with live_gateway(config, sim_url, telemetry=sink) as live:
+        miss, _ = send(live, "xyzzy plugh")
+    assert (miss["x-laneway-lane"], miss["x-laneway-model"]) == ("fallback", "gpt-5-mini")
+    assert [a.model for a in sink.by_id(miss["x-request-id"]).attempts] == ["broken", "broken", "gpt-5-mini"]
+
+
 async def _on_loop(work: Any) -> Any:
     """Run `work()` on the gateway's event loop, where telemetry is read."""
     return work()

@@ -256,8 +256,9 @@ class Gateway:
                                signals.customer_text())
             messages = grounding.messages
             exchange.retrieval_hits, exchange.retrieval_ms = grounding.hits, grounding.latency_ms
-            if grounding.hits == 0 and route.retrieval.on_miss is not None:
-                plan.lanes = [("primary", route.retrieval.on_miss), *plan.lanes[1:]]
+            if grounding.hits == 0 and route.retrieval.on_miss is not None:  # instead of the target and any canary
+                fallbacks = [lane for lane in plan.lanes if lane[0] == "fallback"]
+                plan.lanes = [("primary", route.retrieval.on_miss), *fallbacks]
         exchange.signals = signals.computed()
         if runtime.config.telemetry.store_bodies:
             exchange.prompt_body = orjson.dumps(messages).decode()
