@@ -153,8 +153,17 @@ def test_an_overlap_of_two_routes_to_the_same_model_names_what_differs() -> None
        target: gpt-5
      - target: gpt-5-mini
      """,
-     "routes[0].matcher (line 3, column 13): `payment_isue` is not an intent of the model `customer-support.npz`, "
-     "so this comparison never holds; did you mean `payment_issue`?"),
+     "routes[0].matcher (line 3, column 13): `payment_isue` is not an intent of the model `customer-support.npz`: "
+     "no request's `intent` is ever `payment_isue` (a `!=` or `not in` with it always holds); "
+     "did you mean `payment_issue`?"),
+    ("""
+     routes:
+     - matcher: "intent != shiping_status"
+       target: gpt-5
+     - target: gpt-5-mini
+     """,
+     "`shiping_status` is not an intent of the model `customer-support.npz`: no request's `intent` is ever "
+     "`shiping_status` (a `!=` or `not in` with it always holds)"),
     ("""
      models:
        mine:

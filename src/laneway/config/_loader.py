@@ -344,8 +344,8 @@ def _check_intents(routes: list[Route], model: Path | None, issues: Issues) -> N
         close = difflib.get_close_matches(str(value), sorted(known), n=1)
         hint = f"did you mean `{close[0]}`? " if close else ""
         issues.add(f"routes[{route.index}].matcher",
-                   f"`{value}` is not an intent of the model `{path.name}`, so this comparison never holds; "
-                   f"{hint}it knows: {', '.join(sorted(known))}")
+                   f"`{value}` is not an intent of the model `{path.name}`: no request's `intent` is ever `{value}` "
+                   f"(a `!=` or `not in` with it always holds); {hint}it knows: {', '.join(sorted(known))}")
 
 
 def _check_repeats(s: Section, route: Route) -> None:
