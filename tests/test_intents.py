@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -403,3 +404,14 @@ def test_a_model_is_never_written_over_its_training_data(tmp_path: Path, capsys:
     err = capsys.readouterr().err
     assert err.startswith("laneway intents train: `--out ") and f"`DATA.csv {path}`" in err and "overwrite" in err
     assert path.read_bytes() == before
+
+
+def test_the_docs_example_shows_what_the_shipped_model_answers() -> None:
+    """docs/intents.md's `classify` lines, `# ('label', 0.46…)`: the label, and the confidence to two places."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "intents.md").read_text()
+    shown = re.findall(r'model\.classify\("([^"]+)"\)\s+# \(\'(\w+)\', (\d\.\d\d)…\)', text)
+    assert len(shown) == 2
+    model = load_default()
+    for message, label, confidence in shown:
+        got, p = model.classify(message)
+        assert (got, f"{int(p * 100) / 100:.2f}") == (label, confidence), message
