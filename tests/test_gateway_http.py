@@ -114,6 +114,33 @@ def test_header_signal_wins_over_metadata(seed_gateway: LiveGateway) -> None:
 
 
 LOOKUP = {"type": "function", "function": {"name": "lookup_order", "parameters": {"type": "object"}}}
+OPENAI_FIELDS = {"safety_identifier": "hashed-user-42", "prompt_cache_key": "support-v3",
+                 "prompt_cache_retention": "24h", "prediction": {"type": "content", "content": "Your order"},
+                 "modalities": ["text"], "web_search_options": {}}
+
+
+@pytest.mark.parametrize("model", ["gpt-5", "claude-sonnet-37", "gemini-2.5-flash-lite"])
+def test_the_openai_clients_other_fields_are_taken_on_every_provider(default_gateway: LiveGateway,
+                                                                       model: str) -> None:
+    """A drop-in switch: fields OpenAI's API takes are not refused (`openai` models get them, the others
+    leave them out), and `stream: null` is the default."""
+    reply = client(default_gateway).chat.completions.with_raw_response.create(
+        model=model, messages=chat(1), stream=None, **OPENAI_FIELDS)  # type: ignore[call-overload]
+    assert reply.http_response.status_code == 200 and reply.parse().choices[0].message.content
+
+
+def test_fields_the_openai_adapter_passes_on_and_anthropic_reads_safety_identifier() -> None:
+    from laneway.chat import ChatRequest
+    from laneway.config import parse_config
+    from laneway.providers import anthropic
+    from laneway.providers import openai as openai_provider
+
+    spec = parse_config("models:\n  m:\n    provider: openai\n    base_url: http://127.0.0.1:9/v1\n"
+                        "routes:\n- target: m\n").models["m"]
+    request = ChatRequest("m", chat(1), dict(OPENAI_FIELDS))
+    body = openai_provider.create(spec, spec.base_url).body(request, False)
+    assert {key: body[key] for key in OPENAI_FIELDS} == OPENAI_FIELDS
+    assert anthropic.request_body("claude", request, False)["metadata"] == {"user_id": "hashed-user-42"}
 
 
 @pytest.mark.parametrize(("body", "headers", "status", "code", "needle"), [
@@ -148,6 +175,10 @@ LOOKUP = {"type": "function", "function": {"name": "lookup_order", "parameters":
     ({"model": "laneway", "messages": chat(1), "tools": [LOOKUP],
       "tool_choice": {"type": "function", "function": {"name": "refund"}}}, {}, 400, "invalid_request",
      '`tool_choice.function.name` must name a function in `tools` ("lookup_order"), got "refund"'),
+    ({"model": "laneway", "messages": chat(1), "functions": [{"name": "lookup_order"}]}, {}, 400, "invalid_request",
+     "`functions` is OpenAI's deprecated function calling; send `tools` instead"),
+    ({"model": "laneway", "messages": chat(1), "function_call": "auto"}, {}, 400, "invalid_request",
+     "`function_call` is OpenAI's deprecated function calling; send `tool_choice` instead"),
     ({"model": "gpt-6", "messages": chat(1)}, {}, 404, "model_not_found", "unknown model `gpt-6`"),
     (b"{not json", {}, 400, "invalid_request", "not valid JSON"),
     (b"\xff\xfe", {}, 400, "invalid_request", "not valid JSON"),

@@ -22,7 +22,13 @@ _PARAMS = frozenset({
     "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "presence_penalty",
     "frequency_penalty", "seed", "logprobs", "top_logprobs", "response_format", "logit_bias",
     "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort", "service_tier", "verbosity",
+    # OpenAI's own: passed on to `openai` models, left out for the others (`safety_identifier` becomes
+    # Anthropic's `metadata.user_id`, as `user` does)
+    "prompt_cache_key", "prompt_cache_retention", "safety_identifier", "prediction", "modalities",
+    "web_search_options",
 })
+# OpenAI's deprecated function calling, which `tools` replaced: refused with the way to send it now.
+_LEGACY = {"functions": "`tools`", "function_call": "`tool_choice`"}
 _FIELDS = _PARAMS | {"model", "messages", "stream", "stream_options", "n", "user", "metadata", "store"}
 SAMPLING_RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "presence_penalty": (-2.0, 2.0),
                    "frequency_penalty": (-2.0, 2.0), "top_logprobs": (0, 20)}
@@ -62,6 +68,12 @@ _SHAPES: dict[str, tuple[Any, str]] = {
     "logit_bias": (_is_bias, "an object of token ids to numbers"),
     "service_tier": (lambda v: isinstance(v, str), "a string"),
     "verbosity": (lambda v: isinstance(v, str), "a string"),
+    "prompt_cache_key": (lambda v: isinstance(v, str), "a string"),
+    "prompt_cache_retention": (lambda v: isinstance(v, str), "a string"),
+    "safety_identifier": (lambda v: isinstance(v, str), "a string"),
+    "prediction": (lambda v: isinstance(v, dict), 'an object such as {"type": "content", "content": ...}'),
+    "modalities": (lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v), 'a list such as ["text"]'),
+    "web_search_options": (lambda v: isinstance(v, dict), "an object"),
 }
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 _SIGNAL_HEADERS = tuple((name, "x-laneway-" + name.replace("_", "-")) for name in SETTABLE)
@@ -90,6 +102,11 @@ def decode(body: bytes, max_messages: int) -> ClientRequest:
     if not isinstance(data, dict):
         raise InvalidRequest("request body must be a JSON object")
     unknown = [key for key in data if key not in _FIELDS]
+    legacy = next((key for key in unknown if key in _LEGACY), None)
+    if legacy is not None:
+        raise InvalidRequest(f"`{legacy}` is OpenAI's deprecated function calling; send {_LEGACY[legacy]} "
+                             "instead (the `openai` client: `tools=[{\"type\": \"function\", \"function\": {...}}]`)",
+                             param=legacy)
     if unknown:
         raise InvalidRequest(f"unknown field `{unknown[0]}`; supported: {', '.join(sorted(_FIELDS))}",
                              param=unknown[0])
@@ -101,7 +118,8 @@ def decode(body: bytes, max_messages: int) -> ClientRequest:
     messages = _messages(data.get("messages"), max_messages)
     params = {key: data[key] for key in _PARAMS if key in data and data[key] is not None}
     _check_params(params, data.get("n"))
-    stream = data.get("stream", False)
+    stream = data.get("stream")
+    stream = False if stream is None else stream  # null is the default, as OpenAI's API reads it
     if not isinstance(stream, bool):
         raise InvalidRequest("`stream` must be true or false", param="stream")
     options = data.get("stream_options")
@@ -111,7 +129,8 @@ def decode(body: bytes, max_messages: int) -> ClientRequest:
     if options and not stream:  # as OpenAI's API and vLLM answer
         raise InvalidRequest("`stream_options` is only allowed when `stream` is true: drop it, or stream",
                              param="stream_options")
-    include_usage = options.get("include_usage", False)
+    include_usage = options.get("include_usage")
+    include_usage = False if include_usage is None else include_usage
     if not isinstance(include_usage, bool):
         raise InvalidRequest("`stream_options.include_usage` must be true or false",
                              param="stream_options.include_usage")

@@ -191,8 +191,9 @@ def sampling(params: dict[str, Any]) -> dict[str, Any]:
     sequences = [s for s in ([stop] if isinstance(stop, str) else stop or ()) if s.strip()]
     if sequences:
         mapped["stop_sequences"] = sequences
-    if params.get("user"):
-        mapped["metadata"] = {"user_id": str(params["user"])}
+    user = params.get("user") or params.get("safety_identifier")  # OpenAI's successor to `user`
+    if user:
+        mapped["metadata"] = {"user_id": str(user)}
     return mapped
 
 

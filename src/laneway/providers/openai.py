@@ -21,6 +21,8 @@ PASSTHROUGH = frozenset({
     "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "presence_penalty",
     "frequency_penalty", "seed", "logprobs", "top_logprobs", "response_format", "logit_bias", "user",
     "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort", "service_tier", "verbosity",
+    "prompt_cache_key", "prompt_cache_retention", "safety_identifier", "prediction", "modalities",
+    "web_search_options",
 })
 
 
