@@ -250,6 +250,19 @@ def test_a_failed_probe_or_the_failure_that_opens_the_breaker_is_not_retried(
     assert not breaker.closed
 
 
+def test_rate_limits_do_not_open_the_breaker(live: tuple[LiveGateway, RecordingSink]) -> None:
+    """A 429 is the upstream saying when to come back: the client keeps getting 429s with `Retry-After`
+    (which it handles), not a breaker's 503 for a cooldown of its own."""
+    gw, sink = live
+    reconfigure(gw, "- target: r429_1\n  retry: {attempts: 1}\n")
+    for _ in range(5):  # the breaker opens after 3 failures in a row
+        got, headers, body, _ = send(gw, {"model": "laneway", "messages": [{"role": "user", "content": "hi"}]})
+        assert got == 429, body
+        assert headers["retry-after"] == "1"
+    assert gw.gateway is not None and gw.gateway.runtime.breakers["r429_1"].closed
+    assert ("cooldown", "r429_1") not in sink.events
+
+
 def test_a_probe_that_ends_without_a_verdict_frees_the_probe_slot(live: tuple[LiveGateway, RecordingSink]) -> None:
     """A half-open breaker lets one probe through. A probe that says nothing of the model's health (here a
     request the upstream calls malformed) must not keep the slot, or the model stays out for good."""

@@ -384,9 +384,12 @@ class Dispatcher:
         attempt.upstream_status = error.upstream_status
         exchange.upstream_ms += attempt.latency_ms
         # A prompt too long, or a request the upstream calls malformed, says nothing of the model's health:
-        # one client's bad requests must not cool a model down for everyone.
+        # one client's bad requests must not cool a model down for everyone. Nor does a rate limit: the
+        # upstream says when to come back (its `Retry-After` reaches the client), and a breaker opened on
+        # 429s would answer 503s, for its own cooldown, to clients that handle rate limits.
         breaker = self.runtime.breakers[name]
-        if isinstance(error, UpstreamContextOverflow) or (isinstance(error, UpstreamRejected) and error.client_fault):
+        if (isinstance(error, UpstreamContextOverflow | UpstreamRateLimited)
+                or (isinstance(error, UpstreamRejected) and error.client_fault)):
             breaker.release()
         elif breaker.failure(asyncio.get_running_loop().time()) and self.sink is not None:
             self.sink.count("cooldown", name)
