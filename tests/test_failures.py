@@ -112,8 +112,8 @@ CASES = [
     ("ctype", ["ok"], False, 200, "fallback", ["upstream_bad_response", "upstream_bad_response", "ok"]),
     ("ctype", ["ok"], True, 200, "fallback", ["upstream_bad_response", "upstream_bad_response", "ok"]),
     ("big", ["ok"], False, 200, "fallback", ["upstream_bad_response", "upstream_bad_response", "ok"]),
-    ("overflow", ["ok"], False, 200, "fallback", ["context_window_exceeded", "ok"]),
-    ("overflow", ["ok"], True, 200, "fallback", ["context_window_exceeded", "ok"]),
+    ("overflow", ["ok"], False, 200, "fallback", ["context_length_exceeded", "ok"]),
+    ("overflow", ["ok"], True, 200, "fallback", ["context_length_exceeded", "ok"]),
     ("e400", ["ok"], False, 200, "fallback", ["upstream_rejected", "ok"]),
     ("silent", ["ok"], False, 504, None, ["model_inference_deadline_exceeded"]),
     ("silent", ["ok"], True, 504, None, ["model_inference_deadline_exceeded"]),
@@ -326,7 +326,7 @@ routes:
         assert attempts[0].prompt_tokens > 64
         got, headers, body, _ = send(gw, {"model": "small", "messages": [{"role": "user", "content": "word " * 200}]})
         error = json.loads(body)["error"]
-        assert got == 400 and error["code"] == "context_window_exceeded" and error["param"] == "messages"
+        assert got == 400 and error["code"] == "context_length_exceeded" and error["param"] == "messages"
         assert "`small` holds 64" in error["message"] and "long_context" in error["message"]
         # Sent to no model, billed by none: the prompt's count stays with the skipped attempt, out of the totals.
         refused = one(sink, headers["x-request-id"])

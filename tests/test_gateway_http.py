@@ -233,7 +233,7 @@ def test_an_output_limit_no_model_has_room_for_is_named_as_the_field_to_lower(de
                                                                               field: str) -> None:
     status, _, payload = post(default_gateway, {"model": "gpt-5", "messages": chat(1), field: 1_000_000})
     error = payload["error"]
-    assert (status, error["code"], error["param"]) == (400, "context_window_exceeded", field)
+    assert (status, error["code"], error["param"]) == (400, "context_length_exceeded", field)
     assert error["message"].startswith(f"`{field}` is too large: 1000000 tokens of output do not fit")
     assert "Ask for at most 3999" in error["message"]  # gpt-5 holds 400,000 tokens; the prompt takes a few
     assert "in `gpt-5`" in error["message"] and "route" not in error["message"]  # a model asked for by name
@@ -243,7 +243,7 @@ def test_a_prompt_too_long_for_a_model_asked_for_by_name_is_not_told_of_routes(d
     status, _, payload = post(default_gateway, {"model": "gpt-5-mini",
                                                 "messages": [{"role": "user", "content": "word " * 500_000}]})
     error = payload["error"]
-    assert (status, error["code"]) == (400, "context_window_exceeded")
+    assert (status, error["code"]) == (400, "context_length_exceeded")
     assert "send it to a model with a larger context window" in error["message"]
     assert "give the route" not in error["message"]
 
@@ -350,7 +350,7 @@ def test_a_huge_prompt_is_counted_without_holding_up_other_requests(default_gate
         time.sleep(0.02)
     worker.join()
     status, _, payload = outcome[0]
-    assert (status, payload["error"]["code"]) == (400, "context_window_exceeded")
+    assert (status, payload["error"]["code"]) == (400, "context_length_exceeded")
     assert len(waits) >= 5 and max(waits) < 0.3, waits
 
 

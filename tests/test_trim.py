@@ -146,7 +146,7 @@ def test_a_long_dialog_is_trimmed_to_the_window_instead_of_refused(trimming: Any
 def test_without_trim_the_same_dialog_is_a_clear_error(trimming: Any) -> None:
     live, _ = trimming
     status, headers, body = send(live, {"model": "laneway", "messages": dialog(10)})
-    assert status == 400 and body["error"]["code"] == "context_window_exceeded"
+    assert status == 400 and body["error"]["code"] == "context_length_exceeded"
     assert "x-laneway-trimmed" not in headers
     assert "give the route `trim: oldest`" in body["error"]["message"]
 
@@ -156,7 +156,7 @@ def test_a_latest_message_too_long_to_keep_says_what_trimming_cannot_do(trimming
     messages = [*dialog(3)[:-1], {"role": "user", "content": "please read this: " + "refund " * 400}]
     status, _, body = send(live, {"model": "laneway", "messages": messages, "metadata": {"plan": "trim"},
                                   "max_tokens": 50})
-    assert status == 400 and body["error"]["code"] == "context_window_exceeded"
+    assert status == 400 and body["error"]["code"] == "context_length_exceeded"
     message = body["error"]["message"]
     assert f"`small` holds {WINDOW} with 50 for the output" in message
     assert "even `trim: oldest` cannot make it fit" in message

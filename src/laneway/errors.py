@@ -12,14 +12,14 @@
     │   ├── ModelNotFound           404 model_not_found
     │   ├── NoRoute                 404 no_route
     │   ├── PayloadTooLarge         413 payload_too_large
-    │   ├── ContextWindowExceeded   400 context_window_exceeded
+    │   ├── ContextWindowExceeded   400 context_length_exceeded
     │   └── RateLimited             429 rate_limited
     └── UpstreamError               one attempt at one model failed (translated at the provider boundary)
         ├── UpstreamUnavailable     refused/reset connection, 5xx         -> 502 upstream_unavailable
         ├── UpstreamRateLimited     the upstream answered 429             -> 429 rate_limited
         ├── UpstreamTimeout         the request's deadline ran out        -> 504 model_inference_deadline_exceeded
         ├── UpstreamBadResponse     malformed, wrong type, oversized      -> 502 upstream_bad_response
-        ├── UpstreamContextOverflow the upstream refused the prompt length -> 400 context_window_exceeded
+        ├── UpstreamContextOverflow the upstream refused the prompt length -> 400 context_length_exceeded
         ├── UpstreamRejected        any other 4xx from the upstream       -> 400 upstream_rejected (the
         │                           request's fault: 400, 413, 415, 422), else 502 (the gateway's key or model)
         └── AllAttemptsFailed       every model of the plan failed; lists each attempt's error
@@ -151,7 +151,7 @@ class PayloadTooLarge(RequestError):
 
 
 class ContextWindowExceeded(RequestError):
-    code = "context_window_exceeded"
+    code = "context_length_exceeded"
 
     def __init__(self, message: str, param: str = "messages") -> None:  # as OpenAI names it for a prompt too long
         super().__init__(message)
@@ -226,7 +226,7 @@ class UpstreamBadResponse(UpstreamError):
 
 class UpstreamContextOverflow(UpstreamError):
     status = 400
-    code = "context_window_exceeded"
+    code = "context_length_exceeded"
     type = "invalid_request_error"
     retryable = False
     param = "messages"
