@@ -177,6 +177,20 @@ routes:
     assert (figures["escalated"], figures["escalations_failed"]) == (0, 3)
 
 
+@pytest.mark.parametrize("target", ["gpt-5-mini", "gemini-2.5-flash-lite"])
+def test_a_cascade_answer_streamed_carries_the_logprobs_the_client_asked_for(sim_url: str, target: str) -> None:
+    """The accepted answer is held whole and replayed as a stream: its logprobs go with it, as they do whole."""
+    text = f"routes:\n- target: {target}\n  cascade: {{confidence: 0.0, source: logprobs, escalate_to: gpt-5}}\n"
+    with live_gateway(text, sim_url) as live:
+        _, whole = send(live, "where is my refund", logprobs=True, temperature=0)
+        headers, streamed = send(live, "where is my refund", logprobs=True, temperature=0, stream=True)
+    expected = json.loads(whole)["choices"][0]["logprobs"]["content"]
+    pieces = [json.loads(line[6:]) for line in streamed.decode().splitlines() if line.startswith("data: {")]
+    got = [t for p in pieces if p["choices"] and p["choices"][0].get("logprobs")
+           for t in p["choices"][0]["logprobs"]["content"]]
+    assert headers["x-laneway-lane"] == "primary" and expected and got == expected
+
+
 def test_logprob_cascade_on_a_provider_without_logprobs_is_a_config_error() -> None:
     from laneway.errors import ConfigError
 

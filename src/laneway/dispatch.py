@@ -534,8 +534,8 @@ async def close_stream(chunks: AsyncIterator[Chunk]) -> None:
 
 
 def replay_stream(completion: Completion, exchange: Exchange) -> Started:
-    """A finished answer (cached, or accepted by a cascade) as a stream: words as chunks, its tool
-    calls whole, then the finish reason and usage. Its cost is already accounted."""
+    """A finished answer (cached, or accepted by a cascade) as a stream: words as chunks (the first with the
+    answer's logprobs), its tool calls whole, then the finish reason and usage. Its cost is already accounted."""
     words = completion.text.split(" ")
 
     async def rest() -> AsyncIterator[Chunk]:
@@ -549,5 +549,5 @@ def replay_stream(completion: Completion, exchange: Exchange) -> Started:
 
     model = exchange.model or ""
     attempt = exchange.attempts[-1] if exchange.attempts else Attempt(model, OK, lane=exchange.lane)
-    return Started(model, exchange.lane, attempt, Chunk(words[0]), rest(), None, time.perf_counter(),
-                   accounted=True)
+    first = Chunk(words[0], logprobs=completion.logprobs)  # all of them: the pieces are words, not tokens
+    return Started(model, exchange.lane, attempt, first, rest(), None, time.perf_counter(), accounted=True)
