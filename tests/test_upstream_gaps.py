@@ -16,6 +16,7 @@ from _live import LiveGateway, RecordingSink, live_gateway
 from _loopback import Handler, LoopbackUpstream
 
 TEXT = ["Your order", " ships", " today."]
+UPSTREAM_FIELDS = {"system_fingerprint": "fp_abc123", "service_tier": "default"}
 
 
 class _Handler(Handler):
@@ -24,14 +25,16 @@ class _Handler(Handler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         pieces = [""] if body["messages"][-1]["content"] == "empty" else TEXT
+        # a request whose last message is `fingerprint` gets OpenAI's backend fields on every chunk
+        extra = UPSTREAM_FIELDS if body["messages"][-1]["content"] == "fingerprint" else {}
         if body.get("stream"):
-            events = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": piece},
-                                    "finish_reason": None}]} for piece in pieces]
-            events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            events = [{**extra, "choices": [{"index": 0, "delta": {"role": "assistant", "content": piece},
+                                             "finish_reason": None}]} for piece in pieces]
+            events.append({**extra, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
             data = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
             self.send(data, "text/event-stream")
         else:
-            answer = {"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": body["model"],
+            answer = {**extra, "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": body["model"],
                       "choices": [{"index": 0, "finish_reason": "stop",
                                    "message": {"role": "assistant", "content": "".join(pieces)}}]}
             self.send(json.dumps(answer).encode(), "application/json")
@@ -95,3 +98,16 @@ def test_a_stream_with_no_text_still_says_the_answer_is_the_assistants(live: tup
         final = stream.get_final_completion()
     choice = final.choices[0]
     assert (choice.message.role, choice.message.content or "", choice.finish_reason) == ("assistant", "", "stop")
+
+
+def test_an_openai_upstreams_fingerprint_and_service_tier_reach_the_client(
+        live: tuple[LiveGateway, RecordingSink]) -> None:
+    gateway, _ = live
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+    messages: Any = [{"role": "user", "content": "fingerprint"}]
+    whole = client.chat.completions.create(model="laneway", messages=messages)
+    assert (whole.system_fingerprint, whole.service_tier) == ("fp_abc123", "default")
+    chunks = list(client.chat.completions.create(model="laneway", messages=messages, stream=True))
+    assert chunks and all((c.system_fingerprint, c.service_tier) == ("fp_abc123", "default") for c in chunks)
+    plain = client.chat.completions.create(model="laneway", messages=[{"role": "user", "content": "hello"}])
+    assert (plain.system_fingerprint, plain.service_tier) == (None, None)  # none given, none made up

@@ -84,6 +84,9 @@ class Completion:
     upstream_id: str = ""
     tool_calls: list[dict[str, Any]] | None = None  # OpenAI `message.tool_calls`, as the model made them
     refusal: str | None = None  # OpenAI `message.refusal`: the model declined, and said why (no `text` then)
+    # An OpenAI-compatible upstream's `system_fingerprint` and `service_tier`, passed on to the client
+    system_fingerprint: str | None = None
+    service_tier: str | None = None
 
 
 def tool_call_text(calls: list[dict[str, Any]]) -> list[str]:
@@ -107,6 +110,8 @@ class Chunk:
     logprobs: list[TokenLogprob] | None = None
     tool_calls: list[dict[str, Any]] | None = None  # OpenAI `delta.tool_calls` pieces, each with its `index`
     refusal: str = ""  # a piece of OpenAI's `delta.refusal`
+    system_fingerprint: str | None = None  # an OpenAI-compatible upstream's, on the chunks that carry it
+    service_tier: str | None = None
 
 
 # Content part types that are text (an assistant's `refusal` part included); others are media.

@@ -118,6 +118,10 @@ def is_overflow(status: int, text: str) -> bool:
     return status == 400 and ("context_length_exceeded" in text or "maximum context length" in text)
 
 
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def parse_completion(data: dict[str, Any], model: str) -> Completion:
     try:
         choice = data["choices"][0]
@@ -133,6 +137,7 @@ def parse_completion(data: dict[str, Any], model: str) -> Completion:
             upstream_id=str(data.get("id") or ""),
             tool_calls=_tool_calls(message, model),
             refusal=message.get("refusal") if isinstance(message.get("refusal"), str) else None,
+            system_fingerprint=_text(data.get("system_fingerprint")), service_tier=_text(data.get("service_tier")),
         )
     except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         raise UpstreamBadResponse("answer lacks `choices[0].message`", model=model) from None
@@ -144,7 +149,8 @@ def parse_chunk(event: dict[str, Any], model: str) -> Chunk | None:
         message = error.get("message") if isinstance(error, dict) else str(error)
         raise UpstreamError(f"upstream error mid-stream: {message}", model=model)
     usage = event.get("usage")
-    chunk = Chunk()
+    chunk = Chunk(system_fingerprint=_text(event.get("system_fingerprint")),
+                  service_tier=_text(event.get("service_tier")))
     if isinstance(usage, dict):
         chunk.usage = usage_of(usage)
     choices = event.get("choices") or []

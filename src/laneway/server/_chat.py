@@ -134,11 +134,21 @@ def _completion_body(completion: Completion, exchange: Exchange, logprobs: bool)
     tokens = {"content": completion.logprobs} if logprobs and completion.logprobs is not None else None
     return orjson.dumps({
         "id": f"chatcmpl-{exchange.request_id}", "object": "chat.completion", "created": int(exchange.started_at),
-        "model": exchange.model,
+        "model": exchange.model, **_upstream_fields(completion.system_fingerprint, completion.service_tier),
         "choices": [{"index": 0, "message": message,
                      "finish_reason": completion.finish_reason, "logprobs": tokens}],
         "usage": usage_body(usage),
     })
+
+
+def _upstream_fields(fingerprint: str | None, tier: str | None) -> dict[str, str]:
+    """`system_fingerprint` and `service_tier` as an OpenAI-compatible upstream gave them (others give none)."""
+    fields = {}
+    if fingerprint is not None:
+        fields["system_fingerprint"] = fingerprint
+    if tier is not None:
+        fields["service_tier"] = tier
+    return fields
 
 
 def usage_body(usage: Usage) -> dict[str, Any]:
@@ -166,7 +176,7 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
     stopped = False
     failure: UpstreamError | None = None
     try:
-        encoder = _ChunkEncoder(exchange)
+        encoder = _ChunkEncoder(exchange, started.first)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*_SSE, *base, *laneway_headers(exchange, cost=False)]})
         exchange.ttft_ms = (time.perf_counter() - started_perf) * 1000
@@ -331,9 +341,11 @@ class _ChunkEncoder:
 
     __slots__ = ("_delta", "_finish_head", "_head", "_tail")
 
-    def __init__(self, exchange: Exchange) -> None:
+    def __init__(self, exchange: Exchange, first: Chunk | None = None) -> None:
+        """`first`: the stream's first chunk, whose upstream fields (`system_fingerprint`) every chunk repeats."""
+        upstream = _upstream_fields(first.system_fingerprint, first.service_tier) if first is not None else {}
         head = orjson.dumps({"id": f"chatcmpl-{exchange.request_id}", "object": "chat.completion.chunk",
-                             "created": int(exchange.started_at), "model": exchange.model})[:-1]
+                             "created": int(exchange.started_at), "model": exchange.model, **upstream})[:-1]
         self._delta = b"data: " + head + b',"choices":[{"index":0,"delta":{'
         self._head = self._delta + b'"role":"assistant",'
         self._tail = b'},"finish_reason":null}]}\n\n'
