@@ -15,6 +15,8 @@ Message = dict[str, Any]
 class KnowledgeMessage(dict[str, Any]):
     """The passages a route's retrieval put in the prompt, as a message: a model profile's `system_mode:
     replace` replaces the client's system prompt, not this (grounding.py, runtime.prepare)."""
+
+
 # One token of an answer as OpenAI's `logprobs.content` has it: `token`, `logprob`, `bytes`, `top_logprobs`.
 TokenLogprob = dict[str, Any]
 
