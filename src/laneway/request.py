@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -102,21 +102,15 @@ def decode(body: bytes, max_messages: int) -> ClientRequest:
     if not isinstance(data, dict):
         raise InvalidRequest("request body must be a JSON object")
     unknown = [key for key in data if key not in _FIELDS]
-    legacy = next((key for key in unknown if key in _LEGACY), None)
-    if legacy is not None:
-        raise InvalidRequest(f"`{legacy}` is OpenAI's deprecated function calling; send {_LEGACY[legacy]} "
-                             "instead (the `openai` client: `tools=[{\"type\": \"function\", \"function\": {...}}]`)",
-                             param=legacy)
     if unknown:
-        raise InvalidRequest(f"unknown field `{unknown[0]}`; supported: {', '.join(sorted(_FIELDS))}",
-                             param=unknown[0])
+        _refuse_unknown(unknown)
     model = data.get("model")
     if not isinstance(model, str) or not model:
         problem = "is required" if model is None or model == "" else f"must be a string, got {shown(model)}"
         raise InvalidRequest(f"`model` {problem}: a route table name such as `laneway`, or a model name",
                              param="model")
     messages = _messages(data.get("messages"), max_messages)
-    params = {key: data[key] for key in _PARAMS if key in data and data[key] is not None}
+    params = {key: value for key, value in data.items() if key in _PARAMS and value is not None}
     _check_params(params, data.get("n"))
     stream = data.get("stream")
     stream = False if stream is None else stream  # null is the default, as OpenAI's API reads it
@@ -180,6 +174,15 @@ def _messages(raw: Any, limit: int) -> list[dict[str, Any]]:
     return raw
 
 
+def _refuse_unknown(unknown: list[str]) -> NoReturn:
+    legacy = next((key for key in unknown if key in _LEGACY), None)
+    if legacy is not None:
+        raise InvalidRequest(f"`{legacy}` is OpenAI's deprecated function calling; send {_LEGACY[legacy]} "
+                             "instead (the `openai` client: `tools=[{\"type\": \"function\", \"function\": {...}}]`)",
+                             param=legacy)
+    raise InvalidRequest(f"unknown field `{unknown[0]}`; supported: {', '.join(sorted(_FIELDS))}", param=unknown[0])
+
+
 def _check_params(params: dict[str, Any], n: Any) -> None:
     if n is not None and (not _is_int(n) or n != 1):  # `true` is not 1
         raise InvalidRequest("`n` must be 1: Laneway routes and accounts one answer per request", param="n")
@@ -192,9 +195,10 @@ def _check_params(params: dict[str, Any], n: Any) -> None:
     if "top_logprobs" in params and not _is_int(params["top_logprobs"]):
         raise InvalidRequest(f"`top_logprobs` must be a whole number, got {shown(params['top_logprobs'])}",
                              param="top_logprobs")
-    for key, (valid, shape) in _SHAPES.items():
-        if key in params and not valid(params[key]):
-            raise InvalidRequest(f"`{key}` must be {shape}, got {shown(params[key])}", param=key)
+    for key, value in params.items():  # the request's few, not every shape there is
+        checked = _SHAPES.get(key)
+        if checked is not None and not checked[0](value):
+            raise InvalidRequest(f"`{key}` must be {checked[1]}, got {shown(value)}", param=key)
     for key in ("max_tokens", "max_completion_tokens"):
         value = params.get(key)
         if value is None:

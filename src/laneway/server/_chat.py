@@ -132,13 +132,16 @@ def _completion_body(completion: Completion, exchange: Exchange, logprobs: bool)
     if completion.tool_calls:
         message["tool_calls"] = completion.tool_calls
     tokens = {"content": completion.logprobs} if logprobs and completion.logprobs is not None else None
-    return orjson.dumps({
+    body = {
         "id": f"chatcmpl-{exchange.request_id}", "object": "chat.completion", "created": int(exchange.started_at),
-        "model": exchange.model, **_upstream_fields(completion.system_fingerprint, completion.service_tier),
+        "model": exchange.model,
         "choices": [{"index": 0, "message": message,
                      "finish_reason": completion.finish_reason, "logprobs": tokens}],
         "usage": usage_body(usage),
-    })
+    }
+    if completion.system_fingerprint is not None or completion.service_tier is not None:
+        body.update(_upstream_fields(completion.system_fingerprint, completion.service_tier))
+    return orjson.dumps(body)
 
 
 def _upstream_fields(fingerprint: str | None, tier: str | None) -> dict[str, str]:
