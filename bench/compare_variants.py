@@ -67,7 +67,10 @@ def main() -> int:
                     cpu[contender.name].append(figures["cpu_us_per_request"])
                     sampled[contender.name].append(figures["sampled_cpu_us_per_request"])
             if args.cpu and args.together:
-                for name, figures in paced_cpu_together(chosen, 1000.0, args.seconds).items():
+                # The order alternates, as for wrk: the variant loaded first measured 3-4 µs per request more
+                # than the same code loaded second (docs/benchmarks.md, eighteenth round).
+                order = chosen if round_no % 2 == 0 else chosen[::-1]
+                for name, figures in paced_cpu_together(order, 1000.0, args.seconds).items():
                     cpu[name].append(figures["cpu_us_per_request"])
                     sampled[name].append(figures["sampled_cpu_us_per_request"])
         health = {c.name: _log_health(c) for c in chosen}
