@@ -66,6 +66,6 @@ class CircuitBreaker:
         return self.open_until == 0.0
 
     def state(self, now: float) -> str:
-        if self.open_until == 0.0:
+        if self.closed:
             return "closed"
         return "half_open" if now >= self.open_until else "open"

@@ -349,15 +349,15 @@ class Dispatcher:
         output = request.max_tokens(256)
         ticket.estimate = (prompt + output, spec.price.cost(prompt, output))
         degrade = spec.gate.degrade_to if spec.gate else None
+        loop = asyncio.get_running_loop()
+        queued = loop.time()
         until = plan.deadline
         if degrade is not None or plan.lanes[-1] != (lane, spec.name):
-            now = asyncio.get_running_loop().time()
-            until = now + QUEUE_SHARE * max(0.0, plan.deadline - now)
-        queued = asyncio.get_running_loop().time()
+            until = queued + QUEUE_SHARE * max(0.0, plan.deadline - queued)
         try:
             waited = await gate.admit(plan.priority, *ticket.estimate, until)
         except GateRejected as refused:
-            exchange.upstream_ms += (asyncio.get_running_loop().time() - queued) * 1000  # waited for a slot
+            exchange.upstream_ms += (loop.time() - queued) * 1000  # waited for a slot
             exchange.attempts.append(Attempt(spec.name, GATED, lane=lane, error=refused.reason))
             if self.sink is not None:
                 self.sink.count("gate_rejected", spec.name)

@@ -117,16 +117,14 @@ def _read_event(outcome: Outcome, event: bytes, now: float) -> bool:
     payload = b"\n".join(data)
     if payload == b"[DONE]":
         return True
-    if name == b"error":
-        _failed(outcome, f"stream error {_error_code(payload)}".rstrip(), _error_message(payload))
-        return False
     try:
         chunk = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        _failed(outcome, "stream bad event", f"not JSON: {payload.decode('utf-8', 'replace')}")
-        return False
-    if isinstance(chunk, dict) and chunk.get("error"):
+        chunk = _NOT_JSON
+    if name == b"error" or (isinstance(chunk, dict) and chunk.get("error")):  # an error event's data may be words
         _failed(outcome, f"stream error {_error_code(payload)}".rstrip(), _error_message(payload))
+    elif chunk is _NOT_JSON:
+        _failed(outcome, "stream bad event", f"not JSON: {payload.decode('utf-8', 'replace')}")
     elif _carries_output(chunk):
         if outcome.ttft is None:
             outcome.ttft = now
@@ -140,6 +138,7 @@ def _failed(outcome: Outcome, kind: str, detail: str) -> None:
         outcome.error, outcome.detail = kind, " ".join(detail.split())[:DETAIL_CHARS]
 
 
+_NOT_JSON = object()
 _OUTPUT_FIELDS = ("content", "tool_calls", "refusal", "reasoning_content", "reasoning")
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..chat import (
@@ -243,8 +242,9 @@ class _StreamState:
     """What a Messages stream has said so far; the finish and usage go out only with `message_stop`."""
 
     def __init__(self) -> None:
-        self.usage = Usage()  # the prompt's counts, from `message_start` (or a `message_delta` that repeats them)
-        self._counts: dict[str, Any] = {}  # the usage fields said so far, a later non-null one winning
+        # The prompt's counts as `message_start` gave them, or a `message_delta` that repeats them (a later
+        # non-null one winning); the usage is read from them at `message_stop`.
+        self._counts: dict[str, Any] = {}
         self.output_tokens = 0
         self.finish: str | None = None
         self.stopped = False
@@ -278,13 +278,12 @@ class _StreamState:
         if kind == "message_start":
             usage = (event.get("message") or {}).get("usage") or {}
             self._counts = dict(usage)
-            self.usage = usage_of(usage, 0)
             self.output_tokens = int(usage.get("output_tokens") or 0)
         elif kind == "message_delta":
             self._delta(event)
         elif kind == "message_stop" and not self.stopped:
             self.stopped = True
-            usage = replace(self.usage, completion_tokens=self.output_tokens)
+            usage = usage_of(self._counts, self.output_tokens)
             return Chunk(finish_reason=self.finish or "stop", usage=usage)
         elif kind == "error":
             raise stream_error(event.get("error"), model)
@@ -301,7 +300,6 @@ class _StreamState:
             self.output_tokens = int(usage["output_tokens"])
         if usage.get("input_tokens") is not None:
             self._counts.update((name, value) for name, value in usage.items() if value is not None)
-            self.usage = usage_of(self._counts, 0)
 
 
 def content_blocks(message: Message) -> list[dict[str, Any]]:

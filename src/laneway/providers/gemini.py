@@ -164,10 +164,7 @@ def request_body(request: ChatRequest, thinking: int | str | None = None,
     if any(system):
         body["systemInstruction"] = {"parts": [{"text": text} for text in system if text]}
     body.update(tool_settings(request.params))
-    config = generation_config(request)
-    if not penalties:
-        for name in _PENALTIES:
-            config.pop(_RENAMED[name], None)
+    config = generation_config(request, penalties)
     if thinking is not None:
         _think(config, thinking)
     if config:
@@ -209,10 +206,12 @@ def contents_of(messages: list[Message], signatures: Signatures) -> list[Message
     return contents
 
 
-def generation_config(request: ChatRequest) -> dict[str, Any]:
-    """OpenAI generation parameters in `generationConfig`'s names; the ones it lacks are dropped."""
+def generation_config(request: ChatRequest, penalties: bool = True) -> dict[str, Any]:
+    """OpenAI generation parameters in `generationConfig`'s names; the ones it lacks are dropped, and so are
+    the penalties for a model that does not take them."""
     params = request.params
-    config = {field: params[name] for name, field in _RENAMED.items() if params.get(name) is not None}
+    config = {field: params[name] for name, field in _RENAMED.items()
+              if params.get(name) is not None and (penalties or name not in _PENALTIES)}
     if "max_tokens" in params or "max_completion_tokens" in params:
         config["maxOutputTokens"] = request.max_tokens(0)
     stop = params.get("stop")

@@ -20,11 +20,10 @@ from laneway.telemetry._intervals import (
     wilson,
 )
 from laneway.telemetry._lane_figures import ci, insufficient, money, ms, rate, relative
-from laneway.telemetry._records import SHADOW_LANE, ExchangeRow
+from laneway.telemetry._records import CACHE_LANE, SHADOW_LANE, ExchangeRow
 from laneway.telemetry._summary import NO_ROUTE, percentile
 
 CANARY_LANE = "canary"
-CACHE_LANE = "cache"
 PRIMARY_LANE = "primary"
 
 

@@ -13,6 +13,7 @@ import orjson
 from laneway.exchange import CLIENT_DISCONNECTED, GATED, OK, SKIPPED, Attempt, Exchange
 
 SHADOW_LANE = "shadow"
+CACHE_LANE = "cache"  # an answer from the response cache: no model was called
 
 
 class ExchangeRow(NamedTuple):
