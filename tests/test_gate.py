@@ -39,7 +39,17 @@ def test_budget_refills_per_minute() -> None:
     assert budget.take(500, now=0.0) == 0.0
     assert budget.take(200, now=0.0) == pytest.approx(10.0)  # 100 short at 10 per second
     assert budget.take(200, now=10.0) == 0.0
-    assert budget.take(5000, now=10.0) == 0.0  # larger than a minute's budget: let through alone
+
+
+def test_a_request_larger_than_a_minutes_budget_waits_for_a_full_bucket_and_goes_alone() -> None:
+    budget = Budget(per_minute=1000)
+    assert budget.take(400, now=0.0) == 0.0
+    assert budget.take(2000, now=0.0) == pytest.approx(24.0)  # 400 short of full at 1000 a minute
+    assert budget.take(2000, now=24.0) == 0.0  # full: it goes, and leaves the bucket 1000 in debt
+    # The requests after it wait for the debt to be paid off, however large they are.
+    assert budget.take(2000, now=24.0) == pytest.approx(120.0)
+    assert budget.take(100, now=24.0) == pytest.approx(66.0)
+    assert budget.take(100, now=90.0) == 0.0
 
 
 async def test_priority_order_and_concurrency_bound() -> None:

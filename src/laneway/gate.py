@@ -88,26 +88,30 @@ def next_limit(limit: int, p95_ms: float, busy: bool, policy: Adaptive, ceiling:
 
 @dataclass(slots=True)
 class Budget:
-    """A token bucket refilled continuously at `per_minute`; holds at most one minute's worth."""
+    """A token bucket refilled continuously at `per_minute`; holds at most one minute's worth. A single
+    request larger than a minute's worth waits for a full bucket and goes alone, leaving the bucket in
+    debt: the requests after it wait until the debt is paid off."""
 
     per_minute: float
-    level: float = -1.0
+    level: float | None = None  # None: never taken from (full)
     stamp: float = 0.0
 
     def take(self, amount: float, now: float) -> float:
         """Take `amount` if available and return 0; else return the seconds until it will be."""
-        if self.level < 0:
-            self.level, self.stamp = self.per_minute, now
-        self.level = min(self.per_minute, self.level + (now - self.stamp) * self.per_minute / 60)
+        per_minute = self.per_minute
+        level = per_minute if self.level is None else min(per_minute,
+                                                          self.level + (now - self.stamp) * per_minute / 60)
         self.stamp = now
-        if amount <= self.level or amount > self.per_minute:
-            # A single request larger than a minute's budget is let through alone rather than never.
-            self.level -= amount
+        need = min(amount, per_minute)
+        if need <= level:
+            self.level = level - amount
             return 0.0
-        return (amount - self.level) * 60 / self.per_minute
+        self.level = level
+        return (need - level) * 60 / per_minute
 
     def refund(self, amount: float) -> None:
-        self.level = min(self.per_minute, self.level + amount)
+        if self.level is not None:
+            self.level = min(self.per_minute, self.level + amount)
 
 
 @dataclass(order=True)

@@ -43,10 +43,11 @@ local level = tonumber(held[1]) or per_minute
 local stamp = tonumber(held[2]) or now
 level = math.min(per_minute, level + math.max(0, now - stamp) * per_minute / 60)
 local wait = 0
-if amount <= level or amount > per_minute then
+local need = math.min(amount, per_minute)  -- more than a minute's worth waits for a full bucket, then goes alone
+if need <= level then
   level = level - amount
 else
-  wait = (amount - level) * 60 / per_minute
+  wait = (need - level) * 60 / per_minute
 end
 redis.call('HSET', KEYS[1], 'level', string.format('%.6f', level), 'stamp', string.format('%.6f', now))
 redis.call('EXPIRE', KEYS[1], 60 + math.ceil((per_minute - level) * 60 / per_minute))
