@@ -19,8 +19,8 @@ import pytest
 from _live import LiveGateway, RecordingSink, live_gateway
 from laneway.cli import main
 from laneway.config import load_config, parse_config
-from laneway.errors import ConfigError
-from laneway.keys import hash_key
+from laneway.errors import ConfigError, RateLimited
+from laneway.keys import KeyPolicy, KeyRing, hash_key
 
 CLIENT_KEY = "lw-test-client-key"
 OTHER_KEY = "lw-test-other-key"
@@ -109,6 +109,16 @@ def test_admin_endpoints_need_the_admin_key(keyed: LiveGateway) -> None:
     status, _, body = call(keyed, "/admin/config", ADMIN_KEY)
     assert status == 200 and json.loads(body)["routes"][0]["name"] == "billing"
     assert call(keyed, "/admin/reload", None, {})[0] == 401
+    # The scheme is case-insensitive, as for client keys (RFC 7235); the key itself is not.
+    for authorization, expected in ((f"bearer {ADMIN_KEY}", 200), (f"BEARER  {ADMIN_KEY}", 200),
+                                    (f"Bearer {ADMIN_KEY.upper()}", 401), (f"Basic {ADMIN_KEY}", 401), ("Bearer", 401)):
+        request = urllib.request.Request(keyed.url + "/admin/config", headers={"authorization": authorization})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status = response.status
+        except urllib.error.HTTPError as error:
+            status = error.code
+        assert status == expected, authorization
 
 
 def test_an_admin_key_variable_that_is_not_set_keeps_the_admin_endpoints_closed(
@@ -209,3 +219,45 @@ def test_a_key_whose_name_is_empty_blank_or_unprintable_is_a_config_error(name: 
         parse_config(f'keys:\n  - name: {name}\n    hash: "{hash_key("k")}"\nroutes:\n- target: gpt-5\n')
     [issue] = caught.value.issues
     assert issue.path == "keys[0].name" and words in issue.message, issue
+
+
+def test_a_reload_applies_a_keys_changed_rate_limits_and_keeps_what_it_spent() -> None:
+    def policies(**limits: int) -> tuple[KeyPolicy, ...]:
+        return (KeyPolicy("web", hash_key(CLIENT_KEY), **limits),)
+
+    ring = KeyRing(policies(requests_per_minute=2))
+    [web] = ring.by_digest.values()
+    ring.admit(web, None, 10)
+    ring.admit(web, None, 10)
+    ring.charge(web, 0.25)
+    with pytest.raises(RateLimited, match="over 2 requests per minute"):
+        ring.admit(web, None, 10)
+    ring.update(policies(requests_per_minute=1000, tokens_per_minute=15))
+    [web] = ring.by_digest.values()
+    ring.admit(web, None, 10)  # the new, higher limit
+    with pytest.raises(RateLimited, match="over 15 tokens per minute"):
+        ring.admit(web, None, 10)
+    assert ring.spent(web) == 0.25
+    ring.update(policies())  # no limits at all
+    [web] = ring.by_digest.values()
+    for _ in range(5):
+        ring.admit(web, None, 10)
+
+
+def test_two_keys_with_the_same_hash_are_a_config_error() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f'keys:\n  - {{name: web, hash: "{hash_key("k")}", routes: [chat]}}\n'
+                     f'  - {{name: web-copy, hash: "{hash_key("k")}"}}\nroutes:\n- {{name: chat, target: gpt-5}}\n')
+    [issue] = caught.value.issues
+    assert issue.path == "keys[1].hash" and "same hash as key `web`" in issue.message, issue
+    assert "laneway keys new web-copy" in issue.message
+
+
+def test_an_unknown_route_of_a_key_in_the_keys_file_names_that_file(tmp_path: Path) -> None:
+    (tmp_path / "keys.yaml").write_text(f'- {{name: ops, hash: "{hash_key("o")}", routes: [chatt]}}\n')
+    (tmp_path / "routing.yaml").write_text(f'keys:\n  - {{name: web, hash: "{hash_key("k")}"}}\n'
+                                           "keys_file: keys.yaml\nroutes:\n- {name: chat, target: gpt-5}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "routing.yaml")
+    [issue] = caught.value.issues
+    assert issue.path == "keys.yaml[0].routes" and "unknown route `chatt`" in issue.message, issue

@@ -48,6 +48,7 @@ class KeyPolicy:
     tokens_per_minute: int | None = None
     usd_budget: float | None = None
     budget_period: str = "month"  # day | month | total
+    where: str = field(default="", compare=False)  # its YAML path, in the routing file or the keys file
 
 
 @dataclass(slots=True)
@@ -66,8 +67,17 @@ class KeyRing:
         self._usage: dict[str, _Usage] = {}
 
     def update(self, policies: tuple[KeyPolicy, ...]) -> None:
-        """Take a reloaded key list; what each surviving key has used is kept."""
+        """Take a reloaded key list. What each surviving key has spent is kept; a rate it now has another
+        limit for starts again, full, at the new limit."""
         self.by_digest = {p.digest: p for p in policies}
+        for digest, usage in self._usage.items():
+            policy = self.by_digest.get(digest)
+            if policy is None:
+                continue
+            if _limit(usage.requests) != policy.requests_per_minute:
+                usage.requests = _bucket(policy.requests_per_minute)
+            if _limit(usage.tokens) != policy.tokens_per_minute:
+                usage.tokens = _bucket(policy.tokens_per_minute)
 
     def charge_named(self, name: str, cost_usd: float) -> None:
         for policy in self.by_digest.values():
@@ -118,8 +128,7 @@ class KeyRing:
     def _usage_of(self, policy: KeyPolicy) -> _Usage:
         usage = self._usage.get(policy.digest)
         if usage is None:
-            usage = _Usage(Budget(policy.requests_per_minute) if policy.requests_per_minute else None,
-                           Budget(policy.tokens_per_minute) if policy.tokens_per_minute else None)
+            usage = _Usage(_bucket(policy.requests_per_minute), _bucket(policy.tokens_per_minute))
             self._usage[policy.digest] = usage
         return usage
 
@@ -131,3 +140,11 @@ class KeyRing:
     def _period_left(self, policy: KeyPolicy, usage: _Usage) -> float:
         length = PERIODS[policy.budget_period]
         return max(1.0, usage.period_start + length - time.time()) if length else 3600.0
+
+
+def _bucket(per_minute: int | None) -> Budget | None:
+    return Budget(per_minute) if per_minute else None
+
+
+def _limit(bucket: Budget | None) -> float | None:
+    return None if bucket is None else bucket.per_minute

@@ -28,13 +28,19 @@ def parse_keys(top: Section, base: Path) -> tuple[KeyPolicy, ...]:
         entries += _from_file(base / file, top.where("keys_file"), top.issues)
     policies = []
     names: set[str] = set()
+    owners: dict[str, str] = {}  # digest -> the key that has it
     for raw, path in entries:
         policy = _key(Section(raw, path, top.issues))
         if policy is None:
             continue
         if policy.name in names:
             top.issues.add(path, f"duplicate key name `{policy.name}`")
+        if (owner := owners.get(policy.digest)) is not None:
+            # Only one of them could ever answer for the key: the other's routes and limits would not apply.
+            top.issues.add(f"{path}.hash", f"the same hash as key `{owner}`; each key needs its own: make one "
+                                           f"with `laneway keys new {policy.name}`")
         names.add(policy.name)
+        owners.setdefault(policy.digest, policy.name)
         policies.append(policy)
     return tuple(policies)
 
@@ -73,6 +79,7 @@ def _key(s: Section) -> KeyPolicy | None:
         requests_per_minute=int(rpm) if rpm else None, tokens_per_minute=int(tpm) if tpm else None,
         usd_budget=s.number("usd_budget", None, minimum=0),
         budget_period=s.text("budget_period", "month", choices=tuple(PERIODS)) or "month",
+        where=s.path,
     )
     s.done()
     return policy if name and digest else None

@@ -487,10 +487,10 @@ def _check_global_shadows(shadow: ShadowSettings, routes: list[Route], issues: I
 
 def _check_key_routes(keys: tuple[KeyPolicy, ...], routes: list[Route], issues: Issues) -> None:
     names = {r.name for r in routes}
-    for i, key in enumerate(keys):
+    for key in keys:
         unknown = sorted((key.routes or frozenset()) - names)
         if unknown:
-            issues.add(f"keys[{i}].routes", f"unknown route `{unknown[0]}`; routes: {', '.join(sorted(names))}")
+            issues.add(f"{key.where}.routes", f"unknown route `{unknown[0]}`; routes: {', '.join(sorted(names))}")
 
 
 def _check_degrade(own: dict[str, ModelSpec], known: dict[str, ModelSpec], issues: Issues) -> None:

@@ -150,8 +150,8 @@ class App:
                 raise Forbidden("admin endpoints are closed: set `admin.key_env` to the variable holding the "
                                 "admin key")
             return  # no keys at all: the gateway listens on loopback only
-        given = headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
             raise Unauthorized("admin endpoints need `Authorization: Bearer <admin key>`")
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str], request_id: str,
