@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from _live import live_gateway
+from laneway.config import load_config
 from laneway.server._serve import check_exposure
 
 A = "routes:\n- name: a\n  target: gpt-5-mini\n"
@@ -100,3 +101,30 @@ def test_a_reload_says_which_variables_the_environment_lacks(sim_url: str, tmp_p
     assert status == 200 and body["warnings"] == [
         "admin.key_env: `LANEWAY_TEST_UNSET_ADMIN_KEY` is not set; the admin endpoints stay closed until it is"]
     assert "LANEWAY_TEST_UNSET_ADMIN_KEY` is not set" in caplog.text  # and in the server's log
+
+
+def test_the_gateway_keeps_serving_while_a_reload_reads_the_file(sim_url: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import laneway.gateway
+
+    path = tmp_path / "routes.yaml"
+    path.write_text(A)
+    reading, release = threading.Event(), threading.Event()
+
+    def slow_load(source: Path) -> Any:  # a routing file that takes long to read and analyse
+        reading.set()
+        release.wait(30)
+        return load_config(source)
+
+    monkeypatch.setattr(laneway.gateway, "load_config", slow_load)
+    with live_gateway(A, sim_url, config_path=path) as live, ThreadPoolExecutor(1) as pool:
+        path.write_text(B)
+        reloaded = pool.submit(_reload, live.url)
+        assert reading.wait(10)
+        try:
+            with urllib.request.urlopen(live.url + "/healthz", timeout=5) as r:
+                status = r.status
+        finally:
+            release.set()
+        assert status == 200
+        assert reloaded.result(timeout=30) == (200, {"reloaded": True, "routes": 1, "warnings": []})
