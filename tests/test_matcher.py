@@ -53,6 +53,12 @@ def test_matcher_evaluates(source: str, kwargs: dict[str, object], expected: boo
     ("priority in [high, 3]", "`priority` is text", 20),
     ("convo_length <= 8 priority", "unexpected `priority`; expected `&&`, `||` or the end", 19),
     ("convo_length & 8", "use `==` to compare, `&&`/`||` to combine", 14),
+    ("escalaton && priority == high", "`escalaton` is not a signal; did you mean `escalation`?", 1),
+    ("tokens > 1e3", "`1e3` is not a number the matcher reads; write digits", 10),
+    ("tokens > 1_000", "`1_000` is not a number", 10),
+    ("intent_confidence > .5", "`.5` is not a number", 21),
+    ("metadata.tier == gold", "`metadata.tier` is read as the signal `tier`: write `tier == ...`", 1),
+    ("metadata.plan == pro || metadata.intent == refund", "the signal `intent`", 25),
 ])
 def test_matcher_errors_name_the_column(source: str, message: str, column: int) -> None:
     with pytest.raises(MatcherError) as caught:

@@ -20,11 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..signals import SIGNALS, Signals, SignalType
+from ..signals import SETTABLE, SIGNALS, Signals, SignalType
 
 Predicate = Callable[[Signals], bool]
 Getter = Callable[[Signals], Any]
 
+_NUMBER_LIKE = re.compile(r"-?\.?\d[\w.+-]*")  # what a user may mean as a number: 1e3, 1_000, .5
 _TOKEN = re.compile(
     r"""\s*(?:
         (?P<num>-?\d+(?:\.\d+)?)(?![\w.])
@@ -97,6 +98,9 @@ def _tokenize(source: str) -> list[_Tok]:
             col = pos + len(source[pos:]) - len(source[pos:].lstrip()) + 1
             bad = source[col - 1]
             hint = " (use `==` to compare, `&&`/`||` to combine)" if bad in "=&|" else ""
+            if number := _NUMBER_LIKE.match(source, col - 1):
+                raise MatcherError(f"`{number.group()}` is not a number the matcher reads; write digits with an "
+                                   "optional decimal point, e.g. `1000` or `0.5`", col)
             raise MatcherError(f"unexpected character {bad!r}{hint}", col)
         kind = m.lastgroup or "op"
         tokens.append(_Tok(kind, m.group(kind), m.start(kind) + 1))
@@ -192,6 +196,8 @@ class _Parser:
         if left.kind == "literal" and isinstance(left.value, bool):
             value = left.value
             return lambda _s: value
+        if left.kind == "literal" and left.bare:  # a word that names no signal: most likely a misspelled one
+            raise _not_a_signal(left)
         raise MatcherError(
             f"`{_show(left)}` is not a condition; compare it, e.g. `{_show(left)} == ...`", left.column
         )
@@ -208,6 +214,9 @@ class _Parser:
             if tok.text in SIGNALS or tok.text.startswith("metadata."):
                 if tok.text == "metadata.":
                     raise MatcherError("`metadata.` needs a key, e.g. `metadata.plan`", tok.column)
+                if (key := tok.text[len("metadata."):]) in SETTABLE:
+                    # A request's `metadata.tier` sets the signal `tier`; it is not kept among the metadata.
+                    raise MatcherError(f"`{tok.text}` is read as the signal `{key}`: write `{key} == ...`", tok.column)
                 self.used.add(tok.text)
                 return _Operand("signal", tok.text, tok.column)
             return _Operand("literal", tok.text, tok.column, bare=True)
