@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -192,6 +193,50 @@ async def test_pipelined_requests_are_answered_in_order() -> None:
         bodies = [(await read_response(reader))[2] for _ in range(3)]
         assert bodies == [b"POST /slow s=0.05 first", b"POST /echo  second", b"POST /echo  third"]
         writer.close()
+
+
+async def test_a_client_that_pipelines_without_reading_gets_no_more_answers_until_it_reads() -> None:
+    answered: list[str] = []
+
+    async def large(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        answered.append(scope["path"])
+        body = scope["path"].encode().ljust(1 << 20, b".")  # 1 MiB
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+
+    async with running(large) as server:
+        reader, writer = await asyncio.open_connection(sock=await _small_window(server))
+        writer.write(b"".join(b"GET /%d HTTP/1.1\r\nhost: x\r\n\r\n" % i for i in range(40)))
+        await asyncio.sleep(0.5)
+        # The kernel's buffers and the transport's hold a few answers; the rest wait, unmade, for the client.
+        assert len(answered) <= 4, len(answered)
+        for i in range(40):
+            status, _, body = await read_response(reader)
+            assert status == 200 and body.startswith(b"/%d." % i) and len(body) == 1 << 20
+        assert answered == [f"/{i}" for i in range(40)]
+        writer.close()
+
+    answered.clear()
+    async with running(large, keep_alive_s=0.3) as server:  # one that never reads is let go after a while
+        reader, writer = await asyncio.open_connection(sock=await _small_window(server))
+        writer.write(b"".join(b"GET /%d HTTP/1.1\r\nhost: x\r\n\r\n" % i for i in range(40)))
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if not server.state.connections:
+                break
+        assert not server.state.connections and len(answered) <= 4
+        writer.close()
+
+
+async def _small_window(server: HttpServer) -> socket.socket:
+    """A connected client socket that takes in little before its reader reads."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.bound_ports[0]))
+    return sock
 
 
 async def test_expect_continue_gets_its_interim_answer_before_the_body_is_sent() -> None:

@@ -114,6 +114,7 @@ class Connection(asyncio.Protocol):
         self.server: tuple[str, int] | None = None
         self.client: tuple[str, int] | None = None
         self.cycle: Cycle | None = None  # the request being answered
+        self._held: Cycle | None = None  # answered while the client was not reading: the next waits for it
         self.pipeline: deque[Cycle] = deque()  # requests that arrived behind it
         self.parsing: Cycle | None = None  # the request whose bytes the parser is reading
         self.closed = False
@@ -188,6 +189,10 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writable.set()
+        self._active_at = self.loop.time()  # the client reads
+        held, self._held = self._held, None
+        if held is not None and self.cycle is None:
+            self.cycle_done(held)
 
     # httptools callbacks
 
@@ -268,9 +273,17 @@ class Connection(asyncio.Protocol):
         cycle.task = self.loop.create_task(cycle.run())
 
     def cycle_done(self, cycle: Cycle) -> None:
-        """`cycle` has answered: close, or go on with the next request, or wait for one."""
+        """`cycle` has answered: close, or go on with the next request, or wait for one. A client that has
+        not read the answers already sent (the transport's buffer is over its high-water mark) gets no
+        further one until it does (`resume_writing`): pipelining without reading held every answer in
+        memory, 1.5 GB in 8 s."""
         self.cycle = None
         if self.closed:
+            return
+        if (not self.writable.is_set() and cycle.keep_alive and not cycle.more_body and self._refusal is None
+                and not self.state.stopping):
+            self._held = cycle
+            self._pause_reading()
             return
         if self.pipeline and cycle.keep_alive and not self.state.stopping:
             self._start(self.pipeline.popleft())
@@ -366,6 +379,12 @@ class Connection(asyncio.Protocol):
         sending = None if self._in_head or self.reading_paused else self.parsing
         if sending is not None and now >= self._active_at + self.state.keep_alive_s:
             self._body_timed_out(sending)
+            return
+        if self._held is not None and now >= self._active_at + self.state.keep_alive_s:
+            # A whole period without reading the answers sent: the client is stuck or gone. Closing would
+            # wait for them to be read first.
+            if self.transport is not None:
+                self.transport.abort()
             return
         if self.cycle is not None or self.pipeline:  # busy: look again a period after the last bytes, or now
             due = (now if sending is None else self._active_at) + self.state.keep_alive_s
