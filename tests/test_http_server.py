@@ -466,6 +466,34 @@ async def test_an_upgrade_request_is_answered_as_a_plain_one_and_the_connection_
         assert (status, headers["connection"], body) == (200, "close", b"GET /echo  ")
 
 
+async def test_an_upgrade_requests_body_reaches_the_app_whole() -> None:
+    """`curl --http2` on an `http://` URL sends `Upgrade: h2c` with its POST: the body, in the same read as
+    the head or after it, in pieces, is the request's."""
+    head = (b"POST /echo HTTP/1.1\r\nhost: x\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\n"
+            b"http2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\ncontent-length: 300000\r\n\r\n")
+    body = b"".join(b"%06d" % i for i in range(50000))
+    async with running() as server:
+        status, headers, answer = await only_answer(server, head + body + b"GET /next HTTP/1.1\r\n\r\n")
+        assert (status, headers["connection"], answer) == (200, "close", b"POST /echo  " + body)
+        reader, writer = await connect(server)
+        writer.write(head + body[:10])
+        for start in range(10, len(body), 70000):
+            await asyncio.sleep(0.01)
+            writer.write(body[start:start + 70000])
+        status, headers, answer = await read_response(reader)
+        assert (status, answer) == (200, b"POST /echo  " + body)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+
+
+async def test_an_upgrade_request_with_a_chunked_body_is_refused_with_what_to_do() -> None:
+    async with running() as server:
+        status, _, answer = await only_answer(server, (
+            b"POST /echo HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n"
+            b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"))
+        assert status == 400 and b"must send its body with a `content-length`" in answer, answer
+
+
 async def test_bytes_after_a_closing_request_do_not_cost_it_its_answer() -> None:
     async with running() as server:
         status, headers, body = await only_answer(

@@ -115,6 +115,7 @@ class Connection(asyncio.Protocol):
         self.client: tuple[str, int] | None = None
         self.cycle: Cycle | None = None  # the request being answered
         self._held: Cycle | None = None  # answered while the client was not reading: the next waits for it
+        self._upgrade_body_left = 0  # bytes still to read of an upgrade request's body
         self.pipeline: deque[Cycle] = deque()  # requests that arrived behind it
         self.parsing: Cycle | None = None  # the request whose bytes the parser is reading
         self.closed = False
@@ -161,12 +162,15 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._active_at = self.loop.time()
+        if self._upgrade_body_left:
+            self._upgrade_body(data)
+            return
         if self._refusal is not None:
             return  # the bytes after bad ones are not read
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._upgrade_refused()
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgrade_refused(data[upgrade.args[0]:] if upgrade.args else b"")
             return
         except httptools.HttpParserError as error:  # what a callback raises arrives wrapped in one
             if self._head_bytes > MAX_HEAD_BYTES:
@@ -330,9 +334,10 @@ class Connection(asyncio.Protocol):
             self.write(self._refusal)
             self.close()
 
-    def _upgrade_refused(self) -> None:
+    def _upgrade_refused(self, rest: bytes) -> None:
         """`Upgrade` (h2c, WebSocket) is not spoken: the request is answered as a plain one, as RFC 9110
-        allows, and the connection ends after it (the parser reads nothing past an upgrade)."""
+        allows, and the connection ends after it. The parser takes an upgrade's request to end with its
+        head, so a body (`curl --http2` on an `http://` URL sends one) is read here, `rest` first."""
         last = self._last
         if last is None or self.parsing is not None:
             self._refuse(400, "protocol upgrades are not supported")
@@ -340,6 +345,25 @@ class Connection(asyncio.Protocol):
         last.keep_alive = False
         self._pause_reading()
         self._refusal = b""  # nothing to add after the answer: the bytes past the upgrade are not read
+        length, chunked = _declared_body(last.scope["headers"])
+        if chunked:
+            self._refusal, self.parsing = None, last  # its body cannot be read: refused as a broken one
+            self._refuse(400, "a request with `Upgrade` must send its body with a `content-length`, not chunked; "
+                              "or send it without `Upgrade` (curl: without `--http2` for an `http://` URL)")
+        elif length:
+            last.more_body, self.parsing, self._upgrade_body_left = True, last, length
+            self._upgrade_body(rest)
+            self._resume_reading()
+
+    def _upgrade_body(self, data: bytes) -> None:
+        """Bytes of an upgrade request's body (`_upgrade_refused`), read by its `content-length`."""
+        piece = data[:self._upgrade_body_left]
+        self._upgrade_body_left -= len(piece)
+        if piece:
+            self.on_body(piece)
+        if not self._upgrade_body_left:
+            self._pause_reading()  # what follows it is not read
+            self.on_message_complete()
 
     def _discard_rest(self) -> None:
         """Answered before the request's body was in: read the rest and drop it (`on_body`), then close."""
@@ -364,7 +388,7 @@ class Connection(asyncio.Protocol):
 
     def resume_body(self) -> None:
         """Reads on, unless a request waits behind the one answered or bad bytes were refused."""
-        if not self.pipeline and self._refusal is None:
+        if (not self.pipeline and self._refusal is None) or self._upgrade_body_left:
             self._resume_reading()
 
     def _check_idle(self) -> None:
@@ -776,3 +800,14 @@ class _Lifespan:
             self.started.set()
         elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
             self.stopped.set()
+
+
+def _declared_body(headers: list[tuple[bytes, bytes]]) -> tuple[int, bool]:
+    """The body a request's head declares: its `content-length` (0 without one), and whether it is chunked."""
+    length, chunked = 0, False
+    for name, value in headers:
+        if name == b"content-length" and value.strip().isdigit():
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = True
+    return length, chunked
