@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import textwrap
 import urllib.error
 import urllib.request
@@ -264,6 +265,18 @@ def test_body_limit(seed_gateway: LiveGateway) -> None:
     status, _, payload = post(seed_gateway, {"model": "laneway", "messages": [
         {"role": "user", "content": [{"type": "text", "text": "what is on this receipt?"}, photo]}]})
     assert status != 413, payload
+
+
+def test_a_body_declared_over_the_limit_is_refused_before_the_client_sends_it(any_server_gateway: LiveGateway) -> None:
+    """With `Expect: 100-continue` the client waits to be asked for the body: it is told 413 instead."""
+    host, port = any_server_gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"content-length: 30000000\r\nexpect: 100-continue\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:100]
 
 
 def test_request_id_is_echoed(seed_gateway: LiveGateway) -> None:

@@ -163,7 +163,8 @@ class App:
             size = int(declared) if declared is not None else None
         except ValueError:
             raise InvalidRequest("`content-length` is not a number") from None
-        body = await read_body(receive, self.gateway.config.server.max_body_bytes, size)
+        body = await read_body(receive, self.gateway.config.server.max_body_bytes, size,
+                               headers.get("expect", "").lower() == "100-continue")
         await chat_completions(self.gateway, body, headers, scope["path"], send, exchange, base, key, receive)
 
     async def _openapi(self, send: Send, base: Headers, scope: Scope) -> None:

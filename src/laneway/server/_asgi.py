@@ -27,9 +27,11 @@ class ClientGone(Exception):
 _DRAIN_LIMIT = 64 * 1024 * 1024
 
 
-async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
+async def read_body(receive: Receive, limit: int, declared: int | None, continue_expected: bool = False) -> bytes:
+    """The request's body, up to `limit` bytes. A client that sent `Expect: 100-continue` waits for a word
+    before sending the body: one declared over the limit is refused before it is asked for."""
     too_large = PayloadTooLarge(f"request body exceeds the limit of {limit} bytes (`server.max_body_bytes`)")
-    if declared is not None and declared > _DRAIN_LIMIT:
+    if declared is not None and (declared > _DRAIN_LIMIT or (continue_expected and declared > limit)):
         raise too_large
     chunks: list[bytes] = []
     size = 0
