@@ -3,6 +3,7 @@ schemathesis run of the OpenAPI document against a live gateway."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import urllib.error
@@ -85,7 +86,10 @@ def raw_post(live: LiveGateway, data: bytes) -> tuple[int, dict[str, Any]]:
 
 @pytest.mark.parametrize(("data", "needle"), [
     (b"[" * 5000 + b"]" * 5000, "not valid JSON"),
-    (b'{"model": "laneway", "messages": [{"role": "user", "content": "\xff\xfe"}]}', "not valid JSON"),
+    (b'{"model": "laneway", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
+     "request body is not UTF-8: send the JSON encoded as UTF-8"),
+    (gzip.compress(b'{"model": "laneway", "messages": [{"role": "user", "content": "hi"}]}'),
+     "request body is gzip-compressed: send the JSON uncompressed"),
     (b'{"model": 7, "messages": []}', "`model` must be a string, got 7"),
     (b'{"model": "laneway", "messages": [{"role": "user", "content": 5}]}',
      "`messages[0].content` must be a string or a list of content parts (text, image, file or audio), got 5"),

@@ -182,7 +182,7 @@ def test_fields_the_openai_adapter_passes_on_and_anthropic_reads_safety_identifi
      "`function_call` is OpenAI's deprecated function calling; send `tool_choice` instead"),
     ({"model": "gpt-6", "messages": chat(1)}, {}, 404, "model_not_found", "unknown model `gpt-6`"),
     (b"{not json", {}, 400, "invalid_request", "not valid JSON"),
-    (b"\xff\xfe", {}, 400, "invalid_request", "not valid JSON"),
+    (b"\xff\xfe", {}, 400, "invalid_request", "request body is not UTF-8"),
 ])
 def test_bad_requests_get_clear_errors(seed_gateway: LiveGateway, body: Any, headers: dict[str, str],
                                        status: int, code: str, needle: str) -> None:

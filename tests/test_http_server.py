@@ -267,6 +267,23 @@ async def test_a_malformed_request_gets_a_400_that_says_why_and_the_connection_c
         assert body.startswith(b"malformed HTTP request")
 
 
+@pytest.mark.parametrize(("request_bytes", "status", "reason"), [
+    (b"FOO /healthz HTTP/1.1\r\nhost: x\r\n\r\n", 501, b"unknown request method; methods are upper-case"),
+    (b"get /healthz HTTP/1.1\r\nhost: x\r\n\r\n", 501, b"unknown request method"),
+    (b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n", 405,
+     b"CONNECT is not served: Laneway is not a forward proxy"),
+    (b"GET http://h:99999/x HTTP/1.1\r\nhost: x\r\n\r\n", 400, b"invalid request target `http://h:99999/x`"),
+    (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400, b"HTTP/2 is not spoken here: send HTTP/1.1"),
+    (b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501,
+     b"transfer coding `gzip, chunked` is not supported: send the body uncompressed"),
+])
+async def test_a_request_line_or_framing_not_served_gets_an_answer_that_says_so(
+        request_bytes: bytes, status: int, reason: bytes) -> None:
+    async with running() as server:
+        got, headers, body = await only_answer(server, request_bytes)
+        assert (got, headers["connection"]) == (status, "close") and body.startswith(reason), body
+
+
 async def test_an_oversized_head_gets_a_431() -> None:
     async with running() as server:
         reader, writer = await connect(server)

@@ -98,6 +98,11 @@ def decode(body: bytes, max_messages: int) -> ClientRequest:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if body.startswith(b"\x1f\x8b"):
+            raise InvalidRequest("request body is gzip-compressed: send the JSON uncompressed") from None
+        if "not valid UTF-8" in str(exc):
+            raise InvalidRequest("request body is not UTF-8: send the JSON encoded as UTF-8 (compressed bodies are "
+                                 "not supported)") from None
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidRequest("request body must be a JSON object")

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import email.utils
 import logging
+import re
 import signal
 import socket
 import time
@@ -54,6 +55,7 @@ _REASONS = {
 }
 _STATUS_LINES = {status: b"HTTP/1.1 %d %s\r\n" % (status, reason.encode()) for status, reason in _REASONS.items()}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_REQUEST_LINE = re.compile(rb"^([A-Za-z]+) \S+ HTTP/1\.[01]\r?$", re.MULTILINE)
 _CHUNKED = b"transfer-encoding: chunked\r\n"
 _CLOSE = b"connection: close\r\n"
 _KEEP_ALIVE = b"connection: keep-alive\r\n"
@@ -116,6 +118,7 @@ class Connection(asyncio.Protocol):
         self.cycle: Cycle | None = None  # the request being answered
         self._held: Cycle | None = None  # answered while the client was not reading: the next waits for it
         self._upgrade_body_left = 0  # bytes still to read of an upgrade request's body
+        self._why_refused: tuple[int, str] | None = None  # a callback's reason to refuse the request (status, why)
         self.pipeline: deque[Cycle] = deque()  # requests that arrived behind it
         self.parsing: Cycle | None = None  # the request whose bytes the parser is reading
         self.closed = False
@@ -175,6 +178,13 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as error:  # what a callback raises arrives wrapped in one
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse(431, f"the request's line and headers exceed {MAX_HEAD_BYTES} bytes")
+            elif self._why_refused is not None:
+                self._refuse(*self._why_refused)
+            elif isinstance(error, httptools.HttpParserInvalidMethodError) and _unknown_method(data):
+                self._refuse(501, "unknown request method; methods are upper-case, e.g. `POST` or `GET`")
+            elif "PRI" in str(error):
+                self._refuse(400, "HTTP/2 is not spoken here: send HTTP/1.1 (h2c with prior knowledge is not "
+                                  "supported)")
             else:
                 self._refuse(400, f"malformed HTTP request: {error}")
             return
@@ -223,7 +233,23 @@ class Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self.parser
-        url = httptools.parse_url(self._url)
+        method = parser.get_method()
+        if method == b"CONNECT":
+            self._why_refused = (405, "CONNECT is not served: Laneway is not a forward proxy (is a client's "
+                                      "HTTPS_PROXY pointing at it?)")
+            raise ValueError("CONNECT")
+        for name, value in self._headers:
+            if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+                coding = value.decode("latin-1")
+                self._why_refused = (501, f"transfer coding `{coding}` is not supported: send the body uncompressed, "
+                                          "with a `content-length` or `transfer-encoding: chunked`")
+                raise ValueError(coding)
+        try:
+            url = httptools.parse_url(self._url)
+        except httptools.HttpParserInvalidURLError:
+            target = self._url.decode("latin-1")[:200]
+            self._why_refused = (400, f"invalid request target `{target}`: send a path such as `/v1/chat/completions`")
+            raise
         raw_path = url.path or b"/"  # an absolute-form target without a path: http://host
         path = raw_path.decode("ascii", "surrogateescape")
         if "%" in path:
@@ -231,7 +257,7 @@ class Connection(asyncio.Protocol):
         version = parser.get_http_version()
         scope = {
             "type": "http", "asgi": _ASGI_HTTP, "http_version": version,
-            "method": parser.get_method().decode("ascii"), "scheme": "http",
+            "method": method.decode("ascii"), "scheme": "http",
             "path": path, "raw_path": raw_path,
             "query_string": url.query or b"", "root_path": "", "headers": self._headers,
             "client": self.client, "server": self.server,
@@ -811,3 +837,11 @@ def _declared_body(headers: list[tuple[bytes, bytes]]) -> tuple[int, bool]:
         elif name == b"transfer-encoding":
             chunked = True
     return length, chunked
+
+
+def _unknown_method(data: bytes) -> bool:
+    """Whether `data` holds a well-formed request line with a method HTTP does not define (a 501, not a 400)."""
+    return any(line.group(1) not in _METHODS for line in _REQUEST_LINE.finditer(data))
+
+
+_METHODS = frozenset(b"GET HEAD POST PUT DELETE CONNECT OPTIONS TRACE PATCH".split())
