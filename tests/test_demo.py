@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +24,7 @@ from laneway.replay import (
     architecture_config,
     arrivals,
     cost_per_conversation,
+    default_trace_path,
     escalation_throughput,
     figures,
     load_trace,
@@ -27,6 +33,7 @@ from laneway.replay import (
     timeouts,
     traffic_share,
 )
+from laneway.replay._table import percent
 from laneway.routing import decide
 from laneway.signals import Signals
 
@@ -84,7 +91,8 @@ def test_figures_count_timeouts_in_latency_and_errors() -> None:
     assert fig.conversations == 2
     body = fig.to_json()
     assert body["outcomes"] == {"ok": 90, TIMEOUT: 10}
-    assert body["escalation_throughput"]["ok_ratio"] == 1.0
+    assert body["escalation_throughput"]["ok_ratio"] is None  # none was offered: no share to show
+    assert percent(fig.escalation.ok_ratio) == "-"
 
 
 def test_arrivals_offer_exactly_the_expected_load_per_phase() -> None:
@@ -274,3 +282,61 @@ def test_an_output_path_that_is_the_trace_file_is_refused(tmp_path: Path, capsys
     assert main(["demo", "--quick", "--traces", str(trace), "--json", str(trace)]) == 2
     assert f"`--json {trace}` is the file of `--traces {trace}` too" in capsys.readouterr().err
     assert trace.read_text() == "{}"
+
+
+def test_the_default_trace_file_is_never_an_output(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "support.json"
+    trace.write_text("{}")
+    monkeypatch.setattr("laneway.replay._cli.default_trace_path", lambda: trace)
+    for option in ("--json", "--html"):
+        assert main(["demo", "--quick", option, str(trace)]) == 2
+        assert f"`{option} {trace}` is the file of `--traces {trace}` too" in capsys.readouterr().err
+    assert trace.read_text() == "{}"
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--json", ""], "argument --json: is empty; name a file"),
+    (["--html", ""], "argument --html: is empty; name a file"),
+    (["--rate", "0.01"], "`--rate 0.01` offers no request in the normal phase (5 s); give more than 0.1 requests"),
+])
+def test_a_demo_that_could_not_say_anything_is_refused_before_it_starts(
+        argv: list[str], words: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with contextlib.suppress(SystemExit):
+        assert main(["demo", "--quick", *argv]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_a_trace_whose_mix_weighs_nothing_is_refused(tmp_path: Path) -> None:
+    trace = json.loads(default_trace_path().read_text("utf-8"))
+    trace["mix"] = {}
+    broken = tmp_path / "nomix.json"
+    broken.write_text(json.dumps(trace))
+    with pytest.raises(ConfigError, match="no kind has a weight above 0"):
+        load_trace(broken)
+
+
+def test_the_fleets_end_with_a_demo_that_was_killed(tmp_path: Path) -> None:
+    script = ("import sys, time; from laneway.replay._fleet import fleet_processes\n"
+              "with fleet_processes(7, 2) as urls:\n"
+              "    print(' '.join(urls), flush=True)\n"
+              "    time.sleep(60)\n")
+    demo = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert demo.stdout is not None
+    urls = demo.stdout.readline().split()
+    assert len(urls) == 2
+    demo.kill()  # no chance to stop its children
+    demo.wait(10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_listening(url) for url in urls):
+        time.sleep(0.2)
+    assert not any(_listening(url) for url in urls)
+
+
+def _listening(url: str) -> bool:
+    host, port = url.removeprefix("http://").split(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return False
+    return True

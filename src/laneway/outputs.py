@@ -7,6 +7,7 @@ can be (a disk fills, a directory goes away) and names each that could not, in o
 
 from __future__ import annotations
 
+import argparse
 import os
 import stat
 import sys
@@ -61,6 +62,13 @@ def unwritable(option: str, path: str | Path) -> str | None:
         return f"`{option}` is empty; name a file (an unset shell variable?)"
     problem = _problem(option, Path(path))
     return None if problem is None else f"`{option} {path}`: {problem}"
+
+
+def output_path(text: str) -> Path:
+    """An argparse type for an output file: `Path("")` would be the working directory."""
+    if not text:
+        raise argparse.ArgumentTypeError("is empty; name a file (an unset shell variable?)")
+    return Path(text)
 
 
 def write_outputs(command: str, writes: Sequence[tuple[str, str | Path, Callable[[], object]]]) -> bool:

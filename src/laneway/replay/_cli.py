@@ -9,14 +9,14 @@ from functools import partial
 from pathlib import Path
 
 from ..flags import seed
-from ..outputs import NOT_WRITTEN, check_outputs, write_outputs
+from ..outputs import NOT_WRITTEN, check_outputs, output_path, write_outputs
 from ._driver import Progress
 from ._fleet import fleet_processes
 from ._html import render_html
 from ._progress import ProgressBar
 from ._run import ARCHITECTURES, DEFAULT_RATE, DEFAULT_SEED, DemoResult, DemoSettings, run_demo
 from ._table import render_table, result_json
-from ._traces import Trace, load_trace
+from ._traces import Trace, default_trace_path, load_trace
 
 # Each request of a phase is scheduled up front: a rate of 10^9 per second took gigabytes before the first.
 MAX_RATE = 1000.0
@@ -32,8 +32,8 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                     "3x burst, once with the single heavy model (before) and once with the routing "
                     "architecture (after), and print the SIMULATED before/after figures.")
     demo.add_argument("--quick", action="store_true", help="a short run (about 25 s) instead of the full one")
-    demo.add_argument("--json", type=Path, metavar="PATH", help='write {"before": ..., "after": ...} figures')
-    demo.add_argument("--html", type=Path, metavar="PATH", default=Path("laneway-demo.html"),
+    demo.add_argument("--json", type=output_path, metavar="PATH", help='write {"before": ..., "after": ...} figures')
+    demo.add_argument("--html", type=output_path, metavar="PATH", default=Path("laneway-demo.html"),
                       help="HTML report with latency plots (default: laneway-demo.html)")
     demo.add_argument("--rate", type=_positive, default=DEFAULT_RATE,
                       help=f"normal traffic, requests per second; the burst is 3x (default {DEFAULT_RATE:g})")
@@ -49,12 +49,19 @@ def settings_for(args: argparse.Namespace) -> DemoSettings:
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    problem = check_outputs([("--html", args.html), ("--json", args.json)], [("--traces", args.traces)])
+    traces = args.traces or default_trace_path()  # the default is an input too: never to be overwritten
+    problem = check_outputs([("--html", args.html), ("--json", args.json)], [("--traces", traces)])
     if problem:
         print(f"laneway: {problem}", file=sys.stderr)
         return 2
     settings = settings_for(args)
-    trace = load_trace(args.traces)
+    for phase in settings.phases:
+        if round(phase.rate * phase.duration_s) == 0:
+            print(f"laneway: `--rate {args.rate:g}` offers no request in the {phase.name} phase "
+                  f"({phase.duration_s:g} s); give more than {0.5 / phase.duration_s:g} requests per second",
+                  file=sys.stderr)
+            return 2
+    trace = load_trace(traces)
     result = run(trace, settings)
     print(render_table(result))
     outputs: list[tuple[str, Path, str, str]] = []  # option, path, text, what it holds

@@ -53,13 +53,15 @@ class EscalationThroughput:
         return self.offered / self.minutes if self.minutes > 0 else 0.0
 
     @property
-    def ok_ratio(self) -> float:
-        """Completed OK over offered: 1.0 when every escalation got its answer."""
-        return self.ok / self.offered if self.offered else 1.0
+    def ok_ratio(self) -> float | None:
+        """Completed OK over offered: 1.0 when every escalation got its answer; None when none was offered."""
+        return self.ok / self.offered if self.offered else None
 
-    def to_json(self) -> dict[str, float]:
+    def to_json(self) -> dict[str, float | None]:
+        ratio = self.ok_ratio
         return {"offered": self.offered, "ok": self.ok, "ok_per_min": round(self.ok_per_min, 2),
-                "offered_per_min": round(self.offered_per_min, 2), "ok_ratio": round(self.ok_ratio, 4)}
+                "offered_per_min": round(self.offered_per_min, 2),
+                "ok_ratio": None if ratio is None else round(ratio, 4)}
 
 
 @dataclass(frozen=True, slots=True)

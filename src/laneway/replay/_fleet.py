@@ -12,9 +12,11 @@ import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
-# The child imports only the fleet, not the gateway: it starts in about a second.
-_CHILD = ("import sys, uvloop; from laneway.sim import serve_forever; "
-          "uvloop.run(serve_forever('127.0.0.1', 0, None, int(sys.argv[1])))")
+# The child imports only the fleet, not the gateway: it starts in about a second. It runs in a session of
+# its own, out of reach of the terminal's Ctrl-C (the demo stops it), and ends when the demo is gone, however
+# the demo ended (`kill -9` too).
+_CHILD = ("import os, sys, uvloop; from laneway.sim import serve_forever; "
+          "uvloop.run(serve_forever('127.0.0.1', 0, None, int(sys.argv[1]), parent=os.getppid()))")
 
 
 @contextmanager
@@ -25,7 +27,8 @@ def fleet_processes(seed: int, count: int) -> Iterator[list[str]]:
     with ExitStack() as stack:
         processes = []
         for _ in range(count):
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)  # noqa: S603
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env,  # noqa: S603
+                                       start_new_session=True)
             stack.callback(_stop, process)
             processes.append(process)
         yield [_url(process) for process in processes]

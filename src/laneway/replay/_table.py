@@ -29,8 +29,8 @@ def change(before: float, after: float) -> str:
     return f"{(after - before) / before * 100:+.0f} %"
 
 
-def percent(value: float) -> str:
-    return f"{value * 100:.1f} %"
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f} %"  # None: nothing to count it over
 
 
 def render_table(result: DemoResult) -> str:

@@ -94,6 +94,8 @@ def load_trace(path: str | Path | None = None) -> Trace:
         mix = {kind: float(raw["mix"].get(kind, 0.0)) for kind in KINDS}
     except (KeyError, TypeError, ValueError) as exc:
         raise _error(file, "conversations", f"malformed trace entry ({exc!r})") from None
+    if not any(weight > 0 for weight in mix.values()):
+        raise _error(file, "mix", f"no kind has a weight above 0; give one of {', '.join(KINDS)} a weight")
     present = {c.kind for c in conversations}
     missing = [kind for kind, weight in mix.items() if weight > 0 and kind not in present]
     if missing:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from laneway.outputs import NOT_WRITTEN, check_outputs, write_outputs
+from laneway.outputs import NOT_WRITTEN, check_outputs, output_path, write_outputs
 from laneway.telemetry._cascade_savings import Priced, cascade_savings
 from laneway.telemetry._html_report import report_html
 from laneway.telemetry._lanes_cli import add_lane_commands
@@ -71,7 +71,7 @@ def add_commands(subparsers: Any) -> None:
         help="first instant excluded from the baseline (default: the start of the current window)",
     )
     parser.add_argument(
-        "--html", type=Path, metavar="PATH", help="also write a self-contained HTML report to PATH"
+        "--html", type=output_path, metavar="PATH", help="also write a self-contained HTML report to PATH"
     )
     parser.add_argument(
         "--config", type=Path, metavar="FILE", help="routing file: prices the cascade's always-heavy baseline"
