@@ -208,6 +208,13 @@ def test_an_overlap_of_two_routes_to_the_same_model_names_what_differs() -> None
      "telemetry.stats_window (line 1, column 27): must be at most 1,000,000, got 100,000,000,000"),
     ('admin: {key_env: "${ADMIN_KEY}"}\nroutes:\n- target: gpt-5\n',
      "admin.key_env (line 1, column 19): must be the name of the environment variable that holds the secret"),
+    ("models:\n  m: {provider: openai, base_url: 'sim:///gpt-5/v1', model: gpt-5, price: {input_per_mtok: .nan, "
+     "output_per_mtok: 1}}\nroutes:\n- target: m\n",
+     "models.m.price.input_per_mtok (line 2, column 92): expected a finite number, got .nan"),
+    ("routes:\n- target: gpt-5\n  canary: {target: gpt-5-mini, weight: .NaN}\n",
+     "routes[0].canary.weight (line 3, column 40): expected a finite number, got .nan"),
+    (f"keys:\n  - {{name: w, hash: 'sha256:{'0' * 64}', usd_budget: .inf}}\nroutes:\n- target: gpt-5\n",
+     "keys[0].usd_budget (line 2, column 108): expected a finite number, got .inf"),
 ])
 def test_config_errors_name_path_line_and_fix(text: str, expected: str) -> None:
     found = issues_of(text)

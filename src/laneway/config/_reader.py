@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -97,6 +98,9 @@ class Section:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and isinstance(value, float)):
             want = "a whole number" if integer else "a number"
             self.issues.add(self.where(key), f"expected {want}, got {value!r}")
+            return default
+        if not math.isfinite(value):  # YAML's .nan and .inf: every comparison with NaN is false
+            self.issues.add(self.where(key), f"expected a finite number, got {'.nan' if value != value else '.inf'}")
             return default
         if minimum is not None and value < minimum:
             self.issues.add(self.where(key), f"must be at least {minimum:g}, got {value!r}")
