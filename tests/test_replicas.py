@@ -194,6 +194,37 @@ async def test_unreachable_store_degrades_to_local_state_and_reconnects(
         await state.aclose()
 
 
+BUSY_SCRIPT = """
+local start = redis.call('TIME')
+while true do
+  local now = redis.call('TIME')
+  if (now[1] - start[1]) * 1000000 + now[2] - start[2] > tonumber(ARGV[1]) then return 1 end
+end
+"""
+
+
+async def test_a_lease_asked_for_while_the_store_paused_holds_no_slot_once_it_answers_again(
+        redis: RedisServer, store: Redis) -> None:
+    """A command that timed out on this side is run by the store when it catches up: the lease it adds,
+    which nobody holds, took a slot on every replica for a whole TTL (15 s)."""
+    state = await SharedState.open(redis.url)
+    warm = await state.lease("heavy", 2)  # the connection is open, as a serving replica's is
+    assert warm
+    await state.unlease("heavy", warm)
+    busy = asyncio.create_task(store.eval(BUSY_SCRIPT, 0, 1_500_000))  # a pause of 1.5 s
+    await asyncio.sleep(0.1)
+    assert await state.lease("heavy", 2) == LOCAL_ONLY  # timed out: the gate goes on alone
+    assert await busy == 1
+    for _ in range(40):  # the background probe finds the store back
+        await asyncio.sleep(0.05)
+        if state.up:
+            break
+    await asyncio.sleep(0.1)
+    assert state.up and await store.zcard(lease_key("heavy")) == 0
+    assert await state.lease("heavy", 2) and await state.lease("heavy", 2)  # both slots are free
+    await close(state)
+
+
 async def test_a_store_that_answers_reads_but_refuses_writes_stays_down_until_it_takes_them_again(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     events = Events()

@@ -49,6 +49,10 @@ class SharedState:
         self._breakers = breakers
         self._board = BreakerBoard(self.replica)
         self._held: dict[str, set[str]] = {}
+        # Leases asked for by a command that timed out: the store may still run it once it catches up (a
+        # pause of a second), and a lease nobody holds would take a slot for a whole TTL. They are removed
+        # when the store answers again, and at each renewal for a TTL after (loop time each was asked at).
+        self._doubtful: dict[tuple[str, str], float] = {}
         self._ids = itertools.count()
         client = self.link.client
         self._acquire = client.register_script(_scripts.ACQUIRE)
@@ -77,6 +81,7 @@ class SharedState:
             granted = await self.link.run(lambda _: self._acquire(keys=[lease_key(model)],
                                                                    args=[limit, lease, self.lease_ttl_ms]))
         except Unreachable:
+            self._doubtful[(model, lease)] = asyncio.get_running_loop().time()
             return LOCAL_ONLY
         if not granted:
             return None
@@ -109,6 +114,11 @@ class SharedState:
         if not was_up:
             await self.renew()  # a restarted store lost them: count them again
 
+    async def renew(self) -> None:
+        """Extend (or re-add) every lease this replica holds: its calls are still running. Leases asked for
+        by commands that timed out are removed."""
+        await quietly(self.link, self._renew_all)
+
     async def _upkeep(self, client: Any) -> None:
         if not self.link.up:
             await client.set(PROBE_KEY, self.replica, px=PROBE_TTL_MS)
@@ -117,14 +127,15 @@ class SharedState:
         else:
             await client.ping()
 
-    async def renew(self) -> None:
-        """Extend (or re-add) every lease this replica holds: its calls are still running."""
-        await quietly(self.link, self._renew_all)
-
-    async def _renew_all(self, _client: Any) -> None:
+    async def _renew_all(self, client: Any) -> None:
         for model, leases in list(self._held.items()):
             if leases:
                 await self._renew(keys=[lease_key(model)], args=[self.lease_ttl_ms, *leases])
+        if self._doubtful:
+            for model, lease in list(self._doubtful):
+                await client.zrem(lease_key(model), lease)
+            expired = asyncio.get_running_loop().time() - self.lease_ttl_ms / 1000
+            self._doubtful = {key: at for key, at in self._doubtful.items() if at > expired}
 
     async def _run(self) -> None:
         ticks_per_renewal = max(1, int(self.lease_ttl_ms / 1000 / 3 / TICK_S))
