@@ -548,3 +548,34 @@ def test_containerfile_installs_this_checkout_with_pip() -> None:
     install = next(line for line in lines if "pip install" in line)
     wanted = install.split('".[', 1)[1].split("]", 1)[0].split(",")
     assert set(wanted) <= set(extras) and "redis" in wanted
+
+
+@pytest.mark.parametrize("reachable", [True, False])
+def test_the_metrics_say_whether_the_shared_state_answers_from_the_first_scrape(
+        redis: RedisServer, sim_url: str, reachable: bool) -> None:
+    from _live import live_gateway
+    from laneway.telemetry import Telemetry, TelemetrySettings
+
+    url = redis.url if reachable else f"redis://127.0.0.1:{free_port()}/0"  # a wrong URL: never answers
+    telemetry = Telemetry(TelemetrySettings(exchange_log=None))
+    with live_gateway(f"state: {url}\nroutes:\n- target: gpt-5-mini\n", sim_url, telemetry=telemetry) as live:
+        assert live.gateway is not None
+        gateway = live.gateway
+
+        async def scrape() -> str:
+            telemetry.watch_state(gateway.state_samples)
+            return telemetry.render_metrics().decode()
+
+        text = live.call(scrape())
+    assert f"\nlaneway_shared_state_up {int(reachable)}\n" in text
+    # Counted from 0, so that an alert on its increase sees a replica's first outage.
+    outages = 'laneway_model_events_total{model="",event="state_unavailable"}'
+    assert f"\n{outages} {0 if reachable else 1}\n" in text
+
+
+def test_the_alerts_fire_for_a_first_outage_and_for_a_store_that_never_answered() -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: apt-get install -y prometheus"
+    checked = subprocess.run([promtool, "test", "rules", str(ROOT / "tests" / "prometheus" / "alerts_test.yml")],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr

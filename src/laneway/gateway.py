@@ -88,6 +88,8 @@ class Gateway:
         if config.state is not None:
             from .state import SharedState
 
+            if telemetry is not None:  # from 0: an alert on its increase sees the first outage too
+                telemetry.count("state_unavailable", "", 0)
             gateway.state = await SharedState.open(config.state, telemetry, lambda: gateway.runtime.breakers)
             gateway.cache = gateway.state.cache
             gateway.runtime.share(gateway.state)
@@ -302,6 +304,7 @@ class Gateway:
             "laneway_gate_in_flight": [((("model", name),), float(gate.in_flight)) for name, gate in gates],
             "laneway_gate_queued": [((("model", name),), float(gate.queued)) for name, gate in gates],
             "laneway_gate_concurrency_limit": [((("model", name),), float(gate.limit)) for name, gate in gates],
+            "laneway_shared_state_up": [] if self.state is None else [((), float(self.state.up))],
         }
 
     def finish(self, exchange: Exchange, started_perf: float) -> None:

@@ -67,6 +67,11 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "gauge",
         "The concurrency limit of the model's gate, in calls (an adaptive gate moves it).",
     ),
+    "laneway_shared_state_up": (
+        "gauge",
+        "1 if the shared state (`state:`, Redis) answers, else 0 (the replica keeps to its own limits); "
+        "absent without `state:`.",
+    ),
     "laneway_exchange_log_written_total": ("counter", "Exchanges written to the exchange log, in exchanges."),
     "laneway_exchange_log_backlog_exchanges": (
         "gauge",
@@ -77,7 +82,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
 
 # Families read from the gateway's state at each scrape (`render(..., state)`), not from exchanges.
 STATE_FAMILIES = frozenset({"laneway_model_breaker_state", "laneway_gate_in_flight", "laneway_gate_queued",
-                            "laneway_gate_concurrency_limit"})
+                            "laneway_gate_concurrency_limit", "laneway_shared_state_up"})
 
 # Only `laneway serve --workers N` renders these, after the families every worker declares itself.
 WORKER_UP = "laneway_worker_up"
@@ -203,7 +208,8 @@ class GatewayMetrics:
             lines.append(f"# HELP {name} {help_text}")
             lines.append(f"# TYPE {name} {kind}")
             if state is not None and name in STATE_FAMILIES:
-                lines.extend(f"{name}{{{_pairs(labels)}}} {value:g}" for labels, value in state.get(name, ()))
+                lines.extend(f"{name}{{{_pairs(labels)}}} {value:g}" if labels else f"{name} {value:g}"
+                             for labels, value in state.get(name, ()))
             else:
                 lines.extend(self._samples(name, log))
         return ("\n".join(lines) + "\n").encode("utf-8")
