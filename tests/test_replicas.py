@@ -544,7 +544,10 @@ def test_containerfile_installs_this_checkout_with_pip() -> None:
     lines = (DEPLOY / "Containerfile").read_text().splitlines()
     copies = [shlex.split(line)[1:-1] for line in lines if line.startswith("COPY ") and "--from" not in line]
     assert copies and all((ROOT / source).exists() for sources in copies for source in sources)
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    copied = {source for sources in copies for source in sources}
+    assert {project["readme"], *project["license-files"]} <= copied  # what the build reads, the license too
+    extras = project["optional-dependencies"]
     install = next(line for line in lines if "pip install" in line)
     wanted = install.split('".[', 1)[1].split("]", 1)[0].split(",")
     assert set(wanted) <= set(extras) and "redis" in wanted
