@@ -213,6 +213,12 @@ def test_an_overlap_of_two_routes_to_the_same_model_names_what_differs() -> None
      "models.m.price.input_per_mtok (line 2, column 92): expected a finite number, got .nan"),
     ("routes:\n- target: gpt-5\n  canary: {target: gpt-5-mini, weight: .NaN}\n",
      "routes[0].canary.weight (line 3, column 40): expected a finite number, got .nan"),
+    ("state: redis://127.0.0.1:notaport/0\nroutes:\n- target: gpt-5\n",
+     "state (line 1, column 8): `redis://127.0.0.1:notaport/0` has a port that is not a number from 1 to 65535"),
+    ("state: redis://127.0.0.1:6379/abc\nroutes:\n- target: gpt-5\n",
+     "names the database `abc`, which is not a number; use `redis://HOST:PORT/DB`"),
+    ("state: unix:///run/redis.sock?db=x\nroutes:\n- target: gpt-5\n", "names the database `x`"),
+    ("state: http://redis:6379\nroutes:\n- target: gpt-5\n", "`http://redis:6379` is not a Redis URL"),
     (f"keys:\n  - {{name: w, hash: 'sha256:{'0' * 64}', usd_budget: .inf}}\nroutes:\n- target: gpt-5\n",
      "keys[0].usd_budget (line 2, column 108): expected a finite number, got .inf"),
 ])

@@ -8,7 +8,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from ..chat import REASONING_EFFORTS
 from ..errors import ConfigError, ConfigIssue, not_utf8
@@ -111,8 +111,8 @@ def _build(raw: Any, issues: Issues, source: str, base: Path) -> Config | None:
     keys = parse_keys(top, base)
     admin = parse_admin(top.section("admin"))
     state = top.text("state")
-    if state is not None and not state.startswith(("redis://", "rediss://", "unix://")):
-        issues.add("state", f"`{state}` is not a Redis URL; use `redis://HOST:PORT/DB`")
+    if state is not None and (problem := _redis_url_problem(state)):
+        issues.add("state", f"`{state}` {problem}; use `redis://HOST:PORT/DB` (or `rediss://`, `unix://PATH?db=N`)")
     _check_degrade(own, known, issues)
     shadow = _shadow_settings(top.section("shadow"), known)
     routes = _routes(top, known, issues, context)
@@ -483,6 +483,22 @@ def _check_global_shadows(shadow: ShadowSettings, routes: list[Route], issues: I
     if (shadow.targets or any(r.shadows for r in routes)) and shadow.usd_per_hour == 0:
         issues.add("shadow.usd_per_hour", "is 0: every shadow copy is dropped unsent; raise it, or remove the "
                    "routes' `shadow:` entries", severity="warning")
+
+
+def _redis_url_problem(url: str) -> str | None:
+    """What keeps `url` from naming one Redis database, or None. Redis's client reads a database it cannot
+    parse as 0, which may be another deployment's."""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return "is not a Redis URL"
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (it raises for a port that is not a number from 0 to 65535)
+    except ValueError:
+        return "has a port that is not a number from 1 to 65535"
+    database = parse_qs(parts.query).get("db", [""])[0] if parts.scheme == "unix" else parts.path.strip("/")
+    if database and not database.isdigit():
+        return f"names the database `{database}`, which is not a number"
+    return None
 
 
 def _check_key_routes(keys: tuple[KeyPolicy, ...], routes: list[Route], issues: Issues) -> None:
