@@ -3,6 +3,7 @@ and a clean stop that flushes the exchange log."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -45,9 +46,11 @@ def get(url: str) -> int:
         return 0
 
 
-def chat(url: str) -> str:
+def chat(url: str, key: str | None = None) -> str:
     body = json.dumps({"model": "laneway", "messages": [{"role": "user", "content": "hello"}]}).encode()
-    with urllib.request.urlopen(urllib.request.Request(url + "/v1/chat/completions", data=body), timeout=30) as r:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    request = urllib.request.Request(url + "/v1/chat/completions", data=body, headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as r:
         return str(r.headers["x-laneway-model"])
 
 
@@ -197,6 +200,78 @@ def test_a_worker_that_replaces_a_dead_one_runs_what_its_peers_run_not_the_file_
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
     assert "Traceback" not in output and output.count("starting a new one") == 2, output
+
+
+def test_a_replacement_keeps_what_a_reload_could_not_change_and_the_keys_its_peers_accept(tmp_path: Path) -> None:
+    """`state:`, `telemetry:` and the like stay as the server started, in a replacement too; the keys are those
+    its peers loaded, though the keys file broke since."""
+    from laneway.keys import hash_key
+
+    first, second = tmp_path / "first.sqlite3", tmp_path / "second.sqlite3"
+    keys, config = tmp_path / "keys.yaml", tmp_path / "routes.yaml"
+    keys.write_text(f'- {{name: web, hash: "{hash_key("lw-web")}"}}\n')
+    config.write_text("keys_file: keys.yaml\n" + ROUTES.format(db=first, target="gpt-5-mini"))
+    process, url = serve(config, "--workers", "2")
+    try:
+        config.write_text("keys_file: keys.yaml\n" + ROUTES.format(db=second, target="gpt-5"))
+        process.send_signal(signal.SIGHUP)  # the route applies; the exchange log stays where it is
+        deadline = time.monotonic() + 30
+        while {chat(url, "lw-web") for _ in range(10)} != {"gpt-5"}:
+            assert time.monotonic() < deadline, "the reload did not apply"
+            time.sleep(0.2)
+        keys.write_text("- name: [broken\n")  # mid-edit, never reloaded
+        _replace_a_worker(process)
+        _replace_a_worker(process)  # both workers are replacements now
+        deadline = time.monotonic() + 60
+        while get(url + "/readyz") != 200:
+            assert time.monotonic() < deadline and process.poll() is None, "the replacements did not start"
+            time.sleep(0.2)
+        assert {chat(url, "lw-web") for _ in range(20)} == {"gpt-5"}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0 and "Traceback" not in output, output
+    with sqlite3.connect(first) as db:
+        rows = db.execute("SELECT model, count(*) FROM exchanges GROUP BY model").fetchall()
+    assert dict(rows).get("gpt-5", 0) >= 20, (rows, second.exists())
+    assert not second.exists()
+
+
+def test_a_sighup_that_comes_while_a_replacement_starts_reloads_it_once_it_serves(tmp_path: Path) -> None:
+    config = tmp_path / "routes.yaml"
+    config.write_text(ROUTES.format(db=tmp_path / "exchanges.sqlite3", target="gpt-5-mini"))
+    process, url = serve(config, "--workers", "2")
+    try:
+        before = workers_of(process)
+        os.kill(before[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while len(now := workers_of(process)) != 2 or before[0] in now:
+            assert time.monotonic() < deadline, "the dead worker was not replaced"
+            time.sleep(0.02)
+        [replacement] = set(now) - set(before)
+        # It has read the routing file its peers run once it opens the exchange log, and is still starting.
+        while not any(str(p).endswith("exchanges.sqlite3") for p in _open_files(replacement)):
+            assert time.monotonic() < deadline, "the replacement did not open the exchange log"
+            time.sleep(0.005)
+        config.write_text(ROUTES.format(db=tmp_path / "exchanges.sqlite3", target="gpt-5"))
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while get(url + "/readyz") != 200:
+            assert time.monotonic() < deadline and process.poll() is None, "the replacement did not start"
+            time.sleep(0.2)
+        time.sleep(1)
+        assert {chat(url) for _ in range(30)} == {"gpt-5"}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+
+
+def _open_files(pid: int) -> list[Path]:
+    files = []
+    for fd in Path(f"/proc/{pid}/fd").glob("*"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            files.append(fd.readlink())
+    return files
 
 
 def fleet_of(process: subprocess.Popen[str]) -> int:

@@ -68,6 +68,7 @@ class Gateway:
         # Checks a config may serve here (`laneway serve` refuses one without keys on a public address);
         # raises `ConfigError`. Run at start-up by the caller and on every reload by `reload()`.
         self.vet: Callable[[Config], None] | None = None
+        self.speaks = True  # False in all workers of `serve --workers N` but the first: they warn once, not N times
         self.applied: Callable[[Config], None] | None = None  # told of each config a reload put in place
 
     @classmethod
@@ -112,7 +113,7 @@ class Gateway:
         async with self._reload_lock:
             # Off the loop: reading and analysing a large routing file takes seconds (150 routes: 3 s).
             config = await asyncio.to_thread(self._read_config)
-            config = _restart_only(self.config, config, fleet_running=self.sim_url is not None)
+            config = restart_only(self.config, config, fleet_running=self.sim_url is not None)
             environment = unset_variables(config)  # as `check` and start-up say them
             config = replace(config, warnings=(*config.warnings, *environment))
             if config.simulated and self.sim_url is None:
@@ -131,7 +132,7 @@ class Gateway:
                      len(config.models))
             if self.applied is not None:
                 self.applied(config)
-            for issue in config.warnings:
+            for issue in config.warnings if self.speaks else ():
                 if issue.message.startswith(RESTART_ONLY) or issue in environment:
                     log.warning("laneway: %s", issue)
             return config
@@ -348,7 +349,7 @@ RESTART_ONLY = "changed, but takes effect only when Laneway restarts"
 _BUILT_AT_START = ("state", "telemetry", "shadow")
 
 
-def _restart_only(running: Config, new: Config, *, fleet_running: bool) -> Config:
+def restart_only(running: Config, new: Config, *, fleet_running: bool) -> Config:
     """`new` with the running values of the sections a reload changes but cannot apply (`sim:` once a
     fleet runs), and a warning for each: the config then says what runs, and a later reload of the
     file as it was does not warn again."""

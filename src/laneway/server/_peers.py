@@ -60,6 +60,20 @@ class WorkerSockets:
         spare.write_text(text, encoding="utf-8")
         os.replace(spare, self.running_config)
 
+    @property
+    def started_config(self) -> Path:
+        """The routing file the server started with: the sections a reload cannot apply (`state:`,
+        `telemetry:`, ...) are still its values, in a worker that replaces one that died too."""
+        return Path(self.directory) / "started.yaml"
+
+    def keep_started_config(self, text: str) -> None:
+        """Note `text` as the routing file the server started with, unless a worker did so already."""
+        spare = self.started_config.with_name(f"started.{self.index}.tmp")
+        spare.write_text(text, encoding="utf-8")
+        with contextlib.suppress(FileExistsError):
+            os.link(spare, self.started_config)
+        spare.unlink()
+
 
 class Peers:
     """One worker's clients to the other workers' private sockets."""

@@ -14,9 +14,11 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import yaml
+
 from ..config import Config, SimSettings, load_config, parse_config, unset_variables
 from ..errors import ConfigError, ConfigIssue
-from ..gateway import Gateway
+from ..gateway import Gateway, restart_only
 from ..telemetry import Telemetry
 from ._app import App
 from ._http11 import HttpServer, http_url
@@ -70,14 +72,16 @@ async def fleet_process(config: Config) -> AsyncIterator[str]:
 
 async def serve(config_path: str | Path | None, host: str, port: int, allow_unauthenticated: bool = False, *,
                 sockets: list[socket.socket] | None = None, sim_url: str | None = None,
-                worker: WorkerSockets | None = None, reloaded: Callable[[], None] | None = None) -> None:
+                worker: WorkerSockets | None = None, reloaded: Callable[[], None] | None = None,
+                hangups: Callable[[], int] | None = None) -> None:
     """Serve one gateway process; `laneway serve --workers N` runs N of these on one shared socket,
     each also on its private socket (`worker`), each telling the others of a reload through
-    `POST /admin/reload` with `reloaded`."""
+    `POST /admin/reload` with `reloaded`; `hangups` reads how many SIGHUPs their supervisor passed on."""
     # A reload asked for before this process can reload must not kill it (SIGHUP's default); the
-    # handler comes once the gateway runs (`_on_sighup`).
+    # handler comes once the gateway runs (`_on_sighup`), and reloads if one came meanwhile (`hangups`).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    config = _running_config(config_path, worker)
+    hangups_before = hangups() if hangups is not None else 0
+    config = _running_config(config_path, worker, fleet_running=sim_url is not None)
     speaks = worker is None or worker.index == 0  # the workers of one server warn once, not once each
     check_exposure(config, host, allow_unauthenticated, warn=speaks)
     if config.warnings and speaks:
@@ -93,9 +97,11 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
         peers = await stack.enter_async_context(serve_peers(worker, telemetry)) if worker is not None else None
         gateway = await Gateway.start(config, config_path=config_path, sim_url=sim_url, telemetry=telemetry,
                                       warm=False)
+        gateway.speaks = speaks
         if worker is not None:  # a worker that replaces this one, should it die, starts from what runs
-            worker.keep_running_config(config.text)
-            gateway.applied = lambda applied: worker.keep_running_config(applied.text)
+            worker.keep_started_config(self_contained(config))
+            worker.keep_running_config(self_contained(config))
+            gateway.applied = lambda applied: worker.keep_running_config(self_contained(applied))
         # A reload warns only when it drops the keys the running config had: otherwise it was said at start.
         gateway.vet = lambda new: check_exposure(new, host, allow_unauthenticated,
                                                  warn=speaks and bool(gateway.config.keys))
@@ -103,7 +109,9 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
         warming = asyncio.create_task(gateway.warm_up())  # serves /healthz at once, /readyz once warm
         tasks.add(warming)
         warming.add_done_callback(tasks.discard)
-        _on_sighup(gateway, tasks)
+        reload = _on_sighup(gateway, tasks)
+        if hangups is not None and hangups() != hangups_before:  # a SIGHUP came while this process started
+            reload()
         label = " (simulated fleet)" if config.simulated else ""
 
         def announce(server: HttpServer) -> None:  # once listening: with `--port 0`, the port it got
@@ -125,22 +133,47 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
         await server.serve()
 
 
-def _running_config(config_path: str | Path | None, worker: WorkerSockets | None) -> Config:
+def _running_config(config_path: str | Path | None, worker: WorkerSockets | None, *, fleet_running: bool) -> Config:
     """The routing file a worker of `serve --workers N` starts from: the one its peers run, when one of
-    them noted it (a worker replacing one that died), else the file itself. A file edited since the
-    last reload is not applied by a worker's restart: it would run another config than its peers, and a
-    file that no longer loads would stop the whole server."""
+    them noted it (a worker replacing one that died), with the values the server started with for the
+    sections a reload does not apply; else the file itself. A file edited since the last reload is not
+    applied by a worker's restart: it would run another config than its peers, and a file that no
+    longer loads would stop the whole server."""
     if worker is not None and config_path is not None:
         try:
             text = worker.running_config.read_text("utf-8")
         except FileNotFoundError:
             pass
         else:
-            return parse_config(text, str(config_path))
+            try:
+                running = parse_config(text, str(config_path))
+            except ConfigError as error:  # a file it names (a knowledge source, ...) broke on disk since
+                log.error("laneway: worker %d cannot load the routing file its peers run:\n%s", worker.index, error)
+                raise SystemExit(2) from None
+            with contextlib.suppress(OSError, ConfigError):
+                started = parse_config(worker.started_config.read_text("utf-8"), str(config_path))
+                running = restart_only(started, running, fleet_running=fleet_running)
+            return running
     return load_config(config_path)
 
 
-def _on_sighup(gateway: Gateway, tasks: set[asyncio.Task[None]]) -> None:
+def self_contained(config: Config) -> str:
+    """`config`'s text, with the keys of its `keys_file:` written out in `keys:`: a worker that replaces
+    one that died must accept the keys its peers accept, whatever the keys file holds by then."""
+    data = yaml.safe_load(config.text) if "keys_file" in config.text else None
+    if not isinstance(data, dict) or "keys_file" not in data:
+        return config.text
+    del data["keys_file"]
+    data["keys"] = [
+        {"name": key.name, "hash": key.digest, **({"routes": sorted(key.routes)} if key.routes is not None else {}),
+         **{name: value for name in ("requests_per_minute", "tokens_per_minute", "usd_budget")
+            if (value := getattr(key, name)) is not None},
+         "budget_period": key.budget_period}
+        for key in config.keys]
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def _on_sighup(gateway: Gateway, tasks: set[asyncio.Task[None]]) -> Callable[[], None]:
     loop = asyncio.get_running_loop()
 
     def reload() -> None:
@@ -156,4 +189,5 @@ def _on_sighup(gateway: Gateway, tasks: set[asyncio.Task[None]]) -> None:
 
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, reload)
+    return reload
 

@@ -102,6 +102,8 @@ class _Supervisor:
         # Reloads each worker made itself (`POST /admin/reload`), and how many of them the last SIGHUP saw.
         self._reloads = context.RawArray("Q", count)
         self._seen = [0] * count
+        # SIGHUPs passed on: a worker that was starting when one came (ignoring it) reloads once it serves.
+        self._hangups = context.RawValue("Q", 0)
         self._workers: list[tuple[Any, float]] = [self._start(i) for i in range(count)]
 
     def forward(self, sig: int, _frame: FrameType | None) -> None:
@@ -110,7 +112,9 @@ class _Supervisor:
         closes, so that new connections are refused rather than left waiting; a second SIGINT (Ctrl-C
         again) makes the workers stop at once."""
         passed = sig
-        if sig != signal.SIGHUP:
+        if sig == signal.SIGHUP:
+            self._hangups.value += 1
+        else:
             self._stopping = True
             self._listening.close()
             passed = signal.SIGINT
@@ -145,7 +149,7 @@ class _Supervisor:
         return 0
 
     def _start(self, i: int) -> tuple[Any, float]:
-        args = (*self._args, WorkerSockets(self._private, i, self._count), self._reloads)
+        args = (*self._args, WorkerSockets(self._private, i, self._count), self._reloads, self._hangups)
         process = self._context.Process(target=_worker, args=args, name=f"laneway-worker-{i}")
         # Started with SIGHUP ignored (an ignored signal stays ignored in the new process), so that a
         # reload passed on while it starts does not kill it; it handles SIGHUP once it serves.
@@ -167,7 +171,7 @@ def _signal(pid: int, sig: int) -> None:
 
 
 def _worker(config_path: str | Path | None, host: str, port: int, sock: socket.socket, sim_url: str | None,
-            allow_unauthenticated: bool, worker: WorkerSockets, reloads: Any) -> None:
+            allow_unauthenticated: bool, worker: WorkerSockets, reloads: Any, hangups: Any) -> None:
     import uvloop
 
     from ._serve import serve
@@ -175,7 +179,8 @@ def _worker(config_path: str | Path | None, host: str, port: int, sock: socket.s
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     _stop_with_parent()
     uvloop.run(serve(config_path, host, port, allow_unauthenticated, sockets=[sock], sim_url=sim_url,
-                     worker=worker, reloaded=partial(_reload_the_others, worker.index, reloads)))
+                     worker=worker, reloaded=partial(_reload_the_others, worker.index, reloads),
+                     hangups=lambda: int(hangups.value)))
 
 
 def _reload_the_others(index: int, reloads: Any) -> None:
