@@ -231,6 +231,7 @@ def test_a_replacement_keeps_what_a_reload_could_not_change_and_the_keys_its_pee
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
     assert process.returncode == 0 and "Traceback" not in output, output
+    assert output.count("telemetry: changed") == 1, output  # said by worker 0 alone
     with sqlite3.connect(first) as db:
         rows = db.execute("SELECT model, count(*) FROM exchanges GROUP BY model").fetchall()
     assert dict(rows).get("gpt-5", 0) >= 20, (rows, second.exists())
