@@ -114,6 +114,17 @@ def test_header_signal_wins_over_metadata(seed_gateway: LiveGateway) -> None:
     assert status == 200 and headers["x-laneway-model"] == "claude-sonnet-37"
 
 
+@pytest.mark.parametrize("header", ["x-laneway-conversation-id", "x-laneway-conversation_id"])
+def test_the_conversation_header_is_read_in_either_spelling(header: str) -> None:
+    from laneway.request import decode, read_signals
+
+    request = decode(json.dumps({"model": "laneway", "messages": chat(1),
+                                 "metadata": {"conversation_id": "from-body"}}).encode(), 100)
+    assert read_signals(request, {header: "c-42"}).conversation_id == "c-42"
+    both = {"x-laneway-conversation-id": "hyphen", "x-laneway-conversation_id": "underscore"}
+    assert read_signals(request, both).conversation_id == "hyphen"
+
+
 LOOKUP = {"type": "function", "function": {"name": "lookup_order", "parameters": {"type": "object"}}}
 OPENAI_FIELDS = {"safety_identifier": "hashed-user-42", "prompt_cache_key": "support-v3",
                  "prompt_cache_retention": "24h", "prediction": {"type": "content", "content": "Your order"},

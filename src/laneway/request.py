@@ -76,7 +76,10 @@ _SHAPES: dict[str, tuple[Any, str]] = {
     "web_search_options": (lambda v: isinstance(v, dict), "an object"),
 }
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
-_SIGNAL_HEADERS = tuple((name, "x-laneway-" + name.replace("_", "-")) for name in SETTABLE)
+# `x-laneway-conversation-id`, and `x-laneway-conversation_id` as the signal is spelled (read second: proxies
+# such as nginx drop headers with an underscore by default).
+_SIGNAL_HEADERS = tuple((name, header) for name in SETTABLE
+                        for header in dict.fromkeys(("x-laneway-" + name.replace("_", "-"), "x-laneway-" + name)))
 
 
 @dataclass(slots=True)
@@ -273,7 +276,7 @@ def read_signals(request: ClientRequest, headers: Mapping[str, str], intents: fr
     values: dict[str, Any] = {}
     for name, header_name in _SIGNAL_HEADERS:
         header = headers.get(header_name)
-        if header is not None:
+        if header is not None and name not in values:
             values[name] = _settable(name, header if header.isascii() else _utf8(header), header_name, intents)
     extra: dict[str, Any] = {}
     for key, raw in request.metadata.items():
