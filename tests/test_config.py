@@ -676,3 +676,28 @@ def test_a_profiles_sampling_values_are_held_to_the_ranges_of_a_request() -> Non
                        ("presence_penalty", "must be at least -2, got -3"),
                        ("max_tokens", "must be at most 1,000,000, got 2000000")):
         assert any(f"models.m.profile.{key}" in issue and words in issue for issue in issues), (key, issues)
+
+
+PRIORITIES = """
+models:
+  heavy: {{provider: openai, base_url: "sim:///gpt-5/v1", model: gpt-5, gate: {{max_concurrency: 2}}}}
+priorities: {{escalation: "intent == {label}"}}
+routes:
+- target: heavy
+"""
+
+
+def test_priorities_that_read_the_intent_get_the_classifier_and_name_a_label_it_knows(sim_url: str) -> None:
+    from laneway.runtime import Runtime
+    from laneway.signals import Signals
+
+    config = parse_config(PRIORITIES.format(label="complaint"))
+    runtime = Runtime.build(config, sim_url)
+    assert runtime.classify is not None  # the routes alone do not read `intent`: the priorities do
+    complaint = Signals([{"role": "user", "content": "I want to file a complaint about your terrible service"}],
+                        intent_fn=runtime.classify)
+    assert config.priorities.of(complaint) == 0  # queued first
+    with pytest.raises(ConfigError) as caught:
+        parse_config(PRIORITIES.format(label="complaintt"))
+    [issue] = caught.value.issues
+    assert issue.path == "priorities.escalation" and "did you mean `complaint`?" in issue.message, issue

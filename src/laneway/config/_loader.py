@@ -36,7 +36,7 @@ from ._lanes import (
     parse_shadow_settings,
     parse_shadows,
 )
-from ._matcher import MatcherError, always, compile_matcher
+from ._matcher import Matcher, MatcherError, always, compile_matcher
 from ._model import (
     GEMINI_THINKING_LEVELS,
     SYSTEM_MODES,
@@ -122,7 +122,9 @@ def _build(raw: Any, issues: Issues, source: str, base: Path) -> Config | None:
     top.value("routes")
     top.done()
     _check_key_routes(keys, routes, issues)
-    _check_intents(routes, intents.model, issues)
+    matchers = [(f"routes[{route.index}].matcher", route.matcher) for route in routes]
+    matchers += [("priorities.escalation", priorities.escalation), ("priorities.triage", priorities.triage)]
+    _check_intents(matchers, intents.model, issues)
     _check_global_shadows(shadow, routes, issues)
     if not routes and not issues.errors:
         issues.add("routes", "no routes; add at least one route with a `target` model")
@@ -133,7 +135,7 @@ def _build(raw: Any, issues: Issues, source: str, base: Path) -> Config | None:
     models = {**{n: known[n] for n in sorted(used)}, **own}
     for warning in analyse_table(routes):
         issues.add(warning.path, warning.message, severity="warning")
-    signals = frozenset(s for r in routes for s in r.matcher.signals)
+    signals = frozenset(s for _, matcher in matchers for s in matcher.signals)  # `priorities:` read them too
     return Config(models, tuple(routes), server, sim, telemetry, source, tuple(issues.warnings), signals,
                   context.knowledge, intents, shadow, priorities, state, keys, admin)
 
@@ -324,10 +326,10 @@ def _url_problem(url: str) -> str | None:
     return "has a port that is not a number from 1 to 65535" if port == 0 else None
 
 
-def _check_intents(routes: list[Route], model: Path | None, issues: Issues) -> None:
-    """Every intent a matcher names must be one the intent model can answer (or `unknown`): a typo would
-    otherwise make the route match nothing, silently."""
-    named = [(route, value) for route in routes for signal, value in route.matcher.literals if signal == "intent"]
+def _check_intents(matchers: list[tuple[str, Matcher]], model: Path | None, issues: Issues) -> None:
+    """Every intent a matcher (at its YAML path) names must be one the intent model can answer (or `unknown`):
+    a typo would otherwise make the route match nothing, silently."""
+    named = [(where, value) for where, matcher in matchers for signal, value in matcher.literals if signal == "intent"]
     if not named:
         return
     from ..intents._default import default_model_path
@@ -338,12 +340,12 @@ def _check_intents(routes: list[Route], model: Path | None, issues: Issues) -> N
         known = {*model_classes(path), UNKNOWN}
     except ConfigError:
         return  # a model that cannot be read is reported where `intents.model` names it, or at start-up
-    for route, value in named:
+    for where, value in named:
         if value in known:
             continue
         close = difflib.get_close_matches(str(value), sorted(known), n=1)
         hint = f"did you mean `{close[0]}`? " if close else ""
-        issues.add(f"routes[{route.index}].matcher",
+        issues.add(where,
                    f"`{value}` is not an intent of the model `{path.name}`: no request's `intent` is ever `{value}` "
                    f"(a `!=` or `not in` with it always holds); {hint}it knows: {', '.join(sorted(known))}")
 
