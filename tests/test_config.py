@@ -213,6 +213,8 @@ def test_an_overlap_of_two_routes_to_the_same_model_names_what_differs() -> None
      "models.m.price.input_per_mtok (line 2, column 92): expected a finite number, got .nan"),
     ("routes:\n- target: gpt-5\n  canary: {target: gpt-5-mini, weight: .NaN}\n",
      "routes[0].canary.weight (line 3, column 40): expected a finite number, got .nan"),
+    ("routes:\n- {path: /v2/chat, target: gpt-5}\n", "routes[0].path (line 2, column 10): no request reaches "
+     "`/v2/chat`: chat requests arrive at `/v1/.../completions`"),
     ("state: redis://127.0.0.1:notaport/0\nroutes:\n- target: gpt-5\n",
      "state (line 1, column 8): `redis://127.0.0.1:notaport/0` has a port that is not a number from 1 to 65535"),
     ("state: redis://127.0.0.1:6379/abc\nroutes:\n- target: gpt-5\n",
@@ -701,3 +703,11 @@ def test_priorities_that_read_the_intent_get_the_classifier_and_name_a_label_it_
         parse_config(PRIORITIES.format(label="complaintt"))
     [issue] = caught.value.issues
     assert issue.path == "priorities.escalation" and "did you mean `complaint`?" in issue.message, issue
+
+
+def test_a_route_path_with_a_trailing_slash_serves_the_path_without_it() -> None:
+    config = parse_config("routes:\n- {path: /v1/chat/completions/, target: gpt-5}\n"
+                          "- {path: /v1/, target: gpt-5-mini}\n")
+    first, second = config.routes
+    assert first.matches_path("/v1/chat/completions") and not first.matches_path("/v1/chat/completionsx")
+    assert second.matches_path("/v1/other/completions")

@@ -277,6 +277,10 @@ def _route(index: int, s: Section, known: dict[str, ModelSpec], context: _Contex
     path = s.text("path", DEFAULT_PATH) or DEFAULT_PATH
     if not path.startswith("/"):
         s.issues.add(s.where("path"), f"`{path}` must start with `/`, e.g. `/v1/chat`")
+    elif (base := path.rstrip("/")) not in ("", "/v1") and not base.startswith("/v1/"):
+        # The server answers chat requests at `/v1/.../completions` only.
+        s.issues.add(s.where("path"), f"no request reaches `{path}`: chat requests arrive at `/v1/.../completions`; "
+                                      f"give a prefix of such a path, e.g. `/v1/chat`")
     source = s.text("matcher")
     matcher = always()
     matcher_ok = True

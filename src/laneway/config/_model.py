@@ -136,7 +136,8 @@ class Route:
     trim: str = "none"  # none | oldest: what to do with a conversation a model's window cannot hold
 
     def matches_path(self, path: str) -> bool:
-        return path == self.path or path.startswith(self.path.rstrip("/") + "/")
+        base = self.path.rstrip("/")  # `/v1/chat/completions/` serves `/v1/chat/completions`
+        return path == base or path.startswith(base + "/")
 
 
 @dataclass(frozen=True, slots=True)
