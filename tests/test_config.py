@@ -711,3 +711,23 @@ def test_a_route_path_with_a_trailing_slash_serves_the_path_without_it() -> None
     first, second = config.routes
     assert first.matches_path("/v1/chat/completions") and not first.matches_path("/v1/chat/completionsx")
     assert second.matches_path("/v1/other/completions")
+
+
+def test_yaml_merge_keys_share_settings_and_a_key_of_the_mapping_overrides_them() -> None:
+    config = parse_config("""
+models:
+  a: &common
+    provider: openai
+    base_url: sim:///gpt-5/v1
+    model: gpt-5
+    price: {input_per_mtok: 1, output_per_mtok: 2}
+  b:
+    <<: *common
+    model: gpt-5-mini
+routes: [{target: a}, {target: b}]
+""")
+    a, b = config.models["a"], config.models["b"]
+    assert (b.model, b.base_url, b.price) == ("gpt-5-mini", a.base_url, a.price)
+    with pytest.raises(ConfigError, match="duplicate key"):
+        parse_config("models:\n  a: &c {provider: openai, base_url: 'sim:///gpt-5/v1'}\n"
+                     "  b: {<<: *c, model: x, model: y}\nroutes: [{target: a}]\n")

@@ -52,18 +52,37 @@ def _convert(node: yaml.Node, path: str, marks: Marks) -> Any:
         raise ConfigError([ConfigIssue(path, f"the file expands to more than {MAX_VALUES:,} values (through "
                                              "YAML aliases?); write the values out", line)])
     if isinstance(node, yaml.MappingNode):
+        pairs, merged = _merged(node)
         result: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
+        from_merge: set[Any] = set()  # keys a merge gave, which a key of this mapping may override
+        for i, (key_node, value_node) in enumerate(pairs):
             key = _scalar(key_node)
             child = join(path, str(key))
-            if key in result:
+            if i < merged:
+                from_merge.add(key)
+            elif key in result and key not in from_merge:
                 line, column = key_node.start_mark.line + 1, key_node.start_mark.column + 1
                 raise ConfigError([ConfigIssue(child, "duplicate key; each key may appear once", line, column)])
+            else:
+                from_merge.discard(key)
             result[key] = _convert(value_node, child, marks)
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_convert(item, join(path, i), marks) for i, item in enumerate(node.value)]
     return _scalar(node)
+
+
+def _merged(node: yaml.MappingNode) -> tuple[list[tuple[yaml.Node, yaml.Node]], int]:
+    """The mapping's pairs with its merge keys (`<<: *defaults`) applied, and how many of them, first, came
+    from merges: later pairs override earlier ones, as YAML's merge key says."""
+    own = sum(1 for key, _ in node.value if key.tag != _MERGE)
+    if own == len(node.value):
+        return node.value, 0
+    yaml.SafeLoader("").flatten_mapping(node)  # in place: the merged pairs first, then the mapping's own
+    return node.value, len(node.value) - own
+
+
+_MERGE = "tag:yaml.org,2002:merge"
 
 
 def _scalar(node: yaml.Node) -> Any:
