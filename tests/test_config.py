@@ -731,3 +731,13 @@ routes: [{target: a}, {target: b}]
     with pytest.raises(ConfigError, match="duplicate key"):
         parse_config("models:\n  a: &c {provider: openai, base_url: 'sim:///gpt-5/v1'}\n"
                      "  b: {<<: *c, model: x, model: y}\nroutes: [{target: a}]\n")
+
+
+def test_the_table_analysis_tries_no_request_with_more_user_messages_than_messages() -> None:
+    config = parse_config("routes:\n- {name: long, matcher: 'convo_length >= 3', target: gpt-5}\n"
+                          "- {name: short, matcher: 'turns <= 3', target: gpt-5-mini}\n")
+    # `turns=4, convo_length=1` would be a gap, but no request is that
+    assert not any("gap" in w.message or "turns=4, convo_length=1" in w.message for w in config.warnings)
+    gap = parse_config("routes:\n- {name: long, matcher: 'convo_length >= 6', target: gpt-5}\n"
+                       "- {name: short, matcher: 'turns <= 2', target: gpt-5-mini}\n")
+    assert any("gap" in w.message for w in gap.warnings), gap.warnings  # turns=3, convo_length=5 is one

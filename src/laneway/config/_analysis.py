@@ -50,6 +50,8 @@ def _analyse_group(routes: list[Route], overlaps: dict[tuple[int, int], dict[str
     """Runs the examples through `routes`, adding to what is found; an example no route matches, if any."""
     gap: dict[str, Any] | None = None
     for example in _examples(_grid(routes)):
+        if example.get("turns", 0) > example.get("convo_length", float("inf")):
+            continue  # no request has more user messages than messages
         signals = cast(Signals, _as_signals(example))  # duck-typed: matchers read attributes only
         hits = [r for r in routes if r.matcher(signals)]
         if not hits:
@@ -157,6 +159,8 @@ def _examples(grid: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
 def _as_signals(example: dict[str, Any]) -> SimpleNamespace:
     values = {name: spec.default for name, spec in SIGNALS.items()}
     metadata = {}
+    if "convo_length" not in example:  # as few messages as its user messages
+        values["convo_length"] = example.get("turns", values["convo_length"])
     for name, value in example.items():
         if name.startswith("metadata."):
             if value is not None:
