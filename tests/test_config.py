@@ -213,6 +213,9 @@ def test_an_overlap_of_two_routes_to_the_same_model_names_what_differs() -> None
      "models.m.price.input_per_mtok (line 2, column 92): expected a finite number, got .nan"),
     ("routes:\n- target: gpt-5\n  canary: {target: gpt-5-mini, weight: .NaN}\n",
      "routes[0].canary.weight (line 3, column 40): expected a finite number, got .nan"),
+    ("models:\n  z: {provider: openai, base_url: 'sim:///gpt5/v1', model: gpt-5}\nroutes:\n- target: z\n",
+     "models.z.base_url (line 2, column 36): the simulated fleet has no model `gpt5`; did you mean `gpt-5`? it has: "
+     "claude-sonnet-37, gemini-2.5-flash-lite"),
     ("routes:\n- {path: /v2/chat, target: gpt-5}\n", "routes[0].path (line 2, column 10): no request reaches "
      "`/v2/chat`: chat requests arrive at `/v1/.../completions`"),
     ("state: redis://127.0.0.1:notaport/0\nroutes:\n- target: gpt-5\n",

@@ -118,6 +118,7 @@ def _build(raw: Any, issues: Issues, source: str, base: Path) -> Config | None:
     routes = _routes(top, known, issues, context)
     server = _server(top.section("server"))
     sim = _sim(top.section("sim"), base)
+    _check_simulated(own, sim, issues)
     telemetry = _telemetry(top)
     top.value("routes")
     top.done()
@@ -489,6 +490,26 @@ def _check_global_shadows(shadow: ShadowSettings, routes: list[Route], issues: I
     if (shadow.targets or any(r.shadows for r in routes)) and shadow.usd_per_hour == 0:
         issues.add("shadow.usd_per_hour", "is 0: every shadow copy is dropped unsent; raise it, or remove the "
                    "routes' `shadow:` entries", severity="warning")
+
+
+def _check_simulated(own: dict[str, ModelSpec], sim: SimSettings, issues: Issues) -> None:
+    """A `sim://` model must be one of the simulated fleet's: a typo otherwise fails every request (404)."""
+    named = {name: spec.base_url[len("sim://"):].strip("/").split("/")[0]
+             for name, spec in own.items() if spec.simulated}
+    if not named:
+        return
+    from ..sim._fleet import load_fleet
+
+    try:
+        fleet = sorted(load_fleet(sim.fleet))
+    except ConfigError:
+        return  # reported where `sim.fleet` names it, or at start-up
+    for name, model in named.items():
+        if model not in fleet:
+            close = difflib.get_close_matches(model, fleet, n=1)
+            hint = f"did you mean `{close[0]}`? " if close else ""
+            issues.add(f"models.{name}.base_url", f"the simulated fleet has no model `{model}`; {hint}"
+                                                  f"it has: {', '.join(fleet)}")
 
 
 def _redis_url_problem(url: str) -> str | None:
