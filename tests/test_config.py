@@ -216,6 +216,9 @@ def test_an_overlap_of_two_routes_to_the_same_model_names_what_differs() -> None
     ("models:\n  z: {provider: openai, base_url: 'sim:///gpt5/v1', model: gpt-5}\nroutes:\n- target: z\n",
      "models.z.base_url (line 2, column 36): the simulated fleet has no model `gpt5`; did you mean `gpt-5`? it has: "
      "claude-sonnet-37, gemini-2.5-flash-lite"),
+    ("routes:\n- {name: route-1, target: gpt-5}\n- {target: gpt-5-mini}\n",
+     "routes[1] (line 3, column 3): `routes[1]` has no `name`, so it is called `route-1`, which another route is "
+     "named already; give it a `name`"),
     ("routes:\n- {path: /v2/chat, target: gpt-5}\n", "routes[0].path (line 2, column 10): no request reaches "
      "`/v2/chat`: chat requests arrive at `/v1/.../completions`"),
     ("state: redis://127.0.0.1:notaport/0\nroutes:\n- target: gpt-5\n",

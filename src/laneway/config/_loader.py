@@ -267,7 +267,10 @@ def _routes(top: Section, known: dict[str, ModelSpec], issues: Issues, context: 
         route = _route(i, Section(raw, f"routes[{i}]", issues), known, context)
         if route is None:
             continue
-        if route.name in names:
+        if route.name in names and isinstance(raw, dict) and "name" not in raw:
+            issues.add(f"routes[{i}]", f"`routes[{i}]` has no `name`, so it is called `{route.name}`, which another "
+                                       "route is named already; give it a `name`")
+        elif route.name in names:
             issues.add(f"routes[{i}].name", f"duplicate route name `{route.name}`; names must be unique")
         names.add(route.name)
         routes.append(route)
