@@ -229,6 +229,11 @@ class Connection(asyncio.Protocol):
         self._count_head(len(name) + len(value))
         if name == b"expect" and value.lower() == b"100-continue":
             self._expect_continue = True
+        elif name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            coding = value.decode("latin-1")
+            self._why_refused = (501, f"transfer coding `{coding}` is not supported: send the body uncompressed, "
+                                      "with a `content-length` or `transfer-encoding: chunked`")
+            raise ValueError(coding)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -238,12 +243,6 @@ class Connection(asyncio.Protocol):
             self._why_refused = (405, "CONNECT is not served: Laneway is not a forward proxy (is a client's "
                                       "HTTPS_PROXY pointing at it?)")
             raise ValueError("CONNECT")
-        for name, value in self._headers:
-            if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
-                coding = value.decode("latin-1")
-                self._why_refused = (501, f"transfer coding `{coding}` is not supported: send the body uncompressed, "
-                                          "with a `content-length` or `transfer-encoding: chunked`")
-                raise ValueError(coding)
         try:
             url = httptools.parse_url(self._url)
         except httptools.HttpParserInvalidURLError:
