@@ -4,13 +4,19 @@ temperature but 0, an unset one included) are never cached unless allowed, and t
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import urllib.request
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from _live import LiveGateway, RecordingSink, live_gateway
-from laneway.cache import MemoryStore, cache_key
+from _loopback import Handler, LoopbackUpstream
+from laneway.cache import MemoryStore, cache_key, lookup, model_scope, remember
+from laneway.chat import Completion, Usage
+from laneway.config import parse_config
 
 CONFIG = """
 routes:
@@ -138,3 +144,109 @@ def test_cache_key_ignores_what_does_not_change_the_answer() -> None:
     called = [{"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
                                                                     "function": {"name": "a", "arguments": "{}"}}]}]
     assert cache_key("r", called, {}) != cache_key("r", [{"role": "assistant", "content": None}], {})
+
+
+def test_the_key_holds_the_speakers_name_and_reads_one_setting_spelled_two_ways_as_one() -> None:
+    alice = [{"role": "user", "name": "alice", "content": "What is my name?"}]
+    bob = [{"role": "user", "name": "bob", "content": "What is my name?"}]
+    assert cache_key("r", alice, {}) != cache_key("r", bob, {})  # the model reads the name
+    assert cache_key("r", alice, {"temperature": 0}) == cache_key("r", alice, {"temperature": 0.0})
+    assert cache_key("r", alice, {"max_tokens": 7}) == cache_key("r", alice, {"max_completion_tokens": 7})
+
+
+def test_a_models_scope_changes_with_what_shapes_its_answers_and_with_nothing_else() -> None:
+    config = parse_config("models:\n  m: {provider: openai, base_url: 'sim:///gpt-5/v1', model: gpt-5, "
+                          "profile: {system: Be brief.}}\nroutes:\n- target: m\n")
+    spec = config.models["m"]
+    assert model_scope(spec) == model_scope(replace(spec, deadline_ms=900))  # how long it may take: the same
+    for changed in (replace(spec, model="gpt-5-2026"), replace(spec, profile=replace(spec.profile, system="Hi!")),
+                    replace(spec, base_url="sim:///gpt-5-mini/v1")):
+        assert model_scope(changed) != model_scope(spec)
+
+
+async def test_an_entry_this_release_cannot_read_is_a_miss() -> None:
+    store = MemoryStore()
+    for raw in (b'{"text": "hi"}', b"not json", b'{"text": "hi", "finish_reason": "stop", "model": "m", '
+                                                b'"prompt_tokens": "many", "completion_tokens": 1}'):
+        await store.set("k", raw, ttl_s=60)
+        assert await lookup(store, "k") is None
+
+
+REFUSING = """
+models:
+  echo: {{provider: openai, base_url: "{url}", model: echo, profile: {{temperature: 0}}}}
+  down: {{provider: openai, base_url: "http://127.0.0.1:{dead}/v1", model: down, connect_timeout_ms: 200,
+         profile: {{temperature: 0}}}}
+routes:
+- name: fallen
+  matcher: "metadata.mode == fallen"
+  target: down
+  fallbacks: [gpt-5-mini]
+  cache: {{mode: on, allow_temperature: true}}
+- name: refusing
+  target: echo
+  cache: {{mode: on}}
+"""
+
+
+class Refuser(Handler):
+    """Refuses every request, streamed in two pieces or whole."""
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        usage = {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}
+        if not body.get("stream"):
+            self.send(json.dumps({"id": "x", "object": "chat.completion", "model": "echo", "usage": usage,
+                                  "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                                      "role": "assistant", "content": None, "refusal": "I cannot help."}}]}).encode(),
+                      "application/json")
+            return
+        events = [{"choices": [{"index": 0, "delta": {"role": "assistant", "refusal": "I cannot "}}]},
+                  {"choices": [{"index": 0, "delta": {"refusal": "help."}}]},
+                  {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                  {"choices": [], "usage": usage}]
+        data = "".join(f"data: {json.dumps({'id': 'x', 'object': 'chat.completion.chunk', 'model': 'echo', **e})}\n\n"
+                       for e in events) + "data: [DONE]\n\n"
+        self.send(data.encode(), "text/event-stream")
+
+
+@pytest.fixture(scope="module")
+def refusing(sim_url: str) -> Any:
+    upstream = LoopbackUpstream(Refuser)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead = unused.getsockname()[1]
+    with live_gateway(REFUSING.format(url=upstream.url, dead=dead), sim_url) as gateway:
+        yield gateway
+    upstream.shutdown()
+
+
+def test_a_streamed_refusal_is_cached_as_a_refusal(refusing: LiveGateway) -> None:
+    headers, _ = send(refusing, "please refuse", "any", stream=True)
+    assert headers["x-laneway-lane"] == "primary"
+    headers, body = send(refusing, "please refuse", "any")
+    assert headers["x-laneway-lane"] == "cache"
+    message = json.loads(body)["choices"][0]["message"]
+    assert message["refusal"] == "I cannot help." and not message["content"]
+
+
+def test_only_the_answer_of_the_model_the_entry_is_keyed_by_is_cached(refusing: LiveGateway) -> None:
+    """A fallback's answer (sampled, maybe) would be served for a whole TTL after the target is back."""
+    for _ in range(2):
+        headers, _ = send(refusing, "where is my parcel", "fallen")
+        assert (headers["x-laneway-model"], headers["x-laneway-lane"]) == ("gpt-5-mini", "fallback")
+
+
+def test_a_cached_answer_of_a_model_no_longer_in_the_config_is_replayed_whole(live: LiveGateway) -> None:
+    """After a reload that dropped it, or written by a replica that runs another routing file."""
+    assert live.gateway is not None
+    gateway = live.gateway
+    messages = [{"role": "user", "content": "is my order late"}]
+    spec = gateway.config.models["gpt-5-mini"]
+    key = cache_key(f"cached|{model_scope(spec)}", messages, {"temperature": 0})
+    answer = Completion("It ships today.", "stop", Usage(9, 4), "retired-model")
+    live.call(remember(gateway.cache, key, answer, "retired-model", 60))
+    headers, body = send(live, "is my order late", "on", temperature=0, stream=True)
+    assert headers["x-laneway-lane"] == "cache" and headers["x-laneway-model"] == "retired-model"
+    assert streamed_text(body) == "It ships today." and body.rstrip().endswith(b"data: [DONE]")

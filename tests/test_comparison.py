@@ -194,6 +194,8 @@ def test_cascade_escalation_rate_and_savings_against_always_heavy() -> None:
     rows += [row(100 + i, model="gpt-5", lane="cascade", tokens_in=1000, tokens_out=200, cost_usd=0.0035,
                  cascade_confidence=0.2) for i in range(10)]
     rows.append(shadow_row(500, 50.0, 100.0, cost=1.0))
+    # Answers from the response cache went through no cascade: they count neither way.
+    rows += [row(200 + i, model="gpt-5", lane="cache", tokens_in=0, tokens_out=0, cost_usd=0.0) for i in range(5)]
     prices = {"gpt-5": Price(1.25, 10.0)}
     figures = cascade_savings(rows, {"chat": "gpt-5"}, prices)["routes"]["chat"]
     heavy = 30 * (1000 * 1.25 + 100 * 10.0) / 1e6 + 10 * (1000 * 1.25 + 200 * 10.0) / 1e6

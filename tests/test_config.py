@@ -219,6 +219,8 @@ def test_an_overlap_of_two_routes_to_the_same_model_names_what_differs() -> None
     ("routes:\n- {name: route-1, target: gpt-5}\n- {target: gpt-5-mini}\n",
      "routes[1] (line 3, column 3): `routes[1]` has no `name`, so it is called `route-1`, which another route is "
      "named already; give it a `name`"),
+    ("routes:\n- target: gpt-5\n  cache: on\n", "routes[0].cache (line 3, column 10): write the cache as a "
+     "mapping: `cache: {mode: on}`"),
     ("routes:\n- {path: /v2/chat, target: gpt-5}\n", "routes[0].path (line 2, column 10): no request reaches "
      "`/v2/chat`: chat requests arrive at `/v1/.../completions`"),
     ("state: redis://127.0.0.1:notaport/0\nroutes:\n- target: gpt-5\n",

@@ -582,3 +582,36 @@ def test_the_alerts_fire_for_a_first_outage_and_for_a_store_that_never_answered(
     checked = subprocess.run([promtool, "test", "rules", str(ROOT / "tests" / "prometheus" / "alerts_test.yml")],
                              capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+async def test_while_the_store_is_down_each_replica_caches_in_its_own_memory(tmp_path: Path) -> None:
+    with redis_server(tmp_path / "redis") as server:
+        state = await SharedState.open(server.url)
+        await state.cache.set("laneway:cache:shared", b"kept in redis", 60)
+        server.stop()
+        assert await state.cache.get("laneway:cache:shared") is None  # the link goes down: a miss
+        assert not state.up
+        await state.cache.set("laneway:cache:k", b"answer", 60)
+        assert await state.cache.get("laneway:cache:k") == b"answer"  # kept here meanwhile
+        server.start()
+        for _ in range(40):
+            await asyncio.sleep(0.05)
+            if state.up:
+                break
+        assert state.up and await state.cache.get("laneway:cache:k") is None  # shared again, and empty
+        await state.aclose()
+
+
+async def test_a_cache_entry_the_store_refuses_is_dropped_and_the_store_stays_up(redis: RedisServer,
+                                                                                 store: Redis) -> None:
+    events = Events()
+    state = await SharedState.open(redis.url, events)
+    await store.config_set("maxmemory", "2mb")
+    await store.config_set("maxmemory-policy", "noeviction")
+    try:
+        await state.cache.set("laneway:cache:big", b"x" * 4_000_000, 60)  # over `maxmemory`: refused
+        assert state.up and events.seen == []  # not an outage: the limits stay shared
+        assert await state.lease("heavy", 1)
+    finally:
+        await store.config_set("maxmemory", "0")
+    await close(state)

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import orjson
 
 from .chat import Completion, Message, Usage, media_parts, message_text
-from .config import CacheSettings
+from .config import CacheSettings, ModelSpec
 
 log = logging.getLogger("laneway")
 
@@ -61,11 +61,24 @@ class MemoryStore:
 
 
 def cache_key(scope: str, messages: list[Message], params: dict[str, Any]) -> str:
-    normal = [(m.get("role"), message_text(m).strip(), m.get("tool_calls"), m.get("tool_call_id"), media_parts(m))
-              for m in messages]
-    kept = {k: v for k, v in params.items() if k not in _NOT_IN_KEY}
+    normal = [(m.get("role"), m.get("name"), message_text(m).strip(), m.get("tool_calls"), m.get("tool_call_id"),
+               media_parts(m)) for m in messages]
+    kept = {_SAME.get(k, k): float(v) if type(v) is int and k in _NUMBERS else v
+            for k, v in params.items() if k not in _NOT_IN_KEY}
     payload = orjson.dumps([scope, normal, kept], option=orjson.OPT_SORT_KEYS)
     return "laneway:cache:" + hashlib.blake2b(payload, digest_size=16).hexdigest()
+
+
+# Spellings of one setting: `temperature: 0` is `0.0`, `max_completion_tokens` is `max_tokens`.
+_NUMBERS = frozenset({"temperature", "top_p", "frequency_penalty", "presence_penalty"})
+_SAME = {"max_completion_tokens": "max_tokens"}
+
+
+def model_scope(spec: ModelSpec) -> str:
+    """What of a model shapes its answers (its upstream, model id, profile, reasoning): a reload that changes
+    any of them starts its cache afresh. Stable across processes, which share entries through Redis."""
+    shaping = (spec.provider, spec.base_url, spec.model, spec.profile, spec.reasoning)
+    return f"{spec.name}|{hashlib.blake2b(orjson.dumps(shaping), digest_size=6).hexdigest()}"
 
 
 def cacheable(settings: CacheSettings, temperature: float | None) -> bool:
@@ -82,11 +95,16 @@ async def lookup(store: CacheStore, key: str) -> tuple[Completion, str] | None:
         return None
     if raw is None:
         return None
-    data = orjson.loads(raw)
-    usage = Usage(data["prompt_tokens"], data["completion_tokens"])
-    completion = Completion(data["text"], data["finish_reason"], usage, data["model"],
-                            tool_calls=data.get("tool_calls"), refusal=data.get("refusal"))
-    return completion, data["model"]
+    try:
+        data = orjson.loads(raw)
+        usage = Usage(int(data["prompt_tokens"]), int(data["completion_tokens"]))
+        completion = Completion(str(data["text"]), str(data["finish_reason"]), usage, str(data["model"]),
+                                tool_calls=data.get("tool_calls"), refusal=data.get("refusal"))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:  # another writer's entry
+        log.warning("laneway: a cache entry is not one this release reads (%s); treating it as a miss",
+                    type(exc).__name__)
+        return None
+    return completion, completion.model
 
 
 async def remember(store: CacheStore, key: str, completion: Completion, model: str, ttl_s: float) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from .cache import CacheStore, MemoryStore, cache_key, cacheable, lookup, remember
+from .cache import CacheStore, MemoryStore, cache_key, cacheable, lookup, model_scope, remember
 from .cascade import complete_with_cascade
 from .chat import Chunk, Completion, Message
 from .config import CacheSettings, Config, load_config, unset_variables
@@ -92,6 +92,8 @@ class Gateway:
             if telemetry is not None:  # from 0: an alert on its increase sees the first outage too
                 telemetry.count("state_unavailable", "", 0)
             gateway.state = await SharedState.open(config.state, telemetry, lambda: gateway.runtime.breakers)
+            if isinstance(gateway.cache, MemoryStore):  # what the replica caches in while Redis is unreachable
+                gateway.state.cache.local = gateway.cache
             gateway.cache = gateway.state.cache
             gateway.runtime.share(gateway.state)
         gateway.counter.warm()
@@ -171,7 +173,7 @@ class Gateway:
                 return replay_stream(completion, exchange), runtime
             started = await self._dispatcher(runtime).stream(plan, messages, params, exchange)
             targets = self.shadows.targets(plan.route, exchange.request_id)
-            keep = entry if cache is not None and cache.writes else None
+            keep = entry if cache is not None and cache.writes and started.model == plan.lanes[0][1] else None
             if targets or keep:
                 started.rest = self._tee(runtime, targets, messages, params, exchange, started, started.rest,
                                          keep, cache.ttl_s if cache else 0.0)
@@ -204,8 +206,10 @@ class Gateway:
         targets = self.shadows.targets(plan.route, exchange.request_id)
         if targets:
             self.shadows.submit(runtime, targets, messages, params, exchange, completion.text)
-        if entry is not None and cache is not None and cache.writes:
-            self._keep(entry, completion, exchange.model or "", cache.ttl_s)
+        # Only the model the entry is keyed by: a fallback's or a degraded lane's answer (sampled, maybe) would
+        # be served for a whole TTL after the target is back.
+        if entry is not None and cache is not None and cache.writes and exchange.model == plan.lanes[0][1]:
+            self._keep(entry, completion, exchange.model, cache.ttl_s)
 
     def _cache_entry(self, runtime: Runtime, plan: Plan, messages: list[Message],
                      params: dict[str, Any]) -> tuple[str | None, CacheSettings | None]:
@@ -216,8 +220,8 @@ class Gateway:
         if not cacheable(route.cache, target.temperature(params)):
             return None, None
         # Keyed by the model too: a canary's answers go to its own conversations only, and a route whose
-        # target changes starts afresh.
-        return cache_key(f"{route.name}|{target.name}", messages, params), route.cache
+        # target changes (or whose target's prompt or upstream does) starts afresh.
+        return cache_key(f"{route.name}|{model_scope(target)}", messages, params), route.cache
 
     async def _cached(self, entry: str | None, cache: CacheSettings | None, exchange: Exchange,
                       target: str) -> Completion | None:
@@ -277,11 +281,12 @@ class Gateway:
                    ttl_s: float) -> AsyncIterator[Chunk]:
         """Pass a stream through; once it has ended whole, copy it to the shadows and the cache (an
         answer that calls tools is not cached: its calls arrive in pieces)."""
-        pieces = [started.first.text]
+        pieces, refusal = [started.first.text], [started.first.refusal]
         finish, usage = started.first.finish_reason, started.first.usage
         calls = started.first.tool_calls is not None
         async for chunk in source:
             pieces.append(chunk.text)
+            refusal.append(chunk.refusal)
             finish, usage = chunk.finish_reason or finish, chunk.usage or usage
             calls = calls or chunk.tool_calls is not None
             yield chunk
@@ -289,7 +294,8 @@ class Gateway:
         if targets:
             self.shadows.submit(runtime, targets, messages, params, exchange, text)
         if key is not None and usage is not None and not calls:
-            self._keep(key, Completion(text, finish or "stop", usage, started.model), started.model, ttl_s)
+            completion = Completion(text, finish or "stop", usage, started.model, refusal="".join(refusal) or None)
+            self._keep(key, completion, started.model, ttl_s)
 
     def _dispatcher(self, runtime: Runtime) -> Dispatcher:
         return Dispatcher(runtime, self.counter, self.telemetry)

@@ -454,7 +454,10 @@ def _route_lanes(s: Section, known: dict[str, ModelSpec], context: _Context) -> 
             _model_ref(issues, c.where("verifier"), verifier, known)
         if ok:
             lanes["cascade"] = Cascade(confidence, source, ok, verifier)
-    if s.has("cache"):
+    if isinstance(s.raw.get("cache"), bool | str):  # `cache: on`, YAML's boolean, or `cache: read_only`
+        s.issues.add(s.where("cache"), "write the cache as a mapping: `cache: {mode: on}` (or read_only, "
+                                       "write_only, off), optionally with `ttl_s` and `allow_temperature`")
+    elif s.has("cache"):
         lanes["cache"] = parse_cache(s.section("cache"))
     if s.has("retrieval"):
         r = s.section("retrieval")

@@ -228,11 +228,10 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
 
 def _account_stream(gateway: Gateway, runtime: Runtime, started: Started, state: _StreamState,
                     exchange: Exchange, include_usage: bool, encoder: _ChunkEncoder) -> bytes:
-    spec = runtime.config.models[started.model]
     usage = state.usage or _estimate(gateway, runtime, started, state.text)
-    if not started.accounted:
+    if not started.accounted:  # a replayed answer (the cache's) is: its model may be gone from the config since
         _stream_ended(exchange, started)
-        account(started.attempt, exchange, spec.price, usage)
+        account(started.attempt, exchange, runtime.config.models[started.model].price, usage)
     tail = encoder.finish(state.finish or "stop")
     if include_usage:
         tail += encoder.usage(usage)

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from laneway.telemetry._intervals import MIN_SAMPLES, wilson
 from laneway.telemetry._lane_figures import ci, insufficient, money, rate, relative
-from laneway.telemetry._records import SHADOW_LANE, ExchangeRow
+from laneway.telemetry._records import CACHE_LANE, SHADOW_LANE, ExchangeRow
 from laneway.telemetry._summary import NO_ROUTE
 
 CASCADE_LANE = "cascade"
@@ -53,6 +53,7 @@ def cascade_savings(rows: Iterable[ExchangeRow], escalate_to: Mapping[str, str] 
 
 def _route(rows: list[ExchangeRow], heavy: str | None, prices: Mapping[str, Priced] | None,
            threshold: float | None) -> dict[str, Any]:
+    rows = [r for r in rows if r.lane != CACHE_LANE]  # a cached answer went through no cascade
     n = len(rows)
     escalated = sum(r.lane == CASCADE_LANE for r in rows)
     scores = [r.cascade_confidence for r in rows if r.cascade_confidence is not None]
