@@ -4,6 +4,7 @@ request; the latest customer message, the system prompt and tool-call pairs are 
 from __future__ import annotations
 
 import json
+import threading
 import urllib.error
 import urllib.request
 from typing import Any
@@ -12,8 +13,9 @@ import openai
 import pytest
 
 from _live import LiveGateway, RecordingSink, live_gateway
+from _loopback import Handler, LoopbackUpstream
 from laneway.config import parse_config
-from laneway.context import TokenCounter
+from laneway.context import TokenCounter, upper_bound
 from laneway.errors import ConfigError
 
 WINDOW = 400
@@ -207,3 +209,97 @@ def test_the_running_config_shows_the_trim_policy_and_the_reasoning_map(trimming
     routes = {route["name"]: route for route in config["routes"]}
     assert routes["trimmed"]["trim"] == "oldest" and routes["strict"]["trim"] == "none"
     assert config["models"]["claude"]["reasoning"] == {"high": 1024}
+
+
+def test_tool_calls_and_tool_definitions_count_as_prompt_tokens() -> None:
+    counter = TokenCounter()
+    note = "the customer says the parcel was left at the wrong door " * 20
+    call = {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+        "name": "update_ticket", "arguments": json.dumps({"note": note})}}]}
+    bare = [{"role": "user", "content": "update the ticket"}, {"role": "assistant", "content": None}]
+    called = [bare[0], call]
+    assert counter.count(called) - counter.count(bare) >= counter.text_tokens(note)
+    tools = [{"type": "function", "function": {"name": "update_ticket", "description": note,
+                                               "parameters": {"type": "object"}}}]
+    assert counter.count(bare, tools=tools) - counter.count(bare) >= counter.text_tokens(note)
+    assert upper_bound(called) >= counter.count(called) and upper_bound(bare, tools) >= counter.count(bare, tools=tools)
+    # Trimming makes room for them: what is kept, with the tools, fits.
+    messages = dialog(10)
+    kept = counter.trim_oldest(messages, "cl100k_base", WINDOW, tools)
+    assert kept is not None and kept[2] == counter.count(kept[0], tools=tools) <= WINDOW
+    assert kept[1] > counter.trim_oldest(messages, "cl100k_base", WINDOW)[1]  # type: ignore[index]
+
+
+def test_a_trimming_route_leaves_room_for_an_answer_before_the_window_is_full(trimming: Any) -> None:
+    """A dialog that fits the window only with no room to answer is trimmed, not sent to be cut short."""
+    live, _ = trimming
+    counter = TokenCounter()
+    messages = dialog(10)
+    while counter.count(messages) > WINDOW - 5:
+        messages = [messages[0], *messages[3:]]
+    assert counter.count(messages) > WINDOW - WINDOW // 4
+    status, headers, body = send(live, {"model": "laneway", "messages": messages, "metadata": {"plan": "trim"}})
+    assert status == 200 and int(headers["x-laneway-trimmed"]) > 0
+    assert body["usage"]["prompt_tokens"] <= WINDOW - WINDOW // 4
+
+
+def test_an_anthropic_model_is_given_room_for_the_output_its_adapter_asks_for(sim_url: str) -> None:
+    """Anthropic's API needs a `max_tokens`: the adapter sends 4,096 when the request names none."""
+    config = ("models:\n  claude: {provider: anthropic, base_url: 'sim:///claude-sonnet-37', model: claude-sonnet-37,"
+              " context_window: 5000}\nroutes:\n- {target: claude, long_context: gpt-5}\n")
+    messages = dialog(20)
+    assert 1000 < TokenCounter().count(messages) < 5000 - 4096 + 1000
+    with live_gateway(config, sim_url) as live:
+        status, headers, _ = send(live, {"model": "laneway", "messages": messages})
+        assert status == 200 and headers["x-laneway-model"] == "gpt-5"  # 4,096 more would not fit `claude`
+        status, headers, _ = send(live, {"model": "laneway", "messages": messages, "max_tokens": 500})
+        assert status == 200 and headers["x-laneway-model"] == "claude"
+
+
+class TooLong(Handler):
+    """An upstream whose window the gateway cannot count (images, files): it refuses every prompt."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        data = json.dumps({"error": {"message": "This model's maximum context length is 2000 tokens. However, your "
+                                                "messages resulted in 2216 tokens.", "type": "invalid_request_error",
+                                     "param": "messages", "code": "context_length_exceeded"}}).encode()
+        self.send_response(400)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_an_upstream_that_says_the_prompt_is_too_long_hands_it_to_the_long_context_model(sim_url: str) -> None:
+    upstream = LoopbackUpstream(TooLong)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    config = (f"models:\n  small: {{provider: openai, base_url: '{upstream.url}', model: small, context_window: 2000}}"
+              "\nroutes:\n- {target: small, long_context: gpt-5}\n")
+    try:
+        with live_gateway(config, sim_url) as live:
+            for stream in (False, True):
+                status, headers, _ = send_raw(live, {"model": "laneway", "stream": stream, "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "what is on this receipt?"},
+                                                 {"type": "image_url", "image_url": {"url": "https://x/r.png"}}]}]})
+                assert (status, headers["x-laneway-model"], headers["x-laneway-lane"]) == (200, "gpt-5", "fallback")
+    finally:
+        upstream.shutdown()
+
+
+def test_a_fallback_that_is_cooling_down_leaves_the_target_to_trim(sim_url: str) -> None:
+    config = (f"models:\n  small: {{provider: openai, base_url: 'sim:///gpt-5-mini/v1', model: gpt-5-mini, "
+              f"context_window: {WINDOW}}}\n  broken: {{provider: openai, base_url: 'sim:///gpt-5/v1', "
+              "model: 'gpt-5@error_503', cooldown: {failures: 1, cooldown_ms: 60000}}\n"
+              "routes:\n- {target: small, fallbacks: [broken], trim: oldest}\n")
+    with live_gateway(config, sim_url) as live:
+        status, headers, _ = send(live, {"model": "laneway", "messages": dialog(10)})
+        assert status == 502  # `broken` had the room, and failed: its breaker opens
+        status, headers, _ = send(live, {"model": "laneway", "messages": dialog(10)})
+        assert status == 200 and headers["x-laneway-model"] == "small" and int(headers["x-laneway-trimmed"]) > 0
+
+
+def send_raw(live: LiveGateway, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(live.url + "/v1/chat/completions", data=json.dumps(body).encode())
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status, dict(response.headers), response.read()

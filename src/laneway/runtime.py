@@ -178,11 +178,13 @@ def output_reserve(spec: ModelSpec, request: ChatRequest, default: int = 0) -> i
     return reserve
 
 
-def fits(counter: TokenCounter, spec: ModelSpec, request: ChatRequest, bound: int | None = None) -> tuple[bool, int]:
-    """Whether prompt + requested output fit the model's window; returns the prompt count if taken.
-    `bound`: the prompt's `upper_bound`, if known."""
-    reserve = output_reserve(spec, request)
-    if (upper_bound(request.messages) if bound is None else bound) + reserve <= spec.context_window:
+def fits(counter: TokenCounter, spec: ModelSpec, request: ChatRequest, bound: int | None = None,
+         default_output: int = 0) -> tuple[bool, int]:
+    """Whether prompt + requested output (`default_output` when the request names none) fit the model's
+    window; returns the prompt count if taken. `bound`: the prompt's `upper_bound`, if known."""
+    reserve = output_reserve(spec, request, default_output)
+    tools = request.params.get("tools")
+    if (upper_bound(request.messages, tools) if bound is None else bound) + reserve <= spec.context_window:
         return True, -1
-    prompt = counter.count(request.messages, spec.tokenizer)
+    prompt = counter.count(request.messages, spec.tokenizer, tools)
     return prompt + reserve <= spec.context_window, prompt
