@@ -18,6 +18,7 @@ import urllib.request
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -729,3 +730,22 @@ async def test_a_new_log_another_connection_holds_is_opened_once_it_lets_go(tmp_
     await store.aclose()
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+async def test_an_exchange_whose_signals_no_encoder_takes_is_logged_all_the_same(tmp_path: Path) -> None:
+    """One such exchange stopped the exchange log for good (the writer's task died on it)."""
+    db = tmp_path / "log.sqlite3"
+    telemetry = Telemetry(TelemetrySettings(exchange_log=f"sqlite:///{db}"))
+    await telemetry.start()
+    deep: Any = "x"
+    for _ in range(300):
+        deep = [deep]
+    poisoned = make_exchange(0)
+    poisoned.signals = {**poisoned.signals, "metadata": {"x": deep}}
+    for exchange in (poisoned, make_exchange(1)):
+        telemetry.record(exchange)
+    assert await telemetry.flush()
+    await telemetry.aclose()
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT request_id, signals FROM exchanges ORDER BY started_at").fetchall()
+    assert len(rows) == 2 and "could not be encoded" in rows[0][1] + rows[1][1]

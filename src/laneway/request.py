@@ -11,7 +11,7 @@ import orjson
 
 from .chat import REASONING_EFFORTS
 from .errors import InvalidRequest, shown
-from .signals import SETTABLE, SUBJECT, Signals, parse_settable
+from .signals import MAX_TEXT_SIGNAL, SETTABLE, SUBJECT, Signals, parse_settable
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 # Message fields passed on to providers; anything else a client sends is dropped, not forwarded.
@@ -146,7 +146,49 @@ def decode(body: bytes, max_messages: int) -> ClientRequest:
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
         raise InvalidRequest("`metadata` must be an object of string keys", param="metadata")
+    if metadata:
+        _check_metadata(metadata, len(body))
+    # Encoding a value nested deeper than orjson's 254 levels fails: the upstream request, the exchange log.
+    # Counted only when the body holds enough brackets to be that deep (almost never).
+    if body.count(b"[") + body.count(b"{") > MAX_NESTING and _nesting(data) > MAX_NESTING:
+        raise InvalidRequest(f"the request's JSON is nested more than {MAX_NESTING} levels deep")
     return ClientRequest(model, messages, params, stream, include_usage, user, metadata)
+
+
+MAX_NESTING = 100
+# `metadata` is kept with each exchange in the exchange log and in memory: bounded as OpenAI bounds it (16
+# pairs, keys of 64 characters, values of 512), with room for Laneway's own keys and non-string values.
+MAX_METADATA_KEYS = 64
+MAX_METADATA_KEY = 64
+MAX_METADATA_BYTES = 16 * 1024
+
+
+def _check_metadata(metadata: dict[str, Any], body_bytes: int) -> None:
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise InvalidRequest(f"`metadata` has {len(metadata)} keys, more than {MAX_METADATA_KEYS}", param="metadata")
+    for key, value in metadata.items():
+        if len(key) > MAX_METADATA_KEY:
+            raise InvalidRequest(f"`metadata`: the key `{key[:40]}...` has {len(key)} characters, more than "
+                                 f"{MAX_METADATA_KEY}", param="metadata")
+        if isinstance(value, str) and len(value) > MAX_TEXT_SIGNAL:
+            raise InvalidRequest(f"`metadata.{key}`: {len(value)} characters, more than {MAX_TEXT_SIGNAL}",
+                                 param=f"metadata.{key}")
+    if body_bytes > MAX_METADATA_BYTES and len(orjson.dumps(metadata)) > MAX_METADATA_BYTES:
+        raise InvalidRequest(f"`metadata` takes more than {MAX_METADATA_BYTES} bytes as JSON", param="metadata")
+
+
+def _nesting(value: Any) -> int:
+    """How deep `value`'s arrays and objects nest (0 for a scalar)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth <= MAX_NESTING:
+            stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
 
 
 def _messages(raw: Any, limit: int) -> list[dict[str, Any]]:

@@ -184,4 +184,10 @@ def parse_settable(name: str, raw: Any, where: str) -> Any:
                              param=where)
     if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
         raise InvalidRequest(f"`{where}`: expected a string, got {shown(raw)}", param=where)
-    return str(raw)
+    text = str(raw)
+    if len(text) > MAX_TEXT_SIGNAL:  # kept in the exchange log and in memory, exchange after exchange
+        raise InvalidRequest(f"`{where}`: {len(text)} characters, more than {MAX_TEXT_SIGNAL}", param=where)
+    return text
+
+
+MAX_TEXT_SIGNAL = 512  # characters of a client's `conversation_id` or `tier`, as of an OpenAI `metadata` value

@@ -150,7 +150,15 @@ def log_record_of(
         simulated, list(map(_attempt_values, e.attempts)), e.signals, e.api_key or None, prompt, answer,
         e.cascade_confidence, e.retrieval_hits, e.retrieval_ms,
     )
-    return started_at, orjson.dumps(values, default=str, option=_RECORD_OPTIONS).decode()
+    try:
+        return started_at, orjson.dumps(values, default=str, option=_RECORD_OPTIONS).decode()
+    except orjson.JSONEncodeError as error:  # signals no JSON encoder takes (nested past its limit): the rest is kept
+        unrecorded = {"unrecorded": f"the signals could not be encoded: {error}"}
+        kept = (*values[:_SIGNALS], unrecorded, *values[_SIGNALS + 1:])
+        return started_at, orjson.dumps(kept, default=str, option=_RECORD_OPTIONS).decode()
+
+
+_SIGNALS = LOG_COLUMNS.index("signals")
 
 
 def signals_json(signals: Mapping[str, Any]) -> bytes:
