@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import subprocess
@@ -141,12 +142,26 @@ class _EchoAuth(BaseHTTPRequestHandler):
     """An upstream that rejects the key and echoes it back, as some do."""
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        body = json.dumps({"error": {"message": f"Incorrect API key provided: {self.headers['authorization']}"}})
-        self.send_response(401)
-        self.send_header("content-type", "application/json")
+        """By the model asked for: a 401 that echoes it (`status`), at the end of a long message (`long`); a
+        stream whose first event (`first`), or whose event after a first answer (`midstream`), does."""
+        model = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))["model"]
+        key = self.headers["authorization"]
+        if model in ("status", "long"):
+            body = json.dumps({"error": {"message": ("x" * 490 if model == "long" else "") +
+                                         f"Incorrect API key provided: {key}"}})
+            self.send_response(401)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+            return
+        error = json.dumps({"error": {"message": f"invalid key {key}"}})
+        answer = json.dumps({"id": "x", "object": "chat.completion.chunk", "model": model,
+                             "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hello"}}]})
+        events = [answer, error] if model == "midstream" else [error]
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
         self.end_headers()
-        self.wfile.write(body.encode())
+        self.wfile.write("".join(f"data: {event}\n\n" for event in events).encode())
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -154,34 +169,41 @@ class _EchoAuth(BaseHTTPRequestHandler):
 
 
 
+def _whatever_arrives(live: LiveGateway, body: dict[str, Any]) -> str:
+    """The response's body, or as much as arrived of a stream cut after an error event."""
+    try:
+        return call(live, "/v1/chat/completions", None, body)[2]
+    except http.client.IncompleteRead as cut:
+        return cut.partial.decode()
+
+
 def test_a_planted_provider_key_appears_in_no_output(sim_url: str, monkeypatch: pytest.MonkeyPatch,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("PLANTED_PROVIDER_KEY", PLANTED)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoAuth)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    text = f"""
-models:
-  leaky:
+    models = "".join(f"""
+  {name}:
     provider: openai
     base_url: http://127.0.0.1:{server.server_port}/v1
-    api_key_env: PLANTED_PROVIDER_KEY
-routes:
-- target: leaky
-"""
+    model: {name}
+    api_key_env: PLANTED_PROVIDER_KEY""" for name in ("status", "long", "first", "midstream"))
+    text = f"models:{models}\nroutes:\n- target: status\n"
     sink = RecordingSink()
     caplog.set_level(logging.DEBUG)
     try:
         with live_gateway(text, sim_url, telemetry=sink) as live:
-            outputs = [call(live, "/v1/chat/completions", None, chat())[2],
-                       call(live, "/v1/chat/completions", None, {**chat(), "stream": True})[2],
-                       call(live, "/admin/config")[2]]
+            outputs = [call(live, "/admin/config")[2], call(live, "/v1/chat/completions", None, chat())[2],
+                       *(_whatever_arrives(live, {**chat(), "model": model, "stream": stream})
+                         for model in ("status", "long", "first", "midstream") for stream in (False, True))]
     finally:
         server.shutdown()
-    assert "Incorrect API key provided: Bearer [redacted]" in outputs[0]
-    assert "PLANTED_PROVIDER_KEY" in outputs[2]  # the variable's name is shown, never its value
+    assert "Incorrect API key provided: Bearer [redacted]" in outputs[1]
+    assert "invalid key Bearer [redacted]" in outputs[-1]  # the error event after the first answer
+    assert "PLANTED_PROVIDER_KEY" in outputs[0]  # the variable's name is shown, never its value
     recorded = json.dumps([[e.error, [a.error for a in e.attempts], e.signals] for e in sink.exchanges])
     for output in [*outputs, recorded, caplog.text]:
-        assert PLANTED not in output
+        assert PLANTED not in output and PLANTED[:8] not in output, output
 
 
 def test_serve_refuses_a_public_address_without_keys() -> None:

@@ -38,7 +38,7 @@ from .errors import (
 )
 from .exchange import CLIENT_DISCONNECTED, GATED, INTERNAL_ERROR, OK, SKIPPED, Attempt, Exchange
 from .gate import Gate, GateRejected
-from .providers import Refusal
+from .providers import Refusal, redact
 from .providers.anthropic import DEFAULT_MAX_TOKENS as ANTHROPIC_MAX_TOKENS
 from .runtime import Runtime, fits, output_reserve, prepare
 
@@ -386,6 +386,8 @@ class Dispatcher:
                 exchange: Exchange, plan: Plan) -> None:
         if isinstance(error, UpstreamContextOverflow):
             _long_context_next(plan, (attempt.lane, name))
+        # An upstream may echo the credential it refused, in a status's body or in a stream's first event.
+        error.message = redact(self.runtime.config.models[name], error.message)
         attempt.latency_ms = (time.perf_counter() - started) * 1000
         attempt.outcome = error.code
         attempt.error = error.message

@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from ._base import Provider, Refusal
+from ._base import Provider, Refusal, redact
 
 if TYPE_CHECKING:
     from ..config import ModelSpec
@@ -29,4 +29,4 @@ def create_provider(spec: ModelSpec, base_url: str) -> Provider:
     return provider
 
 
-__all__ = ["PROVIDER_NAMES", "Provider", "Refusal", "create_provider"]
+__all__ = ["PROVIDER_NAMES", "Provider", "Refusal", "create_provider", "redact"]

@@ -75,6 +75,17 @@ class Provider(Protocol):
 OverflowTest = Callable[[int, str], bool]
 
 
+def api_key(spec: ModelSpec) -> str:
+    """The model's provider key, read from the variable `api_key_env` names (empty without one)."""
+    return os.environ.get(spec.api_key_env, "") if spec.api_key_env else ""
+
+
+def redact(spec: ModelSpec, text: str) -> str:
+    """Upstreams sometimes echo the credential they rejected: never pass it on."""
+    key = api_key(spec)
+    return text.replace(key, "[redacted]") if key else text
+
+
 class Upstream:
     """One upstream's connection pool and request primitives."""
 
@@ -103,9 +114,7 @@ class Upstream:
         return 0 if self._pool is None else self._pool.held
 
     def api_key(self) -> str:
-        if not self.spec.api_key_env:
-            return ""
-        return os.environ.get(self.spec.api_key_env, "")
+        return api_key(self.spec)
 
     async def send(self, method: str, url: str, body: bytes, deadline: float) -> Response:
         """Send one request; the response once its headers arrived. Foreign errors are left to the caller."""
@@ -222,9 +231,9 @@ class Upstream:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def status_error(self, status: int, headers: Any, payload: bytes, overflow: OverflowTest) -> UpstreamError:
-        text = payload[:2000].decode("utf-8", "replace")
+        text = self.redact(payload[:8000].decode("utf-8", "replace"))  # before the message is cut short
         name = self.spec.name
-        detail = self.redact(_error_message(text))
+        detail = _error_message(text)
         if status == 429:
             wait = retry_after(headers.get("retry-after"))
             return UpstreamRateLimited(f"upstream rate limited: {detail}", model=name,
@@ -238,9 +247,7 @@ class Upstream:
                                 param=_error_param(text))
 
     def redact(self, text: str) -> str:
-        """Upstreams sometimes echo the credential they rejected: never pass it on."""
-        key = self.api_key()
-        return text.replace(key, "[redacted]") if key else text
+        return redact(self.spec, text)
 
     def timeout(self) -> UpstreamTimeout:
         return UpstreamTimeout("deadline reached before the upstream answered", model=self.spec.name)

@@ -20,6 +20,7 @@ from ..errors import LanewayError, ShuttingDown, UpstreamError, error_body
 from ..exchange import CANCELLED, CLIENT_DISCONNECTED, OK, Exchange
 from ..gateway import Gateway
 from ..keys import KeyPolicy
+from ..providers import redact
 from ..request import ClientRequest, decode
 from ..runtime import Runtime
 from ._asgi import JSON, Headers, Receive, Send, respond, respond_error
@@ -190,6 +191,10 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
             async for chunk in started.rest:
                 await _forward(send, encoder, chunk, state)
         except UpstreamError as error:
+            # An upstream may echo the credential it refused in the stream's error event: never passed on.
+            spec = runtime.config.models.get(started.model)
+            if spec is not None:
+                error.message = redact(spec, error.message)
             _stream_failed(exchange, started, error.code, f"after first byte: {error.message}", "stream_interrupted")
             failure = error
             tail = b""
