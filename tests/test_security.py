@@ -283,3 +283,26 @@ def test_an_unknown_route_of_a_key_in_the_keys_file_names_that_file(tmp_path: Pa
         load_config(tmp_path / "routing.yaml")
     [issue] = caught.value.issues
     assert issue.path == "keys.yaml[0].routes" and "unknown route `chatt`" in issue.message, issue
+
+
+def test_without_keys_a_web_page_can_neither_spend_nor_read_the_admin_figures(sim_url: str) -> None:
+    """Loopback only trusts whoever reaches the gateway: a page in a browser there reaches it too."""
+    with live_gateway("routes:\n- target: gpt-5-mini\n", sim_url) as live:
+        def status(path: str, headers: dict[str, str], body: Any = None) -> tuple[int, str]:
+            data = json.dumps(body).encode() if body is not None else None
+            request = urllib.request.Request(live.url + path, data=data, headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    return response.status, response.read().decode()
+            except urllib.error.HTTPError as error:
+                return error.code, error.read().decode()
+
+        assert status("/v1/chat/completions", {}, chat())[0] == 200
+        code, text = status("/v1/chat/completions", {"origin": "http://evil.example"}, chat())
+        assert code == 403 and "a request from a web page (`Origin: http://evil.example`) is refused" in text
+        assert status("/admin/reload", {"origin": "http://evil.example"}, {})[0] == 403
+        port = live.url.rsplit(":", 1)[1]
+        for host, expected in ((f"127.0.0.1:{port}", 200), (f"localhost:{port}", 200),
+                               (f"rebound.example:{port}", 403)):
+            assert status("/admin/config", {"host": host})[0] == expected, host
+        assert status("/dashboard", {"host": f"rebound.example:{port}"})[0] == 403

@@ -91,6 +91,8 @@ class App:
         path: str = scope["path"]
         method: str = scope["method"]
         try:
+            if not self.gateway.keys.enabled:  # loopback only, open to whoever reaches it: not to web pages
+                _refuse_browsers(method, path, headers, scope, self._protected, self.gateway.config.admin.key_env)
             if path == LEGACY_COMPLETIONS:
                 raise NotFound(f"`{LEGACY_COMPLETIONS}` (OpenAI's legacy text completions, with `prompt`) is not "
                                "served; send `messages` to `/v1/chat/completions`")
@@ -308,3 +310,26 @@ def _moment(name: str, text: str) -> float:
         raise InvalidRequest(f"`{name}` ({text!r}) is neither unix seconds nor an ISO 8601 time such as "
                              "2026-06-01T12:00:00Z", param=name) from None
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+
+
+def _refuse_browsers(method: str, path: str, headers: dict[str, str], scope: Scope, protected: frozenset[str],
+                     admin_key_env: str | None) -> None:
+    """Without client keys the gateway listens on loopback and trusts whoever reaches it, but a web page in a
+    browser on the same machine reaches it too: a request a page sends (a browser says so in `Origin`) may not
+    spend the provider keys or reload the config, and the admin figures are read only under a loopback name
+    (a page whose name was re-pointed at 127.0.0.1 sends its own: DNS rebinding)."""
+    origin = headers.get("origin")
+    if origin is not None and method not in _READS:
+        raise Forbidden(f"a request from a web page (`Origin: {origin[:100]}`) is refused: without client keys "
+                        "the gateway trusts whoever reaches it; give it `keys:` to serve browsers")
+    server = scope.get("server")
+    on_loopback = server is not None and (str(server[0]).startswith("127.") or server[0] == "::1")
+    if on_loopback and (path in protected or path == "/dashboard") and not admin_key_env:
+        host = headers.get("host", "")
+        name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
+        if host and name.lower() not in _LOOPBACK_NAMES:
+            raise Forbidden(f"`{path}` is served under a loopback name only (`Host: {host[:100]}`): without client "
+                            "keys, use http://127.0.0.1:PORT, or set `admin.key_env`")
