@@ -752,3 +752,17 @@ def test_a_workers_signal_that_comes_again_after_its_server_stopped_does_not_cut
     done = subprocess.run([sys.executable, "-c", WORKER_STOP], capture_output=True, text=True, timeout=30,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert (done.returncode, done.stdout, done.stderr) == (0, "written\n", "")
+
+
+async def test_a_line_break_in_a_path_forges_no_line_of_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    async def failing(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            raise RuntimeError("boom")
+
+    caplog.set_level(logging.ERROR, logger="laneway.http")
+    async with running(failing) as server:
+        status, _, _ = await only_answer(server, b"GET /x%0Alaneway:%20forged HTTP/1.1\r\nhost: x\r\n"
+                                                 b"connection: close\r\n\r\n")
+    assert status == 500
+    [record] = [r for r in caplog.records if "the app failed" in r.getMessage()]
+    assert "\n" not in record.getMessage() and "forged" in record.getMessage()

@@ -118,7 +118,7 @@ class App:
         except LanewayError as error:
             await respond_error(send, error, request_id, base)
         except Exception:
-            log.exception("laneway: unexpected error serving %s %s (request %s)", method, path, request_id)
+            log.exception("laneway: unexpected error serving %s %r (request %s)", method, path, request_id)
             with contextlib.suppress(RuntimeError):  # the response may have started already
                 await respond_error(send, LanewayError("internal error; see the gateway log"), request_id, base)
 

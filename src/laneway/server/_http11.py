@@ -493,7 +493,7 @@ class Cycle:
                 self.conn.close()
             raise
         except Exception:
-            log.exception("laneway: the app failed on %s %s", self.scope["method"], self.scope["path"])
+            log.exception("laneway: the app failed on %s %r", self.scope["method"], self.scope["path"])
             if not self.response_started:
                 await self._internal_error()
             else:
@@ -504,7 +504,7 @@ class Cycle:
                           self.scope["path"])
                 await self._internal_error()
             elif not self.response_complete and not self.disconnected:
-                log.error("laneway: the app left the response to %s %s unfinished", self.scope["method"],
+                log.error("laneway: the app left the response to %s %r unfinished", self.scope["method"],
                           self.scope["path"])
                 self.conn.close()
         finally:
