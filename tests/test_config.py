@@ -219,6 +219,15 @@ def test_an_overlap_of_two_routes_to_the_same_model_names_what_differs() -> None
     ("routes:\n- {name: route-1, target: gpt-5}\n- {target: gpt-5-mini}\n",
      "routes[1] (line 3, column 3): `routes[1]` has no `name`, so it is called `route-1`, which another route is "
      "named already; give it a `name`"),
+    ("state: redis://:s3cret@127.0.0.1:6379/zz\nroutes:\n- target: gpt-5\n",
+     "state (line 1, column 8): `redis://:***@127.0.0.1:6379/zz` names the database `zz`"),
+    ("telemetry: {exchange_log: 'postgresql://u:s3cret@db:badport/log'}\nroutes:\n- target: gpt-5\n",
+     "telemetry.exchange_log (line 1, column 28): `postgresql://u:***@db:badport/log` has a port that is not a number"),
+    ("telemetry: {exchange_log: 'mysql://u:s3cret@h/db'}\nroutes:\n- target: gpt-5\n",
+     "`mysql://u:***@h/db` is not an exchange log URL"),
+    ("models:\n  u: {provider: openai, base_url: 'http://admin:s3cret@127.0.0.1:9749/v1', model: m}\n"
+     "routes:\n- target: u\n", "models.u.base_url (line 2, column 36): `http://admin:***@127.0.0.1:9749/v1` holds "
+     "credentials (`user:password@`), which are not sent"),
     ("routes:\n- target: gpt-5\n  cache: on\n", "routes[0].cache (line 3, column 10): write the cache as a "
      "mapping: `cache: {mode: on}`"),
     ("routes:\n- {path: /v2/chat, target: gpt-5}\n", "routes[0].path (line 2, column 10): no request reaches "
@@ -235,6 +244,7 @@ def test_an_overlap_of_two_routes_to_the_same_model_names_what_differs() -> None
 def test_config_errors_name_path_line_and_fix(text: str, expected: str) -> None:
     found = issues_of(text)
     assert any(expected in issue for issue in found), found
+    assert not any("s3cret" in issue for issue in found), found  # a password in a URL is never repeated
 
 
 def test_a_secret_pasted_for_the_name_of_its_variable_is_an_error_that_never_repeats_it() -> None:

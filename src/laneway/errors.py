@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -297,3 +298,16 @@ def error_body(error: LanewayError, request_id: str) -> dict[str, object]:
             for e in error.errors
         ]
     return {"error": body}
+
+
+def without_password(url: str) -> str:
+    """`url` as a message may show it: its password, if any, hidden."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))

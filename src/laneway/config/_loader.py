@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ..chat import REASONING_EFFORTS
-from ..errors import ConfigError, ConfigIssue, not_utf8
+from ..errors import ConfigError, ConfigIssue, not_utf8, without_password
 from ..flags import SEED_MAX
 from ..keys import KeyPolicy
 from ..providers import PROVIDER_NAMES
@@ -112,7 +112,8 @@ def _build(raw: Any, issues: Issues, source: str, base: Path) -> Config | None:
     admin = parse_admin(top.section("admin"))
     state = top.text("state")
     if state is not None and (problem := _redis_url_problem(state)):
-        issues.add("state", f"`{state}` {problem}; use `redis://HOST:PORT/DB` (or `rediss://`, `unix://PATH?db=N`)")
+        issues.add("state", f"`{without_password(state)}` {problem}; use `redis://HOST:PORT/DB` (or `rediss://`, "
+                            "`unix://PATH?db=N`)")
     _check_degrade(own, known, issues)
     shadow = _shadow_settings(top.section("shadow"), known)
     routes = _routes(top, known, issues, context)
@@ -149,11 +150,12 @@ def _model(name: str, s: Section) -> ModelSpec:
     provider = s.text("provider", required=True, choices=PROVIDER_NAMES)
     base_url = s.text("base_url", required=True)
     if base_url and not base_url.startswith(("http://", "https://", "sim://")):
-        s.issues.add(s.where("base_url"), f"`{base_url}` is not an http(s) URL (or `sim://` for the simulated fleet)")
+        s.issues.add(s.where("base_url"), f"`{without_password(base_url)}` is not an http(s) URL (or `sim://` for the "
+                                          "simulated fleet)")
     elif base_url and base_url.startswith(("http://", "https://")):
         problem = _url_problem(base_url)
         if problem:
-            s.issues.add(s.where("base_url"), f"`{base_url}` {problem}")
+            s.issues.add(s.where("base_url"), f"`{without_password(base_url)}` {problem}")
     price = s.section("price")
     p = Price(price.number("input_per_mtok", 0.0, minimum=0) or 0.0,
               price.number("output_per_mtok", 0.0, minimum=0) or 0.0,
@@ -327,6 +329,9 @@ def _url_problem(url: str) -> str | None:
     parts = urlsplit(url)
     if not parts.hostname:
         return "names no host, e.g. `https://api.openai.com/v1`"
+    if parts.username is not None or parts.password is not None:  # not sent: the upstream would answer 401
+        return ("holds credentials (`user:password@`), which are not sent: give the key in the variable "
+                "`api_key_env` names")
     try:
         port = parts.port  # urlsplit checks the port only when it is read
     except ValueError:
