@@ -759,3 +759,10 @@ def test_the_table_analysis_tries_no_request_with_more_user_messages_than_messag
     gap = parse_config("routes:\n- {name: long, matcher: 'convo_length >= 6', target: gpt-5}\n"
                        "- {name: short, matcher: 'turns <= 2', target: gpt-5-mini}\n")
     assert any("gap" in w.message for w in gap.warnings), gap.warnings  # turns=3, convo_length=5 is one
+
+
+def test_a_profile_max_tokens_the_window_cannot_hold_is_a_warning() -> None:
+    config = parse_config("models:\n  m: {provider: openai, base_url: 'sim:///gpt-5/v1', model: gpt-5, "
+                          "context_window: 2000, profile: {max_tokens: 5000}}\nroutes:\n- target: m\n")
+    [warning] = [w for w in config.warnings if w.path == "models.m.profile.max_tokens"]
+    assert "5000 tokens of output do not fit the model's `context_window` (2000)" in warning.message

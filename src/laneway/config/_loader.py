@@ -231,6 +231,10 @@ def _check_reasoning(s: Section, spec: ModelSpec) -> None:
             s.issues.add(s.where(f"reasoning.{effort}"), f"a thinking budget of {value} tokens does not fit the "
                          f"model's `context_window` ({spec.context_window}): such requests are refused as too long",
                          severity="warning")
+    if spec.profile.max_tokens is not None and spec.profile.max_tokens >= spec.context_window:
+        s.issues.add(s.where("profile.max_tokens"), f"{spec.profile.max_tokens} tokens of output do not fit the "
+                     f"model's `context_window` ({spec.context_window}): every request that names no `max_tokens` "
+                     "is refused as too long", severity="warning")
     kinds = {type(value) for _, value in spec.reasoning}
     if spec.provider == "gemini" and kinds == {int, str}:
         s.issues.add(s.where("reasoning"), "mixes thinking levels (Gemini 3) and budgets in tokens (Gemini 2.5); "
