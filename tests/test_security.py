@@ -306,3 +306,22 @@ def test_without_keys_a_web_page_can_neither_spend_nor_read_the_admin_figures(si
                                (f"rebound.example:{port}", 403)):
             assert status("/admin/config", {"host": host})[0] == expected, host
         assert status("/dashboard", {"host": f"rebound.example:{port}"})[0] == 403
+
+
+def test_a_keys_token_rate_is_charged_what_a_trimmed_conversation_used(sim_url: str) -> None:
+    """Admission estimates from the whole conversation; a route that trims it to a window sends far less."""
+    text = f"""
+keys:
+  - {{name: support, hash: "{hash_key(CLIENT_KEY)}", tokens_per_minute: 6000}}
+models:
+  small: {{provider: openai, base_url: "sim:///gpt-5-mini/v1", model: gpt-5-mini, context_window: 400}}
+routes:
+- {{target: small, trim: oldest}}
+"""
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}: " + "my parcel is late " * 6}
+             for i in range(81)]
+    body = {"model": "laneway", "messages": turns}
+    with live_gateway(text, sim_url) as live:
+        results = [call(live, "/v1/chat/completions", CLIENT_KEY, body) for _ in range(3)]
+    assert [status for status, _, _ in results] == [200, 200, 200], results[-1][2]
+    assert all(int(headers["x-laneway-trimmed"]) > 0 for _, headers, _ in results)

@@ -257,6 +257,7 @@ class Gateway:
             exchange.api_key = key.name
             tokens = signals.tokens + request.max_tokens(256) if key.tokens_per_minute else 0
             self.keys.admit(key, exchange.route, tokens)
+            exchange.key_tokens = tokens  # settled against what was used once it is known (`finish`)
         # The budget is the route target's (a canary's own `deadline_ms` only caps its attempt), or the named model's.
         first = runtime.config.models[route.target if route is not None else decision.lanes[0][1]]
         deadline = asyncio.get_running_loop().time() + runtime.config.deadline_ms(route, first) / 1000
@@ -320,6 +321,10 @@ class Gateway:
             _blame(exchange)
         if exchange.api_key is not None and exchange.cost_usd:
             self.keys.charge_named(exchange.api_key, exchange.cost_usd)
+        if exchange.api_key is not None and exchange.key_tokens:
+            # The estimate counted the whole conversation; a trimmed one, a cached answer, a failed call used less.
+            self.keys.settle_tokens(exchange.api_key, exchange.key_tokens,
+                                    exchange.prompt_tokens + exchange.completion_tokens)
         if self.telemetry is not None:
             self.telemetry.record(exchange)
 

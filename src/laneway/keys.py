@@ -85,6 +85,15 @@ class KeyRing:
                 self.charge(policy, cost_usd)
                 return
 
+    def settle_tokens(self, name: str, charged: int, used: int) -> None:
+        """Give key `name` back what its request was charged at admission (`charged`) beyond what it used."""
+        for policy in self.by_digest.values():
+            if policy.name == name:
+                usage = self._usage_of(policy)
+                if usage.tokens is not None and charged > used:
+                    usage.tokens.refund(charged - used)
+                return
+
     @property
     def enabled(self) -> bool:
         return bool(self.by_digest)
