@@ -11,6 +11,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -251,7 +252,7 @@ def test_a_reload_applies_a_keys_changed_rate_limits_and_keeps_what_it_spent() -
     [web] = ring.by_digest.values()
     ring.admit(web, None, 10)
     ring.admit(web, None, 10)
-    ring.charge(web, 0.25)
+    ring.settle("web", 0, 0, 0.0, 0.25)
     with pytest.raises(RateLimited, match="over 2 requests per minute"):
         ring.admit(web, None, 10)
     ring.update(policies(requests_per_minute=1000, tokens_per_minute=15))
@@ -325,3 +326,22 @@ routes:
         results = [call(live, "/v1/chat/completions", CLIENT_KEY, body) for _ in range(3)]
     assert [status for status, _, _ in results] == [200, 200, 200], results[-1][2]
     assert all(int(headers["x-laneway-trimmed"]) > 0 for _, headers, _ in results)
+
+
+def test_requests_at_once_cannot_all_spend_a_keys_last_dollar(sim_url: str) -> None:
+    """Each holds its estimated cost against the budget while it runs; one alone may still overshoot it."""
+    text = f"""
+keys:
+  - {{name: tight, hash: "{hash_key(OTHER_KEY)}", usd_budget: 0.001}}
+models:
+  slow: {{provider: openai, base_url: "sim:///gpt-5-mini/v1", model: "gpt-5-mini@slow_400",
+         price: {{input_per_mtok: 1.0, output_per_mtok: 2.0}}}}
+routes:
+- target: slow
+"""
+    body = {**chat(), "max_tokens": 200}  # held: about 200 x $2/M = $0.0004 each
+    with live_gateway(text, sim_url) as live, ThreadPoolExecutor(12) as pool:
+        statuses = sorted(status for status, _, _ in pool.map(
+            lambda _: call(live, "/v1/chat/completions", OTHER_KEY, body), range(12)))
+    served = statuses.count(200)
+    assert 1 <= served <= 3 and set(statuses) <= {200, 429}, statuses

@@ -64,6 +64,7 @@ class Exchange:
     signals: dict[str, Any] = field(default_factory=dict)
     api_key: str | None = None  # the client key's name, never the key
     key_tokens: int = 0  # tokens taken from the client key's `tokens_per_minute` at admission, an estimate
+    key_usd: float = 0.0  # USD held against the client key's `usd_budget` at admission, an estimate
     retrieval_hits: int | None = None  # passages injected, when the route retrieves
     retrieval_ms: float | None = None
     cascade_confidence: float | None = None  # the first answer's confidence, when the route cascades

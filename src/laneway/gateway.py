@@ -253,13 +253,16 @@ class Gateway:
         exchange.route = route.name if route else None
         if route is None:  # a model named by the client: its lane says so, answered or refused
             exchange.lane = decision.lanes[0][0]
-        if key is not None:
-            exchange.api_key = key.name
-            tokens = signals.tokens + request.max_tokens(256) if key.tokens_per_minute else 0
-            self.keys.admit(key, exchange.route, tokens)
-            exchange.key_tokens = tokens  # settled against what was used once it is known (`finish`)
         # The budget is the route target's (a canary's own `deadline_ms` only caps its attempt), or the named model's.
         first = runtime.config.models[route.target if route is not None else decision.lanes[0][1]]
+        if key is not None:
+            exchange.api_key = key.name
+            output = request.max_tokens(256)
+            tokens = signals.tokens + output if key.tokens_per_minute else 0
+            # Held against the key's budget while the request runs: requests at once cannot all spend its last dollar.
+            usd = first.price.cost(signals.tokens, output) if key.usd_budget is not None else 0.0
+            self.keys.admit(key, exchange.route, tokens, usd)
+            exchange.key_tokens, exchange.key_usd = tokens, usd  # settled against what was used (`finish`)
         deadline = asyncio.get_running_loop().time() + runtime.config.deadline_ms(route, first) / 1000
         priority = runtime.config.priorities.of(signals) if runtime.gates else 1
         plan = Plan(route, list(decision.lanes), deadline, priority)
@@ -319,12 +322,10 @@ class Gateway:
         exchange.latency_ms = (time.perf_counter() - started_perf) * 1000
         if exchange.model is None and exchange.status >= 400:
             _blame(exchange)
-        if exchange.api_key is not None and exchange.cost_usd:
-            self.keys.charge_named(exchange.api_key, exchange.cost_usd)
-        if exchange.api_key is not None and exchange.key_tokens:
-            # The estimate counted the whole conversation; a trimmed one, a cached answer, a failed call used less.
-            self.keys.settle_tokens(exchange.api_key, exchange.key_tokens,
-                                    exchange.prompt_tokens + exchange.completion_tokens)
+        if exchange.api_key is not None and (exchange.cost_usd or exchange.key_usd or exchange.key_tokens):
+            # The estimates counted the whole conversation; a trimmed one, a cached answer, a failed call used less.
+            self.keys.settle(exchange.api_key, exchange.key_tokens, exchange.prompt_tokens + exchange.completion_tokens,
+                             exchange.key_usd, exchange.cost_usd)
         if self.telemetry is not None:
             self.telemetry.record(exchange)
 

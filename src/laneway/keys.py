@@ -56,6 +56,7 @@ class _Usage:
     requests: Budget | None
     tokens: Budget | None
     spent: float = 0.0
+    held: float = 0.0  # estimated cost of the key's requests under way
     period_start: float = field(default_factory=time.time)
 
 
@@ -79,19 +80,16 @@ class KeyRing:
             if _limit(usage.tokens) != policy.tokens_per_minute:
                 usage.tokens = _bucket(policy.tokens_per_minute)
 
-    def charge_named(self, name: str, cost_usd: float) -> None:
-        for policy in self.by_digest.values():
-            if policy.name == name:
-                self.charge(policy, cost_usd)
-                return
-
-    def settle_tokens(self, name: str, charged: int, used: int) -> None:
-        """Give key `name` back what its request was charged at admission (`charged`) beyond what it used."""
+    def settle(self, name: str, tokens_held: int, tokens_used: int, usd_held: float, usd_spent: float) -> None:
+        """Key `name`'s request ended: what was held at admission (`admit`) is let go, and what it used is
+        charged. Tokens beyond what it used go back to its rate; its spend counts against its budget."""
         for policy in self.by_digest.values():
             if policy.name == name:
                 usage = self._usage_of(policy)
-                if usage.tokens is not None and charged > used:
-                    usage.tokens.refund(charged - used)
+                if usage.tokens is not None and tokens_held > tokens_used:
+                    usage.tokens.refund(tokens_held - tokens_used)
+                usage.held = max(0.0, usage.held - usd_held)
+                usage.spent += usd_spent
                 return
 
     @property
@@ -107,8 +105,9 @@ class KeyRing:
                 return policy
         raise Unauthorized("invalid API key")
 
-    def admit(self, policy: KeyPolicy, route: str | None, tokens: int) -> None:
-        """Raise if `policy` may not send this request now; otherwise count it."""
+    def admit(self, policy: KeyPolicy, route: str | None, tokens: int, usd: float = 0.0) -> None:
+        """Raise if `policy` may not send this request now; otherwise count it, and hold `usd` (its estimated
+        cost) against the key's budget until `settle`."""
         if policy.routes is not None and route not in policy.routes:
             allowed = ", ".join(sorted(policy.routes)) or "none"
             if route is None:  # the request named a model: no route to check against the key's list
@@ -118,7 +117,8 @@ class KeyRing:
         usage = self._usage_of(policy)
         now = time.monotonic()
         self._roll_period(policy, usage)
-        if policy.usd_budget is not None and usage.spent >= policy.usd_budget:
+        if policy.usd_budget is not None and usage.spent + usage.held + usd > policy.usd_budget and (
+                usage.spent >= policy.usd_budget or usage.held > 0):  # a first request alone may overshoot
             raise RateLimited(f"key `{policy.name}` has spent its {policy.budget_period} budget of "
                               f"${policy.usd_budget:g}", retry_after_s=self._period_left(policy, usage))
         if usage.requests is not None and (wait := usage.requests.take(1, now)) > 0:
@@ -127,6 +127,7 @@ class KeyRing:
         if usage.tokens is not None and (wait := usage.tokens.take(tokens, now)) > 0:
             raise RateLimited(f"key `{policy.name}` is over {policy.tokens_per_minute} tokens per minute",
                               retry_after_s=wait)
+        usage.held += usd
 
     def charge(self, policy: KeyPolicy, cost_usd: float) -> None:
         self._usage_of(policy).spent += cost_usd
