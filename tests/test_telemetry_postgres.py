@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -315,3 +316,21 @@ def shadow_of(primary: Exchange) -> Exchange:
                  "primary_latency_ms": primary.latency_ms, "primary_ttft_ms": primary.ttft_ms,
                  "primary_cost_usd": primary.cost_usd, "exact": False, "similarity": 0.6},
     )
+
+
+async def test_an_exchange_whose_request_id_is_logged_already_is_said_and_not_counted_as_written(
+        server: PostgresServer, caplog: pytest.LogCaptureFixture) -> None:
+    """PostgreSQL keys rows by request id; a client that sends the same `x-request-id` twice loses the second."""
+    dsn = await server.database()
+    telemetry = Telemetry(TelemetrySettings(exchange_log=dsn))
+    await telemetry.start()
+    first, again = make_exchange(1), make_exchange(2)
+    again.request_id = first.request_id
+    with caplog.at_level(logging.WARNING, logger="laneway.telemetry"):
+        for exchange in (first, again, make_exchange(3)):
+            telemetry.record(exchange)
+        assert await telemetry.flush()
+    assert telemetry.health.written == 2 == await scalar(dsn, "SELECT count(*) FROM exchanges")
+    assert any("1 exchange(s) were not logged: their request id is logged already" in r.getMessage()
+               for r in caplog.records)
+    await telemetry.aclose()

@@ -74,12 +74,13 @@ class PostgresStore:
     async def open(self) -> None:
         await self._run(self._connection, WRITE_TIMEOUT_S)
 
-    async def write(self, records: Sequence[LogRecord]) -> None:
-        async def work(db: Connection) -> None:
+    async def write(self, records: Sequence[LogRecord]) -> int:
+        async def work(db: Connection) -> int:
             async with db.transaction():
-                await db.execute(_INSERT, [record for _, record in records])
+                status: str = await db.execute(_INSERT, [record for _, record in records])
+            return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 <rows>"
 
-        await self._run(lambda: self._with_connection(work), WRITE_TIMEOUT_S)
+        return await self._run(lambda: self._with_connection(work), WRITE_TIMEOUT_S)
 
     async def roll_up(self, cutoff: float) -> int:
         cutoff = cutoff // HOUR_S * HOUR_S

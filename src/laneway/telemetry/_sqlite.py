@@ -80,8 +80,9 @@ class SqliteStore:
     async def open(self) -> None:
         await self._run(self._open)
 
-    async def write(self, records: Sequence[LogRecord]) -> None:
+    async def write(self, records: Sequence[LogRecord]) -> int:
         await self._run(lambda: self._write(records))
+        return len(records)
 
     async def roll_up(self, cutoff: float) -> int:
         return await self._run(lambda: self._roll_up(cutoff))

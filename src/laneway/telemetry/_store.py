@@ -46,8 +46,8 @@ class ExchangeStore(Protocol):
 
     async def open(self) -> None: ...
 
-    async def write(self, records: Sequence[LogRecord]) -> None:
-        """Insert `records` in one transaction."""
+    async def write(self, records: Sequence[LogRecord]) -> int:
+        """Insert `records` in one transaction; the rows stored (fewer: some were there already)."""
 
     async def roll_up(self, cutoff: float) -> int: ...
 

@@ -76,7 +76,7 @@ class ExchangeLog:
         while self._backlog and (force or todo > 0):
             batch = list(islice(self._backlog, size))
             try:
-                await self.store.write(batch)
+                stored = await self.store.write(batch)
             except ExchangeLogUnavailable as error:
                 self._failed(error)
                 return False
@@ -84,7 +84,11 @@ class ExchangeLog:
             for _ in batch:
                 self._backlog.popleft()
             todo -= len(batch)
-            self.health.written += len(batch)
+            self.health.written += stored
+            if stored < len(batch):  # PostgreSQL keys rows by request id
+                log.warning("laneway: %d exchange(s) were not logged: their request id is logged already (a client "
+                            "that sends the same `x-request-id` twice, or a batch written again after a write that "
+                            "did commit)", len(batch) - stored)
             self.health.backlog = len(self._backlog)
             self._recovered()
         return True
