@@ -146,8 +146,8 @@ def decode(body: bytes, max_messages: int) -> ClientRequest:
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
         raise InvalidRequest("`metadata` must be an object of string keys", param="metadata")
-    if metadata:
-        _check_metadata(metadata, len(body))
+    if len(body) > MAX_METADATA_BYTES and metadata and len(orjson.dumps(metadata)) > MAX_METADATA_BYTES:
+        raise InvalidRequest(f"`metadata` takes more than {MAX_METADATA_BYTES} bytes as JSON", param="metadata")
     # Encoding a value nested deeper than orjson's 254 levels fails: the upstream request, the exchange log.
     # Counted only when the body holds enough brackets to be that deep (almost never).
     if body.count(b"[") + body.count(b"{") > MAX_NESTING and _nesting(data) > MAX_NESTING:
@@ -163,18 +163,12 @@ MAX_METADATA_KEY = 64
 MAX_METADATA_BYTES = 16 * 1024
 
 
-def _check_metadata(metadata: dict[str, Any], body_bytes: int) -> None:
-    if len(metadata) > MAX_METADATA_KEYS:
-        raise InvalidRequest(f"`metadata` has {len(metadata)} keys, more than {MAX_METADATA_KEYS}", param="metadata")
-    for key, value in metadata.items():
-        if len(key) > MAX_METADATA_KEY:
-            raise InvalidRequest(f"`metadata`: the key `{key[:40]}...` has {len(key)} characters, more than "
-                                 f"{MAX_METADATA_KEY}", param="metadata")
-        if isinstance(value, str) and len(value) > MAX_TEXT_SIGNAL:
-            raise InvalidRequest(f"`metadata.{key}`: {len(value)} characters, more than {MAX_TEXT_SIGNAL}",
-                                 param=f"metadata.{key}")
-    if body_bytes > MAX_METADATA_BYTES and len(orjson.dumps(metadata)) > MAX_METADATA_BYTES:
-        raise InvalidRequest(f"`metadata` takes more than {MAX_METADATA_BYTES} bytes as JSON", param="metadata")
+def _too_long(key: str, value: Any) -> InvalidRequest:
+    if len(key) > MAX_METADATA_KEY:
+        return InvalidRequest(f"`metadata`: the key `{key[:40]}...` has {len(key)} characters, more than "
+                              f"{MAX_METADATA_KEY}", param="metadata")
+    return InvalidRequest(f"`metadata.{key}`: {len(value)} characters, more than {MAX_TEXT_SIGNAL}",
+                          param=f"metadata.{key}")
 
 
 def _nesting(value: Any) -> int:
@@ -321,9 +315,14 @@ def read_signals(request: ClientRequest, headers: Mapping[str, str], intents: fr
         if header is not None and name not in values:
             values[name] = _settable(name, header if header.isascii() else _utf8(header), header_name, intents)
     extra: dict[str, Any] = {}
-    for key, raw in request.metadata.items():
+    metadata = request.metadata
+    if len(metadata) > MAX_METADATA_KEYS:  # kept with the exchange: bounded (`decode`)
+        raise InvalidRequest(f"`metadata` has {len(metadata)} keys, more than {MAX_METADATA_KEYS}", param="metadata")
+    for key, raw in metadata.items():
         name = str(key)
         if name not in SETTABLE:
+            if len(name) > MAX_METADATA_KEY or (type(raw) is str and len(raw) > MAX_TEXT_SIGNAL):
+                raise _too_long(name, raw)
             if name == SUBJECT and not isinstance(raw, str):
                 raise InvalidRequest(f"`metadata.{SUBJECT}`: expected the email's subject line as a string, got "
                                      f"{shown(raw)}", param=f"metadata.{SUBJECT}")

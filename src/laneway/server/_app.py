@@ -91,7 +91,9 @@ class App:
         path: str = scope["path"]
         method: str = scope["method"]
         try:
-            if not self.gateway.keys.enabled:  # loopback only, open to whoever reaches it: not to web pages
+            # Without keys: loopback only, open to whoever reaches it, but not to web pages.
+            if ("origin" in headers or path in self._protected or path == "/dashboard") and \
+                    not self.gateway.keys.enabled:
                 _refuse_browsers(method, path, headers, scope, self._protected, self.gateway.config.admin.key_env)
             if path == LEGACY_COMPLETIONS:
                 raise NotFound(f"`{LEGACY_COMPLETIONS}` (OpenAI's legacy text completions, with `prompt`) is not "
