@@ -173,14 +173,16 @@ def test_a_worker_that_dies_is_replaced_and_one_that_keeps_dying_stops_the_serve
     assert "workers keep exiting right after they start" in output
 
 
-def _replace_a_worker(process: subprocess.Popen[str]) -> None:
-    """Kill one worker and wait for the supervisor to start its replacement."""
+def _replace_a_worker(process: subprocess.Popen[str], poll_s: float = 0.1) -> int:
+    """Kill one worker and wait for the supervisor to start its replacement; the replacement's pid."""
     first = workers_of(process)
     os.kill(first[0], signal.SIGKILL)
     deadline = time.monotonic() + 30
     while len(now := workers_of(process)) != 2 or first[0] in now:
         assert time.monotonic() < deadline, "the dead worker was not replaced"
-        time.sleep(0.1)
+        time.sleep(poll_s)
+    [replacement] = set(now) - set(first)
+    return replacement
 
 
 def test_a_worker_that_replaces_a_dead_one_runs_what_its_peers_run_not_the_file_edited_since(
@@ -243,13 +245,8 @@ def test_a_sighup_that_comes_while_a_replacement_starts_reloads_it_once_it_serve
     config.write_text(ROUTES.format(db=tmp_path / "exchanges.sqlite3", target="gpt-5-mini"))
     process, url = serve(config, "--workers", "2")
     try:
-        before = workers_of(process)
-        os.kill(before[0], signal.SIGKILL)
+        replacement = _replace_a_worker(process, poll_s=0.02)
         deadline = time.monotonic() + 30
-        while len(now := workers_of(process)) != 2 or before[0] in now:
-            assert time.monotonic() < deadline, "the dead worker was not replaced"
-            time.sleep(0.02)
-        [replacement] = set(now) - set(before)
         # It has read the routing file its peers run once it opens the exchange log, and is still starting.
         while not any(str(p).endswith("exchanges.sqlite3") for p in _open_files(replacement)):
             assert time.monotonic() < deadline, "the replacement did not open the exchange log"
