@@ -39,7 +39,6 @@ from .errors import (
 from .exchange import CLIENT_DISCONNECTED, GATED, INTERNAL_ERROR, OK, SKIPPED, Attempt, Exchange
 from .gate import Gate, GateRejected
 from .providers import Refusal, redact
-from .providers.anthropic import DEFAULT_MAX_TOKENS as ANTHROPIC_MAX_TOKENS
 from .runtime import Runtime, fits, output_reserve, prepare
 
 COOLING_DOWN = "cooldown: breaker open"  # the error of an attempt skipped for its model's open breaker
@@ -264,7 +263,7 @@ class Dispatcher:
             request = prepare(spec, messages, params)
             trimmed = 0
             bound = upper_bound(request.messages, request.params.get("tools"))
-            default_output = _default_output(plan, spec)
+            default_output = _default_output(plan, spec, self.runtime.providers[name].default_max_tokens)
             ok, prompt = await _counted(bound, fits, self.counter, spec, request, bound, default_output)
             if not ok:
                 long_context = plan.route.long_context if plan.route else None
@@ -466,12 +465,12 @@ def _long_context_next(plan: Plan, current: tuple[str, str]) -> None:
         plan.lanes.insert(plan.lanes.index(current) + 1, ("fallback", long_context))
 
 
-def _default_output(plan: Plan, spec: ModelSpec) -> int:
+def _default_output(plan: Plan, spec: ModelSpec, adapters: int) -> int:
     """The output a request that names no `max_tokens` gets room for: what `trim: oldest` holds the answer to on
-    a route that trims, else what the adapter asks for (Anthropic's API requires a `max_tokens`)."""
+    a route that trims, else what the adapter asks for (`adapters`: Anthropic's API requires a `max_tokens`)."""
     if plan.route is not None and plan.route.trim != "none":
         return min(TRIM_ANSWER_TOKENS, spec.context_window // 4)
-    return ANTHROPIC_MAX_TOKENS if spec.provider == "anthropic" else 0
+    return adapters
 
 
 def estimate_usage(counter: TokenCounter, spec: ModelSpec, prompt: ChatRequest | None, generated: list[str]) -> Usage:

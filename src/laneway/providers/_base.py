@@ -57,6 +57,9 @@ class Refusal(NamedTuple):
 
 class Provider(Protocol):
     spec: ModelSpec
+    # The output the adapter asks for when a request names no `max_tokens` (an API that requires one), else 0:
+    # room the model's window must keep for it.
+    default_max_tokens: int
 
     def refusal(self, params: dict[str, Any]) -> Refusal | None:
         """Why this adapter cannot carry a request with these parameters (dispatch then skips the model

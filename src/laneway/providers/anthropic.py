@@ -58,6 +58,8 @@ def create(spec: ModelSpec, base_url: str) -> AnthropicProvider:
 
 
 class AnthropicProvider:
+    default_max_tokens = DEFAULT_MAX_TOKENS  # the Messages API requires a `max_tokens`
+
     def __init__(self, spec: ModelSpec, base_url: str) -> None:
         self.spec = spec
         self.upstream = Upstream(spec, base_url, {"anthropic-version": API_VERSION})

@@ -63,6 +63,8 @@ def create(spec: ModelSpec, base_url: str) -> GeminiProvider:
 
 
 class GeminiProvider:
+    default_max_tokens = 0
+
     def __init__(self, spec: ModelSpec, base_url: str) -> None:
         self.spec = spec
         self.upstream = GeminiUpstream(spec, base_url, {})

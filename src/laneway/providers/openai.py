@@ -41,6 +41,8 @@ def create(spec: ModelSpec, base_url: str) -> OpenAIProvider:
 
 
 class OpenAIProvider:
+    default_max_tokens = 0
+
     def __init__(self, spec: ModelSpec, base_url: str) -> None:
         self.spec = spec
         self.upstream = Upstream(spec, base_url, {})
