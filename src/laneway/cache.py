@@ -87,7 +87,7 @@ def cacheable(settings: CacheSettings, temperature: float | None) -> bool:
     return settings.allow_temperature or temperature == 0
 
 
-async def lookup(store: CacheStore, key: str) -> tuple[Completion, str] | None:
+async def lookup(store: CacheStore, key: str) -> Completion | None:
     try:
         raw = await store.get(key)
     except Exception as exc:  # noqa: BLE001 - a failing cache is a miss, never an error
@@ -104,7 +104,7 @@ async def lookup(store: CacheStore, key: str) -> tuple[Completion, str] | None:
         log.warning("laneway: a cache entry is not one this release reads (%s); treating it as a miss",
                     type(exc).__name__)
         return None
-    return completion, completion.model
+    return completion
 
 
 async def remember(store: CacheStore, key: str, completion: Completion, model: str, ttl_s: float) -> None:

@@ -311,3 +311,12 @@ def without_password(url: str) -> str:
         return url
     host = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def port_problem(url: str) -> str | None:
+    """What is wrong with `url`'s port, for a message, or None (`urlsplit` reads the port only when asked)."""
+    try:
+        urlsplit(url).port  # noqa: B018 (it raises for a port that is not a number from 0 to 65535)
+    except ValueError:
+        return "has a port that is not a number from 1 to 65535"
+    return None

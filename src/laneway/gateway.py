@@ -230,13 +230,12 @@ class Gateway:
             return None
         hit = await lookup(self.cache, entry)
         if self.telemetry is not None:
-            self.telemetry.count("cache_hit" if hit else "cache_miss", target)
+            self.telemetry.count("cache_miss" if hit is None else "cache_hit", target)
         if hit is None:
             return None
-        completion, model = hit
         # Nothing was billed: the exchange's tokens and cost stay 0 (the client still gets the answer's usage).
-        exchange.lane, exchange.model = "cache", model
-        return completion
+        exchange.lane, exchange.model = "cache", hit.model
+        return hit
 
     def _keep(self, key: str, completion: Completion, model: str, ttl_s: float) -> None:
         task = asyncio.create_task(remember(self.cache, key, completion, model, ttl_s))

@@ -129,9 +129,6 @@ class KeyRing:
                               retry_after_s=wait)
         usage.held += usd
 
-    def charge(self, policy: KeyPolicy, cost_usd: float) -> None:
-        self._usage_of(policy).spent += cost_usd
-
     def spent(self, policy: KeyPolicy) -> float:
         return self._usage_of(policy).spent
 

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ..chat import REASONING_EFFORTS
-from ..errors import ConfigError, ConfigIssue, not_utf8, without_password
+from ..errors import ConfigError, ConfigIssue, not_utf8, port_problem, without_password
 from ..flags import SEED_MAX
 from ..keys import KeyPolicy
 from ..providers import PROVIDER_NAMES
@@ -336,11 +336,8 @@ def _url_problem(url: str) -> str | None:
     if parts.username is not None or parts.password is not None:  # not sent: the upstream would answer 401
         return ("holds credentials (`user:password@`), which are not sent: give the key in the variable "
                 "`api_key_env` names")
-    try:
-        port = parts.port  # urlsplit checks the port only when it is read
-    except ValueError:
-        port = 0
-    return "has a port that is not a number from 1 to 65535" if port == 0 else None
+    problem = port_problem(url)
+    return "has a port that is not a number from 1 to 65535" if problem is None and parts.port == 0 else problem
 
 
 def _check_intents(matchers: list[tuple[str, Matcher]], model: Path | None, issues: Issues) -> None:
@@ -532,11 +529,9 @@ def _redis_url_problem(url: str) -> str | None:
     parse as 0, which may be another deployment's."""
     if not url.startswith(("redis://", "rediss://", "unix://")):
         return "is not a Redis URL"
+    if problem := port_problem(url):
+        return problem
     parts = urlsplit(url)
-    try:
-        parts.port  # noqa: B018 (it raises for a port that is not a number from 0 to 65535)
-    except ValueError:
-        return "has a port that is not a number from 1 to 65535"
     database = parse_qs(parts.query).get("db", [""])[0] if parts.scheme == "unix" else parts.path.strip("/")
     if database and not database.isdigit():
         return f"names the database `{database}`, which is not a number"

@@ -48,6 +48,7 @@ log = logging.getLogger("laneway")
 LEGACY_COMPLETIONS = "/v1/completions"  # every other `/v1/.../completions` path is a chat route's
 _PROMETHEUS = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
 _HTML = (b"content-type", b"text/html; charset=utf-8")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # the names a gateway without client keys listens and answers under
 _READS = frozenset({"GET", "HEAD"})  # the server sends a HEAD's answer without its body
 _MODEL_PATH = "/v1/models/"
 # A client's `x-request-id` is kept when it is this short and of printable ASCII; else one is made.
@@ -314,7 +315,6 @@ def _moment(name: str, text: str) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 
 
 def _refuse_browsers(method: str, path: str, headers: dict[str, str], scope: Scope, protected: frozenset[str],
@@ -331,7 +331,7 @@ def _refuse_browsers(method: str, path: str, headers: dict[str, str], scope: Sco
     on_loopback = server is not None and (str(server[0]).startswith("127.") or server[0] == "::1")
     if on_loopback and (path in protected or path == "/dashboard") and not admin_key_env:
         host = headers.get("host", "")
-        name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
-        if host and name.lower() not in _LOOPBACK_NAMES:
+        name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:].split("]")[0]
+        if host and name.lower() not in LOOPBACK:
             raise Forbidden(f"`{path}` is served under a loopback name only (`Host: {host[:100]}`): without client "
                             "keys, use http://127.0.0.1:PORT, or set `admin.key_env`")

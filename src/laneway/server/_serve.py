@@ -20,13 +20,12 @@ from ..config import Config, SimSettings, load_config, parse_config, unset_varia
 from ..errors import ConfigError, ConfigIssue
 from ..gateway import Gateway, restart_only
 from ..telemetry import Telemetry
-from ._app import App
+from ._app import LOOPBACK, App
 from ._http11 import HttpServer, http_url
 from ._peers import WorkerSockets, serve_peers
 
 log = logging.getLogger("laneway")
 FORCE_STOP = signal.SIGUSR1  # from `laneway serve --workers N`'s supervisor: a second Ctrl-C, stop now
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def check_exposure(config: Config, host: str, allow_unauthenticated: bool, warn: bool = True) -> None:

@@ -14,9 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from laneway.errors import without_password
 from laneway.telemetry._records import ExchangeRow, HourlyRow
 from laneway.telemetry._settings import DEFAULT_EXCHANGE_LOG
-from laneway.telemetry._store import ExchangeLogUnavailable, open_store, redacted
+from laneway.telemetry._store import ExchangeLogUnavailable, open_store
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -107,7 +108,7 @@ def read_log(command: str, url: str, windows: list[Window]) -> list[Fetched] | N
     """Rows and hourly roll-ups per window; None (after saying why on stderr) if the log can't be read."""
     if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
         hint = f"; for that file, `--db sqlite:///{url}`" if Path(url).is_file() else ""
-        print(f"laneway {command}: --db `{redacted(url)}` is not an exchange log URL: use `sqlite:///PATH` "
+        print(f"laneway {command}: --db `{without_password(url)}` is not an exchange log URL: use `sqlite:///PATH` "
               f"(`sqlite:////PATH` for an absolute path) or `postgresql://...`{hint}", file=sys.stderr)
         return None
     if url.startswith("sqlite:///"):

@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from laneway.errors import ConfigError, ConfigIssue
+from laneway.errors import ConfigError, ConfigIssue, without_password
 from laneway.telemetry._records import ExchangeRow, HourlyRow, LogRecord
 from laneway.telemetry._store import (
     ADDED_HOURLY_COLUMNS,
@@ -20,7 +20,6 @@ from laneway.telemetry._store import (
     fetch_rows_sql,
     numbered,
     postgres_insert_sql,
-    redacted,
     roll_up_sql,
     schema,
     window,
@@ -137,10 +136,10 @@ class PostgresStore:
             # asyncpg's own connect timeout raises the same error, inside the statement's time
             waited = (f"no answer within {time.monotonic() - started:.1f} s" if scope.expired()
                       else f"no connection within {CONNECT_TIMEOUT_S:g} s")
-            raise ExchangeLogUnavailable(f"exchange log `{redacted(self.url)}`: {waited}") from None
+            raise ExchangeLogUnavailable(f"exchange log `{without_password(self.url)}`: {waited}") from None
         except self._failures as error:
             await self._discard()
-            raise ExchangeLogUnavailable(f"exchange log `{redacted(self.url)}`: {error}") from error
+            raise ExchangeLogUnavailable(f"exchange log `{without_password(self.url)}`: {error}") from error
         finally:
             if self._scope is scope:
                 self._scope = None
@@ -154,8 +153,8 @@ class PostgresStore:
             if self._reading:
                 if await db.fetchval("SELECT to_regclass('exchanges')") is None:
                     await db.close()
-                    raise ExchangeLogUnavailable(f"`{redacted(self.url)}` is not a Laneway exchange log (it has "
-                                                 "no `exchanges` table); pass the gateway's log with `--db`")
+                    raise ExchangeLogUnavailable(f"`{without_password(self.url)}` is not a Laneway exchange log (it "
+                                                 "has no `exchanges` table); pass the gateway's log with `--db`")
                 # A report does not convert a log of an earlier release: what it lacks reads as 0.
                 present = {r[0] for r in await db.fetch(
                     "SELECT column_name FROM information_schema.columns WHERE table_name = 'exchanges_hourly' "

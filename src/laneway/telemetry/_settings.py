@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
-from urllib.parse import urlsplit
 
-from laneway.errors import ConfigError, ConfigIssue, without_password
+from laneway.errors import ConfigError, ConfigIssue, port_problem, without_password
 
 DEFAULT_EXCHANGE_LOG = "sqlite:///var/laneway/exchanges.sqlite3"
 LOG_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
@@ -94,11 +93,8 @@ def _check_log_url(value: object, where: str) -> ConfigIssue | None:
         return ConfigIssue(where, f"`{value}` names no file; use `sqlite:///relative/log.sqlite3` or "
                                   "`sqlite:////absolute/log.sqlite3`")
     if isinstance(value, str) and value.startswith(LOG_SCHEMES):
-        try:
-            urlsplit(value).port  # noqa: B018 (it raises for a port that is not a number from 0 to 65535)
-        except ValueError:
-            return ConfigIssue(where, f"`{without_password(value)}` has a port that is not a number from 1 to 65535")
-        return None
+        problem = port_problem(value)
+        return None if problem is None else ConfigIssue(where, f"`{without_password(value)}` {problem}")
     return ConfigIssue(
         where,
         f"`{without_password(value) if isinstance(value, str) else repr(value)}` is not an exchange log URL; use "

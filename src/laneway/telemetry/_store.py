@@ -12,11 +12,10 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Sequence
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from laneway.errors import ConfigError, ConfigIssue, LanewayError
+from laneway.errors import ConfigError, ConfigIssue, LanewayError, without_password
 from laneway.exchange import CLIENT_DISCONNECTED
 from laneway.telemetry._records import (
     ATTEMPT_FIELDS,
@@ -402,15 +401,6 @@ def numbered(sql: str) -> str:
     return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
 
 
-def redacted(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-
-
 def open_store(url: str, *, reading: bool = False) -> ExchangeStore:
     """The store for an exchange log URL (`sqlite:///...` or `postgresql://...`). A store opened for
     `reading` (the reports) never creates the log's tables: a database without them is an error."""
@@ -423,5 +413,5 @@ def open_store(url: str, *, reading: bool = False) -> ExchangeStore:
 
         return PostgresStore(url, reading=reading)
     raise ConfigError(
-        [ConfigIssue("telemetry.exchange_log", f"`{redacted(url)}`: use `sqlite:///` or `postgresql://`")]
+        [ConfigIssue("telemetry.exchange_log", f"`{without_password(url)}`: use `sqlite:///` or `postgresql://`")]
     )

@@ -14,10 +14,11 @@ from collections import deque
 from collections.abc import Sequence
 from itertools import islice
 
+from laneway.errors import without_password
 from laneway.telemetry._metrics import LogHealth
 from laneway.telemetry._records import LogRecord
 from laneway.telemetry._settings import TelemetrySettings
-from laneway.telemetry._store import ExchangeLogUnavailable, ExchangeStore, redacted
+from laneway.telemetry._store import ExchangeLogUnavailable, ExchangeStore
 
 log = logging.getLogger("laneway.telemetry")
 
@@ -142,7 +143,7 @@ class ExchangeLog:
             self.health.backlog = 0
             log.error(
                 "exchange log `%s` stayed unavailable: %d exchanges were not written",
-                redacted(self.store.url),
+                without_password(self.store.url),
                 lost,
             )
         try:
@@ -161,7 +162,7 @@ class ExchangeLog:
 
     def _recovered(self) -> None:
         if not self.health.up:
-            log.info("exchange log `%s` is writable again", redacted(self.store.url))
+            log.info("exchange log `%s` is writable again", without_password(self.store.url))
         self.health.up = True
         self._backoff_s = 0.0
         self._retry_at = 0.0
