@@ -478,3 +478,25 @@ def test_requests_that_named_a_model_are_apart_from_those_refused_before_routing
     for figures in (summarize(rows_of(exchanges, simulated=False)), json.loads(capsys.readouterr().out)):
         assert {route: f["requests"] for route, f in figures["routes"].items()} == {
             "chat": 1, "(direct)": 2, "(none)": 1}
+
+
+def test_answers_from_the_cache_are_the_caches_figures_not_the_models(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cache hit takes a millisecond: counted under the model that once answered, it would make that model
+    look faster the more the cache answers. The route, which the client saw answer, keeps it."""
+    calls = [Exchange(f"call-{i}", BASE_TIME + i, model="gpt-5", route="billing", lane="primary", latency_ms=800.0,
+                      attempts=[Attempt("gpt-5", "ok", latency_ms=800.0)]) for i in range(4)]
+    hits = [Exchange(f"hit-{i}", BASE_TIME + 10 + i, model="gpt-5", route="billing", lane="cache", latency_ms=1.0)
+            for i in range(6)]
+    db = asyncio.run(_logged(tmp_path, calls + hits))
+    assert report("--db", db, "--json") == 0
+    for figures in (summarize(rows_of(calls + hits, simulated=False)), json.loads(capsys.readouterr().out)):
+        models, route = figures["models"], figures["routes"]["billing"]
+        assert (models["gpt-5"]["requests"], models["gpt-5"]["p50_ms"]) == (4, 800.0)
+        assert (models["(cache)"]["requests"], models["(cache)"]["p50_ms"]) == (6, 1.0)
+        assert (route["requests"], route["p50_ms"]) == (10, 1.0)
+    page = tmp_path / "report.html"
+    assert report("--db", db, "--html", str(page)) == 0
+    assert "gpt-5: 4 requests" in page.read_text(encoding="utf-8")
+    assert "(cache): 6 requests" in page.read_text(encoding="utf-8")

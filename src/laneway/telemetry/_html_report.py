@@ -10,7 +10,7 @@ from typing import Any
 
 from laneway.telemetry._log_args import CHANGES, changes, figure, headline
 from laneway.telemetry._records import ExchangeRow, HourlyRow
-from laneway.telemetry._summary import NO_MODEL
+from laneway.telemetry._summary import NO_MODEL, model_label
 
 PALETTE = ("#4a7bd0", "#d0694a", "#3e9e6b", "#9a5bc4", "#c49a2a", "#3a9fb0", "#b0457a", "#6b6b6b")
 WIDTH, HEIGHT, PAD = 640, 200, 40
@@ -105,7 +105,7 @@ def latency_plots(rows: Sequence[ExchangeRow]) -> str:
     """One histogram per model over shared log-spaced latency bins."""
     by_model: dict[str, list[float]] = defaultdict(list)
     for row in rows:
-        by_model[row.model or NO_MODEL].append(max(row.latency_ms, 0.001))
+        by_model[model_label(row.model, row.lane)].append(max(row.latency_ms, 0.001))
     if not by_model:
         return "<p>No raw exchanges in this window.</p>"
     low = math.log10(min(min(v) for v in by_model.values()))

@@ -3,6 +3,8 @@
 `stats()` (over exchanges held in memory) and `laneway report` (over the exchange log) both call
 `summarize`, so for the same exchanges and window they return the same numbers. Shadow exchanges
 answered nobody: they stay out of the totals, shares and costs, and are summed apart under `shadow`.
+Answers from the response cache are figures of the model `(cache)`, not of the model that once gave
+them, so that a model's latency percentiles are those of its calls.
 """
 
 from __future__ import annotations
@@ -14,12 +16,18 @@ from typing import Any
 
 from laneway.errors import UpstreamTimeout
 from laneway.exchange import CLIENT_DISCONNECTED, OK
-from laneway.telemetry._records import SHADOW_LANE, ExchangeRow, HourlyRow
+from laneway.telemetry._records import CACHE_LANE, SHADOW_LANE, ExchangeRow, HourlyRow
 
 TIMEOUT_OUTCOME = UpstreamTimeout.code
 NO_MODEL = "(none)"
 NO_ROUTE = "(none)"  # refused before it was routed
 DIRECT = "(direct)"  # the requests that named a model rather than the route table
+CACHED = "(cache)"  # the answers from the response cache: no model was called, so none's figures count them
+
+
+def model_label(model: str | None, lane: str) -> str:
+    """Whom an exchange's figures belong to: its model, or the response cache that answered instead."""
+    return CACHED if lane == CACHE_LANE else model or NO_MODEL
 
 
 def route_label(route: str | None, lane: str) -> str:
@@ -156,7 +164,7 @@ def summarize(
         if row.lane == SHADOW_LANE:
             groups = (shadow, _group(shadow_models, row.model or NO_MODEL))
         else:
-            groups = (total, _group(models, row.model or NO_MODEL),
+            groups = (total, _group(models, model_label(row.model, row.lane)),
                       _group(routes, route_label(row.route, row.lane)))
             for model in row.failed_models:  # a model hidden behind its fallbacks still shows its failures
                 _group(models, model).failed_attempts += 1
@@ -180,7 +188,7 @@ def summarize(
         if hour.lane == SHADOW_LANE:
             groups = (shadow, _group(shadow_models, hour.model or NO_MODEL))
         else:
-            groups = (total, _group(models, hour.model or NO_MODEL),
+            groups = (total, _group(models, model_label(hour.model, hour.lane)),
                       _group(routes, route_label(hour.route, hour.lane)))
             rolled_up += hour.requests
         for group in groups:
