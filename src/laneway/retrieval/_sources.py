@@ -110,19 +110,23 @@ def _csv_documents(path: Path, raw: str) -> list[Document]:
     # Rows end at \n or \r, not at U+2028 in a cell; strict: an open quote is an error, not the rest of the file.
     reader = csv.DictReader(io.StringIO(raw, newline=""), strict=True)
     documents: list[Document] = []
+    read = 0  # lines read up to the end of the last good row: a bad row starts on the next
     try:
         if "text" not in (reader.fieldnames or []):
             raise source_error(path, f"`{path}` needs a `text` column (optional: `title`, `id`); "
                                      f"found {reader.fieldnames}")
+        read = reader.line_num
         for index, row in enumerate(reader):
             where = f"line {reader.line_num}"
             if row.get(None):  # the fields past the header's, under the key None
                 raise source_error(path, f"`{path}` {where}: more fields than the header's "
                                          f"{len(reader.fieldnames or [])}; quote a text that holds a comma")
             documents.append(_record_document(path, index, row, where))
+            read = reader.line_num
     except csv.Error as error:
-        raise source_error(path, f"`{path}` line {reader.line_num}: not valid CSV ({error}); check the quoting "
-                                 "there") from None
+        # `line_num` has read past the row's start (to the end of the data, for an open quote)
+        raise source_error(path, f"`{path}` line {read + 1}: not valid CSV ({error}); check the "
+                                 "quoting of the row that starts there") from None
     return documents
 
 
