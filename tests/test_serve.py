@@ -29,6 +29,10 @@ routes:
   target: {target}
 """
 
+UNPRICED = """models:
+  unpriced: {provider: openai, base_url: "sim:///gpt-5/v1", model: gpt-5}
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -83,7 +87,8 @@ def test_serve_reloads_on_sighup_and_flushes_on_stop(tmp_path: Path) -> None:
     process, url = serve(config)
     try:
         assert chat(url) == "gpt-5-mini"
-        config.write_text(ROUTES.format(db=db, target="gpt-5"))
+        # a model without a price: the reload says so, as `laneway check` and start-up would
+        config.write_text(ROUTES.format(db=db, target="gpt-5") + UNPRICED)
         process.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
         while chat(url) != "gpt-5":
@@ -99,9 +104,21 @@ def test_serve_reloads_on_sighup_and_flushes_on_stop(tmp_path: Path) -> None:
     assert process.returncode == 0, output
     assert "simulated fleet" in output and "reload failed, keeping the running config" in output
     assert output.count("no client keys configured") == 1, output  # said at start, not again at each reload
+    reloaded = output.index("laneway: reloaded")
+    assert "models.unpriced.price: no `price`" in output[reloaded:], output
+    assert "models.unpriced.price: no `price`" not in output[:reloaded], output
     with sqlite3.connect(db) as connection:
         logged = connection.execute("select count(*) from exchanges").fetchone()[0]
     assert logged >= 3
+
+
+def test_start_up_states_each_warning_of_the_routing_file(tmp_path: Path) -> None:
+    config = tmp_path / "routes.yaml"
+    config.write_text(ROUTES.format(db=tmp_path / "log.sqlite3", target="unpriced") + UNPRICED)
+    process, _ = serve(config)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=30)
+    assert output.count("laneway: models.unpriced.price: no `price`: its requests cost $0") == 1, output
 
 
 def test_workers_share_one_port_and_stop_gracefully(tmp_path: Path) -> None:

@@ -116,8 +116,8 @@ class Gateway:
             # Off the loop: reading and analysing a large routing file takes seconds (150 routes: 3 s).
             config = await asyncio.to_thread(self._read_config)
             config = restart_only(self.config, config, fleet_running=self.sim_url is not None)
-            environment = unset_variables(config)  # as `check` and start-up say them
-            config = replace(config, warnings=(*config.warnings, *environment))
+            # as `check` and start-up say them
+            config = replace(config, warnings=(*config.warnings, *unset_variables(config)))
             if config.simulated and self.sim_url is None:
                 from .sim import start_fleet
 
@@ -135,8 +135,7 @@ class Gateway:
             if self.applied is not None:
                 self.applied(config)
             for issue in config.warnings if self.speaks else ():
-                if issue.message.startswith(RESTART_ONLY) or issue in environment:
-                    log.warning("laneway: %s", issue)
+                log.warning("laneway: %s", issue)
             return config
 
     def _read_config(self) -> Config:

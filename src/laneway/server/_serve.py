@@ -83,9 +83,7 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
     config = _running_config(config_path, worker, fleet_running=sim_url is not None)
     speaks = worker is None or worker.index == 0  # the workers of one server warn once, not once each
     check_exposure(config, host, allow_unauthenticated, warn=speaks)
-    if config.warnings and speaks:
-        log.warning("laneway: %d route-table warning(s); `laneway check` lists them", len(config.warnings))
-    for warning in unset_variables(config) if speaks else ():
+    for warning in (*config.warnings, *unset_variables(config)) if speaks else ():
         log.warning("laneway: %s", warning)
     async with contextlib.AsyncExitStack() as stack:
         if config.simulated and sim_url is None:
