@@ -457,6 +457,36 @@ def test_a_tool_result_for_a_call_no_message_made_is_a_400_for_a_gemini_model(
     assert "call_nowhere" in caught.value.message and caught.value.param == "messages[2].tool_call_id"
 
 
+@pytest.mark.parametrize("model", ["gemini-flash", "claude"])
+@pytest.mark.parametrize(("broken", "param"), [
+    ({"id": "call_2", "type": "function", "function": {"name": "lookup_order", "arguments": "not json"}},
+     "messages[4].tool_calls[0].function.arguments"),
+    ({"type": "function", "function": {"name": "lookup_order", "arguments": "{}"}}, "messages[4].tool_calls[0]"),
+])
+def test_a_malformed_tool_call_is_named_by_the_message_that_holds_it(
+        live: tuple[LiveGateway, RecordingSink], model: str, broken: dict[str, Any], param: str) -> None:
+    """The adapters that read the calls name the message as well as the call, as for the other fields."""
+    gateway, _ = live
+    conversation: list[Any] = [
+        {"role": "system", "content": "Be brief."}, *MESSAGES, {"role": "assistant", "tool_calls": [CALL]},
+        {"role": "tool", "tool_call_id": CALL["id"], "content": "{}"}, {"role": "assistant", "tool_calls": [broken]},
+        {"role": "tool", "tool_call_id": "call_2", "content": "{}"}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(gateway).chat.completions.create(model=model, messages=conversation, tools=TOOLS)
+    assert caught.value.param == param
+
+
+@pytest.mark.parametrize("model", ["gemini-flash", "claude"])
+def test_a_tool_message_without_its_call_id_is_named_by_its_place(
+        live: tuple[LiveGateway, RecordingSink], model: str) -> None:
+    gateway, _ = live
+    conversation: list[Any] = [{"role": "system", "content": "Be brief."}, *MESSAGES,
+                               {"role": "assistant", "tool_calls": [CALL]}, {"role": "tool", "content": "{}"}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(gateway).chat.completions.create(model=model, messages=conversation, tools=TOOLS)
+    assert caught.value.param == "messages[3].tool_call_id"
+
+
 def test_a_malformed_gemini_function_call_fails_over_to_the_next_model(
         live: tuple[LiveGateway, RecordingSink]) -> None:
     gateway, sink = live

@@ -45,14 +45,15 @@ def _tool(name: str, description: str, parameters: dict[str, Any] | None) -> dic
     return described
 
 
-def tool_use_blocks(message: Message) -> list[dict[str, Any]]:
-    """An assistant message's `tool_calls` as `tool_use` blocks."""
-    return [{"type": "tool_use", "id": _sendable(c.id), "name": c.name, "input": c.arguments} for c in calls(message)]
+def tool_use_blocks(message: Message, index: int) -> list[dict[str, Any]]:
+    """The `tool_calls` of an assistant message (the request's `index`th) as `tool_use` blocks."""
+    return [{"type": "tool_use", "id": _sendable(c.id), "name": c.name, "input": c.arguments}
+            for c in calls(message, index)]
 
 
-def tool_result_block(message: Message) -> dict[str, Any]:
-    """A `tool` message as the `tool_result` block that answers its call."""
-    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": _sendable(answered_call(message))}
+def tool_result_block(message: Message, index: int) -> dict[str, Any]:
+    """A `tool` message (the request's `index`th) as the `tool_result` block that answers its call."""
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": _sendable(answered_call(message, index))}
     text = message_text(message)
     if text:
         block["content"] = text

@@ -100,7 +100,7 @@ class CallParts:
         """An assistant message's `tool_calls` as `functionCall` parts, each with its signature when known;
         in the current turn, the first always has one."""
         parts = []
-        for i, made in enumerate(calls(message)):
+        for i, made in enumerate(calls(message, index)):
             self._names[made.id] = made.name
             part: dict[str, Any] = {"functionCall": {"name": made.name, "args": made.arguments}}
             signature = self._signatures.of(made)
@@ -113,7 +113,7 @@ class CallParts:
 
     def function_response(self, message: Message, index: int) -> dict[str, Any]:
         """A `tool` message as the `functionResponse` part that answers its call."""
-        call_id = answered_call(message)
+        call_id = answered_call(message, index)
         name = self._names.get(call_id)
         if name is None:
             raise InvalidRequest(f"the `tool` message answers call `{call_id}`, which no earlier assistant message "

@@ -59,32 +59,33 @@ def choice(params: dict[str, Any]) -> str | None:
                          "`{\"type\": \"function\", \"function\": {\"name\": ...}}`", param="tool_choice")
 
 
-def calls(message: Message) -> list[Call]:
-    """An assistant message's `tool_calls`, each with an `id` and a function's `name` and `arguments` (a
-    JSON object, as text)."""
+def calls(message: Message, index: int) -> list[Call]:
+    """The `tool_calls` of an assistant message (the request's `index`th), each with an `id` and a function's
+    `name` and `arguments` (a JSON object, as text)."""
     found = []
     for i, call in enumerate(message.get("tool_calls") or ()):
         function = call.get("function") if isinstance(call, dict) else None
+        where = f"messages[{index}].tool_calls[{i}]"
         if not isinstance(function, dict) or not isinstance(call.get("id"), str):
-            raise InvalidRequest("a tool call needs an `id` and a `function` with a `name`", param=f"tool_calls[{i}]")
+            raise InvalidRequest("a tool call needs an `id` and a `function` with a `name`", param=where)
         try:
             arguments = orjson.loads(function.get("arguments") or "{}")
         except orjson.JSONDecodeError:
             arguments = None
         if not isinstance(arguments, dict):
             raise InvalidRequest(f"tool call `{call['id']}`: `arguments` must be a JSON object, as text",
-                                 param=f"tool_calls[{i}].function.arguments")
+                                 param=f"{where}.function.arguments")
         extra = {key: value for key, value in call.items() if key not in ("id", "type", "function")}
         found.append(Call(call["id"], str(function.get("name")), arguments, extra))
     return found
 
 
-def answered_call(message: Message) -> str:
-    """The `tool_call_id` of a `tool` message: the call it answers."""
+def answered_call(message: Message, index: int) -> str:
+    """The `tool_call_id` of a `tool` message (the request's `index`th): the call it answers."""
     call_id = message.get("tool_call_id")
     if not isinstance(call_id, str) or not call_id:
         raise InvalidRequest("a `tool` message needs the `tool_call_id` of the call it answers",
-                             param="messages.tool_call_id")
+                             param=f"messages[{index}].tool_call_id")
     return call_id
 
 

@@ -110,7 +110,7 @@ def request_body(model: str, request: ChatRequest, stream: bool, prompt_cache: b
     the next request that starts with it reads it at the cache's price. A `thinking` budget (tokens)
     turns on extended thinking, on top of the answer's `max_tokens`."""
     system = [message_text(m) for m in request.messages if m.get("role") in _SYSTEM_ROLES]
-    turns = alternating_turns([m for m in request.messages if m.get("role") not in _SYSTEM_ROLES])
+    turns = alternating_turns(request.messages)
     if not turns:
         raise InvalidRequest("an Anthropic model needs at least one non-empty `user` or `assistant` message",
                              param="messages")
@@ -151,18 +151,21 @@ def _think(body: dict[str, Any], budget: int, top_p: Any) -> None:
 
 def alternating_turns(messages: list[Message]) -> list[Message]:
     """Content blocks per turn, consecutive same-role messages merged: the API requires alternation.
+    System messages are left out (they are the `system` prompt).
 
     The API refuses a text block of whitespace only ("text content blocks must contain non-whitespace
     text"), and a final assistant turn (a prefill) that ends in whitespace: such blocks are dropped,
     and that tail is trimmed."""
     turns: list[Message] = []
-    for message in messages:
+    for i, message in enumerate(messages):
+        if message.get("role") in _SYSTEM_ROLES:
+            continue
         role = "assistant" if message.get("role") == "assistant" else "user"
         if message.get("role") == "tool":
-            blocks = [tool_result_block(message)]
+            blocks = [tool_result_block(message, i)]
         else:
             blocks = content_blocks(message)
-            blocks += tool_use_blocks(message) if role == "assistant" else []
+            blocks += tool_use_blocks(message, i) if role == "assistant" else []
         if not blocks:
             continue
         if turns and turns[-1]["role"] == role:
