@@ -112,13 +112,19 @@ def test_serve_reloads_on_sighup_and_flushes_on_stop(tmp_path: Path) -> None:
     assert logged >= 3
 
 
-def test_start_up_states_each_warning_of_the_routing_file(tmp_path: Path) -> None:
+def test_start_up_states_each_warning_of_the_routing_file_and_counts_the_overlaps(tmp_path: Path) -> None:
     config = tmp_path / "routes.yaml"
-    config.write_text(ROUTES.format(db=tmp_path / "log.sqlite3", target="unpriced") + UNPRICED)
+    config.write_text(UNPRICED + """routes:
+- {name: urgent, matcher: "priority == high", target: unpriced}
+- {name: escalated, matcher: "escalation == true", target: gpt-5}
+- {name: rest, target: gpt-5-mini}
+""")
     process, _ = serve(config)
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=30)
     assert output.count("laneway: models.unpriced.price: no `price`: its requests cost $0") == 1, output
+    assert output.count("laneway: 1 warning(s) of routes that overlap; `laneway check` lists them") == 1, output
+    assert "overlaps `urgent`" not in output, output
 
 
 def test_workers_share_one_port_and_stop_gracefully(tmp_path: Path) -> None:

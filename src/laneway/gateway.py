@@ -19,7 +19,7 @@ import orjson
 from .cache import CacheStore, MemoryStore, cache_key, cacheable, lookup, model_scope, remember
 from .cascade import complete_with_cascade
 from .chat import Chunk, Completion, Message
-from .config import CacheSettings, Config, load_config, unset_variables
+from .config import CacheSettings, Config, load_config, unset_variables, warning_lines
 from .context import TokenCounter
 from .dispatch import Dispatcher, Plan, Started, replay_stream
 from .errors import ConfigIssue
@@ -134,8 +134,8 @@ class Gateway:
                      len(config.models))
             if self.applied is not None:
                 self.applied(config)
-            for issue in config.warnings if self.speaks else ():
-                log.warning("laneway: %s", issue)
+            for line in warning_lines(config.warnings) if self.speaks else ():
+                log.warning("laneway: %s", line)
             return config
 
     def _read_config(self) -> Config:

@@ -1,6 +1,6 @@
 """Routing configuration: YAML → validated, frozen runtime objects; the matcher language."""
 
-from ._environment import unset_variables
+from ._environment import unset_variables, warning_lines
 from ._lanes import (
     MIN_CHUNK_TOKENS,
     CacheSettings,
@@ -55,4 +55,5 @@ __all__ = [
     "load_config",
     "parse_config",
     "unset_variables",
+    "warning_lines",
 ]

@@ -66,6 +66,9 @@ def _analyse_group(routes: list[Route], overlaps: dict[tuple[int, int], dict[str
     return gap
 
 
+OVERLAPS = "overlaps "  # how a warning of two routes that match the same request begins
+
+
 def _gap_warning(path: str, deeper: list[str], example: dict[str, Any]) -> TableWarning:
     where = f"a request to `{path}` or a path under it" if not deeper else (
         f"a request to `{path}`, or to a path under it other than {', '.join(f'`{p}`' for p in deeper)} and the "
@@ -87,7 +90,7 @@ def _findings(routes: Sequence[Route], overlaps: dict[tuple[int, int], dict[str,
                    else f"it follows `{a.name}`'s settings (fallbacks, deadline, lanes), not `{b.name}`'s")
         warnings.append(TableWarning(
             f"routes[{later_index}]",
-            f"overlaps `{a.name}` (routes[{first_index}]): a request such as {_describe(example)} matches both; "
+            f"{OVERLAPS}`{a.name}` (routes[{first_index}]): a request such as {_describe(example)} matches both; "
             f"the first match wins, so {outcome}",
         ))
     for route in routes:

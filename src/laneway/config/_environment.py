@@ -8,10 +8,11 @@ endpoints closed, and an operator should hear why before the first request fails
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from ..errors import ConfigIssue
+from ._analysis import OVERLAPS
 from ._model import Config
 
 # The providers' own APIs, which refuse a request without a key (a self-hosted server may not).
@@ -42,3 +43,13 @@ def unset_variables(config: Config, environ: Mapping[str, str] = os.environ) -> 
 
 def _warning(path: str, message: str) -> ConfigIssue:
     return ConfigIssue(path, message, severity="warning")
+
+
+def warning_lines(warnings: Sequence[ConfigIssue]) -> list[str]:
+    """What start-up and each reload say of a file's warnings: each in full, but routes that overlap (the
+    first match wins, as is often intended) by their count."""
+    overlaps = [w for w in warnings if w.message.startswith(OVERLAPS)]
+    lines = [str(w) for w in warnings if not w.message.startswith(OVERLAPS)]
+    if overlaps:
+        lines.append(f"{len(overlaps)} warning(s) of routes that overlap; `laneway check` lists them")
+    return lines

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import Config, SimSettings, load_config, parse_config, unset_variables
+from ..config import Config, SimSettings, load_config, parse_config, unset_variables, warning_lines
 from ..errors import ConfigError, ConfigIssue
 from ..gateway import Gateway, restart_only
 from ..telemetry import Telemetry
@@ -83,8 +83,8 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
     config = _running_config(config_path, worker, fleet_running=sim_url is not None)
     speaks = worker is None or worker.index == 0  # the workers of one server warn once, not once each
     check_exposure(config, host, allow_unauthenticated, warn=speaks)
-    for warning in (*config.warnings, *unset_variables(config)) if speaks else ():
-        log.warning("laneway: %s", warning)
+    for line in warning_lines((*config.warnings, *unset_variables(config))) if speaks else ():
+        log.warning("laneway: %s", line)
     async with contextlib.AsyncExitStack() as stack:
         if config.simulated and sim_url is None:
             sim_url = await stack.enter_async_context(fleet_process(config))
