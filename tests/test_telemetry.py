@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
@@ -749,3 +750,52 @@ async def test_an_exchange_whose_signals_no_encoder_takes_is_logged_all_the_same
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT request_id, signals FROM exchanges ORDER BY started_at").fetchall()
     assert len(rows) == 2 and "could not be encoded" in rows[0][1] + rows[1][1]
+
+
+async def test_a_log_that_cannot_be_opened_says_what_to_check(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "a-folder"  # an exchange log path that is a folder: SQLite cannot open it
+    folder.mkdir()
+    telemetry = Telemetry(TelemetrySettings(exchange_log=f"sqlite:///{folder}", close_timeout_ms=200))
+    with caplog.at_level(logging.WARNING, logger="laneway.telemetry"):
+        await telemetry.start()
+        await telemetry.aclose()
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"unable to open database file (`{folder}` must be a file this process may create and write" in said
+
+
+async def test_the_log_says_when_it_starts_dropping_what_it_dropped_and_what_a_second_ctrl_c_cost(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """With `metrics: false` no counter shows the drops: the log lines are all an operator has."""
+    path = tmp_path / "log.sqlite3"
+    path.mkdir()  # unavailable until it becomes a file
+    settings = TelemetrySettings(exchange_log=f"sqlite:///{path}", metrics=False, buffer_limit=50,
+                                 flush_interval_ms=20, close_timeout_ms=30_000)
+    telemetry = Telemetry(settings)
+    with caplog.at_level(logging.INFO, logger="laneway.telemetry"):
+        await telemetry.start()
+        for i in range(120):
+            telemetry.record(make_exchange(i))
+        assert not await telemetry.flush()
+        full = [r for r in caplog.records if "the backlog is full (`telemetry.buffer_limit`: 50)" in r.getMessage()]
+        assert len(full) == 1 and full[0].levelno == logging.ERROR
+        path.rmdir()
+        assert await telemetry.flush()
+        assert any("writable again; 70 exchanges were dropped unrecorded meanwhile" in r.getMessage()
+                   for r in caplog.records)
+        await telemetry.aclose()
+        down = tmp_path / "down.sqlite3"
+        down.mkdir()
+        stopped = Telemetry(dataclasses.replace(settings, exchange_log=f"sqlite:///{down}"))
+        await stopped.start()
+        for i in range(30):
+            stopped.record(make_exchange(i))
+        assert not await stopped.flush()
+        closing = asyncio.create_task(stopped.aclose())
+        await asyncio.sleep(0.3)
+        closing.cancel()  # what a second Ctrl-C does to the stop
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+    said = [r.getMessage() for r in caplog.records]
+    assert any(re.search(r"trying to write 30 exchanges for up to (29|30)\.\d s", m) for m in said), said
+    assert any("stopped before 30 exchanges were written" in m for m in said), said
+    assert (telemetry.health.dropped, stopped.health.dropped) == (70, 30)

@@ -334,3 +334,54 @@ async def test_an_exchange_whose_request_id_is_logged_already_is_said_and_not_co
     assert any("1 exchange(s) were not logged: their request id is logged already" in r.getMessage()
                for r in caplog.records)
     await telemetry.aclose()
+
+
+async def test_a_nul_character_a_client_sent_is_stored_as_a_replacement_and_stops_nothing(
+        server: PostgresServer) -> None:
+    """PostgreSQL's text holds no NUL: a record carrying one used to fail its batch, which the writer took for an
+    outage and retried for good, so that nothing after it was ever logged."""
+    dsn = await server.database()
+    telemetry = Telemetry(TelemetrySettings(exchange_log=dsn))
+    await telemetry.start()
+    poisoned = make_exchange(0)
+    poisoned.conversation_id = "ab\x00c"
+    poisoned.signals = {**poisoned.signals, "tier": "\\u0000 stays as it was typed", "odd\x00key": "\x00"}
+    poisoned.error = "bad\x00field"
+    telemetry.record(poisoned)
+    for i in range(1, 300):
+        telemetry.record(make_exchange(i))
+    assert await telemetry.flush()
+    await telemetry.aclose()
+    assert await scalar(dsn, "SELECT count(*) FROM exchanges") == 300
+    db = await asyncpg.connect(dsn)
+    try:
+        row = await db.fetchrow("SELECT conversation_id, error, signals FROM exchanges WHERE request_id = $1",
+                                poisoned.request_id)
+    finally:
+        await db.close()
+    signals = json.loads(row["signals"])
+    assert (row["conversation_id"], row["error"]) == ("ab\ufffdc", "bad\ufffdfield")
+    assert signals["tier"] == "\\u0000 stays as it was typed" and signals["odd\ufffdkey"] == "\ufffd"
+    assert telemetry.health.dropped == 0 and telemetry.health.up
+
+
+async def test_a_record_the_server_refuses_for_its_data_is_named_and_counted_and_the_rest_land(
+        server: PostgresServer, caplog: pytest.LogCaptureFixture) -> None:
+    dsn = await server.database()
+    telemetry = Telemetry(TelemetrySettings(exchange_log=dsn, metrics=False))  # the log alone reads the value
+    await telemetry.start()
+    refused = make_exchange(5)
+    refused.prompt_tokens = 2**63  # over a BIGINT column: PostgreSQL refuses the value, not the connection
+    with caplog.at_level(logging.WARNING, logger="laneway.telemetry"):
+        for i in range(10):
+            telemetry.record(refused if i == 5 else make_exchange(i))
+        assert await telemetry.flush()
+        telemetry.record(make_exchange(10))
+        assert await telemetry.flush()
+    await telemetry.aclose()
+    assert await scalar(dsn, "SELECT count(*) FROM exchanges") == 10
+    assert (telemetry.health.written, telemetry.health.dropped, telemetry.health.up) == (10, 1, True)
+    said = [r.getMessage() for r in caplog.records]
+    assert any("refused 1 exchange(s) for what they hold" in m and refused.request_id in m and "out of range" in m
+               for m in said), said
+    assert not any("buffering" in m or "logged already" in m for m in said), said

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
+
+import orjson
 
 from laneway.errors import ConfigError, ConfigIssue, without_password
 from laneway.telemetry._records import ExchangeRow, HourlyRow, LogRecord
@@ -14,6 +17,7 @@ from laneway.telemetry._store import (
     FETCH_HOURLY_SQL,
     HOUR_S,
     ExchangeLogUnavailable,
+    Written,
     added_columns,
     exchange_row,
     fetch_hourly_sql,
@@ -37,6 +41,14 @@ CONNECT_TIMEOUT_S = 5.0
 WRITE_TIMEOUT_S = 10.0
 LONG_TIMEOUT_S = 120.0
 _SCHEMA_LOCK = 0x6C616E65  # any constant shared by every replica
+
+
+_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")  # an escaped NUL in JSON text, not an escaped backslash's "u0000"
+
+
+def _storable(record: str) -> str:
+    """PostgreSQL's text and jsonb hold no NUL character (a client's text may): each is stored as U+FFFD."""
+    return _NUL.sub(r"\1\\ufffd", record) if "\\u0000" in record else record
 
 
 def _asyncpg() -> Any:
@@ -73,13 +85,31 @@ class PostgresStore:
     async def open(self) -> None:
         await self._run(self._connection, WRITE_TIMEOUT_S)
 
-    async def write(self, records: Sequence[LogRecord]) -> int:
-        async def work(db: Connection) -> int:
-            async with db.transaction():
-                status: str = await db.execute(_INSERT, [record for _, record in records])
-            return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 <rows>"
+    async def write(self, records: Sequence[LogRecord]) -> Written:
+        texts = [_storable(record) for _, record in records]
+
+        async def work(db: Connection) -> Written:
+            try:
+                return Written(await self._insert(db, texts))
+            except self._driver.DataError:  # a record the server will not take: the others still go in
+                return await self._one_by_one(db, texts)
 
         return await self._run(lambda: self._with_connection(work), WRITE_TIMEOUT_S)
+
+    async def _insert(self, db: Connection, texts: list[str]) -> int:
+        async with db.transaction():
+            status: str = await db.execute(_INSERT, texts)
+        return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 <rows>"
+
+    async def _one_by_one(self, db: Connection, texts: list[str]) -> Written:
+        stored, refused, reason = 0, [], ""
+        for text in texts:
+            try:
+                stored += await self._insert(db, [text])
+            except self._driver.DataError as error:
+                refused.append(str(orjson.loads(text)[0]))  # the request id leads the record
+                reason = str(error).replace("\n", " ")
+        return Written(stored, tuple(refused), reason)
 
     async def roll_up(self, cutoff: float) -> int:
         cutoff = cutoff // HOUR_S * HOUR_S

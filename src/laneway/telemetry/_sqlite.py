@@ -33,6 +33,7 @@ from laneway.telemetry._store import (
     JSON_COLUMNS,
     RECORDS_TABLE,
     ExchangeLogUnavailable,
+    Written,
     convert_attempts_sql,
     exchange_row,
     exchange_view_sql,
@@ -80,9 +81,9 @@ class SqliteStore:
     async def open(self) -> None:
         await self._run(self._open)
 
-    async def write(self, records: Sequence[LogRecord]) -> int:
+    async def write(self, records: Sequence[LogRecord]) -> Written:
         await self._run(lambda: self._write(records))
-        return len(records)
+        return Written(len(records))
 
     async def roll_up(self, cutoff: float) -> int:
         return await self._run(lambda: self._roll_up(cutoff))
@@ -104,7 +105,14 @@ class SqliteStore:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._thread, work)
         except (sqlite3.Error, OSError) as error:
-            raise ExchangeLogUnavailable(f"exchange log `{self.url}`: {error}") from error
+            raise ExchangeLogUnavailable(f"exchange log `{self.url}`: {error}{self._hint(error)}") from error
+
+    def _hint(self, error: BaseException) -> str:
+        if isinstance(error, sqlite3.OperationalError) and "unable to open" in str(error):
+            return (f" (`{self.path.resolve()}` must be a file this process may create and write: check that it is "
+                    "not a folder, the folder's permissions and that its file system is writable, or point "
+                    "`telemetry.exchange_log` elsewhere)")
+        return ""
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -38,6 +39,16 @@ class ExchangeLogUnavailable(LanewayError):
     """The exchange log's store cannot be reached or refused a write; exchanges stay buffered."""
 
 
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What a write did with its records: the rows `stored` (fewer: some were there already), and the request
+    ids of those `refused` for their data, which no retry would change (`reason`: the store's words)."""
+
+    stored: int
+    refused: tuple[str, ...] = ()
+    reason: str = ""
+
+
 class ExchangeStore(Protocol):
     """Where finished exchanges are kept. Every method may raise `ExchangeLogUnavailable`."""
 
@@ -45,8 +56,8 @@ class ExchangeStore(Protocol):
 
     async def open(self) -> None: ...
 
-    async def write(self, records: Sequence[LogRecord]) -> int:
-        """Insert `records` in one transaction; the rows stored (fewer: some were there already)."""
+    async def write(self, records: Sequence[LogRecord]) -> Written:
+        """Insert `records` in one transaction (a record the store refuses for its data aside)."""
 
     async def roll_up(self, cutoff: float) -> int: ...
 

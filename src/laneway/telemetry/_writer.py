@@ -39,6 +39,8 @@ class ExchangeLog:
         self._backoff_s = 0.0
         self._retry_at = 0.0
         self._next_roll_up = 0.0
+        self._dropping = False  # the backlog overflowed since the store last took a write
+        self._dropped_before = 0  # `health.dropped` when the store last took a write
         # One store operation at a time: a write spans several turns of the event loop, and a flush
         # or roll-up asked for meanwhile must wait for it (or it would write the same rows again).
         self._busy = asyncio.Lock()
@@ -51,6 +53,11 @@ class ExchangeLog:
         room = max(0, self._settings.buffer_limit - len(self._backlog))
         self._backlog.extend(records[:room])
         if len(records) > room:
+            if not self._dropping:  # once per outage: the count is in the metrics, and said at recovery
+                self._dropping = True
+                log.error("exchange log `%s`: the backlog is full (`telemetry.buffer_limit`: %d); exchanges are "
+                          "dropped, unrecorded, until the store takes writes again",
+                          without_password(self.store.url), self._settings.buffer_limit)
             self.health.dropped += len(records) - room
         self.health.backlog = len(self._backlog)
 
@@ -77,7 +84,7 @@ class ExchangeLog:
         while self._backlog and (force or todo > 0):
             batch = list(islice(self._backlog, size))
             try:
-                stored = await self.store.write(batch)
+                written = await self.store.write(batch)
             except ExchangeLogUnavailable as error:
                 self._failed(error)
                 return False
@@ -85,11 +92,16 @@ class ExchangeLog:
             for _ in batch:
                 self._backlog.popleft()
             todo -= len(batch)
-            self.health.written += stored
-            if stored < len(batch):  # PostgreSQL keys rows by request id
+            self.health.written += written.stored
+            if written.refused:
+                self.health.dropped += len(written.refused)
+                log.error("laneway: the exchange log refused %d exchange(s) for what they hold, and they are not "
+                          "logged (request ids %s): %s", len(written.refused), ", ".join(written.refused[:10]),
+                          written.reason)
+            if repeated := len(batch) - written.stored - len(written.refused):  # PostgreSQL keys rows by request id
                 log.warning("laneway: %d exchange(s) were not logged: their request id is logged already (a client "
                             "that sends the same `x-request-id` twice, or a batch written again after a write that "
-                            "did commit)", len(batch) - stored)
+                            "did commit)", repeated)
             self.health.backlog = len(self._backlog)
             self._recovered()
         return True
@@ -130,12 +142,24 @@ class ExchangeLog:
         if deadline is None:
             deadline = time.monotonic() + self._settings.close_timeout_ms / 1000.0
         budget_s = max(0.0, deadline - time.monotonic())
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(budget_s):
-                while True:
-                    if await self.write_pending(force=True) or time.monotonic() >= deadline:
-                        break
-                    await asyncio.sleep(CLOSE_RETRY_S)
+        if self._backlog and not self.health.up:
+            log.warning("exchange log `%s` is unavailable: trying to write %d exchanges for up to %.1f s "
+                        "(`telemetry.close_timeout_ms`) before stopping", without_password(self.store.url),
+                        len(self._backlog), budget_s)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(budget_s):
+                    while True:
+                        if await self.write_pending(force=True) or time.monotonic() >= deadline:
+                            break
+                        await asyncio.sleep(CLOSE_RETRY_S)
+        except asyncio.CancelledError:  # a second Ctrl-C: stop now, but say what it cost
+            if self._backlog:
+                self.health.dropped += len(self._backlog)
+                log.error("exchange log `%s`: stopped before %d exchanges were written",
+                          without_password(self.store.url), len(self._backlog))
+                self._backlog.clear()
+            raise
         if self._backlog:
             lost = len(self._backlog)
             self.health.dropped += lost
@@ -162,7 +186,11 @@ class ExchangeLog:
 
     def _recovered(self) -> None:
         if not self.health.up:
-            log.info("exchange log `%s` is writable again", without_password(self.store.url))
+            lost = self.health.dropped - self._dropped_before
+            log.log(logging.ERROR if lost else logging.INFO, "exchange log `%s` is writable again%s",
+                    without_password(self.store.url),
+                    f"; {lost} exchanges were dropped unrecorded meanwhile" if lost else "")
+        self._dropping, self._dropped_before = False, self.health.dropped
         self.health.up = True
         self._backoff_s = 0.0
         self._retry_at = 0.0
