@@ -799,3 +799,23 @@ async def test_the_log_says_when_it_starts_dropping_what_it_dropped_and_what_a_s
     assert any(re.search(r"trying to write 30 exchanges for up to (29|30)\.\d s", m) for m in said), said
     assert any("stopped before 30 exchanges were written" in m for m in said), said
     assert (telemetry.health.dropped, stopped.health.dropped) == (70, 30)
+
+
+async def test_an_exchange_no_part_of_telemetry_can_take_costs_itself_alone(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A value past 64 bits stopped the drain for good: no exchange after it reached the log or the metrics."""
+    telemetry = Telemetry(TelemetrySettings(exchange_log=f"sqlite:///{tmp_path}/log.sqlite3"))
+    await telemetry.start()
+    poisoned = make_exchange(3)
+    poisoned.prompt_tokens = 10**20
+    with caplog.at_level(logging.ERROR, logger="laneway.telemetry"):
+        for i in range(10):
+            telemetry.record(poisoned if i == 3 else make_exchange(i))
+        assert await telemetry.flush()
+        telemetry.record(make_exchange(10))
+        assert await telemetry.flush()
+    await telemetry.aclose()
+    assert (telemetry.health.written, telemetry.health.dropped) == (10, 1)
+    assert total(telemetry.render_metrics(), "laneway_requests_total") >= 10
+    assert any(poisoned.request_id in r.getMessage() and "counted as dropped" in r.getMessage()
+               for r in caplog.records)

@@ -27,6 +27,8 @@ class _Handler(Handler):
         pieces = [""] if body["messages"][-1]["content"] == "empty" else TEXT
         # a request whose last message is `fingerprint` gets OpenAI's backend fields on every chunk
         extra = UPSTREAM_FIELDS if body["messages"][-1]["content"] == "fingerprint" else {}
+        if body["messages"][-1]["content"] == "absurd":  # a broken server's figures, past any 64-bit count
+            extra = {"usage": {"prompt_tokens": 10**20, "completion_tokens": -3, "total_tokens": "many"}}
         if body.get("stream"):
             events = [{**extra, "choices": [{"index": 0, "delta": {"role": "assistant", "content": piece},
                                              "finish_reason": None}]} for piece in pieces]
@@ -111,3 +113,18 @@ def test_an_openai_upstreams_fingerprint_and_service_tier_reach_the_client(
     assert chunks and all((c.system_fingerprint, c.service_tier) == ("fp_abc123", "default") for c in chunks)
     plain = client.chat.completions.create(model="laneway", messages=[{"role": "user", "content": "hello"}])
     assert (plain.system_fingerprint, plain.service_tier) == (None, None)  # none given, none made up
+
+
+def test_usage_figures_no_model_could_have_are_counted_here_instead(live: tuple[LiveGateway, RecordingSink]) -> None:
+    """10**20 tokens overflowed the metrics' and the log's 64-bit counts, and stopped the telemetry."""
+    gateway, sink = live
+    messages: Any = [{"role": "user", "content": "absurd"}]
+    whole = client(gateway).chat.completions.with_raw_response.create(model="laneway", messages=messages)
+    usage = whole.parse().usage
+    assert usage is not None and 0 < usage.prompt_tokens < 100 and 0 < usage.completion_tokens < 100
+    recorded = sink.by_id(whole.headers["x-request-id"])
+    assert (recorded.prompt_tokens, recorded.completion_tokens) == (usage.prompt_tokens, usage.completion_tokens)
+    stream = client(gateway).chat.completions.create(model="laneway", messages=messages, stream=True,
+                                                     stream_options={"include_usage": True})
+    assert [(u.prompt_tokens, u.completion_tokens) for u in (c.usage for c in stream) if u is not None] == [
+        (usage.prompt_tokens, usage.completion_tokens)]

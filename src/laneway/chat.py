@@ -26,6 +26,23 @@ FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls")
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 
+# Far above any model's window: a usage figure past it comes from a broken upstream, and would overflow the
+# 64-bit counts of the metrics and the exchange log.
+MAX_REPORTED_TOKENS = 1 << 40
+
+
+def token_count(value: Any) -> int:
+    """A usage figure as an upstream reported it: a whole number of tokens (as a number or digits). Anything else
+    (absent, a fraction, negative, past `MAX_REPORTED_TOKENS`) counts as not reported: 0."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REPORTED_TOKENS:
+        return 0
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     prompt_tokens: int = 0  # every prompt token, those read from or written to the prompt cache included

@@ -17,6 +17,7 @@ from ..chat import (
     answer_schema,
     message_text,
     part_text,
+    token_count,
     wants_json,
 )
 from ..errors import (
@@ -212,7 +213,7 @@ def parse_message(data: dict[str, Any], model: str) -> Completion:
         usage = data.get("usage") or {}
         return Completion(
             text=text, finish_reason=FINISH.get(str(data.get("stop_reason")), "stop"),
-            usage=usage_of(usage, int(usage.get("output_tokens") or 0)),
+            usage=usage_of(usage, token_count(usage.get("output_tokens"))),
             model=str(data.get("model") or model), upstream_id=str(data.get("id") or ""),
             tool_calls=tool_calls_of(blocks),
         )
@@ -223,9 +224,9 @@ def parse_message(data: dict[str, Any], model: str) -> Completion:
 def usage_of(usage: dict[str, Any], output_tokens: int) -> Usage:
     """Like OpenAI's `prompt_tokens`, the prompt count includes the tokens read from the prompt cache and
     those written to it (`input_tokens` counts neither)."""
-    read = int(usage.get("cache_read_input_tokens") or 0)
-    written = int(usage.get("cache_creation_input_tokens") or 0)
-    return Usage(int(usage.get("input_tokens") or 0) + read + written, output_tokens, read, written)
+    read = token_count(usage.get("cache_read_input_tokens"))
+    written = token_count(usage.get("cache_creation_input_tokens"))
+    return Usage(token_count(usage.get("input_tokens")) + read + written, output_tokens, read, written)
 
 
 def stream_error(error: Any, model: str) -> UpstreamError:
@@ -283,13 +284,13 @@ class _StreamState:
         if kind == "message_start":
             usage = (event.get("message") or {}).get("usage") or {}
             self._counts = dict(usage)
-            self.output_tokens = int(usage.get("output_tokens") or 0)
+            self.output_tokens = token_count(usage.get("output_tokens"))
         elif kind == "message_delta":
             self._delta(event)
         elif kind == "message_stop" and not self.stopped:
             self.stopped = True
-            usage = usage_of(self._counts, self.output_tokens)
-            return Chunk(finish_reason=self.finish or "stop", usage=usage)
+            usage = usage_of(self._counts, self.output_tokens)  # none of it usable: none reported
+            return Chunk(finish_reason=self.finish or "stop", usage=usage if usage.total_tokens else None)
         elif kind == "error":
             raise stream_error(event.get("error"), model)
         return None
@@ -302,7 +303,7 @@ class _StreamState:
         # `output_tokens` here is cumulative; newer API versions repeat the input counts too, some as null:
         # a null keeps the count `message_start` gave (as the SDK merges them).
         if usage.get("output_tokens") is not None:
-            self.output_tokens = int(usage["output_tokens"])
+            self.output_tokens = token_count(usage["output_tokens"])
         if usage.get("input_tokens") is not None:
             self._counts.update((name, value) for name, value in usage.items() if value is not None)
 

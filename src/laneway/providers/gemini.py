@@ -22,6 +22,7 @@ from ..chat import (
     answer_schema,
     message_text,
     part_text,
+    token_count,
     wants_json,
 )
 from ..errors import (
@@ -314,11 +315,12 @@ def usage_of(metadata: Any) -> Usage | None:
     if not isinstance(metadata, dict):
         return None
     # Thinking tokens are billed at the output price, so they count as completion tokens.
-    thoughts = int(metadata.get("thoughtsTokenCount") or 0)
-    completion = int(metadata.get("candidatesTokenCount") or 0) + thoughts
+    thoughts = token_count(metadata.get("thoughtsTokenCount"))
+    completion = token_count(metadata.get("candidatesTokenCount")) + thoughts
     # `promptTokenCount` includes `cachedContentTokenCount`, the tokens read from the context cache.
-    cached = int(metadata.get("cachedContentTokenCount") or 0)
-    return Usage(int(metadata.get("promptTokenCount") or 0), completion, cached, reasoning_tokens=thoughts)
+    cached = token_count(metadata.get("cachedContentTokenCount"))
+    usage = Usage(token_count(metadata.get("promptTokenCount")), completion, cached, reasoning_tokens=thoughts)
+    return usage if usage.total_tokens else None  # none of it usable: none reported
 
 
 def status_error(error: Any, model: str) -> UpstreamError:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ..chat import ChatRequest, Chunk, Completion, Message, TokenLogprob, Usage
+from ..chat import ChatRequest, Chunk, Completion, Message, TokenLogprob, Usage, token_count
 from ..errors import UpstreamBadResponse, UpstreamError
 from ._base import Refusal, Upstream, decode_event
 
@@ -153,8 +153,8 @@ def parse_chunk(event: dict[str, Any], model: str) -> Chunk | None:
     usage = event.get("usage")
     chunk = Chunk(system_fingerprint=_text(event.get("system_fingerprint")),
                   service_tier=_text(event.get("service_tier")))
-    if isinstance(usage, dict):
-        chunk.usage = usage_of(usage)
+    if isinstance(usage, dict) and (reported := usage_of(usage)).total_tokens:  # none of it usable: none reported
+        chunk.usage = reported
     choices = event.get("choices") or []
     if choices:
         choice = choices[0]
@@ -195,5 +195,5 @@ def usage_of(usage: dict[str, Any]) -> Usage:
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
     thought = usage.get("completion_tokens_details")
     reasoning = thought.get("reasoning_tokens") if isinstance(thought, dict) else None
-    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), int(cached or 0),
-                 reasoning_tokens=int(reasoning or 0))
+    return Usage(token_count(usage.get("prompt_tokens")), token_count(usage.get("completion_tokens")),
+                 token_count(cached), reasoning_tokens=token_count(reasoning))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,6 +31,8 @@ from laneway.telemetry._summary import summarize
 from laneway.telemetry._traces import ExchangeTracer
 from laneway.telemetry._window import RecentExchanges, rows_of_columns
 from laneway.telemetry._writer import ExchangeLog
+
+logger = logging.getLogger("laneway.telemetry")
 
 # The background drain works in small slices with a pause between them. A request needs several
 # turns of the event loop (read, send upstream, read the answer, respond); a drain that yielded only
@@ -285,16 +288,22 @@ class Telemetry:
         records: list[LogRecord] = []
         for _ in range(budget):
             exchange = pending.popleft()
-            if tracer is not None:
-                tracer.export(exchange)
-            if metrics is None and log is None:
-                continue
-            fallbacks = fallbacks_of(exchange)
-            if log is not None:
-                records.append(log_record_of(exchange, fallbacks, simulated, store_bodies, cap))
-            if metrics is not None:
-                metrics.observe(exchange, fallbacks)
-                (shadows if exchange.lane == SHADOW_LANE else recent).add(exchange, fallbacks, simulated)
+            try:
+                if tracer is not None:
+                    tracer.export(exchange)
+                if metrics is None and log is None:
+                    continue
+                fallbacks = fallbacks_of(exchange)
+                if metrics is not None:
+                    metrics.observe(exchange, fallbacks)
+                    (shadows if exchange.lane == SHADOW_LANE else recent).add(exchange, fallbacks, simulated)
+                if log is not None:  # last: an exchange that failed before is not in the log
+                    records.append(log_record_of(exchange, fallbacks, simulated, store_bodies, cap))
+            except Exception:  # a value no part expected: that exchange goes unrecorded, never the ones after it
+                logger.exception("laneway: exchange %r could not be recorded%s", exchange.request_id,
+                                 "; it is counted as dropped from the exchange log" if log is not None else "")
+                if log is not None:
+                    self.health.dropped += 1
         if log is not None:
             log.offer(records)
 
