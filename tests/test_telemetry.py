@@ -264,7 +264,7 @@ def test_metrics_count_every_exchange_whatever_the_window_and_the_scrapes(stats_
     assert total(text, "laneway_request_latency_seconds_sum") == pytest.approx(
         sum(e.latency_ms for e in exchanges) / 1000)
     # The window itself still holds the last `stats_window` exchanges, the shadow apart.
-    assert telemetry.stats()["total"]["requests"] == min(stats_window, len(exchanges) - 1)
+    assert len(telemetry.window().rows) == min(stats_window, len(exchanges) - 1)
 
 
 def count_rows(tmp_path: Path, sql: str = "SELECT count(*) FROM exchanges") -> int:
@@ -705,13 +705,14 @@ async def test_a_full_window_asked_from_its_oldest_start_gives_every_exchange_it
         for i in range(20):
             telemetry.record(make_exchange(i))
         slow = make_exchange(20)
-        slow.started_at = BASE_TIME + 5.0  # began before the nine others held (5.5 s on), ended after them
+        # began after the last one let go (5.0 s on), before the nine others held (5.5 s on), ended after them
+        slow.started_at = BASE_TIME + 5.2
         telemetry.record(slow)
         held = telemetry.stats()
-        asked = telemetry.stats(since=BASE_TIME + 5.0)
+        asked = telemetry.stats(since=BASE_TIME + 5.2)
     finally:
         await telemetry.aclose()
-    assert held["total"]["requests"] == 10 and held["window"]["since"] == BASE_TIME + 5.0
+    assert held["total"]["requests"] == 10 and held["window"]["since"] == BASE_TIME + 5.2
     assert (asked["total"]["requests"], asked["window"]["truncated"]) == (10, False)
 
 
@@ -819,3 +820,25 @@ async def test_an_exchange_no_part_of_telemetry_can_take_costs_itself_alone(
     assert total(telemetry.render_metrics(), "laneway_requests_total") >= 10
     assert any(poisoned.request_id in r.getMessage() and "counted as dropped" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_full_window_gives_figures_only_from_where_it_holds_every_exchange() -> None:
+    """The window keeps the exchanges that ended last. A long one still held started before short ones it
+    no longer holds: its start cannot be where the figures begin, or they lack those."""
+    telemetry = Telemetry(TelemetrySettings(exchange_log=None, stats_window=4))
+    long_one = Exchange("long", BASE_TIME, model="gpt-5", route="chat", lane="primary", latency_ms=10_000.0)
+    short = [Exchange(f"short-{i}", BASE_TIME + 1 + i, model="gpt-5-mini", route="chat", lane="primary",
+                      latency_ms=100.0) for i in range(6)]
+    for exchange in short[:3]:  # end before the long one, and are evicted
+        telemetry.record(exchange)
+    telemetry.record(long_one)  # ends at BASE_TIME + 10
+    later = [Exchange(f"later-{i}", BASE_TIME + 11 + i, model="gpt-5-mini", route="chat", lane="primary",
+                      latency_ms=100.0) for i in range(3)]
+    for exchange in later:
+        telemetry.record(exchange)
+    figures = telemetry.stats()  # the short ones it let go started up to 3 s on: from there on it holds all
+    assert (figures["window"]["since"], figures["total"]["requests"]) == (BASE_TIME + 11, 3)
+    asked = telemetry.stats(since=BASE_TIME)
+    assert asked["window"]["truncated"] and (asked["window"]["since"], asked["total"]["requests"]) == (
+        BASE_TIME + 11, 3)
+    assert telemetry.stats(since=BASE_TIME + 12)["total"]["requests"] == 2

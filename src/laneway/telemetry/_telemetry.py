@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -59,15 +60,16 @@ SHADOW_DROPPED = "shadow_dropped_"  # prefix of the events a shadow runner count
 class Window:
     """One process's in-memory figures: its recent exchanges, shadows apart, the shadow jobs it dropped
     per candidate, its exchange log's health as `stats()["log"]` shows it, when it started (unix
-    time): it holds nothing from before, and whether its window is `full`: it has let older exchanges
-    go (`telemetry.stats_window`), so it holds none from before its first row."""
+    time): it holds nothing from before, and, once it has let exchanges go (`telemetry.stats_window`),
+    the latest start among them (`let_go`): it holds every exchange that started after it, not all of
+    those that started before (rows are kept in the order they ended)."""
 
     rows: list[ExchangeRow]
     shadows: list[ExchangeRow]
     shadow_dropped: dict[str, int]
     log: dict[str, Any]
     started_at: float
-    full: bool = False
+    let_go: float | None = None
 
     @classmethod
     def decode(cls, snapshot: bytes) -> Window:
@@ -77,7 +79,7 @@ class Window:
             return cls(rows_of_columns(data["rows"]), rows_of_columns(data["shadows"]),
                        {str(model): int(n) for model, n in data["shadow_dropped"].items()},
                        {figure: data["log"][figure] for figure in LOG_FIGURES}, float(data["started_at"]),
-                       bool(data.get("full")))
+                       None if data.get("let_go") is None else float(data["let_go"]))
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"not a telemetry window snapshot: {error!r}") from None
 
@@ -148,7 +150,7 @@ class Telemetry:
         recent, shadows, dropped, log = self._copy()
 
         def figures() -> dict[str, Any]:
-            own = Window(recent.rows(), shadows.rows(), dropped, log, self.started_at, recent.full)
+            own = Window(recent.rows(), shadows.rows(), dropped, log, self.started_at, recent.let_go)
             return self._summary([own, *peers], since, until)
 
         return await asyncio.to_thread(figures)
@@ -156,7 +158,7 @@ class Telemetry:
     def window(self) -> Window:
         """What this process holds in memory: the rows behind `stats()` and the shadow comparison."""
         recent, shadows, dropped, log = self._copy()
-        return Window(recent.rows(), shadows.rows(), dropped, log, self.started_at, recent.full)
+        return Window(recent.rows(), shadows.rows(), dropped, log, self.started_at, recent.let_go)
 
     async def window_snapshot(self) -> bytes:
         """`window()` as JSON, for the worker that answers for all of `laneway serve --workers N`
@@ -164,7 +166,7 @@ class Telemetry:
         recent, shadows, dropped, log = self._copy()
         return await asyncio.to_thread(lambda: orjson.dumps(
             {"rows": recent.columns(), "shadows": shadows.columns(), "shadow_dropped": dropped, "log": log,
-             "started_at": self.started_at, "full": recent.full}))
+             "started_at": self.started_at, "let_go": recent.let_go}))
 
     def _copy(self) -> tuple[RecentExchanges, RecentExchanges, dict[str, int], dict[str, Any]]:
         """The window as it is now, apart from the one the drain goes on changing."""
@@ -174,15 +176,16 @@ class Telemetry:
         return self._recent.copy(), self._shadows.copy(), dict(self._shadow_dropped), log
 
     def _summary(self, windows: Sequence[Window], since: float | None, until: float | None) -> dict[str, Any]:
-        """The figures over `windows` in `[since, until)`. A full window holds nothing older than its first
-        row: asked from before, the figures start there, for every worker's alike, and say so
-        (`window.truncated`, `window.asked_since`); the exchange log (`laneway report`) has the rest."""
-        # The oldest start each full window holds: its rows are in the order they ended, not began.
-        held_from = max((min(map(_started_at, w.rows)) for w in windows if w.full and w.rows), default=None)
+        """The figures over `windows` in `[since, until)`. A window that has let exchanges go holds every one
+        that started after the last of them started, not all of those before (a long one still held does
+        not make its start a bound): its figures start at the first it holds after that, for every worker's
+        alike, and say so when asked from before (`window.truncated`, `window.asked_since`); the exchange
+        log (`laneway report`) has the rest."""
+        held_from = max((_complete_from(w) for w in windows if w.let_go is not None), default=None)
         truncated = since is not None and held_from is not None and since < held_from
+        start = held_from if held_from is not None and (since is None or since < held_from) else since
         rows = chain.from_iterable(chain(w.rows, w.shadows) for w in windows)
-        summary = summarize(rows if len(windows) == 1 else _in_time_order(rows), (), held_from if truncated else since,
-                            until)
+        summary = summarize(rows if len(windows) == 1 else _in_time_order(rows), (), start, until)
         summary["window"]["truncated"] = truncated
         if truncated:
             summary["window"]["asked_since"] = since
@@ -314,3 +317,10 @@ def _in_time_order(rows: Iterable[ExchangeRow]) -> list[ExchangeRow]:
 
 
 _started_at = attrgetter("started_at")
+
+
+def _complete_from(window: Window) -> float:
+    """The first start from which `window` holds every exchange: its first row after those it let go."""
+    assert window.let_go is not None
+    return min((r.started_at for r in window.rows if r.started_at > window.let_go),
+               default=math.nextafter(window.let_go, math.inf))

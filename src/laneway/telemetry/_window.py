@@ -65,12 +65,14 @@ class RecentExchanges:
         "_tokens_out",
         "_ttft",
         "full",
+        "let_go",
     )
 
     def __init__(self, size: int) -> None:
         self._size = size
         self._next = 0
         self.full = False
+        self.let_go: float | None = None  # the latest start of the exchanges overwritten: it holds all after it
         self._allocate(0)  # the columns proper come with the first exchange: a window may stay empty
 
     def __len__(self) -> int:
@@ -83,6 +85,10 @@ class RecentExchanges:
             if not self._size:
                 return
             self._allocate(self._size)
+        if self.full:
+            gone = self._started[i]
+            if self.let_go is None or gone > self.let_go:
+                self.let_go = gone
         self._started[i] = e.started_at
         self._latency[i] = e.latency_ms
         ttft, confidence, hits, retrieval_ms = e.ttft_ms, e.cascade_confidence, e.retrieval_hits, e.retrieval_ms
