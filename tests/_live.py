@@ -43,6 +43,7 @@ class RecordingSink:
     def __init__(self) -> None:
         self.exchanges: list[Exchange] = []
         self.events: list[tuple[str, str]] = []
+        self.queue_waits: list[tuple[str, float]] = []  # (model, seconds) per wait at a gate, admitted or not
 
     def record(self, exchange: Exchange) -> None:
         self.exchanges.append(exchange)
@@ -52,6 +53,7 @@ class RecordingSink:
 
     def observe_queue_wait(self, model: str, seconds: float) -> None:
         self.events.append(("queue_wait", model))
+        self.queue_waits.append((model, seconds))
 
     def by_id(self, request_id: str) -> Exchange:
         found = [e for e in self.exchanges if e.request_id == request_id]

@@ -177,11 +177,15 @@ def test_gate_degrades_low_priority_and_keeps_escalations(sim_url: str) -> None:
 
 
 def test_gate_without_degrade_answers_429_with_retry_after(sim_url: str) -> None:
-    with live_gateway(GATED, sim_url) as live, ThreadPoolExecutor(3) as pool:
+    sink = RecordingSink()
+    with live_gateway(GATED, sim_url, telemetry=sink) as live, ThreadPoolExecutor(3) as pool:
         results = list(pool.map(lambda _: post(live.url, {"strict": "yes"}), range(3)))
     statuses = sorted(status for status, _ in results)
     assert statuses[0] == 200 and statuses[-1] == 429
     assert all(int(h["retry-after"]) >= 1 for status, h in results if status == 429)
+    # every wait counts in `laneway_queue_wait_seconds`, the ones in vain too (a gate turning requests away)
+    waits = [seconds for model, seconds in sink.queue_waits if model == "heavy-strict"]
+    assert len(waits) == 3 and sum(seconds >= 0.04 for seconds in waits) == statuses.count(429)
 
 
 def test_a_gate_that_turns_a_request_away_hands_it_to_the_routes_fallback(sim_url: str) -> None:

@@ -362,10 +362,12 @@ class Dispatcher:
         try:
             waited = await gate.admit(plan.priority, *ticket.estimate, until)
         except GateRejected as refused:
-            exchange.upstream_ms += (loop.time() - queued) * 1000  # waited for a slot
+            waited = loop.time() - queued  # for a slot, in vain: a wait all the same
+            exchange.upstream_ms += waited * 1000
             exchange.attempts.append(Attempt(spec.name, GATED, lane=lane, error=refused.reason))
             if self.sink is not None:
                 self.sink.count("gate_rejected", spec.name)
+                self.sink.observe_queue_wait(spec.name, waited)
             plan.gated = refused
             if degrade is not None:
                 plan.lanes.insert(plan.lanes.index((lane, spec.name)) + 1, ("degraded", degrade))
