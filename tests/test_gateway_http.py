@@ -15,7 +15,7 @@ from typing import Any
 import openai
 import pytest
 
-from _live import LiveGateway, live_gateway
+from _live import LiveGateway, RecordingSink, live_gateway
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = (ROOT / "examples" / "model-routing.yaml").read_text()
@@ -123,6 +123,21 @@ def test_the_conversation_header_is_read_in_either_spelling(header: str) -> None
     assert read_signals(request, {header: "c-42"}).conversation_id == "c-42"
     both = {"x-laneway-conversation-id": "hyphen", "x-laneway-conversation_id": "underscore"}
     assert read_signals(request, both).conversation_id == "hyphen"
+
+
+
+def test_a_request_refused_before_its_signals_were_read_keeps_the_conversation_its_header_names(
+        sim_url: str) -> None:
+    """Recorded without it, each such request counted as a conversation of its own in the cost per conversation."""
+    sink = RecordingSink()
+    with live_gateway(SEED, sim_url, telemetry=sink) as live:
+        refused = [post(live, {"model": "laneway", "messages": chat(1), "temperature": 5}, {header: value})
+                   for header, value in (("x-laneway-conversation-id", "conv-400"),
+                                         ("x-laneway-conversation_id", "conv-400"),
+                                         ("x-laneway-conversation-id", "x" * 600))]  # past the bound: none
+    assert [status for status, _, _ in refused] == [400, 400, 400]
+    ids = [sink.by_id(headers["x-request-id"]).conversation_id for _, headers, _ in refused]
+    assert ids == ["conv-400", "conv-400", None]
 
 
 LOOKUP = {"type": "function", "function": {"name": "lookup_order", "parameters": {"type": "object"}}}

@@ -332,6 +332,20 @@ def read_signals(request: ClientRequest, headers: Mapping[str, str], intents: fr
     return Signals(request.messages, user=request.user, metadata=extra, **values, **lazy)
 
 
+def conversation_header(headers: Mapping[str, str]) -> str | None:
+    """The conversation id the headers give, when a valid one: a request refused before its signals were read
+    still belongs to its conversation."""
+    for name, header_name in _SIGNAL_HEADERS:
+        header = headers.get(header_name)
+        if name == "conversation_id" and header is not None:
+            try:
+                return str(_settable(name, header if header.isascii() else _utf8(header), header_name,
+                                     frozenset())) or None
+            except InvalidRequest:
+                return None
+    return None
+
+
 def _utf8(header: str) -> str:
     """A header value as its bytes meant it: servers read header bytes as Latin-1, and clients send UTF-8."""
     try:

@@ -21,7 +21,7 @@ from ..exchange import CANCELLED, CLIENT_DISCONNECTED, OK, Exchange
 from ..gateway import Gateway
 from ..keys import KeyPolicy
 from ..providers import redact
-from ..request import ClientRequest, decode
+from ..request import ClientRequest, conversation_header, decode
 from ..runtime import Runtime
 from ._asgi import JSON, Headers, Receive, Send, respond, respond_error
 
@@ -64,6 +64,8 @@ async def chat_completions(gateway: Gateway, body: bytes, headers: dict[str, str
             return
     except LanewayError as error:
         _failed(exchange, error)
+        if exchange.conversation_id is None:  # refused before its signals were read
+            exchange.conversation_id = conversation_header(headers)
         gateway.finish(exchange, started)
         await respond_error(send, error, exchange.request_id, [*base, *laneway_headers(exchange)])
         return
