@@ -208,6 +208,18 @@ def test_stats_read_iso_times_as_the_report_does(stats_url: str) -> None:
     assert (window["since"], window["until"]) == (400.0, 500.0)
 
 
+def test_stats_since_a_time_alone_end_now_as_the_report_does(stats_url: str) -> None:
+    """Ended at the last exchange instead, the per-minute rates left out the idle time since, and differed
+    from `laneway report --since`'s for the same window."""
+    before = time.time()
+    with urllib.request.urlopen(f"{stats_url}?since=400") as answer:
+        window = json.loads(answer.read())["window"]
+    assert window["since"] == 400.0 and before <= window["until"] <= time.time()
+    future = before + 3600  # a start still to come has no now to end at: the window is left open
+    with urllib.request.urlopen(f"{stats_url}?since={future}") as answer:
+        assert json.loads(answer.read())["window"]["since"] == future
+
+
 def test_stats_answer_a_window_that_starts_before_it_ends(stats_url: str) -> None:
     with urllib.request.urlopen(f"{stats_url}?since=400&until=500") as answer:
         assert json.loads(answer.read())["window"] == {"since": 400.0, "until": 500.0, "minutes": 1.6667,

@@ -290,11 +290,14 @@ def describe(gateway: Gateway) -> dict[str, Any]:
 
 def _stats_window(query: dict[str, list[str]]) -> tuple[float | None, float | None]:
     """`since` and `until` of `GET /admin/stats`, unix seconds or ISO 8601 times (UTC unless they carry an
-    offset, as `laneway report` reads them); the window must start before it ends."""
+    offset, as `laneway report` reads them); the window must start before it ends. `since` alone (a time
+    past) is up to now, as `laneway report --since` reads it: its rates count the idle time since too."""
     since = _moment("since", query["since"][0]) if "since" in query else None
     until = _moment("until", query["until"][0]) if "until" in query else None
     if not all(math.isfinite(moment) for moment in (since, until) if moment is not None):
         raise InvalidRequest("`since` and `until` are unix times in seconds, not `nan` or `inf`", param="since")
+    if since is not None and until is None and since < (now := time.time()):
+        until = now
     if since is not None and until is not None and since >= until:
         raise InvalidRequest(f"`since` ({query['since'][0]}) is not before `until` ({query['until'][0]}): "
                              "a window must start before it ends; pass an earlier `since` or a later `until`",
