@@ -80,10 +80,11 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
     # handler comes once the gateway runs (`_on_sighup`), and reloads if one came meanwhile (`hangups`).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     hangups_before = hangups() if hangups is not None else 0
-    config = _running_config(config_path, worker, fleet_running=sim_url is not None)
+    config, replacing = _running_config(config_path, worker, fleet_running=sim_url is not None)
     speaks = worker is None or worker.index == 0  # the workers of one server warn once, not once each
-    check_exposure(config, host, allow_unauthenticated, warn=speaks)
-    for line in warning_lines((*config.warnings, *unset_variables(config))) if speaks else ():
+    warns = speaks and not replacing  # a worker that replaces one that died: said at the start or the reload
+    check_exposure(config, host, allow_unauthenticated, warn=warns)
+    for line in warning_lines((*config.warnings, *unset_variables(config))) if warns else ():
         log.warning("laneway: %s", line)
     async with contextlib.AsyncExitStack() as stack:
         if config.simulated and sim_url is None:
@@ -130,11 +131,12 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
         await server.serve()
 
 
-def _running_config(config_path: str | Path | None, worker: WorkerSockets | None, *, fleet_running: bool) -> Config:
+def _running_config(config_path: str | Path | None, worker: WorkerSockets | None, *,
+                    fleet_running: bool) -> tuple[Config, bool]:
     """The routing file a worker of `serve --workers N` starts from: the one its peers run, when one of
-    them noted it (a worker replacing one that died), with the values the server started with for the
-    sections a reload does not apply; else the file itself. A file edited since the last reload is not
-    applied by a worker's restart: it would run another config than its peers, and a file that no
+    them noted it (a worker replacing one that died: True), with the values the server started with for
+    the sections a reload does not apply; else the file itself. A file edited since the last reload is
+    not applied by a worker's restart: it would run another config than its peers, and a file that no
     longer loads would stop the whole server."""
     if worker is not None and config_path is not None:
         try:
@@ -150,8 +152,8 @@ def _running_config(config_path: str | Path | None, worker: WorkerSockets | None
             with contextlib.suppress(OSError, ConfigError):
                 started = parse_config(worker.started_config.read_text("utf-8"), str(config_path))
                 running = restart_only(started, running, fleet_running=fleet_running)
-            return running
-    return load_config(config_path)
+            return running, True
+    return load_config(config_path), False
 
 
 def self_contained(config: Config) -> str:
