@@ -615,3 +615,40 @@ async def test_a_cache_entry_the_store_refuses_is_dropped_and_the_store_stays_up
     finally:
         await store.config_set("maxmemory", "0")
     await close(state)
+
+
+def test_a_client_keys_limits_and_spend_hold_across_replicas_and_a_restart(redis: RedisServer, sim_url: str) -> None:
+    """Counted in each process, a key's rate was N times its limit behind N replicas (or workers), and what it
+    had spent started again at 0 with every restart."""
+    from _live import live_gateway
+    from laneway.keys import hash_key
+
+    config = f"""
+state: {redis.url}
+keys:
+- {{name: shared-web, hash: "{hash_key("lw-shared")}", requests_per_minute: 4}}
+- {{name: shared-spender, hash: "{hash_key("lw-spender")}", usd_budget: 0.000001, budget_period: day}}
+routes:
+- target: gpt-5-mini
+"""
+
+    def ask(url: str, key: str) -> int:
+        body = {"model": "laneway", "messages": [{"role": "user", "content": "Where is my order?"}]}
+        request = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                         headers={"authorization": f"Bearer {key}", "content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    with live_gateway(config, sim_url) as one, live_gateway(config, sim_url) as two:
+        statuses = [ask(url, "lw-shared") for url in (one.url, two.url) * 3]
+        assert sorted(statuses) == [200] * 4 + [429] * 2, statuses
+        assert ask(one.url, "lw-spender") == 200  # a first request alone may overshoot the budget
+        deadline = time.monotonic() + 5
+        while ask(two.url, "lw-spender") != 429:  # the other replica hears of the spend
+            assert time.monotonic() < deadline, "the spend never reached the other replica"
+            time.sleep(0.05)
+    with live_gateway(config, sim_url) as restarted:
+        assert ask(restarted.url, "lw-spender") == 429  # spent stays spent

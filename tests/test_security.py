@@ -244,27 +244,27 @@ def test_a_key_whose_name_is_empty_blank_or_unprintable_is_a_config_error(name: 
     assert issue.path == "keys[0].name" and words in issue.message, issue
 
 
-def test_a_reload_applies_a_keys_changed_rate_limits_and_keeps_what_it_spent() -> None:
+async def test_a_reload_applies_a_keys_changed_rate_limits_and_keeps_what_it_spent() -> None:
     def policies(**limits: int) -> tuple[KeyPolicy, ...]:
         return (KeyPolicy("web", hash_key(CLIENT_KEY), **limits),)
 
     ring = KeyRing(policies(requests_per_minute=2))
     [web] = ring.by_digest.values()
-    ring.admit(web, None, 10)
-    ring.admit(web, None, 10)
+    await ring.admit(web, None, 10)
+    await ring.admit(web, None, 10)
     ring.settle("web", 0, 0, 0.0, 0.25)
     with pytest.raises(RateLimited, match="over 2 requests per minute"):
-        ring.admit(web, None, 10)
+        await ring.admit(web, None, 10)
     ring.update(policies(requests_per_minute=1000, tokens_per_minute=15))
     [web] = ring.by_digest.values()
-    ring.admit(web, None, 10)  # the new, higher limit
+    await ring.admit(web, None, 10)  # the new, higher limit
     with pytest.raises(RateLimited, match="over 15 tokens per minute"):
-        ring.admit(web, None, 10)
+        await ring.admit(web, None, 10)
     assert ring.spent(web) == 0.25
     ring.update(policies())  # no limits at all
     [web] = ring.by_digest.values()
     for _ in range(5):
-        ring.admit(web, None, 10)
+        await ring.admit(web, None, 10)
 
 
 def test_two_keys_with_the_same_hash_are_a_config_error() -> None:

@@ -96,6 +96,7 @@ class Gateway:
                 gateway.state.cache.local = gateway.cache
             gateway.cache = gateway.state.cache
             gateway.runtime.share(gateway.state)
+            gateway.keys.shared = gateway.state
         gateway.counter.warm()
         if warm:
             await gateway.warm_up()
@@ -161,7 +162,7 @@ class Gateway:
         runtime = self.runtime
         runtime.enter()
         try:
-            plan, messages, params = self._prepare(runtime, request, headers, path, exchange, key)
+            plan, messages, params = await self._prepare(runtime, request, headers, path, exchange, key)
             entry, cache = self._cache_entry(runtime, plan, messages, params)
             cached = await self._cached(entry, cache, exchange, plan.lanes[0][1])
             if cached is not None:
@@ -183,7 +184,7 @@ class Gateway:
 
     async def _answer(self, runtime: Runtime, request: ClientRequest, headers: Mapping[str, str], path: str,
                       exchange: Exchange, key: KeyPolicy | None) -> Completion:
-        plan, messages, params = self._prepare(runtime, request, headers, path, exchange, key)
+        plan, messages, params = await self._prepare(runtime, request, headers, path, exchange, key)
         entry, cache = self._cache_entry(runtime, plan, messages, params)
         cached = await self._cached(entry, cache, exchange, plan.lanes[0][1])
         if cached is not None:
@@ -241,8 +242,8 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _prepare(self, runtime: Runtime, request: ClientRequest, headers: Mapping[str, str], path: str,
-                 exchange: Exchange, key: KeyPolicy | None) -> tuple[Plan, list[Message], dict[str, Any]]:
+    async def _prepare(self, runtime: Runtime, request: ClientRequest, headers: Mapping[str, str], path: str,
+                       exchange: Exchange, key: KeyPolicy | None) -> tuple[Plan, list[Message], dict[str, Any]]:
         signals = read_signals(request, headers, runtime.intent_labels, token_fn=self.counter.count,
                                intent_fn=runtime.classify)
         exchange.conversation_id = signals.conversation_id or None
@@ -259,7 +260,7 @@ class Gateway:
             tokens = signals.tokens + output if key.tokens_per_minute else 0
             # Held against the key's budget while the request runs: requests at once cannot all spend its last dollar.
             usd = first.price.cost(signals.tokens, output) if key.usd_budget is not None else 0.0
-            self.keys.admit(key, exchange.route, tokens, usd)
+            await self.keys.admit(key, exchange.route, tokens, usd)
             exchange.key_tokens, exchange.key_usd = tokens, usd  # settled against what was used (`finish`)
         deadline = asyncio.get_running_loop().time() + runtime.config.deadline_ms(route, first) / 1000
         priority = runtime.config.priorities.of(signals) if runtime.gates else 1

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from .errors import Forbidden, RateLimited, Unauthorized
 from .gate import Budget
 
-PERIODS = {"day": 86_400, "month": 30 * 86_400, "total": 0}
+PERIODS = ("day", "month", "total")  # a key's `budget_period`: the UTC day, the UTC month, or all time
 
 
 def hash_key(key: str) -> str:
@@ -51,21 +54,63 @@ class KeyPolicy:
     where: str = field(default="", compare=False)  # its YAML path, in the routing file or the keys file
 
 
+class SharedKeyCounts(Protocol):
+    """Client keys' counts shared by every replica (`state:`): rate buckets, and what each key has spent per
+    budget period. Each call answers None (or does nothing) while the shared store is unreachable."""
+
+    async def key_take(self, name: str, unit: str, amount: float, per_minute: float) -> float | None: ...
+
+    def key_refund(self, name: str, unit: str, amount: float, per_minute: float) -> None: ...
+
+    async def key_spent(self, name: str, period: str) -> float | None: ...
+
+    def key_spend(self, name: str, period: str, usd: float, ttl_s: int | None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """The budget period that holds a moment: the UTC day, the UTC month, or all time (`total`)."""
+
+    id: str  # "2026-11-28", "2026-11" or "total"
+    ends_at: float  # unix seconds; inf for `total`
+
+    @classmethod
+    def of(cls, kind: str, now: float) -> Period:
+        moment = datetime.fromtimestamp(now, UTC)
+        if kind == "day":
+            start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+            return cls(start.strftime("%Y-%m-%d"), (start + timedelta(days=1)).timestamp())
+        if kind == "month":
+            start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+            return cls(start.strftime("%Y-%m"), (start + timedelta(days=32)).replace(day=1).timestamp())
+        return cls("total", math.inf)
+
+    def seconds_left(self, now: float) -> float:
+        """Until a spent budget is whole again: the period's end, or, for `total`, an hour (a raised budget)."""
+        return 3600.0 if math.isinf(self.ends_at) else max(1.0, self.ends_at - now)
+
+    def ttl_s(self, now: float) -> int | None:
+        """How long a shared count of this period is worth keeping: a day past its end, or for good."""
+        return None if math.isinf(self.ends_at) else int(self.ends_at - now) + 86_400
+
+
 @dataclass(slots=True)
 class _Usage:
     requests: Budget | None
     tokens: Budget | None
-    spent: float = 0.0
-    held: float = 0.0  # estimated cost of the key's requests under way
-    period_start: float = field(default_factory=time.time)
+    spent: float = 0.0  # in `period`, by this process
+    held: float = 0.0  # estimated cost of the key's requests under way in this process
+    period: str = ""
 
 
 class KeyRing:
-    """The configured keys and what each has used, for one gateway process."""
+    """The configured keys and what each has used: in this process, or, with `shared` counts (`state:`),
+    in every replica; while the shared store is unreachable, in this process alone."""
 
     def __init__(self, policies: tuple[KeyPolicy, ...]) -> None:
         self.by_digest = {p.digest: p for p in policies}
         self._usage: dict[str, _Usage] = {}
+        self.shared: SharedKeyCounts | None = None
 
     def update(self, policies: tuple[KeyPolicy, ...]) -> None:
         """Take a reloaded key list. What each surviving key has spent is kept; a rate it now has another
@@ -88,7 +133,14 @@ class KeyRing:
                 usage = self._usage_of(policy)
                 if usage.tokens is not None and tokens_held > tokens_used:
                     usage.tokens.refund(tokens_held - tokens_used)
+                    if self.shared is not None:
+                        self.shared.key_refund(name, "tokens", tokens_held - tokens_used, usage.tokens.per_minute)
                 usage.held = max(0.0, usage.held - usd_held)
+                if policy.usd_budget is not None:
+                    now = time.time()
+                    period = self._roll_period(policy, usage, now)
+                    if self.shared is not None and usd_spent:
+                        self.shared.key_spend(name, period.id, usd_spent, period.ttl_s(now))
                 usage.spent += usd_spent
                 return
 
@@ -105,7 +157,7 @@ class KeyRing:
                 return policy
         raise Unauthorized("invalid API key")
 
-    def admit(self, policy: KeyPolicy, route: str | None, tokens: int, usd: float = 0.0) -> None:
+    async def admit(self, policy: KeyPolicy, route: str | None, tokens: int, usd: float = 0.0) -> None:
         """Raise if `policy` may not send this request now; otherwise count it, and hold `usd` (its estimated
         cost) against the key's budget until `settle`."""
         if policy.routes is not None and route not in policy.routes:
@@ -115,18 +167,25 @@ class KeyRing:
                                 "send the route table's name as `model`")
             raise Forbidden(f"key `{policy.name}` may not use route `{route}`; allowed: {allowed}")
         usage = self._usage_of(policy)
-        now = time.monotonic()
-        self._roll_period(policy, usage)
-        if policy.usd_budget is not None and usage.spent + usage.held + usd > policy.usd_budget and (
-                usage.spent >= policy.usd_budget or usage.held > 0):  # a first request alone may overshoot
-            raise RateLimited(f"key `{policy.name}` has spent its {policy.budget_period} budget of "
-                              f"${policy.usd_budget:g}", retry_after_s=self._period_left(policy, usage))
-        if usage.requests is not None and (wait := usage.requests.take(1, now)) > 0:
-            raise RateLimited(f"key `{policy.name}` is over {policy.requests_per_minute} requests per minute",
-                              retry_after_s=wait)
-        if usage.tokens is not None and (wait := usage.tokens.take(tokens, now)) > 0:
-            raise RateLimited(f"key `{policy.name}` is over {policy.tokens_per_minute} tokens per minute",
-                              retry_after_s=wait)
+        if policy.usd_budget is not None:
+            now = time.time()
+            period = self._roll_period(policy, usage, now)
+            spent = usage.spent
+            if self.shared is not None:  # every replica's, this one's included
+                spent = max(spent, await self.shared.key_spent(policy.name, period.id) or 0.0)
+            if spent + usage.held + usd > policy.usd_budget and (
+                    spent >= policy.usd_budget or usage.held > 0):  # a first request alone may overshoot
+                raise RateLimited(f"key `{policy.name}` has spent its {policy.budget_period} budget of "
+                                  f"${policy.usd_budget:g}", retry_after_s=period.seconds_left(now))
+        for bucket, unit, amount, limit in ((usage.requests, "requests", 1, policy.requests_per_minute),
+                                            (usage.tokens, "tokens", tokens, policy.tokens_per_minute)):
+            if bucket is None:
+                continue
+            wait = None if self.shared is None else await self.shared.key_take(policy.name, unit, amount, limit or 0)
+            if wait is None:  # no shared counts, or none reachable: this process's
+                wait = bucket.take(amount, time.monotonic())
+            if wait > 0:
+                raise RateLimited(f"key `{policy.name}` is over {limit} {unit} per minute", retry_after_s=wait)
         usage.held += usd
 
     def spent(self, policy: KeyPolicy) -> float:
@@ -139,14 +198,12 @@ class KeyRing:
             self._usage[policy.digest] = usage
         return usage
 
-    def _roll_period(self, policy: KeyPolicy, usage: _Usage) -> None:
-        length = PERIODS[policy.budget_period]
-        if length and time.time() - usage.period_start >= length:
-            usage.spent, usage.period_start = 0.0, time.time()
-
-    def _period_left(self, policy: KeyPolicy, usage: _Usage) -> float:
-        length = PERIODS[policy.budget_period]
-        return max(1.0, usage.period_start + length - time.time()) if length else 3600.0
+    @staticmethod
+    def _roll_period(policy: KeyPolicy, usage: _Usage, now: float) -> Period:
+        period = Period.of(policy.budget_period, now)
+        if period.id != usage.period:
+            usage.spent, usage.period = 0.0, period.id
+        return period
 
 
 def _bucket(per_minute: int | None) -> Budget | None:

@@ -39,6 +39,11 @@ def budget_key(model: str, unit: str) -> str:
     return f"laneway:budget:{model}:{unit.lower()}"
 
 
+def client_key(name: str, what: str) -> str:
+    """Where a client key's shared counts live: its `requests` and `tokens` buckets, its `spent:<period>`."""
+    return f"laneway:key:{name}:{what}"
+
+
 class SharedState:
     def __init__(self, url: str, sink: EventSink | None = None, breakers: Breakers | None = None,
                  lease_ttl_s: float = LEASE_TTL_S) -> None:
@@ -103,6 +108,37 @@ class SharedState:
     def refund(self, model: str, unit: str, amount: float, per_minute: float) -> None:
         self._spawn(quietly(self.link, lambda _: self._refund(keys=[budget_key(model, unit)],
                                                               args=[per_minute, amount])))
+
+    async def key_take(self, name: str, unit: str, amount: float, per_minute: float) -> float | None:
+        """Like `take`, on client key `name`'s bucket for `unit` (`requests`, `tokens`)."""
+        try:
+            wait = await self.link.run(lambda _: self._take(keys=[client_key(name, unit)], args=[per_minute, amount]))
+        except Unreachable:
+            return None
+        return float(wait)
+
+    def key_refund(self, name: str, unit: str, amount: float, per_minute: float) -> None:
+        self._spawn(quietly(self.link, lambda _: self._refund(keys=[client_key(name, unit)],
+                                                              args=[per_minute, amount])))
+
+    async def key_spent(self, name: str, period: str) -> float | None:
+        """What every replica has charged client key `name` in `period` (`Period.id`); None when unreachable."""
+        try:
+            spent = await self.link.run(lambda client: client.get(client_key(name, f"spent:{period}")))
+        except Unreachable:
+            return None
+        return float(spent or 0.0)
+
+    def key_spend(self, name: str, period: str, usd: float, ttl_s: int | None) -> None:
+        """Charge client key `name` `usd` in `period`; the count goes once the period is over (`ttl_s`)."""
+        where = client_key(name, f"spent:{period}")
+
+        async def charge(client: Any) -> None:
+            await client.incrbyfloat(where, usd)
+            if ttl_s is not None:
+                await client.expire(where, ttl_s)
+
+        self._spawn(quietly(self.link, charge))
 
     async def tick(self) -> None:
         """Sync the breakers (this is also the reconnection probe); after an outage, renew the leases."""
