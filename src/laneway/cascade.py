@@ -46,10 +46,15 @@ def ask_for_logprobs(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def from_logprobs(completion: Completion) -> float:
-    values = [float(token["logprob"]) for token in completion.logprobs or ()]
-    if not values:
-        return 0.0
-    return math.exp(sum(values) / len(values))
+    """The geometric mean of the answer's token probabilities; 0 when the upstream gave none that is a log
+    probability (a number, at most 0)."""
+    values: list[float] = []
+    for token in completion.logprobs or ():
+        value = token.get("logprob")
+        if not isinstance(value, int | float) or isinstance(value, bool) or not value <= 0:  # NaN is not either
+            return 0.0
+        values.append(value)
+    return math.exp(sum(values) / len(values)) if values else 0.0
 
 
 def take_self_report(completion: Completion) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import re
 import ssl
@@ -286,19 +287,29 @@ class Upstream:
             self._pool = None
 
 
+MAX_RETRY_AFTER_S = 3600.0  # an upstream's wait past an hour (or `inf`) is passed on as an hour
+
+
+def waited(seconds: float) -> float | None:
+    """An upstream's wait, in `[0, MAX_RETRY_AFTER_S]`; None when it is no number (`nan`)."""
+    if math.isnan(seconds):
+        return None
+    return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
+
+
 def retry_after(value: str | None) -> float | None:
     """Seconds from a `Retry-After` header (delta-seconds or an HTTP date)."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        return waited(float(value))
     except ValueError:
         pass
     try:
         from datetime import UTC, datetime
 
-        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
+        return waited((parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -325,7 +336,7 @@ _RETRY_DELAY = re.compile(r'"retryDelay"\s*:\s*"(\d+(?:\.\d+)?)s"')
 def _retry_delay(text: str) -> float | None:
     """Gemini's wait, in the body's `RetryInfo` rather than a header: `"retryDelay": "40s"`."""
     found = _RETRY_DELAY.search(text)
-    return float(found[1]) if found else None
+    return waited(float(found[1])) if found else None
 
 
 def _error_param(text: str) -> str | None:

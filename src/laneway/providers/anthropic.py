@@ -268,7 +268,10 @@ class _StreamState:
         if kind == "content_block_delta":
             delta = event.get("delta") or {}
             if delta.get("type") == "text_delta":
-                return Chunk(text=delta.get("text") or "")
+                text = delta.get("text") or ""
+                if not isinstance(text, str):
+                    raise TypeError("`delta.text` is not text")
+                return Chunk(text=text)
             if delta.get("type") == "input_json_delta":
                 pieces = self.calls.arguments(int(event["index"]), delta.get("partial_json") or "")
                 return Chunk(tool_calls=pieces) if pieces else None

@@ -34,7 +34,7 @@ from ..errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from ._base import OverflowTest, Refusal, Upstream, decode_event
+from ._base import OverflowTest, Refusal, Upstream, decode_event, waited
 from ._gemini_tools import CallParts, Signatures, current_turn, tool_call_of, tool_settings
 from ._media import media_of, unsupported
 
@@ -327,7 +327,8 @@ def status_error(error: Any, model: str) -> UpstreamError:
     """The Laneway error for an error object met inside an event stream."""
     if not isinstance(error, dict):
         return UpstreamUnavailable(f"upstream error mid-stream: {error}", model=model)
-    code = int(error.get("code") or 0)
+    code = error.get("code")
+    code = code if isinstance(code, int) and not isinstance(code, bool) and 100 <= code < 600 else 0
     status = str(error.get("status") or "")
     text = f"upstream error mid-stream: {status or code}: {error.get('message', '')}"
     if status == "RESOURCE_EXHAUSTED" or code == 429:
@@ -345,7 +346,7 @@ def retry_delay(payload: bytes) -> float | None:
         details = orjson.loads(payload)["error"]["details"]
         for detail in details:
             if str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
-                return max(0.0, float(str(detail["retryDelay"]).removesuffix("s")))
+                return waited(float(str(detail["retryDelay"]).removesuffix("s")))
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None
     return None

@@ -124,6 +124,14 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _finish(value: Any) -> str:
+    if value is None or value == "":
+        return "stop"
+    if not isinstance(value, str):
+        raise ValueError("`finish_reason` is not text")
+    return value
+
+
 def parse_completion(data: dict[str, Any], model: str) -> Completion:
     try:
         choice = data["choices"][0]
@@ -132,7 +140,7 @@ def parse_completion(data: dict[str, Any], model: str) -> Completion:
         usage = data.get("usage") or {}
         return Completion(
             text=text if isinstance(text, str) else str(text),
-            finish_reason=choice.get("finish_reason") or "stop",
+            finish_reason=_finish(choice.get("finish_reason")),
             usage=usage_of(usage),
             model=str(data.get("model") or model),
             logprobs=_logprobs(choice),
@@ -157,10 +165,14 @@ def parse_chunk(event: dict[str, Any], model: str) -> Chunk | None:
         chunk.usage = reported
     choices = event.get("choices") or []
     if choices:
-        choice = choices[0]
-        delta = choice.get("delta") or {}
-        chunk.text = delta.get("content") or ""
-        chunk.finish_reason = choice.get("finish_reason")
+        choice = choices[0] if isinstance(choices, list) else None
+        delta = choice.get("delta") or {} if isinstance(choice, dict) else None
+        if not isinstance(choice, dict) or not isinstance(delta, dict):
+            raise UpstreamBadResponse("stream event's `choices[0].delta` is not an object", model=model)
+        text, finish = delta.get("content") or "", choice.get("finish_reason")
+        if not isinstance(text, str) or not (finish is None or isinstance(finish, str)):
+            raise UpstreamBadResponse("stream event's `delta.content` or `finish_reason` is not text", model=model)
+        chunk.text, chunk.finish_reason = text, finish
         chunk.logprobs = _logprobs(choice)
         chunk.tool_calls = _tool_calls(delta, model)
         refusal = delta.get("refusal")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -66,7 +67,7 @@ async def respond_error(send: Send, error: LanewayError, request_id: str, header
     extra = list(headers)
     retry = getattr(error, "retry_after_s", None)
     if error.status == 429 or (error.status == 503 and retry is not None):
-        extra.append((b"retry-after", str(max(1, round(retry or 1))).encode()))
+        extra.append((b"retry-after", str(max(1, round(retry if retry and math.isfinite(retry) else 1))).encode()))
     elif isinstance(error, AllAttemptsFailed) and error.status >= 500:
         # The route's retries and fallbacks have run: an SDK's own retries (OpenAI's read this header)
         # would multiply them against upstreams that are failing.
