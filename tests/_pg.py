@@ -104,6 +104,20 @@ def cascaded_exchange(i: int, *, started_at: float = BASE_TIME) -> Exchange:
                                       completion_tokens=20)])
 
 
+SKIPPED_MODEL = "small-window"
+
+
+def long_context_exchange(i: int, *, started_at: float = BASE_TIME) -> Exchange:
+    """A prompt too long for the target, answered by the long-context model: the skipped attempt keeps the
+    prompt's count (why it was skipped), which nobody billed."""
+    return Exchange(f"long-{i}", started_at + i * 0.5, route=ROUTES[0], lane="fallback", model=MODELS[2],
+                    cost_usd=0.02, prompt_tokens=9000, completion_tokens=40,
+                    attempts=[Attempt(SKIPPED_MODEL, "skipped", prompt_tokens=9000,
+                                      error="context_window: 9000 tokens > 8192"),
+                              Attempt(MODELS[2], "ok", lane="fallback", cost_usd=0.02, prompt_tokens=9000,
+                                      completion_tokens=40)])
+
+
 async def log_and_roll_up_mixed_exchanges(settings: TelemetrySettings) -> dict[str, Any]:
     """Log 40-day-old exchanges (failovers, timeouts, cascades) to `settings`' store and roll every one of
     them up; their summary as the raw rows give it, to compare with the report afterwards."""
@@ -113,7 +127,9 @@ async def log_and_roll_up_mixed_exchanges(settings: TelemetrySettings) -> dict[s
     for i, exchange in enumerate(exchanges[::3]):  # a third on a retrieval route: hits and misses
         exchange.retrieval_hits, exchange.retrieval_ms = 3 * (i % 2), 1.5
     exchanges += [cascaded_exchange(i, started_at=old + i * 300) for i in range(30)]
+    exchanges += [long_context_exchange(i, started_at=old + i * 500) for i in range(10)]
     raw = summarize(rows_of(exchanges, False))
+    assert SKIPPED_MODEL not in raw["models"]  # sent nothing, billed nothing, failed nothing
     assert raw["total"]["failed_attempts"] > 0 and raw["models"][MODELS[0]]["cost_usd"] > 0
     assert raw["total"]["retrievals"] == 100 and 0 < raw["total"]["retrieval_hit_rate"] < 1
     telemetry = Telemetry(replace(settings, retention_days=30))

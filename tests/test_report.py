@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from _live import live_gateway
-from _pg import BASE_TIME, MODELS, make_exchange, report, samples
+from _pg import BASE_TIME, MODELS, SKIPPED_MODEL, long_context_exchange, make_exchange, report, samples
 from laneway.cli import main
 from laneway.exchange import Attempt, Exchange
 from laneway.telemetry import Telemetry, TelemetrySettings
@@ -353,6 +353,25 @@ def test_each_model_is_charged_what_it_billed_in_stats_report_and_metrics(
     assert total_by_model(metrics, "laneway_cost_usd_total") == pytest.approx(billed)
     assert total_by_model(metrics, "laneway_prompt_tokens_total") == {m: t[0] for m, t in tokens.items()}
     assert total_by_model(metrics, "laneway_completion_tokens_total") == {m: t[1] for m, t in tokens.items()}
+
+
+def test_a_model_skipped_for_its_window_is_billed_nothing_in_stats_report_and_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The skipped attempt keeps the prompt's count, which the metrics and the log's readers took for tokens
+    billed: a client could add millions to any model's figures with requests refused as too long."""
+    exchanges = [long_context_exchange(i) for i in range(3)]
+    db = asyncio.run(_logged(tmp_path, exchanges))
+    telemetry = Telemetry(TelemetrySettings(exchange_log=None))
+    for exchange in exchanges:
+        telemetry.record(exchange)
+    assert report("--db", db, "--json") == 0
+    for figures in (summarize(rows_of(exchanges, simulated=False)), json.loads(capsys.readouterr().out)):
+        assert SKIPPED_MODEL not in figures["models"]
+        assert figures["total"]["tokens_in"] == 3 * 9000
+    metrics = telemetry.render_metrics()
+    assert SKIPPED_MODEL not in total_by_model(metrics, "laneway_prompt_tokens_total")
+    assert total_by_model(metrics, "laneway_prompt_tokens_total")[MODELS[2]] == 3 * 9000
 
 
 def test_since_alone_ends_now_as_a_comparison_reads_it(log: str, capsys: pytest.CaptureFixture[str]) -> None:

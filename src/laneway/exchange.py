@@ -17,6 +17,7 @@ OK = "ok"
 SKIPPED = "skipped"  # never sent: breaker open, context window too small
 GATED = "gated"  # never sent: the model's gate turned the request away (full, over budget)
 CLIENT_DISCONNECTED = "client_disconnected"  # the client hung up mid-stream: not an error of the model
+NOT_SENT = (SKIPPED, GATED)  # a skipped attempt may carry the prompt's count (why it was skipped): nobody billed it
 CANCELLED = "cancelled"  # the gateway stopped before the answer was whole (past `server.shutdown_grace_ms`)
 INTERNAL_ERROR = "internal_error"  # a bug in the gateway (the request's 500, logged with its traceback)
 

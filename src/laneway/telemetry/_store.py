@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import orjson
 
 from laneway.errors import ConfigError, ConfigIssue, LanewayError, without_password
-from laneway.exchange import CLIENT_DISCONNECTED
+from laneway.exchange import CLIENT_DISCONNECTED, NOT_SENT
 from laneway.telemetry._records import (
     ATTEMPT_FIELDS,
     FAILED_SEPARATOR,
@@ -316,7 +316,8 @@ def _attempts_roll_up(dialect: int, hour: str) -> str:
     model, outcome = attempt_field(element, "model", dialect), attempt_field(element, "outcome", dialect)
     cost = _attempt_cost(element, dialect)
     tokens_in, tokens_out = (_attempt_count(element, name, dialect) for name in ("prompt_tokens", "completion_tokens"))
-    moved = f"{length} > 1 AND ({cost} > 0 OR {tokens_in} > 0 OR {tokens_out} > 0) AND {model} {other} e.model"
+    moved = (f"{length} > 1 AND ({cost} > 0 OR {tokens_in} > 0 OR {tokens_out} > 0) AND {model} {other} e.model "
+             f"AND {outcome} NOT IN {_NOT_SENT}")
     scope = f"e.started_at < ? AND e.lane <> '{SHADOW_LANE}' AND ({length} > 1 OR e.outcome <> 'ok')"
     at = hour.replace("started_at", "e.started_at")
     added = ("cost_usd", "failed_attempts", "tokens_in", "tokens_out")
@@ -335,11 +336,14 @@ def _attempts_roll_up(dialect: int, hour: str) -> str:
         f"UNION ALL SELECT {at}, COALESCE(e.model, ''), COALESCE(e.route, ''), e.lane, 0, -{cost}, 0, 0 "
         f"FROM {source} WHERE {scope} AND {moved}"
         ") AS attempts WHERE true GROUP BY 1, 2, 3, 4 "
+        # an attempt that neither failed nor billed (one never sent, a hang-up) adds no row of its own
+        "HAVING SUM(failed) <> 0 OR SUM(moved) <> 0 OR SUM(moved_in) <> 0 OR SUM(moved_out) <> 0 "
         f"ON CONFLICT (hour, model, route, lane) DO UPDATE SET {merge}"
     )
 
 
 _NOT_FAILED = "(" + ", ".join(f"'{outcome}'" for outcome in NOT_FAILED) + ")"
+_NOT_SENT = "(" + ", ".join(f"'{outcome}'" for outcome in NOT_SENT) + ")"
 
 
 def _row_sources(dialect: int) -> dict[str, str]:
@@ -360,7 +364,8 @@ def _row_sources(dialect: int) -> dict[str, str]:
         element, "completion_tokens", dialect)
     failed = f"SELECT {concat.format(model)} FROM {each} WHERE {outcome} NOT IN {_NOT_FAILED}"  # noqa: S608
     others = (f"SELECT {pair.format(model, cost, tokens_in, tokens_out)} FROM {each} "  # noqa: S608 (constant names)
-              f"WHERE ({cost} > 0 OR {tokens_in} > 0 OR {tokens_out} > 0) AND {model} {other} exchanges.model")
+              f"WHERE ({cost} > 0 OR {tokens_in} > 0 OR {tokens_out} > 0) AND {model} {other} exchanges.model "
+              f"AND {outcome} NOT IN {_NOT_SENT}")
     return {
         "tokens_in": "prompt_tokens",
         "tokens_out": "completion_tokens",
