@@ -12,7 +12,7 @@ import trustme
 
 from laneway.chat import ChatRequest
 from laneway.config import ModelSpec
-from laneway.errors import UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
+from laneway.errors import UpstreamBadResponse, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from laneway.providers import _http
 from laneway.providers._base import Upstream
 from laneway.providers._http import HIGH_WATER, Disconnected, Pool, Response, request_head
@@ -388,3 +388,170 @@ async def test_a_stream_read_to_done_keeps_its_connection_while_its_last_chunk_c
         assert provider.upstream.held_connections() == 0
     assert server.connections == (1 if last_chunk_after_s is not None else 2)
     await provider.aclose()
+
+
+@pytest.mark.parametrize("interim", [b"HTTP/1.1 100 Continue\r\n\r\n",
+                                     b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n"])
+async def test_an_interim_answer_is_skipped_and_each_request_gets_its_own_answer(
+        serve: Callable[..., Awaitable[Server]], interim: bytes) -> None:
+    """The 1xx was taken for the answer, and the real one, still coming, was read by the next request sent on
+    that connection: one caller got another's answer."""
+    async def echo_late(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        n: int) -> bool:
+        writer.write(interim)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(answer(b'{"n": %d}' % server.requests))
+        await writer.drain()
+        return True
+
+    server = await serve(echo_late)
+    upstream = Upstream(spec(server.port), f"http://127.0.0.1:{server.port}/v1", {})
+    deadline = asyncio.get_running_loop().time() + 5
+    got = [await upstream.post_json(f"{upstream.base_url}/chat", {}, deadline, lambda s, t: False) for _ in range(3)]
+    assert got == [{"n": 1}, {"n": 2}, {"n": 3}] and server.connections == 1
+    await upstream.aclose()
+
+
+async def test_a_response_head_past_its_bound_is_refused_without_reading_it_all(
+        serve: Callable[..., Awaitable[Server]]) -> None:
+    async def huge_head(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        n: int) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-big: ")
+        for _ in range(64):
+            writer.write(b"a" * 65536)  # 4 MiB of one header, never ended
+            await writer.drain()
+        await server.stopping.wait()
+        return False
+
+    server = await serve(huge_head)
+    upstream = Upstream(spec(server.port), f"http://127.0.0.1:{server.port}/v1", {})
+    deadline = asyncio.get_running_loop().time() + 5
+    with pytest.raises(UpstreamUnavailable, match="head is over 64 KiB"):
+        await upstream.post_json(f"{upstream.base_url}/chat", {}, deadline, lambda s, t: False)
+    await upstream.aclose()
+
+
+@pytest.mark.parametrize(("head", "words"), [
+    (b"HTTP/1.1 302 Found\r\nlocation: https://api.example.com/v1/chat\r\ncontent-length: 0\r\n\r\n",
+     "answered 302, a redirect to `https://api.example.com/v1/chat`: point the model's `base_url`"),
+    (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\ncontent-length: 2\r\n\r\n{}",
+     "answered `Content-Encoding: gzip`, though asked for none"),
+])
+async def test_a_redirect_or_an_encoded_answer_says_so(serve: Callable[..., Awaitable[Server]], head: bytes,
+                                                       words: str) -> None:
+    async def odd(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(head)
+        await writer.drain()
+        return True
+
+    server = await serve(odd)
+    upstream = Upstream(spec(server.port), f"http://127.0.0.1:{server.port}/v1", {})
+    deadline = asyncio.get_running_loop().time() + 5
+    with pytest.raises((UpstreamBadResponse, UpstreamRejected)) as caught:
+        await upstream.post_json(f"{upstream.base_url}/chat", {}, deadline, lambda s, t: False)
+    assert words in caught.value.message
+    assert isinstance(caught.value, UpstreamRejected) == head.startswith(b"HTTP/1.1 3")  # no retry follows it
+    assert "accept-encoding: identity" in upstream._header_block  # what every request asks for
+    await upstream.aclose()
+
+
+def _sse_server(body: bytes, then: Callable[[Server], Awaitable[None]] | None = None) -> Handler:
+    async def handler(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        for i in range(0, len(body), 7):
+            writer.write(b"%x\r\n%s\r\n" % (len(body[i:i + 7]), body[i:i + 7]))
+        await writer.drain()
+        if then is not None:
+            await then(server)
+            return False
+        writer.write(b"0\r\n\r\n")
+        return True
+
+    return handler
+
+
+async def test_sse_reads_lines_ended_by_cr_alone_and_an_event_name_that_is_not_utf8(
+        serve: Callable[..., Awaitable[Server]]) -> None:
+    stream = b"event: \xff\xfe\rdata: one\r\rdata: two\r\ndata: lines\r\n\r\n"
+    server = await serve(_sse_server(stream))
+    upstream = Upstream(spec(server.port), f"http://127.0.0.1:{server.port}/v1", {})
+    deadline = asyncio.get_running_loop().time() + 5
+    response = await upstream.open_stream(f"{upstream.base_url}/s", {}, deadline, lambda s, t: False)
+    events = [pair async for pair in upstream.sse(response, deadline)]
+    assert events == [("\ufffd\ufffd", b"one"), ("", b"two\nlines")]
+    await upstream.aclose()
+
+
+async def test_a_stream_that_only_pings_after_its_first_event_stalls_after_stream_idle_ms(
+        serve: Callable[..., Awaitable[Server]]) -> None:
+    async def ping_forever(server: Server) -> None:
+        writer = server.writers[-1]
+        while not server.stopping.is_set():
+            writer.write(b"%x\r\n%s\r\n" % (len(b": ping\n\n"), b": ping\n\n"))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+    server = await serve(_sse_server(b"data: one\n\n", ping_forever))
+    upstream = Upstream(spec(server.port, stream_idle_ms=300), f"http://127.0.0.1:{server.port}/v1", {})
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    response = await upstream.open_stream(f"{upstream.base_url}/s", {}, deadline, lambda s, t: False)
+    events, began = [], loop.time()
+    with pytest.raises(UpstreamTimeout, match=r"no event for 0\.3s"):
+        async for pair in upstream.sse(response, deadline):
+            events.append(pair)
+    assert events == [("", b"one")] and loop.time() - began < 1.0
+    await upstream.aclose()
+
+
+async def test_an_endless_stream_line_is_refused_at_max_response_bytes(serve: Callable[..., Awaitable[Server]]) -> None:
+    async def endless(server: Server) -> None:
+        writer = server.writers[-1]
+        piece = b"x" * 65536
+        while not server.stopping.is_set() and not writer.is_closing():
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+
+    server = await serve(_sse_server(b"data: ", endless))
+    upstream = Upstream(spec(server.port, max_response_bytes=1 << 20), f"http://127.0.0.1:{server.port}/v1", {})
+    deadline = asyncio.get_running_loop().time() + 5
+    response = await upstream.open_stream(f"{upstream.base_url}/s", {}, deadline, lambda s, t: False)
+    with pytest.raises(UpstreamBadResponse, match="stream line over `max_response_bytes`"):
+        async for _ in upstream.sse(response, deadline):
+            pass
+    await upstream.aclose()
+
+
+ANTHROPIC_EVENTS = (
+    b'event: message_start\ndata: {"type":"message_start","message":{"usage":{"input_tokens":9,"output_tokens":1}}}'
+    b'\n\nevent: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    b'"delta":{"type":"text_delta","text":"Hi"}}\n\n'
+    b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+    b'"usage":{"output_tokens":2}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n')
+GEMINI_EVENTS = (b'data: {"candidates":[{"content":{"role":"model","parts":[{"text":"Hi"}]},"finishReason":"STOP"}],'
+                 b'"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":2}}\n\n')
+
+
+@pytest.mark.parametrize(("provider", "events"), [("anthropic", ANTHROPIC_EVENTS), ("gemini", GEMINI_EVENTS)])
+async def test_a_stream_whose_last_event_came_ends_there_though_the_body_stays_open(
+        serve: Callable[..., Awaitable[Server]], provider: str, events: bytes) -> None:
+    """It waited for the body's end, and after `stream_idle_ms` turned a whole answer into an error."""
+    from laneway.providers.anthropic import AnthropicProvider
+    from laneway.providers.gemini import GeminiProvider
+
+    async def hold(server: Server) -> None:
+        await server.stopping.wait()
+
+    server = await serve(_sse_server(events, hold))
+    model = ModelSpec(name="m", provider=provider, base_url=f"http://127.0.0.1:{server.port}", model="m",
+                      stream_idle_ms=2000)
+    adapter = (AnthropicProvider if provider == "anthropic" else GeminiProvider)(model, model.base_url)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    chunks = [chunk async for chunk in adapter.stream(ChatRequest("m", [{"role": "user", "content": "hi"}], {}),
+                                                      loop.time() + 5)]
+    assert "".join(c.text for c in chunks) == "Hi" and chunks[-1].finish_reason == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 2
+    assert loop.time() - began < 1.0
+    await adapter.aclose()

@@ -23,6 +23,8 @@ LOW_WATER = 64 * 1024
 # A body released after its protocol's last event (`[DONE]`) but before its own end (a chunked body's
 # last chunk often comes in a write of its own) has this long to end, so that its connection is reused.
 TAIL_S = 1.0
+# A response head past this is refused: nothing an API answers needs it, and parsing it holds the event loop.
+MAX_HEAD_BYTES = 64 * 1024
 
 
 class HttpError(Exception):
@@ -160,7 +162,8 @@ class Connection(asyncio.Protocol):
         self.answered = False
         self.idle_since = 0.0
         self._paused = False
-        self._header_name = ""
+        self._interim = False  # the message being parsed is a 1xx, not the response
+        self._head_bytes = 0  # of the head being parsed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
@@ -172,6 +175,7 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         self.response = Response(self)
         self.answered = False
+        self._head_bytes = 0
         self.headers_ready = self.loop.create_future()
         self.transport.write(data)
         return self.headers_ready
@@ -208,6 +212,13 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(f"malformed HTTP response: {exc}")
             self.close()
+            return
+        ready = self.headers_ready
+        if ready is not None and not ready.done():  # every byte so far belongs to the head
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._fail(f"the response's head is over {MAX_HEAD_BYTES // 1024} KiB")
+                self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
@@ -242,7 +253,12 @@ class Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         response = self.response
         assert response is not None and self.headers_ready is not None
-        response.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # an interim answer (100 Continue, 103 Early Hints): the final one follows
+            self._interim = True
+            response.headers.clear()
+            return
+        response.status = status
         if not self.parser.should_keep_alive():
             self.reusable = False
         if not self.headers_ready.done():
@@ -253,7 +269,9 @@ class Connection(asyncio.Protocol):
         self.response.feed(body)
 
     def on_message_complete(self) -> None:
-        if self.response is not None:
+        if self._interim:
+            self._interim = False
+        elif self.response is not None:
             self.response.end()
 
 
