@@ -96,7 +96,8 @@ class Upstream:
     def __init__(self, spec: ModelSpec, base_url: str, headers: dict[str, str]) -> None:
         self.spec = spec
         self.base_url = base_url.rstrip("/")
-        self.headers = {"content-type": "application/json", **headers}
+        # `identity`: without it a server may compress its answers (a CDN in front of a model server does)
+        self.headers = {"content-type": "application/json", "accept-encoding": "identity", **headers}
         self._pool: Pool | None = None
         self._header_block = ""
         self._heads: dict[tuple[str, str], bytes] = {}
@@ -146,6 +147,7 @@ class Upstream:
             raise self.transport_error(exc) from None
         if response.status >= 400:
             raise self.status_error(response.status, response.headers, payload, overflow)
+        self.check_answer(response)
         _require_json(response, self.spec.name)
         try:
             decoded = orjson.loads(payload)
@@ -171,6 +173,11 @@ class Upstream:
             raise self.timeout() from None
         except HttpError as exc:
             raise self.transport_error(exc) from None
+        try:
+            self.check_answer(response)
+        except UpstreamError:
+            response.release()
+            raise
         ctype = response.headers.get("content-type", "")
         if "text/event-stream" not in ctype:
             response.release()
@@ -182,37 +189,52 @@ class Upstream:
                   first: bool = True) -> AsyncGenerator[tuple[str, bytes], None]:
         """Yield (event, data) pairs of a server-sent event stream, bounded by deadline then idleness.
 
-        Timers are per raw chunk, and only armed when no chunk is already waiting."""
+        Until the first event the deadline bounds the wait, then `stream_idle_ms` since the last event:
+        bytes that are no event (`: ping` comments) are no progress. A line may end in LF, CRLF or CR;
+        a line past `max_response_bytes` fails the stream."""
         loop = asyncio.get_running_loop()
         event = ""
         data: list[bytes] = []
-        waiting_first = first
         idle = self.spec.stream_idle_ms / 1000
-        rest = b""
+        until = deadline if first else loop.time() + idle
+        pending = bytearray()  # the start of a line whose end has not come yet
+        after_cr = False  # the last chunk ended in CR: a LF at the start of the next one ends no line
         try:
             while True:
                 try:
-                    chunk = await response.next_chunk(deadline if waiting_first else loop.time() + idle)
+                    chunk = await response.next_chunk(until)
+                    if loop.time() > until:  # chunks were waiting all along: the time ran out all the same
+                        raise TimeoutError
                 except TimeoutError:
-                    if waiting_first:
-                        raise self.timeout() from None
-                    raise UpstreamTimeout(f"stream stalled: no data for {idle:g}s (`stream_idle_ms`)",
-                                          model=self.spec.name) from None
+                    if not first and until != deadline:
+                        raise UpstreamTimeout(f"stream stalled: no event for {idle:g}s (`stream_idle_ms`)",
+                                              model=self.spec.name) from None
+                    raise self.timeout() from None
                 if not chunk:
                     return
-                lines = (rest + chunk).split(b"\n")
-                rest = lines.pop()
-                for raw in lines:
-                    line = raw.rstrip(b"\r")
+                if after_cr and chunk[:1] == b"\n":
+                    chunk = chunk[1:]
+                after_cr = chunk[-1:] == b"\r"
+                if b"\n" not in chunk and b"\r" not in chunk:  # a line still growing: kept, not split again
+                    pending += chunk
+                    if len(pending) > self.spec.max_response_bytes:
+                        raise UpstreamBadResponse(f"stream line over `max_response_bytes` "
+                                                  f"({self.spec.max_response_bytes})", model=self.spec.name)
+                    continue
+                text = bytes(pending) + chunk if pending else chunk
+                lines = text.split(b"\n") if b"\r" not in text else _LINE_ENDS.split(text)
+                pending[:] = lines.pop()
+                for line in lines:
                     if not line:
                         if data:
-                            waiting_first = False
+                            first = False
+                            until = loop.time() + idle
                             yield event, b"\n".join(data)
                         event, data = "", []
                     elif line.startswith(b"data:"):
                         data.append(line[5:].lstrip(b" "))
                     elif line.startswith(b"event:"):
-                        event = line[6:].strip().decode()
+                        event = line[6:].strip().decode("utf-8", "replace")
         except HttpError as exc:
             raise self.transport_error(exc) from None
         finally:
@@ -249,6 +271,20 @@ class Upstream:
             return UpstreamUnavailable(f"upstream answered {status}: {detail}", model=name, upstream_status=status)
         return UpstreamRejected(f"upstream answered {status}: {detail}", model=name, upstream_status=status,
                                 param=_error_param(text))
+
+    def check_answer(self, response: Response) -> None:
+        """Raise for an answer under 400 that is no answer: a redirect, which no retry follows (the model's
+        `base_url` is to fix, as for a 404), or a body encoded in a way the gateway did not ask for."""
+        status, headers = response.status, response.headers
+        if 300 <= status < 400:
+            where = headers.get("location")
+            raise UpstreamRejected(f"upstream answered {status}, a redirect{f' to `{where}`' if where else ''}: "
+                                   "point the model's `base_url` at where the API is", model=self.spec.name,
+                                   upstream_status=status)
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("identity", ""):
+            raise UpstreamBadResponse(f"upstream answered `Content-Encoding: {encoding}`, though asked for none "
+                                      "(`Accept-Encoding: identity`)", model=self.spec.name, upstream_status=status)
 
     def redact(self, text: str) -> str:
         return redact(self.spec, text)
@@ -311,6 +347,9 @@ def retry_after(value: str | None) -> float | None:
         return waited((parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
     except (TypeError, ValueError, OverflowError):
         return None
+
+
+_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 
 
 def decode_event(data: bytes, model: str) -> dict[str, Any]:

@@ -90,9 +90,12 @@ class AnthropicProvider:
         async with contextlib.aclosing(self.upstream.sse(response, deadline)) as events:
             async for _event, data in events:
                 chunk = state.read_event(decode_event(data, self.spec.name), self.spec.name)
+                if state.stopped:  # the answer is whole, whenever the body ends
+                    response.release(ending=True)
                 if chunk is not None:
                     yield chunk
-        # Reading on to the end of the body after `message_stop` keeps the connection reusable.
+                if state.stopped:
+                    break
         if not state.stopped:
             raise UpstreamBadResponse("stream ended without `message_stop`: cut mid-way",
                                       model=self.spec.name)

@@ -108,6 +108,9 @@ class GeminiProvider:
                     calls += len(pieces)
                 if chunk.text or chunk.logprobs or pieces:
                     yield Chunk(text=chunk.text, logprobs=chunk.logprobs, tool_calls=pieces)
+                if finish is not None:  # the last event, its usage with it: the answer is whole, whenever the body ends
+                    response.release(ending=True)
+                    break
         if finish is None:
             raise UpstreamBadResponse("stream ended without a `finishReason`: cut mid-way",
                                       model=self.spec.name)
