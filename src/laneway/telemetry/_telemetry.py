@@ -297,11 +297,12 @@ class Telemetry:
                 if metrics is None and log is None:
                     continue
                 fallbacks = fallbacks_of(exchange)
+                record = log_record_of(exchange, fallbacks, simulated, store_bodies, cap) if log is not None else None
                 if metrics is not None:
                     metrics.observe(exchange, fallbacks)
                     (shadows if exchange.lane == SHADOW_LANE else recent).add(exchange, fallbacks, simulated)
-                if log is not None:  # last: an exchange that failed before is not in the log
-                    records.append(log_record_of(exchange, fallbacks, simulated, store_bodies, cap))
+                if record is not None:  # last: an exchange that failed before is not in the log
+                    records.append(record)
             except Exception:  # a value no part expected: that exchange goes unrecorded, never the ones after it
                 logger.exception("laneway: exchange %r could not be recorded%s", exchange.request_id,
                                  "; it is counted as dropped from the exchange log" if log is not None else "")
