@@ -39,8 +39,8 @@ class ExchangeLog:
         self._backoff_s = 0.0
         self._retry_at = 0.0
         self._next_roll_up = 0.0
-        self._dropping = False  # the backlog overflowed since the store last took a write
-        self._dropped_before = 0  # `health.dropped` when the store last took a write
+        self._dropping = False  # the backlog overflowed (said once), since the outage began
+        self._dropped_before = 0  # `health.dropped` when the outage began
         # One store operation at a time: a write spans several turns of the event loop, and a flush
         # or roll-up asked for meanwhile must wait for it (or it would write the same rows again).
         self._busy = asyncio.Lock()
@@ -53,7 +53,7 @@ class ExchangeLog:
         room = max(0, self._settings.buffer_limit - len(self._backlog))
         self._backlog.extend(records[:room])
         if len(records) > room:
-            if not self._dropping:  # once per outage: the count is in the metrics, and said at recovery
+            if not self._dropping:  # once per outage (the count is in the metrics, and said at its end)
                 self._dropping = True
                 log.error("exchange log `%s`: the backlog is full (`telemetry.buffer_limit`: %d); exchanges are "
                           "dropped, unrecorded, until the store takes writes again",
@@ -176,8 +176,9 @@ class ExchangeLog:
             log.warning("%s", error)
 
     def _failed(self, error: ExchangeLogUnavailable) -> None:
-        if self.health.up:
+        if self.health.up:  # an outage begins: its drops are said once, and counted up at its end
             log.warning("%s; buffering up to %d exchanges and retrying", error, self._settings.buffer_limit)
+            self._dropping, self._dropped_before = False, self.health.dropped
         self.health.up = False
         self._backoff_s = min(
             MAX_BACKOFF_S, max(self._settings.flush_interval_ms / 1000.0, self._backoff_s * 2)
@@ -190,7 +191,6 @@ class ExchangeLog:
             log.log(logging.ERROR if lost else logging.INFO, "exchange log `%s` is writable again%s",
                     without_password(self.store.url),
                     f"; {lost} exchanges were dropped unrecorded meanwhile" if lost else "")
-        self._dropping, self._dropped_before = False, self.health.dropped
         self.health.up = True
         self._backoff_s = 0.0
         self._retry_at = 0.0
