@@ -3,6 +3,10 @@ with a `do_POST` that answers with `send`, and serve it with `LoopbackUpstream`.
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -33,3 +37,20 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[LoopbackUpstream]:
+    """`handler` served on a loopback port in a thread, for as long as the block runs."""
+    upstream = LoopbackUpstream(handler)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    try:
+        yield upstream
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+
+
+def sse_body(events: Sequence[dict[str, Any]]) -> bytes:
+    """OpenAI's stream of `events`, ended by `[DONE]`."""
+    return b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"

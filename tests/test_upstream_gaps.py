@@ -5,7 +5,6 @@ stream with no text at all (a reasoning model whose budget ran out before it wro
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +12,7 @@ import openai
 import pytest
 
 from _live import LiveGateway, RecordingSink, live_gateway
-from _loopback import Handler, LoopbackUpstream
+from _loopback import Handler, serving, sse_body
 
 TEXT = ["Your order", " ships", " today."]
 UPSTREAM_FIELDS = {"system_fingerprint": "fp_abc123", "service_tier": "default"}
@@ -33,8 +32,7 @@ class _Handler(Handler):
             events = [{**extra, "choices": [{"index": 0, "delta": {"role": "assistant", "content": piece},
                                              "finish_reason": None}]} for piece in pieces]
             events.append({**extra, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-            data = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
-            self.send(data, "text/event-stream")
+            self.send(sse_body(events), "text/event-stream")
         else:
             answer = {**extra, "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": body["model"],
                       "choices": [{"index": 0, "finish_reason": "stop",
@@ -44,9 +42,8 @@ class _Handler(Handler):
 
 @pytest.fixture(scope="module")
 def live() -> Iterator[tuple[LiveGateway, RecordingSink]]:
-    upstream = LoopbackUpstream(_Handler)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    config = f"""
+    with serving(_Handler) as upstream:
+        config = f"""
 models:
   vllm:
     provider: openai
@@ -58,11 +55,9 @@ routes:
 - name: all
   target: vllm
 """
-    sink = RecordingSink()
-    with live_gateway(config, None, telemetry=sink) as gateway:
-        yield gateway, sink
-    upstream.shutdown()
-    upstream.server_close()
+        sink = RecordingSink()
+        with live_gateway(config, None, telemetry=sink) as gateway:
+            yield gateway, sink
 
 
 def client(live: LiveGateway) -> openai.OpenAI:

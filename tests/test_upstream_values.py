@@ -4,7 +4,6 @@ fallback answers) or is read as harmless, never the client's 500."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +11,7 @@ import openai
 import pytest
 
 from _live import LiveGateway, RecordingSink, live_gateway
-from _loopback import Handler, LoopbackUpstream
+from _loopback import Handler, serving, sse_body
 from laneway.cascade import from_logprobs
 from laneway.chat import Completion, Usage
 from laneway.providers._base import MAX_RETRY_AFTER_S, retry_after
@@ -42,8 +41,7 @@ class _Handler(Handler):
             return
         if body["model"] == "odd-model" and body.get("stream") and asked in ODD_STREAMS:
             events = [ODD_STREAMS[asked], {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
-            self.send(b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n",
-                      "text/event-stream")
+            self.send(sse_body(events), "text/event-stream")
             return
         logprob = 710.0 if body["model"] == "odd-model" else -0.01  # a "log probability" past any number exp takes
         usage = {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
@@ -52,8 +50,7 @@ class _Handler(Handler):
         if body.get("stream"):
             events = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ANSWER}}]},
                       {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage}]
-            self.send(b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n",
-                      "text/event-stream")
+            self.send(sse_body(events), "text/event-stream")
             return
         answer = {"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": body["model"],
                   "choices": [choice], "usage": usage}
@@ -62,9 +59,8 @@ class _Handler(Handler):
 
 @pytest.fixture(scope="module")
 def live() -> Iterator[tuple[LiveGateway, RecordingSink]]:
-    upstream = LoopbackUpstream(_Handler)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    config = f"""
+    with serving(_Handler) as upstream:
+        config = f"""
 models:
   odd: {{provider: openai, base_url: "{upstream.url}", model: odd-model,
         price: {{input_per_mtok: 1, output_per_mtok: 2}},
@@ -83,11 +79,9 @@ routes:
   target: odd
   fallbacks: [steady]
 """
-    sink = RecordingSink()
-    with live_gateway(config, None, telemetry=sink) as gateway:
-        yield gateway, sink
-    upstream.shutdown()
-    upstream.server_close()
+        sink = RecordingSink()
+        with live_gateway(config, None, telemetry=sink) as gateway:
+            yield gateway, sink
 
 
 def client(live: LiveGateway) -> openai.OpenAI:

@@ -206,7 +206,7 @@ class Upstream:
                     if loop.time() > until:  # chunks were waiting all along: the time ran out all the same
                         raise TimeoutError
                 except TimeoutError:
-                    if not first and until != deadline:
+                    if not first:
                         raise UpstreamTimeout(f"stream stalled: no event for {idle:g}s (`stream_idle_ms`)",
                                               model=self.spec.name) from None
                     raise self.timeout() from None

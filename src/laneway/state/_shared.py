@@ -98,28 +98,27 @@ class SharedState:
         await quietly(self.link, lambda client: client.zrem(lease_key(model), lease))
 
     async def take(self, model: str, unit: str, amount: float, per_minute: float) -> float | None:
-        try:
-            wait = await self.link.run(lambda _: self._take(keys=[budget_key(model, unit)],
-                                                            args=[per_minute, amount]))
-        except Unreachable:
-            return None
-        return float(wait)
+        return await self._take_from(budget_key(model, unit), amount, per_minute)
 
     def refund(self, model: str, unit: str, amount: float, per_minute: float) -> None:
-        self._spawn(quietly(self.link, lambda _: self._refund(keys=[budget_key(model, unit)],
-                                                              args=[per_minute, amount])))
+        self._refund_to(budget_key(model, unit), amount, per_minute)
 
     async def key_take(self, name: str, unit: str, amount: float, per_minute: float) -> float | None:
         """Like `take`, on client key `name`'s bucket for `unit` (`requests`, `tokens`)."""
+        return await self._take_from(client_key(name, unit), amount, per_minute)
+
+    def key_refund(self, name: str, unit: str, amount: float, per_minute: float) -> None:
+        self._refund_to(client_key(name, unit), amount, per_minute)
+
+    async def _take_from(self, bucket: str, amount: float, per_minute: float) -> float | None:
         try:
-            wait = await self.link.run(lambda _: self._take(keys=[client_key(name, unit)], args=[per_minute, amount]))
+            wait = await self.link.run(lambda _: self._take(keys=[bucket], args=[per_minute, amount]))
         except Unreachable:
             return None
         return float(wait)
 
-    def key_refund(self, name: str, unit: str, amount: float, per_minute: float) -> None:
-        self._spawn(quietly(self.link, lambda _: self._refund(keys=[client_key(name, unit)],
-                                                              args=[per_minute, amount])))
+    def _refund_to(self, bucket: str, amount: float, per_minute: float) -> None:
+        self._spawn(quietly(self.link, lambda _: self._refund(keys=[bucket], args=[per_minute, amount])))
 
     async def key_spent(self, name: str, period: str) -> float | None:
         """What every replica has charged client key `name` in `period` (`Period.id`); None when unreachable."""
