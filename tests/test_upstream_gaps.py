@@ -5,6 +5,7 @@ stream with no text at all (a reasoning model whose budget ran out before it wro
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -123,3 +124,25 @@ def test_usage_figures_no_model_could_have_are_counted_here_instead(live: tuple[
                                                      stream_options={"include_usage": True})
     assert [(u.prompt_tokens, u.completion_tokens) for u in (c.usage for c in stream) if u is not None] == [
         (usage.prompt_tokens, usage.completion_tokens)]
+
+
+@pytest.mark.parametrize(("size", "on_the_loop"), [(1000, True), (200_000, False)])
+async def test_a_large_answer_without_usage_is_counted_off_the_event_loop(size: int, on_the_loop: bool) -> None:
+    """A 50 MB answer counted on the loop held every other request for 1.9 s."""
+    from laneway.chat import ChatRequest
+    from laneway.config import ModelSpec
+    from laneway.context import TokenCounter
+    from laneway.dispatch import estimate_usage
+
+    threads: list[threading.Thread] = []
+
+    class Recording(TokenCounter):
+        def text_tokens(self, text: str) -> int:
+            threads.append(threading.current_thread())
+            return super().text_tokens(text)
+
+    spec = ModelSpec(name="m", provider="openai", base_url="http://127.0.0.1:1/v1", model="m")
+    usage = await estimate_usage(Recording(), spec, ChatRequest("m", [{"role": "user", "content": "hi"}], {}),
+                                 ["word " * (size // 5)])
+    assert usage.completion_tokens >= size // 10 and usage.prompt_tokens > 0
+    assert (threads == [threading.main_thread()]) == on_the_loop

@@ -159,8 +159,8 @@ class Dispatcher:
                         if not completion.usage.total_tokens:  # none reported: counted here, as for a stream
                             generated = [completion.text, completion.refusal or "",
                                          *tool_call_text(completion.tool_calls or [])]
-                            completion.usage = estimate_usage(self.counter, self.runtime.config.models[name],
-                                                              request, generated)
+                            completion.usage = await estimate_usage(self.counter, self.runtime.config.models[name],
+                                                                    request, generated)
                         self._succeeded(attempt, started, name, exchange, completion.usage)
                         exchange.lane, exchange.model, exchange.trimmed_messages = lane, name, trimmed
                         ticket.used = (completion.usage.total_tokens, attempt.cost_usd, attempt.latency_ms)
@@ -475,11 +475,18 @@ def _default_output(plan: Plan, spec: ModelSpec, adapters: int) -> int:
     return adapters
 
 
-def estimate_usage(counter: TokenCounter, spec: ModelSpec, prompt: ChatRequest | None, generated: list[str]) -> Usage:
+async def estimate_usage(counter: TokenCounter, spec: ModelSpec, prompt: ChatRequest | None,
+                         generated: list[str]) -> Usage:
     """The usage of an answer whose upstream reported none, whole or streamed, so that none costs $0: the
-    prompt as sent (if known) and the `generated` pieces, counted with `spec`'s tokenizer."""
-    prompt_tokens = counter.count(prompt.messages, spec.tokenizer, prompt.params.get("tools")) if prompt else 0
-    return Usage(prompt_tokens, counter.text_tokens("".join(generated)))
+    prompt as sent (if known) and the `generated` pieces, counted with `spec`'s tokenizer (in a worker thread
+    when large, as a prompt is: a 50 MB answer held the event loop for 1.9 s)."""
+    prompt_tokens = 0
+    if prompt is not None:
+        tools = prompt.params.get("tools")
+        prompt_tokens = await _counted(upper_bound(prompt.messages, tools), counter.count, prompt.messages,
+                                       spec.tokenizer, tools)
+    text = "".join(generated)
+    return Usage(prompt_tokens, await _counted(len(text), counter.text_tokens, text))
 
 
 def account(attempt: Attempt, exchange: Exchange, price: Price, usage: Usage) -> None:

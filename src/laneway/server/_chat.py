@@ -212,11 +212,12 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
                 stopped = True
             tail = b""
         else:
-            tail = _account_stream(gateway, runtime, started, state, exchange, request.include_usage, encoder)
+            usage = state.usage or await _estimate(gateway, runtime, started, state.text)
+            tail = _account_stream(runtime, started, usage, state, exchange, request.include_usage, encoder)
         finally:
             client.stop()
         if exchange.outcome != OK and not started.accounted:  # what was generated is billed all the same
-            usage = state.usage or _estimate(gateway, runtime, started, state.text)
+            usage = state.usage or await _estimate(gateway, runtime, started, state.text)
             account(started.attempt, exchange, runtime.config.models[started.model].price, usage)
         if failure is not None:  # the error, and what the stream cost up to it
             tail = _error_event(failure, exchange) + _cost_comment(exchange)
@@ -233,9 +234,8 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
-def _account_stream(gateway: Gateway, runtime: Runtime, started: Started, state: _StreamState,
+def _account_stream(runtime: Runtime, started: Started, usage: Usage, state: _StreamState,
                     exchange: Exchange, include_usage: bool, encoder: _ChunkEncoder) -> bytes:
-    usage = state.usage or _estimate(gateway, runtime, started, state.text)
     if not started.accounted:  # a replayed answer (the cache's) is: its model may be gone from the config since
         _stream_ended(exchange, started)
         account(started.attempt, exchange, runtime.config.models[started.model].price, usage)
@@ -278,8 +278,8 @@ async def _forward(send: Send, encoder: _ChunkEncoder, chunk: Chunk, state: _Str
         await send({"type": "http.response.body", "body": encoder.refusal(chunk.refusal), "more_body": True})
 
 
-def _estimate(gateway: Gateway, runtime: Runtime, started: Started, text: list[str]) -> Usage:
-    return estimate_usage(gateway.counter, runtime.config.models[started.model], started.prompt, text)
+async def _estimate(gateway: Gateway, runtime: Runtime, started: Started, text: list[str]) -> Usage:
+    return await estimate_usage(gateway.counter, runtime.config.models[started.model], started.prompt, text)
 
 
 def _stream_ended(exchange: Exchange, started: Started) -> None:
