@@ -842,3 +842,45 @@ def test_a_full_window_gives_figures_only_from_where_it_holds_every_exchange() -
     assert asked["window"]["truncated"] and (asked["window"]["since"], asked["total"]["requests"]) == (
         BASE_TIME + 11, 3)
     assert telemetry.stats(since=BASE_TIME + 12)["total"]["requests"] == 2
+
+
+async def test_rows_a_failed_write_may_have_stored_are_not_taken_for_reused_request_ids() -> None:
+    """A store keyed by request id (PostgreSQL) answers the write again of a batch whose reply was lost with
+    fewer rows: those are logged already. Past them, a row it did not store is another exchange under an id
+    a client sent twice, lost from the log: it counts as dropped."""
+    from laneway.telemetry._metrics import LogHealth
+    from laneway.telemetry._store import ExchangeLogUnavailable, Written
+    from laneway.telemetry._writer import ExchangeLog
+
+    class KeyedStoreLosingItsFirstReply:
+        url = "keyed://"
+
+        def __init__(self) -> None:
+            self.rows: set[str] = set()
+            self.writes = 0
+
+        async def open(self) -> None: ...
+
+        async def write(self, records: Any) -> Written:
+            ids = [json.loads(text)[0] for _, text in records]
+            new = [i for i in ids if i not in self.rows]
+            self.rows.update(new)
+            self.writes += 1
+            if self.writes == 1:
+                raise ExchangeLogUnavailable("the reply was lost after the commit")
+            return Written(len(new))
+
+        async def aclose(self) -> None: ...
+
+        def hurry(self, deadline: float) -> None: ...
+
+    store = KeyedStoreLosingItsFirstReply()
+    health = LogHealth(enabled=True)
+    log = ExchangeLog(store, TelemetrySettings(exchange_log="sqlite:///unused", flush_interval_ms=1), health)  # type: ignore[arg-type]
+    log.offer([(BASE_TIME, json.dumps([f"req-{i}"])) for i in range(3)])
+    assert not await log.write_pending(force=True)
+    assert await log.write_pending(force=True)  # the same three again: stored already, nothing lost
+    assert (health.written, health.dropped, store.rows) == (0, 0, {"req-0", "req-1", "req-2"})
+    log.offer([(BASE_TIME, json.dumps(["req-1"])), (BASE_TIME, json.dumps(["req-3"]))])
+    assert await log.write_pending(force=True)
+    assert (health.written, health.dropped) == (1, 1)  # req-1 again: another request, lost from the log

@@ -41,6 +41,7 @@ class ExchangeLog:
         self._next_roll_up = 0.0
         self._dropping = False  # the backlog overflowed (said once), since the outage began
         self._dropped_before = 0  # `health.dropped` when the outage began
+        self._maybe_stored = 0  # rows first in the backlog that a failed write may have stored all the same
         # One store operation at a time: a write spans several turns of the event loop, and a flush
         # or roll-up asked for meanwhile must wait for it (or it would write the same rows again).
         self._busy = asyncio.Lock()
@@ -86,6 +87,8 @@ class ExchangeLog:
             try:
                 written = await self.store.write(batch)
             except ExchangeLogUnavailable as error:
+                # its rows stay first in the backlog, and the store may have taken them (a reply lost)
+                self._maybe_stored = max(self._maybe_stored, len(batch))
                 self._failed(error)
                 return False
             # Only `offer` touches the backlog meanwhile, and it appends on the right.
@@ -98,10 +101,14 @@ class ExchangeLog:
                 log.error("laneway: the exchange log refused %d exchange(s) for what they hold, and they are not "
                           "logged (request ids %s): %s", len(written.refused), ", ".join(written.refused[:10]),
                           written.reason)
-            if repeated := len(batch) - written.stored - len(written.refused):  # PostgreSQL keys rows by request id
+            doubtful = min(self._maybe_stored, len(batch))
+            self._maybe_stored -= doubtful
+            # PostgreSQL keys rows by request id: beyond the rows of a write that failed but may have committed,
+            # a row already there is another exchange under an id a client sent twice, and it is lost
+            if reused := max(0, len(batch) - written.stored - len(written.refused) - doubtful):
+                self.health.dropped += reused
                 log.warning("laneway: %d exchange(s) were not logged: their request id is logged already (a client "
-                            "that sends the same `x-request-id` twice, or a batch written again after a write that "
-                            "did commit)", repeated)
+                            "sent the same `x-request-id` for another request); counted as dropped", reused)
             self.health.backlog = len(self._backlog)
             self._recovered()
         return True
