@@ -17,7 +17,7 @@ OK = "ok"
 SKIPPED = "skipped"  # never sent: breaker open, context window too small
 GATED = "gated"  # never sent: the model's gate turned the request away (full, over budget)
 CLIENT_DISCONNECTED = "client_disconnected"  # the client hung up mid-stream: not an error of the model
-NOT_SENT = (SKIPPED, GATED)  # a skipped attempt may carry the prompt's count (why it was skipped): nobody billed it
+NOT_SENT = (SKIPPED, GATED)
 CANCELLED = "cancelled"  # the gateway stopped before the answer was whole (past `server.shutdown_grace_ms`)
 INTERNAL_ERROR = "internal_error"  # a bug in the gateway (the request's 500, logged with its traceback)
 
@@ -38,6 +38,14 @@ class Attempt:
     lane: str = "primary"
     cached_tokens: int = 0  # of `prompt_tokens`, those the provider read from its prompt cache
     trimmed_messages: int = 0  # the oldest messages left out so the conversation fits the model (`trim: oldest`)
+
+
+def billed_apart(attempt: Attempt, model: str | None) -> bool:
+    """Whether `attempt` billed another model than `model`, the one that answered (a cascade's first answer, a
+    verifier's grade): sent, with a cost or tokens. A skipped attempt may carry the prompt's count (why it
+    was skipped), which nobody billed."""
+    return attempt.model != model and attempt.outcome not in NOT_SENT and bool(
+        attempt.cost_usd or attempt.prompt_tokens or attempt.completion_tokens)
 
 
 @dataclass(slots=True)

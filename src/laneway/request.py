@@ -313,7 +313,7 @@ def read_signals(request: ClientRequest, headers: Mapping[str, str], intents: fr
     for name, header_name in _SIGNAL_HEADERS:
         header = headers.get(header_name)
         if header is not None and name not in values:
-            values[name] = _settable(name, header if header.isascii() else _utf8(header), header_name, intents)
+            values[name] = _settable(name, _header_text(header), header_name, intents)
     extra: dict[str, Any] = {}
     metadata = request.metadata
     if len(metadata) > MAX_METADATA_KEYS:  # kept with the exchange: bounded (`decode`)
@@ -339,15 +339,16 @@ def conversation_header(headers: Mapping[str, str]) -> str | None:
         header = headers.get(header_name)
         if name == "conversation_id" and header is not None:
             try:
-                return str(_settable(name, header if header.isascii() else _utf8(header), header_name,
-                                     frozenset())) or None
+                return str(_settable(name, _header_text(header), header_name, frozenset())) or None
             except InvalidRequest:
                 return None
     return None
 
 
-def _utf8(header: str) -> str:
+def _header_text(header: str) -> str:
     """A header value as its bytes meant it: servers read header bytes as Latin-1, and clients send UTF-8."""
+    if header.isascii():
+        return header
     try:
         return header.encode("latin-1").decode("utf-8")
     except UnicodeError:

@@ -257,7 +257,7 @@ class Upstream:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def status_error(self, status: int, headers: Any, payload: bytes, overflow: OverflowTest) -> UpstreamError:
-        text = self.redact(payload[:8000].decode("utf-8", "replace"))  # before the message is cut short
+        text = redact(self.spec, payload[:8000].decode("utf-8", "replace"))  # before the message is cut short
         name = self.spec.name
         detail = _error_message(text)
         if status == 429:
@@ -285,9 +285,6 @@ class Upstream:
         if encoding not in ("identity", ""):
             raise UpstreamBadResponse(f"upstream answered `Content-Encoding: {encoding}`, though asked for none "
                                       "(`Accept-Encoding: identity`)", model=self.spec.name, upstream_status=status)
-
-    def redact(self, text: str) -> str:
-        return redact(self.spec, text)
 
     def timeout(self) -> UpstreamTimeout:
         return UpstreamTimeout("deadline reached before the upstream answered", model=self.spec.name)

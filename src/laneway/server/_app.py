@@ -318,8 +318,6 @@ def _moment(name: str, text: str) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-
-
 def _refuse_browsers(method: str, path: str, headers: dict[str, str], scope: Scope, protected: frozenset[str],
                      admin_key_env: str | None) -> None:
     """Without client keys the gateway listens on loopback and trusts whoever reaches it, but a web page in a

@@ -10,7 +10,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from laneway.exchange import NOT_SENT, Exchange
+from laneway.exchange import Exchange, billed_apart
 
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0)
 OVERHEAD_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -175,8 +175,7 @@ class GatewayMetrics:
             self._attempts[pair] = self._attempts.get(pair, 0) + 1
         if len(attempts) > 1:  # what other models billed (a cascade's first answer) is theirs, not this one's
             for attempt in attempts:
-                if attempt.model != exchange.model and attempt.outcome not in NOT_SENT and (
-                        attempt.cost_usd or attempt.prompt_tokens or attempt.completion_tokens):
+                if billed_apart(attempt, exchange.model):
                     series.cost_usd -= attempt.cost_usd  # the exchange's tokens are its answer's alone
                     other = self._series_of((attempt.model, exchange.route or "", attempt.lane))
                     other.cost_usd += attempt.cost_usd

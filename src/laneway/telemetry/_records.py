@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from laneway.exchange import CLIENT_DISCONNECTED, GATED, NOT_SENT, OK, SKIPPED, Attempt, Exchange
+from laneway.exchange import CLIENT_DISCONNECTED, GATED, OK, SKIPPED, Attempt, Exchange, billed_apart
 
 SHADOW_LANE = "shadow"
 CACHE_LANE = "cache"  # an answer from the response cache: no model was called
@@ -99,7 +99,6 @@ PLANNED_LANES = ("verifier", "cascade")
 
 # Attempt outcomes that are not a model's failure: answered, never sent, or the client hung up.
 NOT_FAILED = (OK, SKIPPED, GATED, CLIENT_DISCONNECTED)
-
 FAILED_SEPARATOR = "\x1f"  # between the models of `failed_models` as the log reads them back
 
 
@@ -120,8 +119,7 @@ def other_costs(exchange: Exchange) -> tuple[tuple[str, float, int, int], ...] |
         return None
     model = exchange.model
     return tuple((a.model, a.cost_usd, a.prompt_tokens, a.completion_tokens) for a in attempts
-                 if a.model != model and (a.cost_usd or a.prompt_tokens or a.completion_tokens)
-                 and a.outcome not in NOT_SENT) or None
+                 if billed_apart(a, model)) or None
 
 
 def fallbacks_of(exchange: Exchange) -> int:
