@@ -47,6 +47,7 @@ from laneway.telemetry import (
     parse_telemetry,
     percentile,
 )
+from laneway.telemetry import _telemetry as telemetry_module
 from laneway.telemetry._html_report import cost_plot
 from laneway.telemetry._records import fallbacks_of
 from laneway.telemetry._sqlite import WRITER_NICENESS, SqliteStore
@@ -820,6 +821,32 @@ async def test_an_exchange_no_part_of_telemetry_can_take_costs_itself_alone(
     assert total(telemetry.render_metrics(), "laneway_requests_total") >= 10
     assert any(poisoned.request_id in r.getMessage() and "counted as dropped" in r.getMessage()
                for r in caplog.records)
+
+
+async def test_a_fault_that_hits_every_exchange_is_said_once_a_minute_with_the_count_between(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A traceback per exchange flooded the log at the gateway's request rate."""
+    telemetry = Telemetry(TelemetrySettings(exchange_log=f"sqlite:///{tmp_path}/log.sqlite3"))
+    await telemetry.start()
+
+    def poisoned(i: int) -> Exchange:
+        exchange = make_exchange(i)
+        exchange.prompt_tokens = 10**20
+        return exchange
+
+    with caplog.at_level(logging.ERROR, logger="laneway.telemetry"):
+        for i in range(5):
+            telemetry.record(poisoned(i))
+        assert await telemetry.flush()
+        said = [r for r in caplog.records if "could not be recorded" in r.getMessage()]
+        assert len(said) == 1 and said[0].exc_info is not None
+        monkeypatch.setattr(telemetry_module, "UNRECORDED_SAID_EVERY_S", 0.0)
+        telemetry.record(poisoned(5))
+        assert await telemetry.flush()
+    await telemetry.aclose()
+    said = [r.getMessage() for r in caplog.records if "could not be recorded" in r.getMessage()]
+    assert len(said) == 2 and "(4 more could not be since the last such line)" in said[1]
+    assert telemetry.health.dropped == 6
 
 
 def test_a_full_window_gives_figures_only_from_where_it_holds_every_exchange() -> None:

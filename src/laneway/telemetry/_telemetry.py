@@ -54,6 +54,9 @@ PENDING_LIMIT = 50_000
 METRICS_OFF = b"# metrics are turned off (`telemetry.metrics: false`)\n"
 LOG_FIGURES = ("enabled", "up", "backlog", "written", "dropped")  # the exchange log's health in `stats()`
 SHADOW_DROPPED = "shadow_dropped_"  # prefix of the events a shadow runner counts for each dropped job
+# An exchange telemetry cannot take is logged with its traceback at most this often; the ones between are
+# counted in the next such line. A fault that hit every exchange logged a traceback per request.
+UNRECORDED_SAID_EVERY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,8 @@ class Telemetry:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._state: Callable[[], StateSamples] | None = None
+        self._unrecorded_said_at = -math.inf  # `time.monotonic()` of the last line about an unrecorded exchange
+        self._unrecorded_unsaid = 0  # unrecorded exchanges since, not logged one by one
 
     async def start(self) -> None:
         if self._log is not None:
@@ -303,13 +308,24 @@ class Telemetry:
                     (shadows if exchange.lane == SHADOW_LANE else recent).add(exchange, fallbacks, simulated)
                 if record is not None:  # last: an exchange that failed before is not in the log
                     records.append(record)
-            except Exception:  # a value no part expected: that exchange goes unrecorded, never the ones after it
-                logger.exception("laneway: exchange %r could not be recorded%s", exchange.request_id,
-                                 "; it is counted as dropped from the exchange log" if log is not None else "")
-                if log is not None:
-                    self.health.dropped += 1
+            except Exception:  # noqa: BLE001 (said in `_unrecorded`): that exchange goes unrecorded, never those after it
+                self._unrecorded(exchange)
         if log is not None:
             log.offer(records)
+
+    def _unrecorded(self, exchange: Exchange) -> None:
+        """Say (with the traceback, at most every `UNRECORDED_SAID_EVERY_S`) and count an exchange that
+        could not be recorded; called in the `except` block."""
+        if self._log is not None:
+            self.health.dropped += 1
+        now = time.monotonic()
+        if now - self._unrecorded_said_at < UNRECORDED_SAID_EVERY_S:
+            self._unrecorded_unsaid += 1
+            return
+        unsaid, self._unrecorded_unsaid, self._unrecorded_said_at = self._unrecorded_unsaid, 0, now
+        logger.exception("laneway: exchange %r could not be recorded%s%s", exchange.request_id,
+                         "; it is counted as dropped from the exchange log" if self._log is not None else "",
+                         f" ({unsaid} more could not be since the last such line)" if unsaid else "")
 
 
 def _in_time_order(rows: Iterable[ExchangeRow]) -> list[ExchangeRow]:
