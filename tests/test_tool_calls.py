@@ -78,6 +78,14 @@ GEMINI_STREAM = [
         GEMINI_CALL, {"functionCall": {"name": "lookup_order", "args": {"order": "77"}}}]}, "finishReason": "STOP"}],
      "usageMetadata": {"promptTokenCount": 40, "candidatesTokenCount": 20}},
 ]
+# Two calls of one function at once, each with the id the API gives it.
+GEMINI_PARALLEL = {
+    "candidates": [{"content": {"role": "model", "parts": [
+        {"functionCall": {"id": "fc-a", "name": "lookup_order", "args": {"order": "1182"}},
+         "thoughtSignature": SIGNATURE},
+        {"functionCall": {"id": "fc-b", "name": "lookup_order", "args": {"order": "77"}}}]}, "finishReason": "STOP"}],
+    "usageMetadata": {"promptTokenCount": 40, "candidatesTokenCount": 20},
+}
 # What a Gemini model answers when it got its own function call wrong.
 GEMINI_MALFORMED = {
     "candidates": [{"content": {"role": "model", "parts": []}, "finishReason": "MALFORMED_FUNCTION_CALL"}],
@@ -105,8 +113,10 @@ class _Handler(Handler):
                 self.send(b"".join(b"data: " + json.dumps(event).encode() + b"\r\n\r\n" for event in GEMINI_STREAM),
                           "text/event-stream")
             else:
-                malformed = "malformed" in json.dumps(body["contents"][-1])
-                self.send(json.dumps(GEMINI_MALFORMED if malformed else GEMINI_ANSWER).encode(), "application/json")
+                last = json.dumps(body["contents"][-1])
+                answer = (GEMINI_MALFORMED if "malformed" in last else GEMINI_PARALLEL if "both" in last
+                          else GEMINI_ANSWER)
+                self.send(json.dumps(answer).encode(), "application/json")
         elif self.path == "/v1/messages":
             if body.get("stream"):
                 events = b"".join(b"event: " + event["type"].encode() + b"\ndata: " + json.dumps(event).encode()
@@ -344,8 +354,10 @@ def test_a_gemini_model_calls_tools_for_an_openai_client_whole_and_streamed(
     # turn's calls need a signature.
     assert sent["contents"] == [
         {"role": "user", "parts": [{"text": "Where is order 77?"}]},
-        {"role": "model", "parts": [{"functionCall": {"name": "lookup_order", "args": {"order": "1182"}}}]},
-        {"role": "user", "parts": [{"functionResponse": {"name": "lookup_order", "response": {"status": "shipped"}}},
+        {"role": "model", "parts": [{"functionCall": {"id": "call_7Qx", "name": "lookup_order",
+                                                      "args": {"order": "1182"}}}]},
+        {"role": "user", "parts": [{"functionResponse": {"id": "call_7Qx", "name": "lookup_order",
+                                                         "response": {"status": "shipped"}}},
                                    {"text": "And order 1182?"}]},
     ]
     message = whole.choices[0].message
@@ -386,11 +398,34 @@ def test_a_gemini_call_goes_back_with_its_thought_signature(
                      {"role": "tool", "tool_call_id": assistant["id"], "content": "shipped on Monday"}]
         ask.create(model="laneway", messages=follow_up, tools=TOOLS, metadata={"lane": "gemini"})
         model_turn, results = upstream.seen[-1]["contents"][1:]
-        assert model_turn["parts"] == [{"functionCall": {"name": "lookup_order",
+        assert model_turn["parts"] == [{"functionCall": {"id": assistant["id"], "name": "lookup_order",
                                                          "args": json.loads(assistant["function"]["arguments"])},
                                         "thoughtSignature": signature}]
         assert results == {"role": "user", "parts": [{"functionResponse": {
-            "name": "lookup_order", "response": {"result": "shipped on Monday"}}}]}
+            "id": assistant["id"], "name": "lookup_order", "response": {"result": "shipped on Monday"}}}]}
+
+
+def test_the_ids_of_a_gemini_models_parallel_calls_reach_the_client_and_come_back_with_each_result(
+        live: tuple[LiveGateway, RecordingSink], upstream: ToolUpstream) -> None:
+    """The API asks for a call's id back in its response; without the ids, two results of one function
+    told the model nothing of which call each answered."""
+    gateway, _ = live
+    ask = client(gateway).chat.completions
+    question: list[Any] = [{"role": "user", "content": "Where are both of my orders?"}]
+    made = ask.create(model="laneway", messages=question, tools=TOOLS, metadata={"lane": "gemini"})
+    calls = made.choices[0].message.tool_calls
+    assert calls is not None and [(c.id, c.function.arguments) for c in calls] == [
+        ("fc-a", '{"order":"1182"}'), ("fc-b", '{"order":"77"}')]
+
+    follow_up = [*question, made.choices[0].message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": "fc-b", "content": "order 77 was delivered"},
+                 {"role": "tool", "tool_call_id": "fc-a", "content": "order 1182 ships on Monday"}]
+    ask.create(model="laneway", messages=follow_up, tools=TOOLS, metadata={"lane": "gemini"})
+    model_turn, results = upstream.seen[-1]["contents"][1:]
+    assert [part["functionCall"]["id"] for part in model_turn["parts"]] == ["fc-a", "fc-b"]
+    assert [(part["functionResponse"]["id"], part["functionResponse"]["response"]["result"])
+            for part in results["parts"]] == [("fc-b", "order 77 was delivered"),
+                                              ("fc-a", "order 1182 ships on Monday")]
 
 
 def test_a_gemini_signature_reaches_the_client_and_comes_back_through_another_gateway(
@@ -419,7 +454,8 @@ def test_a_gemini_signature_reaches_the_client_and_comes_back_through_another_ga
                                               metadata={"lane": "gemini"})
     model_turn = upstream.seen[-1]["contents"][1]
     assert model_turn["parts"] == [{"text": "Let me look that up."}, {
-        "functionCall": {"name": "lookup_order", "args": {"order": "1182"}}, "thoughtSignature": SIGNATURE}]
+        "functionCall": {"id": calls[0].id, "name": "lookup_order", "args": {"order": "1182"}},
+        "thoughtSignature": SIGNATURE}]
 
 
 def test_a_signature_in_extra_content_goes_only_to_googles_openai_compatible_endpoint(

@@ -5,8 +5,10 @@
   `required` ANY, `none` NONE, a named function ANY with `allowedFunctionNames`). The API has no
   switch for parallel calls: `parallel_tool_calls` is not sent.
 - An assistant message's `tool_calls` become `functionCall` parts (arguments parsed from their JSON
-  text), and a `tool` message a `functionResponse` part, named after the call it answers: its
-  content as the response when it is a JSON object, else as `{"result": content}`.
+  text), and a `tool` message a `functionResponse` part, named after the call it answers and with
+  its id (the API asks for the id of a call that had one back in its response; with it, parallel
+  calls of one function are told apart): its content as the response when it is a JSON object,
+  else as `{"result": content}`.
 - An answer's `functionCall` parts become `tool_calls`, with the call's own `id` or one made here.
 
 Thought signatures: a thinking model signs its function calls (`thoughtSignature` beside the
@@ -102,7 +104,7 @@ class CallParts:
         parts = []
         for i, made in enumerate(calls(message, index)):
             self._names[made.id] = made.name
-            part: dict[str, Any] = {"functionCall": {"name": made.name, "args": made.arguments}}
+            part: dict[str, Any] = {"functionCall": {"id": made.id, "name": made.name, "args": made.arguments}}
             signature = self._signatures.of(made)
             if signature is None and i == 0 and index >= self._current_from:
                 signature = UNSIGNED
@@ -124,7 +126,7 @@ class CallParts:
             response = orjson.loads(text)
         except orjson.JSONDecodeError:
             response = None
-        return {"functionResponse": {"name": name,
+        return {"functionResponse": {"id": call_id, "name": name,
                                      "response": response if isinstance(response, dict) else {"result": text}}}
 
 
