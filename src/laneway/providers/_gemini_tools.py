@@ -5,10 +5,10 @@
   `required` ANY, `none` NONE, a named function ANY with `allowedFunctionNames`). The API has no
   switch for parallel calls: `parallel_tool_calls` is not sent.
 - An assistant message's `tool_calls` become `functionCall` parts (arguments parsed from their JSON
-  text), and a `tool` message a `functionResponse` part, named after the call it answers and with
-  its id (the API asks for the id of a call that had one back in its response; with it, parallel
-  calls of one function are told apart): its content as the response when it is a JSON object,
-  else as `{"result": content}`.
+  text), and a `tool` message a `functionResponse` part, named after the call it answers: its
+  content as the response when it is a JSON object, else as `{"result": content}`. Both carry the
+  call's id (the API asks for the id of a call that had one back in its response; with it, parallel
+  calls of one function are told apart), except an id made here for a call the API gave none.
 - An answer's `functionCall` parts become `tool_calls`, with the call's own `id` or one made here.
 
 Thought signatures: a thinking model signs its function calls (`thoughtSignature` beside the
@@ -26,6 +26,7 @@ the API's documented stand-in, `skip_thought_signature_validator`, where the API
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections import OrderedDict
 from typing import Any
@@ -89,6 +90,11 @@ def tool_settings(params: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
+# The id of a call the API gave none: `call_` and random hex digits, as OpenAI's own look.
+MADE_ID_PREFIX, MADE_ID_BYTES = "call_", 12
+MADE_ID = re.compile(f"{MADE_ID_PREFIX}[0-9a-f]{{{2 * MADE_ID_BYTES}}}")
+
+
 class CallParts:
     """Turns a conversation's tool calls and results into parts: it learns each call's function name
     as the calls come, to name the `functionResponse` that answers it."""
@@ -104,7 +110,7 @@ class CallParts:
         parts = []
         for i, made in enumerate(calls(message, index)):
             self._names[made.id] = made.name
-            part: dict[str, Any] = {"functionCall": {"id": made.id, "name": made.name, "args": made.arguments}}
+            part: dict[str, Any] = {"functionCall": {**_given(made.id), "name": made.name, "args": made.arguments}}
             signature = self._signatures.of(made)
             if signature is None and i == 0 and index >= self._current_from:
                 signature = UNSIGNED
@@ -126,8 +132,14 @@ class CallParts:
             response = orjson.loads(text)
         except orjson.JSONDecodeError:
             response = None
-        return {"functionResponse": {"id": call_id, "name": name,
+        return {"functionResponse": {**_given(call_id), "name": name,
                                      "response": response if isinstance(response, dict) else {"result": text}}}
+
+
+def _given(call_id: str) -> dict[str, str]:
+    """The `id` field of a call and of its response: the call's id, unless the adapter made it up because the
+    API gave none (most calls): those go back as they came, without one."""
+    return {} if MADE_ID.fullmatch(call_id) else {"id": call_id}
 
 
 def current_turn(messages: list[Message]) -> int:
@@ -144,7 +156,7 @@ def tool_call_of(part: dict[str, Any], signatures: Signatures) -> dict[str, Any]
     function = part.get("functionCall")
     if not isinstance(function, dict):
         return None
-    call_id = str(function.get("id") or "") or f"call_{secrets.token_hex(12)}"
+    call_id = str(function.get("id") or "") or f"{MADE_ID_PREFIX}{secrets.token_hex(MADE_ID_BYTES)}"
     made = call(call_id, str(function["name"]), function.get("args"))
     signature = part.get("thoughtSignature")
     if isinstance(signature, str) and signature:
