@@ -26,6 +26,11 @@ ODD_STREAMS = {
 }
 
 
+# An answer in parts, as Mistral's reasoning models give it: the reasoning, then the text in two parts.
+IN_PARTS = [{"type": "thinking", "thinking": [{"type": "text", "text": "The customer wants a date."}]},
+            {"type": "text", "text": "Your order "}, {"type": "text", "text": "ships today."}]
+
+
 class _Handler(Handler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
@@ -43,9 +48,16 @@ class _Handler(Handler):
             events = [ODD_STREAMS[asked], {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
             self.send(sse_body(events), "text/event-stream")
             return
+        if body["model"] == "odd-model" and asked == "in-parts" and body.get("stream"):
+            events = [{"choices": [{"index": 0, "delta": {"content": [part]}}]} for part in IN_PARTS]
+            self.send(sse_body([*events, {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]),
+                      "text/event-stream")
+            return
         logprob = 710.0 if body["model"] == "odd-model" else -0.01  # a "log probability" past any number exp takes
         usage = {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
-        choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": ANSWER},
+        content = (({"in-parts": IN_PARTS, "content-an-object": {"text": ANSWER}}).get(asked, ANSWER)
+                   if body["model"] == "odd-model" else ANSWER)
+        choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content},
                   "logprobs": {"content": [{"token": "Your", "logprob": logprob, "bytes": None, "top_logprobs": []}]}}
         if body.get("stream"):
             events = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ANSWER}}]},
@@ -131,3 +143,29 @@ def test_a_logprob_that_is_not_a_log_probability_gives_no_confidence(logprob: An
     assert from_logprobs(answer) == 0.0
     fine = Completion("Hi", "stop", Usage(), "m", logprobs=[{"token": "Hi", "logprob": -0.5}])
     assert 0.6 < from_logprobs(fine) < 0.61
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_in_parts_reaches_the_client_as_the_text_of_its_text_parts(
+        live: tuple[LiveGateway, RecordingSink], stream: bool) -> None:
+    """A whole answer in parts reached the customer as a Python printout of them, reasoning included."""
+    gateway, _ = live
+    ask = client(gateway).chat.completions
+    asked: Any = [{"role": "user", "content": "in-parts"}]
+    if stream:
+        chunks = list(ask.create(model="laneway", messages=asked, stream=True, metadata={"lane": "alone"}))
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    else:
+        text = ask.create(model="laneway", messages=asked, metadata={"lane": "alone"}).choices[0].message.content
+    assert text == ANSWER
+
+
+def test_an_answer_whose_content_is_no_text_fails_its_attempt_and_the_fallback_answers(
+        live: tuple[LiveGateway, RecordingSink]) -> None:
+    gateway, sink = live
+    reply = client(gateway).chat.completions.with_raw_response.create(
+        model="laneway", messages=[{"role": "user", "content": "content-an-object"}])
+    assert (reply.headers["x-laneway-model"], reply.parse().choices[0].message.content) == ("steady", ANSWER)
+    *failed, answered = sink.by_id(reply.headers["x-request-id"]).attempts
+    assert {(a.model, a.outcome) for a in failed} == {("odd", "upstream_bad_response")}
+    assert (answered.model, answered.outcome) == ("steady", "ok")

@@ -124,6 +124,20 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _content(value: Any) -> str:
+    """A message's or a delta's `content`: text, or, from servers that answer in parts (Mistral's reasoning
+    models: a `thinking` part, then `text` parts), the text of its `text` parts; ValueError for anything else."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, list) and all(isinstance(part, dict) for part in value):
+        texts = [part.get("text") for part in value if part.get("type") == "text"]
+        if all(isinstance(text, str) for text in texts):
+            return "".join(texts)
+    raise ValueError("`content` is neither text nor a list of parts")
+
+
 def _finish(value: Any) -> str:
     if value is None or value == "":
         return "stop"
@@ -136,10 +150,9 @@ def parse_completion(data: dict[str, Any], model: str) -> Completion:
     try:
         choice = data["choices"][0]
         message = choice["message"]
-        text = message.get("content") or ""
         usage = data.get("usage") or {}
         return Completion(
-            text=text if isinstance(text, str) else str(text),
+            text=_content(message.get("content")),
             finish_reason=_finish(choice.get("finish_reason")),
             usage=usage_of(usage),
             model=str(data.get("model") or model),
@@ -170,8 +183,14 @@ def parse_chunk(event: dict[str, Any], model: str) -> Chunk | None:
         if not isinstance(choice, dict) or not isinstance(delta, dict):
             raise UpstreamBadResponse("stream event's `choices[0].delta` is not an object", model=model)
         text, finish = delta.get("content") or "", choice.get("finish_reason")
-        if not isinstance(text, str) or not (finish is None or isinstance(finish, str)):
-            raise UpstreamBadResponse("stream event's `delta.content` or `finish_reason` is not text", model=model)
+        if not isinstance(text, str):
+            try:
+                text = _content(text)
+            except ValueError:
+                raise UpstreamBadResponse("stream event's `delta.content` is neither text nor a list of parts",
+                                          model=model) from None
+        if not (finish is None or isinstance(finish, str)):
+            raise UpstreamBadResponse("stream event's `finish_reason` is not text", model=model)
         chunk.text, chunk.finish_reason = text, finish
         chunk.logprobs = _logprobs(choice)
         chunk.tool_calls = _tool_calls(delta, model)
