@@ -4,7 +4,9 @@ copies that never touch the primary answer, and retrieval with `on_miss`."""
 from __future__ import annotations
 
 import json
+import re
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -416,6 +418,40 @@ routes:""").replace("on_miss: gpt-5}", "on_miss: broken}\n  canary: {target: gem
         miss, _ = send(live, "xyzzy plugh")
     assert (miss["x-laneway-lane"], miss["x-laneway-model"]) == ("fallback", "gpt-5-mini")
     assert [a.model for a in sink.by_id(miss["x-request-id"]).attempts] == ["broken", "broken", "gpt-5-mini"]
+
+
+def test_trimming_keeps_the_passages_in_a_user_message_and_a_prompt_they_overflow_says_so(sim_url: str) -> None:
+    """With `style: user`, `trim: oldest` took the passages for an old turn of the dialog: when the rest of the
+    dialog was not enough, it dropped them too, and the model answered ungrounded while the exchange counted a
+    hit. The passages stay, as the system prompt does; a prompt too long even so is refused, and says what of
+    it the passages are (the client sent none of them)."""
+    def config(window: int) -> str:
+        return RETRIEVAL.replace("routes:", f"""models:
+  small: {{provider: openai, base_url: "sim:///gpt-5-mini/v1", model: gpt-5-mini, context_window: {window}}}
+routes:""").replace("target: gemini-2.5-pro", "target: small\n  trim: oldest").replace(
+            "on_miss: gpt-5}", "style: user}") + "telemetry: {store_bodies: true}\n"
+
+    question = "I was charged twice on my credit card, I want a refund for the extra charge"
+    dialog = [message for turn in range(20) for message in (
+        {"role": "user", "content": f"turn {turn}: my parcel {turn} came late " + "again " * 30},
+        {"role": "assistant", "content": f"sorry about parcel {turn}, " + "we will look into it " * 6})]
+    sink = RecordingSink()
+    with live_gateway(config(1800), sim_url, telemetry=sink) as live:  # the passages, the question, the answer
+        headers, _ = send(live, question, messages=[*dialog, {"role": "user", "content": question}])
+    exchange = sink.by_id(headers["x-request-id"])
+    assert int(headers["x-laneway-trimmed"]) > 0 and exchange.retrieval_hits == 3
+    assert exchange.prompt_body is not None
+    prompt = json.loads(exchange.prompt_body)
+    assert prompt[-1] == {"role": "user", "content": question}
+    assert prompt[-2]["role"] == "user" and prompt[-2]["content"].startswith("Reference material")
+
+    with live_gateway(config(1200), sim_url) as live, pytest.raises(urllib.error.HTTPError) as refused:
+        send(live, question)
+    error = json.loads(refused.value.read())["error"]
+    assert refused.value.code == 400 and error["code"] == "context_length_exceeded"
+    share = re.search(r"Of the prompt's tokens, (\d+) are the passages the route's `retrieval:` added",
+                      error["message"])
+    assert share is not None and int(share.group(1)) > 1000
 
 
 async def _on_loop(work: Any) -> Any:

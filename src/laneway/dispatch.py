@@ -20,7 +20,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .chat import ChatRequest, Chunk, Completion, Message, Usage, tool_call_text
+from .chat import ChatRequest, Chunk, Completion, KnowledgeMessage, Message, Usage, message_text, tool_call_text
 from .config import ModelSpec, Price, Route
 from .context import TokenCounter, upper_bound
 from .errors import (
@@ -324,7 +324,17 @@ class Dispatcher:
                    "Trim the conversation, or send it to a model with a larger context window (or to a route of "
                    "the table, which can trim it or hand it to a `long_context:` model)")
             raise ContextWindowExceeded(
-                f"the prompt has {longest} tokens, more than fits: {'; '.join(overflow)}. {fix}")
+                f"the prompt has {longest} tokens, more than fits: {'; '.join(overflow)}. {fix}"
+                f"{self._retrieved_share(messages)}")
+
+    def _retrieved_share(self, messages: list[Message]) -> str:
+        """What of a prompt too long the passages of the route's retrieval are, said to the client, who sent none
+        of them (they are kept whole, as the system prompt is); empty when the route retrieved none."""
+        block = next((m for m in messages if isinstance(m, KnowledgeMessage)), None)
+        if block is None:
+            return ""
+        return (f". Of the prompt's tokens, {self.counter.text_tokens(message_text(block))} are the passages the "
+                "route's `retrieval:` added: a lower `top_k` or a higher `min_score` leaves them room")
 
     def _trim(self, plan: Plan, spec: ModelSpec, request: ChatRequest) -> tuple[ChatRequest, int, int] | None:
         """With the route's `trim: oldest`, `request` without the oldest messages `spec`'s window cannot
