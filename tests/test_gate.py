@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -16,6 +17,8 @@ import pytest
 
 from _live import RecordingSink, live_gateway
 from _pg import total
+from laneway.config import parse_config
+from laneway.errors import ConfigError
 from laneway.gate import Adaptive, Budget, Gate, GatePolicy, GateRejected, next_limit
 from laneway.telemetry import Telemetry, TelemetrySettings
 
@@ -282,3 +285,44 @@ def test_metrics_show_each_gate_and_breaker_as_they_are_at_the_scrape(sim_url: s
     assert total(text, "laneway_model_breaker_state", model="gpt-5-mini", state="open") == 1
     assert total(text, "laneway_model_breaker_state", model="gpt-5-mini", state="closed") == 0
     assert total(text, "laneway_model_breaker_state", model="heavy", state="closed") == 1
+
+
+@pytest.mark.parametrize("chain", [["m1", "m2"], ["m1", "m2", "m3"]])
+def test_a_degrade_to_cycle_is_refused_at_load_naming_each_model(chain: list[str]) -> None:
+    """Two models that degrade to each other passed the check; once both gates turned a request away for
+    its budget, the request went round them for ever and the process stopped answering."""
+    models = "".join(
+        f"  {name}: {{provider: openai, base_url: 'sim:///gpt-5-mini/v1', model: gpt-5-mini,"
+        f" gate: {{tokens_per_minute: 10, degrade_to: {chain[(i + 1) % len(chain)]}}}}}\n"
+        for i, name in enumerate(chain))
+    with pytest.raises(ConfigError) as refused:
+        parse_config(f"models:\n{models}routes:\n- target: m1\n")
+    said = str(refused.value)
+    loop = " -> ".join(f"`{name}`" for name in [*chain, chain[0]])
+    assert re.search(rf"models\.m1\.gate\.degrade_to \(line \d+, column \d+\): {re.escape(loop)} is a cycle", said)
+    assert all(f"models.{name}.gate.degrade_to" in said for name in chain)
+
+
+def test_a_model_tried_already_is_not_degraded_to_again(sim_url: str) -> None:
+    """A fallback's gate that degrades to the route's target, which its own gate turned away: the request
+    is turned away (429), not handed to the target a second time."""
+    config = """
+models:
+  target: {provider: openai, base_url: 'sim:///gpt-5/v1', model: gpt-5, gate: {tokens_per_minute: 10}}
+  spare: {provider: openai, base_url: 'sim:///gpt-5-mini/v1', model: gpt-5-mini,
+          gate: {tokens_per_minute: 10, degrade_to: target}}
+routes:
+- target: target
+  fallbacks: [spare]
+"""
+    sink = RecordingSink()
+    with live_gateway(config, sim_url, telemetry=sink) as live:
+        for model in ("target", "spare"):  # each spends its budget on a request sent to it by name
+            request = urllib.request.Request(live.url + "/v1/chat/completions", data=json.dumps(
+                {"model": model, "messages": [{"role": "user", "content": "help"}]}).encode())
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert response.headers["x-laneway-model"] == model
+        status, headers = post(live.url, {})
+    assert status == 429
+    assert [(a.model, a.outcome) for a in sink.by_id(headers["x-request-id"]).attempts] == [
+        ("target", "gated"), ("spare", "gated")]

@@ -379,8 +379,9 @@ class Dispatcher:
                 self.sink.count("gate_rejected", spec.name)
                 self.sink.observe_queue_wait(spec.name, waited)
             plan.gated = refused
-            if degrade is not None:
-                plan.lanes.insert(plan.lanes.index((lane, spec.name)) + 1, ("degraded", degrade))
+            at = plan.lanes.index((lane, spec.name))
+            if degrade is not None and all(name != degrade for _, name in plan.lanes[:at]):  # never one tried already
+                plan.lanes.insert(at + 1, ("degraded", degrade))
             elif plan.lanes[-1] == (lane, spec.name):
                 # The deadline, not the queue's timeout, ended the wait: a 504 that names the gate, as when
                 # the deadline runs out anywhere else before a model is sent the request.

@@ -553,8 +553,25 @@ def _check_degrade(own: dict[str, ModelSpec], known: dict[str, ModelSpec], issue
             path = f"models.{name}.gate.degrade_to"
             if target == name:
                 issues.add(path, "a model cannot degrade to itself; name a cheaper model")
-            else:
-                _model_ref(issues, path, target, known)
+            elif _model_ref(issues, path, target, known) and (cycle := _degrade_cycle(name, known)):
+                issues.add(path, f"{' -> '.join(f'`{m}`' for m in cycle)} is a cycle: a request every gate of it "
+                                 "turns away would go round it for ever; end the chain at a model without `degrade_to`")
+
+
+def _degrade_cycle(start: str, known: dict[str, ModelSpec]) -> list[str] | None:
+    """The models from `start` along `degrade_to` back to `start`, when the chain comes back to it."""
+    chain, seen = [start], {start}
+    spec = known.get(start)
+    while spec is not None and spec.gate is not None and spec.gate.degrade_to is not None:
+        target = spec.gate.degrade_to
+        chain.append(target)
+        if target == start:
+            return chain
+        if target in seen:  # a cycle further on, said at its own models
+            return None
+        seen.add(target)
+        spec = known.get(target)
+    return None
 
 
 def _shadow_settings(s: Section, known: dict[str, ModelSpec]) -> ShadowSettings:
