@@ -65,6 +65,21 @@ def test_an_overlap_of_two_routes_to_the_same_model_names_what_differs() -> None
      "routes[0].matcher (line 3, column 46): unknown value `banana` for `priority`"),
     ("""
      routes:
+     - target: gpt-5
+       name: |
+         billing
+     """,
+     "routes[0].name (line 4, column 9): 'billing\\n' holds a line break, tab or other control character, which no "
+     "response header can carry"),
+    ("""
+     models:
+       "fast\\tmodel": {provider: openai, base_url: "http://localhost:8000/v1"}
+     routes:
+     - target: gpt-5
+     """,
+     "models.fast\tmodel (line 3, column 18): the model name 'fast\\tmodel' holds a line break, tab or other control"),
+    ("""
+     routes:
      - target: gpt-6
      """,
      "routes[0].target (line 3, column 11): unknown model `gpt-6`; did you mean `gpt-5`? known: claude-sonnet-37,"),

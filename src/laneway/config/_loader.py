@@ -143,7 +143,15 @@ def _build(raw: Any, issues: Issues, source: str, base: Path) -> Config | None:
 
 
 def _models(section: Section, issues: Issues) -> dict[str, ModelSpec]:
+    for name in section.raw:
+        if not str(name).isprintable():
+            issues.add(section.where(str(name)), f"the model name {str(name)!r} {UNPRINTABLE_NAME}")
     return {str(name): _model(str(name), section.section(str(name))) for name in list(section.raw)}
+
+
+# Route and model names go out in the `x-laneway-route` and `x-laneway-model` headers of every answer.
+UNPRINTABLE_NAME = ("holds a line break, tab or other control character, which no response header can carry; "
+                    "write it on one line (a YAML block, `name: |`, ends in a line break)")
 
 
 def _model(name: str, s: Section) -> ModelSpec:
@@ -318,6 +326,9 @@ def _route(index: int, s: Section, known: dict[str, ModelSpec], context: _Contex
     if not name or not name.strip():
         s.issues.add(s.where("name"), "must not be empty; leave `name` out to be called "
                                       f"`route-{index}`, or give one")
+    elif not name.isprintable():
+        s.issues.add(s.where("name"), f"{name!r} {UNPRINTABLE_NAME}")
+        name = None
     s.done()
     if target is None or not name or not matcher_ok:
         return None
