@@ -781,3 +781,16 @@ def test_a_profile_max_tokens_the_window_cannot_hold_is_a_warning() -> None:
                           "context_window: 2000, profile: {max_tokens: 5000}}\nroutes:\n- target: m\n")
     [warning] = [w for w in config.warnings if w.path == "models.m.profile.max_tokens"]
     assert "5000 tokens of output do not fit the model's `context_window` (2000)" in warning.message
+
+
+def test_the_classifier_and_retrieval_read_the_start_of_a_huge_message_only() -> None:
+    """Both cost time in proportion to their text, on the event loop: a 5 MB message held every other
+    request up for a second."""
+    from laneway.signals import CUSTOMER_TEXT_CHARS, Signals
+
+    read: list[str] = []
+    huge = "I was charged twice for my order. " + "Quoted earlier mail. " * 250_000
+    signals = Signals([{"role": "user", "content": huge}], channel="email", metadata={"subject": "Double charge"},
+                      intent_fn=lambda text: (read.append(text), ("billing_dispute", 0.9))[1])
+    assert signals.intent == "billing_dispute"
+    assert read == [signals.customer_text()] == [f"Double charge\n{huge}"[:CUSTOMER_TEXT_CHARS]]
