@@ -312,6 +312,40 @@ async def test_a_stream_whose_connection_breaks_is_cut() -> None:
     assert dict(tally.errors) == {"stream cut": 3}
 
 
+@pytest.mark.parametrize(("answer", "kind", "detail"), [
+    (web.Response(text="<html>Bad gateway page</html>", content_type="text/html"), "bad answer",
+     "no chat completion (a JSON object with `choices`): <html>Bad gateway page</html>"),
+    (web.Response(body=b""), "bad answer", "no chat completion (a JSON object with `choices`): an empty body"),
+    (web.json_response({"error": {"code": "quota", "message": "over quota"}}), "answer error quota", "over quota"),
+], ids=["html", "empty", "error-object"])
+async def test_a_whole_answer_that_is_no_chat_completion_is_an_error(answer: web.Response, kind: str,
+                                                                     detail: str) -> None:
+    """Such answers under 400 counted as successes: a run against a proxy's error page passed."""
+    async def odd(request: web.Request) -> web.StreamResponse:
+        return answer
+
+    async with _serving(odd) as url:
+        tally = await run_load(LoadPlan(url=url, requests=1), _payloads("x"))
+    assert dict(tally.errors) == {kind: 1} and tally.error_samples[kind] == detail
+
+
+async def test_a_failure_after_the_answers_head_keeps_its_model_lane_and_cost() -> None:
+    """A stream that stalled past `--timeout` was counted under no model, and said no answer had come."""
+    async def stalls(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream", "x-laneway-model": "heavy",
+                                               "x-laneway-lane": "primary", "x-laneway-cost-usd": "0.5"})
+        await response.prepare(request)
+        await response.write(_CONTENT + b"\n\n")
+        await asyncio.sleep(1)
+        return response
+
+    async with _serving(stalls) as url:
+        tally = await run_load(LoadPlan(url=url, requests=1, stream=True, timeout_s=0.3), _payloads("x"))
+    assert dict(tally.errors) == {"timeout": 1}
+    assert tally.error_samples["timeout"] == "the answer not whole within 0.3 s"
+    assert {key: (g.requests, g.errors) for key, g in tally.by_model.items()} == {("heavy", "primary"): (1, 1)}
+
+
 async def test_ttft_waits_for_output_not_for_a_keep_alive_or_a_role() -> None:
     role = b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n'
     events = b": keep-alive\n\n|" + role + b"|" + _CONTENT + b"\n\ndata: [DONE]\n\n"

@@ -5,7 +5,9 @@ Errors are classified by kind: `HTTP <status> <code>` from the answer's OpenAI-s
 (as the `openai` client reads one), `stream bad event` for an event whose data is not JSON, `stream cut`
 for a stream that ends without `[DONE]` (closed early, or its connection broken), `not a stream` for a
 streamed request answered otherwise, and `timeout`, `connect` or
-`transport <ExceptionName>` when no answer arrived. Each failed outcome also carries what it was told
+`transport <ExceptionName>` when no answer arrived or it broke off (what the answer's head said, its model,
+lane and cost, is kept). A whole answer under 400 that is no chat completion is `bad answer`, or
+`answer error <code>` for an error object. Each failed outcome also carries what it was told
 (`detail`): the error body's message, or the exception's words.
 
 A stream's time to first token is the arrival of its first event that carries generated output
@@ -46,6 +48,7 @@ class Outcome:
 async def send(session: aiohttp.ClientSession, url: str, body: bytes, stream: bool, due: float,
                limit_s: float) -> Outcome:
     """POST `body`; `due` is the perf_counter() time the request should have gone out."""
+    outcome: Outcome | None = None  # once the answer's head came: what it said (model, lane, cost) is kept
     try:
         async with asyncio.timeout(limit_s), session.post(url, data=body) as response:
             outcome = Outcome(0.0, status=response.status)
@@ -63,14 +66,41 @@ async def send(session: aiohttp.ClientSession, url: str, body: bytes, stream: bo
                 if response.status >= 400:
                     outcome.error = f"HTTP {response.status} {_error_code(payload)}".rstrip()
                     outcome.detail = _error_message(payload)
+                else:
+                    _check_completion(outcome, payload)
     except TimeoutError:
-        return Outcome(time.perf_counter() - due, error="timeout", detail=f"no answer within {limit_s:g} s")
+        words = f"no answer within {limit_s:g} s" if outcome is None else f"the answer not whole within {limit_s:g} s"
+        return _broken(outcome, due, "timeout", words)
     except aiohttp.ClientConnectorError as exc:
-        return Outcome(time.perf_counter() - due, error="connect", detail=_words(exc))
+        return _broken(outcome, due, "connect", _words(exc))
     except aiohttp.ClientError as exc:
-        return Outcome(time.perf_counter() - due, error=f"transport {type(exc).__name__}", detail=_words(exc))
+        return _broken(outcome, due, f"transport {type(exc).__name__}", _words(exc))
     outcome.latency = time.perf_counter() - due
     return outcome
+
+
+def _broken(outcome: Outcome | None, due: float, kind: str, detail: str) -> Outcome:
+    """A request that failed before its answer was whole; what the answer's head said, if it came, is kept."""
+    if outcome is None:
+        return Outcome(time.perf_counter() - due, error=kind, detail=detail)
+    outcome.latency = time.perf_counter() - due
+    outcome.error, outcome.detail = kind, detail
+    return outcome
+
+
+def _check_completion(outcome: Outcome, payload: bytes) -> None:
+    """A whole answer under 400 that is no chat completion (an HTML page, an empty body, an error object) is
+    a failure: `bad answer`, or `answer error <code>` for an OpenAI-shaped error."""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        data = _NOT_JSON
+    if isinstance(data, dict) and data.get("error"):
+        outcome.error, outcome.detail = f"answer error {_error_code(payload)}".rstrip(), _error_message(payload)
+    elif not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        start = " ".join(payload[:DETAIL_CHARS].decode("utf-8", "replace").split())
+        outcome.error = "bad answer"
+        outcome.detail = f"no chat completion (a JSON object with `choices`): {start or 'an empty body'}"[:DETAIL_CHARS]
 
 
 def _read_headers(outcome: Outcome, headers: Mapping[str, str]) -> None:
