@@ -80,6 +80,12 @@ def test_an_overlap_of_two_routes_to_the_same_model_names_what_differs() -> None
      "models.fast\tmodel (line 3, column 18): the model name 'fast\\tmodel' holds a line break, tab or other control"),
     ("""
      routes:
+     - target: gpt-5
+       canery: {target: gpt-5-mini, weight: 0.1}
+     """,
+     "routes[0].canery (line 4, column 11): unknown key `canery`; did you mean `canary`?"),
+    ("""
+     routes:
      - target: gpt-6
      """,
      "routes[0].target (line 3, column 11): unknown model `gpt-6`; did you mean `gpt-5`? known: claude-sonnet-37,"),
@@ -794,3 +800,10 @@ def test_the_classifier_and_retrieval_read_the_start_of_a_huge_message_only() ->
                       intent_fn=lambda text: (read.append(text), ("billing_dispute", 0.9))[1])
     assert signals.intent == "billing_dispute"
     assert read == [signals.customer_text()] == [f"Double charge\n{huge}"[:CUSTOMER_TEXT_CHARS]]
+
+
+def test_cache_written_as_a_word_gets_its_hint_alone() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config("routes:\n- target: gpt-5\n  cache: on\n")
+    [issue] = caught.value.issues
+    assert issue.path == "routes[0].cache" and "write the cache as a mapping" in issue.message

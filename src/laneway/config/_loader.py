@@ -453,9 +453,13 @@ def _models_of(route: Route) -> list[str | None]:
     return names
 
 
+ROUTE_LANE_KEYS = ("canary", "shadow", "cascade", "cache", "retrieval")
+
+
 def _route_lanes(s: Section, known: dict[str, ModelSpec], context: _Context) -> dict[str, Any]:
     lanes: dict[str, Any] = {}
     issues = s.issues
+    s.seen.update(ROUTE_LANE_KEYS)  # keys of a route, for the hint of an unknown key
     if s.has("canary"):
         lanes["canaries"] = tuple(Canary(t, w) for t, w, path in parse_canaries(s.value("canary"), s)
                                   if _model_ref(issues, path, t, known))
