@@ -807,3 +807,17 @@ def test_cache_written_as_a_word_gets_its_hint_alone() -> None:
         parse_config("routes:\n- target: gpt-5\n  cache: on\n")
     [issue] = caught.value.issues
     assert issue.path == "routes[0].cache" and "write the cache as a mapping" in issue.message
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("routes:\n- target: gpt-5\n  matcher: \"" + "(" * 500 + "priority == urgent" + ")" * 500 + "\"\n",
+     "routes[0].matcher (line 3, column 45): nested more than 32 levels deep (parentheses and `!`)"),
+    ("routes:\n- target: gpt-5\n  matcher: \"" + "!" * 40 + "escalation\"\n", "nested more than 32 levels deep"),
+    ("a: " + "[" * 900 + "]" * 900 + "\nroutes:\n- target: gpt-5\n", "nest hundreds of levels deep"),
+    ("a: &a [*a]\nroutes:\n- target: gpt-5\n", "an alias holds itself"),
+])
+def test_values_nested_past_any_real_file_are_an_error_not_a_crash(text: str, words: str) -> None:
+    """They ended `laneway check` and `laneway serve` with a RecursionError's traceback."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    assert words in str(caught.value)

@@ -109,6 +109,9 @@ def _tokenize(source: str) -> list[_Tok]:
     return tokens
 
 
+MAX_NESTING = 32
+
+
 class _Parser:
     def __init__(self, source: str) -> None:
         self.source = source
@@ -116,6 +119,7 @@ class _Parser:
         self.pos = 0
         self.used: set[str] = set()
         self.literals: list[tuple[str, Any]] = []
+        self.depth = 0  # parentheses and `!` open around the current token
 
     def parse(self) -> Predicate:
         if self.tokens[0].kind == "end":
@@ -164,14 +168,19 @@ class _Parser:
 
     def _unary(self) -> Predicate:
         tok = self._peek()
-        if tok.kind == "op" and tok.text == "!":
+        if tok.kind == "op" and tok.text in ("!", "("):
+            if self.depth == MAX_NESTING:  # the parser, and a `!` when matched, recurse once per level
+                raise MatcherError(f"nested more than {MAX_NESTING} levels deep (parentheses and `!`); write the "
+                                   "condition flatter", tok.column)
+            self.depth += 1
             self._next()
-            inner = self._unary()
-            return lambda s: not inner(s)
-        if tok.kind == "op" and tok.text == "(":
-            self._next()
-            inner = self._or()
-            self._expect(")")
+            if tok.text == "!":
+                negated = self._unary()
+                inner: Predicate = lambda s: not negated(s)  # noqa: E731 (a closure over `negated`)
+            else:
+                inner = self._or()
+                self._expect(")")
+            self.depth -= 1
             return inner
         return self._compare()
 

@@ -12,12 +12,16 @@ Marks = dict[str, tuple[int, int]]
 # Values a routing file may expand to. Real files have a few thousand; YAML aliases can make a short
 # file expand to billions ("billion laughs"), which would hang `laneway check` instead of failing.
 MAX_VALUES = 200_000
+TOO_DEEP = ("not a routing file: its values nest hundreds of levels deep, or an alias holds itself "
+            "(`a: &a [*a]`); write them flatter")
 
 
 def load_yaml(text: str, source: str = "") -> tuple[Any, Marks]:
     """Parse one YAML document; return its value and a map from YAML path to (line, column)."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise ConfigError([ConfigIssue("", TOO_DEEP)], source) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -30,6 +34,8 @@ def load_yaml(text: str, source: str = "") -> tuple[Any, Marks]:
         return _convert(node, "", marks), marks
     except ConfigError as error:  # raised where the source is not known
         raise ConfigError(error.issues, source) from None
+    except RecursionError:
+        raise ConfigError([ConfigIssue("", TOO_DEEP)], source) from None
     except yaml.YAMLError as exc:  # a scalar YAML cannot construct, e.g. a bare `=`
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
