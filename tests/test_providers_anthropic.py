@@ -389,6 +389,25 @@ async def test_error_answers_map_to_laneway_errors(loopback: Loopback, reply: Re
     assert orjson.loads(reply.body)["error"]["message"] in caught.value.message
 
 
+@pytest.mark.parametrize(("body", "client_fault"), [
+    (error_body("invalid_request_error", "Your credit balance is too low to access the Anthropic API. Please go to "
+                                         "Plans & Billing to upgrade or purchase credits."), False),
+    (error_body("invalid_request_error", "max_tokens: Field required"), True),
+])
+async def test_a_400_about_the_gateways_account_is_not_the_clients_fault(loopback: Loopback, body: bytes,
+                                                                         client_fault: bool) -> None:
+    """An account without credit reached the client as its own malformed request, and never cooled the model."""
+    loopback.reply = Reply(400, body)
+    provider = create_provider(spec(), loopback.url)
+    for call in (lambda: provider.complete(conversation(), deadline()), lambda: drain(provider, conversation())):
+        with pytest.raises(UpstreamRejected) as caught:
+            await call()
+        assert caught.value.client_fault is client_fault
+        assert caught.value.status == (400 if client_fault else 502)
+        assert ("add credit" in caught.value.message) is not client_fault
+    await provider.aclose()
+
+
 async def test_rate_limit_carries_retry_after(loopback: Loopback) -> None:
     body = error_body("rate_limit_error", "Number of request tokens has exceeded your limit")
     loopback.reply = Reply(429, body, headers={"retry-after": "17"})

@@ -30,7 +30,7 @@ from ..errors import (
     UpstreamUnavailable,
 )
 from ._anthropic_tools import StreamedCalls, tool_calls_of, tool_result_block, tool_settings, tool_use_blocks
-from ._base import Refusal, Upstream, decode_event
+from ._base import OverflowTest, Refusal, Upstream, decode_event
 from ._media import Media, media_of, unsupported
 
 if TYPE_CHECKING:
@@ -58,12 +58,26 @@ def create(spec: ModelSpec, base_url: str) -> AnthropicProvider:
     return AnthropicProvider(spec, base_url)
 
 
+class AnthropicUpstream(Upstream):
+    """Tells the account's faults from the request's: the API answers 400 `invalid_request_error` to an
+    account without credit ("Your credit balance is too low ..."), which no request of the client's can
+    fix: a 502 and a cooling model, so that the route's next model answers, rather than the client's 400."""
+
+    def status_error(self, status: int, headers: Any, payload: bytes, overflow: OverflowTest) -> UpstreamError:
+        error = super().status_error(status, headers, payload, overflow)
+        if isinstance(error, UpstreamRejected) and error.client_fault and b"credit balance" in payload.lower():
+            return UpstreamRejected(f"{error.message} (the gateway's account for this model, not the request: "
+                                    "add credit, or check the model's `api_key_env`)", model=error.model,
+                                    upstream_status=status, gateway_fault=True)
+        return error
+
+
 class AnthropicProvider:
     default_max_tokens = DEFAULT_MAX_TOKENS  # the Messages API requires a `max_tokens`
 
     def __init__(self, spec: ModelSpec, base_url: str) -> None:
         self.spec = spec
-        self.upstream = Upstream(spec, base_url, {"anthropic-version": API_VERSION})
+        self.upstream = AnthropicUpstream(spec, base_url, {"anthropic-version": API_VERSION})
         key = self.upstream.api_key()
         if key:
             self.upstream.headers["x-api-key"] = key
