@@ -58,7 +58,9 @@ def _per_intent(pairs: list[tuple[str, str]]) -> dict[str, dict[str, float | int
             "recall": _share(correct[label], support[label]),
             "support": support[label],
         }
-        for label in sorted(support)
+        # Intents the model answered that the data has no rows of are listed too, for their precision (0):
+        # `unknown` answers are the rejections, which `accuracy` and `oos_recall` count already.
+        for label in sorted(support.keys() | (answered.keys() - {UNKNOWN}))
     }
 
 
