@@ -280,3 +280,29 @@ def test_cli_build_into_a_file_is_a_one_line_error(tmp_path: Path, capsys: pytes
     assert args.func(args) == 2
     err = capsys.readouterr().err
     assert f"cannot write the index to `{taken}`" in err and err.count("\n") == 1
+
+
+def test_words_in_any_script_are_terms_whole_and_a_base_built_before_reads_as_it_was_built(tmp_path: Path) -> None:
+    """The analyzer read ASCII letters only: "Zürich" was the terms `z` and `rich`, so that "rich" found it
+    before "Rich text"."""
+    records = tmp_path / "records.json"
+    records.write_text(json.dumps([
+        {"id": "zurich", "title": "Zürich office", "text": "Our Zürich office opens at nine."},
+        {"id": "rich", "title": "Rich text emails", "text": "Emails may hold rich text and pictures."},
+        {"id": "remboursement", "title": "Remboursement", "text": "Le remboursement prend cinq jours ouvrés."},
+    ], ensure_ascii=False), encoding="utf-8")
+    knowledge_base = KnowledgeBase.build("offices", [records])
+    assert ids(knowledge_base.search("rich", top_k=3)) == ["rich"]
+    assert ids(knowledge_base.search("Zürich hours", top_k=3)) == ["zurich"]
+    assert ids(knowledge_base.search("jours ouvrés", top_k=3)) == ["remboursement"]
+
+    knowledge_base.save(tmp_path / "saved")
+    manifest = tmp_path / "saved" / "manifest.json"
+    made = json.loads(manifest.read_text())
+    assert made["analyzer"] == "en-lucene-stop-snowball-v2"
+    # A base saved by the release before reads its queries as it was built (its index holds `z` and `rich`).
+    manifest.write_text(json.dumps({**made, "analyzer": "en-lucene-stop-snowball-v1"}))
+    assert KnowledgeBase.load(tmp_path / "saved")._analyze("Zürich") == ["z", "rich"]
+    manifest.write_text(json.dumps({**made, "analyzer": "another-v9"}))
+    with pytest.raises(ConfigError, match="was built with analyzer `another-v9`, which this release does not have"):
+        KnowledgeBase.load(tmp_path / "saved")

@@ -19,7 +19,7 @@ import numpy as np
 
 from laneway.config import MIN_CHUNK_TOKENS
 from laneway.errors import ConfigError, ConfigIssue
-from laneway.retrieval._analyzer import ANALYZER_NAME, analyze
+from laneway.retrieval._analyzer import ANALYZER_NAME, KNOWN_ANALYZERS, analyze, analyzer
 from laneway.retrieval._passage import Passage
 from laneway.retrieval._sources import read_passages
 
@@ -44,11 +44,14 @@ _BM25_PARAMETERS = {"k1": 1.2, "b": 0.75, "method": "lucene"}
 class KnowledgeBase:
     """Passages of one knowledge base and the BM25 index over them."""
 
-    def __init__(self, name: str, passages: Sequence[Passage], index: bm25s.BM25) -> None:
+    def __init__(self, name: str, passages: Sequence[Passage], index: bm25s.BM25,
+                 analyzer_name: str = ANALYZER_NAME) -> None:
         self._name = name
         self._passages = tuple(passages)
         self._index = index
         self._vocabulary: dict[str, int] = index.vocab_dict
+        self._analyzer_name = analyzer_name
+        self._analyze = analyzer(analyzer_name)  # the one the index was built with
 
     @property
     def name(self) -> str:
@@ -68,7 +71,7 @@ class KnowledgeBase:
         """
         if top_k < 1:
             raise ConfigError([ConfigIssue("retrieval.top_k", f"must be at least 1, got {top_k}")])
-        term_ids = [self._vocabulary[term] for term in analyze(query) if term in self._vocabulary]
+        term_ids = [self._vocabulary[term] for term in self._analyze(query) if term in self._vocabulary]
         if not term_ids:
             return []
         scores = self._index.get_scores_from_ids(term_ids)
@@ -103,7 +106,7 @@ class KnowledgeBase:
                 record = asdict(passage)
                 del record["score"]
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        manifest = {"format": FORMAT, "name": self._name, "analyzer": ANALYZER_NAME, "passages": len(self)}
+        manifest = {"format": FORMAT, "name": self._name, "analyzer": self._analyzer_name, "passages": len(self)}
         (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
@@ -118,7 +121,7 @@ class KnowledgeBase:
             raise _artifact_error(directory, f"has an unreadable index ({error})") from None
         if len(passages) != manifest.get("passages") or index.scores["num_docs"] != len(passages):
             raise _artifact_error(directory, "passages and index disagree in size")
-        return cls(str(manifest["name"]), passages, index)
+        return cls(str(manifest["name"]), passages, index, str(manifest["analyzer"]))
 
 
 def _best(scores: np.ndarray, top_k: int, min_score: float) -> list[int]:
@@ -140,8 +143,9 @@ def _read_manifest(directory: Path) -> dict[str, object]:
         raise _artifact_error(directory, f"has an unreadable `manifest.json` ({error})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _artifact_error(directory, f"was saved in another format; expected `{FORMAT}`")
-    if manifest.get("analyzer") != ANALYZER_NAME:
-        raise _artifact_error(directory, f"was built with analyzer `{manifest.get('analyzer')}`")
+    if manifest.get("analyzer") not in KNOWN_ANALYZERS:
+        raise _artifact_error(directory, f"was built with analyzer `{manifest.get('analyzer')}`, which this "
+                                         f"release does not have (it has {', '.join(KNOWN_ANALYZERS)})")
     return manifest
 
 
