@@ -306,3 +306,27 @@ def test_words_in_any_script_are_terms_whole_and_a_base_built_before_reads_as_it
     manifest.write_text(json.dumps({**made, "analyzer": "another-v9"}))
     with pytest.raises(ConfigError, match="was built with analyzer `another-v9`, which this release does not have"):
         KnowledgeBase.load(tmp_path / "saved")
+
+
+def test_underlined_headings_and_front_matter_are_read_as_markdown_has_them(tmp_path: Path) -> None:
+    source = tmp_path / "policies.md"
+    source.write_text("---\ntitle: Policies\nowner: billing\n---\n"
+                      "Refunds\n=======\n\nRefunds take five business days.\n\n"
+                      "Fees\n----\n\nLate fees are 15 USD.\n\n---\n\n- an item\n---\n\nA rule, then a list.\n")
+    passages = KnowledgeBase.build("policies", [source]).passages
+    assert [(p.id, p.title, p.text) for p in passages] == [
+        ("policies/refunds", "Refunds", "Refunds take five business days."),
+        ("policies/fees", "Refunds > Fees", "Late fees are 15 USD.\n\n---\n\n- an item\n---\n\nA rule, then a list."),
+    ]
+
+
+def test_a_long_csv_cell_is_cut_into_passages_and_ids_stay_unique(tmp_path: Path) -> None:
+    table = tmp_path / "long.csv"
+    long_text = "\n\n".join(f"Paragraph {i}: " + "refund policy words " * 40 for i in range(200))
+    assert len(long_text) > 131_072
+    table.write_text("text,title\n" + '"' + long_text + '",Refunds\n')
+    assert len(KnowledgeBase.build("long", [table]).passages) > 10
+    records = tmp_path / "records.json"
+    records.write_text(json.dumps([{"id": "a", "text": "one"}, {"id": "a", "text": "two"},
+                                   {"id": "a~2", "text": "three"}]))
+    assert [p.id for p in KnowledgeBase.build("ids", [records]).passages] == ["a", "a~3", "a~2"]

@@ -23,6 +23,11 @@ from laneway.retrieval._passage import Passage
 SUFFIXES = (".md", ".markdown", ".json", ".csv")
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+# A line of `=` (level 1) or `-` (level 2) under a line of text makes that text a heading (CommonMark's
+# setext headings, as pandoc writes them); under a blank line, `---` is a rule, not a heading.
+_UNDERLINE = re.compile(r"^ {0,3}(=+|-+)\s*$")
+_NOT_A_TITLE = re.compile(r"^\s*([-*+]\s|\d+[.)]\s|\||>)")  # a list item, a table row, a quote
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n.*?^(---|\.\.\.)[ \t]*$\n?", re.DOTALL | re.MULTILINE)
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 
@@ -67,20 +72,33 @@ def _markdown_documents(path: Path, raw: str) -> Iterator[Document]:
     headings: list[tuple[int, str]] = [(0, path.stem)]  # the open headings, by level: the section's path
     body: list[str] = []
     in_fence = False
-    for line in raw.splitlines():
+    for line in _FRONT_MATTER.sub("", raw, count=1).splitlines():  # a YAML front matter block is no passage
         if _FENCE.match(line):
             in_fence = not in_fence
-        heading = None if in_fence else _HEADING.match(line)
+        heading = None if in_fence else _heading(line, body)
         if heading is None:
             body.append(line)
             continue
+        level, title = heading
+        if not title:
+            title = body.pop().strip()  # the line the underline made a heading
         yield from _section(path, [title for _, title in headings], body)
-        level = len(heading.group(1))
         while headings[-1][0] >= level:  # a heading closes those at its level and below (levels may skip)
             headings.pop()
-        headings.append((level, heading.group(2)))
+        headings.append((level, title))
         body = []
     yield from _section(path, [title for _, title in headings], body)
+
+
+def _heading(line: str, before: list[str]) -> tuple[int, str] | None:
+    """The level and title of a heading `line` opens, or (level, "") for an underline that makes the line
+    before (the last of `before`) one; None for a line of text."""
+    if match := _HEADING.match(line):
+        return len(match.group(1)), match.group(2)
+    underline = _UNDERLINE.match(line)
+    if underline and before and before[-1].strip() and not _NOT_A_TITLE.match(before[-1]):
+        return (1 if underline.group(1)[0] == "=" else 2), ""
+    return None
 
 
 def _section(path: Path, headings: list[str], body: list[str]) -> Iterator[Document]:
@@ -107,6 +125,9 @@ def _json_documents(path: Path, raw: str) -> list[Document]:
 
 
 def _csv_documents(path: Path, raw: str) -> list[Document]:
+    # A cell may be as long as the file (it is cut into passages as Markdown and JSON texts are); the csv
+    # module's limit (131,072 characters) is raised, for the process, as far as this file needs.
+    csv.field_size_limit(max(csv.field_size_limit(), len(raw)))
     # Rows end at \n or \r, not at U+2028 in a cell; strict: an open quote is an error, not the rest of the file.
     reader = csv.DictReader(io.StringIO(raw, newline=""), strict=True)
     documents: list[Document] = []
@@ -179,13 +200,19 @@ def _pack(paragraphs: Iterator[tuple[str, int]], limit: int) -> Iterator[str]:
 
 
 def _unique_ids(passages: list[Passage]) -> list[Passage]:
-    seen: dict[str, int] = {}
+    """The passages, an id met before renamed `id~N` with the lowest N no passage has (one may name `a~2`)."""
+    taken = {passage.id for passage in passages}
+    seen: set[str] = set()
     unique: list[Passage] = []
     for passage in passages:
-        count = seen.get(passage.id, 0)
-        seen[passage.id] = count + 1
-        if count:
-            passage = Passage(f"{passage.id}~{count + 1}", passage.source, passage.title, passage.text, 0.0)
+        if passage.id in seen:
+            n = 2
+            while f"{passage.id}~{n}" in taken:
+                n += 1
+            renamed = f"{passage.id}~{n}"
+            taken.add(renamed)
+            passage = Passage(renamed, passage.source, passage.title, passage.text, 0.0)
+        seen.add(passage.id)
         unique.append(passage)
     return unique
 
