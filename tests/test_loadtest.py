@@ -158,6 +158,8 @@ def test_a_conversations_params_metadata_joins_its_signals_and_a_null_model_take
      r"p\.jsonl:1\.messages: has no `user` message"),
     ({"conversation": "c", "params": {"metadata": "gold"}, "messages": [{"role": "user", "content": "x"}]},
      r"p\.jsonl:1\.params\.metadata: must be an object"),
+    ({"conversation": None, "messages": [{"role": "user", "content": "x"}]},  # was replayed as conversation "None"
+     r"p\.jsonl:1\.conversation: must be the conversation's id \(text or a number\), got null"),
 ])
 def test_a_conversation_in_the_wrong_shape_is_named(tmp_path: Path, line: dict[str, object], words: str) -> None:
     path = tmp_path / "p.jsonl"

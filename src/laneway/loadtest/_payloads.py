@@ -77,7 +77,11 @@ def _payloads_of(data: dict[str, Any], model: str, where: str) -> Iterator[Paylo
 
 def conversation_turns(data: dict[str, Any], model: str, where: str = "conversation") -> Iterator[Payload]:
     """The requests of one conversation line, one per `user` message."""
-    conversation = str(data["conversation"])
+    conversation = data["conversation"]
+    if isinstance(conversation, bool) or not isinstance(conversation, str | int) or not str(conversation).strip():
+        raise _invalid([ConfigIssue(f"{where}.conversation", "must be the conversation's id (text or a number), "
+                                                             f"got {orjson.dumps(conversation).decode()}")])
+    conversation = str(conversation)
     messages, signals, params = data.get("messages"), data.get("signals", {}), data.get("params", {})
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise _invalid([ConfigIssue(f"{where}.messages", "must be a list of message objects")])
