@@ -8,9 +8,11 @@ import math
 import os
 import pty
 import random
+import resource
 import signal
 import socket
 import statistics
+import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -783,3 +785,35 @@ def test_an_open_loop_whose_arrivals_would_take_long_is_warned_about() -> None:
     assert warning is not None and "about 10,000 s" in warning and "--duration" in warning
     assert long_open_loop(LoadPlan(url=url, rate=100, requests=1000)) is None  # 10 s
     assert long_open_loop(LoadPlan(url=url, rate=0.0001, requests=1, duration_s=5)) is None  # bounded
+
+
+_ROOM_FOR_CONNECTIONS = """
+import json, resource, sys
+from laneway.loadtest._cli import FILES_BESIDES, room_for_connections
+from laneway.loadtest._drive import LoadPlan
+
+rate = float(sys.argv[1]) or None
+plan = LoadPlan(url="http://127.0.0.1:9/v1/chat/completions", concurrency=600, requests=600, rate=rate,
+                max_inflight=600)
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+raised = room_for_connections(plan), resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 300))  # a hard limit under what they need
+print(json.dumps({"raised": raised, "warning": room_for_connections(plan), "needed": 600 + FILES_BESIDES}))
+"""
+
+
+@pytest.mark.parametrize("rate", [0.0, 100.0])
+def test_the_limit_of_open_files_is_raised_to_what_the_connections_need(rate: float) -> None:
+    """Under the usual soft limit (1,024; the default `--max-inflight` is 4,096), the connections past it
+    failed as the endpoint's `connect` errors, which the endpoint never saw. (In a process of its own: a
+    hard limit lowered is lowered for good.)"""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 1000:
+        pytest.fail(f"this machine's hard limit of open files is {hard}: too low for this test")
+    done = subprocess.run([sys.executable, "-c", _ROOM_FOR_CONNECTIONS, str(rate)], capture_output=True, text=True,
+                          check=True, timeout=60)
+    figures = json.loads(done.stdout)
+    assert figures["raised"] == [None, figures["needed"]]
+    assert figures["warning"].startswith("this process may open 300 files (`ulimit -n`)")
+    assert ("--max-inflight" if rate else "--concurrency") in figures["warning"]

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import math
 import random
+import resource
 import signal
 import sys
 from functools import partial
@@ -21,6 +22,8 @@ from ._report import render_text, summarize, write_csv, write_json
 from ._tally import Tally
 
 DEFAULT_URL = "http://127.0.0.1:8080/v1/chat/completions"
+# Files a run holds open besides its connections: the interpreter's, the outputs, the loop's own.
+FILES_BESIDES = 64
 STOPPED_BY_SIGNAL = 128  # plus the signal's number, as a shell reports it: 130 after Ctrl-C, 143 after SIGTERM
 _BAR = 30
 _OUTPUTS = ("json", "csv", "html")
@@ -75,9 +78,9 @@ def run_loadtest(args: argparse.Namespace) -> int:
         print(f"laneway: {problem}", file=sys.stderr)
         return 2
     plan, warmup = _plans(args)
-    warning = long_open_loop(plan)
-    if warning:
-        print(f"laneway loadtest: {warning}", file=sys.stderr)
+    for warning in (long_open_loop(plan), room_for_connections(plan)):
+        if warning:
+            print(f"laneway loadtest: {warning}", file=sys.stderr)
     show = None if args.quiet or not sys.stderr.isatty() else progress_bar
     stopped_by: list[int] = []  # the signal that stopped the run early, if one did
     tally = uvloop.run(_measure(plan, warmup, payloads, show, stopped_by))
@@ -113,6 +116,28 @@ def long_open_loop(plan: LoadPlan) -> str | None:
         return None
     return (f"at --rate {plan.rate:g}, {plan.requests} requests take about {expected:,.0f} s on average (Poisson "
             "arrivals); add --duration S to bound the run")
+
+
+def room_for_connections(plan: LoadPlan) -> str | None:
+    """Raise the limit of open files to what the plan's connections need, as far as the hard limit lets; a
+    warning when that is not enough. Connections past it failed as the endpoint's `connect` errors, though
+    the endpoint never saw them (the usual soft limit, 1,024, is under the default `--max-inflight`)."""
+    connections = plan.max_inflight if plan.rate else plan.clients
+    needed = connections + FILES_BESIDES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return None
+    room = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (room, hard))
+    except (ValueError, OSError):
+        room = soft
+    if room >= needed:
+        return None
+    option = "--max-inflight" if plan.rate else "--concurrency"
+    return (f"this process may open {room} files (`ulimit -n`), and {connections} connections at once need about "
+            f"{needed}: requests past that would fail as `connect` errors of this client's own, not the endpoint's; "
+            f"lower {option}, or raise the hard limit")
 
 
 def _plans(args: argparse.Namespace) -> tuple[LoadPlan, LoadPlan | None]:
