@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import threading
 import time
 import urllib.error
@@ -15,7 +17,7 @@ import pytest
 
 from _live import live_gateway
 from laneway.config import load_config
-from laneway.server._serve import check_exposure
+from laneway.server._serve import _on_sighup, check_exposure
 
 A = "routes:\n- name: a\n  target: gpt-5-mini\n"
 B = "routes:\n- name: b\n  target: gemini-2.5-flash-lite\n  fallbacks: [gpt-5-mini]\n"
@@ -73,6 +75,34 @@ def test_a_reload_that_would_expose_the_gateway_without_keys_is_refused(sim_url:
         assert status == 400 and body["reloaded"] is False
         assert any("no client keys are configured" in error for error in body["errors"])
         assert [route.name for route in live.gateway.config.routes] == ["a"]  # the running config stays
+
+
+def test_a_reload_that_fails_for_anything_but_the_file_says_so_and_keeps_the_running_config(
+        sim_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Only a file's mistakes were caught: anything else (a port the new config's fleet could not take)
+    answered an HTTP 500 with no word of the reload, or left a traceback of a task no one awaited."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(A)
+
+    def fails(config: Any) -> Any:
+        raise OSError(98, "Address already in use")
+
+    async def by_signal(gateway: Any) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        _on_sighup(gateway, tasks)()
+        await asyncio.gather(*tasks)
+
+    with live_gateway(A, sim_url, config_path=path) as live, caplog.at_level(logging.ERROR, logger="laneway"):
+        assert live.gateway is not None
+        live.gateway.vet = fails
+        path.write_text(B)
+        status, body = _reload(live.url)
+        live.call(by_signal(live.gateway))
+        assert [route.name for route in live.gateway.config.routes] == ["a"]
+    assert status == 500 and body["reloaded"] is False
+    assert body["errors"] == ["the new config could not be put to work: OSError: [Errno 98] Address already in use"]
+    said = [r.getMessage() for r in caplog.records if "reload failed, keeping the running config" in r.getMessage()]
+    assert len(said) == 2 and "OSError: [Errno 98] Address already in use" in said[1]
 
 
 def test_a_reload_says_which_changes_need_a_restart(sim_url: str, tmp_path: Path) -> None:

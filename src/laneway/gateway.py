@@ -139,6 +139,12 @@ class Gateway:
                 log.warning("laneway: %s", line)
             return config
 
+    @staticmethod
+    def unapplied(error: BaseException) -> str:
+        """What stopped a reload other than the file's mistakes (`ConfigError`): a valid file that could not
+        be put to work (the simulated fleet's port taken, say)."""
+        return f"the new config could not be put to work: {type(error).__name__}: {error}"
+
     def _read_config(self) -> Config:
         config = load_config(self.config_path)
         if self.vet is not None:

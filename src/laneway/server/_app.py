@@ -217,6 +217,11 @@ class App:
                     "running": self.gateway.config.source}
             await respond_json(send, 400, body, base)
             return
+        except Exception as error:  # the file is valid, and could not be put to work: the running config goes on
+            log.exception("laneway: reload failed, keeping the running config")
+            body = {"reloaded": False, "errors": [Gateway.unapplied(error)], "running": self.gateway.config.source}
+            await respond_json(send, 500, body, base)
+            return
         if self._reloaded is not None:
             self._reloaded()
         await respond_json(send, 200, {"reloaded": True, "routes": len(config.routes),

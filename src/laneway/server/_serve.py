@@ -181,6 +181,9 @@ def _on_sighup(gateway: Gateway, tasks: set[asyncio.Task[None]]) -> Callable[[],
                 await gateway.reload()
             except ConfigError as error:
                 log.error("laneway: reload failed, keeping the running config:\n%s", error)
+            except Exception as error:  # said, with its traceback: the running config goes on
+                log.error("laneway: reload failed, keeping the running config: %s", Gateway.unapplied(error),
+                          exc_info=not isinstance(error, OSError | RecursionError))
 
         task = loop.create_task(run())
         tasks.add(task)
