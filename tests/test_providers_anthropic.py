@@ -498,6 +498,8 @@ async def test_tool_choice_and_parallel_calls_map_and_malformed_calls_are_refuse
     await provider.complete(ChatRequest("m", hi, {"tools": tools, "tool_choice": named}), deadline())
     await provider.complete(ChatRequest("m", hi, {"tools": tools, "parallel_tool_calls": False}), deadline())
     await provider.complete(ChatRequest("m", hi, {"tools": tools, "tool_choice": "none"}), deadline())
+    strict = [{"type": "function", "function": {"name": "refund", "parameters": {"type": "object"}, "strict": True}}]
+    await provider.complete(ChatRequest("m", hi, {"tools": strict}), deadline())  # as `pydantic_function_tool` sends
     bad_arguments = [*hi, {"role": "assistant", "tool_calls": [
         {"id": "c1", "type": "function", "function": {"name": "refund", "arguments": "not json"}}]}]
     with pytest.raises(InvalidRequest, match="`arguments` must be a JSON object"):
@@ -510,8 +512,9 @@ async def test_tool_choice_and_parallel_calls_map_and_malformed_calls_are_refuse
     await provider.aclose()
 
     sent = [seen.body for seen in loopback.seen]
-    assert len(sent) == 3  # the malformed requests were never sent
+    assert len(sent) == 4  # the malformed requests were never sent
     assert sent[0]["tools"] == [{"name": "refund", "input_schema": {"type": "object"}}]
+    assert sent[3]["tools"] == [{"name": "refund", "input_schema": {"type": "object"}, "strict": True}]
     assert sent[0]["tool_choice"] == {"type": "tool", "name": "refund"}
     assert sent[1]["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
     assert sent[2]["tool_choice"] == {"type": "none"}

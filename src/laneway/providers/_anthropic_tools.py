@@ -1,7 +1,8 @@
 """OpenAI tool calling in the Messages API's terms, both ways.
 
-- `tools` (`{"type": "function", "function": {name, description, parameters}}`) become tools with
-  an `input_schema`; `tool_choice` and `parallel_tool_calls` become `tool_choice`.
+- `tools` (`{"type": "function", "function": {name, description, parameters, strict}}`) become tools
+  with an `input_schema` (and `strict`, the API's strict tool use); `tool_choice` and
+  `parallel_tool_calls` become `tool_choice`.
 - An assistant message's `tool_calls` become `tool_use` blocks (arguments parsed from their JSON
   text), and a `tool` message becomes a `tool_result` block in a user turn.
 - An answer's `tool_use` blocks become `tool_calls` (arguments written back as JSON text); in a
@@ -15,7 +16,7 @@ import re
 from typing import Any
 
 from ..chat import Message, message_text
-from ._tools import answered_call, call, calls, choice, functions
+from ._tools import Function, answered_call, call, calls, choice, functions
 
 _CHOICES = {"auto": {"type": "auto"}, "required": {"type": "any"}, "none": {"type": "none"}}
 # What the API accepts as a `tool_use` id; other servers' ids (`functions.lookup:0`) are refused with a 400.
@@ -27,8 +28,7 @@ def tool_settings(params: dict[str, Any]) -> dict[str, Any]:
     offered = functions(params)
     if not offered:
         return {}
-    settings: dict[str, Any] = {"tools": [_tool(name, description, parameters)
-                                          for name, description, parameters in offered]}
+    settings: dict[str, Any] = {"tools": [_tool(function) for function in offered]}
     chosen = choice(params)
     selected: dict[str, Any] = {} if chosen is None else dict(_CHOICES.get(chosen) or {"type": "tool", "name": chosen})
     if params.get("parallel_tool_calls") is False and selected.get("type") != "none":
@@ -38,10 +38,13 @@ def tool_settings(params: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def _tool(name: str, description: str, parameters: dict[str, Any] | None) -> dict[str, Any]:
-    described: dict[str, Any] = {"name": name, "input_schema": parameters or {"type": "object", "properties": {}}}
-    if description:
-        described["description"] = description
+def _tool(function: Function) -> dict[str, Any]:
+    described: dict[str, Any] = {"name": function.name,
+                                 "input_schema": function.parameters or {"type": "object", "properties": {}}}
+    if function.description:
+        described["description"] = function.description
+    if function.strict:  # the API's strict tool use: calls that follow the schema, as OpenAI's `strict`
+        described["strict"] = True
     return described
 
 

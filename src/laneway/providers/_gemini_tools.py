@@ -73,7 +73,7 @@ def tool_settings(params: dict[str, Any]) -> dict[str, Any]:
     if not offered:
         return {}
     declarations = []
-    for name, description, parameters in offered:
+    for name, description, parameters, _ in offered:  # no `strict`: the API has no such switch
         declared: dict[str, Any] = {"name": name}
         if description:
             declared["description"] = description

@@ -12,11 +12,13 @@ from ..errors import InvalidRequest
 
 
 class Function(NamedTuple):
-    """One of `tools`: its name, description (or ""), and parameters (a JSON Schema, or None)."""
+    """One of `tools`: its name, description (or ""), parameters (a JSON Schema, or None), and whether the
+    calls must follow the schema (`strict`, as the `openai` client's `pydantic_function_tool` sets it)."""
 
     name: str
     description: str
     parameters: dict[str, Any] | None
+    strict: bool = False
 
 
 class Call(NamedTuple):
@@ -44,7 +46,7 @@ def _function(tool: Any, i: int) -> Function:
                              param=f"tools[{i}]")
     parameters = function.get("parameters")
     return Function(function["name"], str(function.get("description") or ""),
-                    parameters if isinstance(parameters, dict) else None)
+                    parameters if isinstance(parameters, dict) else None, function.get("strict") is True)
 
 
 def choice(params: dict[str, Any]) -> str | None:
