@@ -710,6 +710,30 @@ async def test_ctrl_c_or_sigterm_stops_sending_and_reports_what_ran(answers: boo
     assert f"interrupted after {summary['interrupted_after_s']:.1f} s" in out.decode()
 
 
+async def test_ctrl_c_during_the_warm_up_says_how_far_into_it_the_run_was(tmp_path: Path) -> None:
+    """It said "interrupted after 0.0 s", though the warm-up's load had run for a while."""
+    answered = 0
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        nonlocal answered
+        answered += 1
+        await asyncio.sleep(0.01)
+        return web.json_response({"choices": []})
+
+    async with _serving(chat) as url:
+        run = await _loadtest("--url", url, "--concurrency", "2", "--duration", "5", "--warmup", "600",
+                              "--json", str(tmp_path / "r.json"))
+        while answered < 20:
+            await asyncio.sleep(0.05)
+        run.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(run.communicate(), 60)
+    assert run.returncode == 130, err.decode()
+    summary = json.loads((tmp_path / "r.json").read_text())
+    assert summary["all"]["requests"] == 0 and summary["interrupted_in_warmup_after_s"] > 0.1
+    assert f"interrupted {summary['interrupted_in_warmup_after_s']:.1f} s into the warm-up: nothing measured" in (
+        out.decode())
+
+
 # Sends the child SIGINT the moment it starts importing `module`, wherever in start-up that falls.
 _CTRL_C_DURING_IMPORT = """
 import importlib.abc, os, signal, sys

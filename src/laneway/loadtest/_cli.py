@@ -180,19 +180,19 @@ async def _measure(plan: LoadPlan, warmup: LoadPlan | None, payloads: list[Paylo
         # One session for both: the measured run starts on the warm-up's open connections.
         async with open_session(plan) as session:
             if warmup:
-                await run_load(warmup, payloads, stop=stop, session=session)
+                warmed = await run_load(warmup, payloads, stop=stop, session=session)
             if stop.is_set():
-                return _nothing_measured()
+                return _nothing_measured(warmed.interrupted_s if warmup else None)
             return await run_load(plan, payloads, show, stop, session)
     finally:
         for sig in _STOPS:
             loop.remove_signal_handler(sig)
 
 
-def _nothing_measured() -> Tally:
-    """The tally of a run interrupted before its measured part began."""
+def _nothing_measured(warmed_s: float | None) -> Tally:
+    """The tally of a run interrupted before its measured part began, `warmed_s` into its warm-up."""
     tally = Tally()
-    tally.interrupted_s = 0.0
+    tally.interrupted_s, tally.warmup_interrupted_s = 0.0, warmed_s
     return tally
 
 

@@ -63,6 +63,8 @@ def summarize(tally: Tally, settings: dict[str, Any] | None = None) -> dict[str,
         "timeline": [_second(number, second) for number, second in sorted(tally.timeline.items())],
         "interrupted": tally.interrupted_s is not None,
         "interrupted_after_s": None if tally.interrupted_s is None else round(tally.interrupted_s, 3),
+        "interrupted_in_warmup_after_s": (None if tally.warmup_interrupted_s is None
+                                          else round(tally.warmup_interrupted_s, 3)),
         "cancelled": tally.cancelled,
     }
 
@@ -117,7 +119,9 @@ def render_text(summary: dict[str, Any]) -> str:
              f"{everything['throughput_rps']:.1f} req/s{sent}, {everything['errors']} errors"]
     if summary["interrupted"]:
         cancelled = f"; {summary['cancelled']} requests in flight cancelled" if summary["cancelled"] else ""
-        lines.append(f"interrupted after {summary['interrupted_after_s']:.1f} s{cancelled}")
+        warmup = summary.get("interrupted_in_warmup_after_s")
+        lines.append(f"interrupted after {summary['interrupted_after_s']:.1f} s{cancelled}" if warmup is None else
+                     f"interrupted {warmup:.1f} s into the warm-up: nothing measured")
     lines += [_figures_line("latency", everything["latency_ms"]),
               _figures_line("ttft", everything["ttft_ms"]),  # of the streamed requests
               _figures_line("chunk gap", summary["chunk_gap_ms"])]

@@ -53,6 +53,7 @@ class Tally:
         self.sending_s: float | None = None  # open loop: how long requests were sent for (the offered load's span)
         self.client_cpu_s = 0.0
         self.interrupted_s: float | None = None  # when the run was told to stop early, from its start
+        self.warmup_interrupted_s: float | None = None  # told so during the warm-up: when, from its start
         self.cancelled = 0  # requests still in flight when an interrupted run stopped waiting
 
     def add(self, outcome: Outcome, finished_at: float) -> None:
