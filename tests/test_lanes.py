@@ -417,7 +417,11 @@ routes:""").replace("on_miss: gpt-5}", "on_miss: broken}\n  canary: {target: gem
     with live_gateway(config, sim_url, telemetry=sink) as live:
         miss, _ = send(live, "xyzzy plugh")
     assert (miss["x-laneway-lane"], miss["x-laneway-model"]) == ("fallback", "gpt-5-mini")
-    assert [a.model for a in sink.by_id(miss["x-request-id"]).attempts] == ["broken", "broken", "gpt-5-mini"]
+    attempts = sink.by_id(miss["x-request-id"]).attempts
+    assert [a.model for a in attempts] == ["broken", "broken", "gpt-5-mini"]
+    # `on_miss` got the conversation as it came; the route's fallback, the block that says nothing matched (about
+    # 50 tokens: 81 in all, against 28 when it answered with neither passages nor that block).
+    assert attempts[-1].prompt_tokens > 70, attempts[-1]
 
 
 def test_trimming_keeps_the_passages_in_a_user_message_and_a_prompt_they_overflow_says_so(sim_url: str) -> None:

@@ -65,6 +65,9 @@ class Plan:
     deadline: float  # event-loop time
     priority: int = 1  # gate queue class: 0 escalation, 1 chat, 2 triage
     gated: GateRejected | None = None  # the last gate that turned the request away, for a 429 if nothing answers
+    # What the route's fallbacks get instead of the conversation, when the first lane gets it otherwise: on a
+    # retrieval miss sent to `on_miss`, the rest of the route answers with the block that says nothing matched.
+    fallback_messages: list[Message] | None = None
 
 
 class Ticket:
@@ -260,7 +263,8 @@ class Dispatcher:
                 exchange.attempts.append(Attempt(name, SKIPPED, lane=lane, error=error))
                 refused.append(refusal._replace(reason=f"`{name}` ({spec.provider}): {refusal.reason}"))
                 continue
-            request = prepare(spec, messages, params)
+            grounded = plan.fallback_messages if lane == "fallback" and plan.fallback_messages is not None else messages
+            request = prepare(spec, grounded, params)
             trimmed = 0
             bound = upper_bound(request.messages, request.params.get("tools"))
             default_output = _default_output(plan, spec, self.runtime.providers[name].default_max_tokens)

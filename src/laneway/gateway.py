@@ -280,6 +280,7 @@ class Gateway:
             if grounding.hits == 0 and route.retrieval.on_miss is not None:  # instead of the target and any canary
                 fallbacks = [lane for lane in plan.lanes if lane[0] == "fallback"]
                 plan.lanes = [("primary", route.retrieval.on_miss), *fallbacks]
+                plan.fallback_messages = grounding.missed
         exchange.signals = signals.computed()
         if runtime.config.telemetry.store_bodies:
             exchange.prompt_body = orjson.dumps(messages).decode()

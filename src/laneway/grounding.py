@@ -19,6 +19,9 @@ class Grounding:
     messages: list[Message]
     hits: int
     latency_ms: float
+    # On a miss sent to `on_miss` (which gets `messages`, the conversation as it came): the messages with the
+    # block that says nothing matched, for the route's other models should `on_miss` fail.
+    missed: list[Message] | None = None
 
 
 def ground(knowledge: KnowledgeBase, retrieval: Retrieval, messages: list[Message], query: str) -> Grounding:
@@ -27,7 +30,7 @@ def ground(knowledge: KnowledgeBase, retrieval: Retrieval, messages: list[Messag
     started = time.perf_counter()
     passages = knowledge.search(query, retrieval.top_k, retrieval.min_score) if query else []
     if not passages and retrieval.on_miss is not None:  # the caller sends the request to `on_miss` instead
-        return Grounding(messages, 0, (time.perf_counter() - started) * 1000)
+        return Grounding(messages, 0, (time.perf_counter() - started) * 1000, _inject(messages, [], retrieval.style))
     grounded = _inject(messages, passages, retrieval.style)
     return Grounding(grounded, len(passages), (time.perf_counter() - started) * 1000)  # search and injection
 
