@@ -652,3 +652,59 @@ routes:
             time.sleep(0.05)
     with live_gateway(config, sim_url) as restarted:
         assert ask(restarted.url, "lw-spender") == 429  # spent stays spent
+
+
+async def test_a_keys_spend_outlives_an_outage_and_a_reloaded_rate_is_shared_at_once(tmp_path: Path) -> None:
+    """While the store was unreachable, a replica counted only what it had spent itself (an exhausted key spent
+    again), and what it spent then never reached the store. A rate raised by a reload held the old count."""
+    from laneway.errors import RateLimited
+    from laneway.keys import KeyPolicy, KeyRing, Period, hash_key
+    from laneway.state._shared import client_key
+
+    def policies(requests_per_minute: int) -> tuple[KeyPolicy, ...]:
+        return (KeyPolicy("capped", hash_key("c"), usd_budget=1.0, budget_period="day"),
+                KeyPolicy("open", hash_key("o"), usd_budget=100.0, budget_period="day",
+                          requests_per_minute=requests_per_minute))
+
+    def ring_of(state: SharedState) -> KeyRing:
+        ring = KeyRing(policies(2))
+        ring.shared = state
+        return ring
+
+    def policy(ring: KeyRing, name: str) -> KeyPolicy:
+        return next(p for p in ring.by_digest.values() if p.name == name)
+
+    with redis_server(tmp_path / "redis") as server:
+        one, two = await SharedState.open(server.url), await SharedState.open(server.url)
+        first, second = ring_of(one), ring_of(two)
+        await first.admit(policy(first, "capped"), None, 10, 0.1)
+        first.settle("capped", 0, 0, 0.1, 1.2)  # over the budget: a first request alone may overshoot it
+        await asyncio.sleep(0.1)
+        with pytest.raises(RateLimited, match="spent its day budget"):
+            await second.admit(policy(second, "capped"), None, 10, 0.1)  # heard from the store
+
+        server.stop()
+        with pytest.raises(RateLimited, match="spent its day budget"):  # what the store said last still holds
+            await second.admit(policy(second, "capped"), None, 10, 0.1)
+        await second.admit(policy(second, "open"), None, 10, 0.1)
+        second.settle("open", 0, 0, 0.1, 0.5)  # spent while the store is unreachable
+        await asyncio.sleep(0.1)
+
+        server.start()  # without the counts it had: no persistence
+        store = Redis.from_url(server.url)
+        spent_key = client_key("open", "spent:" + Period.of("day", time.time()).id)
+        deadline = time.monotonic() + 5
+        while await store.get(spent_key) is None:
+            assert time.monotonic() < deadline, "what was spent during the outage never reached the store"
+            await asyncio.sleep(0.05)
+        assert float(await store.get(spent_key)) == 0.5
+
+        for _ in range(2):
+            await first.admit(policy(first, "open"), None, 10)
+        with pytest.raises(RateLimited, match="over 2 requests per minute"):
+            await first.admit(policy(first, "open"), None, 10)
+        first.update(policies(5))
+        await asyncio.sleep(0.1)
+        await first.admit(policy(first, "open"), None, 10)  # the new limit at once, in the shared count too
+        await store.aclose()
+        await close(one, two)

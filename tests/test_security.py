@@ -267,6 +267,23 @@ async def test_a_reload_applies_a_keys_changed_rate_limits_and_keeps_what_it_spe
         await ring.admit(web, None, 10)
 
 
+async def test_a_keys_token_rate_is_charged_what_a_request_used_beyond_its_estimate() -> None:
+    """Only the estimate was charged (the prompt and 256 tokens without `max_tokens`): a key of 1,000 tokens a
+    minute passed 6,370 in one. A request its token rate refuses took one of its requests a minute too."""
+    ring = KeyRing((KeyPolicy("web", hash_key(CLIENT_KEY), requests_per_minute=3, tokens_per_minute=1000),))
+    [web] = ring.by_digest.values()
+    await ring.admit(web, None, 300)
+    ring.settle("web", 300, 1200, 0.0, 0.0)  # the answer ran long: 900 tokens more than estimated
+    with pytest.raises(RateLimited, match="over 1000 tokens per minute"):
+        await ring.admit(web, None, 100)  # the bucket is in debt
+    ring.update((KeyPolicy("web", hash_key(CLIENT_KEY), requests_per_minute=3, tokens_per_minute=100),))
+    [web] = ring.by_digest.values()  # a new token limit: its bucket starts again, full; the requests' is kept
+    await ring.admit(web, None, 40)
+    with pytest.raises(RateLimited, match="over 100 tokens per minute"):
+        await ring.admit(web, None, 90)
+    await ring.admit(web, None, 10)  # its third request of the minute: the two refused were not counted
+
+
 def test_two_keys_with_the_same_hash_are_a_config_error() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(f'keys:\n  - {{name: web, hash: "{hash_key("k")}", routes: [chat]}}\n'

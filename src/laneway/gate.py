@@ -113,6 +113,14 @@ class Budget:
         if self.level is not None:
             self.level = min(self.per_minute, self.level + amount)
 
+    def charge(self, amount: float, now: float) -> None:
+        """Take `amount` whatever is left (a request that used more than it was admitted for): the bucket may
+        go into debt, which the requests after it wait for."""
+        per_minute = self.per_minute
+        level = per_minute if self.level is None else min(per_minute,
+                                                          self.level + (now - self.stamp) * per_minute / 60)
+        self.level, self.stamp = level - amount, now
+
 
 @dataclass(order=True)
 class _Waiter:

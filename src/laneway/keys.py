@@ -101,6 +101,13 @@ class _Usage:
     spent: float = 0.0  # in `period`, by this process
     held: float = 0.0  # estimated cost of the key's requests under way in this process
     period: str = ""
+    # With shared counts: what every replica had spent in `period` when the store last said, and what this
+    # process has spent since. While the store is unreachable, their sum is the key's spend, not `spent` alone.
+    shared_spent: float = 0.0
+    spent_since_shared: float = 0.0
+
+
+FILL = 1e18  # a refund that fills a shared bucket whatever its level (the store caps it at the limit)
 
 
 class KeyRing:
@@ -114,7 +121,7 @@ class KeyRing:
 
     def update(self, policies: tuple[KeyPolicy, ...]) -> None:
         """Take a reloaded key list. What each surviving key has spent is kept; a rate it now has another
-        limit for starts again, full, at the new limit."""
+        limit for starts again, full, at the new limit (in the shared store too)."""
         self.by_digest = {p.digest: p for p in policies}
         for digest, usage in self._usage.items():
             policy = self.by_digest.get(digest)
@@ -122,8 +129,14 @@ class KeyRing:
                 continue
             if _limit(usage.requests) != policy.requests_per_minute:
                 usage.requests = _bucket(policy.requests_per_minute)
+                self._refill_shared(policy.name, "requests", policy.requests_per_minute)
             if _limit(usage.tokens) != policy.tokens_per_minute:
                 usage.tokens = _bucket(policy.tokens_per_minute)
+                self._refill_shared(policy.name, "tokens", policy.tokens_per_minute)
+
+    def _refill_shared(self, name: str, unit: str, per_minute: int | None) -> None:
+        if self.shared is not None and per_minute:
+            self.shared.key_refund(name, unit, FILL, per_minute)  # capped at the new limit: full
 
     def settle(self, name: str, tokens_held: int, tokens_used: int, usd_held: float, usd_spent: float) -> None:
         """Key `name`'s request ended: what was held at admission (`admit`) is let go, and what it used is
@@ -131,8 +144,13 @@ class KeyRing:
         for policy in self.by_digest.values():
             if policy.name == name:
                 usage = self._usage_of(policy)
-                if usage.tokens is not None and tokens_held > tokens_used:
-                    usage.tokens.refund(tokens_held - tokens_used)
+                if usage.tokens is not None and tokens_held != tokens_used:
+                    # What it did not use goes back; what it used beyond the estimate (an answer longer than
+                    # the 256 tokens assumed without `max_tokens`) is taken, the bucket going into debt if need be.
+                    if tokens_held > tokens_used:
+                        usage.tokens.refund(tokens_held - tokens_used)
+                    else:
+                        usage.tokens.charge(tokens_used - tokens_held, time.monotonic())
                     if self.shared is not None:
                         self.shared.key_refund(name, "tokens", tokens_held - tokens_used, usage.tokens.per_minute)
                 usage.held = max(0.0, usage.held - usd_held)
@@ -142,6 +160,7 @@ class KeyRing:
                     if self.shared is not None and usd_spent:
                         self.shared.key_spend(name, period.id, usd_spent, period.ttl_s(now))
                 usage.spent += usd_spent
+                usage.spent_since_shared += usd_spent
                 return
 
     @property
@@ -172,21 +191,36 @@ class KeyRing:
             period = self._roll_period(policy, usage, now)
             spent = usage.spent
             if self.shared is not None:  # every replica's, this one's included
-                spent = max(spent, await self.shared.key_spent(policy.name, period.id) or 0.0)
+                shared = await self.shared.key_spent(policy.name, period.id)
+                if shared is not None:
+                    usage.shared_spent, usage.spent_since_shared = shared, 0.0
+                # Unreachable: what it said last, and what this process spent since (an exhausted key stays so).
+                spent = max(spent, usage.shared_spent + usage.spent_since_shared)
             if spent + usage.held + usd > policy.usd_budget and (
                     spent >= policy.usd_budget or usage.held > 0):  # a first request alone may overshoot
                 raise RateLimited(f"key `{policy.name}` has spent its {policy.budget_period} budget of "
                                   f"${policy.usd_budget:g}", retry_after_s=period.seconds_left(now))
+        taken: Budget | None = None  # where the request was counted, when it was (None: the shared store)
         for bucket, unit, amount, limit in ((usage.requests, "requests", 1, policy.requests_per_minute),
                                             (usage.tokens, "tokens", tokens, policy.tokens_per_minute)):
             if bucket is None:
                 continue
             wait = None if self.shared is None else await self.shared.key_take(policy.name, unit, amount, limit or 0)
+            counted = bucket if wait is None else None
             if wait is None:  # no shared counts, or none reachable: this process's
                 wait = bucket.take(amount, time.monotonic())
             if wait > 0:
+                if unit == "tokens" and usage.requests is not None:  # the request counted above is not sent
+                    self._give_back_request(policy, taken)
                 raise RateLimited(f"key `{policy.name}` is over {limit} {unit} per minute", retry_after_s=wait)
+            taken = counted
         usage.held += usd
+
+    def _give_back_request(self, policy: KeyPolicy, counted: Budget | None) -> None:
+        if counted is not None:
+            counted.refund(1)
+        elif self.shared is not None:
+            self.shared.key_refund(policy.name, "requests", 1, policy.requests_per_minute or 0)
 
     def spent(self, policy: KeyPolicy) -> float:
         return self._usage_of(policy).spent
@@ -203,6 +237,7 @@ class KeyRing:
         period = Period.of(policy.budget_period, now)
         if period.id != usage.period:
             usage.spent, usage.period = 0.0, period.id
+            usage.shared_spent = usage.spent_since_shared = 0.0
         return period
 
 

@@ -65,6 +65,7 @@ class SharedState:
         self._take = client.register_script(_scripts.TAKE)
         self._refund = client.register_script(_scripts.REFUND)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unsent_spend: dict[str, tuple[float, int | None]] = {}  # client keys' spend made while unreachable
         self._loop: asyncio.Task[None] | None = None
 
     @classmethod
@@ -129,15 +130,26 @@ class SharedState:
         return float(spent or 0.0)
 
     def key_spend(self, name: str, period: str, usd: float, ttl_s: int | None) -> None:
-        """Charge client key `name` `usd` in `period`; the count goes once the period is over (`ttl_s`)."""
-        where = client_key(name, f"spent:{period}")
+        """Charge client key `name` `usd` in `period`; the count goes once the period is over (`ttl_s`). A
+        charge the store cannot take now is kept, and made when it answers again (`tick`)."""
+        self._spawn(self._charge(client_key(name, f"spent:{period}"), usd, ttl_s))
 
+    async def _charge(self, where: str, usd: float, ttl_s: int | None) -> None:
         async def charge(client: Any) -> None:
             await client.incrbyfloat(where, usd)
             if ttl_s is not None:
                 await client.expire(where, ttl_s)
 
-        self._spawn(quietly(self.link, charge))
+        try:
+            await self.link.run(charge)
+        except Unreachable:  # spent all the same: the other replicas must learn of it
+            unsent, _ = self._unsent_spend.get(where, (0.0, ttl_s))
+            self._unsent_spend[where] = (unsent + usd, ttl_s)
+
+    async def _send_unsent_spend(self) -> None:
+        unsent, self._unsent_spend = self._unsent_spend, {}
+        for where, (usd, ttl_s) in unsent.items():
+            await self._charge(where, usd, ttl_s)
 
     async def tick(self) -> None:
         """Sync the breakers (this is also the reconnection probe); after an outage, renew the leases."""
@@ -148,6 +160,7 @@ class SharedState:
             return
         if not was_up:
             await self.renew()  # a restarted store lost them: count them again
+            await self._send_unsent_spend()
 
     async def renew(self) -> None:
         """Extend (or re-add) every lease this replica holds: its calls are still running. Leases asked for
