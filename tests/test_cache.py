@@ -102,6 +102,22 @@ def test_streamed_answers_are_cached_and_replayed(live: LiveGateway) -> None:
     assert text_of(second) == streamed_text(first)
 
 
+@pytest.mark.parametrize("stream_first", [False, True])
+def test_a_hit_gives_the_log_probabilities_the_answer_had(live: LiveGateway, stream_first: bool) -> None:
+    """A hit answered `logprobs: null` to a request that asked for them, as the first answer had them."""
+    question = f"how long do refunds take ({stream_first})"
+    _, first = send(live, question, "on", temperature=0, logprobs=True, stream=stream_first)
+    headers, hit = send(live, question, "on", temperature=0, logprobs=True)
+    assert headers["x-laneway-lane"] == "cache"
+    if stream_first:
+        events = [json.loads(line[6:]) for line in first.decode().splitlines() if line.startswith("data: {")]
+        given = [token for e in events if e["choices"] and e["choices"][0].get("logprobs")
+                 for token in e["choices"][0]["logprobs"]["content"]]
+    else:
+        given = json.loads(first)["choices"][0]["logprobs"]["content"]
+    assert given and json.loads(hit)["choices"][0]["logprobs"]["content"] == given
+
+
 def test_sampled_answers_are_not_cached_unless_allowed(live: LiveGateway) -> None:
     send(live, "reset my password", "on", temperature=0.7)
     headers, _ = send(live, "reset my password", "on", temperature=0.7)
@@ -139,6 +155,9 @@ async def test_memory_store_bounds_and_expiry() -> None:
 def test_cache_key_ignores_what_does_not_change_the_answer() -> None:
     messages = [{"role": "user", "content": "hi "}]
     assert cache_key("r", messages, {"user": "a"}) == cache_key("r", [{"role": "user", "content": "hi"}], {})
+    # Set per end user, or for the provider's prompt cache: a hit for every customer asking the same.
+    per_user = {"safety_identifier": "customer-8", "prompt_cache_key": "support", "prompt_cache_retention": "24h"}
+    assert cache_key("r", messages, per_user) == cache_key("r", messages, {})
     assert cache_key("r", messages, {"max_tokens": 5}) != cache_key("r", messages, {})
     assert cache_key("r", messages, {}) != cache_key("other", messages, {})
     called = [{"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
@@ -162,6 +181,15 @@ def test_a_models_scope_changes_with_what_shapes_its_answers_and_with_nothing_el
     for changed in (replace(spec, model="gpt-5-2026"), replace(spec, profile=replace(spec.profile, system="Hi!")),
                     replace(spec, base_url="sim:///gpt-5-mini/v1")):
         assert model_scope(changed) != model_scope(spec)
+
+
+async def test_an_entry_keeps_the_answers_log_probabilities_and_fingerprint() -> None:
+    store = MemoryStore()
+    logprobs = [{"token": "Hi", "logprob": -0.01, "bytes": [72, 105], "top_logprobs": []}]
+    answer = Completion("Hi", "stop", Usage(3, 1), "m", logprobs=logprobs, system_fingerprint="fp_44709d6fcb")
+    await remember(store, "k", answer, "m", 60)
+    kept = await lookup(store, "k")
+    assert kept is not None and (kept.logprobs, kept.system_fingerprint) == (logprobs, "fp_44709d6fcb")
 
 
 async def test_an_entry_this_release_cannot_read_is_a_miss() -> None:

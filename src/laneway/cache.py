@@ -22,8 +22,10 @@ from .config import CacheSettings, ModelSpec
 
 log = logging.getLogger("laneway")
 
-# Parameters that do not change the answer's content stay out of the key.
-_NOT_IN_KEY = frozenset({"user", "stream", "stream_options", "service_tier"})
+# Parameters that do not change the answer's content stay out of the key: who asks (`user`,
+# `safety_identifier`, set per end user), how it is delivered, how the provider caches the prompt.
+_NOT_IN_KEY = frozenset({"user", "safety_identifier", "stream", "stream_options", "service_tier",
+                         "prompt_cache_key", "prompt_cache_retention"})
 
 
 class CacheStore(Protocol):
@@ -98,8 +100,11 @@ async def lookup(store: CacheStore, key: str) -> Completion | None:
     try:
         data = orjson.loads(raw)
         usage = Usage(int(data["prompt_tokens"]), int(data["completion_tokens"]))
+        logprobs, fingerprint = data.get("logprobs"), data.get("system_fingerprint")
         completion = Completion(str(data["text"]), str(data["finish_reason"]), usage, str(data["model"]),
-                                tool_calls=data.get("tool_calls"), refusal=data.get("refusal"))
+                                tool_calls=data.get("tool_calls"), refusal=data.get("refusal"),
+                                logprobs=logprobs if isinstance(logprobs, list) else None,
+                                system_fingerprint=fingerprint if isinstance(fingerprint, str) else None)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:  # another writer's entry
         log.warning("laneway: a cache entry is not one this release reads (%s); treating it as a miss",
                     type(exc).__name__)
@@ -111,7 +116,8 @@ async def remember(store: CacheStore, key: str, completion: Completion, model: s
     value = orjson.dumps({"text": completion.text, "finish_reason": completion.finish_reason, "model": model,
                           "prompt_tokens": completion.usage.prompt_tokens,
                           "completion_tokens": completion.usage.completion_tokens,
-                          "tool_calls": completion.tool_calls, "refusal": completion.refusal})
+                          "tool_calls": completion.tool_calls, "refusal": completion.refusal,
+                          "logprobs": completion.logprobs, "system_fingerprint": completion.system_fingerprint})
     try:
         await store.set(key, value, ttl_s)
     except Exception as exc:  # noqa: BLE001 - a failing cache must not fail the answer it would have kept

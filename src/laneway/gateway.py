@@ -291,20 +291,24 @@ class Gateway:
                    ttl_s: float) -> AsyncIterator[Chunk]:
         """Pass a stream through; once it has ended whole, copy it to the shadows and the cache (an
         answer that calls tools is not cached: its calls arrive in pieces)."""
-        pieces, refusal = [started.first.text], [started.first.refusal]
-        finish, usage = started.first.finish_reason, started.first.usage
-        calls = started.first.tool_calls is not None
+        first = started.first
+        pieces, refusal, logprobs = [first.text], [first.refusal], list(first.logprobs or ())
+        finish, usage, fingerprint = first.finish_reason, first.usage, first.system_fingerprint
+        calls = first.tool_calls is not None
         async for chunk in source:
             pieces.append(chunk.text)
             refusal.append(chunk.refusal)
             finish, usage = chunk.finish_reason or finish, chunk.usage or usage
             calls = calls or chunk.tool_calls is not None
+            if chunk.logprobs:
+                logprobs += chunk.logprobs
             yield chunk
         text = "".join(pieces)
         if targets:
             self.shadows.submit(runtime, targets, messages, params, exchange, text)
         if key is not None and usage is not None and not calls:
-            completion = Completion(text, finish or "stop", usage, started.model, refusal="".join(refusal) or None)
+            completion = Completion(text, finish or "stop", usage, started.model, refusal="".join(refusal) or None,
+                                    logprobs=logprobs or None, system_fingerprint=fingerprint)
             self._keep(key, completion, started.model, ttl_s)
 
     def _dispatcher(self, runtime: Runtime) -> Dispatcher:
