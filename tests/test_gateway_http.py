@@ -313,6 +313,18 @@ def test_request_id_is_echoed(seed_gateway: LiveGateway) -> None:
         assert len(headers["x-request-id"]) == 24 and payload["id"] == f"chatcmpl-{headers['x-request-id']}"
 
 
+def test_answers_to_requests_that_send_one_request_id_have_ids_of_their_own(seed_gateway: LiveGateway) -> None:
+    """A client's request id (a trace's, sent with every call of it) was each answer's `id`: answers with one
+    id, where OpenAI's each have their own."""
+    traced = client(seed_gateway).with_options(default_headers={"x-request-id": "trace-7f3a"}).chat.completions
+    whole = [traced.with_raw_response.create(model="laneway", messages=chat(3)) for _ in range(2)]  # type: ignore[arg-type]
+    streamed = [next(iter(traced.create(model="laneway", messages=chat(3), stream=True))).id  # type: ignore[arg-type]
+                for _ in range(2)]
+    assert [reply.headers["x-request-id"] for reply in whole] == ["trace-7f3a"] * 2
+    ids = [reply.parse().id for reply in whole] + streamed
+    assert len(set(ids)) == 4 and all(i.startswith("chatcmpl-") for i in ids)
+
+
 def test_openai_client_sync_and_streaming(any_server_gateway: LiveGateway) -> None:
     c = client(any_server_gateway)
     completion = c.chat.completions.create(model="laneway", messages=chat(1), max_tokens=40)  # type: ignore[arg-type]

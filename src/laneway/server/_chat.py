@@ -8,6 +8,7 @@ with an SSE `error` event and no `[DONE]`, so no client mistakes a cut answer fo
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -87,7 +88,7 @@ async def chat_completions(gateway: Gateway, body: bytes, headers: dict[str, str
     if gateway.config.telemetry.store_bodies:
         exchange.answer_body = completion.text
     gateway.finish(exchange, started)
-    payload = _completion_body(completion, exchange, bool(request.params.get("logprobs")))
+    payload = _completion_body(completion, exchange, answer_id(exchange, headers), bool(request.params.get("logprobs")))
     await respond(send, 200, payload, [JSON, *base, *laneway_headers(exchange)])
 
 
@@ -124,7 +125,14 @@ def _failed(exchange: Exchange, error: LanewayError) -> None:
     exchange.error = error.message
 
 
-def _completion_body(completion: Completion, exchange: Exchange, logprobs: bool) -> bytes:
+def answer_id(exchange: Exchange, headers: dict[str, str]) -> str:
+    """The answer's `id`: the request id the gateway made, or, for a request id the client sent (which it may
+    send again, for a trace), an id of the answer's own, as OpenAI's answers each have."""
+    made = headers.get("x-request-id") != exchange.request_id
+    return f"chatcmpl-{exchange.request_id if made else os.urandom(12).hex()}"
+
+
+def _completion_body(completion: Completion, exchange: Exchange, answer: str, logprobs: bool) -> bytes:
     """The answer; its token log-probabilities only when the client asked (a cascade may ask for them
     itself), and only when the model gave them."""
     usage = completion.usage
@@ -136,7 +144,7 @@ def _completion_body(completion: Completion, exchange: Exchange, logprobs: bool)
         message["tool_calls"] = completion.tool_calls
     tokens = {"content": completion.logprobs} if logprobs and completion.logprobs is not None else None
     body = {
-        "id": f"chatcmpl-{exchange.request_id}", "object": "chat.completion", "created": int(exchange.started_at),
+        "id": answer, "object": "chat.completion", "created": int(exchange.started_at),
         "model": exchange.model,
         "choices": [{"index": 0, "message": message,
                      "finish_reason": completion.finish_reason, "logprobs": tokens}],
@@ -182,7 +190,7 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
     stopped = False
     failure: UpstreamError | None = None
     try:
-        encoder = _ChunkEncoder(exchange, started.first)
+        encoder = _ChunkEncoder(exchange, answer_id(exchange, headers), started.first)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*_SSE, *base, *laneway_headers(exchange, cost=False)]})
         exchange.ttft_ms = (time.perf_counter() - started_perf) * 1000
@@ -350,10 +358,11 @@ class _ChunkEncoder:
 
     __slots__ = ("_delta", "_finish_head", "_head", "_tail")
 
-    def __init__(self, exchange: Exchange, first: Chunk | None = None) -> None:
-        """`first`: the stream's first chunk, whose upstream fields (`system_fingerprint`) every chunk repeats."""
+    def __init__(self, exchange: Exchange, answer: str, first: Chunk | None = None) -> None:
+        """`answer`: the answer's `id`; `first`: the stream's first chunk, whose upstream fields
+        (`system_fingerprint`) every chunk repeats."""
         upstream = _upstream_fields(first.system_fingerprint, first.service_tier) if first is not None else {}
-        head = orjson.dumps({"id": f"chatcmpl-{exchange.request_id}", "object": "chat.completion.chunk",
+        head = orjson.dumps({"id": answer, "object": "chat.completion.chunk",
                              "created": int(exchange.started_at), "model": exchange.model, **upstream})[:-1]
         self._delta = b"data: " + head + b',"choices":[{"index":0,"delta":{'
         self._head = self._delta + b'"role":"assistant",'
