@@ -110,6 +110,11 @@ def raw_post(live: LiveGateway, data: bytes) -> tuple[int, dict[str, Any]]:
     (b'{"model": "laneway", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1e12}', "`max_tokens`"),
     (b'{"model": "laneway", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "`stream`"),
     (b'{"model": "laneway", "messages": [{"role": "user", "content": "hi"}], "metadata": []}', "`metadata`"),
+    # as OpenAI refuses them: else one was dropped without a word
+    (b'{"model": "laneway", "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 3}',
+     "send `logprobs: true` with it"),
+    (b'{"model": "laneway", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50, '
+     b'"max_completion_tokens": 500}', "not both"),
 ])
 def test_malformed_bodies_get_a_clear_400(live: LiveGateway, data: bytes, needle: str) -> None:
     status, body = raw_post(live, data)

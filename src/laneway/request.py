@@ -236,9 +236,16 @@ def _check_params(params: dict[str, Any], n: Any) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
             raise InvalidRequest(f"`{key}` must be a number from {low:g} to {high:g}, got {shown(value)}", param=key)
-    if "top_logprobs" in params and not _is_int(params["top_logprobs"]):
-        raise InvalidRequest(f"`top_logprobs` must be a whole number, got {shown(params['top_logprobs'])}",
-                             param="top_logprobs")
+    if "top_logprobs" in params:
+        if not _is_int(params["top_logprobs"]):
+            raise InvalidRequest(f"`top_logprobs` must be a whole number, got {shown(params['top_logprobs'])}",
+                                 param="top_logprobs")
+        if params.get("logprobs") is not True:  # as OpenAI answers: else it would be dropped without a word
+            raise InvalidRequest("`top_logprobs` asks for the most likely tokens of each log probability: send "
+                                 "`logprobs: true` with it", param="top_logprobs")
+    if params.get("max_tokens") is not None and params.get("max_completion_tokens") is not None:
+        raise InvalidRequest("send one of `max_tokens` and `max_completion_tokens` (the current name), not both",
+                             param="max_tokens")
     for key, value in params.items():  # the request's few, not every shape there is
         checked = _SHAPES.get(key)
         if checked is not None and not checked[0](value):
