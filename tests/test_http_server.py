@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -106,6 +107,13 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
     else:
         body = b""
     return status, headers, body
+
+
+def said(body: bytes, code: str | None = None) -> bytes:
+    """The message of an error the server answers on its own, in OpenAI's error shape (its `code` checked)."""
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "code", "param"} and (code is None or error["code"] == code), error
+    return str(error["message"]).encode()
 
 
 def post(path: str, body: bytes, extra: str = "") -> bytes:
@@ -264,7 +272,7 @@ async def test_a_malformed_request_gets_a_400_that_says_why_and_the_connection_c
     async with running() as server:
         status, headers, body = await only_answer(server, b"NOT HTTP AT ALL\r\n\r\n")
         assert status == 400 and headers["connection"] == "close"
-        assert body.startswith(b"malformed HTTP request")
+        assert said(body, "bad_http_request").startswith(b"malformed HTTP request")
 
 
 @pytest.mark.parametrize(("request_bytes", "status", "reason"), [
@@ -281,7 +289,7 @@ async def test_a_request_line_or_framing_not_served_gets_an_answer_that_says_so(
         request_bytes: bytes, status: int, reason: bytes) -> None:
     async with running() as server:
         got, headers, body = await only_answer(server, request_bytes)
-        assert (got, headers["connection"]) == (status, "close") and body.startswith(reason), body
+        assert (got, headers["connection"]) == (status, "close") and said(body).startswith(reason), body
 
 
 async def test_an_oversized_head_gets_a_431() -> None:
@@ -289,7 +297,7 @@ async def test_an_oversized_head_gets_a_431() -> None:
         reader, writer = await connect(server)
         writer.write(b"GET / HTTP/1.1\r\nx-big: " + b"a" * (MAX_HEAD_BYTES + 10) + b"\r\n\r\n")
         status, _, body = await read_response(reader)
-        assert status == 431 and str(MAX_HEAD_BYTES).encode() in body
+        assert status == 431 and str(MAX_HEAD_BYTES).encode() in said(body, "headers_too_large")
         writer.close()
 
 
@@ -300,7 +308,8 @@ async def test_an_app_failure_before_the_answer_is_a_500_and_after_it_cuts_the_c
         reader, writer = await connect(server)
         writer.write(post("/boom", b""))
         status, headers, body = await read_response(reader)
-        assert (status, headers["connection"], body) == (500, "close", b"Internal Server Error\n")
+        assert (status, headers["connection"], said(body, "internal_error")) == (
+            500, "close", b"internal error; see the gateway log")
         writer.close()
         reader, writer = await connect(server)
         writer.write(post("/half", b""))
@@ -324,7 +333,8 @@ async def test_a_header_with_a_line_break_is_never_sent(caplog: pytest.LogCaptur
         reader, writer = await connect(server)
         writer.write(post("/", b""))
         status, headers, body = await read_response(reader)
-        assert (status, body) == (500, b"Internal Server Error\n") and "set-cookie" not in headers
+        assert (status, said(body, "internal_error")) == (500, b"internal error; see the gateway log")
+        assert "set-cookie" not in headers
         writer.close()
 
 
@@ -430,7 +440,8 @@ async def test_a_request_still_running_after_the_grace_period_is_cancelled() -> 
     await asyncio.wait_for(task, 5)
     assert cancelled.is_set()
     status, headers, body = await read_response(reader)  # told, so that it can retry elsewhere
-    assert (status, headers["connection"], body) == (503, "close", b"the server stopped before the answer\n")
+    assert (status, headers["connection"], said(body, "shutting_down")) == (
+        503, "close", b"the server stopped before the answer")
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
 
@@ -625,7 +636,7 @@ async def test_a_body_that_stops_arriving_gets_a_408_after_the_keep_alive_time()
             writer.write(b"x")
         status, headers, body = await read_response(reader)
         assert status == 408 and headers["connection"] == "close"
-        assert body == b"the request's body stopped arriving for 0.3 s\n"
+        assert said(body, "request_timeout") == b"the request's body stopped arriving for 0.3 s"
         assert 0.75 < asyncio.get_running_loop().time() - started < 2.0
         assert await asyncio.wait_for(reader.read(), 5) == b""  # and nothing after it
         writer.close()

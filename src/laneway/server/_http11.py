@@ -29,6 +29,7 @@ from typing import Any, cast
 from urllib.parse import unquote
 
 import httptools
+import orjson
 
 from ._asgi import Message, Receive, Scope, Send
 
@@ -63,10 +64,19 @@ _LAST_CHUNK = b"0\r\n\r\n"
 _ASGI_HTTP = {"version": "3.0", "spec_version": "2.3"}  # the same for every request's scope
 
 
+# What the server says on its own behalf (no request it could hand on), in OpenAI's error shape as every
+# other error: (`type`, `code`) by status.
+_OWN_ERRORS = {400: ("invalid_request_error", "bad_http_request"), 405: ("invalid_request_error", "method_not_allowed"),
+               408: ("invalid_request_error", "request_timeout"),
+               431: ("invalid_request_error", "headers_too_large"), 501: ("invalid_request_error", "not_implemented"),
+               503: ("server_error", "shutting_down")}
+
+
 def _plain(status: int, text: str, date: bytes) -> bytes:
-    """A whole `text/plain` answer that ends the connection: what the server says on its own behalf."""
-    body = text.encode() + b"\n"
-    return (_STATUS_LINES[status] + date + _CLOSE + b"content-type: text/plain; charset=utf-8\r\n"
+    """A whole JSON error answer that ends the connection: what the server says on its own behalf."""
+    kind, code = _OWN_ERRORS.get(status, ("server_error", "internal_error"))
+    body = orjson.dumps({"error": {"message": text, "type": kind, "code": code, "param": None}}) + b"\n"
+    return (_STATUS_LINES[status] + date + _CLOSE + b"content-type: application/json\r\n"
             + b"content-length: %d\r\n\r\n" % len(body) + body)
 
 
@@ -649,10 +659,11 @@ class Cycle:
             self.conn.write(head)
 
     async def _internal_error(self) -> None:
-        body = b"Internal Server Error\n"
+        body = orjson.dumps({"error": {"message": "internal error; see the gateway log", "type": "server_error",
+                                       "code": "internal_error", "param": None}}) + b"\n"
         self.keep_alive = False
         await self.send({"type": "http.response.start", "status": 500,
-                         "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                         "headers": [(b"content-type", b"application/json"),
                                      (b"content-length", b"%d" % len(body))]})
         await self.send({"type": "http.response.body", "body": body})
 
