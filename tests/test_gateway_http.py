@@ -438,6 +438,11 @@ def test_head_reads_like_get_and_a_wrong_method_is_told_what_the_path_allows(def
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=10)
     assert caught.value.code == 405 and caught.value.headers["allow"] == "POST"
+    for method in ("DELETE", "POST"):  # a model is read, not deleted nor written (it answered 404)
+        request = urllib.request.Request(default_gateway.url + "/v1/models/laneway", method=method)
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=10)
+        assert caught.value.code == 405 and caught.value.headers["allow"] == "GET, HEAD"
 
 
 def test_reload_keeps_running_config_on_error(sim_url: str, tmp_path: Path) -> None:

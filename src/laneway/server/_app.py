@@ -112,7 +112,7 @@ class App:
                 await self._model(path[len(_MODEL_PATH):], send, base, scope)
             elif method == "POST" and path in self._post:
                 await self._post[path](send, base, scope)
-            elif path in self._get or path in self._post:
+            elif path in self._get or path in self._post or path.startswith(_MODEL_PATH):
                 self._not_allowed(method, path, base)
             else:
                 raise NotFound(f"no endpoint `{method} {path}`; see /openapi.json")
@@ -135,7 +135,7 @@ class App:
 
     def _not_allowed(self, method: str, path: str, base: Headers) -> None:
         """A 405 that says, in `Allow`, which methods the path takes."""
-        allowed = "GET, HEAD" if path in self._get else "POST"
+        allowed = "GET, HEAD" if path in self._get or path.startswith(_MODEL_PATH) else "POST"
         base.append((b"allow", allowed.encode()))
         raise MethodNotAllowed(f"`{method} {path}` is not supported; use {allowed}")
 
