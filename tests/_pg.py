@@ -9,6 +9,7 @@ with an external server it is simulated by severing a loopback proxy in front of
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import glob
 import os
@@ -16,6 +17,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -24,6 +26,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -182,6 +185,42 @@ def report(*argv: str) -> int:
     args = parser.parse_args(["report", *argv])
     code: int = args.func(args)
     return code
+
+
+def sqlite_settings(tmp_path: Path, **changes: object) -> TelemetrySettings:
+    return TelemetrySettings(exchange_log=f"sqlite:///{tmp_path}/log.sqlite3", **changes)  # type: ignore[arg-type]
+
+
+def count_rows(tmp_path: Path, sql: str = "SELECT count(*) FROM exchanges") -> int:
+    with sqlite3.connect(tmp_path / "log.sqlite3") as db:
+        value: int = db.execute(sql).fetchone()[0]
+    return value
+
+
+def odd_exchanges() -> list[Exchange]:
+    """Exchanges whose optional fields are absent, zero or present: what the log's NULL stand-ins must
+    survive. The first has no attempt at all (rejected before any call)."""
+    bare = Exchange("odd-0", BASE_TIME, route=None, model=None, status=429, outcome="rate_limited")
+    full = make_exchange(3, escalation=True)
+    full.cascade_confidence, full.retrieval_hits, full.retrieval_ms, full.api_key = 0.0, 0, 0.0, "team-a"
+    full.stream, full.ttft_ms = True, 0.0
+    shadow = Exchange("odd-2/shadow/x", BASE_TIME + 1, route="r", lane="shadow", model="x", latency_ms=5.0,
+                      attempts=[Attempt("x", "ok", lane="shadow")], signals={"shadow_of": "odd-2", "n": 1})
+    return [bare, full, shadow, make_exchange(5), make_exchange(7)]
+
+
+async def report_to(path: Path, *argv: str) -> int:
+    """Run `laneway report` (which runs its own event loop) in a thread, its output into `path`."""
+
+    def run() -> int:
+        with path.open("w") as sink, contextlib.redirect_stdout(sink):
+            return report(*argv)
+
+    return await asyncio.to_thread(run)
+
+
+def iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat()
 
 
 def _free_port() -> int:
