@@ -54,3 +54,9 @@ def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[LoopbackUpstream]
 def sse_body(events: Sequence[dict[str, Any]]) -> bytes:
     """OpenAI's stream of `events`, ended by `[DONE]`."""
     return b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+
+
+def completion_body(model: str, choice: dict[str, Any], **fields: Any) -> bytes:
+    """OpenAI's whole answer with one `choice`, and `fields` (`usage`, ...) beside it."""
+    return json.dumps({"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
+                       "choices": [choice], **fields}).encode()

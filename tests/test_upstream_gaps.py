@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from _live import LiveGateway, RecordingSink, live_gateway
-from _loopback import Handler, serving, sse_body
+from _loopback import Handler, completion_body, serving, sse_body
 
 TEXT = ["Your order", " ships", " today."]
 UPSTREAM_FIELDS = {"system_fingerprint": "fp_abc123", "service_tier": "default"}
@@ -35,10 +35,8 @@ class _Handler(Handler):
             events.append({**extra, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
             self.send(sse_body(events), "text/event-stream")
         else:
-            answer = {**extra, "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": body["model"],
-                      "choices": [{"index": 0, "finish_reason": "stop",
-                                   "message": {"role": "assistant", "content": "".join(pieces)}}]}
-            self.send(json.dumps(answer).encode(), "application/json")
+            choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "".join(pieces)}}
+            self.send(completion_body(body["model"], choice, **extra), "application/json")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from _live import LiveGateway, RecordingSink, live_gateway
-from _loopback import Handler, serving, sse_body
+from _loopback import Handler, completion_body, serving, sse_body
 from laneway.cascade import from_logprobs
 from laneway.chat import Completion, Usage
 from laneway.providers._base import MAX_RETRY_AFTER_S, retry_after
@@ -64,9 +64,7 @@ class _Handler(Handler):
                       {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage}]
             self.send(sse_body(events), "text/event-stream")
             return
-        answer = {"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": body["model"],
-                  "choices": [choice], "usage": usage}
-        self.send(json.dumps(answer).encode(), "application/json")
+        self.send(completion_body(body["model"], choice, usage=usage), "application/json")
 
 
 @pytest.fixture(scope="module")
