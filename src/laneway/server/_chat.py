@@ -88,7 +88,8 @@ async def chat_completions(gateway: Gateway, body: bytes, headers: dict[str, str
     if gateway.config.telemetry.store_bodies:
         exchange.answer_body = completion.text
     gateway.finish(exchange, started)
-    payload = _completion_body(completion, exchange, answer_id(exchange, headers), bool(request.params.get("logprobs")))
+    logprobs = bool(request.params.get("logprobs"))
+    payload = _completion_body(completion, exchange, _answer_id(exchange, headers), logprobs)
     await respond(send, 200, payload, [JSON, *base, *laneway_headers(exchange)])
 
 
@@ -125,7 +126,7 @@ def _failed(exchange: Exchange, error: LanewayError) -> None:
     exchange.error = error.message
 
 
-def answer_id(exchange: Exchange, headers: dict[str, str]) -> str:
+def _answer_id(exchange: Exchange, headers: dict[str, str]) -> str:
     """The answer's `id`: the request id the gateway made, or, for a request id the client sent (which it may
     send again, for a trace), an id of the answer's own, as OpenAI's answers each have."""
     made = headers.get("x-request-id") != exchange.request_id
@@ -190,7 +191,7 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
     stopped = False
     failure: UpstreamError | None = None
     try:
-        encoder = _ChunkEncoder(exchange, answer_id(exchange, headers), started.first)
+        encoder = _ChunkEncoder(exchange, _answer_id(exchange, headers), started.first)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*_SSE, *base, *laneway_headers(exchange, cost=False)]})
         exchange.ttft_ms = (time.perf_counter() - started_perf) * 1000
