@@ -643,6 +643,26 @@ async def test_a_body_that_stops_arriving_gets_a_408_after_the_keep_alive_time()
     assert heard[-1] == ("http.disconnect", 0) and sum(n for _, n in heard) == 20
 
 
+async def test_a_body_trickled_past_the_request_deadline_gets_a_408() -> None:
+    """Bytes every 0.05 s never leave the connection idle for `keep_alive_s`; the request must still arrive
+    whole within `request_deadline_s` of its first byte. The bytes stop just before the deadline (one
+    written after the answer would reset the connection under it), and the idle time would end the
+    request 0.3 s later, with another message."""
+    loop = asyncio.get_running_loop()
+    async with running(echo_app, keep_alive_s=0.3, request_deadline_s=0.6) as server:
+        reader, writer = await connect(server)
+        started = loop.time()
+        writer.write(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n")
+        while loop.time() - started < 0.5:
+            await asyncio.sleep(0.05)
+            writer.write(b"x")
+        status, headers, body = await read_response(reader)
+        assert status == 408 and headers["connection"] == "close"
+        assert said(body, "request_timeout") == b"the request did not arrive whole within 0.6 s of its first byte"
+        assert 0.55 < loop.time() - started < 0.8
+        writer.close()
+
+
 @pytest.mark.parametrize("status", [200, 204])
 async def test_a_body_that_breaks_the_framing_is_not_sent(status: int, caplog: pytest.LogCaptureFixture) -> None:
     """A body shorter than its `content-length` would swallow the next answer: the connection closes

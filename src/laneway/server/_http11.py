@@ -8,7 +8,8 @@ HTTP server of its own"). Any ASGI server can still run `App`; the tests run it 
 What it does (docs/deployment.md, "The HTTP server"): keep-alive, pipelined requests answered in
 order, `Expect: 100-continue`, request bodies by length or chunked, back-pressure both ways, a
 `http.disconnect` when the client leaves, a `date` header, idle connections closed after
-`keep_alive_s` (and a request whose body stops arriving for as long, with a 408), bad bytes
+`keep_alive_s` (and a request whose body stops arriving for as long, or has not arrived whole
+`request_deadline_s` after its first byte, with a 408), bad bytes
 answered with a 400 or 431 after the requests before them, and a graceful stop: listening stops,
 idle connections close, requests in flight get `grace_s` to finish and are then cancelled.
 """
@@ -100,9 +101,12 @@ class _Clock:
 class ServerState:
     """What every connection of one server shares: the app, the open connections, the clock."""
 
-    def __init__(self, app: ASGIApp, keep_alive_s: float) -> None:
+    def __init__(self, app: ASGIApp, keep_alive_s: float, request_deadline_s: float = 300.0) -> None:
         self.app = app
         self.keep_alive_s = keep_alive_s
+        # A request must arrive whole within this of its first byte: a body trickled a byte every few seconds
+        # is never idle for `keep_alive_s`, and held its connection and request for as long as it went on.
+        self.request_deadline_s = request_deadline_s
         self.connections: set[Connection] = set()
         self.clock = _Clock()
         self.stopping = False
@@ -437,7 +441,11 @@ class Connection(asyncio.Protocol):
         # not read what came, or a request waits behind the one answered).
         sending = None if self._in_head or self.reading_paused else self.parsing
         if sending is not None and now >= self._active_at + self.state.keep_alive_s:
-            self._body_timed_out(sending)
+            self._body_timed_out(sending, f"the request's body stopped arriving for {self.state.keep_alive_s:g} s")
+            return
+        deadline_s = self.state.request_deadline_s
+        if sending is not None and now >= self._head_began + deadline_s:
+            self._body_timed_out(sending, f"the request did not arrive whole within {deadline_s:g} s of its first byte")
             return
         if self._held is not None and now >= self._active_at + self.state.keep_alive_s:
             # A whole period without reading the answers sent: the client is stuck or gone. Closing would
@@ -446,7 +454,10 @@ class Connection(asyncio.Protocol):
                 self.transport.abort()
             return
         if self.cycle is not None or self.pipeline:  # busy: look again a period after the last bytes, or now
-            due = (now if sending is None else self._active_at) + self.state.keep_alive_s
+            if sending is None:
+                due = now + self.state.keep_alive_s
+            else:
+                due = min(self._active_at + self.state.keep_alive_s, self._head_began + self.state.request_deadline_s)
         else:
             # A head trickled in a byte at a time keeps the connection active, not alive.
             since = self._head_began if self._in_head else self._active_at
@@ -456,12 +467,12 @@ class Connection(asyncio.Protocol):
                 return
         self._idle = self.loop.call_at(due, self._check_idle)
 
-    def _body_timed_out(self, cycle: Cycle) -> None:
-        """A `408` if the request's answer has not begun, and close: the request hears its client leave."""
-        log.debug("laneway: %s stopped sending a request's body", self.client)
+    def _body_timed_out(self, cycle: Cycle, why: str) -> None:
+        """A `408` saying `why` if the request's answer has not begun, and close: the request hears its client
+        leave."""
+        log.debug("laneway: %s: %s", self.client, why)
         if not cycle.response_started:
-            self.write(_plain(408, f"the request's body stopped arriving for {self.state.keep_alive_s:g} s",
-                              self.state.clock.date()))
+            self.write(_plain(408, why, self.state.clock.date()))
         cycle.client_left()  # nothing the app sends now reaches the client
         self.close()
 
@@ -687,7 +698,8 @@ class HttpServer:
 
     def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0, *,
                  sockets: list[socket.socket] | None = None, keep_alive_s: float = 30.0,
-                 grace_s: float | Callable[[], float] = 25.0, backlog: int = 4096, handle_signals: bool = True,
+                 request_deadline_s: float = 300.0, grace_s: float | Callable[[], float] = 25.0, backlog: int = 4096,
+                 handle_signals: bool = True,
                  second_sigint_forces: bool = True, force_signals: tuple[int, ...] = (),
                  on_started: Callable[[HttpServer], None] | None = None) -> None:
         """`grace_s` may be a function, read when the stop begins (a reloaded config's). `force_signals`
@@ -704,7 +716,7 @@ class HttpServer:
         self.second_sigint_forces = second_sigint_forces
         self.force_signals = force_signals
         self.on_started = on_started
-        self.state = ServerState(app, keep_alive_s)
+        self.state = ServerState(app, keep_alive_s, request_deadline_s)
         self.servers: list[asyncio.base_events.Server] = []
         self.started = False
         self._exit = asyncio.Event()
