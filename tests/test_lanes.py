@@ -130,6 +130,33 @@ routes:
     assert lanes["cascade"] > 0 and lanes["primary"] > 0
 
 
+def test_a_self_report_cascade_asks_for_the_confidence_through_a_profile_that_replaces_the_system_prompt(
+        sim_url: str) -> None:
+    """`system_mode: replace` dropped the request for a confidence with the client's system prompt: no answer
+    said one, each scored 0, and every request paid for both models."""
+    text = """
+models:
+  replacer:
+    provider: openai
+    base_url: sim:///gpt-5-mini/v1
+    model: gpt-5-mini
+    profile: {system: "You are Acme's support assistant.", system_mode: replace}
+routes:
+- name: chat
+  target: replacer
+  cascade: {confidence: 0.6, source: self_report, escalate_to: gpt-5}
+"""
+    sink = RecordingSink()
+    with live_gateway(text, sim_url, telemetry=sink) as live:
+        answers = [send(live, f"question number {i} about my bill",
+                        messages=[{"role": "system", "content": "Answer in French."},
+                                  {"role": "user", "content": f"question number {i} about my bill"}])
+                   for i in range(12)]
+    confidences = [sink.by_id(headers["x-request-id"]).cascade_confidence for headers, _ in answers]
+    assert all(c is not None and c > 0 for c in confidences), confidences
+    assert Counter(headers["x-laneway-lane"] for headers, _ in answers)["primary"] > 0
+
+
 def test_cascade_stream_replays_the_accepted_answer(sim_url: str) -> None:
     text = """
 routes:

@@ -17,7 +17,7 @@ import re
 import time
 from typing import Any
 
-from .chat import ChatRequest, Completion, Message, message_text
+from .chat import ChatRequest, Completion, GatewayMessage, Message, message_text
 from .config import Cascade
 from .dispatch import Dispatcher, Plan
 from .errors import LanewayError
@@ -38,7 +38,9 @@ _NUMBER = re.compile(r"\b(0(?:\.\d+)?|1(?:\.0+)?)\b")
 
 
 def ask_for_self_report(messages: list[Message]) -> list[Message]:
-    return [*messages, {"role": "system", "content": SELF_REPORT_INSTRUCTION}]
+    """The messages with the request for a confidence last: the gateway's own, so that a profile that replaces
+    the client's system prompt keeps it (without it, no answer says its confidence, and all escalate)."""
+    return [*messages, GatewayMessage(role="system", content=SELF_REPORT_INSTRUCTION)]
 
 
 def ask_for_logprobs(params: dict[str, Any]) -> dict[str, Any]:

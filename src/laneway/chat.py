@@ -12,9 +12,13 @@ from typing import Any
 Message = dict[str, Any]
 
 
-class KnowledgeMessage(dict[str, Any]):
-    """The passages a route's retrieval put in the prompt, as a message: a model profile's `system_mode:
-    replace` replaces the client's system prompt, not this (grounding.py, runtime.prepare)."""
+class GatewayMessage(dict[str, Any]):
+    """A message the gateway put in the prompt, not the client: a model profile's `system_mode: replace`
+    replaces the client's system prompt, not this (runtime.prepare), and trimming keeps it (context.py)."""
+
+
+class KnowledgeMessage(GatewayMessage):
+    """The passages a route's retrieval put in the prompt, as a message (grounding.py)."""
 
 
 # One token of an answer as OpenAI's `logprobs.content` has it: `token`, `logprob`, `bytes`, `top_logprobs`.

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from .chat import KnowledgeMessage, Message, message_text, tool_call_text
+from .chat import GatewayMessage, Message, message_text, tool_call_text
 
 APPROX_MARGIN = 1.15
 _PER_MESSAGE = 4  # role and separators, per OpenAI's accounting for chat models
@@ -53,15 +53,15 @@ class TokenCounter:
                     tools: Any = None) -> tuple[list[Message], int, int] | None:
         """The conversation without its oldest messages, so that it counts at most `limit` tokens:
         (messages, how many were dropped, tokens). System and developer messages stay, and so do the
-        passages retrieval added (whatever their role) and the latest user message with everything after
-        it. What is kept of the dialog starts with a user message, so no tool result is kept without its
-        call. None when even that much does not fit, or there is no user message."""
+        messages the gateway added (retrieval's passages, whatever their role) and the latest user message
+        with everything after it. What is kept of the dialog starts with a user message, so no tool result
+        is kept without its call. None when even that much does not fit, or there is no user message."""
         last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
         if last_user < 0:
             return None
         sizes = [self._size(m) for m in messages]
         total = _PRIMING + self._tools(tools) + sum(sizes)
-        pinned = [m.get("role") in ("system", "developer") or isinstance(m, KnowledgeMessage) for m in messages]
+        pinned = [m.get("role") in ("system", "developer") or isinstance(m, GatewayMessage) for m in messages]
         dropped: set[int] = set()
         for i in range(last_user):
             if _scaled(total, tokenizer) <= limit and messages[i].get("role") == "user":

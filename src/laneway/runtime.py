@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .breaker import CircuitBreaker
-from .chat import ChatRequest, KnowledgeMessage, Message
+from .chat import ChatRequest, GatewayMessage, Message
 from .config import Config, KnowledgeSource, ModelSpec
 from .context import TokenCounter, upper_bound
 from .errors import ConfigError, LanewayError
@@ -157,9 +157,9 @@ def prepare(spec: ModelSpec, messages: list[Message], params: dict[str, Any]) ->
     """Apply the model's prompt profile: system prompt and default sampling parameters."""
     profile = spec.profile
     if profile.system is not None and profile.system_mode != "keep":
-        if profile.system_mode == "replace":  # the client's system prompt, not the knowledge retrieval added
+        if profile.system_mode == "replace":  # the client's system prompt, not what the gateway added
             messages = [m for m in messages
-                        if m.get("role") not in ("system", "developer") or isinstance(m, KnowledgeMessage)]
+                        if m.get("role") not in ("system", "developer") or isinstance(m, GatewayMessage)]
         messages = [{"role": "system", "content": profile.system}, *messages]
     merged = {**profile.sampling(), **params}
     if "max_completion_tokens" in params:
