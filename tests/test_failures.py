@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from _live import LiveGateway, RecordingSink, live_gateway
+from _loopback import Handler, serving
 from laneway.breaker import CircuitBreaker
 from laneway.config import Breaker, parse_config
 from laneway.exchange import Exchange
@@ -422,3 +423,53 @@ async def test_a_deadline_gone_before_the_first_model_is_sent_still_names_it(sim
         await runtime.aclose(1.0)
     assert caught.value.status == 504 and "before any model was sent the request" in caught.value.message
     assert [(a.model, a.lane, a.outcome) for a in exchange.attempts] == [("gpt-5-mini", "primary", "skipped")]
+
+
+class _SlowToSpeak(Handler):
+    """A stream whose head and first event come at once, but whose first word comes 3 s later: OpenAI's
+    role chunk, or reasoning deltas every 0.1 s, as reasoning models on OpenAI-compatible servers send."""
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.end_headers()
+
+        def event(delta: dict[str, Any], finish: str | None = None) -> None:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            self.wfile.write(b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\n")
+            self.wfile.flush()
+
+        try:
+            event({"role": "assistant"})
+            for _ in range(30):
+                if body["messages"][-1]["content"] == "think":
+                    event({"reasoning_content": "hmm "})
+                time.sleep(0.1)
+            event({"content": "late"})
+            event({}, "stop")
+            self.wfile.write(b"data: [DONE]\n\n")
+        except OSError:  # the gateway gave up and closed
+            pass
+        self.close_connection = True
+
+
+@pytest.mark.parametrize("first", ["role", "think"])
+def test_a_stream_whose_first_events_hold_no_answer_still_ends_at_the_deadline(first: str) -> None:
+    """The deadline bounded a stream up to its first event of any kind; past one that held nothing for the
+    client, the wait went on with no bound but `stream_idle_ms` (reasoning deltas every 0.1 s renewed it)."""
+    with serving(_SlowToSpeak) as upstream:
+        text = f"""
+models:
+  thinker: {{provider: openai, base_url: "{upstream.url}", model: thinker}}
+routes:
+- target: thinker
+  deadline_ms: 800
+"""
+        sink = RecordingSink()
+        with live_gateway(text, None, telemetry=sink) as gw:
+            got, headers, body, elapsed = send(gw, {"model": "laneway", "stream": True,
+                                                    "messages": [{"role": "user", "content": first}]})
+    assert got == 504 and json.loads(body)["error"]["code"] == "model_inference_deadline_exceeded", body
+    assert elapsed < 0.8 + MARGIN_S
+    assert [a.outcome for a in one(sink, headers["x-request-id"]).attempts] == ["model_inference_deadline_exceeded"]

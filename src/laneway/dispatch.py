@@ -187,12 +187,15 @@ class Dispatcher:
                     exchange.attempts.append(attempt)
                     started = time.perf_counter()
                     chunks = self.runtime.providers[name].stream(request, plan.deadline)
+                    limit = _attempt_limit(plan, lane, self.runtime.config.models[name]) or plan.deadline
                     try:
-                        first = await _first_chunk(chunks, _attempt_limit(plan, lane, self.runtime.config.models[name]))
+                        # Bounded as a whole: an upstream that opens the stream at once with an event that holds
+                        # nothing for the client (OpenAI's role chunk, reasoning deltas) has not answered yet.
+                        first = await _first_chunk(chunks, limit)
                     except TimeoutError:
                         error: UpstreamError = UpstreamTimeout(
-                            "no first chunk within this attempt's time (the model's `deadline_ms`, or a canary's share "
-                            "of the deadline)", model=name)
+                            "no first chunk within this attempt's time (the request's deadline, the model's "
+                            "`deadline_ms`, or a canary's share of the deadline)", model=name)
                     except StopAsyncIteration:
                         error = UpstreamUnavailable("stream ended before any data", model=name)
                     except UpstreamError as exc:
@@ -554,11 +557,9 @@ def _attempt_limit(plan: Plan, lane: str, spec: ModelSpec) -> float | None:
     return limit if limit < plan.deadline else None
 
 
-async def _first_chunk(chunks: AsyncIterator[Chunk], limit: float | None) -> Chunk:
+async def _first_chunk(chunks: AsyncIterator[Chunk], limit: float) -> Chunk:
     """The stream's first chunk; `TimeoutError` past `limit` (only the first chunk is bounded: once a
     stream has begun it cannot fail over)."""
-    if limit is None:
-        return await anext(chunks)
     async with asyncio.timeout_at(limit):
         return await anext(chunks)
 
