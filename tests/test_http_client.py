@@ -505,6 +505,22 @@ async def test_a_stream_that_only_pings_after_its_first_event_stalls_after_strea
     await upstream.aclose()
 
 
+async def test_a_consumer_slower_than_stream_idle_ms_is_no_stall_of_the_upstream(
+        serve: Callable[..., Awaitable[Server]]) -> None:
+    """Events waiting in the buffers while the consumer (a client slow to read) holds the one before are
+    not an upstream gone silent: a stream so read was cut as stalled, and the model blamed."""
+    server = await serve(_sse_server(b"".join(b"data: %d\n\n" % i for i in range(5))))
+    upstream = Upstream(spec(server.port, stream_idle_ms=200), f"http://127.0.0.1:{server.port}/v1", {})
+    deadline = asyncio.get_running_loop().time() + 5
+    response = await upstream.open_stream(f"{upstream.base_url}/s", {}, deadline, lambda s, t: False)
+    events = []
+    async for pair in upstream.sse(response, deadline):
+        events.append(pair)
+        await asyncio.sleep(0.3)
+    assert events == [("", b"%d" % i) for i in range(5)]
+    await upstream.aclose()
+
+
 async def test_an_endless_stream_line_is_refused_at_max_response_bytes(serve: Callable[..., Awaitable[Server]]) -> None:
     async def endless(server: Server) -> None:
         writer = server.writers[-1]

@@ -189,9 +189,10 @@ class Upstream:
                   first: bool = True) -> AsyncGenerator[tuple[str, bytes], None]:
         """Yield (event, data) pairs of a server-sent event stream, bounded by deadline then idleness.
 
-        Until the first event the deadline bounds the wait, then `stream_idle_ms` since the last event:
-        bytes that are no event (`: ping` comments) are no progress. A line may end in LF, CRLF or CR;
-        a line past `max_response_bytes` fails the stream."""
+        Until the first event the deadline bounds the wait, then `stream_idle_ms` since the last event was
+        taken: bytes that are no event (`: ping` comments) are no progress, and the time the consumer holds
+        an event (a client slow to read what the gateway forwards) is not the upstream's. A line may end in
+        LF, CRLF or CR; a line past `max_response_bytes` fails the stream."""
         loop = asyncio.get_running_loop()
         event = ""
         data: list[bytes] = []
@@ -228,8 +229,8 @@ class Upstream:
                     if not line:
                         if data:
                             first = False
-                            until = loop.time() + idle
                             yield event, b"\n".join(data)
+                            until = loop.time() + idle
                         event, data = "", []
                     elif line.startswith(b"data:"):
                         data.append(line[5:].lstrip(b" "))
