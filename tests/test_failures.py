@@ -251,6 +251,38 @@ def test_a_failed_probe_or_the_failure_that_opens_the_breaker_is_not_retried(
     assert not breaker.closed
 
 
+@pytest.mark.parametrize("fault", ["cut", "stall"])
+def test_a_model_that_breaks_every_stream_after_its_first_chunk_opens_its_breaker(
+        live: tuple[LiveGateway, RecordingSink], fault: str) -> None:
+    """Its first chunk counted as a success, so such failures never added up: every stream went on to it and
+    broke, the fallback never got one."""
+    gw, sink = live
+    reconfigure(gw, f"- target: {fault}\n  fallbacks: [ok]\n")
+    assert gw.gateway is not None
+    breaker = gw.gateway.runtime.breakers[fault]
+    body = {"model": "laneway", "stream": True, "messages": [{"role": "user", "content": f"break {fault}"}]}
+    for _ in range(3):  # the breaker opens after 3 failures in a row
+        got, headers, answer, _ = send(gw, body)
+        assert got == 200 and b"event: error" in answer and b"[DONE]" not in answer
+        assert headers["x-laneway-model"] == fault
+    assert not breaker.closed
+    got, headers, answer, _ = send(gw, body)
+    assert (got, headers["x-laneway-lane"], headers["x-laneway-model"]) == (200, "fallback", "ok")
+    assert answer.rstrip().endswith(b"data: [DONE]")
+    assert [a.outcome for a in one(sink, headers["x-request-id"]).attempts] == ["skipped", "ok"]
+
+
+def test_a_stream_that_ends_whole_clears_the_failures_before_it(live: tuple[LiveGateway, RecordingSink]) -> None:
+    gw, _ = live
+    reconfigure(gw, "- target: ok\n")
+    assert gw.gateway is not None
+    breaker = gw.gateway.runtime.breakers["ok"]
+    breaker.failures = 2
+    got, _, answer, _ = send(gw, {"model": "laneway", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    assert got == 200 and answer.rstrip().endswith(b"data: [DONE]")
+    assert breaker.failures == 0 and breaker.closed
+
+
 def test_rate_limits_do_not_open_the_breaker(live: tuple[LiveGateway, RecordingSink]) -> None:
     """A 429 is the upstream saying when to come back: the client keeps getting 429s with `Retry-After`
     (which it handles), not a breaker's 503 for a cooldown of its own."""

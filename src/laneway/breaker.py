@@ -49,6 +49,12 @@ class CircuitBreaker:
         self.open_until = 0.0
         self.probing = False
 
+    def answering(self) -> None:
+        """A stream's first chunk came: the model answers (closed, its probe over), but the failures before
+        stand until the stream ends whole (`success`), so that a model that cuts every stream opens it."""
+        self.open_until = 0.0
+        self.probing = False
+
     def failure(self, now: float) -> bool:
         """Record a failure; return True when this one opened the breaker."""
         self.failures += 1

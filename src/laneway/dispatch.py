@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 from .chat import ChatRequest, Chunk, Completion, KnowledgeMessage, Message, Usage, message_text, tool_call_text
@@ -91,12 +92,10 @@ class Ticket:
         tokens, usd, latency_ms = self.used
         self.gate.release(latency_ms, tokens - self.estimate[0], usd - self.estimate[1])
 
-    async def hold(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-        """Pass a stream through, keeping the gate slot until it ends."""
-        if self.gate is None:
-            async for chunk in chunks:
-                yield chunk
-            return
+    async def hold(self, chunks: AsyncIterator[Chunk],
+                   ended: Callable[[BaseException | None], None]) -> AsyncIterator[Chunk]:
+        """Pass a stream through, keeping the gate slot until it ends; `ended` hears how: None when it ended
+        whole, else what stopped it (the upstream's error, or the consumer closing it)."""
         started = time.perf_counter()
         tokens = 0
         try:
@@ -104,6 +103,11 @@ class Ticket:
                 if chunk.usage is not None:
                     tokens = chunk.usage.total_tokens
                 yield chunk
+        except BaseException as stopped:
+            ended(stopped)
+            raise
+        else:
+            ended(None)
             self.used = (tokens or self.estimate[0], self.estimate[1], (time.perf_counter() - started) * 1000)
         finally:
             self.release()
@@ -213,9 +217,10 @@ class Dispatcher:
                     else:
                         attempt.ttft_ms = (time.perf_counter() - started) * 1000
                         exchange.upstream_ms += attempt.ttft_ms
-                        self.runtime.breakers[name].success()
+                        self.runtime.breakers[name].answering()
                         exchange.lane, exchange.model, exchange.trimmed_messages = lane, name, trimmed
-                        return Started(name, lane, attempt, first, ticket.hold(chunks), request, started)
+                        rest = ticket.hold(chunks, partial(self._stream_ended, name))
+                        return Started(name, lane, attempt, first, rest, request, started)
                     await close_stream(chunks)
                     self._failed(attempt, error, started, name, exchange, plan)
                     errors.append(error)
@@ -412,16 +417,31 @@ class Dispatcher:
         attempt.error = error.message
         attempt.upstream_status = error.upstream_status
         exchange.upstream_ms += attempt.latency_ms
-        # A prompt too long, or a request the upstream calls malformed, says nothing of the model's health:
-        # one client's bad requests must not cool a model down for everyone. Nor does a rate limit: the
-        # upstream says when to come back (its `Retry-After` reaches the client), and a breaker opened on
-        # 429s would answer 503s, for its own cooldown, to clients that handle rate limits.
+        self._judge(name, error)
+
+    def _judge(self, name: str, error: UpstreamError) -> None:
+        """Tell model `name`'s breaker of a failed attempt. A prompt too long, or a request the upstream calls
+        malformed, says nothing of the model's health: one client's bad requests must not cool a model down
+        for everyone. Nor does a rate limit: the upstream says when to come back (its `Retry-After` reaches
+        the client), and a breaker opened on 429s would answer 503s, for its own cooldown, to clients that
+        handle rate limits."""
         breaker = self.runtime.breakers[name]
         if (isinstance(error, UpstreamContextOverflow | UpstreamRateLimited)
                 or (isinstance(error, UpstreamRejected) and error.client_fault)):
             breaker.release()
         elif breaker.failure(asyncio.get_running_loop().time()) and self.sink is not None:
             self.sink.count("cooldown", name)
+
+    def _stream_ended(self, name: str, stopped: BaseException | None) -> None:
+        """A begun stream of model `name` ended: whole, a success; cut or stalled by the upstream, a failure
+        (a model that cuts every stream after its first chunk opens its breaker); stopped by the client or
+        the gateway, no verdict."""
+        if stopped is None:
+            self.runtime.breakers[name].success()
+        elif isinstance(stopped, UpstreamError):
+            self._judge(name, stopped)
+        else:
+            self.runtime.breakers[name].release()
 
     def _succeeded(self, attempt: Attempt, started: float, name: str, exchange: Exchange, usage: Usage) -> None:
         attempt.latency_ms = (time.perf_counter() - started) * 1000
