@@ -224,6 +224,7 @@ def test_breaker_opens_then_skips_the_model(live: tuple[LiveGateway, RecordingSi
     error = json.loads(body)["error"]
     assert got == 503, body
     assert 50 <= int(headers["retry-after"]) <= 60
+    assert headers["x-should-retry"] == "false"  # an SDK would sleep out the wait, then get the same 503
     assert "cooling down after repeated failures (`e500`: breaker open" in error["message"]
     assert "``" not in error["message"] and error["code"] == "upstream_unavailable"
     assert [a.outcome for a in one(sink, headers["x-request-id"]).attempts] == ["skipped"]

@@ -26,6 +26,7 @@ REFUSAL = "I'm sorry, I can't help with that request."
 ANSWERS: dict[str, tuple[int, dict[str, str], object]] = {
     "/schema": (400, {}, INVALID_SCHEMA),
     "/busy": (429, {"retry-after": "30"}, {"error": {"message": "Rate limit reached", "type": "requests"}}),
+    "/nowait": (429, {}, {"error": {"message": "Rate limit reached", "type": "requests"}}),
     "/quota": (429, {}, GEMINI_429),
     "/down": (500, {}, {"error": {"message": "The server had an error", "type": "server_error"}}),
 }
@@ -103,10 +104,10 @@ def gateway() -> Iterator[tuple[LiveGateway, RecordingSink]]:
     with upstream() as url:
         models = (_model("schema", f"{url}/schema") + _model("busy", f"{url}/busy")
                   + _model("quota", f"{url}/quota", "gemini") + _model("down", f"{url}/down")
-                  + _model("refuse", f"{url}/refuse"))
+                  + _model("refuse", f"{url}/refuse") + _model("nowait", f"{url}/nowait"))
         routes = "".join(f"- name: {name}\n  matcher: \"metadata.to == {name}\"\n  target: {name}\n"
                          "  retry: {attempts: 1}\n  deadline_ms: 5000\n"
-                         for name in ("schema", "busy", "quota", "down", "refuse"))
+                         for name in ("schema", "busy", "quota", "down", "refuse", "nowait"))
         sink = RecordingSink()
         config = f"models:\n{models}routes:\n{routes}"
         with live_gateway(config, None, telemetry=sink) as live:
@@ -145,6 +146,15 @@ def test_a_rate_limited_answer_carries_the_upstreams_wait(gateway: tuple[LiveGat
     with pytest.raises(openai.RateLimitError) as limited:
         _ask(client, to)
     assert limited.value.response.headers["retry-after"] == wait
+
+
+def test_a_rate_limit_that_asked_for_no_wait_is_answered_with_none(gateway: tuple[LiveGateway, RecordingSink]) -> None:
+    """A `Retry-After: 1` of the gateway's own making sent SDKs back within the second, against an upstream
+    that had set no time; without one, they back off as they would from the upstream itself."""
+    live, _ = gateway
+    with pytest.raises(openai.RateLimitError) as limited:
+        _ask(_client(live).with_options(max_retries=0), "nowait")
+    assert "retry-after" not in limited.value.response.headers
 
 
 def test_after_the_routes_own_attempts_an_sdk_does_not_retry(gateway: tuple[LiveGateway, RecordingSink]) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import AllAttemptsFailed, LanewayError, PayloadTooLarge, error_body
+from ..errors import AllAttemptsFailed, LanewayError, ModelsCoolingDown, PayloadTooLarge, error_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -66,11 +66,12 @@ async def respond_json(send: Send, status: int, payload: Any, headers: Headers) 
 async def respond_error(send: Send, error: LanewayError, request_id: str, headers: Headers) -> None:
     extra = list(headers)
     retry = getattr(error, "retry_after_s", None)
-    if error.status == 429 or (error.status == 503 and retry is not None):
-        extra.append((b"retry-after", str(max(1, round(retry if retry and math.isfinite(retry) else 1))).encode()))
-    elif isinstance(error, AllAttemptsFailed) and error.status >= 500:
-        # The route's retries and fallbacks have run: an SDK's own retries (OpenAI's read this header)
-        # would multiply them against upstreams that are failing.
+    if retry is not None and error.status in (429, 503):  # a wait someone asked for; none is made up
+        extra.append((b"retry-after", str(max(1, round(retry if math.isfinite(retry) else 1))).encode()))
+    if isinstance(error, AllAttemptsFailed | ModelsCoolingDown) and error.status >= 500:
+        # The route's retries and fallbacks have run, or every model is cooling down: an SDK's own retries
+        # (OpenAI's read this header, and would sleep out a `Retry-After` first) would multiply them against
+        # upstreams that are failing, and hold the client for seconds before the same error.
         extra.append((b"x-should-retry", b"false"))
     await respond_json(send, error.status, error_body(error, request_id), extra)
 
