@@ -174,6 +174,35 @@ routes:
     assert {c["model"] for c in chunks} == {headers["x-laneway-model"]}
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_first_answer_kept_only_because_the_escalation_failed_is_not_cached(sim_url: str, stream: bool) -> None:
+    """It was served from the cache for the whole TTL: the cascade never ran on that prompt again, even with
+    the escalation model back. A confident first answer is cached as before."""
+    text = """
+models:
+  heavy-down:
+    provider: openai
+    base_url: http://127.0.0.1:9/v1
+    model: heavy
+routes:
+- name: unsure
+  matcher: "metadata.sure == no"
+  target: gpt-5-mini
+  cascade: {confidence: 1, source: logprobs, escalate_to: heavy-down}
+  cache: {mode: on, ttl_s: 300}
+- name: sure
+  target: gpt-5-mini
+  cascade: {confidence: 0, source: logprobs, escalate_to: heavy-down}
+  cache: {mode: on, ttl_s: 300}
+"""
+    with live_gateway(text, sim_url) as live:
+        unsure = [send(live, "is my refund on its way?", stream=stream, temperature=0, metadata={"sure": "no"})[0]
+                  for _ in range(2)]
+        sure = [send(live, "is my refund on its way?", stream=stream, temperature=0)[0] for _ in range(2)]
+    assert [h["x-laneway-lane"] for h in unsure] == ["primary", "primary"]
+    assert [h["x-laneway-lane"] for h in sure] == ["primary", "cache"]
+
+
 def test_a_failed_escalation_keeps_the_first_answer_and_is_counted(sim_url: str) -> None:
     from laneway.telemetry._cascade_savings import cascade_savings
     from laneway.telemetry._window import RecentExchanges

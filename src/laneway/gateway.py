@@ -213,8 +213,10 @@ class Gateway:
         if targets:
             self.shadows.submit(runtime, targets, messages, params, exchange, completion.text)
         # Only the model the entry is keyed by: a fallback's or a degraded lane's answer (sampled, maybe) would
-        # be served for a whole TTL after the target is back.
-        if entry is not None and cache is not None and cache.writes and exchange.model == plan.lanes[0][1]:
+        # be served for a whole TTL after the target is back. Nor a first answer the cascade found unsure and
+        # kept only because its escalation failed: for the TTL, the cascade would never run on that prompt.
+        if (entry is not None and cache is not None and cache.writes and exchange.model == plan.lanes[0][1]
+                and not _unsure(plan, exchange)):
             self._keep(entry, completion, exchange.model, cache.ttl_s)
 
     def _cache_entry(self, runtime: Runtime, plan: Plan, messages: list[Message],
@@ -351,6 +353,13 @@ class Gateway:
             await self.state.aclose()
         if self._fleet is not None:
             await self._fleet.aclose()
+
+
+def _unsure(plan: Plan, exchange: Exchange) -> bool:
+    """The answer is one the route's cascade scored under its threshold (kept since the escalation failed)."""
+    cascade = plan.route.cascade if plan.route is not None else None
+    score = exchange.cascade_confidence
+    return cascade is not None and score is not None and score < cascade.confidence
 
 
 def _blame(exchange: Exchange) -> None:
