@@ -3,6 +3,7 @@ copies that never touch the primary answer, and retrieval with `on_miss`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -297,6 +298,29 @@ def test_shadow_never_changes_the_primary_answer(sim_url: str) -> None:
         assert shadow.signals["shadow_of"] == primary.request_id and shadow.lane == "shadow"
         assert shadow.cost_usd > 0 and shadow.ttft_ms is not None
         assert 0 <= shadow.signals["similarity"] <= 1 and shadow.signals["exact"] is False
+
+
+def test_long_answers_are_compared_by_their_first_words_off_the_event_loop(
+        sim_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The word diff grows with the product of the two lengths: two answers of 3,000 words held the event loop,
+    and every client's request, for 66-190 ms."""
+    from laneway import shadow as shadow_module
+
+    same = " ".join(f"word{i % 40}" for i in range(shadow_module.SIMILARITY_WORDS))
+    compared = shadow_module.compare(same + " yes" * 3000, same + " no" * 3000)
+    assert compared == {"exact": False, "similarity": 1.0}
+    on_loop: list[bool] = []
+
+    def watched(primary: str, candidate: str) -> dict[str, Any]:
+        on_loop.append(asyncio._get_running_loop() is not None)
+        return compared
+
+    monkeypatch.setattr(shadow_module, "compare", watched)
+    sink = RecordingSink()
+    with live_gateway(SHADOW, sim_url, telemetry=sink) as live:
+        send(live, "shadowed")
+        wait_for(lambda: any(e.lane == "shadow" for e in sink.exchanges))
+    assert on_loop == [False]
 
 
 def test_a_shadow_whose_window_cannot_hold_the_prompt_is_dropped_and_counted(sim_url: str) -> None:
