@@ -395,6 +395,28 @@ def test_the_html_cost_plot_charges_each_model_what_it_billed(tmp_path: Path) ->
     assert all(name in plot for name in ("cheap", "grader", "strong"))
 
 
+def test_the_html_cost_plot_leaves_shadow_spend_out_once_rolled_up_too(tmp_path: Path) -> None:
+    """Rolled-up shadow hours were added to their candidate's line (and raw shadow rows were not)."""
+    async def rolled_up() -> str:
+        url = f"sqlite:///{tmp_path}/shadowed.sqlite3"
+        telemetry = Telemetry(TelemetrySettings(exchange_log=url))
+        await telemetry.start()
+        telemetry.record(Exchange("answered", BASE_TIME, model="answer", route="chat", cost_usd=0.01,
+                                  attempts=[Attempt("answer", "ok", cost_usd=0.01)]))
+        telemetry.record(Exchange("answered/shadow/candidate", BASE_TIME, model="candidate", route="chat",
+                                  lane="shadow", cost_usd=0.05,
+                                  attempts=[Attempt("candidate", "ok", cost_usd=0.05, lane="shadow")]))
+        assert await telemetry.roll_up(BASE_TIME + 400 * 86_400) == 2
+        await telemetry.aclose()
+        return url
+
+    db = asyncio.run(rolled_up())
+    page = tmp_path / "shadowed.html"
+    assert report("--db", db, "--html", str(page)) == 0
+    plot = page.read_text().split("cost over time per model", 1)[1]
+    assert "peak 0.010000 USD" in plot and "candidate" not in plot
+
+
 def test_last_ends_now_and_takes_only_a_positive_duration(log: str, capsys: pytest.CaptureFixture[str]) -> None:
     before = time.time()
     assert report("--db", log, "--last", "2d", "--json") == 0

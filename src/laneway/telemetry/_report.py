@@ -157,8 +157,10 @@ def _summary(fetched: list[Fetched], windows: list[Window], cascades: _Cascades)
 
 
 def _write_html(path: Path, summary: dict[str, Any], rows: list[ExchangeRow], hourly: list[HourlyRow]) -> bool:
+    # Shadow spend is kept apart, as in the tables: raw rows and, once rolled up, their hours alike.
     answered = [row for row in rows if row.lane != SHADOW_LANE]
-    return write_outputs("report", [("--html", path, lambda: path.write_text(report_html(summary, answered, hourly),
+    hours = [hour for hour in hourly if hour.lane != SHADOW_LANE]
+    return write_outputs("report", [("--html", path, lambda: path.write_text(report_html(summary, answered, hours),
                                                                               encoding="utf-8"))])
 
 
