@@ -231,6 +231,59 @@ def test_a_wait_at_the_gate_leaves_the_degraded_model_half_the_deadline(sim_url:
     assert took < 1.0  # within the route's deadline
 
 
+def test_the_wait_a_gate_turned_away_at_the_end_is_the_gated_attempts_time(sim_url: str) -> None:
+    """It was recorded as 0 ms: the exchange log's attempts showed no trace of half the deadline."""
+    sink = RecordingSink()
+    with live_gateway(QUEUED, sim_url, telemetry=sink) as live, ThreadPoolExecutor(1) as pool:
+        holding = pool.submit(post, live.url, {"q": "hold"})  # takes the gate's one slot for 1.5 s
+        time.sleep(0.2)
+        status, headers = post(live.url, {"q": "short"})
+        assert holding.result(timeout=30)[0] == 200
+    gated, degraded = sink.by_id(headers["x-request-id"]).attempts
+    assert status == 200 and (gated.outcome, degraded.lane) == ("gated", "degraded")
+    assert 400 <= gated.latency_ms < 1000  # QUEUE_SHARE of the 1 s deadline, in the queue
+
+
+AFTER_A_FAILURE = """
+models:
+  broken: {provider: openai, base_url: "sim:///gpt-5-mini/v1", model: "gpt-5-mini@error_502"}
+  heavy:
+    provider: openai
+    base_url: sim:///heavy-foundation/v1
+    model: "heavy-foundation@slow_1500"
+    gate: {max_concurrency: 1, queue_timeout_ms: 3000}
+routes:
+- name: hold
+  matcher: "metadata.q == hold"
+  target: heavy
+  deadline_ms: 5000
+- name: short
+  target: broken
+  fallbacks: [heavy]
+  retry: {attempts: 1}
+  deadline_ms: 600
+"""
+
+
+def test_a_deadline_that_runs_out_in_a_fallbacks_gate_keeps_the_failures_before_it(sim_url: str) -> None:
+    """The 504 said no model was sent the request, its `attempts` one entry with no model: the failing target
+    the client most needs to hear of was left out."""
+    with live_gateway(AFTER_A_FAILURE, sim_url) as live, ThreadPoolExecutor(1) as pool:
+        holding = pool.submit(post, live.url, {"q": "hold"})  # takes the gate's one slot for 1.5 s
+        time.sleep(0.2)
+        body = {"model": "laneway", "messages": [{"role": "user", "content": "help"}]}
+        request = urllib.request.Request(live.url + "/v1/chat/completions", data=json.dumps(body).encode())
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=30)
+        assert holding.result(timeout=30)[0] == 200
+    error = json.loads(caught.value.read())["error"]
+    assert caught.value.code == 504 and error["code"] == "model_inference_deadline_exceeded"
+    assert [(a["model"], a["code"]) for a in error["attempts"]] == [
+        ("broken", "upstream_unavailable"), ("heavy", "model_inference_deadline_exceeded")]
+    assert "before any model was sent" not in error["message"]
+    assert "the deadline ran out in its gate's queue (`heavy` is at its concurrency limit (1)" in error["message"]
+
+
 def test_a_wait_in_a_gates_queue_is_not_the_gateways_overhead(sim_url: str) -> None:
     sink = RecordingSink()
     with live_gateway(QUEUED, sim_url, telemetry=sink) as live, ThreadPoolExecutor(1) as pool:

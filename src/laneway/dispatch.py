@@ -137,7 +137,7 @@ class Dispatcher:
                        exchange: Exchange) -> Completion:
         errors: list[UpstreamError] = []
         unsendable: list[InvalidRequest] = []
-        async with contextlib.aclosing(self._lanes(plan, messages, params, exchange, unsendable)) as lanes:
+        async with contextlib.aclosing(self._lanes(plan, messages, params, exchange, unsendable, errors)) as lanes:
             async for lane, name, request, ticket, trimmed in lanes:
                 try:
                     for attempt_no in range(self._tries(plan)):
@@ -180,7 +180,7 @@ class Dispatcher:
                      exchange: Exchange) -> Started:
         errors: list[UpstreamError] = []
         unsendable: list[InvalidRequest] = []
-        async with contextlib.aclosing(self._lanes(plan, messages, params, exchange, unsendable)) as lanes:
+        async with contextlib.aclosing(self._lanes(plan, messages, params, exchange, unsendable, errors)) as lanes:
             async for lane, name, request, ticket, trimmed in lanes:
                 for attempt_no in range(self._tries(plan)):
                     if _expired(plan):
@@ -244,13 +244,14 @@ class Dispatcher:
         return plan.route.retry.attempts if plan.route else 2
 
     async def _lanes(self, plan: Plan, messages: list[Message], params: dict[str, Any], exchange: Exchange,
-                     unsendable: list[InvalidRequest]) -> AsyncGenerator[Lane, None]:
+                     unsendable: list[InvalidRequest], errors: list[UpstreamError]) -> AsyncGenerator[Lane, None]:
         """Walk the plan's lanes: skip (and record) models that cannot hold the prompt or whose breaker
         is open, pass each gate, and add the `long_context` or `degrade_to` model when one is needed.
         A prompt too long for a model goes to the route's `long_context` model first; with `trim:
         oldest`, a model it is still too long for gets it without its oldest messages (the count is
         the last value yielded). A model whose adapter found the request malformed (`unsendable`) has
-        the last word: its error names the field. Callers close it when they stop early
+        the last word: its error names the field. A deadline that runs out in a gate's queue ends the plan with
+        the `errors` of the models tried before. Callers close it when they stop early
         (`contextlib.aclosing`): left to the garbage collector, it would be closed in a task of the
         event loop's own, one more task per request."""
         lanes = plan.lanes
@@ -305,7 +306,8 @@ class Dispatcher:
                 continue
             gate = self.runtime.gates.get(name)
             ticket = Ticket(gate)
-            if gate is not None and not await self._admit(gate, ticket, plan, lane, spec, request, prompt, exchange):
+            if gate is not None and not await self._admit(gate, ticket, plan, lane, spec, request, prompt, exchange,
+                                                          errors):
                 self.runtime.breakers[name].release()
                 continue
             yield lane, name, request, ticket, trimmed
@@ -366,7 +368,7 @@ class Dispatcher:
         return ChatRequest(request.model, messages, params), dropped, tokens
 
     async def _admit(self, gate: Gate, ticket: Ticket, plan: Plan, lane: str, spec: ModelSpec,
-                     request: ChatRequest, prompt: int, exchange: Exchange) -> bool:
+                     request: ChatRequest, prompt: int, exchange: Exchange, errors: list[UpstreamError]) -> bool:
         """Pass `spec`'s gate, or record the refusal and queue its `degrade_to` model; without one, the plan
         goes on to its next model (a fallback), and a plan with none left is a 429. With a model to go
         to after this one, the wait in the gate's queue takes at most `QUEUE_SHARE` of what is left of
@@ -386,7 +388,8 @@ class Dispatcher:
         except GateRejected as refused:
             waited = loop.time() - queued  # for a slot, in vain: a wait all the same
             exchange.upstream_ms += waited * 1000
-            exchange.attempts.append(Attempt(spec.name, GATED, lane=lane, error=refused.reason))
+            exchange.attempts.append(Attempt(spec.name, GATED, latency_ms=waited * 1000, lane=lane,
+                                             error=refused.reason))
             if self.sink is not None:
                 self.sink.count("gate_rejected", spec.name)
                 self.sink.observe_queue_wait(spec.name, waited)
@@ -396,9 +399,15 @@ class Dispatcher:
                 plan.lanes.insert(at + 1, ("degraded", degrade))
             elif plan.lanes[-1] == (lane, spec.name):
                 # The deadline, not the queue's timeout, ended the wait: a 504 that names the gate, as when
-                # the deadline runs out anywhere else before a model is sent the request.
-                raise (self._give_up([], exchange, plan, expired=True) if refused.out_of_time
-                       else _turned_away(refused)) from None
+                # the deadline runs out anywhere else before a model is sent the request, and the failures of
+                # the models tried before it, if any.
+                if not refused.out_of_time:
+                    raise _turned_away(refused) from None
+                if not errors:
+                    raise self._give_up([], exchange, plan, expired=True) from None
+                waited_for = UpstreamTimeout(f"the deadline ran out in its gate's queue ({refused.reason})",
+                                             model=spec.name)
+                raise AllAttemptsFailed([*errors, waited_for]) from None
             return False
         ticket.admitted = True
         exchange.upstream_ms += waited * 1000
