@@ -318,23 +318,37 @@ def shadow_of(primary: Exchange) -> Exchange:
     )
 
 
-async def test_an_exchange_whose_request_id_is_logged_already_is_said_and_not_counted_as_written(
+async def test_exchanges_that_share_a_request_id_are_each_logged_and_an_earlier_log_is_rekeyed(
         server: PostgresServer, caplog: pytest.LogCaptureFixture) -> None:
-    """PostgreSQL keys rows by request id; a client that sends the same `x-request-id` twice loses the second."""
+    """A client may send one `x-request-id` for several requests (a retry keeps its id). Keyed by the request id
+    alone, the log kept the first and lost the others: their spend was missing from every report."""
     dsn = await server.database()
     telemetry = Telemetry(TelemetrySettings(exchange_log=dsn))
     await telemetry.start()
     first, again = make_exchange(1), make_exchange(2)
     again.request_id = first.request_id
-    with caplog.at_level(logging.WARNING, logger="laneway.telemetry"):
-        for exchange in (first, again, make_exchange(3)):
-            telemetry.record(exchange)
-        assert await telemetry.flush()
-    assert telemetry.health.written == 2 == await scalar(dsn, "SELECT count(*) FROM exchanges")
-    assert telemetry.health.dropped == 1  # not silent: with the metrics off, the log line is all there is
-    assert any("1 exchange(s) were not logged: their request id is logged already" in r.getMessage()
-               for r in caplog.records)
+    for exchange in (first, again, make_exchange(3)):
+        telemetry.record(exchange)
+    assert await telemetry.flush()
+    assert (telemetry.health.written, telemetry.health.dropped) == (3, 0)
     await telemetry.aclose()
+    assert await scalar(dsn, f"SELECT count(*) FROM exchanges WHERE request_id = '{first.request_id}'") == 2
+    db = await asyncpg.connect(dsn)  # as an earlier release left it
+    try:
+        await db.execute("DELETE FROM exchanges WHERE request_id = $1 AND started_at = $2", again.request_id,
+                         again.started_at)
+        await db.execute("ALTER TABLE exchanges DROP CONSTRAINT exchanges_pkey, ADD PRIMARY KEY (request_id)")
+    finally:
+        await db.close()
+    telemetry = Telemetry(TelemetrySettings(exchange_log=dsn))
+    with caplog.at_level(logging.INFO, logger="laneway.telemetry"):
+        await telemetry.start()
+        telemetry.record(again)
+        assert await telemetry.flush()
+        await telemetry.aclose()
+    assert (telemetry.health.written, telemetry.health.dropped) == (1, 0)
+    assert await scalar(dsn, "SELECT count(*) FROM exchanges") == 3
+    assert any("keying the exchanges by request id and start" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_nul_character_a_client_sent_is_stored_as_a_replacement_and_stops_nothing(

@@ -55,8 +55,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "laneway_retrieval_seconds": ("histogram", "Time a retrieval took (search and injection) in seconds."),
     "laneway_exchanges_dropped_total": (
         "counter",
-        "Exchanges the exchange log lost: its buffer was full, the store refused them, or their request id was "
-        "taken, in exchanges.",
+        "Exchanges the exchange log lost: its buffer was full, or the store refused them, in exchanges.",
     ),
     "laneway_model_breaker_state": (
         "gauge",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,6 +17,8 @@ from laneway.telemetry._store import (
     ADDED_HOURLY_COLUMNS,
     FETCH_HOURLY_SQL,
     HOUR_S,
+    KEY_COLUMNS_SQL,
+    KEY_NAME_SQL,
     ExchangeLogUnavailable,
     Written,
     added_columns,
@@ -24,11 +27,13 @@ from laneway.telemetry._store import (
     fetch_rows_sql,
     numbered,
     postgres_insert_sql,
+    rekey_sql,
     roll_up_sql,
     schema,
     window,
 )
 
+log = logging.getLogger("laneway.telemetry")
 T = TypeVar("T")
 Connection = Any  # asyncpg ships no type information
 _INSERT = postgres_insert_sql()
@@ -197,8 +202,18 @@ class PostgresStore:
                 await db.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
                 for statement in [*schema(1), *added_columns()]:
                     await db.execute(statement)
+                await self._rekey(db)
             self._db = db
         return self._db
+
+    async def _rekey(self, db: Connection) -> None:
+        """Key a log of an earlier release, keyed by the request id alone, by `POSTGRES_KEY`."""
+        if await db.fetchval(KEY_COLUMNS_SQL) != ["request_id"]:
+            return
+        log.info("exchange log `%s`: keying the exchanges by request id and start, so that requests that share "
+                 "an `x-request-id` are each logged (once, for the log of an earlier release)",
+                 without_password(self.url))
+        await db.execute(rekey_sql(await db.fetchval(KEY_NAME_SQL)))
 
     async def _discard(self) -> None:
         db, self._db = self._db, None

@@ -103,12 +103,12 @@ class ExchangeLog:
                           written.reason)
             doubtful = min(self._maybe_stored, len(batch))
             self._maybe_stored -= doubtful
-            # PostgreSQL keys rows by request id: beyond the rows of a write that failed but may have committed,
-            # a row already there is another exchange under an id a client sent twice, and it is lost
+            # PostgreSQL keys rows by request id and start: beyond the rows of a write that failed but may have
+            # committed, a row already there is another exchange under the same key, and it is lost
             if reused := max(0, len(batch) - written.stored - len(written.refused) - doubtful):
                 self.health.dropped += reused
-                log.warning("laneway: %d exchange(s) were not logged: their request id is logged already (a client "
-                            "sent the same `x-request-id` for another request); counted as dropped", reused)
+                log.warning("laneway: %d exchange(s) were not logged: an exchange with the same request id and start "
+                            "is logged already; counted as dropped", reused)
             self.health.backlog = len(self._backlog)
             self._recovered()
         return True
