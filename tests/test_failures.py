@@ -506,3 +506,50 @@ routes:
     assert got == 504 and json.loads(body)["error"]["code"] == "model_inference_deadline_exceeded", body
     assert elapsed < 0.8 + MARGIN_S
     assert [a.outcome for a in one(sink, headers["x-request-id"]).attempts] == ["model_inference_deadline_exceeded"]
+
+
+class _CutAnthropicStream(Handler):
+    """Anthropic's Messages stream, its prompt counted at once (20 of 50 tokens read from the prompt cache),
+    broken off by an `overloaded_error` after two pieces of text."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        usage = {"input_tokens": 30, "cache_read_input_tokens": 20, "output_tokens": 1}
+        events = [("message_start", {"type": "message_start", "message": {"id": "msg_1", "type": "message",
+                                                                          "role": "assistant", "content": [],
+                                                                          "usage": usage}}),
+                  ("content_block_start", {"type": "content_block_start", "index": 0,
+                                           "content_block": {"type": "text", "text": ""}}),
+                  *[("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                             "delta": {"type": "text_delta", "text": piece}})
+                    for piece in ("Your refund ", "is on its way")],
+                  ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})]
+        body = b"".join(b"event: %s\ndata: %s\n\n" % (kind.encode(), json.dumps(data).encode())
+                        for kind, data in events)
+        self.send(body, "text/event-stream")
+
+
+def test_a_stream_cut_mid_way_is_billed_the_prompt_its_upstream_counted() -> None:
+    """The prompt was estimated instead, and its prompt-cache reads billed at the full input price."""
+    with serving(_CutAnthropicStream) as upstream:
+        text = f"""
+models:
+  claude:
+    provider: anthropic
+    base_url: "{upstream.url.removesuffix('/v1')}"
+    model: claude-sonnet
+    price: {{input_per_mtok: 3.0, output_per_mtok: 15.0, cached_input_per_mtok: 0.3}}
+routes:
+- target: claude
+"""
+        sink = RecordingSink()
+        with live_gateway(text, None, telemetry=sink) as gw:
+            got, headers, body, _ = send(gw, {"model": "laneway", "stream": True,
+                                              "messages": [{"role": "user", "content": "where is my refund?"}]})
+    assert got == 200 and b"event: error" in body
+    exchange = one(sink, headers["x-request-id"])
+    attempt = exchange.attempts[-1]
+    assert exchange.outcome == "stream_interrupted"
+    assert (exchange.prompt_tokens, attempt.cached_tokens) == (50, 20)
+    assert exchange.completion_tokens >= 4  # the two pieces forwarded, estimated
+    assert exchange.cost_usd == pytest.approx((30 * 3.0 + 20 * 0.3 + exchange.completion_tokens * 15.0) / 1e6)

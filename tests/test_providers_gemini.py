@@ -354,6 +354,21 @@ async def test_stream_without_finish_reason_is_cut(loopback: Loopback) -> None:
     assert all(c.finish_reason is None for c in got)
 
 
+async def test_each_piece_carries_the_usage_so_far_for_a_stream_cut_before_its_end(loopback: Loopback) -> None:
+    """Gemini counts the prompt (and the context-cache reads) on every event: a stream cut before its last one
+    is billed those counts rather than an estimate."""
+    counted = [e.replace(b'"usageMetadata": {"trafficType": "ON_DEMAND"}',
+                         b'"usageMetadata": {"promptTokenCount": 40, "cachedContentTokenCount": 25, '
+                         b'"candidatesTokenCount": %d}' % (i + 2)) for i, e in enumerate(DOCUMENTED_STREAM[:3])]
+    loopback.reply = Reply(events=counted)
+    provider = create_provider(spec(), loopback.url)
+    got: list[Chunk] = []
+    with pytest.raises(UpstreamBadResponse, match="finishReason"):
+        await drain(provider, conversation(), got)
+    await provider.aclose()
+    assert [c.usage for c in got] == [Usage(40, 2, 25), Usage(40, 3, 25), Usage(40, 4, 25)]
+
+
 @pytest.mark.parametrize(("error", "raised"), [
     (google_error(503, "UNAVAILABLE", "The model is overloaded. Please try again later."),
      UpstreamUnavailable),

@@ -125,7 +125,8 @@ def tool_call_text(calls: list[dict[str, Any]]) -> list[str]:
 @dataclass(slots=True)
 class Chunk:
     """One piece of a streamed answer: text or tool-call pieces, and at the end a finish reason and
-    the usage."""
+    the usage. A piece before the end may carry the usage so far (Anthropic's and Gemini's prompt counts
+    come at once): the last one a stream gives is its usage."""
 
     text: str = ""
     finish_reason: str | None = None

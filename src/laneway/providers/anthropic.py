@@ -262,16 +262,27 @@ def stream_error(error: Any, model: str) -> UpstreamError:
 
 
 class _StreamState:
-    """What a Messages stream has said so far; the finish and usage go out only with `message_stop`."""
+    """What a Messages stream has said so far; the finish and the whole usage go out with `message_stop`,
+    the usage so far (the prompt's counts) with the first piece, for a stream cut before its end."""
 
     def __init__(self) -> None:
         # The prompt's counts as `message_start` gave them, or a `message_delta` that repeats them (a later
         # non-null one winning); the usage is read from them at `message_stop`.
         self._counts: dict[str, Any] = {}
+        self._told = False  # the usage so far went out with a piece
         self.output_tokens = 0
         self.finish: str | None = None
         self.stopped = False
         self.calls = StreamedCalls()
+
+    def _so_far(self) -> Usage | None:
+        """The usage `message_start` gave, once: a stream cut after it is billed the prompt as the API counted
+        it (its prompt-cache reads at their price), not an estimate."""
+        if self._told or not self._counts:
+            return None
+        self._told = True
+        usage = usage_of(self._counts, self.output_tokens)
+        return usage if usage.total_tokens else None
 
     def read_event(self, event: dict[str, Any], model: str) -> Chunk | None:
         try:
@@ -288,16 +299,16 @@ class _StreamState:
                 text = delta.get("text") or ""
                 if not isinstance(text, str):
                     raise TypeError("`delta.text` is not text")
-                return Chunk(text=text)
+                return Chunk(text=text, usage=self._so_far())
             if delta.get("type") == "input_json_delta":
                 pieces = self.calls.arguments(int(event["index"]), delta.get("partial_json") or "")
-                return Chunk(tool_calls=pieces) if pieces else None
+                return Chunk(tool_calls=pieces, usage=self._so_far()) if pieces else None
             return None
         if kind == "content_block_start":
             block = event.get("content_block") or {}
             if block.get("type") != "tool_use":
                 return None
-            return Chunk(tool_calls=self.calls.started(int(event["index"]), block))
+            return Chunk(tool_calls=self.calls.started(int(event["index"]), block), usage=self._so_far())
         if kind == "content_block_stop":
             pieces = self.calls.stopped(int(event["index"]))
             return Chunk(tool_calls=pieces) if pieces else None

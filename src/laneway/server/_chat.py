@@ -8,6 +8,7 @@ with an SSE `error` event and no `[DONE]`, so no client mistakes a cut answer fo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections.abc import Awaitable
@@ -226,7 +227,7 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
         finally:
             client.stop()
         if exchange.outcome != OK and not started.accounted:  # what was generated is billed all the same
-            usage = state.usage or await _estimate(gateway, runtime, started, state.text)
+            usage = await _billed_so_far(gateway, runtime, started, state)
             account(started.attempt, exchange, runtime.config.models[started.model].price, usage)
         if failure is not None:  # the error, and what the stream cost up to it
             tail = _error_event(failure, exchange) + _cost_comment(exchange)
@@ -289,6 +290,16 @@ async def _forward(send: Send, encoder: _ChunkEncoder, chunk: Chunk, state: _Str
 
 async def _estimate(gateway: Gateway, runtime: Runtime, started: Started, text: list[str]) -> Usage:
     return await estimate_usage(gateway.counter, runtime.config.models[started.model], started.prompt, text)
+
+
+async def _billed_so_far(gateway: Gateway, runtime: Runtime, started: Started, state: _StreamState) -> Usage:
+    """What a stream cut before its end is billed: the prompt as the upstream counted it, if it said so before
+    the cut (cache reads at their price), and the completion it counted or, if more, the pieces forwarded."""
+    estimated = await _estimate(gateway, runtime, started, state.text)
+    told = state.usage
+    if told is None:
+        return estimated
+    return dataclasses.replace(told, completion_tokens=max(told.completion_tokens, estimated.completion_tokens))
 
 
 def _stream_ended(exchange: Exchange, started: Started) -> None:
