@@ -158,6 +158,42 @@ routes:
     assert Counter(headers["x-laneway-lane"] for headers, _ in answers)["primary"] > 0
 
 
+def test_a_verifier_that_hangs_leaves_the_escalation_time_and_one_that_fails_opens_its_breaker(
+        sim_url: str) -> None:
+    """The verifier was called with the whole deadline and past its breaker: one that hung took all of it, and
+    the unsure first answer went out; one that failed was waited for on every request."""
+    text = """
+models:
+  hanging: {provider: openai, base_url: "sim:///gpt-5-mini/v1", model: "gpt-5-mini@silent"}
+  failing:
+    provider: openai
+    base_url: sim:///gpt-5-mini/v1
+    model: gpt-5-mini@error_500
+    cooldown: {failures: 3, cooldown_ms: 60000}
+routes:
+- name: hangs
+  matcher: "metadata.verifier == hanging"
+  target: gpt-5-mini
+  deadline_ms: 3000
+  cascade: {confidence: 0.5, source: verifier, verifier: hanging, escalate_to: gpt-5}
+- name: fails
+  target: gpt-5-mini
+  cascade: {confidence: 0.5, source: verifier, verifier: failing, escalate_to: gpt-5}
+"""
+    sink = RecordingSink()
+    with live_gateway(text, sim_url, telemetry=sink) as live:
+        started = time.monotonic()
+        hung, _ = send(live, "is my refund on its way?", metadata={"verifier": "hanging"})
+        took = time.monotonic() - started
+        failed = [send(live, f"question {i} about my bill")[0] for i in range(4)]
+    assert (hung["x-laneway-lane"], hung["x-laneway-model"]) == ("cascade", "gpt-5") and took < 3.0
+    graded = sink.by_id(hung["x-request-id"]).attempts[1]
+    assert graded.lane == "verifier" and 1300 < graded.latency_ms < 1700  # half of what was left
+    outcomes = [sink.by_id(h["x-request-id"]).attempts[1].outcome for h in failed]
+    assert outcomes == ["upstream_unavailable"] * 3 + ["skipped"]  # the breaker opens after 3 failures
+    assert all(h["x-laneway-lane"] == "cascade" for h in failed)
+
+
 def test_cascade_stream_replays_the_accepted_answer(sim_url: str) -> None:
     text = """
 routes:

@@ -11,6 +11,7 @@ answer is never accepted without evidence.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -19,9 +20,9 @@ from typing import Any
 
 from .chat import ChatRequest, Completion, GatewayMessage, Message, message_text
 from .config import Cascade
-from .dispatch import Dispatcher, Plan
-from .errors import LanewayError
-from .exchange import OK, Attempt, Exchange
+from .dispatch import COOLING_DOWN, Dispatcher, Plan
+from .errors import LanewayError, UpstreamError
+from .exchange import OK, SKIPPED, Attempt, Exchange
 
 log = logging.getLogger("laneway")
 
@@ -33,6 +34,8 @@ VERIFIER_INSTRUCTION = (
     "You grade customer-support answers. Reply with only a number from 0 to 1: the probability that "
     "the answer is correct, complete and safe to send."
 )
+# The share of what is left of the deadline a verifier's grade may take: the escalation gets the rest.
+VERIFIER_SHARE = 0.5
 _SUFFIX = re.compile(r"\s*\[confidence:\s*([01](?:\.\d+)?)\]\s*$", re.IGNORECASE)
 _NUMBER = re.compile(r"\b(0(?:\.\d+)?|1(?:\.0+)?)\b")
 
@@ -112,20 +115,46 @@ async def _confidence(dispatcher: Dispatcher, cascade: Cascade, messages: list[M
     if cascade.source == "self_report":
         return take_self_report(completion)
     assert cascade.verifier is not None
+    return await _verified(dispatcher, cascade.verifier, messages, completion, plan, exchange)
+
+
+async def _verified(dispatcher: Dispatcher, verifier: str, messages: list[Message], completion: Completion,
+                    plan: Plan, exchange: Exchange) -> float:
+    """The verifier's grade (0 when it gives none). Its call keeps to the verifier's breaker, to its own
+    `deadline_ms` and to `VERIFIER_SHARE` of what is left of the deadline, so that a verifier that hangs
+    still leaves the escalation time to answer, and one that keeps failing is not waited for."""
     runtime = dispatcher.runtime
-    spec = runtime.config.models[cascade.verifier]
-    request = verifier_request(spec.model, messages, completion.text)
-    attempt = Attempt(cascade.verifier, OK, lane="verifier")
+    spec = runtime.config.models[verifier]
+    attempt = Attempt(verifier, OK, lane="verifier")
     exchange.attempts.append(attempt)
+    breaker = runtime.breakers[verifier]
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    if not breaker.allows(now):
+        attempt.outcome, attempt.error = SKIPPED, COOLING_DOWN
+        return 0.0
+    limit = min(plan.deadline, now + VERIFIER_SHARE * max(0.0, plan.deadline - now))
+    if spec.deadline_ms is not None:
+        limit = min(limit, now + spec.deadline_ms / 1000)
+    request = verifier_request(spec.model, messages, completion.text)
     started = time.perf_counter()
     try:
-        graded = await runtime.providers[cascade.verifier].complete(request, plan.deadline)
+        graded = await runtime.providers[verifier].complete(request, limit)
+    except UpstreamError as error:
+        attempt.outcome, attempt.error = error.code, error.message
+        dispatcher.judge(verifier, error)
+        return 0.0
     except LanewayError as error:
         attempt.outcome, attempt.error = error.code, error.message
+        breaker.release()
         return 0.0
+    except BaseException:  # the client left, or a bug: no verdict on the verifier
+        breaker.release()
+        raise
     finally:
         attempt.latency_ms = (time.perf_counter() - started) * 1000
         exchange.upstream_ms += attempt.latency_ms
+    breaker.success()
     usage = graded.usage
     attempt.prompt_tokens, attempt.completion_tokens = usage.prompt_tokens, usage.completion_tokens
     attempt.cached_tokens = usage.cached_tokens

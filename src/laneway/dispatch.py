@@ -426,9 +426,9 @@ class Dispatcher:
         attempt.error = error.message
         attempt.upstream_status = error.upstream_status
         exchange.upstream_ms += attempt.latency_ms
-        self._judge(name, error)
+        self.judge(name, error)
 
-    def _judge(self, name: str, error: UpstreamError) -> None:
+    def judge(self, name: str, error: UpstreamError) -> None:
         """Tell model `name`'s breaker of a failed attempt. A prompt too long, or a request the upstream calls
         malformed, says nothing of the model's health: one client's bad requests must not cool a model down
         for everyone. Nor does a rate limit: the upstream says when to come back (its `Retry-After` reaches
@@ -448,7 +448,7 @@ class Dispatcher:
         if stopped is None:
             self.runtime.breakers[name].success()
         elif isinstance(stopped, UpstreamError):
-            self._judge(name, stopped)
+            self.judge(name, stopped)
         else:
             self.runtime.breakers[name].release()
 
