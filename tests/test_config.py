@@ -802,6 +802,34 @@ def test_the_classifier_and_retrieval_read_the_start_of_a_huge_message_only() ->
     assert read == [signals.customer_text()] == [f"Double charge\n{huge}"[:CUSTOMER_TEXT_CHARS]]
 
 
+AGENT_REPLY = ("Thank you for contacting us. We have looked into your account and your parcel left our warehouse "
+               "on Monday; the courier will deliver it within three working days. Kind regards, the support team")
+
+
+@pytest.mark.parametrize("quote", [
+    "On Mon, 3 Mar 2025 at 10:02, Support <support@example.com> wrote:\n> {reply}",
+    "On Mon, 3 Mar 2025 at 10:02, Support <\nsupport@example.com> wrote:\n> {reply}",
+    "-----Original Message-----\nFrom: Support\nSent: Monday\n\n{reply}",
+    "From: Support <support@example.com>\nSent: Monday, 3 March 2025 10:02\nTo: Anna\n\n{reply}",
+    "> {reply}",
+])
+def test_an_email_is_classified_by_its_own_words_not_the_thread_it_quotes(quote: str) -> None:
+    """The quoted agent reply, longer than the customer's new request, outweighed it: billing replies went to
+    the triage route, ungrounded."""
+    from laneway.intents import load_default
+    from laneway.signals import Signals
+
+    request = "Hi,\n\nI still have not got my refund for order 1182, where is it?\n\nThanks,\nAnna\n\n"
+    email = request + quote.format(reply=AGENT_REPLY)
+    read: list[str] = []
+    signals = Signals([{"role": "user", "content": email}], channel="email", metadata={"subject": "Re: order 1182"},
+                      intent_fn=lambda text: (read.append(text), load_default().classify(text))[1])
+    assert read == [] and signals.intent == "track_refund"
+    assert read == [f"Re: order 1182\n{request}"]
+    chat = Signals([{"role": "user", "content": email}], channel="chat")  # a chat message is read whole
+    assert chat.customer_text() == email
+
+
 def test_cache_written_as_a_word_gets_its_hint_alone() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config("routes:\n- target: gpt-5\n  cache: on\n")

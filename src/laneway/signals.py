@@ -6,6 +6,7 @@ request's values; `tokens` and `intent` are computed only when something reads t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,13 @@ TokenFn = Callable[[list[Message]], int]
 # request is, before what it quotes). Both cost time in proportion to the text, on the event loop: a 5 MB
 # message held every other request up for 1.1 s, however short theirs.
 CUSTOMER_TEXT_CHARS = 2_000
+# Where the thread an email quotes begins: the line a mail client writes before it ("On Mon, 3 Mar 2025 at
+# 10:02, Support <support@example.com> wrote:", maybe wrapped over two lines), Outlook's separator or header
+# block, or the first quoted line. The quote (an agent's earlier reply, longer than the customer's new
+# request) outweighed the request: 96 % of billing replies lost their intent to it.
+_QUOTE_START = re.compile(
+    r"^(?:On\b[^\n]*(?:\n[^\n]*)?\bwrote:[ \t]*$|-{2,}[ \t]*Original Message[ \t]*-{2,}|_{10,}[ \t]*$"
+    r"|From:[ \t][^\n]*\n(?:Sent|Date):|>)", re.MULTILINE | re.IGNORECASE)
 
 
 class Signals:
@@ -144,9 +152,13 @@ class Signals:
 
     def customer_text(self) -> str:
         """What the intent classifier and retrieval read: the latest customer message, after the subject
-        line for an email that has one (`metadata.subject`), at most `CUSTOMER_TEXT_CHARS` of it."""
+        line for an email that has one (`metadata.subject`), at most `CUSTOMER_TEXT_CHARS` of it; of an email,
+        what comes before the thread it quotes."""
         text = next((message_text(m) for m in reversed(self._messages) if m.get("role") == "user"), "")
-        subject = self.metadata.get(SUBJECT) if self.channel == "email" else None
+        subject = None
+        if self.channel == "email":
+            text = own_words(text[:CUSTOMER_TEXT_CHARS])
+            subject = self.metadata.get(SUBJECT)
         if isinstance(subject, str) and subject.strip():
             text = f"{subject.strip()}\n{text}" if text else subject.strip()
         return text[:CUSTOMER_TEXT_CHARS]
@@ -197,3 +209,11 @@ def parse_settable(name: str, raw: Any, where: str) -> Any:
 
 
 MAX_TEXT_SIGNAL = 512  # characters of a client's `conversation_id` or `tier`, as of an OpenAI `metadata` value
+
+
+def own_words(email: str) -> str:
+    """An email's text before the thread it quotes (`_QUOTE_START`); all of it when nothing comes before."""
+    quote = _QUOTE_START.search(email)
+    if quote is None or not email[:quote.start()].strip():
+        return email
+    return email[:quote.start()]
