@@ -830,6 +830,22 @@ def test_an_email_is_classified_by_its_own_words_not_the_thread_it_quotes(quote:
     assert chat.customer_text() == email
 
 
+def test_text_parts_are_read_one_a_line_not_run_together() -> None:
+    """Parts joined end to end ran one's last word into the next one's first: "chargedtwice" found no passage,
+    and an Anthropic or Gemini model's system prompt read "original cardNever promise"."""
+    from laneway.chat import ChatRequest
+    from laneway.providers.anthropic import request_body
+    from laneway.signals import Signals
+
+    parts = [{"type": "text", "text": "I was charged"}, {"type": "image_url", "image_url": {"url": "x"}},
+             {"type": "text", "text": "twice for my order"}]
+    assert Signals([{"role": "user", "content": parts}]).customer_text() == "I was charged\ntwice for my order"
+    system = [{"type": "text", "text": "Refunds go to the original card"}, {"type": "text", "text": "Never promise"}]
+    body = request_body("claude", ChatRequest("claude", [{"role": "system", "content": system},
+                                                         {"role": "user", "content": "hi"}]), False)
+    assert "Refunds go to the original card\nNever promise" in str(body["system"])
+
+
 def test_cache_written_as_a_word_gets_its_hint_alone() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config("routes:\n- target: gpt-5\n  cache: on\n")

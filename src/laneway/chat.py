@@ -157,10 +157,12 @@ def media_parts(message: Message) -> list[dict[str, Any]] | None:
 
 
 def message_text(message: Message) -> str:
-    """The text of a message whose content is a string or a list of text parts."""
+    """The text of a message whose content is a string or a list of text parts, one part a line: parts
+    joined end to end ran one's last word into the next one's first ("charged" + "twice for" read as
+    "chargedtwice"), for the classifier, retrieval and the system prompt of an Anthropic or Gemini model."""
     content = message.get("content")
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(part_text(part) for part in content if isinstance(part, dict))
+        return "\n".join(text for part in content if isinstance(part, dict) and (text := part_text(part)))
     return ""
