@@ -348,10 +348,15 @@ def test_metrics_off_turns_every_live_figure_off(sim_url: str) -> None:
     ([("gpt-5-mini", "ok", "primary"), ("grader", "ok", "verifier"), ("gpt-5", "ok", "cascade")], 0),
     ([("gpt-5-mini", "ok", "primary"), ("gpt-5", "upstream_unavailable", "cascade"),
       ("claude-sonnet-37", "ok", "fallback")], 1),
+    ([("gpt-5", "skipped", "primary"), ("claude-sonnet-37", "ok", "fallback")], 1),  # a breaker open: handed over
+    ([("gpt-5", "skipped", "primary"), ("claude-sonnet-37", "skipped", "fallback")], 0),  # the client's 400
 ])
 def test_fallbacks_count_hand_overs_to_another_model_not_retries(attempts: list[tuple[str, str, str]],
                                                                  hand_overs: int) -> None:
-    exchange = Exchange("r", BASE_TIME, model=attempts[-1][0], lane=attempts[-1][2],
+    """A request refused as the client's fault, sent to no model, counted a fallback for each model passed
+    over: an alert on the fallback rate fired on clients' malformed requests."""
+    refused = all(outcome == "skipped" for _, outcome, _ in attempts)
+    exchange = Exchange("r", BASE_TIME, model=attempts[-1][0], lane=attempts[-1][2], status=400 if refused else 200,
                         attempts=[Attempt(model, outcome, lane=lane) for model, outcome, lane in attempts])
     assert fallbacks_of(exchange) == hand_overs
     telemetry = Telemetry(TelemetrySettings(exchange_log=None))

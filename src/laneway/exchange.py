@@ -85,3 +85,10 @@ class Exchange:
     @property
     def overhead_ms(self) -> float:
         return max(0.0, self.latency_ms - self.upstream_ms)
+
+
+def refused_for_the_client(exchange: Exchange) -> bool:
+    """The request ended in a 4xx of the client's own making (not a timeout nor a rate limit) before any model
+    was sent it (a prompt too long for all, tools none carries): no model's error, and no hand-over."""
+    return (400 <= exchange.status < 500 and exchange.status not in (408, 429)
+            and all(attempt.outcome == SKIPPED for attempt in exchange.attempts))

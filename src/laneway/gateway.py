@@ -23,7 +23,7 @@ from .config import CacheSettings, Config, load_config, unset_variables, warning
 from .context import TokenCounter
 from .dispatch import Dispatcher, Plan, Started, replay_stream
 from .errors import ConfigIssue
-from .exchange import SKIPPED, Exchange
+from .exchange import SKIPPED, Exchange, refused_for_the_client
 from .grounding import ground
 from .keys import KeyPolicy, KeyRing
 from .request import ClientRequest, read_signals
@@ -367,9 +367,9 @@ def _blame(exchange: Exchange) -> None:
     count it; one sent to none, to the last one considered (a breaker open, a gate full), unless the
     client's request was at fault (a 4xx other than 408 and 429: a prompt too long, tools no model
     carries), which is no model's error."""
-    sent = [attempt for attempt in exchange.attempts if attempt.outcome != SKIPPED]
-    if not sent and 400 <= exchange.status < 500 and exchange.status not in (408, 429):
+    if refused_for_the_client(exchange):
         return
+    sent = [attempt for attempt in exchange.attempts if attempt.outcome != SKIPPED]
     considered = sent or exchange.attempts
     if considered:
         exchange.model, exchange.lane = considered[-1].model, considered[-1].lane

@@ -10,7 +10,16 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from laneway.exchange import CLIENT_DISCONNECTED, GATED, OK, SKIPPED, Attempt, Exchange, billed_apart
+from laneway.exchange import (
+    CLIENT_DISCONNECTED,
+    GATED,
+    OK,
+    SKIPPED,
+    Attempt,
+    Exchange,
+    billed_apart,
+    refused_for_the_client,
+)
 
 SHADOW_LANE = "shadow"
 CACHE_LANE = "cache"  # an answer from the response cache: no model was called
@@ -125,9 +134,12 @@ def other_costs(exchange: Exchange) -> tuple[tuple[str, float, int, int], ...] |
 def fallbacks_of(exchange: Exchange) -> int:
     """Hand-overs from one model to the next: every attempt at another model than the attempt before,
     but a cascade's grader and escalation. A retry of the same model is no hand-over (it shows in
-    `laneway_attempts_total`)."""
+    `laneway_attempts_total`), nor is a request refused as the client's fault before any model was sent it
+    (each model of the plan passed over: tools none carries, a prompt too long for all)."""
     attempts = exchange.attempts
     if len(attempts) < 2:
+        return 0
+    if refused_for_the_client(exchange):
         return 0
     return sum(attempt.lane not in PLANNED_LANES and attempt.model != before.model
                for before, attempt in pairwise(attempts))
