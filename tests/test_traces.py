@@ -3,6 +3,7 @@ span with one child span per attempt."""
 
 from __future__ import annotations
 
+import socket
 import sys
 import threading
 import time
@@ -67,6 +68,51 @@ async def test_each_exchange_becomes_a_span_with_its_attempts(receiver: str) -> 
     assert attributes["laneway.route"].string_value == "chat"
     assert attributes["laneway.lane"].string_value == "fallback"
     assert parent.end_time_unix_nano - parent.start_time_unix_nano == 120_000_000
+
+
+async def test_failed_exchanges_and_attempts_are_errors_to_a_trace_backend(receiver: str) -> None:
+    """Every span was left UNSET: a search for errors in the trace backend found none."""
+    telemetry = Telemetry(TelemetrySettings(exchange_log=None, traces=receiver))
+    await telemetry.start()
+    failed = exchange(1)
+    failed.status, failed.outcome, failed.error = 502, "upstream_unavailable", "all 2 attempt(s) failed"
+    failed.attempts[1] = Attempt("gpt-5-mini", "upstream_unavailable", latency_ms=70.0, lane="fallback",
+                                 error="upstream 503", upstream_status=503)
+    for record in (exchange(0), failed):
+        telemetry.record(record)
+    await telemetry.aclose()
+    by_id = {s.span_id: s for s in SPANS}
+    errors = {(s.name, by_id[s.parent_span_id].name if s.parent_span_id in by_id else None, s.status.message)
+              for s in SPANS if s.status.code == 2}  # STATUS_CODE_ERROR
+    assert errors == {("laneway.exchange", None, "all 2 attempt(s) failed"),
+                      ("laneway.attempt gpt-5", "laneway.exchange", "upstream_unavailable"),
+                      ("laneway.attempt gpt-5-mini", "laneway.exchange", "upstream 503")}
+    attempt = next(s for s in SPANS if s.name == "laneway.attempt gpt-5-mini" and s.status.code == 2)
+    attributes = {a.key: a.value for a in attempt.attributes}
+    assert attributes["laneway.upstream_status"].int_value == 503
+    assert attributes["error.type"].string_value == "upstream_unavailable"
+
+
+async def test_a_collector_that_never_answers_holds_neither_the_stop_nor_the_log(tmp_path: Any) -> None:
+    """The SDK's defaults held a stop for 30 s, and the exchange log, closed after the traces, found its time
+    gone and dropped what it had not written."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts, never reads nor answers
+    try:
+        url = f"sqlite:///{tmp_path}/log.sqlite3"
+        telemetry = Telemetry(TelemetrySettings(exchange_log=url, close_timeout_ms=3000,
+                                                traces=f"http://127.0.0.1:{silent.getsockname()[1]}/v1/traces"))
+        await telemetry.start()
+        for i in range(20):
+            telemetry.record(exchange(i))
+        began = time.monotonic()
+        await telemetry.aclose()
+        took = time.monotonic() - began
+    finally:
+        silent.close()
+    assert telemetry.health.written == 20 and telemetry.health.dropped == 0
+    assert took < 10
 
 
 async def test_tracing_off_imports_nothing() -> None:

@@ -245,10 +245,11 @@ class Telemetry:
             await self._task
             self._task = None
         self._drain()
-        if self._tracer is not None:
-            await asyncio.to_thread(self._tracer.shutdown)
+        # The log first: a slow trace collector took the log's whole time to close, and exchanges went unlogged.
         if self._log is not None:
             await self._log.close(deadline)
+        if self._tracer is not None:
+            await asyncio.to_thread(self._tracer.shutdown)
 
     async def _run(self) -> None:
         """Every `flush_interval_ms`, from the start of one cycle to the next: drain, then start a
