@@ -70,6 +70,29 @@ def keyed(sim_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveGateway
         yield live
 
 
+def test_requests_refused_before_they_are_read_are_recorded(sim_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client without its key (401), a body over the limit (413), a web page (403): none left a trace in
+    the metrics, the stats or the exchange log, and a client deployed with a revoked key was invisible."""
+    monkeypatch.setenv("LANEWAY_TEST_ADMIN_KEY", ADMIN_KEY)
+    sink = RecordingSink()
+    small = KEYS + "server: {max_body_bytes: 2000}\n"
+    with live_gateway(small, sim_url, telemetry=sink) as live:
+        refused = [call(live, "/v1/chat/completions", None, chat()),
+                   call(live, "/v1/chat/completions", "lw-wrong", chat()),
+                   call(live, "/v1/chat/completions", CLIENT_KEY, {**chat(), "pad": "x" * 5000})]
+    with live_gateway("routes:\n- target: gpt-5-mini\n", sim_url, telemetry=sink) as live:
+        request = urllib.request.Request(live.url + "/v1/chat/completions", data=json.dumps(chat()).encode(),
+                                         headers={"origin": "http://evil.example"})
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=30)
+    assert [status for status, _, _ in refused] + [caught.value.code] == [401, 401, 413, 403]
+    recorded = [sink.by_id(headers["x-request-id"]) for _, headers, _ in refused]
+    recorded.append(sink.by_id(caught.value.headers["x-request-id"]))
+    assert [(e.status, e.model, e.api_key) for e in recorded] == [(401, None, None), (401, None, None),
+                                                                   (413, None, None), (403, None, None)]
+    assert all(e.error for e in recorded)
+
+
 def test_client_keys_are_required_and_scoped(keyed: LiveGateway) -> None:
     status, _, body = call(keyed, "/v1/chat/completions", None, chat())
     assert status == 401 and "Authorization: Bearer" in body

@@ -40,7 +40,7 @@ from ._asgi import (
     respond_error,
     respond_json,
 )
-from ._chat import chat_completions
+from ._chat import chat_completions, refused
 from ._openapi import openapi_document
 from ._peers import Peers
 
@@ -99,7 +99,7 @@ class App:
             if path == LEGACY_COMPLETIONS:
                 raise NotFound(f"`{LEGACY_COMPLETIONS}` (OpenAI's legacy text completions, with `prompt`) is not "
                                "served; send `messages` to `/v1/chat/completions`")
-            if path.startswith("/v1/") and path.endswith("/completions"):
+            if _is_chat(path):
                 if method != "POST":
                     self._not_allowed(method, path, base)
                 await self._chat(scope, receive, send, headers, request_id, base)
@@ -119,6 +119,9 @@ class App:
         except ClientGone:
             return
         except LanewayError as error:
+            if method == "POST" and _is_chat(path):  # refused before it was read (key, size, a web page): recorded
+                refused(self.gateway, Exchange(request_id, time.time(), path=path, lane=""), error, headers,
+                        time.perf_counter())
             await respond_error(send, error, request_id, base)
         except Exception:
             log.exception("laneway: unexpected error serving %s %r (request %s)", method, path, request_id)
@@ -341,3 +344,8 @@ def _refuse_browsers(method: str, path: str, headers: dict[str, str], scope: Sco
         if host and name.lower() not in LOOPBACK:
             raise Forbidden(f"`{path}` is served under a loopback name only (`Host: {host[:100]}`): without client "
                             "keys, use http://127.0.0.1:PORT, or set `admin.key_env`")
+
+
+def _is_chat(path: str) -> bool:
+    """A chat completions path (`/v1/chat/completions`, or a route's own under `/v1/`)."""
+    return path.startswith("/v1/") and path.endswith("/completions") and path != LEGACY_COMPLETIONS

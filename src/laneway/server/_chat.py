@@ -65,10 +65,7 @@ async def chat_completions(gateway: Gateway, body: bytes, headers: dict[str, str
             gateway.finish(exchange, started)
             return
     except LanewayError as error:
-        _failed(exchange, error)
-        if exchange.conversation_id is None:  # refused before its signals were read
-            exchange.conversation_id = conversation_header(headers)
-        gateway.finish(exchange, started)
+        refused(gateway, exchange, error, headers, started)
         await respond_error(send, error, exchange.request_id, [*base, *laneway_headers(exchange)])
         return
     except Exception as exc:
@@ -119,6 +116,16 @@ async def _unless_client_leaves(answer: Awaitable[T], receive: Receive | None, e
 def _cancelled(exchange: Exchange, when: str) -> None:
     exchange.status, exchange.outcome = SHUT_DOWN, CANCELLED
     exchange.error = f"the gateway stopped {when} (past `server.shutdown_grace_ms`, or at a second Ctrl-C)"
+
+
+def refused(gateway: Gateway, exchange: Exchange, error: LanewayError, headers: dict[str, str],
+            started: float) -> None:
+    """Record a request that ended in `error` before any answer: a malformed one, one no model could take,
+    or one refused before its body was read (its client key, its size, a web page's)."""
+    _failed(exchange, error)
+    if exchange.conversation_id is None:  # refused before its signals were read
+        exchange.conversation_id = conversation_header(headers)
+    gateway.finish(exchange, started)
 
 
 def _failed(exchange: Exchange, error: LanewayError) -> None:
