@@ -95,6 +95,21 @@ def test_figures_count_timeouts_in_latency_and_errors() -> None:
     assert percent(fig.escalation.ok_ratio) == "-"
 
 
+def test_an_answer_is_rated_by_the_fleets_quality_for_the_model_that_gave_it() -> None:
+    """The demo's stand-in for accuracy: the fleet's own rule, per model; a model the fleet has not is never
+    rated good."""
+    from laneway.replay._driver import rated_good
+    from laneway.sim import is_good, load_fleet
+
+    fleet = load_fleet()
+    texts = [f"answer number {i}" for i in range(400)]
+    for model in ("heavy-foundation", "gemini-2.5-flash-lite"):
+        rated = [rated_good(model, text) for text in texts]
+        assert rated == [is_good(fleet[model], text) for text in texts]
+        assert abs(sum(rated) / len(texts) - fleet[model].quality) < 0.06
+    assert not any(rated_good(model, "answer") for model in ("not-in-the-fleet", None))
+
+
 def test_arrivals_offer_exactly_the_expected_load_per_phase() -> None:
     phases = [Phase("normal", 6.0, 10.0), Phase("burst", 18.0, 5.0)]
     times = arrivals(phases, seed=3)
@@ -208,6 +223,10 @@ def test_demo_command_beats_the_heavy_model_under_burst(tmp_path: Path, monkeypa
         assert fig["simulated"] is True
         assert sum(fig["traffic_share"].values()) == pytest.approx(1.0, abs=1e-3)
     before, after = result["before"], result["after"]
+    for fig in (before, after):  # answers rated by the fleet's quality model; a failed request has none
+        assert fig["good_answer_share"] == pytest.approx(fig["good_answers"] / fig["requests"], abs=1e-4)
+        assert fig["good_answers"] <= fig["outcomes"].get("ok", 0)
+    assert "good answers (simulated quality)" in printed.out and "any traffic moved to a cheaper" in printed.out
     assert before["traffic_share"] == {"heavy-foundation": 1.0}
     assert after["phases"]["burst"]["p95_ms"] < before["phases"]["burst"]["p95_ms"]
     assert after["cost_per_conversation_usd"] < before["cost_per_conversation_usd"]

@@ -7,6 +7,7 @@ traffic does. Requests go to `Gateway.complete` in-process; no HTTP to the gatew
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import random
 import time
@@ -17,6 +18,7 @@ from ..errors import LanewayError
 from ..exchange import SKIPPED, Exchange
 from ..gateway import Gateway
 from ..request import ClientRequest
+from ..sim import SimModel, is_good, load_fleet
 from ._figures import Record
 from ._traces import TraceRequest
 
@@ -86,8 +88,10 @@ async def send(gateway: Gateway, request: TraceRequest, phase: str, arrival_s: f
                            stream=False, include_usage=False, user="", metadata=dict(request.metadata))
     exchange = Exchange(request_id=f"replay-{serial:06d}", started_at=time.time())
     started = time.perf_counter()
+    good = False
     try:
-        await gateway.complete(client, {}, PATH, exchange)
+        completion = await gateway.complete(client, {}, PATH, exchange)
+        good = rated_good(exchange.model, completion.text)
     except LanewayError as error:
         exchange.outcome, exchange.status, exchange.error = error.code, error.status, error.message
     gateway.finish(exchange, started)
@@ -95,7 +99,19 @@ async def send(gateway: Gateway, request: TraceRequest, phase: str, arrival_s: f
         exchange.prompt_tokens = gateway.counter.count(client.messages)
     return Record(phase, arrival_s, request.conversation_id, request.kind, request.escalation,
                   exchange.latency_ms, exchange.model or _last_tried(exchange), exchange.lane, exchange.route,
-                  exchange.outcome, exchange.cost_usd, exchange.prompt_tokens, exchange.error)
+                  exchange.outcome, exchange.cost_usd, exchange.prompt_tokens, exchange.error, good)
+
+
+@functools.cache
+def _fleet() -> dict[str, SimModel]:
+    return load_fleet()
+
+
+def rated_good(model: str | None, text: str) -> bool:
+    """Whether the built-in fleet's `model` gave a good answer (`sim.is_good`: its `quality` against the
+    answer's latent quality); an answer of a model not in the fleet is not rated good."""
+    sim = _fleet().get(model or "")
+    return sim is not None and is_good(sim, text)
 
 
 def _last_tried(exchange: Exchange) -> str | None:

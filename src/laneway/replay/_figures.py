@@ -36,6 +36,7 @@ class Record:
     cost_usd: float
     prompt_tokens: int = 0
     error: str = ""
+    good: bool = False  # answered, and the simulated fleet rates the answer good (`sim.is_good`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,12 @@ class Figures:
     cost_usd: float
     conversations: int
     outcomes: dict[str, int] = field(default_factory=dict)
+    good: int = 0  # answers the simulated fleet rates good; a failed request has none
+
+    @property
+    def good_share(self) -> float:
+        """Good answers over requests: the simulation's stand-in for accuracy."""
+        return self.good / self.requests if self.requests else 0.0
 
     @property
     def cost_per_conversation_usd(self) -> float:
@@ -90,7 +97,8 @@ class Figures:
             "traffic_share": {m: round(s, 4) for m, s in self.traffic_share.items()},
             "cost_usd": round(self.cost_usd, 6), "conversations": self.conversations,
             "cost_per_conversation_usd": round(self.cost_per_conversation_usd, 6),
-            "outcomes": dict(self.outcomes),
+            "outcomes": dict(self.outcomes), "good_answers": self.good,
+            "good_answer_share": round(self.good_share, 4),
         }
 
 
@@ -148,4 +156,5 @@ def figures(records: Sequence[Record], duration_s: float) -> Figures:
         cost_usd=sum(r.cost_usd for r in records),
         conversations=len({r.conversation_id for r in records}),
         outcomes=dict(outcomes.most_common()),
+        good=sum(r.good for r in records),
     )

@@ -16,7 +16,12 @@ CASE_STUDY = {
     "cost": "-42 % per conversation",
     "efficient": "78 %",
     "heavy": "9 % (escalations, >8-turn dialogs)",
+    "accuracy": "held (the team's evals)",
 }
+# What "good answers" measures, printed under the table: the simulation has no accuracy of its own to offer.
+GOOD_ANSWERS_NOTE = ("good answers: the share of requests answered with an answer the simulated fleet rates good; "
+                     "each model gives good answers at its own rate (`quality` in laneway/sim/fleet.yaml), "
+                     "whatever the request, so in this simulation any traffic moved to a cheaper model lowers it")
 
 
 def milliseconds(value: float) -> str:
@@ -27,6 +32,10 @@ def change(before: float, after: float) -> str:
     if before == 0:
         return "-"
     return f"{(after - before) / before * 100:+.0f} %"
+
+
+def _points(before: float, after: float) -> str:
+    return f"{(after - before) * 100:+.1f} pts"
 
 
 def percent(value: float | None) -> str:
@@ -46,6 +55,7 @@ def render_table(result: DemoResult) -> str:
         f"after:  {after.label} (laneway/replay/configs/after.yaml)",
         "",
         _grid(_rows(before, after)),
+        GOOD_ANSWERS_NOTE,
     ]
     for run in (before, after):
         if run.example_error:
@@ -73,6 +83,8 @@ def _rows(before: ArchitectureRun, after: ArchitectureRun) -> list[Sequence[str]
                  for run in (before, after) for phase in ("normal", "burst"))
     rows.append(("  of which token-window overflow", *overflows, "", "the seed's error line"))
     rows.append(("requests", *(str(f.requests) for f in (bn, bb, an, ab)), "", ""))
+    rows.append(("good answers (simulated quality)", *(percent(f.good_share) for f in (bn, bb, an, ab)),
+                 _points(bb.good_share, ab.good_share), CASE_STUDY["accuracy"]))
     bo, ao = before.overall, after.overall
     rows.append(("cost per conversation (whole run)", f"${bo.cost_per_conversation_usd:.4f}", "",
                  f"${ao.cost_per_conversation_usd:.4f}", "",

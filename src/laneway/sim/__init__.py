@@ -12,6 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..errors import ConfigError, ConfigIssue
+from ._answers import is_good
 from ._cassettes import default_cassette_path, load_cassette
 from ._fleet import LatencyLaw, SimModel, load_fleet
 from ._server import WIRES, Fleet, build_app, where_models_are
@@ -74,5 +75,5 @@ async def _orphaned(parent: int) -> None:
         await asyncio.sleep(1.0)
 
 
-__all__ = ["WIRES", "Fleet", "LatencyLaw", "RunningFleet", "SimModel", "build_app", "load_fleet",
+__all__ = ["WIRES", "Fleet", "LatencyLaw", "RunningFleet", "SimModel", "build_app", "is_good", "load_fleet",
            "serve_forever", "start_fleet"]
