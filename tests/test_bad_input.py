@@ -115,10 +115,25 @@ def raw_post(live: LiveGateway, data: bytes) -> tuple[int, dict[str, Any]]:
      "send `logprobs: true` with it"),
     (b'{"model": "laneway", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50, '
      b'"max_completion_tokens": 500}', "not both"),
+    # a function tool without a name went to an OpenAI-compatible model as it was, for the upstream's 400
+    (b'{"model": "laneway", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", '
+     b'"function": {"parameters": {}}}]}', '`tools[0]` must be `{"type": "function", "function": {"name": ...}}`'),
+    (b'{"model": "laneway", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", '
+     b'"function": {"name": "ok"}}, {"type": "function"}]}', "`tools[1]` must be"),
 ])
 def test_malformed_bodies_get_a_clear_400(live: LiveGateway, data: bytes, needle: str) -> None:
     status, body = raw_post(live, data)
     assert status == 400 and needle in body["error"]["message"]
+
+
+def test_a_whole_number_seed_written_with_a_point_is_that_number(live: LiveGateway) -> None:
+    """JSON has one number type: `max_tokens: 64.0` was taken, `seed: 1.0` refused."""
+    status, body = raw_post(live, json.dumps({"model": "laneway", "messages": [{"role": "user", "content": "hi"}],
+                                              "seed": 7.0}).encode())
+    assert status == 200, body
+    status, body = raw_post(live, json.dumps({"model": "laneway", "messages": [{"role": "user", "content": "hi"}],
+                                              "seed": 7.5}).encode())
+    assert status == 400 and "`seed` must be a whole number" in body["error"]["message"]
 
 
 def test_truncated_body_does_not_hang_the_connection(live: LiveGateway) -> None:

@@ -51,6 +51,16 @@ def _is_tools(value: Any) -> bool:
         isinstance(t, dict) and isinstance(t.get("function", {}), dict) for t in value)
 
 
+def _check_functions(tools: list[dict[str, Any]]) -> None:
+    """A function tool has a `function` with a name, as OpenAI requires: a model whose adapter passes tools on
+    as they are sent a nameless one upstream, for the upstream's 400. Other tool types pass as they are."""
+    for i, tool in enumerate(tools):
+        name = (tool.get("function") or {}).get("name")
+        if tool.get("type", "function") == "function" and not (isinstance(name, str) and name):
+            raise InvalidRequest(f"`tools[{i}]` must be `{{\"type\": \"function\", \"function\": {{\"name\": ...}}}}`",
+                                 param=f"tools[{i}]")
+
+
 def _is_bias(value: Any) -> bool:
     return isinstance(value, dict) and all(
         isinstance(v, int | float) and not isinstance(v, bool) for v in value.values())
@@ -246,10 +256,15 @@ def _check_params(params: dict[str, Any], n: Any) -> None:
     if params.get("max_tokens") is not None and params.get("max_completion_tokens") is not None:
         raise InvalidRequest("send one of `max_tokens` and `max_completion_tokens` (the current name), not both",
                              param="max_tokens")
+    seed = params.get("seed")
+    if isinstance(seed, float) and seed.is_integer():  # JSON has one number type: 7.0 is 7, as for `max_tokens`
+        params["seed"] = int(seed)
     for key, value in params.items():  # the request's few, not every shape there is
         checked = _SHAPES.get(key)
         if checked is not None and not checked[0](value):
             raise InvalidRequest(f"`{key}` must be {checked[1]}, got {shown(value)}", param=key)
+    if params.get("tools"):
+        _check_functions(params["tools"])
     for key in ("max_tokens", "max_completion_tokens"):
         value = params.get(key)
         if value is None:
