@@ -148,6 +148,26 @@ def test_truncated_body_does_not_hang_the_connection(live: LiveGateway) -> None:
     assert status == 200
 
 
+@pytest.mark.parametrize("extra", [
+    {"temperature": None, "stream": None, "user": None, "n": None, "metadata": None},
+    {"metadata": {"ticket": {"id": 7}, "tags": ["a", "b"], "note": None}},
+    {"messages": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}, {"text": "there"}]},
+                  {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]},
+                  {"role": "user", "content": "please"}]},
+])
+def test_what_the_gateway_takes_the_openapi_document_allows(live: LiveGateway, extra: dict[str, Any]) -> None:
+    """Nulls for optional fields, metadata values of any JSON type, `input_text` and `refusal` parts: the gateway
+    answered them, the document called them invalid."""
+    import jsonschema
+
+    with urllib.request.urlopen(live.url + "/openapi.json", timeout=30) as answer:
+        document = json.loads(answer.read())
+    schema = document["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    body = {"model": "laneway", "messages": [{"role": "user", "content": "hi"}], **extra}
+    jsonschema.validate(body, schema)
+    assert raw_post(live, json.dumps(body).encode())[0] == 200
+
+
 def test_schemathesis_finds_no_server_errors_or_schema_violations(live: LiveGateway) -> None:
     schema = schemathesis.openapi.from_url(live.url + "/openapi.json")
     schema.config.generation.update(max_examples=25)
