@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -244,40 +245,29 @@ def test_the_wait_a_gate_turned_away_at_the_end_is_the_gated_attempts_time(sim_u
     assert 400 <= gated.latency_ms < 1000  # QUEUE_SHARE of the 1 s deadline, in the queue
 
 
-AFTER_A_FAILURE = """
-models:
-  broken: {provider: openai, base_url: "sim:///gpt-5-mini/v1", model: "gpt-5-mini@error_502"}
-  heavy:
-    provider: openai
-    base_url: sim:///heavy-foundation/v1
-    model: "heavy-foundation@slow_1500"
-    gate: {max_concurrency: 1, queue_timeout_ms: 3000}
-routes:
-- name: hold
-  matcher: "metadata.q == hold"
-  target: heavy
-  deadline_ms: 5000
-- name: short
-  target: broken
-  fallbacks: [heavy]
-  retry: {attempts: 1}
-  deadline_ms: 600
-"""
-
-
-def test_a_deadline_that_runs_out_in_a_fallbacks_gate_keeps_the_failures_before_it(sim_url: str) -> None:
-    """The 504 said no model was sent the request, its `attempts` one entry with no model: the failing target
-    the client most needs to hear of was left out."""
-    with live_gateway(AFTER_A_FAILURE, sim_url) as live, ThreadPoolExecutor(1) as pool:
-        holding = pool.submit(post, live.url, {"q": "hold"})  # takes the gate's one slot for 1.5 s
+def refused_while_held(config: str, sim_url: str) -> tuple[urllib.error.HTTPError, dict[str, Any]]:
+    """The error answer to a request sent while another one holds the gate's one slot for 1.5 s."""
+    with live_gateway(config, sim_url) as live, ThreadPoolExecutor(1) as pool:
+        holding = pool.submit(post, live.url, {"q": "hold"})
         time.sleep(0.2)
         body = {"model": "laneway", "messages": [{"role": "user", "content": "help"}]}
         request = urllib.request.Request(live.url + "/v1/chat/completions", data=json.dumps(body).encode())
         with pytest.raises(urllib.error.HTTPError) as caught:
             urllib.request.urlopen(request, timeout=30)
         assert holding.result(timeout=30)[0] == 200
-    error = json.loads(caught.value.read())["error"]
-    assert caught.value.code == 504 and error["code"] == "model_inference_deadline_exceeded"
+    return caught.value, json.loads(caught.value.read())["error"]
+
+
+def test_a_deadline_that_runs_out_in_a_fallbacks_gate_keeps_the_failures_before_it(sim_url: str) -> None:
+    """The 504 said no model was sent the request, its `attempts` one entry with no model: the failing target
+    the client most needs to hear of was left out."""
+    after_a_failure = DEADLINE_IN_QUEUE.replace("models:\n", "models:\n  broken: {provider: openai, base_url: "
+                                                "'sim:///gpt-5-mini/v1', model: 'gpt-5-mini@error_502'}\n", 1).replace(
+        "- name: short\n  target: heavy\n", "- name: short\n  target: broken\n  fallbacks: [heavy]\n"
+                                           "  retry: {attempts: 1}\n")
+    assert "target: broken" in after_a_failure
+    refused, error = refused_while_held(after_a_failure, sim_url)
+    assert refused.code == 504 and error["code"] == "model_inference_deadline_exceeded"
     assert [(a["model"], a["code"]) for a in error["attempts"]] == [
         ("broken", "upstream_unavailable"), ("heavy", "model_inference_deadline_exceeded")]
     assert "before any model was sent" not in error["message"]
@@ -302,19 +292,11 @@ DEADLINE_IN_QUEUE = QUEUED.replace(", degrade_to: gpt-5-mini", "").replace("dead
 
 def test_a_deadline_that_runs_out_in_a_gates_queue_is_a_504_naming_the_gate(sim_url: str) -> None:
     """Not a 429 blaming the queue's timeout (3 s, never reached): a longer queue would not have helped."""
-    with live_gateway(DEADLINE_IN_QUEUE, sim_url) as live, ThreadPoolExecutor(1) as pool:
-        holding = pool.submit(post, live.url, {"q": "hold"})  # takes the gate's one slot for 1.5 s
-        time.sleep(0.2)
-        body = {"model": "laneway", "messages": [{"role": "user", "content": "help"}]}
-        request = urllib.request.Request(live.url + "/v1/chat/completions", data=json.dumps(body).encode())
-        with pytest.raises(urllib.error.HTTPError) as caught:
-            urllib.request.urlopen(request, timeout=30)
-        assert holding.result(timeout=30)[0] == 200
-    error = json.loads(caught.value.read())["error"]
-    assert caught.value.code == 504 and error["code"] == "model_inference_deadline_exceeded"
+    refused, error = refused_while_held(DEADLINE_IN_QUEUE, sim_url)
+    assert refused.code == 504 and error["code"] == "model_inference_deadline_exceeded"
     assert "`heavy` is at its concurrency limit (1); the request's time for it ran out in its queue" in error["message"]
-    assert (caught.value.headers["x-laneway-model"], caught.value.headers["x-laneway-lane"]) == ("heavy", "primary")
-    assert "retry-after" not in caught.value.headers
+    assert (refused.headers["x-laneway-model"], refused.headers["x-laneway-lane"]) == ("heavy", "primary")
+    assert "retry-after" not in refused.headers
 
 
 def test_metrics_show_each_gate_and_breaker_as_they_are_at_the_scrape(sim_url: str) -> None:

@@ -211,16 +211,21 @@ routes:
     assert {c["model"] for c in chunks} == {headers["x-laneway-model"]}
 
 
-@pytest.mark.parametrize("stream", [False, True])
-def test_a_first_answer_kept_only_because_the_escalation_failed_is_not_cached(sim_url: str, stream: bool) -> None:
-    """It was served from the cache for the whole TTL: the cascade never ran on that prompt again, even with
-    the escalation model back. A confident first answer is cached as before."""
-    text = """
+# An escalation model nothing answers for (port 9 refuses connections).
+HEAVY_DOWN = """
 models:
   heavy-down:
     provider: openai
     base_url: http://127.0.0.1:9/v1
     model: heavy
+    price: {input_per_mtok: 5, output_per_mtok: 15}"""
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_first_answer_kept_only_because_the_escalation_failed_is_not_cached(sim_url: str, stream: bool) -> None:
+    """It was served from the cache for the whole TTL: the cascade never ran on that prompt again, even with
+    the escalation model back. A confident first answer is cached as before."""
+    text = HEAVY_DOWN + """
 routes:
 - name: unsure
   matcher: "metadata.sure == no"
@@ -244,13 +249,7 @@ def test_a_failed_escalation_keeps_the_first_answer_and_is_counted(sim_url: str)
     from laneway.telemetry._cascade_savings import cascade_savings
     from laneway.telemetry._window import RecentExchanges
 
-    text = """
-models:
-  heavy-down:
-    provider: openai
-    base_url: http://127.0.0.1:9/v1
-    model: heavy
-    price: {input_per_mtok: 5, output_per_mtok: 15}
+    text = HEAVY_DOWN + """
 routes:
 - name: chat
   target: gpt-5-mini
