@@ -4,7 +4,9 @@
 reply: the request, then a mail client's "On ... wrote:" line and a quoted agent reply (the response of
 another, non-billing row). Each is classified by the shipped model three ways: the request alone, the whole
 email as it comes (the first 2,000 characters, subject first), and what the gateway reads of an email
-(`Signals.customer_text`: the text before the quoted thread).
+(`Signals.customer_text`: the text before the quoted thread, without quoted lines). The same rows are also
+written as inline replies, the request under one quoted line of the agent's question, and read as the
+gateway reads them.
 
 Run: PYTHONPATH=src .venv/bin/python bench/bench_quoted_emails.py [--rows 200] [--seed 0]
 """
@@ -23,6 +25,7 @@ BILLING = {"billing_dispute", "payment_issue", "get_refund", "track_refund", "ch
            "get_invoice", "check_cancellation_fee"}
 DATA = Path(__file__).resolve().parent.parent / "data" / "bitext-customer-support" / "bitext_train.csv"
 SUBJECT = "Re: your order"
+QUESTION = "Could you tell us a bit more about what happened?"
 
 
 def main() -> None:
@@ -36,7 +39,8 @@ def main() -> None:
     rng = random.Random(args.seed)
     others = [r for r in rows if r["intent"] not in BILLING]
     model = load_default()
-    reached = {"the request alone": 0, "the whole email": 0, "what the gateway reads": 0}
+    reached = {"the request alone": 0, "the whole email": 0, "what the gateway reads": 0,
+               "an inline reply, as the gateway reads it": 0}
     for row in rng.sample([r for r in rows if r["intent"] in BILLING], args.rows):
         request = f"Hi,\n\n{row['instruction']}\n\nThanks,\nAnna\n\n"
         quoted = "\n".join("> " + line for line in rng.choice(others)["response"].splitlines())
@@ -46,6 +50,10 @@ def main() -> None:
         signals = Signals([{"role": "user", "content": email}], channel="email", metadata={"subject": SUBJECT},
                           intent_fn=model.classify)
         reached["what the gateway reads"] += signals.intent in BILLING
+        inline = f"Hi,\n\n> {QUESTION}\n\n{row['instruction']}\n\nThanks,\nAnna\n"
+        signals = Signals([{"role": "user", "content": inline}], channel="email", metadata={"subject": SUBJECT},
+                          intent_fn=model.classify)
+        reached["an inline reply, as the gateway reads it"] += signals.intent in BILLING
     for text, count in reached.items():
         print(f"{text}: {count} of {args.rows} reach a billing intent ({count / args.rows:.1%})")
 

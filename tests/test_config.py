@@ -830,6 +830,20 @@ def test_an_email_is_classified_by_its_own_words_not_the_thread_it_quotes(quote:
     assert chat.customer_text() == email
 
 
+def test_an_inline_reply_is_read_without_the_lines_it_quotes_not_cut_at_the_first() -> None:
+    """A reply that answers a quoted question under it was cut at that first quoted line: nothing of the
+    customer's request was left to classify."""
+    from laneway.intents import load_default
+    from laneway.signals import Signals
+
+    email = ("Hi,\n\n> Could you tell us a bit more about what happened?\n\nI still have not got my refund for order "
+             "1182, where is it?\n\nThanks,\nAnna\n")
+    signals = Signals([{"role": "user", "content": email}], channel="email", intent_fn=load_default().classify)
+    assert signals.customer_text() == ("Hi,\n\n\nI still have not got my refund for order 1182, where is it?\n\n"
+                                       "Thanks,\nAnna\n")
+    assert signals.intent == "track_refund"
+
+
 def test_text_parts_are_read_one_a_line_not_run_together() -> None:
     """Parts joined end to end ran one's last word into the next one's first: "chargedtwice" found no passage,
     and an Anthropic or Gemini model's system prompt read "original cardNever promise"."""
