@@ -134,6 +134,10 @@ def test_a_whole_number_seed_written_with_a_point_is_that_number(live: LiveGatew
     status, body = raw_post(live, json.dumps({"model": "laneway", "messages": [{"role": "user", "content": "hi"}],
                                               "seed": 7.5}).encode())
     assert status == 400 and "`seed` must be a whole number" in body["error"]["message"]
+    for huge in (b"1e30", b"1" + b"0" * 30, b"-1e20"):  # past 64 bits: was a 500 from the encoder
+        status, body = raw_post(live, b'{"model": "laneway", "messages": [{"role": "user", "content": "hi"}], '
+                                      b'"seed": ' + huge + b"}")
+        assert status == 400 and body["error"]["param"] == "seed", (huge, body)
 
 
 def test_truncated_body_does_not_hang_the_connection(live: LiveGateway) -> None:
