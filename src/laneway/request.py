@@ -37,7 +37,7 @@ MAX_STOP = 4  # stop sequences, as OpenAI allows
 TOOL_CHOICES = ("none", "auto", "required")
 
 
-SEED_RANGE = 2**63  # a seed is a signed 64-bit number
+SEED_RANGE = 2**63  # a seed is a signed 64-bit number: no upstream's JSON encoder takes one past it
 
 
 def _is_int(value: Any) -> bool:
@@ -262,7 +262,7 @@ def _check_params(params: dict[str, Any], n: Any) -> None:
     seed = params.get("seed")
     if isinstance(seed, float) and seed.is_integer():  # JSON has one number type: 7.0 is 7, as for `max_tokens`
         params["seed"] = seed = int(seed)
-    if _is_int(seed) and not -SEED_RANGE <= seed < SEED_RANGE:  # no upstream's JSON encoder takes it
+    if isinstance(seed, int) and not isinstance(seed, bool) and not -SEED_RANGE <= seed < SEED_RANGE:
         raise InvalidRequest(f"`seed` must be a whole number within 64 bits, got {shown(seed)}", param="seed")
     for key, value in params.items():  # the request's few, not every shape there is
         checked = _SHAPES.get(key)
