@@ -20,6 +20,7 @@ from _live import RecordingSink, live_gateway
 from _pg import total
 from laneway.config import parse_config
 from laneway.errors import ConfigError
+from laneway.exchange import Exchange
 from laneway.gate import Adaptive, Budget, Gate, GatePolicy, GateRejected, next_limit
 from laneway.telemetry import Telemetry, TelemetrySettings
 
@@ -361,3 +362,32 @@ routes:
     assert status == 429
     assert [(a.model, a.outcome) for a in sink.by_id(headers["x-request-id"]).attempts] == [
         ("target", "gated"), ("spare", "gated")]
+
+
+async def test_a_stream_never_read_frees_its_gate_slot_and_its_breakers_probe(sim_url: str) -> None:
+    """Its wrapper's cleanup ran only once it was read: a failure between the first chunk and the first read
+    (a stop past the grace period) kept the gate slot for good, and the breaker's probe until a cooldown."""
+    from laneway.context import TokenCounter
+    from laneway.dispatch import Dispatcher, Plan
+    from laneway.runtime import Runtime
+
+    config = parse_config("""
+models:
+  gated: {provider: openai, base_url: "sim:///gpt-5-mini/v1", model: gpt-5-mini, gate: {max_concurrency: 1}}
+routes:
+- target: gated
+""")
+    runtime = Runtime.build(config, sim_url)
+    try:
+        breaker = runtime.breakers["gated"]
+        breaker.open_until, breaker.failures = 1.0, 5  # cooled down long ago: this stream is the probe
+        plan = Plan(config.routes[0], [("primary", "gated")], asyncio.get_running_loop().time() + 10)
+        exchange = Exchange("never-read", time.time())
+        started = await Dispatcher(runtime, TokenCounter()).stream(
+            plan, [{"role": "user", "content": "hi"}], {}, exchange)
+        assert runtime.gates["gated"].in_flight == 1 and started.let_go is not None
+        await started.let_go()
+        assert runtime.gates["gated"].in_flight == 0
+        assert not breaker.probing and breaker.failures == 5  # no verdict either way
+    finally:
+        await runtime.aclose(1.0)

@@ -16,7 +16,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -74,11 +74,12 @@ class Plan:
 class Ticket:
     """A gate admission held for the duration of one model's attempts (and of its stream)."""
 
-    __slots__ = ("admitted", "estimate", "gate", "used")
+    __slots__ = ("admitted", "estimate", "gate", "holding", "used")
 
     def __init__(self, gate: Gate | None) -> None:
         self.gate = gate
         self.admitted = False
+        self.holding = False  # a stream passed through `hold` was read: its own cleanup runs when it ends
         self.estimate = (0, 0.0)  # tokens, USD charged to the gate's budgets at admission
         self.used: tuple[int, float, float] | None = None  # tokens, USD, latency of the call that answered
 
@@ -95,7 +96,9 @@ class Ticket:
     async def hold(self, chunks: AsyncIterator[Chunk],
                    ended: Callable[[BaseException | None], None]) -> AsyncIterator[Chunk]:
         """Pass a stream through, keeping the gate slot until it ends; `ended` hears how: None when it ended
-        whole, else what stopped it (the upstream's error, or the consumer closing it)."""
+        whole, else what stopped it (the upstream's error, or the consumer closing it). Only a stream that was
+        read runs this; `let_go` cleans up after one that never was."""
+        self.holding = True
         started = time.perf_counter()
         tokens = 0
         try:
@@ -125,6 +128,21 @@ class Started:
     prompt: ChatRequest | None  # what was sent: counted only if the upstream reports no usage
     began: float  # perf_counter() when the attempt started
     accounted: bool = False  # usage and cost already recorded (an answer replayed as a stream)
+    # Frees what the stream holds however far it was read: the consumer awaits it when done with `rest`.
+    let_go: Callable[[], Awaitable[None]] | None = None
+
+
+async def let_go(held: AsyncIterator[Chunk], chunks: AsyncIterator[Chunk], ticket: Ticket,
+                 ended: Callable[[BaseException | None], None]) -> None:
+    """Close a begun stream (`held`, the upstream's `chunks` passed through `ticket.hold`) whether or not it was
+    read. One left half-read by a wrapper that was closed (the cache's tee) is closed now, not by the garbage
+    collector; one never read (a failure between the first chunk and the first read) never ran the body that
+    frees its gate slot, tells its breaker and closes the upstream's stream, which is done here."""
+    await close_stream(held)
+    if not ticket.holding:
+        ended(GeneratorExit())
+        ticket.release()
+        await close_stream(chunks)
 
 
 class Dispatcher:
@@ -219,8 +237,10 @@ class Dispatcher:
                         exchange.upstream_ms += attempt.ttft_ms
                         self.runtime.breakers[name].answering()
                         exchange.lane, exchange.model, exchange.trimmed_messages = lane, name, trimmed
-                        rest = ticket.hold(chunks, partial(self._stream_ended, name))
-                        return Started(name, lane, attempt, first, rest, request, started)
+                        ended = partial(self._stream_ended, name)
+                        rest = ticket.hold(chunks, ended)
+                        return Started(name, lane, attempt, first, rest, request, started,
+                                       let_go=partial(let_go, rest, chunks, ticket, ended))
                     await close_stream(chunks)
                     self._failed(attempt, error, started, name, exchange, plan)
                     errors.append(error)

@@ -240,6 +240,8 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
             tail = _error_event(failure, exchange) + _cost_comment(exchange)
     finally:
         await close_stream(started.rest)  # frees a gate slot at once if the client went away mid-stream
+        if started.let_go is not None:  # and whatever the stream held, however far it was read
+            await started.let_go()
         runtime.leave()
     if runtime.config.telemetry.store_bodies:
         exchange.answer_body = "".join(state.text)
