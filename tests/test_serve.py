@@ -414,9 +414,11 @@ def test_a_stop_past_the_grace_period_cuts_requests_in_flight_and_records_them(t
     assert error["code"] == "shutting_down" and "send the request again" in error["message"]
     assert f"x-request-id: {error['request_id']}".encode() in head
     with sqlite3.connect(db) as connection:
-        rows = connection.execute("select route, status, outcome, error, completion_tokens, cost_usd "
+        rows = connection.execute("select route, status, outcome, error, completion_tokens, cost_usd, attempts "
                                   "from exchanges order by route").fetchall()
     assert [(r[0], r[1], r[2]) for r in rows] == [("stream", 503, "cancelled"), ("whole", 503, "cancelled")]
+    # the stop, not a client that left (the attempt in flight took the cancel for one)
+    assert [[a["outcome"] for a in json.loads(r[6])] for r in rows] == [["cancelled"], ["cancelled"]]
     assert "after 3 pieces of the stream" in rows[0][3] and "server.shutdown_grace_ms" in rows[1][3]
     assert rows[0][4] >= 3 and rows[0][5] > 0  # what the stream had sent is billed
 

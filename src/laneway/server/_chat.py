@@ -116,6 +116,9 @@ async def _unless_client_leaves(answer: Awaitable[T], receive: Receive | None, e
 def _cancelled(exchange: Exchange, when: str) -> None:
     exchange.status, exchange.outcome = SHUT_DOWN, CANCELLED
     exchange.error = f"the gateway stopped {when} (past `server.shutdown_grace_ms`, or at a second Ctrl-C)"
+    for attempt in exchange.attempts:  # the attempt in flight took the stop for its client leaving
+        if attempt.outcome == CLIENT_DISCONNECTED:
+            attempt.outcome, attempt.error = CANCELLED, exchange.error
 
 
 def refused(gateway: Gateway, exchange: Exchange, error: LanewayError, headers: dict[str, str],
