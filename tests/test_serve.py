@@ -452,6 +452,31 @@ def test_workers_refuse_new_connections_once_stopping_and_a_second_ctrl_c_cuts_t
     assert rows == [(503, "cancelled")]
 
 
+@pytest.mark.parametrize("sigint", ["ignored", "default"])
+def test_a_stop_while_workers_start_stops_them_once_they_serve(tmp_path: Path, sigint: str) -> None:
+    """Passed on while a worker started, the stop was lost where SIGINT was ignored (`laneway serve &` in a
+    script): the server ran on until killed; where it was not, it broke the start off with a traceback."""
+    config = tmp_path / "routes.yaml"
+    config.write_text(ROUTES.format(db=tmp_path / "exchanges.sqlite3", target="gpt-5-mini"))
+
+    def inherit() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN if sigint == "ignored" else signal.SIG_DFL)
+
+    process = subprocess.Popen([sys.executable, "-m", "laneway", "serve", "--config", str(config), "--port",
+                                str(free_port()), "--workers", "2"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, preexec_fn=inherit)
+    assert process.stdout is not None
+    while "workers serving" not in (line := process.stdout.readline()):  # the workers start from here
+        assert line, process.communicate()[0]
+    process.send_signal(signal.SIGTERM)
+    try:
+        output, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError(f"still running 30 s after SIGTERM: {process.communicate()[0]}") from None
+    assert process.returncode == 0 and "Traceback" not in output and "KeyboardInterrupt" not in output, output
+
+
 def test_reloads_asked_for_while_workers_start_do_not_kill_them(tmp_path: Path) -> None:
     config = tmp_path / "routes.yaml"
     config.write_text(ROUTES.format(db=tmp_path / "exchanges.sqlite3", target="gpt-5-mini"))

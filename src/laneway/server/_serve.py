@@ -26,6 +26,8 @@ from ._peers import WorkerSockets, serve_peers
 
 log = logging.getLogger("laneway")
 FORCE_STOP = signal.SIGUSR1  # from `laneway serve --workers N`'s supervisor: a second Ctrl-C, stop now
+# What a worker's supervisor passes on to stop it: blocked while the worker starts, unblocked once it serves.
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, FORCE_STOP})
 
 
 def check_exposure(config: Config, host: str, allow_unauthenticated: bool, warn: bool = True) -> None:
@@ -115,6 +117,9 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
         def announce(server: HttpServer) -> None:  # once listening: with `--port 0`, the port it got
             print(f"laneway: serving {config.source}{label} on {http_url(host, server.bound_ports[0])} "
                   f"- {len(config.routes)} routes, {len(config.models)} models", flush=True)
+            if sockets is not None:  # a worker: a stop its supervisor passed on while it started arrives now,
+                # on the next turn of the loop, once the server's signal handlers are in place
+                asyncio.get_running_loop().call_soon(signal.pthread_sigmask, signal.SIG_UNBLOCK, STOP_SIGNALS)
 
         app = App(gateway, reloaded, peers)
         # SIGINT and SIGTERM end in a graceful return (exit code 0), so the exchange log is flushed; the

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from functools import partial
+from multiprocessing import resource_tracker
 from multiprocessing.connection import wait
 from pathlib import Path
 from types import FrameType
@@ -34,7 +35,7 @@ from typing import Any
 from ..config import SimSettings, load_config
 from ._http11 import http_url
 from ._peers import WorkerSockets
-from ._serve import FORCE_STOP, check_exposure, fleet_command
+from ._serve import FORCE_STOP, STOP_SIGNALS, check_exposure, fleet_command
 
 log = logging.getLogger("laneway")
 EARLY_EXIT_S = 10.0
@@ -152,12 +153,22 @@ class _Supervisor:
         args = (*self._args, WorkerSockets(self._private, i, self._count), self._reloads, self._hangups)
         process = self._context.Process(target=_worker, args=args, name=f"laneway-worker-{i}")
         # Started with SIGHUP ignored (an ignored signal stays ignored in the new process), so that a
-        # reload passed on while it starts does not kill it; it handles SIGHUP once it serves.
-        previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # reload passed on while it starts does not kill it; it handles SIGHUP once it serves. A stop passed on
+        # while it starts waits, blocked (the mask is inherited too), until it serves and unblocks it
+        # (`_serve.serve`). Its SIGINT is not left ignored, as a shell's `&` leaves it (an ignored signal is
+        # dropped even while blocked): the stop was lost, and the server ran on; and, left to Python while
+        # not blocked, it broke the start off with a KeyboardInterrupt traceback.
+        # The start launches multiprocessing's resource tracker the first time, and unblocks SIGINT and SIGTERM
+        # as it does: launched beforehand, it leaves the mask alone.
+        resource_tracker.ensure_running()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        previous = signal.signal(signal.SIGHUP, signal.SIG_IGN), signal.signal(signal.SIGINT, signal.SIG_DFL)
         try:
             process.start()
         finally:
-            signal.signal(signal.SIGHUP, previous)
+            signal.signal(signal.SIGHUP, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return process, time.monotonic()
 
     def _join(self) -> None:
