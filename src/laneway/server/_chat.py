@@ -307,11 +307,12 @@ async def _estimate(gateway: Gateway, runtime: Runtime, started: Started, text: 
 async def _billed_so_far(gateway: Gateway, runtime: Runtime, started: Started, state: _StreamState) -> Usage:
     """What a stream cut before its end is billed: the prompt as the upstream counted it, if it said so before
     the cut (cache reads at their price), and the completion it counted or, if more, the pieces forwarded."""
-    estimated = await _estimate(gateway, runtime, started, state.text)
     told = state.usage
     if told is None:
-        return estimated
-    return dataclasses.replace(told, completion_tokens=max(told.completion_tokens, estimated.completion_tokens))
+        return await _estimate(gateway, runtime, started, state.text)
+    # the pieces alone: the prompt, which the upstream counted, is not counted again
+    pieces = await estimate_usage(gateway.counter, runtime.config.models[started.model], None, state.text)
+    return dataclasses.replace(told, completion_tokens=max(told.completion_tokens, pieces.completion_tokens))
 
 
 def _stream_ended(exchange: Exchange, started: Started) -> None:

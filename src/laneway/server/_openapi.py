@@ -102,10 +102,11 @@ _REQUEST_FIELDS: dict[str, Any] = {
     "user": {"type": "string"},
     "metadata": _METADATA,
 }
-_REQUEST = {"type": "object", "required": ["model", "messages"], "additionalProperties": False}
+_REQUIRED = ("model", "messages")
 # As OpenAI's API, and the gateway, take them: an optional field may be sent as null, meaning not sent.
-_REQUEST["properties"] = {name: field if name in ("model", "messages") else {"anyOf": [field, {"type": "null"}]}
-                          for name, field in _REQUEST_FIELDS.items()}
+_REQUEST = {"type": "object", "required": list(_REQUIRED), "additionalProperties": False,
+            "properties": {name: field if name in _REQUIRED else {"anyOf": [field, {"type": "null"}]}
+                           for name, field in _REQUEST_FIELDS.items()}}
 _USAGE = {"type": "object", "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
           "properties": {k: {"type": "integer"} for k in ("prompt_tokens", "completion_tokens", "total_tokens")}}
 _COMPLETION = {
