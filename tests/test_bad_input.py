@@ -172,6 +172,24 @@ def test_what_the_gateway_takes_the_openapi_document_allows(live: LiveGateway, e
     assert raw_post(live, json.dumps(body).encode())[0] == 200
 
 
+def test_the_openapi_document_lists_every_endpoint_the_gateway_serves(live: LiveGateway) -> None:
+    """The operator's endpoints were missing: a client generated from the document had no `/metrics`,
+    `/admin/stats` or `/admin/reload`, and the fuzzing below never reached them."""
+    from laneway.server._app import App
+
+    with urllib.request.urlopen(live.url + "/openapi.json", timeout=30) as answer:
+        document = json.loads(answer.read())
+    assert live.gateway is not None
+    app = App(live.gateway)
+    served = {(path, "get") for path in app._get if path != "/openapi.json"} | {(p, "post") for p in app._post}
+    served |= {("/v1/chat/completions", "post"), ("/v1/models/{model}", "get")}
+    listed = {(path, method) for path, operations in document["paths"].items() for method in operations}
+    assert served <= listed, served - listed
+    admin = document["paths"]["/admin/stats"]["get"]
+    assert {"adminKey": []} in admin["security"] and {p["name"] for p in admin["parameters"]} == {"since", "until"}
+    assert set(document["components"]["securitySchemes"]) == {"clientKey", "adminKey"}
+
+
 def test_schemathesis_finds_no_server_errors_or_schema_violations(live: LiveGateway) -> None:
     schema = schemathesis.openapi.from_url(live.url + "/openapi.json")
     schema.config.generation.update(max_examples=25)

@@ -143,7 +143,7 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 def openapi_document() -> dict[str, Any]:
     chat = {
-        "operationId": "createChatCompletion",
+        "operationId": "createChatCompletion", "security": _CLIENT,
         "requestBody": {"required": True, "content": {"application/json": {"schema": _REQUEST}}},
         "responses": {
             "200": {"description": "the answer (JSON, or an SSE stream when `stream` is true)",
@@ -159,16 +159,74 @@ def openapi_document() -> dict[str, Any]:
                                 "the route, model, lane and cost out."},
         "paths": {
             "/v1/chat/completions": {"post": chat},
-            "/v1/models": {"get": {"operationId": "listModels", "responses": {"200": _json({
+            "/v1/models": {"get": {"operationId": "listModels", "security": _CLIENT, "responses": {"200": _json({
                 "type": "object", "required": ["object", "data"],
                 "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _MODEL}}}),
                 **_errors(401)}}},
             "/v1/models/{model}": {"get": {
-                "operationId": "retrieveModel",
+                "operationId": "retrieveModel", "security": _CLIENT,
                 "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {"200": _json(_MODEL), **_errors(401, 404)}}},
             "/healthz": {"get": {"operationId": "health", "responses": {"200": _json(status)}}},
             "/readyz": {"get": {"operationId": "ready", "responses": {"200": _json(status),
                                                                       "503": _json(status, "not ready")}}},
+            **_ADMIN_PATHS,
         },
+        "components": {"securitySchemes": {
+            "clientKey": {"type": "http", "scheme": "bearer",
+                          "description": "a client key, once `keys:` gives clients keys (docs/deployment.md)"},
+            "adminKey": {"type": "http", "scheme": "bearer",
+                         "description": "the admin key (`admin.key_env`), needed once it is set or clients need "
+                                        "keys; before, the admin endpoints answer on a loopback address only "
+                                        "(docs/deployment.md)"},
+        }},
     }
+
+
+_CLIENT: list[dict[str, list[str]]] = [{}, {"clientKey": []}]  # no key, or a client key once `keys:` gives clients keys
+# The admin key once clients need keys or `admin.key_env` is set; before, none, on a loopback address only.
+_ADMIN: list[dict[str, list[str]]] = [{}, {"adminKey": []}]
+_WINDOW = [{"name": name, "in": "query", "required": False, "schema": {"type": ["number", "string"]},
+            "description": f"{what} of the window: unix seconds, or an ISO 8601 time (UTC unless it carries an offset)"}
+           for name, what in (("since", "the start"), ("until", "the end"))]
+_FIGURES = {"type": "object", "required": ["total", "models", "routes"], "description": "docs/telemetry.md",
+            "properties": {"total": {"type": "object", "required": ["requests", "cost_usd"],
+                                     "properties": {"requests": {"type": "integer"}, "cost_usd": {"type": "number"}}},
+                           "models": {"type": "object", "additionalProperties": {"type": "object"}},
+                           "routes": {"type": "object", "additionalProperties": {"type": "object"}}}}
+# The operator's endpoints (docs/telemetry.md, docs/deployment.md). A gateway with `telemetry.metrics: false`
+# answers 404 on the live figures; `/metrics` and the dashboard need the admin key as `admin:` says.
+_ADMIN_PATHS: dict[str, Any] = {
+    "/metrics": {"get": {
+        "operationId": "metrics", "security": _ADMIN,
+        "description": "Prometheus text format; with the admin key when `admin.protect_metrics` is set",
+        "responses": {"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                      **_errors(401, 403, 404)}}},
+    "/admin/stats": {"get": {
+        "operationId": "stats", "security": _ADMIN, "parameters": _WINDOW,
+        "description": "per model and route figures over the in-memory window; `laneway report --json` prints the "
+                       "same from the exchange log",
+        "responses": {"200": _json(_FIGURES), **_errors(400, 401, 403, 404)}}},
+    "/admin/shadow": {"get": {
+        "operationId": "shadowComparison", "security": _ADMIN,
+        "description": "shadow candidates against their primaries (docs/lanes.md)",
+        "responses": {"200": _json({"type": "object"}), **_errors(401, 403, 404)}}},
+    "/admin/config": {"get": {
+        "operationId": "runningConfig", "security": _ADMIN,
+        "description": "the running config, without secrets",
+        "responses": {"200": _json({"type": "object", "required": ["source", "models", "routes"]}),
+                      **_errors(401, 403)}}},
+    "/admin/reload": {"post": {
+        "operationId": "reload", "security": _ADMIN,
+        "description": "read the config file again; an invalid one is refused and the running config goes on",
+        "responses": {"200": _json({"type": "object", "required": ["reloaded"]}),
+                      "400": _json({"type": "object", "required": ["reloaded", "errors"]}, "the file is invalid"),
+                      "500": _json({"type": "object", "required": ["reloaded", "errors"]},
+                                   "the file is valid and could not be put to work"),
+                      **_errors(401, 403)}}},
+    "/dashboard": {"get": {
+        "operationId": "dashboard",
+        "description": "the live dashboard (HTML); it reads `/admin/stats` with the admin key it is given",
+        "responses": {"200": {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}},
+                      **_errors(403, 404)}}},
+}
