@@ -552,3 +552,40 @@ def test_the_simulated_fleet_refuses_a_negative_seed_as_its_routing_file_does(
     assert refusal.value.code == 2
     line = capsys.readouterr().err.splitlines()[-1]
     assert line == "laneway sim: error: argument --seed: must be a whole number from 0 to 4294967295, got -1"
+
+
+def test_the_keep_alive_and_the_time_a_request_has_to_arrive_are_the_config_s(tmp_path: Path) -> None:
+    """Both were fixed (30 s, 300 s): an operator behind a load balancer whose idle timeout is shorter could not
+    match it, nor cut a slow upload sooner. A reload that changes them says it takes a restart."""
+    config = tmp_path / "routes.yaml"
+    base = ROUTES.format(db=tmp_path / "x.sqlite3", target="gpt-5-mini")
+    config.write_text(base + "server: {keep_alive_ms: 400, read_timeout_ms: 1200}\n")
+    process, url = serve(config)
+    host, port = url.removeprefix("http://").split(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as idle:
+            began = time.monotonic()
+            assert idle.recv(1) == b""  # closed by the server, without a request
+            assert 0.3 < time.monotonic() - began < 3
+        with socket.create_connection((host, int(port)), timeout=10) as slow:
+            slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{")
+            began = time.monotonic()
+            answer = b""
+            while not answer:  # a byte every 0.2 s: never idle for the keep-alive time, too slow to arrive whole
+                with contextlib.suppress(OSError):
+                    slow.sendall(b" ")
+                slow.settimeout(0.2)
+                with contextlib.suppress(TimeoutError):
+                    answer = slow.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            assert 1.0 < time.monotonic() - began < 4
+        config.write_text(base + "server: {keep_alive_ms: 5000}\n")
+        request = urllib.request.Request(url + "/admin/reload", data=b"", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as reloaded:
+            warnings = json.load(reloaded)["warnings"]
+        assert [w for w in warnings if w.startswith("server.keep_alive_ms") and "restart" in w], warnings
+        assert [w for w in warnings if w.startswith("server.read_timeout_ms") and "restart" in w], warnings
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output

@@ -378,6 +378,7 @@ def _blame(exchange: Exchange) -> None:
 RESTART_ONLY = "changed, but takes effect only when Laneway restarts"
 # Sections a running gateway built its long-lived parts from: a reload reads them, and does not apply them.
 _BUILT_AT_START = ("state", "telemetry", "shadow")
+_SERVER_BUILT_AT_START = ("cache_entries", "keep_alive_ms", "read_timeout_ms")
 
 
 def restart_only(running: Config, new: Config, *, fleet_running: bool) -> Config:
@@ -387,8 +388,10 @@ def restart_only(running: Config, new: Config, *, fleet_running: bool) -> Config
     sections = (*_BUILT_AT_START, "sim") if fleet_running else _BUILT_AT_START
     changed = [name for name in sections if getattr(running, name) != getattr(new, name)]
     kept = {name: getattr(running, name) for name in changed}
-    if running.server.cache_entries != new.server.cache_entries:
-        changed.append("server.cache_entries")
-        kept["server"] = replace(new.server, cache_entries=running.server.cache_entries)
+    started = {name: getattr(running.server, name) for name in _SERVER_BUILT_AT_START
+               if getattr(running.server, name) != getattr(new.server, name)}
+    if started:
+        changed.extend(f"server.{name}" for name in started)
+        kept["server"] = replace(new.server, **started)
     notes = [ConfigIssue(name, f"{RESTART_ONLY}; the running value stays", severity="warning") for name in changed]
     return replace(new, **kept, warnings=(*new.warnings, *notes))

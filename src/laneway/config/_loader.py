@@ -604,6 +604,8 @@ def _server(s: Section) -> ServerSettings:
         max_messages=s.whole("max_messages", defaults.max_messages, minimum=1),
         cache_entries=s.whole("cache_entries", defaults.cache_entries, minimum=1),
         shutdown_grace_ms=s.whole("shutdown_grace_ms", defaults.shutdown_grace_ms, minimum=0),
+        keep_alive_ms=s.whole("keep_alive_ms", defaults.keep_alive_ms, minimum=100, maximum=MAX_DEADLINE_MS),
+        read_timeout_ms=s.whole("read_timeout_ms", defaults.read_timeout_ms, minimum=100, maximum=MAX_DEADLINE_MS),
     )
     s.done()
     return settings

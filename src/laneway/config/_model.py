@@ -150,6 +150,12 @@ class ServerSettings:
     # How long a stopping server lets requests in flight finish (a long stream) before it cuts them,
     # recorded as such: under the 30 s a container orchestrator grants before it kills the process.
     shutdown_grace_ms: int = 25_000
+    # A connection is closed after this without a request, and a request whose head or body stops arriving
+    # for as long gets a 408. Read at start, as is the next.
+    keep_alive_ms: int = 30_000
+    # A request must arrive whole within this of its first byte (408): a body trickled a byte every few
+    # seconds never stops for `keep_alive_ms`.
+    read_timeout_ms: int = 300_000
 
 
 @dataclass(frozen=True, slots=True)

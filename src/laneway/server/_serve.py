@@ -125,7 +125,9 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
         # SIGINT and SIGTERM end in a graceful return (exit code 0), so the exchange log is flushed; the
         # grace period is the config's when the stop begins. A worker's supervisor owns Ctrl-C (which
         # reaches a worker from the terminal and again from the supervisor): it forces with FORCE_STOP.
-        server = HttpServer(app, host, port, sockets=sockets, keep_alive_s=30, backlog=4096,
+        settings = gateway.config.server
+        server = HttpServer(app, host, port, sockets=sockets, keep_alive_s=settings.keep_alive_ms / 1000,
+                            request_deadline_s=settings.read_timeout_ms / 1000, backlog=4096,
                             grace_s=lambda: gateway.config.server.shutdown_grace_ms / 1000,
                             second_sigint_forces=sockets is None,
                             force_signals=(FORCE_STOP,) if sockets is not None else (), on_started=announce)
