@@ -391,3 +391,53 @@ routes:
         assert not breaker.probing and breaker.failures == 5  # no verdict either way
     finally:
         await runtime.aclose(1.0)
+
+
+async def test_a_stream_cancelled_while_it_waits_to_try_again_gives_its_gate_slot_back() -> None:
+    """A stream abandoned during the pause a 429's `Retry-After` asked for (its client left, the server stopped)
+    kept the gate slot: the gated model took no other request until a restart. A whole answer gave it back."""
+    from _loopback import Handler, serving
+    from laneway.context import TokenCounter
+    from laneway.dispatch import Dispatcher, Plan
+    from laneway.runtime import Runtime
+
+    class Busy(Handler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            body = b'{"error": {"message": "slow down", "type": "rate_limit_error"}}'
+            self.send_response(429)
+            self.send_header("retry-after", "2")
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    with serving(Busy) as upstream:
+        config = parse_config(f"""
+models:
+  gated: {{provider: openai, base_url: "{upstream.url}", model: m, gate: {{max_concurrency: 1}},
+          price: {{input_per_mtok: 1, output_per_mtok: 1}}}}
+routes:
+- target: gated
+  retry: {{attempts: 2}}
+""")
+        runtime = Runtime.build(config, None)
+        try:
+            gate = runtime.gates["gated"]
+            for stream in (True, False):
+                plan = Plan(config.routes[0], [("primary", "gated")], asyncio.get_running_loop().time() + 10)
+                dispatcher = Dispatcher(runtime, TokenCounter())
+                call = dispatcher.stream if stream else dispatcher.complete
+                task = asyncio.create_task(call(plan, [{"role": "user", "content": "hi"}], {},
+                                                Exchange(f"left-{stream}", time.time())))
+                deadline = time.monotonic() + 5
+                while gate.in_flight == 0:  # admitted, sent, and now waiting out the Retry-After
+                    assert time.monotonic() < deadline and not task.done()
+                    await asyncio.sleep(0.02)
+                await asyncio.sleep(0.3)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                assert gate.in_flight == 0, f"stream={stream}"
+        finally:
+            await runtime.aclose(1.0)

@@ -200,53 +200,59 @@ class Dispatcher:
         unsendable: list[InvalidRequest] = []
         async with contextlib.aclosing(self._lanes(plan, messages, params, exchange, unsendable, errors)) as lanes:
             async for lane, name, request, ticket, trimmed in lanes:
-                for attempt_no in range(self._tries(plan)):
-                    if _expired(plan):
-                        ticket.release()
-                        _too_late(exchange, attempt_no, name, lane)
-                        raise self._give_up(errors, exchange, plan)
-                    attempt = Attempt(name, OK, lane=lane, trimmed_messages=trimmed)
-                    exchange.attempts.append(attempt)
-                    started = time.perf_counter()
-                    chunks = self.runtime.providers[name].stream(request, plan.deadline)
-                    limit = _attempt_limit(plan, lane, self.runtime.config.models[name]) or plan.deadline
-                    try:
-                        # Bounded as a whole: an upstream that opens the stream at once with an event that holds
-                        # nothing for the client (OpenAI's role chunk, reasoning deltas) has not answered yet.
-                        first = await _first_chunk(chunks, limit)
-                    except TimeoutError:
-                        error: UpstreamError = UpstreamTimeout(
-                            "no first chunk within this attempt's time (the request's deadline, the model's "
-                            "`deadline_ms`, or a canary's share of the deadline)", model=name)
-                    except StopAsyncIteration:
-                        error = UpstreamUnavailable("stream ended before any data", model=name)
-                    except UpstreamError as exc:
-                        error = exc
-                    except InvalidRequest as refused:  # the adapter cannot put it in its wire format: unsent
+                handed_over = False  # the slot goes with the stream, which gives it back when it ends
+                try:
+                    for attempt_no in range(self._tries(plan)):
+                        if _expired(plan):
+                            _too_late(exchange, attempt_no, name, lane)
+                            raise self._give_up(errors, exchange, plan)
+                        attempt = Attempt(name, OK, lane=lane, trimmed_messages=trimmed)
+                        exchange.attempts.append(attempt)
+                        started = time.perf_counter()
+                        chunks = self.runtime.providers[name].stream(request, plan.deadline)
+                        limit = _attempt_limit(plan, lane, self.runtime.config.models[name]) or plan.deadline
+                        try:
+                            # Bounded as a whole: an upstream that opens the stream at once with an event that holds
+                            # nothing for the client (OpenAI's role chunk, reasoning deltas) has not answered yet.
+                            first = await _first_chunk(chunks, limit)
+                        except TimeoutError:
+                            error: UpstreamError = UpstreamTimeout(
+                                "no first chunk within this attempt's time (the request's deadline, the model's "
+                                "`deadline_ms`, or a canary's share of the deadline)", model=name)
+                        except StopAsyncIteration:
+                            error = UpstreamUnavailable("stream ended before any data", model=name)
+                        except UpstreamError as exc:
+                            error = exc
+                        except InvalidRequest as refused:  # the adapter cannot put it in its wire format: unsent
+                            await close_stream(chunks)
+                            self._unsendable(attempt, name, refused, unsendable)
+                            break
+                        except BaseException as exc:  # a client that left, or a bug: no failover
+                            _broke_off(attempt, started, exc, exchange)
+                            self.runtime.breakers[name].release()  # no verdict on the model either way
+                            ticket.release()  # at once, not after the upstream's stream is closed
+                            await close_stream(chunks)
+                            raise
+                        else:
+                            attempt.ttft_ms = (time.perf_counter() - started) * 1000
+                            exchange.upstream_ms += attempt.ttft_ms
+                            self.runtime.breakers[name].answering()
+                            exchange.lane, exchange.model, exchange.trimmed_messages = lane, name, trimmed
+                            ended = partial(self._stream_ended, name)
+                            rest = ticket.hold(chunks, ended)
+                            handed_over = True
+                            return Started(name, lane, attempt, first, rest, request, started,
+                                           let_go=partial(let_go, rest, chunks, ticket, ended))
                         await close_stream(chunks)
-                        self._unsendable(attempt, name, refused, unsendable)
-                        break
-                    except BaseException as exc:  # a client that left, or a bug: no failover
-                        _broke_off(attempt, started, exc, exchange)
-                        self.runtime.breakers[name].release()  # no verdict on the model either way
+                        self._failed(attempt, error, started, name, exchange, plan)
+                        errors.append(error)
+                        if not await self._retry_pause(plan, error, attempt_no, exchange, name):
+                            break
+                finally:
+                    # a pause between tries or a closing stream cancelled (the client left, the server stopped)
+                    # must give the slot back too: held, it stopped the gated model for good
+                    if not handed_over:
                         ticket.release()
-                        await close_stream(chunks)
-                        raise
-                    else:
-                        attempt.ttft_ms = (time.perf_counter() - started) * 1000
-                        exchange.upstream_ms += attempt.ttft_ms
-                        self.runtime.breakers[name].answering()
-                        exchange.lane, exchange.model, exchange.trimmed_messages = lane, name, trimmed
-                        ended = partial(self._stream_ended, name)
-                        rest = ticket.hold(chunks, ended)
-                        return Started(name, lane, attempt, first, rest, request, started,
-                                       let_go=partial(let_go, rest, chunks, ticket, ended))
-                    await close_stream(chunks)
-                    self._failed(attempt, error, started, name, exchange, plan)
-                    errors.append(error)
-                    if not await self._retry_pause(plan, error, attempt_no, exchange, name):
-                        break
-                ticket.release()
         raise unsendable[0] if unsendable and not errors else self._give_up(errors, exchange, plan)
 
     def _unsendable(self, attempt: Attempt, name: str, refused: InvalidRequest,
