@@ -5,8 +5,9 @@ reply: the request, then a mail client's "On ... wrote:" line and a quoted agent
 another, non-billing row). Each is classified by the shipped model three ways: the request alone, the whole
 email as it comes (the first 2,000 characters, subject first), and what the gateway reads of an email
 (`Signals.customer_text`: the text before the quoted thread, without quoted lines). The same rows are also
-written as inline replies, the request under one quoted line of the agent's question, and read as the
-gateway reads them.
+written as inline replies, the request under one quoted line of the agent's question, and as replies
+written under the quoted thread (the "On ... wrote:" line and the quote first), and read as the gateway
+reads them.
 
 Run: PYTHONPATH=src .venv/bin/python bench/bench_quoted_emails.py [--rows 200] [--seed 0]
 """
@@ -40,7 +41,7 @@ def main() -> None:
     others = [r for r in rows if r["intent"] not in BILLING]
     model = load_default()
     reached = {"the request alone": 0, "the whole email": 0, "what the gateway reads": 0,
-               "an inline reply, as the gateway reads it": 0}
+               "an inline reply, as the gateway reads it": 0, "a reply under the quote, as the gateway reads it": 0}
     for row in rng.sample([r for r in rows if r["intent"] in BILLING], args.rows):
         request = f"Hi,\n\n{row['instruction']}\n\nThanks,\nAnna\n\n"
         quoted = "\n".join("> " + line for line in rng.choice(others)["response"].splitlines())
@@ -54,6 +55,10 @@ def main() -> None:
         signals = Signals([{"role": "user", "content": inline}], channel="email", metadata={"subject": SUBJECT},
                           intent_fn=model.classify)
         reached["an inline reply, as the gateway reads it"] += signals.intent in BILLING
+        under = f"On Mon, 3 Mar 2025 at 10:02, Support <support@example.com> wrote:\n{quoted}\n\n{request}"
+        signals = Signals([{"role": "user", "content": under}], channel="email", metadata={"subject": SUBJECT},
+                          intent_fn=model.classify)
+        reached["a reply under the quote, as the gateway reads it"] += signals.intent in BILLING
     for text, count in reached.items():
         print(f"{text}: {count} of {args.rows} reach a billing intent ({count / args.rows:.1%})")
 

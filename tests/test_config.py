@@ -844,6 +844,22 @@ def test_an_inline_reply_is_read_without_the_lines_it_quotes_not_cut_at_the_firs
     assert signals.intent == "track_refund"
 
 
+@pytest.mark.parametrize("quote_lines", [3, 40])
+@pytest.mark.parametrize("attribution", ["On Mon, 3 Mar 2025 at 10:02, Support <support@example.com> wrote:\n", ""])
+def test_a_reply_written_under_the_quote_is_read_not_the_quote(attribution: str, quote_lines: int) -> None:
+    """With the quote first, the whole email was read, quote included; and a quote past the 2,000 characters
+    read left nothing of the reply: billing replies were classified by the agent's shipping answer."""
+    from laneway.intents import load_default
+    from laneway.signals import CUSTOMER_TEXT_CHARS, Signals
+
+    reply = "I was charged twice for this order, please refund the duplicate charge on my card.\nAnna\n"
+    email = attribution + f"> {AGENT_REPLY}\n" * quote_lines + "\n" + reply
+    assert (quote_lines > 3) == (len(email) - len(reply) > CUSTOMER_TEXT_CHARS)
+    signals = Signals([{"role": "user", "content": email}], channel="email", intent_fn=load_default().classify)
+    assert signals.customer_text().strip() == reply.strip()
+    assert signals.intent == "billing_dispute"
+
+
 def test_text_parts_are_read_one_a_line_not_run_together() -> None:
     """Parts joined end to end ran one's last word into the next one's first: "chargedtwice" found no passage,
     and an Anthropic or Gemini model's system prompt read "original cardNever promise"."""

@@ -66,6 +66,9 @@ _THREAD_START = re.compile(
     r"|From:[ \t][^\n]*\n(?:Sent|Date):)", re.MULTILINE | re.IGNORECASE)
 # A quoted line: left out wherever it is, since a reply may answer a quoted question line by line.
 _QUOTED_LINE = re.compile(r"^[ \t]*>.*(?:\n|$)", re.MULTILINE)
+# Characters of an email searched for its own words, before they are cut to `CUSTOMER_TEXT_CHARS`: a reply
+# written under a long quote starts past the first 2,000, which held only the quote.
+EMAIL_SCAN_CHARS = 65_536
 
 
 class Signals:
@@ -159,7 +162,7 @@ class Signals:
         text = next((message_text(m) for m in reversed(self._messages) if m.get("role") == "user"), "")
         subject = None
         if self.channel == "email":
-            text = own_words(text[:CUSTOMER_TEXT_CHARS])
+            text = own_words(text[:EMAIL_SCAN_CHARS])
             subject = self.metadata.get(SUBJECT)
         if isinstance(subject, str) and subject.strip():
             text = f"{subject.strip()}\n{text}" if text else subject.strip()
@@ -214,9 +217,16 @@ MAX_TEXT_SIGNAL = 512  # characters of a client's `conversation_id` or `tier`, a
 
 
 def own_words(email: str) -> str:
-    """An email's own words: its text before the thread it quotes (`_THREAD_START`), without its quoted lines;
-    all of it when that leaves nothing."""
+    """An email's own words, without its quoted lines: its text before the thread it quotes (`_THREAD_START`);
+    when nothing comes before (a reply written under the quote), the text after the line that begins the
+    thread; all of it when that leaves nothing either."""
     thread = _THREAD_START.search(email)
-    own = email if thread is None else email[:thread.start()]
-    own = _QUOTED_LINE.sub("", own) if ">" in own else own
-    return own if own.strip() else email
+    own = _unquoted(email if thread is None else email[:thread.start()])
+    if own.strip() or thread is None:
+        return own if own.strip() else email
+    below = _unquoted(email[thread.end():])
+    return below if below.strip() else email
+
+
+def _unquoted(text: str) -> str:
+    return _QUOTED_LINE.sub("", text) if ">" in text else text
