@@ -553,3 +553,42 @@ routes:
     assert (exchange.prompt_tokens, attempt.cached_tokens) == (50, 20)
     assert exchange.completion_tokens >= 4  # the two pieces forwarded, estimated
     assert exchange.cost_usd == pytest.approx((30 * 3.0 + 20 * 0.3 + exchange.completion_tokens * 15.0) / 1e6)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_model_s_own_deadline_with_time_left_after_it_does_not_make_the_request_a_timeout(
+        sim_url: str, stream: bool) -> None:
+    """A timeout anywhere in the attempts made the answer a 504 "deadline exceeded", though the request had
+    time left and the models after it failed otherwise: read as "raise the deadline", and counted so."""
+    faults = {"e500": "error_500", "silent": "silent", "e503": "error_503"}
+    text = config(faults, "- target: e500\n  fallbacks: [silent, e503]\n  deadline_ms: 3000\n")
+    text = text.replace('model: "gpt-5-mini@silent"', 'model: "gpt-5-mini@silent"\n    deadline_ms: 400')
+    sink = RecordingSink()
+    with live_gateway(text, sim_url, telemetry=sink) as gw:
+        got, headers, body, elapsed = send(gw, {"model": "laneway", "stream": stream,
+                                                "messages": [{"role": "user", "content": "hi"}]})
+    assert got == 502 and json.loads(body)["error"]["code"] == "upstream_unavailable", body
+    assert elapsed < 2.0
+    exchange = one(sink, headers["x-request-id"])
+    assert exchange.outcome == "upstream_unavailable"
+    assert "model_inference_deadline_exceeded" in [a.outcome for a in exchange.attempts]
+
+
+def test_a_fallback_left_the_last_moments_of_the_deadline_is_not_charged_its_timeout(sim_url: str) -> None:
+    """A healthy fallback given the 0.1 s the model before it left timed out, and each such request counted a
+    failure against it: three opened its breaker, and every route skipped the healthy model for a minute."""
+    routes = "- target: first\n  fallbacks: [spare]\n  deadline_ms: 1000\n"
+    text = config({"first": "silent", "spare": "slow_300"}, routes)
+    text = text.replace('model: "gpt-5-mini@silent"', 'model: "gpt-5-mini@silent"\n    deadline_ms: 850')
+    sink = RecordingSink()
+    with live_gateway(text, sim_url, telemetry=sink) as gw:
+        assert gw.gateway is not None
+        for _ in range(3):
+            got, headers, body, _ = send(gw, {"model": "laneway", "messages": [{"role": "user", "content": "hi"}]})
+            assert got == 504, body
+            assert [a.outcome for a in one(sink, headers["x-request-id"]).attempts] == [
+                "model_inference_deadline_exceeded"] * 2
+        breakers = gw.gateway.runtime.breakers
+        assert breakers["spare"].failures == 0 and breakers["first"].failures == 3  # its own 850 ms: a verdict
+        got, headers, body, _ = send(gw, {"model": "laneway", "messages": [{"role": "user", "content": "hi"}]})
+    assert got == 200 and headers["x-laneway-model"] == "spare", body  # the first cools down, not the spare

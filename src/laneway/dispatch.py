@@ -48,6 +48,11 @@ CANARY_SHARE = 0.5
 # The share of what is left of the deadline a wait in a gate's queue may take when a model comes after
 # the gated one (its `degrade_to`, or the route's next model): the rest is that model's.
 QUEUE_SHARE = 0.5
+# A timeout is a verdict on the model (its breaker counts it) only when the attempt had at least this share
+# of the model's fair time: the request's whole deadline, or its own `deadline_ms` if shorter.
+FAIR_SHARE = 0.5
+# How early a timer may fire as the event loop reads its clock: a deadline this close is one that ran out.
+TIMER_SLACK_S = 0.005
 # The `max_tokens` a trimmed conversation leaves room for when the request names none (at most a
 # quarter of the model's window); the request then asks for no more.
 TRIM_ANSWER_TOKENS = 1024
@@ -165,11 +170,12 @@ class Dispatcher:
                         attempt = Attempt(name, OK, lane=lane, trimmed_messages=trimmed)
                         exchange.attempts.append(attempt)
                         started = time.perf_counter()
+                        limit = _attempt_limit(plan, lane, self.runtime.config.models[name]) or plan.deadline
+                        given_s = limit - asyncio.get_running_loop().time()
                         try:
-                            limit = _attempt_limit(plan, lane, self.runtime.config.models[name]) or plan.deadline
                             completion = await self.runtime.providers[name].complete(request, limit)
                         except UpstreamError as error:
-                            self._failed(attempt, error, started, name, exchange, plan)
+                            self._failed(attempt, error, started, name, exchange, plan, given_s)
                             errors.append(error)
                             if not await self._retry_pause(plan, error, attempt_no, exchange, name):
                                 break
@@ -211,6 +217,7 @@ class Dispatcher:
                         started = time.perf_counter()
                         chunks = self.runtime.providers[name].stream(request, plan.deadline)
                         limit = _attempt_limit(plan, lane, self.runtime.config.models[name]) or plan.deadline
+                        given_s = limit - asyncio.get_running_loop().time()
                         try:
                             # Bounded as a whole: an upstream that opens the stream at once with an event that holds
                             # nothing for the client (OpenAI's role chunk, reasoning deltas) has not answered yet.
@@ -244,7 +251,7 @@ class Dispatcher:
                             return Started(name, lane, attempt, first, rest, request, started,
                                            let_go=partial(let_go, rest, chunks, ticket, ended))
                         await close_stream(chunks)
-                        self._failed(attempt, error, started, name, exchange, plan)
+                        self._failed(attempt, error, started, name, exchange, plan, given_s)
                         errors.append(error)
                         if not await self._retry_pause(plan, error, attempt_no, exchange, name):
                             break
@@ -442,7 +449,8 @@ class Dispatcher:
         return True
 
     def _failed(self, attempt: Attempt, error: UpstreamError, started: float, name: str,
-                exchange: Exchange, plan: Plan) -> None:
+                exchange: Exchange, plan: Plan, given_s: float) -> None:
+        """`given_s`: the time the attempt had, from when it was sent to its limit."""
         if isinstance(error, UpstreamContextOverflow):
             _long_context_next(plan, (attempt.lane, name))
         # An upstream may echo the credential it refused, in a status's body or in a stream's first event.
@@ -452,16 +460,20 @@ class Dispatcher:
         attempt.error = error.message
         attempt.upstream_status = error.upstream_status
         exchange.upstream_ms += attempt.latency_ms
-        self.judge(name, error)
+        spec = self.runtime.config.models[name]
+        fair_ms = min(self.runtime.config.deadline_ms(plan.route, spec), spec.deadline_ms or math.inf)
+        fair_s = fair_ms / 1000
+        self.judge(name, error, short=isinstance(error, UpstreamTimeout) and given_s < FAIR_SHARE * fair_s)
 
-    def judge(self, name: str, error: UpstreamError) -> None:
+    def judge(self, name: str, error: UpstreamError, *, short: bool = False) -> None:
         """Tell model `name`'s breaker of a failed attempt. A prompt too long, or a request the upstream calls
         malformed, says nothing of the model's health: one client's bad requests must not cool a model down
         for everyone. Nor does a rate limit: the upstream says when to come back (its `Retry-After` reaches
         the client), and a breaker opened on 429s would answer 503s, for its own cooldown, to clients that
-        handle rate limits."""
+        handle rate limits. Nor does a timeout of an attempt that was given too little time (`short`): a
+        fallback left the last moments of the deadline by the models before it."""
         breaker = self.runtime.breakers[name]
-        if (isinstance(error, UpstreamContextOverflow | UpstreamRateLimited)
+        if (short or isinstance(error, UpstreamContextOverflow | UpstreamRateLimited)
                 or (isinstance(error, UpstreamRejected) and error.client_fault)):
             breaker.release()
         elif breaker.failure(asyncio.get_running_loop().time()) and self.sink is not None:
@@ -510,7 +522,8 @@ class Dispatcher:
     def _give_up(self, errors: list[UpstreamError], exchange: Exchange, plan: Plan,
                  expired: bool = False) -> Exception:
         if errors:
-            return AllAttemptsFailed(errors)
+            ran_out = expired or asyncio.get_running_loop().time() >= plan.deadline - TIMER_SLACK_S
+            return AllAttemptsFailed(errors, ran_out=ran_out)
         if expired or _expired(plan):  # nothing was sent: the deadline ran out before (at a gate, in a retry pause)
             where = f" ({plan.gated.reason})" if plan.gated is not None else ""
             return AllAttemptsFailed([UpstreamTimeout(f"the deadline ran out before any model was sent the "

@@ -260,13 +260,14 @@ class UpstreamRejected(UpstreamError):
 
 class AllAttemptsFailed(UpstreamError):
     """Every model in the plan failed; the status is that of the most telling attempt, and so are its
-    `param` and, when rate limits ended it, the longest `retry_after_s` the upstreams asked for."""
+    `param` and, when rate limits ended it, the longest `retry_after_s` the upstreams asked for. `ran_out`:
+    the request's deadline ended it (else its last attempt did, with time left)."""
 
-    def __init__(self, errors: Sequence[UpstreamError]) -> None:
+    def __init__(self, errors: Sequence[UpstreamError], *, ran_out: bool = True) -> None:
         self.errors = tuple(errors)
         detail = "; ".join((f"`{e.model}`: " if e.model else "") + f"{e.code}: {e.message}" for e in self.errors)
         super().__init__(f"all {len(self.errors)} attempt(s) failed: {detail}")
-        last = _most_telling(self.errors)
+        last = _most_telling(self.errors) if ran_out else self.errors[-1]
         self.status = last.status
         self.code = last.code
         self.type = last.type
@@ -276,7 +277,8 @@ class AllAttemptsFailed(UpstreamError):
 
 
 def _most_telling(errors: Sequence[UpstreamError]) -> UpstreamError:
-    # A deadline that ran out explains the outcome better than the earlier failures it cut short.
+    # A deadline that ran out explains the outcome better than the earlier failures it cut short. Not a
+    # model's own `deadline_ms` with time left after it: the models tried then are what ended it.
     for error in reversed(errors):
         if isinstance(error, UpstreamTimeout):
             return error
