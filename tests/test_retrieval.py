@@ -330,3 +330,16 @@ def test_a_long_csv_cell_is_cut_into_passages_and_ids_stay_unique(tmp_path: Path
     records.write_text(json.dumps([{"id": "a", "text": "one"}, {"id": "a", "text": "two"},
                                    {"id": "a~2", "text": "three"}]))
     assert [p.id for p in KnowledgeBase.build("ids", [records]).passages] == ["a", "a~3", "a~2"]
+
+
+@pytest.mark.parametrize("style", ["system", "user"])
+def test_the_knowledge_block_comes_after_the_system_messages_even_with_no_user_message(
+        billing: KnowledgeBase, style: str) -> None:
+    """With only system messages, the block went first, before the client's system prompt."""
+    from laneway.config import Retrieval
+    from laneway.grounding import ground
+
+    messages = [{"role": "system", "content": "You answer billing questions."},
+                {"role": "developer", "content": "Be brief."}]
+    grounded = ground(billing, Retrieval(knowledge="billing", style=style), messages, "").messages
+    assert grounded[:2] == messages and len(grounded) == 3

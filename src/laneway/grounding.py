@@ -41,7 +41,7 @@ def _inject(messages: list[Message], passages: list[Passage], style: str) -> lis
     block = KnowledgeMessage(role="system" if style == "system" else "user",
                              content=render_passages(passages, style=style))
     if style == "system":
-        at = next((i for i, m in enumerate(messages) if m.get("role") not in ("system", "developer")), 0)
+        at = next((i for i, m in enumerate(messages) if m.get("role") not in ("system", "developer")), len(messages))
         return [*messages[:at], block, *messages[at:]]
     last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=len(messages))
     return [*messages[:last_user], block, *messages[last_user:]]
