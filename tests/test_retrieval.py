@@ -343,3 +343,20 @@ def test_the_knowledge_block_comes_after_the_system_messages_even_with_no_user_m
                 {"role": "developer", "content": "Be brief."}]
     grounded = ground(billing, Retrieval(knowledge="billing", style=style), messages, "").messages
     assert grounded[:2] == messages and len(grounded) == 3
+
+
+def test_text_without_spaces_and_inline_images_do_not_make_passages_past_chunk_tokens(tmp_path: Path) -> None:
+    """A run without spaces counted as one word: a Japanese section of 34,500 characters was one passage, and an
+    image inlined as a `data:` URI one of 400,000 characters; each hit was refused as too long for the model."""
+    image = "iVBORw0KGgo" + "AAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJ" * 12_000
+    sentence = "ご注文の返金は、カードへの請求が確定してから五営業日以内に行われます。"
+    source = tmp_path / "faq.md"
+    source.write_text(f"# Returns\n\nPrint the return label from your orders page.\n\n![label](data:image/png;base64,"
+                      f"{image})\n\n# 返金\n\n{sentence * 1000}\n", encoding="utf-8")
+    passages = KnowledgeBase.build("faq", [source], chunk_tokens=400).passages
+    assert all("base64" not in p.text and "AAAANSUh" not in p.text for p in passages)
+    returns = [p for p in passages if p.title == "Returns"]
+    assert len(returns) == 1 and "return label" in returns[0].text and "![label]" in returns[0].text
+    japanese = [p for p in passages if p.title == "返金"]
+    assert len(japanese) > 10 and max(len(p.text) for p in japanese) <= 800
+    assert "".join(p.text for p in japanese) == sentence * 1000  # cut between characters, nothing lost or added

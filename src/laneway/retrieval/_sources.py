@@ -30,6 +30,14 @@ _NOT_A_TITLE = re.compile(r"^\s*([-*+]\s|\d+[.)]\s|\||>)")  # a list item, a tab
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n.*?^(---|\.\.\.)[ \t]*$\n?", re.DOTALL | re.MULTILINE)
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+# A run without spaces longer than this (text in a script written without spaces, a long URL) counts as one word
+# per `CHARS_PER_WORD` characters, and is cut between characters: counted as one word, a Japanese section of
+# 34,500 characters was one passage, past the window of every model its hit went to.
+LONG_RUN_CHARS = 32
+CHARS_PER_WORD = 2
+# An inline file (`![chart](data:image/png;base64,...)`, as Markdown exports write images) is no policy text: its
+# bytes made a passage of 400,000 characters whose random letters matched unrelated questions.
+_DATA_URI = re.compile(r"data:[\w.+-]+/[\w.+-]+(?:;[\w=.+-]+)*,[^\s)\"'<>]*")
 
 
 def source_error(path: Path, message: str) -> ConfigError:
@@ -163,8 +171,12 @@ def _record_document(path: Path, index: int, record: dict[str, object], where: s
 
 
 def chunk_document(document: Document, chunk_tokens: int) -> list[Passage]:
-    """`document` cut at paragraph boundaries into pieces of at most `chunk_tokens` words."""
-    pieces = list(_pack(_paragraphs(document.text, chunk_tokens), chunk_tokens))
+    """`document` cut at paragraph boundaries into pieces of at most `chunk_tokens` words (`_words`), without
+    inline files (`data:` URIs)."""
+    text = _DATA_URI.sub("", document.text) if "data:" in document.text else document.text
+    pieces = list(_pack(_paragraphs(text, chunk_tokens), chunk_tokens))
+    if not pieces:
+        return []
     if len(pieces) == 1:
         return [Passage(document.id, document.source, document.title, pieces[0], 0.0)]
     return [
@@ -176,14 +188,34 @@ def chunk_document(document: Document, chunk_tokens: int) -> list[Passage]:
 def _paragraphs(text: str, limit: int) -> Iterator[tuple[str, int]]:
     """Each paragraph with its word count; one longer than `limit` comes cut between words."""
     for paragraph in _PARAGRAPH_BREAK.split(text.strip()):
-        words = paragraph.split()
-        if len(words) <= limit:
+        words = list(_words(paragraph))
+        size = sum(weight for _, weight, _ in words)
+        if size <= limit:
             if words:
-                yield paragraph.strip(), len(words)
+                yield paragraph.strip(), size
             continue
-        for start in range(0, len(words), limit):
-            part = words[start : start + limit]
-            yield " ".join(part), len(part)
+        part: list[str] = []
+        size = 0
+        for word, weight, glue in words:
+            if part and size + weight > limit:
+                yield "".join(part).lstrip(), size
+                part, size = [], 0
+            part.append(glue + word)
+            size += weight
+        if part:
+            yield "".join(part).lstrip(), size
+
+
+def _words(paragraph: str) -> Iterator[tuple[str, int, str]]:
+    """The paragraph's words as (text, count, what joins it to the word before): a run longer than
+    `LONG_RUN_CHARS` comes in pieces of that many characters, each counting `LONG_RUN_CHARS / CHARS_PER_WORD`."""
+    for word in paragraph.split():
+        if len(word) <= LONG_RUN_CHARS:
+            yield word, 1, " "
+            continue
+        for start in range(0, len(word), LONG_RUN_CHARS):
+            piece = word[start : start + LONG_RUN_CHARS]
+            yield piece, -(-len(piece) // CHARS_PER_WORD), " " if start == 0 else ""
 
 
 def _pack(paragraphs: Iterator[tuple[str, int]], limit: int) -> Iterator[str]:
