@@ -123,3 +123,34 @@ def test_anthropic_caches_only_a_marked_system_prompt_and_bills_the_write(
     assert sink.by_id(second_id).cost_usd == pytest.approx(
         price.cost(second["prompt_tokens"], second["completion_tokens"], written))
     assert cached_of(unmarked) == cached_of(unmarked_again) == 0
+
+
+def test_an_anthropic_model_reads_the_cached_system_prompt_behind_a_route_s_passages(sim_url: str) -> None:
+    """The passages went into the marked system prompt: they change with each question, so every request paid
+    the cache write's premium on the whole of it and none read the cache."""
+    from pathlib import Path
+
+    policies = Path(__file__).resolve().parent.parent / "knowledge" / "billing" / "policies.md"
+    config = f"""
+models:
+  claude:
+    provider: anthropic
+    base_url: sim:///claude-sonnet-37
+    model: claude-3-7-sonnet
+    context_window: 100000
+    price: {_price(PRICES["claude-cached"])}
+    prompt_cache: true
+knowledge:
+  billing: {{sources: ["{policies}"]}}
+routes:
+- target: claude
+  retrieval: {{knowledge: billing, top_k: 3}}
+"""
+    sink = RecordingSink()
+    with live_gateway(config, sim_url, telemetry=sink) as gateway:
+        usages = [ask(gateway, "laneway", question, stream, "grounded")[1] for question, stream in (
+            ("I was charged twice for my order, can I get a refund?", False),
+            ("How long does a refund take to reach my card?", True),
+            ("Can I cancel my subscription and get my money back?", False))]
+    assert cached_of(usages[0]) == 0
+    assert all(cached_of(usage) > 1000 for usage in usages[1:]), usages  # the policy prompt, read from the cache

@@ -5,13 +5,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..chat import (
     ChatRequest,
     Chunk,
     Completion,
+    KnowledgeMessage,
     Message,
     Usage,
     answer_schema,
@@ -125,19 +126,26 @@ def request_body(model: str, request: ChatRequest, stream: bool, prompt_cache: b
                  thinking: int = 0) -> dict[str, Any]:
     """The Messages API body for `request`: system prompts lifted out, turns alternating. With
     `prompt_cache`, the system prompt is marked for the API's prompt cache (`cache_control`), so that
-    the next request that starts with it reads it at the cache's price. A `thinking` budget (tokens)
-    turns on extended thinking, on top of the answer's `max_tokens`."""
-    system = [message_text(m) for m in request.messages if m.get("role") in _SYSTEM_ROLES]
+    the next request that starts with it reads it at the cache's price; a route's retrieved passages,
+    which change from request to request, follow the mark in a block of their own (inside it, every
+    request wrote the cache at its premium and none read it). A `thinking` budget (tokens) turns on
+    extended thinking, on top of the answer's `max_tokens`."""
+    system = [m for m in request.messages if m.get("role") in _SYSTEM_ROLES]
     turns = alternating_turns(request.messages)
     if not turns:
         raise InvalidRequest("an Anthropic model needs at least one non-empty `user` or `assistant` message",
                              param="messages")
     body: dict[str, Any] = {"model": model, "max_tokens": request.max_tokens(DEFAULT_MAX_TOKENS),
                             "messages": turns}
-    if any(system):
-        joined = "\n\n".join(text for text in system if text)
-        body["system"] = ([{"type": "text", "text": joined, "cache_control": {"type": "ephemeral"}}] if prompt_cache
-                          else joined)
+    if prompt_cache:
+        stable = _joined(m for m in system if not isinstance(m, KnowledgeMessage))
+        passages = _joined(m for m in system if isinstance(m, KnowledgeMessage))
+        blocks = [{"type": "text", "text": stable, "cache_control": {"type": "ephemeral"}}] if stable else []
+        body["system"] = [*blocks, {"type": "text", "text": passages}] if passages else blocks
+        if not body["system"]:
+            del body["system"]
+    elif joined := _joined(system):
+        body["system"] = joined
     body.update(sampling(request.params))
     body.update(tool_settings(request.params))
     schema = answer_schema(request.params)
@@ -152,6 +160,10 @@ def request_body(model: str, request: ChatRequest, stream: bool, prompt_cache: b
     if stream:
         body["stream"] = True
     return body
+
+
+def _joined(messages: Iterable[Message]) -> str:
+    return "\n\n".join(text for text in map(message_text, messages) if text)
 
 
 def _think(body: dict[str, Any], budget: int, top_p: Any) -> None:

@@ -34,10 +34,16 @@ def parse(body: dict[str, Any], path_model: str | None) -> SimRequest:
         raise ValueError("messages: field required, a non-empty list")
     if not isinstance(body.get("max_tokens"), int):
         raise ValueError("max_tokens: field required, an integer")
-    system = _text(body.get("system"))
-    chat: list[Message] = [{"role": "system", "content": system}] if system else []
+    # The API caches only what `cache_control` marks: the system prompt up to the last marked block.
+    system: Any = body.get("system")
+    marked_at = _marked(system)
+    if marked_at is None:
+        cached, rest = "", _text(system)
+    else:
+        cached, rest = _text(system[:marked_at + 1]), _text(system[marked_at + 1:])
+    chat: list[Message] = [{"role": "system", "content": text} for text in (cached, rest) if text]
     chat += [{"role": str(m.get("role")), "content": _text(m.get("content"))} for m in messages]
-    marked = _marked(body.get("system"))  # the API caches only what `cache_control` marks
+    marked = bool(cached)
     output = (body.get("output_config") or {}).get("format") or {}
     if output and (output.get("type") != "json_schema" or not isinstance(output.get("schema"), dict)):
         raise ValueError("output_config.format: must be {\"type\": \"json_schema\", \"schema\": {...}}")
@@ -45,7 +51,7 @@ def parse(body: dict[str, Any], path_model: str | None) -> SimRequest:
     return SimRequest(model_id=str(body.get("model") or path_model or ""), messages=chat,
                       max_tokens=int(body["max_tokens"]) - budget, stream=bool(body.get("stream")),
                       json_schema=output.get("schema"), media=sum(_media(m.get("content")) for m in messages),
-                      cache_prefix=int(bool(system) and marked), cache_marked=marked, thinking_budget=budget,
+                      cache_prefix=int(marked), cache_marked=marked, thinking_budget=budget,
                       tools=_tools(body.get("tools")), tool_choice=_choice(body.get("tool_choice")),
                       tool_answered=_blocks(messages[-1], "tool_result") > 0)
 
@@ -94,10 +100,12 @@ def _thinking(body: dict[str, Any]) -> int:
     return budget
 
 
-def _marked(system: Any) -> bool:
-    """Whether the system prompt's last block asks for the prompt cache (`cache_control`)."""
-    return isinstance(system, list) and bool(system) and isinstance(system[-1], dict) \
-        and (system[-1].get("cache_control") or {}).get("type") == "ephemeral"
+def _marked(system: Any) -> int | None:
+    """The index of the system prompt's last block that asks for the prompt cache (`cache_control`), if any."""
+    if not isinstance(system, list):
+        return None
+    return next((i for i in range(len(system) - 1, -1, -1) if isinstance(system[i], dict)
+                 and (system[i].get("cache_control") or {}).get("type") == "ephemeral"), None)
 
 
 def _prompt_usage(answer: SimAnswer) -> dict[str, int]:
