@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import orjson
+
 from ..chat import ChatRequest, Chunk, Completion, Message, TokenLogprob, Usage, token_count
-from ..errors import UpstreamBadResponse, UpstreamError
+from ..errors import UpstreamBadResponse, UpstreamError, UpstreamUnavailable
 from ._base import Refusal, Upstream, decode_event
 
 if TYPE_CHECKING:
@@ -83,7 +85,10 @@ class OpenAIProvider:
                     done = True
                     response.release(ending=True)  # the body's last bytes may still be on their way
                     break
-                chunk = parse_chunk(decode_event(data, self.spec.name), self.spec.name)
+                event = decode_event(data, self.spec.name)
+                if "error" in event:
+                    raise stream_error(event, self.upstream)
+                chunk = parse_chunk(event, self.spec.name)
                 if chunk is not None:
                     yield chunk
         if not done:
@@ -116,8 +121,38 @@ def _stripped(message: Message) -> Message:
                                       for made in calls]}
 
 
+# How OpenAI-compatible servers refuse a prompt longer than the model's window: OpenAI and vLLM
+# ("maximum context length"), llama.cpp's server (`exceed_context_size_error`: "request (9412 tokens) exceeds
+# the available context size (8192 tokens)").
+_OVERFLOW_WORDS = ("context_length_exceeded", "maximum context length", "exceed_context_size_error",
+                   "exceeds the available context size")
+# An error event's `type` as OpenAI-compatible servers name it, when it carries no HTTP status as its `code`.
+_ERROR_TYPES = {"rate_limit_error": 429, "ratelimiterror": 429, "invalid_request_error": 400,
+                "badrequesterror": 400, "context_length_exceeded": 400, "exceed_context_size_error": 400}
+
+
 def is_overflow(status: int, text: str) -> bool:
-    return status == 400 and ("context_length_exceeded" in text or "maximum context length" in text)
+    return status == 400 and any(words in text for words in _OVERFLOW_WORDS)
+
+
+def stream_error(event: dict[str, Any], upstream: Upstream) -> UpstreamError:
+    """The error for an `error` event in a stream (vLLM, LiteLLM and OpenRouter send one), read as the same error
+    in a status would be: a 429 is a rate limit, a refused prompt length an overflow, another 4xx the request's."""
+    error = event["error"]
+    body = orjson.dumps(event)
+    status = 0
+    if isinstance(error, dict):
+        code, kind = error.get("code"), str(error.get("type") or "").lower()
+        status = int(code) if isinstance(code, int | str) and str(code).isdigit() else _ERROR_TYPES.get(kind, 0)
+        if status == 0 and isinstance(code, str):
+            status = _ERROR_TYPES.get(code.lower(), 0)
+    if not 400 <= status < 600:
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        return UpstreamUnavailable(f"upstream error mid-stream: {message}", model=upstream.spec.name)
+    found = upstream.status_error(status, {}, body, is_overflow)
+    found.message = f"upstream error mid-stream: {found.message}"
+    found.args = (found.message,)
+    return found
 
 
 def _text(value: Any) -> str | None:
@@ -167,10 +202,7 @@ def parse_completion(data: dict[str, Any], model: str) -> Completion:
 
 
 def parse_chunk(event: dict[str, Any], model: str) -> Chunk | None:
-    if "error" in event:
-        error = event["error"]
-        message = error.get("message") if isinstance(error, dict) else str(error)
-        raise UpstreamError(f"upstream error mid-stream: {message}", model=model)
+    """One stream event, not an `error` one (`stream_error`)."""
     usage = event.get("usage")
     chunk = Chunk(system_fingerprint=_text(event.get("system_fingerprint")),
                   service_tier=_text(event.get("service_tier")))
