@@ -508,6 +508,24 @@ routes:
     assert [a.outcome for a in one(sink, headers["x-request-id"]).attempts] == ["model_inference_deadline_exceeded"]
 
 
+def test_a_stream_s_first_word_is_bounded_by_the_deadline_not_the_idle_time_after_its_role_chunk() -> None:
+    """The role chunk, which holds nothing for the client, started the `stream_idle_ms` clock: a model slow to
+    its first token was cut as stalled after 0.5 s of a 5 s deadline, and charged a failure."""
+    with serving(_SlowToSpeak) as upstream:
+        text = f"""
+models:
+  thinker: {{provider: openai, base_url: "{upstream.url}", model: thinker, stream_idle_ms: 500}}
+routes:
+- target: thinker
+  deadline_ms: 5000
+"""
+        with live_gateway(text, None) as gw:
+            got, _, body, elapsed = send(gw, {"model": "laneway", "stream": True,
+                                              "messages": [{"role": "user", "content": "role"}]})
+    assert got == 200 and b'"late"' in body and b"[DONE]" in body, body
+    assert 2.5 < elapsed < 5
+
+
 class _CutAnthropicStream(Handler):
     """Anthropic's Messages stream, its prompt counted at once (20 of 50 tokens read from the prompt cache),
     broken off by an `overloaded_error` after two pieces of text."""

@@ -90,6 +90,15 @@ def redact(spec: ModelSpec, text: str) -> str:
     return text.replace(key, "[redacted]") if key else text
 
 
+class Answered:
+    """Set by a stream's adapter once it has yielded a chunk for the client (`Upstream.sse`)."""
+
+    __slots__ = ("yes",)
+
+    def __init__(self) -> None:
+        self.yes = False
+
+
 class Upstream:
     """One upstream's connection pool and request primitives."""
 
@@ -185,14 +194,17 @@ class Upstream:
                                       model=self.spec.name, upstream_status=response.status)
         return response
 
-    async def sse(self, response: Response, deadline: float,
-                  first: bool = True) -> AsyncGenerator[tuple[str, bytes], None]:
+    async def sse(self, response: Response, deadline: float, first: bool = True,
+                  answered: Answered | None = None) -> AsyncGenerator[tuple[str, bytes], None]:
         """Yield (event, data) pairs of a server-sent event stream, bounded by deadline then idleness.
 
-        Until the first event the deadline bounds the wait, then `stream_idle_ms` since the last event was
-        taken: bytes that are no event (`: ping` comments) are no progress, and the time the consumer holds
-        an event (a client slow to read what the gateway forwards) is not the upstream's. A line may end in
-        LF, CRLF or CR; a line past `max_response_bytes` fails the stream."""
+        Until the stream has answered the deadline bounds the wait, then `stream_idle_ms` since the last
+        event was taken: bytes that are no event (`: ping` comments) are no progress, and the time the consumer
+        holds an event (a client slow to read what the gateway forwards) is not the upstream's. The stream has
+        answered at its first event, or, given `answered`, once the consumer says so: events that hold nothing
+        for the client (OpenAI's role chunk, Anthropic's `message_start`) do not start the idle clock, or a
+        model slow to its first token was cut as stalled long before the deadline. A line may end in LF, CRLF
+        or CR; a line past `max_response_bytes` fails the stream."""
         loop = asyncio.get_running_loop()
         event = ""
         data: list[bytes] = []
@@ -228,9 +240,9 @@ class Upstream:
                 for line in lines:
                     if not line:
                         if data:
-                            first = False
                             yield event, b"\n".join(data)
-                            until = loop.time() + idle
+                            first = first and answered is not None and not answered.yes
+                            until = deadline if first else loop.time() + idle
                         event, data = "", []
                     elif line.startswith(b"data:"):
                         data.append(line[5:].lstrip(b" "))

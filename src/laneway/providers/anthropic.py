@@ -31,7 +31,7 @@ from ..errors import (
     UpstreamUnavailable,
 )
 from ._anthropic_tools import StreamedCalls, tool_calls_of, tool_result_block, tool_settings, tool_use_blocks
-from ._base import OverflowTest, Refusal, Upstream, decode_event
+from ._base import Answered, OverflowTest, Refusal, Upstream, decode_event
 from ._media import Media, media_of, unsupported
 
 if TYPE_CHECKING:
@@ -102,12 +102,14 @@ class AnthropicProvider:
     async def stream(self, request: ChatRequest, deadline: float) -> AsyncIterator[Chunk]:
         response = await self.upstream.open_stream(self.url, self.body(request, True), deadline, is_overflow)
         state = _StreamState()
-        async with contextlib.aclosing(self.upstream.sse(response, deadline)) as events:
+        answered = Answered()
+        async with contextlib.aclosing(self.upstream.sse(response, deadline, answered=answered)) as events:
             async for _event, data in events:
                 chunk = state.read_event(decode_event(data, self.spec.name), self.spec.name)
                 if state.stopped:  # the answer is whole, whenever the body ends
                     response.release(ending=True)
                 if chunk is not None:
+                    answered.yes = True
                     yield chunk
                 if state.stopped:
                     break

@@ -34,7 +34,7 @@ from ..errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from ._base import OverflowTest, Refusal, Upstream, decode_event, waited
+from ._base import Answered, OverflowTest, Refusal, Upstream, decode_event, waited
 from ._gemini_tools import CallParts, Signatures, current_turn, tool_call_of, tool_settings
 from ._media import media_of, unsupported
 
@@ -94,7 +94,8 @@ class GeminiProvider:
         finish: str | None = None
         usage: Usage | None = None
         calls = 0  # the function calls streamed so far: each is numbered by its `index`, whole in one piece
-        async with contextlib.aclosing(self.upstream.sse(response, deadline)) as events:
+        answered = Answered()
+        async with contextlib.aclosing(self.upstream.sse(response, deadline, answered=answered)) as events:
             async for _event, data in events:
                 event = decode_event(data, self.spec.name)
                 if "error" in event:
@@ -107,6 +108,7 @@ class GeminiProvider:
                     pieces = [{"index": calls + i, **made} for i, made in enumerate(chunk.tool_calls)]
                     calls += len(pieces)
                 if chunk.text or chunk.logprobs or pieces:  # with the usage so far, for a stream cut later
+                    answered.yes = True
                     yield Chunk(text=chunk.text, logprobs=chunk.logprobs, tool_calls=pieces, usage=chunk.usage)
                 if finish is not None:  # the last event, its usage with it: the answer is whole, whenever the body ends
                     response.release(ending=True)

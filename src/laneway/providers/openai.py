@@ -13,7 +13,7 @@ import orjson
 
 from ..chat import ChatRequest, Chunk, Completion, Message, TokenLogprob, Usage, token_count
 from ..errors import UpstreamBadResponse, UpstreamError, UpstreamUnavailable
-from ._base import Refusal, Upstream, decode_event
+from ._base import Answered, Refusal, Upstream, decode_event
 
 if TYPE_CHECKING:
     from ..config import ModelSpec
@@ -79,7 +79,8 @@ class OpenAIProvider:
     async def stream(self, request: ChatRequest, deadline: float) -> AsyncIterator[Chunk]:
         response = await self.upstream.open_stream(self.url, self.body(request, True), deadline, is_overflow)
         done = False
-        async with contextlib.aclosing(self.upstream.sse(response, deadline)) as events:
+        answered = Answered()
+        async with contextlib.aclosing(self.upstream.sse(response, deadline, answered=answered)) as events:
             async for _event, data in events:
                 if data == b"[DONE]":
                     done = True
@@ -90,6 +91,7 @@ class OpenAIProvider:
                     raise stream_error(event, self.upstream)
                 chunk = parse_chunk(event, self.spec.name)
                 if chunk is not None:
+                    answered.yes = True
                     yield chunk
         if not done:
             raise UpstreamBadResponse("stream ended without `[DONE]`: cut mid-way", model=self.spec.name)
