@@ -46,10 +46,6 @@ class ConnectTimeout(HttpError):
 class Disconnected(HttpError):
     """The connection ended, or answered unparseable HTTP, before the response's headers."""
 
-    def __init__(self, message: str, answered: bool = False) -> None:
-        super().__init__(message)
-        self.answered = answered  # some byte of the response had arrived
-
 
 class BodyCutShort(HttpError):
     """The connection ended, or the body stopped parsing, before the response's last byte."""
@@ -159,7 +155,6 @@ class Connection(asyncio.Protocol):
         self.response: Response | None = None
         self.headers_ready: asyncio.Future[Response] | None = None
         self.reusable = True
-        self.answered = False
         self.idle_since = 0.0
         self._paused = False
         self._interim = False  # the message being parsed is a 1xx, not the response
@@ -174,7 +169,6 @@ class Connection(asyncio.Protocol):
     def send(self, data: bytes) -> asyncio.Future[Response]:
         assert self.transport is not None
         self.response = Response(self)
-        self.answered = False
         self._head_bytes = 0
         self.headers_ready = self.loop.create_future()
         self.transport.write(data)
@@ -206,7 +200,6 @@ class Connection(asyncio.Protocol):
         if self.response is None:  # bytes nobody asked for: this connection cannot be trusted again
             self.close()
             return
-        self.answered = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -232,7 +225,7 @@ class Connection(asyncio.Protocol):
     def _fail(self, reason: str) -> None:
         ready = self.headers_ready
         if ready is not None and not ready.done():
-            ready.set_exception(Disconnected(reason, self.answered))
+            ready.set_exception(Disconnected(reason))
         elif self.response is not None:
             self.response.end(BodyCutShort(reason))
 
@@ -299,22 +292,13 @@ class Pool:
         return self._open - len(self._idle)
 
     async def request(self, head: bytes, body: bytes, until: float) -> Response:
-        """Send `head` + `body`; the response once its headers arrived. A stale reused connection is retried once."""
-        data = head + body
-        connection, reused = await self._acquire(until)
+        """Send `head` + `body`; the response once its headers arrived. A request written to a connection that
+        then ends is not sent again here, reused connection or not: the upstream may have taken it (and billed
+        it), and the caller's retry is an attempt it records. A connection found closed before it is written to
+        is never used (`_acquire`)."""
+        connection = await self._acquire(until)
         try:
-            return await self._exchange(connection, data, until)
-        except Disconnected as exc:
-            if not reused or exc.answered:
-                connection.finish(False)
-                raise
-            connection.close()  # its slot goes to the fresh connection below
-        except BaseException:
-            connection.finish(False)
-            raise
-        connection = await self._connect(until)
-        try:
-            return await self._exchange(connection, data, until)
+            return await self._exchange(connection, head + body, until)
         except BaseException:
             connection.finish(False)
             raise
@@ -325,20 +309,20 @@ class Pool:
             raise Disconnected("connection closed while idle")
         return await wait_until(connection.loop, connection.send(data), until)
 
-    async def _acquire(self, until: float) -> tuple[Connection, bool]:
+    async def _acquire(self, until: float) -> Connection:
         if self._closed:
             raise Disconnected("the connection pool is closed")
         while self._idle:
             connection = self._idle.pop()
             if connection.usable():
-                return connection, True
+                return connection
             self._open -= 1
         if self._open < self.limit and not self._waiters:
             self._open += 1
-            return await self._connect(until), False
+            return await self._connect(until)
         return await self._queue(until)
 
-    async def _queue(self, until: float) -> tuple[Connection, bool]:
+    async def _queue(self, until: float) -> Connection:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Connection | None] = loop.create_future()
         self._waiters.append(waiter)
@@ -351,8 +335,8 @@ class Pool:
                 self._waiters.remove(waiter)
             raise
         if connection is None:  # a slot was freed: open a connection in it
-            return await self._connect(until), False
-        return connection, True
+            return await self._connect(until)
+        return connection
 
     async def _connect(self, until: float) -> Connection:
         """A new connection in a slot already counted in `_open`; the slot is passed on if this fails."""
