@@ -400,3 +400,27 @@ async def test_a_record_the_server_refuses_for_its_data_is_named_and_counted_and
     assert any("refused 1 exchange(s) for what they hold" in m and refused.request_id in m and "out of range" in m
                for m in said), said
     assert not any("buffering" in m or "logged already" in m for m in said), said
+
+
+async def test_roll_ups_run_at_once_by_two_gateways_count_each_exchange_once(server: PostgresServer) -> None:
+    """`serve --workers 2` (or two replicas) rolled up together at start: each summed the same raw rows, and the
+    hours held every rolled-up exchange, and its cost, twice."""
+    dsn = await server.database()
+    now = BASE_TIME + 86_400
+    writer = Telemetry(TelemetrySettings(exchange_log=dsn, retention_days=30))
+    await writer.start()
+    for i in range(3_000):
+        writer.record(make_exchange(i, started_at=now - 45 * 86_400 + i))
+    await writer.aclose()
+    cost = await scalar(dsn, "SELECT round(sum(cost_usd)::numeric * 1e6) FROM exchanges")
+    gateways = [Telemetry(TelemetrySettings(exchange_log=dsn, retention_days=30)) for _ in range(2)]
+    for telemetry in gateways:
+        await telemetry.start()
+    try:
+        rolled = await asyncio.gather(*(telemetry.roll_up(now) for telemetry in gateways))
+    finally:
+        for telemetry in gateways:
+            await telemetry.aclose()
+    assert sorted(rolled) == [0, 3_000]
+    assert await scalar(dsn, "SELECT sum(requests) FROM exchanges_hourly") == 3_000
+    assert await scalar(dsn, "SELECT round(sum(cost_usd)::numeric * 1e6) FROM exchanges_hourly") == cost

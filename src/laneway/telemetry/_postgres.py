@@ -45,7 +45,7 @@ CONNECT_TIMEOUT_S = 5.0
 # connection is dropped. Roll-ups and reads cover many rows, so they get longer.
 WRITE_TIMEOUT_S = 10.0
 LONG_TIMEOUT_S = 120.0
-_SCHEMA_LOCK = 0x6C616E65  # any constant shared by every replica
+_SCHEMA_LOCK = 0x6C616E65  # any constant shared by every replica: schema changes and roll-ups take it
 
 
 _NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")  # an escaped NUL in JSON text, not an escaped backslash's "u0000"
@@ -121,6 +121,11 @@ class PostgresStore:
 
         async def work(db: Connection) -> int:
             async with db.transaction():
+                # One roll-up at a time across every worker and replica sharing the log: two at once each summed
+                # the same raw rows, and the hours counted them twice. The second, once the first commits, finds
+                # them gone (READ COMMITTED reads what committed before each statement). The schema's lock: a
+                # replica's start-up `ALTER TABLE` beside a roll-up could deadlock.
+                await db.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
                 await db.execute(_ROLL_UP, cutoff)
                 await db.execute(_ROLL_UP_ATTEMPTS, cutoff, cutoff)
                 status: str = await db.execute(_DELETE, cutoff)
