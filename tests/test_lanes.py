@@ -335,6 +335,39 @@ def test_shadow_never_changes_the_primary_answer(sim_url: str) -> None:
         assert 0 <= shadow.signals["similarity"] <= 1 and shadow.signals["exact"] is False
 
 
+def test_a_shadow_candidate_that_reports_no_usage_is_billed_what_it_was_sent_and_said(sim_url: str) -> None:
+    """Its stream had no usage, and the shadow was logged free: the candidate looked 100 % cheaper than the
+    primary, and its spend never counted toward the shadow's `usd_per_hour` cap."""
+    from _loopback import Handler, serving, sse_body
+
+    class NoUsage(Handler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            events = [{"choices": [{"index": 0, "delta": {"content": piece}}]}
+                      for piece in ("Your refund ", "is on its way")]
+            done = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            self.send(sse_body([*events, done]), "text/event-stream")
+
+    with serving(NoUsage) as upstream:
+        config = f"""
+models:
+  candidate: {{provider: openai, base_url: "{upstream.url}", model: m,
+              price: {{input_per_mtok: 1, output_per_mtok: 2}}}}
+routes:
+- name: chat
+  target: gpt-5-mini
+  shadow: [{{target: candidate, sample: 1.0}}]
+"""
+        sink = RecordingSink()
+        with live_gateway(config, sim_url, telemetry=sink) as live:
+            headers, _ = send(live, "Where is my refund?")
+            shadow_id = headers["x-request-id"] + "/shadow/candidate"
+            wait_for(lambda: any(e.request_id == shadow_id for e in sink.exchanges))
+    shadow = sink.by_id(shadow_id)
+    assert shadow.outcome == "ok" and shadow.prompt_tokens > 0 and shadow.completion_tokens > 0
+    assert shadow.cost_usd == pytest.approx((shadow.prompt_tokens * 1 + shadow.completion_tokens * 2) / 1e6)
+
+
 def test_long_answers_are_compared_by_their_first_words_off_the_event_loop(
         sim_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The word diff grows with the product of the two lengths: two answers of 3,000 words held the event loop,

@@ -26,7 +26,7 @@ from typing import Any
 from .chat import ChatRequest, Message
 from .config import Route, ShadowSettings
 from .context import TokenCounter
-from .dispatch import Ticket, account
+from .dispatch import Ticket, account, estimate_usage
 from .errors import UpstreamError
 from .exchange import OK, Attempt, Exchange
 from .gate import GateRejected
@@ -196,6 +196,10 @@ class ShadowRunner:
             record.status = error.status  # what a client sent to the candidate would have got
             attempt.upstream_status = error.upstream_status
         record.latency_ms = record.upstream_ms = attempt.latency_ms = (time.perf_counter() - started) * 1000
+        if usage is None and (record.outcome == OK or any(pieces)):
+            # Counted, as the dispatcher counts an answer with none reported: a shadow logged free made the
+            # candidate look 100 % cheaper, and its spend never reached the `usd_per_hour` cap.
+            usage = await estimate_usage(self._counter, spec, job.request, pieces)
         if usage is not None:
             account(attempt, record, spec.price, usage)
         # In a worker thread: the loop answers clients meanwhile (it waits at most a GIL switch interval).
