@@ -553,3 +553,27 @@ def test_answers_from_the_cache_are_the_caches_figures_not_the_models(
     assert report("--db", db, "--html", str(page)) == 0
     assert "gpt-5: 4 requests" in page.read_text(encoding="utf-8")
     assert "(cache): 6 requests" in page.read_text(encoding="utf-8")
+
+
+def test_the_html_cost_plot_counts_a_rolled_up_hour_as_an_hour_not_a_minute(tmp_path: Path) -> None:
+    """Bucketed by the minute, a rolled-up hour's whole spend showed as one minute's, a spike among the raw
+    rows' minutes, and the axis read "USD per 1 min"."""
+    async def mixed() -> str:
+        url = f"sqlite:///{tmp_path}/mixed.sqlite3"
+        telemetry = Telemetry(TelemetrySettings(exchange_log=url, retention_days=1))
+        await telemetry.start()
+        for minute in range(60):  # an hour at $0.001 a minute, rolled up: $0.06
+            telemetry.record(Exchange(f"old{minute}", BASE_TIME + minute * 60, model="m", route="chat",
+                                      cost_usd=0.001, attempts=[Attempt("m", "ok", cost_usd=0.001)]))
+        assert await telemetry.roll_up(BASE_TIME + 2 * 86_400) == 60
+        for minute in range(30):  # half an hour, raw, a day later, at the same rate
+            telemetry.record(Exchange(f"new{minute}", BASE_TIME + 86_400 + minute * 60, model="m", route="chat",
+                                      cost_usd=0.001, attempts=[Attempt("m", "ok", cost_usd=0.001)]))
+        await telemetry.aclose()
+        return url
+
+    db = asyncio.run(mixed())
+    page = tmp_path / "mixed.html"
+    assert report("--db", db, "--html", str(page)) == 0
+    plot = page.read_text().split("cost over time per model", 1)[1]
+    assert "USD per 60 min; peak 0.060000 USD" in plot, plot[-300:]

@@ -10,6 +10,7 @@ from typing import Any
 
 from laneway.telemetry._log_args import CHANGES, changes, figure, headline
 from laneway.telemetry._records import ExchangeRow, HourlyRow
+from laneway.telemetry._store import HOUR_S
 from laneway.telemetry._summary import NO_MODEL, model_label
 
 PALETTE = ("#4a7bd0", "#d0694a", "#3e9e6b", "#9a5bc4", "#c49a2a", "#3a9fb0", "#b0457a", "#6b6b6b")
@@ -145,7 +146,10 @@ def cost_plot(rows: Sequence[ExchangeRow], hourly: Sequence[HourlyRow]) -> str:
     if not points:
         return "<p>No cost in this window.</p>"
     start, end = min(p[0] for p in points), max(p[0] for p in points)
-    bucket = next((b for b in TIME_BUCKETS if (end - start) / b <= 120), TIME_BUCKETS[-1])
+    # A rolled-up hour is one hour's spend: in a bucket of a minute it read as that minute's, a spike.
+    shortest = HOUR_S if hourly else 0.0
+    bucket = next((b for b in TIME_BUCKETS if b >= shortest and (end - start) / b <= 120), TIME_BUCKETS[-1])
+    start = start // bucket * bucket  # buckets from a boundary: an hour's raw rows share its rolled-up hour's
     slots = int((end - start) // bucket) + 1
     series: dict[str, list[float]] = defaultdict(lambda: [0.0] * slots)
     for moment, model, cost in points:
