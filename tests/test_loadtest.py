@@ -405,6 +405,68 @@ async def test_open_loop_sends_the_asked_number_and_counts_queueing(endpoint: st
     assert tally.all.latency.quantile(0.1) < tally.all.latency.max / 2
 
 
+async def test_an_open_loop_faster_than_the_client_can_send_is_bounded_says_so_and_stops_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behind its schedule the sender never yielded: requests piled up without bound (1.9 GB), a stop was noticed
+    20 s late, and "sent at" counted requests that had not left. A slow endpoint behind 4 connections stands
+    for a load generator that cannot keep up."""
+    from laneway.loadtest import _drive
+
+    monkeypatch.setattr(_drive, "WAITING_MAX", 40)
+    busy, peak = 0, 0
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        nonlocal busy, peak
+        busy += 1
+        peak = max(peak, busy)
+        await asyncio.sleep(0.2)
+        busy -= 1
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": "ok"}}]})
+
+    stop = asyncio.Event()
+    async with _serving(slow) as url:
+        asyncio.get_running_loop().call_later(1.0, stop.set)
+        began = asyncio.get_running_loop().time()
+        tally = await run_load(LoadPlan(url=url, rate=5000, duration_s=5, seed=1, max_inflight=4),
+                               _payloads("alpha"), stop=stop)
+        took = asyncio.get_running_loop().time() - began
+    summary = summarize(tally)
+    assert took < 1.0 + _drive.DRAIN_S + 0.5 and tally.interrupted_s == pytest.approx(1.0, abs=0.1)
+    assert peak <= 4 and 0 < tally.cancelled <= 4 + 40  # at the stop, no more were waiting than room for
+    assert summary["sent_rps"] < summary["offered_rps"] / 10
+    assert summary["start_lag_ms"]["p99"] > 100
+    assert "warning: requests left the load generator up to" in render_text(summary)
+
+
+async def test_a_request_waiting_for_one_of_max_inflight_connections_is_late_not_timed_out() -> None:
+    """The timeout covered the wait for a connection: requests the endpoint answered in 0.5 s, or never saw,
+    were reported as its timeouts ("no answer within 1 s")."""
+    async def half_a_second(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.5)
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": "ok"}}]})
+
+    async with _serving(half_a_second) as url:
+        tally = await run_load(LoadPlan(url=url, rate=10, requests=8, seed=5, max_inflight=1, timeout_s=1.0),
+                               _payloads("alpha"))
+    summary = summarize(tally)
+    assert tally.all.requests == 8 and tally.all.errors == 0, dict(tally.errors)
+    assert tally.all.latency.max > 1.5  # timed from when each was due: the queue in front of the one connection
+    assert summary["start_lag_ms"]["max"] > 1000
+
+
+async def test_the_timeline_has_every_second_of_the_run_those_with_no_answer_too() -> None:
+    """Seconds in which nothing ended were left out: a stall did not show in the JSON or the plot."""
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(1.3)
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": "ok"}}]})
+
+    async with _serving(slow) as url:
+        tally = await run_load(LoadPlan(url=url, concurrency=1, requests=2), _payloads("alpha"))
+    timeline = summarize(tally)["timeline"]
+    assert [t["second"] for t in timeline] == [0, 1, 2]
+    assert [t["requests"] for t in timeline] == [0, 1, 1] and timeline[0]["p50_ms"] is None
+
+
 async def test_an_open_loop_never_sends_before_a_requests_due_time(endpoint: str) -> None:
     """Under uvloop, as the command runs, a timer can fire up to a millisecond early: a request sent then,
     timed from its due time, reported less than the server alone took (down to 0)."""
@@ -427,7 +489,9 @@ async def test_an_open_loop_reports_the_rate_it_sent_at_apart_from_the_answers_t
     assert tally.all.requests > 5 and summary["sending_s"] == pytest.approx(0.5, abs=0.01)
     assert summary["sent_rps"] == pytest.approx(tally.all.requests / 0.5, rel=0.03)
     assert summary["wall_s"] > 1.4 and summary["all"]["throughput_rps"] < summary["sent_rps"] / 2  # the wait counts
-    assert f"(sent at {summary['sent_rps']:.1f} req/s over 0.50 s)" in render_text(summary)
+    assert summary["offered_rps"] == summary["sent_rps"]  # the load generator kept up
+    assert (f"(offered at {summary['offered_rps']:.1f} req/s over 0.50 s, sent at {summary['sent_rps']:.1f})"
+            in render_text(summary))
     closed = summarize(await run_load(LoadPlan(url=url.replace("/v1", "/v0"), concurrency=1, requests=1),
                                       _payloads("alpha")))
     assert closed["sent_rps"] is None and "sent at" not in render_text(closed)

@@ -27,6 +27,10 @@ from ._tally import Tally
 
 Progress = Callable[[Tally, float, str], None]  # (tally, share done 0..1, what the run is waiting for)
 DRAIN_S = 2.0
+# Open loop: requests due but not yet sent (waiting for one of `max_inflight` connections, or for the load
+# generator itself) at most; past it, the schedule waits. Unbounded, an open loop faster than the client
+# could send held hundreds of thousands of requests (1.9 GB) and noticed Ctrl-C 20 s late.
+WAITING_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +112,11 @@ class _Run:
         self.busy: set[asyncio.Task[None]] = set()  # open loop: requests; closed loop: clients
         self.began = time.perf_counter()
         self.ends = float("inf")
+        # Open loop: a request is sent once it holds one of `max_inflight` slots, so that the time it waits
+        # for a connection is the load generator's (its start lag), not the endpoint's, and its timeout
+        # counts from then.
+        self.slots = asyncio.Semaphore(plan.max_inflight)
+        self.room = asyncio.Event()  # set when a request ends while the schedule waits for room
 
     def _more(self, now: float) -> bool:
         return (now < self.ends and not self.stop.is_set()
@@ -161,6 +170,15 @@ class _Run:
         outcome = await send(self.session, self.plan.url, request.body, request.stream, due, self.plan.timeout_s)
         self.tally.add(outcome, time.perf_counter() - self.began)
 
+    async def _arrival(self, due: float) -> None:
+        """One open-loop request: sent once it holds a slot, timed from `due` all the same."""
+        try:
+            async with self.slots:
+                self.tally.started(time.perf_counter() - due, time.perf_counter() - self.began)
+                await self._one(due)
+        finally:
+            self.room.set()
+
     async def _client(self) -> None:
         while self._more(now := time.perf_counter()):
             self.issued += 1
@@ -183,8 +201,15 @@ class _Run:
                 # due time would be timed from it and report less than the server took.
                 while (delay := due - time.perf_counter()) > 0:  # noqa: ASYNC110 - waits for a time, not an event
                     await asyncio.sleep(delay)
+                if delay < 0:  # behind the schedule: let the requests, and a Ctrl-C, run between two arrivals
+                    await asyncio.sleep(0)
+                while self.in_flight >= self.plan.max_inflight + WAITING_MAX:  # a stop cancels this task
+                    self.tally.schedule_held = True
+                    self.room.clear()
+                    await self.room.wait()
                 self.issued += 1
-                self._start(self._one(due))
+                self.tally.last_due_s = offset
+                self._start(self._arrival(due))
         finally:
             now = time.perf_counter()
             # The next arrival fell past the end: the run sent for its whole duration.

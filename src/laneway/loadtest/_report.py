@@ -20,6 +20,10 @@ SPECTRUM = tuple(1 - 10 ** (-k / 10) for k in range(41))
 # than `BUSY_CLIENT_MIN_S` is mostly start-up and shutdown, whose CPU says nothing about the load.
 BUSY_CLIENT = 0.85
 BUSY_CLIENT_MIN_S = 1.0
+# Open loop: a p99 start lag past this says the requests waited in the load generator (for one of
+# `--max-inflight` connections, or for its own CPU), and their latencies include that wait. The share of a
+# core over the whole run missed it: a run whose tail after sending was long read 79 % with a 2.9 s p50.
+LATE_START_S = 0.005
 NO_HEADERS = ("-", "-")  # the (model, lane) of answers without Laneway's headers
 
 
@@ -46,7 +50,16 @@ def summarize(tally: Tally, settings: dict[str, Any] | None = None) -> dict[str,
         # Open loop: the requests sent over the time they were sent in. The throughput above counts the
         # time the last answers took to come in too.
         "sending_s": None if tally.sending_s is None else round(tally.sending_s, 3),
-        "sent_rps": round((tally.all.requests + tally.cancelled) / tally.sending_s, 2) if tally.sending_s else None,
+        # The schedule's rate: the requests drawn over the time they were sent for, or, once the schedule waited
+        # for room (`WAITING_MAX`) and fell behind the clock, over the span of their due times.
+        "offered_rps": (round((tally.all.requests + tally.cancelled)
+                              / (tally.last_due_s if tally.schedule_held and tally.last_due_s else tally.sending_s), 2)
+                        if tally.sending_s else None),
+        # The requests that left the load generator over the time they left in: under `offered_rps` when it
+        # could not keep up (then `start_lag_ms` says by how much they were late).
+        "sent_rps": (round(tally.start_lag.count / max(tally.sending_s, tally.last_start_s), 2)
+                     if tally.sending_s else None),
+        "start_lag_ms": milliseconds(tally.start_lag),
         "histogram_relative_error": RELATIVE_ERROR,
         "all": _group(tally.all, tally.wall_s),
         "errors": dict(tally.errors.most_common()),
@@ -60,7 +73,9 @@ def summarize(tally: Tally, settings: dict[str, Any] | None = None) -> dict[str,
         "client": {"cpu_s": round(tally.client_cpu_s, 3),
                    "cpu_us_per_request": round(tally.client_cpu_us_per_request, 1),
                    "cpu_share": round(tally.client_cpu_share, 3)},
-        "timeline": [_second(number, second) for number, second in sorted(tally.timeline.items())],
+        # Every second of the run, those in which nothing ended too: a stall shows as zeros, not as a gap.
+        "timeline": [_second(number, tally.timeline.get(number, Second()))
+                     for number in range(max([int(tally.wall_s), *tally.timeline], default=-1) + 1)],
         "interrupted": tally.interrupted_s is not None,
         "interrupted_after_s": None if tally.interrupted_s is None else round(tally.interrupted_s, 3),
         "interrupted_in_warmup_after_s": (None if tally.warmup_interrupted_s is None
@@ -113,8 +128,8 @@ def write_csv(summary: dict[str, Any], path: str | Path) -> None:
 
 def render_text(summary: dict[str, Any]) -> str:
     everything = summary["all"]
-    sent = (f" (sent at {summary['sent_rps']:.1f} req/s over {summary['sending_s']:.2f} s)"
-            if summary.get("sent_rps") is not None else "")
+    sent = (f" (offered at {summary['offered_rps']:.1f} req/s over {summary['sending_s']:.2f} s, "
+            f"sent at {summary['sent_rps']:.1f})" if summary.get("sent_rps") is not None else "")
     lines = [f"{everything['requests']} requests in {summary['wall_s']:.2f} s: "
              f"{everything['throughput_rps']:.1f} req/s{sent}, {everything['errors']} errors"]
     if summary["interrupted"]:
@@ -124,7 +139,8 @@ def render_text(summary: dict[str, Any]) -> str:
                      f"interrupted {warmup:.1f} s into the warm-up: nothing measured")
     lines += [_figures_line("latency", everything["latency_ms"]),
               _figures_line("ttft", everything["ttft_ms"]),  # of the streamed requests
-              _figures_line("chunk gap", summary["chunk_gap_ms"])]
+              _figures_line("chunk gap", summary["chunk_gap_ms"]),
+              _figures_line("start lag", summary.get("start_lag_ms"))]  # open loop: sent after it was due
     if everything["errors"]:
         lines.append(f"  latency percentiles are of successful requests; {everything['errors']} failed")
     samples = summary.get("error_samples", {})
@@ -142,6 +158,11 @@ def render_text(summary: dict[str, Any]) -> str:
                  f"{client['cpu_share'] * 100:.0f} % of one core")
     if client["cpu_share"] > BUSY_CLIENT and summary["wall_s"] >= BUSY_CLIENT_MIN_S:
         lines.append("  warning: the load generator was nearly saturated; the figures may be its own limit")
+    lag = summary.get("start_lag_ms")
+    if lag and lag["p99"] > LATE_START_S * 1000:
+        lines.append(f"  warning: requests left the load generator up to {lag['p99']:.1f} ms after they were due "
+                     "(p99 start lag), and their latencies include that wait: it could not send at this rate (lower "
+                     "--rate, raise --max-inflight, or split the load over several load generators)")
     return "\n".join(line for line in lines if line)
 
 

@@ -55,6 +55,17 @@ class Tally:
         self.interrupted_s: float | None = None  # when the run was told to stop early, from its start
         self.warmup_interrupted_s: float | None = None  # told so during the warm-up: when, from its start
         self.cancelled = 0  # requests still in flight when an interrupted run stopped waiting
+        # Open loop: how late each request left the load generator after it was due (waiting for a connection
+        # of `--max-inflight`, or for the generator itself), and when the last one left, from the run's start.
+        self.start_lag = LatencyHistogram()
+        self.last_start_s = 0.0
+        self.last_due_s = 0.0  # when the last request sent was due
+        self.schedule_held = False  # the schedule waited for room (`WAITING_MAX`), and fell behind the clock
+
+    def started(self, lag: float, at: float) -> None:
+        """An open-loop request left `lag` seconds after it was due, `at` seconds into the run."""
+        self.start_lag.record(lag)
+        self.last_start_s = max(self.last_start_s, at)
 
     def add(self, outcome: Outcome, finished_at: float) -> None:
         """`finished_at` is seconds since the run started."""
