@@ -610,3 +610,18 @@ def test_a_fallback_left_the_last_moments_of_the_deadline_is_not_charged_its_tim
         assert breakers["spare"].failures == 0 and breakers["first"].failures == 3  # its own 850 ms: a verdict
         got, headers, body, _ = send(gw, {"model": "laneway", "messages": [{"role": "user", "content": "hi"}]})
     assert got == 200 and headers["x-laneway-model"] == "spare", body  # the first cools down, not the spare
+
+
+def test_a_canary_that_hangs_through_its_share_of_the_deadline_is_charged_its_timeout(sim_url: str) -> None:
+    """A canary is given half of what is left: its timeout is a verdict on it, so that a hanging canary cools
+    down and stops taking half of every sampled request's time."""
+    routes = "- target: ok\n  canary: {target: silent, weight: 1.0}\n  deadline_ms: 1000\n"
+    sink = RecordingSink()
+    with live_gateway(config({"ok": "", "silent": "silent"}, routes), sim_url, telemetry=sink) as gw:
+        assert gw.gateway is not None
+        for _ in range(3):
+            got, headers, body, _ = send(gw, {"model": "laneway", "messages": [{"role": "user", "content": "hi"}]})
+            assert got == 200 and headers["x-laneway-model"] == "ok", body
+            assert [a.outcome for a in one(sink, headers["x-request-id"]).attempts] == [
+                "model_inference_deadline_exceeded", "ok"]
+        assert gw.gateway.runtime.breakers["silent"].failures == 3

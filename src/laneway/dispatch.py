@@ -49,8 +49,9 @@ CANARY_SHARE = 0.5
 # the gated one (its `degrade_to`, or the route's next model): the rest is that model's.
 QUEUE_SHARE = 0.5
 # A timeout is a verdict on the model (its breaker counts it) only when the attempt had at least this share
-# of the model's fair time: the request's whole deadline, or its own `deadline_ms` if shorter.
-FAIR_SHARE = 0.5
+# of the model's fair time: the request's whole deadline, or its own `deadline_ms` if shorter. Under
+# `CANARY_SHARE`, so that a canary that hangs through its share is charged it.
+FAIR_SHARE = 0.25
 # How early a timer may fire as the event loop reads its clock: a deadline this close is one that ran out.
 TIMER_SLACK_S = 0.005
 # The `max_tokens` a trimmed conversation leaves room for when the request names none (at most a
