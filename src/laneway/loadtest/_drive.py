@@ -199,9 +199,11 @@ class _Run:
                     break
                 # uvloop's timers round to the millisecond and may fire early: a request sent before its
                 # due time would be timed from it and report less than the server took.
-                while (delay := due - time.perf_counter()) > 0:  # noqa: ASYNC110 - waits for a time, not an event
+                slept = False
+                while (delay := due - time.perf_counter()) > 0:
                     await asyncio.sleep(delay)
-                if delay < 0:  # behind the schedule: let the requests, and a Ctrl-C, run between two arrivals
+                    slept = True
+                if not slept:  # behind the schedule: let the requests, and a Ctrl-C, run between two arrivals
                     await asyncio.sleep(0)
                 while self.in_flight >= self.plan.max_inflight + WAITING_MAX:  # a stop cancels this task
                     self.tally.schedule_held = True
