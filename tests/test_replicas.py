@@ -9,6 +9,7 @@ Redis killed mid-run. Last, the deployment manifests in deploy/.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import shlex
@@ -708,3 +709,40 @@ async def test_a_keys_spend_outlives_an_outage_and_a_reloaded_rate_is_shared_at_
         await first.admit(policy(first, "open"), None, 10)  # the new limit at once, in the shared count too
         await store.aclose()
         await close(one, two)
+
+
+async def test_concurrent_requests_of_a_rate_limited_key_do_not_overspend_its_budget(tmp_path: Path) -> None:
+    """The estimate was held only after the rate limits' round trips to the store: every request that came
+    meanwhile passed the budget check, and 40 at once spent $0.60 of a $0.10 budget."""
+    from laneway.errors import RateLimited
+    from laneway.keys import KeyPolicy, KeyRing, hash_key
+
+    policy = KeyPolicy("racer", hash_key("r"), usd_budget=0.10, budget_period="day", requests_per_minute=1000)
+    with redis_server(tmp_path / "redis") as server:
+        state = await SharedState.open(server.url)
+        ring = KeyRing((policy,))
+        ring.shared = state
+
+        async def one() -> bool:
+            try:
+                await ring.admit(policy, None, 10, 0.0257)
+            except RateLimited:
+                return False
+            return True
+
+        admitted = await asyncio.gather(*(one() for _ in range(40)))
+        assert sum(admitted) == 3  # 3 × $0.0257 fits in $0.10; a fourth would not
+        reached = asyncio.Event()
+
+        async def stalled(*args: object) -> None:
+            reached.set()
+            await asyncio.Event().wait()
+
+        state.key_take = stalled  # type: ignore[method-assign]
+        cancelled = asyncio.create_task(ring.admit(policy, None, 10, 0.001))
+        await reached.wait()
+        cancelled.cancel()  # a client gone during the rate limit's round trip holds nothing
+        with contextlib.suppress(asyncio.CancelledError):
+            await cancelled
+        assert ring._usage_of(policy).held == pytest.approx(3 * 0.0257)
+        await close(state)

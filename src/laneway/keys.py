@@ -200,6 +200,16 @@ class KeyRing:
                     spent >= policy.usd_budget or usage.held > 0):  # a first request alone may overshoot
                 raise RateLimited(f"key `{policy.name}` has spent its {policy.budget_period} budget of "
                                   f"${policy.usd_budget:g}", retry_after_s=period.seconds_left(now))
+        # Held at once, before the rate limits' round trips to the shared store: held after them, every request
+        # that came meanwhile passed the budget check too (40 at once spent $0.60 of a $0.10 budget).
+        usage.held += usd
+        try:
+            await self._count_rate(policy, usage, tokens)
+        except BaseException:  # refused, or the client left meanwhile: nothing is held for it
+            usage.held = max(0.0, usage.held - usd)
+            raise
+
+    async def _count_rate(self, policy: KeyPolicy, usage: _Usage, tokens: int) -> None:
         taken: Budget | None = None  # where the request was counted, when it was (None: the shared store)
         for bucket, unit, amount, limit in ((usage.requests, "requests", 1, policy.requests_per_minute),
                                             (usage.tokens, "tokens", tokens, policy.tokens_per_minute)):
@@ -214,7 +224,6 @@ class KeyRing:
                     self._give_back_request(policy, taken)
                 raise RateLimited(f"key `{policy.name}` is over {limit} {unit} per minute", retry_after_s=wait)
             taken = counted
-        usage.held += usd
 
     def _give_back_request(self, policy: KeyPolicy, counted: Budget | None) -> None:
         if counted is not None:
