@@ -11,6 +11,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -428,8 +429,8 @@ routes:
                 plan = Plan(config.routes[0], [("primary", "gated")], asyncio.get_running_loop().time() + 10)
                 dispatcher = Dispatcher(runtime, TokenCounter())
                 call = dispatcher.stream if stream else dispatcher.complete
-                task = asyncio.create_task(call(plan, [{"role": "user", "content": "hi"}], {},
-                                                Exchange(f"left-{stream}", time.time())))
+                exchange = Exchange(f"left-{stream}", time.time())
+                task = asyncio.create_task(call(plan, [{"role": "user", "content": "hi"}], {}, exchange))
                 deadline = time.monotonic() + 5
                 while gate.in_flight == 0:  # admitted, sent, and now waiting out the Retry-After
                     assert time.monotonic() < deadline and not task.done()
@@ -439,5 +440,47 @@ routes:
                 with pytest.raises(asyncio.CancelledError):
                     await task
                 assert gate.in_flight == 0, f"stream={stream}"
+                # the pause cut short was the upstream's time, not the gateway's overhead
+                assert exchange.upstream_ms >= 300, exchange.upstream_ms
         finally:
             await runtime.aclose(1.0)
+
+
+async def test_a_request_that_leaves_while_it_waits_for_the_budget_gives_its_slot_back() -> None:
+    """It held a slot while it waited for the tokens a minute's budget had left; abandoned then (its client
+    gone), the slot stayed taken for good."""
+    gate = Gate("heavy", GatePolicy(max_concurrency=2, tokens_per_minute=60_000, queue_timeout_ms=(5000, 5000, 5000)))
+    deadline = asyncio.get_running_loop().time() + 10
+    await gate.admit(1, 60_000, 0.0, deadline)  # the minute's budget, spent: 1,000 tokens a second come back
+    waiting = asyncio.create_task(gate.admit(1, 2_000, 0.0, deadline))
+    await asyncio.sleep(0.05)
+    assert gate.in_flight == 2 and not waiting.done()  # a slot held while the budget refills
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert gate.in_flight == 1
+
+
+async def test_a_whole_stream_settles_the_gates_budget_with_its_cost_and_its_latency_from_the_first_wait() -> None:
+    """A stream settled the USD budget with its estimate, not its cost, and its latency from its first chunk: a
+    $1 answer streamed let the next request through where the same answer whole did not, and an adaptive gate
+    never saw a stream's wait for its first word."""
+    from laneway.chat import Chunk, Usage
+    from laneway.config import Price
+    from laneway.dispatch import Ticket
+
+    gate = Gate("heavy", GatePolicy(max_concurrency=4, usd_per_minute=1.5, adaptive=Adaptive(target_p95_ms=500)))
+    await gate.admit(1, 100, 0.01, asyncio.get_running_loop().time() + 10)
+    ticket = Ticket(gate)
+    ticket.admitted, ticket.estimate = True, (100, 0.01)
+
+    async def upstream() -> AsyncIterator[Chunk]:
+        yield Chunk(text="It is on its way.")
+        yield Chunk(finish_reason="stop", usage=Usage(prompt_tokens=1_000_000, completion_tokens=10))
+
+    began = time.perf_counter() - 1.5  # sent 1.5 s ago: its first word took that long
+    ended: list[BaseException | None] = []
+    got = [chunk async for chunk in ticket.hold(upstream(), ended.append, Price(1.0, 2.0), began)]
+    assert len(got) == 2 and ended == [None] and gate.in_flight == 0
+    assert gate.dollars is not None and gate.dollars.level == pytest.approx(1.5 - 1.00002, abs=1e-3)
+    assert gate._latencies and gate._latencies[-1] >= 1500

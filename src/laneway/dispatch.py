@@ -99,25 +99,30 @@ class Ticket:
         tokens, usd, latency_ms = self.used
         self.gate.release(latency_ms, tokens - self.estimate[0], usd - self.estimate[1])
 
-    async def hold(self, chunks: AsyncIterator[Chunk],
-                   ended: Callable[[BaseException | None], None]) -> AsyncIterator[Chunk]:
+    async def hold(self, chunks: AsyncIterator[Chunk], ended: Callable[[BaseException | None], None],
+                   price: Price, began: float) -> AsyncIterator[Chunk]:
         """Pass a stream through, keeping the gate slot until it ends; `ended` hears how: None when it ended
-        whole, else what stopped it (the upstream's error, or the consumer closing it). Only a stream that was
-        read runs this; `let_go` cleans up after one that never was."""
+        whole, else what stopped it (the upstream's error, or the consumer closing it). A whole stream settles
+        the gate's budgets with what it used (its cost at `price`, when its upstream reported usage) and its
+        latency from `began` (`perf_counter()` when the attempt was sent: an adaptive gate judges a stream by
+        its wait for the first word too). Only a stream that was read runs this; `let_go` cleans up after one
+        that never was."""
         self.holding = True
-        started = time.perf_counter()
-        tokens = 0
+        usage: Usage | None = None
         try:
             async for chunk in chunks:
                 if chunk.usage is not None:
-                    tokens = chunk.usage.total_tokens
+                    usage = chunk.usage
                 yield chunk
         except BaseException as stopped:
             ended(stopped)
             raise
         else:
             ended(None)
-            self.used = (tokens or self.estimate[0], self.estimate[1], (time.perf_counter() - started) * 1000)
+            latency_ms = (time.perf_counter() - began) * 1000
+            self.used = (self.estimate[0], self.estimate[1], latency_ms) if usage is None else (
+                usage.total_tokens, price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
+                                               usage.cache_write_tokens), latency_ms)
         finally:
             self.release()
 
@@ -247,7 +252,7 @@ class Dispatcher:
                             self.runtime.breakers[name].answering()
                             exchange.lane, exchange.model, exchange.trimmed_messages = lane, name, trimmed
                             ended = partial(self._stream_ended, name)
-                            rest = ticket.hold(chunks, ended)
+                            rest = ticket.hold(chunks, ended, self.runtime.config.models[name].price, started)
                             handed_over = True
                             return Started(name, lane, attempt, first, rest, request, started,
                                            let_go=partial(let_go, rest, chunks, ticket, ended))
@@ -516,8 +521,10 @@ class Dispatcher:
         if pause >= left:
             return False
         paused = loop.time()
-        await asyncio.sleep(pause)
-        exchange.upstream_ms += (loop.time() - paused) * 1000
+        try:
+            await asyncio.sleep(pause)
+        finally:  # cut short too (the client left): the time was the upstream's, not the gateway's overhead
+            exchange.upstream_ms += (loop.time() - paused) * 1000
         return True
 
     def _give_up(self, errors: list[UpstreamError], exchange: Exchange, plan: Plan,

@@ -169,7 +169,7 @@ class Gate:
             await self._wait_for_slot(priority, limit_at, out_of_time=deadline < queue_limit)
         try:
             await self._spend(tokens, usd, limit_at)
-        except GateRejected:
+        except BaseException:  # turned away, or the request abandoned while it waited for the budget
             self.release(None)
             raise
         self.admitted += 1
