@@ -625,3 +625,52 @@ def test_a_canary_that_hangs_through_its_share_of_the_deadline_is_charged_its_ti
             assert [a.outcome for a in one(sink, headers["x-request-id"]).attempts] == [
                 "model_inference_deadline_exceeded", "ok"]
         assert gw.gateway.runtime.breakers["silent"].failures == 3
+
+
+class _StallsWithPings(Handler):
+    """Anthropic's stream: a first word, then `ping` events every 0.1 s and nothing else for 5 s."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.end_headers()
+
+        def event(kind: str, data: dict[str, Any]) -> None:
+            self.wfile.write(b"event: %s\ndata: %s\n\n" % (kind.encode(), json.dumps(data).encode()))
+            self.wfile.flush()
+
+        try:
+            event("message_start", {"type": "message_start", "message": {
+                "id": "msg_1", "type": "message", "role": "assistant", "content": [],
+                "usage": {"input_tokens": 10, "output_tokens": 1}}})
+            event("content_block_start", {"type": "content_block_start", "index": 0,
+                                          "content_block": {"type": "text", "text": ""}})
+            event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                          "delta": {"type": "text_delta", "text": "First"}})
+            for _ in range(50):
+                time.sleep(0.1)
+                event("ping", {"type": "ping"})
+        except OSError:  # the gateway gave up and closed
+            pass
+        self.close_connection = True
+
+
+def test_events_that_hold_nothing_for_the_client_do_not_keep_a_stalled_stream_alive() -> None:
+    """Every event restarted the `stream_idle_ms` clock: Anthropic's pings every 0.1 s kept a stream that had
+    stalled after its first word open for as long as they came."""
+    with serving(_StallsWithPings) as upstream:
+        text = f"""
+models:
+  claude: {{provider: anthropic, base_url: "{upstream.url.removesuffix('/v1')}", model: c, stream_idle_ms: 600}}
+routes:
+- target: claude
+  deadline_ms: 10000
+"""
+        sink = RecordingSink()
+        with live_gateway(text, None, telemetry=sink) as gw:
+            got, headers, body, elapsed = send(gw, {"model": "laneway", "stream": True,
+                                                    "messages": [{"role": "user", "content": "hi"}]})
+    assert got == 200 and b"First" in body and b"event: error" in body and b"[DONE]" not in body, body
+    assert elapsed < 2.5  # the idle limit after the first word, not the 5 s of pings
+    assert "nothing for the client for 0.6s" in one(sink, headers["x-request-id"]).error

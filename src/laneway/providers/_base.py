@@ -91,12 +91,12 @@ def redact(spec: ModelSpec, text: str) -> str:
 
 
 class Answered:
-    """Set by a stream's adapter once it has yielded a chunk for the client (`Upstream.sse`)."""
+    """Counted by a stream's adapter: the chunks it has yielded for the client (`Upstream.sse`)."""
 
-    __slots__ = ("yes",)
+    __slots__ = ("chunks",)
 
     def __init__(self) -> None:
-        self.yes = False
+        self.chunks = 0
 
 
 class Upstream:
@@ -199,18 +199,20 @@ class Upstream:
         """Yield (event, data) pairs of a server-sent event stream, bounded by deadline then idleness.
 
         Until the stream has answered the deadline bounds the wait, then `stream_idle_ms` since the last
-        event was taken: bytes that are no event (`: ping` comments) are no progress, and the time the consumer
-        holds an event (a client slow to read what the gateway forwards) is not the upstream's. The stream has
-        answered at its first event, or, given `answered`, once the consumer says so: events that hold nothing
-        for the client (OpenAI's role chunk, Anthropic's `message_start`) do not start the idle clock, or a
-        model slow to its first token was cut as stalled long before the deadline. A line may end in LF, CRLF
-        or CR; a line past `max_response_bytes` fails the stream."""
+        progress: bytes that are no event (`: ping` comments) are none, and the time the consumer holds an event
+        (a client slow to read what the gateway forwards) is not the upstream's. Without `answered`, every event
+        is progress. With it, only an event after which the consumer has yielded a chunk for the client: events
+        that hold nothing for it (OpenAI's role chunk or empty deltas, Anthropic's `message_start` and `ping`)
+        neither start the idle clock, or a model slow to its first token was cut as stalled long before the
+        deadline, nor keep a stalled stream alive. A line may end in LF, CRLF or CR; a line past
+        `max_response_bytes` fails the stream."""
         loop = asyncio.get_running_loop()
         event = ""
         data: list[bytes] = []
         idle = self.spec.stream_idle_ms / 1000
         until = deadline if first else loop.time() + idle
         pending = bytearray()  # the start of a line whose end has not come yet
+        seen = 0  # `answered.chunks` at the last progress
         after_cr = False  # the last chunk ended in CR: a LF at the start of the next one ends no line
         try:
             while True:
@@ -220,7 +222,8 @@ class Upstream:
                         raise TimeoutError
                 except TimeoutError:
                     if not first:
-                        raise UpstreamTimeout(f"stream stalled: no event for {idle:g}s (`stream_idle_ms`)",
+                        nothing = "no event" if answered is None else "nothing for the client"
+                        raise UpstreamTimeout(f"stream stalled: {nothing} for {idle:g}s (`stream_idle_ms`)",
                                               model=self.spec.name) from None
                     raise self.timeout() from None
                 if not chunk:
@@ -241,8 +244,9 @@ class Upstream:
                     if not line:
                         if data:
                             yield event, b"\n".join(data)
-                            first = first and answered is not None and not answered.yes
-                            until = deadline if first else loop.time() + idle
+                            if answered is None or answered.chunks != seen:  # progress
+                                seen = 0 if answered is None else answered.chunks
+                                first, until = False, loop.time() + idle
                         event, data = "", []
                     elif line.startswith(b"data:"):
                         data.append(line[5:].lstrip(b" "))

@@ -109,7 +109,7 @@ class AnthropicProvider:
                 if state.stopped:  # the answer is whole, whenever the body ends
                     response.release(ending=True)
                 if chunk is not None:
-                    answered.yes = True
+                    answered.chunks += 1
                     yield chunk
                 if state.stopped:
                     break

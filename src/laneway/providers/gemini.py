@@ -108,7 +108,7 @@ class GeminiProvider:
                     pieces = [{"index": calls + i, **made} for i, made in enumerate(chunk.tool_calls)]
                     calls += len(pieces)
                 if chunk.text or chunk.logprobs or pieces:  # with the usage so far, for a stream cut later
-                    answered.yes = True
+                    answered.chunks += 1
                     yield Chunk(text=chunk.text, logprobs=chunk.logprobs, tool_calls=pieces, usage=chunk.usage)
                 if finish is not None:  # the last event, its usage with it: the answer is whole, whenever the body ends
                     response.release(ending=True)

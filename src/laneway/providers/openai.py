@@ -91,7 +91,7 @@ class OpenAIProvider:
                     raise stream_error(event, self.upstream)
                 chunk = parse_chunk(event, self.spec.name)
                 if chunk is not None:
-                    answered.yes = True
+                    answered.chunks += 1
                     yield chunk
         if not done:
             raise UpstreamBadResponse("stream ended without `[DONE]`: cut mid-way", model=self.spec.name)
