@@ -385,3 +385,25 @@ routes:
             lambda _: call(live, "/v1/chat/completions", OTHER_KEY, body), range(12)))
     served = statuses.count(200)
     assert 1 <= served <= 3 and set(statuses) <= {200, 429}, statuses
+
+
+async def test_a_key_whose_secret_is_replaced_keeps_what_it_spent() -> None:
+    """Counted by the key's hash, a key given a new secret under its name (by a reload) started its budget again,
+    where the shared store, which counts by name, kept it; and a request that ended after its key was renamed
+    kept its estimate held."""
+    from laneway.errors import RateLimited
+    from laneway.keys import KeyPolicy, KeyRing, hash_key
+
+    old = KeyPolicy("team", hash_key("lw-old"), usd_budget=0.05, budget_period="day")
+    ring = KeyRing((old,))
+    await ring.admit(old, None, 10, 0.01)
+    ring.settle("team", 10, 10, 0.01, 0.06)  # over the budget
+    new = KeyPolicy("team", hash_key("lw-new"), usd_budget=0.05, budget_period="day")
+    ring.update((new,))
+    with pytest.raises(RateLimited, match="spent its day budget"):
+        await ring.admit(new, None, 10, 0.01)
+    await ring.admit(other := KeyPolicy("other", hash_key("lw-o"), usd_budget=1.0, budget_period="day"), None, 10,
+                     0.5)
+    ring.update((KeyPolicy("renamed", other.digest, usd_budget=1.0, budget_period="day"),))
+    ring.settle("other", 10, 10, 0.5, 0.4)  # the request ends after the reload renamed its key
+    assert ring._usage["other"].held == 0.0

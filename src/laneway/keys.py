@@ -116,6 +116,8 @@ class KeyRing:
 
     def __init__(self, policies: tuple[KeyPolicy, ...]) -> None:
         self.by_digest = {p.digest: p for p in policies}
+        # By key name, as the shared store counts them: a key whose secret is replaced (same name, new hash)
+        # keeps what it spent. By hash, a rotated key started its budget again, without `state:` only.
         self._usage: dict[str, _Usage] = {}
         self.shared: SharedKeyCounts | None = None
 
@@ -123,8 +125,9 @@ class KeyRing:
         """Take a reloaded key list. What each surviving key has spent is kept; a rate it now has another
         limit for starts again, full, at the new limit (in the shared store too)."""
         self.by_digest = {p.digest: p for p in policies}
-        for digest, usage in self._usage.items():
-            policy = self.by_digest.get(digest)
+        by_name = {p.name: p for p in policies}
+        for name, usage in self._usage.items():
+            policy = by_name.get(name)
             if policy is None:
                 continue
             if _limit(usage.requests) != policy.requests_per_minute:
@@ -141,27 +144,27 @@ class KeyRing:
     def settle(self, name: str, tokens_held: int, tokens_used: int, usd_held: float, usd_spent: float) -> None:
         """Key `name`'s request ended: what was held at admission (`admit`) is let go, and what it used is
         charged. Tokens beyond what it used go back to its rate; its spend counts against its budget."""
-        for policy in self.by_digest.values():
-            if policy.name == name:
-                usage = self._usage_of(policy)
-                if usage.tokens is not None and tokens_held != tokens_used:
-                    # What it did not use goes back; what it used beyond the estimate (an answer longer than
-                    # the 256 tokens assumed without `max_tokens`) is taken, the bucket going into debt if need be.
-                    if tokens_held > tokens_used:
-                        usage.tokens.refund(tokens_held - tokens_used)
-                    else:
-                        usage.tokens.charge(tokens_used - tokens_held, time.monotonic())
-                    if self.shared is not None:
-                        self.shared.key_refund(name, "tokens", tokens_held - tokens_used, usage.tokens.per_minute)
-                usage.held = max(0.0, usage.held - usd_held)
-                if policy.usd_budget is not None:
-                    now = time.time()
-                    period = self._roll_period(policy, usage, now)
-                    if self.shared is not None and usd_spent:
-                        self.shared.key_spend(name, period.id, usd_spent, period.ttl_s(now))
-                usage.spent += usd_spent
-                usage.spent_since_shared += usd_spent
-                return
+        usage = self._usage.get(name)
+        if usage is None:  # a key admitted before is always counted: nothing to settle
+            return
+        if usage.tokens is not None and tokens_held != tokens_used:
+            # What it did not use goes back; what it used beyond the estimate (an answer longer than
+            # the 256 tokens assumed without `max_tokens`) is taken, the bucket going into debt if need be.
+            if tokens_held > tokens_used:
+                usage.tokens.refund(tokens_held - tokens_used)
+            else:
+                usage.tokens.charge(tokens_used - tokens_held, time.monotonic())
+            if self.shared is not None:
+                self.shared.key_refund(name, "tokens", tokens_held - tokens_used, usage.tokens.per_minute)
+        usage.held = max(0.0, usage.held - usd_held)  # also for a key a reload renamed meanwhile
+        policy = next((p for p in self.by_digest.values() if p.name == name), None)
+        if policy is not None and policy.usd_budget is not None:
+            now = time.time()
+            period = self._roll_period(policy, usage, now)
+            if self.shared is not None and usd_spent:
+                self.shared.key_spend(name, period.id, usd_spent, period.ttl_s(now))
+        usage.spent += usd_spent
+        usage.spent_since_shared += usd_spent
 
     @property
     def enabled(self) -> bool:
@@ -235,10 +238,10 @@ class KeyRing:
         return self._usage_of(policy).spent
 
     def _usage_of(self, policy: KeyPolicy) -> _Usage:
-        usage = self._usage.get(policy.digest)
+        usage = self._usage.get(policy.name)
         if usage is None:
             usage = _Usage(_bucket(policy.requests_per_minute), _bucket(policy.tokens_per_minute))
-            self._usage[policy.digest] = usage
+            self._usage[policy.name] = usage
         return usage
 
     @staticmethod
