@@ -746,3 +746,28 @@ async def test_concurrent_requests_of_a_rate_limited_key_do_not_overspend_its_bu
             await cancelled
         assert ring._usage_of(policy).held == pytest.approx(3 * 0.0257)
         await close(state)
+
+
+async def test_a_keys_charge_whose_command_timed_out_is_made_once_when_the_store_catches_up(
+        redis: RedisServer, store: Redis) -> None:
+    """The store ran the timed-out INCRBYFLOAT once it caught up, and the same amount, kept as unsent, was sent
+    again on reconnection: a $0.02 request charged $0.04 to its key's budget."""
+    from laneway.keys import Period
+    from laneway.state._shared import client_key
+
+    state = await SharedState.open(redis.url)
+    period = Period.of("day", time.time())
+    where = client_key("payer", f"spent:{period.id}")
+    state.key_spend("payer", period.id, 0.01, 3600)  # the connection is open, as a serving replica's is
+    await asyncio.sleep(0.1)
+    busy = asyncio.create_task(store.eval(BUSY_SCRIPT, 0, 1_500_000))  # a pause of 1.5 s
+    await asyncio.sleep(0.1)
+    state.key_spend("payer", period.id, 0.02, 3600)  # times out: kept, and run by the store once it catches up
+    assert await busy == 1
+    for _ in range(60):  # the background probe finds the store back, and sends what it kept
+        await asyncio.sleep(0.05)
+        if state.up and not state._unsent_spend:
+            break
+    await asyncio.sleep(0.2)
+    assert float(await store.get(where)) == pytest.approx(0.03)
+    await close(state)

@@ -65,3 +65,17 @@ level = math.min(tonumber(ARGV[1]), level + tonumber(ARGV[2]))
 redis.call('HSET', KEYS[1], 'level', string.format('%.6f', level))
 return 1
 """
+
+# KEYS[1] a client key's spend, KEYS[2] the charge's marker; ARGV usd, the spend's ttl s (0: none), the marker's
+# ttl s. A charge is made once, however often it is sent: one whose command timed out may still run when the
+# store catches up, and the copy sent again after the outage then finds its marker. Returns 1 when charged.
+CHARGE = """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then
+  return 0
+end
+redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+if tonumber(ARGV[2]) > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+"""

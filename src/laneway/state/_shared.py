@@ -22,6 +22,9 @@ from ._cache import RedisStore
 from ._link import EventSink, Link, Unreachable, quietly
 
 LEASE_TTL_S = 15.0  # a dead replica's slots come back after at most this long
+# How long the store remembers a client key's charge was made: far longer than a stalled command takes to run
+# once the store catches up, and than a replica takes to send it again once the store answers.
+CHARGE_MARK_TTL_S = 120
 TICK_S = 0.25  # breaker sync and reconnection probe period
 # What the reconnection probe writes: a store that answers reads but refuses writes (a replica during a
 # failover, a full `noeviction` store) is still down, so the link does not flap between the two states.
@@ -64,8 +67,12 @@ class SharedState:
         self._renew = client.register_script(_scripts.RENEW)
         self._take = client.register_script(_scripts.TAKE)
         self._refund = client.register_script(_scripts.REFUND)
+        self._charge_once = client.register_script(_scripts.CHARGE)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._unsent_spend: dict[str, tuple[float, int | None]] = {}  # client keys' spend made while unreachable
+        # Client keys' spend the store did not take, by where it goes: (charge id, USD, ttl, never sent). Charges
+        # made while the store was known down are summed under one id; one whose command failed (it may have
+        # run all the same) keeps its own, so that sending it again cannot charge it twice.
+        self._unsent_spend: dict[str, list[tuple[str, float, int | None, bool]]] = {}
         self._loop: asyncio.Task[None] | None = None
 
     @classmethod
@@ -131,25 +138,30 @@ class SharedState:
 
     def key_spend(self, name: str, period: str, usd: float, ttl_s: int | None) -> None:
         """Charge client key `name` `usd` in `period`; the count goes once the period is over (`ttl_s`). A
-        charge the store cannot take now is kept, and made when it answers again (`tick`)."""
-        self._spawn(self._charge(client_key(name, f"spent:{period}"), usd, ttl_s))
+        charge the store cannot take now is kept, and made when it answers again (`tick`), once."""
+        self._spawn(self._charge(client_key(name, f"spent:{period}"), self._charge_id(), usd, ttl_s))
 
-    async def _charge(self, where: str, usd: float, ttl_s: int | None) -> None:
-        async def charge(client: Any) -> None:
-            await client.incrbyfloat(where, usd)
-            if ttl_s is not None:
-                await client.expire(where, ttl_s)
+    def _charge_id(self) -> str:
+        return f"{self.replica}-{next(self._ids)}"
 
+    async def _charge(self, where: str, charge_id: str, usd: float, ttl_s: int | None) -> None:
+        tried = self.link.up
         try:
-            await self.link.run(charge)
+            await self.link.run(lambda _: self._charge_once(keys=[where, f"{where}:charge:{charge_id}"],
+                                                            args=[usd, ttl_s or 0, CHARGE_MARK_TTL_S]))
         except Unreachable:  # spent all the same: the other replicas must learn of it
-            unsent, _ = self._unsent_spend.get(where, (0.0, ttl_s))
-            self._unsent_spend[where] = (unsent + usd, ttl_s)
+            kept = self._unsent_spend.setdefault(where, [])
+            if not tried and kept and kept[-1][3]:  # never sent, as the last one kept: summed with it
+                summed_id, summed, _, _ = kept[-1]
+                kept[-1] = (summed_id, summed + usd, ttl_s, True)
+            else:
+                kept.append((charge_id, usd, ttl_s, not tried))
 
     async def _send_unsent_spend(self) -> None:
         unsent, self._unsent_spend = self._unsent_spend, {}
-        for where, (usd, ttl_s) in unsent.items():
-            await self._charge(where, usd, ttl_s)
+        for where, charges in unsent.items():
+            for charge_id, usd, ttl_s, _ in charges:
+                await self._charge(where, charge_id, usd, ttl_s)
 
     async def tick(self) -> None:
         """Sync the breakers (this is also the reconnection probe); after an outage, renew the leases."""
