@@ -170,14 +170,8 @@ class Dispatcher:
             async for lane, name, request, ticket, trimmed in lanes:
                 try:
                     for attempt_no in range(self._tries(plan)):
-                        if _expired(plan):
-                            _too_late(exchange, attempt_no, name, lane)
-                            raise self._give_up(errors, exchange, plan)
-                        attempt = Attempt(name, OK, lane=lane, trimmed_messages=trimmed)
-                        exchange.attempts.append(attempt)
-                        started = time.perf_counter()
-                        limit = _attempt_limit(plan, lane, self.runtime.config.models[name]) or plan.deadline
-                        given_s = limit - asyncio.get_running_loop().time()
+                        attempt, started, limit, given_s = self._attempt(plan, exchange, errors, attempt_no, lane,
+                                                                         name, trimmed)
                         try:
                             completion = await self.runtime.providers[name].complete(request, limit)
                         except UpstreamError as error:
@@ -215,15 +209,9 @@ class Dispatcher:
                 handed_over = False  # the slot goes with the stream, which gives it back when it ends
                 try:
                     for attempt_no in range(self._tries(plan)):
-                        if _expired(plan):
-                            _too_late(exchange, attempt_no, name, lane)
-                            raise self._give_up(errors, exchange, plan)
-                        attempt = Attempt(name, OK, lane=lane, trimmed_messages=trimmed)
-                        exchange.attempts.append(attempt)
-                        started = time.perf_counter()
+                        attempt, started, limit, given_s = self._attempt(plan, exchange, errors, attempt_no, lane,
+                                                                         name, trimmed)
                         chunks = self.runtime.providers[name].stream(request, plan.deadline)
-                        limit = _attempt_limit(plan, lane, self.runtime.config.models[name]) or plan.deadline
-                        given_s = limit - asyncio.get_running_loop().time()
                         try:
                             # Bounded as a whole: an upstream that opens the stream at once with an event that holds
                             # nothing for the client (OpenAI's role chunk, reasoning deltas) has not answered yet.
@@ -267,6 +255,18 @@ class Dispatcher:
                     if not handed_over:
                         ticket.release()
         raise unsendable[0] if unsendable and not errors else self._give_up(errors, exchange, plan)
+
+    def _attempt(self, plan: Plan, exchange: Exchange, errors: list[UpstreamError], attempt_no: int, lane: str,
+                 name: str, trimmed: int) -> tuple[Attempt, float, float, float]:
+        """A new attempt at `name`, recorded: the attempt, when it starts (`perf_counter()`), when it must give
+        up (loop time), and the seconds it has until then; raises the request's error when its deadline is gone."""
+        if _expired(plan):
+            _too_late(exchange, attempt_no, name, lane)
+            raise self._give_up(errors, exchange, plan)
+        attempt = Attempt(name, OK, lane=lane, trimmed_messages=trimmed)
+        exchange.attempts.append(attempt)
+        limit = _attempt_limit(plan, lane, self.runtime.config.models[name]) or plan.deadline
+        return attempt, time.perf_counter(), limit, limit - asyncio.get_running_loop().time()
 
     def _unsendable(self, attempt: Attempt, name: str, refused: InvalidRequest,
                     unsendable: list[InvalidRequest]) -> None:
