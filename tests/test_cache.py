@@ -192,6 +192,19 @@ async def test_an_entry_keeps_the_answers_log_probabilities_and_fingerprint() ->
     assert kept is not None and (kept.logprobs, kept.system_fingerprint) == (logprobs, "fp_44709d6fcb")
 
 
+async def test_an_answer_replayed_as_a_stream_keeps_its_fingerprint_and_service_tier() -> None:
+    """Whole from the cache it had them; replayed as a stream (a cache hit, a cascade's accepted answer) it lost
+    both, which an OpenAI-compatible upstream's answers carry on every chunk."""
+    from laneway.dispatch import replay_stream
+    from laneway.exchange import Exchange
+
+    answer = Completion("It is on its way", "stop", Usage(3, 5), "m", system_fingerprint="fp_44709d6fcb",
+                        service_tier="default")
+    started = replay_stream(answer, Exchange("r", 0.0, model="m"))
+    assert (started.first.system_fingerprint, started.first.service_tier) == ("fp_44709d6fcb", "default")
+    assert "".join([started.first.text, *[c.text async for c in started.rest]]) == "It is on its way"
+
+
 async def test_an_entry_this_release_cannot_read_is_a_miss() -> None:
     store = MemoryStore()
     for raw in (b'{"text": "hi"}', b"not json", b'{"text": "hi", "finish_reason": "stop", "model": "m", '

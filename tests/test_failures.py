@@ -674,3 +674,19 @@ routes:
     assert got == 200 and b"First" in body and b"event: error" in body and b"[DONE]" not in body, body
     assert elapsed < 2.5  # the idle limit after the first word, not the 5 s of pings
     assert "nothing for the client for 0.6s" in one(sink, headers["x-request-id"]).error
+
+
+async def test_a_fractional_wait_an_upstream_asked_for_is_told_the_client_rounded_up() -> None:
+    """Told 2 for an upstream's 2.45 s, a client came back before the upstream's window and was refused again."""
+    from laneway.errors import AllAttemptsFailed, UpstreamRateLimited
+    from laneway.server._asgi import respond_error
+
+    sent: list[dict[str, Any]] = []
+
+    async def send_(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    error = AllAttemptsFailed([UpstreamRateLimited("slow down", model="m", retry_after_s=2.45)])
+    await respond_error(send_, error, "req-1", [])
+    headers = dict(sent[0]["headers"])
+    assert sent[0]["status"] == 429 and headers[b"retry-after"] == b"3"

@@ -675,5 +675,6 @@ def replay_stream(completion: Completion, exchange: Exchange) -> Started:
 
     model = exchange.model or ""
     attempt = exchange.attempts[-1] if exchange.attempts else Attempt(model, OK, lane=exchange.lane)
-    first = Chunk(words[0], logprobs=completion.logprobs)  # all of them: the pieces are words, not tokens
+    first = Chunk(words[0], logprobs=completion.logprobs,  # all of them: the pieces are words, not tokens
+                  system_fingerprint=completion.system_fingerprint, service_tier=completion.service_tier)
     return Started(model, exchange.lane, attempt, first, rest(), None, time.perf_counter(), accounted=True)

@@ -67,7 +67,8 @@ async def respond_error(send: Send, error: LanewayError, request_id: str, header
     extra = list(headers)
     retry = getattr(error, "retry_after_s", None)
     if retry is not None and error.status in (429, 503):  # a wait someone asked for; none is made up
-        extra.append((b"retry-after", str(max(1, round(retry if math.isfinite(retry) else 1))).encode()))
+        # Whole seconds, rounded up: told 2 for an upstream's 2.45, a client came back before its window.
+        extra.append((b"retry-after", str(max(1, math.ceil(retry if math.isfinite(retry) else 1))).encode()))
     if isinstance(error, AllAttemptsFailed | ModelsCoolingDown) and error.status >= 500:
         # The route's retries and fallbacks have run, or every model is cooling down: an SDK's own retries
         # (OpenAI's read this header, and would sleep out a `Retry-After` first) would multiply them against
