@@ -143,7 +143,7 @@ def test_a_request_refused_before_its_signals_were_read_keeps_the_conversation_i
 LOOKUP = {"type": "function", "function": {"name": "lookup_order", "parameters": {"type": "object"}}}
 OPENAI_FIELDS = {"safety_identifier": "hashed-user-42", "prompt_cache_key": "support-v3",
                  "prompt_cache_retention": "24h", "prediction": {"type": "content", "content": "Your order"},
-                 "modalities": ["text"], "web_search_options": {}}
+                 "modalities": ["text"], "web_search_options": {}, "store": True}
 
 
 @pytest.mark.parametrize("model", ["gpt-5", "claude-sonnet-37", "gemini-2.5-flash-lite"])
@@ -177,6 +177,9 @@ def test_fields_the_openai_adapter_passes_on_and_anthropic_reads_safety_identifi
      "invalid_request", '`x-laneway-escalation`: invalid value "maybe"; expected true or false (also yes/no, 1/0)'),
     ({"model": "laneway", "messages": []}, {}, 400, "invalid_request", "`messages` must be a non-empty list"),
     ({"model": "laneway", "messages": chat(1), "n": 3}, {}, 400, "invalid_request", "`n` must be 1"),
+    # accepted and forwarded, the audio an upstream answered with was dropped
+    ({"model": "laneway", "messages": chat(1), "modalities": ["text", "audio"]}, {}, 400, "invalid_request",
+     "audio output is not supported"),
     ({"model": "laneway", "messages": chat(1), "n": True}, {}, 400, "invalid_request", "`n` must be 1"),
     ({"model": "laneway", "messages": chat(1), "temperature": 7}, {}, 400, "invalid_request", "`temperature`"),
     ({"model": "laneway", "messages": chat(1), "max_tokens": 10**9}, {}, 400, "invalid_request", "`max_tokens`"),
@@ -484,3 +487,17 @@ def test_token_logprobs_reach_a_client_that_asks_for_them_whole_and_streamed(def
                 for token in chunk.choices[0].logprobs.content or []]
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert streamed and "".join(token.token for token in streamed) == text
+
+
+def test_a_predictions_accepted_and_rejected_tokens_reach_the_client() -> None:
+    """`prediction` was passed on, and the counts that say whether it helped (rejected ones are billed) were
+    dropped from the usage the client saw."""
+    from laneway.providers.openai import usage_of
+    from laneway.server._chat import usage_body
+
+    upstream = {"prompt_tokens": 40, "completion_tokens": 30, "total_tokens": 70,
+                "completion_tokens_details": {"reasoning_tokens": 0, "accepted_prediction_tokens": 12,
+                                              "rejected_prediction_tokens": 5, "audio_tokens": 0}}
+    assert usage_body(usage_of(upstream)) == {
+        "prompt_tokens": 40, "completion_tokens": 30, "total_tokens": 70,
+        "completion_tokens_details": {"accepted_prediction_tokens": 12, "rejected_prediction_tokens": 5}}

@@ -54,6 +54,9 @@ class Usage:
     cached_tokens: int = 0  # prompt tokens read from the provider's prompt cache
     cache_write_tokens: int = 0  # prompt tokens written to it (Anthropic bills them apart)
     reasoning_tokens: int = 0  # of `completion_tokens`, those the model thought (where the provider says)
+    # Of `completion_tokens`, a `prediction`'s tokens the answer used and those it did not (billed all the same)
+    accepted_prediction_tokens: int = 0
+    rejected_prediction_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

@@ -25,11 +25,11 @@ _PARAMS = frozenset({
     # OpenAI's own: passed on to `openai` models, left out for the others (`safety_identifier` becomes
     # Anthropic's `metadata.user_id`, as `user` does)
     "prompt_cache_key", "prompt_cache_retention", "safety_identifier", "prediction", "modalities",
-    "web_search_options",
+    "web_search_options", "store",
 })
 # OpenAI's deprecated function calling, which `tools` replaced: refused with the way to send it now.
 _LEGACY = {"functions": "`tools`", "function_call": "`tool_choice`"}
-_FIELDS = _PARAMS | {"model", "messages", "stream", "stream_options", "n", "user", "metadata", "store"}
+_FIELDS = _PARAMS | {"model", "messages", "stream", "stream_options", "n", "user", "metadata"}
 SAMPLING_RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "presence_penalty": (-2.0, 2.0),
                    "frequency_penalty": (-2.0, 2.0), "top_logprobs": (0, 20)}
 MAX_OUTPUT_TOKENS = 1_000_000
@@ -85,7 +85,10 @@ _SHAPES: dict[str, tuple[Any, str]] = {
     "prompt_cache_retention": (lambda v: isinstance(v, str), "a string"),
     "safety_identifier": (lambda v: isinstance(v, str), "a string"),
     "prediction": (lambda v: isinstance(v, dict), 'an object such as {"type": "content", "content": ...}'),
-    "modalities": (lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v), 'a list such as ["text"]'),
+    # Answers are text: an audio answer's `message.audio` would not reach the client.
+    "modalities": (lambda v: isinstance(v, list) and all(m == "text" for m in v),
+                   '["text"]: answers through the gateway are text, audio output is not supported'),
+    "store": (lambda v: isinstance(v, bool), "true or false"),
     "web_search_options": (lambda v: isinstance(v, dict), "an object"),
 }
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")

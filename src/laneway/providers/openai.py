@@ -24,7 +24,7 @@ PASSTHROUGH = frozenset({
     "frequency_penalty", "seed", "logprobs", "top_logprobs", "response_format", "logit_bias", "user",
     "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort", "service_tier", "verbosity",
     "prompt_cache_key", "prompt_cache_retention", "safety_identifier", "prediction", "modalities",
-    "web_search_options",
+    "web_search_options", "store",
 })
 
 
@@ -259,6 +259,8 @@ def usage_of(usage: dict[str, Any]) -> Usage:
     details = usage.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
     thought = usage.get("completion_tokens_details")
-    reasoning = thought.get("reasoning_tokens") if isinstance(thought, dict) else None
+    thought = thought if isinstance(thought, dict) else {}
     return Usage(token_count(usage.get("prompt_tokens")), token_count(usage.get("completion_tokens")),
-                 token_count(cached), reasoning_tokens=token_count(reasoning))
+                 token_count(cached), reasoning_tokens=token_count(thought.get("reasoning_tokens")),
+                 accepted_prediction_tokens=token_count(thought.get("accepted_prediction_tokens")),
+                 rejected_prediction_tokens=token_count(thought.get("rejected_prediction_tokens")))

@@ -179,13 +179,17 @@ def _upstream_fields(fingerprint: str | None, tier: str | None) -> dict[str, str
 
 def usage_body(usage: Usage) -> dict[str, Any]:
     """OpenAI's `usage`; `prompt_tokens_details.cached_tokens` when the provider read from its prompt cache,
-    `completion_tokens_details.reasoning_tokens` when the model thought."""
+    `completion_tokens_details` when the model thought, or used a `prediction`."""
     body: dict[str, Any] = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
                             "total_tokens": usage.total_tokens}
     if usage.cached_tokens:
         body["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
-    if usage.reasoning_tokens:
-        body["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    details = {name: count for name, count in (("reasoning_tokens", usage.reasoning_tokens),
+                                               ("accepted_prediction_tokens", usage.accepted_prediction_tokens),
+                                               ("rejected_prediction_tokens", usage.rejected_prediction_tokens))
+               if count}
+    if details:
+        body["completion_tokens_details"] = details
     return body
 
 
