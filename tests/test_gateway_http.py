@@ -501,3 +501,51 @@ def test_a_predictions_accepted_and_rejected_tokens_reach_the_client() -> None:
     assert usage_body(usage_of(upstream)) == {
         "prompt_tokens": 40, "completion_tokens": 30, "total_tokens": 70,
         "completion_tokens_details": {"accepted_prediction_tokens": 12, "rejected_prediction_tokens": 5}}
+
+
+CITATION = {"type": "url_citation", "url_citation": {"start_index": 0, "end_index": 6, "title": "Refunds",
+                                                     "url": "https://example.com/refunds"}}
+
+
+def test_a_web_searchs_citations_reach_the_client_whole_streamed_and_from_the_cache() -> None:
+    """`web_search_options` was passed on, and the URL citations it makes (`message.annotations`, streamed as
+    `delta.annotations`) were dropped: the client got web content without its sources."""
+    from _loopback import Handler, completion_body, serving, sse_body
+
+    class Searching(Handler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            assert body["web_search_options"] == {}
+            if body.get("stream"):
+                events = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Refund"}}]},
+                          {"choices": [{"index": 0, "delta": {"annotations": [CITATION]}}]},
+                          {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                           "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}]
+                self.send(sse_body(events), "text/event-stream")
+                return
+            message = {"role": "assistant", "content": "Refund", "annotations": [CITATION]}
+            self.send(completion_body("m", {"index": 0, "message": message, "finish_reason": "stop"},
+                                      usage={"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}),
+                      "application/json")
+
+    with serving(Searching) as upstream:
+        config = f"""
+models:
+  searcher: {{provider: openai, base_url: "{upstream.url}", model: m}}
+routes:
+- target: searcher
+  cache: {{mode: on, ttl_s: 60}}
+"""
+        with live_gateway(config, None) as gw:
+            sdk = client(gw)
+            for question in ("whole", "whole"):  # the second from the cache
+                answer = sdk.chat.completions.create(model="laneway", messages=[{"role": "user", "content": question}],
+                                                     web_search_options={})
+                assert answer.choices[0].message.annotations is not None
+                assert answer.choices[0].message.annotations[0].url_citation.url == CITATION["url_citation"]["url"]
+            for question in ("streamed", "streamed"):
+                chunks = list(sdk.chat.completions.create(model="laneway", stream=True, web_search_options={},
+                                                          messages=[{"role": "user", "content": question}]))
+                cited = [c.choices[0].delta.annotations for c in chunks  # type: ignore[attr-defined]
+                         if c.choices and getattr(c.choices[0].delta, "annotations", None)]
+                assert cited == [[CITATION]], chunks

@@ -101,10 +101,12 @@ async def lookup(store: CacheStore, key: str) -> Completion | None:
         data = orjson.loads(raw)
         usage = Usage(int(data["prompt_tokens"]), int(data["completion_tokens"]))
         logprobs, fingerprint = data.get("logprobs"), data.get("system_fingerprint")
+        annotations = data.get("annotations")
         completion = Completion(str(data["text"]), str(data["finish_reason"]), usage, str(data["model"]),
                                 tool_calls=data.get("tool_calls"), refusal=data.get("refusal"),
                                 logprobs=logprobs if isinstance(logprobs, list) else None,
-                                system_fingerprint=fingerprint if isinstance(fingerprint, str) else None)
+                                system_fingerprint=fingerprint if isinstance(fingerprint, str) else None,
+                                annotations=annotations if isinstance(annotations, list) else None)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:  # another writer's entry
         log.warning("laneway: a cache entry is not one this release reads (%s); treating it as a miss",
                     type(exc).__name__)
@@ -117,7 +119,8 @@ async def remember(store: CacheStore, key: str, completion: Completion, model: s
                           "prompt_tokens": completion.usage.prompt_tokens,
                           "completion_tokens": completion.usage.completion_tokens,
                           "tool_calls": completion.tool_calls, "refusal": completion.refusal,
-                          "logprobs": completion.logprobs, "system_fingerprint": completion.system_fingerprint})
+                          "logprobs": completion.logprobs, "system_fingerprint": completion.system_fingerprint,
+                          "annotations": completion.annotations})
     try:
         await store.set(key, value, ttl_s)
     except Exception as exc:  # noqa: BLE001 - a failing cache must not fail the answer it would have kept

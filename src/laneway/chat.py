@@ -113,6 +113,7 @@ class Completion:
     # An OpenAI-compatible upstream's `system_fingerprint` and `service_tier`, passed on to the client
     system_fingerprint: str | None = None
     service_tier: str | None = None
+    annotations: list[Any] | None = None  # OpenAI `message.annotations`: a web search's URL citations
 
 
 def tool_call_text(calls: list[dict[str, Any]]) -> list[str]:
@@ -139,6 +140,7 @@ class Chunk:
     refusal: str = ""  # a piece of OpenAI's `delta.refusal`
     system_fingerprint: str | None = None  # an OpenAI-compatible upstream's, on the chunks that carry it
     service_tier: str | None = None
+    annotations: list[Any] | None = None  # OpenAI `delta.annotations`
 
 
 # Content part types that are text (an assistant's `refusal` part included); others are media.

@@ -671,6 +671,8 @@ def replay_stream(completion: Completion, exchange: Exchange) -> Started:
             yield Chunk(tool_calls=[{"index": i, **call} for i, call in enumerate(completion.tool_calls)])
         if completion.refusal:
             yield Chunk(refusal=completion.refusal)
+        if completion.annotations:
+            yield Chunk(annotations=completion.annotations)
         yield Chunk(finish_reason=completion.finish_reason, usage=completion.usage)
 
     model = exchange.model or ""

@@ -295,6 +295,7 @@ class Gateway:
         answer that calls tools is not cached: its calls arrive in pieces)."""
         first = started.first
         pieces, refusal, logprobs = [first.text], [first.refusal], list(first.logprobs or ())
+        annotations = list(first.annotations or ())
         finish, usage, fingerprint = first.finish_reason, first.usage, first.system_fingerprint
         calls = first.tool_calls is not None
         async for chunk in source:
@@ -304,13 +305,16 @@ class Gateway:
             calls = calls or chunk.tool_calls is not None
             if chunk.logprobs:
                 logprobs += chunk.logprobs
+            if chunk.annotations:
+                annotations += chunk.annotations
             yield chunk
         text = "".join(pieces)
         if targets:
             self.shadows.submit(runtime, targets, messages, params, exchange, text)
         if key is not None and usage is not None and not calls:
             completion = Completion(text, finish or "stop", usage, started.model, refusal="".join(refusal) or None,
-                                    logprobs=logprobs or None, system_fingerprint=fingerprint)
+                                    logprobs=logprobs or None, system_fingerprint=fingerprint,
+                                    annotations=annotations or None)
             self._keep(key, completion, started.model, ttl_s)
 
     def _dispatcher(self, runtime: Runtime) -> Dispatcher:

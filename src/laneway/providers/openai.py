@@ -198,6 +198,7 @@ def parse_completion(data: dict[str, Any], model: str) -> Completion:
             tool_calls=_tool_calls(message, model),
             refusal=message.get("refusal") if isinstance(message.get("refusal"), str) else None,
             system_fingerprint=_text(data.get("system_fingerprint")), service_tier=_text(data.get("service_tier")),
+            annotations=_annotations(message),
         )
     except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         raise UpstreamBadResponse("answer lacks `choices[0].message`", model=model) from None
@@ -230,10 +231,17 @@ def parse_chunk(event: dict[str, Any], model: str) -> Chunk | None:
         chunk.tool_calls = _tool_calls(delta, model)
         refusal = delta.get("refusal")
         chunk.refusal = refusal if isinstance(refusal, str) else ""
+        chunk.annotations = _annotations(delta)
     if (not chunk.text and chunk.finish_reason is None and chunk.usage is None and chunk.tool_calls is None
-            and not chunk.refusal):
+            and not chunk.refusal and not chunk.annotations):
         return None
     return chunk
+
+
+def _annotations(message: dict[str, Any]) -> list[Any] | None:
+    """A message's or a delta's `annotations` (a web search's URL citations), passed on as they are."""
+    found = message.get("annotations")
+    return found if isinstance(found, list) and found else None
 
 
 def _tool_calls(message: dict[str, Any], model: str) -> list[dict[str, Any]] | None:

@@ -154,6 +154,8 @@ def _completion_body(completion: Completion, exchange: Exchange, answer: str, lo
         message["content"] = completion.text or None  # as OpenAI answers a refusal or a call without text
     if completion.tool_calls:
         message["tool_calls"] = completion.tool_calls
+    if completion.annotations:
+        message["annotations"] = completion.annotations
     tokens = {"content": completion.logprobs} if logprobs and completion.logprobs is not None else None
     body = {
         "id": answer, "object": "chat.completion", "created": int(exchange.started_at),
@@ -302,6 +304,8 @@ async def _forward(send: Send, encoder: _ChunkEncoder, chunk: Chunk, state: _Str
     if chunk.refusal:
         state.text.append(chunk.refusal)
         await send({"type": "http.response.body", "body": encoder.refusal(chunk.refusal), "more_body": True})
+    if chunk.annotations:
+        await send({"type": "http.response.body", "body": encoder.annotations(chunk.annotations), "more_body": True})
 
 
 async def _estimate(gateway: Gateway, runtime: Runtime, started: Started, text: list[str]) -> Usage:
@@ -407,6 +411,9 @@ class _ChunkEncoder:
 
     def refusal(self, text: str) -> bytes:
         return self._event(b'"refusal":' + orjson.dumps(text))
+
+    def annotations(self, annotations: list[Any]) -> bytes:
+        return self._event(b'"annotations":' + orjson.dumps(annotations))
 
     def _event(self, fields: bytes) -> bytes:
         event = self._head + fields + self._tail
