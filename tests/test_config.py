@@ -895,3 +895,44 @@ def test_values_nested_past_any_real_file_are_an_error_not_a_crash(text: str, wo
     with pytest.raises(ConfigError) as caught:
         parse_config(text)
     assert words in str(caught.value)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("model:\n  m: {provider: openai, base_url: 'sim:///gpt-5/v1'}\nroutes:\n- target: gpt-5\n",
+     "did you mean `models`?"),
+    ("models:\n  m: {provider: openai, base_url: 'sim:///gpt-5/v1', gates: {max_concurrency: 1}}\n"
+     "routes:\n- target: m\n", "did you mean `gate`?"),
+    ("models:\n  m: {provider: openai, base_url: 'sim:///gpt-5/v1', gate: {adaptiv: {target_p95_ms: 9}}}\n"
+     "routes:\n- target: m\n", "did you mean `adaptive`?"),
+    (f"keys:\n- {{name: w, hash: 'sha256:{'0' * 64}', route: [chat]}}\nroutes:\n- target: gpt-5\n",
+     "did you mean `routes`?"),
+])
+def test_an_unknown_key_is_told_the_optional_key_it_misspells(text: str, expected: str) -> None:
+    """Keys read only when present were missing from the hint: `model:` was told the known keys, without
+    `models`, as `gates:`, `adaptiv:` and a client key's `route:` were told theirs without the key meant."""
+    assert any(expected in issue for issue in issues_of(text)), issues_of(text)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("models:\n  auto: {provider: openai, base_url: 'sim:///gpt-5/v1'}\nroutes:\n- target: auto\n",
+     ("models.auto", "`auto` names the route table")),
+    ("server: {table: front}\nmodels:\n  front: {provider: openai, base_url: 'sim:///gpt-5/v1'}\n"
+     "routes:\n- target: gpt-5-mini\n", ("models.front", "`front` names the route table")),
+    ("server: {table: gpt-5}\nroutes:\n- target: gpt-5-mini\n", ("server.table", "`gpt-5` is a model's name")),
+])
+def test_a_model_named_as_the_route_table_is_an_error(text: str, expected: tuple[str, str]) -> None:
+    """It passed, was listed by `/v1/models` as a model to call, and a request naming it was routed by the table
+    to another model, without a word."""
+    path, message = expected
+    assert any(issue.startswith(path + " ") and message in issue for issue in issues_of(text)), issues_of(text)
+
+
+def test_a_table_that_serves_no_request_to_the_path_openai_clients_call_is_warned_of() -> None:
+    """`path: /v1/chat/completion` passed `check` without a word, and every request of an OpenAI client got a
+    404."""
+    config = parse_config("routes:\n- target: gpt-5\n  path: /v1/chat/completion\n")
+    warnings = [str(w) for w in config.warnings]
+    assert any("did you mean `/v1/chat/completions`?" in w for w in warnings), warnings
+    assert any("no route serves `/v1/chat/completions`" in w for w in warnings), warnings
+    fine = parse_config("routes:\n- target: gpt-5\n  path: /v1/chat\n- target: gpt-5-mini\n  path: /v1/triage\n")
+    assert not [w for w in fine.warnings if "/v1/chat/completions" in str(w)], fine.warnings

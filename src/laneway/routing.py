@@ -5,11 +5,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from .config import Config, Route
+from .config import TABLE_ALIASES, Config, Route
 from .errors import ModelNotFound, NoRoute
 from .signals import Signals
-
-TABLE_ALIASES = ("auto",)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from ._loader import builtin_models, default_config_text, load_config, parse_con
 from ._matcher import Matcher, MatcherError, compile_matcher
 from ._model import (
     DEFAULT_DEADLINE_MS,
+    TABLE_ALIASES,
     Breaker,
     Config,
     ModelSpec,
@@ -30,6 +31,7 @@ from ._model import (
 __all__ = [
     "DEFAULT_DEADLINE_MS",
     "MIN_CHUNK_TOKENS",
+    "TABLE_ALIASES",
     "Breaker",
     "CacheSettings",
     "Canary",

@@ -42,6 +42,11 @@ def analyse_table(routes: Sequence[Route]) -> list[TableWarning]:
         if gap is not None:
             own = next(r for r in routes if r.path == path)  # a route of `path`: what it serves is under it
             gaps.append(_gap_warning(path, [p for p in paths if p != path and own.matches_path(p)], gap))
+    if routes and not any(r.matches_path(CHAT_PATH) for r in routes):
+        served = ", ".join(f"`{p}`" for p in paths)
+        gaps.append(TableWarning("routes", f"no route serves `{CHAT_PATH}`, the path OpenAI clients call (the routes "
+                                           f"serve {served}): every such request gets `404 no_route`. Give a route "
+                                           f"`path: {CHAT_PATH}`, or leave `path` out"))
     return [*_findings(routes, overlaps, reached, matched), *gaps]
 
 
@@ -67,6 +72,7 @@ def _analyse_group(routes: list[Route], overlaps: dict[tuple[int, int], dict[str
 
 
 OVERLAPS = "overlaps "  # how a warning of two routes that match the same request begins
+CHAT_PATH = "/v1/chat/completions"  # where OpenAI's clients send chat requests
 
 
 def _gap_warning(path: str, deeper: list[str], example: dict[str, Any]) -> TableWarning:

@@ -40,6 +40,7 @@ from ._matcher import Matcher, MatcherError, always, compile_matcher
 from ._model import (
     GEMINI_THINKING_LEVELS,
     SYSTEM_MODES,
+    TABLE_ALIASES,
     TOKENIZERS,
     TRIM_POLICIES,
     Breaker,
@@ -118,6 +119,14 @@ def _build(raw: Any, issues: Issues, source: str, base: Path) -> Config | None:
     shadow = _shadow_settings(top.section("shadow"), known)
     routes = _routes(top, known, issues, context)
     server = _server(top.section("server"))
+    if server.table in known and server.table not in own:
+        issues.add("server.table", f"`{server.table}` is a model's name: a request naming the model would be routed "
+                                   "by the table; name the table otherwise (default `laneway`)")
+    for name in own:
+        if name == server.table or name in TABLE_ALIASES:
+            issues.add(f"models.{name}", f"`{name}` names the route table (`server.table`, or its alias `auto`): a "
+                                         "request naming it is routed by the table, never sent to this model; "
+                                         "rename the model")
     sim = _sim(top.section("sim"), base)
     _check_simulated(own, sim, issues)
     telemetry = _telemetry(top)
@@ -299,6 +308,11 @@ def _route(index: int, s: Section, known: dict[str, ModelSpec], context: _Contex
         # The server answers chat requests at `/v1/.../completions` only.
         s.issues.add(s.where("path"), f"no request reaches `{path}`: chat requests arrive at `/v1/.../completions`; "
                                       f"give a prefix of such a path, e.g. `/v1/chat`")
+    elif (last := path.rstrip("/").rsplit("/", 1)[-1]) != "completions" and \
+            difflib.get_close_matches(last, ["completions"], cutoff=0.75):
+        s.issues.add(s.where("path"), f"`{path}` serves only paths under it, such as `{path.rstrip('/')}/completions`, "
+                                      f"not `{DEFAULT_PATH}`, which OpenAI clients call; did you mean "
+                                      f"`{path.rstrip('/').rsplit('/', 1)[0]}/completions`?", severity="warning")
     source = s.text("matcher")
     matcher = always()
     matcher_ok = True

@@ -140,6 +140,10 @@ class Route:
         return path == base or path.startswith(base + "/")
 
 
+# Names of the route table besides `server.table`: a request naming one is routed by the table.
+TABLE_ALIASES = ("auto",)
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     table: str = "laneway"  # the `model` value that means "route by the table"

@@ -54,6 +54,8 @@ class Section:
         return join(self.path, key)
 
     def has(self, key: str) -> bool:
+        """Whether the mapping holds `key`, a key the reader knows (an unknown key's hint names it)."""
+        self.seen.add(key)
         return key in self.raw
 
     def value(self, key: str, default: Any = None) -> Any:

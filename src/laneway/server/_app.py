@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
+from ..config import TABLE_ALIASES
 from ..errors import (
     ConfigError,
     Forbidden,
@@ -26,7 +27,6 @@ from ..errors import (
 )
 from ..exchange import Exchange
 from ..gateway import Gateway
-from ..routing import TABLE_ALIASES
 from ..telemetry import Telemetry
 from ._asgi import (
     ClientGone,
