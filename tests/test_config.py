@@ -936,3 +936,20 @@ def test_a_table_that_serves_no_request_to_the_path_openai_clients_call_is_warne
     assert any("no route serves `/v1/chat/completions`" in w for w in warnings), warnings
     fine = parse_config("routes:\n- target: gpt-5\n  path: /v1/chat\n- target: gpt-5-mini\n  path: /v1/triage\n")
     assert not [w for w in fine.warnings if "/v1/chat/completions" in str(w)], fine.warnings
+
+
+@pytest.mark.parametrize(("setting", "path"), [
+    ("models:\n  m: {provider: openai, base_url: 'sim:///gpt-5/v1', cooldown: {cooldown_ms: 100000000000000}}\n"
+     "routes:\n- target: m\n", "models.m.cooldown.cooldown_ms"),
+    ("models:\n  m: {provider: openai, base_url: 'sim:///gpt-5/v1', stream_idle_ms: 100000000000000}\n"
+     "routes:\n- target: m\n", "models.m.stream_idle_ms"),
+    ("models:\n  m: {provider: openai, base_url: 'sim:///gpt-5/v1', gate: {queue_timeout_ms: 100000000000}}\n"
+     "routes:\n- target: m\n", "models.m.gate.queue_timeout_ms"),
+    ("routes:\n- target: gpt-5\n  retry: {backoff_ms: 100000000000}\n", "routes[0].retry.backoff_ms"),
+    ("routes:\n- target: gpt-5\n  cache: {mode: on, ttl_s: 100000000000}\n", "routes[0].cache.ttl_s"),
+    ("server: {shutdown_grace_ms: 100000000000}\nroutes:\n- target: gpt-5\n", "server.shutdown_grace_ms"),
+])
+def test_a_time_far_past_any_use_is_refused(setting: str, path: str) -> None:
+    """Only the deadlines had a bound: one failure and a `cooldown_ms` of 10^14 kept a model out for ever, and
+    clients were told `retry-after: 100000000000`."""
+    assert any(issue.startswith(path + " ") for issue in issues_of(setting)), issues_of(setting)

@@ -10,6 +10,7 @@ from ._matcher import Matcher, MatcherError, compile_matcher
 from ._reader import Section
 
 DEFAULT_QUEUE_MS = GatePolicy().queue_timeout_ms
+QUEUE_MAX_MS = 3_600_000  # an hour: a longer wait in a gate's queue is a mistake in the file, as a longer deadline
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,15 +62,16 @@ def _queue_timeouts(s: Section) -> tuple[int, int, int]:
     raw = s.value("queue_timeout_ms")
     if raw is None:
         return DEFAULT_QUEUE_MS
-    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= QUEUE_MAX_MS:
         return (raw, raw, raw)
     if isinstance(raw, dict):
         per = s.section("queue_timeout_ms")
-        values = tuple(per.whole(name, DEFAULT_QUEUE_MS[i], minimum=0) for i, name in enumerate(PRIORITY_CLASSES))
+        values = tuple(per.whole(name, DEFAULT_QUEUE_MS[i], minimum=0, maximum=QUEUE_MAX_MS)
+                       for i, name in enumerate(PRIORITY_CLASSES))
         per.done()
         return values[0], values[1], values[2]
-    s.issues.add(s.where("queue_timeout_ms"),
-                 "expected milliseconds, or a mapping per class: {escalation: 2000, chat: 1000, triage: 250}")
+    s.issues.add(s.where("queue_timeout_ms"), f"expected milliseconds (0 to {QUEUE_MAX_MS}), or a mapping per class: "
+                                              "{escalation: 2000, chat: 1000, triage: 250}")
     return DEFAULT_QUEUE_MS
 
 

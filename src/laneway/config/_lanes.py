@@ -16,6 +16,8 @@ RETRIEVAL_STYLES = ("system", "user")
 MIN_CHUNK_TOKENS = 16  # words; shorter passages carry too few words to rank by
 
 
+CACHE_TTL_MAX_S = 30 * 86_400  # a cached answer kept longer than a month is a mistake in the file
+
 @dataclass(frozen=True, slots=True)
 class Canary:
     target: str
@@ -197,7 +199,7 @@ def parse_cache(s: Section) -> CacheSettings:
         s.raw["mode"] = "on" if raw else "off"
     settings = CacheSettings(
         mode=s.text("mode", "on", choices=CACHE_MODES) or "on",
-        ttl_s=s.number("ttl_s", 300.0, minimum=1) or 300.0,
+        ttl_s=s.number("ttl_s", 300.0, minimum=1, maximum=CACHE_TTL_MAX_S) or 300.0,
         allow_temperature=s.flag("allow_temperature", False),
     )
     s.done()

@@ -180,7 +180,8 @@ def _model(name: str, s: Section) -> ModelSpec:
               price.number("cache_write_per_mtok", None, minimum=0))
     price.done()
     breaker = s.section("cooldown")
-    b = Breaker(breaker.whole("failures", 5, minimum=1), breaker.whole("cooldown_ms", 10_000, minimum=1))
+    b = Breaker(breaker.whole("failures", 5, minimum=1),
+                breaker.whole("cooldown_ms", 10_000, minimum=1, maximum=MAX_DEADLINE_MS))
     breaker.done()
     profile = _profile(s.section("profile"))
     deadline = s.number("deadline_ms", None, minimum=1, maximum=MAX_DEADLINE_MS, integer=True)
@@ -190,8 +191,8 @@ def _model(name: str, s: Section) -> ModelSpec:
         context_window=s.whole("context_window", 128_000, minimum=1), price=p,
         deadline_ms=int(deadline) if deadline else None,
         max_concurrency=s.whole("max_concurrency", 64, minimum=1),
-        connect_timeout_ms=s.whole("connect_timeout_ms", 1000, minimum=1),
-        stream_idle_ms=s.whole("stream_idle_ms", 10_000, minimum=1),
+        connect_timeout_ms=s.whole("connect_timeout_ms", 1000, minimum=1, maximum=MAX_DEADLINE_MS),
+        stream_idle_ms=s.whole("stream_idle_ms", 10_000, minimum=1, maximum=MAX_DEADLINE_MS),
         tokenizer=s.text("tokenizer", _DEFAULT_TOKENIZER.get(provider or "", "approx"), choices=TOKENIZERS)
         or "approx",
         direct=s.flag("direct", True), breaker=b, profile=profile,
@@ -333,7 +334,7 @@ def _route(index: int, s: Section, known: dict[str, ModelSpec], context: _Contex
     trim = s.text("trim", "none", choices=TRIM_POLICIES) or "none"
     lanes = _route_lanes(s, known, context)
     retry = s.section("retry")
-    r = Retry(retry.whole("attempts", 2, minimum=1), retry.whole("backoff_ms", 50, minimum=0))
+    r = Retry(retry.whole("attempts", 2, minimum=1), retry.whole("backoff_ms", 50, minimum=0, maximum=MAX_DEADLINE_MS))
     retry.done()
     deadline = s.number("deadline_ms", None, minimum=1, maximum=MAX_DEADLINE_MS, integer=True)
     name = s.text("name", f"route-{index}")
@@ -617,7 +618,8 @@ def _server(s: Section) -> ServerSettings:
         deadline_ms=s.whole("deadline_ms", defaults.deadline_ms, minimum=1, maximum=MAX_DEADLINE_MS),
         max_messages=s.whole("max_messages", defaults.max_messages, minimum=1),
         cache_entries=s.whole("cache_entries", defaults.cache_entries, minimum=1),
-        shutdown_grace_ms=s.whole("shutdown_grace_ms", defaults.shutdown_grace_ms, minimum=0),
+        shutdown_grace_ms=s.whole("shutdown_grace_ms", defaults.shutdown_grace_ms, minimum=0,
+                                  maximum=MAX_DEADLINE_MS),
         keep_alive_ms=s.whole("keep_alive_ms", defaults.keep_alive_ms, minimum=100, maximum=MAX_DEADLINE_MS),
         read_timeout_ms=s.whole("read_timeout_ms", defaults.read_timeout_ms, minimum=100, maximum=MAX_DEADLINE_MS),
     )
