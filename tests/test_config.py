@@ -953,3 +953,20 @@ def test_a_time_far_past_any_use_is_refused(setting: str, path: str) -> None:
     """Only the deadlines had a bound: one failure and a `cooldown_ms` of 10^14 kept a model out for ever, and
     clients were told `retry-after: 100000000000`."""
     assert any(issue.startswith(path + " ") for issue in issues_of(setting)), issues_of(setting)
+
+
+def test_an_empty_model_name_is_refused() -> None:
+    """Answered requests carried an empty `x-laneway-model`, which says a request was refused before routing."""
+    issues = issues_of('models:\n  "": {provider: openai, base_url: "sim:///gpt-5/v1"}\nroutes:\n- target: ""\n')
+    assert any("a model name must not be empty" in issue for issue in issues), issues
+
+
+@pytest.mark.parametrize("command", ["keys", "knowledge"])
+def test_a_command_without_its_action_says_so_in_its_own_usage(command: str,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`laneway keys` printed the top-level help, `laneway knowledge` named an internal variable."""
+    with pytest.raises(SystemExit) as stopped:
+        main([command])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert f"usage: laneway {command} [-h] ACTION" in err and "required: ACTION" in err, err

@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="listen on a non-loopback address without client keys")
     serve.set_defaults(func=_serve)
     keys = sub.add_parser("keys", help="client API keys")
-    keys_sub = keys.add_subparsers(metavar="ACTION")
+    keys_sub = keys.add_subparsers(metavar="ACTION", required=True)
     new = keys_sub.add_parser("new", help="print a fresh key and the entry to paste under `keys:`")
     new.add_argument("name")
     new.set_defaults(func=_new_key)

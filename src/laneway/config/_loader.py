@@ -153,7 +153,9 @@ def _build(raw: Any, issues: Issues, source: str, base: Path) -> Config | None:
 
 def _models(section: Section, issues: Issues) -> dict[str, ModelSpec]:
     for name in section.raw:
-        if not str(name).isprintable():
+        if not str(name).strip():  # answered with an empty `x-laneway-model`, read as refused before routing
+            issues.add(section.where(str(name)), "a model name must not be empty; name the model, e.g. `fast`")
+        elif not str(name).isprintable():
             issues.add(section.where(str(name)), f"the model name {str(name)!r} {UNPRINTABLE_NAME}")
     return {str(name): _model(str(name), section.section(str(name))) for name in list(section.raw)}
 

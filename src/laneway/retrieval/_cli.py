@@ -18,7 +18,7 @@ from laneway.retrieval._knowledge_base import DEFAULT_CHUNK_TOKENS, KnowledgeBas
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `knowledge` and its subcommands; each sets `func` to a handler returning an exit code."""
     knowledge = subparsers.add_parser("knowledge", help="build and query retrieval knowledge bases")
-    commands = knowledge.add_subparsers(dest="knowledge_command", required=True)
+    commands = knowledge.add_subparsers(dest="knowledge_command", metavar="ACTION", required=True)
 
     build = commands.add_parser("build", help="index source documents into a knowledge base directory")
     build.add_argument("name", help="the knowledge base's name, as routes refer to it")
