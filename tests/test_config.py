@@ -970,3 +970,10 @@ def test_a_command_without_its_action_says_so_in_its_own_usage(command: str,
     err = capsys.readouterr().err
     assert stopped.value.code == 2
     assert f"usage: laneway {command} [-h] ACTION" in err and "required: ACTION" in err, err
+
+
+def test_a_long_context_model_that_is_the_routes_own_target_is_warned_of() -> None:
+    """Every other lane naming the target got a warning; `long_context` did not, and a prompt too long for the
+    target was sent to it again."""
+    config = parse_config("routes:\n- target: gpt-5\n  long_context: gpt-5\n")
+    assert any(str(w).startswith("routes[0].long_context ") and "own target" in str(w) for w in config.warnings)

@@ -403,6 +403,9 @@ def _check_repeats(s: Section, route: Route) -> None:
                          "after failing, spending the deadline on a model that just failed; for more tries of "
                          "one model, raise `retry.attempts`", severity="warning")
         tried.append(name)
+    if route.long_context == route.target:
+        s.issues.add(s.where("long_context"), f"`{route.target}` is the route's own target: a prompt too long for it "
+                     "is sent to it again; name a model with a larger `context_window`", severity="warning")
     if route.retrieval is not None and route.retrieval.on_miss == route.target:
         s.issues.add(s.where("retrieval") + ".on_miss", f"`{route.target}` is the route's own target: a miss goes "
                      "where a hit goes, only without the note that nothing matched; name a model better able to "
