@@ -445,14 +445,16 @@ def test_live_shadow_lane_reports_flash_lite_faster_and_cheaper(sim_url: str) ->
     assert stats["total"]["cost_usd"] == pytest.approx(billed, abs=1e-6)
 
 
+@pytest.mark.parametrize("command", [("report",), ("shadow", "report"), ("canary", "report")])
 def test_a_log_path_given_without_its_url_scheme_is_answered_with_the_url_to_use(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], command: tuple[str, ...]) -> None:
+    """A misused option, as the others are: exit code 2 (it was 1, which says the log could not be read)."""
     path = tmp_path / "log.sqlite3"
     path.write_bytes(b"")
-    assert run_cli("report", "--db", str(path))[0] == 1
+    assert run_cli(*command, "--db", str(path))[0] == 2
     assert "is not an exchange log URL" in (err := capsys.readouterr().err)
     assert f"`--db sqlite:///{path}`" in err
-    assert run_cli("report", "--db", "mysql://user:secret@db/log")[0] == 1
+    assert run_cli(*command, "--db", "mysql://user:secret@db/log")[0] == 2
     err = capsys.readouterr().err
     assert "`mysql://user:***@db/log` is not an exchange log URL" in err and "secret" not in err
 

@@ -12,6 +12,7 @@ from laneway.telemetry._log_args import (
     OptionError,
     Window,
     add_log_arguments,
+    check_db,
     check_window,
     dump,
     read_log,
@@ -83,8 +84,9 @@ def run_canary(args: argparse.Namespace) -> int:
 
 
 def _checked_window(command: str, args: argparse.Namespace) -> Window | None:
-    """The options' window, or None after saying on stderr why it cannot be used."""
+    """The options' window, or None after saying on stderr why it (or `--db`) cannot be used."""
     try:
+        check_db(args.db)
         return check_window(window_of(args), start_option(args), "`--until`")
     except OptionError as error:
         print(f"laneway {command}: {error}", file=sys.stderr)

@@ -104,13 +104,17 @@ def check_window(window: Window, start_option: str, end_option: str) -> Window:
     return window
 
 
-def read_log(command: str, url: str, windows: list[Window]) -> list[Fetched] | None:
-    """Rows and hourly roll-ups per window; None (after saying why on stderr) if the log can't be read."""
+def check_db(url: str) -> None:
+    """`OptionError` if `--db` is no exchange log URL (a misused option, exit code 2, as the others)."""
     if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
         hint = f"; for that file, `--db sqlite:///{url}`" if Path(url).is_file() else ""
-        print(f"laneway {command}: --db `{without_password(url)}` is not an exchange log URL: use `sqlite:///PATH` "
-              f"(`sqlite:////PATH` for an absolute path) or `postgresql://...`{hint}", file=sys.stderr)
-        return None
+        raise OptionError(f"--db `{without_password(url)}` is not an exchange log URL: use `sqlite:///PATH` "
+                          f"(`sqlite:////PATH` for an absolute path) or `postgresql://...`{hint}")
+
+
+def read_log(command: str, url: str, windows: list[Window]) -> list[Fetched] | None:
+    """Rows and hourly roll-ups per window; None (after saying why on stderr) if the log can't be read. `url` is
+    one `check_db` took."""
     if url.startswith("sqlite:///"):
         problem = _not_a_sqlite_log(Path(url.removeprefix("sqlite:///")))
         if problem:

@@ -19,6 +19,7 @@ from laneway.telemetry._log_args import (
     add_log_arguments,
     change_figures,
     changes,
+    check_db,
     check_window,
     dump,
     figure,
@@ -83,6 +84,7 @@ def add_commands(subparsers: Any) -> None:
 def run_report(args: argparse.Namespace) -> int:
     try:
         windows = report_windows(args)
+        check_db(args.db)
         db = args.db.removeprefix("sqlite:///") if args.db.startswith("sqlite:///") else None
         problem = check_outputs([("--html", args.html)], [("--db", db), ("--config", args.config)])
         if problem:
