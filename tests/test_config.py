@@ -977,3 +977,22 @@ def test_a_long_context_model_that_is_the_routes_own_target_is_warned_of() -> No
     target was sent to it again."""
     config = parse_config("routes:\n- target: gpt-5\n  long_context: gpt-5\n")
     assert any(str(w).startswith("routes[0].long_context ") and "own target" in str(w) for w in config.warnings)
+
+
+def test_check_loads_the_fleet_file_and_finds_the_simulated_models_the_routes_use_in_it(tmp_path: Path) -> None:
+    """`check` passed a fleet file that `serve` then refused, and a fleet without a model the routes used, whose
+    every request then failed with a 502."""
+    import yaml
+
+    from laneway.sim._fleet import load_fleet
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("models: 5\n")
+    issues = issues_of(f"sim: {{fleet: '{broken}'}}\nroutes:\n- target: gpt-5\n")
+    assert any(issue.startswith("sim.fleet ") and "models: expected a mapping" in issue for issue in issues), issues
+    one = tmp_path / "one.yaml"
+    fleet = yaml.safe_load(Path(str(load_fleet.__code__.co_filename)).with_name("fleet.yaml").read_text())
+    one.write_text(yaml.safe_dump({"models": {"gpt-5-mini": fleet["models"]["gpt-5-mini"]}}))
+    issues = issues_of(f"sim: {{fleet: '{one}'}}\nroutes:\n- target: gpt-5\n")
+    assert any(issue.startswith("sim.fleet ") and "built-in model `gpt-5`" in issue for issue in issues), issues
+    assert parse_config(f"sim: {{fleet: '{one}'}}\nroutes:\n- target: gpt-5-mini\n").routes

@@ -272,7 +272,9 @@ async def test_the_documented_fleet_config_answers_in_each_provider_s_wire(fleet
 @pytest.mark.parametrize(("content", "words"), [
     (None, "cannot read the fleet file: No such file or directory"),
     ("models: [\n", "not valid YAML: expected the node content, but found '<stream end>' (line 2, column 1)"),
-    ("models: {fast: 5}\n", "invalid fleet entry"),
+    ("models: {fast: 5}\n", "models.fast: invalid entry"),
+    ("models: 5\n", "models: expected a mapping of model names to their laws"),
+    ("models: {fast: {slots: 3}}\n", "models.fast: missing `ttft`"),
 ])
 def test_a_fleet_file_laneway_cannot_use_is_a_config_error_naming_it(tmp_path: Path, content: str | None,
                                                                       words: str) -> None:

@@ -128,7 +128,9 @@ def _build(raw: Any, issues: Issues, source: str, base: Path) -> Config | None:
                                          "request naming it is routed by the table, never sent to this model; "
                                          "rename the model")
     sim = _sim(top.section("sim"), base)
-    _check_simulated(own, sim, issues)
+    used = {name for r in routes for name in _models_of(r) if name} | {t.target for t in shadow.targets}
+    used |= {m.gate.degrade_to for m in known.values() if m.name in used and m.gate and m.gate.degrade_to}
+    _check_simulated({**{n: known[n] for n in used if n in known}, **own}, set(own), sim, issues)
     telemetry = _telemetry(top)
     top.value("routes")
     top.done()
@@ -141,8 +143,6 @@ def _build(raw: Any, issues: Issues, source: str, base: Path) -> Config | None:
         issues.add("routes", "no routes; add at least one route with a `target` model")
     if issues.errors:
         return None
-    used = {name for r in routes for name in _models_of(r) if name} | {t.target for t in shadow.targets}
-    used |= {m.gate.degrade_to for m in known.values() if m.name in used and m.gate and m.gate.degrade_to}
     models = {**{n: known[n] for n in sorted(used)}, **own}
     for warning in analyse_table(routes):
         issues.add(warning.path, warning.message, severity="warning")
@@ -539,24 +539,31 @@ def _check_global_shadows(shadow: ShadowSettings, routes: list[Route], issues: I
                    "routes' `shadow:` entries", severity="warning")
 
 
-def _check_simulated(own: dict[str, ModelSpec], sim: SimSettings, issues: Issues) -> None:
-    """A `sim://` model must be one of the simulated fleet's: a typo otherwise fails every request (404)."""
+def _check_simulated(models: dict[str, ModelSpec], own: set[str], sim: SimSettings, issues: Issues) -> None:
+    """Every `sim://` model the file uses must be one of the simulated fleet's, and a fleet file
+    (`sim.fleet`) must load: either otherwise fails every request, or the start."""
     named = {name: spec.base_url[len("sim://"):].strip("/").split("/")[0]
-             for name, spec in own.items() if spec.simulated}
+             for name, spec in models.items() if spec.simulated}
     if not named:
         return
     from ..sim._fleet import load_fleet
 
     try:
         fleet = sorted(load_fleet(sim.fleet))
-    except ConfigError:
-        return  # reported where `sim.fleet` names it, or at start-up
+    except ConfigError as error:
+        for issue in error.issues:
+            issues.add("sim.fleet", f"`{sim.fleet}`: {issue}")
+        return
     for name, model in named.items():
         if model not in fleet:
             close = difflib.get_close_matches(model, fleet, n=1)
             hint = f"did you mean `{close[0]}`? " if close else ""
-            issues.add(f"models.{name}.base_url", f"the simulated fleet has no model `{model}`; {hint}"
-                                                  f"it has: {', '.join(fleet)}")
+            if name in own:
+                issues.add(f"models.{name}.base_url", f"the simulated fleet has no model `{model}`; {hint}"
+                                                      f"it has: {', '.join(fleet)}")
+            else:
+                issues.add("sim.fleet", f"the routes use the built-in model `{name}`, which the fleet `{sim.fleet}` "
+                                        f"has not; add it to the fleet, or route to one it has: {', '.join(fleet)}")
 
 
 def _redis_url_problem(url: str) -> str | None:

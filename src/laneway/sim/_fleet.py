@@ -73,11 +73,21 @@ def load_fleet(path: str | None = None) -> dict[str, SimModel]:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         raise _fleet_error("", f"not valid YAML: {getattr(exc, 'problem', None) or exc}{where}", source) from None
-    try:
-        return {name: _model(name, entry) for name, entry in raw["models"].items()}
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise _fleet_error("models", f"invalid fleet entry: {exc!r}; see the built-in fleet "
-                                     "(laneway/sim/fleet.yaml) for the shape", source) from None
+    models = raw.get("models") if isinstance(raw, dict) else None
+    if not isinstance(models, dict) or not models:
+        raise _fleet_error("models", "expected a mapping of model names to their laws; see the built-in fleet "
+                                     "(laneway/sim/fleet.yaml) for the shape", source)
+    fleet = {}
+    for name, entry in models.items():
+        try:
+            fleet[str(name)] = _model(str(name), entry)
+        except KeyError as exc:
+            raise _fleet_error(f"models.{name}", f"missing `{exc.args[0]}`; see the built-in fleet "
+                                                 "(laneway/sim/fleet.yaml) for the shape", source) from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise _fleet_error(f"models.{name}", f"invalid entry ({exc}); see the built-in fleet "
+                                                 "(laneway/sim/fleet.yaml) for the shape", source) from None
+    return fleet
 
 
 def _fleet_error(path: str, message: str, source: str) -> ConfigError:
