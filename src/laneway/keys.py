@@ -116,6 +116,7 @@ class KeyRing:
 
     def __init__(self, policies: tuple[KeyPolicy, ...]) -> None:
         self.by_digest = {p.digest: p for p in policies}
+        self._by_name = {p.name: p for p in policies}
         # By key name, as the shared store counts them: a key whose secret is replaced (same name, new hash)
         # keeps what it spent. By hash, a rotated key started its budget again, without `state:` only.
         self._usage: dict[str, _Usage] = {}
@@ -125,9 +126,9 @@ class KeyRing:
         """Take a reloaded key list. What each surviving key has spent is kept; a rate it now has another
         limit for starts again, full, at the new limit (in the shared store too)."""
         self.by_digest = {p.digest: p for p in policies}
-        by_name = {p.name: p for p in policies}
+        self._by_name = {p.name: p for p in policies}
         for name, usage in self._usage.items():
-            policy = by_name.get(name)
+            policy = self._by_name.get(name)
             if policy is None:
                 continue
             if _limit(usage.requests) != policy.requests_per_minute:
@@ -157,7 +158,7 @@ class KeyRing:
             if self.shared is not None:
                 self.shared.key_refund(name, "tokens", tokens_held - tokens_used, usage.tokens.per_minute)
         usage.held = max(0.0, usage.held - usd_held)  # also for a key a reload renamed meanwhile
-        policy = next((p for p in self.by_digest.values() if p.name == name), None)
+        policy = self._by_name.get(name)
         if policy is not None and policy.usd_budget is not None:
             now = time.time()
             period = self._roll_period(policy, usage, now)

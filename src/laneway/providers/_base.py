@@ -194,7 +194,7 @@ class Upstream:
                                       model=self.spec.name, upstream_status=response.status)
         return response
 
-    async def sse(self, response: Response, deadline: float, first: bool = True,
+    async def sse(self, response: Response, deadline: float,
                   answered: Answered | None = None) -> AsyncGenerator[tuple[str, bytes], None]:
         """Yield (event, data) pairs of a server-sent event stream, bounded by deadline then idleness.
 
@@ -210,7 +210,8 @@ class Upstream:
         event = ""
         data: list[bytes] = []
         idle = self.spec.stream_idle_ms / 1000
-        until = deadline if first else loop.time() + idle
+        first = True  # no progress yet: the deadline bounds the wait
+        until = deadline
         pending = bytearray()  # the start of a line whose end has not come yet
         seen = 0  # `answered.chunks` at the last progress
         after_cr = False  # the last chunk ended in CR: a LF at the start of the next one ends no line
