@@ -30,32 +30,6 @@ def test_seed_file_loads_verbatim_against_the_builtin_fleet() -> None:
     assert config.models["heavy-foundation"].simulated
 
 
-def test_seed_table_overlap_and_gap_are_warnings() -> None:
-    warnings = [str(w) for w in load_config(SEED).warnings]
-    assert len(warnings) == 2
-    overlap, gap = warnings
-    assert overlap.startswith("routes[1] (line 6")
-    assert "overlaps `route-0`" in overlap and "escalation=true" in overlap and "priority=normal" in overlap
-    assert "gap" in gap and "no_route" in gap and "escalation=false" in gap and "priority=low" in gap
-
-
-def test_an_overlap_of_two_routes_to_the_same_model_names_what_differs() -> None:
-    config = parse_config(textwrap.dedent("""
-    routes:
-    - name: urgent
-      matcher: "priority == urgent"
-      target: gpt-5
-    - name: long
-      matcher: "convo_length > 8"
-      target: gpt-5
-      fallbacks: [gemini-2.5-pro]
-    - target: gpt-5-mini
-    """))
-    [overlap] = [str(w) for w in config.warnings if "overlaps" in str(w)]
-    assert "it follows `urgent`'s settings (fallbacks, deadline, lanes), not `long`'s" in overlap
-    assert "not `gpt-5`" not in overlap
-
-
 @pytest.mark.parametrize(("text", "expected"), [
     ("""
      routes:
@@ -648,61 +622,6 @@ routes:
     assert "its gate's `usd_per_minute` never binds" in warning
 
 
-def test_routes_of_a_shorter_path_serve_the_longer_paths_under_it_in_the_table_analysis() -> None:
-    """A route's `path` is a prefix: the seed's `/v1/chat` routes and a default route on the default path
-    (`/v1/chat/completions`) leave no gap for the requests clients send, to `/v1/chat/completions`."""
-    seed = SEED.read_text() + "- name: default\n  target: claude-sonnet-37\n"
-    warnings = [str(w) for w in parse_config(seed).warnings]
-    gaps = [w for w in warnings if "gap" in w]
-    assert len(gaps) == 1, warnings
-    # What is left is a real gap, of other paths under `/v1/chat`, and it says so.
-    assert ("a request to `/v1/chat`, or to a path under it other than `/v1/chat/completions` and the paths under "
-            "those") in gaps[0]
-    assert "`path: /v1/chat`" in gaps[0]
-
-
-def test_a_route_behind_a_catch_all_of_a_shorter_path_is_never_reached_and_leaves_no_gap() -> None:
-    config = parse_config(textwrap.dedent("""
-        routes:
-        - name: all
-          path: /v1/chat
-          target: gpt-5-mini
-        - name: escalated
-          matcher: "escalation == true"
-          target: gpt-5
-        """))
-    warnings = [str(w) for w in config.warnings]
-    assert not [w for w in warnings if "gap" in w], warnings
-    [never] = [w for w in warnings if "is never reached" in w]
-    assert "`escalated`" in never and "taken by an earlier route" in never
-
-
-def test_a_default_route_behind_a_default_of_a_shorter_path_is_never_reached() -> None:
-    config = parse_config(textwrap.dedent("""
-        routes:
-        - name: all-chat
-          path: /v1/chat
-          target: gpt-5-mini
-        - name: rest
-          target: gpt-5
-        """))
-    [never] = [str(w) for w in config.warnings if "is never reached" in str(w)]
-    assert never.startswith("routes[1]") and "`rest`" in never and "taken by an earlier route" in never
-
-
-@pytest.mark.parametrize("matcher", ["metadata.score > 3", "metadata.score < 3", "metadata.ratio >= 0.5"])
-def test_a_route_on_a_number_in_metadata_is_reached(matcher: str) -> None:
-    config = parse_config(textwrap.dedent(f"""
-        routes:
-        - name: scored
-          matcher: "{matcher}"
-          target: gpt-5
-        - name: rest
-          target: gpt-5-mini
-        """))
-    assert not [str(w) for w in config.warnings if "never reached" in str(w)]
-
-
 def test_a_profiles_sampling_values_are_held_to_the_ranges_of_a_request() -> None:
     issues = issues_of("""
         models:
@@ -744,14 +663,6 @@ def test_priorities_that_read_the_intent_get_the_classifier_and_name_a_label_it_
     assert issue.path == "priorities.escalation" and "did you mean `complaint`?" in issue.message, issue
 
 
-def test_a_route_path_with_a_trailing_slash_serves_the_path_without_it() -> None:
-    config = parse_config("routes:\n- {path: /v1/chat/completions/, target: gpt-5}\n"
-                          "- {path: /v1/, target: gpt-5-mini}\n")
-    first, second = config.routes
-    assert first.matches_path("/v1/chat/completions") and not first.matches_path("/v1/chat/completionsx")
-    assert second.matches_path("/v1/other/completions")
-
-
 def test_yaml_merge_keys_share_settings_and_a_key_of_the_mapping_overrides_them() -> None:
     config = parse_config("""
 models:
@@ -772,108 +683,11 @@ routes: [{target: a}, {target: b}]
                      "  b: {<<: *c, model: x, model: y}\nroutes: [{target: a}]\n")
 
 
-def test_the_table_analysis_tries_no_request_with_more_user_messages_than_messages() -> None:
-    config = parse_config("routes:\n- {name: long, matcher: 'convo_length >= 3', target: gpt-5}\n"
-                          "- {name: short, matcher: 'turns <= 3', target: gpt-5-mini}\n")
-    # `turns=4, convo_length=1` would be a gap, but no request is that
-    assert not any("gap" in w.message or "turns=4, convo_length=1" in w.message for w in config.warnings)
-    gap = parse_config("routes:\n- {name: long, matcher: 'convo_length >= 6', target: gpt-5}\n"
-                       "- {name: short, matcher: 'turns <= 2', target: gpt-5-mini}\n")
-    assert any("gap" in w.message for w in gap.warnings), gap.warnings  # turns=3, convo_length=5 is one
-
-
 def test_a_profile_max_tokens_the_window_cannot_hold_is_a_warning() -> None:
     config = parse_config("models:\n  m: {provider: openai, base_url: 'sim:///gpt-5/v1', model: gpt-5, "
                           "context_window: 2000, profile: {max_tokens: 5000}}\nroutes:\n- target: m\n")
     [warning] = [w for w in config.warnings if w.path == "models.m.profile.max_tokens"]
     assert "5000 tokens of output do not fit the model's `context_window` (2000)" in warning.message
-
-
-def test_the_classifier_and_retrieval_read_the_start_of_a_huge_message_only() -> None:
-    """Both cost time in proportion to their text, on the event loop: a 5 MB message held every other
-    request up for a second."""
-    from laneway.signals import CUSTOMER_TEXT_CHARS, Signals
-
-    read: list[str] = []
-    huge = "I was charged twice for my order. " + "Quoted earlier mail. " * 250_000
-    signals = Signals([{"role": "user", "content": huge}], channel="email", metadata={"subject": "Double charge"},
-                      intent_fn=lambda text: (read.append(text), ("billing_dispute", 0.9))[1])
-    assert signals.intent == "billing_dispute"
-    assert read == [signals.customer_text()] == [f"Double charge\n{huge}"[:CUSTOMER_TEXT_CHARS]]
-
-
-AGENT_REPLY = ("Thank you for contacting us. We have looked into your account and your parcel left our warehouse "
-               "on Monday; the courier will deliver it within three working days. Kind regards, the support team")
-
-
-@pytest.mark.parametrize("quote", [
-    "On Mon, 3 Mar 2025 at 10:02, Support <support@example.com> wrote:\n> {reply}",
-    "On Mon, 3 Mar 2025 at 10:02, Support <\nsupport@example.com> wrote:\n> {reply}",
-    "-----Original Message-----\nFrom: Support\nSent: Monday\n\n{reply}",
-    "From: Support <support@example.com>\nSent: Monday, 3 March 2025 10:02\nTo: Anna\n\n{reply}",
-    "> {reply}",
-])
-def test_an_email_is_classified_by_its_own_words_not_the_thread_it_quotes(quote: str) -> None:
-    """The quoted agent reply, longer than the customer's new request, outweighed it: billing replies went to
-    the triage route, ungrounded."""
-    from laneway.intents import load_default
-    from laneway.signals import Signals
-
-    request = "Hi,\n\nI still have not got my refund for order 1182, where is it?\n\nThanks,\nAnna\n\n"
-    email = request + quote.format(reply=AGENT_REPLY)
-    read: list[str] = []
-    signals = Signals([{"role": "user", "content": email}], channel="email", metadata={"subject": "Re: order 1182"},
-                      intent_fn=lambda text: (read.append(text), load_default().classify(text))[1])
-    assert read == [] and signals.intent == "track_refund"
-    assert read == [f"Re: order 1182\n{request}"]
-    chat = Signals([{"role": "user", "content": email}], channel="chat")  # a chat message is read whole
-    assert chat.customer_text() == email
-
-
-def test_an_inline_reply_is_read_without_the_lines_it_quotes_not_cut_at_the_first() -> None:
-    """A reply that answers a quoted question under it was cut at that first quoted line: nothing of the
-    customer's request was left to classify."""
-    from laneway.intents import load_default
-    from laneway.signals import Signals
-
-    email = ("Hi,\n\n> Could you tell us a bit more about what happened?\n\nI still have not got my refund for order "
-             "1182, where is it?\n\nThanks,\nAnna\n")
-    signals = Signals([{"role": "user", "content": email}], channel="email", intent_fn=load_default().classify)
-    assert signals.customer_text() == ("Hi,\n\n\nI still have not got my refund for order 1182, where is it?\n\n"
-                                       "Thanks,\nAnna\n")
-    assert signals.intent == "track_refund"
-
-
-@pytest.mark.parametrize("quote_lines", [3, 40])
-@pytest.mark.parametrize("attribution", ["On Mon, 3 Mar 2025 at 10:02, Support <support@example.com> wrote:\n", ""])
-def test_a_reply_written_under_the_quote_is_read_not_the_quote(attribution: str, quote_lines: int) -> None:
-    """With the quote first, the whole email was read, quote included; and a quote past the 2,000 characters
-    read left nothing of the reply: billing replies were classified by the agent's shipping answer."""
-    from laneway.intents import load_default
-    from laneway.signals import CUSTOMER_TEXT_CHARS, Signals
-
-    reply = "I was charged twice for this order, please refund the duplicate charge on my card.\nAnna\n"
-    email = attribution + f"> {AGENT_REPLY}\n" * quote_lines + "\n" + reply
-    assert (quote_lines > 3) == (len(email) - len(reply) > CUSTOMER_TEXT_CHARS)
-    signals = Signals([{"role": "user", "content": email}], channel="email", intent_fn=load_default().classify)
-    assert signals.customer_text().strip() == reply.strip()
-    assert signals.intent == "billing_dispute"
-
-
-def test_text_parts_are_read_one_a_line_not_run_together() -> None:
-    """Parts joined end to end ran one's last word into the next one's first: "chargedtwice" found no passage,
-    and an Anthropic or Gemini model's system prompt read "original cardNever promise"."""
-    from laneway.chat import ChatRequest
-    from laneway.providers.anthropic import request_body
-    from laneway.signals import Signals
-
-    parts = [{"type": "text", "text": "I was charged"}, {"type": "image_url", "image_url": {"url": "x"}},
-             {"type": "text", "text": "twice for my order"}]
-    assert Signals([{"role": "user", "content": parts}]).customer_text() == "I was charged\ntwice for my order"
-    system = [{"type": "text", "text": "Refunds go to the original card"}, {"type": "text", "text": "Never promise"}]
-    body = request_body("claude", ChatRequest("claude", [{"role": "system", "content": system},
-                                                         {"role": "user", "content": "hi"}]), False)
-    assert "Refunds go to the original card\nNever promise" in str(body["system"])
 
 
 def test_cache_written_as_a_word_gets_its_hint_alone() -> None:
@@ -925,17 +739,6 @@ def test_a_model_named_as_the_route_table_is_an_error(text: str, expected: tuple
     to another model, without a word."""
     path, message = expected
     assert any(issue.startswith(path + " ") and message in issue for issue in issues_of(text)), issues_of(text)
-
-
-def test_a_table_that_serves_no_request_to_the_path_openai_clients_call_is_warned_of() -> None:
-    """`path: /v1/chat/completion` passed `check` without a word, and every request of an OpenAI client got a
-    404."""
-    config = parse_config("routes:\n- target: gpt-5\n  path: /v1/chat/completion\n")
-    warnings = [str(w) for w in config.warnings]
-    assert any("did you mean `/v1/chat/completions`?" in w for w in warnings), warnings
-    assert any("no route serves `/v1/chat/completions`" in w for w in warnings), warnings
-    fine = parse_config("routes:\n- target: gpt-5\n  path: /v1/chat\n- target: gpt-5-mini\n  path: /v1/triage\n")
-    assert not [w for w in fine.warnings if "/v1/chat/completions" in str(w)], fine.warnings
 
 
 @pytest.mark.parametrize(("setting", "path"), [
