@@ -27,6 +27,9 @@ ANSWERS: dict[str, tuple[int, dict[str, str], object]] = {
     "/schema": (400, {}, INVALID_SCHEMA),
     "/busy": (429, {"retry-after": "30"}, {"error": {"message": "Rate limit reached", "type": "requests"}}),
     "/nowait": (429, {}, {"error": {"message": "Rate limit reached", "type": "requests"}}),
+    # Azure OpenAI's header (OpenAI's SDK reads it too), more precise than `retry-after`, which is then absent
+    "/busyms": (429, {"retry-after-ms": "2300"}, {"error": {"message": "Rate limit reached", "type": "requests"}}),
+    "/both": (429, {"retry-after-ms": "4100", "retry-after": "4"}, {"error": {"message": "Rate limit", "type": "x"}}),
     "/quota": (429, {}, GEMINI_429),
     "/down": (500, {}, {"error": {"message": "The server had an error", "type": "server_error"}}),
 }
@@ -104,10 +107,11 @@ def gateway() -> Iterator[tuple[LiveGateway, RecordingSink]]:
     with upstream() as url:
         models = (_model("schema", f"{url}/schema") + _model("busy", f"{url}/busy")
                   + _model("quota", f"{url}/quota", "gemini") + _model("down", f"{url}/down")
-                  + _model("refuse", f"{url}/refuse") + _model("nowait", f"{url}/nowait"))
+                  + _model("refuse", f"{url}/refuse") + _model("nowait", f"{url}/nowait")
+                  + _model("busyms", f"{url}/busyms") + _model("both", f"{url}/both"))
         routes = "".join(f"- name: {name}\n  matcher: \"metadata.to == {name}\"\n  target: {name}\n"
                          "  retry: {attempts: 1}\n  deadline_ms: 5000\n"
-                         for name in ("schema", "busy", "quota", "down", "refuse", "nowait"))
+                         for name in ("schema", "busy", "quota", "down", "refuse", "nowait", "busyms", "both"))
         sink = RecordingSink()
         config = f"models:\n{models}routes:\n{routes}"
         with live_gateway(config, None, telemetry=sink) as live:
@@ -138,7 +142,7 @@ def test_a_request_the_upstream_calls_malformed_is_the_clients_400_naming_the_fi
     assert all(a.outcome == "upstream_rejected" for e in sink.exchanges[-4:] for a in e.attempts)
 
 
-@pytest.mark.parametrize(("to", "wait"), [("busy", "30"), ("quota", "40")])
+@pytest.mark.parametrize(("to", "wait"), [("busy", "30"), ("quota", "40"), ("busyms", "3"), ("both", "5")])
 def test_a_rate_limited_answer_carries_the_upstreams_wait(gateway: tuple[LiveGateway, RecordingSink], to: str,
                                                           wait: str) -> None:
     live, _ = gateway

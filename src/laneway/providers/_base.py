@@ -279,7 +279,9 @@ class Upstream:
         name = self.spec.name
         detail = _error_message(text)
         if status == 429:
-            wait = retry_after(headers.get("retry-after"))
+            wait = retry_after_ms(headers.get("retry-after-ms"))
+            if wait is None:
+                wait = retry_after(headers.get("retry-after"))
             return UpstreamRateLimited(f"upstream rate limited: {detail}", model=name,
                                        retry_after_s=wait if wait is not None else _retry_delay(text))
         if overflow(status, text):
@@ -346,6 +348,16 @@ def waited(seconds: float) -> float | None:
     if math.isnan(seconds):
         return None
     return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
+
+
+def retry_after_ms(value: str | None) -> float | None:
+    """Seconds from a `Retry-After-Ms` header (Azure OpenAI's; OpenAI's SDK reads it before `Retry-After`)."""
+    if not value:
+        return None
+    try:
+        return waited(float(value) / 1000.0)
+    except ValueError:
+        return None
 
 
 def retry_after(value: str | None) -> float | None:
