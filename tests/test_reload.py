@@ -113,7 +113,7 @@ def test_a_reload_says_which_changes_need_a_restart(sim_url: str, tmp_path: Path
         status, body = _reload(live.url)
         assert status == 200 and body["reloaded"] is True
         restart = [w for w in body["warnings"] if "takes effect only when Laneway restarts" in w]
-        assert [w.split(":")[0] for w in restart] == ["state", "shadow"]
+        assert [w.split(":")[0] for w in restart] == ["state", "shadow.queue"]
         assert live.gateway is not None and live.gateway.state is None  # not connected to the new store
         assert live.gateway.config.state is None  # the config says what runs
         path.write_text(A)  # back to the file it runs: nothing it cannot apply

@@ -316,7 +316,7 @@ class Dispatcher:
             trimmed = 0
             bound = upper_bound(request.messages, request.params.get("tools"))
             default_output = _default_output(plan, spec, self.runtime.providers[name].default_max_tokens)
-            ok, prompt = await _counted(bound, fits, self.counter, spec, request, bound, default_output)
+            ok, prompt = await counted(bound, fits, self.counter, spec, request, bound, default_output)
             if not ok:
                 long_context = plan.route.long_context if plan.route else None
                 if any(n == long_context for _, n in lanes):
@@ -328,7 +328,7 @@ class Dispatcher:
                 now = asyncio.get_running_loop().time()
                 roomier = any(self.runtime.config.models[n].context_window >= needed
                               and self.runtime.breakers[n].state(now) != "open" for _, n in lanes[i:])
-                cut = None if long_context is not None or roomier else await _counted(bound, self._trim, plan, spec,
+                cut = None if long_context is not None or roomier else await counted(bound, self._trim, plan, spec,
                                                                                        request)
                 if cut is None:
                     exchange.attempts.append(Attempt(name, SKIPPED, prompt_tokens=prompt, lane=lane,
@@ -577,10 +577,10 @@ async def estimate_usage(counter: TokenCounter, spec: ModelSpec, prompt: ChatReq
     prompt_tokens = 0
     if prompt is not None:
         tools = prompt.params.get("tools")
-        prompt_tokens = await _counted(upper_bound(prompt.messages, tools), counter.count, prompt.messages,
+        prompt_tokens = await counted(upper_bound(prompt.messages, tools), counter.count, prompt.messages,
                                        spec.tokenizer, tools)
     text = "".join(generated)
-    return Usage(prompt_tokens, await _counted(len(text), counter.text_tokens, text))
+    return Usage(prompt_tokens, await counted(len(text), counter.text_tokens, text))
 
 
 def account(attempt: Attempt, exchange: Exchange, price: Price, usage: Usage) -> None:
@@ -600,7 +600,7 @@ def _turned_away(refused: GateRejected) -> RateLimited:
     return RateLimited(f"{refused.reason}; retry later", refused.retry_after_s)
 
 
-async def _counted(bound: int, count: Callable[..., T], *args: Any) -> T:
+async def counted(bound: int, count: Callable[..., T], *args: Any) -> T:
     """`count(*args)`, in a worker thread for a prompt of more than `LARGE_PROMPT_BYTES` (`bound` is its
     `upper_bound`): the tokenizer takes about 60 ms per MB, during which the event loop would serve no
     other request; it lets go of the GIL meanwhile."""

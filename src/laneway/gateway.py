@@ -29,7 +29,7 @@ from .keys import KeyPolicy, KeyRing
 from .request import ClientRequest, read_signals
 from .routing import decide
 from .runtime import Runtime
-from .shadow import ShadowRunner
+from .shadow import ShadowRunner, said
 
 if TYPE_CHECKING:
     from .state import SharedState
@@ -128,6 +128,7 @@ class Gateway:
             await runtime.warm()
             old, self.runtime = self.runtime, runtime
             self.keys.update(config.keys)
+            self.shadows.settings = config.shadow
             task = asyncio.create_task(old.aclose())
             self._retired.add(task)
             task.add_done_callback(self._retired.discard)
@@ -178,7 +179,7 @@ class Gateway:
                 self._after(runtime, plan, messages, params, exchange, completion, entry, cache)
                 return replay_stream(completion, exchange), runtime
             started = await self._dispatcher(runtime).stream(plan, messages, params, exchange)
-            targets = self.shadows.targets(plan.route, exchange.request_id)
+            targets = self.shadows.targets(runtime, plan.route, exchange.request_id)
             keep = entry if cache is not None and cache.writes and started.model == plan.lanes[0][1] else None
             if targets or keep:
                 started.rest = self._tee(runtime, targets, messages, params, exchange, started, started.rest,
@@ -209,9 +210,9 @@ class Gateway:
     def _after(self, runtime: Runtime, plan: Plan, messages: list[Message], params: dict[str, Any],
                exchange: Exchange, completion: Completion, entry: str | None, cache: CacheSettings | None) -> None:
         """Off the request's path: copy the answer to the shadow lanes and into the cache."""
-        targets = self.shadows.targets(plan.route, exchange.request_id)
+        targets = self.shadows.targets(runtime, plan.route, exchange.request_id)
         if targets:
-            self.shadows.submit(runtime, targets, messages, params, exchange, completion.text)
+            self._shadow(runtime, targets, messages, params, exchange, said(completion.text, completion.tool_calls))
         # Only the model the entry is keyed by: a fallback's or a degraded lane's answer (sampled, maybe) would
         # be served for a whole TTL after the target is back. Nor a first answer the cascade found unsure and
         # kept only because its escalation failed: for the TTL, the cascade would never run on that prompt.
@@ -297,12 +298,13 @@ class Gateway:
         pieces, refusal, logprobs = [first.text], [first.refusal], list(first.logprobs or ())
         annotations = list(first.annotations or ())
         finish, usage, fingerprint = first.finish_reason, first.usage, first.system_fingerprint
-        calls = first.tool_calls is not None
+        calls = list(first.tool_calls or ())
         async for chunk in source:
             pieces.append(chunk.text)
             refusal.append(chunk.refusal)
             finish, usage = chunk.finish_reason or finish, chunk.usage or usage
-            calls = calls or chunk.tool_calls is not None
+            if chunk.tool_calls:
+                calls += chunk.tool_calls
             if chunk.logprobs:
                 logprobs += chunk.logprobs
             if chunk.annotations:
@@ -310,12 +312,20 @@ class Gateway:
             yield chunk
         text = "".join(pieces)
         if targets:
-            self.shadows.submit(runtime, targets, messages, params, exchange, text)
+            self._shadow(runtime, targets, messages, params, exchange, said(text, calls))
         if key is not None and usage is not None and not calls:
             completion = Completion(text, finish or "stop", usage, started.model, refusal="".join(refusal) or None,
                                     logprobs=logprobs or None, system_fingerprint=fingerprint,
                                     annotations=annotations or None)
             self._keep(key, completion, started.model, ttl_s)
+
+    def _shadow(self, runtime: Runtime, targets: list[str], messages: list[Message], params: dict[str, Any],
+                exchange: Exchange, primary_said: str) -> None:
+        """Copy the answered request to the shadow lanes: a fault there is said, never the client's error."""
+        try:
+            self.shadows.submit(runtime, targets, messages, params, exchange, primary_said)
+        except Exception:  # logged: the answer is the client's, whatever the copies do
+            log.exception("laneway: request %s could not be copied to the shadow lanes", exchange.request_id)
 
     def _dispatcher(self, runtime: Runtime) -> Dispatcher:
         return Dispatcher(runtime, self.counter, self.telemetry)
@@ -381,8 +391,10 @@ def _blame(exchange: Exchange) -> None:
 
 RESTART_ONLY = "changed, but takes effect only when Laneway restarts"
 # Sections a running gateway built its long-lived parts from: a reload reads them, and does not apply them.
-_BUILT_AT_START = ("state", "telemetry", "shadow")
+_BUILT_AT_START = ("state", "telemetry")
 _SERVER_BUILT_AT_START = ("cache_entries", "keep_alive_ms", "read_timeout_ms")
+# The shadow lane's queue and workers are made at start; its targets and spend cap follow a reload.
+_SHADOW_BUILT_AT_START = ("queue", "concurrency")
 
 
 def restart_only(running: Config, new: Config, *, fleet_running: bool) -> Config:
@@ -397,5 +409,10 @@ def restart_only(running: Config, new: Config, *, fleet_running: bool) -> Config
     if started:
         changed.extend(f"server.{name}" for name in started)
         kept["server"] = replace(new.server, **started)
+    shadow = {name: getattr(running.shadow, name) for name in _SHADOW_BUILT_AT_START
+              if getattr(running.shadow, name) != getattr(new.shadow, name)}
+    if shadow:
+        changed.extend(f"shadow.{name}" for name in shadow)
+        kept["shadow"] = replace(new.shadow, **shadow)
     notes = [ConfigIssue(name, f"{RESTART_ONLY}; the running value stays", severity="warning") for name in changed]
     return replace(new, **kept, warnings=(*new.warnings, *notes))

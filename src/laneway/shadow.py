@@ -23,10 +23,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .chat import ChatRequest, Message
+import orjson
+
+from .chat import ChatRequest, Message, tool_call_text
 from .config import Route, ShadowSettings
-from .context import TokenCounter
-from .dispatch import Ticket, account, estimate_usage
+from .context import TokenCounter, upper_bound
+from .dispatch import Ticket, account, counted, estimate_usage
 from .errors import UpstreamError
 from .exchange import OK, Attempt, Exchange
 from .gate import GateRejected
@@ -41,16 +43,19 @@ SIMILARITY_WORDS = 500
 
 
 SHADOW_PRIORITY = 2  # a shadow's gate class: the lowest, and it never waits in the queue
+# How long a stopping gateway waits for its shadow calls, after the grace its clients' requests had.
+CLOSE_WAIT_S = 2.0
 
 
 @dataclass(slots=True)
 class _Job:
     runtime: Runtime
     target: str
-    request: ChatRequest  # as the candidate's profile prepares it
+    messages: list[Message]  # the client's, prepared for the candidate in the worker
+    params: dict[str, Any]
     primary: Exchange
-    primary_text: str
-    estimate: tuple[int, float]  # tokens and USD, held against the spend cap (and a gate's budgets)
+    primary_said: str  # the primary's answer as `said` writes it
+    estimate: tuple[int, float] = (0, 0.0)  # tokens and USD, held against the spend cap (and a gate's budgets)
 
 
 @dataclass(slots=True)
@@ -63,6 +68,7 @@ class ShadowCounters:
     dropped_context: int = 0  # the prompt and its output do not fit the candidate's window
     dropped_cooling: int = 0  # the candidate's breaker is open (or half-open: its probe is real traffic's)
     dropped_gate: int = 0  # the candidate's gate had no free slot: real traffic comes first
+    dropped_shutdown: int = 0  # still queued when the gateway stopped
 
 
 class ShadowRunner:
@@ -76,44 +82,61 @@ class ShadowRunner:
         self._workers: list[asyncio.Task[None]] = []
         self._hour = 0
         self._spent = 0.0
-        self._held = 0.0  # estimated cost of the jobs queued or running
+        self._held = 0.0  # estimated cost of the jobs running
+        # This process's part of `usd_per_hour`: each of `laneway serve --workers N` keeps to 1/N of it.
+        self.share = 1.0
 
-    def targets(self, route: Route | None, request_id: str) -> list[str]:
-        """The candidates this request is copied to: deterministic by request id."""
-        shadows = (*(route.shadows if route else ()), *self.settings.targets)
-        return [s.target for s in shadows if unit_hash(f"shadow|{s.target}|{request_id}") < s.sample]
+    def targets(self, runtime: Runtime, route: Route | None, request_id: str) -> list[str]:
+        """The candidates this request is copied to: deterministic by request id, each once (a global
+        target a route also names is copied once, at the larger `sample`). Read from the request's own
+        config, whose models they are."""
+        shadows = (*(route.shadows if route else ()), *runtime.config.shadow.targets)
+        chosen = (s.target for s in shadows if unit_hash(f"shadow|{s.target}|{request_id}") < s.sample)
+        return list(dict.fromkeys(chosen))
 
     def submit(self, runtime: Runtime, targets: list[str], messages: list[Message], params: dict[str, Any],
-               primary: Exchange, primary_text: str) -> None:
+               primary: Exchange, primary_said: str) -> None:
+        """Queue a copy of the request to each target; O(1) each. What a copy needs to be judged (the
+        candidate's adapter, its window, its price against the cap) is worked out by the worker: counting a
+        long prompt's tokens here held up the client's answer and every other request (190 ms for 3.7 MB)."""
         self._start_workers()
         for target in targets:
             self.counters.submitted += 1
-            if runtime.providers[target].refusal(params) is not None:
-                self._drop(target, "refused")  # as dispatch skips it: sent without, it would answer something else
-                continue
-            spec = runtime.config.models[target]
-            request = prepare(spec, messages, params)
-            ok, prompt = fits(self._counter, spec, request)
-            if not ok:
-                self._drop(target, "context")  # as dispatch skips it: the call could only fail
-                continue
-            if prompt < 0:
-                prompt = self._counter.count(request.messages, spec.tokenizer)
-            output = request.max_tokens(256)
-            estimate = (prompt + output, spec.price.cost(prompt, output))
-            if self._over_budget(estimate[1]):
-                self._drop(target, "budget")
-                continue
             try:
-                self._queue.put_nowait(_Job(runtime, target, request, primary, primary_text, estimate))
+                self._queue.put_nowait(_Job(runtime, target, messages, params, primary, primary_said))
             except asyncio.QueueFull:
                 self._drop(target, "queue")
                 continue
-            self._held += estimate[1]
             runtime.enter()  # keep its providers open until the job is done
 
+    async def _admit(self, job: _Job) -> ChatRequest | None:
+        """The request as the candidate's profile prepares it, its estimate held against the spend cap; None
+        (the job dropped and counted) when the candidate cannot carry it, its window cannot hold it, or the
+        cap has no room for it."""
+        runtime, target = job.runtime, job.target
+        provider, spec = runtime.providers.get(target), runtime.config.models.get(target)
+        if provider is None or spec is None or provider.refusal(job.params) is not None:
+            self._drop(target, "refused")  # as dispatch skips it: sent without, it would answer something else
+            return None
+        request = prepare(spec, job.messages, job.params)
+        bound = upper_bound(request.messages, request.params.get("tools"))
+        ok, prompt = await counted(bound, fits, self._counter, spec, request, bound)
+        if not ok:
+            self._drop(target, "context")  # as dispatch skips it: the call could only fail
+            return None
+        if prompt < 0:
+            prompt = await counted(bound, self._counter.count, request.messages, spec.tokenizer)
+        output = request.max_tokens(256)
+        estimate = (prompt + output, spec.price.cost(prompt, output))
+        if self._over_budget(estimate[1]):
+            self._drop(target, "budget")
+            return None
+        job.estimate = estimate
+        self._held += estimate[1]
+        return request
+
     def _drop(self, target: str, why: str) -> None:
-        """Count a job not run: `why` is queue, budget, refused, context, cooling or gate."""
+        """Count a job not run: `why` is queue, budget, refused, context, cooling, gate or shutdown."""
         name = f"dropped_{why}"
         setattr(self.counters, name, getattr(self.counters, name) + 1)
         self.dropped[target] = self.dropped.get(target, 0) + 1
@@ -125,7 +148,7 @@ class ShadowRunner:
         hour = int(time.time() // 3600)
         if hour != self._hour:
             self._hour, self._spent = hour, 0.0
-        return self._spent + self._held + estimate > self.settings.usd_per_hour
+        return self._spent + self._held + estimate > self.settings.usd_per_hour * self.share
 
     def _start_workers(self) -> None:
         if not self._workers:
@@ -136,7 +159,8 @@ class ShadowRunner:
         while True:
             job = await self._queue.get()
             try:
-                record = await self._run(job)
+                request = await self._admit(job)
+                record = None if request is None else await self._run(job, request)
                 if record is not None:
                     self._spent += record.cost_usd
                     self.counters.completed += 1
@@ -149,7 +173,7 @@ class ShadowRunner:
                 job.runtime.leave()
                 self._queue.task_done()
 
-    async def _run(self, job: _Job) -> Exchange | None:
+    async def _run(self, job: _Job, request: ChatRequest) -> Exchange | None:
         """The candidate's answer as a shadow exchange; None (the job dropped) when the candidate is
         cooling down or its gate is full."""
         loop = asyncio.get_running_loop()
@@ -167,11 +191,11 @@ class ShadowRunner:
                 return None
             ticket.admitted = True
         try:
-            return await self._call(job)
+            return await self._call(job, request)
         finally:
             ticket.release()
 
-    async def _call(self, job: _Job) -> Exchange:
+    async def _call(self, job: _Job, request: ChatRequest) -> Exchange:
         spec = job.runtime.config.models[job.target]
         primary = job.primary
         record = Exchange(f"{primary.request_id}/shadow/{job.target}", time.time(), path=primary.path,
@@ -183,12 +207,15 @@ class ShadowRunner:
         deadline = loop.time() + (spec.deadline_ms or job.runtime.config.server.deadline_ms) / 1000
         started = time.perf_counter()
         pieces: list[str] = []
+        calls: list[dict[str, Any]] = []
         usage = None
         try:
-            async for chunk in job.runtime.providers[job.target].stream(job.request, deadline):
+            async for chunk in job.runtime.providers[job.target].stream(request, deadline):
                 if record.ttft_ms is None and chunk.text:
                     record.ttft_ms = attempt.ttft_ms = (time.perf_counter() - started) * 1000
                 pieces.append(chunk.text)
+                if chunk.tool_calls:
+                    calls += chunk.tool_calls
                 usage = chunk.usage or usage
         except UpstreamError as error:
             record.outcome = attempt.outcome = error.code
@@ -196,27 +223,61 @@ class ShadowRunner:
             record.status = error.status  # what a client sent to the candidate would have got
             attempt.upstream_status = error.upstream_status
         record.latency_ms = record.upstream_ms = attempt.latency_ms = (time.perf_counter() - started) * 1000
-        if usage is None and (record.outcome == OK or any(pieces)):
+        if usage is None and (record.outcome == OK or any(pieces) or calls):
             # Counted, as the dispatcher counts an answer with none reported: a shadow logged free made the
             # candidate look 100 % cheaper, and its spend never reached the `usd_per_hour` cap.
-            usage = await estimate_usage(self._counter, spec, job.request, pieces)
+            usage = await estimate_usage(self._counter, spec, request, [*pieces, *tool_call_text(calls)])
         if usage is not None:
             account(attempt, record, spec.price, usage)
         # In a worker thread: the loop answers clients meanwhile (it waits at most a GIL switch interval).
-        compared = await asyncio.to_thread(compare, job.primary_text, "".join(pieces))
+        compared = await asyncio.to_thread(compare, job.primary_said, said("".join(pieces), calls))
         record.signals = {**primary.signals, "shadow_of": primary.request_id, "primary_model": primary.model,
                           "primary_latency_ms": primary.latency_ms, "primary_ttft_ms": primary.ttft_ms,
                           "primary_cost_usd": primary.cost_usd, **compared}
         return record
 
-    async def aclose(self, timeout_s: float = 10.0) -> None:
-        """Let queued shadow calls finish (bounded), then stop the workers."""
+    async def aclose(self, timeout_s: float = CLOSE_WAIT_S) -> None:
+        """Let the shadow calls queued or running finish within `timeout_s`, then stop the workers; the jobs
+        still queued are dropped and counted (`shutdown`). Each held its request's runtime open, and a
+        runtime that waited for them held the gateway's exit 30 s past its grace."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await self._queue.join()
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            self._drop(job.target, "shutdown")
+            job.runtime.leave()
+            self._queue.task_done()
+
+
+def said(text: str, tool_calls: list[dict[str, Any]] | None) -> str:
+    """An answer as the comparison reads it: its text, then each tool call it made as `name(arguments)` on a
+    line of its own (arguments as compact JSON with sorted keys, when they are JSON). `tool_calls` are whole
+    calls, or a stream's pieces (each with its `index`), in the order they came. Two answers that call
+    different tools, or the same with other arguments, differ; text alone, they were both empty and equal."""
+    if not tool_calls:
+        return text
+    names: dict[Any, str] = {}
+    arguments: dict[Any, list[str]] = {}
+    for position, call in enumerate(tool_calls):
+        key = call.get("index", position)
+        function = call.get("function")
+        if not isinstance(function, dict):
+            continue
+        if function.get("name"):
+            names[key] = str(function["name"])
+        arguments.setdefault(key, []).append(str(function.get("arguments") or ""))
+        names.setdefault(key, "")
+    lines = [text] if text else []
+    for key, name in names.items():
+        raw = "".join(arguments.get(key, ()))
+        with contextlib.suppress(orjson.JSONDecodeError):
+            raw = orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS).decode()
+        lines.append(f"{name}({raw})")
+    return "\n".join(lines)
 
 
 def compare(primary: str, candidate: str) -> dict[str, Any]:

@@ -98,6 +98,8 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
         gateway = await Gateway.start(config, config_path=config_path, sim_url=sim_url, telemetry=telemetry,
                                       warm=False)
         gateway.speaks = speaks
+        if worker is not None:  # the shadow spend cap is the server's: each worker keeps to its part
+            gateway.shadows.share = 1 / worker.count
         if worker is not None:  # a worker that replaces this one, should it die, starts from what runs
             worker.keep_started_config(self_contained(config))
             worker.keep_running_config(self_contained(config))

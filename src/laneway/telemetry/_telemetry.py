@@ -207,7 +207,7 @@ class Telemetry:
 
         `dropped` is jobs dropped per candidate (`ShadowRunner.dropped`); by default, the drops this
         sink was told of through `count("shadow_dropped_" + why, model)`, why being `queue`, `budget`,
-        `cooling`, `gate`, `refused` or `context`.
+        `cooling`, `gate`, `refused`, `context` or `shutdown`.
         The rows are taken on the event loop; the bootstrap runs in a worker thread (about a second
         per 10,000 pairs), so the loop keeps serving meanwhile."""
         self._drain()
