@@ -340,6 +340,20 @@ def test_a_degrade_to_cycle_is_refused_at_load_naming_each_model(chain: list[str
     assert all(f"models.{name}.gate.degrade_to" in said for name in chain)
 
 
+def test_every_model_of_a_degrade_to_chain_is_loaded() -> None:
+    """Only the first link was: a chain `a -> b -> gpt-5-mini` passed the check without `gpt-5-mini`, and every
+    request that both gates turned away was answered 500 (the model was missing)."""
+    config = parse_config("""
+models:
+  a: {provider: openai, base_url: 'sim:///gpt-5/v1', model: gpt-5, gate: {max_concurrency: 1, degrade_to: b}}
+  b: {provider: openai, base_url: 'sim:///gpt-5/v1', model: gpt-5, gate: {max_concurrency: 1, degrade_to: c}}
+  c: {provider: openai, base_url: 'sim:///gpt-5/v1', model: gpt-5, gate: {max_concurrency: 1, degrade_to: gpt-5-mini}}
+routes:
+- target: a
+""")
+    assert set(config.models) == {"a", "b", "c", "gpt-5-mini"}
+
+
 def test_a_model_tried_already_is_not_degraded_to_again(sim_url: str) -> None:
     """A fallback's gate that degrades to the route's target, which its own gate turned away: the request
     is turned away (429), not handed to the target a second time."""

@@ -129,7 +129,8 @@ def _build(raw: Any, issues: Issues, source: str, base: Path) -> Config | None:
                                          "rename the model")
     sim = _sim(top.section("sim"), base)
     used = {name for r in routes for name in _models_of(r) if name} | {t.target for t in shadow.targets}
-    used |= {m.gate.degrade_to for m in known.values() if m.name in used and m.gate and m.gate.degrade_to}
+    while more := {m.gate.degrade_to for n in used if (m := known.get(n)) and m.gate and m.gate.degrade_to} - used:
+        used |= more  # a chain, link by link (`_check_degrade` refused cycles)
     _check_simulated({**{n: known[n] for n in used if n in known}, **own}, set(own), sim, issues)
     telemetry = _telemetry(top)
     top.value("routes")
