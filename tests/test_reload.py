@@ -158,3 +158,21 @@ def test_the_gateway_keeps_serving_while_a_reload_reads_the_file(sim_url: str, t
             release.set()
         assert status == 200
         assert reloaded.result(timeout=30) == (200, {"reloaded": True, "routes": 1, "warnings": []})
+
+
+def test_a_reload_whose_simulated_fleet_cannot_take_its_port_is_a_500_naming_sim_port(tmp_path: Path) -> None:
+    """The fleet's port taken is no mistake of the file (`laneway check` passes it): the reload answered 400,
+    blaming `host`, where the README promises a 500 that says what stopped it."""
+    import socket
+
+    real = "models:\n  m: {provider: openai, base_url: 'http://127.0.0.1:9/v1', model: m}\nroutes:\n- target: m\n"
+    path = tmp_path / "routes.yaml"
+    path.write_text(real)
+    with socket.socket() as taken, live_gateway(real, None, config_path=path) as live:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        path.write_text(f"sim: {{port: {taken.getsockname()[1]}}}\n" + A)
+        status, body = _reload(live.url)
+        assert live.gateway is not None and [r.target for r in live.gateway.config.routes] == ["m"]
+    assert status == 500 and body["reloaded"] is False
+    assert "`sim.port`" in body["errors"][0] and "cannot listen on 127.0.0.1:" in body["errors"][0]

@@ -57,6 +57,11 @@ class ShuttingDown(LanewayError):
     code = "shutting_down"
 
 
+class FleetUnavailable(LanewayError):
+    """A valid routing file's simulated fleet could not be started on reload (its port taken): not the file's
+    mistake, and the running config goes on."""
+
+
 @dataclass(frozen=True, slots=True)
 class ConfigIssue:
     """One problem in a routing file, located by YAML path (and line/column when known)."""

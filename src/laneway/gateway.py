@@ -22,7 +22,7 @@ from .chat import Chunk, Completion, Message
 from .config import CacheSettings, Config, load_config, unset_variables, warning_lines
 from .context import TokenCounter
 from .dispatch import Dispatcher, Plan, Started, replay_stream
-from .errors import ConfigIssue
+from .errors import ConfigError, ConfigIssue, FleetUnavailable
 from .exchange import SKIPPED, Exchange, refused_for_the_client
 from .grounding import ground
 from .keys import KeyPolicy, KeyRing
@@ -122,7 +122,12 @@ class Gateway:
             if config.simulated and self.sim_url is None:
                 from .sim import start_fleet
 
-                self._fleet = await start_fleet(config.sim.host, config.sim.port, config.sim.fleet, config.sim.seed)
+                try:
+                    self._fleet = await start_fleet(config.sim.host, config.sim.port, config.sim.fleet,
+                                                    config.sim.seed)
+                except ConfigError as error:  # the machine's port, not the file's mistake: the reload's 500
+                    raise FleetUnavailable(f"the simulated fleet (`sim.host`, `sim.port`) {error.issues[0].message}"
+                                           ) from None
                 self.sim_url = self._fleet.url
             runtime = await asyncio.to_thread(Runtime.build, config, self.sim_url, self.runtime)
             await runtime.warm()
