@@ -238,6 +238,39 @@ async def test_a_client_that_pipelines_without_reading_gets_no_more_answers_unti
         writer.close()
 
 
+async def test_a_stream_its_client_stops_reading_is_let_go_after_a_while() -> None:
+    """The answer waited for the client to read on, for ever: a stream's upstream call and its gate slot were
+    held as long as the client kept the connection open without reading (100 s and more)."""
+    ended: list[str] = []
+
+    async def endless(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Sends until it hears its client leave (`http.disconnect`), as the gateway's streams do."""
+        if scope["type"] != "http":
+            return
+        await receive()  # the request (no body)
+        left = asyncio.ensure_future(receive())
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        while not left.done():
+            await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
+            await asyncio.sleep(0)
+        ended.append(left.result()["type"])
+
+    async with running(endless, keep_alive_s=0.3) as server:
+        sock = await _small_window(server)
+        sock.send(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
+        for _ in range(60):
+            await asyncio.sleep(0.05)
+            if not server.state.connections:
+                break
+        assert not server.state.connections  # let go: the client read nothing for a whole keep-alive period
+        for _ in range(40):
+            await asyncio.sleep(0.05)
+            if ended:
+                break
+        sock.close()
+    assert ended == ["http.disconnect"]  # and the stream heard it (the gateway's: its upstream call, gate slot)
+
+
 async def _small_window(server: HttpServer) -> socket.socket:
     """A connected client socket that takes in little before its reader reads."""
     sock = socket.socket()

@@ -150,6 +150,7 @@ class Connection(asyncio.Protocol):
         self._refusal: bytes | None = None  # the answer to bad bytes, sent after those to the requests before
         self._discarded = 0
         self._active_at = 0.0  # loop time of the last bytes in or of the last answer out
+        self._paused_at = 0.0  # loop time the transport last asked to stop writing (its buffer full)
         self._idle: asyncio.TimerHandle | None = None
 
     # asyncio.Protocol
@@ -214,6 +215,7 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writable.clear()
+        self._paused_at = self.loop.time()
 
     def resume_writing(self) -> None:
         self.writable.set()
@@ -453,8 +455,18 @@ class Connection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.abort()
             return
+        unread = self.cycle is not None and not self.writable.is_set()
+        if unread and now >= self._paused_at + self.state.keep_alive_s:
+            # A whole period without reading the answer being sent (a stream): it would hold the request, and
+            # a gateway's upstream call and gate slot, for as long as the client keeps the connection open.
+            log.debug("laneway: %s: the answer went unread for %g s", self.client, self.state.keep_alive_s)
+            if self.transport is not None:
+                self.transport.abort()
+            return
         if self.cycle is not None or self.pipeline:  # busy: look again a period after the last bytes, or now
-            if sending is None:
+            if unread:
+                due = self._paused_at + self.state.keep_alive_s
+            elif sending is None:
                 due = now + self.state.keep_alive_s
             else:
                 due = min(self._active_at + self.state.keep_alive_s, self._head_began + self.state.request_deadline_s)
