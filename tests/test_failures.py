@@ -612,12 +612,20 @@ def test_a_fallback_left_the_last_moments_of_the_deadline_is_not_charged_its_tim
     assert got == 200 and headers["x-laneway-model"] == "spare", body  # the first cools down, not the spare
 
 
-def test_a_canary_that_hangs_through_its_share_of_the_deadline_is_charged_its_timeout(sim_url: str) -> None:
+@pytest.mark.parametrize("deadline_of", ["route", "target"])
+def test_a_canary_that_hangs_through_its_share_of_the_deadline_is_charged_its_timeout(sim_url: str,
+                                                                                      deadline_of: str) -> None:
     """A canary is given half of what is left: its timeout is a verdict on it, so that a hanging canary cools
-    down and stops taking half of every sampled request's time."""
-    routes = "- target: ok\n  canary: {target: silent, weight: 1.0}\n  deadline_ms: 1000\n"
+    down and stops taking half of every sampled request's time. With the deadline the target model's own
+    (`deadline_ms` on it, none on the route), the canary was judged by the server's 30 s instead, and spared."""
+    routes = "- target: ok\n  canary: {target: silent, weight: 1.0}\n"
+    text = config({"ok": "", "silent": "silent"}, routes)
+    if deadline_of == "route":
+        text += "  deadline_ms: 1000\n"
+    else:
+        text = text.replace('model: "gpt-5-mini@"', 'model: "gpt-5-mini@"\n    deadline_ms: 1000')
     sink = RecordingSink()
-    with live_gateway(config({"ok": "", "silent": "silent"}, routes), sim_url, telemetry=sink) as gw:
+    with live_gateway(text, sim_url, telemetry=sink) as gw:
         assert gw.gateway is not None
         for _ in range(3):
             got, headers, body, _ = send(gw, {"model": "laneway", "messages": [{"role": "user", "content": "hi"}]})

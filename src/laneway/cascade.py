@@ -99,7 +99,7 @@ async def complete_with_cascade(dispatcher: Dispatcher, cascade: Cascade, plan: 
     exchange.cascade_confidence = score
     if score >= cascade.confidence:
         return completion
-    escalation = Plan(plan.route, [("cascade", cascade.escalate_to)], plan.deadline, plan.priority)
+    escalation = Plan(plan.route, [("cascade", cascade.escalate_to)], plan.deadline, plan.priority, plan.budget_ms)
     try:
         return await dispatcher.complete(escalation, messages, params, exchange)
     except LanewayError as error:

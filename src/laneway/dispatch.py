@@ -71,6 +71,7 @@ class Plan:
     lanes: list[tuple[str, str]]
     deadline: float  # event-loop time
     priority: int = 1  # gate queue class: 0 escalation, 1 chat, 2 triage
+    budget_ms: float = math.inf  # the request's whole deadline, as `deadline` was set from it
     gated: GateRejected | None = None  # the last gate that turned the request away, for a 429 if nothing answers
     # What the route's fallbacks get instead of the conversation, when the first lane gets it otherwise: on a
     # retrieval miss sent to `on_miss`, the rest of the route answers with the block that says nothing matched.
@@ -466,9 +467,11 @@ class Dispatcher:
         attempt.error = error.message
         attempt.upstream_status = error.upstream_status
         exchange.upstream_ms += attempt.latency_ms
+        # The request's whole deadline (the route's, or its target's), or the model's own if shorter: not the
+        # deadline the attempted model would have set, which, shorter than the target's, spared a hung canary
+        # or fallback that had half of the request's time every time.
         spec = self.runtime.config.models[name]
-        fair_ms = min(self.runtime.config.deadline_ms(plan.route, spec), spec.deadline_ms or math.inf)
-        fair_s = fair_ms / 1000
+        fair_s = min(plan.budget_ms, spec.deadline_ms or math.inf) / 1000
         self.judge(name, error, short=isinstance(error, UpstreamTimeout) and given_s < FAIR_SHARE * fair_s)
 
     def judge(self, name: str, error: UpstreamError, *, short: bool = False) -> None:

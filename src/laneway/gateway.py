@@ -276,9 +276,10 @@ class Gateway:
             usd = first.price.cost(signals.tokens, output) if key.usd_budget is not None else 0.0
             await self.keys.admit(key, exchange.route, tokens, usd)
             exchange.key_tokens, exchange.key_usd = tokens, usd  # settled against what was used (`finish`)
-        deadline = asyncio.get_running_loop().time() + runtime.config.deadline_ms(route, first) / 1000
+        budget_ms = runtime.config.deadline_ms(route, first)
+        deadline = asyncio.get_running_loop().time() + budget_ms / 1000
         priority = runtime.config.priorities.of(signals) if runtime.gates else 1
-        plan = Plan(route, list(decision.lanes), deadline, priority)
+        plan = Plan(route, list(decision.lanes), deadline, priority, budget_ms)
         messages = request.messages
         if route is not None and route.retrieval is not None:
             grounding = ground(runtime.knowledge[route.retrieval.knowledge], route.retrieval, messages,
