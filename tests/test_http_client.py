@@ -189,6 +189,24 @@ async def test_waiter_gives_up_at_its_deadline(serve: Callable[..., Awaitable[Se
     await pool.aclose()
 
 
+async def test_a_queued_request_handed_a_connection_that_closed_meanwhile_takes_a_fresh_one(
+        serve: Callable[..., Awaitable[Server]]) -> None:
+    """An upstream that answers as if it kept the connection, then closes it: the request waiting for that
+    connection got it closed, and failed unsent (a 502 and a breaker failure on a healthy model, when the pool
+    is full, the gateway at its busiest). A connection never written to may be replaced."""
+    async def answers_then_closes(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                  n: int) -> bool:
+        await keep_alive(server, reader, writer, n)
+        return False
+
+    server = await serve(answers_then_closes)
+    pool = pool_for(server, limit=1)
+    results = await asyncio.gather(*(get(pool) for _ in range(4)))
+    assert [body for _, body in results] == [JSON] * 4
+    assert (server.requests, pool.held) == (4, 0)  # each sent once
+    await pool.aclose()
+
+
 async def test_a_reused_connection_dropped_after_the_request_is_written_does_not_send_it_again(
         serve: Callable[..., Awaitable[Server]]) -> None:
     """It was sent again on a fresh connection: an upstream that had taken the request (and billed it) before the

@@ -295,19 +295,16 @@ class Pool:
         """Send `head` + `body`; the response once its headers arrived. A request written to a connection that
         then ends is not sent again here, reused connection or not: the upstream may have taken it (and billed
         it), and the caller's retry is an attempt it records. A connection found closed before it is written to
-        is never used (`_acquire`)."""
+        is never used: one that closed while it was handed over is replaced in its slot."""
         connection = await self._acquire(until)
+        if not connection.usable():  # handed over usable, closed before this request's turn came: unsent
+            connection.close()
+            connection = await self._connect(until)  # in the same slot (passed on if this fails)
         try:
-            return await self._exchange(connection, head + body, until)
+            return await wait_until(connection.loop, connection.send(head + body), until)
         except BaseException:
             connection.finish(False)
             raise
-
-    @staticmethod
-    async def _exchange(connection: Connection, data: bytes, until: float) -> Response:
-        if not connection.usable():
-            raise Disconnected("connection closed while idle")
-        return await wait_until(connection.loop, connection.send(data), until)
 
     async def _acquire(self, until: float) -> Connection:
         if self._closed:
