@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -498,3 +499,36 @@ async def test_a_whole_stream_settles_the_gates_budget_with_its_cost_and_its_lat
     assert len(got) == 2 and ended == [None] and gate.in_flight == 0
     assert gate.dollars is not None and gate.dollars.level == pytest.approx(1.5 - 1.00002, abs=1e-3)
     assert gate._latencies and gate._latencies[-1] >= 1500
+
+
+def test_a_reload_that_changes_a_gate_keeps_counting_the_calls_in_flight(sim_url: str, tmp_path: Path) -> None:
+    """A changed gate was made afresh: the calls admitted by the old one went uncounted, and a throttled
+    upstream got a whole limit's worth of calls more (9 at once behind a limit raised from 4 to 5)."""
+    text = """
+models:
+  slow:
+    provider: openai
+    base_url: sim:///gpt-5/v1
+    model: "gpt-5@slow_1500"
+    gate: {max_concurrency: 2, queue_timeout_ms: 10000, tokens_per_minute: 100000}
+routes:
+- target: slow
+"""
+    path = tmp_path / "routes.yaml"
+    path.write_text(text)
+    with live_gateway(text, sim_url, config_path=path) as live, ThreadPoolExecutor(6) as pool:
+        assert live.gateway is not None
+        before = live.gateway.runtime.gates["slow"]
+        calls = [pool.submit(post, live.url, {}) for _ in range(6)]
+        deadline = time.monotonic() + 10
+        while not (before.in_flight == 2 and before.queued == 4):
+            assert time.monotonic() < deadline, (before.in_flight, before.queued)
+            time.sleep(0.02)
+        path.write_text(text.replace("max_concurrency: 2", "max_concurrency: 3"))
+        live.call(live.gateway.reload())
+        gate = live.gateway.runtime.gates["slow"]
+        in_flight, queued, limit = gate.in_flight, gate.queued, gate.limit
+        left = gate.tokens.level if gate.tokens is not None else None
+        assert [call.result(timeout=30)[0] for call in calls] == [200] * 6
+    assert (in_flight, queued, limit) == (3, 3, 3)  # the two running, and one let in by the higher limit
+    assert left is not None and left < 100000  # what the calls took of the budget stays taken

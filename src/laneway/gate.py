@@ -122,6 +122,16 @@ class Budget:
         self.level, self.stamp = level - amount, now
 
 
+def _resized(budget: Budget | None, per_minute: float | None) -> Budget | None:
+    """`budget` at a new rate, holding no more than a minute of it: what it had spent stays spent."""
+    if not per_minute:
+        return None
+    if budget is None:
+        return Budget(per_minute)
+    level = None if budget.level is None else min(per_minute, budget.level)
+    return Budget(per_minute, level, budget.stamp)
+
+
 @dataclass(order=True)
 class _Waiter:
     priority: int
@@ -320,6 +330,28 @@ class Gate:
         p95 = ordered[int(0.95 * (len(ordered) - 1))]
         self._latencies.clear()
         self.limit = next_limit(self.limit, p95, self.in_flight >= self.limit - 1, adaptive, self.ceiling)
+
+    def adopt(self, policy: GatePolicy) -> None:
+        """A reload's policy, applied in place: the calls in flight stay counted against the new limit, and
+        what the budgets spent stays spent. A fresh gate let a whole limit's worth of calls more through to
+        a throttled upstream, and started its budgets full. Runs on the event loop."""
+        if policy == self.policy:
+            return
+        self.policy = policy
+        self.ceiling = policy.max_concurrency or 1_000_000
+        # An adaptive gate keeps where it got to, under the new ceiling; a fixed one takes the new limit.
+        self.limit = self.ceiling if policy.adaptive is None else max(1, min(self.limit, self.ceiling))
+        self._latencies.clear()
+        self.tokens = _resized(self.tokens, policy.tokens_per_minute)
+        self.dollars = _resized(self.dollars, policy.usd_per_minute)
+        if self.leasing:
+            self._freed.set()
+            return
+        while self._queue and self.in_flight < self.limit:  # a higher limit lets those waiting in now
+            waiter = heapq.heappop(self._queue)
+            if not waiter.future.done():
+                self.in_flight += 1
+                waiter.future.set_result(None)
 
     def _retry_after(self, priority: int) -> float:
         """As long as the refused request's class may wait in the queue: a retry sooner finds it as full."""

@@ -131,6 +131,7 @@ class Gateway:
                 self.sim_url = self._fleet.url
             runtime = await asyncio.to_thread(Runtime.build, config, self.sim_url, self.runtime)
             await runtime.warm()
+            runtime.adopt_gate_policies()
             old, self.runtime = self.runtime, runtime
             self.keys.update(config.keys)
             self.shadows.settings = config.shadow

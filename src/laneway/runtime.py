@@ -47,8 +47,9 @@ class Runtime:
     def build(cls, config: Config, sim_url: str | None, previous: Runtime | None = None) -> Runtime:
         """Everything a config needs before its first request: pools, breakers, gates, indexes, classifier.
 
-        Gates whose policy did not change are carried over from `previous`, so a reload never
-        forgets the calls in flight behind them; new gates share `previous`'s replica-wide limits.
+        Gates are carried over from `previous`, so a reload never forgets the calls in flight behind
+        them: a changed policy is applied to the gate in place on the event loop (`adopt_gate_policies`);
+        new gates share `previous`'s replica-wide limits.
         So are the breakers of models whose definition did not change: a reload that edits the
         routes does not send requests to a model that is cooling down."""
         providers = {name: create_provider(spec, _resolve(spec, sim_url)) for name, spec in config.models.items()}
@@ -58,12 +59,18 @@ class Runtime:
         knowledge = {name: _knowledge_base(source, config.source) for name, source in config.knowledge.items()}
         old = previous.gates if previous else {}
         shared = previous.shared if previous else None
-        gates = {name: old[name] if name in old and old[name].policy == spec.gate
-                 else Gate(name, spec.gate, shared)
+        gates = {name: old[name] if name in old else Gate(name, spec.gate, shared)
                  for name, spec in config.models.items() if spec.gate is not None}
         model = _intent_model(config)
         return cls(config, providers, breakers, knowledge, model.classify if model else None,
                    frozenset((*model.labels, UNKNOWN_INTENT)) if model else frozenset(), gates, shared)
+
+    def adopt_gate_policies(self) -> None:
+        """Give the gates carried over from the previous config their new policies (on the event loop)."""
+        for name, gate in self.gates.items():
+            policy = self.config.models[name].gate
+            assert policy is not None
+            gate.adopt(policy)
 
     def share(self, shared: SharedLimits) -> None:
         """From now on, every gate also keeps to the limits `shared` with the other replicas."""
