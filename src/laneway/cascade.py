@@ -20,9 +20,11 @@ from typing import Any
 
 from .chat import ChatRequest, Completion, GatewayMessage, Message, message_text
 from .config import Cascade
-from .dispatch import COOLING_DOWN, Dispatcher, Plan
+from .context import upper_bound
+from .dispatch import COOLING_DOWN, Dispatcher, Plan, Ticket, counted, estimate_usage
 from .errors import LanewayError, UpstreamError
-from .exchange import OK, SKIPPED, Attempt, Exchange
+from .exchange import GATED, OK, SKIPPED, Attempt, Exchange
+from .gate import GateRejected
 
 log = logging.getLogger("laneway")
 
@@ -120,7 +122,8 @@ async def _confidence(dispatcher: Dispatcher, cascade: Cascade, messages: list[M
 
 async def _verified(dispatcher: Dispatcher, verifier: str, messages: list[Message], completion: Completion,
                     plan: Plan, exchange: Exchange) -> float:
-    """The verifier's grade (0 when it gives none). Its call keeps to the verifier's breaker, to its own
+    """The verifier's grade (0 when it gives none). Its call keeps to the verifier's breaker, to its gate (a
+    slot and the budgets, waited for within its time; a gate that turns it away gives no grade), to its own
     `deadline_ms` and to `VERIFIER_SHARE` of what is left of the deadline, so that a verifier that hangs
     still leaves the escalation time to answer, and one that keeps failing is not waited for."""
     runtime = dispatcher.runtime
@@ -138,8 +141,26 @@ async def _verified(dispatcher: Dispatcher, verifier: str, messages: list[Messag
         limit = min(limit, now + spec.deadline_ms / 1000)
     request = verifier_request(spec.model, messages, completion.text)
     started = time.perf_counter()
+    ticket = Ticket(runtime.gates.get(verifier))
     try:
+        if ticket.gate is not None:
+            prompt = await counted(upper_bound(request.messages), dispatcher.counter.count, request.messages,
+                                   spec.tokenizer)
+            output = request.max_tokens(256)
+            ticket.estimate = (prompt + output, spec.price.cost(prompt, output))
+            await ticket.gate.admit(plan.priority, *ticket.estimate, limit)
+            ticket.admitted = True
         graded = await runtime.providers[verifier].complete(request, limit)
+        if not graded.usage.total_tokens:  # none reported: counted, as for any answer, so it is not free
+            graded.usage = await estimate_usage(dispatcher.counter, spec, request, [graded.text])
+        usage = graded.usage
+        cost = spec.price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
+                               usage.cache_write_tokens)
+        ticket.used = (usage.total_tokens, cost, (time.perf_counter() - started) * 1000)  # the gate's budgets
+    except GateRejected as refused:  # real traffic holds the verifier's slots or budget: no grade
+        attempt.outcome, attempt.error = GATED, refused.reason
+        breaker.release()
+        return 0.0
     except UpstreamError as error:
         attempt.outcome, attempt.error = error.code, error.message
         dispatcher.judge(verifier, error)
@@ -154,11 +175,10 @@ async def _verified(dispatcher: Dispatcher, verifier: str, messages: list[Messag
     finally:
         attempt.latency_ms = (time.perf_counter() - started) * 1000
         exchange.upstream_ms += attempt.latency_ms
+        ticket.release()
     breaker.success()
-    usage = graded.usage
     attempt.prompt_tokens, attempt.completion_tokens = usage.prompt_tokens, usage.completion_tokens
     attempt.cached_tokens = usage.cached_tokens
-    attempt.cost_usd = spec.price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
-                                       usage.cache_write_tokens)
-    exchange.cost_usd += attempt.cost_usd
+    attempt.cost_usd = cost
+    exchange.cost_usd += cost
     return from_verifier(graded)
