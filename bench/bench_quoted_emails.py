@@ -51,7 +51,8 @@ def main() -> None:
         signals = Signals([{"role": "user", "content": email}], channel="email", metadata={"subject": SUBJECT},
                           intent_fn=model.classify)
         reached["what the gateway reads"] += signals.intent in BILLING
-        inline = f"Hi,\n\n> {QUESTION}\n\n{row['instruction']}\n\nThanks,\nAnna\n"
+        inline = (f"Hi, my answers are below.\n\nOn Mon, 3 Mar 2025 at 10:02, Support <support@example.com> wrote:\n"
+                  f"> {QUESTION}\n\n{row['instruction']}\n\nThanks,\nAnna\n")
         signals = Signals([{"role": "user", "content": inline}], channel="email", metadata={"subject": SUBJECT},
                           intent_fn=model.classify)
         reached["an inline reply, as the gateway reads it"] += signals.intent in BILLING

@@ -61,6 +61,28 @@ def test_an_inline_reply_is_read_without_the_lines_it_quotes_not_cut_at_the_firs
     assert signals.intent == "track_refund"
 
 
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_an_inline_reply_under_a_greeting_and_the_clients_attribution_line_is_read_between_the_quotes(
+        newline: str) -> None:
+    """What came before the thread was read, and only that: a greeting above a mail client's "On ... wrote:"
+    line, with the request written between the quoted lines, was classified as the greeting (`unknown`)."""
+    from laneway.intents import load_default
+    from laneway.signals import Signals
+
+    email = newline.join([
+        "Hi, my answers are below.", "",
+        "On Mon, 3 Mar 2025 at 10:02, Support <support@example.com> wrote:",
+        "> Could you tell us a bit more about what happened?", "",
+        "I was charged twice for my order, please refund the duplicate charge.", "",
+        "> Anything else we can help with?"])
+    signals = Signals([{"role": "user", "content": email}], channel="email", metadata={"subject": "Re: your order"},
+                      intent_fn=load_default().classify)
+    text = signals.customer_text()
+    assert "I was charged twice" in text and "Hi, my answers are below." in text
+    assert "Could you tell us" not in text and "wrote:" not in text and "Anything else" not in text
+    assert signals.intent == "billing_dispute"
+
+
 @pytest.mark.parametrize("quote_lines", [3, 40])
 @pytest.mark.parametrize("attribution", ["On Mon, 3 Mar 2025 at 10:02, Support <support@example.com> wrote:\n", ""])
 def test_a_reply_written_under_the_quote_is_read_not_the_quote(attribution: str, quote_lines: int) -> None:

@@ -62,10 +62,13 @@ CUSTOMER_TEXT_CHARS = 2_000
 # header block. The quote (an agent's earlier reply, longer than the customer's new request) outweighed the
 # request: 96 % of billing replies lost their intent to it.
 _THREAD_START = re.compile(
-    r"^(?:On\b[^\n]*(?:\n[^\n]*)?\bwrote:[ \t]*$|-{2,}[ \t]*Original Message[ \t]*-{2,}|_{10,}[ \t]*$"
+    r"^(?:On\b[^\n]*(?:\n[^\n]*)?\bwrote:[ \t]*\r?$|-{2,}[ \t]*Original Message[ \t]*-{2,}|_{10,}[ \t]*$"
     r"|From:[ \t][^\n]*\n(?:Sent|Date):)", re.MULTILINE | re.IGNORECASE)
 # A quoted line: left out wherever it is, since a reply may answer a quoted question line by line.
 _QUOTED_LINE = re.compile(r"^[ \t]*>.*(?:\n|$)", re.MULTILINE)
+# The thread begins with quoted lines (after blank ones): the client quotes it, and the customer may have
+# written between its lines (an inline reply) as well as above and below it.
+_QUOTED_NEXT = re.compile(r"[ \t]*\r?\n(?:[ \t]*\r?\n)*[ \t]*>")
 # Characters of an email searched for its own words, before they are cut to `CUSTOMER_TEXT_CHARS`: a reply
 # written under a long quote starts past the first 2,000, which held only the quote.
 EMAIL_SCAN_CHARS = 65_536
@@ -217,10 +220,18 @@ MAX_TEXT_SIGNAL = 512  # characters of a client's `conversation_id` or `tier`, a
 
 
 def own_words(email: str) -> str:
-    """An email's own words, without its quoted lines: its text before the thread it quotes (`_THREAD_START`);
-    when nothing comes before (a reply written under the quote), the text after the line that begins the
-    thread; all of it when that leaves nothing either."""
+    """An email's own words, without its quoted lines. A thread quoted line by line (`> ...` after the line
+    that begins it) leaves every other line: the customer may answer its questions between them. A thread
+    not quoted so (Outlook's block, a forward) is cut off: the text before it (`_THREAD_START`); when nothing
+    comes before (a reply written under the quote), the text after the line that begins the thread; all of
+    it when that leaves nothing either."""
     thread = _THREAD_START.search(email)
+    if thread is not None and _QUOTED_NEXT.match(email, thread.end()):
+        # Above the quote a greeting ("Hi, my answers are below."), the request between its lines: reading only
+        # what came before the thread read the greeting, and 40 of 40 inline billing replies missed the route.
+        after = email[thread.end():]
+        own = _unquoted(email[:thread.start()] + after[2 if after.startswith("\r\n") else 1:])
+        return own if own.strip() else email
     own = _unquoted(email if thread is None else email[:thread.start()])
     if own.strip() or thread is None:
         return own if own.strip() else email
