@@ -23,6 +23,7 @@ _SPACE = re.compile(r"\s+")
 WORD_NGRAMS = (1, 2)
 CHAR_NGRAMS = (1, 5)
 CHAR_CACHE = 1 << 15  # words whose character n-gram columns are kept
+CACHED_WORD_CHARS = 40  # longer words are not kept: their columns grow with their length
 
 
 def normalize(text: str) -> str:
@@ -108,10 +109,12 @@ class TextFeatures:
     def vector(self, text: str) -> tuple[list[int], npt.NDArray[np.float32]]:
         clean = normalize(text)
         word_cols, word_vals = self.words.weights(word_ngrams(clean))
-        char_columns = self._char_columns
+        char_columns, vocabulary = self._char_columns, self.chars.vocabulary
         local: list[int] = []
         for word in clean.split(" "):
-            local.extend(char_columns(word))
+            # A long word (a pasted URL, an id, base64) is looked up each time: kept, each held some 25 KB, and
+            # 32,768 distinct ones grew the gateway by 0.8 GB.
+            local.extend(char_columns(word) if len(word) <= CACHED_WORD_CHARS else _char_columns(vocabulary, word))
         char_cols, char_vals = self.chars.tfidf(local)
         return word_cols + char_cols, np.concatenate([word_vals, char_vals])
 
