@@ -163,6 +163,16 @@ models:
     context_window: 200000
     price: {{input_per_mtok: 3.0, output_per_mtok: 15.0}}
     gate: {{max_concurrency: 1, queue_timeout_ms: {{escalation: 200, chat: 200, triage: 200}}}}
+  claude-profiled:
+    provider: anthropic
+    base_url: {upstream.url.removesuffix("/v1")}
+    model: claude-sonnet-4
+    profile: {{system: "Answer as the support team."}}
+  gemini-profiled:
+    provider: gemini
+    base_url: {upstream.url.removesuffix("/v1")}
+    model: gemini-2.5-flash
+    profile: {{system: "Answer as the support team."}}
 routes:
 - name: cached
   matcher: "metadata.lane == cached"
@@ -494,7 +504,7 @@ def test_a_tool_result_for_a_call_no_message_made_is_a_400_for_a_gemini_model(
     assert "call_nowhere" in caught.value.message and caught.value.param == "messages[2].tool_call_id"
 
 
-@pytest.mark.parametrize("model", ["gemini-flash", "claude"])
+@pytest.mark.parametrize("model", ["gemini-flash", "claude", "gemini-profiled", "claude-profiled"])
 @pytest.mark.parametrize(("broken", "param"), [
     ({"id": "call_2", "type": "function", "function": {"name": "lookup_order", "arguments": "not json"}},
      "messages[4].tool_calls[0].function.arguments"),
@@ -513,9 +523,11 @@ def test_a_malformed_tool_call_is_named_by_the_message_that_holds_it(
     assert caught.value.param == param
 
 
-@pytest.mark.parametrize("model", ["gemini-flash", "claude"])
+@pytest.mark.parametrize("model", ["gemini-flash", "claude", "gemini-profiled", "claude-profiled"])
 def test_a_tool_message_without_its_call_id_is_named_by_its_place(
         live: tuple[LiveGateway, RecordingSink], model: str) -> None:
+    """By its place in the client's messages: the adapter counted in what it was sent, a profile's system
+    prompt first, and named the client's `messages[3]` `messages[4]`."""
     gateway, _ = live
     conversation: list[Any] = [{"role": "system", "content": "Be brief."}, *MESSAGES,
                                {"role": "assistant", "tool_calls": [CALL]}, {"role": "tool", "content": "{}"}]

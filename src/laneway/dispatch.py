@@ -15,13 +15,24 @@ import asyncio
 import contextlib
 import math
 import random
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-from .chat import ChatRequest, Chunk, Completion, KnowledgeMessage, Message, Usage, message_text, tool_call_text
+from .chat import (
+    ChatRequest,
+    Chunk,
+    Completion,
+    GatewayMessage,
+    KnowledgeMessage,
+    Message,
+    Usage,
+    message_text,
+    tool_call_text,
+)
 from .config import ModelSpec, Price, Route
 from .context import TokenCounter, upper_bound
 from .errors import (
@@ -182,7 +193,8 @@ class Dispatcher:
                                 break
                             continue
                         except InvalidRequest as refused:  # the adapter cannot put it in its wire format: unsent
-                            self._unsendable(attempt, name, refused, unsendable)
+                            self._unsendable(attempt, name, _as_sent_by_the_client(refused, request, messages),
+                                             unsendable)
                             break
                         except BaseException as exc:  # a client that left, or a bug
                             _broke_off(attempt, started, exc, exchange)
@@ -227,7 +239,8 @@ class Dispatcher:
                             error = exc
                         except InvalidRequest as refused:  # the adapter cannot put it in its wire format: unsent
                             await close_stream(chunks)
-                            self._unsendable(attempt, name, refused, unsendable)
+                            self._unsendable(attempt, name, _as_sent_by_the_client(refused, request, messages),
+                                             unsendable)
                             break
                         except BaseException as exc:  # a client that left, or a bug: no failover
                             _broke_off(attempt, started, exc, exchange)
@@ -596,6 +609,25 @@ def account(attempt: Attempt, exchange: Exchange, price: Price, usage: Usage) ->
     exchange.prompt_tokens = usage.prompt_tokens
     exchange.completion_tokens = usage.completion_tokens
     exchange.cost_usd += attempt.cost_usd
+
+
+_MESSAGE_PARAM = re.compile(r"messages\[(\d+)\]")
+
+
+def _as_sent_by_the_client(refused: InvalidRequest, sent: ChatRequest, messages: list[Message]) -> InvalidRequest:
+    """`refused` with its `param` pointing into the client's own messages: an adapter counts in the list it was
+    given, which a model profile's system prompt, retrieval's passages or trimming made another (the client's
+    `messages[1]` was named `messages[2]`, past its last message)."""
+    param = refused.param or ""
+    found = _MESSAGE_PARAM.match(param)
+    if found is None or int(found.group(1)) >= len(sent.messages):
+        return refused
+    message = sent.messages[int(found.group(1))]
+    client = [m for m in messages if not isinstance(m, GatewayMessage)]
+    index = next((i for i, m in enumerate(client) if m is message), None)
+    if index is None:  # one the gateway put in: the param stays as the adapter said it
+        return refused
+    return InvalidRequest(refused.message, param=f"messages[{index}]{param[found.end():]}")
 
 
 def _turned_away(refused: GateRejected) -> RateLimited:
