@@ -360,3 +360,16 @@ def test_text_without_spaces_and_inline_images_do_not_make_passages_past_chunk_t
     japanese = [p for p in passages if p.title == "返金"]
     assert len(japanese) > 10 and max(len(p.text) for p in japanese) <= 800
     assert "".join(p.text for p in japanese) == sentence * 1000  # cut between characters, nothing lost or added
+
+
+def test_a_link_shorter_than_a_passage_is_never_cut_across_two(tmp_path: Path) -> None:
+    """Every run past 32 characters was cut in pieces that a passage could end between: a help-centre link came
+    in two halves, neither a working link, for the model to quote to a customer."""
+    link = "https://help.example.com/billing/refunds/how-to-request-a-refund-for-a-duplicate-charge"
+    source = tmp_path / "links.md"
+    source.write_text("# Refunds\n\n" + "\n\n".join(f"Step {i}: see " + "the refund policy " * 5 + link
+                                                 for i in range(12)) + "\n")
+    passages = KnowledgeBase.build("links", [source], chunk_tokens=60).passages
+    assert len(passages) > 3
+    assert sum(p.text.count(link) for p in passages) == 12  # each link whole, in one passage
+    assert all(p.text.count("https://") == p.text.count(link) for p in passages)

@@ -188,7 +188,7 @@ def chunk_document(document: Document, chunk_tokens: int) -> list[Passage]:
 def _paragraphs(text: str, limit: int) -> Iterator[tuple[str, int]]:
     """Each paragraph with its word count; one longer than `limit` comes cut between words."""
     for paragraph in _PARAGRAPH_BREAK.split(text.strip()):
-        words = list(_words(paragraph))
+        words = list(_words(paragraph, limit))
         size = sum(weight for _, weight, _ in words)
         if size <= limit:
             if words:
@@ -206,12 +206,16 @@ def _paragraphs(text: str, limit: int) -> Iterator[tuple[str, int]]:
             yield "".join(part).lstrip(), size
 
 
-def _words(paragraph: str) -> Iterator[tuple[str, int, str]]:
+def _words(paragraph: str, limit: int) -> Iterator[tuple[str, int, str]]:
     """The paragraph's words as (text, count, what joins it to the word before): a run longer than
-    `LONG_RUN_CHARS` comes in pieces of that many characters, each counting `LONG_RUN_CHARS / CHARS_PER_WORD`."""
+    `LONG_RUN_CHARS` counts one word per `CHARS_PER_WORD` characters, and comes whole when that fits a
+    passage (a link is never cut in two), else in pieces of `LONG_RUN_CHARS` characters (text without spaces)."""
     for word in paragraph.split():
         if len(word) <= LONG_RUN_CHARS:
             yield word, 1, " "
+            continue
+        if (weight := -(-len(word) // CHARS_PER_WORD)) <= limit:
+            yield word, weight, " "
             continue
         for start in range(0, len(word), LONG_RUN_CHARS):
             piece = word[start : start + LONG_RUN_CHARS]
