@@ -771,3 +771,52 @@ async def test_a_keys_charge_whose_command_timed_out_is_made_once_when_the_store
     await asyncio.sleep(0.2)
     assert float(await store.get(where)) == pytest.approx(0.03)
     await close(state)
+
+
+class _FlappingLink:
+    """A store that runs each charge at most once per id (as the CHARGE script does), reachable or not as the
+    test says; `late` makes the next command time out after the store ran it."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.late = False
+        self.spent: dict[str, float] = {}
+        self.marks: set[str] = set()
+
+    async def run(self, work: Any, probe: bool = False) -> Any:
+        from laneway.state._link import Unreachable
+
+        if not self.up:
+            raise Unreachable("down")
+        result = await work(None)
+        if self.late:
+            self.late, self.up = False, False
+            raise Unreachable("timed out, and ran all the same")
+        return result
+
+    def charge(self, keys: list[str], args: list[Any]) -> Any:
+        async def run() -> None:
+            where, mark = keys
+            if mark not in self.marks:
+                self.marks.add(mark)
+                self.spent[where] = self.spent.get(where, 0.0) + args[0]
+
+        return run()
+
+
+async def test_a_charge_sent_again_while_the_store_flaps_is_never_summed_with_later_ones() -> None:
+    """A charge that may have run, sent again while the store was down again, was taken for one never sent:
+    the next charge was added into it, under its id, and the store dropped the sum as a charge it had run
+    ($1 counted of $3 spent)."""
+    state = SharedState("redis://127.0.0.1:1/0")
+    link = _FlappingLink()
+    state.link = link  # type: ignore[assignment]
+    state._charge_once = link.charge  # type: ignore[method-assign]
+    where = "laneway:key:payer:spent:day"
+    link.late = True
+    await state._charge(where, "a", 1.0, 3600)  # timed out; the store ran it
+    await state._send_unsent_spend()  # the store is down again: kept once more
+    await state._charge(where, "b", 2.0, 3600)  # made while down
+    link.up = True
+    await state._send_unsent_spend()
+    assert link.spent[where] == pytest.approx(3.0) and not state._unsent_spend

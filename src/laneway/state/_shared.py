@@ -144,24 +144,26 @@ class SharedState:
     def _charge_id(self) -> str:
         return f"{self.replica}-{next(self._ids)}"
 
-    async def _charge(self, where: str, charge_id: str, usd: float, ttl_s: int | None) -> None:
-        tried = self.link.up
+    async def _charge(self, where: str, charge_id: str, usd: float, ttl_s: int | None, unsent: bool = True) -> None:
+        """`unsent`: no command for this charge has reached the store yet (False for one sent before that may
+        have run): only such charges may be summed, since a sum under one id is dropped whole if that id ran."""
+        unsent = unsent and not self.link.up
         try:
             await self.link.run(lambda _: self._charge_once(keys=[where, f"{where}:charge:{charge_id}"],
                                                             args=[usd, ttl_s or 0, CHARGE_MARK_TTL_S]))
         except Unreachable:  # spent all the same: the other replicas must learn of it
             kept = self._unsent_spend.setdefault(where, [])
-            if not tried and kept and kept[-1][3]:  # never sent, as the last one kept: summed with it
+            if unsent and kept and kept[-1][3]:  # never sent, as the last one kept: summed with it
                 summed_id, summed, _, _ = kept[-1]
                 kept[-1] = (summed_id, summed + usd, ttl_s, True)
             else:
-                kept.append((charge_id, usd, ttl_s, not tried))
+                kept.append((charge_id, usd, ttl_s, unsent))
 
     async def _send_unsent_spend(self) -> None:
         unsent, self._unsent_spend = self._unsent_spend, {}
         for where, charges in unsent.items():
-            for charge_id, usd, ttl_s, _ in charges:
-                await self._charge(where, charge_id, usd, ttl_s)
+            for charge_id, usd, ttl_s, never_sent in charges:
+                await self._charge(where, charge_id, usd, ttl_s, never_sent)
 
     async def tick(self) -> None:
         """Sync the breakers (this is also the reconnection probe); after an outage, renew the leases."""
