@@ -210,3 +210,17 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(live: LiveGate
         except Exception as error:  # collected so every operation is checked
             failures.append(f"{operation.ok().label}: {error}")
     assert not failures, "\n".join(failures)
+
+
+def test_whole_numbers_written_with_a_decimal_point_are_whole_for_n_and_top_logprobs() -> None:
+    """`seed: 7.0` and `max_tokens: 64.0` were taken as whole, `n: 1.0` refused with "`n` must be 1" and
+    `top_logprobs: 2.0` with "must be a whole number, got 2.0"."""
+    from laneway.errors import InvalidRequest
+    from laneway.request import decode
+
+    base = {"model": "laneway", "messages": [{"role": "user", "content": "hi"}]}
+    request = decode(json.dumps({**base, "n": 1.0, "logprobs": True, "top_logprobs": 2.0}).encode(), 100)
+    assert request.params["top_logprobs"] == 2 and isinstance(request.params["top_logprobs"], int)
+    with pytest.raises(InvalidRequest) as refused:
+        decode(json.dumps({**base, "n": 2.0}).encode(), 100)
+    assert refused.value.param == "n"

@@ -244,6 +244,10 @@ def _refuse_unknown(unknown: list[str]) -> NoReturn:
 
 
 def _check_params(params: dict[str, Any], n: Any) -> None:
+    if isinstance(n, float) and n.is_integer():  # JSON has one number type: 1.0 is 1, as for `max_tokens`
+        n = int(n)
+    if isinstance(params.get("top_logprobs"), float) and params["top_logprobs"].is_integer():
+        params["top_logprobs"] = int(params["top_logprobs"])
     if n is not None and (not _is_int(n) or n != 1):  # `true` is not 1
         raise InvalidRequest("`n` must be 1: Laneway routes and accounts one answer per request", param="n")
     for key, (low, high) in SAMPLING_RANGES.items():
