@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import socket
 import subprocess
 import sys
 import threading
@@ -407,3 +408,32 @@ async def test_a_key_whose_secret_is_replaced_keeps_what_it_spent() -> None:
     ring.update((KeyPolicy("renamed", other.digest, usd_budget=1.0, budget_period="day"),))
     ring.settle("other", 10, 10, 0.5, 0.4)  # the request ends after the reload renamed its key
     assert ring._usage["other"].held == 0.0
+
+
+@pytest.mark.parametrize(("method", "headers", "status"), [
+    ("POST", {"origin": "http://page.example"}, 403),
+    ("PUT", {}, 405),
+    ("POST", {"content-length": str(30 * 1024 * 1024), "expect": "100-continue"}, 413),
+])
+def test_a_chat_request_refused_before_it_is_read_says_so_in_the_laneway_headers(
+        sim_url: str, method: str, headers: dict[str, str], status: int) -> None:
+    """Every chat answer carries the `x-laneway-*` headers, empty for a request refused before routing: these
+    carried none, and a client reading `x-laneway-model` as the README shows failed on a KeyError."""
+    with live_gateway("routes:\n- target: gpt-5-mini\n", sim_url) as live:
+        host, port = live.url.removeprefix("http://").split(":")
+        head = "".join(f"{name}: {value}\r\n" for name, value in {"content-length": "2", **headers}.items())
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(f"{method} /v1/chat/completions HTTP/1.1\r\nhost: x\r\n{head}\r\n{{}}".encode())
+            answer = sock.recv(65536).decode()
+    assert answer.startswith(f"HTTP/1.1 {status} ")
+    lines = answer.split("\r\n\r\n")[0].lower().split("\r\n")
+    assert "x-laneway-route: " in lines and "x-laneway-model: " in lines and "x-laneway-lane: " in lines
+    assert "x-laneway-cost-usd: 0.00000000" in lines and "x-laneway-attempts: 0" in lines
+
+
+def test_get_of_a_models_path_ending_in_completions_is_the_model_lookups_404(sim_url: str) -> None:
+    """It was taken for a chat path: a 405 that told the client to use the method it had used (`GET, HEAD`)."""
+    with live_gateway("routes:\n- target: gpt-5-mini\n", sim_url) as live, \
+            pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(live.url + "/v1/models/completions", timeout=30)
+    assert caught.value.code == 404

@@ -40,7 +40,7 @@ from ._asgi import (
     respond_error,
     respond_json,
 )
-from ._chat import chat_completions, refused
+from ._chat import chat_completions, laneway_headers, refused
 from ._openapi import openapi_document
 from ._peers import Peers
 
@@ -119,9 +119,11 @@ class App:
         except ClientGone:
             return
         except LanewayError as error:
-            if method == "POST" and _is_chat(path):  # refused before it was read (key, size, a web page): recorded
-                refused(self.gateway, Exchange(request_id, time.time(), path=path, lane=""), error, headers,
-                        time.perf_counter())
+            if _is_chat(path):  # refused before it was read (key, size, a web page, a method): recorded, and said
+                exchange = Exchange(request_id, time.time(), path=path, lane="")
+                if method == "POST":
+                    refused(self.gateway, exchange, error, headers, time.perf_counter())
+                base = [*base, *laneway_headers(exchange)]  # as every chat answer: routed nowhere, cost 0
             await respond_error(send, error, request_id, base)
         except Exception:
             log.exception("laneway: unexpected error serving %s %r (request %s)", method, path, request_id)
@@ -335,7 +337,8 @@ def _refuse_browsers(method: str, path: str, headers: dict[str, str], scope: Sco
     origin = headers.get("origin")
     if origin is not None and method not in _READS:
         raise Forbidden(f"a request from a web page (`Origin: {origin[:100]}`) is refused: without client keys "
-                        "the gateway trusts whoever reaches it; give it `keys:` to serve browsers")
+                        "the gateway trusts whoever reaches it; call it from a server (it answers no CORS preflight), "
+                        "with client keys (`keys:`) when it is reachable from other machines")
     server = scope.get("server")
     on_loopback = server is not None and (str(server[0]).startswith("127.") or server[0] == "::1")
     if on_loopback and (path in protected or path == "/dashboard") and not admin_key_env:
@@ -348,4 +351,5 @@ def _refuse_browsers(method: str, path: str, headers: dict[str, str], scope: Sco
 
 def _is_chat(path: str) -> bool:
     """A chat completions path (`/v1/chat/completions`, or a route's own under `/v1/`)."""
-    return path.startswith("/v1/") and path.endswith("/completions") and path != LEGACY_COMPLETIONS
+    return (path.startswith("/v1/") and path.endswith("/completions") and path != LEGACY_COMPLETIONS
+            and not path.startswith(_MODEL_PATH))
