@@ -604,6 +604,10 @@ routes:""").replace("target: gemini-2.5-pro", "target: small\n  trim: oldest").r
     share = re.search(r"Of the prompt's tokens, (\d+) are the passages the route's `retrieval:` added",
                       error["message"])
     assert share is not None and int(share.group(1)) > 1000
+    with live_gateway(config(1200), sim_url) as live, pytest.raises(urllib.error.HTTPError) as refused:
+        send(live, question + " again" * 3000)  # too long without any passage: fewer would not help
+    error = json.loads(refused.value.read())["error"]
+    assert error["code"] == "context_length_exceeded" and "are the passages" not in error["message"]
 
 
 async def _on_loop(work: Any) -> Any:

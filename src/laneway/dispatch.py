@@ -392,15 +392,19 @@ class Dispatcher:
                    "the table, which can trim it or hand it to a `long_context:` model)")
             raise ContextWindowExceeded(
                 f"the prompt has {longest} tokens, more than fits: {'; '.join(overflow)}. {fix}"
-                f"{self._retrieved_share(messages)}")
+                f"{self._retrieved_share(messages, room)}")
 
-    def _retrieved_share(self, messages: list[Message]) -> str:
+    def _retrieved_share(self, messages: list[Message], room: int) -> str:
         """What of a prompt too long the passages of the route's retrieval are, said to the client, who sent none
-        of them (they are kept whole, as the system prompt is); empty when the route retrieved none."""
+        of them (they are kept whole, as the system prompt is), when fewer passages could make it fit (`room`:
+        what the roomiest model's window has left, negative when the prompt is past it); else empty."""
         block = next((m for m in messages if isinstance(m, KnowledgeMessage)), None)
         if block is None:
             return ""
-        return (f". Of the prompt's tokens, {self.counter.text_tokens(message_text(block))} are the passages the "
+        passages = self.counter.text_tokens(message_text(block))
+        if passages + room <= 0:  # without any passage, it would still be too long: no use saying so
+            return ""
+        return (f". Of the prompt's tokens, {passages} are the passages the "
                 "route's `retrieval:` added: a lower `top_k` or a higher `min_score` leaves them room")
 
     def _trim(self, plan: Plan, spec: ModelSpec, request: ChatRequest) -> tuple[ChatRequest, int, int] | None:
