@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -799,3 +800,27 @@ def test_check_loads_the_fleet_file_and_finds_the_simulated_models_the_routes_us
     issues = issues_of(f"sim: {{fleet: '{one}'}}\nroutes:\n- target: gpt-5\n")
     assert any(issue.startswith("sim.fleet ") and "built-in model `gpt-5`" in issue for issue in issues), issues
     assert parse_config(f"sim: {{fleet: '{one}'}}\nroutes:\n- target: gpt-5-mini\n").routes
+
+
+@pytest.mark.parametrize(("key", "value", "said"), [
+    ("slots", 0, "models.gpt-5-mini.slots: must be a whole number, at least 1"),
+    ("slots", -3, "models.gpt-5-mini.slots: must be a whole number, at least 1"),
+    ("context_window", 0, "models.gpt-5-mini.context_window: must be a whole number of tokens, at least 1"),
+    ("overflow", "stal", "models.gpt-5-mini.overflow: must be `error` or `stall`"),
+    ("quality", 1.5, "models.gpt-5-mini.quality: must be a fraction from 0 to 1"),
+])
+def test_a_fleet_value_no_simulated_model_can_run_with_names_its_path(tmp_path: Path, key: str, value: Any,
+                                                                      said: str) -> None:
+    """`check` passed them: with `slots: 0` every request ended in a timeout, and `overflow: stal` ran as
+    `error`."""
+    import yaml
+
+    from laneway.sim._fleet import load_fleet
+
+    fleet = yaml.safe_load(Path(str(load_fleet.__code__.co_filename)).with_name("fleet.yaml").read_text())
+    entry = {**fleet["models"]["gpt-5-mini"], key: value}
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump({"models": {"gpt-5-mini": entry}}))
+    with pytest.raises(ConfigError) as refused:
+        load_fleet(str(path))
+    assert said in str(refused.value)

@@ -80,14 +80,39 @@ def load_fleet(path: str | None = None) -> dict[str, SimModel]:
     fleet = {}
     for name, entry in models.items():
         try:
-            fleet[str(name)] = _model(str(name), entry)
+            fleet[str(name)] = model = _model(str(name), entry)
         except KeyError as exc:
             raise _fleet_error(f"models.{name}", f"missing `{exc.args[0]}`; see the built-in fleet "
                                                  "(laneway/sim/fleet.yaml) for the shape", source) from None
         except (TypeError, ValueError, AttributeError) as exc:
             raise _fleet_error(f"models.{name}", f"invalid entry ({exc}); see the built-in fleet "
                                                  "(laneway/sim/fleet.yaml) for the shape", source) from None
+        if (problem := _out_of_range(model)) is not None:
+            raise _fleet_error(f"models.{name}.{problem[0]}", problem[1], source)
     return fleet
+
+
+def _out_of_range(model: SimModel) -> tuple[str, str] | None:
+    """The first value of `model` no fleet could run with, and what it must be: `slots: 0` answered every
+    request with a timeout, and `overflow: stal` ran as `error`."""
+    law = model.law
+    checks = (
+        ("context_window", model.context_window >= 1, "a whole number of tokens, at least 1"),
+        ("slots", model.slots >= 1, "a whole number, at least 1 (calls served at once)"),
+        ("queue_limit", model.queue_limit >= 0, "a whole number, at least 0"),
+        ("overflow", model.overflow in ("error", "stall"), "`error` or `stall`"),
+        ("overflow_stall_ms", model.overflow_stall_ms >= 0, "at least 0"),
+        ("ttft", law.ttft_base >= 0 and law.ttft_per_ktok >= 0 and law.ttft_per_ktok2 >= 0,
+         "`base`, `per_ktok` and `per_ktok2` at least 0"),
+        ("decode_ms_per_token", law.decode_ms_per_token >= 0, "at least 0"),
+        ("batch_penalty", law.batch_penalty >= 0, "at least 0"),
+        ("jitter", law.jitter >= 0, "at least 0"),
+        ("output_tokens", model.output_mean > 0 and model.output_sd >= 0, "`mean` above 0 and `sd` at least 0"),
+        ("logprob_reliability", 0 <= model.logprob_reliability <= 1, "a fraction from 0 to 1"),
+        ("quality", 0 <= model.quality <= 1, "a fraction from 0 to 1"),
+        ("cassette", model.cassette in (None, "strong", "weak"), "`strong` or `weak`"),
+    )
+    return next(((key, f"must be {what}") for key, ok, what in checks if not ok), None)
 
 
 def _fleet_error(path: str, message: str, source: str) -> ConfigError:
