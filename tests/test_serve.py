@@ -393,10 +393,15 @@ def test_a_stop_past_the_grace_period_cuts_requests_in_flight_and_records_them(t
     streaming = {"model": "laneway", "stream": True, "metadata": {"to": "stall"},
                  "messages": [{"role": "user", "content": "tell me a long story"}]}
     whole = {"model": "laneway", "messages": [{"role": "user", "content": "hello"}]}
-    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=30) as stream, \
-            socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=30) as plain:
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as stream, \
+            socket.create_connection(("127.0.0.1", port), timeout=30) as plain, \
+            socket.create_connection(("127.0.0.1", port), timeout=30) as partial:
         for sock, body in ((stream, streaming), (plain, whole)):
             send_chat(sock, body)
+        # a request whose body is still arriving at the stop: it had no request id, and no record
+        partial.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-request-id: cut-partial\r\n"
+                        b"content-length: 100\r\n\r\n{\"model\": \"laneway\"")
         received = b""
         while received.count(b"data: {") < 3:  # the stream's three chunks came; it stalls from here
             received += stream.recv(65536)
@@ -406,6 +411,7 @@ def test_a_stop_past_the_grace_period_cuts_requests_in_flight_and_records_them(t
         output, _ = process.communicate(timeout=30)
         took = time.monotonic() - stopped
         answer = plain.recv(65536)
+        cut = partial.recv(65536)
     assert process.returncode == 0, output
     assert took < 10, took  # the 1 s grace, then the cut: not the 60 s the requests could still take
     assert answer.startswith(b"HTTP/1.1 503 ") and b"connection: close" in answer  # told, so it can retry
@@ -413,9 +419,14 @@ def test_a_stop_past_the_grace_period_cuts_requests_in_flight_and_records_them(t
     error = json.loads(body)["error"]  # as OpenAI's errors are shaped, with the id the log knows it by
     assert error["code"] == "shutting_down" and "send the request again" in error["message"]
     assert f"x-request-id: {error['request_id']}".encode() in head
+    assert cut.startswith(b"HTTP/1.1 503 ") and b"x-request-id: cut-partial" in cut
     with sqlite3.connect(db) as connection:
         rows = connection.execute("select route, status, outcome, error, completion_tokens, cost_usd, attempts "
-                                  "from exchanges order by route").fetchall()
+                                  "from exchanges where request_id != 'cut-partial' order by route").fetchall()
+        partial_rows = connection.execute("select status, outcome, error from exchanges "
+                                          "where request_id = 'cut-partial'").fetchall()
+    assert len(partial_rows) == 1 and partial_rows[0][:2] == (503, "cancelled")
+    assert "before the request's body arrived" in partial_rows[0][2]
     assert [(r[0], r[1], r[2]) for r in rows] == [("stream", 503, "cancelled"), ("whole", 503, "cancelled")]
     # the stop, not a client that left (the attempt in flight took the cancel for one)
     assert [[a["outcome"] for a in json.loads(r[6])] for r in rows] == [["cancelled"], ["cancelled"]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -40,7 +41,7 @@ from ._asgi import (
     respond_error,
     respond_json,
 )
-from ._chat import chat_completions, laneway_headers, refused
+from ._chat import chat_completions, laneway_headers, refused, stopped_while_read
 from ._openapi import openapi_document
 from ._peers import Peers
 
@@ -173,8 +174,13 @@ class App:
             size = int(declared) if declared is not None else None
         except ValueError:
             raise InvalidRequest("`content-length` is not a number") from None
-        body = await read_body(receive, self.gateway.config.server.max_body_bytes, size,
-                               headers.get("expect", "").lower() == "100-continue")
+        started = time.perf_counter()
+        try:
+            body = await read_body(receive, self.gateway.config.server.max_body_bytes, size,
+                                   headers.get("expect", "").lower() == "100-continue")
+        except asyncio.CancelledError:  # the server stopped past its grace (a client that left is `ClientGone`)
+            await stopped_while_read(self.gateway, exchange, send, base, started)
+            raise
         await chat_completions(self.gateway, body, headers, scope["path"], send, exchange, base, key, receive)
 
     async def _openapi(self, send: Send, base: Headers, scope: Scope) -> None:

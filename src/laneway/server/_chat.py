@@ -121,6 +121,15 @@ def _cancelled(exchange: Exchange, when: str) -> None:
             attempt.outcome, attempt.error = CANCELLED, exchange.error
 
 
+async def stopped_while_read(gateway: Gateway, exchange: Exchange, send: Send, base: Headers, started: float) -> None:
+    """A request whose body was still arriving when the server stopped, past its grace: recorded, and told so
+    with its id, as a request cut later is (it had neither)."""
+    _cancelled(exchange, "before the request's body arrived")
+    gateway.finish(exchange, started)
+    stopped = ShuttingDown(f"{exchange.error}; send the request again")
+    await respond_error(send, stopped, exchange.request_id, [*base, *laneway_headers(exchange)])
+
+
 def refused(gateway: Gateway, exchange: Exchange, error: LanewayError, headers: dict[str, str],
             started: float) -> None:
     """Record a request that ended in `error` before any answer: a malformed one, one no model could take,
