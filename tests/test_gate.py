@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from _live import RecordingSink, live_gateway
+from _loopback import Handler, serving, sse_body
 from _pg import total
 from laneway.config import parse_config
 from laneway.errors import ConfigError
@@ -532,3 +533,77 @@ routes:
         assert [call.result(timeout=30)[0] for call in calls] == [200] * 6
     assert (in_flight, queued, limit) == (3, 3, 3)  # the two running, and one let in by the higher limit
     assert left is not None and left < 100000  # what the calls took of the budget stays taken
+
+
+class _Wordy(Handler):
+    """A stream of 200 words whatever `max_tokens` says, and no usage: what it cost is counted by the gateway."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        events = [{"choices": [{"index": 0, "delta": {"content": f"word{i} "}}]} for i in range(200)]
+        events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        self.send(sse_body(events), "text/event-stream")
+
+
+WORDY = """
+models:
+  wordy:
+    provider: openai
+    base_url: "{url}"
+    model: m
+    price: {{input_per_mtok: 1000, output_per_mtok: 1000}}
+    gate: {{usd_per_minute: 0.05, queue_timeout_ms: 200}}
+routes:
+- name: copied
+  matcher: "metadata.to == copied"
+  target: gpt-5-mini
+  shadow: [{{target: wordy, sample: 1.0}}]
+- target: wordy
+"""
+
+
+@pytest.mark.parametrize("through", ["stream", "shadow"])
+def test_a_gate_budget_is_charged_what_a_stream_was_billed_not_its_estimate(sim_url: str, through: str) -> None:
+    """A stream whose upstream reported no usage (and one cut short, or a shadow's call) left the gate charged its
+    admission estimate: $0.01 of a $0.20 answer, and a $0.05-a-minute model took request after request."""
+    with serving(_Wordy) as upstream:
+        sink = RecordingSink()
+        with live_gateway(WORDY.format(url=upstream.url), sim_url, telemetry=sink) as live:
+            assert live.gateway is not None
+            body = {"model": "laneway", "stream": True, "max_tokens": 10,
+                    "messages": [{"role": "user", "content": "tell me"}]}
+            if through == "shadow":
+                body["metadata"] = {"to": "copied"}
+            request = urllib.request.Request(live.url + "/v1/chat/completions", data=json.dumps(body).encode())
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert b"data: [DONE]" in response.read()
+            deadline = time.monotonic() + 10
+            while not any(e.model == "wordy" for e in sink.exchanges):
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            billed = next(e.cost_usd for e in sink.exchanges if e.model == "wordy")
+            gate = live.gateway.runtime.gates["wordy"]
+            assert gate.dollars is not None and gate.dollars.level is not None
+            left = gate.dollars.level
+            status, _ = post(live.url, {})
+    assert billed > 0.15  # 200 words at $1,000 per million tokens
+    assert left < 0.05 - 0.15  # in debt by what the answer cost, not by its estimate
+    assert status == 429  # the next request waits for the budget, past its queue time
+
+
+async def test_a_ticket_billed_after_it_gave_its_slot_back_corrects_the_budgets_by_the_difference() -> None:
+    """A stream cut short gives its slot back as it stops, before what it sent is billed."""
+    from laneway.dispatch import Ticket
+
+    gate = Gate("m", GatePolicy(usd_per_minute=1.0, tokens_per_minute=10_000))
+    ticket = Ticket(gate)
+    ticket.estimate = (100, 0.01)
+    await gate.admit(1, *ticket.estimate, asyncio.get_running_loop().time() + 1)
+    ticket.admitted = True
+    ticket.release()  # cut: released at its estimate
+    assert gate.in_flight == 0 and gate.dollars is not None and gate.tokens is not None
+    assert gate.dollars.level == pytest.approx(0.99, abs=1e-3)
+    ticket.bill(2_100, 0.21)  # what it had sent by then
+    assert gate.dollars.level == pytest.approx(0.79, abs=1e-3) and gate.tokens.level == pytest.approx(7_900, abs=5)
+    ticket.bill(2_100, 0.21)  # billed again the same: nothing more
+    assert gate.dollars.level == pytest.approx(0.79, abs=1e-3)

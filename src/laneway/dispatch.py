@@ -92,24 +92,36 @@ class Plan:
 class Ticket:
     """A gate admission held for the duration of one model's attempts (and of its stream)."""
 
-    __slots__ = ("admitted", "estimate", "gate", "holding", "used")
+    __slots__ = ("admitted", "estimate", "gate", "holding", "settled", "used")
 
     def __init__(self, gate: Gate | None) -> None:
         self.gate = gate
         self.admitted = False
         self.holding = False  # a stream passed through `hold` was read: its own cleanup runs when it ends
         self.estimate = (0, 0.0)  # tokens, USD charged to the gate's budgets at admission
-        self.used: tuple[int, float, float] | None = None  # tokens, USD, latency of the call that answered
+        self.used: tuple[int, float, float | None] | None = None  # tokens, USD, latency of the call that answered
+        self.settled: tuple[int, float] | None = None  # tokens, USD the budgets were left charged at release
 
     def release(self) -> None:
         if self.gate is None or not self.admitted:
             return
         self.admitted = False
-        if self.used is None:
-            self.gate.release(None)
-            return
-        tokens, usd, latency_ms = self.used
+        tokens, usd, latency_ms = self.used if self.used is not None else (*self.estimate, None)
+        self.settled = (tokens, usd)
         self.gate.release(latency_ms, tokens - self.estimate[0], usd - self.estimate[1])
+
+    def bill(self, tokens: int, usd: float) -> None:
+        """What the call used, once known: a stream cut short, or one whose upstream reported no usage, is
+        billed after it gave its slot back, at the estimate; the gate's budgets are corrected by the
+        difference (they only ever saw the estimate, and a cap was passed by the cost of whole streams)."""
+        if self.gate is None:
+            return
+        if self.settled is None:  # not given back yet: released with it
+            if self.admitted:
+                self.used = (tokens, usd, self.used[2] if self.used is not None else None)
+            return
+        self.gate.correct(tokens - self.settled[0], usd - self.settled[1])
+        self.settled = (tokens, usd)
 
     async def hold(self, chunks: AsyncIterator[Chunk], ended: Callable[[BaseException | None], None],
                    price: Price, began: float) -> AsyncIterator[Chunk]:
@@ -151,6 +163,7 @@ class Started:
     prompt: ChatRequest | None  # what was sent: counted only if the upstream reports no usage
     began: float  # perf_counter() when the attempt started
     accounted: bool = False  # usage and cost already recorded (an answer replayed as a stream)
+    ticket: Ticket | None = None  # the gate admission, billed what the stream used once that is known
     # Frees what the stream holds however far it was read: the consumer awaits it when done with `rest`.
     let_go: Callable[[], Awaitable[None]] | None = None
 
@@ -256,7 +269,7 @@ class Dispatcher:
                             ended = partial(self._stream_ended, name)
                             rest = ticket.hold(chunks, ended, self.runtime.config.models[name].price, started)
                             handed_over = True
-                            return Started(name, lane, attempt, first, rest, request, started,
+                            return Started(name, lane, attempt, first, rest, request, started, ticket=ticket,
                                            let_go=partial(let_go, rest, chunks, ticket, ended))
                         await close_stream(chunks)
                         self._failed(attempt, error, started, name, exchange, plan, given_s)

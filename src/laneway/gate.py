@@ -284,9 +284,7 @@ class Gate:
     def release(self, latency_ms: float | None, tokens_over: int = 0, usd_over: float = 0.0) -> None:
         """A call ended; correct the budgets by what it really used, and let the next waiter in."""
         self.in_flight -= 1
-        for budget, over, unit in ((self.tokens, tokens_over, "tokens"), (self.dollars, usd_over, "USD")):
-            if budget is not None and over:
-                self._refund(budget, unit, -over)
+        self.correct(tokens_over, usd_over)
         if latency_ms is not None and self.policy.adaptive is not None:
             self._observe(latency_ms, self.policy.adaptive)
         if self.leasing:
@@ -297,6 +295,12 @@ class Gate:
             if not waiter.future.done():
                 self.in_flight += 1  # handed over: the waiter wakes up already holding it
                 waiter.future.set_result(None)
+
+    def correct(self, tokens_over: float, usd_over: float) -> None:
+        """Charge the budgets what a call used beyond what they were charged (a refund when negative)."""
+        for budget, over, unit in ((self.tokens, tokens_over, "tokens"), (self.dollars, usd_over, "USD")):
+            if budget is not None and over:
+                self._refund(budget, unit, -over)
 
     def _local_first(self) -> int:
         # Dropping an unshared admission before a real lease errs towards fewer calls, never more.

@@ -191,7 +191,9 @@ class ShadowRunner:
                 return None
             ticket.admitted = True
         try:
-            return await self._call(job, request)
+            record = await self._call(job, request)
+            ticket.used = (record.prompt_tokens + record.completion_tokens, record.cost_usd, record.latency_ms)
+            return record
         finally:
             ticket.release()
 

@@ -256,6 +256,9 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
             account(started.attempt, exchange, runtime.config.models[started.model].price, usage)
         if failure is not None:  # the error, and what the stream cost up to it
             tail = _error_event(failure, exchange) + _cost_comment(exchange)
+        if started.ticket is not None:  # the model's gate, told what the stream was billed
+            attempt = started.attempt
+            started.ticket.bill(attempt.prompt_tokens + attempt.completion_tokens, attempt.cost_usd)
     finally:
         await close_stream(started.rest)  # frees a gate slot at once if the client went away mid-stream
         if started.let_go is not None:  # and whatever the stream held, however far it was read
