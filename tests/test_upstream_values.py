@@ -48,6 +48,16 @@ class _Handler(Handler):
             events = [ODD_STREAMS[asked], {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
             self.send(sse_body(events), "text/event-stream")
             return
+        if body["model"] == "odd-model" and asked in ("ended-error", "ended-abort"):  # failed mid-generation
+            finish, cut = asked.removeprefix("ended-"), "Hello there, how"
+            if body.get("stream"):
+                self.send(sse_body([{"choices": [{"index": 0, "delta": {"content": cut}}]},
+                                    {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}]),
+                          "text/event-stream")
+            else:
+                choice = {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": cut}}
+                self.send(completion_body(body["model"], choice), "application/json")
+            return
         if body["model"] == "odd-model" and asked == "in-parts" and body.get("stream"):
             events = [{"choices": [{"index": 0, "delta": {"content": [part]}}]} for part in IN_PARTS]
             self.send(sse_body([*events, {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]),
@@ -167,3 +177,22 @@ def test_an_answer_whose_content_is_no_text_fails_its_attempt_and_the_fallback_a
     *failed, answered = sink.by_id(reply.headers["x-request-id"]).attempts
     assert {(a.model, a.outcome) for a in failed} == {("odd", "upstream_bad_response")}
     assert (answered.model, answered.outcome) == ("steady", "ok")
+
+
+@pytest.mark.parametrize("asked", ["ended-error", "ended-abort"])
+def test_an_answer_its_upstream_ended_as_failed_is_no_answer(live: tuple[LiveGateway, RecordingSink],
+                                                            asked: str) -> None:
+    """Mistral's and OpenRouter's `finish_reason: "error"`, vLLM's `"abort"`: the cut answer was passed off as
+    whole, logged `ok` (a success for the breaker) and cached. Whole, the fallback answers; streamed past the
+    first byte, the stream ends with an error event, never a clean `[DONE]`."""
+    gateway, sink = live
+    reply = client(gateway).chat.completions.with_raw_response.create(
+        model="laneway", messages=[{"role": "user", "content": asked}])
+    assert (reply.headers["x-laneway-model"], reply.parse().choices[0].message.content) == ("steady", ANSWER)
+    *failed, answered = sink.by_id(reply.headers["x-request-id"]).attempts
+    assert {(a.model, a.outcome) for a in failed} == {("odd", "upstream_unavailable")} and answered.model == "steady"
+    assert all(f"finish_reason: {asked[6:]}" in (a.error or "") for a in failed)
+    with client(gateway).chat.completions.with_streaming_response.create(
+            model="laneway", messages=[{"role": "user", "content": asked}], stream=True) as streamed:
+        raw = b"".join(streamed.iter_bytes())
+    assert b"Hello there, how" in raw and b"event: error" in raw and b"[DONE]" not in raw

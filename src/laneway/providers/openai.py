@@ -175,6 +175,11 @@ def _content(value: Any) -> str:
     raise ValueError("`content` is neither text nor a list of parts")
 
 
+# Finish reasons of an answer the upstream gave up on, cut where it failed: Mistral's and OpenRouter's `error`,
+# vLLM's `abort`. Passed off as whole, it was logged `ok`, a success for the breaker, and cached.
+FAILED_FINISHES = frozenset({"error", "abort"})
+
+
 def _finish(value: Any) -> str:
     if value is None or value == "":
         return "stop"
@@ -183,12 +188,17 @@ def _finish(value: Any) -> str:
     return value
 
 
+def _failed(finish: str, model: str) -> UpstreamUnavailable:
+    return UpstreamUnavailable(f"the upstream ended its answer with `finish_reason: {finish}`: it failed while "
+                               "generating, and the answer is cut short", model=model)
+
+
 def parse_completion(data: dict[str, Any], model: str) -> Completion:
     try:
         choice = data["choices"][0]
         message = choice["message"]
         usage = data.get("usage") or {}
-        return Completion(
+        completion = Completion(
             text=_content(message.get("content")),
             finish_reason=_finish(choice.get("finish_reason")),
             usage=usage_of(usage),
@@ -202,6 +212,9 @@ def parse_completion(data: dict[str, Any], model: str) -> Completion:
         )
     except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         raise UpstreamBadResponse("answer lacks `choices[0].message`", model=model) from None
+    if completion.finish_reason in FAILED_FINISHES:
+        raise _failed(completion.finish_reason, model)
+    return completion
 
 
 def parse_chunk(event: dict[str, Any], model: str) -> Chunk | None:
@@ -226,6 +239,8 @@ def parse_chunk(event: dict[str, Any], model: str) -> Chunk | None:
                                           model=model) from None
         if not (finish is None or isinstance(finish, str)):
             raise UpstreamBadResponse("stream event's `finish_reason` is not text", model=model)
+        if finish in FAILED_FINISHES:
+            raise _failed(finish, model)
         chunk.text, chunk.finish_reason = text, finish
         chunk.logprobs = _logprobs(choice)
         chunk.tool_calls = _tool_calls(delta, model)
