@@ -141,6 +141,7 @@ routes:
     same, other = sink.by_id(request_id + "/shadow/same"), sink.by_id(request_id + "/shadow/other")
     assert same.signals["exact"] is True and same.signals["similarity"] == 1.0
     assert other.signals["exact"] is False and other.signals["similarity"] < 1.0
+    assert same.ttft_ms is not None and other.ttft_ms is not None  # a first tool-call piece is a first token
 
 
 def test_what_an_answer_said_holds_its_calls_whole_or_in_pieces() -> None:

@@ -213,7 +213,7 @@ class ShadowRunner:
         usage = None
         try:
             async for chunk in job.runtime.providers[job.target].stream(request, deadline):
-                if record.ttft_ms is None and chunk.text:
+                if record.ttft_ms is None and (chunk.text or chunk.tool_calls or chunk.refusal):  # as a primary's
                     record.ttft_ms = attempt.ttft_ms = (time.perf_counter() - started) * 1000
                 pieces.append(chunk.text)
                 if chunk.tool_calls:
