@@ -15,10 +15,11 @@ import pytest
 
 from _live import LiveGateway, RecordingSink, live_gateway
 from _loopback import Handler, completion_body, serving, sse_body
+from laneway.chat import said
 from laneway.config import ShadowSettings, parse_config
 from laneway.context import TokenCounter
 from laneway.errors import ConfigError
-from laneway.shadow import ShadowRunner, compare, said
+from laneway.shadow import ShadowRunner, compare
 from test_lanes import send, wait_for
 
 CANDIDATES = """

@@ -568,3 +568,18 @@ def test_the_signatures_kept_are_bounded_in_number_and_in_size() -> None:
     assert by_size.of(made("a")) == "y" * 6
     by_size.keep("b", "z" * 6)
     assert (by_size.of(made("a")), by_size.of(made("b"))) == (None, "z" * 6)
+
+
+def test_a_tool_call_answer_is_stored_as_its_calls_whole_or_streamed(upstream: ToolUpstream) -> None:
+    """With `store_bodies`, a streamed answer's calls were stored run together (`lookup_order{"order": ...}`)
+    and a whole answer's not at all (an empty body)."""
+    sink = RecordingSink()
+    config = tool_config(upstream) + "telemetry: {store_bodies: true}\n"
+    with live_gateway(config, None, telemetry=sink) as gateway:
+        whole = client(gateway).chat.completions.with_raw_response.create(
+            model="laneway", messages=MESSAGES, tools=TOOLS)
+        streamed = client(gateway).chat.completions.with_raw_response.create(
+            model="laneway", messages=MESSAGES, tools=TOOLS, stream=True)
+        list(streamed.parse())
+    bodies = [sink.by_id(reply.headers["x-request-id"]).answer_body for reply in (whole, streamed)]
+    assert bodies == ['lookup_order({"order":"1182"})'] * 2

@@ -6,8 +6,11 @@ stream of `Chunk`s). The gateway never sees a provider's own shapes.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 Message = dict[str, Any]
 
@@ -124,6 +127,34 @@ def tool_call_text(calls: list[dict[str, Any]]) -> list[str]:
         if isinstance(function, dict):
             texts.extend(str(function.get(key) or "") for key in ("name", "arguments"))
     return texts
+
+
+def said(text: str, tool_calls: list[dict[str, Any]] | None) -> str:
+    """An answer as text: its text, then each tool call it made as `name(arguments)` on a line of its own
+    (arguments as compact JSON with sorted keys, when they are JSON). `tool_calls` are whole calls, or a
+    stream's pieces (each with its `index`), in the order they came. What the shadow comparison reads (two
+    answers that call different tools differ; text alone, they were both empty and equal) and the exchange
+    log keeps of an answer (`store_bodies`), whole or streamed alike."""
+    if not tool_calls:
+        return text
+    names: dict[Any, str] = {}
+    arguments: dict[Any, list[str]] = {}
+    for position, call in enumerate(tool_calls):
+        key = call.get("index", position)
+        function = call.get("function")
+        if not isinstance(function, dict):
+            continue
+        if function.get("name"):
+            names[key] = str(function["name"])
+        arguments.setdefault(key, []).append(str(function.get("arguments") or ""))
+        names.setdefault(key, "")
+    lines = [text] if text else []
+    for key, name in names.items():
+        raw = "".join(arguments.get(key, ()))
+        with contextlib.suppress(orjson.JSONDecodeError):
+            raw = orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS).decode()
+        lines.append(f"{name}({raw})")
+    return "\n".join(lines)
 
 
 @dataclass(slots=True)

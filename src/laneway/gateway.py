@@ -18,7 +18,7 @@ import orjson
 
 from .cache import CacheStore, MemoryStore, cache_key, cacheable, lookup, model_scope, remember
 from .cascade import complete_with_cascade
-from .chat import Chunk, Completion, Message
+from .chat import Chunk, Completion, Message, said
 from .config import CacheSettings, Config, load_config, unset_variables, warning_lines
 from .context import TokenCounter
 from .dispatch import Dispatcher, Plan, Started, replay_stream
@@ -29,7 +29,7 @@ from .keys import KeyPolicy, KeyRing
 from .request import ClientRequest, read_signals
 from .routing import decide
 from .runtime import Runtime
-from .shadow import ShadowRunner, said
+from .shadow import ShadowRunner
 
 if TYPE_CHECKING:
     from .state import SharedState

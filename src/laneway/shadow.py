@@ -23,9 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
-from .chat import ChatRequest, Message, tool_call_text
+from .chat import ChatRequest, Message, said, tool_call_text
 from .config import Route, ShadowSettings
 from .context import TokenCounter, upper_bound
 from .dispatch import Ticket, account, counted, estimate_usage
@@ -253,33 +251,6 @@ class ShadowRunner:
             self._drop(job.target, "shutdown")
             job.runtime.leave()
             self._queue.task_done()
-
-
-def said(text: str, tool_calls: list[dict[str, Any]] | None) -> str:
-    """An answer as the comparison reads it: its text, then each tool call it made as `name(arguments)` on a
-    line of its own (arguments as compact JSON with sorted keys, when they are JSON). `tool_calls` are whole
-    calls, or a stream's pieces (each with its `index`), in the order they came. Two answers that call
-    different tools, or the same with other arguments, differ; text alone, they were both empty and equal."""
-    if not tool_calls:
-        return text
-    names: dict[Any, str] = {}
-    arguments: dict[Any, list[str]] = {}
-    for position, call in enumerate(tool_calls):
-        key = call.get("index", position)
-        function = call.get("function")
-        if not isinstance(function, dict):
-            continue
-        if function.get("name"):
-            names[key] = str(function["name"])
-        arguments.setdefault(key, []).append(str(function.get("arguments") or ""))
-        names.setdefault(key, "")
-    lines = [text] if text else []
-    for key, name in names.items():
-        raw = "".join(arguments.get(key, ()))
-        with contextlib.suppress(orjson.JSONDecodeError):
-            raw = orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS).decode()
-        lines.append(f"{name}({raw})")
-    return "\n".join(lines)
 
 
 def compare(primary: str, candidate: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from ..chat import Chunk, Completion, TokenLogprob, Usage, tool_call_text
+from ..chat import Chunk, Completion, TokenLogprob, Usage, said, tool_call_text
 from ..dispatch import Started, account, close_stream, estimate_usage
 from ..errors import LanewayError, ShuttingDown, UpstreamError, error_body
 from ..exchange import CANCELLED, CLIENT_DISCONNECTED, OK, Exchange
@@ -84,7 +84,7 @@ async def chat_completions(gateway: Gateway, body: bytes, headers: dict[str, str
             await respond_error(send, stopped, exchange.request_id, [*base, *laneway_headers(exchange)])
         raise
     if gateway.config.telemetry.store_bodies:
-        exchange.answer_body = completion.text
+        exchange.answer_body = said(completion.text, completion.tool_calls)
     gateway.finish(exchange, started)
     logprobs = bool(request.params.get("logprobs"))
     payload = _completion_body(completion, exchange, _answer_id(exchange, headers), logprobs)
@@ -247,7 +247,7 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
                 stopped = True
             tail = b""
         else:
-            usage = state.usage or await _estimate(gateway, runtime, started, state.text)
+            usage = state.usage or await _estimate(gateway, runtime, started, state.generated())
             tail = _account_stream(runtime, started, usage, state, exchange, request.include_usage, encoder)
         finally:
             client.stop()
@@ -265,7 +265,7 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
             await started.let_go()
         runtime.leave()
     if runtime.config.telemetry.store_bodies:
-        exchange.answer_body = "".join(state.text)
+        exchange.answer_body = said("".join(state.text), state.calls)  # its calls as `name(arguments)`
     # Recorded before the last byte leaves, so whoever reads the whole answer finds it accounted.
     gateway.finish(exchange, started_perf)
     if stopped:
@@ -292,13 +292,18 @@ def _cost_comment(exchange: Exchange) -> bytes:
 
 
 class _StreamState:
-    __slots__ = ("finish", "logprobs", "text", "usage")
+    __slots__ = ("calls", "finish", "logprobs", "text", "usage")
 
     def __init__(self, logprobs: bool) -> None:
         self.finish: str | None = None
         self.usage: Usage | None = None
-        self.text: list[str] = []
+        self.text: list[str] = []  # the text and refusal pieces forwarded
+        self.calls: list[dict[str, Any]] = []  # the tool-call pieces forwarded
         self.logprobs = logprobs  # the client asked for them
+
+    def generated(self) -> list[str]:
+        """Everything the model generated, to count when its upstream reported no usage."""
+        return [*self.text, *tool_call_text(self.calls)] if self.calls else self.text
 
 
 async def _forward(send: Send, encoder: _ChunkEncoder, chunk: Chunk, state: _StreamState) -> None:
@@ -311,7 +316,7 @@ async def _forward(send: Send, encoder: _ChunkEncoder, chunk: Chunk, state: _Str
         tokens = chunk.logprobs if state.logprobs else None
         await send({"type": "http.response.body", "body": encoder.delta(chunk.text, tokens), "more_body": True})
     if chunk.tool_calls:
-        state.text.extend(tool_call_text(chunk.tool_calls))
+        state.calls += chunk.tool_calls
         await send({"type": "http.response.body", "body": encoder.tool_calls(chunk.tool_calls), "more_body": True})
     if chunk.refusal:
         state.text.append(chunk.refusal)
@@ -329,9 +334,9 @@ async def _billed_so_far(gateway: Gateway, runtime: Runtime, started: Started, s
     the cut (cache reads at their price), and the completion it counted or, if more, the pieces forwarded."""
     told = state.usage
     if told is None:
-        return await _estimate(gateway, runtime, started, state.text)
+        return await _estimate(gateway, runtime, started, state.generated())
     # the pieces alone: the prompt, which the upstream counted, is not counted again
-    pieces = await estimate_usage(gateway.counter, runtime.config.models[started.model], None, state.text)
+    pieces = await estimate_usage(gateway.counter, runtime.config.models[started.model], None, state.generated())
     return dataclasses.replace(told, completion_tokens=max(told.completion_tokens, pieces.completion_tokens))
 
 
