@@ -58,6 +58,11 @@ class _Handler(Handler):
                 choice = {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": cut}}
                 self.send(completion_body(body["model"], choice), "application/json")
             return
+        if body["model"] == "odd-model" and asked == "usage-then-error" and body.get("stream"):
+            usage = {"prompt_tokens": 12, "completion_tokens": 0, "total_tokens": 12}  # on every event, as vLLM can
+            self.send(sse_body([{"choices": [{"index": 0, "delta": {"role": "assistant"}}], "usage": usage},
+                                {"error": {"message": "the engine is overloaded", "code": 503}}]), "text/event-stream")
+            return
         if body["model"] == "odd-model" and asked == "in-parts" and body.get("stream"):
             events = [{"choices": [{"index": 0, "delta": {"content": [part]}}]} for part in IN_PARTS]
             self.send(sse_body([*events, {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]),
@@ -196,3 +201,16 @@ def test_an_answer_its_upstream_ended_as_failed_is_no_answer(live: tuple[LiveGat
             model="laneway", messages=[{"role": "user", "content": asked}], stream=True) as streamed:
         raw = b"".join(streamed.iter_bytes())
     assert b"Hello there, how" in raw and b"event: error" in raw and b"[DONE]" not in raw
+
+
+def test_a_stream_whose_first_events_hold_only_usage_fails_over_on_an_error_before_any_token(
+        live: tuple[LiveGateway, RecordingSink]) -> None:
+    """vLLM's `continuous_usage_stats` put the usage on every event: the first, with no token, began the stream,
+    and an error before any token reached the client as a cut stream instead of going to the fallback."""
+    gateway, sink = live
+    reply = client(gateway).chat.completions.with_raw_response.create(
+        model="laneway", messages=[{"role": "user", "content": "usage-then-error"}], stream=True)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in reply.parse() if chunk.choices)
+    assert (reply.headers["x-laneway-model"], text) == ("steady", ANSWER)
+    *failed, answered = sink.by_id(reply.headers["x-request-id"]).attempts
+    assert {a.model for a in failed} == {"odd"} and answered.model == "steady"

@@ -686,10 +686,20 @@ def _attempt_limit(plan: Plan, lane: str, spec: ModelSpec) -> float | None:
 
 
 async def _first_chunk(chunks: AsyncIterator[Chunk], limit: float) -> Chunk:
-    """The stream's first chunk; `TimeoutError` past `limit` (only the first chunk is bounded: once a
-    stream has begun it cannot fail over)."""
+    """The stream's first chunk that holds something for the client; `TimeoutError` past `limit` (only the
+    first chunk is bounded: once a stream has begun it cannot fail over). One that holds only usage (vLLM's
+    `continuous_usage_stats` put it on every event) began the stream, and an error after it, before any
+    token, reached the client as a cut stream instead of failing over: its usage goes with the next."""
     async with asyncio.timeout_at(limit):
-        return await anext(chunks)
+        usage = None
+        while True:
+            chunk = await anext(chunks)
+            if (chunk.text or chunk.finish_reason or chunk.tool_calls is not None or chunk.refusal
+                    or chunk.annotations or chunk.logprobs):
+                if chunk.usage is None:
+                    chunk.usage = usage
+                return chunk
+            usage = chunk.usage or usage
 
 
 def _expired(plan: Plan) -> bool:
