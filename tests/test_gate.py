@@ -607,3 +607,58 @@ async def test_a_ticket_billed_after_it_gave_its_slot_back_corrects_the_budgets_
     assert gate.dollars.level == pytest.approx(0.79, abs=1e-3) and gate.tokens.level == pytest.approx(7_900, abs=5)
     ticket.bill(2_100, 0.21)  # billed again the same: nothing more
     assert gate.dollars.level == pytest.approx(0.79, abs=1e-3)
+
+
+class _Leases:
+    """Replica-wide slots as `SharedState` keeps them: a lease per call, given back by id."""
+
+    def __init__(self) -> None:
+        self.held: set[str] = set()
+        self.ids = 0
+
+    async def lease(self, model: str, limit: int) -> str | None:
+        if len(self.held) >= limit:
+            return None
+        self.ids += 1
+        self.held.add(f"lease-{self.ids}")
+        return f"lease-{self.ids}"
+
+    async def unlease(self, model: str, lease: str) -> None:
+        self.held.discard(lease)
+
+    async def take(self, *args: Any) -> float | None:
+        return None
+
+
+async def test_a_reload_that_drops_max_concurrency_still_gives_back_the_leases_of_the_calls_in_flight() -> None:
+    """Leases were given back only while the policy leased: calls admitted before a reload that removed
+    `max_concurrency` kept theirs for good, and once the limit was back every request was turned away."""
+    shared = _Leases()
+    gate = Gate("heavy", GatePolicy(max_concurrency=2, tokens_per_minute=100_000), shared)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    for _ in range(2):
+        await gate.admit(1, 10, 0.0, loop.time() + 1)
+    gate.adopt(GatePolicy(tokens_per_minute=100_000))
+    gate.release(None)
+    gate.release(None)
+    await asyncio.sleep(0.01)  # the leases go back in tasks of their own
+    assert shared.held == set()
+    gate.adopt(GatePolicy(max_concurrency=2, tokens_per_minute=100_000))
+    await gate.admit(1, 10, 0.0, loop.time() + 1)
+    assert gate.in_flight == 1
+
+
+def test_a_reload_moves_an_adaptive_gate_within_its_new_bounds() -> None:
+    """A limit at its old ceiling takes the new one (it had not needed to come down), and one under a raised
+    `min_concurrency` comes up to it; the budgets are the same buckets, so a request waiting on one sees the
+    new rate."""
+    adaptive = Adaptive(target_p95_ms=1000, min_concurrency=1)
+    gate = Gate("m", GatePolicy(max_concurrency=4, adaptive=adaptive, tokens_per_minute=60_000))
+    tokens = gate.tokens
+    gate.adopt(GatePolicy(max_concurrency=32, adaptive=adaptive, tokens_per_minute=120_000))
+    assert gate.limit == 32 and gate.tokens is tokens and tokens is not None and tokens.per_minute == 120_000
+    gate.limit = 3  # where the adaptive steps brought it
+    gate.adopt(GatePolicy(max_concurrency=32, adaptive=Adaptive(target_p95_ms=1000, min_concurrency=8)))
+    assert gate.limit == 8
+    gate.adopt(GatePolicy(max_concurrency=6, adaptive=Adaptive(target_p95_ms=1000, min_concurrency=1)))
+    assert gate.limit == 6

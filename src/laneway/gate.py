@@ -123,13 +123,15 @@ class Budget:
 
 
 def _resized(budget: Budget | None, per_minute: float | None) -> Budget | None:
-    """`budget` at a new rate, holding no more than a minute of it: what it had spent stays spent."""
+    """`budget` at a new rate, in place, holding no more than a minute of it: what it had spent stays spent."""
     if not per_minute:
         return None
     if budget is None:
         return Budget(per_minute)
-    level = None if budget.level is None else min(per_minute, budget.level)
-    return Budget(per_minute, level, budget.stamp)
+    budget.per_minute = per_minute
+    if budget.level is not None:
+        budget.level = min(per_minute, budget.level)
+    return budget
 
 
 @dataclass(order=True)
@@ -287,9 +289,13 @@ class Gate:
         self.correct(tokens_over, usd_over)
         if latency_ms is not None and self.policy.adaptive is not None:
             self._observe(latency_ms, self.policy.adaptive)
-        if self.leasing:
+        if self._leases or self.leasing:  # a lease taken under a policy a reload has since changed goes back too
             self._give_back(self._leases.pop(self._local_first()) if self._leases else LOCAL_ONLY)
-            return
+            if self.leasing:
+                return
+        self._let_waiters_in()
+
+    def _let_waiters_in(self) -> None:
         while self._queue and self.in_flight < self.limit:
             waiter = heapq.heappop(self._queue)
             if not waiter.future.done():
@@ -341,21 +347,22 @@ class Gate:
         a throttled upstream, and started its budgets full. Runs on the event loop."""
         if policy == self.policy:
             return
+        at_ceiling = self.limit >= self.ceiling
         self.policy = policy
         self.ceiling = policy.max_concurrency or 1_000_000
-        # An adaptive gate keeps where it got to, under the new ceiling; a fixed one takes the new limit.
-        self.limit = self.ceiling if policy.adaptive is None else max(1, min(self.limit, self.ceiling))
+        adaptive = policy.adaptive
+        if adaptive is None or at_ceiling:  # a fixed gate, or an adaptive one that had not needed to come down
+            self.limit = self.ceiling
+        else:  # an adaptive one keeps where it got to, within the new bounds
+            self.limit = min(self.ceiling, max(adaptive.min_concurrency, self.limit))
         self._latencies.clear()
+        # Resized in place: a request waiting for the budget holds the bucket it waits on.
         self.tokens = _resized(self.tokens, policy.tokens_per_minute)
         self.dollars = _resized(self.dollars, policy.usd_per_minute)
         if self.leasing:
             self._freed.set()
             return
-        while self._queue and self.in_flight < self.limit:  # a higher limit lets those waiting in now
-            waiter = heapq.heappop(self._queue)
-            if not waiter.future.done():
-                self.in_flight += 1
-                waiter.future.set_result(None)
+        self._let_waiters_in()  # a higher limit lets those waiting in now
 
     def _retry_after(self, priority: int) -> float:
         """As long as the refused request's class may wait in the queue: a retry sooner finds it as full."""
