@@ -62,6 +62,11 @@ def test_the_verifiers_calls_keep_to_its_gate(sim_url: str) -> None:
     assert _Grader.most[0] == 1
     graded = [a for e in sink.exchanges for a in e.attempts if a.lane == "verifier"]
     assert len(graded) == 6 and all(a.outcome == "ok" for a in graded)
+    # Each call's latency is the grader's 0.3 s, not its wait in the queue too (0.3, 0.6, ... 1.8 s): an adaptive
+    # gate read the queue as the model's latency, and brought its limit down to 1. The waits are counted apart.
+    assert max(a.latency_ms for a in graded) < 1000
+    waits = [seconds for model, seconds in sink.queue_waits if model == "grader"]
+    assert len(waits) == 6 and max(waits) > 1.0
     assert all(headers["x-laneway-model"] == "gpt-5-mini" for headers, _ in answers)  # graded 0.9: kept
 
 

@@ -140,16 +140,27 @@ async def _verified(dispatcher: Dispatcher, verifier: str, messages: list[Messag
     if spec.deadline_ms is not None:
         limit = min(limit, now + spec.deadline_ms / 1000)
     request = verifier_request(spec.model, messages, completion.text)
-    started = time.perf_counter()
+    started = time.perf_counter()  # again once admitted: a wait in the gate's queue is no latency of the model's
     ticket = Ticket(runtime.gates.get(verifier))
+    sink = dispatcher.sink
     try:
         if ticket.gate is not None:
             prompt = await counted(upper_bound(request.messages), dispatcher.counter.count, request.messages,
                                    spec.tokenizer)
             output = request.max_tokens(256)
             ticket.estimate = (prompt + output, spec.price.cost(prompt, output))
-            await ticket.gate.admit(plan.priority, *ticket.estimate, limit)
+            try:
+                waited = await ticket.gate.admit(plan.priority, *ticket.estimate, limit)
+            except GateRejected:  # the attempt's latency is its wait, in vain, as the dispatcher's are
+                if sink is not None:
+                    sink.count("gate_rejected", verifier)
+                    sink.observe_queue_wait(verifier, time.perf_counter() - started)
+                raise
             ticket.admitted = True
+            exchange.upstream_ms += waited * 1000
+            if sink is not None:
+                sink.observe_queue_wait(verifier, waited)
+            started = time.perf_counter()
         graded = await runtime.providers[verifier].complete(request, limit)
         if not graded.usage.total_tokens:  # none reported: counted, as for any answer, so it is not free
             graded.usage = await estimate_usage(dispatcher.counter, spec, request, [graded.text])
