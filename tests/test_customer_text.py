@@ -113,3 +113,19 @@ def test_text_parts_are_read_one_a_line_not_run_together() -> None:
     body = request_body("claude", ChatRequest("claude", [{"role": "system", "content": system},
                                                          {"role": "user", "content": "hi"}]), False)
     assert "Refunds go to the original card\nNever promise" in str(body["system"])
+
+
+def test_an_older_thread_below_a_quoted_one_is_cut_off_not_read_as_the_customers() -> None:
+    """Past a thread quoted line by line, every unquoted line was read: an older Outlook block below it (a
+    password question) outweighed the customer's new request."""
+    from laneway.intents import load_default
+    from laneway.signals import Signals
+
+    email = ("I was charged twice for my order, please refund the duplicate charge.\n\n"
+             "On Mon, 3 Mar 2025 at 10:02, Support <support@example.com> wrote:\n"
+             f"> {AGENT_REPLY}\n\n"
+             "-----Original Message-----\nFrom: Anna\nSent: Sunday\n\n"
+             "I forgot my password and cannot log in to reset it, how do I recover my password?\n")
+    signals = Signals([{"role": "user", "content": email}], channel="email", intent_fn=load_default().classify)
+    assert "password" not in signals.customer_text()
+    assert signals.intent == "billing_dispute"

@@ -230,6 +230,8 @@ def own_words(email: str) -> str:
         # Above the quote a greeting ("Hi, my answers are below."), the request between its lines: reading only
         # what came before the thread read the greeting, and 40 of 40 inline billing replies missed the route.
         after = email[thread.end():]
+        if (older := _THREAD_START.search(after)) is not None:  # an older thread below, not quoted so: cut off
+            after = after[:older.start()]
         own = _unquoted(email[:thread.start()] + after[2 if after.startswith("\r\n") else 1:])
         return own if own.strip() else email
     own = _unquoted(email if thread is None else email[:thread.start()])
