@@ -32,6 +32,11 @@ ANSWERS: dict[str, tuple[int, dict[str, str], object]] = {
     "/both": (429, {"retry-after-ms": "4100", "retry-after": "4"}, {"error": {"message": "Rate limit", "type": "x"}}),
     "/quota": (429, {}, GEMINI_429),
     "/down": (500, {}, {"error": {"message": "The server had an error", "type": "server_error"}}),
+    # OpenAI's refusal of one message's content, counted in the messages it was sent (a profile's system first)
+    "/badmsg": (400, {}, {"error": {"message": "Invalid content", "type": "invalid_request_error",
+                                    "param": "messages[1].content", "code": None}}),
+    "/badmsgold": (400, {}, {"error": {"message": "Invalid content", "type": "invalid_request_error",
+                                       "param": "messages.[1].content", "code": None}}),
 }
 
 
@@ -108,10 +113,13 @@ def gateway() -> Iterator[tuple[LiveGateway, RecordingSink]]:
         models = (_model("schema", f"{url}/schema") + _model("busy", f"{url}/busy")
                   + _model("quota", f"{url}/quota", "gemini") + _model("down", f"{url}/down")
                   + _model("refuse", f"{url}/refuse") + _model("nowait", f"{url}/nowait")
-                  + _model("busyms", f"{url}/busyms") + _model("both", f"{url}/both"))
+                  + _model("busyms", f"{url}/busyms") + _model("both", f"{url}/both")
+                  + _model("badmsg", f"{url}/badmsg") + "    profile: {system: 'Answer briefly.'}\n"
+                  + _model("badmsgold", f"{url}/badmsgold") + "    profile: {system: 'Answer briefly.'}\n")
         routes = "".join(f"- name: {name}\n  matcher: \"metadata.to == {name}\"\n  target: {name}\n"
                          "  retry: {attempts: 1}\n  deadline_ms: 5000\n"
-                         for name in ("schema", "busy", "quota", "down", "refuse", "nowait", "busyms", "both"))
+                         for name in ("schema", "busy", "quota", "down", "refuse", "nowait", "busyms", "both", "badmsg",
+                                      "badmsgold"))
         sink = RecordingSink()
         config = f"models:\n{models}routes:\n{routes}"
         with live_gateway(config, None, telemetry=sink) as live:
@@ -179,3 +187,14 @@ def test_a_models_refusal_reaches_the_client_as_openai_gives_it(gateway: tuple[L
     pieces = [chunk.choices[0].delta.refusal for chunk in client.chat.completions.create(**ask, stream=True)
               if chunk.choices and chunk.choices[0].delta.refusal]
     assert "".join(pieces) == REFUSAL
+
+
+@pytest.mark.parametrize("to", ["badmsg", "badmsgold"])
+def test_an_upstreams_400_names_the_clients_own_message(gateway: tuple[LiveGateway, RecordingSink], to: str) -> None:
+    """The upstream counts in the messages it was sent, the model profile's system prompt first: the client was
+    told its `messages[1]` was at fault, past its last message."""
+    live, _ = gateway
+    with pytest.raises(openai.BadRequestError) as refused:
+        _client(live).chat.completions.create(model="laneway", messages=[{"role": "user", "content": "hi"}],
+                                              metadata={"to": to})
+    assert refused.value.body["param"] == "messages[0].content"  # type: ignore[index]

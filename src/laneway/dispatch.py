@@ -200,6 +200,8 @@ class Dispatcher:
                         try:
                             completion = await self.runtime.providers[name].complete(request, limit)
                         except UpstreamError as error:
+                            if isinstance(error, UpstreamRejected) and error.param:
+                                error.param = client_param(error.param, request, messages)
                             self._failed(attempt, error, started, name, exchange, plan, given_s)
                             errors.append(error)
                             if not await self._retry_pause(plan, error, attempt_no, exchange, name):
@@ -272,6 +274,8 @@ class Dispatcher:
                             return Started(name, lane, attempt, first, rest, request, started, ticket=ticket,
                                            let_go=partial(let_go, rest, chunks, ticket, ended))
                         await close_stream(chunks)
+                        if isinstance(error, UpstreamRejected) and error.param:
+                            error.param = client_param(error.param, request, messages)
                         self._failed(attempt, error, started, name, exchange, plan, given_s)
                         errors.append(error)
                         if not await self._retry_pause(plan, error, attempt_no, exchange, name):
@@ -628,23 +632,28 @@ def account(attempt: Attempt, exchange: Exchange, price: Price, usage: Usage) ->
     exchange.cost_usd += attempt.cost_usd
 
 
-_MESSAGE_PARAM = re.compile(r"messages\[(\d+)\]")
+_MESSAGE_PARAM = re.compile(r"messages\.?\[(\d+)\]")  # `messages.[2]`: OpenAI's older way of writing it
 
 
 def _as_sent_by_the_client(refused: InvalidRequest, sent: ChatRequest, messages: list[Message]) -> InvalidRequest:
-    """`refused` with its `param` pointing into the client's own messages: an adapter counts in the list it was
-    given, which a model profile's system prompt, retrieval's passages or trimming made another (the client's
-    `messages[1]` was named `messages[2]`, past its last message)."""
-    param = refused.param or ""
-    found = _MESSAGE_PARAM.match(param)
-    if found is None or int(found.group(1)) >= len(sent.messages):
-        return refused
+    """`refused` with its `param` pointing into the client's own messages (`client_param`)."""
+    param = client_param(refused.param, sent, messages)
+    return refused if param == refused.param else InvalidRequest(refused.message, param=param)
+
+
+def client_param(param: str | None, sent: ChatRequest, messages: list[Message]) -> str | None:
+    """`param`, an adapter's or an upstream's, pointing into the client's own messages: both count in the list
+    they were sent, which a model profile's system prompt, retrieval's passages or trimming made another (the
+    client's `messages[1]` was named `messages[2]`, past its last message)."""
+    found = _MESSAGE_PARAM.match(param or "")
+    if param is None or found is None or int(found.group(1)) >= len(sent.messages):
+        return param
     message = sent.messages[int(found.group(1))]
     client = [m for m in messages if not isinstance(m, GatewayMessage)]
     index = next((i for i, m in enumerate(client) if m is message), None)
-    if index is None:  # one the gateway put in: the param stays as the adapter said it
-        return refused
-    return InvalidRequest(refused.message, param=f"messages[{index}]{param[found.end():]}")
+    if index is None:  # one the gateway put in: the param stays as it was said
+        return param
+    return f"messages[{index}]{param[found.end():]}"
 
 
 def _turned_away(refused: GateRejected) -> RateLimited:
