@@ -437,3 +437,11 @@ def test_get_of_a_models_path_ending_in_completions_is_the_model_lookups_404(sim
             pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(live.url + "/v1/models/completions", timeout=30)
     assert caught.value.code == 404
+
+
+def test_a_route_of_its_own_under_v1_models_still_takes_chat_requests(sim_url: str) -> None:
+    with live_gateway("routes:\n- name: own\n  path: /v1/models/support\n  target: gpt-5-mini\n", sim_url) as live:
+        request = urllib.request.Request(live.url + "/v1/models/support/chat/completions", data=json.dumps(
+            {"model": "laneway", "messages": [{"role": "user", "content": "hi"}]}).encode())
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200 and response.headers["x-laneway-route"] == "own"

@@ -100,7 +100,7 @@ class App:
             if path == LEGACY_COMPLETIONS:
                 raise NotFound(f"`{LEGACY_COMPLETIONS}` (OpenAI's legacy text completions, with `prompt`) is not "
                                "served; send `messages` to `/v1/chat/completions`")
-            if _is_chat(path):
+            if _is_chat(path) and not (method in _READS and path.startswith(_MODEL_PATH)):  # a model's id read
                 if method != "POST":
                     self._not_allowed(method, path, base)
                 await self._chat(scope, receive, send, headers, request_id, base)
@@ -357,5 +357,4 @@ def _refuse_browsers(method: str, path: str, headers: dict[str, str], scope: Sco
 
 def _is_chat(path: str) -> bool:
     """A chat completions path (`/v1/chat/completions`, or a route's own under `/v1/`)."""
-    return (path.startswith("/v1/") and path.endswith("/completions") and path != LEGACY_COMPLETIONS
-            and not path.startswith(_MODEL_PATH))
+    return path.startswith("/v1/") and path.endswith("/completions") and path != LEGACY_COMPLETIONS
