@@ -608,6 +608,10 @@ routes:""").replace("target: gemini-2.5-pro", "target: small\n  trim: oldest").r
         send(live, question + " again" * 3000)  # too long without any passage: fewer would not help
     error = json.loads(refused.value.read())["error"]
     assert error["code"] == "context_length_exceeded" and "are the passages" not in error["message"]
+    with live_gateway(config(600), sim_url) as live, pytest.raises(urllib.error.HTTPError) as refused:
+        send(live, question, max_tokens=4000)  # without passages the prompt fits, not with its output
+    error = json.loads(refused.value.read())["error"]
+    assert error["code"] == "context_length_exceeded" and "are the passages" not in error["message"], error
 
 
 async def _on_loop(work: Any) -> Any:

@@ -327,6 +327,7 @@ class Dispatcher:
         lanes = plan.lanes
         overflow: list[str] = []
         rooms: list[tuple[int, str]] = []  # what each model too small for the request has left for the output
+        short = math.inf  # the fewest tokens by which the prompt and its output miss a model's window
         refused: list[Refusal] = []
         # The prompt's tokens for the models it overflowed: told to the client, but billed by none, so not the
         # exchange's `prompt_tokens` (each skipped attempt keeps its own count).
@@ -366,6 +367,7 @@ class Dispatcher:
                                                      error=f"context_window: {prompt} tokens > {spec.context_window}"))
                     overflow.append(f"`{name}` holds {spec.context_window} with {reserve} for the output")
                     rooms.append((spec.context_window - prompt, name))
+                    short = min(short, prompt + reserve - spec.context_window)
                     longest = max(longest, prompt)
                     if long_context is not None:
                         lanes.insert(i, ("fallback", long_context))
@@ -409,17 +411,18 @@ class Dispatcher:
                    "the table, which can trim it or hand it to a `long_context:` model)")
             raise ContextWindowExceeded(
                 f"the prompt has {longest} tokens, more than fits: {'; '.join(overflow)}. {fix}"
-                f"{self._retrieved_share(messages, room)}")
+                f"{self._retrieved_share(messages, short, exchange.retrieval_hits)}")
 
-    def _retrieved_share(self, messages: list[Message], room: int) -> str:
+    def _retrieved_share(self, messages: list[Message], short: float, hits: int | None) -> str:
         """What of a prompt too long the passages of the route's retrieval are, said to the client, who sent none
-        of them (they are kept whole, as the system prompt is), when fewer passages could make it fit (`room`:
-        what the roomiest model's window has left, negative when the prompt is past it); else empty."""
+        of them (they are kept whole, as the system prompt is), when fewer passages could make it fit (`short`:
+        the fewest tokens by which the prompt and its output miss a model's window); else empty, as when the
+        retrieval found none (its block then only says so)."""
         block = next((m for m in messages if isinstance(m, KnowledgeMessage)), None)
-        if block is None:
+        if block is None or not hits:
             return ""
         passages = self.counter.text_tokens(message_text(block))
-        if passages + room <= 0:  # without any passage, it would still be too long: no use saying so
+        if passages < short:  # without any passage, it would still be too long: no use saying so
             return ""
         return (f". Of the prompt's tokens, {passages} are the passages the "
                 "route's `retrieval:` added: a lower `top_k` or a higher `min_score` leaves them room")
