@@ -401,7 +401,7 @@ def test_a_stop_past_the_grace_period_cuts_requests_in_flight_and_records_them(t
             send_chat(sock, body)
         # a request whose body is still arriving at the stop: it had no request id, and no record
         partial.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-request-id: cut-partial\r\n"
-                        b"content-length: 100\r\n\r\n{\"model\": \"laneway\"")
+                        b"x-laneway-conversation-id: c-cut\r\ncontent-length: 100\r\n\r\n{\"model\": \"laneway\"")
         received = b""
         while received.count(b"data: {") < 3:  # the stream's three chunks came; it stalls from here
             received += stream.recv(65536)
@@ -423,10 +423,10 @@ def test_a_stop_past_the_grace_period_cuts_requests_in_flight_and_records_them(t
     with sqlite3.connect(db) as connection:
         rows = connection.execute("select route, status, outcome, error, completion_tokens, cost_usd, attempts "
                                   "from exchanges where request_id != 'cut-partial' order by route").fetchall()
-        partial_rows = connection.execute("select status, outcome, error from exchanges "
+        partial_rows = connection.execute("select status, outcome, error, conversation_id from exchanges "
                                           "where request_id = 'cut-partial'").fetchall()
     assert len(partial_rows) == 1 and partial_rows[0][:2] == (503, "cancelled")
-    assert "before the request's body arrived" in partial_rows[0][2]
+    assert "before the request's body arrived" in partial_rows[0][2] and partial_rows[0][3] == "c-cut"
     assert [(r[0], r[1], r[2]) for r in rows] == [("stream", 503, "cancelled"), ("whole", 503, "cancelled")]
     # the stop, not a client that left (the attempt in flight took the cancel for one)
     assert [[a["outcome"] for a in json.loads(r[6])] for r in rows] == [["cancelled"], ["cancelled"]]

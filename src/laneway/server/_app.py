@@ -179,7 +179,7 @@ class App:
             body = await read_body(receive, self.gateway.config.server.max_body_bytes, size,
                                    headers.get("expect", "").lower() == "100-continue")
         except asyncio.CancelledError:  # the server stopped past its grace (a client that left is `ClientGone`)
-            await stopped_while_read(self.gateway, exchange, send, base, started)
+            await stopped_while_read(self.gateway, exchange, send, base, started, headers, key)
             raise
         await chat_completions(self.gateway, body, headers, scope["path"], send, exchange, base, key, receive)
 

@@ -121,9 +121,13 @@ def _cancelled(exchange: Exchange, when: str) -> None:
             attempt.outcome, attempt.error = CANCELLED, exchange.error
 
 
-async def stopped_while_read(gateway: Gateway, exchange: Exchange, send: Send, base: Headers, started: float) -> None:
-    """A request whose body was still arriving when the server stopped, past its grace: recorded, and told so
-    with its id, as a request cut later is (it had neither)."""
+async def stopped_while_read(gateway: Gateway, exchange: Exchange, send: Send, base: Headers, started: float,
+                             headers: dict[str, str], key: KeyPolicy | None) -> None:
+    """A request whose body was still arriving when the server stopped, past its grace: recorded (with its
+    client key and conversation, as far as its headers say), and told so with its id, as a request cut later
+    is (it had neither)."""
+    exchange.api_key = key.name if key is not None else None
+    exchange.conversation_id = conversation_header(headers)
     _cancelled(exchange, "before the request's body arrived")
     gateway.finish(exchange, started)
     stopped = ShuttingDown(f"{exchange.error}; send the request again")
