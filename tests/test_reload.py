@@ -176,3 +176,18 @@ def test_a_reload_whose_simulated_fleet_cannot_take_its_port_is_a_500_naming_sim
         assert live.gateway is not None and [r.target for r in live.gateway.config.routes] == ["m"]
     assert status == 500 and body["reloaded"] is False
     assert "`sim.port`" in body["errors"][0] and "cannot listen on 127.0.0.1:" in body["errors"][0]
+
+
+def test_a_worker_refuses_a_reload_that_would_start_the_simulated_fleet(tmp_path: Path) -> None:
+    """Each worker of `serve --workers N` started its own fleet on the same port: one switched, the others kept
+    the old routes, and the answer said `reloaded: true` while workers ran different tables."""
+    real = "models:\n  m: {provider: openai, base_url: 'http://127.0.0.1:9/v1', model: m}\nroutes:\n- target: m\n"
+    path = tmp_path / "routes.yaml"
+    path.write_text(real)
+    with live_gateway(real, None, config_path=path) as live:
+        assert live.gateway is not None
+        live.gateway.starts_fleet_on_reload = False  # as `serve` sets it in a worker
+        path.write_text(A)
+        status, body = _reload(live.url)
+        assert [r.target for r in live.gateway.config.routes] == ["m"] and live.gateway.sim_url is None
+    assert status == 500 and "Restart the server to run simulated models" in body["errors"][0]

@@ -600,3 +600,25 @@ def test_the_keep_alive_and_the_time_a_request_has_to_arrive_are_the_config_s(tm
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+def test_a_reload_asked_for_while_serve_starts_does_not_stop_it(tmp_path: Path, workers: list[str]) -> None:
+    """A SIGHUP while the modules loaded took the signal's default, and the server (its supervisor, with
+    `--workers`) stopped with 129 where `systemctl reload` meant a reload."""
+    config = tmp_path / "routes.yaml"
+    config.write_text("routes:\n- target: gpt-5-mini\n")
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "laneway", "serve", "--config", str(config), "--port",
+                                str(port), *workers], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(0.3)  # the interpreter runs; `laneway.cli` and what it imports are loading
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while get(f"http://127.0.0.1:{port}/readyz") != 200:
+            assert process.poll() is None, process.communicate()[0]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)

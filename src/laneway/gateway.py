@@ -69,6 +69,7 @@ class Gateway:
         # raises `ConfigError`. Run at start-up by the caller and on every reload by `reload()`.
         self.vet: Callable[[Config], None] | None = None
         self.speaks = True  # False in all workers of `serve --workers N` but the first: they warn once, not N times
+        self.starts_fleet_on_reload = True  # False in a worker of `serve --workers N`: its supervisor runs the fleet
         self.applied: Callable[[Config], None] | None = None  # told of each config a reload put in place
 
     @classmethod
@@ -120,6 +121,10 @@ class Gateway:
             # as `check` and start-up say them
             config = replace(config, warnings=(*config.warnings, *unset_variables(config)))
             if config.simulated and self.sim_url is None:
+                if not self.starts_fleet_on_reload:
+                    raise FleetUnavailable("the simulated fleet starts with `laneway serve --workers N` only: each "
+                                           "worker would start its own, and all but one find the port taken. "
+                                           "Restart the server to run simulated models")
                 from .sim import start_fleet
 
                 try:

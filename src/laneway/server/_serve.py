@@ -100,6 +100,7 @@ async def serve(config_path: str | Path | None, host: str, port: int, allow_unau
         gateway.speaks = speaks
         if worker is not None:  # the shadow spend cap is the server's: each worker keeps to its part
             gateway.shadows.share = 1 / worker.count
+            gateway.starts_fleet_on_reload = False
         if worker is not None:  # a worker that replaces this one, should it die, starts from what runs
             worker.keep_started_config(self_contained(config))
             worker.keep_running_config(self_contained(config))
