@@ -11,6 +11,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -336,7 +337,10 @@ def test_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
     db = tmp_path / "exchanges.sqlite3"
     config = tmp_path / "routes.yaml"
     config.write_text(ROUTES.format(db=db, target="gpt-5-mini"))
+    before = {*Path(tempfile.gettempdir()).glob("laneway-workers-*"), *Path("/tmp").glob("laneway-workers-*")}
     process, url = serve(config, "--workers", "2")
+    private = {*Path(tempfile.gettempdir()).glob("laneway-workers-*"), *Path("/tmp").glob("laneway-workers-*")}
+    private -= before
     deadline = time.monotonic() + 15
     while len(workers := workers_of(process)) < 2:
         assert time.monotonic() < deadline, "the workers did not start"
@@ -355,6 +359,8 @@ def test_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
         again.bind(("127.0.0.1", port))
     with sqlite3.connect(db) as connection:  # they stopped gracefully: what they served is in the log
         assert connection.execute("select count(*) from exchanges").fetchone()[0] == 6
+    # and their private directory (sockets, the routing file they ran, key hashes in it) went with them
+    assert len(private) == 1 and not any(path.exists() for path in private), private
 
 
 CUT_SHORT = """

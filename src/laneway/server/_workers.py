@@ -192,6 +192,11 @@ def _worker(config_path: str | Path | None, host: str, port: int, sock: socket.s
     uvloop.run(serve(config_path, host, port, allow_unauthenticated, sockets=[sock], sim_url=sim_url,
                      worker=worker, reloaded=partial(_reload_the_others, worker.index, reloads),
                      hangups=lambda: int(hangups.value)))
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        # The supervisor was killed outright, and will not remove the run's directory (its sockets, the routing
+        # file the workers ran, with its key hashes): each worker tries, on its way out.
+        shutil.rmtree(worker.directory, ignore_errors=True)
 
 
 def _reload_the_others(index: int, reloads: Any) -> None:
