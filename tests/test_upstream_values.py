@@ -56,7 +56,8 @@ class _Handler(Handler):
                           "text/event-stream")
             else:
                 choice = {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": cut}}
-                self.send(completion_body(body["model"], choice), "application/json")
+                used = {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}
+                self.send(completion_body(body["model"], choice, usage=used), "application/json")
             return
         if body["model"] == "odd-model" and asked == "usage-then-error" and body.get("stream"):
             usage = {"prompt_tokens": 12, "completion_tokens": 0, "total_tokens": 12}  # on every event, as vLLM can
@@ -197,6 +198,8 @@ def test_an_answer_its_upstream_ended_as_failed_is_no_answer(live: tuple[LiveGat
     *failed, answered = sink.by_id(reply.headers["x-request-id"]).attempts
     assert {(a.model, a.outcome) for a in failed} == {("odd", "upstream_unavailable")} and answered.model == "steady"
     assert all(f"finish_reason: {asked[6:]}" in (a.error or "") for a in failed)
+    # what it generated before it gave up, and said it used, is billed, as a stream cut short is
+    assert all((a.prompt_tokens, a.completion_tokens) == (1000, 500) and a.cost_usd > 0 for a in failed)
     with client(gateway).chat.completions.with_streaming_response.create(
             model="laneway", messages=[{"role": "user", "content": asked}], stream=True) as streamed:
         raw = b"".join(streamed.iter_bytes())

@@ -504,6 +504,8 @@ class Dispatcher:
         attempt.error = error.message
         attempt.upstream_status = error.upstream_status
         exchange.upstream_ms += attempt.latency_ms
+        if error.billed is not None:  # it generated, and said what that cost, before it gave up
+            account(attempt, exchange, self.runtime.config.models[name].price, error.billed)
         # The request's whole deadline (the route's, or its target's), or the model's own if shorter: not the
         # deadline the attempted model would have set, which, shorter than the target's, spared a hung canary
         # or fallback that had half of the request's time every time.
@@ -654,8 +656,8 @@ def client_param(param: str | None, sent: ChatRequest, messages: list[Message]) 
     message = sent.messages[int(found.group(1))]
     client = [m for m in messages if not isinstance(m, GatewayMessage)]
     index = next((i for i, m in enumerate(client) if m is message), None)
-    if index is None:  # one the gateway put in: the param stays as it was said
-        return param
+    if index is None:  # one the gateway put in (a profile's system prompt, the passages): none of the client's
+        return None
     return f"messages[{index}]{param[found.end():]}"
 
 

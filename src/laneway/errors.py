@@ -186,6 +186,7 @@ class UpstreamError(LanewayError):
         super().__init__(message)
         self.model = model
         self.upstream_status = upstream_status
+        self.billed: Any = None  # the `Usage` the upstream reported for an answer it then gave up on: billed
 
 
 class UpstreamUnavailable(UpstreamError):

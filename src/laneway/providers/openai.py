@@ -213,7 +213,9 @@ def parse_completion(data: dict[str, Any], model: str) -> Completion:
     except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         raise UpstreamBadResponse("answer lacks `choices[0].message`", model=model) from None
     if completion.finish_reason in FAILED_FINISHES:
-        raise _failed(completion.finish_reason, model)
+        failed = _failed(completion.finish_reason, model)
+        failed.billed = completion.usage if completion.usage.total_tokens else None
+        raise failed
     return completion
 
 
