@@ -209,3 +209,43 @@ def test_a_fault_in_copying_never_fails_the_clients_request(sim_url: str, monkey
         assert body.rstrip().endswith(b"data: [DONE]")
     else:
         assert json.loads(body)["choices"][0]["message"]["content"]
+
+
+class _Failing(Handler):
+    """Answers 500 after 0.2 s: a candidate that fails every copy."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        time.sleep(0.2)
+        body = b'{"error": {"message": "overloaded", "type": "server_error"}}'
+        self.send_response(500)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_failed_shadow_copies_do_not_bring_an_adaptive_gates_limit_down(sim_url: str) -> None:
+    """A failed copy's latency was read by the candidate's adaptive gate, as a primary's failure never is: ten
+    failed copies took the limit from 8 to 3 for the real traffic the model also served."""
+    with serving(_Failing) as upstream:
+        text = f"""
+models:
+  cand:
+    provider: openai
+    base_url: "{upstream.url}"
+    model: m
+    gate: {{max_concurrency: 8, adaptive: {{target_p95_ms: 50, window: 5}}}}
+routes:
+- target: gpt-5-mini
+  shadow: [{{target: cand, sample: 1.0}}]
+"""
+        sink = RecordingSink()
+        with live_gateway(text, sim_url, telemetry=sink) as live:
+            for i in range(10):
+                send(live, f"copied {i}")
+            wait_for(lambda: sum(e.lane == "shadow" for e in sink.exchanges) == 10)
+            assert live.gateway is not None
+            limit = live.gateway.runtime.gates["cand"].limit
+    assert all(e.outcome != "ok" for e in sink.exchanges if e.lane == "shadow")
+    assert limit == 8

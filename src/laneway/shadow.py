@@ -190,7 +190,9 @@ class ShadowRunner:
             ticket.admitted = True
         try:
             record = await self._call(job, request)
-            ticket.used = (record.prompt_tokens + record.completion_tokens, record.cost_usd, record.latency_ms)
+            # Its latency judges the model only when it answered, as a primary's does.
+            ticket.used = (record.prompt_tokens + record.completion_tokens, record.cost_usd,
+                           record.latency_ms if record.outcome == OK else None)
             return record
         finally:
             ticket.release()
