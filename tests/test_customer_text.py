@@ -129,3 +129,19 @@ def test_an_older_thread_below_a_quoted_one_is_cut_off_not_read_as_the_customers
     signals = Signals([{"role": "user", "content": email}], channel="email", intent_fn=load_default().classify)
     assert "password" not in signals.customer_text()
     assert signals.intent == "billing_dispute"
+
+
+@pytest.mark.parametrize("email", [
+    ("Hi, my answers are below.\n\nOn Mon, 3 Mar 2025 at 10:02, Support <support@example.com> wrote:\n"
+     "> Which invoice was it?\n\nOn the invoice 12345: I was charged twice, please refund the duplicate charge.\n"
+     "> On Sun, 2 Mar 2025 at 09:00, Anna <anna@example.com> wrote:\n>> my order\n"),
+    ("I was charged twice for my order.\n\nOn Mon, 3 Mar 2025 at 10:02, Support <support@example.com> wrote:\n"
+     "> Anything else?\n\nOn Friday your agent wrote:\nthe refund is coming. Please refund the duplicate charge.\n"),
+])
+def test_a_customers_line_that_reads_like_an_attribution_is_not_taken_for_an_older_thread(email: str) -> None:
+    """Below a quoted thread, the cut for an older one took a customer's line starting with "On" (run into a
+    quoted "> On ... wrote:" under it, or ending in "wrote:") for one, and the request went with it."""
+    from laneway.signals import Signals
+
+    text = Signals([{"role": "user", "content": email}], channel="email").customer_text()
+    assert "refund the duplicate charge" in text

@@ -61,9 +61,12 @@ CUSTOMER_TEXT_CHARS = 2_000
 # 10:02, Support <support@example.com> wrote:", maybe wrapped over two lines), or Outlook's separator or
 # header block. The quote (an agent's earlier reply, longer than the customer's new request) outweighed the
 # request: 96 % of billing replies lost their intent to it.
-_THREAD_START = re.compile(
-    r"^(?:On\b[^\n]*(?:\n[^\n]*)?\bwrote:[ \t]*\r?$|-{2,}[ \t]*Original Message[ \t]*-{2,}|_{10,}[ \t]*$"
-    r"|From:[ \t][^\n]*\n(?:Sent|Date):)", re.MULTILINE | re.IGNORECASE)
+_ATTRIBUTION = r"On\b[^\n]*(?:\n[^\n]*)?\bwrote:[ \t]*\r?$"
+_HEADER_BLOCK = r"-{2,}[ \t]*Original Message[ \t]*-{2,}|_{10,}[ \t]*$|From:[ \t][^\n]*\n(?:Sent|Date):"
+_THREAD_START = re.compile(rf"^(?:{_ATTRIBUTION}|{_HEADER_BLOCK})", re.MULTILINE | re.IGNORECASE)
+# An older thread below a quoted one: only a header block says so for sure. A customer's own line may read
+# "On Friday your agent wrote:", and one above a quoted "> On ... wrote:" ran into it as one match.
+_OLDER_THREAD = re.compile(rf"^(?:{_HEADER_BLOCK})", re.MULTILINE | re.IGNORECASE)
 # A quoted line: left out wherever it is, since a reply may answer a quoted question line by line.
 _QUOTED_LINE = re.compile(r"^[ \t]*>.*(?:\n|$)", re.MULTILINE)
 # The thread begins with quoted lines (after blank ones): the client quotes it, and the customer may have
@@ -230,7 +233,7 @@ def own_words(email: str) -> str:
         # Above the quote a greeting ("Hi, my answers are below."), the request between its lines: reading only
         # what came before the thread read the greeting, and 40 of 40 inline billing replies missed the route.
         after = email[thread.end():]
-        if (older := _THREAD_START.search(after)) is not None:  # an older thread below, not quoted so: cut off
+        if (older := _OLDER_THREAD.search(after)) is not None:  # an older thread below, not quoted so: cut off
             after = after[:older.start()]
         own = _unquoted(email[:thread.start()] + after[2 if after.startswith("\r\n") else 1:])
         return own if own.strip() else email
