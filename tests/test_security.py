@@ -445,3 +445,10 @@ def test_a_route_of_its_own_under_v1_models_still_takes_chat_requests(sim_url: s
             {"model": "laneway", "messages": [{"role": "user", "content": "hi"}]}).encode())
         with urllib.request.urlopen(request, timeout=30) as response:
             assert response.status == 200 and response.headers["x-laneway-route"] == "own"
+        put = urllib.request.Request(live.url + "/v1/models/support/chat/completions", data=b"{}", method="PUT")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(put, timeout=30)
+        assert refused.value.code == 405 and refused.value.headers["allow"] == "GET, HEAD, POST"
+        with pytest.raises(urllib.error.HTTPError) as looked_up:  # a read is the model lookup's, no chat answer
+            urllib.request.urlopen(live.url + "/v1/models/support/chat/completions", timeout=30)
+        assert looked_up.value.code == 404 and "x-laneway-route" not in looked_up.value.headers

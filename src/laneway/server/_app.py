@@ -100,7 +100,7 @@ class App:
             if path == LEGACY_COMPLETIONS:
                 raise NotFound(f"`{LEGACY_COMPLETIONS}` (OpenAI's legacy text completions, with `prompt`) is not "
                                "served; send `messages` to `/v1/chat/completions`")
-            if _is_chat(path) and not (method in _READS and path.startswith(_MODEL_PATH)):  # a model's id read
+            if _is_chat_request(method, path):
                 if method != "POST":
                     self._not_allowed(method, path, base)
                 await self._chat(scope, receive, send, headers, request_id, base)
@@ -120,7 +120,7 @@ class App:
         except ClientGone:
             return
         except LanewayError as error:
-            if _is_chat(path):  # refused before it was read (key, size, a web page, a method): recorded, and said
+            if _is_chat_request(method, path):  # refused before it was read (key, size, a web page, a method)
                 exchange = Exchange(request_id, time.time(), path=path, lane="")
                 if method == "POST":
                     refused(self.gateway, exchange, error, headers, time.perf_counter())
@@ -141,7 +141,9 @@ class App:
 
     def _not_allowed(self, method: str, path: str, base: Headers) -> None:
         """A 405 that says, in `Allow`, which methods the path takes."""
-        allowed = "GET, HEAD" if path in self._get or path.startswith(_MODEL_PATH) else "POST"
+        models = path.startswith(_MODEL_PATH)
+        allowed = "GET, HEAD, POST" if models and _is_chat(path) else "GET, HEAD" if models or path in self._get \
+            else "POST"
         base.append((b"allow", allowed.encode()))
         raise MethodNotAllowed(f"`{method} {path}` is not supported; use {allowed}")
 
@@ -353,6 +355,12 @@ def _refuse_browsers(method: str, path: str, headers: dict[str, str], scope: Sco
         if host and name.lower() not in LOOPBACK:
             raise Forbidden(f"`{path}` is served under a loopback name only (`Host: {host[:100]}`): without client "
                             "keys, use http://127.0.0.1:PORT, or set `admin.key_env`")
+
+
+def _is_chat_request(method: str, path: str) -> bool:
+    """A request to a chat path; a read of one under `/v1/models/` is a model's lookup (a route's own path may
+    lie there too)."""
+    return _is_chat(path) and not (method in _READS and path.startswith(_MODEL_PATH))
 
 
 def _is_chat(path: str) -> bool:
