@@ -37,6 +37,8 @@ ANSWERS: dict[str, tuple[int, dict[str, str], object]] = {
                                     "param": "messages[1].content", "code": None}}),
     "/badmsgold": (400, {}, {"error": {"message": "Invalid content", "type": "invalid_request_error",
                                        "param": "messages.[1].content", "code": None}}),
+    "/badsys": (400, {}, {"error": {"message": "Invalid content", "type": "invalid_request_error",
+                                    "param": "messages[0].content", "code": None}}),
 }
 
 
@@ -115,11 +117,12 @@ def gateway() -> Iterator[tuple[LiveGateway, RecordingSink]]:
                   + _model("refuse", f"{url}/refuse") + _model("nowait", f"{url}/nowait")
                   + _model("busyms", f"{url}/busyms") + _model("both", f"{url}/both")
                   + _model("badmsg", f"{url}/badmsg") + "    profile: {system: 'Answer briefly.'}\n"
-                  + _model("badmsgold", f"{url}/badmsgold") + "    profile: {system: 'Answer briefly.'}\n")
+                  + _model("badmsgold", f"{url}/badmsgold") + "    profile: {system: 'Answer briefly.'}\n"
+                  + _model("badsys", f"{url}/badsys") + "    profile: {system: 'Answer briefly.'}\n")
         routes = "".join(f"- name: {name}\n  matcher: \"metadata.to == {name}\"\n  target: {name}\n"
                          "  retry: {attempts: 1}\n  deadline_ms: 5000\n"
                          for name in ("schema", "busy", "quota", "down", "refuse", "nowait", "busyms", "both", "badmsg",
-                                      "badmsgold"))
+                                      "badmsgold", "badsys"))
         sink = RecordingSink()
         config = f"models:\n{models}routes:\n{routes}"
         with live_gateway(config, None, telemetry=sink) as live:
@@ -198,3 +201,13 @@ def test_an_upstreams_400_names_the_clients_own_message(gateway: tuple[LiveGatew
         _client(live).chat.completions.create(model="laneway", messages=[{"role": "user", "content": "hi"}],
                                               metadata={"to": to})
     assert refused.value.body["param"] == "messages[0].content"  # type: ignore[index]
+
+
+def test_an_upstreams_400_about_the_profiles_system_prompt_names_none_of_the_clients_messages(
+        gateway: tuple[LiveGateway, RecordingSink]) -> None:
+    """The profile's system prompt, which the client never sent, was pinned on the client's `messages[0]`."""
+    live, _ = gateway
+    with pytest.raises(openai.BadRequestError) as refused:
+        _client(live).chat.completions.create(model="laneway", messages=[{"role": "user", "content": "hi"}],
+                                              metadata={"to": "badsys"})
+    assert refused.value.body["param"] is None  # type: ignore[index]

@@ -167,7 +167,7 @@ def prepare(spec: ModelSpec, messages: list[Message], params: dict[str, Any]) ->
         if profile.system_mode == "replace":  # the client's system prompt, not what the gateway added
             messages = [m for m in messages
                         if m.get("role") not in ("system", "developer") or isinstance(m, GatewayMessage)]
-        messages = [{"role": "system", "content": profile.system}, *messages]
+        messages = [GatewayMessage(role="system", content=profile.system), *messages]
     merged = {**profile.sampling(), **params}
     if "max_completion_tokens" in params:
         merged.pop("max_tokens", None)
