@@ -583,3 +583,22 @@ def test_a_tool_call_answer_is_stored_as_its_calls_whole_or_streamed(upstream: T
         list(streamed.parse())
     bodies = [sink.by_id(reply.headers["x-request-id"]).answer_body for reply in (whole, streamed)]
     assert bodies == ['lookup_order({"order":"1182"})'] * 2
+
+
+async def test_a_streams_pieces_count_its_tool_call_pieces() -> None:
+    """A stream cut after tool-call pieces only was logged as cut "after 0 pieces"."""
+    from laneway.chat import Chunk
+    from laneway.exchange import Exchange
+    from laneway.server._chat import _ChunkEncoder, _forward, _StreamState
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    first = Chunk(tool_calls=[{"index": 0, "id": "c", "function": {"name": "lookup_order", "arguments": ""}}])
+    state = _StreamState(False)
+    encoder = _ChunkEncoder(Exchange("r", 0.0), "chatcmpl-r", first)
+    for chunk in (first, Chunk(tool_calls=[{"index": 0, "function": {"arguments": '{"order": 1}'}}])):
+        await _forward(send, encoder, chunk, state)
+    assert state.pieces() == 2 and len(sent) == 2

@@ -244,9 +244,9 @@ async def _stream(gateway: Gateway, request: ClientRequest, headers: dict[str, s
                 # The client hung up: stop generating (and paying) for nobody, and say so in the log.
                 exchange.status = CLIENT_CLOSED
                 _stream_failed(exchange, started, CLIENT_DISCONNECTED,
-                               f"the client disconnected after {len(state.text)} pieces", CLIENT_DISCONNECTED)
+                               f"the client disconnected after {state.pieces()} pieces", CLIENT_DISCONNECTED)
             else:  # the server stopped past its grace period: bill and record what was sent, then stop
-                _cancelled(exchange, f"after {len(state.text)} pieces of the stream")
+                _cancelled(exchange, f"after {state.pieces()} pieces of the stream")
                 _stream_failed(exchange, started, CANCELLED, exchange.error, CANCELLED)
                 stopped = True
             tail = b""
@@ -304,6 +304,10 @@ class _StreamState:
         self.text: list[str] = []  # the text and refusal pieces forwarded
         self.calls: list[dict[str, Any]] = []  # the tool-call pieces forwarded
         self.logprobs = logprobs  # the client asked for them
+
+    def pieces(self) -> int:
+        """How many pieces of the answer were forwarded: text, refusal and tool-call pieces."""
+        return len(self.text) + len(self.calls)
 
     def generated(self) -> list[str]:
         """Everything the model generated, to count when its upstream reported no usage."""
