@@ -21,7 +21,7 @@ from typing import Any
 from .chat import ChatRequest, Completion, GatewayMessage, Message, message_text
 from .config import Cascade
 from .context import upper_bound
-from .dispatch import COOLING_DOWN, Dispatcher, Plan, Ticket, counted, estimate_usage
+from .dispatch import COOLING_DOWN, Dispatcher, Plan, Ticket, admission_estimate, counted, estimate_usage
 from .errors import LanewayError, UpstreamError
 from .exchange import GATED, OK, SKIPPED, Attempt, Exchange
 from .gate import GateRejected
@@ -147,8 +147,7 @@ async def _verified(dispatcher: Dispatcher, verifier: str, messages: list[Messag
         if ticket.gate is not None:
             prompt = await counted(upper_bound(request.messages), dispatcher.counter.count, request.messages,
                                    spec.tokenizer)
-            output = request.max_tokens(256)
-            ticket.estimate = (prompt + output, spec.price.cost(prompt, output))
+            ticket.estimate = admission_estimate(spec, request, prompt)
             try:
                 waited = await ticket.gate.admit(plan.priority, *ticket.estimate, limit)
             except GateRejected:  # the attempt's latency is its wait, in vain, as the dispatcher's are

@@ -200,9 +200,7 @@ class Dispatcher:
                         try:
                             completion = await self.runtime.providers[name].complete(request, limit)
                         except UpstreamError as error:
-                            if isinstance(error, UpstreamRejected) and error.param:
-                                error.param = client_param(error.param, request, messages)
-                            self._failed(attempt, error, started, name, exchange, plan, given_s)
+                            self._failed(attempt, error, started, name, exchange, plan, given_s, request, messages)
                             errors.append(error)
                             if not await self._retry_pause(plan, error, attempt_no, exchange, name):
                                 break
@@ -274,9 +272,7 @@ class Dispatcher:
                             return Started(name, lane, attempt, first, rest, request, started, ticket=ticket,
                                            let_go=partial(let_go, rest, chunks, ticket, ended))
                         await close_stream(chunks)
-                        if isinstance(error, UpstreamRejected) and error.param:
-                            error.param = client_param(error.param, request, messages)
-                        self._failed(attempt, error, started, name, exchange, plan, given_s)
+                        self._failed(attempt, error, started, name, exchange, plan, given_s, request, messages)
                         errors.append(error)
                         if not await self._retry_pause(plan, error, attempt_no, exchange, name):
                             break
@@ -452,8 +448,7 @@ class Dispatcher:
         the deadline, so that the next model still has time to answer."""
         if prompt < 0:
             prompt = self.counter.count(request.messages, spec.tokenizer, request.params.get("tools"))
-        output = request.max_tokens(256)
-        ticket.estimate = (prompt + output, spec.price.cost(prompt, output))
+        ticket.estimate = admission_estimate(spec, request, prompt)
         degrade = spec.gate.degrade_to if spec.gate else None
         loop = asyncio.get_running_loop()
         queued = loop.time()
@@ -492,9 +487,12 @@ class Dispatcher:
             self.sink.observe_queue_wait(spec.name, waited)
         return True
 
-    def _failed(self, attempt: Attempt, error: UpstreamError, started: float, name: str,
-                exchange: Exchange, plan: Plan, given_s: float) -> None:
-        """`given_s`: the time the attempt had, from when it was sent to its limit."""
+    def _failed(self, attempt: Attempt, error: UpstreamError, started: float, name: str, exchange: Exchange,
+                plan: Plan, given_s: float, request: ChatRequest, messages: list[Message]) -> None:
+        """`given_s`: the time the attempt had, from when it was sent to its limit. `request` is what was sent,
+        made of the client's `messages`: an upstream's 400 names the client's own message (`client_param`)."""
+        if isinstance(error, UpstreamRejected) and error.param:
+            error.param = client_param(error.param, request, messages)
         if isinstance(error, UpstreamContextOverflow):
             _long_context_next(plan, (attempt.lane, name))
         # An upstream may echo the credential it refused, in a status's body or in a stream's first event.
@@ -623,6 +621,13 @@ async def estimate_usage(counter: TokenCounter, spec: ModelSpec, prompt: ChatReq
                                        spec.tokenizer, tools)
     text = "".join(generated)
     return Usage(prompt_tokens, await counted(len(text), counter.text_tokens, text))
+
+
+def admission_estimate(spec: ModelSpec, request: ChatRequest, prompt: int) -> tuple[int, float]:
+    """What a call is charged at admission, a gate's budgets and the shadow cap alike: tokens and USD of its
+    `prompt` and of its `max_tokens` (256 when it names none) at `spec`'s price."""
+    output = request.max_tokens(256)
+    return prompt + output, spec.price.cost(prompt, output)
 
 
 def account(attempt: Attempt, exchange: Exchange, price: Price, usage: Usage) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 from .chat import ChatRequest, Message, said, tool_call_text
 from .config import Route, ShadowSettings
 from .context import TokenCounter, upper_bound
-from .dispatch import Ticket, account, counted, estimate_usage
+from .dispatch import Ticket, account, admission_estimate, counted, estimate_usage
 from .errors import UpstreamError
 from .exchange import OK, Attempt, Exchange
 from .gate import GateRejected
@@ -124,8 +124,7 @@ class ShadowRunner:
             return None
         if prompt < 0:
             prompt = await counted(bound, self._counter.count, request.messages, spec.tokenizer)
-        output = request.max_tokens(256)
-        estimate = (prompt + output, spec.price.cost(prompt, output))
+        estimate = admission_estimate(spec, request, prompt)
         if self._over_budget(estimate[1]):
             self._drop(target, "budget")
             return None
